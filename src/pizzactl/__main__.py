@@ -1,0 +1,3 @@
+from pizzactl.cli import main
+
+main()

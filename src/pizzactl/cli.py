@@ -1,0 +1,406 @@
+"""The `pizzactl` command line: one thin function per verb over the library.
+
+Each verb parses its flags, resolves `Settings`, calls the library function of the same
+name and formats the answer (rich for people, `--json` for scripts). Errors are handled
+once, in `main()`. Heavy imports (tensorflow, docker, kubernetes) live inside the library
+functions, so `pizzactl --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pizzactl import __version__
+from pizzactl.config import Settings, load_settings
+from pizzactl.console import err, out, print_json
+from pizzactl.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_INTERRUPTED, PizzaError
+
+app = typer.Typer(
+    help="pizzactl: train an image classifier and take it to a Kind cluster, in one tool.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Download and inspect the dataset.", no_args_is_help=True)
+runs_app = typer.Typer(help="List and inspect training runs.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print side-by-side ratios.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
+app.add_typer(config_app, name="config")
+app.add_typer(bench_app, name="bench")
+
+_DEBUG = {"on": False}
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout instead of tables.")
+DataOpt = typer.Option(None, "--data", help="Dataset folder with one sub-folder per class.")
+ModelsOpt = typer.Option(None, "--models", help="Models directory (TF Serving layout MODELS/pizza/<version>).")
+
+
+def settings(**flags) -> Settings:
+    """Settings from every layer; flags the user did not give are None and ignored."""
+    return load_settings(flags)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"pizzactl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _DEBUG["on"] = debug
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(json_out: bool = JsonOpt) -> None:
+    """Print every setting, its value and where it came from."""
+    from rich.table import Table
+
+    s = settings()
+    values = s.as_dict()
+    if json_out:
+        print_json({name: {"value": value, "source": s.sources[name]} for name, value in values.items()})
+        return
+    table = Table("setting", "value", "source")
+    for name, value in values.items():
+        table.add_row(name, "" if value is None else str(value), s.sources[name])
+    out.print(table)
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+@data_app.command("download")
+def data_download(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Kaggle dataset slug."),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Where to put it (default: the cache)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if already verified."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Download the dataset from Kaggle (credentials, else anonymous), verify and hash it."""
+    from pizzactl.data.download import download
+
+    result = download(settings(dataset=dataset), dest=dest, force=force)
+    if json_out:
+        print_json(result.as_dict())
+    else:
+        out.print(f"{result.path}  ({result.n_images} images, sha256 {result.data_hash[:12]})")
+
+
+@data_app.command("report")
+def data_report(
+    data_dir: Optional[Path] = typer.Argument(None, help="Dataset folder (default: --data / the downloaded one)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS."""
+    from pizzactl.data.report import print_report, report
+
+    s = settings(data_dir=data_dir)
+    rep = report(s)
+    if json_out:
+        print_json(rep)
+    else:
+        print_report(rep)
+
+
+# --- train, runs, export, evaluate ----------------------------------------------------
+
+
+@app.command()
+def train(
+    data: Optional[Path] = DataOpt,
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name, or several: a,b,c."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a weights file."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Head epochs (on cached features)."),
+    fine_tune_epochs: Optional[int] = typer.Option(None, "--fine-tune-epochs", help="Epochs with the top of the backbone unfrozen."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size (default: the backbone's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the split and the training."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Models directory to export into."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train one or several backbones, print a leaderboard and export the best."""
+    from pizzactl.train import print_result, train as train_
+
+    s = settings(
+        data_dir=data, backbone=backbone, weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
+        image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, models_dir=output,
+    )
+    result = train_(s)
+    if json_out:
+        print_json(result.as_dict())
+    else:
+        print_result(result)
+
+
+@runs_app.command("list")
+def runs_list(json_out: bool = JsonOpt) -> None:
+    """All training runs, newest first."""
+    from pizzactl.train.runs import list_runs, print_runs
+
+    runs = list_runs(settings())
+    if json_out:
+        print_json(runs)
+    else:
+        print_runs(runs)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."), json_out: bool = JsonOpt) -> None:
+    """One run's configuration and metrics."""
+    from pizzactl.train.runs import print_run, show_run
+
+    run = show_run(settings(), run_id)
+    if json_out:
+        print_json(run)
+    else:
+        print_run(run)
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Models directory (default ./models)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Export a run's model again as a new SavedModel version."""
+    from pizzactl.export import export_run
+
+    version_dir = export_run(settings(models_dir=to), run)
+    if json_out:
+        print_json({"model_dir": str(version_dir), "version": int(version_dir.name)})
+    else:
+        out.print(str(version_dir))
+
+
+@app.command()
+def evaluate(
+    model_dir: Optional[Path] = typer.Argument(None, help="Exported version directory (default: the latest)."),
+    data: Optional[Path] = DataOpt,
+    errors: Optional[Path] = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the exported model on raw image bytes, as serving will, and report metrics."""
+    from pizzactl.evaluate import evaluate as evaluate_, print_metrics
+
+    metrics = evaluate_(settings(data_dir=data), model_dir=model_dir, errors_csv=errors)
+    if json_out:
+        print_json(metrics)
+    else:
+        print_metrics(metrics)
+
+
+# --- serve, deploy, predict, status, teardown -----------------------------------------
+
+
+@app.command()
+def serve(
+    models: Optional[Path] = ModelsOpt,
+    port: Optional[int] = typer.Option(None, "--port", help="Gateway port (default 9696)."),
+    model_port: Optional[int] = typer.Option(None, "--model-port", help="Model server port (default 8501)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    allow_private_urls: Optional[bool] = typer.Option(None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."),
+) -> None:
+    """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
+    from pizzactl.serving import serve as serve_
+
+    serve_(settings(models_dir=models, port=port, model_port=model_port, host=host, allow_private_urls=allow_private_urls))
+
+
+@app.command()
+def build(
+    models: Optional[Path] = ModelsOpt,
+    model_server: Optional[str] = typer.Option(None, "--model-server", help="tfserving | builtin"),
+    base_image: Optional[str] = typer.Option(None, "--base-image", help="Base image of the Python images."),
+    push: Optional[str] = typer.Option(None, "--push", help="Push the images to this registry."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Build the gateway and model server images (tags from content, never :latest)."""
+    from pizzactl.deploy.images import build_images, print_images
+
+    images = build_images(settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push), push=push is not None)
+    if json_out:
+        print_json(images.as_dict())
+    else:
+        print_images(images)
+
+
+@app.command()
+def deploy(
+    target: Optional[str] = typer.Option(None, "--target", help="kind (default) | docker | local"),
+    models: Optional[Path] = ModelsOpt,
+    port: Optional[int] = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
+    model_server: Optional[str] = typer.Option(None, "--model-server", help="tfserving | builtin"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
+    context: Optional[str] = typer.Option(None, "--context", help="Deploy to this existing kube context instead of kind."),
+    registry: Optional[str] = typer.Option(None, "--registry", help="Registry to push images to (with --context)."),
+    allow_private_urls: Optional[bool] = typer.Option(None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the rendered manifests and touch nothing."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Deploy the latest model: to kind (default), docker or local processes."""
+    from pizzactl.deploy import deploy as deploy_
+
+    s = settings(
+        target=target, models_dir=models, port=port, model_server=model_server, cluster=cluster,
+        context=context, registry=registry, allow_private_urls=allow_private_urls,
+    )
+    result = deploy_(s, dry_run=dry_run, timeout=timeout)
+    if dry_run:
+        sys.stdout.write(result)
+    elif json_out:
+        print_json(result)
+    else:
+        out.print(f"Deployed to {result['target']}: {result['url']}")
+
+
+@app.command()
+def status(json_out: bool = JsonOpt) -> None:
+    """What is deployed, where, which model version, ready or not."""
+    from pizzactl.deploy import print_status, status as status_
+
+    st = status_(settings())
+    if json_out:
+        print_json(st)
+    else:
+        print_status(st)
+
+
+@app.command()
+def teardown(
+    keep_cluster: bool = typer.Option(False, "--keep-cluster", help="kind: keep the cluster, delete only the namespace."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Stop and remove what deploy started. A second teardown does nothing."""
+    from pizzactl.deploy import teardown as teardown_
+
+    result = teardown_(settings(), keep_cluster=keep_cluster)
+    if json_out:
+        print_json(result)
+    else:
+        out.print(result.get("message", "Nothing deployed."))
+
+
+@app.command()
+def predict(
+    sources: List[str] = typer.Argument(..., help="Image files, directories or http(s) URLs."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Gateway URL (default: what deploy recorded)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG per image here (needs [train])."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Ask the deployed model: is this a pizza?"""
+    from pizzactl.predict import predict as predict_, print_predictions
+
+    results = predict_(settings(endpoint=endpoint), sources, concurrency=concurrency, csv_path=csv, explain_dir=explain, progress=not json_out)
+    if json_out:
+        print_json(results)
+    else:
+        print_predictions(results)
+    if any("error" in r for r in results):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def doctor(json_out: bool = JsonOpt) -> None:
+    """Check the machine: Python, TensorFlow, Docker, kind, kubectl, Kaggle, ports, disk."""
+    from pizzactl.doctor import print_checks, run_checks
+
+    checks = run_checks(settings())
+    if json_out:
+        print_json([c.as_dict() for c in checks])
+    else:
+        print_checks(checks)
+    if any(c.required and not c.ok for c in checks):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+# --- bench -----------------------------------------------------------------------------
+
+
+@bench_app.command("train")
+def bench_train(
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: mobilenet_v3_small)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    data: Optional[Path] = DataOpt,
+    weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Plain model.fit over images vs the cached-feature path, side by side."""
+    from pizzactl.bench.train import bench_train as bench, print_bench
+
+    res = bench(settings(data_dir=data, weights=weights), backbone=backbone, epochs=epochs, limit=limit)
+    if json_out:
+        print_json(res)
+    else:
+        print_bench(res)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    models: Optional[Path] = ModelsOpt,
+    concurrency: int = typer.Option(16, "--concurrency"),
+    requests_: int = typer.Option(200, "--requests", help="Requests for the throughput phase."),
+    data: Optional[Path] = DataOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Model throughput in-process vs end to end through gateway and model server."""
+    from pizzactl.bench.serve import bench_serve as bench, print_bench
+
+    res = bench(settings(models_dir=models, data_dir=data), concurrency=concurrency, requests=requests_)
+    if json_out:
+        print_json(res)
+    else:
+        print_bench(res)
+
+
+# --- the error boundary -----------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turn every error into a message, a hint and an exit code.
+
+    Usage errors are click's (exit 2, printed by click itself); `PizzaError` is the user's
+    to fix (its hint is printed); anything else is a bug in pizzactl.
+    """
+    try:
+        app(args=argv, prog_name="pizzactl")
+    except PizzaError as exc:
+        if _DEBUG["on"]:
+            import traceback
+
+            traceback.print_exc()
+        err.print(f"[bold red]Error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[yellow]Hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: say so, and how to report it
+        if _DEBUG["on"]:
+            raise
+        err.print(f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err.print("[yellow]Hint:[/] run again with --debug for the traceback and report it.", highlight=False)
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

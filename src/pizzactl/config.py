@@ -1,0 +1,173 @@
+"""Settings: built-in defaults -> ./pizzactl.toml -> PIZZACTL_* environment -> flags.
+
+`load_settings()` resolves every value once and remembers where it came from, so
+`pizzactl config show` can explain it. Every path pizzactl writes to (models, runs, cache,
+deploy state) is a setting, which is how tests point them at `tmp_path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from pizzactl.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILE = "pizzactl.toml"
+ENV_PREFIX = "PIZZACTL_"
+
+
+def _home(*parts: str, env: str, fallback: str) -> Path:
+    base = os.environ.get(env)
+    return Path(base).expanduser() / "pizzactl" if base else Path(fallback).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one pizzactl invocation."""
+
+    # data
+    data_dir: Path | None = None  # None: download `dataset` from Kaggle into cache_dir
+    dataset: str = "carlosrunner/pizza-not-pizza"
+    # training
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    epochs: int = 30
+    fine_tune_epochs: int = 0
+    image_size: int | None = None  # None: the backbone's own input size
+    batch_size: int = 32
+    augment: bool = True
+    seed: int = 42
+    val_split: float = 0.2
+    # where things live
+    models_dir: Path = Path("models")
+    runs_dir: Path = Path("runs")
+    cache_dir: Path = field(default_factory=lambda: _home(env="XDG_CACHE_HOME", fallback="~/.cache/pizzactl"))
+    state_dir: Path = field(default_factory=lambda: _home(env="XDG_STATE_HOME", fallback="~/.local/state/pizzactl"))
+    # serving and deploying
+    host: str = "127.0.0.1"
+    port: int = 9696
+    model_port: int = 8501
+    allow_private_urls: bool = False
+    target: str = "kind"
+    model_server: str = "tfserving"
+    base_image: str = "python:3.11-slim"
+    cluster: str = "pizzactl"
+    namespace: str = "pizzactl"
+    context: str | None = None
+    registry: str | None = None
+    endpoint: str | None = None
+
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings) if f.name != "sources"]
+
+
+def _target_type(name: str) -> str:
+    ann = {f.name: f.type for f in fields(Settings)}[name]
+    return str(ann)
+
+
+def coerce(name: str, value: Any, origin: str) -> Any:
+    """Turn a raw value (toml, env string, flag) into the setting's type."""
+    kind = _target_type(name)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{name} cannot be empty ({origin}).", hint=f"Set {name} to a value or remove it.")
+    if isinstance(value, str) and value == "" and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if kind.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("Path"):
+            return Path(str(value)).expanduser()
+        return str(value)
+    except (TypeError, ValueError):
+        expected = kind.split(" |")[0]
+        raise ConfigError(
+            f"{name} must be {expected}, got {value!r} ({origin}).",
+            hint=f"Fix {name} in {origin}.",
+        ) from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings from every layer. `flags` holds only the flags the user gave (None = not given)."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    names = setting_names()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {name: "default" for name in names}
+
+    config_path = Path(environ.get(ENV_PREFIX + "CONFIG", cwd / CONFIG_FILE))
+    if config_path.is_file():
+        try:
+            table = tomllib.loads(config_path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path} is not valid TOML: {exc}", hint=f"Fix or remove {config_path}.") from None
+        table = table.get("pizzactl", table)
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(
+                    f"Unknown setting {key!r} in {config_path}.",
+                    hint="Run `pizzactl config show` to see the settings that exist.",
+                )
+            values[name] = coerce(name, value, str(config_path))
+            sources[name] = str(config_path)
+
+    for name in names:
+        var = ENV_PREFIX + name.upper()
+        if var in environ:
+            values[name] = coerce(name, environ[var], var)
+            sources[name] = var
+
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in names:
+            raise ConfigError(f"Unknown setting {name!r}.")  # a bug in a CLI command, not the user's
+        values[name] = coerce(name, value, "--" + name.replace("_", "-"))
+        sources[name] = "flag"
+
+    return Settings(**values, sources=sources)

@@ -1,0 +1,1 @@
+"""Data: Kaggle download (`download`), inspection (`report`), listing and splitting (`dataset`)."""

@@ -1,0 +1,116 @@
+"""A dataset folder (one sub-folder per class), read once, checked, hashed and split.
+
+Labels are the sorted class folder names; for the pizza dataset that makes
+`not_pizza` = 0 and `pizza` = 1, so a model's output is P(pizza). In general the
+positive class is `classes[1]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pizzactl.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: int
+    class_name: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    classes: tuple[str, ...]
+    records: tuple[ImageRecord, ...]
+    data_hash: str  # sha256 over (relative path, file sha256) of every usable image
+    skipped: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def counts(self) -> dict[str, int]:
+        return {c: sum(r.class_name == c for r in self.records) for c in self.classes}
+
+
+def _check_image(path: Path) -> str | None:
+    """Why this file is not a usable image, or None if it is."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
+    """List, check and hash a dataset folder. Unreadable files are skipped with a warning."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"Dataset folder {root} does not exist.",
+            hint="Pass --data DIR (one sub-folder per class), or run `pizzactl data download`.",
+        )
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has {len(classes)} class folder(s); a classifier needs at least two.",
+            hint="Lay the data out as DIR/pizza/*.jpg and DIR/not_pizza/*.jpg.",
+        )
+    records: list[ImageRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    digest = hashlib.sha256()
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((path, "not an image file name"))
+                continue
+            reason = _check_image(path) if check else None
+            if reason:
+                skipped.append((path, reason))
+                continue
+            records.append(ImageRecord(path=path, label=label, class_name=name))
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for path, reason in skipped:
+        warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
+    empty = [c for c in classes if not any(r.class_name == c for r in records)]
+    if empty:
+        raise DataError(f"No usable images for class(es) {', '.join(empty)} in {root}.", hint="Check the folder contents.")
+    return Dataset(root=root, classes=classes, records=tuple(records), data_hash=digest.hexdigest(), skipped=tuple(skipped))
+
+
+def split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 42) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Deterministic stratified split: the same seed and files give the same split anywhere."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_split must be between 0 and 1, got {val_fraction}.", hint="Use e.g. 0.2.")
+    rng = random.Random(seed)
+    train: list[ImageRecord] = []
+    val: list[ImageRecord] = []
+    for label in range(len(dataset.classes)):
+        group = sorted((r for r in dataset.records if r.label == label), key=lambda r: r.path.as_posix())
+        rng.shuffle(group)
+        n_val = max(1, round(len(group) * val_fraction))
+        val.extend(group[:n_val])
+        train.extend(group[n_val:])
+    return train, val
+
+
+def resolve_data_dir(settings) -> Path:
+    """The dataset folder to use: --data, else the downloaded Kaggle dataset (downloading it if needed)."""
+    if settings.data_dir is not None:
+        return Path(settings.data_dir)
+    from pizzactl.data.download import download
+
+    return download(settings).path

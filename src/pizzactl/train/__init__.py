@@ -1,0 +1,1 @@
+"""Training: backbones registry, feature cache, trainer, runs."""
