@@ -1,0 +1,63 @@
+"""Config layering: defaults -> ./pizzactl.toml -> PIZZACTL_* -> flags, with the source of each value."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pizzactl.config import load_settings
+from pizzactl.errors import EXIT_USER, ConfigError
+
+
+def test_defaults_when_nothing_is_set(tmp_path):
+    s = load_settings(cwd=tmp_path, environ={})
+    assert s.port == 9696
+    assert s.sources["port"] == "default"
+
+
+def test_each_layer_overrides_the_one_before(tmp_path):
+    (tmp_path / "pizzactl.toml").write_text('epochs = 7\nport = 8000\nbackbone = "small_cnn"\nseed = 1\n')
+    env = {"PIZZACTL_PORT": "8001", "PIZZACTL_SEED": "2"}
+    s = load_settings({"seed": 3, "epochs": None}, cwd=tmp_path, environ=env)
+    assert (s.backbone, s.epochs, s.port, s.seed) == ("small_cnn", 7, 8001, 3)
+    assert s.sources["backbone"].endswith("pizzactl.toml")
+    assert s.sources["port"] == "PIZZACTL_PORT"
+    assert s.sources["seed"] == "flag"
+    assert s.sources["epochs"].endswith("pizzactl.toml")  # a flag left as None does not override
+
+
+def test_types_are_coerced_from_strings(tmp_path):
+    env = {"PIZZACTL_AUGMENT": "no", "PIZZACTL_MODELS_DIR": "~/m", "PIZZACTL_IMAGE_SIZE": "128", "PIZZACTL_VAL_SPLIT": "0.3"}
+    s = load_settings(cwd=tmp_path, environ=env)
+    assert s.augment is False
+    assert s.models_dir == Path("~/m").expanduser()
+    assert s.image_size == 128 and s.val_split == 0.3
+
+
+@pytest.mark.parametrize(
+    "toml, env",
+    [("epochs = 'many'\n", {}), ("", {"PIZZACTL_PORT": "http"}), ("colour = 'red'\n", {}), ("not toml [", {})],
+)
+def test_bad_values_raise_config_error_with_a_hint(tmp_path, toml, env):
+    (tmp_path / "pizzactl.toml").write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cwd=tmp_path, environ=env)
+    assert info.value.hint
+    assert info.value.exit_code == EXIT_USER
+
+
+def test_config_show_json_reports_values_and_sources(tmp_path):
+    (tmp_path / "pizzactl.toml").write_text("epochs = 5\n")
+    env = {"PIZZACTL_PORT": "8123", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "config", "show", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )
+    shown = json.loads(proc.stdout)
+    assert shown["epochs"] == {"value": 5, "source": str(tmp_path / "pizzactl.toml")}
+    assert shown["port"] == {"value": 8123, "source": "PIZZACTL_PORT"}
+    assert shown["seed"]["source"] == "default"
