@@ -14,6 +14,9 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pizza_not_pizza"
 
+# model_server / gateway / photo_server session fixtures shared by the serving tests
+pytest_plugins = ["serving_fixtures"]
+
 
 def require_tier(tier: str, reason: str) -> None:
     """Skip (or fail, if CI requires the tier) because a prerequisite is missing."""
@@ -44,3 +47,96 @@ def isolated(tmp_path, monkeypatch) -> Path:
         monkeypatch.setenv("PIZZACTL_" + name.upper(), str(tmp_path / name.replace("_dir", "")))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- a small real model (export helper) ---------------------------------------------------
+
+TINY_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(shared_photos):
+    """A real Keras CNN (64 px, rescaling in its graph) fitted for a few epochs on 40 shared photos.
+
+    Not a good classifier, but a real one: varied probabilities, trained weights, the same
+    input contract as the trainer's (float32 0..255 [N,64,64,3] -> [N,1] P(pizza)).
+    Returns a namespace: model, image_size, classes, photos (the 40 paths), check_images
+    (4 of them as bytes) and the export metadata.
+    """
+    import hashlib
+    from types import SimpleNamespace
+
+    keras = pytest.importorskip("keras")
+    import tensorflow as tf
+
+    from pizzactl.train.imaging import decode_resize
+
+    photos = shared_photos["not_pizza"][:20] + shared_photos["pizza"][:20]
+    labels = [0.0] * 20 + [1.0] * 20
+    blobs = [p.read_bytes() for p in photos]
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs, name="tiny_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy", metrics=["accuracy"])
+    pixels = tf.stack([decode_resize(b, TINY_SIZE) for b in blobs])
+    history = model.fit(pixels, tf.constant(labels), epochs=5, batch_size=8, verbose=0)
+    digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blobs)).hexdigest()
+    metadata = {
+        "backbone": "tiny_cnn",
+        "weights": "none",
+        "image_size": TINY_SIZE,
+        "classes": ["not_pizza", "pizza"],
+        "threshold": 0.5,
+        "metrics": {"train_accuracy": float(history.history["accuracy"][-1])},
+        "data_hash": digest,
+    }
+    return SimpleNamespace(
+        model=model, image_size=TINY_SIZE, classes=("not_pizza", "pizza"), photos=photos,
+        check_images=blobs[:2] + blobs[-2:], metadata=metadata,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_classifier, tmp_path_factory) -> Path:
+    """A models dir (MODELS) holding MODELS/pizza/1, the tiny classifier exported by export_model."""
+    from pizzactl.export import export_model
+
+    models = tmp_path_factory.mktemp("tiny_models")
+    export_model(tiny_classifier.model, models, tiny_classifier.metadata, tiny_classifier.check_images)
+    return models
+
+
+# --- docker tier (CONTAINERS) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_ready():
+    """A reachable Docker daemon with the local python:3.11-slim base image, else skip the tier."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon"
+        require_tier("docker", f"Docker daemon unreachable ({type(exc).__name__}); run .ci/system-setup")
+    try:
+        client.images.get("python:3.11-slim")
+    except Exception:  # noqa: BLE001
+        require_tier("docker", "python:3.11-slim is not a local image; run .ci/system-setup")
+    return client
+
+
+@pytest.fixture(scope="session")
+def built_images(docker_ready, tiny_model, tmp_path_factory):
+    """The gateway and builtin model server images of the tiny model, built once per session."""
+    from pizzactl.config import load_settings
+    from pizzactl.deploy.images import build_images
+
+    settings = load_settings({"models_dir": tiny_model, "model_server": "builtin"}, environ={},
+                             cwd=tmp_path_factory.mktemp("build_cwd"))
+    return build_images(settings)

@@ -103,13 +103,14 @@ def data_download(
 @data_app.command("report")
 def data_report(
     data_dir: Optional[Path] = typer.Argument(None, help="Dataset folder (default: --data / the downloaded one)."),
+    near_bits: int = typer.Option(4, "--near-bits", min=0, max=64, help="Near duplicate: dHashes at most this many bits apart (of 64)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS."""
     from pizzactl.data.report import print_report, report
 
     s = settings(data_dir=data_dir)
-    rep = report(s)
+    rep = report(s, threshold=near_bits)
     if json_out:
         print_json(rep)
     else:
@@ -191,13 +192,14 @@ def export(
 def evaluate(
     model_dir: Optional[Path] = typer.Argument(None, help="Exported version directory (default: the latest)."),
     data: Optional[Path] = DataOpt,
+    models: Optional[Path] = ModelsOpt,
     errors: Optional[Path] = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the exported model on raw image bytes, as serving will, and report metrics."""
     from pizzactl.evaluate import evaluate as evaluate_, print_metrics
 
-    metrics = evaluate_(settings(data_dir=data), model_dir=model_dir, errors_csv=errors)
+    metrics = evaluate_(settings(data_dir=data, models_dir=models), model_dir=model_dir, errors_csv=errors)
     if json_out:
         print_json(metrics)
     else:

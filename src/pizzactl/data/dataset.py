@@ -8,10 +8,12 @@ positive class is `classes[1]`.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from pizzactl.errors import DataError
 
@@ -40,16 +42,35 @@ class Dataset:
         return {c: sum(r.class_name == c for r in self.records) for c in self.classes}
 
 
-def _check_image(path: Path) -> str | None:
-    """Why this file is not a usable image, or None if it is."""
+def check_image(data: bytes) -> str | None:
+    """Why these bytes are not a usable image, or None if they are.
+
+    `verify()` catches files that are not images at all; decoding (at a reduced JPEG
+    scale, so it stays cheap) catches truncated files, which `verify()` lets through
+    for JPEG and which would otherwise fail later inside training.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    if not data:
+        return "empty file"
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return f"not a readable image ({type(exc).__name__}: {exc})"
     return None
+
+
+def hash_files(root: Path, files: Iterable[tuple[Path, bytes]]) -> str:
+    """The dataset content hash: sha256 over (relative path, sha256 of the file) in the given order."""
+    digest = hashlib.sha256()
+    for path, file_digest in files:
+        digest.update(Path(path).relative_to(root).as_posix().encode() + b"\0")
+        digest.update(file_digest)
+    return digest.hexdigest()
 
 
 def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
@@ -68,7 +89,7 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
         )
     records: list[ImageRecord] = []
     skipped: list[tuple[Path, str]] = []
-    digest = hashlib.sha256()
+    hashed: list[tuple[Path, bytes]] = []
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
             if not path.is_file() or path.name.startswith("."):
@@ -76,19 +97,19 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((path, "not an image file name"))
                 continue
-            reason = _check_image(path) if check else None
+            data = path.read_bytes()
+            reason = check_image(data) if check else None
             if reason:
                 skipped.append((path, reason))
                 continue
             records.append(ImageRecord(path=path, label=label, class_name=name))
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            hashed.append((path, hashlib.sha256(data).digest()))
     for path, reason in skipped:
         warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
     empty = [c for c in classes if not any(r.class_name == c for r in records)]
     if empty:
         raise DataError(f"No usable images for class(es) {', '.join(empty)} in {root}.", hint="Check the folder contents.")
-    return Dataset(root=root, classes=classes, records=tuple(records), data_hash=digest.hexdigest(), skipped=tuple(skipped))
+    return Dataset(root=root, classes=classes, records=tuple(records), data_hash=hash_files(root, hashed), skipped=tuple(skipped))
 
 
 def split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 42) -> tuple[list[ImageRecord], list[ImageRecord]]:

@@ -1,0 +1,83 @@
+"""Serving: a TF Serving-compatible model server and a gateway in front of it.
+
+`serve(settings)` runs both in the foreground as child processes with their logs interleaved
+on stderr; Ctrl-C (or SIGTERM) stops both. The servers themselves are
+`python -m pizzactl.serving.modelserver` and `python -m pizzactl.serving.gateway`.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class _Stop(Exception):
+    """Raised in the main thread by our SIGTERM/SIGHUP handler."""
+
+
+def _pump(stream, prefix: str) -> None:
+    """Copy a child's output to our stderr line by line, each line tagged with its origin."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        sys.stderr.write(f"{prefix} {line}\n")
+        sys.stderr.flush()
+    stream.close()
+
+
+def serve(settings) -> None:
+    """Model server + gateway in the foreground until Ctrl-C; a child that dies stops the other."""
+    from pizzactl.console import err
+    from pizzactl.errors import DeployError
+    from pizzactl.models import latest_version_dir
+    from pizzactl.serving import processes as proc
+
+    version_dir = latest_version_dir(settings.models_dir)
+    proc.require_free_port(settings.host, settings.port)
+    model_port = proc.pick_model_port("127.0.0.1", settings.model_port, avoid=[settings.port])
+    if model_port != settings.model_port:
+        err.print(f"Port {settings.model_port} is taken; the model server listens on {model_port} instead.")
+
+    stop_signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+
+    def on_signal(signum, frame):
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in stop_signals}
+    started = None
+    try:
+        started = proc.start_pair(
+            Path(settings.models_dir).expanduser().resolve(), host=settings.host, port=settings.port,
+            model_port=model_port, allow_private_urls=settings.allow_private_urls, attached=True,
+            logs={proc.MODELSERVER: subprocess.PIPE, proc.GATEWAY: subprocess.PIPE},
+        )
+        pumps = [
+            threading.Thread(target=_pump, args=(started.modelserver.stdout, "[model]  "), daemon=True),
+            threading.Thread(target=_pump, args=(started.gateway.stdout, "[gateway]"), daemon=True),
+        ]
+        for t in pumps:
+            t.start()
+        children = {"model server": started.modelserver, "gateway": started.gateway}
+        proc.wait_ready(started.url, children, timeout=600.0)
+        err.print(
+            f"[bold green]Serving[/] {version_dir} at [bold]{started.url}[/] "
+            f"(model server {started.model_url}). Try: pizzactl predict --endpoint {started.url} IMAGE. Ctrl-C stops.",
+            highlight=False,
+        )
+        while True:
+            for name, child in children.items():
+                code = child.poll()
+                if code is not None:
+                    raise DeployError(f"The {name} exited with code {code}; stopping.", hint="See its log lines above.")
+            time.sleep(0.2)
+    except (KeyboardInterrupt, _Stop):
+        err.print("Stopping the gateway and the model server ...")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if started is not None:
+            started.stop(grace=10.0)
+    err.print("Stopped.")

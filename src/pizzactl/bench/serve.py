@@ -1,0 +1,257 @@
+"""`pizzactl bench serve`: what the model can do alone vs what clients get through the stack.
+
+One run measures, on real photos:
+
+1. the limit: the exported SavedModel's `serving_default` in this process, on batches of the
+   very JPEG bytes the gateway would send (each photo validated and shrunk by
+   `serving.images.prepare_image`), images/s at batch size = concurrency, and its batch-1 p50;
+2. end to end: a model server and a gateway started as subprocesses (as `pizzactl serve`
+   does), photos uploaded as `pizzactl predict` does, images/s at `concurrency` requests in
+   flight and p50/p95/p99 latency one request at a time;
+3. the wire: bytes per image in the model server request (JSON with base64, as the gateway's
+   client sends it).
+
+ratio = e2e / model throughput (goal >= 0.8); overhead = e2e p50 - model batch-1 p50 (goal
+<= 15 ms); wire bytes per image (goal <= 60000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from pizzactl.console import err, log, out
+from pizzactl.errors import DataError, DeployError
+
+GOALS = {
+    "ratio": (">=", 0.8),
+    "overhead_p50_ms": ("<=", 15.0),
+    "wire_bytes_per_image": ("<=", 60000),
+}
+SHARED_DATA = Path("..") / "shared" / "data" / "pizza_not_pizza"
+MAX_PHOTOS = 64
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def _data_dir(settings) -> Path:
+    """--data, else ../shared/data/pizza_not_pizza if it exists, else the downloaded dataset."""
+    if settings.data_dir is not None:
+        return Path(settings.data_dir).expanduser()
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    from pizzactl.data.dataset import resolve_data_dir
+
+    return resolve_data_dir(settings)
+
+
+def pick_photos(root: Path, n: int = MAX_PHOTOS) -> list[Path]:
+    """Up to n photos, alternating between the class folders (deterministic)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} does not exist.", hint="Pass --data DIR with the photos to benchmark on.")
+    groups = [sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) for d in sorted(root.iterdir()) if d.is_dir()]
+    groups = [g for g in groups if g] or [sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)]
+    photos: list[Path] = []
+    i = 0
+    while len(photos) < n and any(i < len(g) for g in groups):
+        photos.extend(g[i] for g in groups if i < len(g))
+        i += 1
+    if not photos:
+        raise DataError(f"No JPEG/PNG photos under {root}.", hint="Pass --data DIR with photos in it.")
+    return photos[:n]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def wire_body(jpeg: bytes) -> bytes:
+    """The model server request for one image, as the gateway's client builds it."""
+    return json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode("ascii")}]}).encode()
+
+
+# --- 1. the model alone ------------------------------------------------------------------------
+
+
+def bench_model(version_dir: Path, jpegs: Sequence[bytes], batch_size: int, min_images: int, min_seconds: float = 2.0) -> dict[str, float]:
+    """serving_default in-process: images/s on batches, and batch-1 latency."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    n = len(jpegs)
+    batches = [tf.constant([jpegs[(i + j) % n] for j in range(batch_size)]) for i in range(0, n, batch_size)]
+    fn(image_bytes=batches[0])  # trace/warm up
+    fn(image_bytes=batches[-1])
+    images, started = 0, time.perf_counter()
+    while images < min_images or time.perf_counter() - started < min_seconds:
+        fn(image_bytes=batches[(images // batch_size) % len(batches)])["probability"].numpy()
+        images += batch_size
+    elapsed = time.perf_counter() - started
+    singles = [tf.constant([j]) for j in jpegs]
+    fn(image_bytes=singles[0])
+    latencies = []
+    for i in range(max(30, min(100, min_images // 4))):
+        t0 = time.perf_counter()
+        fn(image_bytes=singles[i % n])["probability"].numpy()
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return {"model_img_per_s": images / elapsed, "model_p50_ms": percentile(latencies, 50), "model_images": images}
+
+
+# --- 2. end to end -----------------------------------------------------------------------------
+
+
+async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, concurrency: int) -> tuple[float, list[float], int]:
+    """Upload photos to url/predict with `concurrency` in flight: (seconds, latencies ms, errors)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+
+    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
+        async def worker() -> None:
+            nonlocal next_index, errors
+            while next_index < n_requests:
+                i = next_index
+                next_index += 1
+                name, data = photos[i % len(photos)]
+                t0 = time.perf_counter()
+                response = await client.post(url + "/predict", files={"file": (name, data, "image/jpeg")})
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if response.status_code != 200:
+                    errors += 1
+                    if errors == 1:
+                        log(f"first error: {response.status_code} {response.text[:300]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies, errors
+
+
+def bench_e2e(url: str, photos: Sequence[tuple[str, bytes]], concurrency: int, requests: int) -> dict[str, Any]:
+    asyncio.run(_load(url, photos, min(2 * concurrency, requests), concurrency))  # warm up both servers
+    seconds, _, errors = asyncio.run(_load(url, photos, requests, concurrency))
+    n_seq = max(20, min(requests, 100))
+    _, latencies, seq_errors = asyncio.run(_load(url, photos, n_seq, 1))
+    if errors == requests:
+        raise DeployError("Every request through the gateway failed.", hint="See the error logged above and the server logs.")
+    return {
+        "e2e_img_per_s": requests / seconds,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "errors": errors + seq_errors,
+        "sequential_requests": n_seq,
+    }
+
+
+def _metric_sum(metrics_text: str, name: str) -> float | None:
+    total = None
+    for line in metrics_text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            try:
+                total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+    return total
+
+
+def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[str, Any]:
+    """Run all three measurements and compare them with the goals."""
+    from pizzactl.models import latest_version_dir, read_metadata
+    from pizzactl.serving import images as imaging
+    from pizzactl.serving import processes as proc
+
+    concurrency, requests = max(1, int(concurrency)), max(1, int(requests))
+    version_dir = latest_version_dir(settings.models_dir)
+    meta = read_metadata(version_dir)
+    size = int(meta["image_size"])
+    photos = pick_photos(_data_dir(settings))
+    raw = [(p.name, p.read_bytes()) for p in photos]
+    jpegs = [imaging.prepare_image(data, size) for _, data in raw]
+    wire = statistics.mean(len(wire_body(j)) for j in jpegs)
+    log(f"{len(photos)} photos from {photos[0].parent.parent}; model {version_dir} ({meta.get('backbone')}, {size}px)")
+
+    log(f"1/2 the model alone: serving_default in-process, batches of {concurrency} ...")
+    model = bench_model(version_dir, jpegs, batch_size=concurrency, min_images=requests)
+
+    log(f"2/2 end to end: model server + gateway, {requests} uploads at concurrency {concurrency}, then one at a time ...")
+    port = proc.free_port()
+    model_port = proc.pick_model_port("127.0.0.1", proc.free_port(), avoid=[port])
+    with tempfile.TemporaryDirectory(prefix="pizzactl-bench-") as tmp:
+        logs = {proc.MODELSERVER: str(Path(tmp) / "modelserver.log"), proc.GATEWAY: str(Path(tmp) / "gateway.log")}
+        with open(logs[proc.MODELSERVER], "wb") as ms_log, open(logs[proc.GATEWAY], "wb") as gw_log:
+            started = proc.start_pair(
+                version_dir.parent.parent, host="127.0.0.1", port=port, model_port=model_port,
+                allow_private_urls=False, attached=True, logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
+            )
+        try:
+            proc.wait_ready(started.url, {"model server": started.modelserver, "gateway": started.gateway}, 300.0, logs=logs)
+            e2e = bench_e2e(started.url, raw, concurrency, requests)
+        finally:
+            started.stop(grace=10.0)
+
+    result: dict[str, Any] = {
+        "model_img_per_s": round(model["model_img_per_s"], 2),
+        "e2e_img_per_s": round(e2e["e2e_img_per_s"], 2),
+        "ratio": round(e2e["e2e_img_per_s"] / model["model_img_per_s"], 3),
+        "p50_ms": round(e2e["p50_ms"], 2),
+        "p95_ms": round(e2e["p95_ms"], 2),
+        "p99_ms": round(e2e["p99_ms"], 2),
+        "model_p50_ms": round(model["model_p50_ms"], 2),
+        "overhead_p50_ms": round(e2e["p50_ms"] - model["model_p50_ms"], 2),
+        "wire_bytes_per_image": round(wire),
+        "jpeg_bytes_per_image": round(statistics.mean(len(j) for j in jpegs)),
+        "upload_bytes_per_image": round(statistics.mean(len(d) for _, d in raw)),
+        "concurrency": concurrency,
+        "requests": requests,
+        "batch_size": concurrency,
+        "errors": e2e["errors"],
+        "photos": len(photos),
+        "data_dir": str(photos[0].parent.parent),
+        "model_dir": str(version_dir),
+        "backbone": meta.get("backbone"),
+        "image_size": size,
+    }
+    result["goals"] = {
+        key: {"goal": f"{op} {target}", "ok": (result[key] >= target if op == ">=" else result[key] <= target)}
+        for key, (op, target) in GOALS.items()
+    }
+    return result
+
+
+def print_bench(res: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("measure", "value", "goal", title=f"pizzactl bench serve: {res['backbone']} {res['image_size']}px, {res['photos']} real photos")
+    rows = [
+        ("model alone, images/s (batch %d)" % res["batch_size"], "model_img_per_s"),
+        ("end to end, images/s (concurrency %d)" % res["concurrency"], "e2e_img_per_s"),
+        ("ratio e2e / model", "ratio"),
+        ("end to end p50 ms (concurrency 1)", "p50_ms"),
+        ("end to end p95 ms", "p95_ms"),
+        ("end to end p99 ms", "p99_ms"),
+        ("model alone p50 ms (batch 1)", "model_p50_ms"),
+        ("gateway + HTTP overhead p50 ms", "overhead_p50_ms"),
+        ("bytes per image to the model server", "wire_bytes_per_image"),
+    ]
+    for label, key in rows:
+        goal = res["goals"].get(key)
+        mark = "" if goal is None else (f"[green]{goal['goal']} ok[/]" if goal["ok"] else f"[red]{goal['goal']} missed[/]")
+        table.add_row(label, f"{res[key]:,}", mark)
+    out.print(table)
+    if res.get("errors"):
+        err.print(f"[yellow]{res['errors']} request(s) failed during the run.[/]")

@@ -1,0 +1,260 @@
+"""What is in a dataset folder, before training on it: one pass over every file.
+
+`scan(root)` reads each file once and returns one `ImageInfo` per file (size, mode,
+format, EXIF/GPS, sha256, a 64-bit dHash, or why it is unreadable); `summarize(infos)`
+turns that into the report dict; `report()` does both. A notebook can use `scan` for its
+own plots. Near duplicates are pairs whose dHashes differ in at most `threshold` bits,
+found with numpy popcount in row blocks (1.5k images: ~1M pairs, milliseconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import statistics
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from pizzactl.data.dataset import IMAGE_SUFFIXES, check_image, hash_files
+from pizzactl.errors import DataError
+
+NEAR_DUPLICATE_BITS = 4  # of 64: re-encoded or resized copies land at 0-2; at 6, dark vignetted photos of different dishes already match
+_GPS_IFD = 0x8825
+_MAX_LISTED = 50
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: Path
+    class_name: str
+    bytes: int
+    sha256: str
+    ok: bool
+    error: str | None = None
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    exif: bool = False
+    gps: bool = False
+    dhash: int | None = None  # 64-bit difference hash of the 9x8 grey thumbnail
+
+
+def dhash(img, size: int = 8) -> int:
+    """Difference hash: one bit per horizontally adjacent pixel pair of a (size+1) x size grey thumbnail."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(img.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (grey[:, 1:] > grey[:, :-1]).flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def inspect_file(path: Path, class_name: str) -> ImageInfo:
+    """Everything the report needs about one file; never raises for a bad image."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = path.read_bytes()
+    base = dict(path=path, class_name=class_name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    reason = "not an image file name" if path.suffix.lower() not in IMAGE_SUFFIXES else check_image(data)
+    if reason:
+        return ImageInfo(ok=False, error=reason, **base)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height, mode, fmt = img.width, img.height, img.mode, img.format or ""
+            exif = img.getexif()
+            gps_ifd = exif.get_ifd(_GPS_IFD) if exif else {}
+            has_gps = 2 in gps_ifd and 4 in gps_ifd  # GPSLatitude and GPSLongitude, not just a GPS block
+            img.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, plenty for a 9x8 hash
+            code = dhash(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return ImageInfo(ok=False, error=f"not a readable image ({type(exc).__name__}: {exc})", **base)
+    return ImageInfo(ok=True, width=width, height=height, mode=mode, format=fmt, exif=bool(exif), gps=has_gps, dhash=code, **base)
+
+
+def class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(root: Path | str) -> list[ImageInfo]:
+    """One ImageInfo per (non-hidden) file under each class folder of `root`, in a stable order."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Dataset folder {root} does not exist.", hint="Pass a folder with one sub-folder per class, or run `pizzactl data download`.")
+    classes = class_folders(root)
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders.", hint="Lay the data out as DIR/pizza/*.jpg and DIR/not_pizza/*.jpg.")
+    infos = []
+    for name in classes:
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                infos.append(inspect_file(path, name))
+    return infos
+
+
+def near_duplicate_pairs(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_BITS, block: int = 1024) -> list[tuple[int, int, int]]:
+    """Index pairs (i < j, distance) whose 64-bit hashes differ in at most `threshold` bits."""
+    import numpy as np
+
+    h = np.array([x & 0xFFFFFFFFFFFFFFFF for x in hashes], dtype=np.uint64)
+    pairs: list[tuple[int, int, int]] = []
+    for start in range(0, len(h), block):
+        rows = h[start : start + block]
+        dist = np.bitwise_count(rows[:, None] ^ h[None, :])
+        i, j = np.nonzero(dist <= threshold)
+        i = i + start
+        keep = i < j
+        pairs.extend(zip(i[keep].tolist(), j[keep].tolist(), dist[i[keep] - start, j[keep]].tolist()))
+    return pairs
+
+
+def _groups(n: int, edges: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected components (size >= 2) of an undirected graph, by union-find."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    comps: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        comps[find(i)].append(i)
+    return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: (-len(c), c))
+
+
+def _stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"min": 0, "median": 0, "max": 0}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:
+    """The report dict (JSON-ready) for the files `scan` found."""
+    root = Path(root)
+    rel = lambda p: Path(p).relative_to(root).as_posix()  # noqa: E731
+    good = [i for i in infos if i.ok]
+    classes = sorted({i.class_name for i in infos} | set(class_folders(root)))
+    per_class = {c: {"images": sum(i.class_name == c for i in good), "unreadable": sum(i.class_name == c and not i.ok for i in infos)} for c in classes}
+
+    by_sha: dict[str, list[ImageInfo]] = defaultdict(list)
+    for i in good:
+        by_sha[i.sha256].append(i)
+    exact = [sorted(rel(i.path) for i in group) for group in by_sha.values() if len(group) > 1]
+    exact.sort(key=lambda g: (-len(g), g))
+
+    hashes = [i.dhash or 0 for i in good]
+    pairs = [(a, b, d) for a, b, d in near_duplicate_pairs(hashes, threshold) if good[a].sha256 != good[b].sha256]
+    near_groups = _groups(len(good), ((a, b) for a, b, _ in pairs))
+    cross = [(a, b, d) for a, b, d in pairs if good[a].class_name != good[b].class_name]
+    exact_cross = [g for g in by_sha.values() if len(g) > 1 and len({i.class_name for i in g}) > 1]
+
+    sizes = Counter(f"{i.width}x{i.height}" for i in good)
+    gps = [rel(i.path) for i in good if i.gps]
+    return {
+        "root": str(root),
+        "files": len(infos),
+        "images": len(good),
+        "bytes": sum(i.bytes for i in infos),
+        "classes": per_class,
+        "width": _stats([i.width for i in good]),
+        "height": _stats([i.height for i in good]),
+        "sizes": [{"size": s, "count": n} for s, n in sizes.most_common(5)],
+        "distinct_sizes": len(sizes),
+        "modes": dict(Counter(i.mode for i in good).most_common()),
+        "formats": dict(Counter(i.format for i in good).most_common()),
+        "unreadable": [{"path": rel(i.path), "reason": i.error} for i in infos if not i.ok],
+        "exact_duplicates": {
+            "groups": len(exact),
+            "redundant_files": sum(len(g) - 1 for g in exact),
+            "cross_class_groups": len(exact_cross),
+            "listed": exact[:_MAX_LISTED],
+        },
+        "near_duplicates": {
+            "threshold_bits": threshold,
+            "pairs": len(pairs),
+            "groups": len(near_groups),
+            "cross_class_pairs": len(cross),
+            "listed": [
+                {"a": rel(good[a].path), "b": rel(good[b].path), "distance": d}
+                for a, b, d in sorted(pairs, key=lambda p: (p[2], rel(good[p[0]].path)))[:_MAX_LISTED]
+            ],
+        },
+        "exif": {"with_exif": sum(i.exif for i in good), "with_gps": len(gps), "gps_files": gps[:_MAX_LISTED]},
+        "data_hash": hash_files(root, ((i.path, bytes.fromhex(i.sha256)) for i in good)),  # = load_dataset's
+    }
+
+
+def report(settings=None, *, root: Path | str | None = None, threshold: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:
+    """Scan and summarise a dataset folder: `root`, else settings' --data, else the downloaded dataset."""
+    if root is None:
+        if settings is None:
+            raise DataError("No dataset folder given.", hint="Pass a folder: pizzactl data report DIR.")
+        from pizzactl.data.dataset import resolve_data_dir
+
+        root = resolve_data_dir(settings)
+    root = Path(root).expanduser()
+    started = time.perf_counter()
+    infos = scan(root)
+    rep = summarize(infos, root, threshold)
+    rep["seconds"] = round(time.perf_counter() - started, 2)
+    return rep
+
+
+def print_report(rep: dict[str, Any], console=None) -> None:
+    """Rich tables for people (the same content as --json)."""
+    from rich.table import Table
+
+    from pizzactl.console import out
+
+    console = console or out
+    w, h = rep["width"], rep["height"]
+    summary = Table(title=f"Dataset {rep['root']}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("images", f"{rep['images']} usable of {rep['files']} files ({rep['bytes'] / 1e6:.1f} MB)")
+    summary.add_row("width", f"min {w['min']}  median {w['median']:g}  max {w['max']}")
+    summary.add_row("height", f"min {h['min']}  median {h['median']:g}  max {h['max']}")
+    summary.add_row("common sizes", ", ".join(f"{s['size']} ({s['count']})" for s in rep["sizes"]) + f"  [{rep['distinct_sizes']} distinct]")
+    summary.add_row("colour modes", ", ".join(f"{k} ({v})" for k, v in rep["modes"].items()))
+    summary.add_row("formats", ", ".join(f"{k} ({v})" for k, v in rep["formats"].items()))
+    summary.add_row("EXIF", f"{rep['exif']['with_exif']} with EXIF, {rep['exif']['with_gps']} with GPS location")
+    ex, near = rep["exact_duplicates"], rep["near_duplicates"]
+    summary.add_row("exact duplicates", f"{ex['groups']} groups, {ex['redundant_files']} redundant files, {ex['cross_class_groups']} across classes")
+    summary.add_row(
+        "near duplicates",
+        f"{near['pairs']} pairs in {near['groups']} groups (dHash <= {near['threshold_bits']} bits), {near['cross_class_pairs']} pairs across classes",
+    )
+    summary.add_row("unreadable", str(len(rep["unreadable"])))
+    summary.add_row("data hash", rep["data_hash"])
+    summary.add_row("scan time", f"{rep.get('seconds', 0):.2f} s")
+    console.print(summary)
+
+    classes = Table("class", "images", "unreadable", title="Per class")
+    for name, c in rep["classes"].items():
+        classes.add_row(name, str(c["images"]), str(c["unreadable"]))
+    console.print(classes)
+
+    if rep["unreadable"]:
+        bad = Table("file", "reason", title="Unreadable files (skipped by training)")
+        for item in rep["unreadable"][:_MAX_LISTED]:
+            bad.add_row(item["path"], item["reason"])
+        console.print(bad)
+    if ex["listed"]:
+        dup = Table("identical files", title="Exact duplicates (sha256)")
+        for group in ex["listed"][:20]:
+            dup.add_row(", ".join(group))
+        console.print(dup)
+    if near["listed"]:
+        nd = Table("file", "file", "bits", title="Near duplicates (closest first)")
+        for p in near["listed"][:20]:
+            nd.add_row(p["a"], p["b"], str(p["distance"]))
+        console.print(nd)
+    if rep["exif"]["gps_files"]:
+        console.print(f"[yellow]{rep['exif']['with_gps']} photo(s) carry a GPS location:[/] " + ", ".join(rep["exif"]["gps_files"][:10]))

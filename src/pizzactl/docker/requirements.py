@@ -1,0 +1,36 @@
+"""Print the pip requirements one image needs, read from pyproject.toml at build time.
+
+Run inside `docker build` (python >= 3.11 for tomllib): the dependencies layer then depends
+only on pyproject.toml, so editing the code does not reinstall anything. The gateway image
+leaves out what only the CLI needs (Kaggle, Docker, Kubernetes clients) and numpy, and never
+gets TensorFlow, which is an extra.
+
+    python requirements.py gateway|modelserver pyproject.toml
+"""
+
+import re
+import sys
+import tomllib
+
+CLI_ONLY = {"kaggle", "kagglehub", "docker", "kubernetes", "tomli"}
+EXCLUDE = {
+    # numpy alone is ~75 MB: the gateway handles bytes and JSON, never arrays.
+    "gateway": CLI_ONLY | {"tensorflow", "tensorflow-cpu", "numpy"},
+    "modelserver": CLI_ONLY,
+}
+
+
+def name_of(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def main(role: str, pyproject: str) -> None:
+    with open(pyproject, "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    for dep in deps:
+        if name_of(dep) not in EXCLUDE[role]:
+            print(dep)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

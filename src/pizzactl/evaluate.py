@@ -1,0 +1,217 @@
+"""Evaluate an *exported* model the way serving will run it: raw file bytes into `serving_default`.
+
+Going through the SavedModel rather than the Keras model catches every train/serve skew
+(decoding, resizing, preprocessing, threshold) before a user does. The metrics are computed
+with numpy (no scikit-learn needed) and documented in `binary_metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Sequence
+
+from pizzactl.console import err, log, out
+from pizzactl.errors import DataError
+from pizzactl.models import read_metadata, resolve_model_dir
+
+BATCH_SIZE = 32
+CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order: [[tn, fp], [fn, tp]]"
+
+
+def _average_ranks(values):
+    """1-based ranks with ties given their average rank (like scipy.stats.rankdata)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + 1 + end) / 2.0
+    return ranks
+
+
+def roc_auc(y_true, y_score) -> float | None:
+    """Area under the ROC curve via the rank-sum (Mann-Whitney U) identity; None if one class is absent.
+
+    AUC = P(score of a random positive > score of a random negative), ties counting one half.
+    """
+    import numpy as np
+
+    y_true = np.asarray(y_true).astype(bool)
+    n_pos = int(y_true.sum())
+    n_neg = len(y_true) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _average_ranks(y_score)
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5) -> dict:
+    """Accuracy, precision, recall, F1 (of the positive class 1), ROC AUC and the confusion matrix.
+
+    A prediction is positive when `prob >= threshold` (as in the exported graph). Precision,
+    recall or F1 with a zero denominator are 0.0, as scikit-learn's default. The confusion
+    matrix is [[tn, fp], [fn, tp]]: rows true class 0/1, columns predicted class 0/1.
+    """
+    import numpy as np
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.shape != y_prob.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_prob {y_prob.shape} differ in shape")
+    y_pred = (y_prob >= threshold).astype(np.int64)
+    tp = int(np.sum((y_true == 1) & (y_pred == 1)))
+    tn = int(np.sum((y_true == 0) & (y_pred == 0)))
+    fp = int(np.sum((y_true == 0) & (y_pred == 1)))
+    fn = int(np.sum((y_true == 1) & (y_pred == 0)))
+    n = len(y_true)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": n,
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": roc_auc(y_true, y_prob),
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }
+
+
+def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]):
+    """Probabilities and labels for one batch; an undecodable image is set aside, not fatal."""
+    import tensorflow as tf
+
+    try:
+        res = fn(image_bytes=tf.constant(blobs))
+        return list(res["probability"].numpy()), [x.decode() for x in res["label"].numpy()], list(range(len(blobs)))
+    except tf.errors.InvalidArgumentError:
+        pass
+    probs, labels, kept = [], [], []
+    for i, blob in enumerate(blobs):  # find the culprit(s) one by one
+        try:
+            res = fn(image_bytes=tf.constant([blob]))
+        except tf.errors.InvalidArgumentError as exc:
+            failed.append({"path": str(paths[i]), "error": exc.message.splitlines()[0]})
+            continue
+        probs.append(float(res["probability"].numpy()[0]))
+        labels.append(res["label"].numpy()[0].decode())
+        kept.append(i)
+    return probs, labels, kept
+
+
+def evaluate(settings, model_dir: Path | str | None = None, errors_csv: Path | str | None = None, *, progress: bool = True) -> dict:
+    """Run the exported `serving_default` on every image of the dataset and report metrics.
+
+    `model_dir` is a version directory (default: the latest under `settings.models_dir`);
+    the data is `settings.data_dir` (or the downloaded dataset). `errors_csv` receives the
+    misclassified images (path, true, predicted, probability).
+    """
+    version_dir = resolve_model_dir(model_dir, settings.models_dir)  # before TF: a missing model fails fast
+    meta = read_metadata(version_dir)
+    classes = [str(c) for c in meta["classes"]]
+    threshold = float(meta["threshold"])
+
+    from pizzactl.data.dataset import load_dataset, resolve_data_dir
+
+    dataset = load_dataset(resolve_data_dir(settings))
+    if set(dataset.classes) != set(classes):
+        raise DataError(
+            f"The dataset's classes {list(dataset.classes)} are not the model's {classes}.",
+            hint=f"Point --data at a folder with exactly the sub-folders {', '.join(classes)}.",
+        )
+    records = list(dataset.records)
+
+    import tensorflow as tf
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    y_true: list[int] = []
+    y_prob: list[float] = []
+    predicted: list[str] = []
+    kept_records = []
+    failed: list[dict] = []
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, disable=not progress, transient=True,
+    ) as bar:
+        task = bar.add_task("evaluate", total=len(records))
+        for start in range(0, len(records), BATCH_SIZE):
+            batch = records[start:start + BATCH_SIZE]
+            blobs = [r.path.read_bytes() for r in batch]
+            probs, labels, kept = _predict_batch(fn, blobs, [r.path for r in batch], failed)
+            for i, p, label in zip(kept, probs, labels):
+                kept_records.append(batch[i])
+                y_true.append(classes.index(batch[i].class_name))
+                y_prob.append(float(p))
+                predicted.append(label)
+            bar.advance(task, len(batch))
+    seconds = time.perf_counter() - started
+    if not y_true:
+        raise DataError(f"None of the {len(records)} images in {dataset.root} could be decoded by the model.", hint="Use JPEG, PNG, GIF or BMP files.")
+
+    metrics = binary_metrics(y_true, y_prob, threshold)
+    errors = [
+        {"path": str(r.path), "true": r.class_name, "predicted": label, "probability": p}
+        for r, label, p in zip(kept_records, predicted, y_prob)
+        if label != r.class_name
+    ]
+    if errors_csv is not None:
+        errors_csv = Path(errors_csv)
+        errors_csv.parent.mkdir(parents=True, exist_ok=True)
+        with errors_csv.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["path", "true", "predicted", "probability"])
+            writer.writeheader()
+            writer.writerows({**e, "probability": f"{e['probability']:.6f}"} for e in errors)
+    for item in failed:
+        log(f"[yellow]skipped[/] {item['path']}: {item['error']}")
+    same_data = bool(meta.get("data_hash")) and meta.get("data_hash") == dataset.data_hash
+    return {
+        **metrics,
+        "model_dir": str(version_dir),
+        "version": int(version_dir.name) if version_dir.name.isdigit() else None,
+        "backbone": meta.get("backbone"),
+        "data_dir": str(dataset.root),
+        "data_hash": dataset.data_hash,
+        "training_data": same_data,
+        "classes": classes,
+        "positive_class": classes[1],
+        "threshold": threshold,
+        "confusion_matrix_order": CONFUSION_ORDER,
+        "misclassified": len(errors),
+        "errors_csv": str(errors_csv) if errors_csv is not None else None,
+        "failed": failed,
+        "images_per_second": round(len(y_true) / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def print_metrics(metrics: dict) -> None:
+    """Metrics and the confusion matrix as rich tables (stdout)."""
+    from rich.table import Table
+
+    classes = metrics["classes"]
+    title = f"{metrics['model_dir']} on {metrics['n']} images of {metrics['data_dir']}"
+    table = Table("metric", "value", title=title, title_justify="left")
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        value = metrics[name]
+        table.add_row(name, "n/a (one class only)" if value is None else f"{value:.4f}")
+    table.add_row("threshold", f"{metrics['threshold']:g} (positive class: {metrics['positive_class']})")
+    out.print(table)
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    cm = Table("true \\ predicted", classes[0], classes[1], title="confusion matrix", title_justify="left")
+    cm.add_row(classes[0], str(tn), str(fp))
+    cm.add_row(classes[1], str(fn), str(tp))
+    out.print(cm)
+    if metrics.get("errors_csv"):
+        out.print(f"{metrics['misclassified']} misclassified images written to {metrics['errors_csv']}")
+    if metrics.get("failed"):
+        out.print(f"[yellow]{len(metrics['failed'])} image(s) could not be decoded and were skipped.[/]")
+    if metrics.get("training_data"):
+        err.print("[yellow]Note:[/] this is the dataset the model was trained on (training and validation images); expect optimistic numbers.")

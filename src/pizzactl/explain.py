@@ -1,0 +1,254 @@
+"""Grad-CAM straight from the exported SavedModel: which pixels made the model say "pizza".
+
+No Keras model or training run is needed. The `serving_pixels` signature is frozen (variables
+become constants, nested functions are inlined) into one flat graph; in it the backbone's last
+feature map is the input of the final global pooling (the last rank-4 `Mean`/`Max`). The graph
+is pruned into two functions, pixels -> feature map and feature map -> P(pizza), so
+`tf.GradientTape` can differentiate the second: Grad-CAM weights each feature channel by the
+mean gradient of P(pizza) over it (Selvaraju et al., 2017).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pizzactl.console import log
+from pizzactl.errors import ModelNotFoundError, PizzaError, missing_extra
+
+MAX_SIDE = 512  # overlay size (longest side)
+
+
+class ExplainError(PizzaError):
+    """The model's graph has no feature map Grad-CAM can use."""
+
+    code = "explain"
+
+
+def _tf():
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise missing_extra("tensorflow") from None
+    return tf
+
+
+@dataclass
+class GradCam:
+    """Grad-CAM for one exported version directory (built once, used for many images)."""
+
+    version_dir: Path
+    image_size: int
+    positive: str
+    negative: str
+    threshold: float
+    _features: Any = None  # uint8 pixels [N,S,S,3] -> feature map [N,h,w,C]
+    _head: Any = None  # feature map -> probability [N]
+    feature_tensor: str = ""
+
+    @classmethod
+    def load(cls, version_dir: Path | str) -> "GradCam":
+        tf = _tf()
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        from pizzactl.models import read_metadata
+
+        version_dir = Path(version_dir)
+        meta = read_metadata(version_dir)
+        loaded = tf.saved_model.load(str(version_dir))
+        if "serving_pixels" not in loaded.signatures:
+            raise ModelNotFoundError(f"{version_dir} has no serving_pixels signature.", hint="Export the model again with `pizzactl export RUN`.")
+        signature = loaded.signatures["serving_pixels"]
+        frozen = convert_variables_to_constants_v2(signature)
+        graph_def = frozen.graph.as_graph_def()
+        output_index = sorted(signature.structured_outputs).index("probability")
+        probability_name = frozen.outputs[output_index].name
+        input_name = frozen.inputs[0].name
+
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+        graph = wrapped.graph
+        pixels = graph.get_tensor_by_name(input_name)
+        probability = graph.get_tensor_by_name(probability_name)
+        feature_map = _last_feature_map(graph, probability)
+        classes = [str(c) for c in meta.get("classes", ["not_pizza", "pizza"])]
+        return cls(
+            version_dir=version_dir,
+            image_size=int(meta["image_size"]),
+            positive=classes[1],
+            negative=classes[0],
+            threshold=float(meta.get("threshold", 0.5)),
+            _features=wrapped.prune(feeds=pixels, fetches=feature_map),
+            _head=wrapped.prune(feeds=feature_map, fetches=probability),
+            feature_tensor=feature_map.name,
+        )
+
+    def pixels(self, image_bytes: bytes):
+        """Encoded image -> uint8 [1,S,S,3], exactly the pixels serving_default would see (rounded)."""
+        tf = _tf()
+        from pizzactl.train.imaging import decode_resize
+
+        try:
+            image = decode_resize(tf.constant(image_bytes), self.image_size)
+        except tf.errors.InvalidArgumentError as exc:
+            raise ExplainError(f"Cannot decode the image: {exc.message.splitlines()[0]}") from None
+        return tf.cast(tf.round(image), tf.uint8)[tf.newaxis]
+
+    def heatmap(self, image_bytes: bytes):
+        """(cam [h,w] float32 in 0..1, P(positive)) for one image.
+
+        The map explains the predicted class: evidence for pizza when P >= threshold, else
+        evidence against it (the gradient of 1 - P).
+        """
+        import numpy as np
+
+        tf = _tf()
+        feature_map = self._features(self.pixels(image_bytes))
+        with tf.GradientTape() as tape:
+            tape.watch(feature_map)
+            probability = self._head(feature_map)
+        grads = tape.gradient(probability, feature_map)
+        if float(probability.numpy()[0]) < self.threshold:
+            grads = -grads
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))[0].numpy()
+        peak = float(cam.max())
+        cam = cam / peak if peak > 0 else np.zeros_like(cam)
+        return cam.astype("float32"), float(probability.numpy()[0])
+
+
+def _last_feature_map(graph, output):
+    """The input of the last global pooling (rank-4 Mean/Max over H,W) that feeds `output`."""
+    ancestors = _ancestors(output)
+    candidates = []
+    for op in graph.get_operations():
+        if op.name not in ancestors or not op.inputs:
+            continue
+        x = op.inputs[0]
+        if x.shape.rank != 4 or not x.dtype.is_floating:
+            continue
+        h, w = x.shape[1], x.shape[2]
+        if h is not None and w is not None and h * w <= 1:
+            continue
+        if op.type in ("Mean", "Max"):
+            candidates.append(x)
+    if not candidates:
+        raise ExplainError(
+            "The model has no global pooling over a feature map, so Grad-CAM has nothing to weight.",
+            hint="Grad-CAM needs a convolutional backbone followed by global pooling.",
+        )
+    return candidates[-1]
+
+
+def _ancestors(tensor) -> set[str]:
+    seen: set[str] = set()
+    stack = [tensor.op]
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return seen
+
+
+def overlay(image_bytes: bytes, cam, caption: str, alpha: float = 0.45):
+    """The photo (upright, longest side MAX_SIDE) with the heatmap blended over it and a caption."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageOps
+
+    image = Image.open(io.BytesIO(image_bytes))
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    image.thumbnail((MAX_SIDE, MAX_SIDE))
+    heat = Image.fromarray((np.clip(cam, 0, 1) * 255).astype("uint8"), "L").resize(image.size, Image.Resampling.BILINEAR)
+    colored = Image.fromarray(_colormap(np.asarray(heat)), "RGB")
+    blended = Image.blend(image, colored, alpha)
+    draw = ImageDraw.Draw(blended)
+    box = draw.textbbox((6, 6), caption)
+    draw.rectangle((box[0] - 4, box[1] - 3, box[2] + 4, box[3] + 3), fill=(0, 0, 0))
+    draw.text((6, 6), caption, fill=(255, 255, 255))
+    return blended
+
+
+def _colormap(gray):
+    """uint8 [h,w] -> uint8 [h,w,3] with matplotlib's jet (blue = ignored, red = decisive)."""
+    import numpy as np
+
+    try:
+        import matplotlib
+
+        return (matplotlib.colormaps["jet"](gray)[..., :3] * 255).astype("uint8")
+    except ImportError:  # a simple blue -> red ramp
+        g = gray.astype("float32") / 255.0
+        return (np.stack([g, 1 - np.abs(2 * g - 1), 1 - g], axis=-1) * 255).astype("uint8")
+
+
+def explain_image(cam: GradCam, image_bytes: bytes, out_path: Path) -> dict[str, Any]:
+    """Write the overlay PNG for one image; returns label, probability and the path."""
+    heat, probability = cam.heatmap(image_bytes)
+    label = cam.positive if probability >= cam.threshold else cam.negative
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    overlay(image_bytes, heat, f"{label}  P({cam.positive})={probability:.2f}  (red: what says {label})").save(out_path, "PNG")
+    return {"label": label, "probability": probability, "path": str(out_path)}
+
+
+def _model_for(settings, results: Sequence[dict[str, Any]]) -> Path:
+    """The exported version that answered (its model_version) if it is on this machine, else the latest."""
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.models import latest_version_dir, list_versions
+
+    dirs = [Path(settings.models_dir)]
+    st = state_mod.load(settings)
+    if st is not None and st.model_dir:
+        dirs.insert(0, Path(st.model_dir))
+    wanted = {int(r["model_version"]) for r in results if str(r.get("model_version", "")).isdigit()}
+    for models_dir in dirs:
+        for version, path in reversed(list_versions(models_dir)):
+            if not wanted or version in wanted:
+                return path
+    try:
+        return latest_version_dir(dirs[0])
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"--explain needs the exported model on this machine: {exc.message}",
+            hint="Pass --models DIR (the directory that was deployed), or run `pizzactl train`.",
+        ) from None
+
+
+def _fetch(url: str, max_bytes: int = 10 * 1024 * 1024) -> bytes:
+    import httpx
+
+    with httpx.stream("GET", url, follow_redirects=True, timeout=10.0) as response:
+        response.raise_for_status()
+        data = bytearray()
+        for chunk in response.iter_bytes():
+            data.extend(chunk)
+            if len(data) > max_bytes:
+                raise ExplainError(f"{url} is larger than {max_bytes} bytes.")
+    return bytes(data)
+
+
+def explain_sources(settings, items, results: list[dict[str, Any]], out_dir: Path, endpoint: str | None = None) -> None:
+    """Grad-CAM overlays for every source the endpoint classified; adds `explanation` to each result."""
+    import re
+
+    cam = GradCam.load(_model_for(settings, results))
+    log(f"Grad-CAM from {cam.version_dir} (feature map {cam.feature_tensor}) -> {out_dir}")
+    used: set[str] = set()
+    for item, result in zip(items, results):
+        if "error" in result:
+            continue
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(item.path.name if item.path else item.text.rsplit("/", 1)[-1]).stem) or "image"
+        name, n = f"{stem}.gradcam.png", 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}.gradcam.png"
+        used.add(name)
+        try:
+            data = item.path.read_bytes() if item.path else _fetch(item.text)
+            explain_image(cam, data, Path(out_dir) / name)
+            result["explanation"] = str(Path(out_dir) / name)
+        except Exception as exc:  # one bad image must not lose the other overlays
+            result["explanation_error"] = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"

@@ -1,0 +1,399 @@
+"""Export a trained classifier as a TF Serving SavedModel version, checked and published atomically.
+
+The exported graph is the model contract (README, "The model contract"):
+
+* `serving_default(image_bytes: tf.string [None])` decodes and resizes each image with
+  `pizzactl.train.imaging.decode_resize` (the function training used) and runs the classifier,
+  whose own preprocessing is inside it;
+* `serving_pixels(pixels: uint8 [None, S, S, 3])` skips the decoding;
+* both return `probability` (float32 [None], P(classes[1])) and `label` (tf.string [None]).
+
+An export is written to `MODELS/pizza/.tmp-<pid>-<id>` (TF Serving ignores non-integer names),
+reloaded and compared with the in-memory classifier on real image bytes, and only then renamed
+to `MODELS/pizza/<next int>`. A crash or a failed check never leaves a version directory behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from pizzactl import __version__
+from pizzactl.console import log
+from pizzactl.errors import ExportError, ModelNotFoundError
+from pizzactl.models import METADATA_DIR, METADATA_FILE, MODEL_NAME, find_run_dir, list_versions, model_base
+
+TMP_PREFIX = ".tmp-"
+STALE_AFTER_S = 6 * 3600  # a temp dir this old is abandoned even if its pid was reused
+DEFAULT_ATOL = 1e-4
+DEFAULT_CLASSES = ("not_pizza", "pizza")
+
+
+def signature_info(image_size: int) -> dict[str, Any]:
+    """What the two signatures take and return, as written into the metadata."""
+    outputs = {
+        "probability": {"dtype": "float32", "shape": [None]},
+        "label": {"dtype": "string", "shape": [None]},
+    }
+    return {
+        "serving_default": {"inputs": {"image_bytes": {"dtype": "string", "shape": [None]}}, "outputs": outputs},
+        "serving_pixels": {
+            "inputs": {"pixels": {"dtype": "uint8", "shape": [None, image_size, image_size, 3]}},
+            "outputs": outputs,
+        },
+    }
+
+
+def _infer_image_size(classifier) -> int | None:
+    try:
+        shape = classifier.inputs[0].shape
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
+        return int(shape[1])
+    return None
+
+
+def build_serving_module(classifier, image_size: int, classes: Sequence[str], threshold: float):
+    """A tf.Module carrying the classifier and the two serving signatures."""
+    import tensorflow as tf
+
+    from pizzactl.train.imaging import decode_resize
+
+    size = int(image_size)
+    negative, positive = str(classes[0]), str(classes[1])
+    threshold = float(threshold)
+
+    def probabilities(pixels):
+        p = classifier(pixels, training=False)
+        if isinstance(p, (list, tuple)):
+            p = p[0]
+        p = tf.cast(p, tf.float32)
+        if p.shape.rank == 2 and p.shape[-1] == 2:  # softmax over (negative, positive)
+            p = p[:, 1]
+        return tf.reshape(p, [-1])
+
+    def outputs(pixels):
+        # Some CPU kernels (oneDNN convolutions) reject an empty batch: answer it without the model.
+        p = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: probabilities(pixels),
+            lambda: tf.zeros([0], tf.float32),
+        )
+        label = tf.where(p >= threshold, tf.constant(positive), tf.constant(negative))
+        return {"probability": tf.identity(p, name="probability"), "label": tf.identity(label, name="label")}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        pixels = tf.map_fn(
+            lambda b: decode_resize(b, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        return outputs(pixels)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
+    def serving_pixels(pixels):
+        return outputs(tf.cast(pixels, tf.float32))
+
+    module = tf.Module(name="pizzactl")
+    module.classifier = classifier
+    module.serving_default = serving_default
+    module.serving_pixels = serving_pixels
+    return module
+
+
+def synthetic_check_images(image_size: int = 64, n: int = 3) -> list[bytes]:
+    """Deterministic JPEG/PNG images for the self-check when no real photo is at hand."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        h, w = image_size + 17 * i, image_size + 31 * i
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) * 255 // (h + w)], -1)
+        arr = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG" if i % 2 else "JPEG")
+        images.append(buf.getvalue())
+    return images
+
+
+def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[bytes], atol: float = DEFAULT_ATOL) -> dict:
+    """Reload an exported SavedModel and check it against the in-memory classifier.
+
+    Both signatures must exist and agree with `classifier` on the same pixels (the images decoded
+    by `decode_resize`, and those pixels rounded to uint8 for `serving_pixels`) within `atol`,
+    and the labels must follow the threshold. Raises ExportError otherwise; returns a summary.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from pizzactl.models import read_metadata
+    from pizzactl.train.imaging import decode_resize
+
+    saved_dir = Path(saved_dir)
+    meta = read_metadata(saved_dir)
+    size, threshold = int(meta["image_size"]), float(meta["threshold"])
+    classes = [str(c) for c in meta["classes"]]
+    if not check_images:
+        raise ExportError("The export self-check needs at least one image.", hint="Pass some JPEG/PNG bytes as check_images.")
+    loaded = tf.saved_model.load(str(saved_dir))
+    missing = {"serving_default", "serving_pixels"} - set(loaded.signatures)
+    if missing:
+        raise ExportError(f"The exported model lacks signature(s) {', '.join(sorted(missing))}.", hint="This is a bug in pizzactl.")
+
+    def expected(pixels):
+        p = classifier(pixels, training=False)
+        p = np.asarray(p[0] if isinstance(p, (list, tuple)) else p, dtype=np.float32)
+        return p[:, 1] if p.ndim == 2 and p.shape[-1] == 2 else p.reshape(-1)
+
+    pixels = tf.stack([decode_resize(tf.constant(b), size) for b in check_images])
+    got = loaded.signatures["serving_default"](image_bytes=tf.constant(list(check_images)))
+    want = expected(pixels)
+    as_uint8 = tf.cast(tf.round(pixels), tf.uint8)
+    got_px = loaded.signatures["serving_pixels"](pixels=as_uint8)
+    want_px = expected(tf.cast(as_uint8, tf.float32))
+
+    diff = float(np.max(np.abs(got["probability"].numpy() - want)))
+    diff_px = float(np.max(np.abs(got_px["probability"].numpy() - want_px)))
+    if not (diff <= atol and diff_px <= atol):  # also catches NaN
+        raise ExportError(
+            f"The exported model disagrees with the trained one (max |diff| {diff:.3g} on image bytes, "
+            f"{diff_px:.3g} on pixels; tolerance {atol:g}); not published.",
+            hint="The classifier is not deterministic at inference or did not save faithfully; run with --debug and report it.",
+        )
+    for out in (got, got_px):
+        probs = out["probability"].numpy()
+        labels = [x.decode() for x in out["label"].numpy()]
+        wanted = [classes[1] if p >= threshold else classes[0] for p in probs]
+        if labels != wanted:
+            raise ExportError(f"Exported labels {labels} do not follow threshold {threshold}: expected {wanted}.", hint="This is a bug in pizzactl.")
+    return {"n_images": len(check_images), "max_abs_diff": max(diff, diff_px), "atol": atol}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove temp dirs left by exports that died (their pid is gone) or are very old."""
+    removed = []
+    if not base.is_dir():
+        return removed
+    now = time.time()
+    for child in base.iterdir():
+        if not (child.is_dir() and child.name.startswith(TMP_PREFIX)):
+            continue
+        pid_text = child.name[len(TMP_PREFIX):].split("-", 1)[0]
+        dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+        try:
+            old = now - child.stat().st_mtime > older_than_s
+        except FileNotFoundError:
+            continue
+        if dead or old:
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under root, so the rename publishes complete data."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, base: Path, name: str) -> Path:
+    """Rename tmp to the next free integer version; retry if a concurrent export took it."""
+    for _ in range(1000):
+        versions = list_versions(base.parent, name)
+        target = base / str(versions[-1][0] + 1 if versions else 1)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.exists():
+                continue
+            raise
+        _fsync_dir(base)
+        return target
+    raise ExportError(f"Could not find a free version number in {base}.", hint="Remove old versions and try again.")  # pragma: no cover
+
+
+def _write_metadata(version_dir: Path, meta: dict) -> None:
+    path = version_dir / METADATA_DIR / METADATA_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
+    import keras
+    import tensorflow as tf
+
+    classes = [str(c) for c in (metadata.get("classes") or DEFAULT_CLASSES)]
+    if len(classes) != 2:
+        raise ExportError(f"A binary classifier needs exactly two classes, got {classes}.", hint="Pass classes=[negative, positive].")
+    meta = {
+        "backbone": None,
+        "weights": None,
+        "metrics": {},
+        "data_hash": None,
+        **metadata,
+        "name": name,
+        "image_size": int(image_size),
+        "classes": classes,
+        "positive_class": classes[1],
+        "threshold": float(metadata.get("threshold", 0.5)),
+        "pizzactl_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": signature_info(int(image_size)),
+    }
+    return meta
+
+
+def export_model(
+    classifier,
+    models_dir: Path | str,
+    metadata: dict,
+    check_images: Sequence[bytes],
+    name: str = MODEL_NAME,
+    *,
+    atol: float = DEFAULT_ATOL,
+) -> Path:
+    """Export `classifier` (float32 [N,S,S,3] 0..255 -> P(classes[1])) as the next version; return its dir.
+
+    `metadata` should hold backbone, image_size, classes, threshold, metrics, data_hash, weights;
+    anything else in it is kept. `check_images` are encoded images for the self-check (synthetic
+    ones are used if empty).
+    """
+    import tensorflow as tf
+
+    image_size = metadata.get("image_size") or _infer_image_size(classifier)
+    if not image_size:
+        raise ExportError("Cannot tell the model's input size.", hint="Put image_size in the export metadata.")
+    meta = build_metadata(metadata, int(image_size), name)
+    base = model_base(models_dir, name)
+    base.mkdir(parents=True, exist_ok=True)
+    for stale in clean_stale_temps(base):
+        log(f"Removed {stale} left by an interrupted export.")
+    tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        module = build_serving_module(classifier, meta["image_size"], meta["classes"], meta["threshold"])
+        tf.saved_model.save(
+            module,
+            str(tmp),
+            signatures={"serving_default": module.serving_default, "serving_pixels": module.serving_pixels},
+        )
+        _write_metadata(tmp, meta)
+        images = list(check_images) or synthetic_check_images(meta["image_size"])
+        meta["self_check"] = verify_export(tmp, classifier, images, atol=atol)
+        _write_metadata(tmp, meta)
+        _fsync_tree(tmp)
+        version_dir = _publish(tmp, base, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"Exported {version_dir} (self-check on {meta['self_check']['n_images']} images, max |diff| {meta['self_check']['max_abs_diff']:.2g}).")
+    return version_dir
+
+
+# --- re-exporting a training run --------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON ({exc}).", hint="Train the run again.") from None
+
+
+def _lookup(key: str, *sources: dict, default=None):
+    for source in sources:
+        for place in (source, source.get("settings") or {}, source.get("config") or {}):
+            if isinstance(place, dict) and place.get(key) is not None:
+                return place[key]
+    return default
+
+
+def run_check_images(config: dict, per_class: int = 2) -> list[bytes]:
+    """A few real images from the run's dataset, if it is still there (else [])."""
+    data_dir = _lookup("data_dir", config)
+    if not data_dir or not Path(data_dir).is_dir():
+        return []
+    images: list[bytes] = []
+    for class_dir in sorted(p for p in Path(data_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        images.extend(p.read_bytes() for p in files[:per_class])
+    return images
+
+
+def load_run_classifier(run_dir: Path):
+    """The run's full classifier (`model.keras`), with pizzactl's custom layers registered."""
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise ModelNotFoundError(f"{run_dir} has no model.keras (the run did not finish?).", hint="Train again with `pizzactl train`.")
+    import keras
+
+    import pizzactl.train.backbones  # noqa: F401  (registers the backbones' serializable layers)
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for a bad archive
+        raise ExportError(f"Cannot load {path}: {type(exc).__name__}: {exc}", hint="Train the run again; the file may be damaged.") from None
+
+
+def export_run(settings, run_id_or_dir: str | Path) -> Path:
+    """Re-export a training run (`runs/<id>/model.keras` + config.json + metrics.json) as a new version."""
+    run_dir = find_run_dir(settings, run_id_or_dir)
+    config = _read_json(run_dir / "config.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    classifier = load_run_classifier(run_dir)
+    metadata = {
+        "backbone": _lookup("backbone", config),
+        "weights": _lookup("weights", config),
+        "image_size": _lookup("image_size", config, metrics) or _infer_image_size(classifier),
+        "classes": _lookup("classes", config, metrics, default=list(DEFAULT_CLASSES)),
+        "threshold": float(_lookup("threshold", config, metrics, default=0.5)),
+        "data_hash": _lookup("data_hash", config, metrics),
+        "metrics": metrics,
+        "run_id": _lookup("run_id", config, default=run_dir.name),
+    }
+    return export_model(classifier, settings.models_dir, metadata, run_check_images(config))

@@ -1,0 +1,120 @@
+"""Finding exported models and training runs on disk (no TensorFlow needed).
+
+Exports use TF Serving's layout, `MODELS/pizza/<int version>/` (a SavedModel), with pizzactl's
+metadata in `<version>/assets.extra/pizzactl.json`. TF Serving ignores directories whose name
+is not an integer, which is why in-progress exports live in `MODELS/pizza/.tmp-*` and appear
+under their version number only by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pizzactl.errors import ModelNotFoundError, PizzaError
+
+MODEL_NAME = "pizza"
+METADATA_DIR = "assets.extra"
+METADATA_FILE = "pizzactl.json"
+NO_MODEL_HINT = "run `pizzactl train` or pass --models DIR"
+
+
+class RunNotFoundError(PizzaError):
+    """No training run matches the id, prefix or directory given."""
+
+    code = "run_not_found"
+    http_status = 404
+
+
+def model_base(models_dir: Path | str, name: str = MODEL_NAME) -> Path:
+    """`MODELS/<name>`: the folder that holds the integer versions."""
+    return Path(models_dir).expanduser() / name
+
+
+def list_versions(models_dir: Path | str, name: str = MODEL_NAME) -> list[tuple[int, Path]]:
+    """Published versions, oldest first. Temporary and non-integer directories are ignored."""
+    base = model_base(models_dir, name)
+    if not base.is_dir():
+        return []
+    versions = []
+    for child in base.iterdir():
+        if child.is_dir() and child.name.isdigit():
+            versions.append((int(child.name), child))
+    return sorted(versions)
+
+
+def latest_version_dir(models_dir: Path | str, name: str = MODEL_NAME) -> Path:
+    """The highest published version directory, e.g. `models/pizza/3`."""
+    versions = list_versions(models_dir, name)
+    if not versions:
+        raise ModelNotFoundError(
+            f"No exported model in {model_base(models_dir, name)}.",
+            hint=NO_MODEL_HINT[0].upper() + NO_MODEL_HINT[1:] + ".",
+        )
+    return versions[-1][1]
+
+
+def is_version_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "saved_model.pb").is_file()
+
+
+def resolve_model_dir(path: Path | str | None, models_dir: Path | str, name: str = MODEL_NAME) -> Path:
+    """A version directory from what a user may type: a version dir, `MODELS/pizza`, `MODELS`, or nothing."""
+    if path is None:
+        return latest_version_dir(models_dir, name)
+    path = Path(path).expanduser()
+    if is_version_dir(path):
+        return path
+    if path.is_dir():
+        if list_versions(path.parent, path.name):  # MODELS/pizza
+            return latest_version_dir(path.parent, path.name)
+        if list_versions(path, name):  # MODELS
+            return latest_version_dir(path, name)
+    raise ModelNotFoundError(
+        f"{path} is not an exported model (no saved_model.pb, no {name}/<version> inside).",
+        hint=f"Pass a version directory such as {model_base(models_dir, name)}/1, or {NO_MODEL_HINT}.",
+    )
+
+
+def read_metadata(version_dir: Path | str) -> dict:
+    """The `assets.extra/pizzactl.json` of an exported version."""
+    path = Path(version_dir) / METADATA_DIR / METADATA_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelNotFoundError(
+            f"{version_dir} has no {METADATA_DIR}/{METADATA_FILE}; it was not exported by pizzactl.",
+            hint=f"Export it with `pizzactl export RUN`, or {NO_MODEL_HINT}.",
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ModelNotFoundError(
+            f"{path} is not valid JSON ({exc}).",
+            hint="Export the model again with `pizzactl export RUN`.",
+        ) from None
+
+
+def find_run_dir(settings, run: str | Path) -> Path:
+    """A run directory from a path, a run id, or a unique prefix of one under `settings.runs_dir`."""
+    candidate = Path(run).expanduser()
+    if candidate.is_dir() and (candidate / "config.json").is_file():
+        return candidate
+    runs_dir = Path(settings.runs_dir).expanduser()
+    text = str(run)
+    matches = []
+    if runs_dir.is_dir() and "/" not in text:
+        matches = sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name.startswith(text))
+        exact = [p for p in matches if p.name == text]
+        if exact:
+            return exact[0]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches[:5])
+        raise RunNotFoundError(
+            f"Run prefix {text!r} is ambiguous: {names}{', ...' if len(matches) > 5 else ''}.",
+            hint="Type more of the run id (`pizzactl runs list` shows them).",
+        )
+    raise RunNotFoundError(
+        f"No run {text!r} in {runs_dir}.",
+        hint="See `pizzactl runs list`, pass the run directory itself, or set PIZZACTL_RUNS_DIR.",
+    )

@@ -1,0 +1,276 @@
+"""`pizzactl predict`: ask the deployed gateway about files, directories and URLs.
+
+Files are uploaded (multipart field `file`); URLs are passed as `{"url": ...}` so the gateway
+fetches them (with its SSRF checks); a directory means every image under it. Requests run in
+a small thread pool over one HTTP connection pool. The endpoint is `--endpoint`, else what
+`pizzactl deploy` recorded, else the `endpoint` setting, else a gateway answering on
+localhost at the configured port (`pizzactl serve`).
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+from pizzactl.console import err, out
+from pizzactl.errors import EndpointError, NotDeployedError, UsageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+PREDICT_PATH = "/predict"
+TIMEOUT = 30.0  # seconds per request (the gateway may fetch a URL first)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing to classify: a local file or a URL (kind 'file' | 'url' | 'missing')."""
+
+    text: str  # as the user wrote it (or the file found in a directory)
+    kind: str
+    path: Path | None = None
+
+
+def is_url(text: str) -> bool:
+    return urlsplit(text).scheme.lower() in ("http", "https")
+
+
+def expand_sources(sources: Iterable[str]) -> list[Source]:
+    """Files stay files, directories become the images under them (sorted), URLs stay URLs."""
+    items: list[Source] = []
+    for text in sources:
+        if is_url(text):
+            items.append(Source(text, "url"))
+            continue
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            items.extend(Source(str(p), "file", p) for p in found)
+        elif path.is_file():
+            items.append(Source(text, "file", path))
+        else:
+            items.append(Source(text, "missing", path))
+    return items
+
+
+def resolve_endpoint(settings) -> str:
+    """--endpoint, else the deployed URL, else the endpoint setting, else a local `pizzactl serve`."""
+    from pizzactl.deploy import state as state_mod
+
+    if settings.endpoint and settings.sources.get("endpoint") == "flag":
+        return normalize_endpoint(settings.endpoint)
+    st = state_mod.load(settings)
+    if st is not None:
+        return normalize_endpoint(st.url)
+    if settings.endpoint:
+        return normalize_endpoint(settings.endpoint)
+    from pizzactl.serving.processes import http_url
+
+    local = http_url(settings.host, settings.port)
+    if _answers(local):
+        return local
+    raise NotDeployedError(
+        "Nothing is deployed, so there is no endpoint to ask.",
+        hint=f"Deploy first (`pizzactl deploy --target local`), or pass --endpoint URL (e.g. {local} for `pizzactl serve`).",
+    )
+
+
+def normalize_endpoint(url: str) -> str:
+    """The gateway's base URL: accepts `host:port`, a trailing slash or a trailing /predict."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"{url!r} is not an http(s) URL.", hint="Pass --endpoint like http://127.0.0.1:9696.")
+    url = url.rstrip("/")
+    if url.endswith(PREDICT_PATH):
+        url = url[: -len(PREDICT_PATH)]
+    return url
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/readyz", timeout=0.5, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _error_text(response) -> str:
+    """The gateway's `{"error": {"code", "message"}}` (or anything else) as one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error" in body:
+        error = body["error"]
+        if isinstance(error, dict):
+            text = error.get("message") or str(error)
+            code = error.get("code")
+            return f"{text} ({code}, HTTP {response.status_code})" if code else f"{text} (HTTP {response.status_code})"
+        return f"{error} (HTTP {response.status_code})"
+    if isinstance(body, dict) and "detail" in body:
+        return f"{body['detail']} (HTTP {response.status_code})"
+    snippet = response.text.strip().replace("\n", " ")[:200]
+    return f"HTTP {response.status_code}: {snippet}" if snippet else f"HTTP {response.status_code}"
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _predict_one(client, endpoint: str, item: Source) -> dict[str, Any]:
+    import httpx
+
+    if item.kind == "missing":
+        return {"source": item.text, "error": "no such file or directory"}
+    try:
+        if item.kind == "url":
+            response = client.post(endpoint + PREDICT_PATH, json={"url": item.text})
+        else:
+            try:
+                data = item.path.read_bytes()
+            except OSError as exc:
+                return {"source": item.text, "error": f"cannot read the file: {exc.strerror or exc}"}
+            response = client.post(endpoint + PREDICT_PATH, files={"file": (item.path.name, data, _content_type(item.path))})
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise _Unreachable(str(exc) or type(exc).__name__) from None
+    except httpx.HTTPError as exc:
+        return {"source": item.text, "error": f"{type(exc).__name__}: {exc}"}
+    if response.status_code != 200:
+        return {"source": item.text, "error": _error_text(response)}
+    try:
+        body = response.json()
+        result = {"source": item.text, "label": body["label"], "probability": float(body["probability"])}
+    except (ValueError, KeyError, TypeError):
+        return {"source": item.text, "error": f"unexpected answer from {endpoint}: {response.text[:200]}"}
+    if "model_version" in body:
+        result["model_version"] = body["model_version"]
+    return result
+
+
+def _content_type(path: Path) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def classify(
+    endpoint: str,
+    items: Sequence[Source],
+    concurrency: int = 8,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Results in the order of `items`. Raises EndpointError when the gateway cannot be reached at all."""
+    import httpx
+
+    concurrency = max(1, int(concurrency))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(TIMEOUT, connect=5.0)
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    unreachable = threading.Event()
+    reason: list[str] = []
+
+    def work(index: int) -> None:
+        if unreachable.is_set():
+            results[index] = {"source": items[index].text, "error": f"cannot reach {endpoint}"}
+        else:
+            try:
+                results[index] = _predict_one(client, endpoint, items[index])
+            except _Unreachable as exc:
+                reason.append(str(exc))
+                unreachable.set()
+                results[index] = {"source": items[index].text, "error": f"cannot reach {endpoint}: {exc}"}
+        if on_done:
+            on_done(results[index])
+
+    with httpx.Client(limits=limits, timeout=timeout, trust_env=False) as client:
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pizzactl-predict") as pool:
+            list(pool.map(work, range(len(items))))
+    if unreachable.is_set() and not any("label" in r for r in results if r):
+        raise EndpointError(
+            f"Cannot reach the gateway at {endpoint} ({reason[0] if reason else 'connection failed'}).",
+            hint="Check it is up with `pizzactl status` (deploy with `pizzactl deploy`), or pass the right --endpoint URL.",
+        )
+    return [r for r in results if r is not None]
+
+
+def predict(
+    settings,
+    sources: Sequence[str],
+    concurrency: int = 8,
+    csv_path: Path | None = None,
+    explain_dir: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Classify every source; one dict per image: source, label, probability, model_version (or error)."""
+    items = expand_sources(sources)
+    if not items:
+        raise UsageError("No images found in " + ", ".join(sources) + ".", hint=f"Pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}), directories of them, or URLs.")
+    endpoint = resolve_endpoint(settings)
+    if progress and len(items) > 1:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("predict", total=len(items))
+            results = classify(endpoint, items, concurrency, on_done=lambda _r: bar.advance(task))
+    else:
+        results = classify(endpoint, items, concurrency)
+    if explain_dir is not None:
+        from pizzactl.explain import explain_sources
+
+        explain_sources(settings, items, results, Path(explain_dir), endpoint=endpoint)
+    if csv_path is not None:
+        write_csv(results, Path(csv_path))
+    return results
+
+
+def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["source", "label", "probability", "model_version", "error"]
+    extra = sorted({k for r in results for k in r} - set(fields))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields + extra)
+        writer.writeheader()
+        for r in results:
+            writer.writerow(r)
+
+
+MAX_ROWS = 200
+
+
+def print_predictions(results: Sequence[dict[str, Any]]) -> None:
+    """A table (up to MAX_ROWS rows) and, for more than one image, a summary line."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("source", "label", "P(pizza)", "version")
+    table.columns[0].overflow = "fold"
+    for r in results[:MAX_ROWS]:
+        if "error" in r:
+            table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "")
+        else:
+            style = "green" if r["label"] == "pizza" else "yellow"
+            table.add_row(escape(r["source"]), f"[{style}]{r['label']}[/]", f"{r['probability']:.3f}", str(r.get("model_version", "")))
+    out.print(table)
+    if len(results) > MAX_ROWS:
+        out.print(f"... and {len(results) - MAX_ROWS} more (use --json or --csv FILE for all of them).")
+    if len(results) > 1:
+        counts: dict[str, int] = {}
+        for r in results:
+            key = "failed" if "error" in r else r["label"]
+            counts[key] = counts.get(key, 0) + 1
+        out.print(f"{len(results)} images: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -1,0 +1,181 @@
+"""Async client for a TF Serving REST endpoint (TF Serving itself or pizzactl's model server).
+
+One pooled `httpx.AsyncClient` per event loop, a semaphore bounding the requests in flight,
+and a hard deadline per call: when the model server is down, slow or not ready, every call
+ends within `timeout` seconds with `ModelUnavailableError` (the gateway's 503 + Retry-After),
+never a hang, and the next call simply tries again, so recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import httpx
+
+from pizzactl.errors import InvalidImageError, ModelUnavailableError
+
+DEFAULT_TIMEOUT = 2.0
+DEFAULT_IMAGE_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    image_size: int
+    pizzactl: dict
+
+
+def _unavailable(message: str, retry_after: int = 1) -> ModelUnavailableError:
+    error = ModelUnavailableError(message, hint="The model server is down, overloaded or still loading; retry shortly.")
+    error.retry_after = retry_after  # type: ignore[attr-defined]
+    return error
+
+
+def image_size_from_metadata(metadata: dict) -> int:
+    """The model's input size: pizzactl.json's image_size, else the serving_pixels input shape."""
+    meta = metadata.get("metadata", {})
+    size = (meta.get("pizzactl") or {}).get("image_size")
+    if isinstance(size, int) and size > 0:
+        return size
+    try:
+        sigs = meta["signature_def"]["signature_def"]
+        dims = sigs["serving_pixels"]["inputs"]["pixels"]["tensor_shape"]["dim"]
+        size = int(dims[1]["size"])
+        if size > 0:
+            return size
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    return DEFAULT_IMAGE_SIZE
+
+
+class ModelClient:
+    """predict(jpegs) / status() / info() against `<base_url>/v1/models/<name>`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str = "pizza",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_concurrency: int = 64,
+        info_ttl: float = 5.0,
+        observe: Callable[[str, float], None] | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self.info_ttl = info_ttl
+        self.observe = observe
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, asyncio.Semaphore]] = {}
+        self._info: tuple[float, ModelInfo] | None = None
+        self._info_lock: asyncio.Lock | None = None
+
+    @property
+    def model_url(self) -> str:
+        return f"{self.base_url}/v1/models/{self.model_name}"
+
+    def _client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout, connect=min(1.0, self.timeout)),
+                limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+                trust_env=False,
+            )
+            entry = (loop, client, asyncio.Semaphore(self.max_concurrency))
+            self._clients[id(loop)] = entry
+        return entry[1], entry[2]
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.pop(id(loop), None)
+        if entry is not None:
+            await entry[1].aclose()
+
+    async def _request(self, method: str, url: str, kind: str, **kwargs) -> httpx.Response:
+        client, slots = self._client()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with slots:
+                    response = await client.request(method, url, **kwargs)
+        except TimeoutError:
+            raise _unavailable(f"The model server did not answer within {self.timeout:g}s.", 2) from None
+        except httpx.HTTPError as exc:
+            raise _unavailable(f"The model server at {self.base_url} cannot be reached ({type(exc).__name__}).") from None
+        finally:
+            if self.observe:
+                self.observe(kind, time.perf_counter() - started)
+        if response.status_code >= 500 or response.status_code == 404:
+            raise _unavailable(f"The model server answered {response.status_code}: {_error_text(response)}")
+        return response
+
+    async def status(self) -> dict[str, Any]:
+        response = await self._request("GET", self.model_url, "status")
+        if response.status_code != 200:
+            raise _unavailable(f"The model server answered {response.status_code}: {_error_text(response)}")
+        return response.json()
+
+    async def info(self, refresh: bool = False) -> ModelInfo:
+        """The served version and its input size (cached for `info_ttl` seconds)."""
+        now = time.monotonic()
+        if not refresh and self._info and now - self._info[0] < self.info_ttl:
+            return self._info[1]
+        if self._info_lock is None:
+            self._info_lock = asyncio.Lock()
+        async with self._info_lock:
+            if not refresh and self._info and time.monotonic() - self._info[0] < self.info_ttl:
+                return self._info[1]
+            status = await self.status()
+            available = [
+                int(s["version"])
+                for s in status.get("model_version_status", [])
+                if s.get("state") == "AVAILABLE" and str(s.get("version", "")).isdigit()
+            ]
+            if not available:
+                raise _unavailable(f"Model {self.model_name!r} has no AVAILABLE version yet.", 2)
+            version = str(max(available))
+            if self._info and self._info[1].version == version:
+                info = self._info[1]
+            else:
+                response = await self._request("GET", f"{self.model_url}/versions/{version}/metadata", "metadata")
+                metadata = response.json() if response.status_code == 200 else {}
+                info = ModelInfo(version, image_size_from_metadata(metadata), (metadata.get("metadata") or {}).get("pizzactl") or {})
+            self._info = (time.monotonic(), info)
+            return info
+
+    async def predict(self, images: list[bytes]) -> tuple[list[Prediction], str | None]:
+        """Predictions for encoded images, and the version that made them (if the server says)."""
+        body = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+        response = await self._request("POST", f"{self.model_url}:predict", "predict", json=body)
+        if response.status_code != 200:
+            # The gateway re-encodes every image, so this is the model refusing one: not a 5xx.
+            raise InvalidImageError(f"The model server rejected the image: {_error_text(response)}")
+        try:
+            rows = response.json()["predictions"]
+            predictions = [Prediction(str(r["label"]), float(r["probability"])) for r in rows]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _unavailable(f"The model server answered something that is not a pizzactl prediction ({exc}).") from None
+        if len(predictions) != len(images):
+            raise _unavailable("The model server answered the wrong number of predictions.")
+        version = response.headers.get("x-model-version")
+        return predictions, version
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))[:300]
+    except ValueError:
+        return response.text[:300]

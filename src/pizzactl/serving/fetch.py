@@ -1,0 +1,205 @@
+"""Fetch an image URL without becoming an SSRF proxy.
+
+Only http and https. The host is resolved once, every address it resolves to must be public
+(not loopback, private, link-local, multicast, reserved, unspecified, shared or a cloud
+metadata address), and the connection goes to the very address that was checked (the URL's
+host is replaced by the IP; Host header and TLS SNI/certificate check keep the name), so a
+DNS answer that changes between check and connect (DNS rebinding) does not matter.
+Redirects are followed by hand (at most 3), each hop checked again. The body is streamed and
+cut off at `max_bytes` (413); the content type must be image/* or application/octet-stream
+(415). `allow_private=True` (PIZZACTL_ALLOW_PRIVATE_URLS=1) lets loopback and private
+addresses through for local testing; link-local and metadata addresses stay blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+
+from pizzactl import __version__
+from pizzactl.errors import BadInputError, FetchError, PayloadTooLargeError, UnsafeURLError, UnsupportedMediaError
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+REDIRECTS = {301, 302, 303, 307, 308}
+
+# Cloud metadata services (AWS, GCP, Azure, ECS, Alibaba, Oracle ...), blocked even with allow_private.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "169.254.169.253", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+)
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    allow_private: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_redirects: int = 3
+    connect_timeout: float = 3.0
+    read_timeout: float = 5.0
+    total_timeout: float = 10.0
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool = False) -> str | None:
+    """Why `ip` must not be fetched from, or None if it may."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return address_problem(ip.ipv4_mapped, allow_private)
+        if ip.sixtofour is not None:
+            return address_problem(ip.sixtofour, allow_private)
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_unspecified:
+        return "an unspecified address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_loopback:
+        return None if allow_private else "a loopback address"
+    if ip.is_private:
+        return None if allow_private else "a private address"
+    if ip.is_reserved or not ip.is_global:
+        return "a reserved or non-public address"
+    return None
+
+
+def check_url(url: str) -> httpx.URL:
+    """Parse and check the scheme and host of a URL (no network)."""
+    if not isinstance(url, str) or not url.strip():
+        raise BadInputError("The URL is empty.", hint="Send an http(s) URL of an image.")
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise BadInputError(f"The URL is malformed: {exc}", hint="Send an http(s) URL of an image.") from None
+    if parsed.scheme not in ("http", "https"):
+        raise UnsafeURLError(
+            f"Only http and https URLs can be fetched, not {parsed.scheme or 'a relative URL'!r}.",
+            hint="Send an http(s) URL, or upload the file instead.",
+        )
+    if not parsed.host:
+        raise BadInputError("The URL has no host.", hint="Send an absolute http(s) URL.")
+    return parsed
+
+
+async def resolve_checked(host: str, port: int, allow_private: bool = False) -> str:
+    """Resolve `host` and return an address to connect to; every address must pass the check."""
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [literal]
+    else:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, OSError) as exc:
+            raise FetchError(f"Cannot resolve {host!r}: {exc}", hint="Check the URL's host name.") from None
+        addresses = []
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%")[0])
+            if ip not in addresses:
+                addresses.append(ip)
+        if not addresses:
+            raise FetchError(f"Cannot resolve {host!r}.", hint="Check the URL's host name.")
+    for ip in addresses:
+        problem = address_problem(ip, allow_private)
+        if problem:
+            hint = "Use a public URL, or upload the file instead."
+            if problem in ("a loopback address", "a private address"):
+                hint += " To fetch from your own network, start the gateway with --allow-private-urls (PIZZACTL_ALLOW_PRIVATE_URLS=1)."
+            raise UnsafeURLError(f"Refusing to fetch {host!r}: it resolves to {ip}, {problem}.", hint=hint)
+    return str(addresses[0])
+
+
+def _pinned(url: httpx.URL, ip: str) -> tuple[httpx.URL, dict[str, str], dict]:
+    """The request to send to `ip` while keeping the original host for Host and TLS."""
+    default_port = {"http": 80, "https": 443}[url.scheme]
+    host_header = url.host if url.port in (None, default_port) else f"{url.host}:{url.port}"
+    if ":" in url.host and not host_header.startswith("["):
+        host_header = f"[{url.host}]" if url.port in (None, default_port) else f"[{url.host}]:{url.port}"
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return url.copy_with(host=ip), {"Host": host_header}, extensions
+
+
+def new_client(policy: FetchPolicy = FetchPolicy()) -> httpx.AsyncClient:
+    """A client for image URLs: no proxies from the environment, no automatic redirects."""
+    timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+    return httpx.AsyncClient(
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": f"pizzactl-gateway/{__version__}", "Accept": "image/*"},
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=0),
+    )
+
+
+async def fetch_image(url: str, policy: FetchPolicy = FetchPolicy(), client: httpx.AsyncClient | None = None) -> bytes:
+    """The bytes of the image at `url`, or a 4xx PizzaError. Never follows a URL to an unsafe address."""
+    own = client is None
+    client = client or new_client(policy)
+    try:
+        async with asyncio.timeout(policy.total_timeout):
+            return await _fetch(url, policy, client)
+    except TimeoutError:
+        raise FetchError(f"Fetching {url} took longer than {policy.total_timeout:g}s.", hint="Try another URL, or upload the file.") from None
+    finally:
+        if own:
+            await client.aclose()
+
+
+async def _fetch(url: str, policy: FetchPolicy, client: httpx.AsyncClient) -> bytes:
+    current = check_url(url)
+    for hop in range(policy.max_redirects + 1):
+        port = current.port or {"http": 80, "https": 443}[current.scheme]
+        ip = await resolve_checked(current.host, port, policy.allow_private)
+        target, headers, extensions = _pinned(current, ip)
+        try:
+            async with client.stream("GET", target, headers=headers, extensions=extensions) as response:
+                if response.status_code in REDIRECTS and "location" in response.headers:
+                    if hop == policy.max_redirects:
+                        raise FetchError(
+                            f"{url} redirects more than {policy.max_redirects} times.",
+                            hint="Send the final URL of the image.",
+                        )
+                    current = check_url(urljoin(str(current), response.headers["location"]))
+                    continue
+                if response.status_code >= 400 or response.status_code < 200 or response.status_code in REDIRECTS:
+                    raise FetchError(
+                        f"{current} answered HTTP {response.status_code}.",
+                        hint="Check the URL opens in a browser, or upload the file instead.",
+                    )
+                _check_content_type(response, current)
+                return await _read_capped(response, policy.max_bytes, current)
+        except httpx.TimeoutException:
+            raise FetchError(f"Fetching {current} timed out.", hint="Try again later, or upload the file instead.") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"Fetching {current} failed: {exc or type(exc).__name__}", hint="Check the URL, or upload the file instead.") from None
+    raise FetchError(f"{url} redirects too often.")  # pragma: no cover - loop always returns or raises
+
+
+def _check_content_type(response: httpx.Response, url: httpx.URL) -> None:
+    media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and not (media.startswith("image/") or media in ("application/octet-stream", "binary/octet-stream")):
+        raise UnsupportedMediaError(
+            f"{url} is {media}, not an image.",
+            hint="Send the URL of the image itself (right-click the image, copy image address).",
+        )
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int, url: httpx.URL) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"{url} is {int(declared):,} bytes; the limit is {max_bytes:,}.", hint="Use a smaller image.")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"{url} is larger than the limit of {max_bytes:,} bytes.", hint="Use a smaller image.")
+        chunks.append(chunk)
+    return b"".join(chunks)

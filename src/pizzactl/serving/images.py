@@ -1,0 +1,132 @@
+"""Check every image with Pillow before the model sees it, and shrink it for the wire.
+
+`load_image` turns untrusted bytes into an RGB `PIL.Image` or raises a 4xx `PizzaError`
+(too large -> 413, not an image we accept -> 415, truncated or corrupt -> 422), applying EXIF
+orientation and flattening transparency onto white. `encode_for_model` caps each side at
+the model's input size and re-encodes as JPEG: the model squashes every image to S x S
+anyway, so nothing it would see is lost, and a 5 MB phone photo becomes ~15-30 KB.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pizzactl.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaError
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above any phone photo
+DEFAULT_IMAGE_SIZE = 224
+WIRE_BUDGET = 60 * 1024  # bytes per image sent to the model server
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Untrusted bytes -> a fully decoded, upright RGB image, or a 4xx PizzaError."""
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLargeError(
+            f"The image is {len(data):,} bytes; the limit is {limits.max_bytes:,}.",
+            hint="Send a smaller image (the model only needs a few hundred pixels a side).",
+        )
+    if not data:
+        raise InvalidImageError("The image is empty.", hint="Send the bytes of a JPEG, PNG, GIF, BMP, WebP or TIFF image.")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            fmt = image.format or "unknown"
+            if fmt not in ACCEPTED_FORMATS:
+                raise UnsupportedMediaError(
+                    f"{fmt} images are not supported.",
+                    hint=f"Send one of: {', '.join(sorted(ACCEPTED_FORMATS - {'MPO'}))}.",
+                )
+            pixels = image.width * image.height
+            if pixels > limits.max_pixels:
+                raise PayloadTooLargeError(
+                    f"The image is {image.width}x{image.height} ({pixels:,} pixels); the limit is {limits.max_pixels:,}.",
+                    hint="Downscale the image before sending it.",
+                )
+            image.load()  # decode now: truncated or corrupt data fails here, not later
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - a broken EXIF block is not worth rejecting the photo
+                pass
+            return to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PayloadTooLargeError(
+            "The image has too many pixels (decompression bomb protection).",
+            hint="Downscale the image before sending it.",
+        ) from None
+    except UnidentifiedImageError:
+        raise UnsupportedMediaError(
+            "The data is not an image format pizzactl can read.",
+            hint="Send a JPEG, PNG, GIF, BMP, WebP or TIFF image.",
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, IndexError, struct.error) as exc:
+        raise InvalidImageError(
+            f"The image is truncated or corrupt ({exc}).",
+            hint="Check the file opens in an image viewer, then send it again.",
+        ) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited onto white, 16-bit scaled to 8-bit."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        import numpy as np
+
+        array = np.asarray(image).astype("float64")
+        peak = array.max() if array.size else 0
+        if mode.startswith("I;16") or peak > 255:
+            scale = 255.0 / 65535.0 if peak <= 65535 else 255.0 / peak
+            array = array * scale
+        array = np.clip(array, 0, 255).astype("uint8")
+        return Image.fromarray(array, "L").convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def encode_for_model(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE, budget: int = WIRE_BUDGET) -> bytes:
+    """Cap each side at `image_size` (bilinear with antialias, as the model resizes) -> JPEG <= budget."""
+    size = max(16, int(image_size))
+    width, height = image.size
+    target = (min(width, size), min(height, size))
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=None)
+    data = b""
+    for quality in (90, 80, 70, 60, 50, 40):
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=quality)
+        data = buf.getvalue()
+        if len(data) <= budget:
+            return data
+    while len(data) > budget and min(image.size) > 16:  # a huge model input size: shrink further
+        image = image.resize((max(16, image.width * 3 // 4), max(16, image.height * 3 // 4)), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=40)
+        data = buf.getvalue()
+    return data
+
+
+def prepare_image(data: bytes, image_size: int = DEFAULT_IMAGE_SIZE, limits: ImageLimits = ImageLimits()) -> bytes:
+    """Validate and shrink in one call (what the gateway does per image)."""
+    return encode_for_model(load_image(data, limits), image_size)

@@ -1,0 +1,347 @@
+"""Start, watch and stop the model server and gateway processes (serve, deploy --target local, bench).
+
+Each server runs as `python -m pizzactl.serving.<name>` in its own process group, so stopping it
+(SIGTERM, then SIGKILL after a grace period) takes whatever it spawned along. Liveness checks
+use only the standard library (`os.kill(pid, 0)`, /proc when there is one).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from pizzactl.errors import DeployError, PortInUseError
+
+MODELSERVER = "modelserver"
+GATEWAY = "gateway"
+_OUR_MODULES = (b"pizzactl.serving.modelserver", b"pizzactl.serving.gateway")
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when a server could listen on host:port now (SO_REUSEADDR, as uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_listening(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True when something accepts connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def require_free_port(host: str, port: int, what: str = "gateway") -> None:
+    if not port_free(host, port):
+        raise PortInUseError(
+            f"Port {port} on {host} is already in use, so the {what} cannot listen there.",
+            hint="Choose another port with `--port N`, or stop what runs there (`pizzactl teardown` if pizzactl deployed it).",
+        )
+
+
+def pick_model_port(host: str, preferred: int, avoid: Sequence[int] = ()) -> int:
+    """The configured model server port if it is free, else any free one."""
+    if preferred not in avoid and port_free(host, preferred):
+        return preferred
+    while True:
+        port = free_port(host)
+        if port not in avoid:
+            return port
+
+
+def client_host(host: str) -> str:
+    """The address a client on this machine uses to reach a server listening on `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def http_url(host: str, port: int) -> str:
+    host = client_host(host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def modelserver_command(models_dir: Path | str, port: int, host: str = "127.0.0.1") -> list[str]:
+    return [
+        sys.executable, "-m", "pizzactl.serving.modelserver",
+        "--models", str(Path(models_dir).expanduser().resolve()), "--port", str(port), "--host", host,
+    ]
+
+
+def gateway_command(model_url: str, port: int, host: str = "127.0.0.1", allow_private_urls: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "pizzactl.serving.gateway", "--model-url", model_url, "--port", str(port), "--host", host]
+    if allow_private_urls:
+        cmd.append("--allow-private-urls")
+    return cmd
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file / terminal as they happen
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM this child when the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def spawn(cmd: Sequence[str], *, stdout: IO | int | None, attached: bool, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start a server in its own process group.
+
+    attached=True (serve, bench): the child dies with us (PR_SET_PDEATHSIG on Linux).
+    attached=False (deploy): a new session, so it outlives the `pizzactl deploy` process.
+    """
+    return subprocess.Popen(
+        list(cmd),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        env=child_env(env),
+        start_new_session=True,
+        preexec_fn=_die_with_parent if attached and sys.platform.startswith("linux") else None,
+    )
+
+
+# --- liveness and stopping -----------------------------------------------------------------
+
+
+def _reap(pid: int) -> bool:
+    """Collect our own exited child so it does not linger as a zombie; True if it was reaped."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child
+        return False
+    return done == pid
+
+
+def _proc_file(pid: int, name: str) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while the process exists and is not a zombie."""
+    if not pid or pid <= 0:
+        return False
+    if _reap(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _proc_file(pid, "stat")
+    if stat is not None:
+        state = stat.rsplit(b")", 1)[-1].split()[:1]
+        if state and state[0] in (b"Z", b"X"):
+            return False
+    return True
+
+
+def is_our_server(pid: int) -> bool:
+    """Guard against pid reuse: is `pid` still a pizzactl server process? (True where /proc is missing.)"""
+    if not os.path.isdir("/proc"):
+        return pid_alive(pid)
+    cmdline = _proc_file(pid, "cmdline")
+    if cmdline is None:
+        return False
+    return any(module in cmdline for module in _OUR_MODULES)
+
+
+def stop_group(pid: int, grace: float = 10.0) -> bool:
+    """SIGTERM the process group led by `pid`, SIGKILL it after `grace` seconds. True if it had to be killed."""
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    if not pid_alive(pid) and not _group_alive(pid):
+        return False
+    signal_group(signal.SIGTERM)
+    if _wait_gone(pid, grace):
+        return False
+    signal_group(signal.SIGKILL)
+    _wait_gone(pid, 5.0)
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid) and not _group_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid) and not _group_alive(pid)
+
+
+def stop_all(pids: Sequence[int], grace: float = 10.0) -> None:
+    """Stop several process groups at once: SIGTERM all, wait, then SIGKILL the stragglers."""
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(p) or _group_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if pid_alive(pid) or _group_alive(pid):
+            stop_group(pid, grace=0.0)
+
+
+# --- readiness -----------------------------------------------------------------------------
+
+
+def tail(path: Path | str | None, lines: int = 20) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            return b"".join(deque(fh, maxlen=lines)).decode(errors="replace").rstrip()
+    except OSError:
+        return ""
+
+
+def wait_ready(
+    url: str,
+    procs: Mapping[str, subprocess.Popen],
+    timeout: float,
+    logs: Mapping[str, str] | None = None,
+    path: str = "/readyz",
+) -> None:
+    """Poll `url + path` until it answers 200. Raises DeployError when a process exits or time runs out."""
+    import httpx
+
+    logs = logs or {}
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while True:
+            for name, proc in procs.items():
+                code = proc.poll()
+                if code is not None:
+                    raise DeployError(
+                        f"The {name} exited with code {code} before it was ready." + _log_excerpt(name, logs.get(name)),
+                        hint=_log_hint(logs),
+                    )
+            try:
+                response = client.get(url.rstrip("/") + path)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                excerpt = "".join(_log_excerpt(n, p) for n, p in logs.items())
+                raise DeployError(
+                    f"{url}{path} was not ready after {timeout:g}s (last answer: {last})." + excerpt,
+                    hint="Give it more time with --timeout, or read the logs. " + _log_hint(logs),
+                )
+            time.sleep(0.5)
+
+
+def _log_excerpt(name: str, path: str | None) -> str:
+    text = tail(path, 15)
+    return f"\n--- last lines of the {name} log ({path}) ---\n{text}" if text else ""
+
+
+def _log_hint(logs: Mapping[str, str]) -> str:
+    if not logs:
+        return "See the output above."
+    return "Logs: " + ", ".join(str(p) for p in logs.values())
+
+
+@dataclass
+class Started:
+    """A model server + gateway pair started together."""
+
+    modelserver: subprocess.Popen
+    gateway: subprocess.Popen
+    model_port: int
+    port: int
+    url: str
+    model_url: str
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {MODELSERVER: self.modelserver.pid, GATEWAY: self.gateway.pid}
+
+    def stop(self, grace: float = 10.0) -> None:
+        stop_all([self.gateway.pid, self.modelserver.pid], grace)
+        for proc in (self.gateway, self.modelserver):
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+
+def start_pair(
+    models_dir: Path | str,
+    *,
+    host: str,
+    port: int,
+    model_port: int,
+    allow_private_urls: bool,
+    attached: bool,
+    logs: Mapping[str, IO | int | None] | None = None,
+) -> Started:
+    """Start the model server, then the gateway pointing at it. The caller waits for readiness."""
+    logs = logs or {}
+    model_url = f"http://127.0.0.1:{model_port}"
+    modelserver = spawn(modelserver_command(models_dir, model_port, "127.0.0.1"), stdout=logs.get(MODELSERVER), attached=attached)
+    try:
+        gateway = spawn(
+            gateway_command(model_url, port, host, allow_private_urls), stdout=logs.get(GATEWAY), attached=attached
+        )
+    except BaseException:
+        stop_group(modelserver.pid, 5.0)
+        raise
+    return Started(modelserver, gateway, model_port, port, http_url(host, port), model_url)

@@ -1,0 +1,206 @@
+"""Session fixtures for the serving tests: a real model server process and a real gateway.
+
+Loaded as a plugin from conftest.py so that test_gateway, test_schemathesis and test_webpage
+share ONE model server (TensorFlow starts once) and one gateway.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ModelServerProcess:
+    """`python -m pizzactl.serving.modelserver` in a subprocess we own (stopped by its pid)."""
+
+    models: Path
+    port: int
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ModelServerProcess":
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+        self.log_path = self.log_path or Path(self.models).parent / f"modelserver-{self.port}.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pizzactl.serving.modelserver", "--models", str(self.models),
+             "--port", str(self.port), "--poll-seconds", "0.5", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        return self
+
+    def wait_available(self, version: str | None = None, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"model server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                last = httpx.get(f"{self.url}/v1/models/pizza", timeout=2)
+                if last.status_code == 200:
+                    states = {s["version"]: s["state"] for s in last.json()["model_version_status"]}
+                    if (version is None and "AVAILABLE" in states.values()) or states.get(version) == "AVAILABLE":
+                        return last.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"model server not AVAILABLE (last: {last and last.text}); log: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class UvicornThread:
+    """An ASGI app served by uvicorn in a background thread, on a free port."""
+
+    def __init__(self, app, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "UvicornThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def serving_models(tiny_model) -> Path:
+    """The tiny real exported model (MODELS/pizza/1), shared read-only by the session server."""
+    return Path(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def model_server(serving_models, tmp_path_factory):
+    """A real model server process on a free port serving the tiny model."""
+    server = ModelServerProcess(serving_models, free_port(), log_path=tmp_path_factory.mktemp("logs") / "modelserver.log")
+    server.start()
+    try:
+        server.wait_available()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(model_server):
+    """The real gateway (uvicorn in a thread) in front of the session model server."""
+    from pizzactl.serving.gateway import create_app
+
+    with UvicornThread(create_app(model_server.url, allow_private_urls=False)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pizza_jpeg(shared_photos) -> bytes:
+    return shared_photos["pizza"][0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def photo_server(shared_photos, tmp_path_factory):
+    """A local http.server serving a few shared photos, a page and redirects (for URL fetching)."""
+    import http.server
+
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(shared_photos["pizza"][0], root / "pizza.jpg")
+    shutil.copy(shared_photos["not_pizza"][0], root / "not_pizza.jpg")
+    (root / "page.html").write_text("<html><body>not an image</body></html>")
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(buf, "PNG")
+    (root / "green.png").write_bytes(buf.getvalue())
+    redirects: dict[str, str] = {}
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_GET(self):
+            if self.path in redirects:
+                self.send_response(302)
+                self.send_header("Location", redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path == "/big.jpg":  # streams past any cap without a Content-Length
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.end_headers()
+                try:
+                    for _ in range(64):
+                        self.wfile.write(b"\xff" * 256 * 1024)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return
+            if self.path == "/slow.jpg":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.end_headers()
+                try:
+                    time.sleep(10)
+                except Exception:
+                    pass
+                return
+            return super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    ns = type("PhotoServer", (), {})()
+    ns.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    ns.redirects = redirects
+    ns.root = root
+    try:
+        yield ns
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

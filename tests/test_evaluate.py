@@ -1,0 +1,165 @@
+"""Evaluate: numpy metrics on known inputs, and the exported model on real photo bytes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pizzactl.config import Settings
+from pizzactl.errors import DataError
+from pizzactl.evaluate import binary_metrics, roc_auc
+
+# --- metrics math --------------------------------------------------------------------------
+
+
+def test_metrics_on_a_hand_worked_example():
+    m = binary_metrics([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], threshold=0.5)
+    # predictions 0,0,0,1: tn=2 fp=0 fn=1 tp=1
+    assert m["confusion_matrix"] == [[2, 0], [1, 1]]
+    assert m["accuracy"] == 0.75 and m["precision"] == 1.0 and m["recall"] == 0.5
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["roc_auc"] == 0.75  # 3 of the 4 (positive, negative) pairs are ordered right
+    assert m["n"] == 4
+
+
+def test_threshold_is_inclusive_like_the_exported_graph():
+    m = binary_metrics([1, 0], [0.3, 0.29], threshold=0.3)
+    assert m["confusion_matrix"] == [[1, 0], [0, 1]]
+
+
+def test_roc_auc_counts_ties_as_half_and_needs_both_classes():
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert roc_auc([0, 1, 1], [0.2, 0.2, 0.9]) == 0.75
+    assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert roc_auc([1, 1], [0.2, 0.9]) is None
+
+
+def test_zero_denominators_give_zero_not_nan():
+    m = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3])
+    assert (m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0)
+    assert m["accuracy"] == 1.0 and m["roc_auc"] is None
+
+
+def test_metrics_agree_with_scikit_learn_on_random_scores_with_ties():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.round(np.clip(rng.normal(0.35 + 0.3 * y, 0.25), 0, 1), 2)  # rounding makes ties
+    m = binary_metrics(y, p, threshold=0.45)
+    pred = (p >= 0.45).astype(int)
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(sk.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(sk.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(sk.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(sk.roc_auc_score(y, p))
+    assert m["confusion_matrix"] == sk.confusion_matrix(y, pred).tolist()
+
+
+# --- the CLI without a model ---------------------------------------------------------------
+
+
+def test_evaluate_without_a_model_exits_3_with_a_hint(isolated, shared_data):
+    env = {**os.environ, "PIZZACTL_MODELS_DIR": str(isolated / "no-models")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "evaluate", "--data", str(shared_data)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "No exported model" in proc.stderr and "pizzactl train" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- the exported model on real photos ---------------------------------------------------
+
+
+@pytest.fixture
+def subset(tmp_path, shared_photos) -> Path:
+    """20 real photos the tiny model was not fitted on, linked (not copied) into class folders."""
+    root = tmp_path / "subset"
+    for cls in ("pizza", "not_pizza"):
+        (root / cls).mkdir(parents=True)
+        for path in shared_photos[cls][100:110]:
+            (root / cls / path.name).symlink_to(path)
+    return root
+
+
+def _expected_probabilities(tiny_classifier, paths):
+    import tensorflow as tf
+
+    from pizzactl.train.imaging import decode_resize
+
+    pixels = tf.stack([decode_resize(tf.constant(p.read_bytes()), 64) for p in paths])
+    return np.asarray(tiny_classifier.model(pixels, training=False)).reshape(-1)
+
+
+@pytest.mark.slow
+def test_evaluate_runs_the_exported_model_on_raw_bytes(subset, tiny_model, tiny_classifier, tmp_path):
+    from pizzactl.evaluate import evaluate
+
+    errors_csv = tmp_path / "out" / "errors.csv"
+    m = evaluate(Settings(data_dir=subset, models_dir=tiny_model), errors_csv=errors_csv, progress=False)
+
+    paths = sorted((subset / "not_pizza").iterdir()) + sorted((subset / "pizza").iterdir())
+    want = binary_metrics([0] * 10 + [1] * 10, _expected_probabilities(tiny_classifier, paths), 0.5)
+    assert m["n"] == 20 and m["confusion_matrix"] == want["confusion_matrix"]
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        assert m[key] == pytest.approx(want[key], abs=1e-6), key
+    assert m["model_dir"] == str(tiny_model / "pizza" / "1") and m["version"] == 1
+    assert m["classes"] == ["not_pizza", "pizza"] and m["threshold"] == 0.5
+    assert m["failed"] == []
+
+    with errors_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    assert len(rows) == m["misclassified"] == fp + fn
+    for row in rows:
+        assert row["true"] != row["predicted"]
+        assert (float(row["probability"]) >= 0.5) == (row["predicted"] == "pizza")
+        assert Path(row["path"]).parent.name == row["true"]
+
+
+@pytest.mark.slow
+def test_an_image_the_model_cannot_decode_is_skipped_and_reported(subset, tiny_model):
+    from PIL import Image
+
+    from pizzactl.evaluate import evaluate
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, format="TIFF")  # Pillow reads TIFF, TF does not
+    (subset / "pizza" / "really-a-tiff.jpg").write_bytes(buf.getvalue())
+    m = evaluate(Settings(data_dir=subset, models_dir=tiny_model), progress=False)
+    assert m["n"] == 20
+    assert [Path(f["path"]).name for f in m["failed"]] == ["really-a-tiff.jpg"]
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_data_whose_classes_are_not_the_models(tmp_path, tiny_model, shared_photos):
+    from pizzactl.evaluate import evaluate
+
+    for cls in ("cats", "dogs"):
+        (tmp_path / "other" / cls).mkdir(parents=True)
+        (tmp_path / "other" / cls / "a.jpg").symlink_to(shared_photos["pizza"][0])
+    with pytest.raises(DataError, match="not the model's"):
+        evaluate(Settings(data_dir=tmp_path / "other", models_dir=tiny_model), progress=False)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_prints_json_for_scripts(subset, tiny_model):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pizzactl.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["n"] == 20 and sum(map(sum, doc["confusion_matrix"])) == 20
+    assert 0.0 <= doc["roc_auc"] <= 1.0

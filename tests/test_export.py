@@ -1,0 +1,358 @@
+"""Export: the SavedModel contract, versioning, atomic publication and the self-check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pizzactl import __version__
+from pizzactl.config import Settings
+from pizzactl.errors import ExportError, ModelNotFoundError
+from pizzactl.models import (
+    RunNotFoundError,
+    find_run_dir,
+    latest_version_dir,
+    list_versions,
+    read_metadata,
+    resolve_model_dir,
+)
+
+# --- finding versions and runs (no TensorFlow) -------------------------------------------
+
+
+def _fake_version(base: Path, name: str) -> Path:
+    d = base / name
+    d.mkdir(parents=True)
+    (d / "saved_model.pb").write_bytes(b"")
+    return d
+
+
+def test_latest_version_is_the_highest_integer_not_the_newest_or_a_temp_dir(tmp_path):
+    base = tmp_path / "pizza"
+    for name in ("2", "10", "9"):
+        _fake_version(base, name)
+    (base / ".tmp-1-abc").mkdir()
+    (base / "11-broken").mkdir()
+    (base / "notes.txt").write_text("hi")
+    assert [v for v, _ in list_versions(tmp_path)] == [2, 9, 10]
+    assert latest_version_dir(tmp_path) == base / "10"
+
+
+def test_no_model_raises_model_not_found_with_a_hint(tmp_path):
+    with pytest.raises(ModelNotFoundError) as info:
+        latest_version_dir(tmp_path / "models")
+    assert "pizzactl train" in info.value.hint and "--models" in info.value.hint
+    (tmp_path / "models" / "pizza" / ".tmp-1-x").mkdir(parents=True)
+    with pytest.raises(ModelNotFoundError):
+        latest_version_dir(tmp_path / "models")
+
+
+def test_resolve_model_dir_accepts_a_version_the_model_folder_or_the_models_dir(tmp_path):
+    models = tmp_path / "models"
+    _fake_version(models / "pizza", "1")
+    v3 = _fake_version(models / "pizza", "3")
+    assert resolve_model_dir(None, models) == v3
+    assert resolve_model_dir(models, tmp_path / "elsewhere") == v3
+    assert resolve_model_dir(models / "pizza", tmp_path / "elsewhere") == v3
+    assert resolve_model_dir(models / "pizza" / "1", tmp_path / "elsewhere") == models / "pizza" / "1"
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_dir(tmp_path, models)
+
+
+def test_read_metadata_of_a_foreign_saved_model_says_it_was_not_exported_by_pizzactl(tmp_path):
+    version = _fake_version(tmp_path / "pizza", "1")
+    with pytest.raises(ModelNotFoundError, match="not exported by pizzactl"):
+        read_metadata(version)
+
+
+def test_find_run_dir_by_id_unique_prefix_or_path(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("20261124-101500-efficientnet_lite0", "20261124-113000-mobilenet_v3_small"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.json").write_text("{}")
+    s = Settings(runs_dir=runs)
+    assert find_run_dir(s, "20261124-1130").name.endswith("mobilenet_v3_small")
+    assert find_run_dir(s, "20261124-101500-efficientnet_lite0").name.startswith("20261124-1015")
+    assert find_run_dir(s, str(runs / "20261124-101500-efficientnet_lite0")) == runs / "20261124-101500-efficientnet_lite0"
+    with pytest.raises(RunNotFoundError, match="ambiguous"):
+        find_run_dir(s, "20261124")
+    with pytest.raises(RunNotFoundError, match="No run"):
+        find_run_dir(s, "1999")
+
+
+# --- the exported graph -------------------------------------------------------------------
+
+
+def _encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _photo_array(path: Path, size: tuple[int, int] = (96, 80)) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB").resize(size))
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(tiny_model / "pizza" / "1"))
+
+
+def _default(loaded, blobs):
+    import tensorflow as tf
+
+    res = loaded.signatures["serving_default"](image_bytes=tf.constant(blobs, dtype=tf.string))
+    return res["probability"].numpy(), [x.decode() for x in res["label"].numpy()]
+
+
+@pytest.mark.slow
+def test_serving_default_on_real_jpegs_matches_the_trained_classifier(loaded, tiny_classifier):
+    import tensorflow as tf
+
+    from pizzactl.train.imaging import decode_resize
+
+    paths = tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]
+    blobs = [p.read_bytes() for p in paths]
+    probs, labels = _default(loaded, blobs)
+    pixels = tf.stack([decode_resize(tf.constant(b), 64) for b in blobs])
+    want = np.asarray(tiny_classifier.model(pixels, training=False)).reshape(-1)
+    assert probs.dtype == np.float32 and probs.shape == (6,)
+    np.testing.assert_allclose(probs, want, atol=1e-4)
+    assert labels == ["pizza" if p >= 0.5 else "not_pizza" for p in probs]
+    assert len(set(np.round(probs, 4))) > 1, "a trained model gives different photos different scores"
+
+
+@pytest.mark.slow
+def test_png_greyscale_and_rgba_are_read_as_rgb(loaded, tiny_classifier):
+    rgb = _photo_array(tiny_classifier.photos[-1])
+    grey = (rgb.astype(np.float32) @ [0.299, 0.587, 0.114]).round().astype(np.uint8)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    probs, labels = _default(
+        loaded,
+        [
+            _encode(rgb, "PNG"),
+            _encode(rgba, "PNG", "RGBA"),
+            _encode(grey, "PNG", "L"),
+            _encode(np.dstack([grey] * 3), "PNG"),
+            _encode(rgb, "JPEG"),
+        ],
+    )
+    assert probs[0] == pytest.approx(probs[1], abs=1e-6), "RGBA: alpha is dropped, colours kept"
+    assert probs[2] == pytest.approx(probs[3], abs=1e-6), "greyscale is read as grey RGB"
+    assert probs[0] != pytest.approx(probs[2], abs=1e-6), "colour matters to this model"
+    assert probs[4] == pytest.approx(probs[0], abs=0.05)  # JPEG artefacts move it a little only
+    assert all(label in ("pizza", "not_pizza") for label in labels)
+
+
+@pytest.mark.slow
+def test_both_signatures_agree_on_the_same_pixels(loaded):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    arrays = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)  # already S x S: decoding is exact
+    probs_bytes, labels_bytes = _default(loaded, [_encode(a, "PNG") for a in arrays])
+    res = loaded.signatures["serving_pixels"](pixels=tf.constant(arrays))
+    np.testing.assert_allclose(res["probability"].numpy(), probs_bytes, atol=1e-6)
+    assert [x.decode() for x in res["label"].numpy()] == labels_bytes
+
+
+@pytest.mark.slow
+def test_an_empty_batch_gives_empty_outputs(loaded):
+    probs, labels = _default(loaded, [])
+    assert probs.shape == (0,) and labels == []
+
+
+@pytest.mark.slow
+def test_metadata_describes_the_export(tiny_model, tiny_classifier):
+    meta = read_metadata(tiny_model / "pizza" / "1")
+    assert meta["backbone"] == "tiny_cnn" and meta["weights"] == "none"
+    assert meta["image_size"] == 64
+    assert meta["classes"] == ["not_pizza", "pizza"] and meta["positive_class"] == "pizza"
+    assert meta["threshold"] == 0.5
+    assert meta["data_hash"] == tiny_classifier.metadata["data_hash"]
+    assert meta["metrics"] == tiny_classifier.metadata["metrics"]
+    assert meta["pizzactl_version"] == __version__
+    created = dt.datetime.fromisoformat(meta["created"])
+    assert abs(dt.datetime.now(dt.timezone.utc) - created) < dt.timedelta(days=1)
+    assert meta["signatures"]["serving_pixels"]["inputs"]["pixels"] == {"dtype": "uint8", "shape": [None, 64, 64, 3]}
+    assert set(meta["signatures"]["serving_default"]["outputs"]) == {"probability", "label"}
+    assert meta["self_check"]["n_images"] == 4 and meta["self_check"]["max_abs_diff"] <= 1e-4
+
+
+# --- versioning, self-check, atomicity -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_export_takes_the_next_integer_and_cleans_dead_temp_dirs(tmp_path, tiny_classifier):
+    from pizzactl.export import export_model
+
+    base = tmp_path / "pizza"
+    for name in ("3", "7"):
+        _fake_version(base, name)
+    (base / "latest").mkdir()
+    dead = base / ".tmp-999999999-deadbeef"  # no such pid
+    dead.mkdir()
+    live = base / f".tmp-{os.getppid()}-cafe"  # a live process's export in progress: left alone
+    live.mkdir()
+    m = tiny_classifier
+    v8 = export_model(m.model, tmp_path, m.metadata, m.check_images)
+    v9 = export_model(m.model, tmp_path, m.metadata, m.check_images)
+    assert (v8.name, v9.name) == ("8", "9")
+    assert not dead.exists() and live.exists()
+    assert (v9 / "saved_model.pb").is_file() and (v9 / "assets.extra" / "pizzactl.json").is_file()
+
+
+def _python_side_effect_classifier(tiny_classifier):
+    """A model whose call depends on Python state: traced once, its graph keeps one value."""
+    import keras
+
+    counter = {"calls": 0}
+
+    class DriftingScale(keras.layers.Layer):
+        def call(self, x):
+            counter["calls"] += 1
+            return x * (1.0 + 0.5 * counter["calls"])
+
+    inputs = keras.Input((64, 64, 3))
+    x = DriftingScale()(inputs)
+    outputs = tiny_classifier.model(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.slow
+def test_export_refuses_a_graph_that_disagrees_with_the_model_and_publishes_nothing(tmp_path, tiny_classifier):
+    from pizzactl.export import export_model
+
+    drifting = _python_side_effect_classifier(tiny_classifier)
+    with pytest.raises(ExportError, match="disagrees"):
+        export_model(drifting, tmp_path, tiny_classifier.metadata, tiny_classifier.check_images)
+    assert list((tmp_path / "pizza").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_verify_export_rejects_a_different_classifier(tiny_model, tiny_classifier):
+    import keras
+
+    from pizzactl.export import verify_export
+
+    version = tiny_model / "pizza" / "1"
+    summary = verify_export(version, tiny_classifier.model, tiny_classifier.check_images)
+    assert summary["max_abs_diff"] <= 1e-4
+    other = keras.models.clone_model(tiny_classifier.model)  # same layers, fresh random weights
+    with pytest.raises(ExportError, match="disagrees"):
+        verify_export(version, other, tiny_classifier.check_images)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, keras
+    from pizzactl.export import export_model, synthetic_check_images
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(64, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    print("exporting", flush=True)
+    export_model(model, sys.argv[1], {"backbone": "kill", "image_size": 64}, synthetic_check_images(64))
+    """
+)
+
+
+@pytest.mark.slow
+def test_an_export_killed_mid_write_leaves_no_version_and_the_next_export_works(tmp_path, tiny_classifier):
+    from pizzactl.export import export_model
+
+    models = tmp_path / "models"
+    script = tmp_path / "export_then_die.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(models)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = models / "pizza"
+    deadline = time.monotonic() + 120
+    temp = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = [p for p in base.glob(".tmp-*") if any(p.iterdir())] if base.is_dir() else []
+        if temps:
+            temp = temps[0]
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=30)
+    assert temp is not None, f"the export never started writing: {stderr.decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert list_versions(models) == [], "a killed export must not leave a version directory"
+    assert temp.exists(), "killed mid-write: its temp dir is still there"
+
+    version = export_model(tiny_classifier.model, models, tiny_classifier.metadata, tiny_classifier.check_images)
+    assert version == base / "1"
+    assert not temp.exists(), "the next export removes the dead export's temp dir"
+
+
+# --- re-exporting a run ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, tiny_classifier, shared_data):
+    import tensorflow as tf
+
+    from pizzactl.export import export_run
+
+    run = tmp_path / "runs" / "20261124-160000-tiny_cnn"
+    run.mkdir(parents=True)
+    tiny_classifier.model.save(run / "model.keras")
+    config = {
+        "run_id": run.name, "backbone": "tiny_cnn", "weights": "none", "image_size": 64,
+        "classes": ["not_pizza", "pizza"], "threshold": 0.4, "data_dir": str(shared_data), "data_hash": "abc123",
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.json").write_text(json.dumps({"val_accuracy": 0.61, "val_roc_auc": 0.66}))
+    s = Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models")
+
+    version = export_run(s, "20261124-16")
+    assert version == tmp_path / "models" / "pizza" / "1"
+    meta = read_metadata(version)
+    assert meta["run_id"] == run.name and meta["backbone"] == "tiny_cnn" and meta["threshold"] == 0.4
+    assert meta["metrics"] == {"val_accuracy": 0.61, "val_roc_auc": 0.66} and meta["data_hash"] == "abc123"
+    assert meta["self_check"]["n_images"] == 4  # two real photos per class from data_dir
+
+    blobs = [p.read_bytes() for p in tiny_classifier.photos[18:22]]
+    res = tf.saved_model.load(str(version)).signatures["serving_default"](image_bytes=tf.constant(blobs))
+    again = tf.saved_model.load(str(tiny_classifier_export(tmp_path, tiny_classifier))).signatures["serving_default"](
+        image_bytes=tf.constant(blobs)
+    )
+    np.testing.assert_allclose(res["probability"].numpy(), again["probability"].numpy(), atol=1e-5)
+    labels = [x.decode() for x in res["label"].numpy()]
+    assert labels == ["pizza" if p >= 0.4 else "not_pizza" for p in res["probability"].numpy()]
+
+
+def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
+    from pizzactl.export import export_model
+
+    return export_model(tiny_classifier.model, tmp_path / "direct", tiny_classifier.metadata, tiny_classifier.check_images)
+
+
+def test_export_run_of_an_unfinished_run_says_so(tmp_path):
+    from pizzactl.export import export_run
+
+    run = tmp_path / "runs" / "half"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match="no model.keras"):
+        export_run(Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models"), "half")

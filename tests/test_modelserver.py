@@ -1,0 +1,259 @@
+"""The local model server: TF Serving's REST API, server-side batching, hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pizzactl.serving.modelserver import Batcher, ServingError, list_versions
+from serving_fixtures import ModelServerProcess, free_port
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- the batcher (pure asyncio, no TensorFlow) ----------------------------------------------
+
+
+async def test_batcher_combines_concurrent_requests_into_one_batch():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        return [x * 10 for x in items]
+
+    batcher = Batcher(run, max_batch_size=32, timeout=0.5)
+    try:
+        results = await asyncio.gather(*(batcher.submit([i]) for i in range(5)))
+    finally:
+        await batcher.stop()
+    assert results == [[0], [10], [20], [30], [40]]
+    assert calls == [[0, 1, 2, 3, 4]]
+
+
+async def test_batcher_respects_max_batch_size_and_keeps_each_requests_order():
+    sizes = []
+
+    def run(items):
+        sizes.append(len(items))
+        return [f"r{x}" for x in items]
+
+    batcher = Batcher(run, max_batch_size=4, timeout=0.2)
+    try:
+        big = list(range(100, 110))
+        results = await asyncio.gather(batcher.submit(big), *(batcher.submit([i]) for i in range(7)))
+    finally:
+        await batcher.stop()
+    assert results[0] == [f"r{x}" for x in big]
+    assert results[1:] == [[f"r{i}"] for i in range(7)]
+    assert max(sizes) <= 4
+    assert sum(sizes) == 17
+
+
+async def test_batcher_gives_the_error_only_to_the_request_that_caused_it():
+    def run(items):
+        if "bad" in items:
+            raise ServingError("cannot decode 'bad'")
+        return [x.upper() for x in items]
+
+    batcher = Batcher(run, max_batch_size=8, timeout=0.2)
+    try:
+        results = await asyncio.gather(
+            batcher.submit(["a"]), batcher.submit(["bad"]), batcher.submit(["c", "d"]), return_exceptions=True
+        )
+    finally:
+        await batcher.stop()
+    assert results[0] == ["A"]
+    assert isinstance(results[1], ServingError)
+    assert results[2] == ["C", "D"]
+
+
+def test_list_versions_ignores_temp_dirs_and_dirs_without_a_saved_model(tmp_path):
+    for name in ("1", "3", ".tmp-123-abc", "notes"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"x")
+    (tmp_path / "7").mkdir()  # being written: no saved_model.pb yet
+    assert list_versions(tmp_path) == [1, 3]
+    assert list_versions(tmp_path / "missing") == []
+
+
+# --- the real server ------------------------------------------------------------------------
+
+
+
+@pytest.fixture(scope="module")
+def ms(model_server) -> str:
+    return model_server.url + "/v1/models/pizza"
+
+
+@pytest.mark.slow
+def test_status_reports_the_version_available_as_tf_serving_does(ms, serving_models):
+    response = httpx.get(ms)
+    assert response.status_code == 200
+    expected_version = str(max(list_versions(serving_models / "pizza")))
+    assert response.json() == {
+        "model_version_status": [
+            {"version": expected_version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+
+
+@pytest.mark.slow
+def test_metadata_has_tf_serving_signature_defs_and_pizzactl_json(ms, serving_models):
+    body = httpx.get(ms + "/metadata").json()
+    version = str(max(list_versions(serving_models / "pizza")))
+    assert body["model_spec"] == {"name": "pizza", "signature_name": "", "version": version}
+    sigs = body["metadata"]["signature_def"]["signature_def"]
+    default = sigs["serving_default"]
+    assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert default["inputs"]["image_bytes"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
+    assert set(default["outputs"]) == {"probability", "label"}
+    assert default["outputs"]["probability"]["dtype"] == "DT_FLOAT"
+    assert sigs["serving_pixels"]["inputs"]["pixels"]["dtype"] == "DT_UINT8"
+    meta = json.loads((serving_models / "pizza" / version / "assets.extra" / "pizzactl.json").read_text())
+    assert body["metadata"]["pizzactl"] == meta
+    assert body["metadata"]["pizzactl"]["image_size"] == 64
+
+
+@pytest.mark.slow
+def test_predict_accepts_every_tf_serving_request_form_and_agrees(ms, shared_photos):
+    photos = [shared_photos["pizza"][0].read_bytes(), shared_photos["not_pizza"][0].read_bytes()]
+    rows = httpx.post(ms + ":predict", json={"instances": [{"b64": b64(p)} for p in photos]})
+    assert rows.status_code == 200, rows.text
+    predictions = rows.json()["predictions"]
+    assert len(predictions) == 2
+    for p in predictions:
+        assert set(p) == {"probability", "label"}
+        assert 0.0 <= p["probability"] <= 1.0
+        assert p["label"] == ("pizza" if p["probability"] >= 0.5 else "not_pizza")
+    named = httpx.post(ms + ":predict", json={"instances": [{"image_bytes": {"b64": b64(p)}} for p in photos]}).json()
+    assert named == rows.json()
+    columnar = httpx.post(ms + ":predict", json={"inputs": {"image_bytes": [{"b64": b64(p)} for p in photos]}}).json()
+    assert columnar["outputs"]["probability"] == [p["probability"] for p in predictions]
+    assert columnar["outputs"]["label"] == [p["label"] for p in predictions]
+    version = rows.headers["x-model-version"]
+    pinned = httpx.post(f"{ms}/versions/{version}:predict", json={"instances": [{"b64": b64(photos[0])}]})
+    assert pinned.status_code == 200
+    assert pinned.json()["predictions"][0] == predictions[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path, body, status, fragment",
+    [
+        (":predict", b"{not json", 400, "JSON"),
+        (":predict", b"[1, 2]", 400, "object"),
+        (":predict", json.dumps({"instances": [{"b64": "***"}]}).encode(), 400, "base64"),
+        (":predict", json.dumps({"instances": [{"b64": b64(b"definitely not an image")}]}).encode(), 400, ""),
+        (":predict", json.dumps({"foo": 1}).encode(), 400, "instances"),
+        (":predict", json.dumps({"instances": []}).encode(), 400, "empty"),
+        (":predict", json.dumps({"instances": [{"b64": "AA=="}], "signature_name": "nope"}).encode(), 400, "nope"),
+        ("/versions/999:predict", json.dumps({"instances": [{"b64": "AA=="}]}).encode(), 404, "Specific(pizza, 999)"),
+    ],
+)
+def test_bad_requests_get_tf_serving_errors_and_the_server_stays_up(ms, path, body, status, fragment):
+    response = httpx.post(ms + path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+    assert fragment in response.json()["error"]
+    assert httpx.get(ms).status_code == 200
+
+
+@pytest.mark.slow
+def test_unknown_models_and_routes_are_404_with_an_error(model_server):
+    for path in ("/v1/models/margherita", "/v1/models/margherita/metadata", "/nothing/here"):
+        response = httpx.get(model_server.url + path)
+        assert response.status_code == 404
+        assert "error" in response.json()
+
+
+@pytest.mark.slow
+def test_a_bad_image_in_a_combined_batch_does_not_fail_the_others(ms, shared_photos):
+    good = b64(shared_photos["pizza"][1].read_bytes())
+
+    async def go():
+        async with httpx.AsyncClient(timeout=30) as client:
+            requests = [
+                client.post(ms + ":predict", json={"instances": [{"b64": b64(b"garbage") if i == 3 else good}]})
+                for i in range(8)
+            ]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(go())
+    assert [r.status_code for r in responses] == [200, 200, 200, 400, 200, 200, 200, 200]
+
+
+# --- a server of its own: empty folder, hot reload, batching --------------------------------
+
+
+@pytest.mark.slow
+def test_server_starts_without_a_model_then_hot_loads_new_versions(tmp_path, serving_models, shared_photos):
+    models = tmp_path / "models"
+    server = ModelServerProcess(models, free_port(), args=("--batch-timeout-ms", "300"))
+    server.start()
+    try:
+        url = server.url + "/v1/models/pizza"
+        deadline = time.monotonic() + 120
+        while True:  # the process is up (and not crashing) before any model exists
+            try:
+                empty = httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                assert server.proc.poll() is None, server.log_path.read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert empty.status_code == 404
+        assert str(models / "pizza") in empty.json()["error"]
+        assert "pizzactl export" in empty.json()["error"]
+
+        source = serving_models / "pizza" / str(max(list_versions(serving_models / "pizza")))
+        (models / "pizza").mkdir(parents=True)
+        shutil.copytree(source, models / "pizza" / ".tmp-1")
+        (models / "pizza" / ".tmp-1").rename(models / "pizza" / "1")  # what an export does
+        server.wait_available("1")
+
+        shutil.copytree(source, models / "pizza" / ".tmp-2")
+        meta_path = models / "pizza" / ".tmp-2" / "assets.extra" / "pizzactl.json"
+        meta = json.loads(meta_path.read_text())
+        meta["note"] = "version two"
+        meta_path.write_text(json.dumps(meta))
+        (models / "pizza" / ".tmp-2").rename(models / "pizza" / "2")
+        status = server.wait_available("2")
+        assert [s["version"] for s in status["model_version_status"]] == ["2"]
+        metadata = httpx.get(url + "/metadata").json()
+        assert metadata["model_spec"]["version"] == "2"
+        assert metadata["metadata"]["pizzactl"]["note"] == "version two"
+
+        # concurrent requests are run as shared batches (batch timeout 300 ms here)
+        photo = b64(shared_photos["pizza"][0].read_bytes())
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=30) as client:
+                return await asyncio.gather(
+                    *(client.post(url + ":predict", json={"instances": [{"b64": photo}]}) for _ in range(12))
+                )
+
+        responses = asyncio.run(burst())
+        assert all(r.status_code == 200 and r.headers["x-model-version"] == "2" for r in responses)
+        metrics = httpx.get(server.url + "/monitoring/prometheus/metrics").text
+        batches = _metric(metrics, "pizzactl_model_batch_size_count")
+        images = _metric(metrics, "pizzactl_model_batch_size_sum")
+        assert images >= 12
+        assert batches < images  # some requests shared a batch
+    finally:
+        server.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
