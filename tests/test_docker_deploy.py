@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-
 import docker
 import httpx
 import pytest
@@ -36,15 +34,13 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
         assert set(st["containers"].values()) == {"running"}
 
         photo = shared_photos["pizza"][0].read_bytes()
-        resp = httpx.post(
-            f"{result['url']}/v1/models/pizza:predict",
-            json={"instances": [{"b64": base64.b64encode(photo).decode()}]},
-            timeout=60,
-        )
+        resp = httpx.post(f"{result['url']}/predict", content=photo,
+                          headers={"Content-Type": "image/jpeg"}, timeout=60)
         assert resp.status_code == 200, resp.text
-        prediction = resp.json()["predictions"][0]
+        prediction = resp.json()
         assert 0.0 <= prediction["probability"] <= 1.0
         assert prediction["label"] in ("pizza", "not_pizza")
+        assert prediction["model_version"] == "1"
 
         model = docker_ready.containers.get("pizzactl-model")
         assert model.attrs["HostConfig"]["ReadonlyRootfs"] is True

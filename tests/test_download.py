@@ -408,3 +408,15 @@ def test_cli_download_offline_exits_3_with_the_hint(isolated, unreachable_kaggle
     assert proc.stdout == ""  # nothing from the kaggle libraries leaks onto stdout
     assert "--data DIR" in proc.stderr and "kaggle.json" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_download_reuses_a_verified_download_without_network(settings, isolated, unreachable_kaggle):
+    first = download(settings, sources=[ZipSource()])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "data", "download", "--json"],
+        capture_output=True, text=True, env=dict(os.environ), cwd=isolated, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["path"] == str(first.path) and data["source"] == "cache" and data["downloaded"] is False
+    assert data["data_hash"] == first.data_hash

@@ -49,6 +49,11 @@ def photo_pixels(shared_photos):
 
 
 @pytest.fixture(scope="session")
+def features_model(weights_cache):
+    return lite.build_features("efficientnet_lite0", weights="imagenet", cache_dir=weights_cache)
+
+
+@pytest.fixture(scope="session")
 def classifier(weights_cache):
     return lite.build_classifier("efficientnet_lite0", weights="imagenet", cache_dir=weights_cache)
 
@@ -144,17 +149,21 @@ def test_block_layout_matches_efficientnet_lite0():
 
 
 @pytest.mark.slow
-def test_backbone_is_registered_and_builds_pooled_features(weights_cache, photo_pixels):
+def test_backbone_is_registered_and_builds_pooled_features(features_model, photo_pixels):
     from pizzactl.train import backbones
 
     backbone = backbones.get_backbone("efficientnet_lite0")
     assert backbone.input_size == 224 and backbone.pretrained
-    model = lite.build_features("efficientnet_lite0", weights="imagenet", cache_dir=weights_cache)
+    model = features_model
     features = model.predict(photo_pixels[:2], verbose=0)
     assert features.shape == (2, 1280)
     assert (features >= 0).all() and features.std() > 0  # ReLU6 then average pooling
     base = model.get_layer("backbone")
-    assert base.get_layer("block6a_expand_conv") is not None and base.get_layer("top_conv") is not None
+    assert base.output_shape == (None, 1280)
+    # fine_tune_layers covers exactly the last two blocks, the top conv and the pool
+    names = [layer.name for layer in base.layers]
+    assert names[-backbone.fine_tune_layers] == "block6d_expand_conv"
+    assert names[-1] == "avg_pool"
     preprocess = model.get_layer("preprocess")
     np.testing.assert_allclose(
         np.asarray(preprocess(photo_pixels[:1])), lite.reference_preprocess(photo_pixels[:1]), atol=1e-6
@@ -171,10 +180,23 @@ def test_imagenet_classifier_recognises_pizza_photos(classifier, photo_pixels):
 
 
 @pytest.mark.slow
-def test_random_init_needs_no_weights_package(weights_cache):
-    model = lite.build_features("efficientnet_lite0", weights=None, image_size=96)
-    assert model.output_shape == (None, 1280)
-    assert not (weights_cache / "none").exists()
+def test_keras_weights_file_round_trip_keeps_the_converted_weights(features_model, photo_pixels, tmp_path):
+    path = tmp_path / "lite0.weights.h5"
+    features_model.save_weights(path)
+    reloaded = lite.build_features("efficientnet_lite0", weights=str(path), image_size=224, cache_dir=tmp_path / "unused")
+    np.testing.assert_allclose(
+        reloaded.predict(photo_pixels[:2], verbose=0), features_model.predict(photo_pixels[:2], verbose=0), atol=1e-5
+    )
+    assert not (tmp_path / "unused").exists()  # a Keras weights file needs no conversion
+
+
+@pytest.mark.slow
+def test_pth_path_as_weights_converts_that_file(lite0_pth, features_model, photo_pixels, tmp_path):
+    model = lite.build_features("efficientnet_lite0", weights=str(lite0_pth), cache_dir=tmp_path)
+    np.testing.assert_allclose(
+        model.predict(photo_pixels[:2], verbose=0), features_model.predict(photo_pixels[:2], verbose=0), atol=1e-5
+    )
+    assert len(list((tmp_path / "weights").glob("*.npz"))) == 1
 
 
 # --- the proof against the PyTorch reference (torch tier) ----------------------------------
@@ -194,14 +216,15 @@ def torch_reference(lite0_pth):
 
 @pytest.mark.torch
 @pytest.mark.slow
-def test_keras_model_matches_the_pytorch_reference_on_real_photos(torch_reference, classifier, photo_pixels):
+def test_keras_model_matches_the_pytorch_reference_on_real_photos(
+    torch_reference, features_model, classifier, photo_pixels
+):
     torch, reference = torch_reference
     batch = torch.from_numpy(lite.reference_preprocess(photo_pixels).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         ref_features = reference.extract_features(batch).mean(dim=(2, 3)).numpy()
         ref_logits = reference(batch).numpy()
 
-    features_model = __import__("keras").Model(classifier.input, classifier.get_layer("avg_pool").output)
     features = features_model.predict(photo_pixels, verbose=0)
     logits = classifier.predict(photo_pixels, verbose=0)
 

@@ -182,6 +182,17 @@ def test_an_empty_batch_gives_empty_outputs(loaded):
 
 
 @pytest.mark.slow
+def test_serving_pixels_freezes_to_a_graph_without_control_flow(loaded):
+    """Grad-CAM (pizzactl.explain) freezes and prunes serving_pixels; If/While ops would break that."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(loaded.signatures["serving_pixels"])
+    ops = {node.op for node in frozen.graph.as_graph_def().node}
+    assert "Conv2D" in ops or "_FusedConv2D" in ops, "the model itself is inlined"
+    assert not ops & {"If", "StatelessIf", "While", "StatelessWhile", "Switch", "Merge"}
+
+
+@pytest.mark.slow
 def test_metadata_describes_the_export(tiny_model, tiny_classifier):
     meta = read_metadata(tiny_model / "pizza" / "1")
     assert meta["backbone"] == "tiny_cnn" and meta["weights"] == "none"
@@ -322,7 +333,7 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
         "classes": ["not_pizza", "pizza"], "threshold": 0.4, "data_dir": str(shared_data), "data_hash": "abc123",
     }
     (run / "config.json").write_text(json.dumps(config))
-    (run / "metrics.json").write_text(json.dumps({"val_accuracy": 0.61, "val_roc_auc": 0.66}))
+    (run / "metrics.json").write_text(json.dumps({"val_accuracy": 0.61, "val_roc_auc": 0.66, "model_dir": "old/pizza/1"}))
     s = Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models")
 
     version = export_run(s, "20261124-16")
@@ -342,6 +353,29 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
     assert labels == ["pizza" if p >= 0.4 else "not_pizza" for p in res["probability"].numpy()]
 
 
+@pytest.mark.slow
+def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_classifier):
+    from typer.testing import CliRunner
+
+    from pizzactl.cli import app
+
+    run = tmp_path / "runs" / "20261124-170000-tiny_cnn"
+    run.mkdir(parents=True)
+    tiny_classifier.model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"backbone": "tiny_cnn", "image_size": 64}))
+    _fake_version(tmp_path / "models" / "pizza", "4")
+    result = CliRunner().invoke(
+        app, ["export", "20261124-17", "--to", str(tmp_path / "models"), "--json"],
+        env={"PIZZACTL_RUNS_DIR": str(tmp_path / "runs")},
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc == {"model_dir": str(tmp_path / "models" / "pizza" / "5"), "version": 5}
+    meta = read_metadata(tmp_path / "models" / "pizza" / "5")
+    assert meta["classes"] == ["not_pizza", "pizza"] and meta["threshold"] == 0.5  # defaults
+    assert meta["self_check"]["n_images"] == 3  # no data_dir in the run: synthetic images
+
+
 def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
     from pizzactl.export import export_model
 
@@ -356,3 +390,21 @@ def test_export_run_of_an_unfinished_run_says_so(tmp_path):
     (run / "config.json").write_text("{}")
     with pytest.raises(ModelNotFoundError, match="no model.keras"):
         export_run(Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models"), "half")
+
+
+@pytest.mark.slow
+def test_metadata_that_contradicts_the_model_input_is_refused(tmp_path, tiny_classifier):
+    from pizzactl.export import export_model
+
+    with pytest.raises(ExportError, match="image_size 224"):
+        export_model(tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "image_size": 224}, tiny_classifier.check_images)
+    assert not (tmp_path / "pizza").exists() or list((tmp_path / "pizza").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
+    from pizzactl.export import export_model
+
+    metrics = {"val_accuracy": np.float32(0.75), "confusion_matrix": np.array([[3, 1], [0, 4]])}
+    version = export_model(tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "metrics": metrics}, tiny_classifier.check_images)
+    assert read_metadata(version)["metrics"] == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}

@@ -97,7 +97,9 @@ def data_download(
     if json_out:
         print_json(result.as_dict())
     else:
-        out.print(f"{result.path}  ({result.n_images} images, sha256 {result.data_hash[:12]})")
+        if not result.downloaded:
+            err.print("Already downloaded and verified (content hash matches); use --force to download again.")
+        out.print(f"{result.path}  ({result.n_images} images, sha256 {result.data_hash[:12]})", highlight=False, soft_wrap=True)
 
 
 @data_app.command("report")

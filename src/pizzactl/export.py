@@ -81,13 +81,7 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
             p = p[:, 1]
         return tf.reshape(p, [-1])
 
-    def outputs(pixels):
-        # Some CPU kernels (oneDNN convolutions) reject an empty batch: answer it without the model.
-        p = tf.cond(
-            tf.shape(pixels)[0] > 0,
-            lambda: probabilities(pixels),
-            lambda: tf.zeros([0], tf.float32),
-        )
+    def outputs(p):
         label = tf.where(p >= threshold, tf.constant(positive), tf.constant(negative))
         return {"probability": tf.identity(p, name="probability"), "label": tf.identity(label, name="label")}
 
@@ -98,11 +92,14 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
             image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
         )
-        return outputs(pixels)
+        # oneDNN convolutions reject an empty batch: answer `instances: []` without the model.
+        # (Only here: serving_pixels stays free of control flow, so it can be frozen and pruned
+        # for Grad-CAM, see pizzactl.explain.)
+        return outputs(tf.cond(tf.size(image_bytes) > 0, lambda: probabilities(pixels), lambda: tf.zeros([0], tf.float32)))
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
     def serving_pixels(pixels):
-        return outputs(tf.cast(pixels, tf.float32))
+        return outputs(probabilities(tf.cast(pixels, tf.float32)))
 
     module = tf.Module(name="pizzactl")
     module.classifier = classifier
@@ -257,7 +254,14 @@ def _publish(tmp: Path, base: Path, name: str) -> Path:
 def _write_metadata(version_dir: Path, meta: dict) -> None:
     path = version_dir / METADATA_DIR / METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    """numpy scalars and arrays (metrics often are) as numbers and lists; anything else as text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
@@ -304,9 +308,15 @@ def export_model(
     """
     import tensorflow as tf
 
-    image_size = metadata.get("image_size") or _infer_image_size(classifier)
+    inferred = _infer_image_size(classifier)
+    image_size = metadata.get("image_size") or inferred
     if not image_size:
         raise ExportError("Cannot tell the model's input size.", hint="Put image_size in the export metadata.")
+    if inferred and int(image_size) != inferred:
+        raise ExportError(
+            f"The metadata says image_size {image_size} but the model takes {inferred} x {inferred} pixels.",
+            hint="Export with the image_size the model was built for.",
+        )
     meta = build_metadata(metadata, int(image_size), name)
     base = model_base(models_dir, name)
     base.mkdir(parents=True, exist_ok=True)
@@ -372,10 +382,10 @@ def load_run_classifier(run_dir: Path):
         raise ModelNotFoundError(f"{run_dir} has no model.keras (the run did not finish?).", hint="Train again with `pizzactl train`.")
     import keras
 
-    import pizzactl.train.backbones  # noqa: F401  (registers the backbones' serializable layers)
+    from pizzactl.train.backbones import custom_objects
 
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
     except Exception as exc:  # keras raises many types for a bad archive
         raise ExportError(f"Cannot load {path}: {type(exc).__name__}: {exc}", hint="Train the run again; the file may be damaged.") from None
 
@@ -393,7 +403,9 @@ def export_run(settings, run_id_or_dir: str | Path) -> Path:
         "classes": _lookup("classes", config, metrics, default=list(DEFAULT_CLASSES)),
         "threshold": float(_lookup("threshold", config, metrics, default=0.5)),
         "data_hash": _lookup("data_hash", config, metrics),
-        "metrics": metrics,
+        "metrics": {k: v for k, v in metrics.items() if k != "model_dir"},  # model_dir: where it was exported before
         "run_id": _lookup("run_id", config, default=run_dir.name),
     }
+    if _lookup("tta", config) is not None:
+        metadata["tta"] = _lookup("tta", config)
     return export_model(classifier, settings.models_dir, metadata, run_check_images(config))

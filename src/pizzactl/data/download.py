@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from pizzactl.errors import CredentialsError, DataError, DownloadError, PizzaError
+from pizzactl.errors import CredentialsError, DownloadError, PizzaError
 
 MARKER = ".pizzactl-download.json"
 STALL_TIMEOUT = 60.0  # seconds without a new byte before a download counts as hung
@@ -203,8 +203,19 @@ def slug_dir_name(slug: str) -> str:
     return slug.strip("/").replace("/", "__")
 
 
-def _count_files(root: Path) -> int:
-    return sum(1 for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _files(root: Path) -> list[Path]:
+    """Every file under root, hidden ones (and those in hidden folders) excepted, in a stable order."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def files_hash(root: Path) -> tuple[str, int]:
+    """(sha256 over every file's relative path and bytes, file count): cheap, no image decoding."""
+    import hashlib
+
+    from pizzactl.data.dataset import hash_files
+
+    files = _files(root)
+    return hash_files(root, ((p, hashlib.sha256(p.read_bytes()).digest()) for p in files)), len(files)
 
 
 def _read_marker(dest: Path) -> dict | None:
@@ -216,26 +227,20 @@ def _read_marker(dest: Path) -> dict | None:
 
 
 def verify(dest: Path) -> DownloadResult | None:
-    """The verified download in `dest`, or None if it is absent, incomplete or changed since."""
-    from pizzactl.data.dataset import load_dataset
+    """The verified download in `dest`, or None if it is absent, incomplete or changed since.
 
+    Re-hashes every file's bytes against the marker (no image decoding: about 0.3 s of CPU
+    for the 87 MB of pizza photos), so the recorded data_hash still describes these files.
+    """
     marker = _read_marker(dest)
-    if not marker or not {"root", "data_hash", "n_files"} <= marker.keys():
+    if not marker or not {"root", "data_hash", "files_hash", "n_files", "n_images"} <= marker.keys():
         return None
     root = (dest / marker["root"]).resolve()
     if not root.is_dir() or dest.resolve() not in (root, *root.parents):
         return None
-    if _count_files(root) != marker["n_files"]:
+    if files_hash(root) != (marker["files_hash"], marker["n_files"]):
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = load_dataset(root)
-    except DataError:
-        return None
-    if ds.data_hash != marker["data_hash"]:
-        return None
-    return DownloadResult(root, marker.get("dataset", ""), len(ds), ds.data_hash, "cache", downloaded=False)
+    return DownloadResult(root, marker.get("dataset", ""), marker["n_images"], marker["data_hash"], "cache", downloaded=False)
 
 
 # --- layout ---------------------------------------------------------------------------------
@@ -406,13 +411,15 @@ def download(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = load_dataset(root)
+            all_files_hash, n_files = files_hash(root)
             marker = {
                 "dataset": slug,
                 "source": source.name,
                 "root": root.resolve().relative_to(staging.resolve()).as_posix(),
                 "data_hash": ds.data_hash,
                 "n_images": len(ds),
-                "n_files": _count_files(root),
+                "files_hash": all_files_hash,
+                "n_files": n_files,
                 "skipped": [[str(p.relative_to(root)), why] for p, why in ds.skipped],
                 "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }

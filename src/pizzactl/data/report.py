@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import statistics
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -87,12 +89,15 @@ def scan(root: Path | str) -> list[ImageInfo]:
     classes = class_folders(root)
     if not classes:
         raise DataError(f"{root} has no class sub-folders.", hint="Lay the data out as DIR/pizza/*.jpg and DIR/not_pizza/*.jpg.")
-    infos = []
-    for name in classes:
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                infos.append(inspect_file(path, name))
-    return infos
+    files = [
+        (path, name)
+        for name in classes
+        for path in sorted((root / name).rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+    ]
+    # Pillow's decoder and hashlib release the GIL: a few threads overlap I/O and decoding.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda item: inspect_file(*item), files))
 
 
 def near_duplicate_pairs(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_BITS, block: int = 1024) -> list[tuple[int, int, int]]:
@@ -217,7 +222,7 @@ def print_report(rep: dict[str, Any], console=None) -> None:
     w, h = rep["width"], rep["height"]
     summary = Table(title=f"Dataset {rep['root']}", show_header=False)
     summary.add_column(style="bold")
-    summary.add_column()
+    summary.add_column(overflow="fold")
     summary.add_row("images", f"{rep['images']} usable of {rep['files']} files ({rep['bytes'] / 1e6:.1f} MB)")
     summary.add_row("width", f"min {w['min']}  median {w['median']:g}  max {w['max']}")
     summary.add_row("height", f"min {h['min']}  median {h['median']:g}  max {h['max']}")

@@ -15,6 +15,9 @@ need no flags. The contract every target module follows:
                                   status(settings, state) -> dict
                                   teardown(settings, state, keep_cluster) -> dict
 
+- Optional: `preflight(settings, previous: DeployState | None)` raises (e.g. PortInUseError)
+  before the dispatcher tears the previous deployment down, so a deploy that cannot work
+  leaves the running one alone.
 - `deploy` returns at least {"target", "url", "model_version"}. It writes the state file
   (`state.save(settings, DeployState(...))`) as soon as there is something to clean up, before
   waiting for readiness, so an interrupted deploy can still be torn down; details that are
@@ -67,6 +70,9 @@ def deploy(settings, dry_run: bool = False, timeout: float = 300.0) -> dict[str,
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)
+    preflight = getattr(mod, "preflight", None)
+    if preflight is not None:  # e.g. the port is taken by something else: fail before stopping what runs now
+        preflight(settings, previous)
     if previous is not None and (previous.target != target or target in ("local", "docker")):
         teardown(settings)
     if target == "kind":

@@ -9,6 +9,7 @@ crashes (with its last log lines), a pod that cannot be scheduled (with its even
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,6 +27,7 @@ def connect(context: str | None = None, kubeconfig: str | None = None):
     from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
 
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None  # read now, not at import time
     try:
         return config.new_client_from_config(config_file=kubeconfig, context=context)
     except (ConfigException, FileNotFoundError, OSError) as exc:

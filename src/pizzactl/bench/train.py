@@ -1,0 +1,145 @@
+"""`pizzactl bench train`: the same frozen-backbone head trained two ways, timed side by side.
+
+* plain: what the seed notebook did, `model.fit` of frozen backbone + head over decoded images,
+  so every epoch pays a full forward pass through the backbone;
+* cached: one forward pass to compute the features (`pizzactl.train.features`), then the
+  head trains on them.
+
+Goals: speedup (plain / cached) >= 10, and cached_seconds <= 1.3 x forward_pass_seconds (the
+head epochs together cost less than a third of one forward pass).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BACKBONE = "mobilenet_v3_small"
+
+
+def _pick(records, limit: int | None):
+    """At most `limit` records, classes interleaved so a small limit keeps both classes."""
+    if not limit or limit >= len(records):
+        return list(records)
+    by_label: dict[int, list] = {}
+    for r in records:
+        by_label.setdefault(r.label, []).append(r)
+    picked, i = [], 0
+    while len(picked) < limit:
+        for group in by_label.values():
+            if i < len(group) and len(picked) < limit:
+                picked.append(group[i])
+        i += 1
+    return picked
+
+
+def _build(backbone, weights: str, size: int, explicit: bool):
+    """The extractor and the weights actually used: ImageNet, else (if not asked for) random."""
+    from pizzactl.errors import WeightsError
+
+    try:
+        return backbone.builder(None if weights == "none" else weights, size), weights
+    except WeightsError:
+        if explicit or weights == "none":
+            raise
+        return backbone.builder(None, size), "none"
+
+
+def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: int | None = None) -> dict[str, Any]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pizzactl.console import log
+    from pizzactl.data.dataset import load_dataset, resolve_data_dir, split
+    from pizzactl.train.backbones import get_backbone
+    from pizzactl.train.features import compute_features, image_dataset
+    from pizzactl.train.trainer import build_head
+
+    bb = get_backbone(backbone or DEFAULT_BACKBONE)
+    size = int(settings.image_size or bb.input_size)
+    explicit = settings.sources.get("weights", "default") != "default"
+    weights = settings.weights if bb.pretrained else "none"
+    if str(weights).lower() in {"none", ""}:
+        weights = "none"
+    dataset = load_dataset(resolve_data_dir(settings))
+    train_records, val_records = split(dataset, settings.val_split, settings.seed)
+    n_val = max(1, round((limit or len(dataset)) * settings.val_split))
+    train_records = _pick(train_records, (limit - n_val) if limit else None)
+    val_records = _pick(val_records, n_val if limit else None)
+    batch = int(settings.batch_size)
+    y_train = np.array([r.label for r in train_records], np.float32)
+    y_val = np.array([r.label for r in val_records], np.float32)
+    n_images = len(train_records) + len(val_records)
+
+    extractor, weights_used = _build(bb, weights, size, explicit)
+    extractor.trainable = False
+    warm = np.zeros((2, size, size, 3), np.float32)
+    extractor(warm, training=False)  # one-time graph and oneDNN set-up, out of both timings
+
+    # cached: one forward pass, then the head on the features
+    log(f"bench train: {bb.name} ({weights_used} weights, {size}px), {n_images} images, {epochs} epochs")
+    keras.utils.set_random_seed(int(settings.seed))
+    t0 = time.perf_counter()
+    f_train = compute_features(extractor, [r.path for r in train_records], size, batch_size=64)
+    f_val = compute_features(extractor, [r.path for r in val_records], size, batch_size=64)
+    forward_seconds = time.perf_counter() - t0
+    head = build_head(f_train.shape[1], 0.2)
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=32)
+    hist = head.fit(f_train, y_train, validation_data=(f_val, y_val), epochs=epochs, batch_size=batch, shuffle=True, verbose=0)
+    cached_seconds = time.perf_counter() - t0
+    log(f"  cached: {cached_seconds:.1f}s (forward pass {forward_seconds:.1f}s)")
+
+    # plain: frozen backbone + head, fed decoded images every epoch
+    keras.utils.set_random_seed(int(settings.seed))
+    pixels = keras.Input((size, size, 3), name="pixels")
+    plain_head = build_head(f_train.shape[1], 0.2)
+    model = keras.Model(pixels, plain_head(extractor(pixels, training=False)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
+
+    def images(records, shuffle: bool):
+        labels = tf.data.Dataset.from_tensor_slices(np.array([r.label for r in records], np.float32))
+        ds = tf.data.Dataset.zip((image_dataset([r.path for r in records], size, batch).unbatch(), labels))
+        if shuffle:
+            ds = ds.shuffle(len(records), seed=int(settings.seed))
+        return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    t0 = time.perf_counter()
+    plain_hist = model.fit(images(train_records, True), validation_data=images(val_records, False), epochs=epochs, verbose=0)
+    plain_seconds = time.perf_counter() - t0
+    log(f"  plain: {plain_seconds:.1f}s")
+
+    return {
+        "backbone": bb.name,
+        "weights": weights_used,
+        "image_size": size,
+        "n_images": n_images,
+        "epochs": epochs,
+        "batch_size": batch,
+        "plain_seconds": round(plain_seconds, 2),
+        "cached_seconds": round(cached_seconds, 2),
+        "forward_pass_seconds": round(forward_seconds, 2),
+        "speedup": round(plain_seconds / cached_seconds, 2),
+        "cached_over_forward": round(cached_seconds / forward_seconds, 3),
+        "plain_val_accuracy": float(plain_hist.history["val_accuracy"][-1]),
+        "cached_val_accuracy": float(hist.history["val_accuracy"][-1]),
+        "goals": {"speedup >= 10": plain_seconds / cached_seconds >= 10, "cached <= 1.3 x forward": cached_seconds <= 1.3 * forward_seconds},
+    }
+
+
+def print_bench(res: dict) -> None:
+    from rich.table import Table
+
+    from pizzactl.console import out
+
+    table = Table("", "seconds", title=f"bench train: {res['backbone']} ({res['weights']} weights, {res['image_size']}px), {res['n_images']} images x {res['epochs']} epochs")
+    table.add_row("plain model.fit over images", f"{res['plain_seconds']:.1f}")
+    table.add_row("cached features + head", f"{res['cached_seconds']:.1f}")
+    table.add_row("  of which one forward pass", f"{res['forward_pass_seconds']:.1f}")
+    out.print(table)
+    out.print(f"speedup {res['speedup']:.1f}x   cached / forward pass {res['cached_over_forward']:.2f}")
+    for goal, ok in res["goals"].items():
+        out.print(f"  {'[green]met[/]' if ok else '[red]missed[/]'}  {goal}")

@@ -1,0 +1,111 @@
+"""Training runs on disk: `runs/<id>/{config.json, metrics.json, history.csv, *.png, train.log, model.keras}`.
+
+Reading runs needs no TensorFlow: `pizzactl runs list` is instant however many runs there are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pizzactl.models import find_run_dir
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    config = _read(run_dir / "config.json")
+    metrics = _read(run_dir / "metrics.json")
+    return {
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "created": config.get("created"),
+        "backbone": config.get("backbone"),
+        "weights": config.get("weights"),
+        "image_size": config.get("image_size"),
+        "mode": config.get("mode"),
+        "status": "finished" if metrics and (run_dir / "model.keras").is_file() else "incomplete",
+        "val_accuracy": metrics.get("val_accuracy"),
+        "val_f1": metrics.get("val_f1"),
+        "val_roc_auc": metrics.get("val_roc_auc"),
+        "train_seconds": metrics.get("train_seconds"),
+        "model_dir": metrics.get("model_dir"),
+    }
+
+
+def list_runs(settings) -> list[dict[str, Any]]:
+    """Every run under `settings.runs_dir`, newest first (by creation time, then id)."""
+    runs_dir = Path(settings.runs_dir).expanduser()
+    if not runs_dir.is_dir():
+        return []
+    runs = [_summary(p) for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    return sorted(runs, key=lambda r: (r["created"] or "", r["run_id"]), reverse=True)
+
+
+def show_run(settings, run_id: str) -> dict[str, Any]:
+    """One run: its summary, full config and metrics, and the files in it.
+
+    `run_id` may be a unique prefix or a run directory; an unknown or ambiguous one raises
+    `RunNotFoundError` with a hint.
+    """
+    run_dir = find_run_dir(settings, run_id)
+    return {
+        **_summary(run_dir),
+        "config": _read(run_dir / "config.json"),
+        "metrics": _read(run_dir / "metrics.json"),
+        "files": sorted(p.name for p in run_dir.iterdir() if p.is_file()),
+    }
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_runs(runs: list[dict]) -> None:
+    from rich.table import Table
+
+    from pizzactl.console import out
+
+    if not runs:
+        out.print("No training runs yet. Run `pizzactl train`.")
+        return
+    table = Table("run", "backbone", "weights", "size", "val acc", "f1", "seconds", "exported")
+    for r in runs:
+        table.add_row(
+            r["run_id"], _fmt(r["backbone"]), _fmt(r["weights"]), _fmt(r["image_size"]),
+            _fmt(r["val_accuracy"]) if r["status"] == "finished" else "[yellow]incomplete[/]",
+            _fmt(r["val_f1"]), _fmt(r["train_seconds"], 1), _fmt(r["model_dir"]),
+        )
+    out.print(table)
+
+
+def print_run(run: dict) -> None:
+    from rich.table import Table
+
+    from pizzactl.console import out
+
+    out.print(f"[bold]{run['run_id']}[/]  {run['run_dir']}")
+    table = Table("", "value", show_header=False)
+    config, metrics = run["config"], run["metrics"]
+    for key in ("backbone", "mode", "weights", "image_size", "epochs", "fine_tune_epochs", "batch_size", "augment", "seed", "data_dir", "n_train", "n_val"):
+        if key in config:
+            table.add_row(key, _fmt(config[key]))
+    for key in ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_roc_auc", "val_loss", "train_seconds", "model_dir"):
+        if key in metrics:
+            table.add_row(key, _fmt(metrics[key]))
+    if "confusion_matrix" in metrics:
+        classes = config.get("classes") or ["0", "1"]
+        (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+        table.add_row("confusion", f"true {classes[0]}: {tn} right, {fp} wrong; true {classes[1]}: {tp} right, {fn} wrong")
+    table.add_row("files", ", ".join(run["files"]))
+    out.print(table)

@@ -1,0 +1,684 @@
+"""Training one backbone into a run directory; several backbones into a leaderboard.
+
+Two ways to train, chosen by the backbone:
+
+* pretrained (transfer learning): the frozen backbone's features of every image and view are
+  computed once and cached (`features.FeatureCache`); a small head (dropout + dense sigmoid)
+  trains on them in milliseconds per epoch. Augmentation is extra cached views (crops, flips,
+  colour). An optional fine-tuning phase then unfreezes the top of the backbone at a low
+  learning rate, BatchNormalization layers staying frozen (inference mode).
+* from scratch (`pretrained=False`, e.g. small_cnn): end to end on decoded images with
+  on-the-fly augmentation and a warm-up + cosine learning-rate schedule.
+
+Both phases stop early on validation loss and restore the best weights. The classifier that is
+saved (`model.keras`) and exported averages the model over the image and its mirror image
+(test-time flip), inside the graph, so serving computes exactly what validation measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pizzactl import __version__
+from pizzactl.console import err
+from pizzactl.errors import UsageError
+
+THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults that belong to a backbone rather than to a flag.
+
+    A flag or setting the user gave explicitly (`--epochs`, `--image-size`) always wins; these
+    replace only the built-in defaults.
+    """
+
+    image_size: int | None = None  # None: the backbone's input size
+    epochs: int | None = None  # None: settings.epochs
+    lr: float = 1e-3  # the head (frozen path) or the whole network (from scratch)
+    dropout: float = 0.2
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+    patience: int = 5
+    augmented_views: int = 4  # frozen path: cached augmented views per image
+    fine_tune_lr: float = 1e-4
+    fine_tune_layers: int | None = None  # None: the registry entry's `fine_tune_layers`
+    fine_tune_patience: int = 2
+    tta: bool = True  # average over the image and its mirror image, in the exported graph
+
+
+SCRATCH_RECIPE = Recipe(epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12)
+RECIPES: dict[str, Recipe] = {
+    "small_cnn": Recipe(image_size=96, epochs=45, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12),
+}
+
+
+def recipe_for(backbone) -> Recipe:
+    """The backbone's recipe: its registry entry's `recipe` if it has one, else ours."""
+    own = getattr(backbone, "recipe", None)
+    if isinstance(own, Recipe):
+        return own
+    if backbone.name in RECIPES:
+        return RECIPES[backbone.name]
+    return Recipe() if backbone.pretrained else SCRATCH_RECIPE
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One backbone's training run."""
+
+    run_id: str
+    run_dir: Path
+    backbone: str
+    metrics: dict
+    config: dict
+    train_seconds: float
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.metrics["val_accuracy"])
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "backbone": self.backbone,
+            "weights": self.config.get("weights"),
+            "image_size": self.config.get("image_size"),
+            "val_accuracy": m.get("val_accuracy"),
+            "val_f1": m.get("val_f1"),
+            "val_roc_auc": m.get("val_roc_auc"),
+            "val_loss": m.get("val_loss"),
+            "train_seconds": self.train_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` did: the leaderboard (best first) and the exported version of the best."""
+
+    leaderboard: tuple[RunResult, ...]
+    model_dir: Path | None
+    total_seconds: float
+    classes: tuple[str, ...] = ()
+    features: dict = field(default_factory=dict)  # {"computed": n, "reused": n} feature-cache views
+
+    @property
+    def best(self) -> RunResult:
+        return self.leaderboard[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "run_id": best.run_id,
+            "run_dir": str(best.run_dir),
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+            "version": int(self.model_dir.name) if self.model_dir and self.model_dir.name.isdigit() else None,
+            "backbone": best.backbone,
+            "weights": best.config.get("weights"),
+            "image_size": best.config.get("image_size"),
+            "classes": list(self.classes),
+            "val_accuracy": best.val_accuracy,
+            "train_seconds": best.train_seconds,
+            "total_seconds": self.total_seconds,
+            "metrics": best.metrics,
+            "features": self.features,
+            "leaderboard": [r.as_dict() for r in self.leaderboard],
+        }
+
+
+# --- logging and progress -------------------------------------------------------------------
+
+
+class RunLog:
+    """Writes each line to the run's train.log and to stderr; owns the progress bars."""
+
+    def __init__(self, path: Path | None, show_progress: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8") if path else None
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not show_progress,
+        )
+
+    def __enter__(self) -> "RunLog":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+        if self._fh:
+            self._fh.close()
+
+    def __call__(self, message: str) -> None:
+        if self._fh:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S")
+            self._fh.write(f"{stamp} {message}\n")
+            self._fh.flush()
+        self.progress.console.print(message, highlight=False, markup=False)
+
+    def bar(self, description: str, total: int) -> Callable[[int], None]:
+        """A progress bar; returns `advance(n)`. The bar disappears when it is full."""
+        task = self.progress.add_task(description, total=total)
+        done = [0]
+
+        def advance(n: int = 1) -> None:
+            done[0] += n
+            if done[0] >= total:
+                self.progress.remove_task(task) if task in self.progress.task_ids else None
+            else:
+                self.progress.advance(task, n)
+
+        return advance
+
+
+def _epoch_logger(phase: str, total_epochs: int, runlog: RunLog, rows: list, steps: int | None = None):
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        """One line per epoch (stderr and train.log) and one row per epoch for history.csv."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+            self._advance = runlog.bar(f"{phase} epoch {epoch + 1}/{total_epochs}", steps) if steps else None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self._advance:
+                self._advance(1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            lr = logs.pop("learning_rate", None)
+            if lr is None:
+                try:
+                    lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                except Exception:  # pragma: no cover - schedules without a value
+                    lr = None
+            row = {"phase": phase, "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}, "learning_rate": lr}
+            rows.append(row)
+            shown = "  ".join(f"{k} {float(v):.4f}" for k, v in logs.items())
+            runlog(f"[{phase}] epoch {epoch + 1}/{total_epochs}  {shown}  ({time.perf_counter() - self._start:.1f}s)")
+
+    return EpochLog()
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+
+def build_head(dim: int, dropout: float):
+    import keras
+
+    return keras.Sequential(
+        [keras.Input((dim,), name="features"), keras.layers.Dropout(dropout, name="dropout"), keras.layers.Dense(1, activation="sigmoid", name="probability")],
+        name="head",
+    )
+
+
+def build_classifier(extractor, head, image_size: int, tta: bool = True):
+    """float32 [N,S,S,3] 0..255 -> [N,1] P(positive); with `tta`, the mean over the image and its mirror."""
+    import keras
+
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    p = head(extractor(pixels))
+    if tta:
+        mirrored = head(extractor(keras.ops.flip(pixels, axis=2)))
+        p = keras.layers.Average(name="flip_average")([p, mirrored])
+    return keras.Model(pixels, p, name="classifier")
+
+
+def fit_head(x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int, lr: float, dropout: float, patience: int, callbacks=()):
+    """Train dropout + dense sigmoid on cached features; early stopping restores the best epoch."""
+    import keras
+
+    head = build_head(int(x_train.shape[1]), dropout)
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=16)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    head.fit(
+        x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
+        shuffle=True, verbose=0, callbacks=[stop, *callbacks],
+    )
+    return head, stop
+
+
+def decode_images(paths: Sequence[Path], size: int, batch_size: int = 64, dtype: str = "float32", advance=None):
+    """Decode and resize image files once (exactly as serving does) into one array."""
+    import numpy as np
+
+    from pizzactl.train.features import image_dataset
+
+    chunks = []
+    for batch in image_dataset(paths, size, batch_size, "plain"):
+        chunks.append(batch.numpy().astype(dtype))
+        if advance:
+            advance(int(batch.shape[0]))
+    return np.concatenate(chunks) if chunks else np.zeros((0, size, size, 3), dtype)
+
+
+def batch_augment(images, seed, size: int):
+    """Random resized crop, horizontal flip and colour jitter for a batch of 0..255 pixels."""
+    import tensorflow as tf
+
+    images = tf.cast(images, tf.float32)
+    n = tf.shape(images)[0]
+    s = tf.random.experimental.stateless_split(seed, 8)
+    scale = tf.sqrt(tf.random.stateless_uniform([n], s[0], 0.35, 1.0))
+    ratio = tf.exp(tf.random.stateless_uniform([n], s[1], -0.3, 0.3))
+    h = tf.minimum(scale * tf.sqrt(ratio), 1.0)
+    w = tf.minimum(scale / tf.sqrt(ratio), 1.0)
+    y0 = tf.random.stateless_uniform([n], s[2]) * (1.0 - h)
+    x0 = tf.random.stateless_uniform([n], s[3]) * (1.0 - w)
+    boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)
+    images = tf.image.crop_and_resize(images, boxes, tf.range(n), [size, size])
+    flip = tf.random.stateless_uniform([n, 1, 1, 1], s[4]) < 0.5
+    images = tf.where(flip, tf.reverse(images, [2]), images)
+    images = images * tf.random.stateless_uniform([n, 1, 1, 1], s[5], 0.75, 1.25) + tf.random.stateless_uniform([n, 1, 1, 1], s[6], -25.0, 25.0)
+    gray = tf.reduce_mean(images, axis=-1, keepdims=True)
+    images = gray + tf.random.stateless_uniform([n, 1, 1, 1], s[7], 0.7, 1.3) * (images - gray)
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def _augmented_batches(x, y, *, batch_size: int, seed: int, augment: bool, size: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda xy, s: (batch_augment(xy[0], s, size), xy[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    else:
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _lr_schedule(base_lr: float, total_steps: int, warmup_steps: int):
+    import keras
+
+    if warmup_steps > 0:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, max(1, total_steps - warmup_steps), alpha=0.02, warmup_target=base_lr, warmup_steps=warmup_steps
+        )
+    return keras.optimizers.schedules.CosineDecay(base_lr, max(1, total_steps), alpha=0.02)
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def classification_metrics(y_true, p) -> dict[str, Any]:
+    """Validation metrics at threshold 0.5: accuracy, precision, recall, f1, ROC AUC, confusion."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true).astype(int).ravel()
+    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 1e-7, 1 - 1e-7)
+    y_pred = (p >= THRESHOLD).astype(int)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
+    both = len(set(y_true.tolist())) == 2
+    return {
+        "val_accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "val_precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
+        "val_recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
+        "val_f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
+        "val_roc_auc": float(skm.roc_auc_score(y_true, p)) if both else None,
+        "val_loss": float(skm.log_loss(y_true, p, labels=[0, 1])),
+        "confusion_matrix": cm.tolist(),  # rows: true class, columns: predicted class
+        "n_val": int(len(y_true)),
+        "threshold": THRESHOLD,
+    }
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+def new_run_dir(runs_dir: Path, backbone: str) -> Path:
+    """`runs/<UTC time>-<backbone>`, made unique with a counter if two start in the same second."""
+    runs_dir = Path(runs_dir).expanduser()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = runs_dir / (f"{stamp}-{backbone}" if n == 1 else f"{stamp}-{backbone}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"Cannot create a run directory in {runs_dir}.")  # pragma: no cover
+
+
+def _resolved(settings, name: str, recipe_value):
+    """The setting if the user gave it (any layer but the default), else the recipe's value."""
+    if settings.sources.get(name, "default") != "default" or recipe_value is None:
+        return getattr(settings, name)
+    return recipe_value
+
+
+def resolve_weights(settings, backbone) -> str:
+    """'imagenet' | 'none' | a file path, checked against what the backbone offers."""
+    weights = (settings.weights or "none").strip()
+    if weights.lower() in {"none", "null", ""}:
+        return "none"
+    if weights.lower() == "imagenet":
+        if backbone.pretrained:
+            return "imagenet"
+        if settings.sources.get("weights", "default") == "default":
+            return "none"  # a from-scratch backbone: the default 'imagenet' does not apply
+        raise UsageError(
+            f"Backbone {backbone.name} has no ImageNet weights; it trains from scratch.",
+            hint=f"Pass --weights none with --backbone {backbone.name}, or pick a pretrained backbone.",
+        )
+    return str(Path(weights).expanduser())
+
+
+def _builder_weights(weights: str):
+    return None if weights == "none" else weights
+
+
+def train_one(settings, backbone, dataset, train_records, val_records, *, cache, show_progress: bool = True):
+    """Train `backbone` on the split into a new run directory; returns (RunResult, classifier)."""
+    import keras
+    import numpy as np
+
+    from pizzactl.train import plots
+    from pizzactl.train.features import view_names, weights_id
+
+    start = time.perf_counter()
+    recipe = recipe_for(backbone)
+    weights = resolve_weights(settings, backbone)
+    wid = weights_id(weights)
+    size = int(settings.image_size or recipe.image_size or backbone.input_size)
+    epochs = int(_resolved(settings, "epochs", recipe.epochs))
+    mode = "frozen" if backbone.pretrained else "scratch"
+    fine_tune_epochs = int(settings.fine_tune_epochs) if mode == "frozen" else 0
+    n_views = recipe.augmented_views if (settings.augment and mode == "frozen") else 0
+    run_dir = new_run_dir(settings.runs_dir, backbone.name)
+    config = {
+        "run_id": run_dir.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "backbone": backbone.name,
+        "mode": mode,
+        "weights": weights,
+        "weights_id": wid,
+        "image_size": size,
+        "epochs": epochs,
+        "fine_tune_epochs": fine_tune_epochs,
+        "batch_size": int(settings.batch_size),
+        "augment": bool(settings.augment),
+        "augmented_views": n_views,
+        "tta": recipe.tta,
+        "seed": int(settings.seed),
+        "val_split": float(settings.val_split),
+        "data_dir": str(dataset.root),
+        "data_hash": dataset.data_hash,
+        "classes": list(dataset.classes),
+        "n_train": len(train_records),
+        "n_val": len(val_records),
+        "threshold": THRESHOLD,
+        "recipe": asdict(recipe),
+        "pizzactl_version": __version__,
+        "settings": settings.as_dict(),
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    rows: list[dict] = []
+    timings: dict[str, float] = {}
+    keras.utils.set_random_seed(int(settings.seed))
+    y_train = np.array([r.label for r in train_records], np.float32)
+    y_val = np.array([r.label for r in val_records], np.float32)
+
+    with RunLog(run_dir / "train.log", show_progress) as runlog:
+        runlog(
+            f"Run {run_dir.name}: {backbone.name} ({mode}, weights {weights}, {size}px), "
+            f"{len(train_records)} train / {len(val_records)} val images"
+        )
+        if mode == "frozen" and weights == "none":
+            runlog("Note: frozen features from random weights learn little; use --weights imagenet for real training.")
+        extractor = backbone.builder(_builder_weights(weights), size)
+        if mode == "frozen":
+            t = time.perf_counter()
+            index = {r.path: i for i, r in enumerate(dataset.records)}
+            tr_idx = np.array([index[r.path] for r in train_records])
+            va_idx = np.array([index[r.path] for r in val_records])
+            views = ["plain", "flip", *view_names(n_views)] if recipe.tta or n_views else ["plain"]
+
+            def feats(view):
+                return cache.get(
+                    extractor=extractor, backbone=backbone.name, weights=wid, image_size=size,
+                    dataset=dataset, view=view, progress=runlog.bar,
+                )
+
+            by_view = {view: feats(view) for view in views}
+            timings["feature_seconds"] = time.perf_counter() - t
+            runlog(f"Features: {len(cache.computed)} view(s) computed, {len(cache.reused)} reused from the cache ({timings['feature_seconds']:.1f}s)")
+            train_views = views if settings.augment else ["plain"]
+            x_tr = np.concatenate([by_view[v][tr_idx] for v in train_views])
+            y_tr = np.concatenate([y_train] * len(train_views))
+            t = time.perf_counter()
+            head, _ = fit_head(
+                x_tr, y_tr, by_view["plain"][va_idx], y_val,
+                epochs=epochs, batch_size=int(settings.batch_size), lr=recipe.lr, dropout=recipe.dropout,
+                patience=recipe.patience, callbacks=[_epoch_logger("head", epochs, runlog, rows)],
+            )
+            timings["head_seconds"] = time.perf_counter() - t
+            if fine_tune_epochs > 0:
+                t = time.perf_counter()
+                fine_tune(
+                    backbone, extractor, head, train_records, val_records, size, recipe=recipe, epochs=fine_tune_epochs,
+                    batch_size=int(settings.batch_size), augment=settings.augment, seed=int(settings.seed),
+                    runlog=runlog, rows=rows,
+                )
+                timings["fine_tune_seconds"] = time.perf_counter() - t
+                p_val = None
+            else:
+                p_plain = head.predict(by_view["plain"][va_idx], verbose=0).ravel()
+                p_val = (p_plain + head.predict(by_view["flip"][va_idx], verbose=0).ravel()) / 2 if recipe.tta else p_plain
+        else:
+            t = time.perf_counter()
+            head = fit_scratch(
+                extractor, train_records, val_records, size, recipe=recipe, epochs=epochs,
+                batch_size=int(settings.batch_size), augment=settings.augment, seed=int(settings.seed),
+                runlog=runlog, rows=rows,
+            )
+            timings["fit_seconds"] = time.perf_counter() - t
+            p_val = None
+
+        classifier = build_classifier(extractor, head, size, tta=recipe.tta)
+        if p_val is None:
+            x_val = decode_images([r.path for r in val_records], size)
+            p_val = classifier.predict(x_val, batch_size=32, verbose=0).ravel()
+        metrics = classification_metrics(y_val, p_val)
+        train_seconds = time.perf_counter() - start
+        metrics.update(
+            {
+                "train_seconds": round(train_seconds, 2),
+                **{k: round(v, 2) for k, v in timings.items()},
+                "epochs_run": {phase: sum(1 for r in rows if r["phase"] == phase) for phase in dict.fromkeys(r["phase"] for r in rows)},
+                "features": {"computed": len(cache.computed), "reused": len(cache.reused)},
+            }
+        )
+        runlog(
+            f"Validation: accuracy {metrics['val_accuracy']:.4f}  f1 {metrics['val_f1']:.4f}  "
+            f"roc_auc {metrics['val_roc_auc'] if metrics['val_roc_auc'] is None else round(metrics['val_roc_auc'], 4)}  "
+            f"loss {metrics['val_loss']:.4f}  ({train_seconds:.1f}s)"
+        )
+        classifier.save(run_dir / "model.keras")
+        write_history(run_dir / "history.csv", rows)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        try:
+            plots.training_curves(rows, run_dir / "training_curves.png", title=run_dir.name)
+            plots.confusion_matrix(metrics["confusion_matrix"], list(dataset.classes), run_dir / "confusion_matrix.png")
+        except Exception as exc:  # plots are a convenience; never lose a trained model over them
+            runlog(f"Could not draw plots: {type(exc).__name__}: {exc}")
+    result = RunResult(run_dir.name, run_dir, backbone.name, metrics, config, round(train_seconds, 2))
+    return result, classifier
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    columns += sorted({k for r in rows for k in r} - set(columns))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def fit_scratch(extractor, train_records, val_records, size: int, *, recipe: Recipe, epochs: int, batch_size: int, augment: bool, seed: int, runlog: RunLog, rows: list):
+    """End-to-end training of a randomly initialised backbone + head; returns the head."""
+    import keras
+    import numpy as np
+
+    runlog(f"Decoding {len(train_records) + len(val_records)} images at {size}px")
+    advance = runlog.bar("decoding", len(train_records) + len(val_records))
+    x_train = decode_images([r.path for r in train_records], size, dtype="float16", advance=advance)
+    x_val = decode_images([r.path for r in val_records], size, advance=advance)
+    y_train = np.array([r.label for r in train_records], np.float32)
+    y_val = np.array([r.label for r in val_records], np.float32)
+    head = build_head(int(extractor.output_shape[-1]), recipe.dropout)
+    pixels = keras.Input((size, size, 3), name="pixels")
+    model = keras.Model(pixels, head(extractor(pixels)), name="trainable")
+    steps = int(np.ceil(len(x_train) / batch_size))
+    schedule = _lr_schedule(recipe.lr, epochs * steps, recipe.warmup_epochs * steps)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay) if recipe.weight_decay else keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, restore_best_weights=True)
+    model.fit(
+        _augmented_batches(x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, size=size),
+        validation_data=(x_val, y_val), epochs=epochs, verbose=0,
+        callbacks=[stop, _epoch_logger("scratch", epochs, runlog, rows, steps)],
+    )
+    runlog(f"Best epoch {stop.best_epoch + 1} (val_loss {stop.best:.4f}), weights restored")
+    return head
+
+
+def fine_tune(backbone, extractor, head, train_records, val_records, size: int, *, recipe: Recipe, epochs: int, batch_size: int, augment: bool, seed: int, runlog: RunLog, rows: list):
+    """Unfreeze the top of the backbone and train at a low LR; never ends worse than it started."""
+    import keras
+    import numpy as np
+
+    x_train = decode_images([r.path for r in train_records], size, dtype="float16")
+    x_val = decode_images([r.path for r in val_records], size)
+    y_train = np.array([r.label for r in train_records], np.float32)
+    y_val = np.array([r.label for r in val_records], np.float32)
+    pixels = keras.Input((size, size, 3), name="pixels")
+    model = keras.Model(pixels, head(extractor(pixels)), name="fine_tune")
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    before = float(model.evaluate(x_val, y_val, batch_size=32, verbose=0))
+    saved = [w.copy() for w in model.get_weights()]
+    from pizzactl.train.backbones import unfreeze_top
+
+    n = unfreeze_top(extractor, recipe.fine_tune_layers, backbone=backbone)
+    runlog(f"Fine-tuning the top of the backbone ({n} trainable layers, BatchNorm frozen), val_loss before {before:.4f}")
+    steps = int(np.ceil(len(x_train) / batch_size))
+    model.compile(optimizer=keras.optimizers.Adam(_lr_schedule(recipe.fine_tune_lr, epochs * steps, 0)), loss="binary_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.fine_tune_patience, restore_best_weights=True)
+    model.fit(
+        _augmented_batches(x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, size=size),
+        validation_data=(x_val, y_val), epochs=epochs, verbose=0,
+        callbacks=[stop, _epoch_logger("fine_tune", epochs, runlog, rows, steps)],
+    )
+    if stop.best is None or not np.isfinite(stop.best) or stop.best >= before:
+        model.set_weights(saved)
+        runlog(f"Fine-tuning did not beat the head alone (val_loss {stop.best:.4f} >= {before:.4f}); kept the head")
+    else:
+        runlog(f"Fine-tuned: best epoch {stop.best_epoch + 1}, val_loss {before:.4f} -> {stop.best:.4f}")
+    extractor.get_layer("backbone").trainable = False
+
+
+# --- several backbones ------------------------------------------------------------------------
+
+
+def _check_images(records, per_class: int = 3) -> list[bytes]:
+    picked: list[bytes] = []
+    for label in sorted({r.label for r in records}):
+        picked += [r.path.read_bytes() for r in [r for r in records if r.label == label][:per_class]]
+    return picked
+
+
+def train(settings, *, show_progress: bool = True) -> TrainResult:
+    """Train every backbone in `settings.backbone` (comma-separated), export the best one."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pizzactl.data.dataset import load_dataset, resolve_data_dir, split
+    from pizzactl.train.backbones import get_backbone
+
+    start = time.perf_counter()
+    names = [n.strip() for n in str(settings.backbone).split(",") if n.strip()]
+    if not names:
+        raise UsageError("No backbone given.", hint="Pass --backbone NAME (or several: a,b,c).")
+    backbones = [get_backbone(n) for n in dict.fromkeys(names)]
+    for backbone in backbones:
+        resolve_weights(settings, backbone)  # fail before any work
+    dataset = load_dataset(resolve_data_dir(settings))
+    train_records, val_records = split(dataset, settings.val_split, settings.seed)
+    from pizzactl.train.features import FeatureCache
+
+    cache = FeatureCache(Path(settings.cache_dir).expanduser() / "features")
+    trained = []
+    for backbone in backbones:
+        trained.append(train_one(settings, backbone, dataset, train_records, val_records, cache=cache, show_progress=show_progress))
+    trained.sort(key=lambda pair: _rank(pair[0]))
+    leaderboard = tuple(result for result, _ in trained)
+    best, best_classifier = trained[0]
+    from pizzactl.export import export_model
+
+    metadata = {
+        "backbone": best.backbone,
+        "weights": best.config["weights"],
+        "image_size": best.config["image_size"],
+        "classes": list(dataset.classes),
+        "threshold": THRESHOLD,
+        "metrics": best.metrics,
+        "data_hash": dataset.data_hash,
+        "run_id": best.run_id,
+        "tta": best.config["tta"],
+    }
+    model_dir = export_model(best_classifier, settings.models_dir, metadata, _check_images(val_records))
+    metrics = dict(best.metrics, model_dir=str(model_dir))
+    (best.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    leaderboard = (RunResult(best.run_id, best.run_dir, best.backbone, metrics, best.config, best.train_seconds), *leaderboard[1:])
+    return TrainResult(
+        leaderboard=leaderboard,
+        model_dir=model_dir,
+        total_seconds=round(time.perf_counter() - start, 2),
+        classes=dataset.classes,
+        features={"computed": len(cache.computed), "reused": len(cache.reused)},
+    )
+
+
+def _rank(result: RunResult):
+    m = result.metrics
+    return (-m["val_accuracy"], m.get("val_loss", 0.0), result.train_seconds)
+
+
+def print_result(result: TrainResult) -> None:
+    from rich.table import Table
+
+    from pizzactl.console import out
+
+    table = Table("#", "backbone", "val acc", "f1", "roc auc", "val loss", "seconds", "run")
+    for i, r in enumerate(result.leaderboard, 1):
+        m = r.metrics
+        auc = m.get("val_roc_auc")
+        table.add_row(
+            str(i), r.backbone, f"{m['val_accuracy']:.4f}", f"{m['val_f1']:.4f}",
+            "-" if auc is None else f"{auc:.4f}", f"{m['val_loss']:.4f}", f"{r.train_seconds:.1f}", r.run_id,
+        )
+    out.print(table)
+    if result.model_dir:
+        out.print(f"Exported {result.best.backbone} ({result.best.val_accuracy:.4f} val accuracy) to {result.model_dir}")

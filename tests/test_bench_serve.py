@@ -1,0 +1,62 @@
+"""`pizzactl bench serve` on a handful of requests: every figure is there and consistent (no speed asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pizzactl.bench.serve import GOALS, percentile, pick_photos, wire_body
+
+pytestmark = pytest.mark.slow
+
+KEYS = {
+    "model_img_per_s", "e2e_img_per_s", "ratio", "p50_ms", "p95_ms", "p99_ms",
+    "model_p50_ms", "overhead_p50_ms", "wire_bytes_per_image",
+}
+
+
+def test_percentile_interpolates_like_numpy():
+    import numpy as np
+
+    values = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
+    for q in (0, 50, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_photos_alternate_between_classes(shared_data):
+    photos = pick_photos(shared_data, 6)
+    assert [p.parent.name for p in photos] == ["not_pizza", "pizza"] * 3
+
+
+def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
+    env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "bench", "serve", "--models", str(tiny_model), "--data", str(shared_data),
+         "--concurrency", "4", "--requests", "12", "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert KEYS <= set(res)
+    assert res["errors"] == 0 and res["requests"] == 12 and res["concurrency"] == 4
+    assert res["model_img_per_s"] > 0 and res["e2e_img_per_s"] > 0
+    assert res["ratio"] == pytest.approx(res["e2e_img_per_s"] / res["model_img_per_s"], rel=0.01)
+    assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"]
+    assert res["model_p50_ms"] > 0
+    assert res["overhead_p50_ms"] == pytest.approx(res["p50_ms"] - res["model_p50_ms"], abs=0.02)
+    # the wire figure is the JSON request the gateway sends for the shrunken JPEG of each photo
+    assert res["image_size"] == 64
+    assert res["jpeg_bytes_per_image"] < res["wire_bytes_per_image"] < res["upload_bytes_per_image"]
+    assert res["wire_bytes_per_image"] == pytest.approx(res["jpeg_bytes_per_image"] * 4 / 3, rel=0.05)
+    assert set(res["goals"]) == set(GOALS)
+    assert res["goals"]["wire_bytes_per_image"]["ok"] == (res["wire_bytes_per_image"] <= 60000)
+
+
+def test_wire_body_is_a_tf_serving_instances_request():
+    body = json.loads(wire_body(b"\xff\xd8jpeg"))
+    assert body == {"instances": [{"b64": "/9hqcGVn"}]}

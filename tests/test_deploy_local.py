@@ -1,0 +1,340 @@
+"""`pizzactl deploy --target local`, status, predict, teardown and serve, through the real CLI.
+
+One deployment of the tiny real model (model server + gateway as background processes) is
+shared by the tests in file order: deploy, status, predict (file, URL, directory, --csv,
+--json, --explain), deploy again, teardown. Afterwards no process and no listening port may be
+left. Liveness is checked with os.kill(pid, 0) (reaping nothing: the CLI, not the test, is the
+parent) and ports by connecting.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from pizzactl.errors import EXIT_FAILURE, EXIT_USER
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():  # a zombie is dead for our purpose
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pizzactl", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )
+
+
+def make_env(root: Path, models: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
+    env.update(
+        PIZZACTL_STATE_DIR=str(root / "state"),
+        PIZZACTL_MODELS_DIR=str(models),
+        PIZZACTL_RUNS_DIR=str(root / "runs"),
+        PIZZACTL_CACHE_DIR=str(root / "cache"),
+        PIZZACTL_PORT=str(free_port()),
+        PIZZACTL_MODEL_PORT=str(free_port()),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="-1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def photo_server(tiny_classifier, tmp_path_factory):
+    """A plain http.server on loopback serving two real photos (the gateway needs --allow-private-urls)."""
+    root = tmp_path_factory.mktemp("photo_site")
+    for path in tiny_classifier.photos[:1] + tiny_classifier.photos[-1:]:
+        shutil.copy(path, root / path.name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}", names=sorted(p.name for p in root.iterdir()))
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def deployed(tiny_model, tmp_path_factory):
+    """`pizzactl deploy --target local --allow-private-urls` of the tiny model; torn down at the end no matter what."""
+    root = tmp_path_factory.mktemp("deploy_local")
+    env = make_env(root, tiny_model)
+    proc = cli(env, "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", cwd=root)
+    ns = SimpleNamespace(env=env, root=root, proc=proc, state_file=root / "state" / "deploy.json", seen_pids=set(), seen_ports=set())
+    try:
+        yield ns
+    finally:
+        cli(env, "teardown", cwd=root, timeout=60)
+        for pid in ns.seen_pids:  # last resort: never leave a server behind
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def read_state(ns) -> dict:
+    state = json.loads(ns.state_file.read_text())
+    ns.seen_pids.update(state["pids"].values())
+    ns.seen_ports.update(state["ports"].values())
+    return state
+
+
+def test_deploy_local_starts_both_servers_records_state_and_prints_the_url(deployed):
+    assert deployed.proc.returncode == 0, deployed.proc.stderr
+    result = json.loads(deployed.proc.stdout)
+    state = read_state(deployed)
+    port = int(deployed.env["PIZZACTL_PORT"])
+    assert result["target"] == "local"
+    assert result["url"] == f"http://127.0.0.1:{port}" == state["url"]
+    assert result["model_version"] == 1 == state["model_version"]
+    assert set(state["pids"]) == {"modelserver", "gateway"}
+    assert all(alive(pid) for pid in state["pids"].values())
+    assert state["ports"]["gateway"] == port
+    assert all(Path(p).is_file() for p in state["logs"].values())
+    assert httpx.get(state["url"] + "/readyz", timeout=5).status_code == 200
+
+
+def test_deployed_processes_outlive_the_deploy_command_in_their_own_session(deployed):
+    state = read_state(deployed)
+    for pid in state["pids"].values():
+        assert os.getsid(pid) == pid  # detached: Ctrl-C in the deploying shell does not reach them
+
+
+def test_status_reports_target_url_version_ready_and_live_pids(deployed):
+    proc = cli(deployed.env, "status", "--json", cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert st["deployed"] is True and st["target"] == "local" and st["ready"] is True
+    assert st["url"] == read_state(deployed)["url"]
+    assert st["model_version"] == 1
+    assert st["processes"] == {"modelserver": True, "gateway": True}
+    table = cli(deployed.env, "status", cwd=deployed.root)
+    assert table.returncode == 0 and "local" in table.stdout and "yes" in table.stdout
+
+
+def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
+    proc = cli(deployed.env, "predict", str(tiny_classifier.photos[-1]), cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "pizza" in proc.stdout  # pizza or not_pizza in the table
+    assert tiny_classifier.photos[-1].name[:6] in proc.stdout
+
+
+def test_predict_json_gives_one_object_per_source_with_label_probability_and_version(deployed, tiny_classifier):
+    files = [str(p) for p in tiny_classifier.photos[:2]]
+    proc = cli(deployed.env, "predict", "--json", *files, cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["source"] for r in results] == files
+    for r in results:
+        assert set(r) == {"source", "label", "probability", "model_version"}
+        assert r["label"] in ("pizza", "not_pizza")
+        assert 0.0 <= r["probability"] <= 1.0
+        assert str(r["model_version"]) == "1"
+        assert r["label"] == ("pizza" if r["probability"] >= 0.5 else "not_pizza")
+
+
+def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
+    urls = [f"{photo_server.url}/{name}" for name in photo_server.names]
+    proc = cli(deployed.env, "predict", "--json", *urls, cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["source"] for r in results] == urls
+    assert all(r["label"] in ("pizza", "not_pizza") for r in results)
+
+
+def test_predict_same_photo_as_file_and_as_url_agree(deployed, photo_server, tiny_classifier):
+    name = photo_server.names[0]
+    local = next(p for p in tiny_classifier.photos if p.name == name)
+    proc = cli(deployed.env, "predict", "--json", str(local), f"{photo_server.url}/{name}", cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    by_file, by_url = json.loads(proc.stdout)
+    assert by_file["probability"] == pytest.approx(by_url["probability"], abs=1e-6)
+
+
+def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(deployed, tiny_classifier, tmp_path):
+    photos = tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]
+    (tmp_path / "album" / "nested").mkdir(parents=True)
+    for i, p in enumerate(photos):
+        shutil.copy(p, tmp_path / "album" / ("nested" if i % 2 else "") / p.name)
+    (tmp_path / "album" / "notes.txt").write_text("not an image, skipped by its name")
+    (tmp_path / "album" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    out_csv = tmp_path / "results.csv"
+    proc = cli(deployed.env, "predict", str(tmp_path / "album"), "--csv", str(out_csv), "--json", "--concurrency", "3", cwd=deployed.root)
+    assert proc.returncode == EXIT_FAILURE, proc.stderr
+    results = json.loads(proc.stdout)
+    assert len(results) == 7  # 6 photos + the broken one, not notes.txt
+    broken = [r for r in results if r["source"].endswith("broken.jpg")]
+    assert len(broken) == 1 and "error" in broken[0] and "label" not in broken[0]
+    assert sum("label" in r for r in results) == 6
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["source"] for r in rows] == [r["source"] for r in results]
+    assert {r["label"] for r in rows if not r["error"]} <= {"pizza", "not_pizza"}
+    assert rows[[r["source"] for r in rows].index(broken[0]["source"])]["error"]
+
+
+def test_predict_table_has_a_summary_for_several_images(deployed, tiny_classifier):
+    proc = cli(deployed.env, "predict", *map(str, tiny_classifier.photos[:3]), cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 images:" in proc.stdout
+
+
+def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifier, tmp_path):
+    from PIL import Image
+
+    photos = [str(p) for p in (tiny_classifier.photos[0], tiny_classifier.photos[-1])]
+    proc = cli(deployed.env, "predict", "--json", "--explain", str(tmp_path / "cams"), *photos, cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    for r in results:
+        png = Path(r["explanation"])
+        assert png.parent == tmp_path / "cams" and png.suffix == ".png"
+        with Image.open(png) as img:
+            assert img.format == "PNG" and max(img.size) <= 512
+
+
+def test_deploy_again_replaces_the_running_deployment(deployed):
+    before = read_state(deployed)
+    proc = cli(deployed.env, "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", cwd=deployed.root)
+    assert proc.returncode == 0, proc.stderr
+    after = read_state(deployed)
+    assert not any(alive(pid) for pid in before["pids"].values())
+    assert all(alive(pid) for pid in after["pids"].values())
+    assert set(after["pids"].values()).isdisjoint(before["pids"].values())
+    assert after["url"] == before["url"]
+    assert httpx.get(after["url"] + "/readyz", timeout=5).status_code == 200
+
+
+def test_teardown_stops_everything_and_a_second_teardown_is_a_noop(deployed):
+    state = read_state(deployed)
+    proc = cli(deployed.env, "teardown", cwd=deployed.root, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Tore down" in proc.stdout
+    assert wait_until(lambda: not any(alive(pid) for pid in deployed.seen_pids), 10)
+    assert not any(listening(port) for port in deployed.seen_ports)
+    assert not deployed.state_file.exists()
+    again = cli(deployed.env, "teardown", "--json", cwd=deployed.root)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["torn_down"] is False
+    status = cli(deployed.env, "status", "--json", cwd=deployed.root)
+    assert status.returncode == 0 and json.loads(status.stdout)["deployed"] is False
+    assert state["pids"]  # the test saw real processes
+
+
+# --- errors before anything starts ------------------------------------------------------------
+
+
+def test_deploy_on_a_busy_port_exits_3_with_the_fix(tiny_model, tmp_path):
+    env = make_env(tmp_path, tiny_model)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = cli(env, "deploy", "--target", "local", "--port", str(port), cwd=tmp_path)
+    assert proc.returncode == EXIT_USER
+    stderr = " ".join(proc.stderr.split())  # rich wraps long lines
+    assert f"Port {port}" in stderr
+    assert "--port N" in stderr and "pizzactl teardown" in stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "state" / "deploy.json").exists()
+
+
+# --- pizzactl serve ---------------------------------------------------------------------------
+
+
+def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_model, tiny_classifier, tmp_path):
+    env = make_env(tmp_path, tiny_model)
+    port, model_port = int(env["PIZZACTL_PORT"]), int(env["PIZZACTL_MODEL_PORT"])
+    log = open(tmp_path / "serve.log", "w+")
+    serve = subprocess.Popen([sys.executable, "-m", "pizzactl", "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=log, text=True)
+    children: list[int] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                return httpx.get(url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(ready, 240), (tmp_path / "serve.log").read_text()
+        children = children_of(serve.pid)
+        assert len(children) == 2
+        predicted = cli(env, "predict", "--endpoint", url, "--json", str(tiny_classifier.photos[0]), cwd=tmp_path)
+        assert predicted.returncode == 0, predicted.stderr
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(30) == 0
+        logs = (tmp_path / "serve.log").read_text()
+        assert "[gateway]" in logs and "[model]" in logs  # both logs, interleaved on stderr
+        assert not any(alive(pid) for pid in children)
+        assert not listening(port) and not listening(model_port)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for pid in children:
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        log.close()

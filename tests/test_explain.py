@@ -1,0 +1,64 @@
+"""Grad-CAM computed from the exported SavedModel alone (no Keras model, no training run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cam(tiny_model):
+    from pizzactl.explain import GradCam
+
+    return GradCam.load(tiny_model / "pizza" / "1")
+
+
+def test_the_pruned_graph_gives_the_same_probability_as_the_serving_signature(cam, tiny_model, tiny_classifier):
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(str(tiny_model / "pizza" / "1")).signatures["serving_default"]
+    for photo in tiny_classifier.photos[:2] + tiny_classifier.photos[-2:]:
+        data = photo.read_bytes()
+        _, p = cam.heatmap(data)
+        expected = float(serving(image_bytes=tf.constant([data]))["probability"].numpy()[0])
+        assert p == pytest.approx(expected, abs=1e-3)  # uint8 rounding of the pixels only
+
+
+def test_the_feature_map_is_the_last_convolution_before_global_pooling(cam):
+    # the tiny CNN: 64 -> conv stride 2 -> 31 -> conv stride 2 -> 15 -> global average pooling
+    assert "conv2d_1" in cam.feature_tensor.lower()
+
+
+def test_heatmap_is_a_normalized_map_over_the_feature_grid(cam, tiny_classifier):
+    maps = [cam.heatmap(p.read_bytes())[0] for p in tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]]
+    for m in maps:
+        assert m.shape == (15, 15) and m.dtype == np.float32
+        assert m.min() >= 0.0 and m.max() <= 1.0
+    assert any(m.max() == pytest.approx(1.0) for m in maps)  # some evidence somewhere
+    assert not all(np.allclose(maps[0], m) for m in maps[1:])  # it depends on the photo
+
+
+def test_explain_image_writes_an_overlay_png_of_the_photo(cam, tiny_classifier, tmp_path):
+    from PIL import Image
+
+    from pizzactl.explain import explain_image
+
+    photo = tiny_classifier.photos[-1]
+    result = explain_image(cam, photo.read_bytes(), tmp_path / "out" / "cam.png")
+    with Image.open(result["path"]) as img, Image.open(photo) as original:
+        assert img.format == "PNG" and img.mode == "RGB"
+        scale = min(512 / max(original.size), 1.0)
+        assert img.size == (round(original.width * scale), round(original.height * scale))
+        pixels = np.asarray(img, dtype=np.float32)
+        plain = np.asarray(original.convert("RGB").resize(img.size), dtype=np.float32)
+        assert np.abs(pixels - plain).mean() > 5  # the heatmap is blended in
+    assert result["label"] in ("pizza", "not_pizza") and 0 <= result["probability"] <= 1
+
+
+def test_a_corrupt_image_is_a_clear_error(cam):
+    from pizzactl.explain import ExplainError
+
+    with pytest.raises(ExplainError):
+        cam.heatmap(b"\xff\xd8\xff\xe0 not a jpeg")

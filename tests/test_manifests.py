@@ -1,0 +1,135 @@
+"""The Kubernetes manifests, as `pizzactl deploy --dry-run` renders them, checked offline.
+
+Validation uses the Kubernetes OpenAPI schemas bundled with kubernetes-validate (strict: an
+unknown field is an error), so a typo in k8s/ fails here, not in a user's cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from pizzactl.config import load_settings
+from pizzactl.deploy import manifests
+from pizzactl.deploy.images import plan_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_models(tmp_path) -> Path:
+    """A models dir with one version: --dry-run only hashes the files, it never loads them."""
+    version = tmp_path / "models" / "pizza" / "3"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"\x08\x01 not really a graph")
+    (version / "variables" / "variables.index").write_bytes(b"index")
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def dry_run(fake_models, isolated):
+    """Run `pizzactl deploy --dry-run` as a user would, with no Docker and no kind reachable."""
+    env = {**os.environ, "DOCKER_HOST": f"unix://{isolated}/nothing.sock", "PATH": os.path.dirname(sys.executable)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(fake_models),
+         "--model-server", "builtin"],
+        capture_output=True, text=True, env=env, cwd=isolated, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc, [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def _by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_dry_run_manifests_are_valid_for_the_bundled_kubernetes_version(dry_run):
+    _, docs = dry_run
+    version = kubernetes_validate.latest_version()
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["Namespace", "Deployment", "Deployment", "Service", "Service",
+                            "HorizontalPodAutoscaler", "HorizontalPodAutoscaler",
+                            "PodDisruptionBudget", "PodDisruptionBudget"])
+
+
+def test_dry_run_touches_nothing_and_fills_in_the_content_tags(dry_run, fake_models, isolated):
+    _, docs = dry_run
+    assert not (isolated / "state" / "deploy.json").exists()
+    planned = plan_images(load_settings({"models_dir": fake_models, "model_server": "builtin"}))
+    deployments = _by_kind(docs, "Deployment")
+    images = {name: d["spec"]["template"]["spec"]["containers"][0]["image"] for name, d in deployments.items()}
+    assert images == {"pizzactl-gateway": planned.gateway_image, "pizzactl-model": planned.model_image}
+    assert images["pizzactl-model"].startswith("pizzactl-model:v3-builtin-")
+    assert deployments["pizzactl-model"]["metadata"]["annotations"][manifests.MODEL_VERSION_ANNOTATION] == "3"
+    assert all(d["metadata"].get("namespace") == "pizzactl" for d in docs if d["kind"] != "Namespace")
+
+
+def test_every_pod_is_locked_down_and_probed(dry_run):
+    _, docs = dry_run
+    for dep in _by_kind(docs, "Deployment").values():
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["enableServiceLinks"] is False  # else PIZZACTL_MODEL_PORT=tcp://... breaks the servers
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"] and c["resources"]["limits"]
+            assert c["readinessProbe"] and c["livenessProbe"]
+            assert c["imagePullPolicy"] == "IfNotPresent"  # kind-loaded images are never pulled
+    model = _by_kind(docs, "Deployment")["pizzactl-model"]["spec"]["template"]["spec"]["containers"][0]
+    assert model["readinessProbe"]["httpGet"]["path"] == "/v1/models/pizza"
+    assert model["ports"][0]["containerPort"] == 8501
+
+
+def test_gateway_is_exposed_on_the_node_port_kind_maps(dry_run):
+    _, docs = dry_run
+    svc = _by_kind(docs, "Service")["pizzactl-gateway"]
+    assert svc["spec"]["type"] == "NodePort"
+    assert svc["spec"]["ports"][0] == {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30096}
+    gateway = _by_kind(docs, "Deployment")["pizzactl-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["ports"][0] == {"name": "http", "containerPort": 9696}
+    env = {e["name"]: e["value"] for e in gateway["env"]}
+    assert env["PIZZACTL_MODEL_URL"] == "http://pizzactl-model.pizzactl.svc:8501"
+    targets = {h["spec"]["scaleTargetRef"]["name"] for h in _by_kind(docs, "HorizontalPodAutoscaler").values()}
+    assert targets == {"pizzactl-model", "pizzactl-gateway"}
+    assert set(_by_kind(docs, "PodDisruptionBudget")) == {"pizzactl-model", "pizzactl-gateway"}
+
+
+def test_render_follows_settings():
+    settings = load_settings({"allow_private_urls": True}, environ={}).replace(namespace="pizza-staging")
+    docs = manifests.render(settings, "reg.example/pizzactl-gateway:1", "reg.example/pizzactl-model:2")
+    assert _by_kind(docs, "Namespace").keys() == {"pizza-staging"}
+    gateway = _by_kind(docs, "Deployment")["pizzactl-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["image"] == "reg.example/pizzactl-gateway:1"
+    assert {"name": "PIZZACTL_ALLOW_PRIVATE_URLS", "value": "true"} in gateway["env"]
+
+
+def test_kustomization_lists_every_manifest_and_the_repo_copies_are_the_package_data():
+    k8s_files = sorted(p.name for p in manifests.K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(manifests.kustomization()["resources"]) == k8s_files
+    for top, package in (("k8s", manifests.K8S_DIR), ("docker", manifests.K8S_DIR.parent / "docker")):
+        assert sorted(p.name for p in (REPO / top).iterdir()) == sorted(p.name for p in package.iterdir()
+                                                                         if p.name != "__pycache__")
+        for p in package.iterdir():
+            if p.is_file():
+                assert (REPO / top / p.name).read_bytes() == p.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kubectl_kustomize_builds_the_same_objects_pizzactl_renders():
+    proc = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    built = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(proc.stdout) if d}
+    rendered = manifests.render(load_settings({}, environ={}), "g:1", "m:1")
+    assert built == {(d["kind"], d["metadata"]["name"]) for d in rendered}

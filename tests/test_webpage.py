@@ -1,0 +1,86 @@
+"""The gateway's web page in a real headless Chromium: upload a photo or paste a URL, see the answer."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import require_tier
+from pizzactl.serving.gateway import create_app
+from serving_fixtures import UvicornThread
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        require_tier("browser", f"{CHROMIUM} is missing (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def local_gateway(model_server):
+    """A gateway that may fetch loopback URLs (the photo server runs on 127.0.0.1)."""
+    with UvicornThread(create_app(model_server.url, allow_private_urls=True)) as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    page.close()
+    assert not errors, errors  # no JavaScript errors (CSP violations included)
+
+
+def expected_answer(gateway_url: str, photo: bytes) -> dict:
+    return httpx.post(gateway_url + "/predict", json={"image_b64": base64.b64encode(photo).decode()}, timeout=30).json()
+
+
+def test_uploading_a_photo_shows_the_label_and_probability(page, local_gateway, shared_photos, tmp_path):
+    photo_path = tmp_path / "margherita.jpg"
+    shutil.copy(shared_photos["pizza"][0], photo_path)
+    expected = expected_answer(local_gateway.url, photo_path.read_bytes())
+    page.goto(local_gateway.url + "/")
+    page.set_input_files("#file", str(photo_path))
+    page.wait_for_selector("body[data-label]", state="attached", timeout=30_000)
+    label = page.inner_text("#label")
+    assert label == ("🍕 Pizza" if expected["label"] == "pizza" else "Not pizza")
+    assert f"{100 * expected['probability']:.1f}%" in page.inner_text("#detail")
+    assert f"model version {expected['model_version']}" in page.inner_text("#detail")
+
+
+def test_pasting_a_url_shows_the_answer(page, local_gateway, photo_server):
+    expected = expected_answer(local_gateway.url, (photo_server.root / "not_pizza.jpg").read_bytes())
+    page.goto(local_gateway.url + "/")
+    page.fill("#url", photo_server.url + "/not_pizza.jpg")
+    page.click("#url-submit")
+    page.wait_for_selector("body[data-label]", state="attached", timeout=30_000)
+    assert page.get_attribute("body", "data-label") == expected["label"]
+    assert f"{100 * expected['probability']:.1f}%" in page.inner_text("#detail")
+
+
+def test_a_bad_url_shows_the_error_message_and_hint(page, local_gateway, photo_server):
+    page.goto(local_gateway.url + "/")
+    page.fill("#url", photo_server.url + "/page.html")
+    page.click("#url-submit")
+    page.wait_for_selector("#label.error", timeout=30_000)
+    assert "not an image" in page.inner_text("#label")
+    assert "unsupported_media_type" in page.inner_text("#detail")
