@@ -338,3 +338,25 @@ def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_mo
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         log.close()
+
+
+def test_serve_killed_outright_leaves_no_orphan_servers(tiny_model, tmp_path):
+    env = make_env(tmp_path, tiny_model)
+    port = int(env["PIZZACTL_PORT"])
+    serve = subprocess.Popen([sys.executable, "-m", "pizzactl", "serve"], env=env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        assert wait_until(lambda: len(children_of(serve.pid)) == 2, 60)
+        children = children_of(serve.pid)
+        assert wait_until(lambda: listening(port), 240)
+        serve.kill()  # SIGKILL: no chance to clean up; the children must still go
+        serve.wait(10)
+        assert wait_until(lambda: not any(alive(pid) for pid in children), 20)
+        assert not listening(port)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for pid in children:
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+
+import tomllib
+from pathlib import Path
 
 import docker
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy.images import plan_images
+from pizzactl.deploy.images import build_context, plan_images
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
 
 MAX_GATEWAY_BYTES = 250 * 1000 * 1000
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_gateway_image_is_small_and_has_no_tensorflow(built_images, docker_ready):
     assert 0 < built_images.gateway_size <= MAX_GATEWAY_BYTES, built_images.gateway_size
     with pytest.raises(docker.errors.ContainerError) as info:
@@ -30,6 +36,8 @@ def test_gateway_image_is_small_and_has_no_tensorflow(built_images, docker_ready
     assert b"No module named 'tensorflow'" in info.value.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_gateway_image_runs_as_non_root_with_a_healthcheck(built_images, docker_ready):
     config = docker_ready.images.get(built_images.gateway_image).attrs["Config"]
     assert config["User"].split(":")[0] not in ("", "0", "root")
@@ -38,6 +46,8 @@ def test_gateway_image_runs_as_non_root_with_a_healthcheck(built_images, docker_
     assert uid.strip() != b"0"
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_model_server_image_holds_the_model_and_tensorflow(built_images, docker_ready):
     assert built_images.model_version == 1
     out = docker_ready.containers.run(
@@ -49,6 +59,8 @@ def test_model_server_image_holds_the_model_and_tensorflow(built_images, docker_
     assert "['1']" in out.decode()
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_tags_come_from_content_never_latest(built_images, tiny_model, tmp_path):
     assert not built_images.gateway_image.endswith(":latest")
     assert not built_images.model_image.endswith(":latest")
@@ -66,6 +78,8 @@ def test_tags_come_from_content_never_latest(built_images, tiny_model, tmp_path)
     assert other.model_image.startswith("pizzactl-model:v1-builtin-")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_build_cli_prints_image_names_and_sizes_as_json(built_images, tiny_model, tmp_path):
     planned = plan_images(load_settings({"models_dir": tiny_model, "model_server": "builtin"}, environ={}, cwd=tmp_path))
     env = {**os.environ, "PIZZACTL_MODELS_DIR": str(tiny_model)}
@@ -78,3 +92,36 @@ def test_build_cli_prints_image_names_and_sizes_as_json(built_images, tiny_model
     assert result["gateway_image"] == planned.gateway_image  # the tag the content determines
     assert result["model_image"] == planned.model_image
     assert 0 < result["gateway_size"] <= 250_000_000 < result["model_size"]
+
+
+def _requirement_names(role: str) -> set[str]:
+    proc = subprocess.run([sys.executable, str(REPO / "src/pizzactl/docker/requirements.py"), role,
+                           str(REPO / "pyproject.toml")], capture_output=True, text=True, check=True)
+    return {re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].lower() for line in proc.stdout.splitlines()}
+
+
+def test_gateway_requirements_leave_out_tensorflow_numpy_and_cli_clients():
+    gateway = _requirement_names("gateway")
+    assert {"fastapi", "uvicorn", "httpx", "pillow"} <= gateway
+    assert not gateway & {"tensorflow", "numpy", "docker", "kubernetes", "kaggle", "kagglehub"}
+    assert "numpy" in _requirement_names("modelserver")
+
+
+def test_build_context_holds_the_package_and_the_model_only(tmp_path):
+    version = tmp_path / "models" / "pizza" / "4"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    with build_context("builtin", version) as ctx:
+        assert sorted(p.name for p in ctx.iterdir()) == [".dockerignore", "models", "pyproject.toml", "src"]
+        assert (ctx / "models/pizza/4/saved_model.pb").read_bytes() == b"graph"
+        assert (ctx / "src/pizzactl/docker/modelserver.Dockerfile").is_file()
+        assert (ctx / "src/pizzactl/serving/gateway.py").is_file()
+        assert not list(ctx.rglob("__pycache__"))
+        project = tomllib.loads((ctx / "pyproject.toml").read_text())["project"]
+        assert project["name"] == "pizzactl"
+        assert any(d.startswith("fastapi") for d in project["dependencies"])
+        assert not any("tensorflow" in d for d in project["dependencies"])  # an extra, not a dependency
+        size = sum(p.stat().st_size for p in ctx.rglob("*") if p.is_file())
+        assert size < 5_000_000
+    with build_context("gateway") as ctx:
+        assert not (ctx / "models").exists()

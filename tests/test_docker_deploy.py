@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import docker
 import httpx
 import pytest
 
@@ -10,7 +9,6 @@ from pizzactl.config import load_settings
 from pizzactl.deploy import deploy, status, teardown
 from pizzactl.serving.processes import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def _leftovers(client) -> tuple[list, list]:
@@ -18,6 +16,8 @@ def _leftovers(client) -> tuple[list, list]:
             client.networks.list(filters={"label": "pizzactl=1"}))
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
     built_images, docker_ready, tiny_model, shared_photos, isolated
 ):
@@ -54,11 +54,14 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
     assert teardown(settings)["torn_down"] is False  # a second teardown does nothing
 
 
-def test_docker_deploy_without_a_daemon_says_how_to_fix_it(isolated, tiny_model, monkeypatch):
+def test_docker_deploy_without_a_daemon_says_how_to_fix_it(isolated, monkeypatch):
     from pizzactl.errors import DeployError
 
+    version = isolated / "some-models" / "pizza" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{isolated}/no-docker.sock")
-    settings = load_settings({"target": "docker", "models_dir": tiny_model, "port": free_port()})
+    settings = load_settings({"target": "docker", "models_dir": version.parents[1], "port": free_port()})
     with pytest.raises(DeployError) as info:
         deploy(settings, timeout=5)
     assert "Docker daemon" in info.value.message

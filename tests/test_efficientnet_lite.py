@@ -155,7 +155,7 @@ def test_backbone_is_registered_and_builds_pooled_features(features_model, photo
     backbone = backbones.get_backbone("efficientnet_lite0")
     assert backbone.input_size == 224 and backbone.pretrained
     model = features_model
-    features = model.predict(photo_pixels[:2], verbose=0)
+    features = np.asarray(model(photo_pixels[:2], training=False))
     assert features.shape == (2, 1280)
     assert (features >= 0).all() and features.std() > 0  # ReLU6 then average pooling
     base = model.get_layer("backbone")
@@ -172,7 +172,7 @@ def test_backbone_is_registered_and_builds_pooled_features(features_model, photo
 
 @pytest.mark.slow
 def test_imagenet_classifier_recognises_pizza_photos(classifier, photo_pixels):
-    logits = classifier.predict(photo_pixels, verbose=0)
+    logits = np.asarray(classifier(photo_pixels, training=False))
     assert logits.shape == (8, 1000)
     top5 = np.argsort(-logits, axis=1)[:, :5]
     assert (top5[:4] == PIZZA_CLASS).any(axis=1).all()  # the 4 pizza photos
@@ -180,22 +180,21 @@ def test_imagenet_classifier_recognises_pizza_photos(classifier, photo_pixels):
 
 
 @pytest.mark.slow
-def test_keras_weights_file_round_trip_keeps_the_converted_weights(features_model, photo_pixels, tmp_path):
+def test_keras_weights_file_round_trip_keeps_the_converted_weights(features_model, tmp_path):
     path = tmp_path / "lite0.weights.h5"
     features_model.save_weights(path)
-    reloaded = lite.build_features("efficientnet_lite0", weights=str(path), image_size=224, cache_dir=tmp_path / "unused")
-    np.testing.assert_allclose(
-        reloaded.predict(photo_pixels[:2], verbose=0), features_model.predict(photo_pixels[:2], verbose=0), atol=1e-5
-    )
+    # convolution weights do not depend on the input size: a small model loads them quickly
+    reloaded = lite.build_features("efficientnet_lite0", weights=str(path), image_size=64, cache_dir=tmp_path / "unused")
+    for got, want in zip(reloaded.get_weights(), features_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
     assert not (tmp_path / "unused").exists()  # a Keras weights file needs no conversion
 
 
 @pytest.mark.slow
-def test_pth_path_as_weights_converts_that_file(lite0_pth, features_model, photo_pixels, tmp_path):
-    model = lite.build_features("efficientnet_lite0", weights=str(lite0_pth), cache_dir=tmp_path)
-    np.testing.assert_allclose(
-        model.predict(photo_pixels[:2], verbose=0), features_model.predict(photo_pixels[:2], verbose=0), atol=1e-5
-    )
+def test_pth_path_as_weights_converts_that_file(lite0_pth, features_model, tmp_path):
+    model = lite.build_features("efficientnet_lite0", weights=str(lite0_pth), image_size=64, cache_dir=tmp_path)
+    for got, want in zip(model.get_weights(), features_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
     assert len(list((tmp_path / "weights").glob("*.npz"))) == 1
 
 
@@ -225,8 +224,8 @@ def test_keras_model_matches_the_pytorch_reference_on_real_photos(
         ref_features = reference.extract_features(batch).mean(dim=(2, 3)).numpy()
         ref_logits = reference(batch).numpy()
 
-    features = features_model.predict(photo_pixels, verbose=0)
-    logits = classifier.predict(photo_pixels, verbose=0)
+    features = np.asarray(features_model(photo_pixels, training=False))
+    logits = np.asarray(classifier(photo_pixels, training=False))
 
     np.testing.assert_allclose(features, ref_features, atol=1e-3)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
@@ -275,6 +274,6 @@ def test_larger_variants_match_the_reference_when_their_weights_are_installed(
     reference = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=str(pth)).eval()
     with torch.no_grad():
         ref_logits = reference(torch.from_numpy(lite.reference_preprocess(pixels).transpose(0, 3, 1, 2).copy())).numpy()
-    logits = model.predict(pixels, verbose=0)
+    logits = np.asarray(model(pixels, training=False))
     np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
     np.testing.assert_array_equal(np.argsort(-logits, 1)[:, :5], np.argsort(-ref_logits, 1)[:, :5])

@@ -62,3 +62,44 @@ def test_a_corrupt_image_is_a_clear_error(cam):
 
     with pytest.raises(ExplainError):
         cam.heatmap(b"\xff\xd8\xff\xe0 not a jpeg")
+
+
+@pytest.fixture(scope="module")
+def tta_model(tmp_path_factory, tiny_classifier):
+    """The trainer's classifier shape with test-time augmentation: the backbone runs on the photo and its mirror."""
+    import keras
+
+    from pizzactl.export import export_model
+    from pizzactl.train.trainer import build_classifier, build_head
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(12, 3, strides=2, activation="relu")(x))
+    extractor = keras.Model(inputs, x, name="extractor")
+    classifier = build_classifier(extractor, build_head(12, 0.1), 64, tta=True)
+    models = tmp_path_factory.mktemp("tta_models")
+    meta = {**tiny_classifier.metadata, "backbone": "tiny_tta"}
+    return export_model(classifier, models, meta, tiny_classifier.check_images)
+
+
+def test_with_test_time_augmentation_both_passes_count_and_a_mirrored_photo_gives_the_mirrored_map(tta_model, tiny_classifier):
+    import io
+
+    import tensorflow as tf
+    from PIL import Image, ImageOps
+
+    from pizzactl.explain import GradCam
+
+    cam = GradCam.load(tta_model)
+    assert sorted(cam.mirrored) == [False, True]  # one pass on the photo, one on its mirror image
+    data = tiny_classifier.photos[-1].read_bytes()
+    heat, p = cam.heatmap(data)
+    serving = tf.saved_model.load(str(tta_model)).signatures["serving_default"]
+    assert p == pytest.approx(float(serving(image_bytes=tf.constant([data]))["probability"].numpy()[0]), abs=1e-3)
+    buf = io.BytesIO()
+    ImageOps.mirror(Image.open(io.BytesIO(data))).save(buf, "PNG")
+    mirrored_heat, mirrored_p = cam.heatmap(buf.getvalue())
+    assert mirrored_p == pytest.approx(p, abs=1e-3)  # the model is mirror-symmetric by construction
+    assert np.abs(mirrored_heat[:, ::-1] - heat).max() < 0.1

@@ -136,3 +136,57 @@ async def test_a_closed_port_is_a_fetch_error(photo_server):
 
     with pytest.raises(FetchError):
         await fetch_image(f"http://127.0.0.1:{free_port()}/x.jpg", LOCAL)
+
+
+@pytest.fixture(scope="module")
+def https_photo_server(tmp_path_factory, shared_photos):
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate for the name 'localhost'."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    shutil.copy(shared_photos["pizza"][0], root / "pizza.jpg")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd.server_address[1], cert, root
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_https_connects_to_the_checked_ip_but_verifies_the_certificate_for_the_name(https_photo_server):
+    import ssl
+
+    import httpx
+
+    port, cert, root = https_photo_server
+    trusting = ssl.create_default_context(cafile=str(cert))
+    async with httpx.AsyncClient(verify=trusting, trust_env=False, follow_redirects=False) as client:
+        # the connection goes to 127.0.0.1 (the resolved, checked address) and TLS still checks "localhost"
+        data = await fetch_image(f"https://localhost:{port}/pizza.jpg", LOCAL, client)
+        assert data == (root / "pizza.jpg").read_bytes()
+        with pytest.raises(FetchError):  # the certificate is not valid for the bare IP: verification is on
+            await fetch_image(f"https://127.0.0.1:{port}/pizza.jpg", LOCAL, client)

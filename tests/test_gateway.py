@@ -61,6 +61,34 @@ def test_the_gateway_never_imports_tensorflow():
     assert result.stdout.strip() == "ok"
 
 
+def test_gateway_settings_come_from_pizzactl_variables_and_arguments_win():
+    from pizzactl.errors import ConfigError
+    from pizzactl.serving.gateway import GatewayConfig
+
+    env = {"PIZZACTL_MODEL_URL": "http://models:8501", "PIZZACTL_ALLOW_PRIVATE_URLS": "1", "PIZZACTL_MODEL_TIMEOUT": "0.5",
+           "PIZZACTL_MAX_BATCH_ITEMS": "8"}
+    config = GatewayConfig.from_env(env)
+    assert (config.model_url, config.allow_private_urls, config.model_timeout, config.max_batch_items) == (
+        "http://models:8501", True, 0.5, 8)
+    assert GatewayConfig.from_env(env, model_url="http://other:1").model_url == "http://other:1"
+    assert GatewayConfig.from_env({}).model_url == "http://127.0.0.1:8501"
+    with pytest.raises(ConfigError):
+        GatewayConfig.from_env({"PIZZACTL_MODEL_TIMEOUT": "soon"})
+
+
+def test_the_input_size_is_read_from_tf_serving_metadata_without_pizzactl_json():
+    from pizzactl.serving.client import image_size_from_metadata
+
+    tf_serving = {"metadata": {"signature_def": {"signature_def": {"serving_pixels": {"inputs": {"pixels": {
+        "dtype": "DT_UINT8",
+        "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "260", "name": ""}, {"size": "260", "name": ""},
+                                 {"size": "3", "name": ""}], "unknown_rank": False}}}}}}}}
+    assert image_size_from_metadata(tf_serving) == 260
+    tf_serving["metadata"]["pizzactl"] = {"image_size": 192}
+    assert image_size_from_metadata(tf_serving) == 192
+    assert image_size_from_metadata({}) == 224
+
+
 @pytest.fixture
 def offline_gateway():
     """A gateway whose model server is not running (nothing listens on the port)."""

@@ -176,15 +176,37 @@ async def test_kind_deploy_status_and_teardown_end_to_end(
     assert result["url"] == f"http://127.0.0.1:{port}"
     assert result["created_cluster"] is True and result["context"] == "kind-pizzactl"
     calls = [c["args"] for c in kind_calls(fake_kind)]
-    assert ["load", "docker-image", built_images.gateway_image, "--name", "pizzactl"] in calls
-    assert ["load", "docker-image", built_images.model_image, "--name", "pizzactl"] in calls
+    images = result["images"]  # what deploy built (the session's images, unless the source changed since)
+    assert images["model_image"].startswith("pizzactl-model:v1-builtin-")
+    assert ["load", "docker-image", images["gateway_image"], "--name", "pizzactl"] in calls
+    assert ["load", "docker-image", images["model_image"], "--name", "pizzactl"] in calls
+    assert calls.index(["create", "cluster", "--name", "pizzactl", "--config", calls[1][-3], "--wait", "120s"]) == 1
     deployment = kmock.objects[kmock.resource("apps/v1/deployments"), "pizzactl", "pizzactl-model"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == built_images.model_image
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == images["model_image"]
 
     assert st["ready"] is True and st["target"] == "kind"
     assert st["deployments"]["pizzactl-gateway"]["available"] == 2
 
     assert down["torn_down"] is True
-    assert calls[-1] == ["delete", "cluster", "--name", "pizzactl"] or \
-        [c["args"] for c in kind_calls(fake_kind)][-1] == ["delete", "cluster", "--name", "pizzactl"]
+    assert kind_calls(fake_kind)[-1]["args"] == ["delete", "cluster", "--name", "pizzactl"]  # we created it
     assert (await asyncio.to_thread(status, settings))["deployed"] is False
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind, tmp_path, monkeypatch):
+    from k8s_fakes import NAMESPACES, write_kubeconfig
+    from pizzactl.deploy.state import DeployState
+
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl")))
+    kmock.objects[NAMESPACES, None, "pizzactl"] = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "pizzactl"}}
+    (fake_kind / "clusters").write_text("pizzactl\n")
+    state = DeployState(target="kind", url="http://127.0.0.1:9696", extra={
+        "cluster": "pizzactl", "created_cluster": True, "context": "kind-pizzactl", "namespace": "pizzactl"})
+
+    result = await asyncio.to_thread(kind.teardown, _settings(), state, True)
+    assert result["cluster_deleted"] is False and "kept the cluster 'pizzactl'" in result["message"]
+    assert kmock.objects[NAMESPACES, None, "pizzactl"].deleted
+    assert not any(c["args"][:2] == ["delete", "cluster"] for c in kind_calls(fake_kind))
+
+    again = await asyncio.to_thread(kind.teardown, _settings(), state, True)
+    assert "already gone" in again["message"]

@@ -146,6 +146,17 @@ def test_predict_accepts_every_tf_serving_request_form_and_agrees(ms, shared_pho
 
 
 @pytest.mark.slow
+def test_signature_name_selects_the_pixels_signature(ms):
+    size = httpx.get(ms + "/metadata").json()["metadata"]["pizzactl"]["image_size"]
+    red = [[[220, 40, 30]] * size] * size
+    response = httpx.post(ms + ":predict", json={"signature_name": "serving_pixels", "instances": [red, red]})
+    assert response.status_code == 200, response.text
+    first, second = response.json()["predictions"]
+    assert first == second
+    assert 0.0 <= first["probability"] <= 1.0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path, body, status, fragment",
     [
@@ -248,6 +259,10 @@ def test_server_starts_without_a_model_then_hot_loads_new_versions(tmp_path, ser
         images = _metric(metrics, "pizzactl_model_batch_size_sum")
         assert images >= 12
         assert batches < images  # some requests shared a batch
+
+        shutil.rmtree(models / "pizza" / "2")  # deleting the newest version rolls back
+        status = server.wait_available("1")
+        assert [s["version"] for s in status["model_version_status"]] == ["1"]
     finally:
         server.stop()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pizzactl.data.dataset import load_dataset
-from pizzactl.data.report import dhash, near_duplicate_pairs, print_report, report, scan, summarize
+from pizzactl.data.report import dhash, near_duplicate_pairs, popcount64, print_report, report, scan, summarize
 from pizzactl.errors import DataError
 
 
@@ -156,6 +156,16 @@ def test_block_popcount_matches_brute_force():
     )
     assert sorted(near_duplicate_pairs(hashes, threshold=4, block=64)) == brute
     assert len(brute) >= 15
+
+
+def test_popcount_fallback_for_numpy_1_matches_the_builtin():
+    import numpy as np
+
+    rng = random.Random(1)
+    x = np.array([[rng.getrandbits(64) for _ in range(7)] for _ in range(5)] + [[0, 2**64 - 1, 1, 2**63, 3, 5, 6]], dtype=np.uint64)
+    expected = np.array([[bin(int(v)).count("1") for v in row] for row in x])
+    assert (popcount64(x, builtin=False) == expected).all()
+    assert (popcount64(x) == expected).all()
 
 
 def test_dhash_ignores_scale_and_compression_but_not_content():

@@ -37,16 +37,26 @@ def _tf():
 
 @dataclass
 class GradCam:
-    """Grad-CAM for one exported version directory (built once, used for many images)."""
+    """Grad-CAM for one exported version directory (built once, used for many images).
+
+    A classifier may run its backbone more than once (test-time augmentation: the photo and its
+    mirror image, averaged); then there is one final feature map per pass, and the map of a
+    mirrored pass is mirrored back before the passes are added up.
+    """
 
     version_dir: Path
     image_size: int
     positive: str
     negative: str
     threshold: float
-    _features: Any = None  # uint8 pixels [N,S,S,3] -> feature map [N,h,w,C]
-    _head: Any = None  # feature map -> probability [N]
-    feature_tensor: str = ""
+    _features: Any = None  # uint8 pixels [N,S,S,3] -> [feature map [N,h,w,C], ...]
+    _head: Any = None  # (feature map, ...) -> probability [N]
+    mirrored: tuple[bool, ...] = ()  # per feature map: is its pass on the mirrored image?
+    feature_tensors: tuple[str, ...] = ()
+
+    @property
+    def feature_tensor(self) -> str:
+        return self.feature_tensors[0] if self.feature_tensors else ""
 
     @classmethod
     def load(cls, version_dir: Path | str) -> "GradCam":
@@ -71,7 +81,7 @@ class GradCam:
         graph = wrapped.graph
         pixels = graph.get_tensor_by_name(input_name)
         probability = graph.get_tensor_by_name(probability_name)
-        feature_map = _last_feature_map(graph, probability)
+        feature_maps = _final_feature_maps(graph, probability)
         classes = [str(c) for c in meta.get("classes", ["not_pizza", "pizza"])]
         return cls(
             version_dir=version_dir,
@@ -79,9 +89,10 @@ class GradCam:
             positive=classes[1],
             negative=classes[0],
             threshold=float(meta.get("threshold", 0.5)),
-            _features=wrapped.prune(feeds=pixels, fetches=feature_map),
-            _head=wrapped.prune(feeds=feature_map, fetches=probability),
-            feature_tensor=feature_map.name,
+            _features=wrapped.prune(feeds=pixels, fetches=list(feature_maps)),
+            _head=wrapped.prune(feeds=list(feature_maps), fetches=probability),
+            mirrored=tuple(_is_mirrored(fm) for fm in feature_maps),
+            feature_tensors=tuple(fm.name for fm in feature_maps),
         )
 
     def pixels(self, image_bytes: bytes):
@@ -104,26 +115,39 @@ class GradCam:
         import numpy as np
 
         tf = _tf()
-        feature_map = self._features(self.pixels(image_bytes))
+        feature_maps = list(self._features(self.pixels(image_bytes)))
         with tf.GradientTape() as tape:
-            tape.watch(feature_map)
-            probability = self._head(feature_map)
-        grads = tape.gradient(probability, feature_map)
-        if float(probability.numpy()[0]) < self.threshold:
-            grads = -grads
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))[0].numpy()
+            for fm in feature_maps:
+                tape.watch(fm)
+            probability = self._head(*feature_maps)
+        grads = tape.gradient(probability, feature_maps)
+        sign = 1.0 if float(probability.numpy()[0]) >= self.threshold else -1.0
+        total = None
+        for fm, grad, mirrored in zip(feature_maps, grads, self.mirrored):
+            weights = tf.reduce_mean(sign * grad, axis=(1, 2), keepdims=True)
+            cam = tf.reduce_sum(weights * fm, axis=-1)[0]
+            if mirrored:
+                cam = tf.reverse(cam, axis=[1])
+            total = cam if total is None else total + cam
+        cam = tf.nn.relu(total).numpy()
         peak = float(cam.max())
         cam = cam / peak if peak > 0 else np.zeros_like(cam)
         return cam.astype("float32"), float(probability.numpy()[0])
 
 
-def _last_feature_map(graph, output):
-    """The input of the last global pooling (rank-4 Mean/Max over H,W) that feeds `output`."""
+_POOLING_OPS = ("Mean", "Max")
+
+
+def _final_feature_maps(graph, output) -> list:
+    """The inputs of the final global poolings (rank-4 Mean/Max) feeding `output`: one per backbone pass.
+
+    Squeeze-and-excitation blocks pool too, but inside the backbone: a pooling that feeds
+    another pooling is not final.
+    """
     ancestors = _ancestors(output)
-    candidates = []
+    pools = []
     for op in graph.get_operations():
-        if op.name not in ancestors or not op.inputs:
+        if op.type not in _POOLING_OPS or op.name not in ancestors or not op.inputs:
             continue
         x = op.inputs[0]
         if x.shape.rank != 4 or not x.dtype.is_floating:
@@ -131,14 +155,33 @@ def _last_feature_map(graph, output):
         h, w = x.shape[1], x.shape[2]
         if h is not None and w is not None and h * w <= 1:
             continue
-        if op.type in ("Mean", "Max"):
-            candidates.append(x)
-    if not candidates:
+        pools.append(op)
+    upstream = {op.name: _ancestors(op.outputs[0]) for op in pools}
+    final = [op.inputs[0] for op in pools if not any(other is not op and op.name in upstream[other.name] for other in pools)]
+    if not final:
         raise ExplainError(
             "The model has no global pooling over a feature map, so Grad-CAM has nothing to weight.",
             hint="Grad-CAM needs a convolutional backbone followed by global pooling.",
         )
-    return candidates[-1]
+    return final
+
+
+def _is_mirrored(tensor) -> bool:
+    """Does the path from the pixels to `tensor` reverse the width axis an odd number of times?"""
+    from tensorflow.python.framework import tensor_util
+
+    flips = 0
+    for name in _ancestors(tensor):
+        op = tensor.graph.get_operation_by_name(name)
+        if op.type != "ReverseV2":
+            continue
+        try:
+            axes = {int(a) % 4 for a in tensor_util.constant_value(op.inputs[1]).reshape(-1)}
+        except (TypeError, AttributeError, ValueError):
+            continue
+        if 2 in axes:
+            flips += 1
+    return flips % 2 == 1
 
 
 def _ancestors(tensor) -> set[str]:

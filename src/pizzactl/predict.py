@@ -66,7 +66,7 @@ def resolve_endpoint(settings) -> str:
     if settings.endpoint and settings.sources.get("endpoint") == "flag":
         return normalize_endpoint(settings.endpoint)
     st = state_mod.load(settings)
-    if st is not None:
+    if st is not None and st.url.startswith(("http://", "https://")):
         return normalize_endpoint(st.url)
     if settings.endpoint:
         return normalize_endpoint(settings.endpoint)

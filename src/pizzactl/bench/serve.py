@@ -11,6 +11,10 @@ One run measures, on real photos:
 3. the wire: bytes per image in the model server request (JSON with base64, as the gateway's
    client sends it).
 
+To tell where the overhead goes it also reports the model server's own p50 (the gateway's
+request sent to it directly), the difference to the end-to-end p50 (the gateway's share) and
+the mean batch size the model server formed under load (from its Prometheus metrics).
+
 ratio = e2e / model throughput (goal >= 0.8); overhead = e2e p50 - model batch-1 p50 (goal
 <= 15 ms); wire bytes per image (goal <= 60000).
 """
@@ -141,18 +145,53 @@ async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, 
         return time.perf_counter() - started, latencies, errors
 
 
-def bench_e2e(url: str, photos: Sequence[tuple[str, bytes]], concurrency: int, requests: int) -> dict[str, Any]:
+def _batch_stats(model_url: str) -> tuple[float, float] | None:
+    """(batches, images) the model server has run so far, from its Prometheus metrics."""
+    import httpx
+
+    try:
+        text = httpx.get(model_url + "/monitoring/prometheus/metrics", timeout=5, trust_env=False).text
+    except httpx.HTTPError:
+        return None
+    count = _metric_sum(text, "pizzactl_model_batch_size_count")
+    total = _metric_sum(text, "pizzactl_model_batch_size_sum")
+    return (count, total) if count is not None and total is not None else None
+
+
+def _direct_p50(model_url: str, jpegs: Sequence[bytes], n: int) -> float:
+    """p50 of the model server alone (the gateway's request, sent directly), one at a time."""
+    import httpx
+
+    latencies = []
+    with httpx.Client(timeout=60.0, trust_env=False) as client:
+        for i in range(n + 3):
+            body = wire_body(jpegs[i % len(jpegs)])
+            t0 = time.perf_counter()
+            client.post(model_url + "/v1/models/pizza:predict", content=body, headers={"content-type": "application/json"})
+            if i >= 3:
+                latencies.append((time.perf_counter() - t0) * 1000)
+    return percentile(latencies, 50)
+
+
+def bench_e2e(url: str, model_url: str, photos: Sequence[tuple[str, bytes]], jpegs: Sequence[bytes], concurrency: int, requests: int) -> dict[str, Any]:
     asyncio.run(_load(url, photos, min(2 * concurrency, requests), concurrency))  # warm up both servers
+    before = _batch_stats(model_url)
     seconds, _, errors = asyncio.run(_load(url, photos, requests, concurrency))
+    after = _batch_stats(model_url)
     n_seq = max(20, min(requests, 100))
     _, latencies, seq_errors = asyncio.run(_load(url, photos, n_seq, 1))
     if errors == requests:
         raise DeployError("Every request through the gateway failed.", hint="See the error logged above and the server logs.")
+    mean_batch = None
+    if before and after and after[0] > before[0]:
+        mean_batch = (after[1] - before[1]) / (after[0] - before[0])
     return {
         "e2e_img_per_s": requests / seconds,
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
+        "modelserver_p50_ms": _direct_p50(model_url, jpegs, n_seq),
+        "server_mean_batch": mean_batch,
         "errors": errors + seq_errors,
         "sequential_requests": n_seq,
     }
@@ -200,7 +239,7 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
             )
         try:
             proc.wait_ready(started.url, {"model server": started.modelserver, "gateway": started.gateway}, 300.0, logs=logs)
-            e2e = bench_e2e(started.url, raw, concurrency, requests)
+            e2e = bench_e2e(started.url, started.model_url, raw, jpegs, concurrency, requests)
         finally:
             started.stop(grace=10.0)
 
@@ -214,6 +253,9 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
         "model_p50_ms": round(model["model_p50_ms"], 2),
         "overhead_p50_ms": round(e2e["p50_ms"] - model["model_p50_ms"], 2),
         "wire_bytes_per_image": round(wire),
+        "modelserver_p50_ms": round(e2e["modelserver_p50_ms"], 2),
+        "gateway_p50_ms": round(e2e["p50_ms"] - e2e["modelserver_p50_ms"], 2),
+        "server_mean_batch": None if e2e["server_mean_batch"] is None else round(e2e["server_mean_batch"], 2),
         "jpeg_bytes_per_image": round(statistics.mean(len(j) for j in jpegs)),
         "upload_bytes_per_image": round(statistics.mean(len(d) for _, d in raw)),
         "concurrency": concurrency,
@@ -246,12 +288,16 @@ def print_bench(res: dict[str, Any]) -> None:
         ("end to end p99 ms", "p99_ms"),
         ("model alone p50 ms (batch 1)", "model_p50_ms"),
         ("gateway + HTTP overhead p50 ms", "overhead_p50_ms"),
+        ("  model server called directly, p50 ms", "modelserver_p50_ms"),
+        ("  gateway's share of the p50, ms", "gateway_p50_ms"),
+        ("mean server-side batch at concurrency %d" % res["concurrency"], "server_mean_batch"),
         ("bytes per image to the model server", "wire_bytes_per_image"),
     ]
     for label, key in rows:
         goal = res["goals"].get(key)
         mark = "" if goal is None else (f"[green]{goal['goal']} ok[/]" if goal["ok"] else f"[red]{goal['goal']} missed[/]")
-        table.add_row(label, f"{res[key]:,}", mark)
+        value = res.get(key)
+        table.add_row(label, "n/a" if value is None else f"{value:,}", mark)
     out.print(table)
     if res.get("errors"):
         err.print(f"[yellow]{res['errors']} request(s) failed during the run.[/]")

@@ -100,6 +100,16 @@ def scan(root: Path | str) -> list[ImageInfo]:
         return list(pool.map(lambda item: inspect_file(*item), files))
 
 
+def popcount64(x, builtin: bool = True):
+    """Set bits per uint64 element: numpy>=2's bitwise_count, else a byte lookup table (numpy 1.26)."""
+    import numpy as np
+
+    if builtin and hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    return table[np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int64)
+
+
 def near_duplicate_pairs(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_BITS, block: int = 1024) -> list[tuple[int, int, int]]:
     """Index pairs (i < j, distance) whose 64-bit hashes differ in at most `threshold` bits."""
     import numpy as np
@@ -108,7 +118,7 @@ def near_duplicate_pairs(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_
     pairs: list[tuple[int, int, int]] = []
     for start in range(0, len(h), block):
         rows = h[start : start + block]
-        dist = np.bitwise_count(rows[:, None] ^ h[None, :])
+        dist = popcount64(rows[:, None] ^ h[None, :])
         i, j = np.nonzero(dist <= threshold)
         i = i + start
         keep = i < j

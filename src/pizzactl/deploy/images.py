@@ -32,7 +32,8 @@ DOCKER_DIR = PACKAGE_DIR / "docker"
 MODEL_SERVERS = ("tfserving", "builtin")
 GATEWAY_REPO = "pizzactl-gateway"
 MODEL_REPO = "pizzactl-model"
-LABELS = {"pizzactl": "1", "org.opencontainers.image.source": "https://github.com/pizzactl/pizzactl"}
+# Not "pizzactl=1": containers inherit image labels, and that one marks what `teardown` removes.
+LABELS = {"dev.pizzactl.image": "1", "org.opencontainers.image.version": __version__}
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info")
 
 
@@ -118,11 +119,12 @@ def build_context(kind: str, model_dir: Path | None = None) -> Iterator[Path]:
     """
     with tempfile.TemporaryDirectory(prefix=f"pizzactl-build-{kind}-") as tmp:
         ctx = Path(tmp)
-        shutil.copytree(DOCKER_DIR, ctx / "docker", ignore=_SKIP)
+        package = ctx / "src" / "pizzactl"  # the same paths as in a clone, so one Dockerfile serves both
         if kind in ("gateway", "builtin"):
             (ctx / "pyproject.toml").write_text(_pyproject_text())
-            shutil.copytree(PACKAGE_DIR, ctx / "src" / "pizzactl", ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc", ".ipynb_checkpoints", "docker", "k8s"))
+            shutil.copytree(PACKAGE_DIR, package, ignore=_SKIP)
+        else:
+            shutil.copytree(DOCKER_DIR, package / "docker", ignore=_SKIP)
         if kind in ("builtin", "tfserving"):
             if model_dir is None:
                 raise ModelNotFoundError("No model to put in the image.")
@@ -191,20 +193,20 @@ def _images(settings: Settings, push: bool, model_dir: Path | None, api) -> Imag
     registry = settings.registry
 
     with build_context("gateway") as ctx:
-        tag = f"{__version__}-{context_hash(ctx, settings.base_image)[:12]}"
+        tag = f"{__version__}-{context_hash(ctx, settings.base_image, json.dumps(LABELS))[:12]}"
         gateway = image_ref(GATEWAY_REPO, tag, registry)
         if api is not None:
-            _build(api, ctx, "docker/gateway.Dockerfile", gateway, {"BASE_IMAGE": settings.base_image})
+            _build(api, ctx, "src/pizzactl/docker/gateway.Dockerfile", gateway, {"BASE_IMAGE": settings.base_image})
 
     kind = settings.model_server
     with build_context(kind, version_dir) as ctx:
         model_args = {"MODEL_DIR": f"models/pizza/{version}", "MODEL_VERSION": str(version)}
         if kind == "builtin":
-            dockerfile = "docker/modelserver.Dockerfile"
+            dockerfile = "src/pizzactl/docker/modelserver.Dockerfile"
             model_args["BASE_IMAGE"] = settings.base_image
         else:
-            dockerfile = "docker/model.Dockerfile"
-        digest = context_hash(ctx, dockerfile, *sorted(f"{k}={v}" for k, v in model_args.items()))
+            dockerfile = "src/pizzactl/docker/model.Dockerfile"
+        digest = context_hash(ctx, dockerfile, json.dumps(LABELS), *sorted(f"{k}={v}" for k, v in model_args.items()))
         model = image_ref(MODEL_REPO, f"v{version}-{kind}-{digest[:12]}", registry)
         if api is not None:
             _build(api, ctx, dockerfile, model, model_args)

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -207,7 +206,7 @@ def deploy(settings: Settings, dry_run: bool = False, timeout: float = 300.0) ->
     k8s.apply(api, docs)
     k8s.wait_rollout(api, settings.namespace, DEPLOYMENTS, timeout)
     if not settings.context:
-        _wait_gateway(url, timeout=min(60.0, timeout))
+        _wait_gateway(url, settings.cluster, timeout=min(60.0, timeout))
     return {
         "target": TARGET,
         "url": url,
@@ -220,7 +219,7 @@ def deploy(settings: Settings, dry_run: bool = False, timeout: float = 300.0) ->
     }
 
 
-def _wait_gateway(url: str, timeout: float) -> None:
+def _wait_gateway(url: str, cluster: str, timeout: float) -> None:
     """The rollout is done; wait until the host port really reaches a ready gateway."""
     import httpx
 
@@ -237,7 +236,7 @@ def _wait_gateway(url: str, timeout: float) -> None:
         time.sleep(1)
     raise DeployError(
         f"The pods are ready but {url}/readyz is not reachable ({last}).",
-        hint=f"Check the port mapping of the kind node: `docker port {{cluster}}-control-plane`.",
+        hint=f"Check the port mapping of the kind node: `docker port {cluster}-control-plane`.",
     )
 
 

@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ARG TENSORFLOW=tensorflow-cpu==2.21.0
 RUN pip install --no-cache-dir "${TENSORFLOW}" && rm -rf /root/.cache
 
-COPY pyproject.toml docker/requirements.py /build/
+COPY pyproject.toml src/pizzactl/docker/requirements.py /build/
 RUN python /build/requirements.py modelserver /build/pyproject.toml > /build/requirements.txt \
  && pip install --no-cache-dir -r /build/requirements.txt \
  && rm -rf /build /root/.cache \

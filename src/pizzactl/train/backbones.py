@@ -32,7 +32,7 @@ pixels; tests compare it with Keras' own functions and with the graph.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -64,7 +64,6 @@ class Backbone:
     # default. 0 for backbones trained from scratch: those train whole from the first epoch.
     fine_tune_layers: int = 20
     min_input_size: int = 32
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def preprocess(self, pixels):
         """0..255 RGB pixels -> what the backbone's first learned layer sees (a tensor).

@@ -72,17 +72,19 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def print_runs(runs: list[dict]) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from pizzactl.console import out
 
     if not runs:
         out.print("No training runs yet. Run `pizzactl train`.")
         return
-    table = Table("run", "backbone", "weights", "size", "val acc", "f1", "seconds", "exported")
+    table = Table(
+        Column("run", no_wrap=True), "weights", Column("val acc", no_wrap=True), "f1", "seconds", Column("exported", overflow="fold")
+    )
     for r in runs:
         table.add_row(
-            r["run_id"], _fmt(r["backbone"]), _fmt(r["weights"]), _fmt(r["image_size"]),
+            r["run_id"], _fmt(r["weights"]),
             _fmt(r["val_accuracy"]) if r["status"] == "finished" else "[yellow]incomplete[/]",
             _fmt(r["val_f1"]), _fmt(r["train_seconds"], 1), _fmt(r["model_dir"]),
         )

@@ -245,17 +245,46 @@ def build_classifier(extractor, head, image_size: int, tta: bool = True):
     return keras.Model(pixels, p, name="classifier")
 
 
-def fit_head(x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int, lr: float, dropout: float, patience: int, callbacks=()):
+def head_validation(x_val, y_val):
+    """A callback that scores the head on validation features in numpy, adding val_loss/val_accuracy.
+
+    The head is dropout + dense sigmoid, so at inference it is `sigmoid(x @ W + b)`: no second
+    TensorFlow graph to trace (which costs more than all the head's epochs together).
+    """
+    import keras
+    import numpy as np
+
+    x_val = np.asarray(x_val, np.float64)
+    y_val = np.asarray(y_val, np.float64).ravel()
+
+    class HeadValidation(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kernel, bias = self.model.get_layer("probability").get_weights()
+            p = 1.0 / (1.0 + np.exp(-(x_val @ kernel.astype(np.float64) + bias).ravel()))
+            p = np.clip(p, 1e-7, 1 - 1e-7)
+            if logs is not None:
+                logs["val_loss"] = float(-np.mean(y_val * np.log(p) + (1 - y_val) * np.log(1 - p)))
+                logs["val_accuracy"] = float(np.mean((p >= THRESHOLD) == (y_val >= 0.5)))
+
+    return HeadValidation()
+
+
+def fit_head(x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int, lr: float, dropout: float, patience: int, callbacks=(), seed: int = 42):
     """Train dropout + dense sigmoid on cached features; early stopping restores the best epoch."""
     import keras
+    import tensorflow as tf
 
     head = build_head(int(x_train.shape[1]), dropout)
-    head.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=16)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    head.fit(
-        x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
-        shuffle=True, verbose=0, callbacks=[stop, *callbacks],
+    steps = -(-len(x_train) // batch_size)
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=steps)
+    data = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
     )
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    head.fit(data, epochs=epochs, verbose=0, callbacks=[head_validation(x_val, y_val), stop, *callbacks])
     return head, stop
 
 
@@ -474,7 +503,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             head, _ = fit_head(
                 x_tr, y_tr, by_view["plain"][va_idx], y_val,
                 epochs=epochs, batch_size=int(settings.batch_size), lr=recipe.lr, dropout=recipe.dropout,
-                patience=recipe.patience, callbacks=[_epoch_logger("head", epochs, runlog, rows)],
+                patience=recipe.patience, callbacks=[_epoch_logger("head", epochs, runlog, rows)], seed=int(settings.seed),
             )
             timings["head_seconds"] = time.perf_counter() - t
             if fine_tune_epochs > 0:
@@ -667,11 +696,11 @@ def _rank(result: RunResult):
 
 
 def print_result(result: TrainResult) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from pizzactl.console import out
 
-    table = Table("#", "backbone", "val acc", "f1", "roc auc", "val loss", "seconds", "run")
+    table = Table("#", "backbone", "val acc", "f1", "roc auc", "val loss", "seconds", Column("run", no_wrap=True))
     for i, r in enumerate(result.leaderboard, 1):
         m = r.metrics
         auc = m.get("val_roc_auc")

@@ -1,0 +1,342 @@
+"""`pizzactl train`: split, feature cache, head training, run directories, export, --json.
+
+Fast tests cover the pure parts (cache keys, weights ids, metrics, errors). Tests marked slow
+train real (tiny) models on a few dozen of the shared photos: small_cnn from scratch, and the
+frozen-feature path with mobilenet_v3_small (random weights, 64 px), twice on one cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pizzactl.cli import main
+from pizzactl.config import load_settings
+from pizzactl.data.dataset import load_dataset, split
+from pizzactl.errors import DataError, UsageError, WeightsError
+from pizzactl.train.features import feature_key, weights_id
+
+RUN_FILES = {"config.json", "metrics.json", "history.csv", "training_curves.png", "confusion_matrix.png", "train.log", "model.keras"}
+
+
+def make_images(root: Path, per_class: int = 6, size: int = 40) -> Path:
+    """A tiny dataset of generated JPEGs: reddish 'pizza', bluish 'not_pizza'."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, colour in (("pizza", (200, 80, 40)), ("not_pizza", (40, 90, 200))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(colour) + rng.integers(-40, 40, (size, size + i, 3)), 0, 255).astype("uint8")
+            Image.fromarray(arr).save(root / label / f"{label}_{i}.jpg", quality=90)
+    return root
+
+
+def link_photos(root: Path, shared_photos, per_class: int) -> Path:
+    """A folder of symlinks to the first photos of each class (the photos are never copied)."""
+    for name, photos in shared_photos.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for photo in photos[:per_class]:
+            (root / name / photo.name).symlink_to(photo)
+    return root
+
+
+def env_for(root: Path) -> dict[str, str]:
+    return {f"PIZZACTL_{name.upper()}_DIR": str(root / name) for name in ("models", "runs", "cache", "state")}
+
+
+# --- fast: pure parts --------------------------------------------------------------------
+
+
+def test_split_is_deterministic_stratified_and_disjoint(tmp_path):
+    dataset = load_dataset(make_images(tmp_path / "data", per_class=10))
+    train_a, val_a = split(dataset, 0.2, seed=7)
+    train_b, val_b = split(dataset, 0.2, seed=7)
+    assert [r.path for r in val_a] == [r.path for r in val_b]
+    assert not {r.path for r in train_a} & {r.path for r in val_a}
+    assert len(train_a) + len(val_a) == len(dataset)
+    assert sorted(r.class_name for r in val_a) == ["not_pizza", "not_pizza", "pizza", "pizza"]
+    _, val_other = split(dataset, 0.2, seed=8)
+    assert {r.path for r in val_other} != {r.path for r in val_a}
+
+
+def test_feature_key_changes_with_every_input_it_depends_on():
+    base = dict(backbone="mobilenet_v3_small", weights="imagenet", image_size=224, data_hash="abc", view="plain")
+    key = feature_key(**base)
+    assert feature_key(**base) == key
+    for field, other in (("backbone", "efficientnet_lite0"), ("weights", "none"), ("image_size", 192), ("data_hash", "abd"), ("view", "aug1")):
+        assert feature_key(**{**base, field: other}) != key, field
+    assert feature_key(**{**base, "view": "aug1"}) != feature_key(**{**base, "view": "aug2"})
+
+
+def test_weights_id_identifies_a_weights_file_by_its_content(tmp_path):
+    a, b = tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    assert weights_id("imagenet") == "imagenet"
+    assert weights_id("none") == weights_id(None) == "none"
+    assert weights_id(str(a)).startswith("file:")
+    assert weights_id(str(a)) != weights_id(str(b))
+    b.write_bytes(b"one")
+    assert weights_id(str(a)) == weights_id(str(b))
+    with pytest.raises(WeightsError):
+        weights_id(str(tmp_path / "missing.h5"))
+
+
+def test_classification_metrics_match_a_hand_count():
+    from pizzactl.train.trainer import classification_metrics
+
+    y = [0, 0, 0, 1, 1, 1, 1]
+    p = [0.1, 0.6, 0.2, 0.9, 0.8, 0.4, 0.7]  # one false positive, one false negative
+    m = classification_metrics(y, p)
+    assert m["confusion_matrix"] == [[2, 1], [1, 3]]
+    assert m["val_accuracy"] == pytest.approx(5 / 7)
+    assert m["val_precision"] == pytest.approx(3 / 4)
+    assert m["val_recall"] == pytest.approx(3 / 4)
+    assert m["n_val"] == 7
+    assert 0.5 < m["val_roc_auc"] <= 1.0
+
+
+def test_train_without_data_says_to_pass_data(isolated):
+    from pizzactl.train import train
+
+    with pytest.raises(DataError) as info:
+        train(load_settings({"data_dir": str(isolated / "nowhere")}))
+    assert "--data" in info.value.hint
+
+
+def test_train_rejects_unknown_backbone_and_imagenet_for_small_cnn(isolated):
+    from pizzactl.train import train
+
+    data = make_images(isolated / "data", per_class=2)
+    with pytest.raises(UsageError) as info:
+        train(load_settings({"data_dir": str(data), "backbone": "resnet9000"}))
+    assert "small_cnn" in info.value.hint
+    with pytest.raises(UsageError) as info:
+        train(load_settings({"data_dir": str(data), "backbone": "small_cnn", "weights": "imagenet"}))
+    assert "--weights none" in info.value.hint
+
+
+def test_small_cnn_uses_random_weights_when_weights_were_not_chosen(tmp_path):
+    from pizzactl.train.backbones import get_backbone
+    from pizzactl.train.trainer import resolve_weights
+
+    assert resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("small_cnn")) == "none"
+    assert resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("mobilenet_v3_small")) == "imagenet"
+
+
+def test_augmented_views_are_repeatable_and_distinct(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from pizzactl.train.features import view_fn
+    from pizzactl.train.imaging import decode_resize
+
+    data = (make_images(tmp_path, per_class=1, size=64) / "pizza" / "pizza_0.jpg").read_bytes()
+    plain = view_fn("plain", 32)(tf.constant(data), 0).numpy()
+    assert np.array_equal(plain, decode_resize(tf.constant(data), 32).numpy())
+    assert np.array_equal(view_fn("flip", 32)(tf.constant(data), 0).numpy(), plain[:, ::-1])
+    aug1 = view_fn("aug1", 32)(tf.constant(data), 3).numpy()
+    assert aug1.shape == (32, 32, 3) and aug1.min() >= 0 and aug1.max() <= 255
+    assert np.array_equal(aug1, view_fn("aug1", 32)(tf.constant(data), 3).numpy())
+    assert not np.array_equal(aug1, view_fn("aug2", 32)(tf.constant(data), 3).numpy())
+    assert not np.array_equal(aug1, view_fn("aug1", 32)(tf.constant(data), 4).numpy())
+
+
+# --- slow: real (tiny) models ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_feature_cache_computes_each_view_once(tmp_path):
+    import keras
+    import numpy as np
+
+    from pizzactl.train.features import FeatureCache
+
+    dataset = load_dataset(make_images(tmp_path / "data", per_class=3))
+    pixels = keras.Input((16, 16, 3))
+    extractor = keras.Model(pixels, keras.layers.GlobalAveragePooling2D()(pixels))
+    kwargs = dict(extractor=extractor, backbone="gap", weights="none", image_size=16, dataset=dataset, view="plain")
+
+    first = FeatureCache(tmp_path / "features")
+    features = first.get(**kwargs)
+    assert features.shape == (6, 3) and len(first.computed) == 1
+    (path,) = (tmp_path / "features").glob("*.npz")
+    mtime = path.stat().st_mtime_ns
+
+    second = FeatureCache(tmp_path / "features")
+    again = second.get(**kwargs)
+    assert second.computed == [] and second.reused == first.computed
+    assert path.stat().st_mtime_ns == mtime
+    assert np.array_equal(features, again)
+
+    second.get(**{**kwargs, "view": "flip"})  # another view is another entry
+    assert len(second.computed) == 1 and len(list((tmp_path / "features").glob("*.npz"))) == 2
+
+
+@pytest.mark.slow
+def test_early_stopping_restores_the_best_epoch():
+    import keras
+    import numpy as np
+
+    from pizzactl.train.trainer import fit_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    x_val = rng.normal(size=(64, 8)).astype("float32")
+    y_val = (x_val[:, 0] <= 0).astype("float32")  # the opposite rule: learning the train set hurts
+
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(logs["val_loss"])
+
+    keras.utils.set_random_seed(0)
+    head, stop = fit_head(x, y, x_val, y_val, epochs=30, batch_size=32, lr=0.05, dropout=0.0, patience=3, callbacks=[Record()])
+    assert len(seen) < 30  # it stopped early
+    assert seen[-1] > min(seen)
+    p = np.clip(head.predict(x_val, verbose=0).ravel(), 1e-7, 1 - 1e-7)
+    restored = float(-np.mean(y_val * np.log(p) + (1 - y_val) * np.log(1 - p)))
+    assert restored == pytest.approx(min(seen), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def scratch_run(tmp_path_factory, shared_photos):
+    """`pizzactl train --json` with small_cnn from scratch, 32 px, 2 epochs, on 32 shared photos."""
+    root = tmp_path_factory.mktemp("scratch")
+    data = link_photos(root / "data", shared_photos, per_class=16)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env_for(root).items():
+            mp.setenv(key, value)
+        mp.chdir(root)
+        capture = root / "stdout.json"
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            try:
+                main(["train", "--data", str(data), "--backbone", "small_cnn", "--weights", "none", "--image-size", "32", "--epochs", "2", "--seed", "3", "--json"])
+            except SystemExit as exc:
+                assert exc.code in (None, 0)
+        capture.write_text(buf.getvalue())
+    return root, json.loads(buf.getvalue())
+
+
+@pytest.mark.slow
+def test_train_json_reports_the_run_and_the_exported_model(scratch_run):
+    root, result = scratch_run
+    for key in ("run_dir", "model_dir", "backbone", "val_accuracy", "train_seconds", "leaderboard", "metrics"):
+        assert key in result, key
+    assert result["backbone"] == "small_cnn" and result["weights"] == "none" and result["image_size"] == 32
+    assert 0.0 <= result["val_accuracy"] <= 1.0
+    model_dir = Path(result["model_dir"])
+    assert model_dir.parent == root / "models" / "pizza" and model_dir.name.isdigit()
+    assert (model_dir / "saved_model.pb").is_file()
+    meta = json.loads((model_dir / "assets.extra" / "pizzactl.json").read_text())
+    assert meta["backbone"] == "small_cnn" and meta["image_size"] == 32
+    assert meta["classes"] == ["not_pizza", "pizza"] and meta["threshold"] == 0.5
+    assert meta["metrics"]["val_accuracy"] == result["val_accuracy"]
+    assert meta["data_hash"] == load_dataset(root / "data").data_hash
+
+
+@pytest.mark.slow
+def test_run_directory_holds_config_metrics_history_plots_log_and_model(scratch_run):
+    root, result = scratch_run
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == root / "runs" and run_dir.name.endswith("-small_cnn")
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["backbone"] == "small_cnn" and config["mode"] == "scratch" and config["epochs"] == 2
+    assert config["n_train"] + config["n_val"] == 32
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sum(map(sum, metrics["confusion_matrix"])) == config["n_val"] == metrics["n_val"]
+    assert metrics["model_dir"] == result["model_dir"]
+    with open(run_dir / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert 1 <= len(rows) <= 2 and {"loss", "val_loss", "val_accuracy"} <= set(rows[0])
+    for png in ("training_curves.png", "confusion_matrix.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 1/2" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_saved_run_model_reloads_with_the_same_outputs(scratch_run):
+    import keras
+    import numpy as np
+
+    import pizzactl.train.backbones  # noqa: F401  (registers the custom layers)
+    from pizzactl.train.trainer import decode_images
+
+    root, result = scratch_run
+    model = keras.models.load_model(Path(result["run_dir"]) / "model.keras", compile=False)
+    photos = sorted((root / "data" / "pizza").iterdir())[:2]
+    p = model.predict(decode_images(photos, 32), verbose=0)
+    assert p.shape == (2, 1) and np.all((p >= 0) & (p <= 1))
+
+
+@pytest.mark.slow
+def test_runs_list_shows_the_trained_run(scratch_run):
+    from pizzactl.train.runs import list_runs
+
+    root, result = scratch_run
+    settings = load_settings({}, environ=env_for(root))
+    (listed,) = list_runs(settings)
+    assert listed["run_dir"] == result["run_dir"] and listed["status"] == "finished"
+    assert listed["val_accuracy"] == result["val_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def frozen_runs(tmp_path_factory, shared_photos):
+    """The frozen-feature path twice on one cache: mobilenet_v3_small (random weights, 64 px),
+    then mobilenet_v3_small and small_cnn together (a leaderboard)."""
+    from pizzactl.train import train
+
+    root = tmp_path_factory.mktemp("frozen")
+    data = link_photos(root / "data", shared_photos, per_class=12)
+    flags = {"data_dir": str(data), "backbone": "mobilenet_v3_small", "weights": "none", "image_size": 64, "epochs": 3}
+    first = train(load_settings(flags, cwd=root, environ=env_for(root)), show_progress=False)
+    cache = root / "cache" / "features"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
+    flags = {**flags, "backbone": "mobilenet_v3_small,small_cnn", "epochs": 1}
+    second = train(load_settings(flags, cwd=root, environ=env_for(root)), show_progress=False)
+    return root, first, second, mtimes
+
+
+@pytest.mark.slow
+def test_frozen_path_caches_plain_flip_and_augmented_views(frozen_runs):
+    root, first, _, mtimes = frozen_runs
+    assert first.features == {"computed": 6, "reused": 0}  # plain, flip, aug1..aug4
+    assert len(mtimes) == 6
+    assert first.best.config["mode"] == "frozen" and first.best.config["augmented_views"] == 4
+    assert first.best.metrics["epochs_run"]["head"] >= 1
+    assert (first.model_dir / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+def test_second_run_computes_no_features(frozen_runs):
+    root, _, second, mtimes = frozen_runs
+    assert second.features == {"computed": 0, "reused": 6}
+    cache = root / "cache" / "features"
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")} == mtimes
+
+
+@pytest.mark.slow
+def test_several_backbones_make_a_leaderboard_and_export_the_best(frozen_runs):
+    root, first, second, _ = frozen_runs
+    board = second.as_dict()["leaderboard"]
+    assert sorted(r["backbone"] for r in board) == ["mobilenet_v3_small", "small_cnn"]
+    accuracies = [r["val_accuracy"] for r in board]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert second.best.backbone == board[0]["backbone"]
+    meta = json.loads((second.model_dir / "assets.extra" / "pizzactl.json").read_text())
+    assert meta["backbone"] == board[0]["backbone"]
+    assert int(second.model_dir.name) == int(first.model_dir.name) + 1
+    assert len({r["run_dir"] for r in board}) == 2
