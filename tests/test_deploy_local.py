@@ -29,7 +29,6 @@ import pytest
 
 from pizzactl.errors import EXIT_FAILURE, EXIT_USER
 
-pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
@@ -141,6 +140,7 @@ def read_state(ns) -> dict:
     return state
 
 
+@pytest.mark.slow
 def test_deploy_local_starts_both_servers_records_state_and_prints_the_url(deployed):
     assert deployed.proc.returncode == 0, deployed.proc.stderr
     result = json.loads(deployed.proc.stdout)
@@ -156,12 +156,14 @@ def test_deploy_local_starts_both_servers_records_state_and_prints_the_url(deplo
     assert httpx.get(state["url"] + "/readyz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_deployed_processes_outlive_the_deploy_command_in_their_own_session(deployed):
     state = read_state(deployed)
     for pid in state["pids"].values():
         assert os.getsid(pid) == pid  # detached: Ctrl-C in the deploying shell does not reach them
 
 
+@pytest.mark.slow
 def test_status_reports_target_url_version_ready_and_live_pids(deployed):
     proc = cli(deployed.env, "status", "--json", cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
@@ -174,6 +176,7 @@ def test_status_reports_target_url_version_ready_and_live_pids(deployed):
     assert table.returncode == 0 and "local" in table.stdout and "yes" in table.stdout
 
 
+@pytest.mark.slow
 def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
     proc = cli(deployed.env, "predict", str(tiny_classifier.photos[-1]), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
@@ -181,6 +184,7 @@ def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
     assert tiny_classifier.photos[-1].name[:6] in proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_json_gives_one_object_per_source_with_label_probability_and_version(deployed, tiny_classifier):
     files = [str(p) for p in tiny_classifier.photos[:2]]
     proc = cli(deployed.env, "predict", "--json", *files, cwd=deployed.root)
@@ -195,6 +199,7 @@ def test_predict_json_gives_one_object_per_source_with_label_probability_and_ver
         assert r["label"] == ("pizza" if r["probability"] >= 0.5 else "not_pizza")
 
 
+@pytest.mark.slow
 def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
     urls = [f"{photo_server.url}/{name}" for name in photo_server.names]
     proc = cli(deployed.env, "predict", "--json", *urls, cwd=deployed.root)
@@ -204,6 +209,7 @@ def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
     assert all(r["label"] in ("pizza", "not_pizza") for r in results)
 
 
+@pytest.mark.slow
 def test_predict_same_photo_as_file_and_as_url_agree(deployed, photo_server, tiny_classifier):
     name = photo_server.names[0]
     local = next(p for p in tiny_classifier.photos if p.name == name)
@@ -213,6 +219,7 @@ def test_predict_same_photo_as_file_and_as_url_agree(deployed, photo_server, tin
     assert by_file["probability"] == pytest.approx(by_url["probability"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(deployed, tiny_classifier, tmp_path):
     photos = tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]
     (tmp_path / "album" / "nested").mkdir(parents=True)
@@ -235,12 +242,14 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
     assert rows[[r["source"] for r in rows].index(broken[0]["source"])]["error"]
 
 
+@pytest.mark.slow
 def test_predict_table_has_a_summary_for_several_images(deployed, tiny_classifier):
     proc = cli(deployed.env, "predict", *map(str, tiny_classifier.photos[:3]), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     assert "3 images:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifier, tmp_path):
     from PIL import Image
 
@@ -255,6 +264,7 @@ def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifie
             assert img.format == "PNG" and max(img.size) <= 512
 
 
+@pytest.mark.slow
 def test_deploy_again_replaces_the_running_deployment(deployed):
     before = read_state(deployed)
     proc = cli(deployed.env, "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", cwd=deployed.root)
@@ -267,6 +277,7 @@ def test_deploy_again_replaces_the_running_deployment(deployed):
     assert httpx.get(after["url"] + "/readyz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_teardown_stops_everything_and_a_second_teardown_is_a_noop(deployed):
     state = read_state(deployed)
     proc = cli(deployed.env, "teardown", cwd=deployed.root, timeout=60)
@@ -286,6 +297,7 @@ def test_teardown_stops_everything_and_a_second_teardown_is_a_noop(deployed):
 # --- errors before anything starts ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deploy_on_a_busy_port_exits_3_with_the_fix(tiny_model, tmp_path):
     env = make_env(tmp_path, tiny_model)
     with socket.socket() as busy:
@@ -304,6 +316,7 @@ def test_deploy_on_a_busy_port_exits_3_with_the_fix(tiny_model, tmp_path):
 # --- pizzactl serve ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_model, tiny_classifier, tmp_path):
     env = make_env(tmp_path, tiny_model)
     port, model_port = int(env["PIZZACTL_PORT"]), int(env["PIZZACTL_MODEL_PORT"])
@@ -340,6 +353,7 @@ def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_mo
         log.close()
 
 
+@pytest.mark.slow
 def test_serve_killed_outright_leaves_no_orphan_servers(tiny_model, tmp_path):
     env = make_env(tmp_path, tiny_model)
     port = int(env["PIZZACTL_PORT"])
@@ -360,3 +374,89 @@ def test_serve_killed_outright_leaves_no_orphan_servers(tiny_model, tmp_path):
         for pid in children:
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+# --- state, status and teardown without servers (fast) ----------------------------------------
+
+
+def settings_in(tmp_path, **flags):
+    from pizzactl.config import load_settings
+
+    env = {"PIZZACTL_STATE_DIR": str(tmp_path / "state"), "PIZZACTL_MODELS_DIR": str(tmp_path / "models")}
+    return load_settings(flags, environ=env, cwd=tmp_path)
+
+
+def test_state_round_trips_and_is_replaced_atomically(tmp_path):
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.state import DeployState
+
+    settings = settings_in(tmp_path)
+    assert state_mod.load(settings) is None
+    first = DeployState(target="local", url="http://127.0.0.1:1", model_version=2, pids={"gateway": 11}, extra={"k": "v"})
+    state_mod.save(settings, first)
+    state_mod.save(settings, DeployState(target="docker", url="http://127.0.0.1:2"))
+    loaded = state_mod.load(settings)
+    assert loaded.target == "docker" and loaded.url == "http://127.0.0.1:2"
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["deploy.json"]  # no temp files left
+    state_mod.save(settings, first)
+    assert state_mod.load(settings) == first
+    assert state_mod.clear(settings) and not state_mod.clear(settings)
+
+
+def test_a_damaged_state_file_is_a_user_error_naming_the_file(tmp_path):
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.errors import DeployError
+
+    settings = settings_in(tmp_path)
+    state_mod.state_path(settings).parent.mkdir(parents=True)
+    state_mod.state_path(settings).write_text("{not json")
+    with pytest.raises(DeployError) as info:
+        state_mod.load(settings)
+    assert str(state_mod.state_path(settings)) in info.value.hint
+
+
+def test_status_and_teardown_with_nothing_deployed_say_so_and_exit_0(tmp_path):
+    env = make_env(tmp_path, tmp_path / "models")
+    status = cli(env, "status", cwd=tmp_path)
+    assert status.returncode == 0 and "Nothing deployed" in status.stdout
+    teardown = cli(env, "teardown", cwd=tmp_path)
+    assert teardown.returncode == 0 and "Nothing deployed" in teardown.stdout
+
+
+def test_a_local_deployment_whose_processes_died_shows_not_ready_and_tears_down_cleanly(tmp_path):
+    from pizzactl.deploy import state as state_mod, status, teardown
+    from pizzactl.deploy.state import DeployState
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    settings = settings_in(tmp_path)
+    url = f"http://127.0.0.1:{free_port()}"
+    state_mod.save(settings, DeployState(target="local", url=url, model_version=1, pids={"modelserver": dead.pid, "gateway": dead.pid}))
+    st = status(settings)
+    assert st["deployed"] is True and st["ready"] is False
+    assert st["processes"] == {"modelserver": False, "gateway": False}
+    result = teardown(settings)
+    assert result["torn_down"] is True and "already gone" in result["message"]
+    assert state_mod.load(settings) is None
+
+
+def test_a_recorded_pid_now_used_by_another_program_is_not_killed(tmp_path):
+    from pizzactl.deploy import state as state_mod, teardown
+    from pizzactl.deploy.state import DeployState
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        settings = settings_in(tmp_path)
+        state_mod.save(settings, DeployState(target="local", url="http://127.0.0.1:1", pids={"gateway": bystander.pid}))
+        teardown(settings)
+        assert bystander.poll() is None  # not a pizzactl server: left alone
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_deploy_without_a_model_exits_3_and_suggests_training(tmp_path):
+    env = make_env(tmp_path, tmp_path / "no-models")
+    proc = cli(env, "deploy", "--target", "local", cwd=tmp_path)
+    assert proc.returncode == EXIT_USER
+    assert "pizzactl train" in proc.stderr and "Traceback" not in proc.stderr

@@ -42,6 +42,7 @@ def test_gateway_image_runs_as_non_root_with_a_healthcheck(built_images, docker_
     config = docker_ready.images.get(built_images.gateway_image).attrs["Config"]
     assert config["User"].split(":")[0] not in ("", "0", "root")
     assert any("/healthz" in part for part in config["Healthcheck"]["Test"])
+    assert "pizzactl" not in config["Labels"]  # that label marks what teardown removes; containers inherit it
     uid = docker_ready.containers.run(built_images.gateway_image, ["id", "-u"], remove=True)
     assert uid.strip() != b"0"
 

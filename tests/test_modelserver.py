@@ -7,7 +7,6 @@ import base64
 import json
 import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest

@@ -237,6 +237,12 @@ def explain_image(cam: GradCam, image_bytes: bytes, out_path: Path) -> dict[str,
     return {"label": label, "probability": probability, "path": str(out_path)}
 
 
+def check_can_explain(settings) -> None:
+    """Raise now (missing TensorFlow, no exported model here) rather than after the predictions."""
+    _tf()
+    _model_for(settings, [])
+
+
 def _model_for(settings, results: Sequence[dict[str, Any]]) -> Path:
     """The exported version that answered (its model_version) if it is on this machine, else the latest."""
     from pizzactl.deploy import state as state_mod

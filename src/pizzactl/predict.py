@@ -221,6 +221,10 @@ def predict(
     if not items:
         raise UsageError("No images found in " + ", ".join(sources) + ".", hint=f"Pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}), directories of them, or URLs.")
     endpoint = resolve_endpoint(settings)
+    if explain_dir is not None:  # fail before classifying if Grad-CAM cannot run here
+        from pizzactl.explain import check_can_explain
+
+        check_can_explain(settings)
     if progress and len(items) > 1:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

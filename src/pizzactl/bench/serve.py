@@ -8,6 +8,7 @@ One run measures, on real photos:
 2. end to end: a model server and a gateway started as subprocesses (as `pizzactl serve`
    does), photos uploaded as `pizzactl predict` does, images/s at `concurrency` requests in
    flight and p50/p95/p99 latency one request at a time;
+   (1 and 2 alternate in 3 rounds, so that on a shared machine both see the same CPU);
 3. the wire: bytes per image in the model server request (JSON with base64, as the gateway's
    client sends it).
 
@@ -86,34 +87,41 @@ def wire_body(jpeg: bytes) -> bytes:
     return json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode("ascii")}]}).encode()
 
 
-# --- 1. the model alone ------------------------------------------------------------------------
+# --- the model alone, in this process ----------------------------------------------------------
 
 
-def bench_model(version_dir: Path, jpegs: Sequence[bytes], batch_size: int, min_images: int, min_seconds: float = 2.0) -> dict[str, float]:
-    """serving_default in-process: images/s on batches, and batch-1 latency."""
-    import tensorflow as tf
+class InProcessModel:
+    """serving_default loaded here: the limit the servers are measured against."""
 
-    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    n = len(jpegs)
-    batches = [tf.constant([jpegs[(i + j) % n] for j in range(batch_size)]) for i in range(0, n, batch_size)]
-    fn(image_bytes=batches[0])  # trace/warm up
-    fn(image_bytes=batches[-1])
-    images, started = 0, time.perf_counter()
-    while images < min_images or time.perf_counter() - started < min_seconds:
-        fn(image_bytes=batches[(images // batch_size) % len(batches)])["probability"].numpy()
-        images += batch_size
-    elapsed = time.perf_counter() - started
-    singles = [tf.constant([j]) for j in jpegs]
-    fn(image_bytes=singles[0])
-    latencies = []
-    for i in range(max(30, min(100, min_images // 4))):
-        t0 = time.perf_counter()
-        fn(image_bytes=singles[i % n])["probability"].numpy()
-        latencies.append((time.perf_counter() - t0) * 1000)
-    return {"model_img_per_s": images / elapsed, "model_p50_ms": percentile(latencies, 50), "model_images": images}
+    def __init__(self, version_dir: Path, jpegs: Sequence[bytes], batch_size: int):
+        import tensorflow as tf
+
+        self.fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+        n = len(jpegs)
+        self.batch_size = batch_size
+        self.batches = [tf.constant([jpegs[(i + j) % n] for j in range(batch_size)]) for i in range(0, n, batch_size)]
+        self.singles = [tf.constant([j]) for j in jpegs]
+        for batch in (self.batches[0], self.batches[-1], self.singles[0]):  # trace and warm up
+            self.fn(image_bytes=batch)["probability"].numpy()
+
+    def throughput(self, images: int) -> float:
+        """Images/s over at least `images` images in batches of batch_size."""
+        done, started = 0, time.perf_counter()
+        while done < images:
+            self.fn(image_bytes=self.batches[(done // self.batch_size) % len(self.batches)])["probability"].numpy()
+            done += self.batch_size
+        return done / (time.perf_counter() - started)
+
+    def latencies(self, n: int) -> list[float]:
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.fn(image_bytes=self.singles[i % len(self.singles)])["probability"].numpy()
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
 
 
-# --- 2. end to end -----------------------------------------------------------------------------
+# --- through the servers -----------------------------------------------------------------------
 
 
 async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, concurrency: int) -> tuple[float, list[float], int]:
@@ -145,6 +153,17 @@ async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, 
         return time.perf_counter() - started, latencies, errors
 
 
+def _direct_latencies(client, model_url: str, jpegs: Sequence[bytes], n: int, offset: int = 0) -> list[float]:
+    """The model server alone: the gateway's request for each image, sent directly, one at a time."""
+    out = []
+    for i in range(n):
+        body = wire_body(jpegs[(offset + i) % len(jpegs)])
+        t0 = time.perf_counter()
+        client.post(model_url + "/v1/models/pizza:predict", content=body, headers={"content-type": "application/json"})
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
 def _batch_stats(model_url: str) -> tuple[float, float] | None:
     """(batches, images) the model server has run so far, from its Prometheus metrics."""
     import httpx
@@ -158,42 +177,55 @@ def _batch_stats(model_url: str) -> tuple[float, float] | None:
     return (count, total) if count is not None and total is not None else None
 
 
-def _direct_p50(model_url: str, jpegs: Sequence[bytes], n: int) -> float:
-    """p50 of the model server alone (the gateway's request, sent directly), one at a time."""
+ROUNDS = 3
+
+
+def measure(model: InProcessModel, url: str, model_url: str, photos, jpegs, concurrency: int, requests: int) -> dict[str, Any]:
+    """Alternate the in-process model and the servers in ROUNDS rounds, so both see the same machine.
+
+    On a shared machine the available CPU drifts; measuring A then B would compare different
+    machines. Throughput: the median of each side over the rounds. Latency: samples pooled
+    over the rounds.
+    """
     import httpx
 
-    latencies = []
+    per_round = max(concurrency, -(-requests // ROUNDS))
+    n_seq = max(10, min(requests, 100) // ROUNDS)
+    asyncio.run(_load(url, photos, 2 * concurrency, concurrency))  # warm up both servers
+    model_tp, e2e_tp, seq, direct, alone = [], [], [], [], []
+    errors = 0
+    batches = images = 0.0  # server-side batches formed during the throughput runs
     with httpx.Client(timeout=60.0, trust_env=False) as client:
-        for i in range(n + 3):
-            body = wire_body(jpegs[i % len(jpegs)])
-            t0 = time.perf_counter()
-            client.post(model_url + "/v1/models/pizza:predict", content=body, headers={"content-type": "application/json"})
-            if i >= 3:
-                latencies.append((time.perf_counter() - t0) * 1000)
-    return percentile(latencies, 50)
-
-
-def bench_e2e(url: str, model_url: str, photos: Sequence[tuple[str, bytes]], jpegs: Sequence[bytes], concurrency: int, requests: int) -> dict[str, Any]:
-    asyncio.run(_load(url, photos, min(2 * concurrency, requests), concurrency))  # warm up both servers
-    before = _batch_stats(model_url)
-    seconds, _, errors = asyncio.run(_load(url, photos, requests, concurrency))
-    after = _batch_stats(model_url)
-    n_seq = max(20, min(requests, 100))
-    _, latencies, seq_errors = asyncio.run(_load(url, photos, n_seq, 1))
-    if errors == requests:
+        _direct_latencies(client, model_url, jpegs, 3)
+        for r in range(ROUNDS):
+            model_tp.append(model.throughput(per_round))
+            before = _batch_stats(model_url)
+            seconds, _, errs = asyncio.run(_load(url, photos, per_round, concurrency))
+            after = _batch_stats(model_url)
+            if before and after:
+                batches, images = batches + after[0] - before[0], images + after[1] - before[1]
+            e2e_tp.append(per_round / seconds)
+            errors += errs
+            alone.extend(model.latencies(n_seq))
+            _, lat, errs = asyncio.run(_load(url, photos, n_seq, 1))
+            seq.extend(lat)
+            errors += errs
+            direct.extend(_direct_latencies(client, model_url, jpegs, n_seq, offset=r * n_seq))
+    if errors >= ROUNDS * (per_round + n_seq):
         raise DeployError("Every request through the gateway failed.", hint="See the error logged above and the server logs.")
-    mean_batch = None
-    if before and after and after[0] > before[0]:
-        mean_batch = (after[1] - before[1]) / (after[0] - before[0])
+    mean_batch = images / batches if batches else None
     return {
-        "e2e_img_per_s": requests / seconds,
-        "p50_ms": percentile(latencies, 50),
-        "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99),
-        "modelserver_p50_ms": _direct_p50(model_url, jpegs, n_seq),
+        "model_img_per_s": statistics.median(model_tp),
+        "e2e_img_per_s": statistics.median(e2e_tp),
+        "model_p50_ms": percentile(alone, 50),
+        "p50_ms": percentile(seq, 50),
+        "p95_ms": percentile(seq, 95),
+        "p99_ms": percentile(seq, 99),
+        "modelserver_p50_ms": percentile(direct, 50),
         "server_mean_batch": mean_batch,
-        "errors": errors + seq_errors,
-        "sequential_requests": n_seq,
+        "errors": errors,
+        "rounds": ROUNDS,
+        "requests_per_round": per_round,
     }
 
 
@@ -224,10 +256,6 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
     wire = statistics.mean(len(wire_body(j)) for j in jpegs)
     log(f"{len(photos)} photos from {photos[0].parent.parent}; model {version_dir} ({meta.get('backbone')}, {size}px)")
 
-    log(f"1/2 the model alone: serving_default in-process, batches of {concurrency} ...")
-    model = bench_model(version_dir, jpegs, batch_size=concurrency, min_images=requests)
-
-    log(f"2/2 end to end: model server + gateway, {requests} uploads at concurrency {concurrency}, then one at a time ...")
     port = proc.free_port()
     model_port = proc.pick_model_port("127.0.0.1", proc.free_port(), avoid=[port])
     with tempfile.TemporaryDirectory(prefix="pizzactl-bench-") as tmp:
@@ -238,30 +266,37 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
                 allow_private_urls=False, attached=True, logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
             )
         try:
+            log("Loading the model here and in the model server ...")
+            model = InProcessModel(version_dir, jpegs, batch_size=concurrency)
             proc.wait_ready(started.url, {"model server": started.modelserver, "gateway": started.gateway}, 300.0, logs=logs)
-            e2e = bench_e2e(started.url, started.model_url, raw, jpegs, concurrency, requests)
+            log(
+                f"{ROUNDS} rounds of: the model alone (batches of {concurrency}), {requests // ROUNDS}+ uploads through "
+                f"gateway and model server at concurrency {concurrency}, then one request at a time ..."
+            )
+            m = measure(model, started.url, started.model_url, raw, jpegs, concurrency, requests)
         finally:
             started.stop(grace=10.0)
 
     result: dict[str, Any] = {
-        "model_img_per_s": round(model["model_img_per_s"], 2),
-        "e2e_img_per_s": round(e2e["e2e_img_per_s"], 2),
-        "ratio": round(e2e["e2e_img_per_s"] / model["model_img_per_s"], 3),
-        "p50_ms": round(e2e["p50_ms"], 2),
-        "p95_ms": round(e2e["p95_ms"], 2),
-        "p99_ms": round(e2e["p99_ms"], 2),
-        "model_p50_ms": round(model["model_p50_ms"], 2),
-        "overhead_p50_ms": round(e2e["p50_ms"] - model["model_p50_ms"], 2),
+        "model_img_per_s": round(m["model_img_per_s"], 2),
+        "e2e_img_per_s": round(m["e2e_img_per_s"], 2),
+        "ratio": round(m["e2e_img_per_s"] / m["model_img_per_s"], 3),
+        "p50_ms": round(m["p50_ms"], 2),
+        "p95_ms": round(m["p95_ms"], 2),
+        "p99_ms": round(m["p99_ms"], 2),
+        "model_p50_ms": round(m["model_p50_ms"], 2),
+        "overhead_p50_ms": round(m["p50_ms"] - m["model_p50_ms"], 2),
         "wire_bytes_per_image": round(wire),
-        "modelserver_p50_ms": round(e2e["modelserver_p50_ms"], 2),
-        "gateway_p50_ms": round(e2e["p50_ms"] - e2e["modelserver_p50_ms"], 2),
-        "server_mean_batch": None if e2e["server_mean_batch"] is None else round(e2e["server_mean_batch"], 2),
+        "modelserver_p50_ms": round(m["modelserver_p50_ms"], 2),
+        "gateway_p50_ms": round(m["p50_ms"] - m["modelserver_p50_ms"], 2),
+        "server_mean_batch": None if m["server_mean_batch"] is None else round(m["server_mean_batch"], 2),
         "jpeg_bytes_per_image": round(statistics.mean(len(j) for j in jpegs)),
         "upload_bytes_per_image": round(statistics.mean(len(d) for _, d in raw)),
         "concurrency": concurrency,
-        "requests": requests,
+        "requests": m["requests_per_round"] * m["rounds"],
         "batch_size": concurrency,
-        "errors": e2e["errors"],
+        "errors": m["errors"],
+        "rounds": m["rounds"],
         "photos": len(photos),
         "data_dir": str(photos[0].parent.parent),
         "model_dir": str(version_dir),

@@ -13,6 +13,8 @@ requests, and errors as `{"error": "..."}`. Like TF Serving it
 * starts even when no model exists yet: it answers 404 with a message naming the folder it
   watches and picks the model up as soon as `pizzactl export` publishes one.
 
+It is a bare Starlette app on uvicorn (uvloop + httptools) with stdlib JSON: no request
+models or OpenAPI to pay for on the hot path, since its API is TF Serving's, not ours.
 TensorFlow is imported only when a model is loaded, so `--help` is instant. Run it with
 `python -m pizzactl.serving.modelserver --models models --port 8501`.
 """
@@ -471,7 +473,6 @@ class ModelServer:
             outputs = await asyncio.to_thread(model.run, signature, inputs)
             keys = sorted(outputs)
             used = model.version
-        self.metrics.requests += 1
         if columnar:
             cols = {k: [_jsonable(v) for v in outputs[k]] for k in keys}
             return ({"outputs": cols[keys[0]]} if len(keys) == 1 else {"outputs": cols}), used
@@ -591,7 +592,6 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = 0
         self.http = Counter(
             "pizzactl_model_requests", "Model server requests by route and status", ["route", "status"], registry=self.registry
         )

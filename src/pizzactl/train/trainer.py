@@ -57,7 +57,7 @@ class Recipe:
 
 SCRATCH_RECIPE = Recipe(epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12)
 RECIPES: dict[str, Recipe] = {
-    "small_cnn": Recipe(image_size=96, epochs=45, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12),
+    "small_cnn": Recipe(image_size=112, epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12),
 }
 
 
@@ -284,7 +284,7 @@ def fit_head(x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int, lr
         .prefetch(tf.data.AUTOTUNE)
     )
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    head.fit(data, epochs=epochs, verbose=0, callbacks=[head_validation(x_val, y_val), stop, *callbacks])
+    head.fit(data, epochs=epochs, verbose=0, shuffle=False, callbacks=[head_validation(x_val, y_val), stop, *callbacks])
     return head, stop
 
 
@@ -589,7 +589,7 @@ def fit_scratch(extractor, train_records, val_records, size: int, *, recipe: Rec
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, restore_best_weights=True)
     model.fit(
         _augmented_batches(x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, size=size),
-        validation_data=(x_val, y_val), epochs=epochs, verbose=0,
+        validation_data=(x_val, y_val), epochs=epochs, verbose=0, shuffle=False,
         callbacks=[stop, _epoch_logger("scratch", epochs, runlog, rows, steps)],
     )
     runlog(f"Best epoch {stop.best_epoch + 1} (val_loss {stop.best:.4f}), weights restored")
@@ -619,7 +619,7 @@ def fine_tune(backbone, extractor, head, train_records, val_records, size: int, 
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.fine_tune_patience, restore_best_weights=True)
     model.fit(
         _augmented_batches(x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, size=size),
-        validation_data=(x_val, y_val), epochs=epochs, verbose=0,
+        validation_data=(x_val, y_val), epochs=epochs, verbose=0, shuffle=False,
         callbacks=[stop, _epoch_logger("fine_tune", epochs, runlog, rows, steps)],
     )
     if stop.best is None or not np.isfinite(stop.best) or stop.best >= before:
