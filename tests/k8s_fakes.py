@@ -24,6 +24,7 @@ PODS = kmock.resource("v1/pods")
 EVENTS = kmock.resource("v1/events")
 DEPLOYMENTS = kmock.resource("apps/v1/deployments")
 NAMESPACES = kmock.resource("v1/namespaces")
+HPAS = kmock.resource("autoscaling/v2/horizontalpodautoscalers")
 
 
 class ApplyingEmulator(kmock.KubernetesEmulator):
@@ -93,12 +94,16 @@ def write_kubeconfig(path: Path, server: str, context: str) -> Path:
 
 
 def mark_rolled_out(emulator, namespace: str = "pizzactl") -> list[str]:
-    """Play the Deployment controller: every Deployment in namespace gets all replicas available."""
+    """Play the HPA and Deployment controllers: replicas = the HPA's minReplicas, all available."""
+    minimum = {}
+    for (resource, ns, name), obj in list(emulator.objects.items()):
+        if resource == HPAS and ns == namespace and not obj.deleted:
+            minimum[obj["spec"]["scaleTargetRef"]["name"]] = obj["spec"].get("minReplicas", 1)
     done = []
     for (resource, ns, name), obj in list(emulator.objects.items()):
         if resource == DEPLOYMENTS and ns == namespace and not obj.deleted:
-            n = (obj.get("spec") or {}).get("replicas", 1)
-            obj.patch({"metadata": {"generation": 1}, "status": {
+            n = max((obj.get("spec") or {}).get("replicas") or 1, minimum.get(name, 1))  # HPA: never below min
+            obj.patch({"metadata": {"generation": 1}, "spec": {"replicas": n}, "status": {
                 "observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
                 "availableReplicas": n}})
             done.append(name)

@@ -101,8 +101,11 @@ def test_gateway_is_exposed_on_the_node_port_kind_maps(dry_run):
     assert gateway["ports"][0] == {"name": "http", "containerPort": 9696}
     env = {e["name"]: e["value"] for e in gateway["env"]}
     assert env["PIZZACTL_MODEL_URL"] == "http://pizzactl-model.pizzactl.svc:8501"
-    targets = {h["spec"]["scaleTargetRef"]["name"] for h in _by_kind(docs, "HorizontalPodAutoscaler").values()}
-    assert targets == {"pizzactl-model", "pizzactl-gateway"}
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in _by_kind(docs, "HorizontalPodAutoscaler").values()}
+    assert set(hpas) == {"pizzactl-model", "pizzactl-gateway"}
+    assert hpas["pizzactl-gateway"]["minReplicas"] == 2
+    # The HPAs own the replica counts: re-applying must not reset a scaled-up deployment.
+    assert all("replicas" not in d["spec"] for d in _by_kind(docs, "Deployment").values())
     assert set(_by_kind(docs, "PodDisruptionBudget")) == {"pizzactl-model", "pizzactl-gateway"}
 
 

@@ -124,6 +124,23 @@ class InProcessModel:
 # --- through the servers -----------------------------------------------------------------------
 
 
+_BODIES: dict[tuple[str, int], list[tuple[bytes, dict[str, str]]]] = {}
+
+
+def _multipart_bodies(url: str, photos: Sequence[tuple[str, bytes]]) -> list[tuple[bytes, dict[str, str]]]:
+    """Each photo as the multipart upload `pizzactl predict` sends (field `file`), built by httpx once."""
+    import httpx
+
+    key = (url, id(photos))
+    if key not in _BODIES:
+        out = []
+        for name, data in photos:
+            request = httpx.Request("POST", url + "/predict", files={"file": (name, data, "image/jpeg")})
+            out.append((request.read(), {"content-type": request.headers["content-type"]}))
+        _BODIES[key] = out
+    return _BODIES[key]
+
+
 async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, concurrency: int) -> tuple[float, list[float], int]:
     """Upload photos to url/predict with `concurrency` in flight: (seconds, latencies ms, errors)."""
     import httpx
@@ -133,15 +150,16 @@ async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, 
     errors = 0
     next_index = 0
 
+    bodies = _multipart_bodies(url, photos)  # encoded once: the client should cost as little CPU as possible
     async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
         async def worker() -> None:
             nonlocal next_index, errors
             while next_index < n_requests:
                 i = next_index
                 next_index += 1
-                name, data = photos[i % len(photos)]
+                content, headers = bodies[i % len(bodies)]
                 t0 = time.perf_counter()
-                response = await client.post(url + "/predict", files={"file": (name, data, "image/jpeg")})
+                response = await client.post(url + "/predict", content=content, headers=headers)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 if response.status_code != 200:
                     errors += 1

@@ -239,6 +239,8 @@ def image_exists(api, ref: str) -> bool:
 
 def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str]) -> None:
     """One `docker build`, streaming its output to stderr; a failure raises DeployError with the tail."""
+    from rich.markup import escape  # build output holds brackets: uvicorn[standard], [notice] ...
+
     if image_exists(api, tag):
         log(f"[green]✓[/] {tag} (already built)")
         return
@@ -266,7 +268,7 @@ def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str])
             line = chunk.get("stream", "")
             if line.strip():
                 tail.append(line.rstrip())
-                err.print(f"  [dim]{line.rstrip()}[/]", highlight=False, markup=True, soft_wrap=True)
+                err.print(f"  [dim]{escape(line.rstrip())}[/]", highlight=False, soft_wrap=True)
     except DeployError:
         raise
     except Exception as exc:  # docker.errors.APIError, connection reset
