@@ -266,19 +266,28 @@ def test_in_base_model_equals_keras_application_with_its_preprocessing(built):
 
 @pytest.fixture(scope="module")
 def mobilenet_files(tmp_path_factory):
-    """A random MobileNetV3-Small model, its features, and its weights saved whole and base-only."""
+    """A random MobileNetV3-Small model, its features, and its weights saved three ways.
+
+    "legacy" is the HDF5 layout of Keras' downloadable `*_notop.h5` files, what a user offline
+    would fetch by hand.
+    """
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
     bb = REGISTRY["mobilenet_v3_small"]
     model = bb.builder(None, 64)
     d = tmp_path_factory.mktemp("weights")
-    whole, base_only = d / "whole.weights.h5", d / "base.weights.h5"
+    whole, base_only, legacy = d / "whole.weights.h5", d / "base.weights.h5", d / "notop.h5"
     model.save_weights(whole)
     model.get_layer("backbone").save_weights(base_only)
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model.get_layer("backbone"))
     x = pixels(4, 64, seed=8)
-    return {"x": x, "features": features(model, x), "whole": whole, "base": base_only}
+    return {"x": x, "features": features(model, x), "whole": whole, "base": base_only, "legacy": legacy}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["whole", "base"])
+@pytest.mark.parametrize("kind", ["whole", "base", "legacy"])
 def test_weights_file_loads_into_the_model_or_its_backbone(mobilenet_files, kind):
     bb = REGISTRY["mobilenet_v3_small"]
     loaded, fresh = bb.builder(str(mobilenet_files[kind]), 64), bb.builder("none", 64)

@@ -211,10 +211,19 @@ def _offline_error(name: str, exc: BaseException) -> WeightsError:
 
 def _load_weights_file(model, base, path: Path, name: str) -> None:
     """Load `path` into the whole feature model, else into the base alone (e.g. Keras' notop .h5)."""
+    import warnings
+
     errors = []
     for target in (model, base):
         try:
-            target.load_weights(str(path))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                target.load_weights(str(path))
+            # Keras only warns when a nested part of the file is missing (those layers keep
+            # their random weights): for us that is a file that does not fit.
+            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "could not be loaded" in str(w.message)]
+            if skipped:
+                raise ValueError(skipped[0])
             return
         except Exception as exc:  # keras raises ValueError/KeyError/OSError depending on the file
             errors.append(f"{target.name}: {exc}")
