@@ -94,6 +94,9 @@ class InProcessModel:
     """serving_default loaded here: the limit the servers are measured against."""
 
     def __init__(self, version_dir: Path, jpegs: Sequence[bytes], batch_size: int):
+        from pizzactl.serving.modelserver import configure_tf_threads
+
+        self.threads = configure_tf_threads()  # the model server's TensorFlow settings: same engine on both sides
         import tensorflow as tf
 
         self.fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
@@ -142,16 +145,21 @@ def _multipart_bodies(url: str, photos: Sequence[tuple[str, bytes]]) -> list[tup
 
 
 async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, concurrency: int) -> tuple[float, list[float], int]:
-    """Upload photos to url/predict with `concurrency` in flight: (seconds, latencies ms, errors)."""
-    import httpx
+    """Upload photos to url/predict with `concurrency` in flight: (seconds, latencies ms, errors).
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    The load client shares the CPU with the servers, so it must cost as little as possible (in
+    production clients run elsewhere): bodies are encoded once, and aiohttp on uvloop costs a
+    fraction of httpx's CPU per request.
+    """
+    import aiohttp
+
     latencies: list[float] = []
     errors = 0
     next_index = 0
 
-    bodies = _multipart_bodies(url, photos)  # encoded once: the client should cost as little CPU as possible
-    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
+    bodies = _multipart_bodies(url, photos)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60.0)) as client:
         async def worker() -> None:
             nonlocal next_index, errors
             while next_index < n_requests:
@@ -159,16 +167,27 @@ async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, 
                 next_index += 1
                 content, headers = bodies[i % len(bodies)]
                 t0 = time.perf_counter()
-                response = await client.post(url + "/predict", content=content, headers=headers)
+                async with client.post(url + "/predict", data=content, headers=headers) as response:
+                    body = await response.read()
                 latencies.append((time.perf_counter() - t0) * 1000)
-                if response.status_code != 200:
+                if response.status != 200:
                     errors += 1
                     if errors == 1:
-                        log(f"first error: {response.status_code} {response.text[:300]}")
+                        log(f"first error: {response.status} {body[:300]!r}")
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - started, latencies, errors
+
+
+def _run(coro):
+    """asyncio.run on uvloop when it is installed (it is, with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def _direct_latencies(client, model_url: str, jpegs: Sequence[bytes], n: int, offset: int = 0) -> list[float]:
@@ -198,7 +217,28 @@ def _batch_stats(model_url: str) -> tuple[float, float] | None:
 ROUNDS = 3
 
 
-def measure(model: InProcessModel, url: str, model_url: str, photos, jpegs, concurrency: int, requests: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc (None elsewhere)."""
+    import os
+
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float | None]:
+    return {name: _cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def measure(
+    model: InProcessModel, url: str, model_url: str, photos, jpegs, concurrency: int, requests: int,
+    pids: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Alternate the in-process model and the servers in ROUNDS rounds, so both see the same machine.
 
     On a shared machine the available CPU drifts; measuring A then B would compare different
@@ -209,23 +249,33 @@ def measure(model: InProcessModel, url: str, model_url: str, photos, jpegs, conc
 
     per_round = max(concurrency, -(-requests // ROUNDS))
     n_seq = max(10, min(requests, 100) // ROUNDS)
-    asyncio.run(_load(url, photos, 2 * concurrency, concurrency))  # warm up both servers
+    _run(_load(url, photos, 2 * concurrency, concurrency))  # warm up both servers
     model_tp, e2e_tp, seq, direct, alone = [], [], [], [], []
     errors = 0
     batches = images = 0.0  # server-side batches formed during the throughput runs
+    watched: dict[str, int | None] = {**(pids or {}), "load client": None}
+    cpu = {name: 0.0 for name in watched}  # CPU seconds each process spent in the throughput runs
+    model_cpu = 0.0
     with httpx.Client(timeout=60.0, trust_env=False) as client:
         _direct_latencies(client, model_url, jpegs, 3)
         for r in range(ROUNDS):
+            c0 = _cpu_seconds(None)
             model_tp.append(model.throughput(per_round))
+            model_cpu += _cpu_seconds(None) - c0
             before = _batch_stats(model_url)
-            seconds, _, errs = asyncio.run(_load(url, photos, per_round, concurrency))
+            cpu_before = _cpu_snapshot(watched)
+            seconds, _, errs = _run(_load(url, photos, per_round, concurrency))
+            cpu_after = _cpu_snapshot(watched)
             after = _batch_stats(model_url)
+            for name in cpu:
+                b, a = cpu_before[name], cpu_after[name]
+                cpu[name] = None if a is None or b is None or cpu[name] is None else cpu[name] + a - b
             if before and after:
                 batches, images = batches + after[0] - before[0], images + after[1] - before[1]
             e2e_tp.append(per_round / seconds)
             errors += errs
             alone.extend(model.latencies(n_seq))
-            _, lat, errs = asyncio.run(_load(url, photos, n_seq, 1))
+            _, lat, errs = _run(_load(url, photos, n_seq, 1))
             seq.extend(lat)
             errors += errs
             direct.extend(_direct_latencies(client, model_url, jpegs, n_seq, offset=r * n_seq))
@@ -241,6 +291,10 @@ def measure(model: InProcessModel, url: str, model_url: str, photos, jpegs, conc
         "p99_ms": percentile(seq, 99),
         "modelserver_p50_ms": percentile(direct, 50),
         "server_mean_batch": mean_batch,
+        "model_cpu_ms_per_image": round(model_cpu * 1000 / (ROUNDS * per_round), 2),
+        "cpu_ms_per_image": {
+            name: None if seconds is None else round(seconds * 1000 / (ROUNDS * per_round), 2) for name, seconds in cpu.items()
+        },
         "errors": errors,
         "rounds": ROUNDS,
         "requests_per_round": per_round,
@@ -291,7 +345,7 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
                 f"{ROUNDS} rounds of: the model alone (batches of {concurrency}), {requests // ROUNDS}+ uploads through "
                 f"gateway and model server at concurrency {concurrency}, then one request at a time ..."
             )
-            m = measure(model, started.url, started.model_url, raw, jpegs, concurrency, requests)
+            m = measure(model, started.url, started.model_url, raw, jpegs, concurrency, requests, pids=started.pids)
         finally:
             started.stop(grace=10.0)
 
@@ -308,6 +362,9 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
         "modelserver_p50_ms": round(m["modelserver_p50_ms"], 2),
         "gateway_p50_ms": round(m["p50_ms"] - m["modelserver_p50_ms"], 2),
         "server_mean_batch": None if m["server_mean_batch"] is None else round(m["server_mean_batch"], 2),
+        "model_cpu_ms_per_image": m["model_cpu_ms_per_image"],
+        "cpu_ms_per_image": m["cpu_ms_per_image"],
+        "tf_threads": {"intra_op": model.threads[0], "inter_op": model.threads[1]},
         "jpeg_bytes_per_image": round(statistics.mean(len(j) for j in jpegs)),
         "upload_bytes_per_image": round(statistics.mean(len(d) for _, d in raw)),
         "concurrency": concurrency,

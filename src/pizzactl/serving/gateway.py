@@ -413,6 +413,21 @@ def _parse_json(raw: bytes) -> Any:
 # --- the app --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A validated upload, and its wire JPEG for a model of input size `size` (when known)."""
+
+    data: bytes
+    size: int | None
+    jpeg: bytes | None
+
+
+def _prepare(data: bytes, limits: imaging.ImageLimits, size: int | None) -> Prepared:
+    """Validate (4xx PizzaError on bad input); with a size, also shrink: always the same pixels per size."""
+    image = imaging.load_image(data, limits, draft_size=size)
+    return Prepared(data, size, imaging.encode_for_model(image, size) if size else None)
+
+
 class Gateway:
     """The work behind the routes: one instance per app."""
 
@@ -440,13 +455,25 @@ class Gateway:
             return await fetch_image(item.url, self.policy, self._fetch_client())
         return decode_b64(item.image_b64, self.config.max_image_bytes)
 
-    async def load(self, data: bytes):
-        return await run_in_threadpool(imaging.load_image, data, self.config.limits)
+    async def load(self, data: bytes) -> "Prepared":
+        """Validate (4xx on bad input) and, when the model's input size is known, shrink for the wire.
 
-    async def predict_images(self, pictures: list) -> list[dict[str, Any]]:
-        """Validated PIL images -> prediction dicts (one model-server call for all of them)."""
+        One thread hop for both; the JPEG is decoded at reduced scale (`draft_size`). Before the
+        first model-server call the size is unknown: the image is decoded in full and shrunk
+        in predict_images.
+        """
+        size = self.model.known_image_size()
+        return await run_in_threadpool(_prepare, data, self.config.limits, size)
+
+    async def predict_images(self, pictures: list["Prepared"]) -> list[dict[str, Any]]:
+        """Validated images -> prediction dicts (one model-server call for all of them)."""
         info = await self.model.info()
-        jpegs = await run_in_threadpool(lambda: [imaging.encode_for_model(p, info.image_size) for p in pictures])
+        size = info.image_size
+        if any(p.size != size for p in pictures):  # first request, or the new model takes another size
+            limits = self.config.limits
+            jpegs = await run_in_threadpool(lambda: [p.jpeg if p.size == size else _prepare(p.data, limits, size).jpeg for p in pictures])
+        else:
+            jpegs = [p.jpeg for p in pictures]
         predictions, version = await self.model.predict(jpegs)
         results = []
         for p in predictions:
@@ -662,13 +689,21 @@ def main(argv: list[str] | None = None) -> None:
         help="Allow fetching loopback and private-network URLs (env PIZZACTL_ALLOW_PRIVATE_URLS=1).",
     )
     parser.add_argument("--log-level", default=env.get("PIZZACTL_LOG_LEVEL") or "info")
+    parser.add_argument(
+        "--access-log", action="store_true", default=_bool(env.get("PIZZACTL_ACCESS_LOG", "")),
+        help="Log every request (env PIZZACTL_ACCESS_LOG=1); off by default, /metrics counts them.",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
     config = GatewayConfig.from_env(model_url=args.model_url, model_name=args.model_name, allow_private_urls=args.allow_private_urls)
-    uvicorn.run(create_app(config=config), host=args.host, port=args.port, log_level=args.log_level.lower())
+    uvicorn.run(
+        create_app(config=config), host=args.host, port=args.port, log_level=args.log_level.lower(),
+        access_log=args.access_log, loop="auto", http="auto",  # auto = uvloop + httptools (uvicorn[standard])
+    )
 
 
 if __name__ == "__main__":

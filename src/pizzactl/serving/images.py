@@ -31,8 +31,13 @@ class ImageLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
-def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Untrusted bytes -> a fully decoded, upright RGB image, or a 4xx PizzaError."""
+def load_image(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int | None = None) -> Image.Image:
+    """Untrusted bytes -> a fully decoded, upright RGB image, or a 4xx PizzaError.
+
+    With `draft_size`, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both
+    sides >= draft_size (libjpeg's DCT scaling): a 512 px photo for a 224 px model decodes at
+    256 px in about half the time, and every byte is still read, so corrupt data still fails.
+    """
     if len(data) > limits.max_bytes:
         raise PayloadTooLargeError(
             f"The image is {len(data):,} bytes; the limit is {limits.max_bytes:,}.",
@@ -57,6 +62,8 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
                     f"The image is {image.width}x{image.height} ({pixels:,} pixels); the limit is {limits.max_pixels:,}.",
                     hint="Downscale the image before sending it.",
                 )
+            if draft_size and fmt in ("JPEG", "MPO"):
+                image.draft(None, (int(draft_size), int(draft_size)))
             image.load()  # decode now: truncated or corrupt data fails here, not later
             try:
                 image = ImageOps.exif_transpose(image)
@@ -129,4 +136,4 @@ def encode_for_model(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE, b
 
 def prepare_image(data: bytes, image_size: int = DEFAULT_IMAGE_SIZE, limits: ImageLimits = ImageLimits()) -> bytes:
     """Validate and shrink in one call (what the gateway does per image)."""
-    return encode_for_model(load_image(data, limits), image_size)
+    return encode_for_model(load_image(data, limits, draft_size=image_size), image_size)

@@ -57,7 +57,7 @@ class Recipe:
 
 SCRATCH_RECIPE = Recipe(epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12)
 RECIPES: dict[str, Recipe] = {
-    "small_cnn": Recipe(image_size=112, epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12),
+    "small_cnn": Recipe(image_size=112, epochs=55, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=15),
 }
 
 
