@@ -55,6 +55,12 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
     assert res["wire_bytes_per_image"] == pytest.approx(res["jpeg_bytes_per_image"] * 4 / 3, rel=0.05)
     assert set(res["goals"]) == set(GOALS)
     assert res["goals"]["wire_bytes_per_image"]["ok"] == (res["wire_bytes_per_image"] <= 60000)
+    # where the CPU went during the throughput runs (Linux /proc), and the TF settings both sides used
+    assert set(res["cpu_ms_per_image"]) == {"modelserver", "gateway", "load client"}
+    if sys.platform.startswith("linux"):
+        assert all(v is not None and v >= 0 for v in res["cpu_ms_per_image"].values())  # /proc counts 10 ms ticks
+        assert res["model_cpu_ms_per_image"] > 0
+    assert res["tf_threads"]["intra_op"] >= 1 and res["tf_threads"]["inter_op"] == 1
 
 
 def test_wire_body_is_a_tf_serving_instances_request():

@@ -303,7 +303,9 @@ def test_batch_answers_in_order_with_per_item_errors(gw, shared_photos):
     items = response.json()
     assert len(items) == 5
     single = [gw.post("/predict", json={"image_b64": x}).json() for x in (pizza, other)]
-    assert items[0] == single[0] and items[4] == single[1]
+    for batched, alone in ((items[0], single[0]), (items[4], single[1])):
+        # TF's kernels may round the last float digit differently for a batch of 2 than of 1
+        assert batched == {**alone, "probability": pytest.approx(alone["probability"], abs=1e-6)}
     assert [i["error"]["code"] for i in items[1:4]] == ["unsafe_url", "invalid_base64", "validation_error"]
     assert [i["error"]["status"] for i in items[1:4]] == [400, 400, 422]
     assert gw.post("/predict/batch", json=[]).json() == []

@@ -100,6 +100,21 @@ def test_truncated_image_is_invalid_422(shared_photos):
     assert info.value.http_status == 422
 
 
+def test_draft_decodes_a_jpeg_at_reduced_scale_but_never_below_the_model_size():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 1000, 3), dtype=np.uint8))
+    data = encode(image, "JPEG", quality=90)
+    assert load_image(data).size == (1000, 600)
+    assert load_image(data, draft_size=224).size == (500, 300)  # 1/2: 1/4 would make 150 < 224
+    assert load_image(data, draft_size=100).size == (250, 150)
+    assert min(load_image(data, draft_size=300).size) >= 300
+
+
+def test_truncated_jpeg_is_invalid_even_when_decoded_at_reduced_scale(shared_photos):
+    raw = shared_photos["pizza"][0].read_bytes()
+    with pytest.raises(InvalidImageError):
+        load_image(raw[: len(raw) // 2], draft_size=64)
+
+
 def test_empty_data_is_invalid():
     with pytest.raises(InvalidImageError):
         load_image(b"")

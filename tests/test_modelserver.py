@@ -38,6 +38,35 @@ async def test_batcher_combines_concurrent_requests_into_one_batch():
     assert calls == [[0, 1, 2, 3, 4]]
 
 
+async def test_batcher_runs_a_lone_request_at_once_and_batches_what_queues_while_busy():
+    import threading
+
+    running, release = threading.Event(), threading.Event()
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            running.set()
+            release.wait(10)
+        return [x * 10 for x in items]
+
+    batcher = Batcher(run, max_batch_size=32, timeout=0.0)
+    try:
+        first = asyncio.ensure_future(batcher.submit([0]))
+        assert await asyncio.to_thread(running.wait, 10)  # dispatched alone, nobody waited for company
+        rest = [asyncio.ensure_future(batcher.submit([i])) for i in range(1, 6)]
+        for _ in range(5):
+            await asyncio.sleep(0)  # let them all queue behind the busy worker
+        release.set()
+        results = await asyncio.gather(first, *rest)
+    finally:
+        release.set()
+        await batcher.stop()
+    assert results == [[0], [10], [20], [30], [40], [50]]
+    assert calls == [[0], [1, 2, 3, 4, 5]]
+
+
 async def test_batcher_respects_max_batch_size_and_keeps_each_requests_order():
     sizes = []
 

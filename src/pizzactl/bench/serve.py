@@ -14,7 +14,9 @@ One run measures, on real photos:
 
 To tell where the overhead goes it also reports the model server's own p50 (the gateway's
 request sent to it directly), the difference to the end-to-end p50 (the gateway's share) and
-the mean batch size the model server formed under load (from its Prometheus metrics).
+the mean batch size the model server formed under load (from its Prometheus metrics), and
+the CPU milliseconds per image each process spent in the throughput runs (the model alone,
+model server, gateway and the load client, which shares the machine and so is kept lean).
 
 ratio = e2e / model throughput (goal >= 0.8); overhead = e2e p50 - model batch-1 p50 (goal
 <= 15 ms); wire bytes per image (goal <= 60000).
@@ -91,7 +93,12 @@ def wire_body(jpeg: bytes) -> bytes:
 
 
 class InProcessModel:
-    """serving_default loaded here: the limit the servers are measured against."""
+    """serving_default loaded here: the limit the servers are measured against.
+
+    Throughput is the best of batch sizes `batch_size` and `batch_size // 2` (the server forms
+    batches of up to `concurrency`, and on a small CPU a mid-size batch can be the faster one),
+    so the limit is the model's best, not a handicapped baseline.
+    """
 
     def __init__(self, version_dir: Path, jpegs: Sequence[bytes], batch_size: int):
         from pizzactl.serving.modelserver import configure_tf_threads
@@ -102,18 +109,27 @@ class InProcessModel:
         self.fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
         n = len(jpegs)
         self.batch_size = batch_size
-        self.batches = [tf.constant([jpegs[(i + j) % n] for j in range(batch_size)]) for i in range(0, n, batch_size)]
+        self.sizes = sorted({batch_size, max(1, batch_size // 2)}, reverse=True)
+        self.batches = {
+            size: [tf.constant([jpegs[(i + j) % n] for j in range(size)]) for i in range(0, n, size)] for size in self.sizes
+        }
         self.singles = [tf.constant([j]) for j in jpegs]
-        for batch in (self.batches[0], self.batches[-1], self.singles[0]):  # trace and warm up
-            self.fn(image_bytes=batch)["probability"].numpy()
+        for batches in self.batches.values():  # trace and warm up
+            for batch in (batches[0], batches[-1]):
+                self.fn(image_bytes=batch)["probability"].numpy()
+        self.fn(image_bytes=self.singles[0])["probability"].numpy()
 
     def throughput(self, images: int) -> float:
-        """Images/s over at least `images` images in batches of batch_size."""
-        done, started = 0, time.perf_counter()
-        while done < images:
-            self.fn(image_bytes=self.batches[(done // self.batch_size) % len(self.batches)])["probability"].numpy()
-            done += self.batch_size
-        return done / (time.perf_counter() - started)
+        """Images/s over at least `images` images, the best of the batch sizes."""
+        best = 0.0
+        for size in self.sizes:
+            batches = self.batches[size]
+            done, started = 0, time.perf_counter()
+            while done < images:
+                self.fn(image_bytes=batches[(done // size) % len(batches)])["probability"].numpy()
+                done += size
+            best = max(best, done / (time.perf_counter() - started))
+        return best
 
     def latencies(self, n: int) -> list[float]:
         out = []
@@ -222,8 +238,7 @@ def _cpu_seconds(pid: int | None) -> float | None:
     import os
 
     if pid is None:
-        t = os.times()
-        return t.user + t.system
+        return time.process_time()
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -291,7 +306,7 @@ def measure(
         "p99_ms": percentile(seq, 99),
         "modelserver_p50_ms": percentile(direct, 50),
         "server_mean_batch": mean_batch,
-        "model_cpu_ms_per_image": round(model_cpu * 1000 / (ROUNDS * per_round), 2),
+        "model_cpu_ms_per_image": round(model_cpu * 1000 / (ROUNDS * per_round * len(model.sizes)), 2),
         "cpu_ms_per_image": {
             name: None if seconds is None else round(seconds * 1000 / (ROUNDS * per_round), 2) for name, seconds in cpu.items()
         },
@@ -370,6 +385,7 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
         "concurrency": concurrency,
         "requests": m["requests_per_round"] * m["rounds"],
         "batch_size": concurrency,
+        "model_batch_sizes": model.sizes,
         "errors": m["errors"],
         "rounds": m["rounds"],
         "photos": len(photos),
@@ -390,7 +406,7 @@ def print_bench(res: dict[str, Any]) -> None:
 
     table = Table("measure", "value", "goal", title=f"pizzactl bench serve: {res['backbone']} {res['image_size']}px, {res['photos']} real photos")
     rows = [
-        ("model alone, images/s (batch %d)" % res["batch_size"], "model_img_per_s"),
+        ("model alone, images/s (best of batch %s)" % " or ".join(map(str, res.get("model_batch_sizes") or [res["batch_size"]])), "model_img_per_s"),
         ("end to end, images/s (concurrency %d)" % res["concurrency"], "e2e_img_per_s"),
         ("ratio e2e / model", "ratio"),
         ("end to end p50 ms (concurrency 1)", "p50_ms"),
@@ -408,6 +424,9 @@ def print_bench(res: dict[str, Any]) -> None:
         mark = "" if goal is None else (f"[green]{goal['goal']} ok[/]" if goal["ok"] else f"[red]{goal['goal']} missed[/]")
         value = res.get(key)
         table.add_row(label, "n/a" if value is None else f"{value:,}", mark)
+    cpu = res.get("cpu_ms_per_image") or {}
+    parts = [f"model alone {res.get('model_cpu_ms_per_image')}"] + [f"{name} {ms}" for name, ms in cpu.items()]
+    table.add_row("CPU ms per image under load", ", ".join(parts), "")
     out.print(table)
     if res.get("errors"):
         err.print(f"[yellow]{res['errors']} request(s) failed during the run.[/]")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKBONE = "mobilenet_v3_small"
@@ -38,13 +37,14 @@ def _pick(records, limit: int | None):
 def _build(backbone, weights: str, size: int, explicit: bool):
     """The extractor and the weights actually used: ImageNet, else (if not asked for) random."""
     from pizzactl.errors import WeightsError
+    from pizzactl.train.trainer import build_extractor
 
     try:
-        return backbone.builder(None if weights == "none" else weights, size), weights
+        return build_extractor(backbone, weights, size), weights
     except WeightsError:
         if explicit or weights == "none":
             raise
-        return backbone.builder(None, size), "none"
+        return build_extractor(backbone, "none", size), "none"
 
 
 def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: int | None = None) -> dict[str, Any]:

@@ -459,8 +459,8 @@ class Gateway:
         """Validate (4xx on bad input) and, when the model's input size is known, shrink for the wire.
 
         One thread hop for both; the JPEG is decoded at reduced scale (`draft_size`). Before the
-        first model-server call the size is unknown: the image is decoded in full and shrunk
-        in predict_images.
+        first model-server call the size is unknown: the image is only validated here and is
+        shrunk in predict_images, the same way.
         """
         size = self.model.known_image_size()
         return await run_in_threadpool(_prepare, data, self.config.limits, size)

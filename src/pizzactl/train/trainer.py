@@ -417,8 +417,14 @@ def resolve_weights(settings, backbone) -> str:
     return str(Path(weights).expanduser())
 
 
-def _builder_weights(weights: str):
-    return None if weights == "none" else weights
+def build_extractor(backbone, weights: str, size: int):
+    """The backbone's feature model. Keras prints download progress on stdout: keep it on stderr,
+    where it cannot break `--json` output."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return backbone.builder(None if weights == "none" else weights, size)
 
 
 def train_one(settings, backbone, dataset, train_records, val_records, *, cache, show_progress: bool = True):
@@ -479,7 +485,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
         )
         if mode == "frozen" and weights == "none":
             runlog("Note: frozen features from random weights learn little; use --weights imagenet for real training.")
-        extractor = backbone.builder(_builder_weights(weights), size)
+        extractor = build_extractor(backbone, weights, size)
         if mode == "frozen":
             t = time.perf_counter()
             index = {r.path: i for i, r in enumerate(dataset.records)}
