@@ -57,7 +57,7 @@ class Recipe:
 
 SCRATCH_RECIPE = Recipe(epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12)
 RECIPES: dict[str, Recipe] = {
-    "small_cnn": Recipe(image_size=112, epochs=55, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=15),
+    "small_cnn": Recipe(image_size=112, epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12),
 }
 
 
@@ -353,23 +353,26 @@ def _lr_schedule(base_lr: float, total_steps: int, warmup_steps: int):
 
 
 def classification_metrics(y_true, p) -> dict[str, Any]:
-    """Validation metrics at threshold 0.5: accuracy, precision, recall, f1, ROC AUC, confusion."""
+    """Validation metrics at threshold 0.5: accuracy, precision, recall, f1, ROC AUC, confusion, loss.
+
+    The same numpy code as `pizzactl evaluate` (no scikit-learn at run time).
+    """
     import numpy as np
-    from sklearn import metrics as skm
+
+    from pizzactl.evaluate import binary_metrics
 
     y_true = np.asarray(y_true).astype(int).ravel()
     p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 1e-7, 1 - 1e-7)
-    y_pred = (p >= THRESHOLD).astype(int)
-    cm = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
-    both = len(set(y_true.tolist())) == 2
+    m = binary_metrics(y_true, p, THRESHOLD)
+    loss = -np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p))
     return {
-        "val_accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "val_precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
-        "val_recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
-        "val_f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
-        "val_roc_auc": float(skm.roc_auc_score(y_true, p)) if both else None,
-        "val_loss": float(skm.log_loss(y_true, p, labels=[0, 1])),
-        "confusion_matrix": cm.tolist(),  # rows: true class, columns: predicted class
+        "val_accuracy": float(m["accuracy"]),
+        "val_precision": float(m["precision"]),
+        "val_recall": float(m["recall"]),
+        "val_f1": float(m["f1"]),
+        "val_roc_auc": None if m["roc_auc"] is None else float(m["roc_auc"]),
+        "val_loss": float(loss),
+        "confusion_matrix": m["confusion_matrix"],  # rows: true class, columns: predicted class
         "n_val": int(len(y_true)),
         "threshold": THRESHOLD,
     }
