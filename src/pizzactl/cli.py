@@ -8,6 +8,7 @@ functions, so `pizzactl --help` stays instant.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -384,6 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors are click's (exit 2, printed by click itself); `PizzaError` is the user's
     to fix (its hint is printed); anything else is a bug in pizzactl.
     """
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise on a user's terminal;
+    # --debug or an explicit TF_CPP_MIN_LOG_LEVEL brings it back.
+    if "--debug" not in (sys.argv[1:] if argv is None else argv):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         app(args=argv, prog_name="pizzactl")
     except PizzaError as exc:
