@@ -385,8 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors are click's (exit 2, printed by click itself); `PizzaError` is the user's
     to fix (its hint is printed); anything else is a bug in pizzactl.
     """
-    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise on a user's terminal;
-    # --debug or an explicit TF_CPP_MIN_LOG_LEVEL brings it back.
+    # Quiet TensorFlow's C++ logging where it honours TF_CPP_MIN_LOG_LEVEL (CUDA probing errors
+    # on CPU-only machines); --debug or an explicit TF_CPP_MIN_LOG_LEVEL keeps it.
     if "--debug" not in (sys.argv[1:] if argv is None else argv):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
