@@ -40,7 +40,7 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
         prediction = resp.json()
         assert 0.0 <= prediction["probability"] <= 1.0
         assert prediction["label"] in ("pizza", "not_pizza")
-        assert prediction["model_version"] == "1"
+        assert prediction["model_version"] == 1
 
         model = docker_ready.containers.get("pizzactl-model")
         assert model.attrs["HostConfig"]["ReadonlyRootfs"] is True

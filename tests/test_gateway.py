@@ -203,7 +203,7 @@ def test_predict_answers_for_json_multipart_and_raw_bytes_alike(gw, shared_photo
     assert body["label"] in ("pizza", "not_pizza")
     assert 0.0 <= body["probability"] <= 1.0
     assert body["label"] == ("pizza" if body["probability"] >= 0.5 else "not_pizza")
-    assert body["model_version"].isdigit()
+    assert isinstance(body["model_version"], int) and body["model_version"] >= 1
     as_form = gw.post("/predict", files={"file": ("photo.jpg", photo, "image/jpeg")}).json()
     raw = gw.post("/predict", content=photo, headers={"content-type": "image/jpeg"}).json()
     data_url = gw.post("/predict", json={"image_b64": "data:image/jpeg;base64," + b64(photo)}).json()

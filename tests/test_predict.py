@@ -88,7 +88,7 @@ class FakeGateway:
                     payload = json.loads(body)
                     gateway.received.append({"kind": "json", "payload": payload})
                     p = 0.9
-                self._send(200, {"label": "pizza" if p >= 0.5 else "not_pizza", "probability": p, "model_version": "7"})
+                self._send(200, {"label": "pizza" if p >= 0.5 else "not_pizza", "probability": p, "model_version": 7})
 
             def _send(self, status: int, obj: dict):
                 data = json.dumps(obj).encode()
@@ -198,7 +198,7 @@ def test_files_are_uploaded_as_multipart_file_and_urls_sent_as_json(gateway, ima
     assert uploads == [{"kind": "file", "filename": "a.jpg", "data": images.images[0].read_bytes()}]
     assert jsons == [{"kind": "json", "payload": {"url": url}}]
     assert results[0] == {"source": str(images.images[0]), "label": "pizza" if len(uploads[0]["data"]) % 100 >= 50 else "not_pizza",
-                          "probability": (len(uploads[0]["data"]) % 100) / 100, "model_version": "7"}
+                          "probability": (len(uploads[0]["data"]) % 100) / 100, "model_version": 7}
     assert results[1]["source"] == url and results[1]["label"] == "pizza"
 
 

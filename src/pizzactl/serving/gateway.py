@@ -153,7 +153,7 @@ _ITEM = TypeAdapter(PredictItem)
 class PredictResponse(BaseModel):
     label: str = Field(..., description="The predicted class, e.g. 'pizza' or 'not_pizza'.")
     probability: float = Field(..., ge=0, le=1, description="P(pizza) from the model.")
-    model_version: str = Field(..., description="The model version that answered.")
+    model_version: int = Field(..., description="The model version that answered (TF Serving version number).")
 
 
 class ErrorBody(BaseModel):
@@ -174,7 +174,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: str
     model: str
-    model_version: str
+    model_version: int
     image_size: int
 
 
@@ -478,7 +478,7 @@ class Gateway:
         results = []
         for p in predictions:
             self.metrics.images.labels(p.label).inc()
-            results.append({"label": p.label, "probability": p.probability, "model_version": version or info.version})
+            results.append({"label": p.label, "probability": p.probability, "model_version": int(version or info.version)})
         return results
 
     async def aclose(self) -> None:
@@ -615,7 +615,7 @@ def create_app(
     )
     async def readyz() -> dict[str, Any]:
         info = await gateway.model.info(refresh=True)
-        return {"status": "ready", "model": config.model_name, "model_version": info.version, "image_size": info.image_size}
+        return {"status": "ready", "model": config.model_name, "model_version": int(info.version), "image_size": info.image_size}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_route() -> Response:
