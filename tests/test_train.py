@@ -8,6 +8,9 @@ frozen-feature path with mobilenet_v3_small (random weights, 64 px), twice on on
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import json
 from pathlib import Path
 
@@ -339,3 +342,24 @@ def test_several_backbones_make_a_leaderboard_and_export_the_best(frozen_runs):
     assert meta["backbone"] == board[0]["backbone"]
     assert int(second.model_dir.name) == int(first.model_dir.name) + 1
     assert len({r["run_dir"] for r in board}) == 2
+
+
+@pytest.mark.slow
+def test_end_to_end_train_export_evaluate_on_photos_it_never_saw(scratch_run, shared_photos, tmp_path):
+    """The user's path: train (above) -> exported model -> `pizzactl evaluate --json` on unseen photos."""
+    root, result = scratch_run
+    unseen = tmp_path / "unseen"
+    for name, photos in shared_photos.items():  # scratch_run trained on the first 16 of each class
+        (unseen / name).mkdir(parents=True)
+        for photo in photos[100:110]:
+            (unseen / name / photo.name).symlink_to(photo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "evaluate", result["model_dir"], "--data", str(unseen), "--json"],
+        capture_output=True, text=True, env={**os.environ, **env_for(root)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert metrics["n"] == 20
+    assert sum(map(sum, metrics["confusion_matrix"])) == 20
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["roc_auc"] <= 1.0
+    assert metrics["model_dir"] == result["model_dir"]
