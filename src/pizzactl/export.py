@@ -30,6 +30,7 @@ from pizzactl import __version__
 from pizzactl.console import log
 from pizzactl.errors import ExportError, ModelNotFoundError
 from pizzactl.models import METADATA_DIR, METADATA_FILE, MODEL_NAME, find_run_dir, list_versions, model_base
+from pizzactl.serving.processes import pid_alive
 
 TMP_PREFIX = ".tmp-"
 STALE_AFTER_S = 6 * 3600  # a temp dir this old is abandoned even if its pid was reused
@@ -179,16 +180,6 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
     return {"n_images": len(check_images), "max_abs_diff": max(diff, diff_px), "atol": atol}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove temp dirs left by exports that died (their pid is gone) or are very old."""
     removed = []
@@ -199,7 +190,7 @@ def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[P
         if not (child.is_dir() and child.name.startswith(TMP_PREFIX)):
             continue
         pid_text = child.name[len(TMP_PREFIX):].split("-", 1)[0]
-        dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+        dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text))
         try:
             old = now - child.stat().st_mtime > older_than_s
         except FileNotFoundError:

@@ -26,18 +26,14 @@ AUGMENT_VERSION = 1
 
 def weights_id(weights: str | None) -> str:
     """A stable id for a weights choice; a weights file is identified by its content."""
-    if weights in (None, "", "none"):
-        return "none"
-    if weights == "imagenet":
-        return "imagenet"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        from pizzactl.errors import WeightsError
+    from pizzactl.train.backbones import resolve_weights
 
-        raise WeightsError(
-            f"Weights file {path} does not exist.",
-            hint="Pass --weights imagenet, --weights none, or the path of a weights file.",
-        )
+    source = resolve_weights(weights)  # the same rules (and errors) the backbone builders use
+    if source is None:
+        return "none"
+    if source == "imagenet":
+        return "imagenet"
+    path = source
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
