@@ -363,3 +363,104 @@ def test_end_to_end_train_export_evaluate_on_photos_it_never_saw(scratch_run, sh
     assert sum(map(sum, metrics["confusion_matrix"])) == 20
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["roc_auc"] <= 1.0
     assert metrics["model_dir"] == result["model_dir"]
+
+
+# --- FixRes (model size > training size) and averaged heads ------------------------------
+
+
+def test_model_and_crop_size_follows_the_test_train_factor():
+    from pizzactl.train.trainer import model_and_crop_size
+
+    assert model_and_crop_size(None, 224, 1.0) == (224, 224)
+    assert model_and_crop_size(160, 224, 1.0) == (160, 160)
+    assert model_and_crop_size(None, 224, 1.15) == (256, 224)  # native size trains; the model is bigger
+    assert model_and_crop_size(128, 224, 1.15) == (128, 112)  # a given size is the model's
+    assert model_and_crop_size(32, 224, 1.15, minimum=32) == (32, 32)  # never below the backbone's minimum
+
+
+def test_lite_and_small_cnn_recipes_train_smaller_than_they_serve():
+    from pizzactl.train.backbones import get_backbone
+    from pizzactl.train.trainer import model_and_crop_size, recipe_for
+
+    lite = recipe_for(get_backbone("efficientnet_lite0"))
+    assert model_and_crop_size(lite.image_size, 224, lite.test_size_factor) == (256, 224)
+    assert lite.head_seeds > 1
+    cnn = recipe_for(get_backbone("small_cnn"))
+    assert model_and_crop_size(cnn.image_size, 128, cnn.test_size_factor) == (128, 112)
+    assert recipe_for(get_backbone("mobilenet_v3_small")).test_size_factor == 1.0
+
+
+def test_fit_heads_averages_the_heads_of_consecutive_seeds():
+    import keras
+    import numpy as np
+
+    from pizzactl.train.trainer import fit_head, fit_heads
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] + 0.3 * rng.normal(size=64) > 0).astype("float32")
+    kw = dict(epochs=4, batch_size=16, lr=1e-2, dropout=0.0, patience=4)
+    singles = []
+    for seed in (5, 6, 7):
+        keras.utils.set_random_seed(seed)
+        singles.append(fit_head(x, y, x[:16], y[:16], seed=seed, **kw)[0].get_layer("probability").get_weights())
+    messages, rows = [], []
+
+    class Log:
+        def __call__(self, message):
+            messages.append(message)
+
+        def bar(self, *a):
+            return lambda n=1: None
+
+    first_only = fit_heads(x, y, x[:16], y[:16], n=1, seed=5, runlog=Log(), rows=[], **kw)
+    np.testing.assert_allclose(first_only.get_layer("probability").get_weights()[0], singles[0][0], rtol=1e-5, atol=1e-6)
+    head = fit_heads(x, y, x[:16], y[:16], n=3, seed=5, runlog=Log(), rows=rows, **kw)
+    kernel, bias = head.get_layer("probability").get_weights()
+    np.testing.assert_allclose(kernel, np.mean([w[0] for w in singles], axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, np.mean([w[1] for w in singles], axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(kernel, singles[0][0])  # really an average, not the first head
+    assert any("Averaged 3 heads" in m for m in messages)
+    assert {r["phase"] for r in rows} == {"head"} and len(rows) <= 4  # history: the first head only
+
+
+@pytest.fixture(scope="module")
+def fixres_run(tmp_path_factory, shared_photos):
+    """efficientnet_lite0's recipe (FixRes + 5 averaged heads) at 64 px, random weights, 24 photos."""
+    from pizzactl.train import train
+
+    root = tmp_path_factory.mktemp("fixres")
+    data = link_photos(root / "data", shared_photos, per_class=12)
+    flags = {"data_dir": str(data), "backbone": "efficientnet_lite0", "weights": "none", "image_size": 64, "epochs": 2}
+    settings = load_settings(flags, cwd=root, environ=env_for(root))
+    return root, data, settings, train(settings, show_progress=False)
+
+
+@pytest.mark.slow
+def test_fixres_caches_features_at_the_training_size_and_exports_the_model_size(fixres_run):
+    root, _, _, result = fixres_run
+    config = result.best.config
+    assert (config["image_size"], config["train_image_size"]) == (64, 56)
+    names = [p.name for p in (root / "cache" / "features").glob("*.npz")]
+    assert len(names) == 6 and all(n.startswith("efficientnet_lite0-56-") for n in names)
+    meta = json.loads((result.model_dir / "assets.extra" / "pizzactl.json").read_text())
+    assert meta["image_size"] == 64
+    log = (result.best.run_dir / "train.log").read_text()
+    assert "Training at 56px for a 64px model" in log and "Averaged 5 heads" in log
+
+
+@pytest.mark.slow
+def test_fixres_validation_measures_what_the_exported_model_answers(fixres_run):
+    """val_accuracy/val_loss come from 64 px features: the exported graph on the val files agrees."""
+    import numpy as np
+    import tensorflow as tf
+
+    root, data, settings, result = fixres_run
+    _, val = split(load_dataset(data), settings.val_split, seed=settings.seed)
+    fn = tf.saved_model.load(str(result.model_dir)).signatures["serving_default"]
+    p = fn(image_bytes=tf.constant([r.path.read_bytes() for r in val]))["probability"].numpy().ravel()
+    y = np.array([r.label for r in val], float)
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert result.best.metrics["val_loss"] == pytest.approx(loss, abs=1e-4)
+    assert result.best.metrics["val_accuracy"] == pytest.approx(float(np.mean((p >= 0.5) == (y == 1))))
