@@ -174,3 +174,58 @@ def test_skipped_files_do_not_change_the_hash(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert load_dataset(tiny).data_hash == before
+
+
+# --- `pizzactl data split`: a test set set aside ------------------------------------------
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_holdout_writes_disjoint_stratified_train_and_test_of_symlinks(tmp_path):
+    from pizzactl.data.holdout import holdout
+
+    src = make_dataset(tmp_path / "src", {"pizza": 20, "not_pizza": 40})
+    result = holdout(src, tmp_path / "out", test_fraction=0.25, seed=3)
+    train, test = _files(result.train_dir), _files(result.test_dir)
+    assert not train & test and train | test == _files(src)
+    assert result.counts == {"train": {"not_pizza": 30, "pizza": 15}, "test": {"not_pizza": 10, "pizza": 5}}
+    link = next(result.test_dir.rglob("*.jpg"))
+    assert link.is_symlink() and link.resolve().parent.parent == src.resolve()
+    # what `train`/`evaluate` read back: the same classes, the held-out files only
+    assert load_dataset(result.test_dir).counts() == {"not_pizza": 10, "pizza": 5}
+    # the same seed gives the same split elsewhere; another seed another one
+    again = holdout(src, tmp_path / "again", test_fraction=0.25, seed=3)
+    assert _files(again.test_dir) == test
+    other = holdout(src, tmp_path / "other", test_fraction=0.25, seed=4)
+    assert _files(other.test_dir) != test
+
+
+def test_holdout_copy_writes_real_files_and_refuses_a_non_empty_dest(tmp_path):
+    from pizzactl.data.holdout import holdout
+
+    src = make_dataset(tmp_path / "src", {"pizza": 4, "not_pizza": 4})
+    result = holdout(src, tmp_path / "out", test_fraction=0.25, seed=0, copy=True)
+    copied = next(result.train_dir.rglob("*.jpg"))
+    assert not copied.is_symlink() and copied.read_bytes() == (src / copied.parent.name / copied.name).read_bytes()
+    with pytest.raises(DataError) as info:
+        holdout(src, tmp_path / "out", seed=0)
+    assert "--dest" in info.value.hint
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_cli_data_split_json_and_exit_code(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    src = make_dataset(tmp_path / "src", {"pizza": 6, "not_pizza": 6})
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pizzactl", "data", "split", *a], capture_output=True, text=True)
+    proc = run(str(src), "--dest", str(tmp_path / "out"), "--test", "0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["counts"]["test"] == {"not_pizza": 3, "pizza": 3} and body["seed"] == 0
+    assert Path(body["test_dir"]) == tmp_path / "out" / "test"
+    again = run(str(src), "--dest", str(tmp_path / "out"))
+    assert again.returncode == 3 and "already exists" in again.stderr

@@ -120,6 +120,27 @@ def data_report(
         print_report(rep)
 
 
+@data_app.command("split")
+def data_split(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (one sub-folder per class)."),
+    dest: Path = typer.Option(..., "--dest", help="New folder: DEST/train and DEST/test."),
+    test: float = typer.Option(0.15, "--test", min=0.01, max=0.9, help="Fraction of each class set aside."),
+    seed: int = typer.Option(0, "--seed", help="Same seed and files, same split."),
+    copy: bool = typer.Option(False, "--copy", help="Copy the files instead of symlinking them."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Set a test set aside: train on DEST/train, `evaluate --data DEST/test`."""
+    from pizzactl.data.holdout import holdout
+
+    result = holdout(data_dir, dest, test_fraction=test, seed=seed, copy=copy)
+    if json_out:
+        print_json(result.as_dict())
+    else:
+        for part in ("train", "test"):
+            counts = result.counts[part]
+            out.print(f"{getattr(result, part + '_dir')}  {sum(counts.values())} images ({', '.join(f'{n} {c}' for c, n in counts.items())})", highlight=False, soft_wrap=True)
+
+
 # --- train, runs, export, evaluate ----------------------------------------------------
 
 

@@ -8,7 +8,6 @@ like the Kubernetes manifests ask. Everything carries the label `pizzactl=1`, so
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pizzactl.config import Settings
@@ -126,11 +125,9 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
 
 
 def _wait_ready(client, url: str, timeout: float) -> None:
-    import httpx
+    from pizzactl.serving.processes import poll_ready
 
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
+    def check() -> None:
         for name in (MODEL, GATEWAY):
             c = client.containers.get(name)
             if c.status in ("exited", "dead"):
@@ -139,19 +136,14 @@ def _wait_ready(client, url: str, timeout: float) -> None:
                     + _logs(c),
                     hint="Fix the error above; `pizzactl build` rebuilds the images.",
                 )
-        try:
-            resp = httpx.get(f"{url}/readyz", timeout=3)
-            if resp.status_code == 200:
-                return
-            last = f"/readyz answered {resp.status_code}: {resp.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}"
-        time.sleep(1)
-    tails = "\n".join(f"--- {name}\n{_logs(client.containers.get(name))}" for name in (MODEL, GATEWAY))
-    raise DeployError(
-        f"The gateway was not ready after {timeout:.0f}s ({last}). Last log lines:\n{tails}",
-        hint="Retry with a longer --timeout, or read the logs above.",
-    )
+
+    last = poll_ready(url, timeout, check=check, interval=1.0)
+    if last is not None:
+        tails = "\n".join(f"--- {name}\n{_logs(client.containers.get(name))}" for name in (MODEL, GATEWAY))
+        raise DeployError(
+            f"The gateway was not ready after {timeout:.0f}s ({last}). Last log lines:\n{tails}",
+            hint="Retry with a longer --timeout, or read the logs above.",
+        )
 
 
 def _logs(container, lines: int = 20) -> str:

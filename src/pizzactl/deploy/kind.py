@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from typing import Any
 
 import yaml
@@ -221,23 +220,14 @@ def deploy(settings: Settings, dry_run: bool = False, timeout: float = 300.0) ->
 
 def _wait_gateway(url: str, cluster: str, timeout: float) -> None:
     """The rollout is done; wait until the host port really reaches a ready gateway."""
-    import httpx
+    from pizzactl.serving.processes import poll_ready
 
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            resp = httpx.get(f"{url}/readyz", timeout=3)
-            if resp.status_code == 200:
-                return
-            last = f"answered {resp.status_code}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(1)
-    raise DeployError(
-        f"The pods are ready but {url}/readyz is not reachable ({last}).",
-        hint=f"Check the port mapping of the kind node: `docker port {cluster}-control-plane`.",
-    )
+    last = poll_ready(url, timeout, interval=1.0)
+    if last is not None:
+        raise DeployError(
+            f"The pods are ready but {url}/readyz is not reachable ({last}).",
+            hint=f"Check the port mapping of the kind node: `docker port {cluster}-control-plane`.",
+        )
 
 
 def status(settings: Settings, state: DeployState) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 from pizzactl.errors import DeployError, PortInUseError
 
@@ -250,6 +250,31 @@ def tail(path: Path | str | None, lines: int = 20) -> str:
         return ""
 
 
+def poll_ready(url: str, timeout: float, *, check: Callable[[], None] = lambda: None, path: str = "/readyz", interval: float = 0.5) -> str | None:
+    """Poll `url + path` until it answers 200 (then None) or `timeout` passes (then the last answer).
+
+    `check()` runs before every attempt and raises to stop early (a process or container died):
+    every deploy target waits this way and words its own error around what comes back.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while True:
+            check()
+            try:
+                response = client.get(url.rstrip("/") + path)
+                if response.status_code == 200:
+                    return None
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                return last
+            time.sleep(interval)
+
+
 def wait_ready(
     url: str,
     procs: Mapping[str, subprocess.Popen],
@@ -258,34 +283,24 @@ def wait_ready(
     path: str = "/readyz",
 ) -> None:
     """Poll `url + path` until it answers 200. Raises DeployError when a process exits or time runs out."""
-    import httpx
-
     logs = logs or {}
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while True:
-            for name, proc in procs.items():
-                code = proc.poll()
-                if code is not None:
-                    raise DeployError(
-                        f"The {name} exited with code {code} before it was ready." + _log_excerpt(name, logs.get(name)),
-                        hint=_log_hint(logs),
-                    )
-            try:
-                response = client.get(url.rstrip("/") + path)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                excerpt = "".join(_log_excerpt(n, p) for n, p in logs.items())
+
+    def check() -> None:
+        for name, proc in procs.items():
+            code = proc.poll()
+            if code is not None:
                 raise DeployError(
-                    f"{url}{path} was not ready after {timeout:g}s (last answer: {last})." + excerpt,
-                    hint="Give it more time with --timeout, or read the logs. " + _log_hint(logs),
+                    f"The {name} exited with code {code} before it was ready." + _log_excerpt(name, logs.get(name)),
+                    hint=_log_hint(logs),
                 )
-            time.sleep(0.5)
+
+    last = poll_ready(url, timeout, check=check, path=path)
+    if last is not None:
+        excerpt = "".join(_log_excerpt(n, p) for n, p in logs.items())
+        raise DeployError(
+            f"{url}{path} was not ready after {timeout:g}s (last answer: {last})." + excerpt,
+            hint="Give it more time with --timeout, or read the logs. " + _log_hint(logs),
+        )
 
 
 def _log_excerpt(name: str, path: str | None) -> str:
