@@ -163,3 +163,30 @@ def test_evaluate_cli_prints_json_for_scripts(subset, tiny_model):
     doc = json.loads(result.stdout)
     assert doc["n"] == 20 and sum(map(sum, doc["confusion_matrix"])) == 20
     assert 0.0 <= doc["roc_auc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tiny_model):
+    """TF 2.19+ logs 'oneDNN custom operations are on' etc. before absl is initialised;
+    TF_CPP_MIN_LOG_LEVEL cannot silence it, pizzactl filters it. --debug shows everything."""
+    args = [sys.executable, "-m", "pizzactl", "evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIZZACTL_", "TF_"))}
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
+    loud = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True, env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert "oneDNN custom operations" in loud.stderr  # the filter has something to filter
+
+
+def test_only_verbs_that_load_tensorflow_import_it_up_front():
+    from pizzactl.tfimport import NOISE, needs_tensorflow
+
+    assert needs_tensorflow(["train", "--data", "x"]) and needs_tensorflow(["bench", "train"])
+    assert needs_tensorflow(["predict", "a.jpg", "--explain", "out"])
+    assert not needs_tensorflow(["predict", "a.jpg"]) and not needs_tensorflow(["bench", "serve"])
+    assert not needs_tensorflow(["train", "--help"]) and not needs_tensorflow([]) and not needs_tensorflow(["--version"])
+    assert NOISE.match("I0000 00:00:1795551479.930577   20609 cudart_stub.cc:31] Could not find cuda drivers")
+    assert NOISE.match("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
+    assert not NOISE.match("E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory")
+    assert not NOISE.match("Error: something a user must read")

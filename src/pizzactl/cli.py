@@ -408,8 +408,13 @@ def main(argv: list[str] | None = None) -> None:
     """
     # Quiet TensorFlow's C++ logging where it honours TF_CPP_MIN_LOG_LEVEL (CUDA probing errors
     # on CPU-only machines); --debug or an explicit TF_CPP_MIN_LOG_LEVEL keeps it.
-    if "--debug" not in (sys.argv[1:] if argv is None else argv):
+    args = sys.argv[1:] if argv is None else argv
+    if "--debug" not in args:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from pizzactl import tfimport
+
+        if tfimport.needs_tensorflow(args):
+            tfimport.import_quietly()
     try:
         app(args=argv, prog_name="pizzactl")
     except PizzaError as exc:

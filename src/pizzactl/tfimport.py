@@ -1,0 +1,51 @@
+"""Import TensorFlow without its start-up chatter on stderr.
+
+TensorFlow 2.19+ logs through absl before absl is initialised, so TF_CPP_MIN_LOG_LEVEL does not
+silence its import-time INFO lines ("oneDNN custom operations are on", "Could not find cuda
+drivers", tensorflow/tensorflow#100442). Those lines would be the first thing a user reads on
+every `train`. The import runs with file descriptor 2 captured; INFO lines are dropped and
+anything else (warnings, errors) is written back. `--debug` skips all this.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+NOISE = re.compile(r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)")
+
+# Verbs that load TensorFlow anyway: importing it up front (quietly) costs them nothing.
+TF_COMMANDS = {("train",), ("export",), ("evaluate",), ("bench", "train")}
+
+
+def needs_tensorflow(argv: list[str]) -> bool:
+    words = [a for a in argv if not a.startswith("-")]
+    if any(a in ("--help", "-h", "--version") for a in argv):
+        return False
+    if words[:1] == ["predict"] and any(a == "--explain" or a.startswith("--explain=") for a in argv):
+        return True
+    return tuple(words[:1]) in TF_COMMANDS or tuple(words[:2]) in TF_COMMANDS
+
+
+def import_quietly() -> None:
+    """Import tensorflow with its INFO start-up lines filtered out of stderr (no-op if imported)."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass  # the command's own import says which extra to install
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode(errors="replace").splitlines() if line and not NOISE.match(line)]
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
