@@ -164,3 +164,43 @@ async def test_unreachable_api_server_is_a_deploy_error(tmp_path):
     with pytest.raises(DeployError) as info:
         await asyncio.to_thread(k8s.apply, api, _docs()[:1])
     assert "cannot reach the Kubernetes API" in info.value.message
+
+
+SERVICES = kmock_lib.resource("v1/services")
+NODES = kmock_lib.resource("v1/nodes")
+
+
+def _node(name: str, *addresses: tuple[str, str]) -> dict:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]}}
+
+
+@pytest.fixture
+def cluster_api(kmock, api):
+    kmock.resources["v1/services"] = {}
+    kmock.resources["v1/nodes"] = {}
+    return api
+
+
+async def test_gateway_url_is_a_node_address_and_the_node_port(kmock, cluster_api):
+    await asyncio.to_thread(k8s.apply, cluster_api, _docs())  # the real gateway Service: NodePort 30096
+    kmock.objects[NODES, None, "cp"] = _node("cp", ("Hostname", "cp"), ("InternalIP", "10.0.0.5"))
+    assert await asyncio.to_thread(k8s.gateway_url, cluster_api, NS) == "http://10.0.0.5:30096"
+    kmock.objects[NODES, None, "w1"] = _node("w1", ("InternalIP", "10.0.0.6"), ("ExternalIP", "203.0.113.7"))
+    assert await asyncio.to_thread(k8s.gateway_url, cluster_api, NS) == "http://203.0.113.7:30096"  # external wins
+
+
+async def test_gateway_url_prefers_a_load_balancer_address(kmock, cluster_api):
+    await asyncio.to_thread(k8s.apply, cluster_api, _docs())
+    svc = kmock.objects[SERVICES, NS, "pizzactl-gateway"]
+    svc.patch({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}]}}})
+    kmock.objects[NODES, None, "cp"] = _node("cp", ("InternalIP", "10.0.0.5"))
+    assert await asyncio.to_thread(k8s.gateway_url, cluster_api, NS) == "http://198.51.100.4"
+
+
+async def test_gateway_url_is_none_without_any_node_address_and_an_error_without_the_service(kmock, cluster_api):
+    await asyncio.to_thread(k8s.apply, cluster_api, _docs())
+    assert await asyncio.to_thread(k8s.gateway_url, cluster_api, NS) is None  # no nodes listed
+    with pytest.raises(DeployError) as info:
+        await asyncio.to_thread(k8s.gateway_url, cluster_api, "elsewhere")
+    assert "404" in info.value.message

@@ -211,3 +211,40 @@ async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind
 
     again = await asyncio.to_thread(kind.teardown, _settings(), state, True)
     assert "already gone" in again["message"]
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, isolated, monkeypatch):
+    """--context: after the rollout, the node address + NodePort is recorded when /readyz answers
+    there (so `status` and `predict` work), and left empty with a port-forward hint when not."""
+    from k8s_fakes import write_kubeconfig
+    from pizzactl.deploy import k8s, manifests
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.state import DeployState
+
+    kmock.resources["v1/services"] = {}
+    kmock.resources["v1/nodes"] = {}
+    config = write_kubeconfig(isolated / "kubeconfig", str(kmock.url).rstrip("/"), "prod")
+    api = k8s.connect("prod", kubeconfig=str(config))
+    settings = load_settings({"context": "prod", "registry": "registry.example/me"})
+    await asyncio.to_thread(k8s.apply, api, manifests.render(settings, "gw:v1", "model:v1", model_version=1))
+    port = free_port()
+    svc = kmock.objects[kmock.resource("v1/services"), settings.namespace, "pizzactl-gateway"]
+    svc.patch({"spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": port}]}})
+    kmock.objects[kmock.resource("v1/nodes"), None, "n1"] = {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
+    }
+    record = DeployState(target="kind", url="", extra={"context": "prod"})
+
+    unreachable = await asyncio.to_thread(kind._remote_url, api, settings, "prod", record, 1.0)
+    assert unreachable == "" and state_mod.load(settings) is None  # nothing answers on the port yet
+
+    gateway = http.server.HTTPServer(("127.0.0.1", port), _Ready)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    try:
+        url = await asyncio.to_thread(kind._remote_url, api, settings, "prod", record)
+    finally:
+        gateway.shutdown()
+    assert url == f"http://127.0.0.1:{port}"
+    assert state_mod.load(settings).url == url

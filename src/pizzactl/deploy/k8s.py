@@ -289,3 +289,41 @@ def delete_namespace(api_client, namespace: str, wait: float = 0.0) -> bool:
                 break
         time.sleep(1)
     return True
+
+
+def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -> str | None:
+    """Where the gateway Service answers from outside the cluster, as far as the API can tell.
+
+    A LoadBalancer with an address: http://ADDRESS:PORT. Otherwise a NodePort on the first node
+    with an ExternalIP (else an InternalIP, reachable from the cluster's own network):
+    http://NODE:NODEPORT. None when the Service has neither.
+    """
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    try:
+        svc = core.read_namespaced_service(service, namespace)
+    except Exception as exc:
+        raise _api_error(exc, f"reading Service {namespace}/{service}") from None
+    ports = list(svc.spec.ports or [])
+    if not ports:
+        return None
+    ingress = (svc.status.load_balancer.ingress if svc.status and svc.status.load_balancer else None) or []
+    if svc.spec.type == "LoadBalancer" and ingress:
+        address = ingress[0].ip or ingress[0].hostname
+        port = ports[0].port
+        return f"http://{address}" + ("" if port == 80 else f":{port}")
+    node_port = ports[0].node_port
+    if not node_port:
+        return None
+    try:
+        nodes = core.list_node().items
+    except Exception as exc:
+        raise _api_error(exc, "listing nodes") from None
+    for kind in ("ExternalIP", "InternalIP"):
+        for node in nodes:
+            for address in (node.status.addresses if node.status else None) or []:
+                if address.type == kind and address.address:
+                    host = f"[{address.address}]" if ":" in address.address else address.address
+                    return f"http://{host}:{node_port}"
+    return None

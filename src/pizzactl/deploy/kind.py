@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -206,6 +207,8 @@ def deploy(settings: Settings, dry_run: bool = False, timeout: float = 300.0) ->
     k8s.wait_rollout(api, settings.namespace, DEPLOYMENTS, timeout)
     if not settings.context:
         _wait_gateway(url, settings.cluster, timeout=min(60.0, timeout))
+    else:
+        url = _remote_url(api, settings, context, record)
     return {
         "target": TARGET,
         "url": url,
@@ -216,6 +219,25 @@ def deploy(settings: Settings, dry_run: bool = False, timeout: float = 300.0) ->
         "created_cluster": created,
         "images": images.as_dict(),
     }
+
+
+def _remote_url(api, settings: Settings, context: str, record: DeployState, wait: float = 15.0) -> str:
+    """The gateway's address on an existing cluster (LoadBalancer, else node IP + NodePort),
+    recorded for `status` and `predict` when it answers from here; "" (with what to do) when not."""
+    from pizzactl.serving.processes import poll_ready
+
+    url = k8s.gateway_url(api, settings.namespace) or ""
+    if url and poll_ready(url, wait, interval=1.0) is None:
+        state_mod.save(settings, replace(record, url=url))
+        log(f"[green]✓[/] gateway ready at {url}")
+        return url
+    where = f"{url} does not answer from this machine" if url else "the cluster reports no external address for it"
+    log(
+        f"[yellow]The gateway is running in {context}, but {where}.[/] Reach it with "
+        f"`kubectl port-forward -n {settings.namespace} svc/pizzactl-gateway {settings.port}:80` and "
+        f"`pizzactl predict --endpoint http://127.0.0.1:{settings.port} PHOTO`."
+    )
+    return ""
 
 
 def _wait_gateway(url: str, cluster: str, timeout: float) -> None:
