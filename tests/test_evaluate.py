@@ -184,7 +184,8 @@ def test_only_verbs_that_load_tensorflow_import_it_up_front():
 
     assert needs_tensorflow(["train", "--data", "x"]) and needs_tensorflow(["bench", "train"])
     assert needs_tensorflow(["predict", "a.jpg", "--explain", "out"])
-    assert not needs_tensorflow(["predict", "a.jpg"]) and not needs_tensorflow(["bench", "serve"])
+    assert needs_tensorflow(["bench", "serve", "--json"]) and not needs_tensorflow(["predict", "a.jpg"])
+    assert not needs_tensorflow(["deploy", "--target", "local"]) and not needs_tensorflow(["data", "split", "d"])
     assert not needs_tensorflow(["train", "--help"]) and not needs_tensorflow([]) and not needs_tensorflow(["--version"])
     assert NOISE.match("I0000 00:00:1795551479.930577   20609 cudart_stub.cc:31] Could not find cuda drivers")
     assert NOISE.match("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")

@@ -17,7 +17,7 @@ import tempfile
 NOISE = re.compile(r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)")
 
 # Verbs that load TensorFlow anyway: importing it up front (quietly) costs them nothing.
-TF_COMMANDS = {("train",), ("export",), ("evaluate",), ("bench", "train")}
+TF_COMMANDS = {("train",), ("export",), ("evaluate",), ("bench", "train"), ("bench", "serve")}
 
 
 def needs_tensorflow(argv: list[str]) -> bool:
