@@ -151,7 +151,7 @@ def train(
     weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a weights file."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Head epochs (on cached features)."),
     fine_tune_epochs: Optional[int] = typer.Option(None, "--fine-tune-epochs", help="Epochs with the top of the backbone unfrozen."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size (default: the backbone's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="The model's input size (default: the recipe's; training may use a smaller one, see README FixRes)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the split and the training."),

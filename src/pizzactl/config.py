@@ -42,7 +42,7 @@ class Settings:
     weights: str = "imagenet"
     epochs: int = 30
     fine_tune_epochs: int = 0
-    image_size: int | None = None  # None: the backbone's own input size
+    image_size: int | None = None  # the exported model's input size; None: the backbone recipe's
     batch_size: int = 32
     augment: bool = True
     seed: int = 42

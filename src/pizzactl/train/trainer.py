@@ -55,10 +55,11 @@ class Recipe:
     tta: bool = True  # average over the image and its mirror image, in the exported graph
     crop_min_area: float = 0.35  # from scratch: smallest random crop, as a fraction of the image area
     label_smoothing: float = 0.0  # from scratch: targets 0/1 become eps/2 and 1 - eps/2
-    # Model (serving) size / training crop size. Random-resized crops make objects look bigger
-    # in training than in a full test image; testing at a higher resolution than the training
-    # crops undoes that ("FixRes", Touvron et al. 2019). From scratch only: the network is fully
-    # convolutional, so it trains on smaller crops and is exported at the full image size.
+    # Model (serving) size / training size. Random-resized crops make objects look bigger in
+    # training than in a full test image; testing at a higher resolution than training undoes
+    # that ("FixRes", Touvron et al. 2019). The backbones are fully convolutional with global
+    # pooling, so the same weights train (or compute cached features) at the smaller size and
+    # are exported at the larger one. See `model_and_crop_size`.
     test_size_factor: float = 1.0
     head_seeds: int = 1  # frozen path: train this many heads (seeds seed, seed+1, ...) and average them
 
