@@ -759,6 +759,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.log_level.lower() != "debug":
+        from pizzactl.tfimport import import_quietly
+
+        import_quietly()  # TF's start-up INFO lines are not the model server's log
     intra, inter = configure_tf_threads(args.intra_op_threads, args.inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
     app = create_app(
