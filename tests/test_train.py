@@ -464,3 +464,24 @@ def test_fixres_validation_measures_what_the_exported_model_answers(fixres_run):
     loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     assert result.best.metrics["val_loss"] == pytest.approx(loss, abs=1e-4)
     assert result.best.metrics["val_accuracy"] == pytest.approx(float(np.mean((p >= 0.5) == (y == 1))))
+
+
+@pytest.mark.slow
+def test_fixres_fine_tuning_exports_the_fine_tuned_weights_at_the_model_size(tmp_path, shared_photos):
+    """Fine-tuning runs at the training size (56 px); the saved and exported model takes 64 px."""
+    import keras
+
+    from pizzactl.train import train
+    from pizzactl.train.backbones import custom_objects
+
+    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
+    flags = {"data_dir": str(data), "backbone": "efficientnet_lite0", "weights": "none", "image_size": 64,
+             "epochs": 1, "fine_tune_epochs": 1}
+    result = train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+    run = result.best
+    assert run.metrics["epochs_run"].get("fine_tune") == 1
+    model = keras.models.load_model(run.run_dir / "model.keras", custom_objects=custom_objects(), compile=False)
+    assert model.input_shape[1:3] == (64, 64)
+    assert "Fine-tun" in (run.run_dir / "train.log").read_text()
+    meta = json.loads((result.model_dir / "assets.extra" / "pizzactl.json").read_text())
+    assert meta["image_size"] == 64

@@ -473,7 +473,7 @@ def model_and_crop_size(image_size: int | None, native: int, factor: float, mini
         return size, size
     if image_size:
         return int(image_size), min(int(image_size), max(minimum, int(round(image_size / factor / 4)) * 4))
-    return max(8, int(round(native * factor / 8)) * 8), int(native)
+    return int(round(native * factor / 8)) * 8, int(native)
 
 
 def rebuild_at(backbone, extractor, size: int):
@@ -599,7 +599,8 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
                 )
                 timings["fine_tune_seconds"] = time.perf_counter() - t
                 p_val = None
-                serving = rebuild_at(backbone, extractor, size) if fit_size != size else None
+                if serving is not None:
+                    serving.set_weights(extractor.get_weights())  # the fine-tuned weights, at the model's size
             else:
                 p_plain = head.predict(val_views["plain"], verbose=0).ravel()
                 p_val = (p_plain + head.predict(val_views["flip"], verbose=0).ravel()) / 2 if recipe.tta else p_plain
