@@ -467,7 +467,7 @@ def test_fixres_validation_measures_what_the_exported_model_answers(fixres_run):
 
 
 @pytest.mark.slow
-def test_fixres_fine_tuning_exports_the_fine_tuned_weights_at_the_model_size(tmp_path, shared_photos):
+def test_fixres_fine_tuning_runs_at_the_training_size_and_exports_the_model_size(tmp_path, shared_photos):
     """Fine-tuning runs at the training size (56 px); the saved and exported model takes 64 px."""
     import keras
 
