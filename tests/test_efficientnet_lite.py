@@ -171,6 +171,33 @@ def test_backbone_is_registered_and_builds_pooled_features(features_model, photo
 
 
 @pytest.mark.slow
+def test_split_at_tune_from_gives_bottom_and_top_that_compose_to_the_model(features_model, photo_pixels):
+    """bottom then top == the whole model, at the training size and at a larger (FixRes) size;
+    the two share the model's weights; a layer the rest of the net reads around is refused."""
+    from pizzactl.train import backbones
+
+    backbone = backbones.get_backbone("efficientnet_lite0")
+    assert backbone.tune_from == "block6d_add"
+    bottom, top = backbones.split_at(features_model, backbone.tune_from)
+    maps = np.asarray(bottom(photo_pixels[:2], training=False))
+    assert maps.shape == (2, 7, 7, 192)
+    whole = np.asarray(features_model(photo_pixels[:2], training=False))
+    np.testing.assert_allclose(np.asarray(top(maps, training=False)), whole, rtol=1e-4, atol=1e-4)
+    big = lite.build_features("efficientnet_lite0", weights=None, image_size=256)
+    big.set_weights(features_model.get_weights())
+    big_bottom, _ = backbones.split_at(big, backbone.tune_from)
+    import tensorflow as tf
+
+    pixels256 = tf.image.resize(photo_pixels[:2], (256, 256)).numpy()
+    maps256 = np.asarray(big_bottom(pixels256, training=False))
+    assert maps256.shape == (2, 8, 8, 192)
+    np.testing.assert_allclose(np.asarray(top(maps256, training=False)), np.asarray(big(pixels256, training=False)), rtol=1e-4, atol=1e-4)
+    assert top.get_layer("top_conv") is features_model.get_layer("backbone").get_layer("top_conv")  # shared, not copied
+    with pytest.raises(ValueError, match="cannot split"):
+        backbones.split_at(features_model, "block6c_add")  # block6d's shortcut reads it too
+
+
+@pytest.mark.slow
 def test_imagenet_classifier_recognises_pizza_photos(classifier, photo_pixels):
     logits = np.asarray(classifier(photo_pixels, training=False))
     assert logits.shape == (8, 1000)

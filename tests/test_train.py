@@ -442,16 +442,21 @@ def test_fixres_caches_features_at_the_training_size_and_exports_the_model_size(
     config = result.best.config
     assert (config["image_size"], config["train_image_size"]) == (64, 56)
     names = [p.name for p in (root / "cache" / "features").glob("*.npz")]
-    assert len(names) == 6 and all(n.startswith("efficientnet_lite0-56-") for n in names)
+    # the recipe fine-tunes on cached maps: those are cached (at the training size), not pooled features
+    assert len(names) == 6 and all(n.startswith("efficientnet_lite0.block6d_add-56-") for n in names)
     meta = json.loads((result.model_dir / "assets.extra" / "pizzactl.json").read_text())
     assert meta["image_size"] == 64
     log = (result.best.run_dir / "train.log").read_text()
     assert "Training at 56px for a 64px model" in log and "Averaged 5 heads" in log
+    assert config["fine_tune_from"] == "block6d_add" and config["fine_tune_epochs"] >= 1
+    assert result.best.metrics["epochs_run"]["fine_tune"] == config["fine_tune_epochs"]
+    assert "on cached maps" in log
 
 
 @pytest.mark.slow
 def test_fixres_validation_measures_what_the_exported_model_answers(fixres_run):
-    """val_accuracy/val_loss come from 64 px features: the exported graph on the val files agrees."""
+    """val_accuracy/val_loss come from 64 px maps through the fine-tuned top (or the head alone
+    if fine-tuning lost): the exported graph on the val files agrees, so it holds those weights."""
     import numpy as np
     import tensorflow as tf
 
@@ -485,3 +490,104 @@ def test_fixres_fine_tuning_runs_at_the_training_size_and_exports_the_model_size
     assert "Fine-tun" in (run.run_dir / "train.log").read_text()
     meta = json.loads((result.model_dir / "assets.extra" / "pizzactl.json").read_text())
     assert meta["image_size"] == 64
+
+
+@pytest.mark.slow
+def test_fine_tuning_without_a_tune_from_layer_runs_on_images(tmp_path, shared_photos):
+    """mobilenet_v3_small has no `tune_from`: --fine-tune-epochs unfreezes its top over images."""
+    from pizzactl.train import train
+
+    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
+    flags = {"data_dir": str(data), "backbone": "mobilenet_v3_small", "weights": "none", "image_size": 64,
+             "epochs": 1, "fine_tune_epochs": 1}
+    result = train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+    assert result.best.config["fine_tune_from"] is None
+    assert result.best.metrics["epochs_run"].get("fine_tune") == 1
+    assert all(p.name.startswith("mobilenet_v3_small-64-") for p in (tmp_path / "cache" / "features").glob("*.npz"))
+    assert "Fine-tuning the top of the backbone (" in (result.best.run_dir / "train.log").read_text()
+
+
+def _maps_problem(seed: int = 0):
+    """Tiny maps [N,4,4,3] whose class is the sign of channel 0's mean, and a 1x1-conv top."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(96) < 0.5).astype("float32")
+    x = rng.normal(size=(96, 4, 4, 3)).astype("float32")
+    x[:, :, :, 0] += np.where(y == 1, 0.8, -0.8)[:, None, None]
+    maps = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(4, 1, name="top_conv")(maps)
+    h = keras.layers.BatchNormalization(name="top_bn")(h)
+    top = keras.Model(maps, keras.layers.GlobalAveragePooling2D()(h))
+    for layer in top.layers:
+        layer.trainable = False  # as the trainer leaves the backbone between phases
+    return top, x[:64], y[:64], {"plain": x[64:], "flip": x[64:, :, ::-1]}, y[64:]
+
+
+class _Log(list):
+    def __call__(self, message):
+        self.append(message)
+
+    def bar(self, *a):
+        return lambda n=1: None
+
+
+def test_fine_tune_cached_keeps_the_weight_average_when_it_beats_the_head():
+    import keras
+    import numpy as np
+
+    from pizzactl.train.trainer import Recipe, build_head, fine_tune_cached
+
+    keras.utils.set_random_seed(0)
+    top, x, y, val, y_val = _maps_problem()
+    head = build_head(4, 0.0)
+    bn = [w.copy() for w in top.get_layer("top_bn").get_weights()]
+    log, rows = _Log(), []
+    p = fine_tune_cached(top, head, x, y, val, y_val, recipe=Recipe(fine_tune_lr=0.05, fine_tune_average_from=2),
+                         epochs=4, batch_size=16, seed=0, tta=True, runlog=log, rows=rows)
+    assert any("mean of epochs 2..4" in m for m in log), log
+    assert [r["phase"] for r in rows] == ["fine_tune"] * 4
+    # what it returns is the kept model's validation answer (mean over the map and its mirror)
+    model = keras.Model(top.input, head(top.output))
+    expected = (model.predict(val["plain"], verbose=0).ravel() + model.predict(val["flip"], verbose=0).ravel()) / 2
+    np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-6)
+    assert np.mean((p >= 0.5) == (y_val == 1)) >= 0.85
+    for a, b in zip(bn, top.get_layer("top_bn").get_weights()):
+        np.testing.assert_array_equal(a, b)  # BatchNorm statistics never move
+    assert not any(layer.trainable for layer in top.layers)  # frozen again afterwards
+
+
+def test_fine_tune_cached_restores_the_head_alone_when_it_does_worse():
+    import keras
+    import numpy as np
+
+    from pizzactl.train.trainer import Recipe, build_head, fine_tune_cached
+
+    keras.utils.set_random_seed(0)
+    top, x, y, val, y_val = _maps_problem()
+    head = build_head(4, 0.0)
+    head.get_layer("probability").set_weights([np.array([[3.0], [0], [0], [0]], "float32"), np.zeros(1, "float32")])
+    before = [w.copy() for w in top.get_weights() + head.get_weights()]
+    y_wrong = 1 - y  # training on flipped labels can only make validation worse
+    log = _Log()
+    fine_tune_cached(top, head, x, y_wrong, val, y_val, recipe=Recipe(fine_tune_lr=0.05), epochs=3, batch_size=16,
+                     seed=0, tta=True, runlog=log, rows=[])
+    assert any("kept the head" in m for m in log), log
+    for a, b in zip(before, top.get_weights() + head.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_fine_tune_epochs_zero_turns_the_recipes_fine_tuning_off(tmp_path, shared_photos):
+    """An explicit 0 beats efficientnet_lite0's recipe: pooled features are cached, no fine_tune phase."""
+    from pizzactl.train import train
+
+    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
+    flags = {"data_dir": str(data), "backbone": "efficientnet_lite0", "weights": "none", "image_size": 64,
+             "epochs": 1, "fine_tune_epochs": 0}
+    result = train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+    assert result.best.config["fine_tune_epochs"] == 0 and result.best.config["fine_tune_from"] is None
+    assert "fine_tune" not in result.best.metrics["epochs_run"]
+    names = [p.name for p in (tmp_path / "cache" / "features").glob("*.npz")]
+    assert names and all(n.startswith("efficientnet_lite0-56-") for n in names)

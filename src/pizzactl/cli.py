@@ -150,7 +150,7 @@ def train(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name, or several: a,b,c."),
     weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a weights file."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Head epochs (on cached features)."),
-    fine_tune_epochs: Optional[int] = typer.Option(None, "--fine-tune-epochs", help="Epochs with the top of the backbone unfrozen."),
+    fine_tune_epochs: Optional[int] = typer.Option(None, "--fine-tune-epochs", help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite*, else 0; 0 turns it off)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="The model's input size (default: the recipe's; training may use a smaller one, see README FixRes)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),

@@ -64,6 +64,10 @@ class Backbone:
     # default. 0 for backbones trained from scratch: those train whole from the first epoch.
     fine_tune_layers: int = 20
     min_input_size: int = 32
+    # A layer of model.get_layer("backbone") whose output feeds only the layers after it. Set,
+    # fine-tuning trains those layers on that output cached per image and view (`split_at`)
+    # instead of running the whole network over images every epoch. None: fine-tune on images.
+    tune_from: str | None = None
 
     def preprocess(self, pixels):
         """0..255 RGB pixels -> what the backbone's first learned layer sees (a tensor).
@@ -490,6 +494,36 @@ def unfreeze_top(model, layers: int | None = None, *, backbone: Backbone | None 
         layer.trainable = i >= cut and not (is_bn and (backbone is None or backbone.pretrained))
         n += layer.trainable
     return n
+
+
+def split_at(model, layer: str):
+    """(bottom, top): pixels -> `layer`'s output, and that output -> `model`'s features.
+
+    Both share `model`'s layers (and so its weights): training `top` trains `model`. `model` is
+    a chain of single-input layers ending in the "backbone" sub-model (every builder here), and
+    the backbone's layers after `layer` must form a chain too (each reads the one before it; true
+    of EfficientNet-Lite's last stage). `top` takes any spatial size, so it runs on maps of the
+    training size and of the (FixRes) model size alike.
+    """
+    import keras
+
+    base = model.get_layer("backbone")
+    names = [x.name for x in base.layers]
+    if layer not in names:
+        raise ValueError(f"{model.name} has no layer {layer!r} to split at")
+    cut = base.get_layer(layer).output
+    pixels = keras.Input(model.input.shape[1:], name="pixels")
+    x = pixels
+    for stage in model.layers[1:]:
+        x = keras.Model(base.input, cut, name="backbone_bottom")(x, training=False) if stage is base else stage(x)
+    bottom = keras.Model(pixels, x, name=f"{model.name}_to_{layer}")
+    maps = keras.Input((None, None, cut.shape[-1]), name=layer)
+    x, previous = maps, cut
+    for after in base.layers[names.index(layer) + 1 :]:
+        if after.input is not previous:
+            raise ValueError(f"{model.name}: layer {after.name} does not read only {previous.name}; cannot split at {layer!r}")
+        x, previous = after(x, training=False), after.output
+    return bottom, keras.Model(maps, x, name=f"{model.name}_from_{layer}")
 
 
 def freeze(model) -> None:

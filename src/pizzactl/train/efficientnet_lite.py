@@ -202,6 +202,13 @@ def fine_tune_layers(variant: str | LiteVariant = "efficientnet_lite0") -> int:
     return count(specs[-2]) + count(specs[-1]) + 4  # + top_conv, top_bn, top_activation, avg_pool
 
 
+def tune_from(variant: str | LiteVariant = "efficientnet_lite0") -> str:
+    """The output of the second-to-last stage: fine-tuning trains the last block and the top conv
+    on it (block7a + top_conv; only the top conv reads a 7x7 map at 224 px)."""
+    spec = block_specs(variant)[-2]
+    return spec.name + ("_add" if spec.residual else "_project_bn")
+
+
 def _preprocess_layer():
     from keras import layers
 
@@ -423,6 +430,7 @@ def _register() -> None:
                 preprocess_mode=None,  # (x - 127) / 128 is none of Keras' imagenet_utils modes
                 fine_tune_layers=fine_tune_layers(v),
                 min_input_size=MIN_INPUT_SIZE,
+                tune_from=tune_from(v),
             )
         )
 

@@ -176,8 +176,13 @@ class FeatureCache:
         view: str,
         batch_size: int = 64,
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
+        dtype: str = "float32",
     ):
-        """Features [N, D] of every record of `dataset` (in its order) for one view."""
+        """Features [N, ...] of every record of `dataset` (in its order) for one view.
+
+        `backbone` names what `extractor` computes (a backbone, or a backbone cut at a layer);
+        `dtype` float16 halves the disk and memory of feature maps.
+        """
         import time
 
         relpaths = [r.path.relative_to(dataset.root).as_posix() for r in dataset.records]
@@ -194,6 +199,7 @@ class FeatureCache:
             view=view,
             batch_size=batch_size,
             advance=progress(f"features {backbone} {view}", len(relpaths)) if progress else None,
+            dtype=dtype,
         )
         self.compute_seconds += time.perf_counter() - start
         self.save(key, relpaths, features)
@@ -215,14 +221,14 @@ def _forward(model, size: int):
     return fn
 
 
-def compute_features(model, paths: Sequence[Path], size: int, *, view: str = "plain", batch_size: int = 64, advance=None):
+def compute_features(model, paths: Sequence[Path], size: int, *, view: str = "plain", batch_size: int = 64, advance=None, dtype: str = "float32"):
     """Run the frozen feature extractor once over a view of these images."""
     import numpy as np
 
     forward = _forward(model, size)
     chunks = []
     for batch in image_dataset(paths, size, batch_size, view):
-        chunks.append(forward(batch).numpy().astype(np.float32))
+        chunks.append(forward(batch).numpy().astype(dtype))
         if advance:
             advance(int(batch.shape[0]))
-    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, 0), np.float32)
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, 0), dtype)
