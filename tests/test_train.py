@@ -443,7 +443,7 @@ def test_fixres_caches_features_at_the_training_size_and_exports_the_model_size(
     assert (config["image_size"], config["train_image_size"]) == (64, 56)
     names = [p.name for p in (root / "cache" / "features").glob("*.npz")]
     # the recipe fine-tunes on cached maps: those are cached (at the training size), not pooled features
-    assert len(names) == 6 and all(n.startswith("efficientnet_lite0.block6d_add-56-") for n in names)
+    assert len(names) == 10 and all(n.startswith("efficientnet_lite0.block6d_add-56-") for n in names)  # plain, flip, aug1..8
     meta = json.loads((result.model_dir / "assets.extra" / "pizzactl.json").read_text())
     assert meta["image_size"] == 64
     log = (result.best.run_dir / "train.log").read_text()
