@@ -52,6 +52,25 @@ def env_for(root: Path) -> dict[str, str]:
     return {f"PIZZACTL_{name.upper()}_DIR": str(root / name) for name in ("models", "runs", "cache", "state")}
 
 
+def train_tiny(tmp_path: Path, shared_photos, backbone: str, **flags):
+    """`train` at 64 px with random weights on 8 shared photos per class, one head epoch."""
+    from pizzactl.train import train
+
+    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
+    flags = {"data_dir": str(data), "backbone": backbone, "weights": "none", "image_size": 64, "epochs": 1, **flags}
+    return train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+
+
+class _Log(list):
+    """A RunLog stand-in that keeps the messages."""
+
+    def __call__(self, message):
+        self.append(message)
+
+    def bar(self, *a):
+        return lambda n=1: None
+
+
 # --- fast: pure parts --------------------------------------------------------------------
 
 
@@ -404,18 +423,10 @@ def test_fit_heads_averages_the_heads_of_consecutive_seeds():
     for seed in (5, 6, 7):
         keras.utils.set_random_seed(seed)
         singles.append(fit_head(x, y, x[:16], y[:16], seed=seed, **kw)[0].get_layer("probability").get_weights())
-    messages, rows = [], []
-
-    class Log:
-        def __call__(self, message):
-            messages.append(message)
-
-        def bar(self, *a):
-            return lambda n=1: None
-
-    first_only = fit_heads(x, y, x[:16], y[:16], n=1, seed=5, runlog=Log(), rows=[], **kw)
+    messages, rows = _Log(), []
+    first_only = fit_heads(x, y, x[:16], y[:16], n=1, seed=5, runlog=_Log(), rows=[], **kw)
     np.testing.assert_allclose(first_only.get_layer("probability").get_weights()[0], singles[0][0], rtol=1e-5, atol=1e-6)
-    head = fit_heads(x, y, x[:16], y[:16], n=3, seed=5, runlog=Log(), rows=rows, **kw)
+    head = fit_heads(x, y, x[:16], y[:16], n=3, seed=5, runlog=messages, rows=rows, **kw)
     kernel, bias = head.get_layer("probability").get_weights()
     np.testing.assert_allclose(kernel, np.mean([w[0] for w in singles], axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(bias, np.mean([w[1] for w in singles], axis=0), rtol=1e-5, atol=1e-6)
@@ -476,13 +487,9 @@ def test_fixres_fine_tuning_runs_at_the_training_size_and_exports_the_model_size
     """Fine-tuning runs at the training size (56 px); the saved and exported model takes 64 px."""
     import keras
 
-    from pizzactl.train import train
     from pizzactl.train.backbones import custom_objects
 
-    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
-    flags = {"data_dir": str(data), "backbone": "efficientnet_lite0", "weights": "none", "image_size": 64,
-             "epochs": 1, "fine_tune_epochs": 1}
-    result = train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+    result = train_tiny(tmp_path, shared_photos, "efficientnet_lite0", fine_tune_epochs=1)
     run = result.best
     assert run.metrics["epochs_run"].get("fine_tune") == 1
     model = keras.models.load_model(run.run_dir / "model.keras", custom_objects=custom_objects(), compile=False)
@@ -495,12 +502,7 @@ def test_fixres_fine_tuning_runs_at_the_training_size_and_exports_the_model_size
 @pytest.mark.slow
 def test_fine_tuning_without_a_tune_from_layer_runs_on_images(tmp_path, shared_photos):
     """mobilenet_v3_small has no `tune_from`: --fine-tune-epochs unfreezes its top over images."""
-    from pizzactl.train import train
-
-    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
-    flags = {"data_dir": str(data), "backbone": "mobilenet_v3_small", "weights": "none", "image_size": 64,
-             "epochs": 1, "fine_tune_epochs": 1}
-    result = train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+    result = train_tiny(tmp_path, shared_photos, "mobilenet_v3_small", fine_tune_epochs=1)
     assert result.best.config["fine_tune_from"] is None
     assert result.best.metrics["epochs_run"].get("fine_tune") == 1
     assert all(p.name.startswith("mobilenet_v3_small-64-") for p in (tmp_path / "cache" / "features").glob("*.npz"))
@@ -523,14 +525,6 @@ def _maps_problem(seed: int = 0):
     for layer in top.layers:
         layer.trainable = False  # as the trainer leaves the backbone between phases
     return top, x[:64], y[:64], {"plain": x[64:], "flip": x[64:, :, ::-1]}, y[64:]
-
-
-class _Log(list):
-    def __call__(self, message):
-        self.append(message)
-
-    def bar(self, *a):
-        return lambda n=1: None
 
 
 def test_fine_tune_cached_keeps_the_weight_average_when_it_beats_the_head():
@@ -581,12 +575,7 @@ def test_fine_tune_cached_restores_the_head_alone_when_it_does_worse():
 @pytest.mark.slow
 def test_fine_tune_epochs_zero_turns_the_recipes_fine_tuning_off(tmp_path, shared_photos):
     """An explicit 0 beats efficientnet_lite0's recipe: pooled features are cached, no fine_tune phase."""
-    from pizzactl.train import train
-
-    data = link_photos(tmp_path / "data", shared_photos, per_class=8)
-    flags = {"data_dir": str(data), "backbone": "efficientnet_lite0", "weights": "none", "image_size": 64,
-             "epochs": 1, "fine_tune_epochs": 0}
-    result = train(load_settings(flags, cwd=tmp_path, environ=env_for(tmp_path)), show_progress=False)
+    result = train_tiny(tmp_path, shared_photos, "efficientnet_lite0", fine_tune_epochs=0)
     assert result.best.config["fine_tune_epochs"] == 0 and result.best.config["fine_tune_from"] is None
     assert "fine_tune" not in result.best.metrics["epochs_run"]
     names = [p.name for p in (tmp_path / "cache" / "features").glob("*.npz")]
