@@ -5,8 +5,11 @@ Two ways to train, chosen by the backbone:
 * pretrained (transfer learning): the frozen backbone's features of every image and view are
   computed once and cached (`features.FeatureCache`); a small head (dropout + dense sigmoid)
   trains on them in milliseconds per epoch. Augmentation is extra cached views (crops, flips,
-  colour). An optional fine-tuning phase then unfreezes the top of the backbone at a low
-  learning rate, BatchNormalization layers staying frozen (inference mode).
+  colour). A fine-tuning phase (the recipe's or --fine-tune-epochs) then trains the top of the
+  backbone at a low learning rate, BatchNormalization layers staying frozen (inference mode).
+  Backbones with a `tune_from` layer (EfficientNet-Lite) cache the maps at that layer instead
+  of pooled features and fine-tune the layers after it on them (`fine_tune_cached`); the others
+  fine-tune over decoded images (`fine_tune`).
 * from scratch (`pretrained=False`, e.g. small_cnn): end to end on decoded images with
   on-the-fly augmentation and a warm-up + cosine learning-rate schedule.
 
