@@ -13,7 +13,8 @@ Two ways to train, chosen by the backbone:
 * from scratch (`pretrained=False`, e.g. small_cnn): end to end on decoded images with
   on-the-fly augmentation and a warm-up + cosine learning-rate schedule.
 
-Both phases stop early on validation loss and restore the best weights. The classifier that is
+Head and from-scratch training stop early on validation loss and restore the best epoch;
+fine-tuning keeps its result only if it lowers the validation loss. The classifier that is
 saved (`model.keras`) and exported averages the model over the image and its mirror image
 (test-time flip), inside the graph, so serving computes exactly what validation measured.
 """
