@@ -41,7 +41,7 @@ class Settings:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     epochs: int = 30
-    fine_tune_epochs: int = 0
+    fine_tune_epochs: int | None = None  # None: the backbone recipe's (6 for efficientnet_lite*, else 0)
     image_size: int | None = None  # the exported model's input size; None: the backbone recipe's
     batch_size: int = 32
     augment: bool = True

@@ -522,7 +522,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
     size, fit_size = model_and_crop_size(
         settings.image_size or recipe.image_size, backbone.input_size, recipe.test_size_factor, backbone.min_input_size
     )
-    fine_tune_epochs = int(_resolved(settings, "fine_tune_epochs", recipe.fine_tune_epochs)) if mode == "frozen" else 0
+    fine_tune_epochs = int(_resolved(settings, "fine_tune_epochs", recipe.fine_tune_epochs) or 0) if mode == "frozen" else 0
     tune_from = getattr(backbone, "tune_from", None) if fine_tune_epochs > 0 else None
     n_views = recipe.augmented_views if (settings.augment and mode == "frozen") else 0
     run_dir = new_run_dir(settings.runs_dir, backbone.name)
