@@ -719,11 +719,9 @@ def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Rec
     import numpy as np
     import tensorflow as tf
 
-    for layer in top.layers:
-        layer.trainable = True
-    for layer in _all_layers(top):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # ImageNet statistics; 1k photos cannot re-estimate them
+    for layer in top.layers:  # `split_at` gives a flat chain of the backbone's own layers
+        # BatchNorm keeps its ImageNet statistics: 1k photos cannot re-estimate them
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     maps_in = keras.Input(top.input.shape[1:], name="maps")
     model = keras.Model(maps_in, head(top(maps_in, training=False)), name="fine_tune")
     y_val = np.asarray(y_val, np.float64).ravel()
@@ -772,13 +770,6 @@ def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Rec
     for layer in top.layers:
         layer.trainable = False
     return result
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
