@@ -173,7 +173,8 @@ def test_backbone_is_registered_and_builds_pooled_features(features_model, photo
 @pytest.mark.slow
 def test_split_at_tune_from_gives_bottom_and_top_that_compose_to_the_model(features_model, photo_pixels):
     """bottom then top == the whole model, at the training size and at a larger (FixRes) size;
-    the two share the model's weights; a layer the rest of the net reads around is refused."""
+    the two share the model's weights; a cut with a residual block after it (block6d) composes
+    too; a cut inside a block (a shortcut reads around it) is refused."""
     from pizzactl.train import backbones
 
     backbone = backbones.get_backbone("efficientnet_lite0")
@@ -193,8 +194,11 @@ def test_split_at_tune_from_gives_bottom_and_top_that_compose_to_the_model(featu
     assert maps256.shape == (2, 8, 8, 192)
     np.testing.assert_allclose(np.asarray(top(maps256, training=False)), np.asarray(big(pixels256, training=False)), rtol=1e-4, atol=1e-4)
     assert top.get_layer("top_conv") is features_model.get_layer("backbone").get_layer("top_conv")  # shared, not copied
+    bottom6c, top6c = backbones.split_at(features_model, "block6c_add")
+    assert top6c.get_layer("block6d_add") is features_model.get_layer("backbone").get_layer("block6d_add")
+    np.testing.assert_allclose(np.asarray(top6c(bottom6c(photo_pixels[:2], training=False), training=False)), whole, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="cannot split"):
-        backbones.split_at(features_model, "block6c_add")  # block6d's shortcut reads it too
+        backbones.split_at(features_model, "block6d_expand_conv")  # block6d_add reads block6c_add, before the cut
 
 
 @pytest.mark.slow

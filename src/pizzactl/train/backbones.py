@@ -500,10 +500,11 @@ def split_at(model, layer: str):
     """(bottom, top): pixels -> `layer`'s output, and that output -> `model`'s features.
 
     Both share `model`'s layers (and so its weights): training `top` trains `model`. `model` is
-    a chain of single-input layers ending in the "backbone" sub-model (every builder here), and
-    the backbone's layers after `layer` must form a chain too (each reads the one before it; true
-    of EfficientNet-Lite's last stage). `top` takes any spatial size, so it runs on maps of the
-    training size and of the (FixRes) model size alike.
+    a chain of single-input layers ending in the "backbone" sub-model (every builder here). The
+    backbone's graph after `layer` is re-run from a new input, residual blocks included, so it
+    must read nothing from before `layer` but `layer`'s output: cut between blocks, not inside
+    one. `top` takes any spatial size, so it runs on maps of the training size and of the
+    (FixRes) model size alike.
     """
     import keras
 
@@ -518,12 +519,15 @@ def split_at(model, layer: str):
         x = keras.Model(base.input, cut, name="backbone_bottom")(x, training=False) if stage is base else stage(x)
     bottom = keras.Model(pixels, x, name=f"{model.name}_to_{layer}")
     maps = keras.Input((None, None, cut.shape[-1]), name=layer)
-    x, previous = maps, cut
+    tensors = {id(cut): maps}  # the backbone's tensors after the cut -> their counterparts in `top`
     for after in base.layers[names.index(layer) + 1 :]:
-        if after.input is not previous:
-            raise ValueError(f"{model.name}: layer {after.name} does not read only {previous.name}; cannot split at {layer!r}")
-        x, previous = after(x, training=False), after.output
-    return bottom, keras.Model(maps, x, name=f"{model.name}_from_{layer}")
+        reads = after.input if isinstance(after.input, (list, tuple)) else [after.input]
+        outside = [t.name for t in reads if id(t) not in tensors]
+        if outside:
+            raise ValueError(f"{model.name}: layer {after.name} reads {outside[0]} from before {layer!r} (a shortcut around the cut); cannot split there")
+        mapped = [tensors[id(t)] for t in reads]
+        tensors[id(after.output)] = after(mapped if isinstance(after.input, (list, tuple)) else mapped[0], training=False)
+    return bottom, keras.Model(maps, tensors[id(base.output)], name=f"{model.name}_from_{layer}")
 
 
 def freeze(model) -> None:
