@@ -719,7 +719,7 @@ def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Rec
     import numpy as np
     import tensorflow as tf
 
-    for layer in top.layers:  # `split_at` gives a flat chain of the backbone's own layers
+    for layer in top.layers:  # `split_at` gives a model whose layers are the backbone's own, flat
         # BatchNorm keeps its ImageNet statistics: 1k photos cannot re-estimate them
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     maps_in = keras.Input(top.input.shape[1:], name="maps")
