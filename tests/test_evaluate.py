@@ -191,3 +191,23 @@ def test_only_verbs_that_load_tensorflow_import_it_up_front():
     assert NOISE.match("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
     assert not NOISE.match("E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory")
     assert not NOISE.match("Error: something a user must read")
+
+
+@pytest.mark.slow
+def test_quiet_import_leaves_stderr_clean_on_a_cpu_only_machine_but_keeps_real_errors():
+    """The model server's log level (2) shows TF's ERROR lines; the CUDA probe's "failed call to
+    cuInit" is one on every machine without a GPU. It is dropped only when no GPU turned up."""
+    from pizzactl.tfimport import NO_GPU
+
+    code = (
+        "import sys; from pizzactl.tfimport import import_quietly; import_quietly()\n"
+        "import tensorflow as tf; tf.constant(1.0) + 1\n"
+        "sys.stderr.write('after import\\n')"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "after import\n"
+    line = "E0000 00:00:1795572476.280190    6088 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)"
+    assert NO_GPU.match(line)
+    assert not NO_GPU.match("E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory")

@@ -3,8 +3,10 @@
 TensorFlow 2.19+ logs through absl before absl is initialised, so TF_CPP_MIN_LOG_LEVEL does not
 silence its import-time INFO lines ("oneDNN custom operations are on", "Could not find cuda
 drivers", tensorflow/tensorflow#100442). Those lines would be the first thing a user reads on
-every `train`. The import runs with file descriptor 2 captured; INFO lines are dropped and
-anything else (warnings, errors) is written back. `--debug` skips all this.
+every `train`. The import (and the device lookup, whose failed CUDA probe is logged as an
+ERROR on every CPU-only machine) runs with file descriptor 2 captured; INFO lines, and the CUDA
+probe's line when no GPU turned up, are dropped; anything else (warnings, errors) is written
+back. `--debug` skips all this.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import sys
 import tempfile
 
 NOISE = re.compile(r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)")
+# On a machine without a usable GPU, TensorFlow's first device lookup logs this at ERROR level:
+# it only means "running on CPU", which is what pizzactl expects there.
+NO_GPU = re.compile(r"^E\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] failed call to cuInit")
 
 # Verbs that load TensorFlow anyway: importing it up front (quietly) costs them nothing.
 TF_COMMANDS = {("train",), ("export",), ("evaluate",), ("bench", "train"), ("bench", "serve")}
@@ -37,8 +42,11 @@ def import_quietly() -> None:
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
+        gpus = None
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow
+
+            gpus = tensorflow.config.list_physical_devices("GPU")  # the CUDA probe, inside the capture
         except ImportError:
             pass  # the command's own import says which extra to install
         finally:
@@ -46,6 +54,7 @@ def import_quietly() -> None:
             os.dup2(saved, 2)
             os.close(saved)
         captured.seek(0)
-        kept = [line for line in captured.read().decode(errors="replace").splitlines() if line and not NOISE.match(line)]
+        lines = captured.read().decode(errors="replace").splitlines()
+        kept = [line for line in lines if line and not NOISE.match(line) and not (gpus == [] and NO_GPU.match(line))]
     if kept:
         sys.stderr.write("\n".join(kept) + "\n")
