@@ -521,12 +521,13 @@ def split_at(model, layer: str):
     maps = keras.Input((None, None, cut.shape[-1]), name=layer)
     tensors = {id(cut): maps}  # the backbone's tensors after the cut -> their counterparts in `top`
     for after in base.layers[names.index(layer) + 1 :]:
-        reads = after.input if isinstance(after.input, (list, tuple)) else [after.input]
+        several = isinstance(after.input, (list, tuple))  # an Add reads two tensors
+        reads = list(after.input) if several else [after.input]
         outside = [t.name for t in reads if id(t) not in tensors]
         if outside:
             raise ValueError(f"{model.name}: layer {after.name} reads {outside[0]} from before {layer!r} (a shortcut around the cut); cannot split there")
         mapped = [tensors[id(t)] for t in reads]
-        tensors[id(after.output)] = after(mapped if isinstance(after.input, (list, tuple)) else mapped[0], training=False)
+        tensors[id(after.output)] = after(mapped if several else mapped[0], training=False)
     return bottom, keras.Model(maps, tensors[id(base.output)], name=f"{model.name}_from_{layer}")
 
 
