@@ -1,8 +1,9 @@
 """Shared fixtures: real shared photos, isolated settings, and test tiers.
 
-Tiers (markers): slow, docker, browser, torch. A tier whose prerequisite is missing is
-skipped with the reason, unless PIZZACTL_REQUIRE_TIERS names it (CI sets it), in which
-case the missing prerequisite is a failure, so a green CI run means the tier really ran.
+Tiers (markers): slow, docker, browser, torch; and `data`, the shared photos most tests read.
+A tier whose prerequisite is missing is skipped with the reason, unless PIZZACTL_REQUIRE_TIERS
+names it (CI sets it), in which case the missing prerequisite is a failure, so a green CI run
+means the tier really ran.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ def require_tier(tier: str, reason: str) -> None:
     pytest.skip(reason)
 
 
+def import_tier(module: str, tier: str):
+    """Import an optional module a tier needs; missing, the tier is skipped (or fails under CI)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        require_tier(tier, f"{module} is not importable ({exc}); pip install -e '.[dev]'")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared real photos (../shared/data/pizza_not_pizza)."""
     if not (SHARED_DATA / "pizza").is_dir():
-        pytest.skip(f"shared photos not found at {SHARED_DATA}")
+        require_tier("data", f"shared photos not found at {SHARED_DATA}")
     return SHARED_DATA
 
 
@@ -66,7 +77,7 @@ def tiny_classifier(shared_photos):
     import hashlib
     from types import SimpleNamespace
 
-    keras = pytest.importorskip("keras")
+    keras = import_tier("keras", "slow")
     import tensorflow as tf
 
     from pizzactl.train.imaging import decode_resize

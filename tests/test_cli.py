@@ -109,3 +109,54 @@ def test_a_bug_is_reported_as_internal_error_with_a_hint(tmp_path):
     assert proc.returncode == EXIT_INTERNAL
     assert "Internal error" in proc.stderr and "--debug" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- output into pipes and logs -------------------------------------------------------------
+
+
+def test_errors_and_paths_are_never_broken_across_lines_in_a_pipe(tmp_path):
+    deep = tmp_path.joinpath(*(["a-rather-long-folder-name"] * 8))
+    deep.mkdir(parents=True)
+    missing = deep / "no-such-dataset"
+    proc = run("train", "--data", str(missing), cwd=tmp_path, env={"COLUMNS": ""})
+    assert proc.returncode == EXIT_USER, proc.stderr
+    assert len(str(missing)) > 200
+    error_line = next(line for line in proc.stderr.splitlines() if line.startswith("Error:"))
+    assert str(missing) in error_line
+    hint_line = next(line for line in proc.stderr.splitlines() if line.startswith("Hint:"))
+    assert hint_line.rstrip().endswith((".", ")", "`"))  # the whole hint on one line
+
+
+def test_tables_in_a_pipe_keep_each_row_on_one_line(tmp_path):
+    long_runs = tmp_path / ("r" * 150) / "runs"
+    proc = run("config", "show", cwd=tmp_path, env={"PIZZACTL_RUNS_DIR": str(long_runs), "COLUMNS": ""})
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "runs_dir" in line)
+    assert str(long_runs) in row and "PIZZACTL_RUNS_DIR" in row
+
+
+# --- optional extras --------------------------------------------------------------------------
+
+WITHOUT_TENSORFLOW = (
+    "import sys\n"
+    "sys.modules.update(tensorflow=None, keras=None)  # as if the [train] extra were not installed\n"
+    "from pizzactl.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["train", "--data", "{data}"], ["up", "--data", "{data}", "--target", "local"], ["bench", "train", "--data", "{data}"]],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_tensorflow_verbs_without_the_train_extra_name_the_extra(args, tmp_path):
+    data = tmp_path / "data"
+    for cls in ("pizza", "not_pizza"):
+        (data / cls).mkdir(parents=True)
+    argv = [a.format(data=data) for a in args]
+    env = {**os.environ, **{f"PIZZACTL_{n}_DIR": str(tmp_path / n.lower()) for n in ("MODELS", "RUNS", "CACHE", "STATE")}}
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == EXIT_USER, proc.stderr
+    assert "Internal error" not in proc.stderr
+    assert "pizzactl[train]" in proc.stderr and 'pip install -e ".[train]"' in proc.stderr

@@ -89,7 +89,6 @@ def cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 300) ->
 def make_env(root: Path, models: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     env.update(
-        COLUMNS="250",  # rich tables fold long paths at 80 columns when stdout is a pipe
         PIZZACTL_STATE_DIR=str(root / "state"),
         PIZZACTL_MODELS_DIR=str(models),
         PIZZACTL_RUNS_DIR=str(root / "runs"),

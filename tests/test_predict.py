@@ -253,7 +253,7 @@ def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp
 
 def cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
-    env.update(COLUMNS="250", PIZZACTL_STATE_DIR=str(tmp_path / "state"), PIZZACTL_PORT=str(free_port()))
+    env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), PIZZACTL_PORT=str(free_port()))
     return subprocess.run([sys.executable, "-m", "pizzactl", "predict", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
 
 

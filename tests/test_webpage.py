@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import require_tier
+from conftest import import_tier, require_tier
 from pizzactl.serving.gateway import create_app
 from serving_fixtures import UvicornThread
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def browser():
     if not CHROMIUM.exists():
         require_tier("browser", f"{CHROMIUM} is missing (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = import_tier("playwright.sync_api", "browser")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:

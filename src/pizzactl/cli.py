@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
+from rich.markup import escape
 
 from pizzactl import __version__
 from pizzactl.config import Settings, load_settings
 from pizzactl.console import err, out, print_json
-from pizzactl.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_INTERRUPTED, PizzaError
+from pizzactl.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_INTERRUPTED, PizzaError, as_missing_extra
 
 app = typer.Typer(
     help="pizzactl: train an image classifier and take it to a Kind cluster, in one tool.",
@@ -100,7 +101,7 @@ def data_download(
     else:
         if not result.downloaded:
             err.print("Already downloaded and verified (content hash matches); use --force to download again.")
-        out.print(f"{result.path}  ({result.n_images} images, sha256 {result.data_hash[:12]})", highlight=False, soft_wrap=True)
+        out.print(f"{result.path}  ({result.n_images} images, sha256 {result.data_hash[:12]})", highlight=False)
 
 
 @data_app.command("report")
@@ -138,7 +139,30 @@ def data_split(
     else:
         for part in ("train", "test"):
             counts = result.counts[part]
-            out.print(f"{getattr(result, part + '_dir')}  {sum(counts.values())} images ({', '.join(f'{n} {c}' for c, n in counts.items())})", highlight=False, soft_wrap=True)
+            out.print(f"{getattr(result, part + '_dir')}  {sum(counts.values())} images ({', '.join(f'{n} {c}' for c, n in counts.items())})", highlight=False)
+
+
+# --- up: the whole job ------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    data: Optional[Path] = DataOpt,
+    target: Optional[str] = typer.Option(None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."),
+    models: Optional[Path] = ModelsOpt,
+    port: Optional[int] = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="Photo to predict once deployed (default: one from the training data)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train if there is no model yet, deploy it where this machine allows, predict a sample photo."""
+    from pizzactl.up import print_up, up as up_
+
+    result = up_(settings(data_dir=data, target=target, models_dir=models, port=port), sample=sample, timeout=timeout)
+    if json_out:
+        print_json(result)
+    else:
+        print_up(result)
 
 
 # --- train, runs, export, evaluate ----------------------------------------------------
@@ -418,23 +442,37 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="pizzactl")
     except PizzaError as exc:
-        if _DEBUG["on"]:
-            import traceback
-
-            traceback.print_exc()
-        err.print(f"[bold red]Error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            err.print(f"[yellow]Hint:[/] {exc.hint}", highlight=False)
-        sys.exit(exc.exit_code)
+        _user_error(exc)
+    except ImportError as exc:  # an extra's module (TensorFlow without [train]) is the user's to install
+        missing = as_missing_extra(exc)
+        if missing is None:
+            _internal_error(exc)
+        _user_error(missing)
     except KeyboardInterrupt:
         err.print("Interrupted.")
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # a bug: say so, and how to report it
-        if _DEBUG["on"]:
-            raise
-        err.print(f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
-        err.print("[yellow]Hint:[/] run again with --debug for the traceback and report it.", highlight=False)
-        sys.exit(EXIT_INTERNAL)
+    except Exception as exc:
+        _internal_error(exc)
+
+
+def _user_error(exc: PizzaError) -> NoReturn:
+    if _DEBUG["on"]:
+        import traceback
+
+        traceback.print_exc()
+    err.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False)
+    if exc.hint:
+        err.print(f"[yellow]Hint:[/] {escape(exc.hint)}", highlight=False)
+    sys.exit(exc.exit_code)
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    """A bug: say so, and how to report it."""
+    if _DEBUG["on"]:
+        raise exc
+    err.print(f"[bold red]Internal error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
+    err.print("[yellow]Hint:[/] run again with --debug for the traceback and report it.", highlight=False)
+    sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":  # pragma: no cover

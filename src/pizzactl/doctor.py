@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.config import Settings
+from pizzactl.errors import missing_extra
 
 MIN_PYTHON = (3, 10)
 MIN_FREE_GB = 5.0
@@ -46,7 +47,7 @@ def _tensorflow() -> Check:
     spec = importlib.util.find_spec("tensorflow")
     if spec is None:
         return Check("tensorflow", False, "not installed (needed to train, export and evaluate)",
-                     'pip install "pizzactl[train]"')
+                     missing_extra("tensorflow").hint)
     version = _dist_version("tensorflow") or _dist_version("tensorflow-cpu") or "installed"
     return Check("tensorflow", True, version)
 
@@ -156,6 +157,7 @@ def run_checks(settings: Settings) -> list[Check]:
 
 
 def print_checks(checks: list[Check]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from pizzactl.console import out
@@ -163,7 +165,7 @@ def print_checks(checks: list[Check]) -> None:
     table = Table("", "check", "result", "fix")
     for c in checks:
         mark = "[green]✓[/]" if c.ok else ("[red]✗[/]" if c.required else "[yellow]![/]")
-        table.add_row(mark, c.name, c.detail, c.fix)
+        table.add_row(mark, escape(c.name), escape(c.detail), escape(c.fix))
     out.print(table)
     failed = [c.name for c in checks if c.required and not c.ok]
     if failed:

@@ -157,9 +157,21 @@ class ModelUnavailableError(PizzaError):
     http_status = 503
 
 
+# Top-level modules that come with an extra, not with pizzactl itself.
+EXTRA_OF_MODULE = {"tensorflow": "train", "keras": "train", "matplotlib": "train"}
+
+
 def missing_extra(package: str, extra: str = "train") -> MissingDependencyError:
     """The error for `import tensorflow` (or similar) failing."""
     return MissingDependencyError(
-        f"{package} is not installed.",
-        hint=f'Install the {extra} extra: pip install "pizzactl[{extra}]"',
+        f"{package} is not installed: this command needs the pizzactl[{extra}] extra.",
+        hint=f'Install it where pizzactl is installed: pip install -e ".[{extra}]" from a clone '
+        f'(pipx: pipx install --force ".[{extra}]"), then run the command again.',
     )
+
+
+def as_missing_extra(exc: ImportError) -> MissingDependencyError | None:
+    """The user-facing error for an ImportError of a module an extra provides, else None (a bug)."""
+    root = (getattr(exc, "name", None) or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(root)
+    return missing_extra(root, extra) if extra else None

@@ -58,3 +58,14 @@ def import_quietly() -> None:
         kept = [line for line in lines if line and not NOISE.match(line) and not (gpus == [] and NO_GPU.match(line))]
     if kept:
         sys.stderr.write("\n".join(kept) + "\n")
+
+
+def require_tensorflow() -> None:
+    """Fail first, with the extra to install, where a command cannot work without TensorFlow."""
+    from pizzactl.errors import missing_extra
+
+    try:
+        import_quietly()
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise missing_extra("tensorflow") from None

@@ -268,7 +268,7 @@ def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str])
             line = chunk.get("stream", "")
             if line.strip():
                 tail.append(line.rstrip())
-                err.print(f"  [dim]{escape(line.rstrip())}[/]", highlight=False, soft_wrap=True)
+                err.print(f"  [dim]{escape(line.rstrip())}[/]", highlight=False)
     except DeployError:
         raise
     except Exception as exc:  # docker.errors.APIError, connection reset

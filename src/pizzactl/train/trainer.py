@@ -860,6 +860,9 @@ def _check_images(records, per_class: int = 3) -> list[bytes]:
 def train(settings, *, show_progress: bool = True) -> TrainResult:
     """Train every backbone in `settings.backbone` (comma-separated), export the best one."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pizzactl.tfimport import require_tensorflow
+
+    require_tensorflow()  # before any download or scan
     from pizzactl.data.dataset import load_dataset, resolve_data_dir, split
     from pizzactl.train.backbones import get_backbone
 

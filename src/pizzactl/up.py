@@ -1,0 +1,155 @@
+"""`pizzactl up`: the whole main job on whatever this machine has, in one command.
+
+Train if there is no exported model yet (the Kaggle download, or `--data DIR`), deploy it (to
+kind when kind and a Docker daemon are there, else as local processes without containers),
+ask the deployment about one sample photo, and say where it answers and how to stop it. Each
+step is the library call its own verb makes (`train`, `deploy`, `predict`), so `up` adds no
+behaviour of its own beyond choosing the target.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pizzactl.config import Settings
+from pizzactl.console import log
+from pizzactl.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    target: str
+    reason: str
+
+
+def docker_reachable() -> str | None:
+    """None when a Docker daemon answers a ping, else why not (one line)."""
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no usable daemon"
+        text = str(exc).strip().splitlines()
+        return text[-1][:160] if text else type(exc).__name__
+    return None
+
+
+def choose_target(settings: Settings) -> TargetChoice:
+    """The target the user set (flag, env, pizzactl.toml), else kind if kind and Docker are here, else local."""
+    if settings.sources.get("target", "default") != "default":
+        return TargetChoice(settings.target, f"--target {settings.target} (from {settings.sources['target']})")
+    if shutil.which("kind") is None:
+        return TargetChoice("local", "kind is not installed, so the model runs as local processes (no containers)")
+    problem = docker_reachable()
+    if problem is not None:
+        return TargetChoice("local", f"Docker is not reachable ({problem}), so the model runs as local processes")
+    return TargetChoice("kind", "kind and Docker are here, so the model goes to a kind cluster")
+
+
+def _existing_model(settings: Settings) -> Path | None:
+    from pizzactl.models import latest_version_dir
+
+    try:
+        return latest_version_dir(settings.models_dir)
+    except ModelNotFoundError:
+        return None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    from pizzactl.predict import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
+    """A photo of the positive class from the data the model was trained on, if it is still here."""
+    from pizzactl.models import find_run_dir, read_metadata
+
+    meta = read_metadata(model_dir)
+    folders = []
+    if settings.data_dir is not None:
+        folders.append(Path(settings.data_dir).expanduser())
+    try:
+        config = json.loads((find_run_dir(settings, meta.get("run_id", "")) / "config.json").read_text())
+        if config.get("data_dir"):
+            folders.append(Path(config["data_dir"]))
+    except Exception:  # noqa: BLE001 - the run may be gone; the sample is a courtesy
+        pass
+    positive = meta.get("positive_class") or (meta.get("classes") or [""])[-1]
+    for folder in folders:
+        for sub in (folder / positive, folder):
+            if sub.is_dir():
+                photos = _images_in(sub)
+                if photos:
+                    return photos[0]
+    return None
+
+
+def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> dict[str, Any]:
+    """Train if needed, deploy where this machine allows, predict one photo; what a user needs next."""
+    from pizzactl.deploy import deploy
+    from pizzactl.predict import predict
+
+    model_dir = _existing_model(settings)
+    trained = None
+    if model_dir is None:
+        from pizzactl.tfimport import require_tensorflow
+
+        require_tensorflow()  # quietly, as for `pizzactl train`; without the [train] extra, say so
+        from pizzactl.train import train
+
+        where = settings.data_dir or f"the Kaggle dataset {settings.dataset}"
+        log(f"No model in {Path(settings.models_dir) / 'pizza'} yet: training {settings.backbone} on {where}.")
+        trained = train(settings)
+        model_dir = trained.model_dir
+    else:
+        log(f"Using the exported model {model_dir} (`pizzactl train` makes a new version).")
+
+    choice = choose_target(settings)
+    log(f"Deploying to {choice.target}: {choice.reason}.")
+    deployed = deploy(settings.replace(target=choice.target), timeout=timeout)
+
+    photo = sample if sample is not None else sample_photo(settings, model_dir)
+    prediction = None
+    if photo is not None:
+        prediction = predict(settings.replace(endpoint=deployed["url"]), [str(photo)], progress=False)[0]
+    url = deployed["url"]
+    return {
+        "target": choice.target,
+        "target_reason": choice.reason,
+        "trained": trained is not None,
+        "model_dir": str(model_dir),
+        "model_version": deployed.get("model_version"),
+        "url": url,
+        "web_page": url.rstrip("/") + "/",
+        "predict_endpoint": url.rstrip("/") + "/predict",
+        "sample": prediction,
+        "next": {
+            "predict": "pizzactl predict PHOTO_OR_URL",
+            "status": "pizzactl status",
+            "teardown": "pizzactl teardown",
+        },
+    }
+
+
+def print_up(result: dict[str, Any]) -> None:
+    from pizzactl.console import out
+
+    sample = result.get("sample")
+    lines = [f"Deployed model version {result['model_version']} to {result['target']}."]
+    if sample and "error" not in sample:
+        lines.append(f"Sample  {sample['source']}: {sample['label']} (P(pizza) {sample['probability']:.3f})")
+    elif sample:
+        lines.append(f"Sample  {sample['source']}: error {sample['error']}")
+    lines += [
+        f"Endpoint  POST {result['predict_endpoint']}",
+        f"Web page  {result['web_page']}",
+        "Predict   pizzactl predict PHOTO_OR_URL",
+        "Stop      pizzactl teardown",
+    ]
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
