@@ -107,8 +107,12 @@ def tiny_classifier(shared_photos):
         "data_hash": digest,
     }
     return SimpleNamespace(
-        model=model, image_size=TINY_SIZE, classes=("not_pizza", "pizza"), photos=photos,
-        check_images=blobs[:2] + blobs[-2:], metadata=metadata,
+        model=model,
+        image_size=TINY_SIZE,
+        classes=("not_pizza", "pizza"),
+        photos=photos,
+        check_images=blobs[:2] + blobs[-2:],
+        metadata=metadata,
     )
 
 
@@ -133,11 +137,11 @@ def docker_ready():
 
         client = docker.from_env(timeout=30)
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon"
+    except Exception as exc:
         require_tier("docker", f"Docker daemon unreachable ({type(exc).__name__}); run .ci/system-setup")
     try:
         client.images.get("python:3.11-slim")
-    except Exception:  # noqa: BLE001
+    except Exception:
         require_tier("docker", "python:3.11-slim is not a local image; run .ci/system-setup")
     return client
 
@@ -148,6 +152,7 @@ def built_images(docker_ready, tiny_model, tmp_path_factory):
     from pizzactl.config import load_settings
     from pizzactl.deploy.images import build_images
 
-    settings = load_settings({"models_dir": tiny_model, "model_server": "builtin"}, environ={},
-                             cwd=tmp_path_factory.mktemp("build_cwd"))
+    settings = load_settings(
+        {"models_dir": tiny_model, "model_server": "builtin"}, environ={}, cwd=tmp_path_factory.mktemp("build_cwd")
+    )
     return build_images(settings)

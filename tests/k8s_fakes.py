@@ -69,8 +69,12 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request):
         content_type = request.headers.get("Content-Type", "")
-        if (request.method == kmock.method.PATCH and content_type.startswith(APPLY)
-                and request.resource is not None and request.name):
+        if (
+            request.method == kmock.method.PATCH
+            and content_type.startswith(APPLY)
+            and request.resource is not None
+            and request.name
+        ):
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects:
                 self.objects[key] = request.data
@@ -96,16 +100,26 @@ def write_kubeconfig(path: Path, server: str, context: str) -> Path:
 def mark_rolled_out(emulator, namespace: str = "pizzactl") -> list[str]:
     """Play the HPA and Deployment controllers: replicas = the HPA's minReplicas, all available."""
     minimum = {}
-    for (resource, ns, name), obj in list(emulator.objects.items()):
+    for (resource, ns, _name), obj in list(emulator.objects.items()):
         if resource == HPAS and ns == namespace and not obj.deleted:
             minimum[obj["spec"]["scaleTargetRef"]["name"]] = obj["spec"].get("minReplicas", 1)
     done = []
     for (resource, ns, name), obj in list(emulator.objects.items()):
         if resource == DEPLOYMENTS and ns == namespace and not obj.deleted:
             n = max((obj.get("spec") or {}).get("replicas") or 1, minimum.get(name, 1))  # HPA: never below min
-            obj.patch({"metadata": {"generation": 1}, "spec": {"replicas": n}, "status": {
-                "observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
-                "availableReplicas": n}})
+            obj.patch(
+                {
+                    "metadata": {"generation": 1},
+                    "spec": {"replicas": n},
+                    "status": {
+                        "observedGeneration": 1,
+                        "replicas": n,
+                        "updatedReplicas": n,
+                        "readyReplicas": n,
+                        "availableReplicas": n,
+                    },
+                }
+            )
             done.append(name)
     return done
 

@@ -6,6 +6,7 @@ share ONE model server (TensorFlow starts once) and one gateway.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -42,14 +43,26 @@ class ModelServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ModelServerProcess":
+    def start(self) -> ModelServerProcess:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
         self.log_path = self.log_path or Path(self.models).parent / f"modelserver-{self.port}.log"
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server process writes it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pizzactl.serving.modelserver", "--models", str(self.models),
-             "--port", str(self.port), "--poll-seconds", "0.5", *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "pizzactl.serving.modelserver",
+                "--models",
+                str(self.models),
+                "--port",
+                str(self.port),
+                "--poll-seconds",
+                "0.5",
+                *self.args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         return self
 
@@ -68,7 +81,9 @@ class ModelServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"model server not AVAILABLE (last: {last and last.text}); log: {self.log_path.read_text()[-3000:]}")
+        raise TimeoutError(
+            f"model server not AVAILABLE (last: {last and last.text}); log: {self.log_path.read_text()[-3000:]}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -87,14 +102,16 @@ class UvicornThread:
         import uvicorn
 
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "UvicornThread":
+    def __enter__(self) -> UvicornThread:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -117,7 +134,9 @@ def serving_models(tiny_model) -> Path:
 @pytest.fixture(scope="session")
 def model_server(serving_models, tmp_path_factory):
     """A real model server process on a free port serving the tiny model."""
-    server = ModelServerProcess(serving_models, free_port(), log_path=tmp_path_factory.mktemp("logs") / "modelserver.log")
+    server = ModelServerProcess(
+        serving_models, free_port(), log_path=tmp_path_factory.mktemp("logs") / "modelserver.log"
+    )
     server.start()
     try:
         server.wait_available()
@@ -184,10 +203,8 @@ def photo_server(shared_photos, tmp_path_factory):
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.end_headers()
-                try:
+                with contextlib.suppress(Exception):
                     time.sleep(10)
-                except Exception:
-                    pass
                 return
             return super().do_GET()
 

@@ -252,7 +252,9 @@ def test_in_base_model_equals_keras_application_with_its_preprocessing(built):
         pytest.skip("not an in-base Keras application")
     ctor, kwargs = IN_BASE_KERAS_CTOR[bb.name]
     size = test_size(bb)
-    stock = getattr(keras.applications, ctor)(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", **kwargs)
+    stock = getattr(keras.applications, ctor)(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", **kwargs
+    )
     stock.set_weights(model.get_layer("backbone").get_weights())
     for layer in stock.layers:  # Normalization recomputes its mean/variance tensors only here
         if hasattr(layer, "finalize_state"):
@@ -334,7 +336,7 @@ def test_efficientnet_weights_file_keeps_imagenet_normalization(tmp_path):
 
     bb = REGISTRY["efficientnet_b0"]
     a = bb.builder(None, 64)
-    norm = next(l for l in a.get_layer("backbone").layers if type(l).__name__ == "Normalization")
+    norm = next(layer for layer in a.get_layer("backbone").layers if type(layer).__name__ == "Normalization")
     norm.adapt_variance.assign(np.asarray(IMAGENET_STD_RGB, np.float32))  # what Keras' ImageNet file holds
     path = tmp_path / "b0.weights.h5"
     a.save_weights(path)
@@ -378,11 +380,11 @@ def test_unfreeze_top_opens_only_the_last_layers_and_keeps_batchnorm_frozen():
     freeze(model)
     assert model.trainable_weights == []
     n = unfreeze_top(model, backbone=bb)
-    body = [l for l in model.get_layer("backbone").layers if type(l).__name__ != "InputLayer"]
-    trainable = [i for i, l in enumerate(body) if l.trainable]
+    body = [layer for layer in model.get_layer("backbone").layers if type(layer).__name__ != "InputLayer"]
+    trainable = [i for i, layer in enumerate(body) if layer.trainable]
     assert 0 < n == len(trainable) <= bb.fine_tune_layers
     assert min(trainable) >= len(body) - bb.fine_tune_layers
-    assert not any(l.trainable for l in body if "BatchNormalization" in type(l).__name__)
+    assert not any(layer.trainable for layer in body if "BatchNormalization" in type(layer).__name__)
     assert model.trainable_weights
 
 
@@ -390,5 +392,5 @@ def test_unfreeze_top_opens_only_the_last_layers_and_keeps_batchnorm_frozen():
 def test_unfreeze_top_trains_a_from_scratch_backbone_whole():
     bb = REGISTRY["small_cnn"]
     model = bb.builder(None, 64)
-    body = [l for l in model.get_layer("backbone").layers if type(l).__name__ != "InputLayer"]
+    body = [layer for layer in model.get_layer("backbone").layers if type(layer).__name__ != "InputLayer"]
     assert unfreeze_top(model, backbone=bb) == len(body)

@@ -30,13 +30,35 @@ def test_no_limit_or_a_large_one_keeps_everything():
 @pytest.mark.slow
 def test_bench_train_json_reports_both_timings_and_their_ratios(isolated, shared_data, capsys):
     with pytest.raises(SystemExit) as code:
-        main([
-            "bench", "train", "--data", str(shared_data), "--backbone", "mobilenet_v3_small",
-            "--weights", "none", "--epochs", "2", "--limit", "20", "--json",
-        ])
+        main(
+            [
+                "bench",
+                "train",
+                "--data",
+                str(shared_data),
+                "--backbone",
+                "mobilenet_v3_small",
+                "--weights",
+                "none",
+                "--epochs",
+                "2",
+                "--limit",
+                "20",
+                "--json",
+            ]
+        )
     assert code.value.code in (None, 0)
     res = json.loads(capsys.readouterr().out)
-    for key in ("plain_seconds", "cached_seconds", "forward_pass_seconds", "speedup", "backbone", "n_images", "epochs", "weights"):
+    for key in (
+        "plain_seconds",
+        "cached_seconds",
+        "forward_pass_seconds",
+        "speedup",
+        "backbone",
+        "n_images",
+        "epochs",
+        "weights",
+    ):
         assert key in res, key
     assert res["backbone"] == "mobilenet_v3_small" and res["weights"] == "none"
     assert res["n_images"] == 20 and res["epochs"] == 2

@@ -18,7 +18,7 @@ def _command_paths(group=None, prefix=()):
     """Every command path of the typer app, e.g. ('data', 'report')."""
     group = group or typer.main.get_command(app)
     for name, cmd in group.commands.items():
-        path = prefix + (name,)
+        path = (*prefix, name)
         if hasattr(cmd, "commands"):
             yield path
             yield from _command_paths(cmd, path)
@@ -31,14 +31,31 @@ ALL_COMMANDS = sorted(_command_paths())
 
 def run(*args, env=None, cwd=None):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pizzactl", *args], capture_output=True, text=True, env=full_env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "pizzactl", *args], capture_output=True, text=True, env=full_env, cwd=cwd
+    )
 
 
 def test_every_verb_the_readme_promises_exists():
     names = {" ".join(p) for p in ALL_COMMANDS}
     expected = {
-        "train", "export", "evaluate", "serve", "build", "deploy", "status", "teardown", "predict", "doctor",
-        "data download", "data report", "runs list", "runs show", "config show", "bench train", "bench serve",
+        "train",
+        "export",
+        "evaluate",
+        "serve",
+        "build",
+        "deploy",
+        "status",
+        "teardown",
+        "predict",
+        "doctor",
+        "data download",
+        "data report",
+        "runs list",
+        "runs show",
+        "config show",
+        "bench train",
+        "bench serve",
     }
     assert expected <= names
 
@@ -46,13 +63,13 @@ def test_every_verb_the_readme_promises_exists():
 HEAVY = ("tensorflow", "keras", "docker", "kubernetes", "matplotlib", "fastapi")
 
 
-@pytest.mark.parametrize("path", [()] + ALL_COMMANDS, ids=lambda p: " ".join(p) or "root")
+@pytest.mark.parametrize("path", [(), *ALL_COMMANDS], ids=lambda p: " ".join(p) or "root")
 def test_help_works_and_imports_nothing_heavy(path):
     code = (
         "import sys\n"
         "from pizzactl.cli import main\n"
         "try:\n"
-        f"    main({list(path) + ['--help']!r})\n"
+        f"    main({[*list(path), '--help']!r})\n"
         "except SystemExit as e:\n"
         "    assert e.code in (0, None), e.code\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
@@ -147,7 +164,11 @@ WITHOUT_TENSORFLOW = (
 
 @pytest.mark.parametrize(
     "args",
-    [["train", "--data", "{data}"], ["up", "--data", "{data}", "--target", "local"], ["bench", "train", "--data", "{data}"]],
+    [
+        ["train", "--data", "{data}"],
+        ["up", "--data", "{data}", "--target", "local"],
+        ["bench", "train", "--data", "{data}"],
+    ],
     ids=lambda a: " ".join(a[:2]),
 )
 def test_tensorflow_verbs_without_the_train_extra_name_the_extra(args, tmp_path):
@@ -155,8 +176,13 @@ def test_tensorflow_verbs_without_the_train_extra_name_the_extra(args, tmp_path)
     for cls in ("pizza", "not_pizza"):
         (data / cls).mkdir(parents=True)
     argv = [a.format(data=data) for a in args]
-    env = {**os.environ, **{f"PIZZACTL_{n}_DIR": str(tmp_path / n.lower()) for n in ("MODELS", "RUNS", "CACHE", "STATE")}}
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+    env = {
+        **os.environ,
+        **{f"PIZZACTL_{n}_DIR": str(tmp_path / n.lower()) for n in ("MODELS", "RUNS", "CACHE", "STATE")},
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, *argv], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert proc.returncode == EXIT_USER, proc.stderr
     assert "Internal error" not in proc.stderr
     assert "pizzactl[train]" in proc.stderr and 'pip install -e ".[train]"' in proc.stderr

@@ -31,7 +31,12 @@ def test_each_layer_overrides_the_one_before(tmp_path):
 
 
 def test_types_are_coerced_from_strings(tmp_path):
-    env = {"PIZZACTL_AUGMENT": "no", "PIZZACTL_MODELS_DIR": "~/m", "PIZZACTL_IMAGE_SIZE": "128", "PIZZACTL_VAL_SPLIT": "0.3"}
+    env = {
+        "PIZZACTL_AUGMENT": "no",
+        "PIZZACTL_MODELS_DIR": "~/m",
+        "PIZZACTL_IMAGE_SIZE": "128",
+        "PIZZACTL_VAL_SPLIT": "0.3",
+    }
     s = load_settings(cwd=tmp_path, environ=env)
     assert s.augment is False
     assert s.models_dir == Path("~/m").expanduser()
@@ -55,7 +60,11 @@ def test_config_show_json_reports_values_and_sources(tmp_path):
     env = {"PIZZACTL_PORT": "8123", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "config", "show", "--json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     shown = json.loads(proc.stdout)
     assert shown["epochs"] == {"value": 5, "source": str(tmp_path / "pizzactl.toml")}

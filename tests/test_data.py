@@ -221,7 +221,10 @@ def test_cli_data_split_json_and_exit_code(tmp_path):
     import sys
 
     src = make_dataset(tmp_path / "src", {"pizza": 6, "not_pizza": 6})
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pizzactl", "data", "split", *a], capture_output=True, text=True)
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "pizzactl", "data", "split", *a], capture_output=True, text=True)
+
     proc = run(str(src), "--dest", str(tmp_path / "out"), "--test", "0.5", "--json")
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)

@@ -30,7 +30,6 @@ import pytest
 from pizzactl.errors import EXIT_FAILURE, EXIT_USER
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,7 +112,9 @@ def photo_server(tiny_classifier, tmp_path_factory):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}", names=sorted(p.name for p in root.iterdir()))
+    yield SimpleNamespace(
+        url=f"http://127.0.0.1:{server.server_address[1]}", names=sorted(p.name for p in root.iterdir())
+    )
     server.shutdown()
 
 
@@ -123,7 +124,9 @@ def deployed(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy_local")
     env = make_env(root, tiny_model)
     proc = cli(env, "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", cwd=root)
-    ns = SimpleNamespace(env=env, root=root, proc=proc, state_file=root / "state" / "deploy.json", seen_pids=set(), seen_ports=set())
+    ns = SimpleNamespace(
+        env=env, root=root, proc=proc, state_file=root / "state" / "deploy.json", seen_pids=set(), seen_ports=set()
+    )
     try:
         yield ns
     finally:
@@ -228,7 +231,17 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
     (tmp_path / "album" / "notes.txt").write_text("not an image, skipped by its name")
     (tmp_path / "album" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     out_csv = tmp_path / "results.csv"
-    proc = cli(deployed.env, "predict", str(tmp_path / "album"), "--csv", str(out_csv), "--json", "--concurrency", "3", cwd=deployed.root)
+    proc = cli(
+        deployed.env,
+        "predict",
+        str(tmp_path / "album"),
+        "--csv",
+        str(out_csv),
+        "--json",
+        "--concurrency",
+        "3",
+        cwd=deployed.root,
+    )
     assert proc.returncode == EXIT_FAILURE, proc.stderr
     results = json.loads(proc.stdout)
     assert len(results) == 7  # 6 photos + the broken one, not notes.txt
@@ -267,7 +280,17 @@ def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifie
 @pytest.mark.slow
 def test_deploy_again_replaces_the_running_deployment(deployed):
     before = read_state(deployed)
-    proc = cli(deployed.env, "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", cwd=deployed.root)
+    proc = cli(
+        deployed.env,
+        "deploy",
+        "--target",
+        "local",
+        "--allow-private-urls",
+        "--json",
+        "--timeout",
+        "240",
+        cwd=deployed.root,
+    )
     assert proc.returncode == 0, proc.stderr
     after = read_state(deployed)
     assert not any(alive(pid) for pid in before["pids"].values())
@@ -320,8 +343,15 @@ def test_deploy_on_a_busy_port_exits_3_with_the_fix(tiny_model, tmp_path):
 def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_model, tiny_classifier, tmp_path):
     env = make_env(tmp_path, tiny_model)
     port, model_port = int(env["PIZZACTL_PORT"]), int(env["PIZZACTL_MODEL_PORT"])
-    log = open(tmp_path / "serve.log", "w+")
-    serve = subprocess.Popen([sys.executable, "-m", "pizzactl", "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=log, text=True)
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - the serve process writes it
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pizzactl", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     children: list[int] = []
     try:
         url = f"http://127.0.0.1:{port}"
@@ -357,8 +387,13 @@ def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_mo
 def test_serve_killed_outright_leaves_no_orphan_servers(tiny_model, tmp_path):
     env = make_env(tmp_path, tiny_model)
     port = int(env["PIZZACTL_PORT"])
-    serve = subprocess.Popen([sys.executable, "-m", "pizzactl", "serve"], env=env, cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pizzactl", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     children: list[int] = []
     try:
         assert wait_until(lambda: len(children_of(serve.pid)) == 2, 60)
@@ -392,7 +427,9 @@ def test_state_round_trips_and_is_replaced_atomically(tmp_path):
 
     settings = settings_in(tmp_path)
     assert state_mod.load(settings) is None
-    first = DeployState(target="local", url="http://127.0.0.1:1", model_version=2, pids={"gateway": 11}, extra={"k": "v"})
+    first = DeployState(
+        target="local", url="http://127.0.0.1:1", model_version=2, pids={"gateway": 11}, extra={"k": "v"}
+    )
     state_mod.save(settings, first)
     state_mod.save(settings, DeployState(target="docker", url="http://127.0.0.1:2"))
     loaded = state_mod.load(settings)
@@ -424,14 +461,18 @@ def test_status_and_teardown_with_nothing_deployed_say_so_and_exit_0(tmp_path):
 
 
 def test_a_local_deployment_whose_processes_died_shows_not_ready_and_tears_down_cleanly(tmp_path):
-    from pizzactl.deploy import state as state_mod, status, teardown
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy import status, teardown
     from pizzactl.deploy.state import DeployState
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     settings = settings_in(tmp_path)
     url = f"http://127.0.0.1:{free_port()}"
-    state_mod.save(settings, DeployState(target="local", url=url, model_version=1, pids={"modelserver": dead.pid, "gateway": dead.pid}))
+    state_mod.save(
+        settings,
+        DeployState(target="local", url=url, model_version=1, pids={"modelserver": dead.pid, "gateway": dead.pid}),
+    )
     st = status(settings)
     assert st["deployed"] is True and st["ready"] is False
     assert st["processes"] == {"modelserver": False, "gateway": False}
@@ -441,7 +482,8 @@ def test_a_local_deployment_whose_processes_died_shows_not_ready_and_tears_down_
 
 
 def test_a_recorded_pid_now_used_by_another_program_is_not_killed(tmp_path):
-    from pizzactl.deploy import state as state_mod, teardown
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy import teardown
     from pizzactl.deploy.state import DeployState
 
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)

@@ -12,13 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
-
-import tomllib
 from pathlib import Path
 
-import docker
 import pytest
+import tomllib
 
+import docker
 from pizzactl.config import load_settings
 from pizzactl.deploy.images import build_context, plan_images
 
@@ -82,11 +81,17 @@ def test_tags_come_from_content_never_latest(built_images, tiny_model, tmp_path)
 @pytest.mark.docker
 @pytest.mark.slow
 def test_build_cli_prints_image_names_and_sizes_as_json(built_images, tiny_model, tmp_path):
-    planned = plan_images(load_settings({"models_dir": tiny_model, "model_server": "builtin"}, environ={}, cwd=tmp_path))
+    planned = plan_images(
+        load_settings({"models_dir": tiny_model, "model_server": "builtin"}, environ={}, cwd=tmp_path)
+    )
     env = {**os.environ, "PIZZACTL_MODELS_DIR": str(tiny_model)}
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "build", "--model-server", "builtin", "--json"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -96,8 +101,12 @@ def test_build_cli_prints_image_names_and_sizes_as_json(built_images, tiny_model
 
 
 def _requirement_names(role: str) -> set[str]:
-    proc = subprocess.run([sys.executable, str(REPO / "src/pizzactl/docker/requirements.py"), role,
-                           str(REPO / "pyproject.toml")], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src/pizzactl/docker/requirements.py"), role, str(REPO / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].lower() for line in proc.stdout.splitlines()}
 
 

@@ -10,10 +10,11 @@ from pizzactl.deploy import deploy, status, teardown
 from pizzactl.serving.processes import free_port
 
 
-
 def _leftovers(client) -> tuple[list, list]:
-    return (client.containers.list(all=True, filters={"label": "pizzactl=1"}),
-            client.networks.list(filters={"label": "pizzactl=1"}))
+    return (
+        client.containers.list(all=True, filters={"label": "pizzactl=1"}),
+        client.networks.list(filters={"label": "pizzactl=1"}),
+    )
 
 
 @pytest.mark.docker
@@ -34,8 +35,7 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
         assert set(st["containers"].values()) == {"running"}
 
         photo = shared_photos["pizza"][0].read_bytes()
-        resp = httpx.post(f"{result['url']}/predict", content=photo,
-                          headers={"Content-Type": "image/jpeg"}, timeout=60)
+        resp = httpx.post(f"{result['url']}/predict", content=photo, headers={"Content-Type": "image/jpeg"}, timeout=60)
         assert resp.status_code == 200, resp.text
         prediction = resp.json()
         assert 0.0 <= prediction["probability"] <= 1.0
@@ -45,7 +45,8 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
         model = docker_ready.containers.get("pizzactl-model")
         assert model.attrs["HostConfig"]["ReadonlyRootfs"] is True
         assert model.attrs["NetworkSettings"]["Ports"] in ({}, None) or not any(
-            model.attrs["NetworkSettings"]["Ports"].values())  # only the gateway is published
+            model.attrs["NetworkSettings"]["Ports"].values()
+        )  # only the gateway is published
     finally:
         down = teardown(settings)
     assert down["torn_down"] is True

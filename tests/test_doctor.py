@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from k8s_fakes import install_fake_kind
 from pizzactl.config import load_settings
 from pizzactl.doctor import run_checks
+
+from k8s_fakes import install_fake_kind
 
 
 @pytest.fixture
@@ -70,8 +71,13 @@ def test_kaggle_token_is_found(machine):
 
 
 def test_cli_json_and_exit_code_when_a_required_check_fails(machine):
-    proc = subprocess.run([sys.executable, "-m", "pizzactl", "doctor", "--json"], capture_output=True, text=True,
-                          env={**os.environ, "PIZZACTL_PORT": "0"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIZZACTL_PORT": "0"},
+        timeout=120,
+    )
     assert proc.returncode == 1  # Docker is unreachable
     checks = json.loads(proc.stdout)
     assert {"name", "ok", "detail", "fix", "required"} <= set(checks[0])
@@ -79,8 +85,10 @@ def test_cli_json_and_exit_code_when_a_required_check_fails(machine):
 
 
 def test_doctor_does_not_import_tensorflow(machine):
-    code = ("import sys; from pizzactl.config import load_settings; from pizzactl.doctor import run_checks; "
-            "c = [x for x in run_checks(load_settings({})) if x.name == 'tensorflow'][0]; "
-            "print(c.ok, 'tensorflow' in sys.modules)")
+    code = (
+        "import sys; from pizzactl.config import load_settings; from pizzactl.doctor import run_checks; "
+        "c = [x for x in run_checks(load_settings({})) if x.name == 'tensorflow'][0]; "
+        "print(c.ok, 'tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.split()
     assert out == ["True", "False"]

@@ -18,6 +18,7 @@ import threading
 import types
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -29,8 +30,8 @@ from pizzactl.data.download import (
     KaggleApiSource,
     KaggleHubSource,
     download,
-    find_credentials,
     find_class_root,
+    find_credentials,
     safe_extract,
 )
 from pizzactl.errors import EXIT_USER, CredentialsError, DownloadError
@@ -172,7 +173,7 @@ def test_a_silent_connection_times_out_instead_of_hanging(settings):
     hanging = HangingSource()
     stdout, stderr = sys.stdout, sys.stderr
     try:
-        with pytest.raises(DownloadError, match="no data for 0.3 s"):
+        with pytest.raises(DownloadError, match=r"no data for 0\.3 s"):
             download(settings, sources=[hanging], stall_timeout=0.3)
     finally:
         hanging.release.set()
@@ -281,9 +282,14 @@ def test_no_credentials_anywhere(no_credentials):
         (lambda home, env: env.update(KAGGLE_API_TOKEN="KGAT_x"), "KAGGLE_API_TOKEN"),
         (lambda home, env: _write(home / ".kaggle" / "kaggle.json", '{"username":"me","key":"k"}'), "kaggle.json"),
         (lambda home, env: _write(home / ".kaggle" / "access_token", "KGAT_x"), "access_token"),
-        (lambda home, env: _write(home / ".config" / "kaggle" / "kaggle.json", '{"username":"me","key":"k"}'), "kaggle.json"),
         (
-            lambda home, env: env.update(KAGGLE_CONFIG_DIR=str(_write(home / "elsewhere" / "kaggle.json", '{"username":"me","key":"k"}').parent)),
+            lambda home, env: _write(home / ".config" / "kaggle" / "kaggle.json", '{"username":"me","key":"k"}'),
+            "kaggle.json",
+        ),
+        (
+            lambda home, env: env.update(
+                KAGGLE_CONFIG_DIR=str(_write(home / "elsewhere" / "kaggle.json", '{"username":"me","key":"k"}').parent)
+            ),
             "elsewhere/kaggle.json",
         ),
     ],
@@ -322,12 +328,14 @@ def fake_kaggle_package(monkeypatch, api_class):
 class FakeKaggleApi:
     """kaggle 2.x: authenticate() then dataset_download_files(slug, path=, force=, quiet=, unzip=); it prints."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def authenticate(self):
         print("authenticated")  # the real one prints to stdout, which must not reach --json
 
-    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False, licenses=[]):
+    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False, licenses=None):
+        if licenses is None:
+            licenses = []
         FakeKaggleApi.calls.append((dataset, unzip))
         print(f"Dataset URL: https://www.kaggle.com/datasets/{dataset}")
         write_kaggle_zip(Path(path) / (dataset.split("/")[1] + ".zip"))
@@ -402,7 +410,11 @@ def test_cli_download_offline_exits_3_with_the_hint(isolated, unreachable_kaggle
     env = {k: v for k, v in os.environ.items()}
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "data", "download", "--json"],
-        capture_output=True, text=True, env=env, cwd=isolated, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=isolated,
+        timeout=120,
     )
     assert proc.returncode == EXIT_USER, proc.stderr
     assert proc.stdout == ""  # nothing from the kaggle libraries leaks onto stdout
@@ -414,7 +426,11 @@ def test_cli_download_reuses_a_verified_download_without_network(settings, isola
     first = download(settings, sources=[ZipSource()])
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "data", "download", "--json"],
-        capture_output=True, text=True, env=dict(os.environ), cwd=isolated, timeout=120,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        cwd=isolated,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

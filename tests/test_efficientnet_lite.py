@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_tier
 
 from pizzactl.errors import MissingDependencyError, WeightsError
 from pizzactl.train import efficientnet_lite as lite
 from pizzactl.train.torch_weights import checkpoint_format, load_state_dict
+
+from conftest import require_tier
 
 PIZZA_CLASS = 963  # ImageNet "pizza, pizza pie"
 
@@ -192,11 +193,15 @@ def test_split_at_tune_from_gives_bottom_and_top_that_compose_to_the_model(featu
     pixels256 = tf.image.resize(photo_pixels[:2], (256, 256)).numpy()
     maps256 = np.asarray(big_bottom(pixels256, training=False))
     assert maps256.shape == (2, 8, 8, 192)
-    np.testing.assert_allclose(np.asarray(top(maps256, training=False)), np.asarray(big(pixels256, training=False)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(top(maps256, training=False)), np.asarray(big(pixels256, training=False)), rtol=1e-4, atol=1e-4
+    )
     assert top.get_layer("top_conv") is features_model.get_layer("backbone").get_layer("top_conv")  # shared, not copied
     bottom6c, top6c = backbones.split_at(features_model, "block6c_add")
     assert top6c.get_layer("block6d_add") is features_model.get_layer("backbone").get_layer("block6d_add")
-    np.testing.assert_allclose(np.asarray(top6c(bottom6c(photo_pixels[:2], training=False), training=False)), whole, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(top6c(bottom6c(photo_pixels[:2], training=False), training=False)), whole, rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(ValueError, match="cannot split"):
         backbones.split_at(features_model, "block6d_expand_conv")  # block6d_add reads block6c_add, before the cut
 
@@ -215,7 +220,9 @@ def test_keras_weights_file_round_trip_keeps_the_converted_weights(features_mode
     path = tmp_path / "lite0.weights.h5"
     features_model.save_weights(path)
     # convolution weights do not depend on the input size: a small model loads them quickly
-    reloaded = lite.build_features("efficientnet_lite0", weights=str(path), image_size=64, cache_dir=tmp_path / "unused")
+    reloaded = lite.build_features(
+        "efficientnet_lite0", weights=str(path), image_size=64, cache_dir=tmp_path / "unused"
+    )
     for got, want in zip(reloaded.get_weights(), features_model.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     assert not (tmp_path / "unused").exists()  # a Keras weights file needs no conversion

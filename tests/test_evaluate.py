@@ -70,7 +70,10 @@ def test_evaluate_without_a_model_exits_3_with_a_hint(isolated, shared_data):
     env = {**os.environ, "PIZZACTL_MODELS_DIR": str(isolated / "no-models")}
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "evaluate", "--data", str(shared_data)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 3, proc.stderr
     assert "No exported model" in proc.stderr and "pizzactl train" in proc.stderr
@@ -118,7 +121,7 @@ def test_evaluate_runs_the_exported_model_on_raw_bytes(subset, tiny_model, tiny_
 
     with errors_csv.open() as fh:
         rows = list(csv.DictReader(fh))
-    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    (_tn, fp), (fn, _tp) = m["confusion_matrix"]
     assert len(rows) == m["misclassified"] == fp + fn
     for row in rows:
         assert row["true"] != row["predicted"]
@@ -170,7 +173,16 @@ def test_evaluate_cli_prints_json_for_scripts(subset, tiny_model):
 def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tiny_model):
     """TF 2.19+ logs 'oneDNN custom operations are on' etc. before absl is initialised;
     TF_CPP_MIN_LOG_LEVEL cannot silence it, pizzactl filters it. --debug shows everything."""
-    args = [sys.executable, "-m", "pizzactl", "evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "pizzactl",
+        "evaluate",
+        str(tiny_model / "pizza" / "1"),
+        "--data",
+        str(subset),
+        "--json",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIZZACTL_", "TF_"))}
     quiet = subprocess.run(args, capture_output=True, text=True, env=env)
     assert quiet.returncode == 0, quiet.stderr
@@ -187,7 +199,9 @@ def test_only_verbs_that_load_tensorflow_import_it_up_front():
     assert needs_tensorflow(["predict", "a.jpg", "--explain", "out"])
     assert needs_tensorflow(["bench", "serve", "--json"]) and not needs_tensorflow(["predict", "a.jpg"])
     assert not needs_tensorflow(["deploy", "--target", "local"]) and not needs_tensorflow(["data", "split", "d"])
-    assert not needs_tensorflow(["train", "--help"]) and not needs_tensorflow([]) and not needs_tensorflow(["--version"])
+    assert (
+        not needs_tensorflow(["train", "--help"]) and not needs_tensorflow([]) and not needs_tensorflow(["--version"])
+    )
     assert NOISE.match("I0000 00:00:1795551479.930577   20609 cudart_stub.cc:31] Could not find cuda drivers")
     assert NOISE.match("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
     assert not NOISE.match("E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory")

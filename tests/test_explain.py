@@ -84,7 +84,9 @@ def tta_model(tmp_path_factory, tiny_classifier):
     return export_model(classifier, models, meta, tiny_classifier.check_images)
 
 
-def test_with_test_time_augmentation_both_passes_count_and_a_mirrored_photo_gives_the_mirrored_map(tta_model, tiny_classifier):
+def test_with_test_time_augmentation_both_passes_count_and_a_mirrored_photo_gives_the_mirrored_map(
+    tta_model, tiny_classifier
+):
     import io
 
     import tensorflow as tf

@@ -84,7 +84,9 @@ def test_find_run_dir_by_id_unique_prefix_or_path(tmp_path):
     s = Settings(runs_dir=runs)
     assert find_run_dir(s, "20261124-1130").name.endswith("mobilenet_v3_small")
     assert find_run_dir(s, "20261124-101500-efficientnet_lite0").name.startswith("20261124-1015")
-    assert find_run_dir(s, str(runs / "20261124-101500-efficientnet_lite0")) == runs / "20261124-101500-efficientnet_lite0"
+    assert (
+        find_run_dir(s, str(runs / "20261124-101500-efficientnet_lite0")) == runs / "20261124-101500-efficientnet_lite0"
+    )
     with pytest.raises(RunNotFoundError, match="ambiguous"):
         find_run_dir(s, "20261124")
     with pytest.raises(RunNotFoundError, match="No run"):
@@ -329,11 +331,19 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
     run.mkdir(parents=True)
     tiny_classifier.model.save(run / "model.keras")
     config = {
-        "run_id": run.name, "backbone": "tiny_cnn", "weights": "none", "image_size": 64,
-        "classes": ["not_pizza", "pizza"], "threshold": 0.4, "data_dir": str(shared_data), "data_hash": "abc123",
+        "run_id": run.name,
+        "backbone": "tiny_cnn",
+        "weights": "none",
+        "image_size": 64,
+        "classes": ["not_pizza", "pizza"],
+        "threshold": 0.4,
+        "data_dir": str(shared_data),
+        "data_hash": "abc123",
     }
     (run / "config.json").write_text(json.dumps(config))
-    (run / "metrics.json").write_text(json.dumps({"val_accuracy": 0.61, "val_roc_auc": 0.66, "model_dir": "old/pizza/1"}))
+    (run / "metrics.json").write_text(
+        json.dumps({"val_accuracy": 0.61, "val_roc_auc": 0.66, "model_dir": "old/pizza/1"})
+    )
     s = Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models")
 
     version = export_run(s, "20261124-16")
@@ -365,7 +375,8 @@ def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_clas
     (run / "config.json").write_text(json.dumps({"backbone": "tiny_cnn", "image_size": 64}))
     _fake_version(tmp_path / "models" / "pizza", "4")
     result = CliRunner().invoke(
-        app, ["export", "20261124-17", "--to", str(tmp_path / "models"), "--json"],
+        app,
+        ["export", "20261124-17", "--to", str(tmp_path / "models"), "--json"],
         env={"PIZZACTL_RUNS_DIR": str(tmp_path / "runs")},
     )
     assert result.exit_code == 0, result.output
@@ -379,7 +390,9 @@ def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_clas
 def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
     from pizzactl.export import export_model
 
-    return export_model(tiny_classifier.model, tmp_path / "direct", tiny_classifier.metadata, tiny_classifier.check_images)
+    return export_model(
+        tiny_classifier.model, tmp_path / "direct", tiny_classifier.metadata, tiny_classifier.check_images
+    )
 
 
 def test_export_run_of_an_unfinished_run_says_so(tmp_path):
@@ -388,7 +401,7 @@ def test_export_run_of_an_unfinished_run_says_so(tmp_path):
     run = tmp_path / "runs" / "half"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
-    with pytest.raises(ModelNotFoundError, match="no model.keras"):
+    with pytest.raises(ModelNotFoundError, match=r"no model\.keras"):
         export_run(Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models"), "half")
 
 
@@ -397,7 +410,12 @@ def test_metadata_that_contradicts_the_model_input_is_refused(tmp_path, tiny_cla
     from pizzactl.export import export_model
 
     with pytest.raises(ExportError, match="image_size 224"):
-        export_model(tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "image_size": 224}, tiny_classifier.check_images)
+        export_model(
+            tiny_classifier.model,
+            tmp_path,
+            {**tiny_classifier.metadata, "image_size": 224},
+            tiny_classifier.check_images,
+        )
     assert not (tmp_path / "pizza").exists() or list((tmp_path / "pizza").iterdir()) == []
 
 
@@ -406,5 +424,7 @@ def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
     from pizzactl.export import export_model
 
     metrics = {"val_accuracy": np.float32(0.75), "confusion_matrix": np.array([[3, 1], [0, 4]])}
-    version = export_model(tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "metrics": metrics}, tiny_classifier.check_images)
+    version = export_model(
+        tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "metrics": metrics}, tiny_classifier.check_images
+    )
     assert read_metadata(version)["metrics"] == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}

@@ -15,9 +15,28 @@ LOCAL = FetchPolicy(allow_private=True, read_timeout=1.0, total_timeout=5.0)
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "169.254.1.1",
-        "0.0.0.0", "224.0.0.1", "255.255.255.255", "100.64.0.1", "100.100.100.200", "192.0.0.192", "240.0.0.1",
-        "::1", "::", "fe80::1", "fd00:ec2::254", "fc00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+        "127.0.0.1",
+        "127.8.9.10",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "100.64.0.1",
+        "100.100.100.200",
+        "192.0.0.192",
+        "240.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fd00:ec2::254",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
         "2002:7f00:1::",  # 6to4 wrapping 127.0.0.1
     ],
 )
@@ -40,7 +59,9 @@ def test_metadata_link_local_and_multicast_stay_refused_with_allow_private(addre
     assert address_problem(ipaddress.ip_address(address), allow_private=True) is not None
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://x/", "javascript:alert(1)", "/relative.jpg"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://x/", "javascript:alert(1)", "/relative.jpg"]
+)
 def test_only_http_and_https_urls(url):
     with pytest.raises(BadInputError):
         check_url(url)
@@ -127,7 +148,9 @@ async def test_http_errors_and_slow_servers_are_fetch_errors(photo_server):
     assert "404" in info.value.message
     assert info.value.http_status == 422
     with pytest.raises(FetchError) as info:
-        await fetch_image(photo_server.url + "/slow.jpg", FetchPolicy(allow_private=True, read_timeout=0.3, total_timeout=2))
+        await fetch_image(
+            photo_server.url + "/slow.jpg", FetchPolicy(allow_private=True, read_timeout=0.3, total_timeout=2)
+        )
     assert "timed out" in info.value.message or "longer" in info.value.message
 
 
@@ -152,9 +175,26 @@ def https_photo_server(tmp_path_factory, shared_photos):
     root = tmp_path_factory.mktemp("tls")
     cert, key = root / "cert.pem", root / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     shutil.copy(shared_photos["pizza"][0], root / "pizza.jpg")
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pizzactl.serving.gateway import create_app
+
 from serving_fixtures import ModelServerProcess, UvicornThread, free_port
 
 
@@ -65,11 +66,19 @@ def test_gateway_settings_come_from_pizzactl_variables_and_arguments_win():
     from pizzactl.errors import ConfigError
     from pizzactl.serving.gateway import GatewayConfig
 
-    env = {"PIZZACTL_MODEL_URL": "http://models:8501", "PIZZACTL_ALLOW_PRIVATE_URLS": "1", "PIZZACTL_MODEL_TIMEOUT": "0.5",
-           "PIZZACTL_MAX_BATCH_ITEMS": "8"}
+    env = {
+        "PIZZACTL_MODEL_URL": "http://models:8501",
+        "PIZZACTL_ALLOW_PRIVATE_URLS": "1",
+        "PIZZACTL_MODEL_TIMEOUT": "0.5",
+        "PIZZACTL_MAX_BATCH_ITEMS": "8",
+    }
     config = GatewayConfig.from_env(env)
     assert (config.model_url, config.allow_private_urls, config.model_timeout, config.max_batch_items) == (
-        "http://models:8501", True, 0.5, 8)
+        "http://models:8501",
+        True,
+        0.5,
+        8,
+    )
     assert GatewayConfig.from_env(env, model_url="http://other:1").model_url == "http://other:1"
     assert GatewayConfig.from_env({}).model_url == "http://127.0.0.1:8501"
     with pytest.raises(ConfigError):
@@ -79,10 +88,30 @@ def test_gateway_settings_come_from_pizzactl_variables_and_arguments_win():
 def test_the_input_size_is_read_from_tf_serving_metadata_without_pizzactl_json():
     from pizzactl.serving.client import image_size_from_metadata
 
-    tf_serving = {"metadata": {"signature_def": {"signature_def": {"serving_pixels": {"inputs": {"pixels": {
-        "dtype": "DT_UINT8",
-        "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "260", "name": ""}, {"size": "260", "name": ""},
-                                 {"size": "3", "name": ""}], "unknown_rank": False}}}}}}}}
+    tf_serving = {
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    "serving_pixels": {
+                        "inputs": {
+                            "pixels": {
+                                "dtype": "DT_UINT8",
+                                "tensor_shape": {
+                                    "dim": [
+                                        {"size": "-1", "name": ""},
+                                        {"size": "260", "name": ""},
+                                        {"size": "260", "name": ""},
+                                        {"size": "3", "name": ""},
+                                    ],
+                                    "unknown_rank": False,
+                                },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
     assert image_size_from_metadata(tf_serving) == 260
     tf_serving["metadata"]["pizzactl"] = {"image_size": 192}
     assert image_size_from_metadata(tf_serving) == 192
@@ -157,7 +186,11 @@ def test_openapi_docs_and_web_page_are_served(offline_gateway):
 
 @pytest.mark.parametrize(
     "method, path, status, code",
-    [("GET", "/nope", 404, "not_found"), ("GET", "/predict", 405, "method_not_allowed"), ("DELETE", "/healthz", 405, None)],
+    [
+        ("GET", "/nope", 404, "not_found"),
+        ("GET", "/predict", 405, "method_not_allowed"),
+        ("DELETE", "/healthz", 405, None),
+    ],
 )
 def test_unknown_routes_and_methods_use_the_error_shape(offline_gateway, method, path, status, code):
     assert_error(httpx.request(method, offline_gateway.url + path), status, code)
@@ -218,7 +251,8 @@ def test_the_gateway_agrees_with_the_model_server_on_the_reencoded_image(gw, mod
         photo = path.read_bytes()
         size = gw.get("/readyz").json()["image_size"]
         direct = httpx.post(
-            model_server.url + "/v1/models/pizza:predict", json={"instances": [{"b64": b64(prepare_image(photo, size))}]}
+            model_server.url + "/v1/models/pizza:predict",
+            json={"instances": [{"b64": b64(prepare_image(photo, size))}]},
         ).json()["predictions"][0]
         through = gw.post("/predict", json={"image_b64": b64(photo)}).json()
         assert through["label"] == direct["label"]
@@ -245,7 +279,9 @@ def test_urls_to_loopback_are_refused_and_fetched_when_private_urls_are_allowed(
         uploaded = gw.post("/predict", json={"image_b64": b64((photo_server.root / "pizza.jpg").read_bytes())})
         assert fetched.json() == uploaded.json()
         assert_error(httpx.post(private.url + "/predict", json={"url": photo_server.url + "/page.html"}), 415)
-        assert_error(httpx.post(private.url + "/predict", json={"url": photo_server.url + "/missing.jpg"}), 422, "fetch_failed")
+        assert_error(
+            httpx.post(private.url + "/predict", json={"url": photo_server.url + "/missing.jpg"}), 422, "fetch_failed"
+        )
 
 
 def _truncated(shared_photos) -> bytes:
@@ -254,7 +290,12 @@ def _truncated(shared_photos) -> bytes:
 
 
 BAD_INPUTS = [
-    ("malformed-json", dict(content=b'{"image_b64": ', headers={"content-type": "application/json"}), 400, "invalid_json"),
+    (
+        "malformed-json",
+        dict(content=b'{"image_b64": ', headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    ),
     ("bad-base64", dict(json={"image_b64": "not base64 at all!"}), 400, "invalid_base64"),
     ("empty-base64", dict(json={"image_b64": ""}), 400, "invalid_base64"),
     ("both-fields", dict(json={"image_b64": "AAAA", "url": "https://example.com/a.jpg"}), 422, "validation_error"),
@@ -270,14 +311,21 @@ BAD_INPUTS = [
     ("metadata-url", dict(json={"url": "http://169.254.169.254/latest/meta-data/"}), 400, "unsafe_url"),
     ("relative-url", dict(json={"url": "/etc/passwd"}), 400, "unsafe_url"),
     ("csv-content-type", dict(content=b"a,b", headers={"content-type": "text/csv"}), 415, "unsupported_media_type"),
-    ("multipart-no-file", dict(data={"other": "x"}, files={"note": ("a.txt", b"x", "text/plain")}), 422, "validation_error"),
+    (
+        "multipart-no-file",
+        dict(data={"other": "x"}, files={"note": ("a.txt", b"x", "text/plain")}),
+        422,
+        "validation_error",
+    ),
     ("empty-upload", dict(files={"file": ("a.jpg", b"", "image/jpeg")}), 422, "invalid_image"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, request_kwargs, status, code", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_each_class_of_bad_input_gets_its_4xx_and_the_server_stays_up(gw, shared_photos, name, request_kwargs, status, code):
+def test_each_class_of_bad_input_gets_its_4xx_and_the_server_stays_up(
+    gw, shared_photos, name, request_kwargs, status, code
+):
     from test_images import encode, png_header_only
 
     if request_kwargs == "ppm":
@@ -297,7 +345,13 @@ def test_batch_answers_in_order_with_per_item_errors(gw, shared_photos):
     other = b64(shared_photos["not_pizza"][0].read_bytes())
     response = gw.post(
         "/predict/batch",
-        json=[{"image_b64": pizza}, {"url": "http://127.0.0.1/x.jpg"}, {"image_b64": "!!"}, {"foo": 1}, {"image_b64": other}],
+        json=[
+            {"image_b64": pizza},
+            {"url": "http://127.0.0.1/x.jpg"},
+            {"image_b64": "!!"},
+            {"foo": 1},
+            {"image_b64": other},
+        ],
     )
     assert response.status_code == 200, response.text
     items = response.json()
@@ -314,7 +368,9 @@ def test_batch_answers_in_order_with_per_item_errors(gw, shared_photos):
 @pytest.mark.slow
 def test_batch_request_level_errors(gw):
     assert_error(gw.post("/predict/batch", json={"image_b64": "AAAA"}), 422, "validation_error")
-    assert_error(gw.post("/predict/batch", content=b"[{", headers={"content-type": "application/json"}), 400, "invalid_json")
+    assert_error(
+        gw.post("/predict/batch", content=b"[{", headers={"content-type": "application/json"}), 400, "invalid_json"
+    )
     assert_error(gw.post("/predict/batch", json=[{"image_b64": "AAAA"}] * 33), 413, "too_large")
 
 
@@ -344,6 +400,7 @@ def test_model_server_killed_under_load_gives_503s_then_recovers_after_restart(s
 
             async def load(n: int):
                 async with httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+
                     async def one(i: int):
                         if i == n // 3:
                             server.stop(sig=9)  # SIGKILL mid-load

@@ -12,10 +12,11 @@ import re
 import kmock as kmock_lib
 import pytest
 
-from k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
 from pizzactl.config import load_settings
 from pizzactl.deploy import k8s, manifests
 from pizzactl.errors import DeployError
+
+from k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"
@@ -30,21 +31,32 @@ def api(kmock, tmp_path):
 
 
 def _docs():
-    return manifests.render(load_settings({}, environ={}), "pizzactl-gateway:0.1.0-abc", "pizzactl-model:v1-builtin-def",
-                            model_version=1)
+    return manifests.render(
+        load_settings({}, environ={}), "pizzactl-gateway:0.1.0-abc", "pizzactl-model:v1-builtin-def", model_version=1
+    )
 
 
 def _pod(name, app, *, phase="Running", waiting=None, last_terminated=None, ready=False):
-    status = {"name": app.split("-")[1], "image": f"{app}:tag", "imageID": "", "ready": ready, "restartCount": 3,
-              "state": {"waiting": waiting} if waiting else {"running": {}}}
+    status = {
+        "name": app.split("-")[1],
+        "image": f"{app}:tag",
+        "imageID": "",
+        "ready": ready,
+        "restartCount": 3,
+        "state": {"waiting": waiting} if waiting else {"running": {}},
+    }
     if last_terminated:
         status["lastState"] = {"terminated": last_terminated}
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/name": app}},
         "spec": {"containers": [{"name": app.split("-")[1], "image": f"{app}:tag"}]},
-        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-                   "containerStatuses": [] if phase == "Pending" else [status]},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [] if phase == "Pending" else [status],
+        },
     }
 
 
@@ -87,8 +99,10 @@ async def test_rollout_waits_for_the_controller(kmock, api):
 async def test_timeout_explains_an_image_that_cannot_be_pulled(kmock, api):
     await asyncio.to_thread(k8s.apply, api, _docs())
     kmock.objects[PODS, NS, "pizzactl-model-7d9f-x1"] = _pod(
-        "pizzactl-model-7d9f-x1", "pizzactl-model",
-        waiting={"reason": "ImagePullBackOff", "message": 'Back-off pulling image "pizzactl-model:tag"'})
+        "pizzactl-model-7d9f-x1",
+        "pizzactl-model",
+        waiting={"reason": "ImagePullBackOff", "message": 'Back-off pulling image "pizzactl-model:tag"'},
+    )
     with pytest.raises(DeployError) as info:
         await asyncio.to_thread(k8s.wait_rollout, api, NS, ["pizzactl-model"], 0.3, 0.1)
     assert "pizzactl-model:tag cannot be pulled (ImagePullBackOff)" in info.value.message
@@ -98,10 +112,16 @@ async def test_timeout_explains_an_image_that_cannot_be_pulled(kmock, api):
 async def test_timeout_shows_the_last_log_lines_of_a_crashing_container(kmock, api):
     await asyncio.to_thread(k8s.apply, api, _docs())
     kmock.objects[PODS, NS, "pizzactl-model-7d9f-x2"] = _pod(
-        "pizzactl-model-7d9f-x2", "pizzactl-model", waiting={"reason": "CrashLoopBackOff", "message": "back-off"},
-        last_terminated={"exitCode": 1, "reason": "Error"})
-    kmock["get", re.compile(r"/api/v1/namespaces/pizzactl/pods/pizzactl-model-7d9f-x2/log")] << kmock_lib.headers(
-        {"Content-Type": "text/plain"}) << (b"Loading /models/pizza/1\nTraceback (most recent call last):\nOSError: SavedModel file does not exist\n")
+        "pizzactl-model-7d9f-x2",
+        "pizzactl-model",
+        waiting={"reason": "CrashLoopBackOff", "message": "back-off"},
+        last_terminated={"exitCode": 1, "reason": "Error"},
+    )
+    (
+        kmock["get", re.compile(r"/api/v1/namespaces/pizzactl/pods/pizzactl-model-7d9f-x2/log")]
+        << kmock_lib.headers({"Content-Type": "text/plain"})
+        << (b"Loading /models/pizza/1\nTraceback (most recent call last):\nOSError: SavedModel file does not exist\n")
+    )
     with pytest.raises(DeployError) as info:
         await asyncio.to_thread(k8s.wait_rollout, api, NS, ["pizzactl-model"], 0.3, 0.1)
     message = info.value.message
@@ -113,15 +133,27 @@ async def test_timeout_shows_the_last_log_lines_of_a_crashing_container(kmock, a
 
 async def test_timeout_shows_why_a_pod_is_pending(kmock, api):
     await asyncio.to_thread(k8s.apply, api, _docs())
-    kmock.objects[PODS, NS, "pizzactl-model-7d9f-x3"] = _pod("pizzactl-model-7d9f-x3", "pizzactl-model", phase="Pending")
+    kmock.objects[PODS, NS, "pizzactl-model-7d9f-x3"] = _pod(
+        "pizzactl-model-7d9f-x3", "pizzactl-model", phase="Pending"
+    )
     kmock.objects[EVENTS, NS, "e1"] = {
-        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1", "namespace": NS},
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "e1", "namespace": NS},
         "involvedObject": {"kind": "Pod", "name": "pizzactl-model-7d9f-x3", "namespace": NS},
-        "reason": "FailedScheduling", "message": "0/1 nodes are available: 1 Insufficient cpu.", "type": "Warning"}
+        "reason": "FailedScheduling",
+        "message": "0/1 nodes are available: 1 Insufficient cpu.",
+        "type": "Warning",
+    }
     kmock.objects[EVENTS, NS, "e2"] = {
-        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "e2", "namespace": NS},
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "e2", "namespace": NS},
         "involvedObject": {"kind": "Pod", "name": "someone-else", "namespace": NS},
-        "reason": "Scheduled", "message": "not about our pod", "type": "Normal"}
+        "reason": "Scheduled",
+        "message": "not about our pod",
+        "type": "Normal",
+    }
     with pytest.raises(DeployError) as info:
         await asyncio.to_thread(k8s.wait_rollout, api, NS, ["pizzactl-model"], 0.3, 0.1)
     assert "pod pizzactl-model-7d9f-x3 is Pending" in info.value.message
@@ -171,8 +203,12 @@ NODES = kmock_lib.resource("v1/nodes")
 
 
 def _node(name: str, *addresses: tuple[str, str]) -> dict:
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-            "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]},
+    }
 
 
 @pytest.fixture

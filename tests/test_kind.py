@@ -14,11 +14,12 @@ import threading
 import pytest
 import yaml
 
-from k8s_fakes import ApplyingEmulator, install_fake_kind, kind_calls, mark_rolled_out
 from pizzactl.config import load_settings
 from pizzactl.deploy import kind
 from pizzactl.errors import DeployError, UsageError
 from pizzactl.serving.processes import free_port
+
+from k8s_fakes import ApplyingEmulator, install_fake_kind, kind_calls, mark_rolled_out
 
 
 @pytest.fixture
@@ -44,7 +45,8 @@ def test_creates_the_cluster_with_the_host_port_mapped_to_the_gateway_node_port(
     config = yaml.safe_load(create[0]["config"])
     assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert config["nodes"][0]["extraPortMappings"] == [
-        {"containerPort": 30096, "hostPort": 19696, "listenAddress": "127.0.0.1", "protocol": "TCP"}]
+        {"containerPort": 30096, "hostPort": 19696, "listenAddress": "127.0.0.1", "protocol": "TCP"}
+    ]
 
 
 def test_an_existing_cluster_is_reused_not_recreated(fake_kind):
@@ -96,8 +98,14 @@ def node_container(docker_ready, monkeypatch):
     def start(cluster: str, host_port: int | None):
         ports = {"30096/tcp": ("127.0.0.1", host_port)} if host_port else None
         container = docker_ready.containers.run(
-            "python:3.11-slim", ["sleep", "300"], name=f"{cluster}-control-plane", detach=True,
-            ports=ports, labels={"pizzactl-test": "1"}, network_mode=None)
+            "python:3.11-slim",
+            ["sleep", "300"],
+            name=f"{cluster}-control-plane",
+            detach=True,
+            ports=ports,
+            labels={"pizzactl-test": "1"},
+            network_mode=None,
+        )
         started.append(container)
         return container
 
@@ -132,7 +140,7 @@ def test_a_reused_cluster_mapping_another_port_names_that_port(fake_kind, node_c
 class _Ready(http.server.BaseHTTPRequestHandler):
     """Stands in for the kind node's port mapping to a ready gateway pod."""
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(200 if self.path == "/readyz" else 404)
         self.end_headers()
         self.wfile.write(b'{"ready": true}')
@@ -195,14 +203,24 @@ async def test_kind_deploy_status_and_teardown_end_to_end(
 
 @pytest.mark.kmock(cls=ApplyingEmulator)
 async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind, tmp_path, monkeypatch):
-    from k8s_fakes import NAMESPACES, write_kubeconfig
     from pizzactl.deploy.state import DeployState
 
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl")))
-    kmock.objects[NAMESPACES, None, "pizzactl"] = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "pizzactl"}}
+    from k8s_fakes import NAMESPACES, write_kubeconfig
+
+    monkeypatch.setenv(
+        "KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl"))
+    )
+    kmock.objects[NAMESPACES, None, "pizzactl"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "pizzactl"},
+    }
     (fake_kind / "clusters").write_text("pizzactl\n")
-    state = DeployState(target="kind", url="http://127.0.0.1:9696", extra={
-        "cluster": "pizzactl", "created_cluster": True, "context": "kind-pizzactl", "namespace": "pizzactl"})
+    state = DeployState(
+        target="kind",
+        url="http://127.0.0.1:9696",
+        extra={"cluster": "pizzactl", "created_cluster": True, "context": "kind-pizzactl", "namespace": "pizzactl"},
+    )
 
     result = await asyncio.to_thread(kind.teardown, _settings(), state, True)
     assert result["cluster_deleted"] is False and "kept the cluster 'pizzactl'" in result["message"]
@@ -217,10 +235,11 @@ async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind
 async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, isolated, monkeypatch):
     """--context: after the rollout, the node address + NodePort is recorded when /readyz answers
     there (so `status` and `predict` work), and left empty with a port-forward hint when not."""
-    from k8s_fakes import write_kubeconfig
     from pizzactl.deploy import k8s, manifests
     from pizzactl.deploy import state as state_mod
     from pizzactl.deploy.state import DeployState
+
+    from k8s_fakes import write_kubeconfig
 
     kmock.resources["v1/services"] = {}
     kmock.resources["v1/nodes"] = {}
@@ -232,7 +251,9 @@ async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, i
     svc = kmock.objects[kmock.resource("v1/services"), settings.namespace, "pizzactl-gateway"]
     svc.patch({"spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": port}]}})
     kmock.objects[kmock.resource("v1/nodes"), None, "n1"] = {
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "n1"},
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
     }
     record = DeployState(target="kind", url="", extra={"context": "prod"})

@@ -38,9 +38,22 @@ def dry_run(fake_models, isolated):
     """Run `pizzactl deploy --dry-run` as a user would, with no Docker and no kind reachable."""
     env = {**os.environ, "DOCKER_HOST": f"unix://{isolated}/nothing.sock", "PATH": os.path.dirname(sys.executable)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(fake_models),
-         "--model-server", "builtin"],
-        capture_output=True, text=True, env=env, cwd=isolated, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pizzactl",
+            "deploy",
+            "--dry-run",
+            "--models",
+            str(fake_models),
+            "--model-server",
+            "builtin",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=isolated,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return proc, [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -56,9 +69,19 @@ def test_dry_run_manifests_are_valid_for_the_bundled_kubernetes_version(dry_run)
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["Namespace", "Deployment", "Deployment", "Service", "Service",
-                            "HorizontalPodAutoscaler", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "PodDisruptionBudget"])
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "Deployment",
+            "Deployment",
+            "Service",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+        ]
+    )
 
 
 def test_dry_run_touches_nothing_and_fills_in_the_content_tags(dry_run, fake_models, isolated):
@@ -122,8 +145,9 @@ def test_kustomization_lists_every_manifest_and_the_repo_copies_are_the_package_
     k8s_files = sorted(p.name for p in manifests.K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(manifests.kustomization()["resources"]) == k8s_files
     for top, package in (("k8s", manifests.K8S_DIR), ("docker", manifests.K8S_DIR.parent / "docker")):
-        assert sorted(p.name for p in (REPO / top).iterdir()) == sorted(p.name for p in package.iterdir()
-                                                                         if p.name != "__pycache__")
+        assert sorted(p.name for p in (REPO / top).iterdir()) == sorted(
+            p.name for p in package.iterdir() if p.name != "__pycache__"
+        )
         for p in package.iterdir():
             if p.is_file():
                 assert (REPO / top / p.name).read_bytes() == p.read_bytes()

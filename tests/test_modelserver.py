@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from pizzactl.serving.modelserver import Batcher, ServingError, list_versions
+
 from serving_fixtures import ModelServerProcess, free_port
 
 
@@ -114,7 +115,6 @@ def test_list_versions_ignores_temp_dirs_and_dirs_without_a_saved_model(tmp_path
 
 
 # --- the real server ------------------------------------------------------------------------
-
 
 
 @pytest.fixture(scope="module")

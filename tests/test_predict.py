@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -56,7 +55,12 @@ class FakeGateway:
                 pass
 
             def do_GET(self):
-                self._send(200, {"status": "ready"} if self.path == "/readyz" else {"error": {"code": "not_found", "message": "no"}})
+                self._send(
+                    200,
+                    {"status": "ready"}
+                    if self.path == "/readyz"
+                    else {"error": {"code": "not_found", "message": "no"}},
+                )
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -77,12 +81,23 @@ class FakeGateway:
                     return self._send(404, {"error": {"code": "not_found", "message": f"No route POST {self.path}"}})
                 ctype = self.headers.get("content-type", "")
                 if ctype.startswith("multipart/form-data"):
-                    msg = email.message_from_bytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body, policy=email.policy.HTTP)
+                    msg = email.message_from_bytes(
+                        b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body, policy=email.policy.HTTP
+                    )
                     parts = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
                     data = parts["file"].get_payload(decode=True)
                     gateway.received.append({"kind": "file", "filename": parts["file"].get_filename(), "data": data})
                     if data.startswith(b"BAD"):
-                        return self._send(422, {"error": {"code": "invalid_image", "message": "The image is truncated or corrupt.", "hint": "Check it."}})
+                        return self._send(
+                            422,
+                            {
+                                "error": {
+                                    "code": "invalid_image",
+                                    "message": "The image is truncated or corrupt.",
+                                    "hint": "Check it.",
+                                }
+                            },
+                        )
                     p = (len(data) % 100) / 100
                 else:
                     payload = json.loads(body)
@@ -173,11 +188,17 @@ def test_an_endpoint_that_is_not_an_http_url_is_a_usage_error(bad):
 
 
 def test_the_endpoint_flag_beats_the_deployed_url_which_beats_the_endpoint_setting(tmp_path):
-    env_setting = load_settings({}, environ={"PIZZACTL_STATE_DIR": str(tmp_path / "state"), "PIZZACTL_ENDPOINT": "http://from-env:1"}, cwd=tmp_path)
+    env_setting = load_settings(
+        {},
+        environ={"PIZZACTL_STATE_DIR": str(tmp_path / "state"), "PIZZACTL_ENDPOINT": "http://from-env:1"},
+        cwd=tmp_path,
+    )
     assert resolve_endpoint(env_setting) == "http://from-env:1"
     state_mod.save(env_setting, DeployState(target="local", url="http://deployed:2"))
     assert resolve_endpoint(env_setting) == "http://deployed:2"
-    flag = load_settings({"endpoint": "http://from-flag:3"}, environ={"PIZZACTL_STATE_DIR": str(tmp_path / "state")}, cwd=tmp_path)
+    flag = load_settings(
+        {"endpoint": "http://from-flag:3"}, environ={"PIZZACTL_STATE_DIR": str(tmp_path / "state")}, cwd=tmp_path
+    )
     assert resolve_endpoint(flag) == "http://from-flag:3"
 
 
@@ -197,8 +218,12 @@ def test_files_are_uploaded_as_multipart_file_and_urls_sent_as_json(gateway, ima
     jsons = [r for r in gateway.received if r["kind"] == "json"]
     assert uploads == [{"kind": "file", "filename": "a.jpg", "data": images.images[0].read_bytes()}]
     assert jsons == [{"kind": "json", "payload": {"url": url}}]
-    assert results[0] == {"source": str(images.images[0]), "label": "pizza" if len(uploads[0]["data"]) % 100 >= 50 else "not_pizza",
-                          "probability": (len(uploads[0]["data"]) % 100) / 100, "model_version": 7}
+    assert results[0] == {
+        "source": str(images.images[0]),
+        "label": "pizza" if len(uploads[0]["data"]) % 100 >= 50 else "not_pizza",
+        "probability": (len(uploads[0]["data"]) % 100) / 100,
+        "model_version": 7,
+    }
     assert results[1]["source"] == url and results[1]["label"] == "pizza"
 
 
@@ -224,7 +249,11 @@ def test_a_gateway_error_becomes_that_sources_error_with_code_and_message(gatewa
     bad.write_bytes(b"BAD image")
     results = predict(settings_for(tmp_path, endpoint=gateway.url), [str(bad), str(images.images[0])], progress=False)
     assert results[0]["source"] == str(bad) and "label" not in results[0]
-    assert "truncated or corrupt" in results[0]["error"] and "invalid_image" in results[0]["error"] and "422" in results[0]["error"]
+    assert (
+        "truncated or corrupt" in results[0]["error"]
+        and "invalid_image" in results[0]["error"]
+        and "422" in results[0]["error"]
+    )
     assert results[1]["label"] in ("pizza", "not_pizza")
 
 
@@ -240,7 +269,9 @@ def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"BAD")
     out = tmp_path / "out" / "results.csv"
-    predict(settings_for(tmp_path, endpoint=gateway.url), [str(images.images[0]), str(bad)], csv_path=out, progress=False)
+    predict(
+        settings_for(tmp_path, endpoint=gateway.url), [str(images.images[0]), str(bad)], csv_path=out, progress=False
+    )
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["source"] for r in rows] == [str(images.images[0]), str(bad)]
@@ -254,7 +285,9 @@ def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp
 def cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), PIZZACTL_PORT=str(free_port()))
-    return subprocess.run([sys.executable, "-m", "pizzactl", "predict", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "pizzactl", "predict", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
 
 
 def test_cli_json_prints_an_array_of_objects_and_exits_1_if_any_source_failed(gateway, tmp_path, images):

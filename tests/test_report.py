@@ -128,7 +128,14 @@ def test_print_report_shows_the_tables(messy_report):
     console = Console(file=io.StringIO(), width=160)
     print_report(messy_report, console=console)
     text = console.file.getvalue()
-    for expected in ("Per class", "Unreadable files", "Exact duplicates", "Near duplicates", "GPS location", "pizza/truncated.jpg"):
+    for expected in (
+        "Per class",
+        "Unreadable files",
+        "Exact duplicates",
+        "Near duplicates",
+        "GPS location",
+        "pizza/truncated.jpg",
+    ):
         assert expected in text
 
 
@@ -162,7 +169,10 @@ def test_popcount_fallback_for_numpy_1_matches_the_builtin():
     import numpy as np
 
     rng = random.Random(1)
-    x = np.array([[rng.getrandbits(64) for _ in range(7)] for _ in range(5)] + [[0, 2**64 - 1, 1, 2**63, 3, 5, 6]], dtype=np.uint64)
+    x = np.array(
+        [[rng.getrandbits(64) for _ in range(7)] for _ in range(5)] + [[0, 2**64 - 1, 1, 2**63, 3, 5, 6]],
+        dtype=np.uint64,
+    )
     expected = np.array([[bin(int(v)).count("1") for v in row] for row in x])
     assert (popcount64(x, builtin=False) == expected).all()
     assert (popcount64(x) == expected).all()
@@ -184,7 +194,9 @@ def test_dhash_ignores_scale_and_compression_but_not_content():
 def test_cli_report_json(messy):
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "data", "report", str(messy), "--json", "--near-bits", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)

@@ -15,9 +15,25 @@ from pizzactl.train.runs import list_runs, show_run
 def make_run(runs_dir, run_id, created, accuracy=None, backbone="small_cnn"):
     run = runs_dir / run_id
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"run_id": run_id, "created": created, "backbone": backbone, "weights": "none", "image_size": 64, "classes": ["not_pizza", "pizza"]}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "created": created,
+                "backbone": backbone,
+                "weights": "none",
+                "image_size": 64,
+                "classes": ["not_pizza", "pizza"],
+            }
+        )
+    )
     if accuracy is not None:
-        metrics = {"val_accuracy": accuracy, "val_f1": accuracy, "train_seconds": 3.5, "confusion_matrix": [[5, 1], [2, 4]]}
+        metrics = {
+            "val_accuracy": accuracy,
+            "val_f1": accuracy,
+            "train_seconds": 3.5,
+            "confusion_matrix": [[5, 1], [2, 4]],
+        }
         (run / "metrics.json").write_text(json.dumps(metrics))
         (run / "model.keras").write_bytes(b"not really a model")
     return run

@@ -8,10 +8,10 @@ frozen-feature path with mobilenet_v3_small (random weights, 64 px), twice on on
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
-import json
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,15 @@ from pizzactl.data.dataset import load_dataset, split
 from pizzactl.errors import DataError, UsageError, WeightsError
 from pizzactl.train.features import feature_key, weights_id
 
-RUN_FILES = {"config.json", "metrics.json", "history.csv", "training_curves.png", "confusion_matrix.png", "train.log", "model.keras"}
+RUN_FILES = {
+    "config.json",
+    "metrics.json",
+    "history.csv",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "train.log",
+    "model.keras",
+}
 
 
 def make_images(root: Path, per_class: int = 6, size: int = 40) -> Path:
@@ -77,7 +85,7 @@ class _Log(list):
 def test_split_is_deterministic_stratified_and_disjoint(tmp_path):
     dataset = load_dataset(make_images(tmp_path / "data", per_class=10))
     train_a, val_a = split(dataset, 0.2, seed=7)
-    train_b, val_b = split(dataset, 0.2, seed=7)
+    _train_b, val_b = split(dataset, 0.2, seed=7)
     assert [r.path for r in val_a] == [r.path for r in val_b]
     assert not {r.path for r in train_a} & {r.path for r in val_a}
     assert len(train_a) + len(val_a) == len(dataset)
@@ -90,7 +98,13 @@ def test_feature_key_changes_with_every_input_it_depends_on():
     base = dict(backbone="mobilenet_v3_small", weights="imagenet", image_size=224, data_hash="abc", view="plain")
     key = feature_key(**base)
     assert feature_key(**base) == key
-    for field, other in (("backbone", "efficientnet_lite0"), ("weights", "none"), ("image_size", 192), ("data_hash", "abd"), ("view", "aug1")):
+    for field, other in (
+        ("backbone", "efficientnet_lite0"),
+        ("weights", "none"),
+        ("image_size", 192),
+        ("data_hash", "abd"),
+        ("view", "aug1"),
+    ):
         assert feature_key(**{**base, field: other}) != key, field
     assert feature_key(**{**base, "view": "aug1"}) != feature_key(**{**base, "view": "aug2"})
 
@@ -148,7 +162,9 @@ def test_small_cnn_uses_random_weights_when_weights_were_not_chosen(tmp_path):
     from pizzactl.train.trainer import resolve_weights
 
     assert resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("small_cnn")) == "none"
-    assert resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("mobilenet_v3_small")) == "imagenet"
+    assert (
+        resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("mobilenet_v3_small")) == "imagenet"
+    )
 
 
 def test_augmented_views_are_repeatable_and_distinct(tmp_path):
@@ -220,7 +236,9 @@ def test_early_stopping_restores_the_best_epoch():
             seen.append(logs["val_loss"])
 
     keras.utils.set_random_seed(0)
-    head, stop = fit_head(x, y, x_val, y_val, epochs=30, batch_size=32, lr=0.05, dropout=0.0, patience=3, callbacks=[Record()])
+    head, _stop = fit_head(
+        x, y, x_val, y_val, epochs=30, batch_size=32, lr=0.05, dropout=0.0, patience=3, callbacks=[Record()]
+    )
     assert len(seen) < 30  # it stopped early
     assert seen[-1] > min(seen)
     p = np.clip(head.predict(x_val, verbose=0).ravel(), 1e-7, 1 - 1e-7)
@@ -244,7 +262,24 @@ def scratch_run(tmp_path_factory, shared_photos):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             try:
-                main(["train", "--data", str(data), "--backbone", "small_cnn", "--weights", "none", "--image-size", "32", "--epochs", "2", "--seed", "3", "--json"])
+                main(
+                    [
+                        "train",
+                        "--data",
+                        str(data),
+                        "--backbone",
+                        "small_cnn",
+                        "--weights",
+                        "none",
+                        "--image-size",
+                        "32",
+                        "--epochs",
+                        "2",
+                        "--seed",
+                        "3",
+                        "--json",
+                    ]
+                )
             except SystemExit as exc:
                 assert exc.code in (None, 0)
         capture.write_text(buf.getvalue())
@@ -273,7 +308,7 @@ def test_run_directory_holds_config_metrics_history_plots_log_and_model(scratch_
     root, result = scratch_run
     run_dir = Path(result["run_dir"])
     assert run_dir.parent == root / "runs" and run_dir.name.endswith("-small_cnn")
-    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    assert {p.name for p in run_dir.iterdir()} >= RUN_FILES
     config = json.loads((run_dir / "config.json").read_text())
     assert config["backbone"] == "small_cnn" and config["mode"] == "scratch" and config["epochs"] == 2
     assert config["n_train"] + config["n_val"] == 32
@@ -333,7 +368,7 @@ def frozen_runs(tmp_path_factory, shared_photos):
 
 @pytest.mark.slow
 def test_frozen_path_caches_plain_flip_and_augmented_views(frozen_runs):
-    root, first, _, mtimes = frozen_runs
+    _root, first, _, mtimes = frozen_runs
     assert first.features == {"computed": 6, "reused": 0}  # plain, flip, aug1..aug4
     assert len(mtimes) == 6
     assert first.best.config["mode"] == "frozen" and first.best.config["augmented_views"] == 4
@@ -351,7 +386,7 @@ def test_second_run_computes_no_features(frozen_runs):
 
 @pytest.mark.slow
 def test_several_backbones_make_a_leaderboard_and_export_the_best(frozen_runs):
-    root, first, second, _ = frozen_runs
+    _root, first, second, _ = frozen_runs
     board = second.as_dict()["leaderboard"]
     assert sorted(r["backbone"] for r in board) == ["mobilenet_v3_small", "small_cnn"]
     accuracies = [r["val_accuracy"] for r in board]
@@ -374,7 +409,9 @@ def test_end_to_end_train_export_evaluate_on_photos_it_never_saw(scratch_run, sh
             (unseen / name / photo.name).symlink_to(photo)
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", "evaluate", result["model_dir"], "--data", str(unseen), "--json"],
-        capture_output=True, text=True, env={**os.environ, **env_for(root)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_for(root)},
     )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
@@ -425,7 +462,9 @@ def test_fit_heads_averages_the_heads_of_consecutive_seeds():
         singles.append(fit_head(x, y, x[:16], y[:16], seed=seed, **kw)[0].get_layer("probability").get_weights())
     messages, rows = _Log(), []
     first_only = fit_heads(x, y, x[:16], y[:16], n=1, seed=5, runlog=_Log(), rows=[], **kw)
-    np.testing.assert_allclose(first_only.get_layer("probability").get_weights()[0], singles[0][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        first_only.get_layer("probability").get_weights()[0], singles[0][0], rtol=1e-5, atol=1e-6
+    )
     head = fit_heads(x, y, x[:16], y[:16], n=3, seed=5, runlog=messages, rows=rows, **kw)
     kernel, bias = head.get_layer("probability").get_weights()
     np.testing.assert_allclose(kernel, np.mean([w[0] for w in singles], axis=0), rtol=1e-5, atol=1e-6)
@@ -454,7 +493,9 @@ def test_fixres_caches_features_at_the_training_size_and_exports_the_model_size(
     assert (config["image_size"], config["train_image_size"]) == (64, 56)
     names = [p.name for p in (root / "cache" / "features").glob("*.npz")]
     # the recipe fine-tunes on cached maps: those are cached (at the training size), not pooled features
-    assert len(names) == 10 and all(n.startswith("efficientnet_lite0.block6d_add-56-") for n in names)  # plain, flip, aug1..8
+    assert len(names) == 10 and all(
+        n.startswith("efficientnet_lite0.block6d_add-56-") for n in names
+    )  # plain, flip, aug1..8
     meta = json.loads((result.model_dir / "assets.extra" / "pizzactl.json").read_text())
     assert meta["image_size"] == 64
     log = (result.best.run_dir / "train.log").read_text()
@@ -471,7 +512,7 @@ def test_fixres_validation_measures_what_the_exported_model_answers(fixres_run):
     import numpy as np
     import tensorflow as tf
 
-    root, data, settings, result = fixres_run
+    _root, data, settings, result = fixres_run
     _, val = split(load_dataset(data), settings.val_split, seed=settings.seed)
     fn = tf.saved_model.load(str(result.model_dir)).signatures["serving_default"]
     p = fn(image_bytes=tf.constant([r.path.read_bytes() for r in val]))["probability"].numpy().ravel()
@@ -538,8 +579,21 @@ def test_fine_tune_cached_keeps_the_weight_average_when_it_beats_the_head():
     head = build_head(4, 0.0)
     bn = [w.copy() for w in top.get_layer("top_bn").get_weights()]
     log, rows = _Log(), []
-    p = fine_tune_cached(top, head, x, y, val, y_val, recipe=Recipe(fine_tune_lr=0.05, fine_tune_average_from=2),
-                         epochs=4, batch_size=16, seed=0, tta=True, runlog=log, rows=rows)
+    p = fine_tune_cached(
+        top,
+        head,
+        x,
+        y,
+        val,
+        y_val,
+        recipe=Recipe(fine_tune_lr=0.05, fine_tune_average_from=2),
+        epochs=4,
+        batch_size=16,
+        seed=0,
+        tta=True,
+        runlog=log,
+        rows=rows,
+    )
     assert any("mean of epochs 2..4" in m for m in log), log
     assert [r["phase"] for r in rows] == ["fine_tune"] * 4
     # what it returns is the kept model's validation answer (mean over the map and its mirror)
@@ -547,7 +601,7 @@ def test_fine_tune_cached_keeps_the_weight_average_when_it_beats_the_head():
     expected = (model.predict(val["plain"], verbose=0).ravel() + model.predict(val["flip"], verbose=0).ravel()) / 2
     np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-6)
     assert np.mean((p >= 0.5) == (y_val == 1)) >= 0.85
-    for a, b in zip(bn, top.get_layer("top_bn").get_weights()):
+    for a, b in zip(bn, top.get_layer("top_bn").get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)  # BatchNorm statistics never move
     assert not any(layer.trainable for layer in top.layers)  # frozen again afterwards
 
@@ -565,10 +619,23 @@ def test_fine_tune_cached_restores_the_head_alone_when_it_does_worse():
     before = [w.copy() for w in top.get_weights() + head.get_weights()]
     y_wrong = 1 - y  # training on flipped labels can only make validation worse
     log = _Log()
-    fine_tune_cached(top, head, x, y_wrong, val, y_val, recipe=Recipe(fine_tune_lr=0.05), epochs=3, batch_size=16,
-                     seed=0, tta=True, runlog=log, rows=[])
+    fine_tune_cached(
+        top,
+        head,
+        x,
+        y_wrong,
+        val,
+        y_val,
+        recipe=Recipe(fine_tune_lr=0.05),
+        epochs=3,
+        batch_size=16,
+        seed=0,
+        tta=True,
+        runlog=log,
+        rows=[],
+    )
     assert any("kept the head" in m for m in log), log
-    for a, b in zip(before, top.get_weights() + head.get_weights()):
+    for a, b in zip(before, top.get_weights() + head.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
 
 

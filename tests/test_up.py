@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_deploy_local import cli, make_env
-from test_train import link_photos
 
 from pizzactl.config import load_settings
 from pizzactl.up import choose_target
+
+from test_deploy_local import cli, make_env
+from test_train import link_photos
 
 
 def fake_kind(bin_dir: Path) -> Path:
@@ -31,7 +32,9 @@ def fake_kind(bin_dir: Path) -> Path:
 
 
 def path_without_kind() -> str:
-    return os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not (Path(p) / "kind").exists())
+    return os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not (Path(p) / "kind").exists()
+    )
 
 
 def test_without_kind_up_deploys_locally_and_says_why(tmp_path, monkeypatch):
@@ -68,8 +71,13 @@ def test_a_target_the_user_set_wins_over_detection(tmp_path, monkeypatch):
 def test_up_trains_deploys_locally_predicts_a_sample_and_then_reuses_the_model(tmp_path, shared_photos):
     data = link_photos(tmp_path / "data", shared_photos, per_class=8)
     env = make_env(
-        tmp_path, tmp_path / "models", PATH=path_without_kind(),
-        PIZZACTL_BACKBONE="small_cnn", PIZZACTL_WEIGHTS="none", PIZZACTL_EPOCHS="1", PIZZACTL_IMAGE_SIZE="64",
+        tmp_path,
+        tmp_path / "models",
+        PATH=path_without_kind(),
+        PIZZACTL_BACKBONE="small_cnn",
+        PIZZACTL_WEIGHTS="none",
+        PIZZACTL_EPOCHS="1",
+        PIZZACTL_IMAGE_SIZE="64",
     )
     try:
         proc = cli(env, "up", "--data", str(data), "--json", cwd=tmp_path, timeout=600)

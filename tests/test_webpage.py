@@ -9,13 +9,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import import_tier, require_tier
 from pizzactl.serving.gateway import create_app
+
+from conftest import import_tier, require_tier
 from serving_fixtures import UvicornThread
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

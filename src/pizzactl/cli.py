@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.markup import escape
@@ -87,8 +87,8 @@ def config_show(json_out: bool = JsonOpt) -> None:
 
 @data_app.command("download")
 def data_download(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Kaggle dataset slug."),
-    dest: Optional[Path] = typer.Option(None, "--dest", help="Where to put it (default: the cache)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Kaggle dataset slug."),
+    dest: Path | None = typer.Option(None, "--dest", help="Where to put it (default: the cache)."),
     force: bool = typer.Option(False, "--force", help="Download again even if already verified."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -106,8 +106,10 @@ def data_download(
 
 @data_app.command("report")
 def data_report(
-    data_dir: Optional[Path] = typer.Argument(None, help="Dataset folder (default: --data / the downloaded one)."),
-    near_bits: int = typer.Option(4, "--near-bits", min=0, max=64, help="Near duplicate: dHashes at most this many bits apart (of 64)."),
+    data_dir: Path | None = typer.Argument(None, help="Dataset folder (default: --data / the downloaded one)."),
+    near_bits: int = typer.Option(
+        4, "--near-bits", min=0, max=64, help="Near duplicate: dHashes at most this many bits apart (of 64)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS."""
@@ -139,7 +141,10 @@ def data_split(
     else:
         for part in ("train", "test"):
             counts = result.counts[part]
-            out.print(f"{getattr(result, part + '_dir')}  {sum(counts.values())} images ({', '.join(f'{n} {c}' for c, n in counts.items())})", highlight=False)
+            out.print(
+                f"{getattr(result, part + '_dir')}  {sum(counts.values())} images ({', '.join(f'{n} {c}' for c, n in counts.items())})",
+                highlight=False,
+            )
 
 
 # --- up: the whole job ------------------------------------------------------------------
@@ -147,16 +152,21 @@ def data_split(
 
 @app.command()
 def up(
-    data: Optional[Path] = DataOpt,
-    target: Optional[str] = typer.Option(None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."),
-    models: Optional[Path] = ModelsOpt,
-    port: Optional[int] = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
-    sample: Optional[Path] = typer.Option(None, "--sample", help="Photo to predict once deployed (default: one from the training data)."),
+    data: Path | None = DataOpt,
+    target: str | None = typer.Option(
+        None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."
+    ),
+    models: Path | None = ModelsOpt,
+    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
+    sample: Path | None = typer.Option(
+        None, "--sample", help="Photo to predict once deployed (default: one from the training data)."
+    ),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train if there is no model yet, deploy it where this machine allows, predict a sample photo."""
-    from pizzactl.up import print_up, up as up_
+    from pizzactl.up import print_up
+    from pizzactl.up import up as up_
 
     result = up_(settings(data_dir=data, target=target, models_dir=models, port=port), sample=sample, timeout=timeout)
     if json_out:
@@ -170,24 +180,41 @@ def up(
 
 @app.command()
 def train(
-    data: Optional[Path] = DataOpt,
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name, or several: a,b,c."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a weights file."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Head epochs (on cached features)."),
-    fine_tune_epochs: Optional[int] = typer.Option(None, "--fine-tune-epochs", help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite*, else 0; 0 turns it off)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="The model's input size (default: the recipe's; training may use a smaller one, see README FixRes)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the split and the training."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Models directory to export into."),
+    data: Path | None = DataOpt,
+    backbone: str | None = typer.Option(None, "--backbone", help="Backbone name, or several: a,b,c."),
+    weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH to a weights file."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Head epochs (on cached features)."),
+    fine_tune_epochs: int | None = typer.Option(
+        None,
+        "--fine-tune-epochs",
+        help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite*, else 0; 0 turns it off).",
+    ),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        help="The model's input size (default: the recipe's; training may use a smaller one, see README FixRes).",
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for the split and the training."),
+    output: Path | None = typer.Option(None, "--output", help="Models directory to export into."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train one or several backbones, print a leaderboard and export the best."""
-    from pizzactl.train import print_result, train as train_
+    from pizzactl.train import print_result
+    from pizzactl.train import train as train_
 
     s = settings(
-        data_dir=data, backbone=backbone, weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
-        image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, models_dir=output,
+        data_dir=data,
+        backbone=backbone,
+        weights=weights,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        image_size=image_size,
+        batch_size=batch_size,
+        augment=augment,
+        seed=seed,
+        models_dir=output,
     )
     result = train_(s)
     if json_out:
@@ -209,7 +236,9 @@ def runs_list(json_out: bool = JsonOpt) -> None:
 
 
 @runs_app.command("show")
-def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."), json_out: bool = JsonOpt) -> None:
+def runs_show(
+    run_id: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."), json_out: bool = JsonOpt
+) -> None:
     """One run's configuration and metrics."""
     from pizzactl.train.runs import print_run, show_run
 
@@ -223,7 +252,7 @@ def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix
 @app.command()
 def export(
     run: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."),
-    to: Optional[Path] = typer.Option(None, "--to", help="Models directory (default ./models)."),
+    to: Path | None = typer.Option(None, "--to", help="Models directory (default ./models)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Export a run's model again as a new SavedModel version."""
@@ -238,14 +267,15 @@ def export(
 
 @app.command()
 def evaluate(
-    model_dir: Optional[Path] = typer.Argument(None, help="Exported version directory (default: the latest)."),
-    data: Optional[Path] = DataOpt,
-    models: Optional[Path] = ModelsOpt,
-    errors: Optional[Path] = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
+    model_dir: Path | None = typer.Argument(None, help="Exported version directory (default: the latest)."),
+    data: Path | None = DataOpt,
+    models: Path | None = ModelsOpt,
+    errors: Path | None = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the exported model on raw image bytes, as serving will, and report metrics."""
-    from pizzactl.evaluate import evaluate as evaluate_, print_metrics
+    from pizzactl.evaluate import evaluate as evaluate_
+    from pizzactl.evaluate import print_metrics
 
     metrics = evaluate_(settings(data_dir=data, models_dir=models), model_dir=model_dir, errors_csv=errors)
     if json_out:
@@ -259,30 +289,37 @@ def evaluate(
 
 @app.command()
 def serve(
-    models: Optional[Path] = ModelsOpt,
-    port: Optional[int] = typer.Option(None, "--port", help="Gateway port (default 9696)."),
-    model_port: Optional[int] = typer.Option(None, "--model-port", help="Model server port (default 8501)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
-    allow_private_urls: Optional[bool] = typer.Option(None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."),
+    models: Path | None = ModelsOpt,
+    port: int | None = typer.Option(None, "--port", help="Gateway port (default 9696)."),
+    model_port: int | None = typer.Option(None, "--model-port", help="Model server port (default 8501)."),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    allow_private_urls: bool | None = typer.Option(
+        None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
+    ),
 ) -> None:
     """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
     from pizzactl.serving import serve as serve_
 
-    serve_(settings(models_dir=models, port=port, model_port=model_port, host=host, allow_private_urls=allow_private_urls))
+    serve_(
+        settings(models_dir=models, port=port, model_port=model_port, host=host, allow_private_urls=allow_private_urls)
+    )
 
 
 @app.command()
 def build(
-    models: Optional[Path] = ModelsOpt,
-    model_server: Optional[str] = typer.Option(None, "--model-server", help="tfserving | builtin"),
-    base_image: Optional[str] = typer.Option(None, "--base-image", help="Base image of the Python images."),
-    push: Optional[str] = typer.Option(None, "--push", help="Push the images to this registry."),
+    models: Path | None = ModelsOpt,
+    model_server: str | None = typer.Option(None, "--model-server", help="tfserving | builtin"),
+    base_image: str | None = typer.Option(None, "--base-image", help="Base image of the Python images."),
+    push: str | None = typer.Option(None, "--push", help="Push the images to this registry."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Build the gateway and model server images (tags from content, never :latest)."""
     from pizzactl.deploy.images import build_images, print_images
 
-    images = build_images(settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push), push=push is not None)
+    images = build_images(
+        settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push),
+        push=push is not None,
+    )
     if json_out:
         print_json(images.as_dict())
     else:
@@ -291,14 +328,16 @@ def build(
 
 @app.command()
 def deploy(
-    target: Optional[str] = typer.Option(None, "--target", help="kind (default) | docker | local"),
-    models: Optional[Path] = ModelsOpt,
-    port: Optional[int] = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
-    model_server: Optional[str] = typer.Option(None, "--model-server", help="tfserving | builtin"),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
-    context: Optional[str] = typer.Option(None, "--context", help="Deploy to this existing kube context instead of kind."),
-    registry: Optional[str] = typer.Option(None, "--registry", help="Registry to push images to (with --context)."),
-    allow_private_urls: Optional[bool] = typer.Option(None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."),
+    target: str | None = typer.Option(None, "--target", help="kind (default) | docker | local"),
+    models: Path | None = ModelsOpt,
+    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
+    model_server: str | None = typer.Option(None, "--model-server", help="tfserving | builtin"),
+    cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
+    context: str | None = typer.Option(None, "--context", help="Deploy to this existing kube context instead of kind."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry to push images to (with --context)."),
+    allow_private_urls: bool | None = typer.Option(
+        None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the rendered manifests and touch nothing."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
     json_out: bool = JsonOpt,
@@ -307,8 +346,14 @@ def deploy(
     from pizzactl.deploy import deploy as deploy_
 
     s = settings(
-        target=target, models_dir=models, port=port, model_server=model_server, cluster=cluster,
-        context=context, registry=registry, allow_private_urls=allow_private_urls,
+        target=target,
+        models_dir=models,
+        port=port,
+        model_server=model_server,
+        cluster=cluster,
+        context=context,
+        registry=registry,
+        allow_private_urls=allow_private_urls,
     )
     result = deploy_(s, dry_run=dry_run, timeout=timeout)
     if dry_run:
@@ -322,7 +367,8 @@ def deploy(
 @app.command()
 def status(json_out: bool = JsonOpt) -> None:
     """What is deployed, where, which model version, ready or not."""
-    from pizzactl.deploy import print_status, status as status_
+    from pizzactl.deploy import print_status
+    from pizzactl.deploy import status as status_
 
     st = status_(settings())
     if json_out:
@@ -333,7 +379,9 @@ def status(json_out: bool = JsonOpt) -> None:
 
 @app.command()
 def teardown(
-    keep_cluster: bool = typer.Option(False, "--keep-cluster", help="kind: keep the cluster, delete only the namespace."),
+    keep_cluster: bool = typer.Option(
+        False, "--keep-cluster", help="kind: keep the cluster, delete only the namespace."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Stop and remove what deploy started. A second teardown does nothing."""
@@ -348,17 +396,27 @@ def teardown(
 
 @app.command()
 def predict(
-    sources: List[str] = typer.Argument(..., help="Image files, directories or http(s) URLs."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Gateway URL (default: what deploy recorded)."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV."),
+    sources: list[str] = typer.Argument(..., help="Image files, directories or http(s) URLs."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Gateway URL (default: what deploy recorded)."),
+    csv: Path | None = typer.Option(None, "--csv", help="Also write the results to this CSV."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight."),
-    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG per image here (needs [train])."),
+    explain: Path | None = typer.Option(
+        None, "--explain", help="Write a Grad-CAM overlay PNG per image here (needs [train])."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Ask the deployed model: is this a pizza?"""
-    from pizzactl.predict import predict as predict_, print_predictions
+    from pizzactl.predict import predict as predict_
+    from pizzactl.predict import print_predictions
 
-    results = predict_(settings(endpoint=endpoint), sources, concurrency=concurrency, csv_path=csv, explain_dir=explain, progress=not json_out)
+    results = predict_(
+        settings(endpoint=endpoint),
+        sources,
+        concurrency=concurrency,
+        csv_path=csv,
+        explain_dir=explain,
+        progress=not json_out,
+    )
     if json_out:
         print_json(results)
     else:
@@ -386,15 +444,16 @@ def doctor(json_out: bool = JsonOpt) -> None:
 
 @bench_app.command("train")
 def bench_train(
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: mobilenet_v3_small)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Backbone (default: mobilenet_v3_small)."),
     epochs: int = typer.Option(20, "--epochs"),
-    data: Optional[Path] = DataOpt,
-    weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+    data: Path | None = DataOpt,
+    weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH"),
+    limit: int | None = typer.Option(None, "--limit", help="Use at most this many images."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Plain model.fit over images vs the cached-feature path, side by side."""
-    from pizzactl.bench.train import bench_train as bench, print_bench
+    from pizzactl.bench.train import bench_train as bench
+    from pizzactl.bench.train import print_bench
 
     res = bench(settings(data_dir=data, weights=weights), backbone=backbone, epochs=epochs, limit=limit)
     if json_out:
@@ -405,14 +464,15 @@ def bench_train(
 
 @bench_app.command("serve")
 def bench_serve(
-    models: Optional[Path] = ModelsOpt,
+    models: Path | None = ModelsOpt,
     concurrency: int = typer.Option(16, "--concurrency"),
     requests_: int = typer.Option(200, "--requests", help="Requests for the throughput phase."),
-    data: Optional[Path] = DataOpt,
+    data: Path | None = DataOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Model throughput in-process vs end to end through gateway and model server."""
-    from pizzactl.bench.serve import bench_serve as bench, print_bench
+    from pizzactl.bench.serve import bench_serve as bench
+    from pizzactl.bench.serve import print_bench
 
     res = bench(settings(models_dir=models, data_dir=data), concurrency=concurrency, requests=requests_)
     if json_out:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pizzactl.errors import ConfigError
 
@@ -68,7 +69,7 @@ class Settings:
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:

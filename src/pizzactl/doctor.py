@@ -39,15 +39,23 @@ class Check:
 def _python() -> Check:
     v = sys.version_info
     ok = (v.major, v.minor) >= MIN_PYTHON
-    return Check("python", ok, f"{v.major}.{v.minor}.{v.micro} ({sys.executable})",
-                 "" if ok else "Install Python >= 3.10 and reinstall pizzactl in it.")
+    return Check(
+        "python",
+        ok,
+        f"{v.major}.{v.minor}.{v.micro} ({sys.executable})",
+        "" if ok else "Install Python >= 3.10 and reinstall pizzactl in it.",
+    )
 
 
 def _tensorflow() -> Check:
     spec = importlib.util.find_spec("tensorflow")
     if spec is None:
-        return Check("tensorflow", False, "not installed (needed to train, export and evaluate)",
-                     missing_extra("tensorflow").hint)
+        return Check(
+            "tensorflow",
+            False,
+            "not installed (needed to train, export and evaluate)",
+            missing_extra("tensorflow").hint,
+        )
     version = _dist_version("tensorflow") or _dist_version("tensorflow-cpu") or "installed"
     return Check("tensorflow", True, version)
 
@@ -71,8 +79,11 @@ def _docker() -> Check:
     except Exception as exc:
         text = str(exc).strip().splitlines()
         cli = shutil.which("docker")
-        fix = ("Start the daemon: `sudo systemctl start docker` (Linux) or open Docker Desktop; "
-               "check DOCKER_HOST." if cli else "Install Docker: https://docs.docker.com/engine/install/")
+        fix = (
+            "Start the daemon: `sudo systemctl start docker` (Linux) or open Docker Desktop; check DOCKER_HOST."
+            if cli
+            else "Install Docker: https://docs.docker.com/engine/install/"
+        )
         return Check("docker", False, f"daemon unreachable: {text[-1][:160] if text else type(exc).__name__}", fix)
 
 
@@ -102,15 +113,24 @@ def _kaggle(settings: Settings) -> Check:
         try:
             json.loads(token.read_text())
         except (OSError, ValueError):
-            return Check("kaggle", False, f"{token} is not valid JSON",
-                         "Download a new token at https://www.kaggle.com/settings (API -> Create New Token).",
-                         required=False)
+            return Check(
+                "kaggle",
+                False,
+                f"{token} is not valid JSON",
+                "Download a new token at https://www.kaggle.com/settings (API -> Create New Token).",
+                required=False,
+            )
         mode = token.stat().st_mode & 0o077
         detail = f"{token}" + (" (readable by others: chmod 600 it)" if mode else "")
         return Check("kaggle", True, detail, required=False)
-    return Check("kaggle", False, "no credentials: the public dataset is downloaded anonymously when possible",
-                 f"Save a token as {token} (https://www.kaggle.com/settings -> Create New Token), "
-                 "or set KAGGLE_USERNAME and KAGGLE_KEY.", required=False)
+    return Check(
+        "kaggle",
+        False,
+        "no credentials: the public dataset is downloaded anonymously when possible",
+        f"Save a token as {token} (https://www.kaggle.com/settings -> Create New Token), "
+        "or set KAGGLE_USERNAME and KAGGLE_KEY.",
+        required=False,
+    )
 
 
 def _port(host: str, port: int, what: str, required: bool) -> Check:
@@ -122,9 +142,14 @@ def _port(host: str, port: int, what: str, required: bool) -> Check:
             sock.bind((host if host not in ("localhost",) else "127.0.0.1", port))
             return Check(f"port {port}", True, f"free ({what})", required=required)
         except OSError:
-            return Check(f"port {port}", False, f"in use ({what})",
-                         f"`pizzactl teardown` if it is ours, else free it (`ss -ltnp 'sport = :{port}'`) "
-                         f"or pass --port {port + 1}.", required=required)
+            return Check(
+                f"port {port}",
+                False,
+                f"in use ({what})",
+                f"`pizzactl teardown` if it is ours, else free it (`ss -ltnp 'sport = :{port}'`) "
+                f"or pass --port {port + 1}.",
+                required=required,
+            )
 
 
 def _disk(settings: Settings) -> Check:
@@ -133,9 +158,14 @@ def _disk(settings: Settings) -> Check:
         path = path.parent
     free_gb = shutil.disk_usage(path).free / 1e9
     ok = free_gb >= MIN_FREE_GB
-    return Check("disk", ok, f"{free_gb:.1f} GB free at {path}",
-                 "" if ok else f"Free at least {MIN_FREE_GB:.0f} GB (images and the dataset): "
-                 "`docker system prune` reclaims old images.")
+    return Check(
+        "disk",
+        ok,
+        f"{free_gb:.1f} GB free at {path}",
+        ""
+        if ok
+        else f"Free at least {MIN_FREE_GB:.0f} GB (images and the dataset): `docker system prune` reclaims old images.",
+    )
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -145,10 +175,20 @@ def run_checks(settings: Settings) -> list[Check]:
         _python(),
         _tensorflow(),
         _docker(),
-        _tool("kind", ["version"], "Install kind: `go install sigs.k8s.io/kind@v0.27.0` or `brew install kind` "
-              "(https://kind.sigs.k8s.io/docs/user/quick-start/#installation).", required=kind_needed),
-        _tool("kubectl", ["version", "--client"], "Install kubectl: https://kubernetes.io/docs/tasks/tools/ "
-              "(pizzactl itself does not need it; it helps to look inside the cluster).", required=False),
+        _tool(
+            "kind",
+            ["version"],
+            "Install kind: `go install sigs.k8s.io/kind@v0.27.0` or `brew install kind` "
+            "(https://kind.sigs.k8s.io/docs/user/quick-start/#installation).",
+            required=kind_needed,
+        ),
+        _tool(
+            "kubectl",
+            ["version", "--client"],
+            "Install kubectl: https://kubernetes.io/docs/tasks/tools/ "
+            "(pizzactl itself does not need it; it helps to look inside the cluster).",
+            required=False,
+        ),
         _kaggle(settings),
         _port(settings.host, settings.port, "gateway", required=True),
         _port("127.0.0.1", settings.model_port, "model server (local target)", required=False),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pizzactl.console import err, log, out
 from pizzactl.errors import DataError
@@ -30,7 +30,7 @@ def _average_ranks(values):
     ranks = np.empty(len(values), dtype=np.float64)
     starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
     ends = np.r_[starts[1:], len(values)]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=False):
         ranks[order[start:end]] = (start + 1 + end) / 2.0
     return ranks
 
@@ -106,7 +106,9 @@ def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]
     return probs, labels, kept
 
 
-def evaluate(settings, model_dir: Path | str | None = None, errors_csv: Path | str | None = None, *, progress: bool = True) -> dict:
+def evaluate(
+    settings, model_dir: Path | str | None = None, errors_csv: Path | str | None = None, *, progress: bool = True
+) -> dict:
     """Run the exported `serving_default` on every image of the dataset and report metrics.
 
     `model_dir` is a version directory (default: the latest under `settings.models_dir`);
@@ -139,15 +141,20 @@ def evaluate(settings, model_dir: Path | str | None = None, errors_csv: Path | s
     failed: list[dict] = []
     started = time.perf_counter()
     with Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, disable=not progress, transient=True,
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not progress,
+        transient=True,
     ) as bar:
         task = bar.add_task("evaluate", total=len(records))
         for start in range(0, len(records), BATCH_SIZE):
-            batch = records[start:start + BATCH_SIZE]
+            batch = records[start : start + BATCH_SIZE]
             blobs = [r.path.read_bytes() for r in batch]
             probs, labels, kept = _predict_batch(fn, blobs, [r.path for r in batch], failed)
-            for i, p, label in zip(kept, probs, labels):
+            for i, p, label in zip(kept, probs, labels, strict=False):
                 kept_records.append(batch[i])
                 y_true.append(classes.index(batch[i].class_name))
                 y_prob.append(float(p))
@@ -155,12 +162,15 @@ def evaluate(settings, model_dir: Path | str | None = None, errors_csv: Path | s
             bar.advance(task, len(batch))
     seconds = time.perf_counter() - started
     if not y_true:
-        raise DataError(f"None of the {len(records)} images in {dataset.root} could be decoded by the model.", hint="Use JPEG, PNG, GIF or BMP files.")
+        raise DataError(
+            f"None of the {len(records)} images in {dataset.root} could be decoded by the model.",
+            hint="Use JPEG, PNG, GIF or BMP files.",
+        )
 
     metrics = binary_metrics(y_true, y_prob, threshold)
     errors = [
         {"path": str(r.path), "true": r.class_name, "predicted": label, "probability": p}
-        for r, label, p in zip(kept_records, predicted, y_prob)
+        for r, label, p in zip(kept_records, predicted, y_prob, strict=False)
         if label != r.class_name
     ]
     if errors_csv is not None:
@@ -214,4 +224,6 @@ def print_metrics(metrics: dict) -> None:
     if metrics.get("failed"):
         out.print(f"[yellow]{len(metrics['failed'])} image(s) could not be decoded and were skipped.[/]")
     if metrics.get("training_data"):
-        err.print("[yellow]Note:[/] this is the dataset the model was trained on (training and validation images); expect optimistic numbers.")
+        err.print(
+            "[yellow]Note:[/] this is the dataset the model was trained on (training and validation images); expect optimistic numbers."
+        )

@@ -11,9 +11,10 @@ mean gradient of P(pizza) over it (Selvaraju et al., 2017).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pizzactl.console import log
 from pizzactl.errors import ModelNotFoundError, PizzaError, missing_extra
@@ -59,7 +60,7 @@ class GradCam:
         return self.feature_tensors[0] if self.feature_tensors else ""
 
     @classmethod
-    def load(cls, version_dir: Path | str) -> "GradCam":
+    def load(cls, version_dir: Path | str) -> GradCam:
         tf = _tf()
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -69,7 +70,10 @@ class GradCam:
         meta = read_metadata(version_dir)
         loaded = tf.saved_model.load(str(version_dir))
         if "serving_pixels" not in loaded.signatures:
-            raise ModelNotFoundError(f"{version_dir} has no serving_pixels signature.", hint="Export the model again with `pizzactl export RUN`.")
+            raise ModelNotFoundError(
+                f"{version_dir} has no serving_pixels signature.",
+                hint="Export the model again with `pizzactl export RUN`.",
+            )
         signature = loaded.signatures["serving_pixels"]
         frozen = convert_variables_to_constants_v2(signature)
         graph_def = frozen.graph.as_graph_def()
@@ -123,7 +127,7 @@ class GradCam:
         grads = tape.gradient(probability, feature_maps)
         sign = 1.0 if float(probability.numpy()[0]) >= self.threshold else -1.0
         total = None
-        for fm, grad, mirrored in zip(feature_maps, grads, self.mirrored):
+        for fm, grad, mirrored in zip(feature_maps, grads, self.mirrored, strict=False):
             weights = tf.reduce_mean(sign * grad, axis=(1, 2), keepdims=True)
             cam = tf.reduce_sum(weights * fm, axis=-1)[0]
             if mirrored:
@@ -157,7 +161,9 @@ def _final_feature_maps(graph, output) -> list:
             continue
         pools.append(op)
     upstream = {op.name: _ancestors(op.outputs[0]) for op in pools}
-    final = [op.inputs[0] for op in pools if not any(other is not op and op.name in upstream[other.name] for other in pools)]
+    final = [
+        op.inputs[0] for op in pools if not any(other is not op and op.name in upstream[other.name] for other in pools)
+    ]
     if not final:
         raise ExplainError(
             "The model has no global pooling over a feature map, so Grad-CAM has nothing to weight.",
@@ -205,7 +211,9 @@ def overlay(image_bytes: bytes, cam, caption: str, alpha: float = 0.45):
     image = Image.open(io.BytesIO(image_bytes))
     image = ImageOps.exif_transpose(image).convert("RGB")
     image.thumbnail((MAX_SIDE, MAX_SIDE))
-    heat = Image.fromarray((np.clip(cam, 0, 1) * 255).astype("uint8"), "L").resize(image.size, Image.Resampling.BILINEAR)
+    heat = Image.fromarray((np.clip(cam, 0, 1) * 255).astype("uint8"), "L").resize(
+        image.size, Image.Resampling.BILINEAR
+    )
     colored = Image.fromarray(_colormap(np.asarray(heat)), "RGB")
     blended = Image.blend(image, colored, alpha)
     draw = ImageDraw.Draw(blended)
@@ -233,7 +241,9 @@ def explain_image(cam: GradCam, image_bytes: bytes, out_path: Path) -> dict[str,
     heat, probability = cam.heatmap(image_bytes)
     label = cam.positive if probability >= cam.threshold else cam.negative
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay(image_bytes, heat, f"{label}  P({cam.positive})={probability:.2f}  (red: what says {label})").save(out_path, "PNG")
+    overlay(image_bytes, heat, f"{label}  P({cam.positive})={probability:.2f}  (red: what says {label})").save(
+        out_path, "PNG"
+    )
     return {"label": label, "probability": probability, "path": str(out_path)}
 
 
@@ -286,10 +296,13 @@ def explain_sources(settings, items, results: list[dict[str, Any]], out_dir: Pat
     cam = GradCam.load(_model_for(settings, results))
     log(f"Grad-CAM from {cam.version_dir} (feature map {cam.feature_tensor}) -> {out_dir}")
     used: set[str] = set()
-    for item, result in zip(items, results):
+    for item, result in zip(items, results, strict=False):
         if "error" in result:
             continue
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(item.path.name if item.path else item.text.rsplit("/", 1)[-1]).stem) or "image"
+        stem = (
+            re.sub(r"[^A-Za-z0-9._-]+", "_", Path(item.path.name if item.path else item.text.rsplit("/", 1)[-1]).stem)
+            or "image"
+        )
         name, n = f"{stem}.gradcam.png", 1
         while name in used:
             n += 1

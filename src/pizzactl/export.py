@@ -23,8 +23,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pizzactl import __version__
 from pizzactl.console import log
@@ -96,7 +97,9 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
         # oneDNN convolutions reject an empty batch: answer `instances: []` without the model.
         # (Only here: serving_pixels stays free of control flow, so it can be frozen and pruned
         # for Grad-CAM, see pizzactl.explain.)
-        return outputs(tf.cond(tf.size(image_bytes) > 0, lambda: probabilities(pixels), lambda: tf.zeros([0], tf.float32)))
+        return outputs(
+            tf.cond(tf.size(image_bytes) > 0, lambda: probabilities(pixels), lambda: tf.zeros([0], tf.float32))
+        )
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
     def serving_pixels(pixels):
@@ -145,11 +148,15 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
     size, threshold = int(meta["image_size"]), float(meta["threshold"])
     classes = [str(c) for c in meta["classes"]]
     if not check_images:
-        raise ExportError("The export self-check needs at least one image.", hint="Pass some JPEG/PNG bytes as check_images.")
+        raise ExportError(
+            "The export self-check needs at least one image.", hint="Pass some JPEG/PNG bytes as check_images."
+        )
     loaded = tf.saved_model.load(str(saved_dir))
     missing = {"serving_default", "serving_pixels"} - set(loaded.signatures)
     if missing:
-        raise ExportError(f"The exported model lacks signature(s) {', '.join(sorted(missing))}.", hint="This is a bug in pizzactl.")
+        raise ExportError(
+            f"The exported model lacks signature(s) {', '.join(sorted(missing))}.", hint="This is a bug in pizzactl."
+        )
 
     def expected(pixels):
         p = classifier(pixels, training=False)
@@ -176,7 +183,10 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
         labels = [x.decode() for x in out["label"].numpy()]
         wanted = [classes[1] if p >= threshold else classes[0] for p in probs]
         if labels != wanted:
-            raise ExportError(f"Exported labels {labels} do not follow threshold {threshold}: expected {wanted}.", hint="This is a bug in pizzactl.")
+            raise ExportError(
+                f"Exported labels {labels} do not follow threshold {threshold}: expected {wanted}.",
+                hint="This is a bug in pizzactl.",
+            )
     return {"n_images": len(check_images), "max_abs_diff": max(diff, diff_px), "atol": atol}
 
 
@@ -189,7 +199,7 @@ def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[P
     for child in base.iterdir():
         if not (child.is_dir() and child.name.startswith(TMP_PREFIX)):
             continue
-        pid_text = child.name[len(TMP_PREFIX):].split("-", 1)[0]
+        pid_text = child.name[len(TMP_PREFIX) :].split("-", 1)[0]
         dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text))
         try:
             old = now - child.stat().st_mtime > older_than_s
@@ -239,7 +249,9 @@ def _publish(tmp: Path, base: Path, name: str) -> Path:
             raise
         _fsync_dir(base)
         return target
-    raise ExportError(f"Could not find a free version number in {base}.", hint="Remove old versions and try again.")  # pragma: no cover
+    raise ExportError(
+        f"Could not find a free version number in {base}.", hint="Remove old versions and try again."
+    )  # pragma: no cover
 
 
 def _write_metadata(version_dir: Path, meta: dict) -> None:
@@ -261,7 +273,9 @@ def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
 
     classes = [str(c) for c in (metadata.get("classes") or DEFAULT_CLASSES)]
     if len(classes) != 2:
-        raise ExportError(f"A binary classifier needs exactly two classes, got {classes}.", hint="Pass classes=[negative, positive].")
+        raise ExportError(
+            f"A binary classifier needs exactly two classes, got {classes}.", hint="Pass classes=[negative, positive]."
+        )
     meta = {
         "backbone": None,
         "weights": None,
@@ -330,7 +344,9 @@ def export_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"Exported {version_dir} (self-check on {meta['self_check']['n_images']} images, max |diff| {meta['self_check']['max_abs_diff']:.2g}).")
+    log(
+        f"Exported {version_dir} (self-check on {meta['self_check']['n_images']} images, max |diff| {meta['self_check']['max_abs_diff']:.2g})."
+    )
     return version_dir
 
 
@@ -370,7 +386,9 @@ def load_run_classifier(run_dir: Path):
     """The run's full classifier (`model.keras`), with pizzactl's custom layers registered."""
     path = run_dir / "model.keras"
     if not path.is_file():
-        raise ModelNotFoundError(f"{run_dir} has no model.keras (the run did not finish?).", hint="Train again with `pizzactl train`.")
+        raise ModelNotFoundError(
+            f"{run_dir} has no model.keras (the run did not finish?).", hint="Train again with `pizzactl train`."
+        )
     import keras
 
     from pizzactl.train.backbones import custom_objects
@@ -378,7 +396,9 @@ def load_run_classifier(run_dir: Path):
     try:
         return keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
     except Exception as exc:  # keras raises many types for a bad archive
-        raise ExportError(f"Cannot load {path}: {type(exc).__name__}: {exc}", hint="Train the run again; the file may be damaged.") from None
+        raise ExportError(
+            f"Cannot load {path}: {type(exc).__name__}: {exc}", hint="Train the run again; the file may be damaged."
+        ) from None
 
 
 def export_run(settings, run_id_or_dir: str | Path) -> Path:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import csv
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from pizzactl.console import err, out
@@ -48,8 +49,11 @@ def expand_sources(sources: Iterable[str]) -> list[Source]:
         path = Path(text).expanduser()
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             items.extend(Source(str(p), "file", p) for p in found)
         elif path.is_file():
@@ -145,7 +149,9 @@ def _predict_one(client, endpoint: str, item: Source) -> dict[str, Any]:
                 data = item.path.read_bytes()
             except OSError as exc:
                 return {"source": item.text, "error": f"cannot read the file: {exc.strerror or exc}"}
-            response = client.post(endpoint + PREDICT_PATH, files={"file": (item.path.name, data, _content_type(item.path))})
+            response = client.post(
+                endpoint + PREDICT_PATH, files={"file": (item.path.name, data, _content_type(item.path))}
+            )
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise _Unreachable(str(exc) or type(exc).__name__) from None
     except httpx.HTTPError as exc:
@@ -197,9 +203,11 @@ def classify(
         if on_done:
             on_done(results[index])
 
-    with httpx.Client(limits=limits, timeout=timeout, trust_env=False) as client:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pizzactl-predict") as pool:
-            list(pool.map(work, range(len(items))))
+    with (
+        httpx.Client(limits=limits, timeout=timeout, trust_env=False) as client,
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pizzactl-predict") as pool,
+    ):
+        list(pool.map(work, range(len(items))))
     if unreachable.is_set() and not any("label" in r for r in results if r):
         raise EndpointError(
             f"Cannot reach the gateway at {endpoint} ({reason[0] if reason else 'connection failed'}).",
@@ -219,7 +227,10 @@ def predict(
     """Classify every source; one dict per image: source, label, probability, model_version (or error)."""
     items = expand_sources(sources)
     if not items:
-        raise UsageError("No images found in " + ", ".join(sources) + ".", hint=f"Pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}), directories of them, or URLs.")
+        raise UsageError(
+            "No images found in " + ", ".join(sources) + ".",
+            hint=f"Pass image files ({', '.join(sorted(IMAGE_SUFFIXES))}), directories of them, or URLs.",
+        )
     endpoint = resolve_endpoint(settings)
     if explain_dir is not None:  # fail before classifying if Grad-CAM cannot run here
         from pizzactl.explain import check_can_explain
@@ -228,7 +239,14 @@ def predict(
     if progress and len(items) > 1:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        with Progress(
+            TextColumn("classifying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("predict", total=len(items))
             results = classify(endpoint, items, concurrency, on_done=lambda _r: bar.advance(task))
     else:
@@ -268,7 +286,12 @@ def print_predictions(results: Sequence[dict[str, Any]]) -> None:
             table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "")
         else:
             style = "green" if r["label"] == "pizza" else "yellow"
-            table.add_row(escape(r["source"]), f"[{style}]{r['label']}[/]", f"{r['probability']:.3f}", str(r.get("model_version", "")))
+            table.add_row(
+                escape(r["source"]),
+                f"[{style}]{r['label']}[/]",
+                f"{r['probability']:.3f}",
+                str(r.get("model_version", "")),
+            )
     out.print(table)
     if len(results) > MAX_ROWS:
         out.print(f"... and {len(results) - MAX_ROWS} more (use --json or --csv FILE for all of them).")

@@ -16,7 +16,9 @@ import re
 import sys
 import tempfile
 
-NOISE = re.compile(r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)")
+NOISE = re.compile(
+    r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
 # On a machine without a usable GPU, TensorFlow's first device lookup logs this at ERROR level:
 # it only means "running on CPU", which is what pizzactl expects there.
 NO_GPU = re.compile(r"^E\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] failed call to cuInit")

@@ -32,7 +32,7 @@ def docker_reachable() -> str | None:
         import docker
 
         docker.from_env(timeout=5).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no usable daemon"
+    except Exception as exc:
         text = str(exc).strip().splitlines()
         return text[-1][:160] if text else type(exc).__name__
     return None
@@ -77,7 +77,7 @@ def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
         config = json.loads((find_run_dir(settings, meta.get("run_id", "")) / "config.json").read_text())
         if config.get("data_dir"):
             folders.append(Path(config["data_dir"]))
-    except Exception:  # noqa: BLE001 - the run may be gone; the sample is a courtesy
+    except Exception:
         pass
     positive = meta.get("positive_class") or (meta.get("classes") or [""])[-1]
     for folder in folders:

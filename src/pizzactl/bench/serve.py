@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pizzactl.console import err, log, out
 from pizzactl.errors import DataError, DeployError
@@ -62,7 +64,11 @@ def pick_photos(root: Path, n: int = MAX_PHOTOS) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} does not exist.", hint="Pass --data DIR with the photos to benchmark on.")
-    groups = [sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) for d in sorted(root.iterdir()) if d.is_dir()]
+    groups = [
+        sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for d in sorted(root.iterdir())
+        if d.is_dir()
+    ]
     groups = [g for g in groups if g] or [sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)]
     photos: list[Path] = []
     i = 0
@@ -111,7 +117,8 @@ class InProcessModel:
         self.batch_size = batch_size
         self.sizes = sorted({batch_size, max(1, batch_size // 2)}, reverse=True)
         self.batches = {
-            size: [tf.constant([jpegs[(i + j) % n] for j in range(size)]) for i in range(0, n, size)] for size in self.sizes
+            size: [tf.constant([jpegs[(i + j) % n] for j in range(size)]) for i in range(0, n, size)]
+            for size in self.sizes
         }
         self.singles = [tf.constant([j]) for j in jpegs]
         for batches in self.batches.values():  # trace and warm up
@@ -160,7 +167,9 @@ def _multipart_bodies(url: str, photos: Sequence[tuple[str, bytes]]) -> list[tup
     return _BODIES[key]
 
 
-async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, concurrency: int) -> tuple[float, list[float], int]:
+async def _load(
+    url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, concurrency: int
+) -> tuple[float, list[float], int]:
     """Upload photos to url/predict with `concurrency` in flight: (seconds, latencies ms, errors).
 
     The load client shares the CPU with the servers, so it must cost as little as possible (in
@@ -176,6 +185,7 @@ async def _load(url: str, photos: Sequence[tuple[str, bytes]], n_requests: int, 
     bodies = _multipart_bodies(url, photos)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60.0)) as client:
+
         async def worker() -> None:
             nonlocal next_index, errors
             while next_index < n_requests:
@@ -251,7 +261,13 @@ def _cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float | None]:
 
 
 def measure(
-    model: InProcessModel, url: str, model_url: str, photos, jpegs, concurrency: int, requests: int,
+    model: InProcessModel,
+    url: str,
+    model_url: str,
+    photos,
+    jpegs,
+    concurrency: int,
+    requests: int,
     pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Alternate the in-process model and the servers in ROUNDS rounds, so both see the same machine.
@@ -295,7 +311,9 @@ def measure(
             errors += errs
             direct.extend(_direct_latencies(client, model_url, jpegs, n_seq, offset=r * n_seq))
     if errors >= ROUNDS * (per_round + n_seq):
-        raise DeployError("Every request through the gateway failed.", hint="See the error logged above and the server logs.")
+        raise DeployError(
+            "Every request through the gateway failed.", hint="See the error logged above and the server logs."
+        )
     mean_batch = images / batches if batches else None
     return {
         "model_img_per_s": statistics.median(model_tp),
@@ -308,7 +326,8 @@ def measure(
         "server_mean_batch": mean_batch,
         "model_cpu_ms_per_image": round(model_cpu * 1000 / (ROUNDS * per_round * len(model.sizes)), 2),
         "cpu_ms_per_image": {
-            name: None if seconds is None else round(seconds * 1000 / (ROUNDS * per_round), 2) for name, seconds in cpu.items()
+            name: None if seconds is None else round(seconds * 1000 / (ROUNDS * per_round), 2)
+            for name, seconds in cpu.items()
         },
         "errors": errors,
         "rounds": ROUNDS,
@@ -320,10 +339,8 @@ def _metric_sum(metrics_text: str, name: str) -> float | None:
     total = None
     for line in metrics_text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
-            try:
+            with contextlib.suppress(ValueError):
                 total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
     return total
 
 
@@ -349,13 +366,20 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
         logs = {proc.MODELSERVER: str(Path(tmp) / "modelserver.log"), proc.GATEWAY: str(Path(tmp) / "gateway.log")}
         with open(logs[proc.MODELSERVER], "wb") as ms_log, open(logs[proc.GATEWAY], "wb") as gw_log:
             started = proc.start_pair(
-                version_dir.parent.parent, host="127.0.0.1", port=port, model_port=model_port,
-                allow_private_urls=False, attached=True, logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
+                version_dir.parent.parent,
+                host="127.0.0.1",
+                port=port,
+                model_port=model_port,
+                allow_private_urls=False,
+                attached=True,
+                logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
             )
         try:
             log("Loading the model here and in the model server ...")
             model = InProcessModel(version_dir, jpegs, batch_size=concurrency)
-            proc.wait_ready(started.url, {"model server": started.modelserver, "gateway": started.gateway}, 300.0, logs=logs)
+            proc.wait_ready(
+                started.url, {"model server": started.modelserver, "gateway": started.gateway}, 300.0, logs=logs
+            )
             log(
                 f"{ROUNDS} rounds of: the model alone (batches of {concurrency}), {requests // ROUNDS}+ uploads through "
                 f"gateway and model server at concurrency {concurrency}, then one request at a time ..."
@@ -404,10 +428,20 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
 def print_bench(res: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("measure", "value", "goal", title=f"pizzactl bench serve: {res['backbone']} {res['image_size']}px, {res['photos']} real photos")
+    table = Table(
+        "measure",
+        "value",
+        "goal",
+        title=f"pizzactl bench serve: {res['backbone']} {res['image_size']}px, {res['photos']} real photos",
+    )
     rows = [
-        ("model alone, images/s (best of batch %s)" % " or ".join(map(str, res.get("model_batch_sizes") or [res["batch_size"]])), "model_img_per_s"),
-        ("end to end, images/s (concurrency %d)" % res["concurrency"], "e2e_img_per_s"),
+        (
+            "model alone, images/s (best of batch {})".format(
+                " or ".join(map(str, res.get("model_batch_sizes") or [res["batch_size"]]))
+            ),
+            "model_img_per_s",
+        ),
+        (f"end to end, images/s (concurrency {res['concurrency']})", "e2e_img_per_s"),
         ("ratio e2e / model", "ratio"),
         ("end to end p50 ms (concurrency 1)", "p50_ms"),
         ("end to end p95 ms", "p95_ms"),
@@ -416,12 +450,14 @@ def print_bench(res: dict[str, Any]) -> None:
         ("gateway + HTTP overhead p50 ms", "overhead_p50_ms"),
         ("  model server called directly, p50 ms", "modelserver_p50_ms"),
         ("  gateway's share of the p50, ms", "gateway_p50_ms"),
-        ("mean server-side batch at concurrency %d" % res["concurrency"], "server_mean_batch"),
+        (f"mean server-side batch at concurrency {res['concurrency']}", "server_mean_batch"),
         ("bytes per image to the model server", "wire_bytes_per_image"),
     ]
     for label, key in rows:
         goal = res["goals"].get(key)
-        mark = "" if goal is None else (f"[green]{goal['goal']} ok[/]" if goal["ok"] else f"[red]{goal['goal']} missed[/]")
+        mark = (
+            "" if goal is None else (f"[green]{goal['goal']} ok[/]" if goal["ok"] else f"[red]{goal['goal']} missed[/]")
+        )
         value = res.get(key)
         table.add_row(label, "n/a" if value is None else f"{value:,}", mark)
     cpu = res.get("cpu_ms_per_image") or {}

@@ -89,8 +89,12 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     f_val = compute_features(extractor, [r.path for r in val_records], size, batch_size=64)
     forward_seconds = time.perf_counter() - t0
     head = build_head(f_train.shape[1], 0.2)
-    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=32)
-    hist = head.fit(f_train, y_train, validation_data=(f_val, y_val), epochs=epochs, batch_size=batch, shuffle=True, verbose=0)
+    head.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=32
+    )
+    hist = head.fit(
+        f_train, y_train, validation_data=(f_val, y_val), epochs=epochs, batch_size=batch, shuffle=True, verbose=0
+    )
     cached_seconds = time.perf_counter() - t0
     log(f"  cached: {cached_seconds:.1f}s (forward pass {forward_seconds:.1f}s)")
 
@@ -103,14 +107,18 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
 
     def images(records, shuffle: bool):
         """(decoded pixels, label) batches, decoded from the files again at every epoch."""
-        ds = tf.data.Dataset.from_tensor_slices(([str(r.path) for r in records], np.array([r.label for r in records], np.float32)))
+        ds = tf.data.Dataset.from_tensor_slices(
+            ([str(r.path) for r in records], np.array([r.label for r in records], np.float32))
+        )
         if shuffle:
             ds = ds.shuffle(len(records), seed=int(settings.seed), reshuffle_each_iteration=True)
         ds = ds.map(lambda p, y: (decode_resize(tf.io.read_file(p), size), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
     t0 = time.perf_counter()
-    plain_hist = model.fit(images(train_records, True), validation_data=images(val_records, False), epochs=epochs, verbose=0, shuffle=False)
+    plain_hist = model.fit(
+        images(train_records, True), validation_data=images(val_records, False), epochs=epochs, verbose=0, shuffle=False
+    )
     plain_seconds = time.perf_counter() - t0
     log(f"  plain: {plain_seconds:.1f}s")
 
@@ -128,7 +136,10 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
         "cached_over_forward": round(cached_seconds / forward_seconds, 3),
         "plain_val_accuracy": float(plain_hist.history["val_accuracy"][-1]),
         "cached_val_accuracy": float(hist.history["val_accuracy"][-1]),
-        "goals": {"speedup >= 10": plain_seconds / cached_seconds >= 10, "cached <= 1.3 x forward": cached_seconds <= 1.3 * forward_seconds},
+        "goals": {
+            "speedup >= 10": plain_seconds / cached_seconds >= 10,
+            "cached <= 1.3 x forward": cached_seconds <= 1.3 * forward_seconds,
+        },
     }
 
 
@@ -137,7 +148,11 @@ def print_bench(res: dict) -> None:
 
     from pizzactl.console import out
 
-    table = Table("", "seconds", title=f"bench train: {res['backbone']} ({res['weights']} weights, {res['image_size']}px), {res['n_images']} images x {res['epochs']} epochs")
+    table = Table(
+        "",
+        "seconds",
+        title=f"bench train: {res['backbone']} ({res['weights']} weights, {res['image_size']}px), {res['n_images']} images x {res['epochs']} epochs",
+    )
     table.add_row("plain model.fit over images", f"{res['plain_seconds']:.1f}")
     table.add_row("cached features + head", f"{res['cached_seconds']:.1f}")
     table.add_row("  of which one forward pass", f"{res['forward_pass_seconds']:.1f}")

@@ -11,9 +11,9 @@ import hashlib
 import io
 import random
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from pizzactl.errors import DataError
 
@@ -108,8 +108,12 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
         warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
     empty = [c for c in classes if not any(r.class_name == c for r in records)]
     if empty:
-        raise DataError(f"No usable images for class(es) {', '.join(empty)} in {root}.", hint="Check the folder contents.")
-    return Dataset(root=root, classes=classes, records=tuple(records), data_hash=hash_files(root, hashed), skipped=tuple(skipped))
+        raise DataError(
+            f"No usable images for class(es) {', '.join(empty)} in {root}.", hint="Check the folder contents."
+        )
+    return Dataset(
+        root=root, classes=classes, records=tuple(records), data_hash=hash_files(root, hashed), skipped=tuple(skipped)
+    )
 
 
 def split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 42) -> tuple[list[ImageRecord], list[ImageRecord]]:

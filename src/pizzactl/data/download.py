@@ -25,10 +25,11 @@ import threading
 import time
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from pizzactl.errors import CredentialsError, DownloadError, PizzaError
 
@@ -40,7 +41,9 @@ KAGGLE_JSON_HINT = (
     "put your Kaggle API token in ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/kaggle.json; "
     "create it at https://www.kaggle.com/settings/api) or set KAGGLE_USERNAME and KAGGLE_KEY"
 )
-OFFLINE_HINT = "or skip the download: pass --data DIR, a folder with one sub-folder per class (DIR/pizza, DIR/not_pizza)"
+OFFLINE_HINT = (
+    "or skip the download: pass --data DIR, a folder with one sub-folder per class (DIR/pizza, DIR/not_pizza)"
+)
 
 
 # --- credentials ---------------------------------------------------------------------------
@@ -149,9 +152,13 @@ class KaggleApiSource:
         except Exception as exc:
             status = _http_status(exc)
             if status in (401, 403):
-                raise CredentialsError(f"Kaggle refused the credentials in {where} (HTTP {status})", hint=KAGGLE_JSON_HINT) from None
+                raise CredentialsError(
+                    f"Kaggle refused the credentials in {where} (HTTP {status})", hint=KAGGLE_JSON_HINT
+                ) from None
             if status == 404:
-                raise DownloadError(f"dataset {slug} not found on Kaggle (HTTP 404)", hint="Check --dataset owner/name.") from None
+                raise DownloadError(
+                    f"dataset {slug} not found on Kaggle (HTTP 404)", hint="Check --dataset owner/name."
+                ) from None
             raise DownloadError(_describe(exc)) from None
         zips = sorted(dest.glob("*.zip"))
         return zips[0] if zips else dest
@@ -170,7 +177,9 @@ class KaggleHubSource:
         except Exception as exc:
             status = _http_status(exc)
             if status in (401, 403) or type(exc).__name__ in {"UnauthenticatedError", "CredentialError"}:
-                raise CredentialsError(f"Kaggle refused an anonymous download of {slug}", hint=KAGGLE_JSON_HINT) from None
+                raise CredentialsError(
+                    f"Kaggle refused an anonymous download of {slug}", hint=KAGGLE_JSON_HINT
+                ) from None
             if status == 404 or type(exc).__name__ == "NotFoundError":
                 raise DownloadError(f"dataset {slug} not found on Kaggle", hint="Check --dataset owner/name.") from None
             raise DownloadError(_describe(exc)) from None
@@ -205,7 +214,11 @@ def slug_dir_name(slug: str) -> str:
 
 def _files(root: Path) -> list[Path]:
     """Every file under root, hidden ones (and those in hidden folders) excepted, in a stable order."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def files_hash(root: Path) -> tuple[str, int]:
@@ -240,14 +253,18 @@ def verify(dest: Path) -> DownloadResult | None:
         return None
     if files_hash(root) != (marker["files_hash"], marker["n_files"]):
         return None
-    return DownloadResult(root, marker.get("dataset", ""), marker["n_images"], marker["data_hash"], "cache", downloaded=False)
+    return DownloadResult(
+        root, marker.get("dataset", ""), marker["n_images"], marker["data_hash"], "cache", downloaded=False
+    )
 
 
 # --- layout ---------------------------------------------------------------------------------
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+    )
 
 
 def _has_images(folder: Path) -> bool:
@@ -334,7 +351,15 @@ def _fetch_watched(
 
 def _progress(console_file):
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     console = Console(file=console_file)
     return Progress(
@@ -368,7 +393,9 @@ def download(
 
     slug = settings.dataset
     if slug.count("/") != 1 or not all(slug.split("/")):
-        raise DownloadError(f"{slug!r} is not a Kaggle dataset slug", hint="Use owner/name, e.g. carlosrunner/pizza-not-pizza.")
+        raise DownloadError(
+            f"{slug!r} is not a Kaggle dataset slug", hint="Use owner/name, e.g. carlosrunner/pizza-not-pizza."
+        )
     dest = Path(dest).expanduser() if dest else Path(settings.cache_dir) / "datasets" / slug_dir_name(slug)
 
     if not force and dest.exists():
@@ -394,7 +421,9 @@ def download(
         try:
             with _progress(stderr) as progress:
                 task = progress.add_task(f"{slug} ({source.name})", total=None)
-                got = _fetch_watched(source, slug, staging, stall_timeout, lambda n: progress.update(task, completed=n))
+                got = _fetch_watched(
+                    source, slug, staging, stall_timeout, lambda n, task=task: progress.update(task, completed=n)
+                )
             if got.is_file() and zipfile.is_zipfile(got):
                 log(f"Extracting {got.name} ...")
                 unpacked = staging / "unpacked"

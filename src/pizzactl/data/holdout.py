@@ -36,7 +36,9 @@ class Holdout:
         }
 
 
-def holdout(source: Path | str, dest: Path | str, *, test_fraction: float = 0.15, seed: int = 0, copy: bool = False) -> Holdout:
+def holdout(
+    source: Path | str, dest: Path | str, *, test_fraction: float = 0.15, seed: int = 0, copy: bool = False
+) -> Holdout:
     """Write DEST/train/<class>/* and DEST/test/<class>/*; DEST must not exist or be empty."""
     dataset = load_dataset(source)
     dest = Path(dest).expanduser()

@@ -15,15 +15,18 @@ import os
 import statistics
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pizzactl.data.dataset import IMAGE_SUFFIXES, check_image, hash_files
 from pizzactl.errors import DataError
 
-NEAR_DUPLICATE_BITS = 4  # of 64: re-encoded or resized copies land at 0-2; at 6, dark vignetted photos of different dishes already match
+NEAR_DUPLICATE_BITS = (
+    4  # of 64: re-encoded or resized copies land at 0-2; at 6, dark vignetted photos of different dishes already match
+)
 _GPS_IFD = 0x8825
 _MAX_LISTED = 50
 
@@ -74,7 +77,9 @@ def inspect_file(path: Path, class_name: str) -> ImageInfo:
             code = dhash(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return ImageInfo(ok=False, error=f"not a readable image ({type(exc).__name__}: {exc})", **base)
-    return ImageInfo(ok=True, width=width, height=height, mode=mode, format=fmt, exif=bool(exif), gps=has_gps, dhash=code, **base)
+    return ImageInfo(
+        ok=True, width=width, height=height, mode=mode, format=fmt, exif=bool(exif), gps=has_gps, dhash=code, **base
+    )
 
 
 def class_folders(root: Path) -> list[str]:
@@ -85,10 +90,15 @@ def scan(root: Path | str) -> list[ImageInfo]:
     """One ImageInfo per (non-hidden) file under each class folder of `root`, in a stable order."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"Dataset folder {root} does not exist.", hint="Pass a folder with one sub-folder per class, or run `pizzactl data download`.")
+        raise DataError(
+            f"Dataset folder {root} does not exist.",
+            hint="Pass a folder with one sub-folder per class, or run `pizzactl data download`.",
+        )
     classes = class_folders(root)
     if not classes:
-        raise DataError(f"{root} has no class sub-folders.", hint="Lay the data out as DIR/pizza/*.jpg and DIR/not_pizza/*.jpg.")
+        raise DataError(
+            f"{root} has no class sub-folders.", hint="Lay the data out as DIR/pizza/*.jpg and DIR/not_pizza/*.jpg."
+        )
     files = [
         (path, name)
         for name in classes
@@ -110,7 +120,9 @@ def popcount64(x, builtin: bool = True):
     return table[np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int64)
 
 
-def near_duplicate_pairs(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_BITS, block: int = 1024) -> list[tuple[int, int, int]]:
+def near_duplicate_pairs(
+    hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_BITS, block: int = 1024
+) -> list[tuple[int, int, int]]:
     """Index pairs (i < j, distance) whose 64-bit hashes differ in at most `threshold` bits."""
     import numpy as np
 
@@ -122,7 +134,7 @@ def near_duplicate_pairs(hashes: Sequence[int], threshold: int = NEAR_DUPLICATE_
         i, j = np.nonzero(dist <= threshold)
         i = i + start
         keep = i < j
-        pairs.extend(zip(i[keep].tolist(), j[keep].tolist(), dist[i[keep] - start, j[keep]].tolist()))
+        pairs.extend(zip(i[keep].tolist(), j[keep].tolist(), dist[i[keep] - start, j[keep]].tolist(), strict=False))
     return pairs
 
 
@@ -156,7 +168,13 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
     rel = lambda p: Path(p).relative_to(root).as_posix()  # noqa: E731
     good = [i for i in infos if i.ok]
     classes = sorted({i.class_name for i in infos} | set(class_folders(root)))
-    per_class = {c: {"images": sum(i.class_name == c for i in good), "unreadable": sum(i.class_name == c and not i.ok for i in infos)} for c in classes}
+    per_class = {
+        c: {
+            "images": sum(i.class_name == c for i in good),
+            "unreadable": sum(i.class_name == c and not i.ok for i in infos),
+        }
+        for c in classes
+    }
 
     by_sha: dict[str, list[ImageInfo]] = defaultdict(list)
     for i in good:
@@ -236,12 +254,18 @@ def print_report(rep: dict[str, Any], console=None) -> None:
     summary.add_row("images", f"{rep['images']} usable of {rep['files']} files ({rep['bytes'] / 1e6:.1f} MB)")
     summary.add_row("width", f"min {w['min']}  median {w['median']:g}  max {w['max']}")
     summary.add_row("height", f"min {h['min']}  median {h['median']:g}  max {h['max']}")
-    summary.add_row("common sizes", ", ".join(f"{s['size']} ({s['count']})" for s in rep["sizes"]) + f"  [{rep['distinct_sizes']} distinct]")
+    summary.add_row(
+        "common sizes",
+        ", ".join(f"{s['size']} ({s['count']})" for s in rep["sizes"]) + f"  [{rep['distinct_sizes']} distinct]",
+    )
     summary.add_row("colour modes", ", ".join(f"{k} ({v})" for k, v in rep["modes"].items()))
     summary.add_row("formats", ", ".join(f"{k} ({v})" for k, v in rep["formats"].items()))
     summary.add_row("EXIF", f"{rep['exif']['with_exif']} with EXIF, {rep['exif']['with_gps']} with GPS location")
     ex, near = rep["exact_duplicates"], rep["near_duplicates"]
-    summary.add_row("exact duplicates", f"{ex['groups']} groups, {ex['redundant_files']} redundant files, {ex['cross_class_groups']} across classes")
+    summary.add_row(
+        "exact duplicates",
+        f"{ex['groups']} groups, {ex['redundant_files']} redundant files, {ex['cross_class_groups']} across classes",
+    )
     summary.add_row(
         "near duplicates",
         f"{near['pairs']} pairs in {near['groups']} groups (dHash <= {near['threshold_bits']} bits), {near['cross_class_pairs']} pairs across classes",
@@ -272,4 +296,7 @@ def print_report(rep: dict[str, Any], console=None) -> None:
             nd.add_row(p["a"], p["b"], str(p["distance"]))
         console.print(nd)
     if rep["exif"]["gps_files"]:
-        console.print(f"[yellow]{rep['exif']['with_gps']} photo(s) carry a GPS location:[/] " + ", ".join(rep["exif"]["gps_files"][:10]))
+        console.print(
+            f"[yellow]{rep['exif']['with_gps']} photo(s) carry a GPS location:[/] "
+            + ", ".join(rep["exif"]["gps_files"][:10])
+        )

@@ -145,4 +145,4 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     return {"torn_down": True, "target": st.target, **result}
 
 
-__all__ = ["deploy", "status", "print_status", "teardown", "TARGETS"]
+__all__ = ["TARGETS", "deploy", "print_status", "status", "teardown"]

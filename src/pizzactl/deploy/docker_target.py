@@ -81,7 +81,11 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     )
     try:
         model = client.containers.run(
-            images.model_image, name=MODEL, detach=True, network=NETWORK, **_hardening(),
+            images.model_image,
+            name=MODEL,
+            detach=True,
+            network=NETWORK,
+            **_hardening(),
         )
         record.extra["containers"].append(model.name)
         state_mod.save(settings, record)

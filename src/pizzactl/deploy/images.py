@@ -16,10 +16,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pizzactl
 from pizzactl import __version__
@@ -278,10 +279,15 @@ def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str])
 
 def _build_hint(error: str, tail: str) -> str:
     text = error + tail
-    if re.search(r"pull access denied|not found: manifest unknown|manifest for .* not found|no such host|"
-                 r"failed to resolve|toomanyrequests|Get \"https://registry", text):
-        return ("The base image could not be pulled. Pull it yourself (`docker pull IMAGE`), pass "
-                "--base-image, or use --model-server builtin if tensorflow/serving is unreachable.")
+    if re.search(
+        r"pull access denied|not found: manifest unknown|manifest for .* not found|no such host|"
+        r"failed to resolve|toomanyrequests|Get \"https://registry",
+        text,
+    ):
+        return (
+            "The base image could not be pulled. Pull it yourself (`docker pull IMAGE`), pass "
+            "--base-image, or use --model-server builtin if tensorflow/serving is unreachable."
+        )
     if "pip" in text or "Could not find a version" in text:
         return "pip failed inside the build: check that this machine reaches PyPI (proxy settings in /etc/pip.conf)."
     return "Read the build output above; `pizzactl doctor` checks the Docker daemon."
@@ -306,8 +312,9 @@ def print_images(images: Images) -> None:
 
     table = Table("image", "reference", "size")
     table.add_row("gateway", images.gateway_image, human_size(images.gateway_size))
-    table.add_row(f"model ({images.model_server}, v{images.model_version})", images.model_image,
-                  human_size(images.model_size))
+    table.add_row(
+        f"model ({images.model_server}, v{images.model_version})", images.model_image, human_size(images.model_size)
+    )
     out.print(table)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pizzactl.console import log
 from pizzactl.deploy.manifests import FIELD_MANAGER
@@ -49,8 +50,11 @@ def _api_error(exc: Exception, doing: str) -> DeployError:
             reason = json.loads(exc.body or "{}").get("message") or reason
         except ValueError:
             pass
-        hint = "Check your permissions with `kubectl auth can-i create deployments -n pizzactl`." if exc.status in (
-            401, 403) else "Run `kubectl get events -n pizzactl` for details."
+        hint = (
+            "Check your permissions with `kubectl auth can-i create deployments -n pizzactl`."
+            if exc.status in (401, 403)
+            else "Run `kubectl get events -n pizzactl` for details."
+        )
         return DeployError(f"{doing} failed: HTTP {exc.status} {reason}", hint=hint)
     return DeployError(
         f"{doing} failed: cannot reach the Kubernetes API ({type(exc).__name__}: {str(exc)[:200]}).",
@@ -70,7 +74,9 @@ def _patcher(api_client, kind: str) -> tuple[Callable[..., Any], bool]:
         "ServiceAccount": (core.patch_namespaced_service_account, True),
         "Deployment": (client.AppsV1Api(api_client).patch_namespaced_deployment, True),
         "HorizontalPodAutoscaler": (
-            client.AutoscalingV2Api(api_client).patch_namespaced_horizontal_pod_autoscaler, True),
+            client.AutoscalingV2Api(api_client).patch_namespaced_horizontal_pod_autoscaler,
+            True,
+        ),
         "PodDisruptionBudget": (client.PolicyV1Api(api_client).patch_namespaced_pod_disruption_budget, True),
     }
     if kind not in table:
@@ -111,11 +117,21 @@ class RolloutState:
 
     @property
     def done(self) -> bool:
-        return self.observed and self.updated >= self.desired and self.available >= self.desired and self.ready >= self.desired
+        return (
+            self.observed
+            and self.updated >= self.desired
+            and self.available >= self.desired
+            and self.ready >= self.desired
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"desired": self.desired, "updated": self.updated, "ready": self.ready,
-                "available": self.available, "done": self.done}
+        return {
+            "desired": self.desired,
+            "updated": self.updated,
+            "ready": self.ready,
+            "available": self.available,
+            "done": self.done,
+        }
 
 
 def rollout_state(api_client, namespace: str, name: str) -> RolloutState:
@@ -135,7 +151,9 @@ def rollout_state(api_client, namespace: str, name: str) -> RolloutState:
     )
 
 
-def wait_rollout(api_client, namespace: str, names: list[str], timeout: float, poll: float = 2.0) -> dict[str, RolloutState]:
+def wait_rollout(
+    api_client, namespace: str, names: list[str], timeout: float, poll: float = 2.0
+) -> dict[str, RolloutState]:
     """Wait until every Deployment has its desired replicas updated and available.
 
     On timeout raises DeployError whose message says why (see `diagnose`).
@@ -167,8 +185,10 @@ def wait_rollout(api_client, namespace: str, names: list[str], timeout: float, p
 def _diagnosis_hint(problems: list[str]) -> str:
     text = "\n".join(problems)
     if "cannot be pulled" in text:
-        return ("kind: the image must be loaded into the cluster (`kind load docker-image IMAGE --name pizzactl`); "
-                "other clusters: push it with --registry and check the pull secret.")
+        return (
+            "kind: the image must be loaded into the cluster (`kind load docker-image IMAGE --name pizzactl`); "
+            "other clusters: push it with --registry and check the pull secret."
+        )
     if "crashing" in text:
         return "Fix the error in the log lines above; `kubectl logs -n pizzactl deploy/pizzactl-model` shows more."
     if "Pending" in text:
@@ -198,9 +218,20 @@ def diagnose(api_client, namespace: str) -> list[str]:
         found = False
         for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
             waiting = cs.state.waiting if cs.state else None
-            terminated = (cs.last_state.terminated if cs.last_state else None) or (cs.state.terminated if cs.state else None)
-            if waiting and waiting.reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"):
-                problems.append(f"pod {name}: image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(": "))
+            terminated = (cs.last_state.terminated if cs.last_state else None) or (
+                cs.state.terminated if cs.state else None
+            )
+            if waiting and waiting.reason in (
+                "ImagePullBackOff",
+                "ErrImagePull",
+                "InvalidImageName",
+                "ErrImageNeverPull",
+            ):
+                problems.append(
+                    f"pod {name}: image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(
+                        ": "
+                    )
+                )
                 found = True
             elif waiting and waiting.reason in ("CrashLoopBackOff", "CreateContainerConfigError", "RunContainerError"):
                 why = f"exit code {terminated.exit_code}, {terminated.reason}" if terminated else waiting.reason
@@ -211,7 +242,9 @@ def diagnose(api_client, namespace: str) -> list[str]:
                 problems.append(block)
                 found = True
             elif terminated and terminated.reason == "OOMKilled":
-                problems.append(f"pod {name}: container {cs.name} ran out of memory (OOMKilled): raise its memory limit.")
+                problems.append(
+                    f"pod {name}: container {cs.name} ran out of memory (OOMKilled): raise its memory limit."
+                )
                 found = True
         if not found and status.phase == "Pending":
             if events is None:
@@ -241,7 +274,9 @@ def _events(core, namespace: str) -> list:
 def _last_log_lines(core, namespace: str, pod: str, container: str) -> list[str]:
     for previous in (True, False):
         try:
-            text = core.read_namespaced_pod_log(pod, namespace, container=container, previous=previous, tail_lines=LOG_LINES)
+            text = core.read_namespaced_pod_log(
+                pod, namespace, container=container, previous=previous, tail_lines=LOG_LINES
+            )
         except Exception:
             continue
         lines = [line for line in str(text or "").splitlines() if line.strip()]
@@ -261,8 +296,9 @@ def deployments_status(api_client, namespace: str, names: list[str]) -> dict[str
         except Exception as exc:
             from kubernetes.client.exceptions import ApiException
 
-            result[name] = {"error": "not found" if isinstance(exc, ApiException) and exc.status == 404
-                            else f"{type(exc).__name__}"}
+            result[name] = {
+                "error": "not found" if isinstance(exc, ApiException) and exc.status == 404 else f"{type(exc).__name__}"
+            }
     return result
 
 

@@ -30,8 +30,10 @@ from pizzactl.errors import DeployError, UsageError
 
 TARGET = "kind"
 DEPLOYMENTS = ["pizzactl-model", "pizzactl-gateway"]
-INSTALL_HINT = ("Install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), e.g. "
-                "`go install sigs.k8s.io/kind@v0.27.0` or `brew install kind`, then run `pizzactl doctor`.")
+INSTALL_HINT = (
+    "Install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), e.g. "
+    "`go install sigs.k8s.io/kind@v0.27.0` or `brew install kind`, then run `pizzactl doctor`."
+)
 
 
 # --- the kind CLI ----------------------------------------------------------------------------------
@@ -50,12 +52,16 @@ def run_kind(*args: str, timeout: float = 600) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise DeployError(f"`kind {' '.join(args)}` took longer than {timeout:.0f}s.",
-                          hint="Check that Docker is healthy: `pizzactl doctor`.") from None
+        raise DeployError(
+            f"`kind {' '.join(args)}` took longer than {timeout:.0f}s.",
+            hint="Check that Docker is healthy: `pizzactl doctor`.",
+        ) from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise DeployError(f"`kind {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}",
-                          hint="Run `pizzactl doctor`; kind needs a running Docker daemon.")
+        raise DeployError(
+            f"`kind {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}",
+            hint="Run `pizzactl doctor`; kind needs a running Docker daemon.",
+        )
     return proc.stdout
 
 
@@ -69,15 +75,19 @@ def cluster_config(host_port: int, listen_address: str = "127.0.0.1") -> dict[st
     return {
         "kind": "Cluster",
         "apiVersion": "kind.x-k8s.io/v1alpha4",
-        "nodes": [{
-            "role": "control-plane",
-            "extraPortMappings": [{
-                "containerPort": GATEWAY_NODE_PORT,
-                "hostPort": host_port,
-                "listenAddress": listen_address,
-                "protocol": "TCP",
-            }],
-        }],
+        "nodes": [
+            {
+                "role": "control-plane",
+                "extraPortMappings": [
+                    {
+                        "containerPort": GATEWAY_NODE_PORT,
+                        "hostPort": host_port,
+                        "listenAddress": listen_address,
+                        "protocol": "TCP",
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -123,7 +133,7 @@ def ensure_cluster(settings: Settings) -> bool:
                 f"The kind cluster {name!r} exists but does not map NodePort {GATEWAY_NODE_PORT} to a host port, "
                 "so the gateway would be unreachable (kind cannot add port mappings to a running cluster).",
                 hint=f"Delete it (`kind delete cluster --name {name}`) and deploy again, or deploy into another "
-                     f"cluster: `pizzactl deploy --cluster pizzactl2`.",
+                f"cluster: `pizzactl deploy --cluster pizzactl2`.",
             )
         if port is not None and port != settings.port:
             raise DeployError(

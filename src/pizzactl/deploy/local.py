@@ -59,8 +59,12 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     logs = {proc.MODELSERVER: str(logs_at / "modelserver.log"), proc.GATEWAY: str(logs_at / "gateway.log")}
     with open(logs[proc.MODELSERVER], "wb") as ms_log, open(logs[proc.GATEWAY], "wb") as gw_log:
         started = proc.start_pair(
-            models_dir, host=settings.host, port=settings.port, model_port=model_port,
-            allow_private_urls=settings.allow_private_urls, attached=False,
+            models_dir,
+            host=settings.host,
+            port=settings.port,
+            model_port=model_port,
+            allow_private_urls=settings.allow_private_urls,
+            attached=False,
             logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
         )
     record = DeployState(
@@ -71,13 +75,23 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         pids=started.pids,
         ports={proc.GATEWAY: settings.port, proc.MODELSERVER: model_port},
         logs=logs,
-        extra={"host": settings.host, "model_url": started.model_url, "allow_private_urls": settings.allow_private_urls},
+        extra={
+            "host": settings.host,
+            "model_url": started.model_url,
+            "allow_private_urls": settings.allow_private_urls,
+        },
     )
     state_mod.save(settings, record)  # before waiting: an interrupted deploy can still be torn down
-    log(f"Started the model server (pid {started.modelserver.pid}) and gateway (pid {started.gateway.pid}); waiting for {started.url}/readyz ...")
+    log(
+        f"Started the model server (pid {started.modelserver.pid}) and gateway (pid {started.gateway.pid}); waiting for {started.url}/readyz ..."
+    )
     try:
-        proc.wait_ready(started.url, {"model server": started.modelserver, "gateway": started.gateway}, timeout,
-                        logs={"model server": logs[proc.MODELSERVER], "gateway": logs[proc.GATEWAY]})
+        proc.wait_ready(
+            started.url,
+            {"model server": started.modelserver, "gateway": started.gateway},
+            timeout,
+            logs={"model server": logs[proc.MODELSERVER], "gateway": logs[proc.GATEWAY]},
+        )
     except BaseException:
         started.stop(grace=5.0)
         state_mod.clear(settings)
@@ -140,7 +154,9 @@ def teardown(settings, st: DeployState) -> dict[str, Any]:
     proc.stop_all(mine, grace=10.0)
     left = [pid for pid in mine if proc.pid_alive(pid)]
     if left:
-        raise DeployError(f"Processes {left} did not stop.", hint=f"Kill them by hand: kill -9 {' '.join(map(str, left))}")
+        raise DeployError(
+            f"Processes {left} did not stop.", hint=f"Kill them by hand: kill -9 {' '.join(map(str, left))}"
+        )
     stopped = len(mine)
     what = f"stopped {stopped} process{'es' if stopped != 1 else ''}" if stopped else "its processes were already gone"
     return {"message": f"Tore down the local deployment at {st.url} ({what}).", "stopped_pids": mine}

@@ -37,7 +37,7 @@ class DeployState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DeployState":
+    def from_dict(cls, data: dict[str, Any]) -> DeployState:
         known = {f.name for f in fields(cls)}
         extra = dict(data.get("extra") or {})
         extra.update({k: v for k, v in data.items() if k not in known})  # keep what a newer pizzactl wrote

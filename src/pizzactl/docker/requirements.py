@@ -10,6 +10,7 @@ gets TensorFlow, which is an extra.
 
 import re
 import sys
+
 import tomllib
 
 CLI_ONLY = {"kaggle", "kagglehub", "docker", "kubernetes", "tomli"}

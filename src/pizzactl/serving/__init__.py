@@ -50,8 +50,12 @@ def serve(settings) -> None:
     started = None
     try:
         started = proc.start_pair(
-            Path(settings.models_dir).expanduser().resolve(), host=settings.host, port=settings.port,
-            model_port=model_port, allow_private_urls=settings.allow_private_urls, attached=True,
+            Path(settings.models_dir).expanduser().resolve(),
+            host=settings.host,
+            port=settings.port,
+            model_port=model_port,
+            allow_private_urls=settings.allow_private_urls,
+            attached=True,
             logs={proc.MODELSERVER: subprocess.PIPE, proc.GATEWAY: subprocess.PIPE},
         )
         pumps = [

@@ -14,8 +14,9 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -129,13 +130,14 @@ class ModelClient:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                async with slots:
-                    async with session.request(method, url, data=body, headers=headers) as response:
-                        reply = Reply(response.status, response.headers, await response.read())
+                async with slots, session.request(method, url, data=body, headers=headers) as response:
+                    reply = Reply(response.status, response.headers, await response.read())
         except TimeoutError:
             raise _unavailable(f"The model server did not answer within {self.timeout:g}s.", 2) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise _unavailable(f"The model server at {self.base_url} cannot be reached ({type(exc).__name__}).") from None
+            raise _unavailable(
+                f"The model server at {self.base_url} cannot be reached ({type(exc).__name__})."
+            ) from None
         finally:
             if self.observe:
                 self.observe(kind, time.perf_counter() - started)
@@ -177,13 +179,17 @@ class ModelClient:
             else:
                 response = await self._request("GET", f"{self.model_url}/versions/{version}/metadata", "metadata")
                 metadata = response.json() if response.status_code == 200 else {}
-                info = ModelInfo(version, image_size_from_metadata(metadata), (metadata.get("metadata") or {}).get("pizzactl") or {})
+                info = ModelInfo(
+                    version, image_size_from_metadata(metadata), (metadata.get("metadata") or {}).get("pizzactl") or {}
+                )
             self._info = (time.monotonic(), info)
             return info
 
     async def predict(self, images: list[bytes]) -> tuple[list[Prediction], str | None]:
         """Predictions for encoded images, and the version that made them (if the server says)."""
-        body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}).encode()
+        body = json.dumps(
+            {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+        ).encode()
         response = await self._request("POST", f"{self.model_url}:predict", "predict", body)
         if response.status_code != 200:
             # The gateway re-encodes every image, so this is the model refusing one: not a 5xx.
@@ -192,7 +198,9 @@ class ModelClient:
             rows = response.json()["predictions"]
             predictions = [Prediction(str(r["label"]), float(r["probability"])) for r in rows]
         except (ValueError, KeyError, TypeError) as exc:
-            raise _unavailable(f"The model server answered something that is not a pizzactl prediction ({exc}).") from None
+            raise _unavailable(
+                f"The model server answered something that is not a pizzactl prediction ({exc})."
+            ) from None
         if len(predictions) != len(images):
             raise _unavailable("The model server answered the wrong number of predictions.")
         version = response.headers.get("x-model-version")

@@ -147,7 +147,9 @@ async def fetch_image(url: str, policy: FetchPolicy = FetchPolicy(), client: htt
         async with asyncio.timeout(policy.total_timeout):
             return await _fetch(url, policy, client)
     except TimeoutError:
-        raise FetchError(f"Fetching {url} took longer than {policy.total_timeout:g}s.", hint="Try another URL, or upload the file.") from None
+        raise FetchError(
+            f"Fetching {url} took longer than {policy.total_timeout:g}s.", hint="Try another URL, or upload the file."
+        ) from None
     finally:
         if own:
             await client.aclose()
@@ -177,9 +179,14 @@ async def _fetch(url: str, policy: FetchPolicy, client: httpx.AsyncClient) -> by
                 _check_content_type(response, current)
                 return await _read_capped(response, policy.max_bytes, current)
         except httpx.TimeoutException:
-            raise FetchError(f"Fetching {current} timed out.", hint="Try again later, or upload the file instead.") from None
+            raise FetchError(
+                f"Fetching {current} timed out.", hint="Try again later, or upload the file instead."
+            ) from None
         except httpx.HTTPError as exc:
-            raise FetchError(f"Fetching {current} failed: {exc or type(exc).__name__}", hint="Check the URL, or upload the file instead.") from None
+            raise FetchError(
+                f"Fetching {current} failed: {exc or type(exc).__name__}",
+                hint="Check the URL, or upload the file instead.",
+            ) from None
     raise FetchError(f"{url} redirects too often.")  # pragma: no cover - loop always returns or raises
 
 
@@ -195,11 +202,15 @@ def _check_content_type(response: httpx.Response, url: httpx.URL) -> None:
 async def _read_capped(response: httpx.Response, max_bytes: int, url: httpx.URL) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"{url} is {int(declared):,} bytes; the limit is {max_bytes:,}.", hint="Use a smaller image.")
+        raise PayloadTooLargeError(
+            f"{url} is {int(declared):,} bytes; the limit is {max_bytes:,}.", hint="Use a smaller image."
+        )
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise PayloadTooLargeError(f"{url} is larger than the limit of {max_bytes:,} bytes.", hint="Use a smaller image.")
+            raise PayloadTooLargeError(
+                f"{url} is larger than the limit of {max_bytes:,} bytes.", hint="Use a smaller image."
+            )
         chunks.append(chunk)
     return b"".join(chunks)

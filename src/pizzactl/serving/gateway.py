@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +36,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pizzactl import __version__
-from pizzactl.errors import BadInputError, InvalidImageError, ModelUnavailableError, PayloadTooLargeError, PizzaError, UnsupportedMediaError
+from pizzactl.errors import (
+    BadInputError,
+    InvalidImageError,
+    ModelUnavailableError,
+    PayloadTooLargeError,
+    PizzaError,
+    UnsupportedMediaError,
+)
 from pizzactl.serving import images as imaging
 from pizzactl.serving.client import ModelClient
 from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_client
@@ -83,7 +90,7 @@ class GatewayConfig:
     fetch_timeout: float = 10.0
     static_dir: Path = STATIC_DIR
 
-    ENV = {
+    ENV: ClassVar[dict[str, str]] = {
         "model_url": "PIZZACTL_MODEL_URL",
         "model_name": "PIZZACTL_MODEL_NAME",
         "allow_private_urls": "PIZZACTL_ALLOW_PRIVATE_URLS",
@@ -97,7 +104,7 @@ class GatewayConfig:
     }
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "GatewayConfig":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> GatewayConfig:
         environ = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         defaults = cls()
@@ -110,7 +117,9 @@ class GatewayConfig:
                 except ValueError:
                     from pizzactl.errors import ConfigError
 
-                    raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}.", hint=f"Fix or unset {var}.") from None
+                    raise ConfigError(
+                        f"{var}={raw!r} is not a valid {kind.__name__}.", hint=f"Fix or unset {var}."
+                    ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -135,7 +144,9 @@ class GatewayConfig:
 class UrlItem(BaseModel):
     """An image to fetch from a public http(s) URL."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"url": "https://example.com/margherita.jpg"}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"url": "https://example.com/margherita.jpg"}]}
+    )
     url: str = Field(..., max_length=4096, description="http(s) URL of a JPEG, PNG, GIF, BMP, WebP or TIFF image.")
 
 
@@ -146,7 +157,7 @@ class B64Item(BaseModel):
     image_b64: str = Field(..., description="Base64 of the image file's bytes.")
 
 
-PredictItem = Union[UrlItem, B64Item]
+PredictItem = UrlItem | B64Item
 _ITEM = TypeAdapter(PredictItem)
 
 
@@ -198,14 +209,20 @@ _PREDICT_BODY = {
     "content": {
         "application/json": {"schema": {"anyOf": [_ref("UrlItem"), _ref("B64Item")]}},
         "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
         },
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 _BATCH_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": {"type": "array", "items": {"anyOf": [_ref("UrlItem"), _ref("B64Item")]}}}},
+    "content": {
+        "application/json": {"schema": {"type": "array", "items": {"anyOf": [_ref("UrlItem"), _ref("B64Item")]}}}
+    },
 }
 
 
@@ -220,16 +237,24 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "pizzactl_gateway_requests", "Gateway requests by route, method and status",
-            ["route", "method", "status"], registry=self.registry,
+            "pizzactl_gateway_requests",
+            "Gateway requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "pizzactl_gateway_request_duration_seconds", "Gateway request latency by route", ["route"],
-            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            "pizzactl_gateway_request_duration_seconds",
+            "Gateway request latency by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
         )
         self.model_latency = Histogram(
-            "pizzactl_gateway_model_server_duration_seconds", "Model server call latency by call", ["call"],
-            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+            "pizzactl_gateway_model_server_duration_seconds",
+            "Model server call latency by call",
+            ["call"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
         )
         self.in_flight = Gauge("pizzactl_gateway_in_flight_requests", "Requests being handled", registry=self.registry)
         self.images = Counter(
@@ -320,7 +345,13 @@ def _error_response(exc: PizzaError) -> JSONResponse:
     return JSONResponse(_error_payload(exc), status_code=status, headers=headers)
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -381,7 +412,9 @@ def decode_b64(text: str, max_bytes: int) -> bytes:
                 return base64.urlsafe_b64decode(padded)
         except (binascii.Error, ValueError):
             continue
-    raise InvalidBase64Error("image_b64 is not valid base64.", hint="Encode the image file's bytes with standard base64.")
+    raise InvalidBase64Error(
+        "image_b64 is not valid base64.", hint="Encode the image file's bytes with standard base64."
+    )
 
 
 def validate_item(obj: Any) -> UrlItem | B64Item:
@@ -396,7 +429,7 @@ def validate_item(obj: Any) -> UrlItem | B64Item:
                 raise RequestShapeError('Send either "url" or "image_b64", not both.') from None
             extra = sorted(keys - {"url", "image_b64"})
             if extra:
-                raise RequestShapeError(f"Unknown field(s) {extra}: send only \"url\" or \"image_b64\".") from None
+                raise RequestShapeError(f'Unknown field(s) {extra}: send only "url" or "image_b64".') from None
             raise RequestShapeError('"url" and "image_b64" must be strings.') from None
         raise RequestShapeError(
             f'Expected an object like {{"url": "https://..."}}, got {type(obj).__name__}.'
@@ -407,7 +440,9 @@ def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidJSONError("The request body is not valid JSON.", hint='Send e.g. {"url": "https://..."}.') from None
+        raise InvalidJSONError(
+            "The request body is not valid JSON.", hint='Send e.g. {"url": "https://..."}.'
+        ) from None
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -435,7 +470,9 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.model = ModelClient(
-            config.model_url, config.model_name, timeout=config.model_timeout,
+            config.model_url,
+            config.model_name,
+            timeout=config.model_timeout,
             max_concurrency=config.max_concurrency,
             observe=lambda call, seconds: metrics.model_latency.labels(call).observe(seconds),
         )
@@ -455,7 +492,7 @@ class Gateway:
             return await fetch_image(item.url, self.policy, self._fetch_client())
         return decode_b64(item.image_b64, self.config.max_image_bytes)
 
-    async def load(self, data: bytes) -> "Prepared":
+    async def load(self, data: bytes) -> Prepared:
         """Validate (4xx on bad input) and, when the model's input size is known, shrink for the wire.
 
         One thread hop for both; the JPEG is decoded at reduced scale (`draft_size`). Before the
@@ -465,20 +502,24 @@ class Gateway:
         size = self.model.known_image_size()
         return await run_in_threadpool(_prepare, data, self.config.limits, size)
 
-    async def predict_images(self, pictures: list["Prepared"]) -> list[dict[str, Any]]:
+    async def predict_images(self, pictures: list[Prepared]) -> list[dict[str, Any]]:
         """Validated images -> prediction dicts (one model-server call for all of them)."""
         info = await self.model.info()
         size = info.image_size
         if any(p.size != size for p in pictures):  # first request, or the new model takes another size
             limits = self.config.limits
-            jpegs = await run_in_threadpool(lambda: [p.jpeg if p.size == size else _prepare(p.data, limits, size).jpeg for p in pictures])
+            jpegs = await run_in_threadpool(
+                lambda: [p.jpeg if p.size == size else _prepare(p.data, limits, size).jpeg for p in pictures]
+            )
         else:
             jpegs = [p.jpeg for p in pictures]
         predictions, version = await self.model.predict(jpegs)
         results = []
         for p in predictions:
             self.metrics.images.labels(p.label).inc()
-            results.append({"label": p.label, "probability": p.probability, "model_version": int(version or info.version)})
+            results.append(
+                {"label": p.label, "probability": p.probability, "model_version": int(version or info.version)}
+            )
         return results
 
     async def aclose(self) -> None:
@@ -497,7 +538,11 @@ def create_app(
     **overrides: Any,
 ) -> FastAPI:
     """The gateway app. Unset arguments come from PIZZACTL_* variables, then the defaults."""
-    given = {k: v for k, v in dict(model_url=model_url, allow_private_urls=allow_private_urls, **overrides).items() if v is not None}
+    given = {
+        k: v
+        for k, v in dict(model_url=model_url, allow_private_urls=allow_private_urls, **overrides).items()
+        if v is not None
+    }
     config = replace(config, **given) if config is not None else GatewayConfig.from_env(**given)
     metrics = Metrics()
     gateway = Gateway(config, metrics)
@@ -506,7 +551,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("gateway for %s at %s (allow_private_urls=%s)", config.model_name, config.model_url, config.allow_private_urls)
+        log.info(
+            "gateway for %s at %s (allow_private_urls=%s)",
+            config.model_name,
+            config.model_url,
+            config.allow_private_urls,
+        )
         try:
             yield
         finally:
@@ -557,12 +607,12 @@ def create_app(
 
     @app.post(
         "/predict/batch",
-        response_model=list[Union[PredictResponse, ErrorResponse]],
+        response_model=list[PredictResponse | ErrorResponse],
         responses=_error_responses(400, 413, 415, 422, 503),
         openapi_extra={"requestBody": _BATCH_BODY},
         summary="Classify several images in one request",
         description=(
-            "A JSON list of `{\"url\"}` / `{\"image_b64\"}` objects -> a list in the same order. An item that "
+            'A JSON list of `{"url"}` / `{"image_b64"}` objects -> a list in the same order. An item that '
             'cannot be used (bad URL, corrupt image ...) becomes `{"error": {"code", "message", "status"}}` '
             "in its place; the request as a whole fails (4xx/503) only if it is not a JSON list, has too many "
             "items, or the model server is unavailable."
@@ -593,7 +643,7 @@ def create_app(
         if good:
             try:
                 results = await gateway.predict_images([prepared[i] for i in good])
-                answers.update(zip(good, results))
+                answers.update(zip(good, results, strict=False))
             except InvalidImageError:  # the model refused one image: find it
                 for i in good:
                     try:
@@ -610,14 +660,26 @@ def create_app(
         return {"status": "ok"}
 
     @app.get(
-        "/readyz", response_model=Ready, responses=_error_responses(503),
+        "/readyz",
+        response_model=Ready,
+        responses=_error_responses(503),
         summary="Readiness: the model server is reachable and has an AVAILABLE model",
     )
     async def readyz() -> dict[str, Any]:
         info = await gateway.model.info(refresh=True)
-        return {"status": "ready", "model": config.model_name, "model_version": int(info.version), "image_size": info.image_size}
+        return {
+            "status": "ready",
+            "model": config.model_name,
+            "model_version": int(info.version),
+            "image_size": info.image_size,
+        }
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def metrics_route() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -664,7 +726,9 @@ async def _upload(request: Request) -> bytes:
     except StarletteHTTPException:
         raise
     except (ValueError, KeyError, AssertionError) as exc:  # malformed multipart
-        raise BadInputError(f"The multipart body cannot be parsed: {exc}", hint="Send the image as the form field 'file'.") from None
+        raise BadInputError(
+            f"The multipart body cannot be parsed: {exc}", hint="Send the image as the form field 'file'."
+        ) from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -680,17 +744,34 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pizzactl.serving.gateway",
         description="pizzactl gateway: safe image intake in front of a TF Serving-compatible model server.",
     )
-    parser.add_argument("--model-url", default=env.get("PIZZACTL_MODEL_URL") or "http://127.0.0.1:8501", help="Model server base URL (env PIZZACTL_MODEL_URL).")
-    parser.add_argument("--model-name", default=env.get("PIZZACTL_MODEL_NAME") or "pizza", help="Model name (env PIZZACTL_MODEL_NAME).")
-    parser.add_argument("--host", default=env.get("PIZZACTL_HOST") or "127.0.0.1", help="Address to listen on (env PIZZACTL_HOST).")
-    parser.add_argument("--port", type=int, default=int(env.get("PIZZACTL_PORT") or 9696), help="Port (env PIZZACTL_PORT, default 9696).")
     parser.add_argument(
-        "--allow-private-urls", action="store_true", default=_bool(env.get("PIZZACTL_ALLOW_PRIVATE_URLS", "")),
+        "--model-url",
+        default=env.get("PIZZACTL_MODEL_URL") or "http://127.0.0.1:8501",
+        help="Model server base URL (env PIZZACTL_MODEL_URL).",
+    )
+    parser.add_argument(
+        "--model-name", default=env.get("PIZZACTL_MODEL_NAME") or "pizza", help="Model name (env PIZZACTL_MODEL_NAME)."
+    )
+    parser.add_argument(
+        "--host", default=env.get("PIZZACTL_HOST") or "127.0.0.1", help="Address to listen on (env PIZZACTL_HOST)."
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env.get("PIZZACTL_PORT") or 9696),
+        help="Port (env PIZZACTL_PORT, default 9696).",
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=_bool(env.get("PIZZACTL_ALLOW_PRIVATE_URLS", "")),
         help="Allow fetching loopback and private-network URLs (env PIZZACTL_ALLOW_PRIVATE_URLS=1).",
     )
     parser.add_argument("--log-level", default=env.get("PIZZACTL_LOG_LEVEL") or "info")
     parser.add_argument(
-        "--access-log", action="store_true", default=_bool(env.get("PIZZACTL_ACCESS_LOG", "")),
+        "--access-log",
+        action="store_true",
+        default=_bool(env.get("PIZZACTL_ACCESS_LOG", "")),
         help="Log every request (env PIZZACTL_ACCESS_LOG=1); off by default, /metrics counts them.",
     )
     args = parser.parse_args(argv)
@@ -699,10 +780,17 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
-    config = GatewayConfig.from_env(model_url=args.model_url, model_name=args.model_name, allow_private_urls=args.allow_private_urls)
+    config = GatewayConfig.from_env(
+        model_url=args.model_url, model_name=args.model_name, allow_private_urls=args.allow_private_urls
+    )
     uvicorn.run(
-        create_app(config=config), host=args.host, port=args.port, log_level=args.log_level.lower(),
-        access_log=args.access_log, loop="auto", http="auto",  # auto = uvloop + httptools (uvicorn[standard])
+        create_app(config=config),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=args.access_log,
+        loop="auto",
+        http="auto",  # auto = uvloop + httptools (uvicorn[standard])
     )
 
 

@@ -9,6 +9,7 @@ anyway, so nothing it would see is lost, and a 5 MB phone photo becomes ~15-30 K
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -44,7 +45,9 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int
             hint="Send a smaller image (the model only needs a few hundred pixels a side).",
         )
     if not data:
-        raise InvalidImageError("The image is empty.", hint="Send the bytes of a JPEG, PNG, GIF, BMP, WebP or TIFF image.")
+        raise InvalidImageError(
+            "The image is empty.", hint="Send the bytes of a JPEG, PNG, GIF, BMP, WebP or TIFF image."
+        )
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
@@ -65,10 +68,8 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int
             if draft_size and fmt in ("JPEG", "MPO"):
                 image.draft(None, (int(draft_size), int(draft_size)))
             image.load()  # decode now: truncated or corrupt data fails here, not later
-            try:
+            with contextlib.suppress(Exception):
                 image = ImageOps.exif_transpose(image)
-            except Exception:  # noqa: BLE001 - a broken EXIF block is not worth rejecting the photo
-                pass
             return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLargeError(

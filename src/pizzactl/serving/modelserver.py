@@ -25,16 +25,18 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -107,7 +109,7 @@ class LoadedModel:
     _keep: Any = field(default=None, repr=False)  # the loaded object owns the variables
 
     @classmethod
-    def load(cls, path: Path, version: int) -> "LoadedModel":
+    def load(cls, path: Path, version: int) -> LoadedModel:
         import tensorflow as tf
 
         obj = tf.saved_model.load(str(path))
@@ -202,6 +204,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="pizzactl-batch")
         self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()  # batches in flight (the loop keeps only weak references)
 
     def start(self) -> None:
         if self._task is None:
@@ -212,10 +215,8 @@ class Batcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -264,7 +265,9 @@ class Batcher:
                     break
                 batch.append(nxt)
                 size += len(nxt.items)
-            loop.create_task(self._dispatch(batch, size))
+            task = loop.create_task(self._dispatch(batch, size))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _dispatch(self, batch: list[_Pending], size: int) -> None:
         assert self._slots is not None
@@ -277,7 +280,7 @@ class Batcher:
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.run, items)
-            except Exception as exc:  # noqa: BLE001 - fanned back to the request(s)
+            except Exception as exc:
                 if len(batch) == 1:
                     if not batch[0].future.done():
                         batch[0].future.set_exception(exc)
@@ -285,7 +288,7 @@ class Batcher:
                 for p in batch:  # isolate the request that broke the batch
                     try:
                         result = await loop.run_in_executor(self._executor, self.run, p.items)
-                    except Exception as single_exc:  # noqa: BLE001
+                    except Exception as single_exc:
                         if not p.future.done():
                             p.future.set_exception(single_exc)
                     else:
@@ -334,9 +337,7 @@ class ModelServer:
         self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
         self._failed_mtime: dict[int, float] = {}
         self._lock = threading.Lock()
-        self.batcher = Batcher(
-            self._run_batch, config.max_batch_size, config.batch_timeout, config.batch_threads
-        )
+        self.batcher = Batcher(self._run_batch, config.max_batch_size, config.batch_timeout, config.batch_threads)
         self._watcher: asyncio.Task | None = None
         self.metrics = _Metrics()
         self.batcher.on_batch = self.metrics.observe_batch
@@ -357,7 +358,9 @@ class ModelServer:
         versions = list_versions(self.config.base_path)
         if not versions:
             if self.model is not None:
-                log.warning("no versions left under %s: unloading version %s", self.config.base_path, self.model.version)
+                log.warning(
+                    "no versions left under %s: unloading version %s", self.config.base_path, self.model.version
+                )
                 self.model = None
             return
         candidates = [v for v in versions if v not in self.failed or self._changed(v)]
@@ -373,7 +376,7 @@ class ModelServer:
         try:
             model = LoadedModel.load(path, target)
             model.warm_up()
-        except Exception as exc:  # noqa: BLE001 - a broken export must not kill the server
+        except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             log.error("could not load %s: %s", path, message)
             self.failed[target] = message
@@ -386,7 +389,9 @@ class ModelServer:
             old, self.model = self.model, model
         log.info(
             "serving %s version %s (%.1fs to load)%s",
-            self.config.model_name, target, time.perf_counter() - started,
+            self.config.model_name,
+            target,
+            time.perf_counter() - started,
             f", replacing version {old.version}" if old else "",
         )
 
@@ -397,7 +402,7 @@ class ModelServer:
         while True:
             try:
                 await asyncio.to_thread(self.poll_once)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("model poll failed")
             await asyncio.sleep(self.config.poll_seconds)
 
@@ -467,8 +472,14 @@ class ModelServer:
         input_names = model.input_names(signature)
         columnar = "inputs" in body
         if columnar == ("instances" in body):
-            raise ServingError("Missing 'inputs' or 'instances' key" if not columnar else "Request has both 'inputs' and 'instances' keys")
-        inputs = _columnar_inputs(body["inputs"], input_names) if columnar else _row_inputs(body["instances"], input_names)
+            raise ServingError(
+                "Missing 'inputs' or 'instances' key"
+                if not columnar
+                else "Request has both 'inputs' and 'instances' keys"
+            )
+        inputs = (
+            _columnar_inputs(body["inputs"], input_names) if columnar else _row_inputs(body["instances"], input_names)
+        )
         if signature == SIGNATURE and len(input_names) == 1:
             results = await self.batcher.submit(inputs[input_names[0]])
             used = results[0][1] if results else model.version
@@ -543,9 +554,7 @@ def _row_inputs(instances: Any, names: list[str]) -> dict[str, list]:
             missing = [n for n in names if n not in instance]
             extra = [k for k in instance if k not in columns]
             if missing or extra:
-                raise ServingError(
-                    f"instance has keys {sorted(instance)}; the signature takes {names}"
-                )
+                raise ServingError(f"instance has keys {sorted(instance)}; the signature takes {names}")
             for n in names:
                 columns[n].append(_decode_value(instance[n]))
         elif single:
@@ -599,11 +608,16 @@ class _Metrics:
 
         self.registry = CollectorRegistry()
         self.http = Counter(
-            "pizzactl_model_requests", "Model server requests by route and status", ["route", "status"], registry=self.registry
+            "pizzactl_model_requests",
+            "Model server requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "pizzactl_model_batch_size", "Images per server-side batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry,
+            "pizzactl_model_batch_size",
+            "Images per server-side batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
         )
         self.batch_seconds = Histogram(
             "pizzactl_model_batch_seconds", "Seconds to run one batch", registry=self.registry
@@ -614,7 +628,9 @@ class _Metrics:
         self.batch_seconds.observe(seconds)
 
 
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>/metadata|:predict|:classify|:regress)?$")
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<rest>/metadata|:predict|:classify|:regress)?$"
+)
 
 
 def create_app(
@@ -742,16 +758,54 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m pizzactl.serving.modelserver",
         description="TF Serving-compatible REST model server for pizzactl SavedModels (with batching and hot reload).",
     )
-    parser.add_argument("--models", default=_env("MODELS_DIR", "models"), help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR).")
-    parser.add_argument("--model-name", default=_env("MODEL_NAME", "pizza"), help="Model name (env PIZZACTL_MODEL_NAME, default pizza).")
+    parser.add_argument(
+        "--models",
+        default=_env("MODELS_DIR", "models"),
+        help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR).",
+    )
+    parser.add_argument(
+        "--model-name", default=_env("MODEL_NAME", "pizza"), help="Model name (env PIZZACTL_MODEL_NAME, default pizza)."
+    )
     parser.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="Address to listen on (env PIZZACTL_HOST).")
-    parser.add_argument("--port", type=int, default=int(_env("MODEL_PORT", 8501)), help="Port (env PIZZACTL_MODEL_PORT, default 8501).")
-    parser.add_argument("--max-batch-size", type=int, default=int(_env("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)), help="Images per server-side batch (env PIZZACTL_MAX_BATCH_SIZE).")
-    parser.add_argument("--batch-timeout-ms", type=float, default=float(_env("BATCH_TIMEOUT_MS", DEFAULT_BATCH_TIMEOUT * 1000)), help="How long a free worker waits for more requests to join a batch; 0 (default) runs at once, a busy worker batches anyway (env PIZZACTL_BATCH_TIMEOUT_MS).")
-    parser.add_argument("--batch-threads", type=int, default=int(_env("BATCH_THREADS", 1)), help="Batches run at the same time (env PIZZACTL_BATCH_THREADS).")
-    parser.add_argument("--poll-seconds", type=float, default=float(_env("POLL_SECONDS", DEFAULT_POLL_SECONDS)), help="How often to look for new versions (env PIZZACTL_POLL_SECONDS).")
-    parser.add_argument("--intra-op-threads", type=int, default=int(_env("TF_INTRA_OP_THREADS", -1)), help="TensorFlow threads per op; -1 (default) = half the CPUs, 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).")
-    parser.add_argument("--inter-op-threads", type=int, default=int(_env("TF_INTER_OP_THREADS", -1)), help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).")
+    parser.add_argument(
+        "--port", type=int, default=int(_env("MODEL_PORT", 8501)), help="Port (env PIZZACTL_MODEL_PORT, default 8501)."
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=int(_env("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)),
+        help="Images per server-side batch (env PIZZACTL_MAX_BATCH_SIZE).",
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=float(_env("BATCH_TIMEOUT_MS", DEFAULT_BATCH_TIMEOUT * 1000)),
+        help="How long a free worker waits for more requests to join a batch; 0 (default) runs at once, a busy worker batches anyway (env PIZZACTL_BATCH_TIMEOUT_MS).",
+    )
+    parser.add_argument(
+        "--batch-threads",
+        type=int,
+        default=int(_env("BATCH_THREADS", 1)),
+        help="Batches run at the same time (env PIZZACTL_BATCH_THREADS).",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=float(_env("POLL_SECONDS", DEFAULT_POLL_SECONDS)),
+        help="How often to look for new versions (env PIZZACTL_POLL_SECONDS).",
+    )
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=int(_env("TF_INTRA_OP_THREADS", -1)),
+        help="TensorFlow threads per op; -1 (default) = half the CPUs, 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).",
+    )
+    parser.add_argument(
+        "--inter-op-threads",
+        type=int,
+        default=int(_env("TF_INTER_OP_THREADS", -1)),
+        help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
 
@@ -766,13 +820,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     intra, inter = configure_tf_threads(args.intra_op_threads, args.inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
     app = create_app(
-        args.models, args.model_name,
-        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout_ms / 1000,
-        batch_threads=args.batch_threads, poll_seconds=args.poll_seconds,
+        args.models,
+        args.model_name,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout_ms / 1000,
+        batch_threads=args.batch_threads,
+        poll_seconds=args.poll_seconds,
     )
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
-        loop="auto", http="auto",  # auto = uvloop + httptools, installed with uvicorn[standard]
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        loop="auto",
+        http="auto",  # auto = uvloop + httptools, installed with uvicorn[standard]
     )
 
 

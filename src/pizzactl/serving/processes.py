@@ -7,6 +7,7 @@ use only the standard library (`os.kill(pid, 0)`, /proc when there is one).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO
 
 from pizzactl.errors import DeployError, PortInUseError
 
@@ -88,13 +90,30 @@ def http_url(host: str, port: int) -> str:
 
 def modelserver_command(models_dir: Path | str, port: int, host: str = "127.0.0.1") -> list[str]:
     return [
-        sys.executable, "-m", "pizzactl.serving.modelserver",
-        "--models", str(Path(models_dir).expanduser().resolve()), "--port", str(port), "--host", host,
+        sys.executable,
+        "-m",
+        "pizzactl.serving.modelserver",
+        "--models",
+        str(Path(models_dir).expanduser().resolve()),
+        "--port",
+        str(port),
+        "--host",
+        host,
     ]
 
 
 def gateway_command(model_url: str, port: int, host: str = "127.0.0.1", allow_private_urls: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "pizzactl.serving.gateway", "--model-url", model_url, "--port", str(port), "--host", host]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pizzactl.serving.gateway",
+        "--model-url",
+        model_url,
+        "--port",
+        str(port),
+        "--host",
+        host,
+    ]
     if allow_private_urls:
         cmd.append("--allow-private-urls")
     return cmd
@@ -118,7 +137,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def spawn(cmd: Sequence[str], *, stdout: IO | int | None, attached: bool, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+def spawn(
+    cmd: Sequence[str], *, stdout: IO | int | None, attached: bool, env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
     """Start a server in its own process group.
 
     attached=True (serve, bench): the child dies with us (PR_SET_PDEATHSIG on Linux).
@@ -186,14 +207,13 @@ def is_our_server(pid: int) -> bool:
 
 def stop_group(pid: int, grace: float = 10.0) -> bool:
     """SIGTERM the process group led by `pid`, SIGKILL it after `grace` seconds. True if it had to be killed."""
+
     def signal_group(sig: int) -> None:
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     if not pid_alive(pid) and not _group_alive(pid):
         return False
@@ -225,10 +245,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def stop_all(pids: Sequence[int], grace: float = 10.0) -> None:
     """Stop several process groups at once: SIGTERM all, wait, then SIGKILL the stragglers."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(pid_alive(p) or _group_alive(p) for p in pids):
         time.sleep(0.05)
@@ -250,7 +268,9 @@ def tail(path: Path | str | None, lines: int = 20) -> str:
         return ""
 
 
-def poll_ready(url: str, timeout: float, *, check: Callable[[], None] = lambda: None, path: str = "/readyz", interval: float = 0.5) -> str | None:
+def poll_ready(
+    url: str, timeout: float, *, check: Callable[[], None] = lambda: None, path: str = "/readyz", interval: float = 0.5
+) -> str | None:
     """Poll `url + path` until it answers 200 (then None) or `timeout` passes (then the last answer).
 
     `check()` runs before every attempt and raises to stop early (a process or container died):
@@ -332,10 +352,8 @@ class Started:
     def stop(self, grace: float = 10.0) -> None:
         stop_all([self.gateway.pid, self.modelserver.pid], grace)
         for proc in (self.gateway, self.modelserver):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
 
 
 def start_pair(
@@ -351,7 +369,9 @@ def start_pair(
     """Start the model server, then the gateway pointing at it. The caller waits for readiness."""
     logs = logs or {}
     model_url = f"http://127.0.0.1:{model_port}"
-    modelserver = spawn(modelserver_command(models_dir, model_port, "127.0.0.1"), stdout=logs.get(MODELSERVER), attached=attached)
+    modelserver = spawn(
+        modelserver_command(models_dir, model_port, "127.0.0.1"), stdout=logs.get(MODELSERVER), attached=attached
+    )
     try:
         gateway = spawn(
             gateway_command(model_url, port, host, allow_private_urls), stdout=logs.get(GATEWAY), attached=attached

@@ -12,4 +12,4 @@ Nothing here imports TensorFlow at import time (the trainer imports it inside it
 
 from pizzactl.train.trainer import RunResult, TrainResult, print_result, train
 
-__all__ = ["train", "print_result", "TrainResult", "RunResult"]
+__all__ = ["RunResult", "TrainResult", "print_result", "train"]

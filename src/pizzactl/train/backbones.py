@@ -31,10 +31,11 @@ pixels; tests compare it with Keras' own functions and with the graph.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pizzactl.errors import UsageError, WeightsError
 
@@ -174,7 +175,7 @@ def _keras_reference(module: str | None) -> Callable:
 
 
 def resolve_weights(weights) -> str | Path | None:
-    """"imagenet" -> "imagenet"; None/"none"/"" -> None; anything else -> an existing file Path."""
+    """ "imagenet" -> "imagenet"; None/"none"/"" -> None; anything else -> an existing file Path."""
     if weights is None:
         return None
     text = str(weights).strip()
@@ -225,7 +226,11 @@ def _load_weights_file(model, base, path: Path, name: str) -> None:
                 target.load_weights(str(path))
             # Keras only warns when a nested part of the file is missing (those layers keep
             # their random weights): for us that is a file that does not fit.
-            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "could not be loaded" in str(w.message)]
+            skipped = [
+                str(w.message)
+                for w in caught
+                if "Skipping" in str(w.message) or "could not be loaded" in str(w.message)
+            ]
             if skipped:
                 raise ValueError(skipped[0])
             return
@@ -348,53 +353,111 @@ def _register_keras_app(
 
 
 _register_keras_app(
-    "xception", "Xception", 299, "tf", reference_module="xception", in_base=False,
-    fine_tune_layers=17, min_input_size=71,  # block13 and block14 (the exit flow)
+    "xception",
+    "Xception",
+    299,
+    "tf",
+    reference_module="xception",
+    in_base=False,
+    fine_tune_layers=17,
+    min_input_size=71,  # block13 and block14 (the exit flow)
     description="Xception (20.9M params, 2048-d); tf preprocessing x/127.5-1 in graph",
 )
 _register_keras_app(
-    "inception_v3", "InceptionV3", 299, "tf", reference_module="inception_v3", in_base=False,
-    fine_tune_layers=63, min_input_size=75,  # the last two inception blocks (mixed9, mixed10)
+    "inception_v3",
+    "InceptionV3",
+    299,
+    "tf",
+    reference_module="inception_v3",
+    in_base=False,
+    fine_tune_layers=63,
+    min_input_size=75,  # the last two inception blocks (mixed9, mixed10)
     description="Inception-v3 (21.8M params, 2048-d); tf preprocessing x/127.5-1 in graph",
 )
 _register_keras_app(
-    "vgg16", "VGG16", 224, "caffe", reference_module="vgg16", in_base=False,
+    "vgg16",
+    "VGG16",
+    224,
+    "caffe",
+    reference_module="vgg16",
+    in_base=False,
     fine_tune_layers=5,  # block5: 3 convs + pool
     description="VGG16 (14.7M params, 512-d); caffe preprocessing (BGR, minus ImageNet mean) in graph",
 )
 _register_keras_app(
-    "resnet50", "ResNet50", 224, "caffe", reference_module="resnet50", in_base=False,
+    "resnet50",
+    "ResNet50",
+    224,
+    "caffe",
+    reference_module="resnet50",
+    in_base=False,
     fine_tune_layers=33,  # the conv5 stage (3 bottleneck blocks)
     description="ResNet-50 (23.6M params, 2048-d); caffe preprocessing (BGR, minus ImageNet mean) in graph",
 )
 _register_keras_app(
-    "efficientnet_b0", "EfficientNetB0", 224, "torch", reference_module="efficientnet", in_base=True,
-    fine_tune_layers=32, efficientnet_v1=True,  # block6d, block7a and the top conv
+    "efficientnet_b0",
+    "EfficientNetB0",
+    224,
+    "torch",
+    reference_module="efficientnet",
+    in_base=True,
+    fine_tune_layers=32,
+    efficientnet_v1=True,  # block6d, block7a and the top conv
     description="EfficientNet-B0 (4.0M params, 1280-d); Keras model normalizes 0..255 itself",
 )
 _register_keras_app(
-    "efficientnet_b3", "EfficientNetB3", 300, "torch", reference_module="efficientnet", in_base=True,
-    fine_tune_layers=32, efficientnet_v1=True,  # block7a, block7b and the top conv
+    "efficientnet_b3",
+    "EfficientNetB3",
+    300,
+    "torch",
+    reference_module="efficientnet",
+    in_base=True,
+    fine_tune_layers=32,
+    efficientnet_v1=True,  # block7a, block7b and the top conv
     description="EfficientNet-B3 (10.8M params, 1536-d); Keras model normalizes 0..255 itself",
 )
 _register_keras_app(
-    "efficientnetv2_b0", "EfficientNetV2B0", 224, "torch", reference_module="efficientnet_v2", in_base=True,
-    flag=True, fine_tune_layers=34,  # block6g, block6h and the top conv
+    "efficientnetv2_b0",
+    "EfficientNetV2B0",
+    224,
+    "torch",
+    reference_module="efficientnet_v2",
+    in_base=True,
+    flag=True,
+    fine_tune_layers=34,  # block6g, block6h and the top conv
     description="EfficientNetV2-B0 (5.9M params, 1280-d); include_preprocessing=True",
 )
 _register_keras_app(
-    "mobilenet_v3_small", "MobileNetV3Small", 224, "tf", reference_module="mobilenet_v3", in_base=True,
-    flag=True, fine_tune_layers=19,  # the last inverted-residual block and conv_1
+    "mobilenet_v3_small",
+    "MobileNetV3Small",
+    224,
+    "tf",
+    reference_module="mobilenet_v3",
+    in_base=True,
+    flag=True,
+    fine_tune_layers=19,  # the last inverted-residual block and conv_1
     description="MobileNetV3-Small (0.9M params, 576-d); include_preprocessing=True (x/127.5-1)",
 )
 _register_keras_app(
-    "mobilenet_v3_large", "MobileNetV3Large", 224, "tf", reference_module="mobilenet_v3", in_base=True,
-    flag=True, fine_tune_layers=19,  # the last inverted-residual block and conv_1
+    "mobilenet_v3_large",
+    "MobileNetV3Large",
+    224,
+    "tf",
+    reference_module="mobilenet_v3",
+    in_base=True,
+    flag=True,
+    fine_tune_layers=19,  # the last inverted-residual block and conv_1
     description="MobileNetV3-Large (3.0M params, 960-d); include_preprocessing=True (x/127.5-1)",
 )
 _register_keras_app(
-    "convnext_tiny", "ConvNeXtTiny", 224, "torch", reference_module="convnext", in_base=True,
-    flag=True, fine_tune_layers=24,  # the last downsampling, stage 3's 3 blocks, the final LayerNorm
+    "convnext_tiny",
+    "ConvNeXtTiny",
+    224,
+    "torch",
+    reference_module="convnext",
+    in_base=True,
+    flag=True,
+    fine_tune_layers=24,  # the last downsampling, stage 3's 3 blocks, the final LayerNorm
     description="ConvNeXt-Tiny (27.8M params, 768-d); include_preprocessing=True",
 )
 
@@ -525,7 +588,9 @@ def split_at(model, layer: str):
         reads = list(after.input) if several else [after.input]
         outside = [t.name for t in reads if id(t) not in tensors]
         if outside:
-            raise ValueError(f"{model.name}: layer {after.name} reads {outside[0]} from before {layer!r} (a shortcut around the cut); cannot split there")
+            raise ValueError(
+                f"{model.name}: layer {after.name} reads {outside[0]} from before {layer!r} (a shortcut around the cut); cannot split there"
+            )
         mapped = [tensors[id(t)] for t in reads]
         tensors[id(after.output)] = after(mapped if several else mapped[0], training=False)
     return bottom, keras.Model(maps, tensors[id(base.output)], name=f"{model.name}_from_{layer}")
@@ -537,7 +602,5 @@ def freeze(model) -> None:
 
 
 # Backbones defined in other modules register themselves on import.
-try:
-    from pizzactl.train import efficientnet_lite  # noqa: E402,F401  (registers efficientnet_lite0..2)
-except ImportError:  # pragma: no cover - the module is optional
-    pass
+with contextlib.suppress(ImportError):  # the module is optional
+    from pizzactl.train import efficientnet_lite  # noqa: F401  (registers efficientnet_lite0..2)

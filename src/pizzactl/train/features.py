@@ -16,9 +16,9 @@ import hashlib
 import json
 import os
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 # Bump when the augmentation recipe changes: it is part of every augmented view's cache key.
 AUGMENT_VERSION = 1
@@ -207,7 +207,7 @@ class FeatureCache:
         return features
 
 
-_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _forward(model, size: int):
@@ -216,12 +216,23 @@ def _forward(model, size: int):
 
     fn = _FORWARD.get(model)
     if fn is None:
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        fn = tf.function(
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
+        )
         _FORWARD[model] = fn
     return fn
 
 
-def compute_features(model, paths: Sequence[Path], size: int, *, view: str = "plain", batch_size: int = 64, advance=None, dtype: str = "float32"):
+def compute_features(
+    model,
+    paths: Sequence[Path],
+    size: int,
+    *,
+    view: str = "plain",
+    batch_size: int = 64,
+    advance=None,
+    dtype: str = "float32",
+):
     """Run the frozen feature extractor once over a view of these images."""
     import numpy as np
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def _pyplot():
@@ -20,10 +20,17 @@ def training_curves(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     x = list(range(1, len(rows) + 1))
-    for key, ax, label in (("loss", ax_loss, "train"), ("val_loss", ax_loss, "validation"), ("accuracy", ax_acc, "train"), ("val_accuracy", ax_acc, "validation")):
+    for key, ax, label in (
+        ("loss", ax_loss, "train"),
+        ("val_loss", ax_loss, "validation"),
+        ("accuracy", ax_acc, "train"),
+        ("val_accuracy", ax_acc, "validation"),
+    ):
         ys = [r.get(key) for r in rows]
         if any(y is not None for y in ys):
-            ax.plot(x, [float("nan") if y is None else y for y in ys], label=label, marker="." if len(rows) < 40 else None)
+            ax.plot(
+                x, [float("nan") if y is None else y for y in ys], label=label, marker="." if len(rows) < 40 else None
+            )
     phases = [r["phase"] for r in rows]
     for i in range(1, len(phases)):
         if phases[i] != phases[i - 1]:

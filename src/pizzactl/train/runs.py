@@ -80,13 +80,21 @@ def print_runs(runs: list[dict]) -> None:
         out.print("No training runs yet. Run `pizzactl train`.")
         return
     table = Table(
-        Column("run", no_wrap=True), "weights", Column("val acc", no_wrap=True), "f1", "seconds", Column("exported", overflow="fold")
+        Column("run", no_wrap=True),
+        "weights",
+        Column("val acc", no_wrap=True),
+        "f1",
+        "seconds",
+        Column("exported", overflow="fold"),
     )
     for r in runs:
         table.add_row(
-            r["run_id"], _fmt(r["weights"]),
+            r["run_id"],
+            _fmt(r["weights"]),
             _fmt(r["val_accuracy"]) if r["status"] == "finished" else "[yellow]incomplete[/]",
-            _fmt(r["val_f1"]), _fmt(r["train_seconds"], 1), _fmt(r["model_dir"]),
+            _fmt(r["val_f1"]),
+            _fmt(r["train_seconds"], 1),
+            _fmt(r["model_dir"]),
         )
     out.print(table)
 
@@ -99,15 +107,39 @@ def print_run(run: dict) -> None:
     out.print(f"[bold]{run['run_id']}[/]  {run['run_dir']}")
     table = Table("", "value", show_header=False)
     config, metrics = run["config"], run["metrics"]
-    for key in ("backbone", "mode", "weights", "image_size", "epochs", "fine_tune_epochs", "batch_size", "augment", "seed", "data_dir", "n_train", "n_val"):
+    for key in (
+        "backbone",
+        "mode",
+        "weights",
+        "image_size",
+        "epochs",
+        "fine_tune_epochs",
+        "batch_size",
+        "augment",
+        "seed",
+        "data_dir",
+        "n_train",
+        "n_val",
+    ):
         if key in config:
             table.add_row(key, _fmt(config[key]))
-    for key in ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_roc_auc", "val_loss", "train_seconds", "model_dir"):
+    for key in (
+        "val_accuracy",
+        "val_precision",
+        "val_recall",
+        "val_f1",
+        "val_roc_auc",
+        "val_loss",
+        "train_seconds",
+        "model_dir",
+    ):
         if key in metrics:
             table.add_row(key, _fmt(metrics[key]))
     if "confusion_matrix" in metrics:
         classes = config.get("classes") or ["0", "1"]
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-        table.add_row("confusion", f"true {classes[0]}: {tn} right, {fp} wrong; true {classes[1]}: {tp} right, {fn} wrong")
+        table.add_row(
+            "confusion", f"true {classes[0]}: {tn} right, {fp} wrong; true {classes[1]}: {tp} right, {fn} wrong"
+        )
     table.add_row("files", ", ".join(run["files"]))
     out.print(table)

@@ -55,7 +55,7 @@ class _Storage:
     numel: int
     data: np.ndarray | None = None
     # legacy layout only: this storage is a view (offset, size in elements) of another one
-    view_of: "_Storage | None" = None
+    view_of: _Storage | None = None
     view_offset: int = 0
 
     def array(self) -> np.ndarray:
@@ -233,7 +233,7 @@ def checkpoint_format(path: str | Path) -> str:
     return "zip" if zipfile.is_zipfile(path) else "legacy"
 
 
-def load_state_dict(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
+def load_state_dict(path: str | Path) -> collections.OrderedDict[str, np.ndarray]:
     """A PyTorch checkpoint -> {name: numpy array}, without torch. Accepts both layouts."""
     path = Path(path)
     if not path.is_file():

@@ -26,9 +26,10 @@ import datetime as _dt
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pizzactl import __version__
 from pizzactl.console import err
@@ -79,10 +80,23 @@ SCRATCH_RECIPE = Recipe(epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warm
 # +0.5 points (held-out 15%; 5-fold CV agrees), head averaging removes most of the +-0.7 point
 # seed noise; fine-tuning (5-fold CV on all 1571 photos, see README) +0.5 points on 6 views,
 # about +1 on 10 (fine-tuning memorises fixed views: more of them is what makes it pay).
-LITE_RECIPE = Recipe(test_size_factor=1.15, head_seeds=5, augmented_views=8, fine_tune_epochs=6, fine_tune_average_from=3)
+LITE_RECIPE = Recipe(
+    test_size_factor=1.15, head_seeds=5, augmented_views=8, fine_tune_epochs=6, fine_tune_average_from=3
+)
 RECIPES: dict[str, Recipe] = {
     **{name: LITE_RECIPE for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")},
-    "small_cnn": Recipe(image_size=128, epochs=40, lr=2e-3, dropout=0.3, weight_decay=5e-4, warmup_epochs=3, patience=12, crop_min_area=0.5, label_smoothing=0.1, test_size_factor=1.15),
+    "small_cnn": Recipe(
+        image_size=128,
+        epochs=40,
+        lr=2e-3,
+        dropout=0.3,
+        weight_decay=5e-4,
+        warmup_epochs=3,
+        patience=12,
+        crop_min_area=0.5,
+        label_smoothing=0.1,
+        test_size_factor=1.15,
+    ),
 }
 
 
@@ -174,7 +188,7 @@ class RunLog:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8") if path else None
+        self._fh = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed by close()
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -185,7 +199,7 @@ class RunLog:
             disable=not show_progress,
         )
 
-    def __enter__(self) -> "RunLog":
+    def __enter__(self) -> RunLog:
         self.progress.start()
         return self
 
@@ -253,7 +267,11 @@ def build_head(dim: int, dropout: float):
     import keras
 
     return keras.Sequential(
-        [keras.Input((dim,), name="features"), keras.layers.Dropout(dropout, name="dropout"), keras.layers.Dense(1, activation="sigmoid", name="probability")],
+        [
+            keras.Input((dim,), name="features"),
+            keras.layers.Dropout(dropout, name="dropout"),
+            keras.layers.Dense(1, activation="sigmoid", name="probability"),
+        ],
         name="head",
     )
 
@@ -294,14 +312,29 @@ def head_validation(x_val, y_val):
     return HeadValidation()
 
 
-def fit_head(x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int, lr: float, dropout: float, patience: int, callbacks=(), seed: int = 42):
+def fit_head(
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    dropout: float,
+    patience: int,
+    callbacks=(),
+    seed: int = 42,
+):
     """Train dropout + dense sigmoid on cached features; early stopping restores the best epoch."""
     import keras
     import tensorflow as tf
 
     head = build_head(int(x_train.shape[1]), dropout)
     steps = -(-len(x_train) // batch_size)
-    head.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=steps)
+    head.compile(
+        optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=steps
+    )
     data = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
@@ -313,7 +346,22 @@ def fit_head(x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int, lr
     return head, stop
 
 
-def fit_heads(x_train, y_train, x_val, y_val, *, n: int, epochs: int, batch_size: int, lr: float, dropout: float, patience: int, seed: int, runlog, rows: list):
+def fit_heads(
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    *,
+    n: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    dropout: float,
+    patience: int,
+    seed: int,
+    runlog,
+    rows: list,
+):
     """`fit_head` with `n` seeds, weights averaged into one head.
 
     The head is linear, so the average of n heads is one head; it has the variance of one
@@ -328,15 +376,26 @@ def fit_heads(x_train, y_train, x_val, y_val, *, n: int, epochs: int, batch_size
         keras.utils.set_random_seed(seed + i)  # each head reproducible on its own (dropout, init)
         callbacks = [_epoch_logger("head", epochs, runlog, rows)] if i == 0 else []
         head, stop = fit_head(
-            x_train, y_train, x_val, y_val, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout,
-            patience=patience, callbacks=callbacks, seed=seed + i,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            dropout=dropout,
+            patience=patience,
+            callbacks=callbacks,
+            seed=seed + i,
         )
         heads.append((head, stop.best_epoch + 1))
     if len(heads) > 1:
         layers = [h.get_layer("probability") for h, _ in heads]
-        kernels, biases = zip(*(layer.get_weights() for layer in layers))
+        kernels, biases = zip(*(layer.get_weights() for layer in layers), strict=False)
         layers[0].set_weights([np.mean(kernels, axis=0), np.mean(biases, axis=0)])
-        runlog(f"Averaged {len(heads)} heads (seeds {seed}..{seed + len(heads) - 1}, best epochs {[e for _, e in heads]})")
+        runlog(
+            f"Averaged {len(heads)} heads (seeds {seed}..{seed + len(heads) - 1}, best epochs {[e for _, e in heads]})"
+        )
     return heads[0][0]
 
 
@@ -371,7 +430,9 @@ def batch_augment(images, seed, size: int, min_area: float = 0.35):
     images = tf.image.crop_and_resize(images, boxes, tf.range(n), [size, size])
     flip = tf.random.stateless_uniform([n, 1, 1, 1], s[4]) < 0.5
     images = tf.where(flip, tf.reverse(images, [2]), images)
-    images = images * tf.random.stateless_uniform([n, 1, 1, 1], s[5], 0.75, 1.25) + tf.random.stateless_uniform([n, 1, 1, 1], s[6], -25.0, 25.0)
+    images = images * tf.random.stateless_uniform([n, 1, 1, 1], s[5], 0.75, 1.25) + tf.random.stateless_uniform(
+        [n, 1, 1, 1], s[6], -25.0, 25.0
+    )
     gray = tf.reduce_mean(images, axis=-1, keepdims=True)
     images = gray + tf.random.stateless_uniform([n, 1, 1, 1], s[7], 0.7, 1.3) * (images - gray)
     return tf.clip_by_value(images, 0.0, 255.0)
@@ -380,7 +441,11 @@ def batch_augment(images, seed, size: int, min_area: float = 0.35):
 def _augmented_batches(x, y, *, batch_size: int, seed: int, augment: bool, size: int, min_area: float = 0.35):
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+    )
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
@@ -425,7 +490,7 @@ def classification_metrics(y_true, p) -> dict[str, Any]:
         "val_roc_auc": None if m["roc_auc"] is None else float(m["roc_auc"]),
         "val_loss": float(loss),
         "confusion_matrix": m["confusion_matrix"],  # rows: true class, columns: predicted class
-        "n_val": int(len(y_true)),
+        "n_val": len(y_true),
         "threshold": THRESHOLD,
     }
 
@@ -483,8 +548,8 @@ def model_and_crop_size(image_size: int | None, native: int, factor: float, mini
         size = int(image_size or native)
         return size, size
     if image_size:
-        return int(image_size), min(int(image_size), max(minimum, int(round(image_size / factor / 4)) * 4))
-    return int(round(native * factor / 8)) * 8, int(native)
+        return int(image_size), min(int(image_size), max(minimum, round(image_size / factor / 4) * 4))
+    return round(native * factor / 8) * 8, int(native)
 
 
 def rebuild_at(backbone, extractor, size: int):
@@ -522,7 +587,9 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
     size, fit_size = model_and_crop_size(
         settings.image_size or recipe.image_size, backbone.input_size, recipe.test_size_factor, backbone.min_input_size
     )
-    fine_tune_epochs = int(_resolved(settings, "fine_tune_epochs", recipe.fine_tune_epochs) or 0) if mode == "frozen" else 0
+    fine_tune_epochs = (
+        int(_resolved(settings, "fine_tune_epochs", recipe.fine_tune_epochs) or 0) if mode == "frozen" else 0
+    )
     tune_from = getattr(backbone, "tune_from", None) if fine_tune_epochs > 0 else None
     n_views = recipe.augmented_views if (settings.augment and mode == "frozen") else 0
     run_dir = new_run_dir(settings.runs_dir, backbone.name)
@@ -570,7 +637,9 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             runlog("Note: frozen features from random weights learn little; use --weights imagenet for real training.")
         extractor = build_extractor(backbone, weights, fit_size)
         if fit_size != size:
-            runlog(f"Training at {fit_size}px for a {size}px model (FixRes: testing at x{recipe.test_size_factor} undoes the zoom of random crops)")
+            runlog(
+                f"Training at {fit_size}px for a {size}px model (FixRes: testing at x{recipe.test_size_factor} undoes the zoom of random crops)"
+            )
         if mode == "frozen":
             t = time.perf_counter()
             index = {r.path: i for i, r in enumerate(dataset.records)}
@@ -586,8 +655,14 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
                 bottom, top = split_at(extractor, tune_from)
                 maps = {
                     view: cache.get(
-                        extractor=bottom, backbone=f"{backbone.name}.{tune_from}", weights=wid, image_size=fit_size,
-                        dataset=dataset, view=view, progress=runlog.bar, dtype="float16",
+                        extractor=bottom,
+                        backbone=f"{backbone.name}.{tune_from}",
+                        weights=wid,
+                        image_size=fit_size,
+                        dataset=dataset,
+                        view=view,
+                        progress=runlog.bar,
+                        dtype="float16",
                     )
                     for view in views
                 }
@@ -595,15 +670,22 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
                 val_names = ("plain", "flip") if recipe.tta else ("plain",)
                 if serving is not None:
                     serving_bottom, _ = split_at(serving, tune_from)
-                    val_maps = {v: compute_features(serving_bottom, val_paths, size, view=v, dtype="float16") for v in val_names}
+                    val_maps = {
+                        v: compute_features(serving_bottom, val_paths, size, view=v, dtype="float16") for v in val_names
+                    }
                 else:
                     val_maps = {v: maps[v][va_idx] for v in val_names}
                 val_views = apply_top(top, val_maps)
             else:
                 by_view = {
                     view: cache.get(
-                        extractor=extractor, backbone=backbone.name, weights=wid, image_size=fit_size,
-                        dataset=dataset, view=view, progress=runlog.bar,
+                        extractor=extractor,
+                        backbone=backbone.name,
+                        weights=wid,
+                        image_size=fit_size,
+                        dataset=dataset,
+                        view=view,
+                        progress=runlog.bar,
                     )
                     for view in views
                 }
@@ -612,23 +694,45 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
                 else:
                     val_views = {v: by_view[v][va_idx] for v in ("plain", "flip") if v in by_view}
             timings["feature_seconds"] = time.perf_counter() - t
-            runlog(f"Features: {len(cache.computed)} view(s) computed, {len(cache.reused)} reused from the cache ({timings['feature_seconds']:.1f}s)")
+            runlog(
+                f"Features: {len(cache.computed)} view(s) computed, {len(cache.reused)} reused from the cache ({timings['feature_seconds']:.1f}s)"
+            )
             train_views = views if settings.augment else ["plain"]
             x_tr = np.concatenate([by_view[v][tr_idx] for v in train_views])
             y_tr = np.concatenate([y_train] * len(train_views))
             t = time.perf_counter()
             head = fit_heads(
-                x_tr, y_tr, val_views["plain"], y_val, n=recipe.head_seeds,
-                epochs=epochs, batch_size=int(settings.batch_size), lr=recipe.lr, dropout=recipe.dropout,
-                patience=recipe.patience, seed=int(settings.seed), runlog=runlog, rows=rows,
+                x_tr,
+                y_tr,
+                val_views["plain"],
+                y_val,
+                n=recipe.head_seeds,
+                epochs=epochs,
+                batch_size=int(settings.batch_size),
+                lr=recipe.lr,
+                dropout=recipe.dropout,
+                patience=recipe.patience,
+                seed=int(settings.seed),
+                runlog=runlog,
+                rows=rows,
             )
             timings["head_seconds"] = time.perf_counter() - t
             if tune_from:
                 t = time.perf_counter()
                 p_val = fine_tune_cached(
-                    top, head, np.concatenate([maps[v][tr_idx] for v in train_views]), y_tr, val_maps, y_val,
-                    recipe=recipe, epochs=fine_tune_epochs, batch_size=int(settings.batch_size), seed=int(settings.seed),
-                    tta=recipe.tta, runlog=runlog, rows=rows,
+                    top,
+                    head,
+                    np.concatenate([maps[v][tr_idx] for v in train_views]),
+                    y_tr,
+                    val_maps,
+                    y_val,
+                    recipe=recipe,
+                    epochs=fine_tune_epochs,
+                    batch_size=int(settings.batch_size),
+                    seed=int(settings.seed),
+                    tta=recipe.tta,
+                    runlog=runlog,
+                    rows=rows,
                 )
                 timings["fine_tune_seconds"] = time.perf_counter() - t
                 if serving is not None:
@@ -636,9 +740,19 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             elif fine_tune_epochs > 0:
                 t = time.perf_counter()
                 fine_tune(
-                    backbone, extractor, head, train_records, val_records, fit_size, recipe=recipe, epochs=fine_tune_epochs,
-                    batch_size=int(settings.batch_size), augment=settings.augment, seed=int(settings.seed),
-                    runlog=runlog, rows=rows,
+                    backbone,
+                    extractor,
+                    head,
+                    train_records,
+                    val_records,
+                    fit_size,
+                    recipe=recipe,
+                    epochs=fine_tune_epochs,
+                    batch_size=int(settings.batch_size),
+                    augment=settings.augment,
+                    seed=int(settings.seed),
+                    runlog=runlog,
+                    rows=rows,
                 )
                 timings["fine_tune_seconds"] = time.perf_counter() - t
                 p_val = None
@@ -652,9 +766,17 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
         else:
             t = time.perf_counter()
             head = fit_scratch(
-                extractor, train_records, val_records, fit_size, recipe=recipe, epochs=epochs,
-                batch_size=int(settings.batch_size), augment=settings.augment, seed=int(settings.seed),
-                runlog=runlog, rows=rows,
+                extractor,
+                train_records,
+                val_records,
+                fit_size,
+                recipe=recipe,
+                epochs=epochs,
+                batch_size=int(settings.batch_size),
+                augment=settings.augment,
+                seed=int(settings.seed),
+                runlog=runlog,
+                rows=rows,
             )
             timings["fit_seconds"] = time.perf_counter() - t
             p_val = None
@@ -671,7 +793,10 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             {
                 "train_seconds": round(train_seconds, 2),
                 **{k: round(v, 2) for k, v in timings.items()},
-                "epochs_run": {phase: sum(1 for r in rows if r["phase"] == phase) for phase in dict.fromkeys(r["phase"] for r in rows)},
+                "epochs_run": {
+                    phase: sum(1 for r in rows if r["phase"] == phase)
+                    for phase in dict.fromkeys(r["phase"] for r in rows)
+                },
                 "features": {"computed": len(cache.computed), "reused": len(cache.reused)},
             }
         )
@@ -698,7 +823,9 @@ def apply_top(top, maps: dict, batch_size: int = 256) -> dict:
     import tensorflow as tf
 
     channels, dim = int(top.input.shape[-1]), int(top.output.shape[-1])
-    fn = tf.function(lambda x: top(x, training=False), input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)])
+    fn = tf.function(
+        lambda x: top(x, training=False), input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
+    )
 
     def run(m):
         out = [fn(tf.constant(m[i : i + batch_size], tf.float32)).numpy() for i in range(0, len(m), batch_size)]
@@ -707,7 +834,22 @@ def apply_top(top, maps: dict, batch_size: int = 256) -> dict:
     return {view: run(m) for view, m in maps.items()}
 
 
-def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Recipe, epochs: int, batch_size: int, seed: int, tta: bool, runlog: RunLog, rows: list):
+def fine_tune_cached(
+    top,
+    head,
+    x_maps,
+    y,
+    val_maps: dict,
+    y_val,
+    *,
+    recipe: Recipe,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    tta: bool,
+    runlog: RunLog,
+    rows: list,
+):
     """Train `top` (BatchNorm frozen) and the head on cached maps; returns validation P(positive).
 
     Each epoch costs the top layers' share of a forward + backward pass (about a sixth of the
@@ -731,7 +873,11 @@ def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Rec
     def validate():
         p = np.mean([forward(x).numpy().ravel() for x in val_x], axis=0).astype(np.float64)
         q = np.clip(p, 1e-7, 1 - 1e-7)
-        return p, float(-np.mean(y_val * np.log(q) + (1 - y_val) * np.log(1 - q))), float(np.mean((p >= THRESHOLD) == (y_val >= 0.5)))
+        return (
+            p,
+            float(-np.mean(y_val * np.log(q) + (1 - y_val) * np.log(1 - q))),
+            float(np.mean((p >= THRESHOLD) == (y_val >= 0.5))),
+        )
 
     p_before, before, acc_before = validate()
     saved = [w.copy() for w in model.get_weights()]
@@ -745,7 +891,9 @@ def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Rec
                 logs["val_loss"], logs["val_accuracy"] = loss, acc
 
     n_trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    runlog(f"Fine-tuning the top of the backbone on cached maps ({n_trainable:,} weights, BatchNorm frozen), val_loss before {before:.4f}")
+    runlog(
+        f"Fine-tuning the top of the backbone on cached maps ({n_trainable:,} weights, BatchNorm frozen), val_loss before {before:.4f}"
+    )
     data = (
         tf.data.Dataset.from_tensor_slices((x_maps, np.asarray(y, np.float32)))
         .shuffle(len(x_maps), seed=seed, reshuffle_each_iteration=True)
@@ -755,13 +903,23 @@ def fine_tune_cached(top, head, x_maps, y, val_maps: dict, y_val, *, recipe: Rec
     )
     steps = -(-len(x_maps) // batch_size)
     keras.utils.set_random_seed(seed)
-    model.compile(optimizer=keras.optimizers.Adam(recipe.fine_tune_lr), loss="binary_crossentropy", metrics=["accuracy"])
-    model.fit(data, epochs=epochs, verbose=0, shuffle=False, callbacks=[Snapshot(), _epoch_logger("fine_tune", epochs, runlog, rows, steps)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(recipe.fine_tune_lr), loss="binary_crossentropy", metrics=["accuracy"]
+    )
+    model.fit(
+        data,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[Snapshot(), _epoch_logger("fine_tune", epochs, runlog, rows, steps)],
+    )
     first = min(max(1, recipe.fine_tune_average_from), len(snapshots))
-    model.set_weights([np.mean(ws, axis=0) for ws in zip(*snapshots[first - 1 :])])
+    model.set_weights([np.mean(ws, axis=0) for ws in zip(*snapshots[first - 1 :], strict=False)])
     p_after, after, acc_after = validate()
     if after < before:
-        runlog(f"Fine-tuned: mean of epochs {first}..{len(snapshots)}, val_loss {before:.4f} -> {after:.4f}, accuracy {acc_before:.4f} -> {acc_after:.4f}")
+        runlog(
+            f"Fine-tuned: mean of epochs {first}..{len(snapshots)}, val_loss {before:.4f} -> {after:.4f}, accuracy {acc_before:.4f} -> {acc_after:.4f}"
+        )
         result = p_after
     else:
         model.set_weights(saved)
@@ -781,7 +939,20 @@ def write_history(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def fit_scratch(extractor, train_records, val_records, size: int, *, recipe: Recipe, epochs: int, batch_size: int, augment: bool, seed: int, runlog: RunLog, rows: list):
+def fit_scratch(
+    extractor,
+    train_records,
+    val_records,
+    size: int,
+    *,
+    recipe: Recipe,
+    epochs: int,
+    batch_size: int,
+    augment: bool,
+    seed: int,
+    runlog: RunLog,
+    rows: list,
+):
     """End-to-end training of a randomly initialised backbone + head; returns the head."""
     import keras
     import numpy as np
@@ -797,23 +968,54 @@ def fit_scratch(extractor, train_records, val_records, size: int, *, recipe: Rec
     model = keras.Model(pixels, head(extractor(pixels)), name="trainable")
     steps = int(np.ceil(len(x_train) / batch_size))
     schedule = _lr_schedule(recipe.lr, epochs * steps, recipe.warmup_epochs * steps)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay) if recipe.weight_decay else keras.optimizers.Adam(schedule)
-    loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing) if recipe.label_smoothing else "binary_crossentropy"
+    optimizer = (
+        keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay)
+        if recipe.weight_decay
+        else keras.optimizers.Adam(schedule)
+    )
+    loss = (
+        keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
+        if recipe.label_smoothing
+        else "binary_crossentropy"
+    )
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, restore_best_weights=True)
     model.fit(
         _augmented_batches(
-            x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, size=size,
+            x_train,
+            y_train,
+            batch_size=batch_size,
+            seed=seed,
+            augment=augment,
+            size=size,
             min_area=recipe.crop_min_area,
         ),
-        validation_data=(x_val, y_val), epochs=epochs, verbose=0, shuffle=False,
+        validation_data=(x_val, y_val),
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
         callbacks=[stop, _epoch_logger("scratch", epochs, runlog, rows, steps)],
     )
     runlog(f"Best epoch {stop.best_epoch + 1} (val_loss {stop.best:.4f}), weights restored")
     return head
 
 
-def fine_tune(backbone, extractor, head, train_records, val_records, size: int, *, recipe: Recipe, epochs: int, batch_size: int, augment: bool, seed: int, runlog: RunLog, rows: list):
+def fine_tune(
+    backbone,
+    extractor,
+    head,
+    train_records,
+    val_records,
+    size: int,
+    *,
+    recipe: Recipe,
+    epochs: int,
+    batch_size: int,
+    augment: bool,
+    seed: int,
+    runlog: RunLog,
+    rows: list,
+):
     """Unfreeze the top of the backbone and train at a low LR; never ends worse than it started."""
     import keras
     import numpy as np
@@ -830,13 +1032,24 @@ def fine_tune(backbone, extractor, head, train_records, val_records, size: int, 
     from pizzactl.train.backbones import unfreeze_top
 
     n = unfreeze_top(extractor, recipe.fine_tune_layers, backbone=backbone)
-    runlog(f"Fine-tuning the top of the backbone ({n} trainable layers, BatchNorm frozen), val_loss before {before:.4f}")
+    runlog(
+        f"Fine-tuning the top of the backbone ({n} trainable layers, BatchNorm frozen), val_loss before {before:.4f}"
+    )
     steps = int(np.ceil(len(x_train) / batch_size))
-    model.compile(optimizer=keras.optimizers.Adam(_lr_schedule(recipe.fine_tune_lr, epochs * steps, 0)), loss="binary_crossentropy", metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.fine_tune_patience, restore_best_weights=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(_lr_schedule(recipe.fine_tune_lr, epochs * steps, 0)),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=recipe.fine_tune_patience, restore_best_weights=True
+    )
     model.fit(
         _augmented_batches(x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, size=size),
-        validation_data=(x_val, y_val), epochs=epochs, verbose=0, shuffle=False,
+        validation_data=(x_val, y_val),
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
         callbacks=[stop, _epoch_logger("fine_tune", epochs, runlog, rows, steps)],
     )
     if stop.best is None or not np.isfinite(stop.best) or stop.best >= before:
@@ -880,7 +1093,9 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     cache = FeatureCache(Path(settings.cache_dir).expanduser() / "features")
     trained = []
     for backbone in backbones:
-        trained.append(train_one(settings, backbone, dataset, train_records, val_records, cache=cache, show_progress=show_progress))
+        trained.append(
+            train_one(settings, backbone, dataset, train_records, val_records, cache=cache, show_progress=show_progress)
+        )
     trained.sort(key=lambda pair: _rank(pair[0]))
     leaderboard = tuple(result for result, _ in trained)
     best, best_classifier = trained[0]
@@ -900,7 +1115,10 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     model_dir = export_model(best_classifier, settings.models_dir, metadata, _check_images(val_records))
     metrics = dict(best.metrics, model_dir=str(model_dir))
     (best.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    leaderboard = (RunResult(best.run_id, best.run_dir, best.backbone, metrics, best.config, best.train_seconds), *leaderboard[1:])
+    leaderboard = (
+        RunResult(best.run_id, best.run_dir, best.backbone, metrics, best.config, best.train_seconds),
+        *leaderboard[1:],
+    )
     return TrainResult(
         leaderboard=leaderboard,
         model_dir=model_dir,
@@ -925,9 +1143,17 @@ def print_result(result: TrainResult) -> None:
         m = r.metrics
         auc = m.get("val_roc_auc")
         table.add_row(
-            str(i), r.backbone, f"{m['val_accuracy']:.4f}", f"{m['val_f1']:.4f}",
-            "-" if auc is None else f"{auc:.4f}", f"{m['val_loss']:.4f}", f"{r.train_seconds:.1f}", r.run_id,
+            str(i),
+            r.backbone,
+            f"{m['val_accuracy']:.4f}",
+            f"{m['val_f1']:.4f}",
+            "-" if auc is None else f"{auc:.4f}",
+            f"{m['val_loss']:.4f}",
+            f"{r.train_seconds:.1f}",
+            r.run_id,
         )
     out.print(table)
     if result.model_dir:
-        out.print(f"Exported {result.best.backbone} ({result.best.val_accuracy:.4f} val accuracy) to {result.model_dir}")
+        out.print(
+            f"Exported {result.best.backbone} ({result.best.val_accuracy:.4f} val accuracy) to {result.model_dir}"
+        )
