@@ -80,7 +80,7 @@ def tiny_classifier(shared_photos):
     keras = import_tier("keras", "slow")
     import tensorflow as tf
 
-    from pizzactl.train.imaging import decode_resize
+    from pizzactl.decode import decode_resize
 
     photos = shared_photos["not_pizza"][:20] + shared_photos["pizza"][:20]
     labels = [0.0] * 20 + [1.0] * 20

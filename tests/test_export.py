@@ -19,7 +19,7 @@ import pytest
 from pizzactl import __version__
 from pizzactl.config import Settings
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.models import (
+from pizzactl.model_store import (
     RunNotFoundError,
     find_run_dir,
     latest_version_dir,
@@ -130,7 +130,7 @@ def _default(loaded, blobs):
 def test_serving_default_on_real_jpegs_matches_the_trained_classifier(loaded, tiny_classifier):
     import tensorflow as tf
 
-    from pizzactl.train.imaging import decode_resize
+    from pizzactl.decode import decode_resize
 
     paths = tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]
     blobs = [p.read_bytes() for p in paths]
@@ -205,7 +205,7 @@ def test_metadata_describes_the_export(tiny_model, tiny_classifier):
     assert meta["metrics"] == tiny_classifier.metadata["metrics"]
     assert meta["pizzactl_version"] == __version__
     created = dt.datetime.fromisoformat(meta["created"])
-    assert abs(dt.datetime.now(dt.timezone.utc) - created) < dt.timedelta(days=1)
+    assert abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(days=1)
     assert meta["signatures"]["serving_pixels"]["inputs"]["pixels"] == {"dtype": "uint8", "shape": [None, 64, 64, 3]}
     assert set(meta["signatures"]["serving_default"]["outputs"]) == {"probability", "label"}
     assert meta["self_check"]["n_images"] == 4 and meta["self_check"]["max_abs_diff"] <= 1e-4

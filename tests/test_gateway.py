@@ -245,7 +245,7 @@ def test_predict_answers_for_json_multipart_and_raw_bytes_alike(gw, shared_photo
 
 @pytest.mark.slow
 def test_the_gateway_agrees_with_the_model_server_on_the_reencoded_image(gw, model_server, shared_photos):
-    from pizzactl.serving.images import prepare_image
+    from pizzactl.serving.prepare import prepare_image
 
     for path in shared_photos["not_pizza"][:2] + shared_photos["pizza"][:2]:
         photo = path.read_bytes()
@@ -326,7 +326,7 @@ BAD_INPUTS = [
 def test_each_class_of_bad_input_gets_its_4xx_and_the_server_stays_up(
     gw, shared_photos, name, request_kwargs, status, code
 ):
-    from test_images import encode, png_header_only
+    from test_prepare import encode, png_header_only
 
     if request_kwargs == "ppm":
         request_kwargs = dict(json={"image_b64": b64(encode(Image.new("RGB", (8, 8)), "PPM"))})

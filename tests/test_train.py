@@ -171,8 +171,8 @@ def test_augmented_views_are_repeatable_and_distinct(tmp_path):
     import numpy as np
     import tensorflow as tf
 
+    from pizzactl.decode import decode_resize
     from pizzactl.train.features import view_fn
-    from pizzactl.train.imaging import decode_resize
 
     data = (make_images(tmp_path, per_class=1, size=64) / "pizza" / "pizza_0.jpg").read_bytes()
     plain = view_fn("plain", 32)(tf.constant(data), 0).numpy()

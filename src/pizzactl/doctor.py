@@ -20,7 +20,7 @@ from typing import Any
 from pizzactl.config import Settings
 from pizzactl.errors import missing_extra
 
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)  # asyncio.timeout, tomllib
 MIN_FREE_GB = 5.0
 
 
@@ -43,7 +43,7 @@ def _python() -> Check:
         "python",
         ok,
         f"{v.major}.{v.minor}.{v.micro} ({sys.executable})",
-        "" if ok else "Install Python >= 3.10 and reinstall pizzactl in it.",
+        "" if ok else "Install Python >= 3.11 and reinstall pizzactl in it.",
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pizzactl.console import err, log, out
 from pizzactl.errors import DataError
-from pizzactl.models import read_metadata, resolve_model_dir
+from pizzactl.model_store import read_metadata, resolve_model_dir
 
 BATCH_SIZE = 32
 CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order: [[tn, fp], [fn, tp]]"

@@ -3,7 +3,7 @@
 The exported graph is the model contract (README, "The model contract"):
 
 * `serving_default(image_bytes: tf.string [None])` decodes and resizes each image with
-  `pizzactl.train.imaging.decode_resize` (the function training used) and runs the classifier,
+  `pizzactl.decode.decode_resize` (the function training used) and runs the classifier,
   whose own preprocessing is inside it;
 * `serving_pixels(pixels: uint8 [None, S, S, 3])` skips the decoding;
 * both return `probability` (float32 [None], P(classes[1])) and `label` (tf.string [None]).
@@ -30,7 +30,7 @@ from typing import Any
 from pizzactl import __version__
 from pizzactl.console import log
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.models import METADATA_DIR, METADATA_FILE, MODEL_NAME, find_run_dir, list_versions, model_base
+from pizzactl.model_store import METADATA_DIR, METADATA_FILE, MODEL_NAME, find_run_dir, list_versions, model_base
 from pizzactl.serving.processes import pid_alive
 
 TMP_PREFIX = ".tmp-"
@@ -68,7 +68,7 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
     """A tf.Module carrying the classifier and the two serving signatures."""
     import tensorflow as tf
 
-    from pizzactl.train.imaging import decode_resize
+    from pizzactl.decode import decode_resize
 
     size = int(image_size)
     negative, positive = str(classes[0]), str(classes[1])
@@ -140,8 +140,8 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.models import read_metadata
-    from pizzactl.train.imaging import decode_resize
+    from pizzactl.decode import decode_resize
+    from pizzactl.model_store import read_metadata
 
     saved_dir = Path(saved_dir)
     meta = read_metadata(saved_dir)
@@ -290,7 +290,7 @@ def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
         "pizzactl_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "signatures": signature_info(int(image_size)),
     }
     return meta

@@ -346,8 +346,8 @@ def _metric_sum(metrics_text: str, name: str) -> float | None:
 
 def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[str, Any]:
     """Run all three measurements and compare them with the goals."""
-    from pizzactl.models import latest_version_dir, read_metadata
-    from pizzactl.serving import images as imaging
+    from pizzactl.model_store import latest_version_dir, read_metadata
+    from pizzactl.serving import prepare
     from pizzactl.serving import processes as proc
 
     concurrency, requests = max(1, int(concurrency)), max(1, int(requests))
@@ -356,7 +356,7 @@ def bench_serve(settings, concurrency: int = 16, requests: int = 200) -> dict[st
     size = int(meta["image_size"])
     photos = pick_photos(_data_dir(settings))
     raw = [(p.name, p.read_bytes()) for p in photos]
-    jpegs = [imaging.prepare_image(data, size) for _, data in raw]
+    jpegs = [prepare.prepare_image(data, size) for _, data in raw]
     wire = statistics.mean(len(wire_body(j)) for j in jpegs)
     log(f"{len(photos)} photos from {photos[0].parent.parent}; model {version_dir} ({meta.get('backbone')}, {size}px)")
 

@@ -55,9 +55,9 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
 
     from pizzactl.console import log
     from pizzactl.data.dataset import load_dataset, resolve_data_dir, split
+    from pizzactl.decode import decode_resize
     from pizzactl.train.backbones import get_backbone
     from pizzactl.train.features import compute_features
-    from pizzactl.train.imaging import decode_resize
     from pizzactl.train.trainer import build_head
 
     bb = get_backbone(backbone or DEFAULT_BACKBONE)

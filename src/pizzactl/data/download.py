@@ -27,7 +27,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -450,7 +450,7 @@ def download(
                 "files_hash": all_files_hash,
                 "n_files": n_files,
                 "skipped": [[str(p.relative_to(root)), why] for p, why in ds.skipped],
-                "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             if dest.exists():

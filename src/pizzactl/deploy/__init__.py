@@ -66,7 +66,7 @@ def deploy(settings, dry_run: bool = False, timeout: float = 300.0) -> dict[str,
             return mod.describe(settings)
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
 
-    from pizzactl.models import latest_version_dir
+    from pizzactl.model_store import latest_version_dir
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)

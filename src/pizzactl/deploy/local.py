@@ -15,7 +15,7 @@ from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError
-from pizzactl.models import latest_version_dir
+from pizzactl.model_store import latest_version_dir
 from pizzactl.serving import processes as proc
 
 TARGET = "local"

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ class DeployState:
     pids: dict[str, int] = field(default_factory=dict)  # local: {"modelserver": pid, "gateway": pid}
     ports: dict[str, int] = field(default_factory=dict)  # {"gateway": 9696, "modelserver": 8501}
     logs: dict[str, str] = field(default_factory=dict)  # {"gateway": "/path/gateway.log", ...}
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific: containers, cluster, namespace, ...
 
     def as_dict(self) -> dict[str, Any]:

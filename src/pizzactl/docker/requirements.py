@@ -10,10 +10,9 @@ gets TensorFlow, which is an extra.
 
 import re
 import sys
-
 import tomllib
 
-CLI_ONLY = {"kaggle", "kagglehub", "docker", "kubernetes", "tomli"}
+CLI_ONLY = {"kaggle", "kagglehub", "docker", "kubernetes"}
 EXCLUDE = {
     # numpy alone is ~75 MB: the gateway handles bytes and JSON, never arrays.
     "gateway": CLI_ONLY | {"tensorflow", "tensorflow-cpu", "numpy"},

@@ -32,7 +32,7 @@ def serve(settings) -> None:
     """Model server + gateway in the foreground until Ctrl-C; a child that dies stops the other."""
     from pizzactl.console import err
     from pizzactl.errors import DeployError
-    from pizzactl.models import latest_version_dir
+    from pizzactl.model_store import latest_version_dir
     from pizzactl.serving import processes as proc
 
     version_dir = latest_version_dir(settings.models_dir)

@@ -44,7 +44,7 @@ from pizzactl.errors import (
     PizzaError,
     UnsupportedMediaError,
 )
-from pizzactl.serving import images as imaging
+from pizzactl.serving import prepare
 from pizzactl.serving.client import ModelClient
 from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_client
 
@@ -83,8 +83,8 @@ class GatewayConfig:
     allow_private_urls: bool = False
     model_timeout: float = 2.0  # seconds until a model-server call becomes a 503
     max_concurrency: int = 64  # model-server requests in flight
-    max_image_bytes: int = imaging.DEFAULT_MAX_BYTES
-    max_image_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    max_image_bytes: int = prepare.DEFAULT_MAX_BYTES
+    max_image_pixels: int = prepare.DEFAULT_MAX_PIXELS
     max_request_bytes: int = 32 * 1024 * 1024
     max_batch_items: int = 32
     fetch_timeout: float = 10.0
@@ -134,8 +134,8 @@ class GatewayConfig:
         )
 
     @property
-    def limits(self) -> imaging.ImageLimits:
-        return imaging.ImageLimits(self.max_image_bytes, self.max_image_pixels)
+    def limits(self) -> prepare.ImageLimits:
+        return prepare.ImageLimits(self.max_image_bytes, self.max_image_pixels)
 
 
 # --- schemas --------------------------------------------------------------------------------
@@ -457,10 +457,10 @@ class Prepared:
     jpeg: bytes | None
 
 
-def _prepare(data: bytes, limits: imaging.ImageLimits, size: int | None) -> Prepared:
+def _prepare(data: bytes, limits: prepare.ImageLimits, size: int | None) -> Prepared:
     """Validate (4xx PizzaError on bad input); with a size, also shrink: always the same pixels per size."""
-    image = imaging.load_image(data, limits, draft_size=size)
-    return Prepared(data, size, imaging.encode_for_model(image, size) if size else None)
+    image = prepare.load_image(data, limits, draft_size=size)
+    return Prepared(data, size, prepare.encode_for_model(image, size) if size else None)
 
 
 class Gateway:
@@ -631,13 +631,13 @@ def create_app(
                 hint="Split the list (PIZZACTL_MAX_BATCH_ITEMS raises the limit).",
             )
 
-        async def prepare(obj: Any):
+        async def prepare_item(obj: Any):
             try:
                 return await gateway.load(await gateway.image_bytes(validate_item(obj)))
             except BadInputError as exc:
                 return exc
 
-        prepared = await asyncio.gather(*(prepare(obj) for obj in payload))
+        prepared = await asyncio.gather(*(prepare_item(obj) for obj in payload))
         good = [i for i, p in enumerate(prepared) if not isinstance(p, PizzaError)]
         answers: dict[int, dict[str, Any]] = {}
         if good:

@@ -258,7 +258,7 @@ class Batcher:
                         break
                     try:
                         nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                    except (asyncio.TimeoutError, TimeoutError):
+                    except TimeoutError:
                         break
                 if size + len(nxt.items) > self.max_batch_size:
                     held = nxt  # starts the next batch

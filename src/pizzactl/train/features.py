@@ -99,7 +99,7 @@ def view_fn(view: str, size: int) -> Callable:
     """(encoded bytes, index) -> float32 [size, size, 3] 0..255 pixels of that view."""
     import tensorflow as tf
 
-    from pizzactl.train.imaging import decode_resize
+    from pizzactl.decode import decode_resize
 
     if view == "plain":
         return lambda data, index: decode_resize(data, size)

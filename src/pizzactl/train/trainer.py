@@ -210,7 +210,7 @@ class RunLog:
 
     def __call__(self, message: str) -> None:
         if self._fh:
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S")
+            stamp = _dt.datetime.now(_dt.UTC).strftime("%H:%M:%S")
             self._fh.write(f"{stamp} {message}\n")
             self._fh.flush()
         self.progress.console.print(message, highlight=False, markup=False)
@@ -502,7 +502,7 @@ def new_run_dir(runs_dir: Path, backbone: str) -> Path:
     """`runs/<UTC time>-<backbone>`, made unique with a counter if two start in the same second."""
     runs_dir = Path(runs_dir).expanduser()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = runs_dir / (f"{stamp}-{backbone}" if n == 1 else f"{stamp}-{backbone}-{n}")
         try:
@@ -595,7 +595,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
     run_dir = new_run_dir(settings.runs_dir, backbone.name)
     config = {
         "run_id": run_dir.name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "backbone": backbone.name,
         "mode": mode,
         "weights": weights,

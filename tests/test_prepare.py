@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pizzactl.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaError
-from pizzactl.serving.images import WIRE_BUDGET, ImageLimits, encode_for_model, load_image, prepare_image
+from pizzactl.serving.prepare import WIRE_BUDGET, ImageLimits, encode_for_model, load_image, prepare_image
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
