@@ -174,7 +174,7 @@ async def test_kind_deploy_status_and_teardown_end_to_end(
 
     playing = asyncio.create_task(controller())
     try:
-        result = await asyncio.to_thread(deploy, settings, False, 60)
+        result = await asyncio.to_thread(deploy, settings, 60)
         st = await asyncio.to_thread(status, settings)
         down = await asyncio.to_thread(teardown, settings)
     finally:

@@ -355,10 +355,13 @@ def deploy(
         registry=registry,
         allow_private_urls=allow_private_urls,
     )
-    result = deploy_(s, dry_run=dry_run, timeout=timeout)
     if dry_run:
-        sys.stdout.write(result)
-    elif json_out:
+        from pizzactl.deploy import dry_run as dry_run_
+
+        sys.stdout.write(dry_run_(s))
+        return
+    result = deploy_(s, timeout=timeout)
+    if json_out:
         print_json(result)
     else:
         out.print(f"Deployed to {result['target']}: {result['url']}")

@@ -51,7 +51,7 @@ def roc_auc(y_true, y_score) -> float | None:
     return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5) -> dict:
+def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall, F1 (of the positive class 1), ROC AUC and the confusion matrix.
 
     A prediction is positive when `prob >= threshold` (as in the exported graph). Precision,
@@ -60,8 +60,8 @@ def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], threshold: fl
     """
     import numpy as np
 
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
+    y_true = np.asarray(labels, dtype=np.int64)
+    y_prob = np.asarray(probs, dtype=np.float64)
     if y_true.shape != y_prob.shape:
         raise ValueError(f"y_true {y_true.shape} and y_prob {y_prob.shape} differ in shape")
     y_pred = (y_prob >= threshold).astype(np.int64)

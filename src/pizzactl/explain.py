@@ -208,7 +208,7 @@ def overlay(image_bytes: bytes, cam, caption: str, alpha: float = 0.45):
     import numpy as np
     from PIL import Image, ImageDraw, ImageOps
 
-    image = Image.open(io.BytesIO(image_bytes))
+    image: Image.Image = Image.open(io.BytesIO(image_bytes))
     image = ImageOps.exif_transpose(image).convert("RGB")
     image.thumbnail((MAX_SIDE, MAX_SIDE))
     heat = Image.fromarray((np.clip(cam, 0, 1) * 255).astype("uint8"), "L").resize(

@@ -192,7 +192,7 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
 
 def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove temp dirs left by exports that died (their pid is gone) or are very old."""
-    removed = []
+    removed: list[Path] = []
     if not base.is_dir():
         return removed
     now = time.time()

@@ -145,6 +145,7 @@ def _predict_one(client, endpoint: str, item: Source) -> dict[str, Any]:
         if item.kind == "url":
             response = client.post(endpoint + PREDICT_PATH, json={"url": item.text})
         else:
+            assert item.path is not None  # a "file" source always has its path
             try:
                 data = item.path.read_bytes()
             except OSError as exc:
@@ -201,7 +202,7 @@ def classify(
                 unreachable.set()
                 results[index] = {"source": items[index].text, "error": f"cannot reach {endpoint}: {exc}"}
         if on_done:
-            on_done(results[index])
+            on_done(results[index] or {})
 
     with (
         httpx.Client(limits=limits, timeout=timeout, trust_env=False) as client,

@@ -92,10 +92,11 @@ def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
 def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> dict[str, Any]:
     """Train if needed, deploy where this machine allows, predict one photo; what a user needs next."""
     from pizzactl.deploy import deploy
+    from pizzactl.model_store import latest_version_dir
     from pizzactl.predict import predict
 
     model_dir = _existing_model(settings)
-    trained = None
+    trained = False
     if model_dir is None:
         from pizzactl.tfimport import require_tensorflow
 
@@ -104,8 +105,8 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
 
         where = settings.data_dir or f"the Kaggle dataset {settings.dataset}"
         log(f"No model in {Path(settings.models_dir) / 'pizza'} yet: training {settings.backbone} on {where}.")
-        trained = train(settings)
-        model_dir = trained.model_dir
+        model_dir = train(settings).model_dir or latest_version_dir(settings.models_dir)
+        trained = True
     else:
         log(f"Using the exported model {model_dir} (`pizzactl train` makes a new version).")
 
@@ -121,7 +122,7 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
     return {
         "target": choice.target,
         "target_reason": choice.reason,
-        "trained": trained is not None,
+        "trained": trained,
         "model_dir": str(model_dir),
         "model_version": deployed.get("model_version"),
         "url": url,

@@ -285,22 +285,22 @@ def measure(
     errors = 0
     batches = images = 0.0  # server-side batches formed during the throughput runs
     watched: dict[str, int | None] = {**(pids or {}), "load client": None}
-    cpu = {name: 0.0 for name in watched}  # CPU seconds each process spent in the throughput runs
+    cpu: dict[str, float | None] = dict.fromkeys(watched, 0.0)  # CPU seconds each process spent under load
     model_cpu = 0.0
     with httpx.Client(timeout=60.0, trust_env=False) as client:
         _direct_latencies(client, model_url, jpegs, 3)
         for r in range(ROUNDS):
-            c0 = _cpu_seconds(None)
+            c0 = time.process_time()
             model_tp.append(model.throughput(per_round))
-            model_cpu += _cpu_seconds(None) - c0
+            model_cpu += time.process_time() - c0
             before = _batch_stats(model_url)
             cpu_before = _cpu_snapshot(watched)
             seconds, _, errs = _run(_load(url, photos, per_round, concurrency))
             cpu_after = _cpu_snapshot(watched)
             after = _batch_stats(model_url)
             for name in cpu:
-                b, a = cpu_before[name], cpu_after[name]
-                cpu[name] = None if a is None or b is None or cpu[name] is None else cpu[name] + a - b
+                b, a, so_far = cpu_before[name], cpu_after[name], cpu[name]
+                cpu[name] = None if a is None or b is None or so_far is None else so_far + a - b
             if before and after:
                 batches, images = batches + after[0] - before[0], images + after[1] - before[1]
             e2e_tp.append(per_round / seconds)

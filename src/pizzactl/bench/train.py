@@ -25,7 +25,8 @@ def _pick(records, limit: int | None):
     by_label: dict[int, list] = {}
     for r in records:
         by_label.setdefault(r.label, []).append(r)
-    picked, i = [], 0
+    picked: list = []
+    i = 0
     while len(picked) < limit:
         for group in by_label.values():
             if i < len(group) and len(picked) < limit:

@@ -16,6 +16,7 @@ re-hashes the files against that marker and downloads nothing when they match.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -349,6 +350,10 @@ def _fetch_watched(
     return box["path"]
 
 
+def _advance(progress, task, n: int) -> None:
+    progress.update(task, completed=n)
+
+
 def _progress(console_file):
     from rich.console import Console
     from rich.progress import (
@@ -421,9 +426,7 @@ def download(
         try:
             with _progress(stderr) as progress:
                 task = progress.add_task(f"{slug} ({source.name})", total=None)
-                got = _fetch_watched(
-                    source, slug, staging, stall_timeout, lambda n, task=task: progress.update(task, completed=n)
-                )
+                got = _fetch_watched(source, slug, staging, stall_timeout, functools.partial(_advance, progress, task))
             if got.is_file() and zipfile.is_zipfile(got):
                 log(f"Extracting {got.name} ...")
                 unpacked = staging / "unpacked"

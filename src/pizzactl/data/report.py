@@ -63,7 +63,9 @@ def inspect_file(path: Path, class_name: str) -> ImageInfo:
     from PIL import Image, UnidentifiedImageError
 
     data = path.read_bytes()
-    base = dict(path=path, class_name=class_name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    base: dict[str, Any] = dict(
+        path=path, class_name=class_name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
     reason = "not an image file name" if path.suffix.lower() not in IMAGE_SUFFIXES else check_image(data)
     if reason:
         return ImageInfo(ok=False, error=reason, **base)

@@ -1,6 +1,6 @@
 """Deploy, inspect and tear down the model server + gateway: local processes, Docker or kind.
 
-`deploy(settings, dry_run, timeout)` dispatches on `settings.target`; `status` and `teardown`
+`deploy(settings, timeout)` (and `dry_run(settings)`) dispatch on `settings.target`; `status` and `teardown`
 dispatch on the target recorded in the shared state file (`pizzactl.deploy.state`), so they
 need no flags. The contract every target module follows:
 
@@ -34,6 +34,7 @@ need no flags. The contract every target module follows:
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from pizzactl.console import out
@@ -43,29 +44,33 @@ from pizzactl.errors import UsageError
 TARGETS = ("local", "docker", "kind")
 
 
-def _target_module(target: str):
-    if target == "local":
-        from pizzactl.deploy import local as mod
-    elif target == "docker":
-        from pizzactl.deploy import docker_target as mod
-    elif target == "kind":
-        from pizzactl.deploy import kind as mod
-    else:
+def _target_module(target: str) -> ModuleType:
+    import importlib
+
+    modules = {
+        "local": "pizzactl.deploy.local",
+        "docker": "pizzactl.deploy.docker_target",
+        "kind": "pizzactl.deploy.kind",
+    }
+    if target not in modules:
         raise UsageError(f"Unknown deploy target {target!r}.", hint="Use --target kind, docker or local.")
-    return mod
+    return importlib.import_module(modules[target])
 
 
-def deploy(settings, dry_run: bool = False, timeout: float = 300.0) -> dict[str, Any] | str:
+def dry_run(settings) -> str:
+    """What `deploy` would do, touching nothing: the rendered manifests (kind), the commands (local)."""
+    mod = _target_module(settings.target)
+    if settings.target == "kind":
+        return mod.deploy(settings, dry_run=True)
+    if settings.target == "local":
+        return mod.describe(settings)
+    raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
+
+
+def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     """Deploy the latest exported model to `settings.target`; replaces what was deployed before."""
     target = settings.target
     mod = _target_module(target)
-    if dry_run:
-        if target == "kind":
-            return mod.deploy(settings, dry_run=True, timeout=timeout)
-        if target == "local":
-            return mod.describe(settings)
-        raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
-
     from pizzactl.model_store import latest_version_dir
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
@@ -145,4 +150,4 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     return {"torn_down": True, "target": st.target, **result}
 
 
-__all__ = ["TARGETS", "deploy", "print_status", "status", "teardown"]
+__all__ = ["TARGETS", "deploy", "dry_run", "print_status", "status", "teardown"]

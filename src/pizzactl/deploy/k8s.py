@@ -67,7 +67,7 @@ def _patcher(api_client, kind: str) -> tuple[Callable[..., Any], bool]:
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    table = {
+    table: dict[str, tuple[Callable[..., Any], bool]] = {
         "Namespace": (core.patch_namespace, False),
         "Service": (core.patch_namespaced_service, True),
         "ConfigMap": (core.patch_namespaced_config_map, True),
@@ -140,7 +140,7 @@ def rollout_state(api_client, namespace: str, name: str) -> RolloutState:
     dep = client.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
     status = dep.status or client.V1DeploymentStatus()
     desired = dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1
-    generation = dep.metadata.generation or 0
+    generation = (dep.metadata.generation if dep.metadata else None) or 0
     return RolloutState(
         name=name,
         desired=desired,
@@ -211,7 +211,7 @@ def diagnose(api_client, namespace: str) -> list[str]:
     events = None
     problems: list[str] = []
     for pod in pods:
-        name = pod.metadata.name
+        name = (pod.metadata.name if pod.metadata else None) or "?"
         status = pod.status or client.V1PodStatus()
         if _pod_ready(status):
             continue
@@ -341,11 +341,12 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
         svc = core.read_namespaced_service(service, namespace)
     except Exception as exc:
         raise _api_error(exc, f"reading Service {namespace}/{service}") from None
-    ports = list(svc.spec.ports or [])
+    spec = svc.spec or client.V1ServiceSpec()
+    ports = list(spec.ports or [])
     if not ports:
         return None
     ingress = (svc.status.load_balancer.ingress if svc.status and svc.status.load_balancer else None) or []
-    if svc.spec.type == "LoadBalancer" and ingress:
+    if spec.type == "LoadBalancer" and ingress:
         address = ingress[0].ip or ingress[0].hostname
         port = ports[0].port
         return f"http://{address}" + ("" if port == 80 else f":{port}")
@@ -358,8 +359,8 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
         raise _api_error(exc, "listing nodes") from None
     for kind in ("ExternalIP", "InternalIP"):
         for node in nodes:
-            for address in (node.status.addresses if node.status else None) or []:
-                if address.type == kind and address.address:
-                    host = f"[{address.address}]" if ":" in address.address else address.address
+            for entry in (node.status.addresses if node.status else None) or []:
+                if entry.type == kind and entry.address:
+                    host = f"[{entry.address}]" if ":" in entry.address else entry.address
                     return f"http://{host}:{node_port}"
     return None

@@ -102,7 +102,7 @@ async def resolve_checked(host: str, port: int, allow_private: bool = False) -> 
             raise FetchError(f"Cannot resolve {host!r}: {exc}", hint="Check the URL's host name.") from None
         addresses = []
         for info in infos:
-            ip = ipaddress.ip_address(info[4][0].split("%")[0])
+            ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
             if ip not in addresses:
                 addresses.append(ip)
         if not addresses:

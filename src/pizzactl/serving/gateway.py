@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -364,7 +364,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error_response(InvalidJSONError("The request body is not valid JSON."))
-        return _error_response(RequestShapeError(_describe(errors)))
+        return _error_response(RequestShapeError(_describe(list(errors))))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -513,7 +513,7 @@ class Gateway:
             )
         else:
             jpegs = [p.jpeg for p in pictures]
-        predictions, version = await self.model.predict(jpegs)
+        predictions, version = await self.model.predict(cast(list[bytes], jpegs))  # sized above: no None
         results = []
         for p in predictions:
             self.metrics.images.labels(p.label).inc()

@@ -52,7 +52,7 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             fmt = image.format or "unknown"
             if fmt not in ACCEPTED_FORMATS:
                 raise UnsupportedMediaError(

@@ -114,9 +114,9 @@ def _variant(variant: str | LiteVariant) -> LiteVariant:
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
-    filters *= width
-    new = max(divisor, int(filters + divisor / 2) // divisor * divisor)
-    if new < 0.9 * filters:  # never round down by more than 10%
+    scaled = filters * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if new < 0.9 * scaled:  # never round down by more than 10%
         new += divisor
     return int(new)
 
@@ -320,7 +320,7 @@ def find_weights_file(module: str, pip_requirement: str | None = None) -> Path:
     except ModuleNotFoundError:
         raise MissingDependencyError(f"The weights package {module} is not installed.", hint=hint) from None
     found = (
-        sorted(p for p in root.joinpath("models").iterdir() if p.name.endswith(".pth"))
+        sorted((p for p in root.joinpath("models").iterdir() if p.name.endswith(".pth")), key=lambda p: p.name)
         if root.joinpath("models").is_dir()
         else []
     )
@@ -407,7 +407,7 @@ def converted_weights(
     fd, tmp = tempfile.mkstemp(prefix=target.stem, suffix=".tmp.npz", dir=cache)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         os.replace(tmp, target)  # atomic: concurrent builders never read half a file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -33,7 +33,7 @@ def weights_id(weights: str | None) -> str:
         return "none"
     if source == "imagenet":
         return "imagenet"
-    path = source
+    path = Path(source)
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
