@@ -192,7 +192,7 @@ def train(
     image_size: int | None = typer.Option(
         None,
         "--image-size",
-        help="The model's input size (default: the recipe's; training may use a smaller one, see README FixRes).",
+        help="The model's input size (default: the recipe's; training may use a smaller one, see docs/train.md, FixRes).",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
