@@ -1,17 +1,45 @@
-"""Faithful fakes for the deploy tests: a Kubernetes API server (kmock) and a `kind` executable.
+"""Faithful fakes for the deploy tests: a Kubernetes cluster (kmock + controllers) and `kind`.
 
-`ApplyingEmulator` is kmock's stateful Kubernetes emulator plus the one API-server behaviour
-pizzactl relies on that kmock lacks: server-side apply (PATCH application/apply-patch+yaml)
-creates the object when it does not exist yet. `FAKE_KIND` is a Python script that the tests
-put on PATH as `kind`: it records each call (and the cluster config it was given), keeps its
-clusters in a file, and on `create cluster` writes a kubeconfig context kind-NAME, as kind does.
+`ApplyingEmulator` is kmock's stateful Kubernetes API plus the API-server behaviour pizzactl
+relies on that kmock lacks: server-side apply creates missing objects, defaults a Deployment's
+`spec.replicas` to 1 and bumps `metadata.generation` on every spec change, and the
+NamespaceLifecycle admission refuses new objects in a Terminating namespace with 403
+"unable to create new content in namespace X because it is being terminated" (the message of
+kubernetes/kubernetes#98743, antrea-io/antrea#488).
+
+`FakeCluster` plays the controllers and the kubelet, one `step()` at a time, so a rollout takes
+time as it does for real:
+- Deployment controller: a ReplicaSet per pod template, RollingUpdate with maxSurge 1 and
+  maxUnavailable 0 (old pods go only once new ones are available); status.observedGeneration,
+  replicas, updatedReplicas, readyReplicas, availableReplicas as `kubectl rollout status`
+  reads them (kubernetes/kubectl pkg/polymorphichelpers/rollout_status.go).
+- kubelet: a pod whose image `behave()` marks as failing stays so with the container states and
+  events a kubelet writes: ErrImagePull/ImagePullBackOff, CrashLoopBackOff with lastState
+  terminated and log lines, CreateContainerConfigError, Running-but-not-Ready with "Readiness
+  probe failed" Unhealthy events; ReplicaSet FailedCreate when pods are refused. On a kind
+  cluster an image that was not `kind load`ed cannot be pulled (kind's nodes have no access to
+  the host's images; IfNotPresent then tries the registry and fails).
+- HPA controller: raises the target to minReplicas once it has synced (the HPA's
+  "Current number of replicas below Spec.MinReplicas" rule runs before any metric is read,
+  kubernetes/kubernetes#102405), and without metrics-server (kind has none) reports
+  ScalingActive=False FailedGetResourceMetric and never scales on CPU.
+- Namespace controller: a deleted namespace stays Terminating for `terminating_steps` steps
+  while its contents are deleted, then disappears.
+
+`FAKE_KIND` is a `kind` executable: it keeps its clusters in a file, binds the host port its
+extraPortMappings map (a taken port fails as docker does: "Bind for 127.0.0.1:N failed: port
+is already allocated", kubernetes-sigs/kind#3681), and `load docker-image` fails for an image
+that is not present locally ('ERROR: image: "X" not present locally', kubernetes-sigs/kind#3105).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -20,11 +48,40 @@ import yaml
 
 APPLY = "application/apply-patch+yaml"
 NAMESPACE_URL = re.compile(r"^/api/v1/namespaces/[^/]+$")
+POD_LOG_URL = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log")
 PODS = kmock.resource("v1/pods")
 EVENTS = kmock.resource("v1/events")
+SECRETS = kmock.resource("v1/secrets")
+SERVICES = kmock.resource("v1/services")
+NODES = kmock.resource("v1/nodes")
 DEPLOYMENTS = kmock.resource("apps/v1/deployments")
+REPLICASETS = kmock.resource("apps/v1/replicasets")
 NAMESPACES = kmock.resource("v1/namespaces")
 HPAS = kmock.resource("autoscaling/v2/horizontalpodautoscalers")
+PDBS = kmock.resource("policy/v1/poddisruptionbudgets")
+
+
+def _plain(value):
+    """kmock's stored objects as plain JSON (its ObjectVersion wrappers are not serialisable)."""
+    return json.loads(json.dumps(value, default=lambda o: dict(o)))
+
+
+def _get(objects, key):
+    """kmock's ObjectsArray has no .get()."""
+    return objects[key] if key in objects else None
+
+
+def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
 
 
 class ApplyingEmulator(kmock.KubernetesEmulator):
@@ -32,16 +89,26 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
 
     kmock parses /api/v1/namespaces/NAME as "namespace NAME" rather than the Namespace object,
     so the Namespace object's own endpoints are served here, stored under (NAMESPACES, None, NAME).
+    A delete marks the namespace Terminating (deletionTimestamp, phase); `FakeCluster` finishes it.
+    Without a FakeCluster stepping, a deleted namespace is gone at once.
     """
+
+    terminating_steps = 0  # FakeCluster sets it: how long a deleted namespace stays Terminating
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.fallback["patch", NAMESPACE_URL] << self._apply_namespace
-        self.fallback["get", NAMESPACE_URL] << self._get_namespace
-        self.fallback["delete", NAMESPACE_URL] << self._delete_namespace
+        # Reactions, not fallbacks: kmock's own fetch/delete fallbacks would answer these first.
+        self["patch", NAMESPACE_URL] << self._apply_namespace
+        self["get", NAMESPACE_URL] << self._get_namespace
+        self["delete", NAMESPACE_URL] << self._delete_namespace
+        self["get", re.compile(r"^/apis/$")] << self._serve_apis  # the client asks with a slash
 
     def _namespace_key(self, request):
         return (NAMESPACES, None, request.url.path.rsplit("/", 1)[1])
+
+    def namespace_terminating(self, name: str | None) -> bool:
+        obj = _get(self.objects, (NAMESPACES, None, name)) if name else None
+        return bool(obj is not None and not obj.deleted and obj.get("metadata", {}).get("deletionTimestamp"))
 
     async def _apply_namespace(self, request):
         key = self._namespace_key(request)
@@ -49,7 +116,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
             self.objects[key] = request.data
         elif self.objects[key].deleted:
             self.objects[key].create(request.data)
-        else:
+        elif not self.namespace_terminating(key[2]):  # applying to a Terminating namespace changes nothing
             self.objects[key].patch(request.data)
         return self.objects[key].raw
 
@@ -63,9 +130,15 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         key = self._namespace_key(request)
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
-        raw = self.objects[key].raw
-        self.objects[key].delete()
-        return {**raw, "status": {"phase": "Terminating"}}
+        if not self.terminating_steps:
+            raw = self.objects[key].raw
+            self.objects[key].delete()
+            return {**raw, "status": {"phase": "Terminating"}}
+        if not self.namespace_terminating(key[2]):
+            self.objects[key].patch(
+                {"metadata": {"deletionTimestamp": "2025-01-01T00:00:00Z"}, "status": {"phase": "Terminating"}}
+            )
+        return self.objects[key].raw
 
     async def _handle(self, request):
         content_type = request.headers.get("Content-Type", "")
@@ -76,11 +149,68 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
             and request.name
         ):
             key = (request.resource, request.namespace, request.name)
-            if key not in self.objects:
-                self.objects[key] = request.data
-            elif self.objects[key].deleted:
-                self.objects[key].create(request.data)
+            creating = key not in self.objects or self.objects[key].deleted
+            if creating and self.namespace_terminating(request.namespace):
+                return self._forbidden_terminating(request)
+            body = json.loads(json.dumps(request.data))
+            if request.resource == DEPLOYMENTS:
+                self._apply_deployment(key, body, creating)
+            elif creating:
+                if key not in self.objects:
+                    self.objects[key] = body
+                else:
+                    self.objects[key].create(body)
+            else:
+                self.objects[key].patch(body)
+            return await self._respond(self.objects[key].raw)
         return await super()._handle(request)
+
+    async def _respond(self, raw):
+        import aiohttp.web
+
+        return aiohttp.web.json_response(raw)
+
+    def _forbidden_terminating(self, request):
+        import aiohttp.web
+
+        plural = request.resource.plural
+        group = request.resource.group or ""
+        message = (
+            f'{plural}{"." + group if group else ""} "{request.name}" is forbidden: unable to create new content in '
+            f"namespace {request.namespace} because it is being terminated"
+        )
+        details = {
+            "name": request.name,
+            "group": group,
+            "kind": plural,
+            "causes": [
+                {
+                    "reason": "NamespaceTerminating",
+                    "message": f"namespace {request.namespace} is being terminated",
+                    "field": "metadata.namespace",
+                }
+            ],
+        }
+        return aiohttp.web.json_response(_status(403, "Forbidden", message, details), status=403)
+
+    def _apply_deployment(self, key, body, creating: bool) -> None:
+        """The API server's part: default replicas to 1 on create, bump generation on a spec change."""
+        spec = body.setdefault("spec", {})
+        if creating:
+            spec.setdefault("replicas", 1)
+            body.setdefault("metadata", {})["generation"] = 1
+            if key not in self.objects:
+                self.objects[key] = body
+            else:
+                self.objects[key].create(body)
+            return
+        obj = self.objects[key]
+        before = json.dumps(_plain(obj.get("spec")), sort_keys=True)
+        if "replicas" not in spec:  # another manager (the HPA) owns replicas: apply leaves them
+            spec["replicas"] = obj["spec"].get("replicas", 1)
+        obj.patch(body)
+        if json.dumps(_plain(obj.get("spec")), sort_keys=True) != before:
+            obj.patch({"metadata": {"generation": int(obj["metadata"].get("generation") or 1) + 1}})
 
 
 def write_kubeconfig(path: Path, server: str, context: str) -> Path:
@@ -97,8 +227,380 @@ def write_kubeconfig(path: Path, server: str, context: str) -> Path:
     return path
 
 
+# --- the controllers and the kubelet -------------------------------------------------------------
+
+READY, CRASH, PULL, CONFIG, UNREADY, REFUSED = "ready", "crash", "pull", "config", "unready", "refused"
+
+
+class FakeCluster:
+    """Controllers and kubelet over an ApplyingEmulator; see the module docstring for what they do.
+
+    behave(image_substring, how): pods whose image contains it become READY (default), CRASH,
+    PULL (cannot be pulled), CONFIG (CreateContainerConfigError), UNREADY (running, readiness
+    probe fails) or REFUSED (the ReplicaSet cannot create pods). `kind_home` links the cluster
+    to the fake kind: images not loaded there cannot be pulled.
+    """
+
+    def __init__(
+        self,
+        emulator: ApplyingEmulator,
+        *,
+        metrics_server: bool = False,
+        terminating_steps: int = 3,
+        hpa_delay_steps: int = 2,
+        kind_home: Path | None = None,
+        kind_cluster: str = "pizzactl",
+    ):
+        self.kmock = emulator
+        self.behaviours: dict[str, str] = {}
+        self.metrics_server = metrics_server
+        self.hpa_delay_steps = hpa_delay_steps
+        self.kind_home = kind_home
+        self.kind_cluster = kind_cluster
+        self.logs: dict[str, str] = {}
+        self.steps = 0
+        self._age: dict[tuple, int] = {}
+        self._pod_seq = 0
+        emulator.terminating_steps = terminating_steps
+        for name in ("v1/pods", "v1/events", "v1/secrets", "v1/services", "v1/nodes", "apps/v1/replicasets"):
+            emulator.resources.setdefault(name, {})
+        if metrics_server:
+            emulator.resources["metrics.k8s.io/v1beta1/pods"] = {}
+        emulator["get", POD_LOG_URL] << kmock.headers({"Content-Type": "text/plain"}) << self._pod_log
+
+    def behave(self, image_substring: str, how: str, log: str = "") -> None:
+        self.behaviours[image_substring] = how
+        if log:
+            self.logs[image_substring] = log
+
+    async def run(self, interval: float = 0.05) -> None:
+        while True:
+            self.step()
+            await asyncio.sleep(interval)
+
+    def step(self) -> None:
+        self.steps += 1
+        self._namespaces()
+        self._hpas()
+        for key, dep in self._live(DEPLOYMENTS):
+            self._deployment(key, dep)
+        for key, pod in self._live(PODS):
+            self._kubelet(key, pod)
+        for key, dep in self._live(DEPLOYMENTS):
+            self._deployment_status(key, dep)
+
+    # --- helpers
+
+    def _live(self, resource, namespace: str | None = None):
+        return [
+            (key, obj)
+            for key, obj in list(self.kmock.objects.items())
+            if key[0] == resource and not obj.deleted and (namespace is None or key[1] == namespace)
+        ]
+
+    def _tick(self, key) -> int:
+        self._age[key] = self._age.get(key, 0) + 1
+        return self._age[key]
+
+    def _event(self, namespace: str, kind: str, name: str, reason: str, message: str, type_: str = "Warning"):
+        self._pod_seq += 1
+        ev_name = f"{name}.{self._pod_seq:08x}"
+        self.kmock.objects[EVENTS, namespace, ev_name] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": ev_name, "namespace": namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "lastTimestamp": f"2025-01-01T00:{self._pod_seq // 60 % 60:02d}:{self._pod_seq % 60:02d}Z",
+        }
+
+    def _how(self, image: str) -> str:
+        for part, how in self.behaviours.items():
+            if part in image:
+                return how
+        if self.kind_home is not None and image not in loaded_images(self.kind_home, self.kind_cluster):
+            return PULL
+        return READY
+
+    # --- namespace controller
+
+    def _namespaces(self) -> None:
+        for key, ns in self._live(NAMESPACES):
+            if not ns.get("metadata", {}).get("deletionTimestamp"):
+                continue
+            name = key[2]
+            for other_key, _obj in list(self.kmock.objects.items()):
+                if other_key[1] == name and not self.kmock.objects[other_key].deleted:
+                    self.kmock.objects[other_key].delete()
+            if self._tick(key) >= self.kmock.terminating_steps:
+                ns.delete()
+                self._age.pop(key, None)
+
+    # --- HPA controller
+
+    def _hpas(self) -> None:
+        for key, hpa in self._live(HPAS):
+            namespace = key[1]
+            target = hpa["spec"]["scaleTargetRef"]["name"]
+            dep_key = (DEPLOYMENTS, namespace, target)
+            dep = _get(self.kmock.objects, dep_key)
+            if dep is None or dep.deleted or self._tick(key) <= self.hpa_delay_steps:
+                continue
+            current = dep["spec"].get("replicas", 1)
+            minimum = hpa["spec"].get("minReplicas", 1)
+            conditions = [{"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"}]
+            if current < minimum:
+                dep.patch(
+                    {"spec": {"replicas": minimum}, "metadata": {"generation": int(dep["metadata"]["generation"]) + 1}}
+                )
+                self._event(
+                    namespace,
+                    "HorizontalPodAutoscaler",
+                    key[2],
+                    "SuccessfulRescale",
+                    f"New size: {minimum}; reason: Current number of replicas below Spec.MinReplicas",
+                    "Normal",
+                )
+            elif not self.metrics_server:
+                message = (
+                    "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to "
+                    "get metrics for resource cpu: unable to fetch metrics from resource metrics API: the server "
+                    "could not find the requested resource (get pods.metrics.k8s.io)"
+                )
+                conditions.append(
+                    {
+                        "type": "ScalingActive",
+                        "status": "False",
+                        "reason": "FailedGetResourceMetric",
+                        "message": message,
+                    }
+                )
+            hpa.patch(
+                {
+                    "status": {
+                        "currentReplicas": current,
+                        "desiredReplicas": max(current, minimum),
+                        "conditions": conditions,
+                    }
+                }
+            )
+
+    # --- Deployment + ReplicaSet controllers
+
+    def _deployment(self, key, dep) -> None:
+        namespace, name = key[1], key[2]
+        template = _plain(dep["spec"]["template"])
+        pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        sets = [(k, rs) for k, rs in self._live(REPLICASETS, namespace) if rs["metadata"].get("ownerName") == name]
+        new_key = (REPLICASETS, namespace, f"{name}-{pod_hash}")
+        if new_key not in dict(sets):
+            revision = 1 + max((int(rs["metadata"]["revision"]) for _, rs in sets), default=0)
+            rs_body = {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": new_key[2],
+                    "namespace": namespace,
+                    "ownerName": name,
+                    "revision": str(revision),
+                    "labels": {**template["metadata"].get("labels", {}), "pod-template-hash": pod_hash},
+                },
+                "spec": {"replicas": 0, "template": template},
+            }
+            if new_key in self.kmock.objects:
+                self.kmock.objects[new_key].create(rs_body)
+            else:
+                self.kmock.objects[new_key] = rs_body
+            sets = [*sets, (new_key, self.kmock.objects[new_key])]
+        desired = int(dep["spec"].get("replicas", 1))
+        new = self.kmock.objects[new_key]
+        old = [(k, rs) for k, rs in sets if k != new_key and rs["spec"]["replicas"] > 0]
+        # RollingUpdate, maxSurge 1, maxUnavailable 0 (our manifests' strategy).
+        if not old:
+            new.patch({"spec": {"replicas": desired}})
+        else:
+            total = new["spec"]["replicas"] + sum(rs["spec"]["replicas"] for _, rs in old)
+            if total < desired + 1 and new["spec"]["replicas"] < desired:
+                new.patch({"spec": {"replicas": new["spec"]["replicas"] + 1}})
+            available = self._available(namespace, new_key[2]) + sum(self._available(namespace, k[2]) for k, _ in old)
+            for k, rs in old:
+                unavailable_old = rs["spec"]["replicas"] - self._available(namespace, k[2])
+                can_go = max(0, available - desired) + unavailable_old
+                cut = min(can_go, rs["spec"]["replicas"])
+                if cut:
+                    rs.patch({"spec": {"replicas": rs["spec"]["replicas"] - cut}})
+                    available -= max(0, cut - unavailable_old)
+        for k, rs in sets:
+            self._replicaset(k, rs)
+
+    def _pods_of(self, namespace: str, rs_name: str):
+        return [(k, p) for k, p in self._live(PODS, namespace) if p["metadata"].get("ownerName") == rs_name]
+
+    def _available(self, namespace: str, rs_name: str) -> int:
+        return sum(1 for _, p in self._pods_of(namespace, rs_name) if _ready(p))
+
+    def _replicaset(self, key, rs) -> None:
+        namespace, name = key[1], key[2]
+        pods = self._pods_of(namespace, name)
+        want = rs["spec"]["replicas"]
+        template = _plain(rs["spec"]["template"])
+        image = template["spec"]["containers"][0]["image"]
+        while len(pods) < want:
+            self._pod_seq += 1
+            pod_name = f"{name}-{self._pod_seq:05x}"
+            if self._how(image) == REFUSED:
+                self._event(
+                    namespace,
+                    "ReplicaSet",
+                    name,
+                    "FailedCreate",
+                    f'Error creating: pods "{pod_name}" is forbidden: violates PodSecurity "restricted:latest": '
+                    'runAsNonRoot != true (pod or container "model" must set securityContext.runAsNonRoot=true)',
+                )
+                return
+            containers = template["spec"]["containers"]
+            self.kmock.objects[PODS, namespace, pod_name] = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": namespace,
+                    "ownerName": name,
+                    "labels": _plain(rs["metadata"]["labels"]),
+                    "annotations": dict(template["metadata"].get("annotations", {})),
+                },
+                "spec": {"containers": [{"name": c["name"], "image": c["image"]} for c in containers]},
+                "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]},
+            }
+            pods.append(((PODS, namespace, pod_name), self.kmock.objects[PODS, namespace, pod_name]))
+        for k, _pod in pods[want:]:
+            self.kmock.objects[k].delete()
+
+    def _deployment_status(self, key, dep) -> None:
+        namespace, name = key[1], key[2]
+        template = _plain(dep["spec"]["template"])
+        pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        pods = [
+            p
+            for _, p in self._live(PODS, namespace)
+            if str(p["metadata"].get("ownerName", "")).startswith(name + "-")
+            and (PODS, namespace, p["metadata"]["name"]) in self.kmock.objects
+        ]
+        updated = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == pod_hash]
+        ready = [p for p in pods if _ready(p)]
+        dep.patch(
+            {
+                "status": {
+                    "observedGeneration": dep["metadata"].get("generation", 1),
+                    "replicas": len(pods),
+                    "updatedReplicas": len(updated),
+                    "readyReplicas": len(ready),
+                    "availableReplicas": len(ready),
+                    "unavailableReplicas": max(0, int(dep["spec"].get("replicas", 1)) - len(ready)),
+                }
+            }
+        )
+
+    # --- kubelet
+
+    def _kubelet(self, key, pod) -> None:
+        namespace, name = key[1], key[2]
+        age = self._tick(key)
+        if age < 2:
+            return  # scheduled, the kubelet has not started it yet
+        container = pod["spec"]["containers"][0]
+        image, cname = container["image"], container["name"]
+        how = self._how(image)
+        base = {"name": cname, "image": image, "imageID": "", "restartCount": 0, "ready": False}
+        if how == PULL:
+            reason = "ErrImagePull" if age % 2 else "ImagePullBackOff"
+            message = (
+                f'failed to pull and unpack image "docker.io/library/{image}": failed to resolve reference '
+                f'"docker.io/library/{image}": pull access denied, repository does not exist or may require authorization'
+                if reason == "ErrImagePull"
+                else f'Back-off pulling image "{image}"'
+            )
+            state = {"waiting": {"reason": reason, "message": message}}
+            self._event(namespace, "Pod", name, "Failed", f"Error: {reason}")
+            self._pod_status(pod, "Pending", [{**base, "state": state}], ready=False)
+        elif how == CONFIG:
+            state = {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": 'secret "registry-creds" not found',
+                }
+            }
+            self._pod_status(pod, "Pending", [{**base, "state": state}], ready=False)
+        elif how == CRASH:
+            restarts = age - 1
+            state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off 10s restarting failed container={cname} pod={name}",
+                }
+            }
+            last = {"terminated": {"exitCode": 1, "reason": "Error"}}
+            self._pod_status(
+                pod, "Running", [{**base, "restartCount": restarts, "state": state, "lastState": last}], ready=False
+            )
+            self._event(namespace, "Pod", name, "BackOff", "Back-off restarting failed container")
+        elif how == UNREADY:
+            self._pod_status(pod, "Running", [{**base, "state": {"running": {}}}], ready=False)
+            self._event(
+                namespace,
+                "Pod",
+                name,
+                "Unhealthy",
+                "Readiness probe failed: HTTP probe failed with statuscode: 503",
+            )
+        else:
+            running = {**base, "state": {"running": {}}}
+            self._pod_status(pod, "Running", [{**running, "ready": age >= 3}], ready=age >= 3)
+
+    @staticmethod
+    def _pod_status(pod, phase: str, statuses: list, ready: bool) -> None:
+        pod.patch(
+            {
+                "status": {
+                    "phase": phase,
+                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                    "containerStatuses": statuses,
+                }
+            }
+        )
+
+    async def _pod_log(self, request):
+        match = POD_LOG_URL.match(request.url.path)
+        pod = _get(self.kmock.objects, (PODS, match.group(1), match.group(2))) if match else None
+        if pod is None or pod.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        image = pod["spec"]["containers"][0]["image"]
+        for part, text in self.logs.items():
+            if part in image:
+                return text.encode()
+        return b""
+
+    # --- what tests look at
+
+    def pods(self, namespace: str = "pizzactl", app: str = "pizzactl-model") -> list:
+        return [
+            p for _, p in self._live(PODS, namespace) if p["metadata"]["labels"].get("app.kubernetes.io/name") == app
+        ]
+
+    def ready_images(self, namespace: str = "pizzactl", app: str = "pizzactl-model") -> set[str]:
+        return {p["spec"]["containers"][0]["image"] for p in self.pods(namespace, app) if _ready(p)}
+
+
+def _ready(pod) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
 def mark_rolled_out(emulator, namespace: str = "pizzactl") -> list[str]:
-    """Play the HPA and Deployment controllers: replicas = the HPA's minReplicas, all available."""
+    """Jump every Deployment to rolled out at its HPA minimum (for tests that are not about rollouts)."""
     minimum = {}
     for (resource, ns, _name), obj in list(emulator.objects.items()):
         if resource == HPAS and ns == namespace and not obj.deleted:
@@ -106,13 +608,13 @@ def mark_rolled_out(emulator, namespace: str = "pizzactl") -> list[str]:
     done = []
     for (resource, ns, name), obj in list(emulator.objects.items()):
         if resource == DEPLOYMENTS and ns == namespace and not obj.deleted:
-            n = max((obj.get("spec") or {}).get("replicas") or 1, minimum.get(name, 1))  # HPA: never below min
+            n = max((obj.get("spec") or {}).get("replicas") or 1, minimum.get(name, 1))
+            generation = obj["metadata"].get("generation", 1)
             obj.patch(
                 {
-                    "metadata": {"generation": 1},
                     "spec": {"replicas": n},
                     "status": {
-                        "observedGeneration": 1,
+                        "observedGeneration": generation,
                         "replicas": n,
                         "updatedReplicas": n,
                         "readyReplicas": n,
@@ -124,9 +626,11 @@ def mark_rolled_out(emulator, namespace: str = "pizzactl") -> list[str]:
     return done
 
 
+# --- the fake kind ---------------------------------------------------------------------------------
+
 FAKE_KIND = r'''#!{python}
-"""A fake `kind` for tests: records calls, keeps clusters in a file, writes kubeconfigs."""
-import json, os, sys
+"""A fake `kind` for tests: see tests/k8s_fakes.py for the real behaviour it imitates."""
+import json, os, socket, subprocess, sys
 from pathlib import Path
 
 home = Path(os.environ["FAKE_KIND_HOME"])
@@ -147,15 +651,92 @@ if fail and " ".join(args).startswith(fail):
 def name():
     return args[args.index("--name") + 1] if "--name" in args else "kind"
 
+HOLDER = """
+import socket, sys, threading
+from pathlib import Path
+sock = socket.socket(); sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((sys.argv[1], int(sys.argv[2]))); sock.listen(16)
+backend_file = Path(sys.argv[3])
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try: s.shutdown(socket.SHUT_RDWR)
+            except OSError: pass
+while True:
+    conn, _ = sock.accept()
+    backend = backend_file.read_text().strip() if backend_file.exists() else ""
+    if not backend:
+        conn.close()  # docker-proxy with nothing behind the NodePort: the connection is reset
+        continue
+    host, port = backend.rsplit(":", 1)
+    try:
+        up = socket.create_connection((host, int(port)), timeout=5)
+    except OSError:
+        conn.close()
+        continue
+    threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
+    threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+"""
+
+def present_locally(image):
+    listed = home / "images"
+    if listed.exists() and image in listed.read_text().split():
+        return True
+    if os.environ.get("DOCKER_HOST"):  # kind runs `docker image inspect IMAGE`
+        try:
+            import docker
+            docker.APIClient(base_url=os.environ["DOCKER_HOST"], version="auto", timeout=10).inspect_image(image)
+            return True
+        except Exception:
+            return False
+    return False
+
 if args[:1] == ["version"]:
     print("kind v0.27.0 go1.23.6 linux/amd64")
 elif args[:2] == ["get", "clusters"]:
     print("\n".join(clusters) if clusters else "No kind clusters found.", file=sys.stdout if clusters else sys.stderr)
 elif args[:2] == ["create", "cluster"]:
+    import yaml
+    if name() in clusters:
+        sys.stderr.write(f'ERROR: failed to create cluster: node(s) already exist for a cluster with the name "{{name()}}"\n')
+        sys.exit(1)
+    config = yaml.safe_load(call.get("config") or "{{}}") or {{}}
+    mappings = [m for n in config.get("nodes", []) for m in n.get("extraPortMappings", [])]
+    holders = []
+    for m in mappings:
+        address, port = m.get("listenAddress", "0.0.0.0"), m["hostPort"]
+        probe = socket.socket(); probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            for pid in holders:
+                os.kill(pid, 15)
+            sys.stderr.write(
+                "Creating cluster \"" + name() + "\" ...\n ✗ Preparing nodes 📦\n"
+                "Deleted nodes: [\"" + name() + "-control-plane\"]\n"
+                "ERROR: failed to create cluster: command \"docker run --name " + name() + "-control-plane "
+                f"--publish={{address}}:{{port}}:{{m['containerPort']}}/TCP kindest/node:v1.32.2\" failed with error: exit status 125\n"
+                "Command Output: docker: Error response from daemon: driver failed programming external connectivity "
+                f"on endpoint {{name()}}-control-plane: Bind for {{address}}:{{port}} failed: port is already allocated.\n")
+            sys.exit(1)
+        finally:
+            probe.close()
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, address, str(port), str(home / (name() + ".backend"))],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        holders.append(proc.pid)
+    (home / (name() + ".pids")).write_text("\n".join(map(str, holders)))
     clusters_file.write_text("\n".join(clusters + [name()]))
     server = os.environ.get("FAKE_KIND_SERVER")
     if server:
-        import yaml
         kubeconfig = Path(os.environ["KUBECONFIG"])
         ctx = "kind-" + name()
         kubeconfig.write_text(yaml.safe_dump({{"apiVersion": "v1", "kind": "Config",
@@ -165,9 +746,28 @@ elif args[:2] == ["create", "cluster"]:
             "current-context": ctx}}))
     print("Creating cluster", name(), file=sys.stderr)
 elif args[:2] == ["delete", "cluster"]:
+    pids = home / (name() + ".pids")
+    for pid in (pids.read_text().split() if pids.exists() else []):
+        try:
+            os.kill(int(pid), 15)
+        except OSError:
+            pass
+    pids.unlink(missing_ok=True)
+    (home / (name() + ".loaded")).unlink(missing_ok=True)
     clusters_file.write_text("\n".join(c for c in clusters if c != name()))
+    print(f"Deleting cluster \"{{name()}}\" ...", file=sys.stderr)
 elif args[:2] == ["load", "docker-image"]:
-    print("Image loaded", file=sys.stderr)
+    image = args[2]
+    if name() not in clusters:
+        sys.stderr.write(f"ERROR: no nodes found for cluster \"{{name()}}\"\n")
+        sys.exit(1)
+    if not present_locally(image):
+        sys.stderr.write(f"ERROR: image: \"{{image}}\" not present locally\n")
+        sys.exit(1)
+    with open(home / (name() + ".loaded"), "a") as fh:
+        fh.write(image + "\n")
+    print(f"Image: \"{{image}}\" with ID \"sha256:0123\" not yet present on node \"{{name()}}-control-plane\", loading...",
+          file=sys.stderr)
 else:
     sys.stderr.write("unknown command\n")
     sys.exit(2)
@@ -187,3 +787,24 @@ def install_fake_kind(bin_dir: Path, home: Path) -> Path:
 def kind_calls(home: Path) -> list[dict]:
     path = home / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def add_local_images(home: Path, *images: str) -> None:
+    """What `docker image inspect` would find on the host, for the fake kind's `load`."""
+    with open(home / "images", "a") as fh:
+        fh.write("".join(image + "\n" for image in images))
+
+
+def loaded_images(home: Path, cluster: str) -> set[str]:
+    path = home / (cluster + ".loaded")
+    return set(path.read_text().split()) if path.exists() else set()
+
+
+def stop_fake_clusters(home: Path) -> None:
+    """Kill the port holders of clusters a test left behind."""
+    for pids in home.glob("*.pids"):
+        for pid in pids.read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except OSError:
+                pass

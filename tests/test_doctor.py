@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.doctor import run_checks
+from pizzactl.doctor import doctor
 
 from k8s_fakes import install_fake_kind
 
@@ -33,7 +33,7 @@ def _by_name(checks):
 
 
 def test_each_failed_check_names_the_command_that_fixes_it(machine):
-    checks = _by_name(run_checks(load_settings({"port": 0}, environ={})))
+    checks = _by_name(doctor(load_settings({"port": 0}, environ={})))
     assert checks["docker"].ok is False and "docs.docker.com/engine/install" in checks["docker"].fix  # no docker CLI
     assert checks["kind"].ok is True and "v0.27.0" in checks["kind"].detail
     assert checks["kaggle"].ok is False and checks["kaggle"].required is False
@@ -47,17 +47,17 @@ def test_a_busy_gateway_port_fails_with_the_way_out(machine):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        check = _by_name(run_checks(load_settings({"port": port}, environ={})))[f"port {port}"]
+        check = _by_name(doctor(load_settings({"port": port}, environ={})))[f"port {port}"]
     assert check.ok is False and check.required is True
     assert "pizzactl teardown" in check.fix and f"--port {port + 1}" in check.fix
 
 
 def test_kind_is_required_only_for_the_kind_target(machine, monkeypatch):
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no kind at all
-    kind_default = _by_name(run_checks(load_settings({"port": 0}, environ={})))["kind"]
+    kind_default = _by_name(doctor(load_settings({"port": 0}, environ={})))["kind"]
     assert kind_default.ok is False and kind_default.required is True
     assert "go install sigs.k8s.io/kind" in kind_default.fix
-    docker_target = _by_name(run_checks(load_settings({"port": 0, "target": "docker"}, environ={})))["kind"]
+    docker_target = _by_name(doctor(load_settings({"port": 0, "target": "docker"}, environ={})))["kind"]
     assert docker_target.required is False
 
 
@@ -66,7 +66,7 @@ def test_kaggle_token_is_found(machine):
     token.parent.mkdir()
     token.write_text(json.dumps({"username": "u", "key": "k"}))
     token.chmod(0o600)
-    check = _by_name(run_checks(load_settings({"port": 0}, environ={})))["kaggle"]
+    check = _by_name(doctor(load_settings({"port": 0}, environ={})))["kaggle"]
     assert check.ok is True and str(token) in check.detail
 
 
@@ -86,8 +86,8 @@ def test_cli_json_and_exit_code_when_a_required_check_fails(machine):
 
 def test_doctor_does_not_import_tensorflow(machine):
     code = (
-        "import sys; from pizzactl.config import load_settings; from pizzactl.doctor import run_checks; "
-        "c = [x for x in run_checks(load_settings({})) if x.name == 'tensorflow'][0]; "
+        "import sys; from pizzactl.config import load_settings; from pizzactl.doctor import doctor; "
+        "c = [x for x in doctor(load_settings({})) if x.name == 'tensorflow'][0]; "
         "print(c.ok, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.split()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import kind
+from pizzactl.deploy.targets import kind
 from pizzactl.errors import DeployError, UsageError
 from pizzactl.serving.processes import free_port
 

@@ -308,16 +308,22 @@ def serve(
 @app.command()
 def build(
     models: Path | None = ModelsOpt,
-    model_server: str | None = typer.Option(None, "--model-server", help="tfserving | builtin"),
+    model_server: str | None = typer.Option(
+        None, "--model-server", help="tfserving | builtin (default: tfserving on amd64, builtin on arm64)"
+    ),
     base_image: str | None = typer.Option(None, "--base-image", help="Base image of the Python images."),
     push: str | None = typer.Option(None, "--push", help="Push the images to this registry."),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the Docker daemon's)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Build the gateway and model server images (tags from content, never :latest)."""
-    from pizzactl.deploy.images import build_images, print_images
+    from pizzactl.deploy.images import build as build_
+    from pizzactl.deploy.images import print_images
 
-    images = build_images(
-        settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push),
+    images = build_(
+        settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform),
         push=push is not None,
     )
     if json_out:
@@ -331,10 +337,18 @@ def deploy(
     target: str | None = typer.Option(None, "--target", help="kind (default) | docker | local"),
     models: Path | None = ModelsOpt,
     port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
-    model_server: str | None = typer.Option(None, "--model-server", help="tfserving | builtin"),
+    model_server: str | None = typer.Option(
+        None, "--model-server", help="tfserving | builtin (default: tfserving on amd64, builtin on arm64)"
+    ),
     cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
     context: str | None = typer.Option(None, "--context", help="Deploy to this existing kube context instead of kind."),
     registry: str | None = typer.Option(None, "--registry", help="Registry to push images to (with --context)."),
+    pull_secret: str | None = typer.Option(
+        None, "--pull-secret", help="Image pull secret in the namespace, for a private --registry."
+    ),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the cluster's nodes')."
+    ),
     allow_private_urls: bool | None = typer.Option(
         None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
     ),
@@ -353,6 +367,8 @@ def deploy(
         cluster=cluster,
         context=context,
         registry=registry,
+        pull_secret=pull_secret,
+        platform=platform,
         allow_private_urls=allow_private_urls,
     )
     if dry_run:
@@ -378,6 +394,27 @@ def status(json_out: bool = JsonOpt) -> None:
         print_json(st)
     else:
         print_status(st)
+
+
+@app.command()
+def rollback(
+    to: int | None = typer.Option(None, "--to", help="Roll back to this model version (default: the previous one)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the rollout."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Put the previous model version back on the deployment (kind, cluster, docker)."""
+    from pizzactl.deploy import rollback as rollback_
+
+    result = rollback_(settings(), to=to, timeout=timeout)
+    if json_out:
+        print_json(result)
+    elif "rolled_back_from" in result:
+        out.print(
+            f"Rolled back {result['target']} from model version {result['rolled_back_from']} "
+            f"to {result['model_version']}."
+        )
+    else:
+        out.print(result.get("message", ""))
 
 
 @app.command()
@@ -430,10 +467,11 @@ def predict(
 
 @app.command()
 def doctor(json_out: bool = JsonOpt) -> None:
-    """Check the machine: Python, TensorFlow, Docker, kind, kubectl, Kaggle, ports, disk."""
-    from pizzactl.doctor import print_checks, run_checks
+    """Check the machine: Python, TensorFlow, Docker, architecture, kind, kubectl, Kaggle, ports, disk."""
+    from pizzactl.doctor import doctor as doctor_
+    from pizzactl.doctor import print_checks
 
-    checks = run_checks(settings())
+    checks = doctor_(settings())
     if json_out:
         print_json([c.as_dict() for c in checks])
     else:

@@ -60,6 +60,8 @@ class Settings:
     namespace: str = "pizzactl"
     context: str | None = None
     registry: str | None = None
+    pull_secret: str | None = None  # imagePullSecrets for --registry images (a secret in the namespace)
+    platform: str | None = None  # build for this platform (linux/amd64, linux/arm64); None: the target's
     endpoint: str | None = None
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -69,22 +69,46 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _docker() -> Check:
-    try:
-        import docker
+def _docker() -> tuple[Check, Any]:
+    """The daemon at the active endpoint (DOCKER_HOST, else the docker context), and its client."""
+    from pizzactl.deploy.images import docker_client, docker_endpoint
+    from pizzactl.errors import PizzaError
 
-        client = docker.from_env(timeout=5)
+    try:
+        client = docker_client(5)
         info = client.version()
-        return Check("docker", True, f"daemon {info.get('Version', '?')} at {client.api.base_url}")
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
+        return Check("docker", True, f"daemon {info.get('Version', '?')} at {client.api.base_url}"), client
+    except PizzaError as exc:
         cli = shutil.which("docker")
         fix = (
-            "Start the daemon: `sudo systemctl start docker` (Linux) or open Docker Desktop; check DOCKER_HOST."
+            "Start the daemon: `sudo systemctl start docker` (Linux), open Docker Desktop or `colima start`; "
+            "check `docker context ls` and DOCKER_HOST."
             if cli
             else "Install Docker: https://docs.docker.com/engine/install/"
         )
-        return Check("docker", False, f"daemon unreachable: {text[-1][:160] if text else type(exc).__name__}", fix)
+        try:
+            where = docker_endpoint().source
+        except PizzaError:
+            where = "docker context"
+        return Check("docker", False, f"daemon unreachable ({where}): {exc.message[-160:]}", fix), None
+
+
+def _architecture(client) -> Check:
+    """arm64 (Apple Silicon, Graviton): no tensorflow/serving image, so the builtin model server."""
+    import platform
+
+    from pizzactl.deploy.images import daemon_platform
+
+    where = daemon_platform(client.api) if client is not None else f"linux/{platform.machine()}"
+    if where.endswith("arm64"):
+        return Check(
+            "architecture",
+            True,
+            f"{where}: tensorflow/serving has no arm64 image, so images use the builtin model server "
+            "(with the `tensorflow` wheel; tensorflow-cpu has no aarch64 build)",
+            required=False,
+        )
+    return Check("architecture", True, f"{where}: the tensorflow/serving model server", required=False)
 
 
 def _tool(name: str, version_args: list[str], fix: str, required: bool) -> Check:
@@ -168,13 +192,15 @@ def _disk(settings: Settings) -> Check:
     )
 
 
-def run_checks(settings: Settings) -> list[Check]:
+def doctor(settings: Settings) -> list[Check]:
     """Every check, in the order a user fixes them."""
     kind_needed = settings.target == "kind" and not settings.context
+    docker_check, client = _docker()
     return [
         _python(),
         _tensorflow(),
-        _docker(),
+        docker_check,
+        _architecture(client),
         _tool(
             "kind",
             ["version"],

@@ -27,14 +27,14 @@ class TargetChoice:
 
 
 def docker_reachable() -> str | None:
-    """None when a Docker daemon answers a ping, else why not (one line)."""
-    try:
-        import docker
+    """None when a Docker daemon answers at the active endpoint (DOCKER_HOST or docker context), else why not."""
+    from pizzactl.deploy.images import docker_client
+    from pizzactl.errors import PizzaError
 
-        docker.from_env(timeout=5).ping()
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        return text[-1][:160] if text else type(exc).__name__
+    try:
+        docker_client(5)
+    except PizzaError as exc:
+        return exc.message[:160]
     return None
 
 

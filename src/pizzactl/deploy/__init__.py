@@ -1,76 +1,53 @@
-"""Deploy, inspect and tear down the model server + gateway: local processes, Docker or kind.
+"""Deploy, inspect, roll back and tear down the model server + gateway, on any target.
 
-`deploy(settings, timeout)` (and `dry_run(settings)`) dispatch on `settings.target`; `status` and `teardown`
-dispatch on the target recorded in the shared state file (`pizzactl.deploy.state`), so they
-need no flags. The contract every target module follows:
+`deploy(settings, dry_run, timeout)` dispatches on the target (`--target`; `--context` makes it
+`cluster`); `status`, `rollback` and `teardown` dispatch on the target recorded in the shared
+state file (`pizzactl.deploy.state`), so they need no flags. Each target module
+(`pizzactl.deploy.targets.*`) has:
 
-    pizzactl.deploy.local         deploy(settings, timeout) -> dict
-                                  status(settings, state) -> dict
-                                  teardown(settings, state) -> dict
-    pizzactl.deploy.docker_target deploy(settings, timeout) -> dict
-                                  status(settings, state) -> dict
-                                  teardown(settings, state) -> dict
-    pizzactl.deploy.kind          deploy(settings, dry_run, timeout) -> dict, or the rendered
-                                      manifests (str) when dry_run (and touches nothing)
-                                  status(settings, state) -> dict
-                                  teardown(settings, state, keep_cluster) -> dict
+    deploy(settings, timeout) -> dict          at least {"target", "url", "model_version"}
+    status(settings, state) -> dict            at least {"ready": bool}; "serving": {version: pods}
+    teardown(settings, state[, keep_cluster])  -> {"message": str, ...}; never fails on "already gone"
+    rollback(settings, state, to, timeout)     -> dict (local: not supported, it says why)
+    preflight(settings, previous)              optional: raises before anything is stopped
 
-- Optional: `preflight(settings, previous: DeployState | None)` raises (e.g. PortInUseError)
-  before the dispatcher tears the previous deployment down, so a deploy that cannot work
-  leaves the running one alone.
-- `deploy` returns at least {"target", "url", "model_version"}. It writes the state file
-  (`state.save(settings, DeployState(...))`) as soon as there is something to clean up, before
-  waiting for readiness, so an interrupted deploy can still be torn down; details that are
-  not common fields go in `DeployState.extra`. On a readiness timeout it cleans up what it
-  started and raises `DeployError` with the last log lines.
-- Deploying again replaces what runs: the dispatcher tears the old deployment down first when
-  the target changes or the target is local/docker; kind -> kind is left to `kind.deploy`
-  (it re-applies the manifests in the existing cluster).
-- `status(settings, state)` returns target-specific fields, at least {"ready": bool}; the
-  dispatcher adds target, url, model_version, created from the state.
-- `teardown(...)` stops/removes everything and returns {"message": str, ...}. It must not fail
-  when things are already gone. The dispatcher removes the state file afterwards.
+A target writes the state file as soon as there is something to clean up, before waiting for
+readiness, so an interrupted deploy can still be torn down. Deploying again replaces what runs:
+the dispatcher tears the old deployment down first when the target changes or the target is
+local/docker; kind and cluster roll the new images out in place (the old ones serve meanwhile).
 """
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 
 from pizzactl.console import out
 from pizzactl.deploy import state as state_mod
-from pizzactl.errors import UsageError
+from pizzactl.errors import NotDeployedError, UsageError
 
 TARGETS = ("local", "docker", "kind")
 
 
+def target_of(settings) -> str:
+    """The target a deploy goes to: `cluster` whenever --context names an existing cluster."""
+    return "cluster" if settings.target == "kind" and settings.context else settings.target
+
+
 def _target_module(target: str) -> ModuleType:
-    import importlib
-
-    modules = {
-        "local": "pizzactl.deploy.local",
-        "docker": "pizzactl.deploy.docker_target",
-        "kind": "pizzactl.deploy.kind",
-    }
-    if target not in modules:
+    if target not in (*TARGETS, "cluster"):
         raise UsageError(f"Unknown deploy target {target!r}.", hint="Use --target kind, docker or local.")
-    return importlib.import_module(modules[target])
+    return importlib.import_module(f"pizzactl.deploy.targets.{target}")
 
 
-def dry_run(settings) -> str:
-    """What `deploy` would do, touching nothing: the rendered manifests (kind), the commands (local)."""
-    mod = _target_module(settings.target)
-    if settings.target == "kind":
-        return mod.deploy(settings, dry_run=True)
-    if settings.target == "local":
-        return mod.describe(settings)
-    raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
-
-
-def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
-    """Deploy the latest exported model to `settings.target`; replaces what was deployed before."""
-    target = settings.target
+def deploy(settings, dry_run: bool = False, timeout: float = 300.0) -> dict[str, Any] | str:
+    """Deploy the latest exported model to the target; replaces what was deployed before."""
+    target = target_of(settings)
     mod = _target_module(target)
+    if dry_run:
+        return _dry_run(settings, target)
+
     from pizzactl.model_store import latest_version_dir
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
@@ -80,13 +57,49 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         preflight(settings, previous)
     if previous is not None and (previous.target != target or target in ("local", "docker")):
         teardown(settings)
-    if target == "kind":
-        return mod.deploy(settings, dry_run=False, timeout=timeout)
-    return mod.deploy(settings, timeout=timeout)
+    result = mod.deploy(settings, timeout=timeout)
+    if previous is not None and previous.target == target == "docker":
+        _carry_history(settings, previous)
+    return result
+
+
+def _dry_run(settings, target: str) -> str:
+    if target == "local":
+        from pizzactl.deploy.targets import local
+
+        return local.describe(settings)
+    if target == "docker":
+        raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
+    from pizzactl.deploy import manifests
+    from pizzactl.deploy.images import plan_images
+
+    images = plan_images(settings)
+    docs = manifests.render(
+        settings,
+        images.gateway_image,
+        images.model_image,
+        model_version=images.model_version,
+        model_server=images.model_server,
+    )
+    return manifests.to_yaml(docs)
+
+
+def _carry_history(settings, previous: state_mod.DeployState) -> None:
+    """Targets that restart from scratch (docker) keep the releases `rollback` can go back to."""
+    from dataclasses import replace
+
+    current = state_mod.load(settings)
+    before = previous.extra.get("images")
+    if current is None or not before:
+        return
+    history = list(previous.extra.get("history", []))
+    if before.get("model_image") != (current.extra.get("images") or {}).get("model_image"):
+        history.append(before)
+    state_mod.save(settings, replace(current, extra={**current.extra, "history": history[-10:]}))
 
 
 def status(settings) -> dict[str, Any]:
-    """What is deployed, where, which model version and whether it answers /readyz."""
+    """What is deployed, where, which model version serves and whether it answers."""
     st = state_mod.load(settings)
     if st is None:
         return {"deployed": False, "message": "Nothing deployed.", "state_file": str(state_mod.state_path(settings))}
@@ -99,6 +112,23 @@ def status(settings) -> dict[str, Any]:
         "created": st.created,
         **info,
     }
+
+
+def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
+    """Put the previous model version back where it is deployed (or version `to`)."""
+    st = state_mod.load(settings)
+    if st is None:
+        raise NotDeployedError(
+            "Nothing is deployed, so there is nothing to roll back.", hint="Deploy with `pizzactl deploy`."
+        )
+    mod = _target_module(st.target)
+    if not hasattr(mod, "rollback"):
+        raise UsageError(
+            f"The {st.target} target has no rollback: it serves the newest version in {st.model_dir}.",
+            hint="Move the newer version directory out of the models directory; the model server picks up the change.",
+        )
+    result = mod.rollback(settings, st, to, timeout)
+    return {"target": st.target, **result}
 
 
 def print_status(st: dict[str, Any]) -> None:
@@ -114,9 +144,14 @@ def print_status(st: dict[str, Any]) -> None:
     table.add_row("target", str(st["target"]))
     table.add_row("url", str(st["url"]))
     table.add_row("model version", str(st.get("model_version")))
+    if "serving" in st:
+        serving = st["serving"] or {}
+        table.add_row(
+            "serving", ", ".join(f"v{v} ({n} pod{'s' if n != 1 else ''})" for v, n in serving.items()) or "none"
+        )
     table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
     table.add_row("created", str(st.get("created")))
-    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message"}
+    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving"}
     for key, value in st.items():
         if key in skip:
             continue
@@ -150,4 +185,4 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     return {"torn_down": True, "target": st.target, **result}
 
 
-__all__ = ["TARGETS", "deploy", "dry_run", "print_status", "status", "teardown"]
+__all__ = ["TARGETS", "deploy", "print_status", "rollback", "status", "teardown"]

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +26,24 @@ import pizzactl
 from pizzactl import __version__
 from pizzactl.config import Settings
 from pizzactl.console import err, log
+from pizzactl.deploy.manifests import shipped_dir
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 
 PACKAGE_DIR = Path(pizzactl.__file__).resolve().parent
-DOCKER_DIR = PACKAGE_DIR / "docker"
+DOCKER_DIR = shipped_dir("docker")
 MODEL_SERVERS = ("tfserving", "builtin")
+TENSORFLOW_VERSION = "2.21.0"
 GATEWAY_REPO = "pizzactl-gateway"
 MODEL_REPO = "pizzactl-model"
 # Not "pizzactl=1": containers inherit image labels, and that one marks what `teardown` removes.
 LABELS = {"dev.pizzactl.image": "1", "org.opencontainers.image.version": __version__}
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info")
+_SKIP_IN_PACKAGE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info", "k8s", "docker")
 
 
 @dataclass(frozen=True)
 class Images:
-    """What `build_images` produced: full image references (with registry when pushed) and sizes."""
+    """What `build` produced: full image references (with registry when pushed) and sizes."""
 
     gateway_image: str
     model_image: str
@@ -49,6 +52,7 @@ class Images:
     gateway_size: int = 0
     model_size: int = 0
     pushed: bool = False
+    platform: str = "linux/amd64"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,33 +63,115 @@ class Images:
             "gateway_size": self.gateway_size,
             "model_size": self.model_size,
             "pushed": self.pushed,
+            "platform": self.platform,
         }
 
 
 # --- docker connection -----------------------------------------------------------------------
 
 
-def docker_api():
-    """A low-level Docker API client, or a DeployError that says how to get a daemon."""
+@dataclass(frozen=True)
+class DockerEndpoint:
+    """Where the Docker daemon is, resolved as the docker CLI does it."""
+
+    base_url: str | None  # None: the SDK's default socket
+    tls: Any = None
+    source: str = "default"  # "DOCKER_HOST", "context NAME" or "default"
+
+
+def docker_endpoint(environ: Mapping[str, str] | None = None) -> DockerEndpoint:
+    """DOCKER_HOST, else the context named by DOCKER_CONTEXT, else config.json's currentContext.
+
+    That is the docker CLI's order (docker/cli cli/command/cli.go resolveContextName). The docker
+    SDK reads only DOCKER_HOST (docker/docker-py#3146), so Docker Desktop, Colima and OrbStack,
+    which have no /var/run/docker.sock and point a context at their own socket, need this.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("DOCKER_HOST"):
+        return DockerEndpoint(environ["DOCKER_HOST"], source="DOCKER_HOST")
+    from docker.context import ContextAPI
+    from docker.context.config import get_current_context_name
+
+    name = environ.get("DOCKER_CONTEXT") or get_current_context_name()
+    if not name or name == "default":
+        return DockerEndpoint(None)
+    context = ContextAPI.get_context(name)
+    if context is None:
+        raise DeployError(
+            f"The docker context {name!r} does not exist.",
+            hint="List contexts with `docker context ls`; switch with `docker context use NAME`.",
+        )
+    return DockerEndpoint(context.Host, context.TLSConfig, f"context {name}")
+
+
+def docker_client(timeout: int = 120):
+    """A docker SDK client for the active endpoint, or a DeployError that says how to get a daemon."""
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DeployError("The docker Python package is missing.", hint="pip install pizzactl") from exc
+    endpoint = docker_endpoint()
     try:
-        api = docker.APIClient(base_url=os.environ.get("DOCKER_HOST") or None, version="auto", timeout=600)
-        api.ping()
-        return api
+        client = docker.DockerClient(
+            base_url=endpoint.base_url, tls=endpoint.tls or False, version="auto", timeout=timeout
+        )
+        client.ping()
+        return client
     except Exception as exc:  # docker.errors.DockerException, requests ConnectionError, ...
         raise DeployError(
-            f"Cannot reach the Docker daemon: {_short(exc)}",
-            hint="Start Docker (e.g. `sudo systemctl start docker` or Docker Desktop), check DOCKER_HOST, "
-            "then run `pizzactl doctor`.",
+            f"Cannot reach the Docker daemon ({endpoint.source}: {endpoint.base_url or 'the default socket'}): "
+            f"{_short(exc)}",
+            hint="Start Docker (e.g. `sudo systemctl start docker`, Docker Desktop, `colima start`); check "
+            "`docker context ls` and DOCKER_HOST, then run `pizzactl doctor`.",
         ) from None
+
+
+def docker_api(timeout: int = 600):
+    """The low-level API client of `docker_client` (builds stream through it)."""
+    return docker_client(timeout).api
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1][:300] if text else type(exc).__name__
+
+
+# --- platforms and model servers -------------------------------------------------------------------
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def daemon_platform(api) -> str:
+    """The platform the daemon builds for by default: linux/amd64 or linux/arm64 (Apple Silicon)."""
+    arch = str(api.info().get("Architecture") or "")
+    return f"linux/{_ARCH.get(arch, arch or 'amd64')}"
+
+
+def choose_model_server(settings: Settings, platform: str) -> str:
+    """The model server for a platform: TF Serving on amd64, the builtin one on arm64.
+
+    tensorflow/serving publishes amd64 images only (tensorflow/serving#1816, #1948: on Apple
+    Silicon it runs under emulation at best), so on arm64 the builtin server is the default and
+    TF Serving, asked for explicitly, is refused with the way out.
+    """
+    arm = platform.endswith("arm64")
+    chosen = settings.model_server
+    if settings.sources.get("model_server", "default") == "default" and arm:
+        return "builtin"
+    if chosen == "tfserving" and arm:
+        raise UsageError(
+            f"The tensorflow/serving image has no {platform} build.",
+            hint="Use --model-server builtin (pizzactl's own TF Serving-compatible server), "
+            "or build for amd64 with --platform linux/amd64.",
+        )
+    return chosen
+
+
+def tensorflow_requirement(platform: str) -> str:
+    """tensorflow-cpu has x86_64 wheels only; on aarch64 the `tensorflow` wheel is CPU-only anyway."""
+    return (
+        f"tensorflow=={TENSORFLOW_VERSION}" if platform.endswith("arm64") else f"tensorflow-cpu=={TENSORFLOW_VERSION}"
+    )
 
 
 # --- build contexts -----------------------------------------------------------------------------
@@ -115,23 +201,31 @@ def _pyproject_text() -> str:
 def build_context(kind: str, model_dir: Path | None = None) -> Iterator[Path]:
     """A temporary build context for one image: pyproject, package source, Dockerfiles, model.
 
-    kind: "gateway" | "builtin" | "tfserving". The context holds nothing else (no dataset,
-    no runs, no credentials): the daemon gets a few hundred kB plus the model.
+    kind: "gateway" | "builtin" | "tfserving". The layout is a clone's (src/pizzactl, docker/),
+    so one Dockerfile serves `pizzactl build` and `docker build -f docker/...` alike. The context
+    holds nothing else (no dataset, no runs, no credentials). Everything in it is made
+    world-readable: COPY keeps modes, and a model exported under umask 077 would be unreadable
+    to the images' non-root users.
     """
     with tempfile.TemporaryDirectory(prefix=f"pizzactl-build-{kind}-") as tmp:
         ctx = Path(tmp)
-        package = ctx / "src" / "pizzactl"  # the same paths as in a clone, so one Dockerfile serves both
+        shutil.copytree(DOCKER_DIR, ctx / "docker", ignore=_SKIP)
         if kind in ("gateway", "builtin"):
             (ctx / "pyproject.toml").write_text(_pyproject_text())
-            shutil.copytree(PACKAGE_DIR, package, ignore=_SKIP)
-        else:
-            shutil.copytree(DOCKER_DIR, package / "docker", ignore=_SKIP)
+            shutil.copytree(PACKAGE_DIR, ctx / "src" / "pizzactl", ignore=_SKIP_IN_PACKAGE)
         if kind in ("builtin", "tfserving"):
             if model_dir is None:
                 raise ModelNotFoundError("No model to put in the image.")
             shutil.copytree(model_dir, ctx / "models" / "pizza" / model_dir.name, ignore=_SKIP)
         (ctx / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
+        _world_readable(ctx)
         yield ctx
+
+
+def _world_readable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode | (0o755 if path.is_dir() else 0o644))
 
 
 def context_hash(ctx: Path, *extra: str) -> str:
@@ -158,32 +252,35 @@ def _model_version_dir(settings: Settings) -> Path:
     return latest_version_dir(settings.models_dir)
 
 
-def build_images(settings: Settings, push: bool = False, *, model_dir: Path | None = None) -> Images:
+def build(settings: Settings, push: bool = False, *, model_dir: Path | None = None) -> Images:
     """Build (and with `push`, push to `settings.registry`) the gateway and model server images.
 
     The model is the latest version under `settings.models_dir` (or `model_dir`, a version
-    directory). Progress goes to stderr; the result says which images and how big they are.
+    directory); the platform is `settings.platform`, else the daemon's own. Progress goes to
+    stderr; the result says which images and how big they are.
     """
     if push and not settings.registry:
         raise UsageError("Pushing needs a registry.", hint="Pass --push REGISTRY, e.g. --push ghcr.io/you.")
     api = docker_api()
-    images = _images(settings, push, model_dir, api)
+    platform = settings.platform or daemon_platform(api)
+    images = _images(settings, push, model_dir, api, platform)
     if push:
         for ref in (images.gateway_image, images.model_image):
             _push(api, ref)
     return images
 
 
-def plan_images(settings: Settings, *, model_dir: Path | None = None) -> Images:
-    """The image references `build_images` would produce, without Docker (for --dry-run)."""
-    return _images(settings, False, model_dir, None)
+def plan_images(settings: Settings, *, model_dir: Path | None = None, platform: str | None = None) -> Images:
+    """The image references `build` would produce, without Docker (for --dry-run)."""
+    return _images(settings, False, model_dir, None, settings.platform or platform or "linux/amd64")
 
 
-def _images(settings: Settings, push: bool, model_dir: Path | None, api) -> Images:
+def _images(settings: Settings, push: bool, model_dir: Path | None, api, platform: str) -> Images:
     if settings.model_server not in MODEL_SERVERS:
         raise UsageError(
             f"Unknown model server {settings.model_server!r}.", hint="Use --model-server tfserving or builtin."
         )
+    kind = choose_model_server(settings, platform)
     version_dir = Path(model_dir) if model_dir is not None else _model_version_dir(settings)
     if not version_dir.name.isdigit() or not (version_dir / "saved_model.pb").is_file():
         raise ModelNotFoundError(
@@ -192,25 +289,31 @@ def _images(settings: Settings, push: bool, model_dir: Path | None, api) -> Imag
         )
     version = int(version_dir.name)
     registry = settings.registry
+    # The platform joins the tag only when it is not amd64, so existing amd64 tags stay stable.
+    extra = [] if platform == "linux/amd64" else [platform]
 
     with build_context("gateway") as ctx:
-        tag = f"{__version__}-{context_hash(ctx, settings.base_image, json.dumps(LABELS))[:12]}"
+        tag = f"{__version__}-{context_hash(ctx, settings.base_image, json.dumps(LABELS), *extra)[:12]}"
         gateway = image_ref(GATEWAY_REPO, tag, registry)
         if api is not None:
-            _build(api, ctx, "src/pizzactl/docker/gateway.Dockerfile", gateway, {"BASE_IMAGE": settings.base_image})
+            _build(
+                api, ctx, "docker/gateway.Dockerfile", gateway, {"BASE_IMAGE": settings.base_image}, settings.platform
+            )
 
-    kind = settings.model_server
     with build_context(kind, version_dir) as ctx:
         model_args = {"MODEL_DIR": f"models/pizza/{version}", "MODEL_VERSION": str(version)}
         if kind == "builtin":
-            dockerfile = "src/pizzactl/docker/modelserver.Dockerfile"
+            dockerfile = "docker/modelserver.Dockerfile"
             model_args["BASE_IMAGE"] = settings.base_image
+            model_args["TENSORFLOW"] = tensorflow_requirement(platform)
         else:
-            dockerfile = "src/pizzactl/docker/model.Dockerfile"
-        digest = context_hash(ctx, dockerfile, json.dumps(LABELS), *sorted(f"{k}={v}" for k, v in model_args.items()))
+            dockerfile = "docker/model.Dockerfile"
+        digest = context_hash(
+            ctx, dockerfile, json.dumps(LABELS), *sorted(f"{k}={v}" for k, v in model_args.items()), *extra
+        )
         model = image_ref(MODEL_REPO, f"v{version}-{kind}-{digest[:12]}", registry)
         if api is not None:
-            _build(api, ctx, dockerfile, model, model_args)
+            _build(api, ctx, dockerfile, model, model_args, settings.platform)
 
     return Images(
         gateway_image=gateway,
@@ -220,6 +323,7 @@ def _images(settings: Settings, push: bool, model_dir: Path | None, api) -> Imag
         gateway_size=image_size(api, gateway) if api is not None else 0,
         model_size=image_size(api, model) if api is not None else 0,
         pushed=push,
+        platform=platform,
     )
 
 
@@ -238,7 +342,7 @@ def image_exists(api, ref: str) -> bool:
         return False
 
 
-def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str]) -> None:
+def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str], platform: str | None) -> None:
     """One `docker build`, streaming its output to stderr; a failure raises DeployError with the tail."""
     from rich.markup import escape  # build output holds brackets: uvicorn[standard], [notice] ...
 
@@ -259,6 +363,7 @@ def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str])
             forcerm=True,
             pull=False,
             decode=True,
+            platform=platform,
         )
         for chunk in stream:
             if "error" in chunk:

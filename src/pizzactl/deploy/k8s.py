@@ -9,6 +9,7 @@ crashes (with its last log lines), a pod that cannot be scheduled (with its even
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy.manifests import FIELD_MANAGER
+from pizzactl.deploy.manifests import FIELD_MANAGER, MODEL_VERSION_LABEL
 from pizzactl.errors import DeployError
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -45,11 +46,17 @@ def _api_error(exc: Exception, doing: str) -> DeployError:
     if isinstance(exc, ApiException):
         reason = exc.reason or ""
         try:
-            import json
-
             reason = json.loads(exc.body or "{}").get("message") or reason
         except ValueError:
             pass
+        if exc.status == 403 and "because it is being terminated" in reason:
+            # NamespaceLifecycle admission: a namespace deleted moments ago (teardown) is still
+            # Terminating; that is not a permissions problem.
+            return DeployError(
+                f"{doing} failed: the namespace is still being deleted (Terminating) after an earlier teardown.",
+                hint="Wait until `kubectl get namespace pizzactl` no longer shows it, then deploy again "
+                "(pizzactl waits for it up to --timeout).",
+            )
         hint = (
             "Check your permissions with `kubectl auth can-i create deployments -n pizzactl`."
             if exc.status in (401, 403)
@@ -62,26 +69,25 @@ def _api_error(exc: Exception, doing: str) -> DeployError:
     )
 
 
-def _patcher(api_client, kind: str) -> tuple[Callable[..., Any], bool]:
-    """The typed PATCH method for a kind, and whether the kind is namespaced."""
+_KINDS = {  # kind: (API class, method suffix, namespaced)
+    "Namespace": ("CoreV1Api", "namespace", False),
+    "Service": ("CoreV1Api", "namespaced_service", True),
+    "ConfigMap": ("CoreV1Api", "namespaced_config_map", True),
+    "ServiceAccount": ("CoreV1Api", "namespaced_service_account", True),
+    "Deployment": ("AppsV1Api", "namespaced_deployment", True),
+    "HorizontalPodAutoscaler": ("AutoscalingV2Api", "namespaced_horizontal_pod_autoscaler", True),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget", True),
+}
+
+
+def _method(api_client, kind: str, verb: str) -> tuple[Callable[..., Any], bool]:
+    """The typed client method `verb` ("patch", "delete") for a kind, and whether it is namespaced."""
     from kubernetes import client
 
-    core = client.CoreV1Api(api_client)
-    table: dict[str, tuple[Callable[..., Any], bool]] = {
-        "Namespace": (core.patch_namespace, False),
-        "Service": (core.patch_namespaced_service, True),
-        "ConfigMap": (core.patch_namespaced_config_map, True),
-        "ServiceAccount": (core.patch_namespaced_service_account, True),
-        "Deployment": (client.AppsV1Api(api_client).patch_namespaced_deployment, True),
-        "HorizontalPodAutoscaler": (
-            client.AutoscalingV2Api(api_client).patch_namespaced_horizontal_pod_autoscaler,
-            True,
-        ),
-        "PodDisruptionBudget": (client.PolicyV1Api(api_client).patch_namespaced_pod_disruption_budget, True),
-    }
-    if kind not in table:
+    if kind not in _KINDS:
         raise DeployError(f"pizzactl cannot apply objects of kind {kind}.", hint="Remove it from k8s/.")
-    return table[kind]
+    api_class, suffix, namespaced = _KINDS[kind]
+    return getattr(getattr(client, api_class)(api_client), f"{verb}_{suffix}"), namespaced
 
 
 def apply(api_client, docs: list[dict[str, Any]]) -> list[str]:
@@ -89,7 +95,7 @@ def apply(api_client, docs: list[dict[str, Any]]) -> list[str]:
     applied = []
     for doc in docs:
         kind, meta = doc["kind"], doc["metadata"]
-        patch, namespaced = _patcher(api_client, kind)
+        patch, namespaced = _method(api_client, kind, "patch")
         kwargs = dict(body=doc, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_CONTENT_TYPE)
         try:
             if namespaced:
@@ -108,21 +114,42 @@ def apply(api_client, docs: list[dict[str, Any]]) -> list[str]:
 
 @dataclass(frozen=True)
 class RolloutState:
+    """One Deployment's rollout, read as `kubectl rollout status` reads it.
+
+    kubectl (pkg/polymorphichelpers/rollout_status.go): done when the controller has observed the
+    latest spec (observedGeneration >= generation), every desired replica is updated, no old
+    replica is left (status.replicas == updatedReplicas) and every updated one is available.
+    `hpa_min` adds what follows on a fresh deployment: the HPA raises replicas to its minReplicas.
+    """
+
     name: str
     desired: int
+    replicas: int
     updated: int
     ready: int
     available: int
     observed: bool
+    deadline_exceeded: bool = False
+    hpa_min: int = 0
+
+    @property
+    def waiting_for(self) -> str | None:
+        """What the rollout still waits for (kubectl's words), or None when it is done."""
+        if not self.observed:
+            return "Waiting for deployment spec update to be observed"
+        if self.updated < self.desired:
+            return f"{self.updated} out of {self.desired} new replicas have been updated"
+        if self.replicas > self.updated:
+            return f"{self.replicas - self.updated} old replicas are pending termination"
+        if self.available < self.updated:
+            return f"{self.available} of {self.updated} updated replicas are available"
+        if self.desired < self.hpa_min:
+            return f"the HPA raises replicas from {self.desired} to its minReplicas {self.hpa_min}"
+        return None
 
     @property
     def done(self) -> bool:
-        return (
-            self.observed
-            and self.updated >= self.desired
-            and self.available >= self.desired
-            and self.ready >= self.desired
-        )
+        return self.waiting_for is None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,49 +161,67 @@ class RolloutState:
         }
 
 
-def rollout_state(api_client, namespace: str, name: str) -> RolloutState:
+def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> RolloutState:
     from kubernetes import client
 
     dep = client.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
     status = dep.status or client.V1DeploymentStatus()
-    desired = dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1
-    generation = (dep.metadata.generation if dep.metadata else None) or 0
+    conditions = status.conditions or []
     return RolloutState(
         name=name,
-        desired=desired,
+        desired=dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1,
+        replicas=status.replicas or 0,
         updated=status.updated_replicas or 0,
         ready=status.ready_replicas or 0,
         available=status.available_replicas or 0,
-        observed=(status.observed_generation or 0) >= generation,
+        observed=(status.observed_generation or 0) >= (dep.metadata.generation or 0),
+        deadline_exceeded=any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions),
+        hpa_min=hpa_min,
     )
+
+
+def hpa_minimums(api_client, namespace: str) -> dict[str, int]:
+    """{deployment: minReplicas} of the HPAs in the namespace (empty when none can be read)."""
+    from kubernetes import client
+
+    try:
+        items = client.AutoscalingV2Api(api_client).list_namespaced_horizontal_pod_autoscaler(namespace).items
+    except Exception:
+        return {}
+    return {h.spec.scale_target_ref.name: h.spec.min_replicas or 1 for h in items}
 
 
 def wait_rollout(
     api_client, namespace: str, names: list[str], timeout: float, poll: float = 2.0
 ) -> dict[str, RolloutState]:
-    """Wait until every Deployment has its desired replicas updated and available.
+    """Wait until every Deployment has rolled out as kubectl means it, at its HPA's minReplicas.
 
-    On timeout raises DeployError whose message says why (see `diagnose`).
+    On timeout (or a ProgressDeadlineExceeded condition) raises DeployError saying what each
+    unfinished Deployment waits for and why its pods are not ready (see `diagnose`).
     """
     deadline = time.monotonic() + timeout
     pending = list(names)
     states: dict[str, RolloutState] = {}
+    minimums = hpa_minimums(api_client, namespace)
     while True:
         for name in list(pending):
             try:
-                states[name] = rollout_state(api_client, namespace, name)
+                states[name] = rollout_state(api_client, namespace, name, minimums.get(name, 0))
             except Exception as exc:
                 raise _api_error(exc, f"Reading deployment {name}") from None
             if states[name].done:
                 log(f"  [green]✓[/] deployment/{name} rolled out ({states[name].available}/{states[name].desired})")
                 pending.remove(name)
+        stuck = [n for n in pending if states[n].deadline_exceeded]
         if not pending:
             return states
-        if time.monotonic() >= deadline:
+        if stuck or time.monotonic() >= deadline:
             problems = diagnose(api_client, namespace)
+            waits = "; ".join(f"deployment/{n}: {states[n].waiting_for}" for n in pending)
             detail = "\n".join(problems) if problems else "no pod reports a problem yet (still starting?)"
+            why = "exceeded its progress deadline" if stuck else f"did not finish in {timeout:.0f}s"
             raise DeployError(
-                f"Rollout of {', '.join(pending)} did not finish in {timeout:.0f}s:\n{detail}",
+                f"Rollout of {', '.join(pending)} {why} ({waits}):\n{detail}",
                 hint=_diagnosis_hint(problems),
             )
         time.sleep(poll)
@@ -187,20 +232,26 @@ def _diagnosis_hint(problems: list[str]) -> str:
     if "cannot be pulled" in text:
         return (
             "kind: the image must be loaded into the cluster (`kind load docker-image IMAGE --name pizzactl`); "
-            "other clusters: push it with --registry and check the pull secret."
+            "other clusters: push it with --registry and check the pull secret (--pull-secret)."
         )
-    if "crashing" in text:
+    if "crashing" in text or "cannot start" in text:
         return "Fix the error in the log lines above; `kubectl logs -n pizzactl deploy/pizzactl-model` shows more."
-    if "Pending" in text:
-        return "The cluster lacks room (see the events above): free resources or lower the requests in k8s/."
+    if "not ready" in text:
+        return "The server runs but fails its readiness probe: `kubectl logs -n pizzactl POD` says why."
+    if "Pending" in text or "FailedCreate" in text:
+        return "The cluster lacks room or refuses the pods (see the events above): free resources or fix k8s/."
     return "Run `kubectl get pods,events -n pizzactl` and retry with a longer --timeout."
 
 
 # --- diagnosis ----------------------------------------------------------------------------------
 
+_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+_START_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
 
 def diagnose(api_client, namespace: str) -> list[str]:
-    """One line (or block) per pod that is not ready, saying why in plain words."""
+    """One line (or block) per pod that is not ready, saying why in plain words; and the
+    ReplicaSets that cannot create pods at all (FailedCreate events)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
@@ -208,55 +259,58 @@ def diagnose(api_client, namespace: str) -> list[str]:
         pods = core.list_namespaced_pod(namespace).items
     except Exception as exc:
         return [f"(cannot list pods: {type(exc).__name__})"]
-    events = None
-    problems: list[str] = []
+    events = _events(core, namespace)
+    problems = [
+        f"replicaset {e.involved_object.name}: FailedCreate: {e.message}" for e in _latest(events, "FailedCreate")
+    ]
     for pod in pods:
-        name = (pod.metadata.name if pod.metadata else None) or "?"
         status = pod.status or client.V1PodStatus()
-        if _pod_ready(status):
-            continue
-        found = False
-        for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
-            waiting = cs.state.waiting if cs.state else None
-            terminated = (cs.last_state.terminated if cs.last_state else None) or (
-                cs.state.terminated if cs.state else None
-            )
-            if waiting and waiting.reason in (
-                "ImagePullBackOff",
-                "ErrImagePull",
-                "InvalidImageName",
-                "ErrImageNeverPull",
-            ):
-                problems.append(
-                    f"pod {name}: image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(
-                        ": "
-                    )
-                )
-                found = True
-            elif waiting and waiting.reason in ("CrashLoopBackOff", "CreateContainerConfigError", "RunContainerError"):
-                why = f"exit code {terminated.exit_code}, {terminated.reason}" if terminated else waiting.reason
-                lines = _last_log_lines(core, namespace, name, cs.name)
-                block = f"pod {name}: container {cs.name} is crashing ({waiting.reason}; {why})"
-                if lines:
-                    block += "; its last log lines:\n" + "\n".join("    " + line for line in lines)
-                problems.append(block)
-                found = True
-            elif terminated and terminated.reason == "OOMKilled":
-                problems.append(
-                    f"pod {name}: container {cs.name} ran out of memory (OOMKilled): raise its memory limit."
-                )
-                found = True
-        if not found and status.phase == "Pending":
-            if events is None:
-                events = _events(core, namespace)
-            mine = [e for e in events if e.involved_object and e.involved_object.name == name]
-            conds = [c for c in (status.conditions or []) if c.type == "PodScheduled" and c.status == "False"]
-            lines = [f"{e.reason}: {e.message}" for e in mine[-5:]] or [f"{c.reason}: {c.message}" for c in conds]
-            block = f"pod {name} is Pending"
-            if lines:
-                block += "; events:\n" + "\n".join("    " + line for line in lines)
-            problems.append(block)
+        if not _pod_ready(status):
+            problems.append(_pod_problem(core, namespace, pod, events))
     return problems
+
+
+def _latest(events: list, reason: str) -> list:
+    """The newest event of `reason` per object."""
+    by_object = {e.involved_object.name: e for e in events if e.reason == reason and e.involved_object}
+    return list(by_object.values())
+
+
+def _pod_problem(core, namespace: str, pod, events: list) -> str:
+    """Why one pod is not ready, from its container states and events (as a kubelet writes them)."""
+    name = pod.metadata.name
+    status = pod.status
+    for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
+        waiting = cs.state.waiting if cs.state else None
+        terminated = (cs.last_state.terminated if cs.last_state else None) or (
+            cs.state.terminated if cs.state else None
+        )
+        if waiting and waiting.reason in _PULL_REASONS:
+            return f"pod {name}: image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(
+                ": "
+            )
+        if waiting and waiting.reason in _START_REASONS:
+            return f"pod {name}: container {cs.name} cannot start ({waiting.reason}): {waiting.message or ''}".rstrip(
+                ": "
+            )
+        if waiting and waiting.reason == "CrashLoopBackOff":
+            why = f"exit code {terminated.exit_code}, {terminated.reason}" if terminated else waiting.reason
+            block = f"pod {name}: container {cs.name} is crashing ({waiting.reason}; {why})"
+            lines = _last_log_lines(core, namespace, name, cs.name)
+            if lines:
+                block += "; its last log lines:\n" + "\n".join("    " + line for line in lines)
+            return block
+        if terminated and terminated.reason == "OOMKilled":
+            return f"pod {name}: container {cs.name} ran out of memory (OOMKilled): raise its memory limit."
+    mine = [e for e in events if e.involved_object and e.involved_object.name == name]
+    if status.phase == "Running":
+        probes = [e.message for e in mine if e.reason == "Unhealthy"]
+        return f"pod {name} is running but not ready" + (f": {probes[-1]}" if probes else "")
+    conds = [c for c in (status.conditions or []) if c.type == "PodScheduled" and c.status == "False"]
+    lines = [f"{e.reason}: {e.message}" for e in mine[-5:]] or [f"{c.reason}: {c.message}" for c in conds]
+    return f"pod {name} is {status.phase or 'Pending'}" + (
+        "; events:\n" + "\n".join("    " + x for x in lines) if lines else ""
+    )
 
 
 def _pod_ready(status) -> bool:
@@ -283,6 +337,98 @@ def _last_log_lines(core, namespace: str, pod: str, container: str) -> list[str]
         if lines:
             return lines[-LOG_LINES:]
     return []
+
+
+# --- what serves, namespaces, metrics -------------------------------------------------------------
+
+
+def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> dict[int, int]:
+    """{model version: ready pods} of the model server pods: what really answers now."""
+    from kubernetes import client
+
+    selector = f"app.kubernetes.io/name={app}"
+    try:
+        pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=selector).items
+    except Exception as exc:
+        raise _api_error(exc, f"Listing the pods of {app}") from None
+    served: dict[int, int] = {}
+    for pod in pods:
+        labels = pod.metadata.labels or {}
+        if labels.get("app.kubernetes.io/name") != app:  # a selector the API server ignored
+            continue
+        version = labels.get(MODEL_VERSION_LABEL, "")
+        if version.isdigit() and pod.status and _pod_ready(pod.status):
+            served[int(version)] = served.get(int(version), 0) + 1
+    return dict(sorted(served.items()))
+
+
+def namespace_phase(api_client, namespace: str) -> str | None:
+    """ "Active", "Terminating", or None when there is no such namespace."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        ns = client.CoreV1Api(api_client).read_namespace(namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise _api_error(exc, f"Reading namespace {namespace}") from None
+    except Exception as exc:
+        raise _api_error(exc, f"Reading namespace {namespace}") from None
+    if ns.metadata.deletion_timestamp or (ns.status and ns.status.phase == "Terminating"):
+        return "Terminating"
+    return "Active"
+
+
+def wait_namespace_gone(api_client, namespace: str, timeout: float, poll: float = 1.0) -> None:
+    """Wait out a namespace that is still Terminating (a teardown moments ago)."""
+    deadline = time.monotonic() + timeout
+    if namespace_phase(api_client, namespace) != "Terminating":
+        return
+    log(f"Namespace {namespace} is still being deleted (from the last teardown); waiting for it ...")
+    while namespace_phase(api_client, namespace) == "Terminating":
+        if time.monotonic() >= deadline:
+            raise DeployError(
+                f"Namespace {namespace} is still being deleted (Terminating) after {timeout:.0f}s.",
+                hint=f"Look at what holds it: `kubectl get namespace {namespace} -o yaml` (finalizers); "
+                "then deploy again, or use another namespace.",
+            )
+        time.sleep(poll)
+
+
+def secret_exists(api_client, namespace: str, name: str) -> bool:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CoreV1Api(api_client).read_namespaced_secret(name, namespace)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise _api_error(exc, f"Reading secret {namespace}/{name}") from None
+
+
+def metrics_available(api_client) -> bool:
+    """Whether the cluster serves metrics.k8s.io (metrics-server): without it HPAs never scale on CPU."""
+    from kubernetes import client
+
+    try:
+        groups = client.ApisApi(api_client).get_api_versions().groups or []
+    except Exception as exc:
+        raise _api_error(exc, "Listing the API groups") from None
+    return any(g.name == "metrics.k8s.io" for g in groups)
+
+
+def node_architectures(api_client) -> set[str]:
+    """The CPU architectures of the cluster's nodes ("amd64", "arm64")."""
+    from kubernetes import client
+
+    try:
+        nodes = client.CoreV1Api(api_client).list_node().items
+    except Exception as exc:
+        raise _api_error(exc, "Listing nodes") from None
+    return {n.status.node_info.architecture for n in nodes if n.status and n.status.node_info}
 
 
 # --- status and teardown ------------------------------------------------------------------------
@@ -327,6 +473,27 @@ def delete_namespace(api_client, namespace: str, wait: float = 0.0) -> bool:
     return True
 
 
+def delete_objects(api_client, docs: list[dict[str, Any]]) -> list[str]:
+    """Delete the namespaced objects pizzactl applied, leaving their namespace; returns what went."""
+    from kubernetes.client.exceptions import ApiException
+
+    deleted = []
+    for doc in reversed(docs):
+        kind, meta = doc["kind"], doc["metadata"]
+        if kind == "Namespace":
+            continue
+        delete, _ = _method(api_client, kind, "delete")
+        try:
+            delete(meta["name"], meta["namespace"], propagation_policy="Foreground")
+            deleted.append(f"{kind}/{meta['name']}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _api_error(exc, f"Deleting {kind}/{meta['name']}") from None
+        except Exception as exc:
+            raise _api_error(exc, f"Deleting {kind}/{meta['name']}") from None
+    return deleted
+
+
 def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -> str | None:
     """Where the gateway Service answers from outside the cluster, as far as the API can tell.
 
@@ -341,12 +508,11 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
         svc = core.read_namespaced_service(service, namespace)
     except Exception as exc:
         raise _api_error(exc, f"reading Service {namespace}/{service}") from None
-    spec = svc.spec or client.V1ServiceSpec()
-    ports = list(spec.ports or [])
+    ports = list(svc.spec.ports or [])
     if not ports:
         return None
     ingress = (svc.status.load_balancer.ingress if svc.status and svc.status.load_balancer else None) or []
-    if spec.type == "LoadBalancer" and ingress:
+    if svc.spec.type == "LoadBalancer" and ingress:
         address = ingress[0].ip or ingress[0].hostname
         port = ports[0].port
         return f"http://{address}" + ("" if port == 80 else f":{port}")
@@ -359,8 +525,8 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
         raise _api_error(exc, "listing nodes") from None
     for kind in ("ExternalIP", "InternalIP"):
         for node in nodes:
-            for entry in (node.status.addresses if node.status else None) or []:
-                if entry.type == kind and entry.address:
-                    host = f"[{entry.address}]" if ":" in entry.address else entry.address
+            for address in (node.status.addresses if node.status else None) or []:
+                if address.type == kind and address.address:
+                    host = f"[{address.address}]" if ":" in address.address else address.address
                     return f"http://{host}:{node_port}"
     return None

@@ -1,13 +1,18 @@
-"""Render the shipped Kubernetes manifests (k8s/) with the images and settings of one deploy.
+"""Render the shipped Kubernetes manifests (k8s/) once, for every target that runs the pods.
 
-The YAML files in `pizzactl/k8s/` are the single source: `kubectl apply -k k8s/` uses them
-through kustomization.yaml, and `pizzactl deploy` renders the same files here (same resource
-order, same image substitution as kustomize's `images:`), so both paths deploy identical objects.
+The YAML files in the top-level `k8s/` are the single source: `kubectl apply -k k8s/` uses
+them through kustomization.yaml, `pizzactl deploy` renders the same files here (same resource
+order, same image substitution as kustomize's `images:`), and `deploy --target docker` runs
+the very pod specs rendered here as containers. What rendering adds is what only a deploy
+knows: images, namespace, model version, gateway options, a pull secret, and thread counts
+sized to the model container's CPU limit (TensorFlow would otherwise size its pools to the
+node's cores, not the pod's share of them).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +21,29 @@ import yaml
 import pizzactl
 from pizzactl.config import Settings
 
-K8S_DIR = Path(pizzactl.__file__).resolve().parent / "k8s"
+
+def shipped_dir(name: str) -> Path:
+    """A directory shipped with pizzactl: inside the installed package (a wheel), else at the
+    top of the source tree (a clone, editable install), where users run `kubectl apply -k k8s/`."""
+    package = Path(pizzactl.__file__).resolve().parent
+    for candidate in (package / name, package.parents[1] / name):
+        if candidate.is_dir():
+            return candidate
+    return package / name
+
+
+K8S_DIR = shipped_dir("k8s")
 GATEWAY_NODE_PORT = 30096
 FIELD_MANAGER = "pizzactl"
-CLUSTER_SCOPED = {"Namespace"}
 MODEL_VERSION_ANNOTATION = "pizzactl.dev/model-version"
+MODEL_VERSION_LABEL = "pizzactl.dev/model-version"
+# tensorflow_model_server flags of docker/model.Dockerfile's CMD; Kubernetes `args` replace CMD,
+# so the rendered pod repeats them before adding its thread counts.
+TFSERVING_FLAGS = [
+    "--enable_batching",
+    "--batching_parameters_file=/models/batching_parameters.txt",
+    "--rest_api_timeout_in_ms=30000",
+]
 
 
 def kustomization(k8s_dir: Path = K8S_DIR) -> dict[str, Any]:
@@ -37,12 +60,20 @@ def load_documents(k8s_dir: Path = K8S_DIR) -> list[dict[str, Any]]:
     return docs
 
 
+def cpu_count(quantity: str | int | float) -> int:
+    """Whole CPUs of a Kubernetes CPU quantity ("2", "1500m", 0.5), at least 1."""
+    text = str(quantity)
+    value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return max(1, math.ceil(value))
+
+
 def render(
     settings: Settings,
     gateway_image: str,
     model_image: str,
     *,
     model_version: int | None = None,
+    model_server: str = "builtin",
     k8s_dir: Path = K8S_DIR,
 ) -> list[dict[str, Any]]:
     """The objects to apply: namespace set, images filled in, gateway options from settings."""
@@ -57,9 +88,14 @@ def render(
             meta["namespace"] = namespace
         if doc["kind"] != "Deployment":
             continue
+        pod = doc["spec"]["template"]
         if model_version is not None:
             meta.setdefault("annotations", {})[MODEL_VERSION_ANNOTATION] = str(model_version)
-        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if meta["name"] == "pizzactl-model":  # each pod says which version it serves (`status`)
+                pod["metadata"].setdefault("labels", {})[MODEL_VERSION_LABEL] = str(model_version)
+        if settings.pull_secret:
+            pod["spec"]["imagePullSecrets"] = [{"name": settings.pull_secret}]
+        for container in pod["spec"]["containers"]:
             name = container["image"].split(":")[0]
             if name in images:
                 container["image"] = images[name]
@@ -68,7 +104,35 @@ def render(
                     env["value"] = "true" if settings.allow_private_urls else "false"
                 elif env["name"] == "PIZZACTL_MODEL_URL":
                     env["value"] = f"http://pizzactl-model.{namespace}.svc:8501"
+            if name == "pizzactl-model":
+                _size_threads(container, model_server)
     return docs
+
+
+def _size_threads(container: dict[str, Any], model_server: str) -> None:
+    """TensorFlow's thread pools sized to the container's CPU limit (one op at a time)."""
+    limit = (container.get("resources", {}).get("limits") or {}).get("cpu")
+    if limit is None:
+        return
+    cpus = cpu_count(limit)
+    env = [e for e in container.get("env", []) if e["name"] != "OMP_NUM_THREADS"]
+    env.append({"name": "OMP_NUM_THREADS", "value": str(cpus)})
+    if model_server == "tfserving":
+        container["args"] = [
+            *TFSERVING_FLAGS,
+            f"--tensorflow_intra_op_parallelism={cpus}",
+            "--tensorflow_inter_op_parallelism=1",
+        ]
+    else:
+        env += [
+            {"name": "PIZZACTL_TF_INTRA_OP_THREADS", "value": str(cpus)},
+            {"name": "PIZZACTL_TF_INTER_OP_THREADS", "value": "1"},
+        ]
+    container["env"] = env
+
+
+def deployments(docs: list[dict[str, Any]]) -> list[str]:
+    return [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"]
 
 
 def to_yaml(docs: list[dict[str, Any]]) -> str:

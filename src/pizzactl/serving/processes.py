@@ -42,15 +42,6 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def port_listening(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    """True when something accepts connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -295,6 +286,25 @@ def poll_ready(
             time.sleep(interval)
 
 
+def wait_until_ready(
+    url: str,
+    timeout: float,
+    *,
+    check: Callable[[], None] = lambda: None,
+    details: Callable[[], str] = lambda: "",
+    what: str = "",
+    hint: str = "Give it more time with --timeout.",
+    path: str = "/readyz",
+) -> None:
+    """Every deploy target's wait: poll `url + path` until 200, else DeployError saying what was
+    waited for, the last answer and `details()` (log lines); `check()` stops early (a process or
+    container died)."""
+    last = poll_ready(url, timeout, check=check, path=path)
+    if last is not None:
+        subject = f"{what} ({url}{path})" if what else f"{url}{path}"
+        raise DeployError(f"{subject} was not ready after {timeout:g}s (last answer: {last})." + details(), hint=hint)
+
+
 def wait_ready(
     url: str,
     procs: Mapping[str, subprocess.Popen],
@@ -302,7 +312,7 @@ def wait_ready(
     logs: Mapping[str, str] | None = None,
     path: str = "/readyz",
 ) -> None:
-    """Poll `url + path` until it answers 200. Raises DeployError when a process exits or time runs out."""
+    """Wait for local server processes: DeployError when one exits or time runs out, with their logs."""
     logs = logs or {}
 
     def check() -> None:
@@ -314,13 +324,14 @@ def wait_ready(
                     hint=_log_hint(logs),
                 )
 
-    last = poll_ready(url, timeout, check=check, path=path)
-    if last is not None:
-        excerpt = "".join(_log_excerpt(n, p) for n, p in logs.items())
-        raise DeployError(
-            f"{url}{path} was not ready after {timeout:g}s (last answer: {last})." + excerpt,
-            hint="Give it more time with --timeout, or read the logs. " + _log_hint(logs),
-        )
+    wait_until_ready(
+        url,
+        timeout,
+        check=check,
+        details=lambda: "".join(_log_excerpt(n, p) for n, p in logs.items()),
+        hint="Give it more time with --timeout, or read the logs. " + _log_hint(logs),
+        path=path,
+    )
 
 
 def _log_excerpt(name: str, path: str | None) -> str:

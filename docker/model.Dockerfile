@@ -9,7 +9,7 @@ FROM ${TFSERVING_IMAGE}
 ENV MODEL_NAME=pizza \
     MODEL_BASE_PATH=/models
 
-COPY src/pizzactl/docker/batching_parameters.txt /models/batching_parameters.txt
+COPY docker/batching_parameters.txt /models/batching_parameters.txt
 ARG MODEL_DIR=models/pizza/1
 ARG MODEL_VERSION=1
 COPY ${MODEL_DIR} /models/pizza/${MODEL_VERSION}

@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Dependencies before the source: this layer only changes when pyproject.toml does.
-COPY pyproject.toml src/pizzactl/docker/requirements.py /build/
+COPY pyproject.toml docker/requirements.py /build/
 RUN python /build/requirements.py gateway /build/pyproject.toml > /build/requirements.txt \
  && pip install --no-cache-dir -r /build/requirements.txt \
  && rm -rf /build /root/.cache \

@@ -12,11 +12,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
-# The biggest layer first, so that neither the code nor the model reinstalls it.
+# The biggest layer first, so that neither the code nor the model reinstalls it. tensorflow-cpu
+# has x86_64 wheels only; on aarch64 (Apple Silicon, Graviton) `pizzactl build` passes
+# TENSORFLOW=tensorflow==2.21.0 (that wheel is the CPU build there); by hand, add
+# --build-arg TENSORFLOW=tensorflow==2.21.0.
 ARG TENSORFLOW=tensorflow-cpu==2.21.0
 RUN pip install --no-cache-dir "${TENSORFLOW}" && rm -rf /root/.cache
 
-COPY pyproject.toml src/pizzactl/docker/requirements.py /build/
+COPY pyproject.toml docker/requirements.py /build/
 RUN python /build/requirements.py modelserver /build/pyproject.toml > /build/requirements.txt \
  && pip install --no-cache-dir -r /build/requirements.txt \
  && rm -rf /build /root/.cache \

@@ -1,0 +1,239 @@
+"""Any Kubernetes cluster (`--context CTX --registry REG`), and the release logic kind shares.
+
+`release` applies the rendered manifests and waits for the rollout as `kubectl rollout status`
+means it. A new version that never gets ready fails the deploy with why, and — the
+Deployments roll with maxUnavailable 0 — the previous version keeps serving; the state file
+keeps saying so, and `rollback` abandons the stuck rollout. Teardown removes only what
+pizzactl created: the namespace if pizzactl made it, else only the objects it applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from pizzactl.config import Settings
+from pizzactl.console import log
+from pizzactl.deploy import k8s, manifests
+from pizzactl.deploy import state as state_mod
+from pizzactl.deploy.images import Images
+from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
+from pizzactl.deploy.state import DeployState
+from pizzactl.errors import DeployError, UsageError
+
+TARGET = "cluster"
+DEPLOYMENTS = ["pizzactl-model", "pizzactl-gateway"]
+HISTORY = 10  # earlier releases kept for `rollback`
+METRICS_HINT = (
+    "install metrics-server (`kubectl apply -f https://github.com/kubernetes-sigs/metrics-server/releases/"
+    "latest/download/components.yaml`; on kind add `--kubelet-insecure-tls` to its args)"
+)
+
+
+def render(settings: Settings, images: Images) -> list[dict[str, Any]]:
+    return manifests.render(
+        settings,
+        images.gateway_image,
+        images.model_image,
+        model_version=images.model_version,
+        model_server=images.model_server,
+    )
+
+
+def _images_of(entry: dict[str, Any]) -> Images:
+    fields = {k: v for k, v in entry.items() if k in Images.__dataclass_fields__}
+    return Images(**fields)
+
+
+def release(settings: Settings, images: Images, timeout: float, *, record: DeployState | None = None) -> dict[str, Any]:
+    """Apply `images` to the cluster of `record` (default: settings.context) and wait for them.
+
+    The state file records the release only once it serves; until then it names the version
+    that serves (the previous one) and, on failure, the one that did not make it.
+    """
+    record = record or state_mod.load(settings) or _new_record(settings)
+    api = k8s.connect(record.extra["context"])
+    namespace = record.extra.get("namespace", settings.namespace)
+    k8s.wait_namespace_gone(api, namespace, timeout)
+    if "created_namespace" not in record.extra:  # first release here: was the namespace ours?
+        record.extra["created_namespace"] = k8s.namespace_phase(api, namespace) is None
+    if settings.pull_secret and not (
+        k8s.namespace_phase(api, namespace) and k8s.secret_exists(api, namespace, settings.pull_secret)
+    ):
+        raise DeployError(
+            f"The image pull secret {settings.pull_secret!r} does not exist in namespace {namespace}.",
+            hint=f"Create it first: `kubectl create namespace {namespace}; kubectl create secret docker-registry "
+            f"{settings.pull_secret} -n {namespace} --docker-server=REGISTRY --docker-username=U --docker-password=P`.",
+        )
+    state_mod.save(settings, record)  # before applying: an interrupted deploy can be torn down
+    docs = render(settings, images)
+    log(f"Applying {len(docs)} objects to {record.extra['context']} (namespace {namespace}) ...")
+    k8s.apply(api, docs)
+    try:
+        states = k8s.wait_rollout(api, namespace, manifests.deployments(docs), timeout)
+    except DeployError as exc:
+        record.extra["failed"] = {**images.as_dict(), "reason": exc.message.splitlines()[0]}
+        state_mod.save(settings, record)
+        serving = record.model_version
+        if serving is not None and serving != images.model_version:
+            exc.message += f"\nThe previous model version {serving} keeps serving (the rollout never removes it first)."
+            exc.hint = f"{exc.hint} `pizzactl rollback` abandons version {images.model_version}."
+        raise
+    previous = record.extra.get("images")
+    history = list(record.extra.get("history", []))
+    if previous and previous.get("model_image") != images.model_image:
+        history = [*history, previous][-HISTORY:]
+    record = replace(
+        record,
+        model_version=images.model_version,
+        model_dir=str(settings.models_dir),
+        extra={**record.extra, "images": images.as_dict(), "history": history, "failed": None},
+    )
+    state_mod.save(settings, record)
+    autoscaling = _autoscaling(api, states)
+    return {
+        "target": record.target,
+        "url": record.url,
+        "model_version": images.model_version,
+        "serving": k8s.served_versions(api, namespace),
+        "context": record.extra["context"],
+        "namespace": namespace,
+        "images": images.as_dict(),
+        "deployments": {name: s.as_dict() for name, s in states.items()},
+        "autoscaling": autoscaling,
+    }
+
+
+def _autoscaling(api, states: dict[str, k8s.RolloutState]) -> dict[str, Any]:
+    """Whether the HPAs can scale on CPU; say what happens when they cannot."""
+    has_metrics = k8s.metrics_available(api)
+    replicas = ", ".join(f"{name.removeprefix('pizzactl-')} {s.desired}" for name, s in states.items())
+    if has_metrics:
+        message = f"Autoscaling on CPU is active (replicas now: {replicas})."
+    else:
+        message = (
+            f"This cluster has no metrics-server, so the HPAs keep their minReplicas ({replicas}) and never "
+            f"scale on CPU. To autoscale, {METRICS_HINT}."
+        )
+        log(f"[yellow]{message}[/]")
+    return {"metrics_server": has_metrics, "message": message}
+
+
+def _new_record(settings: Settings) -> DeployState:
+    context = settings.context
+    return DeployState(
+        target=TARGET,
+        url="",
+        ports={"node_port": GATEWAY_NODE_PORT},
+        extra={"context": context, "cluster": None, "namespace": settings.namespace},
+    )
+
+
+# --- the target ---------------------------------------------------------------------------------
+
+
+def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
+    """Build for the cluster's architecture, push to --registry, release, find the gateway's address."""
+    from pizzactl.deploy.images import build
+
+    if not settings.registry:
+        raise UsageError(
+            "--context needs --registry: the cluster must pull the images from somewhere.",
+            hint="Pass --registry REGISTRY (e.g. ghcr.io/you) and log in with `docker login` first.",
+        )
+    api = k8s.connect(settings.context)
+    arches = k8s.node_architectures(api)
+    if settings.platform is None and len(arches) == 1:
+        settings = settings.replace(platform=f"linux/{arches.pop()}")
+    images = build(settings, push=True)
+    previous = state_mod.load(settings)
+    record = previous if previous is not None and previous.target == TARGET else _new_record(settings)
+    result = release(settings, images, timeout, record=record)
+    result["url"] = _remote_url(api, settings, state_mod.load(settings) or record)
+    return result
+
+
+def _remote_url(api, settings: Settings, record: DeployState, wait: float = 15.0) -> str:
+    """The gateway's address (LoadBalancer, else node IP + NodePort), recorded for `status` and
+    `predict` when it answers from here; "" (with what to do) when not."""
+    from pizzactl.serving.processes import poll_ready
+
+    context = record.extra["context"]
+    url = k8s.gateway_url(api, settings.namespace) or ""
+    if url and poll_ready(url, wait, interval=1.0) is None:
+        state_mod.save(settings, replace(record, url=url))
+        log(f"[green]✓[/] gateway ready at {url}")
+        return url
+    where = f"{url} does not answer from this machine" if url else "the cluster reports no external address for it"
+    log(
+        f"[yellow]The gateway is running in {context}, but {where}.[/] Reach it with "
+        f"`kubectl port-forward -n {settings.namespace} svc/pizzactl-gateway {settings.port}:80` and "
+        f"`pizzactl predict --endpoint http://127.0.0.1:{settings.port} PHOTO`."
+    )
+    return ""
+
+
+def status(settings: Settings, state: DeployState) -> dict[str, Any]:
+    context = state.extra.get("context")
+    namespace = state.extra.get("namespace", settings.namespace)
+    try:
+        api = k8s.connect(context)
+        deployments = k8s.deployments_status(api, namespace, DEPLOYMENTS)
+        serving = k8s.served_versions(api, namespace)
+    except DeployError as exc:
+        return {"ready": False, "context": context, "error": exc.message}
+    info: dict[str, Any] = {
+        "ready": bool(serving) and all(d.get("done") or d.get("available") for d in deployments.values()),
+        "serving": serving,
+        "context": context,
+        "namespace": namespace,
+        "deployments": deployments,
+    }
+    if state.extra.get("failed"):
+        info["failed_rollout"] = (
+            f"version {state.extra['failed'].get('model_version')}: {state.extra['failed'].get('reason')}"
+        )
+    return info
+
+
+def teardown(settings: Settings, state: DeployState) -> dict[str, Any]:
+    """Delete the namespace if pizzactl created it, else only the objects pizzactl applied."""
+    context = state.extra.get("context")
+    namespace = state.extra.get("namespace", settings.namespace)
+    api = k8s.connect(context)
+    if state.extra.get("created_namespace", True):
+        deleted = k8s.delete_namespace(api, namespace)
+        what = f"Deleted namespace {namespace} in {context}" if deleted else f"Namespace {namespace} was already gone"
+        return {"message": what + "."}
+    docs = manifests.render(settings.replace(namespace=namespace), "g", "m")
+    removed = k8s.delete_objects(api, docs)
+    return {
+        "message": f"Deleted {len(removed)} objects in {context}; kept namespace {namespace} (pizzactl did not create it).",
+        "deleted": removed,
+    }
+
+
+def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
+    """Put the previous model version back: the one serving when the last rollout failed,
+    else the release before the current one (or the latest release of version `to`)."""
+    failed = state.extra.get("failed")
+    history = list(state.extra.get("history", []))
+    if failed and to in (None, state.model_version) and state.extra.get("images"):
+        target, keep = state.extra["images"], history
+        state = replace(state, extra={**state.extra, "images": None})  # re-apply what serves
+        from_version = failed.get("model_version")
+    else:
+        matches = [i for i, e in enumerate(history) if to is None or e.get("model_version") == to]
+        if not matches:
+            what = f"version {to}" if to is not None else "an earlier version"
+            return {"message": f"There is no earlier version to roll back to ({what} was never released here)."}
+        index = matches[-1]
+        target, keep = history[index], history[:index]
+        from_version = state.model_version
+    record = replace(state, extra={**state.extra, "history": keep})
+    log(f"Rolling back from model version {from_version} to {target.get('model_version')} ...")
+    result = release(settings, _images_of(target), timeout, record=record)
+    final = state_mod.load(settings)
+    if final is not None:  # what we rolled back from is not a version to roll back to
+        state_mod.save(settings, replace(final, extra={**final.extra, "history": keep}))
+    return {**result, "rolled_back_from": from_version}

@@ -1,0 +1,152 @@
+"""A fake Docker daemon on a unix socket: the Engine API endpoints pizzactl calls, and nothing more.
+
+The docker SDK talks to it unpatched (as it would to /var/run/docker.sock): `/_ping`,
+`/version` (API version negotiation), `/info` (Architecture, as `docker info` reports it:
+"x86_64" or "aarch64"), `POST /build` (streams {"stream": ...} lines and the image then exists;
+the query string is kept, so a test sees `platform=` and the build args), `/images/NAME/json`
+(404 "No such image" for unknown images), `POST /images/NAME/push` and `/containers/NAME/json`
+(404). Endpoints and shapes follow the Docker Engine API reference (docs.docker.com/reference/api/engine).
+Every request is recorded in `requests` as (method, path, query).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import socketserver
+import threading
+import urllib.parse
+from pathlib import Path
+
+API_VERSION = "1.45"
+
+
+class FakeDockerd:
+    def __init__(self, socket_path: Path, architecture: str = "x86_64"):
+        self.socket_path = Path(socket_path)
+        self.architecture = architecture
+        self.images: dict[str, int] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        self.build_error: str | None = None
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body, content_type: str = "application/json") -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Api-Version", API_VERSION)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _route(self, method: str) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                path = re.sub(r"^/v1\.\d+", "", url.path)
+                query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                elif self.headers.get("Transfer-Encoding") == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        self.rfile.read(size + 2)
+                        if size == 0:
+                            break
+                fake.requests.append((method, path, query))
+                self._answer(method, path, query)
+
+            def _answer(self, method: str, path: str, query: dict) -> None:
+                if path == "/_ping":
+                    return self._send(200, b"OK", "text/plain")
+                if path == "/version":
+                    arch = "arm64" if fake.architecture == "aarch64" else "amd64"
+                    return self._send(
+                        200, {"Version": "27.5.1", "ApiVersion": API_VERSION, "Os": "linux", "Arch": arch}
+                    )
+                if path == "/info":
+                    return self._send(200, {"Architecture": fake.architecture, "OSType": "linux", "NCPU": 2})
+                if method == "POST" and path == "/build":
+                    if fake.build_error:
+                        return self._send(200, (json.dumps({"error": fake.build_error}) + "\n").encode())
+                    fake.images[query["t"]] = 123_000_000
+                    lines = [{"stream": "Step 1/1 : FROM python:3.11-slim\n"}, {"stream": "Successfully built 0123\n"}]
+                    return self._send(200, "".join(json.dumps(x) + "\n" for x in lines).encode())
+                image = re.match(r"^/images/(.+)/(json|push)$", path)
+                if image:
+                    name = urllib.parse.unquote(image.group(1))
+                    if image.group(2) == "push":
+                        ref = f"{name}:{query.get('tag', 'latest')}"
+                        if ref not in fake.images:
+                            return self._send(
+                                200, (json.dumps({"error": f"tag does not exist: {ref}"}) + "\n").encode()
+                            )
+                        return self._send(200, (json.dumps({"status": "Pushed"}) + "\n").encode())
+                    if name in fake.images:
+                        return self._send(200, {"Id": "sha256:0123", "Size": fake.images[name], "RepoTags": [name]})
+                    return self._send(404, {"message": f"No such image: {name}"})
+                if path.startswith("/containers/"):
+                    return self._send(404, {"message": f"No such container: {path.split('/')[2]}"})
+                return self._send(404, {"message": "page not found"})
+
+            def do_GET(self):
+                self._route("GET")
+
+            def do_POST(self):
+                self._route("POST")
+
+            def do_HEAD(self):
+                self._route("HEAD")
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+            def get_request(self):
+                request, _ = super().get_request()
+                return request, ("local", 0)
+
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.server = Server(str(self.socket_path), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def __enter__(self) -> FakeDockerd:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def paths(self) -> list[str]:
+        return [path for _, path, _ in self.requests]
+
+    def builds(self) -> list[dict]:
+        return [query for method, path, query in self.requests if method == "POST" and path == "/build"]
+
+
+def write_docker_context(config_dir: Path, name: str, host: str, *, current: bool = True) -> None:
+    """A docker CLI context as `docker context create NAME --docker host=HOST` stores it:
+    config_dir/contexts/meta/<sha256(name)>/meta.json, and `docker context use` sets
+    "currentContext" in config_dir/config.json (docs.docker.com/engine/manage-resources/contexts)."""
+    import hashlib
+
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / "meta.json").write_text(
+        json.dumps({"Name": name, "Metadata": {}, "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": False}}})
+    )
+    config = config_dir / "config.json"
+    data = json.loads(config.read_text()) if config.exists() else {}
+    if current:
+        data["currentContext"] = name
+    config.write_text(json.dumps(data))
