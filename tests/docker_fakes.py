@@ -46,6 +46,16 @@ class FakeDockerd:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _chunked(self, chunks: list[bytes]) -> None:
+                """A streamed answer (build output, push progress): one JSON message per chunk."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for chunk in chunks:
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+
             def _route(self, method: str) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 path = re.sub(r"^/v1\.\d+", "", url.path)
@@ -74,10 +84,10 @@ class FakeDockerd:
                     return self._send(200, {"Architecture": fake.architecture, "OSType": "linux", "NCPU": 2})
                 if method == "POST" and path == "/build":
                     if fake.build_error:
-                        return self._send(200, (json.dumps({"error": fake.build_error}) + "\n").encode())
+                        return self._chunked([json.dumps({"error": fake.build_error}).encode() + b"\n"])
                     fake.images[query["t"]] = 123_000_000
                     lines = [{"stream": "Step 1/1 : FROM python:3.11-slim\n"}, {"stream": "Successfully built 0123\n"}]
-                    return self._send(200, "".join(json.dumps(x) + "\n" for x in lines).encode())
+                    return self._chunked([json.dumps(x).encode() + b"\n" for x in lines])
                 image = re.match(r"^/images/(.+)/(json|push)$", path)
                 if image:
                     name = urllib.parse.unquote(image.group(1))

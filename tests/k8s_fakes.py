@@ -35,6 +35,7 @@ that is not present locally ('ERROR: image: "X" not present locally', kubernetes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -68,7 +69,7 @@ def _plain(value):
 
 def _get(objects, key):
     """kmock's ObjectsArray has no .get()."""
-    return objects[key] if key in objects else None
+    return objects.get(key, None)
 
 
 def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
@@ -733,6 +734,12 @@ elif args[:2] == ["create", "cluster"]:
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         holders.append(proc.pid)
+        import time
+        for _ in range(200):  # kind returns once the node container publishes its ports
+            with socket.socket() as check:
+                if check.connect_ex((address if address != "0.0.0.0" else "127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.025)
     (home / (name() + ".pids")).write_text("\n".join(map(str, holders)))
     clusters_file.write_text("\n".join(clusters + [name()]))
     server = os.environ.get("FAKE_KIND_SERVER")
@@ -804,7 +811,5 @@ def stop_fake_clusters(home: Path) -> None:
     """Kill the port holders of clusters a test left behind."""
     for pids in home.glob("*.pids"):
         for pid in pids.read_text().split():
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(int(pid), signal.SIGTERM)
-            except OSError:
-                pass

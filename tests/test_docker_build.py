@@ -102,7 +102,7 @@ def test_build_cli_prints_image_names_and_sizes_as_json(built_images, tiny_model
 
 def _requirement_names(role: str) -> set[str]:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "src/pizzactl/docker/requirements.py"), role, str(REPO / "pyproject.toml")],
+        [sys.executable, str(REPO / "docker/requirements.py"), role, str(REPO / "pyproject.toml")],
         capture_output=True,
         text=True,
         check=True,
@@ -122,9 +122,9 @@ def test_build_context_holds_the_package_and_the_model_only(tmp_path):
     version.mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"graph")
     with build_context("builtin", version) as ctx:
-        assert sorted(p.name for p in ctx.iterdir()) == [".dockerignore", "models", "pyproject.toml", "src"]
+        assert sorted(p.name for p in ctx.iterdir()) == [".dockerignore", "docker", "models", "pyproject.toml", "src"]
         assert (ctx / "models/pizza/4/saved_model.pb").read_bytes() == b"graph"
-        assert (ctx / "src/pizzactl/docker/modelserver.Dockerfile").is_file()
+        assert (ctx / "docker/modelserver.Dockerfile").is_file()  # where a clone has it
         assert (ctx / "src/pizzactl/serving/gateway.py").is_file()
         assert not list(ctx.rglob("__pycache__"))
         project = tomllib.loads((ctx / "pyproject.toml").read_text())["project"]
@@ -135,3 +135,22 @@ def test_build_context_holds_the_package_and_the_model_only(tmp_path):
         assert size < 5_000_000
     with build_context("gateway") as ctx:
         assert not (ctx / "models").exists()
+
+
+def test_model_files_are_world_readable_in_the_context_whatever_the_umask(tmp_path):
+    """COPY keeps file modes: a model exported under umask 077 must still be readable by the
+    images' non-root users (uid 10001 / 65532 in the pod spec)."""
+    import stat
+
+    version = tmp_path / "models" / "pizza" / "3"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    (version / "variables" / "variables.index").write_bytes(b"index")
+    for path in [version, version / "variables", *version.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    with build_context("tfserving", version) as ctx:
+        for path in (ctx / "models").rglob("*"):
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode & 0o004, f"{path} is {oct(mode)}"
+            if path.is_dir():
+                assert mode & 0o001

@@ -43,7 +43,18 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
         assert prediction["model_version"] == 1
 
         model = docker_ready.containers.get("pizzactl-model")
-        assert model.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        host = model.attrs["HostConfig"]
+        # The rendered pod spec, field by field (k8s/model.yaml): a rehearsal of the cluster.
+        assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+        assert model.attrs["Config"]["User"] == "65532:65532"  # runAsUser, not the image's USER
+        assert host["Memory"] == 2 * 2**30 and host["NanoCpus"] == 2 * 10**9
+        assert "/tmp" in host["Tmpfs"] and "no-new-privileges:true" in host["SecurityOpt"]
+        env = dict(e.split("=", 1) for e in model.attrs["Config"]["Env"])
+        assert env["PIZZACTL_TF_INTRA_OP_THREADS"] == "2"
+        gateway_env = dict(
+            e.split("=", 1) for e in docker_ready.containers.get("pizzactl-gateway").attrs["Config"]["Env"]
+        )
+        assert gateway_env["PIZZACTL_MODEL_URL"] == "http://pizzactl-model.pizzactl.svc:8501"  # Service DNS
         assert model.attrs["NetworkSettings"]["Ports"] in ({}, None) or not any(
             model.attrs["NetworkSettings"]["Ports"].values()
         )  # only the gateway is published

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import os
+import socket
 import threading
 
 import pytest
@@ -16,10 +18,18 @@ import yaml
 
 from pizzactl.config import load_settings
 from pizzactl.deploy.targets import kind
-from pizzactl.errors import DeployError, UsageError
+from pizzactl.errors import DeployError, PortInUseError, UsageError
 from pizzactl.serving.processes import free_port
 
-from k8s_fakes import ApplyingEmulator, install_fake_kind, kind_calls, mark_rolled_out
+from docker_fakes import FakeDockerd
+from k8s_fakes import (
+    ApplyingEmulator,
+    FakeCluster,
+    install_fake_kind,
+    kind_calls,
+    mark_rolled_out,
+    stop_fake_clusters,
+)
 
 
 @pytest.fixture
@@ -29,15 +39,20 @@ def fake_kind(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")  # unless a test needs Docker
-    return home
+    monkeypatch.setenv("PIZZACTL_STATE_DIR", str(tmp_path / "state"))
+    yield home
+    stop_fake_clusters(home)
 
 
 def _settings(**flags):
-    return load_settings({"port": 19696, **flags}, environ={})
+    return load_settings(
+        {"port": free_port(), **flags}, environ={k: v for k, v in os.environ.items() if k == "PIZZACTL_STATE_DIR"}
+    )
 
 
 def test_creates_the_cluster_with_the_host_port_mapped_to_the_gateway_node_port(fake_kind):
-    assert kind.ensure_cluster(_settings(cluster="pizza-test")) is True
+    settings = _settings(cluster="pizza-test")
+    assert kind.ensure_cluster(settings) is True
     create = [c for c in kind_calls(fake_kind) if c["args"][:2] == ["create", "cluster"]]
     assert len(create) == 1
     args = create[0]["args"]
@@ -45,7 +60,7 @@ def test_creates_the_cluster_with_the_host_port_mapped_to_the_gateway_node_port(
     config = yaml.safe_load(create[0]["config"])
     assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert config["nodes"][0]["extraPortMappings"] == [
-        {"containerPort": 30096, "hostPort": 19696, "listenAddress": "127.0.0.1", "protocol": "TCP"}
+        {"containerPort": 30096, "hostPort": settings.port, "listenAddress": "127.0.0.1", "protocol": "TCP"}
     ]
 
 
@@ -57,6 +72,10 @@ def test_an_existing_cluster_is_reused_not_recreated(fake_kind):
 
 
 def test_images_are_loaded_into_the_named_cluster(fake_kind):
+    from k8s_fakes import add_local_images
+
+    (fake_kind / "clusters").write_text("pizzactl\n")
+    add_local_images(fake_kind, "pizzactl-gateway:0.1.0-abc", "pizzactl-model:v1-builtin-def")
     kind.load_images("pizzactl", ["pizzactl-gateway:0.1.0-abc", "pizzactl-model:v1-builtin-def"])
     assert [c["args"] for c in kind_calls(fake_kind)] == [
         ["load", "docker-image", "pizzactl-gateway:0.1.0-abc", "--name", "pizzactl"],
@@ -80,10 +99,128 @@ def test_a_failing_kind_shows_its_error(fake_kind, monkeypatch):
 
 
 def test_context_without_registry_is_refused_before_anything_runs(fake_kind, isolated):
+    from pizzactl.deploy import deploy
+
+    version = isolated / "models" / "pizza" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
     with pytest.raises(UsageError) as info:
-        kind.deploy(_settings(context="prod"), dry_run=False)
+        deploy(_settings(context="prod", models_dir=isolated / "models"))
     assert "--registry" in info.value.hint
     assert kind_calls(fake_kind) == []
+
+
+# --- what real kind does, and what pizzactl does about it ----------------------------------------
+
+
+def test_the_fake_kind_binds_its_port_and_a_taken_port_fails_as_docker_does(fake_kind):
+    settings = _settings(cluster="one")
+    kind.create_cluster("one", settings.port)
+    with socket.socket() as probe:  # the node's port mapping holds the host port, as docker-proxy does
+        assert probe.connect_ex(("127.0.0.1", settings.port)) == 0
+    with pytest.raises(DeployError) as info:
+        kind.create_cluster("two", settings.port)
+    assert "port is already allocated" in info.value.message
+    assert kind.clusters() == ["one"]
+
+
+def test_a_taken_port_stops_the_deploy_before_kind_creates_a_cluster(fake_kind, monkeypatch, tmp_path):
+    with FakeDockerd(tmp_path / "docker.sock") as dockerd, socket.socket() as busy:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        settings = _settings(port=busy.getsockname()[1])
+        with pytest.raises(PortInUseError) as info:
+            kind.preflight(settings, None)
+    assert f"Port {settings.port}" in info.value.message and "--port" in info.value.hint
+    assert not any(c["args"][:2] == ["create", "cluster"] for c in kind_calls(fake_kind))
+
+
+def test_docker_is_checked_before_kind_is_touched(fake_kind):
+    with pytest.raises(DeployError) as info:
+        kind.preflight(_settings(), None)
+    assert "Docker daemon" in info.value.message and "docker context" in info.value.hint
+    assert kind_calls(fake_kind) == []
+
+
+def test_pizzactl_remembers_the_cluster_it_created_across_redeploys_and_keep_cluster(fake_kind):
+    settings = _settings()
+    assert kind.ensure_cluster(settings) is True
+    assert kind.ensure_cluster(settings) is True  # reused, but still ours: teardown will delete it
+    (fake_kind / "clusters").write_text(f"{fake_kind.name}-theirs\n")
+    theirs = _settings(cluster=f"{fake_kind.name}-theirs")
+    assert kind.ensure_cluster(theirs) is False
+
+
+def test_loading_an_image_that_is_not_built_says_so(fake_kind):
+    (fake_kind / "clusters").write_text("pizzactl\n")
+    with pytest.raises(DeployError) as info:
+        kind.load_images("pizzactl", ["pizzactl-model:v9-builtin-nope"])
+    assert 'image: "pizzactl-model:v9-builtin-nope" not present locally' in info.value.message
+    assert "pizzactl build" in info.value.hint
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_a_failure_after_creating_the_cluster_still_leaves_it_to_teardown(
+    kmock, fake_kind, isolated, monkeypatch, tmp_path
+):
+    """Building fails after `kind create cluster`: the state already says pizzactl created it."""
+    from pizzactl.deploy import deploy, teardown
+
+    version = isolated / "models" / "pizza" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    monkeypatch.setenv("KUBECONFIG", str(isolated / "kubeconfig"))
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    with FakeDockerd(tmp_path / "docker.sock") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        dockerd.build_error = "pip failed: Could not find a version that satisfies the requirement"
+        settings = load_settings({"models_dir": isolated / "models", "model_server": "builtin", "port": free_port()})
+        with pytest.raises(DeployError, match="pip failed"):
+            await asyncio.to_thread(deploy, settings)
+        assert kind.clusters() == ["pizzactl"]
+        down = await asyncio.to_thread(teardown, settings)
+    assert down["cluster_deleted"] is True and kind.clusters() == []
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_kind_deploy_redeploy_and_teardown_without_a_real_daemon(
+    kmock, fake_kind, isolated, monkeypatch, tmp_path
+):
+    """The whole kind path against fakes at every boundary: Docker (FakeDockerd), kind (which
+    binds the host port and forwards it to the gateway), the cluster (FakeCluster)."""
+    from pizzactl.deploy import deploy, status, teardown
+    from pizzactl.deploy.targets.kind import created_clusters
+
+    version = isolated / "models" / "pizza" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    monkeypatch.setenv("KUBECONFIG", str(isolated / "kubeconfig"))
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    gateway = http.server.HTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    (fake_kind / "pizzactl.backend").write_text(f"127.0.0.1:{gateway.server_address[1]}")
+    cluster = FakeCluster(kmock, kind_home=fake_kind)
+    playing = asyncio.create_task(cluster.run(0.02))
+    try:
+        with FakeDockerd(tmp_path / "docker.sock") as dockerd:
+            monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+            settings = load_settings(
+                {"models_dir": isolated / "models", "model_server": "builtin", "port": free_port()}
+            )
+            first = await asyncio.to_thread(deploy, settings, False, 30)
+            again = await asyncio.to_thread(deploy, settings, False, 30)
+            st = await asyncio.to_thread(status, settings)
+            assert created_clusters(settings) == ["pizzactl"]
+            down = await asyncio.to_thread(teardown, settings)
+    finally:
+        playing.cancel()
+        gateway.shutdown()
+    assert first["created_cluster"] is True and again["created_cluster"] is True
+    assert first["url"] == f"http://127.0.0.1:{settings.port}" and first["serving"] == {1: 1}
+    assert st["serving"] == {1: 1} and st["ready"] is True
+    assert down["cluster_deleted"] is True and kind.clusters() == []
+    assert [c["args"][:2] for c in kind_calls(fake_kind)].count(["create", "cluster"]) == 1
 
 
 # --- docker tier --------------------------------------------------------------------------------
@@ -238,6 +375,7 @@ async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, i
     from pizzactl.deploy import k8s, manifests
     from pizzactl.deploy import state as state_mod
     from pizzactl.deploy.state import DeployState
+    from pizzactl.deploy.targets import cluster
 
     from k8s_fakes import write_kubeconfig
 
@@ -256,15 +394,15 @@ async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, i
         "metadata": {"name": "n1"},
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
     }
-    record = DeployState(target="kind", url="", extra={"context": "prod"})
+    record = DeployState(target="cluster", url="", extra={"context": "prod"})
 
-    unreachable = await asyncio.to_thread(kind._remote_url, api, settings, "prod", record, 1.0)
+    unreachable = await asyncio.to_thread(cluster._remote_url, api, settings, record, 1.0)
     assert unreachable == "" and state_mod.load(settings) is None  # nothing answers on the port yet
 
     gateway = http.server.HTTPServer(("127.0.0.1", port), _Ready)
     threading.Thread(target=gateway.serve_forever, daemon=True).start()
     try:
-        url = await asyncio.to_thread(kind._remote_url, api, settings, "prod", record)
+        url = await asyncio.to_thread(cluster._remote_url, api, settings, record)
     finally:
         gateway.shutdown()
     assert url == f"http://127.0.0.1:{port}"

@@ -6,6 +6,7 @@ unknown field is an error), so a typo in k8s/ fails here, not in a user's cluste
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -141,16 +142,84 @@ def test_render_follows_settings():
     assert {"name": "PIZZACTL_ALLOW_PRIVATE_URLS", "value": "true"} in gateway["env"]
 
 
-def test_kustomization_lists_every_manifest_and_the_repo_copies_are_the_package_data():
+def test_kustomization_lists_every_manifest_and_k8s_docker_are_real_top_level_directories():
     k8s_files = sorted(p.name for p in manifests.K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(manifests.kustomization()["resources"]) == k8s_files
-    for top, package in (("k8s", manifests.K8S_DIR), ("docker", manifests.K8S_DIR.parent / "docker")):
-        assert sorted(p.name for p in (REPO / top).iterdir()) == sorted(
-            p.name for p in package.iterdir() if p.name != "__pycache__"
-        )
-        for p in package.iterdir():
-            if p.is_file():
-                assert (REPO / top / p.name).read_bytes() == p.read_bytes()
+    for top in ("k8s", "docker"):
+        assert (REPO / top).is_dir() and not (REPO / top).is_symlink()  # symlinks break Windows checkouts
+        assert not (REPO / "src" / "pizzactl" / top).exists()  # one copy
+    assert manifests.K8S_DIR == REPO / "k8s"
+
+
+def test_model_threads_follow_the_cpu_limit(tmp_path):
+    """TF sizes its pools to the node's cores, not the pod's limit: the render pins them to the limit."""
+    settings = load_settings({}, environ={})
+    tf = manifests.render(settings, "g:1", "m:1", model_server="tfserving")
+    model = _by_kind(tf, "Deployment")["pizzactl-model"]["spec"]["template"]["spec"]["containers"][0]
+    assert model["resources"]["limits"]["cpu"] == "2"
+    assert "--tensorflow_intra_op_parallelism=2" in model["args"]
+    assert "--tensorflow_inter_op_parallelism=1" in model["args"]
+    cmd = (REPO / "docker" / "model.Dockerfile").read_text().rsplit("CMD", 1)[1]
+    assert all(flag in model["args"] for flag in json.loads(cmd))  # args replace CMD: nothing lost
+
+    k8s_dir = tmp_path / "k8s"
+    shutil.copytree(REPO / "k8s", k8s_dir)
+    (k8s_dir / "model.yaml").write_text((k8s_dir / "model.yaml").read_text().replace('cpu: "2"', "cpu: 1500m"))
+    builtin = manifests.render(settings, "g:1", "m:1", model_server="builtin", k8s_dir=k8s_dir)
+    model = _by_kind(builtin, "Deployment")["pizzactl-model"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in model["env"]}
+    assert env["PIZZACTL_TF_INTRA_OP_THREADS"] == "2" and env["OMP_NUM_THREADS"] == "2"
+    assert "args" not in model  # the builtin server's own CMD stays
+
+
+def test_pods_carry_the_model_version_and_the_pull_secret():
+    settings = load_settings({"pull_secret": "regcred"}, environ={})
+    docs = manifests.render(settings, "g:1", "m:1", model_version=7)
+    deployments = _by_kind(docs, "Deployment")
+    model_pod = deployments["pizzactl-model"]["spec"]["template"]
+    assert model_pod["metadata"]["labels"][manifests.MODEL_VERSION_LABEL] == "7"
+    for dep in deployments.values():
+        assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert (
+        "imagePullSecrets"
+        not in _by_kind(manifests.render(load_settings({}, environ={}), "g", "m"), "Deployment")["pizzactl-gateway"][
+            "spec"
+        ]["template"]["spec"]
+    )
+
+
+@pytest.mark.slow
+def test_a_built_wheel_ships_k8s_and_docker_and_renders_from_them(tmp_path, fake_models):
+    """A non-editable install (the wheel `pip install .` builds) holds pizzactl/k8s and pizzactl/docker."""
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(wheels.glob("pizzactl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pizzactl/k8s/kustomization.yaml" in names and "pizzactl/docker/gateway.Dockerfile" in names
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    env = {**os.environ, "PYTHONPATH": str(target), "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    rendered = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(fake_models)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    probe = "import pizzactl.deploy.manifests as m; print(m.K8S_DIR)"
+    where = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert where.stdout.strip() == str(target / "pizzactl" / "k8s")
+    assert next(d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d) == "Namespace"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")

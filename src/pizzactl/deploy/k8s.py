@@ -9,6 +9,7 @@ crashes (with its last log lines), a pod that cannot be scheduled (with its even
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -45,10 +46,8 @@ def _api_error(exc: Exception, doing: str) -> DeployError:
 
     if isinstance(exc, ApiException):
         reason = exc.reason or ""
-        try:
+        with contextlib.suppress(ValueError):
             reason = json.loads(exc.body or "{}").get("message") or reason
-        except ValueError:
-            pass
         if exc.status == 403 and "because it is being terminated" in reason:
             # NamespaceLifecycle admission: a namespace deleted moments ago (teardown) is still
             # Terminating; that is not a permissions problem.
@@ -174,7 +173,7 @@ def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> Ro
         updated=status.updated_replicas or 0,
         ready=status.ready_replicas or 0,
         available=status.available_replicas or 0,
-        observed=(status.observed_generation or 0) >= (dep.metadata.generation or 0),
+        observed=(status.observed_generation or 0) >= ((dep.metadata.generation if dep.metadata else 0) or 0),
         deadline_exceeded=any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions),
         hpa_min=hpa_min,
     )
@@ -353,7 +352,7 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
         raise _api_error(exc, f"Listing the pods of {app}") from None
     served: dict[int, int] = {}
     for pod in pods:
-        labels = pod.metadata.labels or {}
+        labels = (pod.metadata.labels if pod.metadata else None) or {}
         if labels.get("app.kubernetes.io/name") != app:  # a selector the API server ignored
             continue
         version = labels.get(MODEL_VERSION_LABEL, "")
@@ -375,7 +374,7 @@ def namespace_phase(api_client, namespace: str) -> str | None:
         raise _api_error(exc, f"Reading namespace {namespace}") from None
     except Exception as exc:
         raise _api_error(exc, f"Reading namespace {namespace}") from None
-    if ns.metadata.deletion_timestamp or (ns.status and ns.status.phase == "Terminating"):
+    if (ns.metadata and ns.metadata.deletion_timestamp) or (ns.status and ns.status.phase == "Terminating"):
         return "Terminating"
     return "Active"
 

@@ -1,0 +1,106 @@
+"""Which Docker daemon pizzactl talks to, and what it builds for (a fake daemon: tests/docker_fakes.py).
+
+Docker Desktop, Colima and OrbStack have no /var/run/docker.sock: the docker CLI reaches them
+through the active context. pizzactl resolves the endpoint as the CLI does. On arm64 (Apple
+Silicon) there is no tensorflow/serving image and no tensorflow-cpu wheel.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pizzactl.config import load_settings
+from pizzactl.deploy import images
+from pizzactl.errors import DeployError, UsageError
+
+from docker_fakes import FakeDockerd, write_docker_context
+
+
+@pytest.fixture
+def docker_config(tmp_path, monkeypatch):
+    """An empty docker CLI config dir (DOCKER_CONFIG), no DOCKER_HOST, no DOCKER_CONTEXT."""
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    return config
+
+
+def test_the_active_docker_context_is_used_when_docker_host_is_unset(docker_config, tmp_path):
+    with FakeDockerd(tmp_path / "colima.sock") as colima:
+        write_docker_context(docker_config, "colima", colima.url)
+        client = images.docker_client()
+        assert client.api.base_url.startswith("http+docker://")
+        assert "/_ping" in colima.paths()  # it asked the context's daemon, not /var/run/docker.sock
+    assert images.docker_endpoint().source == "context colima"
+
+
+def test_docker_context_env_beats_the_current_context_and_docker_host_beats_both(docker_config, tmp_path, monkeypatch):
+    with FakeDockerd(tmp_path / "a.sock") as a, FakeDockerd(tmp_path / "b.sock") as b:
+        write_docker_context(docker_config, "a", a.url)
+        write_docker_context(docker_config, "b", b.url, current=False)
+        monkeypatch.setenv("DOCKER_CONTEXT", "b")
+        images.docker_client()
+        assert "/_ping" in b.paths() and "/_ping" not in a.paths()
+        monkeypatch.setenv("DOCKER_HOST", a.url)
+        assert images.docker_endpoint().source == "DOCKER_HOST"
+        images.docker_client()
+        assert "/_ping" in a.paths()
+
+
+def test_an_unreachable_context_names_it_and_how_to_switch(docker_config, tmp_path):
+    write_docker_context(docker_config, "desktop-linux", f"unix://{tmp_path}/gone.sock")
+    with pytest.raises(DeployError) as info:
+        images.docker_client()
+    assert "context desktop-linux" in info.value.message
+    assert "docker context ls" in info.value.hint
+
+
+def _models(tmp_path):
+    version = tmp_path / "models" / "pizza" / "2"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    return tmp_path / "models"
+
+
+def test_on_arm64_the_builtin_server_is_the_default_with_the_tensorflow_wheel(docker_config, tmp_path, monkeypatch):
+    with FakeDockerd(tmp_path / "d.sock", architecture="aarch64") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        built = images.build(load_settings({"models_dir": _models(tmp_path)}, environ={}))
+        builds = dockerd.builds()
+    assert built.model_server == "builtin" and built.platform == "linux/arm64"
+    assert "-builtin-" in built.model_image
+    model_build = next(b for b in builds if "modelserver.Dockerfile" in b.get("dockerfile", ""))
+    assert '"TENSORFLOW": "tensorflow==2.21.0"' in model_build["buildargs"]
+
+
+def test_tfserving_on_arm64_is_refused_with_the_way_out(tmp_path):
+    settings = load_settings({"models_dir": _models(tmp_path), "model_server": "tfserving"}, environ={})
+    with pytest.raises(UsageError) as info:
+        images.plan_images(settings, platform="linux/arm64")
+    assert "no linux/arm64 build" in info.value.message and "--model-server builtin" in info.value.hint
+    assert images.plan_images(settings).model_server == "tfserving"  # amd64: the default stays
+
+
+def test_build_platform_is_passed_to_the_daemon_and_changes_the_tag(docker_config, tmp_path, monkeypatch):
+    models = _models(tmp_path)
+    with FakeDockerd(tmp_path / "d.sock") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        native = images.build(load_settings({"models_dir": models, "model_server": "builtin"}, environ={}))
+        cross = images.build(
+            load_settings({"models_dir": models, "model_server": "builtin", "platform": "linux/arm64"}, environ={})
+        )
+        builds = dockerd.builds()
+    assert cross.model_image != native.model_image and cross.platform == "linux/arm64"
+    assert [b.get("platform") for b in builds] == [None, None, "linux/arm64", "linux/arm64"]
+
+
+def test_doctor_says_which_model_server_an_arm64_machine_gets(docker_config, tmp_path, monkeypatch):
+    from pizzactl.doctor import doctor
+
+    with FakeDockerd(tmp_path / "d.sock", architecture="aarch64") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        checks = {c.name: c for c in doctor(load_settings({"port": 0}, environ={}))}
+    assert checks["docker"].ok is True
+    assert "linux/arm64" in checks["architecture"].detail and "builtin model server" in checks["architecture"].detail
