@@ -208,8 +208,8 @@ async def test_kind_deploy_redeploy_and_teardown_without_a_real_daemon(
             settings = load_settings(
                 {"models_dir": isolated / "models", "model_server": "builtin", "port": free_port()}
             )
-            first = await asyncio.to_thread(deploy, settings, False, 30)
-            again = await asyncio.to_thread(deploy, settings, False, 30)
+            first = await asyncio.to_thread(deploy, settings, 30)
+            again = await asyncio.to_thread(deploy, settings, 30)
             st = await asyncio.to_thread(status, settings)
             assert created_clusters(settings) == ["pizzactl"]
             down = await asyncio.to_thread(teardown, settings)

@@ -1,6 +1,6 @@
 """Deploy, inspect, roll back and tear down the model server + gateway, on any target.
 
-`deploy(settings, dry_run, timeout)` dispatches on the target (`--target`; `--context` makes it
+`deploy(settings, timeout)` (and `dry_run(settings)`, which touches nothing) dispatch on the target (`--target`; `--context` makes it
 `cluster`); `status`, `rollback` and `teardown` dispatch on the target recorded in the shared
 state file (`pizzactl.deploy.state`), so they need no flags. Each target module
 (`pizzactl.deploy.targets.*`) has:
@@ -41,13 +41,10 @@ def _target_module(target: str) -> ModuleType:
     return importlib.import_module(f"pizzactl.deploy.targets.{target}")
 
 
-def deploy(settings, dry_run: bool = False, timeout: float = 300.0) -> dict[str, Any] | str:
+def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     """Deploy the latest exported model to the target; replaces what was deployed before."""
     target = target_of(settings)
     mod = _target_module(target)
-    if dry_run:
-        return _dry_run(settings, target)
-
     from pizzactl.model_store import latest_version_dir
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
@@ -63,7 +60,9 @@ def deploy(settings, dry_run: bool = False, timeout: float = 300.0) -> dict[str,
     return result
 
 
-def _dry_run(settings, target: str) -> str:
+def dry_run(settings) -> str:
+    """What `deploy` would do, touching nothing: the rendered manifests (kind, cluster), the commands (local)."""
+    target = target_of(settings)
     if target == "local":
         from pizzactl.deploy.targets import local
 
@@ -185,4 +184,4 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     return {"torn_down": True, "target": st.target, **result}
 
 
-__all__ = ["TARGETS", "deploy", "print_status", "rollback", "status", "teardown"]
+__all__ = ["TARGETS", "deploy", "dry_run", "print_status", "rollback", "status", "teardown"]

@@ -112,7 +112,7 @@ def docker_client(timeout: int = 120):
         raise DeployError("The docker Python package is missing.", hint="pip install pizzactl") from exc
     endpoint = docker_endpoint()
     try:
-        client = docker.DockerClient(  # type: ignore[attr-defined]
+        client = docker.DockerClient(
             base_url=endpoint.base_url, tls=endpoint.tls or False, version="auto", timeout=timeout
         )
         client.ping()

@@ -507,11 +507,12 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
         svc = core.read_namespaced_service(service, namespace)
     except Exception as exc:
         raise _api_error(exc, f"reading Service {namespace}/{service}") from None
-    ports = list(svc.spec.ports or [])
+    spec = svc.spec or client.V1ServiceSpec()
+    ports = list(spec.ports or [])
     if not ports:
         return None
     ingress = (svc.status.load_balancer.ingress if svc.status and svc.status.load_balancer else None) or []
-    if svc.spec.type == "LoadBalancer" and ingress:
+    if spec.type == "LoadBalancer" and ingress:
         address = ingress[0].ip or ingress[0].hostname
         port = ports[0].port
         return f"http://{address}" + ("" if port == 80 else f":{port}")
@@ -524,8 +525,8 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
         raise _api_error(exc, "listing nodes") from None
     for kind in ("ExternalIP", "InternalIP"):
         for node in nodes:
-            for address in (node.status.addresses if node.status else None) or []:
-                if address.type == kind and address.address:
-                    host = f"[{address.address}]" if ":" in address.address else address.address
+            for entry in (node.status.addresses if node.status else None) or []:
+                if entry.type == kind and entry.address:
+                    host = f"[{entry.address}]" if ":" in entry.address else entry.address
                     return f"http://{host}:{node_port}"
     return None
