@@ -69,7 +69,10 @@ def _plain(value):
 
 def _get(objects, key):
     """kmock's ObjectsArray has no .get()."""
-    return objects.get(key, None)
+    try:
+        return objects[key]
+    except KeyError:
+        return None
 
 
 def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
@@ -248,7 +251,7 @@ class FakeCluster:
         *,
         metrics_server: bool = False,
         terminating_steps: int = 3,
-        hpa_delay_steps: int = 2,
+        hpa_delay_steps: int = 6,  # the HPA syncs every 15 s: usually after the first pods are ready
         kind_home: Path | None = None,
         kind_cluster: str = "pizzactl",
     ):
@@ -691,14 +694,12 @@ def present_locally(image):
     listed = home / "images"
     if listed.exists() and image in listed.read_text().split():
         return True
-    if os.environ.get("DOCKER_HOST"):  # kind runs `docker image inspect IMAGE`
-        try:
-            import docker
-            docker.APIClient(base_url=os.environ["DOCKER_HOST"], version="auto", timeout=10).inspect_image(image)
-            return True
-        except Exception:
-            return False
-    return False
+    try:  # kind runs `docker image inspect IMAGE` against the daemon DOCKER_HOST (or the default) names
+        import docker
+        docker.from_env(timeout=10).api.inspect_image(image)
+        return True
+    except Exception:
+        return False
 
 if args[:1] == ["version"]:
     print("kind v0.27.0 go1.23.6 linux/amd64")

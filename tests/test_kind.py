@@ -27,7 +27,6 @@ from k8s_fakes import (
     FakeCluster,
     install_fake_kind,
     kind_calls,
-    mark_rolled_out,
     stop_fake_clusters,
 )
 
@@ -297,19 +296,14 @@ async def test_kind_deploy_status_and_teardown_end_to_end(
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(isolated / "kubeconfig"))
     monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
-    kmock.resources["v1/pods"] = {}
-    kmock.resources["v1/events"] = {}
-    port = free_port()
-    gateway = http.server.HTTPServer(("127.0.0.1", port), _Ready)
+    gateway = http.server.HTTPServer(("127.0.0.1", 0), _Ready)  # behind the node's port mapping
     threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    (fake_kind / "pizzactl.backend").write_text(f"127.0.0.1:{gateway.server_address[1]}")
+    port = free_port()
     settings = load_settings({"models_dir": tiny_model, "model_server": "builtin", "port": port})
+    cluster = FakeCluster(kmock, kind_home=fake_kind)  # pods of images not `kind load`ed cannot be pulled
 
-    async def controller():
-        while True:
-            mark_rolled_out(kmock)
-            await asyncio.sleep(0.1)
-
-    playing = asyncio.create_task(controller())
+    playing = asyncio.create_task(cluster.run(0.05))
     try:
         result = await asyncio.to_thread(deploy, settings, 60)
         st = await asyncio.to_thread(status, settings)
@@ -325,13 +319,13 @@ async def test_kind_deploy_status_and_teardown_end_to_end(
     assert images["model_image"].startswith("pizzactl-model:v1-builtin-")
     assert ["load", "docker-image", images["gateway_image"], "--name", "pizzactl"] in calls
     assert ["load", "docker-image", images["model_image"], "--name", "pizzactl"] in calls
-    assert calls.index(["create", "cluster", "--name", "pizzactl", "--config", calls[1][-3], "--wait", "120s"]) == 1
+    assert [c[:2] for c in calls].count(["create", "cluster"]) == 1
     deployment = kmock.objects[kmock.resource("apps/v1/deployments"), "pizzactl", "pizzactl-model"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == images["model_image"]
 
-    assert st["ready"] is True and st["target"] == "kind"
+    assert st["ready"] is True and st["target"] == "kind" and st["serving"] == {1: 1}
     gateway_rollout = st["deployments"]["pizzactl-gateway"]
-    assert gateway_rollout["done"] and gateway_rollout["available"] == gateway_rollout["desired"] >= 1
+    assert gateway_rollout["done"] and gateway_rollout["available"] == gateway_rollout["desired"] == 2
 
     assert down["torn_down"] is True
     assert kind_calls(fake_kind)[-1]["args"] == ["delete", "cluster", "--name", "pizzactl"]  # we created it
