@@ -34,30 +34,24 @@ def fake_models(tmp_path) -> Path:
     return tmp_path / "models"
 
 
-@pytest.fixture
-def dry_run(fake_models, isolated):
-    """Run `pizzactl deploy --dry-run` as a user would, with no Docker and no kind reachable."""
-    env = {**os.environ, "DOCKER_HOST": f"unix://{isolated}/nothing.sock", "PATH": os.path.dirname(sys.executable)}
+def render_dry_run(models: Path, cwd: Path, **env: str) -> list[dict]:
+    """`pizzactl deploy --dry-run --models MODELS` as a user runs it; the objects it prints."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pizzactl",
-            "deploy",
-            "--dry-run",
-            "--models",
-            str(fake_models),
-            "--model-server",
-            "builtin",
-        ],
+        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(models), "--model-server", "builtin"],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=isolated,
+        env={**os.environ, "DOCKER_HOST": f"unix://{cwd}/nothing.sock", **env},
+        cwd=cwd,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    return proc, [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture
+def dry_run(fake_models, isolated):
+    """With no Docker and no kind reachable."""
+    return None, render_dry_run(fake_models, isolated, PATH=os.path.dirname(sys.executable))
 
 
 def _by_kind(docs, kind):
@@ -206,20 +200,12 @@ def test_a_built_wheel_ships_k8s_and_docker_and_renders_from_them(tmp_path, fake
     assert "pizzactl/k8s/kustomization.yaml" in names and "pizzactl/docker/gateway.Dockerfile" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    env = {**os.environ, "PYTHONPATH": str(target), "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
-    rendered = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(fake_models)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert rendered.returncode == 0, rendered.stderr
+    docs = render_dry_run(fake_models, tmp_path, PYTHONPATH=str(target))
+    env = {**os.environ, "PYTHONPATH": str(target)}
     probe = "import pizzactl.deploy.manifests as m; print(m.K8S_DIR)"
     where = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert where.stdout.strip() == str(target / "pizzactl" / "k8s")
-    assert next(d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d) == "Namespace"
+    assert docs[0]["kind"] == "Namespace"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")

@@ -68,6 +68,23 @@ def _api_error(exc: Exception, doing: str) -> DeployError:
     )
 
 
+_MISSING = object()
+
+
+def _call(doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) with API errors as DeployError; a 404 returns _MISSING."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return _MISSING
+        raise _api_error(exc, doing) from None
+    except Exception as exc:
+        raise _api_error(exc, doing) from None
+
+
 _KINDS = {  # kind: (API class, method suffix, namespaced)
     "Namespace": ("CoreV1Api", "namespace", False),
     "Service": ("CoreV1Api", "namespaced_service", True),
@@ -364,16 +381,10 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
 def namespace_phase(api_client, namespace: str) -> str | None:
     """ "Active", "Terminating", or None when there is no such namespace."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    try:
-        ns = client.CoreV1Api(api_client).read_namespace(namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise _api_error(exc, f"Reading namespace {namespace}") from None
-    except Exception as exc:
-        raise _api_error(exc, f"Reading namespace {namespace}") from None
+    ns = _call(f"Reading namespace {namespace}", client.CoreV1Api(api_client).read_namespace, namespace)
+    if ns is _MISSING:
+        return None
     if (ns.metadata and ns.metadata.deletion_timestamp) or (ns.status and ns.status.phase == "Terminating"):
         return "Terminating"
     return "Active"
@@ -397,15 +408,9 @@ def wait_namespace_gone(api_client, namespace: str, timeout: float, poll: float 
 
 def secret_exists(api_client, namespace: str, name: str) -> bool:
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    try:
-        client.CoreV1Api(api_client).read_namespaced_secret(name, namespace)
-        return True
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise _api_error(exc, f"Reading secret {namespace}/{name}") from None
+    read = client.CoreV1Api(api_client).read_namespaced_secret
+    return _call(f"Reading secret {namespace}/{name}", read, name, namespace) is not _MISSING
 
 
 def metrics_available(api_client) -> bool:
@@ -447,49 +452,28 @@ def deployments_status(api_client, namespace: str, names: list[str]) -> dict[str
     return result
 
 
-def delete_namespace(api_client, namespace: str, wait: float = 0.0) -> bool:
-    """Delete the namespace (and so everything in it); False when it was already gone."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
+def delete_namespace(api_client, namespace: str) -> bool:
+    """Delete the namespace (and so everything in it); False when it was already gone.
 
-    core = client.CoreV1Api(api_client)
-    try:
-        core.delete_namespace(namespace, propagation_policy="Foreground")
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise _api_error(exc, f"Deleting namespace {namespace}") from None
-    except Exception as exc:
-        raise _api_error(exc, f"Deleting namespace {namespace}") from None
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            core.read_namespace(namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                break
-        time.sleep(1)
-    return True
+    It stays Terminating for a while; the next deploy waits that out (`wait_namespace_gone`).
+    """
+    from kubernetes import client
+
+    delete = client.CoreV1Api(api_client).delete_namespace
+    return _call(f"Deleting namespace {namespace}", delete, namespace, propagation_policy="Foreground") is not _MISSING
 
 
 def delete_objects(api_client, docs: list[dict[str, Any]]) -> list[str]:
     """Delete the namespaced objects pizzactl applied, leaving their namespace; returns what went."""
-    from kubernetes.client.exceptions import ApiException
-
     deleted = []
     for doc in reversed(docs):
         kind, meta = doc["kind"], doc["metadata"]
         if kind == "Namespace":
             continue
         delete, _ = _method(api_client, kind, "delete")
-        try:
-            delete(meta["name"], meta["namespace"], propagation_policy="Foreground")
+        doing = f"Deleting {kind}/{meta['name']}"
+        if _call(doing, delete, meta["name"], meta["namespace"], propagation_policy="Foreground") is not _MISSING:
             deleted.append(f"{kind}/{meta['name']}")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise _api_error(exc, f"Deleting {kind}/{meta['name']}") from None
-        except Exception as exc:
-            raise _api_error(exc, f"Deleting {kind}/{meta['name']}") from None
     return deleted
 
 
