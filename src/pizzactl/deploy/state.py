@@ -1,9 +1,11 @@
 """The one deploy state file every target shares: what runs where, so status/teardown/predict find it.
 
 `settings.state_dir / "deploy.json"` holds the last deployment: its target, URL, process ids,
-ports, log files and model version. It is written atomically (temp file + rename), so a reader
-never sees half a file, and removed by teardown. Target-specific details (container ids, the
-kind cluster, the namespace) go in `extra`.
+ports, log files and the model version that serves. It is written atomically (temp file +
+rename), so a reader never sees half a file, and removed by teardown. Target-specific details go
+in `extra`: containers, the kind cluster, context and namespace, whether pizzactl created the
+namespace, the serving images, earlier releases (`history`, for rollback) and a rollout that
+failed (`failed`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ STATE_FILE = "deploy.json"
 
 @dataclass
 class DeployState:
-    target: str  # local | docker | kind
+    target: str  # local | docker | kind | cluster
     url: str  # the gateway, as a client reaches it
     model_version: int | None = None
     model_dir: str | None = None  # the models directory that was deployed (TF Serving layout)
