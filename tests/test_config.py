@@ -70,3 +70,45 @@ def test_config_show_json_reports_values_and_sources(tmp_path):
     assert shown["epochs"] == {"value": 5, "source": str(tmp_path / "pizzactl.toml")}
     assert shown["port"] == {"value": 8123, "source": "PIZZACTL_PORT"}
     assert shown["seed"]["source"] == "default"
+
+
+def test_the_servers_configurations_are_views_of_the_settings(tmp_path):
+    from pizzactl.serving.gateway import GatewayConfig
+    from pizzactl.serving.modelserver import ModelServerConfig
+
+    (tmp_path / "pizzactl.toml").write_text("max_batch_size = 8\nmodel_port = 8600\n")
+    env = {"PIZZACTL_BATCH_TIMEOUT_MS": "2.5", "PIZZACTL_MAX_BATCH_ITEMS": "4", "PIZZACTL_ALLOW_PRIVATE_URLS": "yes"}
+    s = load_settings({"batch_threads": 2}, cwd=tmp_path, environ=env)
+    model = ModelServerConfig.from_settings(s)
+    assert (model.max_batch_size, model.batch_timeout_ms, model.batch_threads) == (8, 2.5, 2)
+    gateway = GatewayConfig.from_settings(s)
+    assert (gateway.max_batch_items, gateway.allow_private_urls) == (4, True)
+    assert gateway.model_url == "http://127.0.0.1:8600"  # follows the model server's port unless set
+    assert GatewayConfig.from_settings(s.replace(model_url="http://models:1")).model_url == "http://models:1"
+
+
+@pytest.mark.parametrize("module", ["pizzactl.serving.modelserver", "pizzactl.serving.gateway"])
+def test_a_server_with_a_bad_setting_exits_with_the_hint_not_a_traceback(tmp_path, module):
+    env = {"PIZZACTL_MAX_BATCH_SIZE": "lots", "PIZZACTL_MODEL_TIMEOUT": "soon", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--port", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == EXIT_USER
+    assert "Traceback" not in proc.stderr
+    assert "PIZZACTL_" in proc.stderr and "must be" in proc.stderr
+
+
+def test_config_show_lists_the_servers_settings(tmp_path):
+    env = {"PIZZACTL_MAX_BATCH_SIZE": "16", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "config", "show", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shown = json.loads(proc.stdout)
+    assert shown["max_batch_size"] == {"value": 16, "source": "PIZZACTL_MAX_BATCH_SIZE"}
+    for name in ("model_url", "model_timeout", "max_image_bytes", "batch_timeout_ms", "tf_intra_op_threads"):
+        assert shown[name]["source"] == "default"

@@ -2,23 +2,33 @@
 
 `load_settings()` resolves every value once and remembers where it came from, so
 `pizzactl config show` can explain it. Every path pizzactl writes to (models, runs, cache,
-deploy state) is a setting, which is how tests point them at `tmp_path`.
+deploy state) is a setting, which is how tests point them at `tmp_path`. The servers read
+the same settings: the gateway's and the model server's configurations are views of
+`Settings` (`view()`), so a PIZZACTL_* variable means the same thing to every process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pizzactl.errors import ConfigError
+from pizzactl.errors import EXIT_USER, ConfigError
 
 CONFIG_FILE = "pizzactl.toml"
 ENV_PREFIX = "PIZZACTL_"
+
+# The model contract's names and the servers' ports, in one place.
+MODEL_NAME = "pizza"  # MODELS/<MODEL_NAME>/<version>/ and /v1/models/<MODEL_NAME>
+GATEWAY_PORT = 9696
+MODEL_PORT = 8501  # TF Serving's REST port
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above any phone photo
 
 
 def _home(*parts: str, env: str, fallback: str) -> Path:
@@ -50,8 +60,8 @@ class Settings:
     state_dir: Path = field(default_factory=lambda: _home(env="XDG_STATE_HOME", fallback="~/.local/state/pizzactl"))
     # serving and deploying
     host: str = "127.0.0.1"
-    port: int = 9696
-    model_port: int = 8501
+    port: int = GATEWAY_PORT
+    model_port: int = MODEL_PORT
     allow_private_urls: bool = False
     target: str = "kind"
     model_server: str = "tfserving"
@@ -63,11 +73,35 @@ class Settings:
     pull_secret: str | None = None  # imagePullSecrets for --registry images (a secret in the namespace)
     platform: str | None = None  # build for this platform (linux/amd64, linux/arm64); None: the target's
     endpoint: str | None = None
+    log_level: str = "info"  # the servers' log level
+    # the gateway (python -m pizzactl.serving.gateway)
+    model_url: str | None = None  # None: http://127.0.0.1:<model_port>
+    model_name: str = MODEL_NAME
+    model_timeout: float = 2.0  # seconds until a model-server call becomes a 503
+    max_concurrency: int = 64  # model-server requests in flight
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_batch_items: int = 32
+    fetch_timeout: float = 10.0
+    access_log: bool = False  # a log line per request (/metrics counts them anyway)
+    # the model server (python -m pizzactl.serving.modelserver)
+    max_batch_size: int = 32
+    batch_timeout_ms: float = 0.0  # how long a free worker waits for company; a busy one batches anyway
+    batch_threads: int = 1  # batches run at the same time
+    poll_seconds: float = 2.0  # how often to look for new versions
+    tf_intra_op_threads: int = -1  # -1: chosen for the machine, 0: TensorFlow's default
+    tf_inter_op_threads: int = -1
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def model_server_url(self) -> str:
+        """Where the gateway finds the model server."""
+        return self.model_url or f"http://127.0.0.1:{self.model_port}"
 
     def as_dict(self) -> dict[str, Any]:
         out = {}
@@ -169,3 +203,19 @@ def load_settings(
         sources[name] = "flag"
 
     return Settings(**values, sources=sources)
+
+
+def view(cls: type, settings: Settings, **overrides: Any) -> Any:
+    """A process's configuration (a dataclass) filled from the settings of the same names."""
+    values = {f.name: getattr(settings, f.name) for f in fields(cls) if f.init and hasattr(settings, f.name)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def server_settings(flags: Mapping[str, Any]) -> Settings:
+    """Settings for a server started as `python -m ...`: a bad value exits with its hint, not a traceback."""
+    try:
+        return load_settings(flags)
+    except ConfigError as exc:
+        sys.stderr.write(f"Error: {exc.message}\n{exc.hint}\n")
+        raise SystemExit(EXIT_USER) from None

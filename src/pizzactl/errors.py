@@ -1,11 +1,22 @@
 """One error family for pizzactl.
 
-Every error a user can cause carries a hint that says what to do next and an exit code.
-The CLI catches `PizzaError` once (see `cli.main`); anything else is a bug and exits
-with `EXIT_INTERNAL`. Servers map the same family to HTTP statuses (`http_status`).
+Every error a user can cause carries a hint that says what to do next, an exit code and an
+HTTP status. The CLI catches `PizzaError` once (see `cli.main`); anything else is a bug and
+exits with `EXIT_INTERNAL`. Both servers answer the same family through
+`install_error_handlers(app, body)`, each in its own JSON shape: the gateway's
+`{"error": {"code", "message", "hint"}}` (`gateway_body`) and TF Serving's
+`{"error": "message"}` (`tf_serving_body`), which TF Serving clients parse.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI imports this module: no web framework at start-up
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
 
 # Exit codes, documented in README.md ("Exit codes").
 EXIT_OK = 0
@@ -113,7 +124,7 @@ class EndpointError(PizzaError):
     code = "endpoint"
 
 
-# --- errors the gateway turns into HTTP answers -------------------------------------------
+# --- errors the servers turn into HTTP answers ---------------------------------------------
 
 
 class BadInputError(PizzaError):
@@ -121,6 +132,35 @@ class BadInputError(PizzaError):
 
     http_status = 400
     code = "bad_request"
+
+
+class InvalidJSONError(BadInputError):
+    code = "invalid_json"
+
+
+class InvalidBase64Error(BadInputError):
+    code = "invalid_base64"
+
+
+class RequestShapeError(BadInputError):
+    """Well-formed JSON that does not match the schema."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class RouteNotFoundError(BadInputError):
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowedError(BadInputError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class ServableNotFoundError(ModelNotFoundError):
+    """The model server has no such model or version (yet): TF Serving's 404."""
 
 
 class UnsafeURLError(BadInputError):
@@ -155,6 +195,110 @@ class ModelUnavailableError(PizzaError):
 
     code = "model_unavailable"
     http_status = 503
+    retry_after = 1  # seconds
+
+
+# --- one error map for both servers -------------------------------------------------------
+
+ErrorBody = Callable[[PizzaError], dict[str, Any]]
+
+
+def gateway_body(exc: PizzaError, with_status: bool = False) -> dict[str, Any]:
+    """`{"error": {"code", "message", "hint"}}` (with `status` for an item of a batch answer)."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.hint:
+        body["hint"] = exc.hint
+    if with_status:
+        body["status"] = exc.http_status
+    return {"error": body}
+
+
+def tf_serving_body(exc: PizzaError) -> dict[str, Any]:
+    """TF Serving's REST error: `{"error": "message"}`."""
+    return {"error": exc.message}
+
+
+def error_response(exc: PizzaError, body: ErrorBody = gateway_body) -> JSONResponse:
+    """The HTTP answer for `exc`: the status its class says (4xx or 5xx only), Retry-After on a 503."""
+    from starlette.responses import JSONResponse
+
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ModelUnavailableError) else None
+    status = exc.http_status if 400 <= exc.http_status < 600 else 400
+    return JSONResponse(body(exc), status_code=status, headers=headers)
+
+
+class InternalError(PizzaError):
+    """A bug in a server (logged with its traceback); the client sees only this."""
+
+    code = "internal"
+    http_status = 500
+    exit_code = EXIT_INTERNAL
+
+
+def install_error_handlers(
+    app: Starlette, body: ErrorBody = gateway_body, *, route_hint: str = "", log: logging.Logger | None = None
+) -> None:
+    """Answer every error on `app` as a `PizzaError` in the `body` shape.
+
+    PizzaErrors keep their class's status; Starlette's own 404/405/413 (no route, wrong method,
+    ...) and FastAPI's request validation become the matching PizzaError; anything else is a bug:
+    logged, and a 500 that says so. Bad input therefore never reaches the 500 branch.
+    """
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
+    log = log or logging.getLogger("pizzactl.server")
+
+    async def pizza_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PizzaError)
+        return error_response(exc, body)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        error: PizzaError
+        if exc.status_code == 404:
+            error = RouteNotFoundError(f"No route {request.method} {request.url.path}.", hint=route_hint)
+        elif exc.status_code == 405:
+            error = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}.", hint=route_hint)
+        else:
+            error = BadInputError(exc.detail if isinstance(exc.detail, str) else str(exc.detail))
+            error.http_status = exc.status_code
+            error.code = {413: PayloadTooLargeError.code, 415: UnsupportedMediaError.code}.get(
+                exc.status_code, "http_error"
+            )
+        response = error_response(error, body)
+        response.headers.update(exc.headers or {})
+        return response
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(InternalError("Internal error in the server; see its log."), body)
+
+    app.add_exception_handler(PizzaError, pizza_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    try:
+        from fastapi.exceptions import RequestValidationError
+    except ImportError:  # pragma: no cover - fastapi is a dependency; a bare Starlette app needs none of it
+        return
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(InvalidJSONError("The request body is not valid JSON."), body)
+        return error_response(RequestShapeError(describe_validation(errors)), body)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's errors as one line a person can act on."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
+        parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "The request does not match the schema."
 
 
 # Top-level modules that come with an extra, not with pizzactl itself.

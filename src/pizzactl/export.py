@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl import __version__
+from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.model_store import METADATA_DIR, METADATA_FILE, MODEL_NAME, find_run_dir, list_versions, model_base
+from pizzactl.model_store import METADATA_DIR, METADATA_FILE, find_run_dir, list_versions, model_base
 from pizzactl.serving.processes import pid_alive
 
 TMP_PREFIX = ".tmp-"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pizzactl.config import MODEL_NAME
 from pizzactl.errors import ModelNotFoundError, PizzaError
 
-MODEL_NAME = "pizza"
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "pizzactl.json"
 NO_MODEL_HINT = "run `pizzactl train` or pass --models DIR"

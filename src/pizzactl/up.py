@@ -101,10 +101,11 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
         from pizzactl.tfimport import require_tensorflow
 
         require_tensorflow()  # quietly, as for `pizzactl train`; without the [train] extra, say so
+        from pizzactl.model_store import model_base
         from pizzactl.train import train
 
         where = settings.data_dir or f"the Kaggle dataset {settings.dataset}"
-        log(f"No model in {Path(settings.models_dir) / 'pizza'} yet: training {settings.backbone} on {where}.")
+        log(f"No model in {model_base(settings.models_dir)} yet: training {settings.backbone} on {where}.")
         model_dir = train(settings).model_dir or latest_version_dir(settings.models_dir)
         trained = True
     else:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pizzactl.config import MODEL_NAME
 from pizzactl.console import err, log, out
 from pizzactl.errors import DataError, DeployError
 
@@ -222,7 +223,9 @@ def _direct_latencies(client, model_url: str, jpegs: Sequence[bytes], n: int, of
     for i in range(n):
         body = wire_body(jpegs[(offset + i) % len(jpegs)])
         t0 = time.perf_counter()
-        client.post(model_url + "/v1/models/pizza:predict", content=body, headers={"content-type": "application/json"})
+        client.post(
+            f"{model_url}/v1/models/{MODEL_NAME}:predict", content=body, headers={"content-type": "application/json"}
+        )
         out.append((time.perf_counter() - t0) * 1000)
     return out
 

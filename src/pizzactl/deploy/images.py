@@ -24,7 +24,7 @@ from typing import Any
 
 import pizzactl
 from pizzactl import __version__
-from pizzactl.config import Settings
+from pizzactl.config import MODEL_NAME, Settings
 from pizzactl.console import err, log
 from pizzactl.deploy.manifests import shipped_dir
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
@@ -216,7 +216,7 @@ def build_context(kind: str, model_dir: Path | None = None) -> Iterator[Path]:
         if kind in ("builtin", "tfserving"):
             if model_dir is None:
                 raise ModelNotFoundError("No model to put in the image.")
-            shutil.copytree(model_dir, ctx / "models" / "pizza" / model_dir.name, ignore=_SKIP)
+            shutil.copytree(model_dir, ctx / "models" / MODEL_NAME / model_dir.name, ignore=_SKIP)
         (ctx / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
         _world_readable(ctx)
         yield ctx

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 import pizzactl
-from pizzactl.config import Settings
+from pizzactl.config import MODEL_PORT, Settings
 
 
 def shipped_dir(name: str) -> Path:
@@ -103,7 +103,7 @@ def render(
                 if env["name"] == "PIZZACTL_ALLOW_PRIVATE_URLS":
                     env["value"] = "true" if settings.allow_private_urls else "false"
                 elif env["name"] == "PIZZACTL_MODEL_URL":
-                    env["value"] = f"http://pizzactl-model.{namespace}.svc:8501"
+                    env["value"] = f"http://pizzactl-model.{namespace}.svc:{MODEL_PORT}"
             if name == "pizzactl-model":
                 _size_threads(container, model_server)
     return docs

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from pizzactl.config import MODEL_NAME
 from pizzactl.errors import InvalidImageError, ModelUnavailableError
 
 DEFAULT_TIMEOUT = 2.0
@@ -41,7 +42,7 @@ class ModelInfo:
 
 def _unavailable(message: str, retry_after: int = 1) -> ModelUnavailableError:
     error = ModelUnavailableError(message, hint="The model server is down, overloaded or still loading; retry shortly.")
-    error.retry_after = retry_after  # type: ignore[attr-defined]
+    error.retry_after = retry_after
     return error
 
 
@@ -84,7 +85,7 @@ class ModelClient:
     def __init__(
         self,
         base_url: str,
-        model_name: str = "pizza",
+        model_name: str = MODEL_NAME,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_concurrency: int = 64,

@@ -22,9 +22,9 @@ from urllib.parse import urljoin
 import httpx
 
 from pizzactl import __version__
+from pizzactl.config import MAX_IMAGE_BYTES
 from pizzactl.errors import BadInputError, FetchError, PayloadTooLargeError, UnsafeURLError, UnsupportedMediaError
 
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 REDIRECTS = {301, 302, 303, 307, 308}
 
 # Cloud metadata services (AWS, GCP, Azure, ECS, Alibaba, Oracle ...), blocked even with allow_private.
@@ -37,7 +37,7 @@ METADATA_ADDRESSES = frozenset(
 @dataclass(frozen=True)
 class FetchPolicy:
     allow_private: bool = False
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_bytes: int = MAX_IMAGE_BYTES
     max_redirects: int = 3
     connect_timeout: float = 3.0
     read_timeout: float = 5.0

@@ -19,16 +19,15 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -36,13 +35,19 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pizzactl import __version__
+from pizzactl.config import GATEWAY_PORT, MODEL_NAME, Settings, load_settings, server_settings, view
 from pizzactl.errors import (
     BadInputError,
+    InvalidBase64Error,
     InvalidImageError,
-    ModelUnavailableError,
+    InvalidJSONError,
     PayloadTooLargeError,
     PizzaError,
+    RequestShapeError,
     UnsupportedMediaError,
+    error_response,
+    gateway_body,
+    install_error_handlers,
 )
 from pizzactl.serving import prepare
 from pizzactl.serving.client import ModelClient
@@ -52,76 +57,35 @@ log = logging.getLogger("pizzactl.gateway")
 STATIC_DIR = Path(__file__).with_name("static")
 
 
-class InvalidJSONError(BadInputError):
-    code = "invalid_json"
-
-
-class InvalidBase64Error(BadInputError):
-    code = "invalid_base64"
-
-
-class RequestShapeError(BadInputError):
-    """Well-formed JSON that does not match the schema."""
-
-    code = "validation_error"
-    http_status = 422
-
-
 # --- configuration --------------------------------------------------------------------------
-
-
-def _bool(text: str) -> bool:
-    return text.strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Everything the gateway needs; `from_env()` reads the PIZZACTL_* variables."""
+    """What the gateway needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags)."""
 
-    model_url: str = "http://127.0.0.1:8501"
-    model_name: str = "pizza"
-    allow_private_urls: bool = False
-    model_timeout: float = 2.0  # seconds until a model-server call becomes a 503
-    max_concurrency: int = 64  # model-server requests in flight
-    max_image_bytes: int = prepare.DEFAULT_MAX_BYTES
-    max_image_pixels: int = prepare.DEFAULT_MAX_PIXELS
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_batch_items: int = 32
-    fetch_timeout: float = 10.0
+    model_url: str
+    model_name: str
+    allow_private_urls: bool
+    model_timeout: float
+    max_concurrency: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_request_bytes: int
+    max_batch_items: int
+    fetch_timeout: float
     static_dir: Path = STATIC_DIR
 
-    ENV: ClassVar[dict[str, str]] = {
-        "model_url": "PIZZACTL_MODEL_URL",
-        "model_name": "PIZZACTL_MODEL_NAME",
-        "allow_private_urls": "PIZZACTL_ALLOW_PRIVATE_URLS",
-        "model_timeout": "PIZZACTL_MODEL_TIMEOUT",
-        "max_concurrency": "PIZZACTL_MAX_CONCURRENCY",
-        "max_image_bytes": "PIZZACTL_MAX_IMAGE_BYTES",
-        "max_image_pixels": "PIZZACTL_MAX_IMAGE_PIXELS",
-        "max_request_bytes": "PIZZACTL_MAX_REQUEST_BYTES",
-        "max_batch_items": "PIZZACTL_MAX_BATCH_ITEMS",
-        "fetch_timeout": "PIZZACTL_FETCH_TIMEOUT",
-    }
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:
+        overrides.setdefault("model_url", None)
+        overrides["model_url"] = overrides["model_url"] or settings.model_server_url
+        return view(cls, settings, **overrides)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> GatewayConfig:
-        environ = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        defaults = cls()
-        for name, var in cls.ENV.items():
-            if var in environ and environ[var] != "":
-                kind = type(getattr(defaults, name))
-                raw = environ[var]
-                try:
-                    values[name] = _bool(raw) if kind is bool else kind(raw)
-                except ValueError:
-                    from pizzactl.errors import ConfigError
-
-                    raise ConfigError(
-                        f"{var}={raw!r} is not a valid {kind.__name__}.", hint=f"Fix or unset {var}."
-                    ) from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
+        """From the environment (and ./pizzactl.toml); `overrides` that are not None win."""
+        return cls.from_settings(load_settings(environ=environ), **overrides)
 
     @property
     def fetch_policy(self) -> FetchPolicy:
@@ -303,7 +267,7 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         for key, value in scope.get("headers", []):
             if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                response = _error_response(self._error())
+                response = error_response(self._error())
                 return await response(scope, receive, send)
         seen = 0
 
@@ -323,71 +287,6 @@ class BodyLimitMiddleware:
             f"The request body is larger than {self.max_bytes:,} bytes.",
             hint="Send fewer or smaller images per request (PIZZACTL_MAX_REQUEST_BYTES raises the limit).",
         )
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-def _error_payload(exc: PizzaError, with_status: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    if exc.hint:
-        body["hint"] = exc.hint
-    if with_status:
-        body["status"] = exc.http_status
-    return {"error": body}
-
-
-def _error_response(exc: PizzaError) -> JSONResponse:
-    headers = {}
-    if isinstance(exc, ModelUnavailableError):
-        headers["Retry-After"] = str(getattr(exc, "retry_after", 1))
-    status = exc.http_status if 400 <= exc.http_status < 600 else 400
-    return JSONResponse(_error_payload(exc), status_code=status, headers=headers)
-
-
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "unsupported_media_type",
-}
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(PizzaError)
-    async def pizza_error(request: Request, exc: PizzaError) -> JSONResponse:
-        return _error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return _error_response(InvalidJSONError("The request body is not valid JSON."))
-        return _error_response(RequestShapeError(_describe(list(errors))))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404:
-            message = f"No route {request.method} {request.url.path}. See /docs for the API."
-        body = {"error": {"code": code, "message": message}}
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        body = {"error": {"code": "internal", "message": "Internal error in the gateway; see its log."}}
-        return JSONResponse(body, status_code=500)
-
-
-def _describe(errors: list[dict[str, Any]]) -> str:
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
-        parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts) or "The request does not match the schema."
 
 
 # --- request parsing ------------------------------------------------------------------------
@@ -513,7 +412,7 @@ class Gateway:
             )
         else:
             jpegs = [p.jpeg for p in pictures]
-        predictions, version = await self.model.predict(cast(list[bytes], jpegs))  # sized above: no None
+        predictions, version = await self.model.predict(jpegs)
         results = []
         for p in predictions:
             self.metrics.images.labels(p.label).inc()
@@ -573,7 +472,7 @@ def create_app(
     )
     app.state.gateway = gateway
     app.state.config = config
-    _install_error_handlers(app)
+    install_error_handlers(app, gateway_body, route_hint="See /docs for the API.", log=log)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -649,9 +548,9 @@ def create_app(
                     try:
                         answers[i] = (await gateway.predict_images([prepared[i]]))[0]
                     except InvalidImageError as exc:
-                        answers[i] = _error_payload(exc, with_status=True)
+                        answers[i] = gateway_body(exc, with_status=True)
         return [
-            _error_payload(p, with_status=True) if isinstance(p, PizzaError) else answers[i]
+            gateway_body(p, with_status=True) if isinstance(p, PizzaError) else answers[i]
             for i, p in enumerate(prepared)
         ]
 
@@ -739,56 +638,45 @@ async def _upload(request: Request) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    env = os.environ
+    """Flags override the PIZZACTL_* variables and pizzactl.toml (see `pizzactl config show`)."""
     parser = argparse.ArgumentParser(
         prog="python -m pizzactl.serving.gateway",
         description="pizzactl gateway: safe image intake in front of a TF Serving-compatible model server.",
     )
     parser.add_argument(
         "--model-url",
-        default=env.get("PIZZACTL_MODEL_URL") or "http://127.0.0.1:8501",
-        help="Model server base URL (env PIZZACTL_MODEL_URL).",
+        dest="model_url",
+        help="Model server base URL (env PIZZACTL_MODEL_URL; default http://127.0.0.1:<model port>).",
     )
-    parser.add_argument(
-        "--model-name", default=env.get("PIZZACTL_MODEL_NAME") or "pizza", help="Model name (env PIZZACTL_MODEL_NAME)."
-    )
-    parser.add_argument(
-        "--host", default=env.get("PIZZACTL_HOST") or "127.0.0.1", help="Address to listen on (env PIZZACTL_HOST)."
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(env.get("PIZZACTL_PORT") or 9696),
-        help="Port (env PIZZACTL_PORT, default 9696).",
-    )
+    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
+    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
+    parser.add_argument("--port", type=int, help=f"Port (env PIZZACTL_PORT, default {GATEWAY_PORT}).")
     parser.add_argument(
         "--allow-private-urls",
-        action="store_true",
-        default=_bool(env.get("PIZZACTL_ALLOW_PRIVATE_URLS", "")),
+        action="store_const",
+        const=True,
         help="Allow fetching loopback and private-network URLs (env PIZZACTL_ALLOW_PRIVATE_URLS=1).",
     )
-    parser.add_argument("--log-level", default=env.get("PIZZACTL_LOG_LEVEL") or "info")
+    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
     parser.add_argument(
         "--access-log",
-        action="store_true",
-        default=_bool(env.get("PIZZACTL_ACCESS_LOG", "")),
+        action="store_const",
+        const=True,
         help="Log every request (env PIZZACTL_ACCESS_LOG=1); off by default, /metrics counts them.",
     )
-    args = parser.parse_args(argv)
+    settings = server_settings(vars(parser.parse_args(argv)))
 
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = settings.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
-    config = GatewayConfig.from_env(
-        model_url=args.model_url, model_name=args.model_name, allow_private_urls=args.allow_private_urls
-    )
     uvicorn.run(
-        create_app(config=config),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        access_log=args.access_log,
+        create_app(config=GatewayConfig.from_settings(settings)),
+        host=settings.host,
+        port=settings.port,
+        log_level=level.lower(),
+        access_log=settings.access_log,
         loop="auto",
         http="auto",  # auto = uvloop + httptools (uvicorn[standard])
     )

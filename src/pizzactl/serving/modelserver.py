@@ -43,11 +43,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pizzactl.config import MODEL_NAME, MODEL_PORT, Settings, load_settings, server_settings, view
+
 log = logging.getLogger("pizzactl.modelserver")
 
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_BATCH_TIMEOUT = 0.0  # seconds a free worker waits for company; busy workers batch anyway
-DEFAULT_POLL_SECONDS = 2.0
+DEFAULT_MAX_BATCH_SIZE = Settings.max_batch_size
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 SIGNATURE = "serving_default"
 METADATA_FILE = Path("assets.extra") / "pizzactl.json"
@@ -191,7 +191,7 @@ class Batcher:
         self,
         run: Callable[[list], Sequence],
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        timeout: float = DEFAULT_BATCH_TIMEOUT,
+        timeout: float = 0.0,
         threads: int = 1,
     ):
         self.run = run
@@ -314,13 +314,21 @@ class Batcher:
 
 @dataclass(frozen=True)
 class ModelServerConfig:
+    """What the model server needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags)."""
+
     models_dir: Path
-    model_name: str = "pizza"
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    batch_timeout: float = DEFAULT_BATCH_TIMEOUT
-    batch_threads: int = 1
-    poll_seconds: float = DEFAULT_POLL_SECONDS
+    model_name: str
+    max_batch_size: int
+    batch_timeout_ms: float
+    batch_threads: int
+    poll_seconds: float
+    tf_intra_op_threads: int
+    tf_inter_op_threads: int
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ModelServerConfig:
+        return view(cls, settings, **overrides)
 
     @property
     def base_path(self) -> Path:
@@ -337,7 +345,9 @@ class ModelServer:
         self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
         self._failed_mtime: dict[int, float] = {}
         self._lock = threading.Lock()
-        self.batcher = Batcher(self._run_batch, config.max_batch_size, config.batch_timeout, config.batch_threads)
+        self.batcher = Batcher(
+            self._run_batch, config.max_batch_size, config.batch_timeout_ms / 1000, config.batch_threads
+        )
         self._watcher: asyncio.Task | None = None
         self.metrics = _Metrics()
         self.batcher.on_batch = self.metrics.observe_batch
@@ -634,19 +644,14 @@ _PATH = re.compile(
 
 
 def create_app(
-    models_dir: Path | str,
-    model_name: str = "pizza",
-    *,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    batch_timeout: float = DEFAULT_BATCH_TIMEOUT,
-    batch_threads: int = 1,
-    poll_seconds: float = DEFAULT_POLL_SECONDS,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    models_dir: Path | str | None = None, config: ModelServerConfig | None = None, **overrides: Any
 ) -> Starlette:
-    """The model server as an ASGI app (the watcher and batcher start with the app's lifespan)."""
-    config = ModelServerConfig(
-        Path(models_dir), model_name, max_batch_size, batch_timeout, batch_threads, poll_seconds, max_request_bytes
-    )
+    """The model server as an ASGI app (the watcher and batcher start with the app's lifespan).
+
+    Without `config`, the settings (PIZZACTL_* variables, pizzactl.toml) and `overrides` decide.
+    """
+    if config is None:
+        config = ModelServerConfig.from_settings(load_settings(), models_dir=models_dir, **overrides)
     server = ModelServer(config)
 
     async def models(request: Request) -> Response:
@@ -749,89 +754,64 @@ def configure_tf_threads(intra: int | None = None, inter: int | None = None) -> 
     return intra, inter
 
 
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get("PIZZACTL_" + name, default)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
+    """Flags override the PIZZACTL_* variables and pizzactl.toml (see `pizzactl config show`)."""
     parser = argparse.ArgumentParser(
         prog="python -m pizzactl.serving.modelserver",
         description="TF Serving-compatible REST model server for pizzactl SavedModels (with batching and hot reload).",
     )
     parser.add_argument(
-        "--models",
-        default=_env("MODELS_DIR", "models"),
-        help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR).",
+        "--models", dest="models_dir", help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR)."
+    )
+    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
+    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
+    parser.add_argument(
+        "--port", dest="model_port", type=int, help=f"Port (env PIZZACTL_MODEL_PORT, default {MODEL_PORT})."
     )
     parser.add_argument(
-        "--model-name", default=_env("MODEL_NAME", "pizza"), help="Model name (env PIZZACTL_MODEL_NAME, default pizza)."
-    )
-    parser.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="Address to listen on (env PIZZACTL_HOST).")
-    parser.add_argument(
-        "--port", type=int, default=int(_env("MODEL_PORT", 8501)), help="Port (env PIZZACTL_MODEL_PORT, default 8501)."
-    )
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=int(_env("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)),
-        help="Images per server-side batch (env PIZZACTL_MAX_BATCH_SIZE).",
+        "--max-batch-size", type=int, help="Images per server-side batch (env PIZZACTL_MAX_BATCH_SIZE, default 32)."
     )
     parser.add_argument(
         "--batch-timeout-ms",
         type=float,
-        default=float(_env("BATCH_TIMEOUT_MS", DEFAULT_BATCH_TIMEOUT * 1000)),
         help="How long a free worker waits for more requests to join a batch; 0 (default) runs at once, a busy worker batches anyway (env PIZZACTL_BATCH_TIMEOUT_MS).",
     )
+    parser.add_argument("--batch-threads", type=int, help="Batches run at the same time (env PIZZACTL_BATCH_THREADS).")
     parser.add_argument(
-        "--batch-threads",
-        type=int,
-        default=int(_env("BATCH_THREADS", 1)),
-        help="Batches run at the same time (env PIZZACTL_BATCH_THREADS).",
-    )
-    parser.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=float(_env("POLL_SECONDS", DEFAULT_POLL_SECONDS)),
-        help="How often to look for new versions (env PIZZACTL_POLL_SECONDS).",
+        "--poll-seconds", type=float, help="How often to look for new versions (env PIZZACTL_POLL_SECONDS)."
     )
     parser.add_argument(
         "--intra-op-threads",
+        dest="tf_intra_op_threads",
         type=int,
-        default=int(_env("TF_INTRA_OP_THREADS", -1)),
         help="TensorFlow threads per op; -1 (default) = half the CPUs, 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).",
     )
     parser.add_argument(
         "--inter-op-threads",
+        dest="tf_inter_op_threads",
         type=int,
-        default=int(_env("TF_INTER_OP_THREADS", -1)),
         help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).",
     )
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
+    settings = server_settings(vars(parser.parse_args(argv)))
+    config = ModelServerConfig.from_settings(settings)
 
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = settings.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.log_level.lower() != "debug":
+    if level.lower() != "debug":
         from pizzactl.tfimport import import_quietly
 
         import_quietly()  # TF's start-up INFO lines are not the model server's log
-    intra, inter = configure_tf_threads(args.intra_op_threads, args.inter_op_threads)
+    intra, inter = configure_tf_threads(config.tf_intra_op_threads, config.tf_inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
-    app = create_app(
-        args.models,
-        args.model_name,
-        max_batch_size=args.max_batch_size,
-        batch_timeout=args.batch_timeout_ms / 1000,
-        batch_threads=args.batch_threads,
-        poll_seconds=args.poll_seconds,
-    )
     uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
+        create_app(config=config),
+        host=settings.host,
+        port=settings.model_port,
+        log_level=level.lower(),
         access_log=False,
         loop="auto",
         http="auto",  # auto = uvloop + httptools, installed with uvicorn[standard]

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from pizzactl.config import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from pizzactl.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaError
 
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above any phone photo
 DEFAULT_IMAGE_SIZE = 224
 WIRE_BUDGET = 60 * 1024  # bytes per image sent to the model server
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"})
@@ -28,8 +27,8 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = MAX_IMAGE_BYTES
+    max_pixels: int = MAX_IMAGE_PIXELS
 
 
 def load_image(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int | None = None) -> Image.Image:

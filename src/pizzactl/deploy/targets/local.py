@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
@@ -115,7 +116,7 @@ def _served_version(model_url: str) -> int | None:
     import httpx
 
     try:
-        body = httpx.get(f"{model_url}/v1/models/pizza", timeout=2.0, trust_env=False).json()
+        body = httpx.get(f"{model_url}/v1/models/{MODEL_NAME}", timeout=2.0, trust_env=False).json()
         versions = [int(e["version"]) for e in body.get("model_version_status", []) if e.get("state") == "AVAILABLE"]
     except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
         return None
