@@ -73,8 +73,8 @@ def test_config_show_json_reports_values_and_sources(tmp_path):
 
 
 def test_the_servers_configurations_are_views_of_the_settings(tmp_path):
-    from pizzactl.serving.gateway import GatewayConfig
-    from pizzactl.serving.modelserver import ModelServerConfig
+    from pizzactl.serving.modelserver.server import ModelServerConfig
+    from pizzactl.serving.pipeline import GatewayConfig
 
     (tmp_path / "pizzactl.toml").write_text("max_batch_size = 8\nmodel_port = 8600\n")
     env = {"PIZZACTL_BATCH_TIMEOUT_MS": "2.5", "PIZZACTL_MAX_BATCH_ITEMS": "4", "PIZZACTL_ALLOW_PRIVATE_URLS": "yes"}

@@ -64,7 +64,7 @@ def test_the_gateway_never_imports_tensorflow():
 
 def test_gateway_settings_come_from_pizzactl_variables_and_arguments_win():
     from pizzactl.errors import ConfigError
-    from pizzactl.serving.gateway import GatewayConfig
+    from pizzactl.serving.pipeline import GatewayConfig
 
     env = {
         "PIZZACTL_MODEL_URL": "http://models:8501",

@@ -11,7 +11,9 @@ import time
 import httpx
 import pytest
 
-from pizzactl.serving.modelserver import Batcher, ServingError, list_versions
+from pizzactl.errors import BadInputError
+from pizzactl.model_store import list_versions
+from pizzactl.serving.modelserver.batching import Batcher, isolate_failures, isolate_failures_async
 
 from serving_fixtures import ModelServerProcess, free_port
 
@@ -90,7 +92,7 @@ async def test_batcher_respects_max_batch_size_and_keeps_each_requests_order():
 async def test_batcher_gives_the_error_only_to_the_request_that_caused_it():
     def run(items):
         if "bad" in items:
-            raise ServingError("cannot decode 'bad'")
+            raise BadInputError("cannot decode 'bad'")
         return [x.upper() for x in items]
 
     batcher = Batcher(run, max_batch_size=8, timeout=0.2)
@@ -101,17 +103,57 @@ async def test_batcher_gives_the_error_only_to_the_request_that_caused_it():
     finally:
         await batcher.stop()
     assert results[0] == ["A"]
-    assert isinstance(results[1], ServingError)
+    assert isinstance(results[1], BadInputError)
     assert results[2] == ["C", "D"]
 
 
-def test_list_versions_ignores_temp_dirs_and_dirs_without_a_saved_model(tmp_path):
+def _versions(path):
+    return [n for n, _ in list_versions(path.parent, path.name)]
+
+
+def test_a_version_is_an_integer_directory_with_a_saved_model(tmp_path):
+    """What the model server serves is what model_store lists (deploy, evaluate and explain use it too)."""
+    from pizzactl.model_store import next_version
+
+    base = tmp_path / "pizza"
     for name in ("1", "3", ".tmp-123-abc", "notes"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "saved_model.pb").write_bytes(b"x")
-    (tmp_path / "7").mkdir()  # being written: no saved_model.pb yet
-    assert list_versions(tmp_path) == [1, 3]
-    assert list_versions(tmp_path / "missing") == []
+        (base / name).mkdir(parents=True)
+        (base / name / "saved_model.pb").write_bytes(b"x")
+    (base / "7").mkdir()  # being copied in: no saved_model.pb yet
+    assert _versions(base) == [1, 3]
+    assert next_version(tmp_path) == 8  # an export never takes the number of a directory being copied in
+    assert _versions(tmp_path / "missing" / "pizza") == []
+
+
+def test_isolate_failures_reruns_parts_alone_only_when_the_batch_fails():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise BadInputError("bad item")
+        return [x.upper() for x in items]
+
+    assert isolate_failures(run, [["a"], ["b", "c"]]) == [["A"], ["B", "C"]]
+    assert calls == [["a", "b", "c"]]
+    calls.clear()
+    outcomes = isolate_failures(run, [["a"], ["bad"], ["c"]], BadInputError)
+    assert outcomes[0] == ["A"] and outcomes[2] == ["C"] and isinstance(outcomes[1], BadInputError)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+    with pytest.raises(KeyError):  # not the input's fault: not isolated
+        isolate_failures(lambda items: {}["x"], [["a"], ["b"]], BadInputError)
+
+
+async def test_isolate_failures_async_does_the_same_on_an_event_loop():
+    async def run(items):
+        if "bad" in items:
+            raise BadInputError("bad item")
+        return [x * 2 for x in items]
+
+    outcomes = await isolate_failures_async(run, [["a"], ["bad"], ["c", "d"]], BadInputError)
+    assert outcomes[0] == ["aa"] and isinstance(outcomes[1], BadInputError) and outcomes[2] == ["cc", "dd"]
+    lone = await isolate_failures_async(run, [["bad"]], BadInputError)
+    assert len(lone) == 1 and isinstance(lone[0], BadInputError)
 
 
 # --- the real server ------------------------------------------------------------------------
@@ -126,7 +168,7 @@ def ms(model_server) -> str:
 def test_status_reports_the_version_available_as_tf_serving_does(ms, serving_models):
     response = httpx.get(ms)
     assert response.status_code == 200
-    expected_version = str(max(list_versions(serving_models / "pizza")))
+    expected_version = str(max(_versions(serving_models / "pizza")))
     assert response.json() == {
         "model_version_status": [
             {"version": expected_version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
@@ -137,7 +179,7 @@ def test_status_reports_the_version_available_as_tf_serving_does(ms, serving_mod
 @pytest.mark.slow
 def test_metadata_has_tf_serving_signature_defs_and_pizzactl_json(ms, serving_models):
     body = httpx.get(ms + "/metadata").json()
-    version = str(max(list_versions(serving_models / "pizza")))
+    version = str(max(_versions(serving_models / "pizza")))
     assert body["model_spec"] == {"name": "pizza", "signature_name": "", "version": version}
     sigs = body["metadata"]["signature_def"]["signature_def"]
     default = sigs["serving_default"]
@@ -207,11 +249,26 @@ def test_bad_requests_get_tf_serving_errors_and_the_server_stays_up(ms, path, bo
 
 
 @pytest.mark.slow
-def test_unknown_models_and_routes_are_404_with_an_error(model_server):
-    for path in ("/v1/models/margherita", "/v1/models/margherita/metadata", "/nothing/here"):
+def test_unknown_models_and_routes_are_404_and_wrong_methods_405_in_tf_servings_shape(model_server):
+    for path in (
+        "/v1/models/margherita",
+        "/v1/models/margherita/metadata",
+        "/nothing/here",
+        "/v1/models/pizza/versions/x",
+    ):
         response = httpx.get(model_server.url + path)
         assert response.status_code == 404
-        assert "error" in response.json()
+        assert set(response.json()) == {"error"} and isinstance(response.json()["error"], str)
+    for method, path in (
+        ("GET", "/v1/models/pizza:predict"),
+        ("POST", "/v1/models/pizza"),
+        ("DELETE", "/v1/models/pizza/metadata"),
+    ):
+        response = httpx.request(method, model_server.url + path)
+        assert response.status_code == 405, (method, path)
+        assert set(response.json()) == {"error"}
+    classify = httpx.post(model_server.url + "/v1/models/pizza:classify", json={"examples": []})
+    assert classify.status_code == 400 and "not supported" in classify.json()["error"]
 
 
 @pytest.mark.slow
@@ -253,7 +310,7 @@ def test_server_starts_without_a_model_then_hot_loads_new_versions(tmp_path, ser
         assert str(models / "pizza") in empty.json()["error"]
         assert "pizzactl export" in empty.json()["error"]
 
-        source = serving_models / "pizza" / str(max(list_versions(serving_models / "pizza")))
+        source = serving_models / "pizza" / str(max(_versions(serving_models / "pizza")))
         (models / "pizza").mkdir(parents=True)
         shutil.copytree(source, models / "pizza" / ".tmp-1")
         (models / "pizza" / ".tmp-1").rename(models / "pizza" / "1")  # what an export does

@@ -88,20 +88,21 @@ def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]
     """Probabilities and labels for one batch; an undecodable image is set aside, not fatal."""
     import tensorflow as tf
 
-    try:
-        res = fn(image_bytes=tf.constant(blobs))
-        return list(res["probability"].numpy()), [x.decode() for x in res["label"].numpy()], list(range(len(blobs)))
-    except tf.errors.InvalidArgumentError:
-        pass
+    from pizzactl.serving.modelserver.batching import isolate_failures
+
+    def run(batch: list[bytes]) -> list[tuple[float, str]]:
+        res = fn(image_bytes=tf.constant(batch))
+        return list(zip(res["probability"].numpy().tolist(), [x.decode() for x in res["label"].numpy()], strict=True))
+
     probs, labels, kept = [], [], []
-    for i, blob in enumerate(blobs):  # find the culprit(s) one by one
-        try:
-            res = fn(image_bytes=tf.constant([blob]))
-        except tf.errors.InvalidArgumentError as exc:
-            failed.append({"path": str(paths[i]), "error": exc.message.splitlines()[0]})
+    outcomes = isolate_failures(run, [[blob] for blob in blobs], tf.errors.InvalidArgumentError)
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, BaseException):
+            failed.append({"path": str(paths[i]), "error": getattr(outcome, "message", str(outcome)).splitlines()[0]})
             continue
-        probs.append(float(res["probability"].numpy()[0]))
-        labels.append(res["label"].numpy()[0].decode())
+        ((probability, label),) = outcome
+        probs.append(probability)
+        labels.append(label)
         kept.append(i)
     return probs, labels, kept
 

@@ -31,7 +31,7 @@ from pizzactl import __version__
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.model_store import METADATA_DIR, METADATA_FILE, find_run_dir, list_versions, model_base
+from pizzactl.model_store import METADATA_DIR, METADATA_FILE, find_run_dir, model_base, next_version
 from pizzactl.serving.processes import pid_alive
 
 TMP_PREFIX = ".tmp-"
@@ -240,8 +240,7 @@ def _fsync_dir(path: Path) -> None:
 def _publish(tmp: Path, base: Path, name: str) -> Path:
     """Rename tmp to the next free integer version; retry if a concurrent export took it."""
     for _ in range(1000):
-        versions = list_versions(base.parent, name)
-        target = base / str(versions[-1][0] + 1 if versions else 1)
+        target = base / str(next_version(base.parent, name))
         try:
             os.rename(tmp, target)
         except OSError as exc:

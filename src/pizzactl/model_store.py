@@ -32,15 +32,27 @@ def model_base(models_dir: Path | str, name: str = MODEL_NAME) -> Path:
 
 
 def list_versions(models_dir: Path | str, name: str = MODEL_NAME) -> list[tuple[int, Path]]:
-    """Published versions, oldest first. Temporary and non-integer directories are ignored."""
-    base = model_base(models_dir, name)
-    if not base.is_dir():
+    """Published versions, oldest first: directories named by an integer that hold a saved_model.pb.
+
+    What every reader agrees on (the model server, deploy, evaluate, explain): an export's
+    temporary directory, anything not named by an integer, and an integer directory still being
+    copied in by hand (no saved_model.pb yet) are not versions. TF Serving would try to load the
+    last one and fail; the model server waits until it is complete.
+    """
+    return sorted((number, path) for number, path in _integer_dirs(models_dir, name) if is_version_dir(path))
+
+
+def next_version(models_dir: Path | str, name: str = MODEL_NAME) -> int:
+    """The number an export publishes as: above every integer directory, complete or not."""
+    return max((number for number, _ in _integer_dirs(models_dir, name)), default=0) + 1
+
+
+def _integer_dirs(models_dir: Path | str, name: str) -> list[tuple[int, Path]]:
+    try:
+        children = list(model_base(models_dir, name).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    versions = []
-    for child in base.iterdir():
-        if child.is_dir() and child.name.isdigit():
-            versions.append((int(child.name), child))
-    return sorted(versions)
+    return [(int(child.name), child) for child in children if child.name.isdigit() and child.is_dir()]
 
 
 def latest_version_dir(models_dir: Path | str, name: str = MODEL_NAME) -> Path:

@@ -108,7 +108,7 @@ class InProcessModel:
     """
 
     def __init__(self, version_dir: Path, jpegs: Sequence[bytes], batch_size: int):
-        from pizzactl.serving.modelserver import configure_tf_threads
+        from pizzactl.serving.modelserver.runtimes import configure_tf_threads
 
         self.threads = configure_tf_threads()  # the model server's TensorFlow settings: same engine on both sides
         import tensorflow as tf

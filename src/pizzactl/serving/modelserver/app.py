@@ -1,0 +1,211 @@
+"""The model server's HTTP face: TF Serving's REST routes on a bare Starlette app, and `main()`.
+
+Routes (as TF Serving's): `GET /v1/models/<name>[/versions/<n>]` (status),
+`GET .../metadata`, `POST .../<name>[/versions/<n>]:predict`, and Prometheus metrics at
+`/monitoring/prometheus/metrics`. Every error is TF Serving's `{"error": "..."}` through
+`install_error_handlers`. No request models or OpenAPI on the hot path: the API is TF
+Serving's, not ours, and stdlib JSON is what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pizzactl.config import MODEL_NAME, MODEL_PORT, load_settings, server_settings
+from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_handlers, tf_serving_body
+from pizzactl.serving.middleware import BodyLimit, ObserveRequests
+from pizzactl.serving.modelserver.runtimes import configure_tf_threads
+from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
+
+log = logging.getLogger("pizzactl.modelserver")
+
+
+class ModelNameConvertor(Convertor):
+    """A model name stops at '/' and ':' (`pizza:predict` is the name `pizza` and the verb `predict`)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", ModelNameConvertor())
+
+
+class Metrics:
+    """Prometheus metrics, on their own registry (several servers may live in one test process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.http = Counter(
+            "pizzactl_model_requests",
+            "Model server requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "pizzactl_model_batch_size",
+            "Images per server-side batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "pizzactl_model_batch_seconds", "Seconds to run one batch", registry=self.registry
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def observe_request(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        verb = scope.get("path_params", {}).get("verb")
+        endpoint = scope.get("endpoint")
+        route = verb or getattr(endpoint, "__name__", None) or "other"
+        self.http.labels(route, str(status)).inc()
+
+
+def _version(request: Request) -> int | None:
+    return request.path_params.get("version")
+
+
+def create_app(
+    models_dir: Path | str | None = None, config: ModelServerConfig | None = None, **overrides: Any
+) -> Starlette:
+    """The model server as an ASGI app (the watcher and batcher start with the app's lifespan).
+
+    Without `config`, the settings (PIZZACTL_* variables, pizzactl.toml) and `overrides` decide.
+    """
+    if config is None:
+        config = ModelServerConfig.from_settings(load_settings(), models_dir=models_dir, **overrides)
+    server = ModelServer(config)
+    metrics = Metrics()
+    server.batcher.on_batch = metrics.observe_batch
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(server.status(request.path_params["name"], _version(request)))
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse(server.metadata(request.path_params["name"], _version(request)))
+
+    async def predict(request: Request) -> Response:
+        verb = request.path_params["verb"]
+        if verb in ("classify", "regress"):
+            raise BadInputError(f"{verb} is not supported by this server (use :predict)")
+        if verb != "predict":
+            raise RouteNotFoundError(f"Malformed request: {request.method} {request.url.path}")
+        try:
+            payload = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"JSON Parse error: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadInputError("JSON Value: request must be a JSON object")
+        body, used = await server.predict(request.path_params["name"], _version(request), payload)
+        return JSONResponse(body, headers={"X-Model-Version": str(used)})
+
+    async def prometheus(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await server.startup()
+        try:
+            yield
+        finally:
+            await server.shutdown()
+
+    model = "/v1/models/{name:model}"
+    version = model + "/versions/{version:int}"
+    routes = [Route(prefix + ":{verb}", predict, methods=["POST"]) for prefix in (model, version)]
+    routes += [Route(prefix + "/metadata", metadata, methods=["GET"]) for prefix in (model, version)]
+    routes += [Route(prefix, status, methods=["GET"]) for prefix in (model, version)]
+    routes.append(Route("/monitoring/prometheus/metrics", prometheus, methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    install_error_handlers(app, tf_serving_body, log=log)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, body=tf_serving_body)
+    app.add_middleware(ObserveRequests, observe=metrics.observe_request)
+    app.state.server = server
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Flags override the PIZZACTL_* variables and pizzactl.toml (see `pizzactl config show`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pizzactl.serving.modelserver",
+        description="TF Serving-compatible REST model server for pizzactl SavedModels (with batching and hot reload).",
+    )
+    parser.add_argument(
+        "--models", dest="models_dir", help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR)."
+    )
+    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
+    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
+    parser.add_argument(
+        "--port", dest="model_port", type=int, help=f"Port (env PIZZACTL_MODEL_PORT, default {MODEL_PORT})."
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, help="Images per server-side batch (env PIZZACTL_MAX_BATCH_SIZE, default 32)."
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        help="How long a free worker waits for more requests to join a batch; 0 (default) runs at once, a busy worker batches anyway (env PIZZACTL_BATCH_TIMEOUT_MS).",
+    )
+    parser.add_argument("--batch-threads", type=int, help="Batches run at the same time (env PIZZACTL_BATCH_THREADS).")
+    parser.add_argument(
+        "--poll-seconds", type=float, help="How often to look for new versions (env PIZZACTL_POLL_SECONDS)."
+    )
+    parser.add_argument(
+        "--intra-op-threads",
+        dest="tf_intra_op_threads",
+        type=int,
+        help="TensorFlow threads per op; -1 (default) = half the CPUs, 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).",
+    )
+    parser.add_argument(
+        "--inter-op-threads",
+        dest="tf_inter_op_threads",
+        type=int,
+        help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).",
+    )
+    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
+    settings = server_settings(vars(parser.parse_args(argv)))
+    config = ModelServerConfig.from_settings(settings)
+
+    import uvicorn
+
+    level = settings.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if level.lower() != "debug":
+        from pizzactl.tfimport import import_quietly
+
+        import_quietly()  # TF's start-up INFO lines are not the model server's log
+    intra, inter = configure_tf_threads(config.tf_intra_op_threads, config.tf_inter_op_threads)
+    log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
+    uvicorn.run(
+        create_app(config=config),
+        host=settings.host,
+        port=settings.model_port,
+        log_level=level.lower(),
+        access_log=False,
+        loop="auto",
+        http="auto",  # auto = uvloop + httptools, installed with uvicorn[standard]
+    )

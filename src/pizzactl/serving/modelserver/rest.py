@@ -1,0 +1,123 @@
+"""TF Serving's REST JSON, both ways: the row (`instances`) and columnar (`inputs`) request
+forms to input lists, and output arrays to `predictions` / `outputs`.
+
+Binary values are `{"b64": "..."}`; errors are BadInputErrors worded as TF Serving words them
+(TF Serving clients show that text), answered as `{"error": "..."}` with a 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from pizzactl.errors import BadInputError
+
+_URLSAFE = re.compile(r"[A-Za-z0-9_\-]*={0,2}")
+
+
+def decode_value(value: Any) -> Any:
+    """TF Serving's JSON: {"b64": "..."} is binary; lists are tensors; scalars stay scalars."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"} and isinstance(value["b64"], str):
+            text = value["b64"]
+            try:
+                return base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                if _URLSAFE.fullmatch(text):
+                    try:
+                        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+                    except (binascii.Error, ValueError):
+                        pass
+                raise BadInputError("Unable to base64 decode") from None
+        raise BadInputError(f"Unexpected object in a tensor value: keys {sorted(value)[:5]}")
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    if isinstance(value, str):
+        return value.encode()
+    return value
+
+
+def row_inputs(instances: Any, names: list[str]) -> dict[str, list]:
+    if not isinstance(instances, list):
+        raise BadInputError("'instances' must be a list")
+    if not instances:
+        raise BadInputError("'instances' is empty")
+    single = len(names) == 1
+    named = all(isinstance(i, dict) and set(i) != {"b64"} for i in instances)
+    columns: dict[str, list] = {n: [] for n in names}
+    for instance in instances:
+        if named:
+            missing = [n for n in names if n not in instance]
+            extra = [k for k in instance if k not in columns]
+            if missing or extra:
+                raise BadInputError(f"instance has keys {sorted(instance)}; the signature takes {names}")
+            for n in names:
+                columns[n].append(decode_value(instance[n]))
+        elif single:
+            columns[names[0]].append(decode_value(instance))
+        else:
+            raise BadInputError(f"The signature takes several inputs {names}: each instance must be an object")
+    return columns
+
+
+def columnar_inputs(inputs: Any, names: list[str]) -> dict[str, list]:
+    if isinstance(inputs, dict) and set(inputs) != {"b64"}:
+        if sorted(inputs) != sorted(names):
+            raise BadInputError(f"'inputs' has keys {sorted(inputs)}; the signature takes {names}")
+        columns = {n: decode_value(inputs[n]) for n in names}
+    elif len(names) == 1:
+        columns = {names[0]: decode_value(inputs)}
+    else:
+        raise BadInputError(f"The signature takes several inputs {names}: 'inputs' must be an object")
+    for n, v in columns.items():
+        if not isinstance(v, list):
+            columns[n] = [v]
+        if not columns[n]:
+            raise BadInputError(f"input {n!r} is empty")
+    return columns
+
+
+def parse_request(body: dict[str, Any], names: list[str]) -> tuple[dict[str, list], bool]:
+    """A predict request body -> (inputs by name, columnar?)."""
+    columnar = "inputs" in body
+    if columnar == ("instances" in body):
+        raise BadInputError(
+            "Missing 'inputs' or 'instances' key" if not columnar else "Request has both 'inputs' and 'instances' keys"
+        )
+    return (columnar_inputs(body["inputs"], names) if columnar else row_inputs(body["instances"], names)), columnar
+
+
+def jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.floating):
+        return float(f"{float(value):.7g}")
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def answer(outputs: dict[str, Any], columnar: bool) -> dict[str, Any]:
+    """Output arrays -> `{"outputs": ...}` (columnar request) or `{"predictions": [...]}` (row request).
+
+    As in TF Serving, a signature with one output answers bare values instead of objects.
+    """
+    keys = sorted(outputs)
+    if columnar:
+        cols = {k: [jsonable(v) for v in outputs[k]] for k in keys}
+        return {"outputs": cols[keys[0]]} if len(keys) == 1 else {"outputs": cols}
+    n = len(outputs[keys[0]]) if keys else 0
+    if len(keys) == 1:
+        return {"predictions": [jsonable(v) for v in outputs[keys[0]]]}
+    return {"predictions": [{k: jsonable(outputs[k][i]) for k in keys} for i in range(n)]}

@@ -1,0 +1,224 @@
+"""The model server's state: which version it serves, hot reload from the models folder, and
+the answers to TF Serving's status, metadata and predict calls.
+
+Like TF Serving it serves the highest version under `MODELS/<name>/` (a version is what
+`pizzactl.model_store.list_versions` says it is) and polls that folder, swapping to a new
+version (or back to an older one when the newest is deleted) without a restart. A version
+that fails to load is not retried until its directory changes. With no version yet it
+answers 404 with a message naming the folder it watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pizzactl.config import Settings, view
+from pizzactl.errors import BadInputError, ServableNotFoundError
+from pizzactl.model_store import list_versions, model_base
+from pizzactl.serving.modelserver import rest
+from pizzactl.serving.modelserver.batching import Batcher
+from pizzactl.serving.modelserver.runtimes import SIGNATURE, TensorFlowRuntime, load_runtime
+
+log = logging.getLogger("pizzactl.modelserver")
+
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelServerConfig:
+    """What the model server needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags)."""
+
+    models_dir: Path
+    model_name: str
+    max_batch_size: int
+    batch_timeout_ms: float
+    batch_threads: int
+    poll_seconds: float
+    tf_intra_op_threads: int
+    tf_inter_op_threads: int
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ModelServerConfig:
+        return view(cls, settings, **overrides)
+
+    @property
+    def base_path(self) -> Path:
+        return model_base(self.models_dir, self.model_name)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _status_entry(version: int, state: str, code: str = "OK", message: str = "") -> dict[str, Any]:
+    return {"version": str(version), "state": state, "status": {"error_code": code, "error_message": message}}
+
+
+class ModelServer:
+    """Holds the current model, watches the folder, and batches predictions."""
+
+    def __init__(self, config: ModelServerConfig):
+        self.config = config
+        self.model: TensorFlowRuntime | None = None
+        self.loading: int | None = None
+        self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
+        self._failed_mtime: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.batcher = Batcher(
+            self._run_batch, config.max_batch_size, config.batch_timeout_ms / 1000, config.batch_threads
+        )
+        self._watcher: asyncio.Task | None = None
+
+    # --- model lifecycle
+
+    def _run_batch(self, items: list) -> list:
+        model = self.model
+        if model is None:
+            raise ServableNotFoundError(self.not_found_message())
+        name = model.input_names(SIGNATURE)[0]
+        outputs = model.run(SIGNATURE, {name: items})
+        keys = sorted(outputs)
+        return [({k: outputs[k][i] for k in keys}, model.version) for i in range(len(items))]
+
+    def poll_once(self) -> None:
+        """Load the highest version on disk if it is not the one being served (blocking)."""
+        versions = dict(list_versions(self.config.models_dir, self.config.model_name))
+        if not versions:
+            if self.model is not None:
+                log.warning(
+                    "no versions left under %s: unloading version %s", self.config.base_path, self.model.version
+                )
+                self.model = None
+            return
+        candidates = [v for v, path in versions.items() if v not in self.failed or self._changed(v, path)]
+        if not candidates:
+            return
+        target = max(candidates)
+        if self.model is not None and self.model.version == target:
+            return
+        path = versions[target]
+        self.loading = target
+        log.info("loading %s version %s from %s", self.config.model_name, target, path)
+        started = time.perf_counter()
+        try:
+            model = load_runtime(path, target)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            log.error("could not load %s: %s", path, message)
+            self.failed[target] = message
+            self._failed_mtime[target] = _mtime(path)
+            return
+        finally:
+            self.loading = None
+        self.failed.pop(target, None)
+        with self._lock:
+            old, self.model = self.model, model
+        log.info(
+            "serving %s version %s (%.1fs to load)%s",
+            self.config.model_name,
+            target,
+            time.perf_counter() - started,
+            f", replacing version {old.version}" if old else "",
+        )
+
+    def _changed(self, version: int, path: Path) -> bool:
+        return _mtime(path) != self._failed_mtime.get(version)
+
+    async def watch(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.poll_once)
+            except Exception:
+                log.exception("model poll failed")
+            await asyncio.sleep(self.config.poll_seconds)
+
+    async def startup(self) -> None:
+        self.batcher.start()
+        self._watcher = asyncio.get_running_loop().create_task(self.watch())
+
+    async def shutdown(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+        await self.batcher.stop()
+
+    def not_found_message(self) -> str:
+        name, base = self.config.model_name, self.config.base_path
+        if self.loading is not None:
+            return f"Servable not found for request: Latest({name}): version {self.loading} is still loading."
+        if self.failed:
+            version = max(self.failed)
+            return f"Servable not found for request: Latest({name}): version {version} failed to load: {self.failed[version]}"
+        return (
+            f"Servable not found for request: Latest({name}): no versions of model {name} found under {base}. "
+            "Export one with `pizzactl export` (or `pizzactl train`); it is picked up without a restart."
+        )
+
+    def servable(self, name: str, version: int | None) -> TensorFlowRuntime:
+        if name != self.config.model_name:
+            raise ServableNotFoundError(f"Servable not found for request: Latest({name})")
+        model = self.model
+        if model is None:
+            raise ServableNotFoundError(self.not_found_message())
+        if version is not None and version != model.version:
+            raise ServableNotFoundError(f"Servable not found for request: Specific({name}, {version})")
+        return model
+
+    # --- TF Serving's calls
+
+    def status(self, name: str, version: int | None) -> dict[str, Any]:
+        if name != self.config.model_name:
+            raise ServableNotFoundError(f"Could not find any versions of model {name}")
+        entries = []
+        model = self.model
+        if model is not None and version in (None, model.version):
+            entries.append(_status_entry(model.version, "AVAILABLE"))
+        if self.loading is not None and version in (None, self.loading):
+            entries.append(_status_entry(self.loading, "LOADING"))
+        for v, message in sorted(self.failed.items(), reverse=True):
+            if version in (None, v) and (model is None or v != model.version):
+                entries.append(_status_entry(v, "END", "UNKNOWN", message))
+        if not entries:
+            if version is not None:
+                raise ServableNotFoundError(f"Could not find version {version} of model {name}")
+            raise ServableNotFoundError(self.not_found_message())
+        return {"model_version_status": entries}
+
+    def metadata(self, name: str, version: int | None) -> dict[str, Any]:
+        model = self.servable(name, version)
+        return {
+            "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": model.signature_def}, "pizzactl": model.pizzactl},
+        }
+
+    async def predict(self, name: str, version: int | None, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A predict request -> (TF Serving's answer, the version that made it).
+
+        `serving_default` goes through the batcher (concurrent requests share a batch); other
+        signatures run on their own.
+        """
+        model = self.servable(name, version)
+        signature = body.get("signature_name") or SIGNATURE
+        if not isinstance(signature, str) or signature not in model.signature_def:
+            raise BadInputError(f'Serving signature name: "{signature}" not found in signature def')
+        input_names = model.input_names(signature)
+        inputs, columnar = rest.parse_request(body, input_names)
+        if signature == SIGNATURE and len(input_names) == 1:
+            results = await self.batcher.submit(inputs[input_names[0]])
+            used = results[0][1] if results else model.version
+            rows = [r[0] for r in results]
+            keys = sorted(rows[0]) if rows else sorted(model.signature_def[signature]["outputs"])
+            outputs = {k: [row[k] for row in rows] for k in keys}
+        else:
+            outputs = await asyncio.to_thread(model.run, signature, inputs)
+            used = model.version
+        return rest.answer(outputs, columnar), used

@@ -1,0 +1,250 @@
+"""What the gateway does with an image, as named steps: fetch -> decode -> encode -> call model -> answer.
+
+* fetch: the image's bytes from the request (upload, raw body, base64) or its URL (`fetch.py`,
+  with the SSRF and redirect policy);
+* decode: validate untrusted bytes with Pillow into an upright RGB image (4xx when unusable);
+* encode: shrink to the model's input size and re-encode as a small JPEG (`prepare.py`): the
+  model squashes every image to S x S anyway, so the wire carries ~20 KB, not a 5 MB photo;
+* call model: one TF Serving `:predict` request for all the images at hand (`client.py`);
+* answer: the model's outputs as the gateway's JSON.
+
+`Gateway` holds the clients those steps share (one per app). Decode and encode run in one
+thread hop (`prepare`), since both are CPU work on the same image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from pizzactl.config import Settings, load_settings, view
+from pizzactl.errors import BadInputError, InvalidImageError, PizzaError, UnsupportedMediaError, gateway_body
+from pizzactl.serving import prepare as images
+from pizzactl.serving.api import (
+    B64Item,
+    UrlItem,
+    decode_b64,
+    is_json,
+    media_type,
+    parse_json,
+    read_upload,
+    validate_item,
+)
+from pizzactl.serving.client import ModelClient, Prediction
+from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_client
+from pizzactl.serving.modelserver.batching import isolate_failures_async
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What the gateway needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags)."""
+
+    model_url: str
+    model_name: str
+    allow_private_urls: bool
+    model_timeout: float
+    max_concurrency: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_request_bytes: int
+    max_batch_items: int
+    fetch_timeout: float
+    static_dir: Path = STATIC_DIR
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:
+        overrides["model_url"] = overrides.get("model_url") or settings.model_server_url
+        return view(cls, settings, **overrides)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> GatewayConfig:
+        """From the environment (and ./pizzactl.toml); `overrides` that are not None win."""
+        return cls.from_settings(load_settings(environ=environ), **overrides)
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            allow_private=self.allow_private_urls,
+            max_bytes=self.max_image_bytes,
+            total_timeout=self.fetch_timeout,
+            read_timeout=min(5.0, self.fetch_timeout),
+            connect_timeout=min(3.0, self.fetch_timeout),
+        )
+
+    @property
+    def limits(self) -> images.ImageLimits:
+        return images.ImageLimits(self.max_image_bytes, self.max_image_pixels)
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, on the app's own registry."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pizzactl_gateway_requests",
+            "Gateway requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pizzactl_gateway_request_duration_seconds",
+            "Gateway request latency by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+        )
+        self.model_latency = Histogram(
+            "pizzactl_gateway_model_server_duration_seconds",
+            "Model server call latency by call",
+            ["call"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+        )
+        self.in_flight = Gauge("pizzactl_gateway_in_flight_requests", "Requests being handled", registry=self.registry)
+        self.images = Counter(
+            "pizzactl_gateway_images", "Images predicted, by label", ["label"], registry=self.registry
+        )
+
+    def observe_request(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+        """By route template, so label values stay bounded."""
+        label = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.requests.labels(label, scope["method"], str(status)).inc()
+        self.latency.labels(label).observe(seconds)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated image, and its wire JPEG for a model of input size `size` (when known)."""
+
+    data: bytes
+    size: int | None
+    jpeg: bytes | None
+
+
+def prepare(data: bytes, limits: images.ImageLimits, size: int | None) -> Prepared:
+    """decode (4xx PizzaError on bad input) and, with a size, encode: always the same pixels per size."""
+    image = images.load_image(data, limits, draft_size=size)
+    return Prepared(data, size, images.encode_for_model(image, size) if size else None)
+
+
+class Gateway:
+    """The steps, with the clients they share: one instance per app."""
+
+    def __init__(self, config: GatewayConfig, metrics: Metrics):
+        self.config = config
+        self.metrics = metrics
+        self.model = ModelClient(
+            config.model_url,
+            config.model_name,
+            timeout=config.model_timeout,
+            max_concurrency=config.max_concurrency,
+            observe=lambda call, seconds: metrics.model_latency.labels(call).observe(seconds),
+        )
+        self.policy = config.fetch_policy
+        self._fetch_clients: dict[int, Any] = {}
+
+    # --- fetch
+
+    def _fetch_client(self):
+        loop = asyncio.get_running_loop()
+        entry = self._fetch_clients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            entry = (loop, new_client(self.policy))
+            self._fetch_clients[id(loop)] = entry
+        return entry[1]
+
+    async def fetch(self, item: UrlItem | B64Item) -> bytes:
+        """The bytes of a JSON item: its URL fetched under the policy, or its base64 decoded."""
+        if isinstance(item, UrlItem):
+            return await fetch_image(item.url, self.policy, self._fetch_client())
+        return decode_b64(item.image_b64, self.config.max_image_bytes)
+
+    async def fetch_request(self, request: Request) -> bytes:
+        """The image of a /predict request: an upload, the raw body, or a JSON item."""
+        media = media_type(request)
+        if media == "multipart/form-data":
+            return await read_upload(request)
+        if media.startswith("image/") or media == "application/octet-stream":
+            return await request.body()
+        if is_json(media):
+            return await self.fetch(validate_item(parse_json(await request.body())))
+        raise UnsupportedMediaError(
+            f"Content-Type {media!r} is not accepted.",
+            hint="Send application/json, multipart/form-data (field 'file') or the image bytes (image/*).",
+        )
+
+    # --- decode and encode
+
+    async def prepare(self, data: bytes) -> Prepared:
+        """Validate (4xx on bad input) and, when the model's input size is known, shrink for the wire.
+
+        One thread hop for both; the JPEG is decoded at reduced scale (`draft_size`). Before the
+        first model-server call the size is unknown: the image is only validated here and is
+        encoded in `predict`, the same way.
+        """
+        return await run_in_threadpool(prepare, data, self.config.limits, self.model.known_image_size())
+
+    # --- call the model, answer
+
+    async def predict(self, pictures: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Prepared images -> the gateway's answers (one model-server call for all of them)."""
+        info = await self.model.info()
+        size = info.image_size
+        if any(p.size != size for p in pictures):  # first request, or the new model takes another size
+            limits = self.config.limits
+            pictures = await run_in_threadpool(
+                lambda: [p if p.size == size else prepare(p.data, limits, size) for p in pictures]
+            )
+        predictions, version = await self.model.predict([p.jpeg for p in pictures if p.jpeg is not None])
+        return [self.answer(p, int(version or info.version)) for p in predictions]
+
+    def answer(self, prediction: Prediction, version: int) -> dict[str, Any]:
+        self.metrics.images.labels(prediction.label).inc()
+        return {"label": prediction.label, "probability": prediction.probability, "model_version": version}
+
+    async def predict_each(self, payload: list[Any]) -> list[dict[str, Any]]:
+        """A batch request: every item through the steps; an unusable item answers its own error.
+
+        Items are fetched and prepared concurrently and predicted in one model-server call; if
+        the model refuses one image, `isolate_failures_async` finds it.
+        """
+
+        async def fetch_and_prepare(obj: Any) -> Prepared | PizzaError:
+            try:
+                return await self.prepare(await self.fetch(validate_item(obj)))
+            except BadInputError as exc:
+                return exc
+
+        prepared = await asyncio.gather(*(fetch_and_prepare(obj) for obj in payload))
+        good = [p for p in prepared if isinstance(p, Prepared)]
+        outcomes = iter(
+            await isolate_failures_async(self.predict, [[p] for p in good], InvalidImageError) if good else []
+        )
+        answers = []
+        for p in prepared:
+            outcome = p if isinstance(p, PizzaError) else next(outcomes)
+            if isinstance(outcome, PizzaError):
+                answers.append(gateway_body(outcome, with_status=True))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                answers.append(outcome[0])
+        return answers
+
+    async def aclose(self) -> None:
+        await self.model.aclose()
+        loop = asyncio.get_running_loop()
+        entry = self._fetch_clients.pop(id(loop), None)
+        if entry:
+            await entry[1].aclose()
