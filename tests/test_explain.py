@@ -105,3 +105,25 @@ def test_with_test_time_augmentation_both_passes_count_and_a_mirrored_photo_give
     mirrored_heat, mirrored_p = cam.heatmap(buf.getvalue())
     assert mirrored_p == pytest.approx(p, abs=1e-3)  # the model is mirror-symmetric by construction
     assert np.abs(mirrored_heat[:, ::-1] - heat).max() < 0.1
+
+
+def test_explain_fetches_urls_under_the_gateways_policy(tiny_model, photo_server, tmp_path):
+    """A URL is fetched again for its overlay through serving.fetch: loopback only when allowed."""
+    from pizzactl.config import load_settings
+    from pizzactl.explain import explain_sources
+    from pizzactl.predict import Source
+
+    photo_server.redirects["/hop.jpg"] = "/pizza.jpg"
+    items = [Source(text=f"{photo_server.url}/hop.jpg", kind="url")]
+    for allow in (False, True):
+        settings = load_settings(
+            {"models_dir": tiny_model, "allow_private_urls": allow, "state_dir": tmp_path / "state"},
+            environ={},
+            cwd=tmp_path,
+        )
+        results = [{"label": "pizza", "probability": 0.9, "model_version": 1}]
+        explain_sources(settings, items, results, tmp_path / f"out-{allow}")
+        if allow:
+            assert (tmp_path / "out-True" / "hop.gradcam.png").is_file(), results
+        else:
+            assert "loopback" in results[0]["explanation_error"] and "explanation" not in results[0]

@@ -81,6 +81,20 @@ async def test_loopback_urls_are_refused_by_default(photo_server):
     assert "--allow-private-urls" in info.value.hint
 
 
+async def test_the_blocking_fetch_applies_the_same_policy_even_inside_a_running_event_loop(photo_server):
+    """explain.py (and any notebook) calls it from synchronous code, possibly with a loop running."""
+    from pizzactl.serving.fetch import fetch_image_blocking
+
+    expected = (photo_server.root / "pizza.jpg").read_bytes()
+    photo_server.redirects["/blocking-hop"] = "/pizza.jpg"
+    assert fetch_image_blocking(photo_server.url + "/blocking-hop", LOCAL) == expected
+    photo_server.redirects["/blocking-to-metadata"] = "http://169.254.169.254/latest/meta-data/"
+    with pytest.raises(UnsafeURLError):
+        fetch_image_blocking(photo_server.url + "/blocking-to-metadata", LOCAL)
+    with pytest.raises(UnsafeURLError):
+        fetch_image_blocking(photo_server.url + "/pizza.jpg")
+
+
 async def test_host_names_are_resolved_and_checked(photo_server):
     port = photo_server.url.rsplit(":", 1)[1]
     with pytest.raises(UnsafeURLError):

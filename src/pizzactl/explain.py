@@ -276,26 +276,20 @@ def _model_for(settings, results: Sequence[dict[str, Any]]) -> Path:
         ) from None
 
 
-def _fetch(url: str, max_bytes: int = 10 * 1024 * 1024) -> bytes:
-    import httpx
-
-    with httpx.stream("GET", url, follow_redirects=True, timeout=10.0) as response:
-        response.raise_for_status()
-        data = bytearray()
-        for chunk in response.iter_bytes():
-            data.extend(chunk)
-            if len(data) > max_bytes:
-                raise ExplainError(f"{url} is larger than {max_bytes} bytes.")
-    return bytes(data)
-
-
 def explain_sources(settings, items, results: list[dict[str, Any]], out_dir: Path, endpoint: str | None = None) -> None:
-    """Grad-CAM overlays for every source the endpoint classified; adds `explanation` to each result."""
+    """Grad-CAM overlays for every source the endpoint classified; adds `explanation` to each result.
+
+    A URL is fetched again here, under the gateway's policy (`serving.fetch`: public addresses
+    only unless allow_private_urls, redirects checked hop by hop, size and type capped).
+    """
     import re
+
+    from pizzactl.serving.fetch import FetchPolicy, fetch_image_blocking
 
     cam = GradCam.load(_model_for(settings, results))
     log(f"Grad-CAM from {cam.version_dir} (feature map {cam.feature_tensor}) -> {out_dir}")
     used: set[str] = set()
+    policy = FetchPolicy(allow_private=settings.allow_private_urls)
     for item, result in zip(items, results, strict=False):
         if "error" in result:
             continue
@@ -309,7 +303,7 @@ def explain_sources(settings, items, results: list[dict[str, Any]], out_dir: Pat
             name = f"{stem}-{n}.gradcam.png"
         used.add(name)
         try:
-            data = item.path.read_bytes() if item.path else _fetch(item.text)
+            data = item.path.read_bytes() if item.path else fetch_image_blocking(item.text, policy)
             explain_image(cam, data, Path(out_dir) / name)
             result["explanation"] = str(Path(out_dir) / name)
         except Exception as exc:  # one bad image must not lose the other overlays

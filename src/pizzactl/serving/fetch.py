@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -137,6 +138,16 @@ def new_client(policy: FetchPolicy = FetchPolicy()) -> httpx.AsyncClient:
         headers={"User-Agent": f"pizzactl-gateway/{__version__}", "Accept": "image/*"},
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=0),
     )
+
+
+def fetch_image_blocking(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
+    """`fetch_image` for synchronous callers (the CLI, a notebook whose event loop is running).
+
+    The fetch runs on its own event loop in a worker thread, so it works whether or not the
+    calling thread already runs one.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="pizzactl-fetch") as pool:
+        return pool.submit(asyncio.run, fetch_image(url, policy)).result()
 
 
 async def fetch_image(url: str, policy: FetchPolicy = FetchPolicy(), client: httpx.AsyncClient | None = None) -> bytes:
