@@ -55,18 +55,16 @@ def test_bad_values_raise_config_error_with_a_hint(tmp_path, toml, env):
     assert info.value.exit_code == EXIT_USER
 
 
+def config_show(cwd: Path, env: dict[str, str]) -> dict:
+    """`pizzactl config show --json` in a fresh process."""
+    argv = [sys.executable, "-m", "pizzactl", "config", "show", "--json"]
+    return json.loads(subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout)
+
+
 def test_config_show_json_reports_values_and_sources(tmp_path):
     (tmp_path / "pizzactl.toml").write_text("epochs = 5\n")
     env = {"PIZZACTL_PORT": "8123", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "config", "show", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    shown = json.loads(proc.stdout)
+    shown = config_show(tmp_path, env)
     assert shown["epochs"] == {"value": 5, "source": str(tmp_path / "pizzactl.toml")}
     assert shown["port"] == {"value": 8123, "source": "PIZZACTL_PORT"}
     assert shown["seed"]["source"] == "default"
@@ -100,15 +98,7 @@ def test_a_server_with_a_bad_setting_exits_with_the_hint_not_a_traceback(tmp_pat
 
 def test_config_show_lists_the_servers_settings(tmp_path):
     env = {"PIZZACTL_MAX_BATCH_SIZE": "16", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "config", "show", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    shown = json.loads(proc.stdout)
+    shown = config_show(tmp_path, env)
     assert shown["max_batch_size"] == {"value": 16, "source": "PIZZACTL_MAX_BATCH_SIZE"}
     for name in ("model_url", "model_timeout", "max_image_bytes", "batch_timeout_ms", "tf_intra_op_threads"):
         assert shown[name]["source"] == "default"

@@ -15,6 +15,29 @@ import time
 from pathlib import Path
 
 
+def server_arguments(parser) -> None:
+    """The flags both servers take (each also reads PIZZACTL_*; a flag wins)."""
+    from pizzactl.config import MODEL_NAME
+
+    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
+    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
+    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
+
+
+def log_to_stderr(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
+
+
+def run_server(app, host: str, port: int, level: str, access_log: bool = False) -> None:
+    """uvicorn on uvloop + httptools (what uvicorn[standard] installs) until SIGTERM."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=level.lower(), access_log=access_log, loop="auto", http="auto")
+
+
 class _Stop(Exception):
     """Raised in the main thread by our SIGTERM/SIGHUP handler."""
 

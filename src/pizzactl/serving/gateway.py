@@ -19,12 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from pizzactl import __version__
-from pizzactl.config import GATEWAY_PORT, MODEL_NAME, server_settings
+from pizzactl.config import GATEWAY_PORT, server_settings
 from pizzactl.errors import (
     PayloadTooLargeError,
     RequestShapeError,
@@ -32,6 +32,7 @@ from pizzactl.errors import (
     gateway_body,
     install_error_handlers,
 )
+from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.api import (
     BATCH_BODY,
     PREDICT_BODY,
@@ -57,6 +58,97 @@ CSP = (
 )
 
 
+router = APIRouter()
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra={"requestBody": PREDICT_BODY},
+    summary="Classify one image",
+    description=(
+        'JSON `{"url": "https://..."}` or `{"image_b64": "..."}`, a multipart form with a `file` field, '
+        "or the raw image bytes (Content-Type image/* or application/octet-stream)."
+    ),
+)
+async def predict(request: Request) -> dict[str, Any]:
+    gateway = _gateway(request)
+    picture = await gateway.prepare(await gateway.fetch_request(request))
+    return (await gateway.predict([picture]))[0]
+
+
+@router.post(
+    "/predict/batch",
+    response_model=list[PredictResponse | ErrorResponse],
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra={"requestBody": BATCH_BODY},
+    summary="Classify several images in one request",
+    description=(
+        'A JSON list of `{"url"}` / `{"image_b64"}` objects -> a list in the same order. An item that '
+        'cannot be used (bad URL, corrupt image ...) becomes `{"error": {"code", "message", "status"}}` '
+        "in its place; the request as a whole fails (4xx/503) only if it is not a JSON list, has too many "
+        "items, or the model server is unavailable."
+    ),
+)
+async def predict_batch(request: Request) -> list[dict[str, Any]]:
+    gateway = _gateway(request)
+    media = media_type(request)
+    if not is_json(media):
+        raise UnsupportedMediaError(f"Content-Type {media!r} is not accepted.", hint="Send a JSON list.")
+    payload = parse_json(await request.body())
+    if not isinstance(payload, list):
+        raise RequestShapeError('Send a JSON list like [{"url": "https://..."}, {"image_b64": "..."}].')
+    limit = gateway.config.max_batch_items
+    if len(payload) > limit:
+        raise PayloadTooLargeError(
+            f"{len(payload)} items; at most {limit} per request.",
+            hint="Split the list (PIZZACTL_MAX_BATCH_ITEMS raises the limit).",
+        )
+    return await gateway.predict_each(payload)
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the gateway process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses=error_responses(503),
+    summary="Readiness: the model server is reachable and has an AVAILABLE model",
+)
+async def readyz(request: Request) -> dict[str, Any]:
+    gateway = _gateway(request)
+    info = await gateway.model.info(refresh=True)
+    return {
+        "status": "ready",
+        "model": gateway.config.model_name,
+        "model_version": int(info.version),
+        "image_size": info.image_size,
+    }
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
+async def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(_gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def index(request: Request) -> FileResponse:
+    headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+    return FileResponse(Path(_gateway(request).config.static_dir) / "index.html", headers=headers)
+
+
 def create_app(
     model_url: str | None = None,
     *,
@@ -71,8 +163,7 @@ def create_app(
         if v is not None
     }
     config = replace(config, **given) if config is not None else GatewayConfig.from_env(**given)
-    metrics = Metrics()
-    gateway = Gateway(config, metrics)
+    gateway = Gateway(config, Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -104,89 +195,10 @@ def create_app(
         max_bytes=config.max_request_bytes,
         hint="Send fewer or smaller images per request (PIZZACTL_MAX_REQUEST_BYTES raises the limit).",
     )
-    app.add_middleware(ObserveRequests, observe=metrics.observe_request, in_flight=metrics.in_flight)
-
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        responses=error_responses(400, 413, 415, 422, 503),
-        openapi_extra={"requestBody": PREDICT_BODY},
-        summary="Classify one image",
-        description=(
-            'JSON `{"url": "https://..."}` or `{"image_b64": "..."}`, a multipart form with a `file` field, '
-            "or the raw image bytes (Content-Type image/* or application/octet-stream)."
-        ),
-    )
-    async def predict(request: Request) -> dict[str, Any]:
-        picture = await gateway.prepare(await gateway.fetch_request(request))
-        return (await gateway.predict([picture]))[0]
-
-    @app.post(
-        "/predict/batch",
-        response_model=list[PredictResponse | ErrorResponse],
-        responses=error_responses(400, 413, 415, 422, 503),
-        openapi_extra={"requestBody": BATCH_BODY},
-        summary="Classify several images in one request",
-        description=(
-            'A JSON list of `{"url"}` / `{"image_b64"}` objects -> a list in the same order. An item that '
-            'cannot be used (bad URL, corrupt image ...) becomes `{"error": {"code", "message", "status"}}` '
-            "in its place; the request as a whole fails (4xx/503) only if it is not a JSON list, has too many "
-            "items, or the model server is unavailable."
-        ),
-    )
-    async def predict_batch(request: Request) -> list[dict[str, Any]]:
-        media = media_type(request)
-        if not is_json(media):
-            raise UnsupportedMediaError(f"Content-Type {media!r} is not accepted.", hint="Send a JSON list.")
-        payload = parse_json(await request.body())
-        if not isinstance(payload, list):
-            raise RequestShapeError('Send a JSON list like [{"url": "https://..."}, {"image_b64": "..."}].')
-        if len(payload) > config.max_batch_items:
-            raise PayloadTooLargeError(
-                f"{len(payload)} items; at most {config.max_batch_items} per request.",
-                hint="Split the list (PIZZACTL_MAX_BATCH_ITEMS raises the limit).",
-            )
-        return await gateway.predict_each(payload)
-
-    @app.get("/healthz", response_model=Health, summary="Liveness: the gateway process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/readyz",
-        response_model=Ready,
-        responses=error_responses(503),
-        summary="Readiness: the model server is reachable and has an AVAILABLE model",
-    )
-    async def readyz() -> dict[str, Any]:
-        info = await gateway.model.info(refresh=True)
-        return {
-            "status": "ready",
-            "model": config.model_name,
-            "model_version": int(info.version),
-            "image_size": info.image_size,
-        }
-
-    @app.get(
-        "/metrics",
-        summary="Prometheus metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}},
-    )
-    async def metrics_route() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    static_dir = Path(config.static_dir)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-        return FileResponse(static_dir / "index.html", headers=headers)
-
-    if static_dir.is_dir():
-        app.mount("/static", StaticFiles(directory=static_dir), name="static")
+    app.add_middleware(ObserveRequests, observe=gateway.metrics.observe_request, in_flight=gateway.metrics.in_flight)
+    app.include_router(router)
+    if Path(config.static_dir).is_dir():
+        app.mount("/static", StaticFiles(directory=config.static_dir), name="static")
 
     def custom_openapi() -> dict[str, Any]:
         """FastAPI's schema, plus the item schemas the hand-written request bodies refer to."""
@@ -216,8 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         dest="model_url",
         help="Model server base URL (env PIZZACTL_MODEL_URL; default http://127.0.0.1:<model port>).",
     )
-    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
-    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
+    server_arguments(parser)
     parser.add_argument("--port", type=int, help=f"Port (env PIZZACTL_PORT, default {GATEWAY_PORT}).")
     parser.add_argument(
         "--allow-private-urls",
@@ -225,7 +236,6 @@ def main(argv: list[str] | None = None) -> None:
         const=True,
         help="Allow fetching loopback and private-network URLs (env PIZZACTL_ALLOW_PRIVATE_URLS=1).",
     )
-    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
     parser.add_argument(
         "--access-log",
         action="store_const",
@@ -233,21 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         help="Log every request (env PIZZACTL_ACCESS_LOG=1); off by default, /metrics counts them.",
     )
     settings = server_settings(vars(parser.parse_args(argv)))
-
-    import uvicorn
-
-    level = settings.log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
-    uvicorn.run(
-        create_app(config=GatewayConfig.from_settings(settings)),
-        host=settings.host,
-        port=settings.port,
-        log_level=level.lower(),
-        access_log=settings.access_log,
-        loop="auto",
-        http="auto",  # auto = uvloop + httptools (uvicorn[standard])
-    )
+    log_to_stderr(settings.log_level)
+    app = create_app(config=GatewayConfig.from_settings(settings))
+    run_server(app, settings.host, settings.port, settings.log_level, access_log=settings.access_log)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pizzactl.config import MODEL_NAME, MODEL_PORT, load_settings, server_settings
+from pizzactl.config import MODEL_PORT, load_settings, server_settings
 from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_handlers, tf_serving_body
+from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
 from pizzactl.serving.modelserver.runtimes import configure_tf_threads
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
@@ -156,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--models", dest="models_dir", help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR)."
     )
-    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
-    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
+    server_arguments(parser)
     parser.add_argument(
         "--port", dest="model_port", type=int, help=f"Port (env PIZZACTL_MODEL_PORT, default {MODEL_PORT})."
     )
@@ -185,14 +185,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=int,
         help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).",
     )
-    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
     settings = server_settings(vars(parser.parse_args(argv)))
     config = ModelServerConfig.from_settings(settings)
 
-    import uvicorn
-
     level = settings.log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr(level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if level.lower() != "debug":
         from pizzactl.tfimport import import_quietly
@@ -200,12 +197,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         import_quietly()  # TF's start-up INFO lines are not the model server's log
     intra, inter = configure_tf_threads(config.tf_intra_op_threads, config.tf_inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
-    uvicorn.run(
-        create_app(config=config),
-        host=settings.host,
-        port=settings.model_port,
-        log_level=level.lower(),
-        access_log=False,
-        loop="auto",
-        http="auto",  # auto = uvloop + httptools, installed with uvicorn[standard]
-    )
+    run_server(create_app(config=config), settings.host, settings.model_port, level)
