@@ -92,7 +92,7 @@ def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
 def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> dict[str, Any]:
     """Train if needed, deploy where this machine allows, predict one photo; what a user needs next."""
     from pizzactl.deploy import deploy
-    from pizzactl.model_store import latest_version_dir
+    from pizzactl.model_store import latest_version_dir, model_base
     from pizzactl.predict import predict
 
     model_dir = _existing_model(settings)
@@ -101,7 +101,6 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
         from pizzactl.tfimport import require_tensorflow
 
         require_tensorflow()  # quietly, as for `pizzactl train`; without the [train] extra, say so
-        from pizzactl.model_store import model_base
         from pizzactl.train import train
 
         where = settings.data_dir or f"the Kaggle dataset {settings.dataset}"
