@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pizzactl.data.dataset import check_image, load_dataset, split
+from pizzactl.data.dataset import check_image, load_dataset, stratified_split
 from pizzactl.errors import DataError
 
 
@@ -118,15 +118,15 @@ def test_missing_folder_single_class_and_empty_class_are_data_errors(tmp_path):
 
 def test_split_is_deterministic_for_a_seed(tiny):
     ds = load_dataset(tiny)
-    assert split(ds, 0.2, seed=1) == split(ds, 0.2, seed=1)
+    assert stratified_split(ds, 0.2, seed=1) == stratified_split(ds, 0.2, seed=1)
     # and independent of the order the records arrive in
     shuffled = type(ds)(ds.root, ds.classes, tuple(reversed(ds.records)), ds.data_hash)
-    assert split(shuffled, 0.2, seed=1) == split(ds, 0.2, seed=1)
+    assert stratified_split(shuffled, 0.2, seed=1) == stratified_split(ds, 0.2, seed=1)
 
 
 def test_split_is_disjoint_complete_and_stratified(tiny):
     ds = load_dataset(tiny)
-    train, val = split(ds, 0.2, seed=3)
+    train, val = stratified_split(ds, 0.2, seed=3)
     assert not {r.path for r in train} & {r.path for r in val}
     assert {r.path for r in train} | {r.path for r in val} == {r.path for r in ds.records}
     assert Counter(r.class_name for r in val) == {"not_pizza": 6, "pizza": 4}
@@ -134,16 +134,18 @@ def test_split_is_disjoint_complete_and_stratified(tiny):
 
 def test_different_seeds_give_different_splits(tiny):
     ds = load_dataset(tiny)
-    assert {r.path for r in split(ds, 0.2, seed=1)[1]} != {r.path for r in split(ds, 0.2, seed=2)[1]}
+    assert {r.path for r in stratified_split(ds, 0.2, seed=1)[1]} != {
+        r.path for r in stratified_split(ds, 0.2, seed=2)[1]
+    }
 
 
 def test_bad_val_fraction_is_a_data_error(tiny):
     with pytest.raises(DataError, match="between 0 and 1"):
-        split(load_dataset(tiny), 1.0)
+        stratified_split(load_dataset(tiny), 1.0)
 
 
 def test_shared_photos_split_keeps_the_class_balance(shared_dataset):
-    train, val = split(shared_dataset, 0.2, seed=42)
+    train, val = stratified_split(shared_dataset, 0.2, seed=42)
     counts = shared_dataset.counts()
     assert sum(counts.values()) == len(train) + len(val)
     for cls, n in counts.items():
@@ -183,11 +185,11 @@ def _files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
-def test_holdout_writes_disjoint_stratified_train_and_test_of_symlinks(tmp_path):
-    from pizzactl.data.holdout import holdout
+def test_split_writes_disjoint_stratified_train_and_test_of_symlinks(tmp_path):
+    from pizzactl.data.split import split
 
     src = make_dataset(tmp_path / "src", {"pizza": 20, "not_pizza": 40})
-    result = holdout(src, tmp_path / "out", test_fraction=0.25, seed=3)
+    result = split(src, tmp_path / "out", test_fraction=0.25, seed=3)
     train, test = _files(result.train_dir), _files(result.test_dir)
     assert not train & test and train | test == _files(src)
     assert result.counts == {"train": {"not_pizza": 30, "pizza": 15}, "test": {"not_pizza": 10, "pizza": 5}}
@@ -196,21 +198,21 @@ def test_holdout_writes_disjoint_stratified_train_and_test_of_symlinks(tmp_path)
     # what `train`/`evaluate` read back: the same classes, the held-out files only
     assert load_dataset(result.test_dir).counts() == {"not_pizza": 10, "pizza": 5}
     # the same seed gives the same split elsewhere; another seed another one
-    again = holdout(src, tmp_path / "again", test_fraction=0.25, seed=3)
+    again = split(src, tmp_path / "again", test_fraction=0.25, seed=3)
     assert _files(again.test_dir) == test
-    other = holdout(src, tmp_path / "other", test_fraction=0.25, seed=4)
+    other = split(src, tmp_path / "other", test_fraction=0.25, seed=4)
     assert _files(other.test_dir) != test
 
 
-def test_holdout_copy_writes_real_files_and_refuses_a_non_empty_dest(tmp_path):
-    from pizzactl.data.holdout import holdout
+def test_split_copy_writes_real_files_and_refuses_a_non_empty_dest(tmp_path):
+    from pizzactl.data.split import split
 
     src = make_dataset(tmp_path / "src", {"pizza": 4, "not_pizza": 4})
-    result = holdout(src, tmp_path / "out", test_fraction=0.25, seed=0, copy=True)
+    result = split(src, tmp_path / "out", test_fraction=0.25, seed=0, copy=True)
     copied = next(result.train_dir.rglob("*.jpg"))
     assert not copied.is_symlink() and copied.read_bytes() == (src / copied.parent.name / copied.name).read_bytes()
     with pytest.raises(DataError) as info:
-        holdout(src, tmp_path / "out", seed=0)
+        split(src, tmp_path / "out", seed=0)
     assert "--dest" in info.value.hint
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
 

@@ -23,7 +23,7 @@ from typing import ClassVar
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.data.dataset import load_dataset, resolve_data_dir
+from pizzactl.data.dataset import load_dataset
 from pizzactl.data.download import (
     MARKER,
     DownloadResult,
@@ -32,6 +32,7 @@ from pizzactl.data.download import (
     download,
     find_class_root,
     find_credentials,
+    resolve_data_dir,
     safe_extract,
 )
 from pizzactl.errors import EXIT_USER, CredentialsError, DownloadError

@@ -18,7 +18,7 @@ import pytest
 
 from pizzactl.cli import main
 from pizzactl.config import load_settings
-from pizzactl.data.dataset import load_dataset, split
+from pizzactl.data.dataset import load_dataset, stratified_split
 from pizzactl.errors import DataError, UsageError, WeightsError
 from pizzactl.train.features import feature_key, weights_id
 
@@ -84,13 +84,13 @@ class _Log(list):
 
 def test_split_is_deterministic_stratified_and_disjoint(tmp_path):
     dataset = load_dataset(make_images(tmp_path / "data", per_class=10))
-    train_a, val_a = split(dataset, 0.2, seed=7)
-    _train_b, val_b = split(dataset, 0.2, seed=7)
+    train_a, val_a = stratified_split(dataset, 0.2, seed=7)
+    _train_b, val_b = stratified_split(dataset, 0.2, seed=7)
     assert [r.path for r in val_a] == [r.path for r in val_b]
     assert not {r.path for r in train_a} & {r.path for r in val_a}
     assert len(train_a) + len(val_a) == len(dataset)
     assert sorted(r.class_name for r in val_a) == ["not_pizza", "not_pizza", "pizza", "pizza"]
-    _, val_other = split(dataset, 0.2, seed=8)
+    _, val_other = stratified_split(dataset, 0.2, seed=8)
     assert {r.path for r in val_other} != {r.path for r in val_a}
 
 
@@ -513,7 +513,7 @@ def test_fixres_validation_measures_what_the_exported_model_answers(fixres_run):
     import tensorflow as tf
 
     _root, data, settings, result = fixres_run
-    _, val = split(load_dataset(data), settings.val_split, seed=settings.seed)
+    _, val = stratified_split(load_dataset(data), settings.val_split, seed=settings.seed)
     fn = tf.saved_model.load(str(result.model_dir)).signatures["serving_default"]
     p = fn(image_bytes=tf.constant([r.path.read_bytes() for r in val]))["probability"].numpy().ravel()
     y = np.array([r.label for r in val], float)

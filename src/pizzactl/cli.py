@@ -133,9 +133,9 @@ def data_split(
     json_out: bool = JsonOpt,
 ) -> None:
     """Set a test set aside: train on DEST/train, `evaluate --data DEST/test`."""
-    from pizzactl.data.holdout import holdout
+    from pizzactl.data.split import split
 
-    result = holdout(data_dir, dest, test_fraction=test, seed=seed, copy=copy)
+    result = split(data_dir, dest, test_fraction=test, seed=seed, copy=copy)
     if json_out:
         print_json(result.as_dict())
     else:

@@ -121,7 +121,8 @@ def evaluate(
     classes = [str(c) for c in meta["classes"]]
     threshold = float(meta["threshold"])
 
-    from pizzactl.data.dataset import load_dataset, resolve_data_dir
+    from pizzactl.data.dataset import load_dataset
+    from pizzactl.data.download import resolve_data_dir
 
     dataset = load_dataset(resolve_data_dir(settings))
     if set(dataset.classes) != set(classes):

@@ -55,7 +55,7 @@ def _data_dir(settings) -> Path:
         return Path(settings.data_dir).expanduser()
     if SHARED_DATA.is_dir():
         return SHARED_DATA
-    from pizzactl.data.dataset import resolve_data_dir
+    from pizzactl.data.download import resolve_data_dir
 
     return resolve_data_dir(settings)
 

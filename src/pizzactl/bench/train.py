@@ -55,7 +55,8 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     import tensorflow as tf
 
     from pizzactl.console import log
-    from pizzactl.data.dataset import load_dataset, resolve_data_dir, split
+    from pizzactl.data.dataset import load_dataset, stratified_split
+    from pizzactl.data.download import resolve_data_dir
     from pizzactl.decode import decode_resize
     from pizzactl.train.backbones import get_backbone
     from pizzactl.train.features import compute_features
@@ -68,7 +69,7 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     if str(weights).lower() in {"none", ""}:
         weights = "none"
     dataset = load_dataset(resolve_data_dir(settings))
-    train_records, val_records = split(dataset, settings.val_split, settings.seed)
+    train_records, val_records = stratified_split(dataset, settings.val_split, settings.seed)
     n_val = max(1, round((limit or len(dataset)) * settings.val_split))
     train_records = _pick(train_records, (limit - n_val) if limit else None)
     val_records = _pick(val_records, n_val if limit else None)

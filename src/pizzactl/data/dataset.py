@@ -7,15 +7,14 @@ positive class is `classes[1]`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pizzactl.errors import DataError
+from pizzactl.hashing import sha256_bytes, tree_hash
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -64,15 +63,6 @@ def check_image(data: bytes) -> str | None:
     return None
 
 
-def hash_files(root: Path, files: Iterable[tuple[Path, bytes]]) -> str:
-    """The dataset content hash: sha256 over (relative path, sha256 of the file) in the given order."""
-    digest = hashlib.sha256()
-    for path, file_digest in files:
-        digest.update(Path(path).relative_to(root).as_posix().encode() + b"\0")
-        digest.update(file_digest)
-    return digest.hexdigest()
-
-
 def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
     """List, check and hash a dataset folder. Unreadable files are skipped with a warning."""
     root = Path(root).expanduser()
@@ -103,7 +93,7 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
                 skipped.append((path, reason))
                 continue
             records.append(ImageRecord(path=path, label=label, class_name=name))
-            hashed.append((path, hashlib.sha256(data).digest()))
+            hashed.append((path, sha256_bytes(data)))
     for path, reason in skipped:
         warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
     empty = [c for c in classes if not any(r.class_name == c for r in records)]
@@ -112,11 +102,13 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
             f"No usable images for class(es) {', '.join(empty)} in {root}.", hint="Check the folder contents."
         )
     return Dataset(
-        root=root, classes=classes, records=tuple(records), data_hash=hash_files(root, hashed), skipped=tuple(skipped)
+        root=root, classes=classes, records=tuple(records), data_hash=tree_hash(root, hashed), skipped=tuple(skipped)
     )
 
 
-def split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 42) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def stratified_split(
+    dataset: Dataset, val_fraction: float = 0.2, seed: int = 42
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Deterministic stratified split: the same seed and files give the same split anywhere."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_split must be between 0 and 1, got {val_fraction}.", hint="Use e.g. 0.2.")
@@ -130,12 +122,3 @@ def split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 42) -> tuple[
         val.extend(group[:n_val])
         train.extend(group[n_val:])
     return train, val
-
-
-def resolve_data_dir(settings) -> Path:
-    """The dataset folder to use: --data, else the downloaded Kaggle dataset (downloading it if needed)."""
-    if settings.data_dir is not None:
-        return Path(settings.data_dir)
-    from pizzactl.data.download import download
-
-    return download(settings).path

@@ -32,7 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from pizzactl.data.dataset import IMAGE_SUFFIXES, load_dataset
 from pizzactl.errors import CredentialsError, DownloadError, PizzaError
+from pizzactl.hashing import files_tree_hash
 
 MARKER = ".pizzactl-download.json"
 STALL_TIMEOUT = 60.0  # seconds without a new byte before a download counts as hung
@@ -224,12 +226,8 @@ def _files(root: Path) -> list[Path]:
 
 def files_hash(root: Path) -> tuple[str, int]:
     """(sha256 over every file's relative path and bytes, file count): cheap, no image decoding."""
-    import hashlib
-
-    from pizzactl.data.dataset import hash_files
-
     files = _files(root)
-    return hash_files(root, ((p, hashlib.sha256(p.read_bytes()).digest()) for p in files)), len(files)
+    return files_tree_hash(root, files), len(files)
 
 
 def _read_marker(dest: Path) -> dict | None:
@@ -269,8 +267,6 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 
 def _has_images(folder: Path) -> bool:
-    from pizzactl.data.dataset import IMAGE_SUFFIXES
-
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
 
 
@@ -394,7 +390,6 @@ def download(
     reused unless `force`; a changed or incomplete one is downloaded again.
     """
     from pizzactl.console import log
-    from pizzactl.data.dataset import load_dataset
 
     slug = settings.dataset
     if slug.count("/") != 1 or not all(slug.split("/")):
@@ -478,3 +473,10 @@ def download(
     if failures and all(isinstance(exc, CredentialsError) for _, exc in failures):
         raise CredentialsError(message, hint=hint)
     raise DownloadError(message, hint=hint)
+
+
+def resolve_data_dir(settings) -> Path:
+    """The dataset folder to use: --data, else the downloaded Kaggle dataset (downloading it if needed)."""
+    if settings.data_dir is not None:
+        return Path(settings.data_dir)
+    return download(settings).path

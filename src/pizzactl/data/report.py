@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pizzactl.data.dataset import IMAGE_SUFFIXES, check_image, hash_files
+from pizzactl.data.dataset import IMAGE_SUFFIXES, check_image
 from pizzactl.errors import DataError
+from pizzactl.hashing import tree_hash
 
 NEAR_DUPLICATE_BITS = (
     4  # of 64: re-encoded or resized copies land at 0-2; at 6, dark vignetted photos of different dishes already match
@@ -222,7 +223,7 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
             ],
         },
         "exif": {"with_exif": sum(i.exif for i in good), "with_gps": len(gps), "gps_files": gps[:_MAX_LISTED]},
-        "data_hash": hash_files(root, ((i.path, bytes.fromhex(i.sha256)) for i in good)),  # = load_dataset's
+        "data_hash": tree_hash(root, ((i.path, bytes.fromhex(i.sha256)) for i in good)),  # = load_dataset's
     }
 
 
@@ -231,7 +232,7 @@ def report(settings=None, *, root: Path | str | None = None, threshold: int = NE
     if root is None:
         if settings is None:
             raise DataError("No dataset folder given.", hint="Pass a folder: pizzactl data report DIR.")
-        from pizzactl.data.dataset import resolve_data_dir
+        from pizzactl.data.download import resolve_data_dir
 
         root = resolve_data_dir(settings)
     root = Path(root).expanduser()

