@@ -1,4 +1,4 @@
-"""Evaluate: numpy metrics on known inputs, and the exported model on real photo bytes."""
+"""Evaluate: the exported model on real photo bytes (the metrics themselves: test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -14,54 +14,7 @@ import pytest
 
 from pizzactl.config import Settings
 from pizzactl.errors import DataError
-from pizzactl.evaluate import binary_metrics, roc_auc
-
-# --- metrics math --------------------------------------------------------------------------
-
-
-def test_metrics_on_a_hand_worked_example():
-    m = binary_metrics([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], threshold=0.5)
-    # predictions 0,0,0,1: tn=2 fp=0 fn=1 tp=1
-    assert m["confusion_matrix"] == [[2, 0], [1, 1]]
-    assert m["accuracy"] == 0.75 and m["precision"] == 1.0 and m["recall"] == 0.5
-    assert m["f1"] == pytest.approx(2 / 3)
-    assert m["roc_auc"] == 0.75  # 3 of the 4 (positive, negative) pairs are ordered right
-    assert m["n"] == 4
-
-
-def test_threshold_is_inclusive_like_the_exported_graph():
-    m = binary_metrics([1, 0], [0.3, 0.29], threshold=0.3)
-    assert m["confusion_matrix"] == [[1, 0], [0, 1]]
-
-
-def test_roc_auc_counts_ties_as_half_and_needs_both_classes():
-    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert roc_auc([0, 1, 1], [0.2, 0.2, 0.9]) == 0.75
-    assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
-    assert roc_auc([1, 1], [0.2, 0.9]) is None
-
-
-def test_zero_denominators_give_zero_not_nan():
-    m = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3])
-    assert (m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0)
-    assert m["accuracy"] == 1.0 and m["roc_auc"] is None
-
-
-def test_metrics_agree_with_scikit_learn_on_random_scores_with_ties():
-    import sklearn.metrics as sk  # a dev dependency
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 500)
-    p = np.round(np.clip(rng.normal(0.35 + 0.3 * y, 0.25), 0, 1), 2)  # rounding makes ties
-    m = binary_metrics(y, p, threshold=0.45)
-    pred = (p >= 0.45).astype(int)
-    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
-    assert m["precision"] == pytest.approx(sk.precision_score(y, pred))
-    assert m["recall"] == pytest.approx(sk.recall_score(y, pred))
-    assert m["f1"] == pytest.approx(sk.f1_score(y, pred))
-    assert m["roc_auc"] == pytest.approx(sk.roc_auc_score(y, p))
-    assert m["confusion_matrix"] == sk.confusion_matrix(y, pred).tolist()
-
+from pizzactl.train.metrics import binary_metrics
 
 # --- the CLI without a model ---------------------------------------------------------------
 

@@ -123,20 +123,6 @@ def test_weights_id_identifies_a_weights_file_by_its_content(tmp_path):
         weights_id(str(tmp_path / "missing.h5"))
 
 
-def test_classification_metrics_match_a_hand_count():
-    from pizzactl.train.trainer import classification_metrics
-
-    y = [0, 0, 0, 1, 1, 1, 1]
-    p = [0.1, 0.6, 0.2, 0.9, 0.8, 0.4, 0.7]  # one false positive, one false negative
-    m = classification_metrics(y, p)
-    assert m["confusion_matrix"] == [[2, 1], [1, 3]]
-    assert m["val_accuracy"] == pytest.approx(5 / 7)
-    assert m["val_precision"] == pytest.approx(3 / 4)
-    assert m["val_recall"] == pytest.approx(3 / 4)
-    assert m["n_val"] == 7
-    assert 0.5 < m["val_roc_auc"] <= 1.0
-
-
 def test_train_without_data_says_to_pass_data(isolated):
     from pizzactl.train import train
 

@@ -2,86 +2,22 @@
 
 Going through the SavedModel rather than the Keras model catches every train/serve skew
 (decoding, resizing, preprocessing, threshold) before a user does. The metrics are computed
-with numpy (no scikit-learn needed) and documented in `binary_metrics`.
+by `pizzactl.train.metrics`, the same code that scores validation during training.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from pizzactl.console import err, log, out
 from pizzactl.errors import DataError
 from pizzactl.model_store import read_metadata, resolve_model_dir
+from pizzactl.train.metrics import binary_metrics
 
 BATCH_SIZE = 32
 CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order: [[tn, fp], [fn, tp]]"
-
-
-def _average_ranks(values):
-    """1-based ranks with ties given their average rank (like scipy.stats.rankdata)."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(len(values), dtype=np.float64)
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    for start, end in zip(starts, ends, strict=False):
-        ranks[order[start:end]] = (start + 1 + end) / 2.0
-    return ranks
-
-
-def roc_auc(y_true, y_score) -> float | None:
-    """Area under the ROC curve via the rank-sum (Mann-Whitney U) identity; None if one class is absent.
-
-    AUC = P(score of a random positive > score of a random negative), ties counting one half.
-    """
-    import numpy as np
-
-    y_true = np.asarray(y_true).astype(bool)
-    n_pos = int(y_true.sum())
-    n_neg = len(y_true) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = _average_ranks(y_score)
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
-    """Accuracy, precision, recall, F1 (of the positive class 1), ROC AUC and the confusion matrix.
-
-    A prediction is positive when `prob >= threshold` (as in the exported graph). Precision,
-    recall or F1 with a zero denominator are 0.0, as scikit-learn's default. The confusion
-    matrix is [[tn, fp], [fn, tp]]: rows true class 0/1, columns predicted class 0/1.
-    """
-    import numpy as np
-
-    y_true = np.asarray(labels, dtype=np.int64)
-    y_prob = np.asarray(probs, dtype=np.float64)
-    if y_true.shape != y_prob.shape:
-        raise ValueError(f"y_true {y_true.shape} and y_prob {y_prob.shape} differ in shape")
-    y_pred = (y_prob >= threshold).astype(np.int64)
-    tp = int(np.sum((y_true == 1) & (y_pred == 1)))
-    tn = int(np.sum((y_true == 0) & (y_pred == 0)))
-    fp = int(np.sum((y_true == 0) & (y_pred == 1)))
-    fn = int(np.sum((y_true == 1) & (y_pred == 0)))
-    n = len(y_true)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "n": n,
-        "accuracy": (tp + tn) / n if n else 0.0,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "roc_auc": roc_auc(y_true, y_prob),
-        "confusion_matrix": [[tn, fp], [fn, tp]],
-    }
 
 
 def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]):

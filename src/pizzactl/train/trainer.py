@@ -34,8 +34,7 @@ from typing import Any
 from pizzactl import __version__
 from pizzactl.console import err
 from pizzactl.errors import UsageError
-
-THRESHOLD = 0.5
+from pizzactl.train.metrics import THRESHOLD, loss_and_accuracy, validation_metrics
 
 
 @dataclass(frozen=True)
@@ -304,10 +303,8 @@ def head_validation(x_val, y_val):
         def on_epoch_end(self, epoch, logs=None):
             kernel, bias = self.model.get_layer("probability").get_weights()
             p = 1.0 / (1.0 + np.exp(-(x_val @ kernel.astype(np.float64) + bias).ravel()))
-            p = np.clip(p, 1e-7, 1 - 1e-7)
             if logs is not None:
-                logs["val_loss"] = float(-np.mean(y_val * np.log(p) + (1 - y_val) * np.log(1 - p)))
-                logs["val_accuracy"] = float(np.mean((p >= THRESHOLD) == (y_val >= 0.5)))
+                logs["val_loss"], logs["val_accuracy"] = loss_and_accuracy(y_val, p, THRESHOLD)
 
     return HeadValidation()
 
@@ -464,35 +461,6 @@ def _lr_schedule(base_lr: float, total_steps: int, warmup_steps: int):
             0.0, max(1, total_steps - warmup_steps), alpha=0.02, warmup_target=base_lr, warmup_steps=warmup_steps
         )
     return keras.optimizers.schedules.CosineDecay(base_lr, max(1, total_steps), alpha=0.02)
-
-
-# --- metrics --------------------------------------------------------------------------------
-
-
-def classification_metrics(y_true, p) -> dict[str, Any]:
-    """Validation metrics at threshold 0.5: accuracy, precision, recall, f1, ROC AUC, confusion, loss.
-
-    The same numpy code as `pizzactl evaluate` (no scikit-learn at run time).
-    """
-    import numpy as np
-
-    from pizzactl.evaluate import binary_metrics
-
-    y_true = np.asarray(y_true).astype(int).ravel()
-    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 1e-7, 1 - 1e-7)
-    m = binary_metrics(y_true, p, THRESHOLD)
-    loss = -np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p))
-    return {
-        "val_accuracy": float(m["accuracy"]),
-        "val_precision": float(m["precision"]),
-        "val_recall": float(m["recall"]),
-        "val_f1": float(m["f1"]),
-        "val_roc_auc": None if m["roc_auc"] is None else float(m["roc_auc"]),
-        "val_loss": float(loss),
-        "confusion_matrix": m["confusion_matrix"],  # rows: true class, columns: predicted class
-        "n_val": len(y_true),
-        "threshold": THRESHOLD,
-    }
 
 
 # --- one run --------------------------------------------------------------------------------
@@ -787,7 +755,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
         if p_val is None:
             x_val = decode_images([r.path for r in val_records], size)
             p_val = classifier.predict(x_val, batch_size=32, verbose=0).ravel()
-        metrics = classification_metrics(y_val, p_val)
+        metrics = validation_metrics(y_val, p_val, THRESHOLD)
         train_seconds = time.perf_counter() - start
         metrics.update(
             {
@@ -872,12 +840,7 @@ def fine_tune_cached(
 
     def validate():
         p = np.mean([forward(x).numpy().ravel() for x in val_x], axis=0).astype(np.float64)
-        q = np.clip(p, 1e-7, 1 - 1e-7)
-        return (
-            p,
-            float(-np.mean(y_val * np.log(q) + (1 - y_val) * np.log(1 - q))),
-            float(np.mean((p >= THRESHOLD) == (y_val >= 0.5))),
-        )
+        return (p, *loss_and_accuracy(y_val, p, THRESHOLD))
 
     p_before, before, acc_before = validate()
     saved = [w.copy() for w in model.get_weights()]

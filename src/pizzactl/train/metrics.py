@@ -1,0 +1,150 @@
+"""Classification metrics, in numpy, for training (validation) and `pizzactl evaluate` alike.
+
+Probabilities come in one of two shapes, and every function here takes both:
+
+* binary: `p` is [N], P(class 1), and a prediction is class 1 when `p >= threshold` (as in
+  the exported graph);
+* N classes: `p` is [N, K] (rows sum to 1), and a prediction is the arg max.
+
+The confusion matrix is K x K, rows the true class and columns the predicted class, in class
+order: for two classes `[[tn, fp], [fn, tp]]`. Precision, recall or F1 with a zero
+denominator are 0.0, as scikit-learn's default. No scikit-learn at run time; the tests compare
+against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] for the log loss
+THRESHOLD = 0.5
+
+
+def _arrays(y_true, p):
+    import numpy as np
+
+    y_true = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p.ravel()
+    if p.shape[0] != y_true.shape[0]:
+        raise ValueError(f"y_true {y_true.shape} and probabilities {p.shape} differ in length")
+    return y_true, p
+
+
+def predicted_labels(p, threshold: float = THRESHOLD):
+    """Class indices: `p >= threshold` for binary [N] probabilities, the arg max for [N, K]."""
+    import numpy as np
+
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] > 1:
+        return np.argmax(p, axis=1)
+    return (p.ravel() >= threshold).astype(np.int64)
+
+
+def log_loss(y_true, p) -> float:
+    """Mean cross-entropy: binary for [N] probabilities, categorical for [N, K]."""
+    import numpy as np
+
+    y_true, p = _arrays(y_true, p)
+    q = np.clip(p, EPSILON, 1 - EPSILON)
+    if q.ndim == 2:
+        return float(-np.mean(np.log(q[np.arange(len(y_true)), y_true])))
+    return float(-np.mean(y_true * np.log(q) + (1 - y_true) * np.log(1 - q)))
+
+
+def loss_and_accuracy(y_true, p, threshold: float = THRESHOLD) -> tuple[float, float]:
+    """(log loss, accuracy): what every training phase reports as val_loss / val_accuracy."""
+    import numpy as np
+
+    y_true, p = _arrays(y_true, p)
+    return log_loss(y_true, p), float(np.mean(predicted_labels(p, threshold) == y_true))
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> list[list[int]]:
+    """K x K counts: rows the true class, columns the predicted class."""
+    import numpy as np
+
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return matrix.tolist()
+
+
+def per_class(matrix: list[list[int]]) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support of each class, from a confusion matrix."""
+    out = []
+    for k in range(len(matrix)):
+        tp = matrix[k][k]
+        predicted = sum(row[k] for row in matrix)
+        actual = sum(matrix[k])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append({"precision": precision, "recall": recall, "f1": f1, "support": actual})
+    return out
+
+
+def _average_ranks(values):
+    """1-based ranks with ties given their average rank (like scipy.stats.rankdata)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + 1 + end) / 2.0
+    return ranks
+
+
+def roc_auc(y_true, y_score) -> float | None:
+    """Area under the ROC curve via the rank-sum (Mann-Whitney U) identity; None if one class is absent.
+
+    AUC = P(score of a random positive > score of a random negative), ties counting one half.
+    """
+    import numpy as np
+
+    y_true = np.asarray(y_true).astype(bool)
+    n_pos = int(y_true.sum())
+    n_neg = len(y_true) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _average_ranks(y_score)
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(y_true, y_prob, threshold: float = THRESHOLD) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 (of the positive class 1), ROC AUC and the 2 x 2 confusion matrix."""
+    y_true, y_prob = _arrays(y_true, y_prob)
+    if y_prob.ndim != 1:
+        raise ValueError(f"binary_metrics takes P(class 1) of shape [N], not {y_prob.shape}")
+    matrix = confusion_matrix(y_true, predicted_labels(y_prob, threshold), 2)
+    positive = per_class(matrix)[1]
+    n = len(y_true)
+    return {
+        "n": n,
+        "accuracy": (matrix[0][0] + matrix[1][1]) / n if n else 0.0,
+        "precision": positive["precision"],
+        "recall": positive["recall"],
+        "f1": positive["f1"],
+        "roc_auc": roc_auc(y_true, y_prob),
+        "confusion_matrix": matrix,
+    }
+
+
+def validation_metrics(y_true, p, threshold: float = THRESHOLD) -> dict[str, Any]:
+    """A run's metrics.json figures: `binary_metrics` and the log loss, prefixed `val_`."""
+    m = binary_metrics(y_true, p, threshold)
+    return {
+        "val_accuracy": float(m["accuracy"]),
+        "val_precision": float(m["precision"]),
+        "val_recall": float(m["recall"]),
+        "val_f1": float(m["f1"]),
+        "val_roc_auc": m["roc_auc"],
+        "val_loss": log_loss(y_true, p),
+        "confusion_matrix": m["confusion_matrix"],
+        "n_val": m["n"],
+        "threshold": threshold,
+    }
