@@ -17,14 +17,8 @@ import numpy as np
 import pytest
 
 from pizzactl.errors import UsageError, WeightsError
-from pizzactl.train.backbones import (
-    IMAGENET_STD_RGB,
-    REGISTRY,
-    freeze,
-    get_backbone,
-    resolve_weights,
-    unfreeze_top,
-)
+from pizzactl.train.backbones import REGISTRY, freeze, get_backbone, resolve_weights, unfreeze_top
+from pizzactl.train.backbones.preprocess import IMAGENET_STD_RGB
 
 REQUIRED = {
     "xception": 299,
@@ -142,11 +136,10 @@ def test_preprocess_modes_are_keras_imagenet_utils_modes():
 def test_resolve_weights_understands_imagenet_none_and_files(tmp_path):
     f = tmp_path / "w.weights.h5"
     f.write_bytes(b"x")
-    assert resolve_weights("imagenet") == "imagenet"
-    assert resolve_weights("ImageNet") == "imagenet"
-    assert resolve_weights(None) is None
-    assert resolve_weights("none") is None
-    assert resolve_weights(str(f)) == f
+    assert resolve_weights("imagenet").kind == "imagenet"
+    assert resolve_weights("ImageNet").kind == "imagenet"
+    assert resolve_weights(None).kind == resolve_weights("none").kind == resolve_weights(" random ").kind == "none"
+    assert resolve_weights(str(f)).path == f and str(resolve_weights(str(f))) == str(f)
 
 
 def test_missing_weights_file_is_a_weights_error_with_hint(tmp_path):
@@ -157,9 +150,11 @@ def test_missing_weights_file_is_a_weights_error_with_hint(tmp_path):
 
 
 def test_small_cnn_has_no_imagenet_weights():
-    with pytest.raises(WeightsError) as info:
+    with pytest.raises(UsageError) as info:
         REGISTRY["small_cnn"].builder("imagenet", 64)
     assert "--weights none" in info.value.hint
+    # the default choice (not the user's) quietly means random weights for it
+    assert resolve_weights("imagenet", REGISTRY["small_cnn"], explicit=False).kind == "none"
 
 
 def test_image_below_the_minimum_size_is_a_usage_error():

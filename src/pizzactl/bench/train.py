@@ -35,17 +35,17 @@ def _pick(records, limit: int | None):
     return picked
 
 
-def _build(backbone, weights: str, size: int, explicit: bool):
+def _build(backbone, weights, size: int, explicit: bool):
     """The extractor and the weights actually used: ImageNet, else (if not asked for) random."""
     from pizzactl.errors import WeightsError
-    from pizzactl.train.trainer import build_extractor
+    from pizzactl.train.backbones.weights import NONE
 
     try:
-        return build_extractor(backbone, weights, size), weights
+        return backbone.build(weights, size), weights
     except WeightsError:
-        if explicit or weights == "none":
+        if explicit or weights == NONE:
             raise
-        return build_extractor(backbone, "none", size), "none"
+        return backbone.build(NONE, size), NONE
 
 
 def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: int | None = None) -> dict[str, Any]:
@@ -58,16 +58,14 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
     from pizzactl.decode import decode_resize
-    from pizzactl.train.backbones import get_backbone
+    from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import compute_features
     from pizzactl.train.trainer import build_head
 
     bb = get_backbone(backbone or DEFAULT_BACKBONE)
     size = int(settings.image_size or bb.input_size)
     explicit = settings.sources.get("weights", "default") != "default"
-    weights = settings.weights if bb.pretrained else "none"
-    if str(weights).lower() in {"none", ""}:
-        weights = "none"
+    weights = resolve_weights(settings.weights, bb, explicit=explicit)
     dataset = load_dataset(resolve_data_dir(settings))
     train_records, val_records = stratified_split(dataset, settings.val_split, settings.seed)
     n_val = max(1, round((limit or len(dataset)) * settings.val_split))
@@ -126,7 +124,7 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
 
     return {
         "backbone": bb.name,
-        "weights": weights_used,
+        "weights": str(weights_used),
         "image_size": size,
         "n_images": n_images,
         "epochs": epochs,

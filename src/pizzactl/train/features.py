@@ -24,20 +24,6 @@ from pathlib import Path
 AUGMENT_VERSION = 1
 
 
-def weights_id(weights: str | None) -> str:
-    """A stable id for a weights choice; a weights file is identified by its content."""
-    from pizzactl.train.backbones import resolve_weights
-
-    source = resolve_weights(weights)  # the same rules (and errors) the backbone builders use
-    if source is None:
-        return "none"
-    if source == "imagenet":
-        return "imagenet"
-    from pizzactl.hashing import sha256_file
-
-    return f"file:{sha256_file(source)[:16]}"
-
-
 def view_names(n_augmented: int) -> list[str]:
     return [f"aug{i}" for i in range(1, n_augmented + 1)]
 

