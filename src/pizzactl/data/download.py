@@ -376,6 +376,45 @@ def _progress(console_file):
     )
 
 
+def _stage(source: KaggleSource, slug: str, staging: Path, stall_timeout: float, stderr):
+    """Fetch `slug` from `source` into `staging`, unpack and hash it, and write its marker there."""
+    from pizzactl.console import log
+
+    with _progress(stderr) as progress:
+        task = progress.add_task(f"{slug} ({source.name})", total=None)
+        got = _fetch_watched(source, slug, staging, stall_timeout, functools.partial(_advance, progress, task))
+    if got.is_file() and zipfile.is_zipfile(got):
+        log(f"Extracting {got.name} ...")
+        unpacked = staging / "unpacked"
+        safe_extract(got, unpacked)
+        got.unlink()
+        got = unpacked
+    if not got.is_dir():
+        raise DownloadError(f"{source.name} returned {got}, neither a folder nor a zip")
+    got = got.resolve()
+    if staging.resolve() not in (got, *got.parents):  # a source that ignored dest: copy it in
+        shutil.copytree(got, staging / "copied")
+        got = staging / "copied"
+    root = find_class_root(got)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = load_dataset(root)
+    all_files_hash, n_files = files_hash(root)
+    marker = {
+        "dataset": slug,
+        "source": source.name,
+        "root": root.resolve().relative_to(staging.resolve()).as_posix(),
+        "data_hash": ds.data_hash,
+        "n_images": len(ds),
+        "files_hash": all_files_hash,
+        "n_files": n_files,
+        "skipped": [[str(p.relative_to(root)), why] for p, why in ds.skipped],
+        "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return ds, marker
+
+
 def download(
     settings,
     dest: Path | str | None = None,
@@ -419,38 +458,7 @@ def download(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            with _progress(stderr) as progress:
-                task = progress.add_task(f"{slug} ({source.name})", total=None)
-                got = _fetch_watched(source, slug, staging, stall_timeout, functools.partial(_advance, progress, task))
-            if got.is_file() and zipfile.is_zipfile(got):
-                log(f"Extracting {got.name} ...")
-                unpacked = staging / "unpacked"
-                safe_extract(got, unpacked)
-                got.unlink()
-                got = unpacked
-            if not got.is_dir():
-                raise DownloadError(f"{source.name} returned {got}, neither a folder nor a zip")
-            got = got.resolve()
-            if staging.resolve() not in (got, *got.parents):  # a source that ignored dest: copy it in
-                shutil.copytree(got, staging / "copied")
-                got = staging / "copied"
-            root = find_class_root(got)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = load_dataset(root)
-            all_files_hash, n_files = files_hash(root)
-            marker = {
-                "dataset": slug,
-                "source": source.name,
-                "root": root.resolve().relative_to(staging.resolve()).as_posix(),
-                "data_hash": ds.data_hash,
-                "n_images": len(ds),
-                "files_hash": all_files_hash,
-                "n_files": n_files,
-                "skipped": [[str(p.relative_to(root)), why] for p, why in ds.skipped],
-                "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            ds, marker = _stage(source, slug, staging, stall_timeout, stderr)
             if dest.exists():
                 shutil.rmtree(dest)
             staging.rename(dest)
