@@ -166,9 +166,18 @@ def test_image_below_the_minimum_size_is_a_usage_error():
 # --- every registered backbone, built once with random weights ---------------------------------
 
 
-@pytest.fixture(scope="module", params=sorted(REGISTRY))
+ALL = sorted(REGISTRY)
+# The graph is compared with Keras' own preprocess_input: families with a Keras mode and reference.
+KERAS_RECIPE = sorted(n for n in KERAS_MODE if REGISTRY[n].reference_preprocess is not None)
+
+
+@pytest.fixture(scope="module")
 def built(request):
-    """(backbone, model) built with random weights at a small size; one at a time (module-scoped)."""
+    """(backbone, model) built with random weights at a small size.
+
+    Tests name the backbones they apply to (`indirect` parametrization); being module-scoped,
+    pytest groups them per backbone, so each is built once and one at a time.
+    """
     import keras
 
     bb = REGISTRY[request.param]
@@ -178,6 +187,7 @@ def built(request):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", ALL, indirect=True)
 def test_builds_to_pooled_float_features_with_a_backbone_submodel(built):
     bb, model = built
     size = test_size(bb)
@@ -191,6 +201,7 @@ def test_builds_to_pooled_float_features_with_a_backbone_submodel(built):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", ALL, indirect=True)
 def test_0_1_pixels_give_clearly_different_features_than_0_255(built):
     bb, model = built
     x = pixels(2, test_size(bb), seed=4)
@@ -198,11 +209,13 @@ def test_0_1_pixels_give_clearly_different_features_than_0_255(built):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", KERAS_RECIPE, indirect=True)
 def test_features_equal_keras_recipe_pool_of_base_of_preprocess_input(built):
-    """Our graph == base(keras preprocess_input(x)) on 0..255 pixels (the base pools itself)."""
+    """Our graph == base(keras preprocess_input(x)) on 0..255 pixels (the base pools itself).
+
+    EfficientNet-Lite's (x - 127) / 128 is no Keras mode: test_efficientnet_lite.py checks it.
+    """
     bb, model = built
-    if bb.reference_preprocess is None or bb.preprocess_mode is None:
-        pytest.skip(f"{bb.name} is checked by its own module's tests")
     x = pixels(2, test_size(bb), seed=5)
     base = model.get_layer("backbone")
     expected = np.asarray(base(bb.reference_preprocess(x.copy()), training=False))
@@ -223,13 +236,12 @@ def _leading_preprocessing(base):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", IN_BASE, indirect=True)
 def test_keras_base_maps_0_255_pixels_onto_its_imagenet_mode(built):
     """For in-base families: the layers inside the Keras model == imagenet_utils.preprocess_input(mode)."""
     from keras.applications import imagenet_utils
 
     bb, model = built
-    if not bb.preprocess_in_base or bb.preprocess_mode is None:
-        pytest.skip("preprocessing is an explicit layer (checked against Keras above)")
     x = pixels(2, test_size(bb), seed=6)
     seen = np.asarray(_leading_preprocessing(model.get_layer("backbone"))(x))
     reference = imagenet_utils.preprocess_input(x.copy(), mode=bb.preprocess_mode)
@@ -238,13 +250,12 @@ def test_keras_base_maps_0_255_pixels_onto_its_imagenet_mode(built):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", sorted(IN_BASE_KERAS_CTOR), indirect=True)
 def test_in_base_model_equals_keras_application_with_its_preprocessing(built):
     """Same weights, fed the raw 0..255 image: our features == the stock Keras application's."""
     import keras
 
     bb, model = built
-    if bb.name not in IN_BASE_KERAS_CTOR:
-        pytest.skip("not an in-base Keras application")
     ctor, kwargs = IN_BASE_KERAS_CTOR[bb.name]
     size = test_size(bb)
     stock = getattr(keras.applications, ctor)(
