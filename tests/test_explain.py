@@ -70,7 +70,7 @@ def tta_model(tmp_path_factory, tiny_classifier):
     import keras
 
     from pizzactl.export import export_model
-    from pizzactl.train.trainer import build_classifier, build_head
+    from pizzactl.train.heads import build_classifier, build_head
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((64, 64, 3))

@@ -145,14 +145,11 @@ def test_train_rejects_unknown_backbone_and_imagenet_for_small_cnn(isolated):
 
 
 def test_small_cnn_uses_random_weights_when_weights_were_not_chosen(tmp_path):
-    from pizzactl.train.backbones import get_backbone
-    from pizzactl.train.trainer import resolve_weights
+    from pizzactl.train.backbones import get_backbone, resolve_weights
 
-    assert str(resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("small_cnn"))) == "none"
-    assert (
-        str(resolve_weights(load_settings({}, cwd=tmp_path, environ={}), get_backbone("mobilenet_v3_small")))
-        == "imagenet"
-    )
+    default = load_settings({}, cwd=tmp_path, environ={}).weights
+    assert resolve_weights(default, get_backbone("small_cnn"), explicit=False).kind == "none"
+    assert resolve_weights(default, get_backbone("mobilenet_v3_small"), explicit=False).kind == "imagenet"
 
 
 def test_augmented_views_are_repeatable_and_distinct(tmp_path):
@@ -209,7 +206,7 @@ def test_early_stopping_restores_the_best_epoch():
     import keras
     import numpy as np
 
-    from pizzactl.train.trainer import fit_head
+    from pizzactl.train.heads import fit_head
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 8)).astype("float32")
@@ -317,7 +314,7 @@ def test_saved_run_model_reloads_with_the_same_outputs(scratch_run):
     import numpy as np
 
     import pizzactl.train.backbones  # noqa: F401  (registers the custom layers)
-    from pizzactl.train.trainer import decode_images
+    from pizzactl.train.pixels import decode_images
 
     root, result = scratch_run
     model = keras.models.load_model(Path(result["run_dir"]) / "model.keras", compile=False)
@@ -413,7 +410,7 @@ def test_end_to_end_train_export_evaluate_on_photos_it_never_saw(scratch_run, sh
 
 
 def test_model_and_crop_size_follows_the_test_train_factor():
-    from pizzactl.train.trainer import model_and_crop_size
+    from pizzactl.train.recipes import model_and_crop_size
 
     assert model_and_crop_size(None, 224, 1.0) == (224, 224)
     assert model_and_crop_size(160, 224, 1.0) == (160, 160)
@@ -424,7 +421,7 @@ def test_model_and_crop_size_follows_the_test_train_factor():
 
 def test_lite_and_small_cnn_recipes_train_smaller_than_they_serve():
     from pizzactl.train.backbones import get_backbone
-    from pizzactl.train.trainer import model_and_crop_size, recipe_for
+    from pizzactl.train.recipes import model_and_crop_size, recipe_for
 
     lite = recipe_for(get_backbone("efficientnet_lite0"))
     assert model_and_crop_size(lite.image_size, 224, lite.test_size_factor) == (256, 224)
@@ -438,7 +435,7 @@ def test_fit_heads_averages_the_heads_of_consecutive_seeds():
     import keras
     import numpy as np
 
-    from pizzactl.train.trainer import fit_head, fit_heads
+    from pizzactl.train.heads import fit_head, fit_heads
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
@@ -560,7 +557,9 @@ def test_fine_tune_cached_keeps_the_weight_average_when_it_beats_the_head():
     import keras
     import numpy as np
 
-    from pizzactl.train.trainer import Recipe, build_head, fine_tune_cached
+    from pizzactl.train.heads import build_head
+    from pizzactl.train.recipes import Recipe
+    from pizzactl.train.strategies.cached_fine_tune import fine_tune_cached
 
     keras.utils.set_random_seed(0)
     top, x, y, val, y_val = _maps_problem()
@@ -598,7 +597,9 @@ def test_fine_tune_cached_restores_the_head_alone_when_it_does_worse():
     import keras
     import numpy as np
 
-    from pizzactl.train.trainer import Recipe, build_head, fine_tune_cached
+    from pizzactl.train.heads import build_head
+    from pizzactl.train.recipes import Recipe
+    from pizzactl.train.strategies.cached_fine_tune import fine_tune_cached
 
     keras.utils.set_random_seed(0)
     top, x, y, val, y_val = _maps_problem()

@@ -60,7 +60,7 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     from pizzactl.decode import decode_resize
     from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import compute_features
-    from pizzactl.train.trainer import build_head
+    from pizzactl.train.heads import build_head
 
     bb = get_backbone(backbone or DEFAULT_BACKBONE)
     size = int(settings.image_size or bb.input_size)
