@@ -34,16 +34,19 @@ def fit(ctx: TrainContext) -> Fitted:
 
     from pizzactl.train.features import compute_features
 
+    cut = ctx.tune_from
+    if cut is None:  # `strategies.choose` picks this strategy only for a backbone with a cut
+        raise ValueError(f"{ctx.backbone.name} has no tune_from layer to fine-tune from")
     extractor = build_extractor(ctx)
     started = time.perf_counter()
     train_idx, val_idx = record_indices(ctx)
     views = cached_views(ctx)
     serving = serving_extractor(ctx, extractor)
-    bottom, top = split_at(extractor, ctx.tune_from)
+    bottom, top = split_at(extractor, cut)
     maps = {
         view: ctx.cache.get(
             extractor=bottom,
-            backbone=f"{ctx.backbone.name}.{ctx.tune_from}",
+            backbone=f"{ctx.backbone.name}.{cut}",
             weights=ctx.weights.id,
             image_size=ctx.train_size,
             dataset=ctx.dataset,
@@ -56,7 +59,7 @@ def fit(ctx: TrainContext) -> Fitted:
     by_view = apply_top(top, maps)  # the pooled features the heads train on
     val_names = ("plain", "flip") if ctx.recipe.tta else ("plain",)
     if serving is not None:  # validation at the model's size (uncached: a few seconds)
-        serving_bottom, _ = split_at(serving, ctx.tune_from)
+        serving_bottom, _ = split_at(serving, cut)
         val_paths = [r.path for r in ctx.val_records]
         val_maps = {
             v: compute_features(serving_bottom, val_paths, ctx.image_size, view=v, dtype="float16") for v in val_names
