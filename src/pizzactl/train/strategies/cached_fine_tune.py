@@ -68,16 +68,14 @@ def fit(ctx: TrainContext) -> Fitted:
         val_maps = {v: maps[v][val_idx] for v in val_names}
     val_views = apply_top(top, val_maps)
     log_features(ctx, started)
-    train_views = training_views(ctx, views)
-    x_train = np.concatenate([by_view[v][train_idx] for v in train_views])
-    y_train = np.concatenate([ctx.labels(ctx.train_records)] * len(train_views))
-    head = train_heads(ctx, x_train, y_train, val_views["plain"])
+    head = train_heads(ctx, by_view, train_idx, val_views["plain"])
     started = time.perf_counter()
+    train_views = training_views(ctx, views)
     p_val = fine_tune_cached(
         top,
         head,
         np.concatenate([maps[v][train_idx] for v in train_views]),
-        y_train,
+        np.concatenate([ctx.labels(ctx.train_records)] * len(train_views)),
         val_maps,
         ctx.labels(ctx.val_records),
         recipe=ctx.recipe,

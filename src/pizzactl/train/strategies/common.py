@@ -62,14 +62,18 @@ def log_features(ctx: TrainContext, started: float) -> None:
     )
 
 
-def train_heads(ctx: TrainContext, x_train, y_train, x_val_plain):
-    """`recipe.head_seeds` heads on cached features, averaged into one (`heads.fit_heads`)."""
+def train_heads(ctx: TrainContext, by_view: dict, train_idx, x_val_plain):
+    """`recipe.head_seeds` heads on the training rows of the cached views, averaged into one
+    (`heads.fit_heads`). Without `--augment` only the plain view trains."""
+    import numpy as np
+
     from pizzactl.train.heads import fit_heads
 
     started = time.perf_counter()
+    views = training_views(ctx, list(by_view))
     head = fit_heads(
-        x_train,
-        y_train,
+        np.concatenate([by_view[v][train_idx] for v in views]),
+        np.concatenate([ctx.labels(ctx.train_records)] * len(views)),
         x_val_plain,
         ctx.labels(ctx.val_records),
         n=ctx.recipe.head_seeds,

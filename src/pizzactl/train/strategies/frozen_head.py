@@ -19,7 +19,6 @@ from pizzactl.train.strategies.common import (
     record_indices,
     serving_extractor,
     train_heads,
-    training_views,
 )
 
 
@@ -38,8 +37,6 @@ def fit_on_features(ctx: TrainContext, extractor):
     Validation features come from the model's size (uncached: a few seconds), so validation
     measures what serving will answer.
     """
-    import numpy as np
-
     from pizzactl.train.features import compute_features
 
     started = time.perf_counter()
@@ -64,8 +61,5 @@ def fit_on_features(ctx: TrainContext, extractor):
     else:
         val_views = {v: by_view[v][val_idx] for v in ("plain", "flip") if v in by_view}
     log_features(ctx, started)
-    train_views = training_views(ctx, views)
-    x_train = np.concatenate([by_view[v][train_idx] for v in train_views])
-    y_train = np.concatenate([ctx.labels(ctx.train_records)] * len(train_views))
-    head = train_heads(ctx, x_train, y_train, val_views["plain"])
+    head = train_heads(ctx, by_view, train_idx, val_views["plain"])
     return head, serving, val_views
