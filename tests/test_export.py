@@ -207,7 +207,7 @@ def test_metadata_describes_the_export(tiny_model, tiny_classifier):
     created = dt.datetime.fromisoformat(meta["created"])
     assert abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(days=1)
     assert meta["signatures"]["serving_pixels"]["inputs"]["pixels"] == {"dtype": "uint8", "shape": [None, 64, 64, 3]}
-    assert set(meta["signatures"]["serving_default"]["outputs"]) == {"probability", "label"}
+    assert set(meta["signatures"]["serving_default"]["outputs"]) == {"probability", "label", "probabilities"}
     assert meta["self_check"]["n_images"] == 4 and meta["self_check"]["max_abs_diff"] <= 1e-4
 
 

@@ -84,6 +84,8 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_batch_items: int = 32
     fetch_timeout: float = 10.0
+    # the model's class names, for a model server that does not tell them (TF Serving): comma-separated
+    classes: str | None = None
     access_log: bool = False  # a log line per request (/metrics counts them anyway)
     # the model server (python -m pizzactl.serving.modelserver)
     max_batch_size: int = 32

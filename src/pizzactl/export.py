@@ -6,7 +6,10 @@ The exported graph is the model contract (README, "The model contract"):
   `pizzactl.decode.decode_resize` (the function training used) and runs the classifier,
   whose own preprocessing is inside it;
 * `serving_pixels(pixels: uint8 [None, S, S, 3])` skips the decoding;
-* both return `probability` (float32 [None], P(classes[1])) and `label` (tf.string [None]).
+* both return `label` (tf.string [None]), `probability` (float32 [None]) and `probabilities`
+  (float32 [None, K], one column per class in `classes` order). With two classes `probability`
+  is P(classes[1]) and the label follows the threshold, as the binary pizza model always did;
+  with more, the label is the most probable class and `probability` is its probability.
 
 An export is written to `MODELS/pizza/.tmp-<pid>-<id>` (TF Serving ignores non-integer names),
 reloaded and compared with the in-memory classifier on real image bytes, and only then renamed
@@ -40,11 +43,12 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_CLASSES = ("not_pizza", "pizza")
 
 
-def signature_info(image_size: int) -> dict[str, Any]:
+def signature_info(image_size: int, n_classes: int = 2) -> dict[str, Any]:
     """What the two signatures take and return, as written into the metadata."""
     outputs = {
         "probability": {"dtype": "float32", "shape": [None]},
         "label": {"dtype": "string", "shape": [None]},
+        "probabilities": {"dtype": "float32", "shape": [None, int(n_classes)]},
     }
     return {
         "serving_default": {"inputs": {"image_bytes": {"dtype": "string", "shape": [None]}}, "outputs": outputs},
@@ -65,28 +69,53 @@ def _infer_image_size(classifier) -> int | None:
     return None
 
 
-def build_serving_module(classifier, image_size: int, classes: Sequence[str], threshold: float):
+def _check_output_width(classifier, classes: Sequence[str]) -> None:
+    """One sigmoid unit for two classes, or one softmax unit per class: anything else cannot be labelled."""
+    try:
+        width = classifier.outputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError):
+        return  # not a functional Keras model: the self-check compares what it answers
+    n = len(classes)
+    if width is not None and not (width == n or (n == 2 and width == 1)):
+        raise ExportError(
+            f"The model answers {width} probabilities per image but the metadata names {n} classes {list(classes)}.",
+            hint="Export with the classes the model was trained on, in its output order.",
+        )
+
+
+def build_serving_module(classifier, image_size: int, classes: Sequence[str], threshold: float | None):
     """A tf.Module carrying the classifier and the two serving signatures."""
     import tensorflow as tf
 
     from pizzactl.decode import decode_resize
 
-    size = int(image_size)
-    negative, positive = str(classes[0]), str(classes[1])
-    threshold = float(threshold)
+    size, n = int(image_size), len(classes)
+    names = tf.constant([str(c) for c in classes])
 
     def probabilities(pixels):
+        """[N, K] in `classes` order: a sigmoid's P(classes[1]) becomes (1 - p, p)."""
         p = classifier(pixels, training=False)
         if isinstance(p, (list, tuple)):
             p = p[0]
         p = tf.cast(p, tf.float32)
-        if p.shape.rank == 2 and p.shape[-1] == 2:  # softmax over (negative, positive)
-            p = p[:, 1]
-        return tf.reshape(p, [-1])
+        if n == 2 and (p.shape.rank == 1 or p.shape[-1] == 1):
+            p = tf.reshape(p, [-1])
+            return tf.stack([1.0 - p, p], axis=1)
+        return tf.reshape(p, [-1, n])
 
-    def outputs(p):
-        label = tf.where(p >= threshold, tf.constant(positive), tf.constant(negative))
-        return {"probability": tf.identity(p, name="probability"), "label": tf.identity(label, name="label")}
+    def outputs(probs):
+        if n == 2:  # the binary contract: P(classes[1]) and the threshold
+            p = probs[:, 1]
+            label = tf.where(p >= float(threshold if threshold is not None else 0.5), names[1], names[0])
+        else:
+            index = tf.argmax(probs, axis=1, output_type=tf.int32)
+            p = tf.gather(probs, index, batch_dims=1)
+            label = tf.gather(names, index)
+        return {
+            "probability": tf.identity(p, name="probability"),
+            "label": tf.identity(label, name="label"),
+            "probabilities": tf.identity(probs, name="probabilities"),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
@@ -99,7 +128,7 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
         # (Only here: serving_pixels stays free of control flow, so it can be frozen and pruned
         # for Grad-CAM, see pizzactl.explain.)
         return outputs(
-            tf.cond(tf.size(image_bytes) > 0, lambda: probabilities(pixels), lambda: tf.zeros([0], tf.float32))
+            tf.cond(tf.size(image_bytes) > 0, lambda: probabilities(pixels), lambda: tf.zeros([0, n], tf.float32))
         )
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
@@ -111,6 +140,28 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
     module.serving_default = serving_default
     module.serving_pixels = serving_pixels
     return module
+
+
+def expected_outputs(raw, classes: Sequence[str], threshold: float | None) -> dict[str, Any]:
+    """What the signatures answer for the classifier's raw output, in numpy (the export's
+    self-check, and any runtime that runs the classifier without the SavedModel's graph)."""
+    import numpy as np
+
+    raw = np.asarray(raw[0] if isinstance(raw, (list, tuple)) else raw, dtype=np.float32)
+    n = len(classes)
+    if n == 2 and (raw.ndim == 1 or raw.shape[-1] == 1):
+        p = raw.reshape(-1)
+        probs = np.stack([np.float32(1.0) - p, p], axis=1)
+    else:
+        probs = raw.reshape(-1, n)
+    if n == 2:
+        probability = probs[:, 1]
+        labels = [str(classes[1]) if q >= (0.5 if threshold is None else threshold) else str(classes[0]) for q in probability]
+    else:
+        index = np.argmax(probs, axis=1)
+        probability = probs[np.arange(len(probs)), index]
+        labels = [str(classes[i]) for i in index]
+    return {"probability": probability, "label": labels, "probabilities": probs}
 
 
 def synthetic_check_images(image_size: int = 64, n: int = 3) -> list[bytes]:
@@ -136,7 +187,8 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
 
     Both signatures must exist and agree with `classifier` on the same pixels (the images decoded
     by `decode_resize`, and those pixels rounded to uint8 for `serving_pixels`) within `atol`,
-    and the labels must follow the threshold. Raises ExportError otherwise; returns a summary.
+    and the labels must be what the contract says (the threshold, or the most probable class).
+    Raises ExportError otherwise; returns a summary.
     """
     import numpy as np
     import tensorflow as tf
@@ -146,7 +198,7 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
 
     saved_dir = Path(saved_dir)
     meta = read_metadata(saved_dir)
-    size, threshold = int(meta["image_size"]), float(meta["threshold"])
+    size, threshold = int(meta["image_size"]), meta.get("threshold")
     classes = [str(c) for c in meta["classes"]]
     if not check_images:
         raise ExportError(
@@ -160,35 +212,37 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
         )
 
     def expected(pixels):
-        p = classifier(pixels, training=False)
-        p = np.asarray(p[0] if isinstance(p, (list, tuple)) else p, dtype=np.float32)
-        return p[:, 1] if p.ndim == 2 and p.shape[-1] == 2 else p.reshape(-1)
+        return expected_outputs(classifier(pixels, training=False), classes, threshold)
 
     pixels = tf.stack([decode_resize(tf.constant(b), size) for b in check_images])
-    got = loaded.signatures["serving_default"](image_bytes=tf.constant(list(check_images)))
-    want = expected(pixels)
     as_uint8 = tf.cast(tf.round(pixels), tf.uint8)
-    got_px = loaded.signatures["serving_pixels"](pixels=as_uint8)
-    want_px = expected(tf.cast(as_uint8, tf.float32))
-
-    diff = float(np.max(np.abs(got["probability"].numpy() - want)))
-    diff_px = float(np.max(np.abs(got_px["probability"].numpy() - want_px)))
-    if not (diff <= atol and diff_px <= atol):  # also catches NaN
+    pairs = (
+        (loaded.signatures["serving_default"](image_bytes=tf.constant(list(check_images))), expected(pixels)),
+        (loaded.signatures["serving_pixels"](pixels=as_uint8), expected(tf.cast(as_uint8, tf.float32))),
+    )
+    diffs = []
+    for got, want in pairs:
+        diffs.append(
+            max(
+                float(np.max(np.abs(got[key].numpy() - want[key]))) if len(want[key]) else 0.0
+                for key in ("probability", "probabilities")
+            )
+        )
+    if not all(d <= atol for d in diffs):  # also catches NaN
         raise ExportError(
-            f"The exported model disagrees with the trained one (max |diff| {diff:.3g} on image bytes, "
-            f"{diff_px:.3g} on pixels; tolerance {atol:g}); not published.",
+            f"The exported model disagrees with the trained one (max |diff| {diffs[0]:.3g} on image bytes, "
+            f"{diffs[1]:.3g} on pixels; tolerance {atol:g}); not published.",
             hint="The classifier is not deterministic at inference or did not save faithfully; run with --debug and report it.",
         )
-    for out in (got, got_px):
-        probs = out["probability"].numpy()
-        labels = [x.decode() for x in out["label"].numpy()]
-        wanted = [classes[1] if p >= threshold else classes[0] for p in probs]
+    for got, _ in pairs:
+        labels = [x.decode() for x in got["label"].numpy()]
+        wanted = expected_outputs(got["probabilities"].numpy(), classes, threshold)["label"]
         if labels != wanted:
             raise ExportError(
-                f"Exported labels {labels} do not follow threshold {threshold}: expected {wanted}.",
+                f"Exported labels {labels} do not follow their probabilities: expected {wanted}.",
                 hint="This is a bug in pizzactl.",
             )
-    return {"n_images": len(check_images), "max_abs_diff": max(diff, diff_px), "atol": atol}
+    return {"n_images": len(check_images), "max_abs_diff": max(diffs), "atol": atol}
 
 
 def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
@@ -272,10 +326,13 @@ def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
     import tensorflow as tf
 
     classes = [str(c) for c in (metadata.get("classes") or DEFAULT_CLASSES)]
-    if len(classes) != 2:
+    if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ExportError(
-            f"A binary classifier needs exactly two classes, got {classes}.", hint="Pass classes=[negative, positive]."
+            f"A classifier needs two or more distinct classes, got {classes}.",
+            hint="Pass the class names in the metadata: classes=[...] (their order is the model's output order).",
         )
+    binary = len(classes) == 2
+    threshold = metadata.get("threshold")
     meta = {
         "backbone": None,
         "weights": None,
@@ -285,13 +342,13 @@ def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
         "name": name,
         "image_size": int(image_size),
         "classes": classes,
-        "positive_class": classes[1],
-        "threshold": float(metadata.get("threshold", 0.5)),
+        "positive_class": classes[1] if binary else None,
+        "threshold": (0.5 if threshold is None else float(threshold)) if binary else None,
         "pizzactl_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "signatures": signature_info(int(image_size)),
+        "signatures": signature_info(int(image_size), len(classes)),
     }
     return meta
 
@@ -305,11 +362,11 @@ def export_model(
     *,
     atol: float = DEFAULT_ATOL,
 ) -> Path:
-    """Export `classifier` (float32 [N,S,S,3] 0..255 -> P(classes[1])) as the next version; return its dir.
+    """Export `classifier` (float32 [N,S,S,3] 0..255 -> [N, 1] P(classes[1]) or [N, K]) as the next version.
 
     `metadata` should hold backbone, image_size, classes, threshold, metrics, data_hash, weights;
     anything else in it is kept. `check_images` are encoded images for the self-check (synthetic
-    ones are used if empty).
+    ones are used if empty). Returns the version directory.
     """
     import tensorflow as tf
 
@@ -323,6 +380,7 @@ def export_model(
             hint="Export with the image_size the model was built for.",
         )
     meta = build_metadata(metadata, int(image_size), name)
+    _check_output_width(classifier, meta["classes"])
     base = model_base(models_dir, name)
     base.mkdir(parents=True, exist_ok=True)
     for stale in clean_stale_temps(base):

@@ -1,8 +1,12 @@
 """A dataset folder (one sub-folder per class), read once, checked, hashed and split.
 
 Labels are the sorted class folder names; for the pizza dataset that makes
-`not_pizza` = 0 and `pizza` = 1, so a model's output is P(pizza). In general the
-positive class is `classes[1]`.
+`not_pizza` = 0 and `pizza` = 1, so a model's output is P(pizza). With two classes the
+positive class is `classes[1]`; with more, the model answers a probability per class.
+
+Everything a training run could trip over later is checked here, before it starts: fewer than
+two class folders, a class without usable images, a class too small to split, a folder name
+that cannot be a label.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import unicodedata
 
 from pizzactl.errors import DataError
 from pizzactl.hashing import sha256_bytes, tree_hash
@@ -73,10 +79,13 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
         )
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if len(classes) < 2:
+        found = f" ({classes[0]})" if classes else ""
         raise DataError(
-            f"{root} has {len(classes)} class folder(s); a classifier needs at least two.",
-            hint="Lay the data out as DIR/pizza/*.jpg and DIR/not_pizza/*.jpg.",
+            f"{root} has {len(classes)} class folder(s){found}; a classifier needs at least two.",
+            hint="Put one sub-folder per class in it, e.g. DIR/pizza/*.jpg and DIR/not_pizza/*.jpg.",
         )
+    for name in classes:
+        check_class_name(name, root)
     records: list[ImageRecord] = []
     skipped: list[tuple[Path, str]] = []
     hashed: list[tuple[Path, bytes]] = []
@@ -99,11 +108,32 @@ def load_dataset(root: Path | str, *, check: bool = True) -> Dataset:
     empty = [c for c in classes if not any(r.class_name == c for r in records)]
     if empty:
         raise DataError(
-            f"No usable images for class(es) {', '.join(empty)} in {root}.", hint="Check the folder contents."
+            f"No usable images for class(es) {', '.join(empty)} in {root}.",
+            hint=f"Put JPEG or PNG photos in {root / empty[0]}, or remove the folder (every sub-folder is a class).",
         )
     return Dataset(
         root=root, classes=classes, records=tuple(records), data_hash=tree_hash(root, hashed), skipped=tuple(skipped)
     )
+
+
+def check_class_name(name: str, root: Path) -> None:
+    """A class name becomes the model's label (a UTF-8 string in the graph, JSON, CSV, metrics):
+    spaces and any Unicode letter are fine; bytes that are not UTF-8 and control characters are not."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(
+            f"The class folder name {name!r} in {root} is not valid UTF-8, so it cannot be a label.",
+            hint="Rename the folder (labels are the folder names).",
+        ) from None
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in name) or name != name.strip():
+        raise DataError(
+            f"The class folder name {name!r} in {root} has control characters or leading/trailing spaces.",
+            hint="Rename the folder: labels are the folder names, as clients will see them.",
+        )
+
+
+MIN_PER_CLASS = 2  # one to train on, one to validate (or test) on
 
 
 def stratified_split(
@@ -112,13 +142,21 @@ def stratified_split(
     """Deterministic stratified split: the same seed and files give the same split anywhere."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_split must be between 0 and 1, got {val_fraction}.", hint="Use e.g. 0.2.")
+    counts = dataset.counts()
+    small = [c for c in dataset.classes if counts[c] < MIN_PER_CLASS]
+    if small:
+        raise DataError(
+            f"Class {small[0]!r} has {counts[small[0]]} usable image(s): too few to split into training and "
+            f"validation (at least {MIN_PER_CLASS} per class; a few dozen to learn anything).",
+            hint=f"Add photos to {dataset.root / small[0]}, or remove the folder.",
+        )
     rng = random.Random(seed)
     train: list[ImageRecord] = []
     val: list[ImageRecord] = []
     for label in range(len(dataset.classes)):
         group = sorted((r for r in dataset.records if r.label == label), key=lambda r: r.path.as_posix())
         rng.shuffle(group)
-        n_val = max(1, round(len(group) * val_fraction))
+        n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction)))
         val.extend(group[:n_val])
         train.extend(group[n_val:])
     return train, val

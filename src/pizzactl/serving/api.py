@@ -51,8 +51,16 @@ _ITEM = TypeAdapter(PredictItem)
 
 class PredictResponse(BaseModel):
     label: str = Field(..., description="The predicted class, e.g. 'pizza' or 'not_pizza'.")
-    probability: float = Field(..., ge=0, le=1, description="P(pizza) from the model.")
+    probability: float = Field(
+        ...,
+        ge=0,
+        le=1,
+        description="Two classes: P(positive class), e.g. P(pizza), whatever the label. More: P(label).",
+    )
     model_version: int = Field(..., description="The model version that answered (TF Serving version number).")
+    probabilities: dict[str, float] = Field(
+        ..., description="Every class's probability, in the model's class order, e.g. {'not_pizza': 0.03, 'pizza': 0.97}."
+    )
 
 
 class ErrorBody(BaseModel):

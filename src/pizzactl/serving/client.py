@@ -31,6 +31,7 @@ DEFAULT_IMAGE_SIZE = 224
 class Prediction:
     label: str
     probability: float
+    probabilities: tuple[float, ...] | None = None  # in `classes` order; None from a model without them
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class ModelInfo:
     version: str
     image_size: int
     pizzactl: dict
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names from the version's pizzactl.json (empty if the model server does not say)."""
+        return tuple(str(c) for c in self.pizzactl.get("classes") or ())
 
 
 def _unavailable(message: str, retry_after: int = 1) -> ModelUnavailableError:
@@ -197,7 +203,14 @@ class ModelClient:
             raise InvalidImageError(f"The model server rejected the image: {_error_text(response)}")
         try:
             rows = response.json()["predictions"]
-            predictions = [Prediction(str(r["label"]), float(r["probability"])) for r in rows]
+            predictions = [
+                Prediction(
+                    str(r["label"]),
+                    float(r["probability"]),
+                    tuple(float(p) for p in r["probabilities"]) if "probabilities" in r else None,
+                )
+                for r in rows
+            ]
         except (ValueError, KeyError, TypeError) as exc:
             raise _unavailable(
                 f"The model server answered something that is not a pizzactl prediction ({exc})."

@@ -57,6 +57,7 @@ class GatewayConfig:
     max_request_bytes: int
     max_batch_items: int
     fetch_timeout: float
+    classes: str | None = None  # comma-separated class names, when the model server does not say them
     static_dir: Path = STATIC_DIR
 
     @classmethod
@@ -138,6 +139,21 @@ def prepare(data: bytes, limits: images.ImageLimits, size: int | None) -> Prepar
     return Prepared(data, size, images.encode_for_model(image, size) if size else None)
 
 
+def class_probabilities(prediction: Prediction, classes: Sequence[str]) -> dict[str, float]:
+    """{class: probability} in the model's class order.
+
+    Without class names (TF Serving says none and PIZZACTL_CLASSES is unset) the keys are the
+    column numbers; a binary model exported before `probabilities` existed gets (1 - p, p).
+    """
+    probabilities = prediction.probabilities
+    if probabilities is None:
+        if len(classes) != 2:
+            return {}
+        probabilities = (1.0 - prediction.probability, prediction.probability)
+    names = classes if len(classes) == len(probabilities) else [str(i) for i in range(len(probabilities))]
+    return dict(zip(names, probabilities, strict=True))
+
+
 class Gateway:
     """The steps, with the clients they share: one instance per app."""
 
@@ -207,11 +223,23 @@ class Gateway:
                 lambda: [p if p.size == size else prepare(p.data, limits, size) for p in pictures]
             )
         predictions, version = await self.model.predict([p.jpeg for p in pictures if p.jpeg is not None])
-        return [self.answer(p, int(version or info.version)) for p in predictions]
+        classes = info.classes or self.configured_classes
+        return [self.answer(p, int(version or info.version), classes) for p in predictions]
 
-    def answer(self, prediction: Prediction, version: int) -> dict[str, Any]:
+    @property
+    def configured_classes(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in (self.config.classes or "").split(",") if c.strip())
+
+    def answer(self, prediction: Prediction, version: int, classes: Sequence[str] = ()) -> dict[str, Any]:
+        """The gateway's JSON: the model's label and probability as the model server said them
+        (for a binary model P(classes[1]), else P(label)), and every class's probability."""
         self.metrics.images.labels(prediction.label).inc()
-        return {"label": prediction.label, "probability": prediction.probability, "model_version": version}
+        return {
+            "label": prediction.label,
+            "probability": prediction.probability,
+            "model_version": version,
+            "probabilities": class_probabilities(prediction, classes),
+        }
 
     async def predict_each(self, payload: list[Any]) -> list[dict[str, Any]]:
         """A batch request: every item through the steps; an unusable item answers its own error.

@@ -35,7 +35,6 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     from pizzactl.export import export_model
     from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import FeatureCache
-    from pizzactl.train.metrics import THRESHOLD
     from pizzactl.train.run_dir import write_json
 
     start = time.perf_counter()
@@ -60,7 +59,7 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
         "weights": best.config["weights"],
         "image_size": best.config["image_size"],
         "classes": list(dataset.classes),
-        "threshold": THRESHOLD,
+        "threshold": best.config["threshold"],
         "metrics": best.metrics,
         "data_hash": dataset.data_hash,
         "run_id": best.run_id,
@@ -87,7 +86,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
     import keras
 
     from pizzactl.train.context import plan, run_config
-    from pizzactl.train.metrics import THRESHOLD, validation_metrics
+    from pizzactl.train.metrics import validation_metrics
     from pizzactl.train.run_dir import new_run_dir, write_json, write_results
     from pizzactl.train.run_log import RunLog
     from pizzactl.train.strategies import STRATEGIES, choose
@@ -107,7 +106,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
         if ctx.mode == "frozen" and ctx.weights.kind == "none":
             log("Note: frozen features from random weights learn little; use --weights imagenet for real training.")
         fitted = STRATEGIES[strategy](ctx)
-        metrics = validation_metrics(ctx.labels(ctx.val_records), fitted.p_val, THRESHOLD)
+        metrics = validation_metrics(ctx.labels(ctx.val_records), fitted.p_val, classes=dataset.classes)
         train_seconds = time.perf_counter() - start
         metrics.update(
             {
@@ -121,8 +120,9 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             }
         )
         auc = metrics["val_roc_auc"]
+        f1 = "f1" if ctx.n_classes == 2 else "macro f1"
         log(
-            f"Validation: accuracy {metrics['val_accuracy']:.4f}  f1 {metrics['val_f1']:.4f}  "
+            f"Validation: accuracy {metrics['val_accuracy']:.4f}  {f1} {metrics['val_f1']:.4f}  "
             f"roc_auc {auc if auc is None else round(auc, 4)}  loss {metrics['val_loss']:.4f}  ({train_seconds:.1f}s)"
         )
         write_results(

@@ -51,10 +51,20 @@ class TrainContext:
         """Cached augmented views per photo (the frozen path's data augmentation)."""
         return self.recipe.augmented_views if (self.augment and self.mode == "frozen") else 0
 
-    def labels(self, records):
-        import numpy as np
+    @property
+    def n_classes(self) -> int:
+        return len(self.dataset.classes)
 
-        return np.array([r.label for r in records], np.float32)
+    @property
+    def threshold(self) -> float | None:
+        """The binary decision threshold; None with more than two classes (the label is the arg max)."""
+        return THRESHOLD if self.n_classes == 2 else None
+
+    def labels(self, records):
+        """What the head trains on: float [N] P(classes[1]) for two classes, one-hot [N, K] for more."""
+        from pizzactl.train.heads import targets
+
+        return targets([r.label for r in records], self.n_classes)
 
 
 def plan(settings, backbone, dataset, train_records, val_records, *, cache, log) -> TrainContext:
@@ -113,7 +123,7 @@ def run_config(ctx: TrainContext, settings, run_id: str, strategy: str) -> dict[
         "classes": list(ctx.dataset.classes),
         "n_train": len(ctx.train_records),
         "n_val": len(ctx.val_records),
-        "threshold": THRESHOLD,
+        "threshold": ctx.threshold,
         "recipe": asdict(ctx.recipe),
         "pizzactl_version": __version__,
         "settings": settings.as_dict(),

@@ -1,5 +1,9 @@
 """The classifier head (dropout + dense) and the classifier it makes with a backbone.
 
+Two classes: one sigmoid unit, P(classes[1]), binary cross-entropy (the pizza model, as it
+always was). More: a softmax over the K classes and categorical cross-entropy on one-hot
+targets. `targets`, `compile_args` and `as_probabilities` are the only places that differ.
+
 On cached features a head trains in milliseconds per epoch, so it is trained several times
 with different seeds and the heads averaged (`fit_heads`): the head is linear, so the average
 of n heads is one head, with about 1/n of one run's seed variance.
@@ -11,22 +15,56 @@ from pizzactl.train.metrics import THRESHOLD, loss_and_accuracy
 from pizzactl.train.run_log import epoch_logger
 
 
-def build_head(dim: int, dropout: float):
-    """features [N, dim] -> dropout -> dense sigmoid -> [N, 1] P(positive class)."""
+def build_head(dim: int, dropout: float, n_classes: int = 2):
+    """features [N, dim] -> dropout -> dense: sigmoid [N, 1] P(classes[1]), or softmax [N, K]."""
     import keras
 
+    binary = n_classes <= 2
     return keras.Sequential(
         [
             keras.Input((dim,), name="features"),
             keras.layers.Dropout(dropout, name="dropout"),
-            keras.layers.Dense(1, activation="sigmoid", name="probability"),
+            keras.layers.Dense(
+                1 if binary else n_classes, activation="sigmoid" if binary else "softmax", name="probability"
+            ),
         ],
         name="head",
     )
 
 
+def targets(labels, n_classes: int):
+    """Class indices -> what the head trains on: float [N] for two classes, one-hot [N, K] for more."""
+    import numpy as np
+
+    labels = np.asarray(labels, np.int64).ravel()
+    if n_classes <= 2:
+        return labels.astype(np.float32)
+    return np.eye(n_classes, dtype=np.float32)[labels]
+
+
+def compile_args(n_classes: int, label_smoothing: float = 0.0) -> dict:
+    """`loss` and `metrics` for `model.compile`: binary or categorical cross-entropy, and accuracy."""
+    import keras
+
+    if n_classes <= 2:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    return {"loss": loss, "metrics": [accuracy]}
+
+
+def as_probabilities(p):
+    """A model's output as numpy: [N] P(classes[1]) from a sigmoid [N, 1], [N, K] from a softmax."""
+    import numpy as np
+
+    p = np.asarray(p)
+    return p.reshape(-1) if p.ndim <= 1 or p.shape[-1] == 1 else p
+
+
 def build_classifier(extractor, head, image_size: int, tta: bool = True):
-    """float32 [N,S,S,3] 0..255 -> [N,1] P(positive); with `tta`, the mean over the image and its mirror."""
+    """float32 [N,S,S,3] 0..255 -> the head's probabilities; with `tta`, the mean over the image and its mirror."""
     import keras
 
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
@@ -40,19 +78,23 @@ def build_classifier(extractor, head, image_size: int, tta: bool = True):
 def head_validation(x_val, y_val):
     """A callback that scores the head on validation features in numpy, adding val_loss/val_accuracy.
 
-    The head is dropout + dense sigmoid, so at inference it is `sigmoid(x @ W + b)`: no second
-    TensorFlow graph to trace (which costs more than all the head's epochs together).
+    The head is dropout + dense, so at inference it is `sigmoid(x @ W + b)` (or the softmax of
+    it): no second TensorFlow graph to trace (which costs more than all the head's epochs together).
     """
     import keras
     import numpy as np
 
     x_val = np.asarray(x_val, np.float64)
-    y_val = np.asarray(y_val, np.float64).ravel()
 
     class HeadValidation(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             kernel, bias = self.model.get_layer("probability").get_weights()
-            p = 1.0 / (1.0 + np.exp(-(x_val @ kernel.astype(np.float64) + bias).ravel()))
+            z = x_val @ kernel.astype(np.float64) + bias
+            if z.shape[1] == 1:
+                p = 1.0 / (1.0 + np.exp(-z.ravel()))
+            else:
+                e = np.exp(z - z.max(axis=1, keepdims=True))
+                p = e / e.sum(axis=1, keepdims=True)
             if logs is not None:
                 logs["val_loss"], logs["val_accuracy"] = loss_and_accuracy(y_val, p, THRESHOLD)
 
@@ -73,15 +115,17 @@ def fit_head(
     callbacks=(),
     seed: int = 42,
 ):
-    """Train dropout + dense sigmoid on cached features; early stopping restores the best epoch."""
+    """Train dropout + dense on cached features; early stopping restores the best epoch.
+
+    `y_train` are `targets` (float [N] or one-hot [N, K]); their shape says how many classes.
+    """
     import keras
     import tensorflow as tf
 
-    head = build_head(int(x_train.shape[1]), dropout)
+    n_classes = y_train.shape[1] if getattr(y_train, "ndim", 1) == 2 else 2
+    head = build_head(int(x_train.shape[1]), dropout, n_classes)
     steps = -(-len(x_train) // batch_size)
-    head.compile(
-        optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=steps
-    )
+    head.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=steps, **compile_args(n_classes))
     data = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)

@@ -6,6 +6,8 @@ Probabilities come in one of two shapes, and every function here takes both:
   the exported graph);
 * N classes: `p` is [N, K] (rows sum to 1), and a prediction is the arg max.
 
+True labels are class indices [N] (or one-hot [N, K], as the softmax head trains on).
+
 The confusion matrix is K x K, rows the true class and columns the predicted class, in class
 order: for two classes `[[tn, fp], [fn, tp]]`. Precision, recall or F1 with a zero
 denominator are 0.0, as scikit-learn's default. No scikit-learn at run time; the tests compare
@@ -23,7 +25,8 @@ THRESHOLD = 0.5
 def _arrays(y_true, p):
     import numpy as np
 
-    y_true = np.asarray(y_true).astype(np.int64).ravel()
+    y_true = np.asarray(y_true)
+    y_true = (np.argmax(y_true, axis=1) if y_true.ndim == 2 and y_true.shape[1] > 1 else y_true).astype(np.int64).ravel()
     p = np.asarray(p, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p.ravel()
@@ -134,9 +137,68 @@ def binary_metrics(y_true, y_prob, threshold: float = THRESHOLD) -> dict[str, An
     }
 
 
-def validation_metrics(y_true, p, threshold: float = THRESHOLD) -> dict[str, Any]:
-    """A run's metrics.json figures: `binary_metrics` and the log loss, prefixed `val_`."""
-    m = binary_metrics(y_true, p, threshold)
+def multiclass_metrics(y_true, p) -> dict[str, Any]:
+    """Accuracy, macro precision/recall/F1, macro one-vs-rest ROC AUC and the K x K confusion matrix.
+
+    A class's ROC AUC is its probability column against "this class or not"; the macro AUC
+    averages the classes where that is defined (the class and some other class are present),
+    None if it is defined for none.
+    """
+    y_true, p = _arrays(y_true, p)
+    if p.ndim != 2:
+        raise ValueError(f"multiclass_metrics takes probabilities of shape [N, K], not {p.shape}")
+    matrix = confusion_matrix(y_true, predicted_labels(p), p.shape[1])
+    classes = per_class(matrix)
+    for k, row in enumerate(classes):
+        row["roc_auc"] = roc_auc(y_true == k, p[:, k])
+    aucs = [c["roc_auc"] for c in classes if c["roc_auc"] is not None]
+    n = len(y_true)
+    return {
+        "n": n,
+        "accuracy": sum(matrix[k][k] for k in range(len(matrix))) / n if n else 0.0,
+        "precision": _mean([c["precision"] for c in classes]),
+        "recall": _mean([c["recall"] for c in classes]),
+        "f1": _mean([c["f1"] for c in classes]),
+        "roc_auc": _mean(aucs) if aucs else None,
+        "confusion_matrix": matrix,
+        "per_class": classes,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def classification_metrics(y_true, p, threshold: float = THRESHOLD, classes=None) -> dict[str, Any]:
+    """The figures `evaluate` and a run's metrics.json report, for two classes or more.
+
+    Two classes ([N] P(class 1)): `binary_metrics` (precision, recall, F1 of class 1, as
+    always). More ([N, K]): `multiclass_metrics` (macro averages). Both add `macro_f1` and
+    `per_class` (precision, recall, F1, support and one-vs-rest ROC AUC of each class), keyed
+    by the names in `classes` when given.
+    """
+    y_true, p = _arrays(y_true, p)
+    if p.ndim == 1:
+        m = binary_metrics(y_true, p, threshold)
+        rows = per_class(m["confusion_matrix"])
+        rows[0]["roc_auc"] = roc_auc(y_true == 0, 1.0 - p)
+        rows[1]["roc_auc"] = m["roc_auc"]
+        m["per_class"] = rows
+    else:
+        m = multiclass_metrics(y_true, p)
+    m["macro_f1"] = _mean([c["f1"] for c in m["per_class"]])
+    if classes is not None:
+        m["per_class"] = {str(name): row for name, row in zip(classes, m["per_class"], strict=True)}
+    return m
+
+
+def validation_metrics(y_true, p, threshold: float = THRESHOLD, classes=None) -> dict[str, Any]:
+    """A run's metrics.json figures: `classification_metrics` and the log loss, prefixed `val_`.
+
+    For more than two classes precision, recall and F1 are macro averages and there is no threshold.
+    """
+    m = classification_metrics(y_true, p, threshold, classes)
+    binary = _arrays(y_true, p)[1].ndim == 1
     return {
         "val_accuracy": float(m["accuracy"]),
         "val_precision": float(m["precision"]),
@@ -146,5 +208,7 @@ def validation_metrics(y_true, p, threshold: float = THRESHOLD) -> dict[str, Any
         "val_loss": log_loss(y_true, p),
         "confusion_matrix": m["confusion_matrix"],
         "n_val": m["n"],
-        "threshold": threshold,
+        "threshold": threshold if binary else None,
+        "val_macro_f1": float(m["macro_f1"]),
+        "per_class": m["per_class"],
     }

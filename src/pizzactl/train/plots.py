@@ -52,16 +52,17 @@ def training_curves(rows: Sequence[dict], path: Path, title: str = "") -> Path:
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
-    """Rows: true class; columns: predicted class."""
+    """Rows: true class; columns: predicted class. Grows with the number of classes."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.7 * n), max(4.0, 1.2 + 0.6 * n)))
     ax.imshow(matrix, cmap="Blues")
     top = max(max(row) for row in matrix) or 1
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xticks(range(n), classes, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("validation confusion matrix")

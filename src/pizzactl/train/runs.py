@@ -136,10 +136,14 @@ def print_run(run: dict) -> None:
         if key in metrics:
             table.add_row(key, _fmt(metrics[key]))
     if "confusion_matrix" in metrics:
-        classes = config.get("classes") or ["0", "1"]
-        (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+        matrix = metrics["confusion_matrix"]
+        classes = config.get("classes") or [str(k) for k in range(len(matrix))]
         table.add_row(
-            "confusion", f"true {classes[0]}: {tn} right, {fp} wrong; true {classes[1]}: {tp} right, {fn} wrong"
+            "confusion",
+            "; ".join(
+                f"true {name}: {row[k]} right, {sum(row) - row[k]} wrong"
+                for k, (name, row) in enumerate(zip(classes, matrix, strict=False))
+            ),
         )
     table.add_row("files", ", ".join(run["files"]))
     out.print(table)

@@ -13,6 +13,7 @@ import time
 
 from pizzactl.train.backbones.top import split_at
 from pizzactl.train.context import TrainContext
+from pizzactl.train.heads import as_probabilities, compile_args
 from pizzactl.train.metrics import THRESHOLD, loss_and_accuracy
 from pizzactl.train.recipes import Recipe
 from pizzactl.train.run_log import RunLog, epoch_logger
@@ -125,7 +126,7 @@ def fine_tune_cached(
     runlog: RunLog,
     rows: list,
 ):
-    """Train `top` (BatchNorm frozen) and the head on cached maps; returns validation P(positive).
+    """Train `top` (BatchNorm frozen) and the head on cached maps; returns validation probabilities.
 
     Each epoch costs the top layers' share of a forward + backward pass (about a sixth of the
     network for EfficientNet-Lite), not a pass over images. The weights kept are the average of
@@ -159,9 +160,8 @@ def fine_tune_cached(
     data = _batches(x_maps, y, batch_size, seed)
     steps = -(-len(x_maps) // batch_size)
     keras.utils.set_random_seed(seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(recipe.fine_tune_lr), loss="binary_crossentropy", metrics=["accuracy"]
-    )
+    n_classes = y.shape[1] if y.ndim == 2 else 2
+    model.compile(optimizer=keras.optimizers.Adam(recipe.fine_tune_lr), **compile_args(n_classes))
     model.fit(
         data,
         epochs=epochs,
@@ -187,16 +187,15 @@ def fine_tune_cached(
 
 
 def _validator(model, val_maps: dict, y_val, tta: bool):
-    """() -> (validation P(positive), loss, accuracy) of `model` now, averaged over the mirror with `tta`."""
+    """() -> (validation probabilities, loss, accuracy) of `model` now, averaged over the mirror with `tta`."""
     import numpy as np
     import tensorflow as tf
 
-    y_val = np.asarray(y_val, np.float64).ravel()
     val_x = [tf.constant(val_maps[v], tf.float32) for v in (("plain", "flip") if tta else ("plain",))]
     forward = tf.function(lambda x: model(x, training=False))
 
     def validate():
-        p = np.mean([forward(x).numpy().ravel() for x in val_x], axis=0).astype(np.float64)
+        p = np.mean([as_probabilities(forward(x).numpy()) for x in val_x], axis=0).astype(np.float64)
         return (p, *loss_and_accuracy(y_val, p, THRESHOLD))
 
     return validate

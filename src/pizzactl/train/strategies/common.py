@@ -13,8 +13,8 @@ from pizzactl.train.context import TrainContext
 class Fitted:
     """A strategy's result."""
 
-    classifier: Any  # keras.Model: float32 0..255 pixels [N, S, S, 3] at ctx.image_size -> [N, 1]
-    p_val: Any  # numpy [N_val]: that classifier's validation probabilities, in ctx.val_records order
+    classifier: Any  # keras.Model: float32 0..255 pixels [N, S, S, 3] at ctx.image_size -> [N, 1] or [N, K]
+    p_val: Any  # numpy [N_val] or [N_val, K]: that classifier's validation probabilities, in ctx.val_records order
 
 
 def build_extractor(ctx: TrainContext):
@@ -92,11 +92,11 @@ def train_heads(ctx: TrainContext, by_view: dict, train_idx, x_val_plain):
 
 def finish(ctx: TrainContext, extractor, head, p_val=None) -> Fitted:
     """The classifier at the model's size; its validation answers, computed here if not given."""
-    from pizzactl.train.heads import build_classifier
+    from pizzactl.train.heads import as_probabilities, build_classifier
     from pizzactl.train.pixels import decode_images
 
     classifier = build_classifier(extractor, head, ctx.image_size, tta=ctx.recipe.tta)
     if p_val is None:
         x_val = decode_images([r.path for r in ctx.val_records], ctx.image_size)
-        p_val = classifier.predict(x_val, batch_size=32, verbose=0).ravel()
+        p_val = as_probabilities(classifier.predict(x_val, batch_size=32, verbose=0))
     return Fitted(classifier, p_val)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from pizzactl.train.context import TrainContext
+from pizzactl.train.heads import as_probabilities
 from pizzactl.train.strategies.common import (
     Fitted,
     build_extractor,
@@ -25,9 +26,9 @@ from pizzactl.train.strategies.common import (
 def fit(ctx: TrainContext) -> Fitted:
     extractor = build_extractor(ctx)
     head, serving, val_views = fit_on_features(ctx, extractor)
-    p_val = head.predict(val_views["plain"], verbose=0).ravel()
+    p_val = as_probabilities(head.predict(val_views["plain"], verbose=0))
     if ctx.recipe.tta:
-        p_val = (p_val + head.predict(val_views["flip"], verbose=0).ravel()) / 2
+        p_val = (p_val + as_probabilities(head.predict(val_views["flip"], verbose=0))) / 2
     return finish(ctx, serving or extractor, head, p_val)
 
 

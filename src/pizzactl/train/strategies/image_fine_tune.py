@@ -12,6 +12,7 @@ import time
 
 from pizzactl.train.backbones.top import unfreeze_top
 from pizzactl.train.context import TrainContext
+from pizzactl.train.heads import compile_args
 from pizzactl.train.pixels import augmented_batches, cosine_schedule, decode_images
 from pizzactl.train.run_log import epoch_logger
 from pizzactl.train.strategies.common import Fitted, build_extractor, finish
@@ -40,7 +41,7 @@ def fine_tune(ctx: TrainContext, extractor, head) -> None:
     y_train, y_val = ctx.labels(ctx.train_records), ctx.labels(ctx.val_records)
     pixels = keras.Input((size, size, 3), name="pixels")
     model = keras.Model(pixels, head(extractor(pixels)), name="fine_tune")
-    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.compile(optimizer="adam", loss=compile_args(ctx.n_classes)["loss"])
     before = float(model.evaluate(x_val, y_val, batch_size=32, verbose=0))
     saved = [w.copy() for w in model.get_weights()]
     n = unfreeze_top(extractor, recipe.fine_tune_layers, backbone=ctx.backbone)
@@ -50,8 +51,7 @@ def fine_tune(ctx: TrainContext, extractor, head) -> None:
     steps = int(np.ceil(len(x_train) / ctx.batch_size))
     model.compile(
         optimizer=keras.optimizers.Adam(cosine_schedule(recipe.fine_tune_lr, epochs * steps, 0)),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
+        **compile_args(ctx.n_classes),
     )
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=recipe.fine_tune_patience, restore_best_weights=True

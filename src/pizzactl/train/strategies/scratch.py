@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from pizzactl.train.context import TrainContext
-from pizzactl.train.heads import build_head
+from pizzactl.train.heads import build_head, compile_args, targets
 from pizzactl.train.pixels import augmented_batches, cosine_schedule, decode_images
 from pizzactl.train.recipes import Recipe
 from pizzactl.train.run_log import RunLog, epoch_logger
@@ -26,6 +26,7 @@ def fit(ctx: TrainContext) -> Fitted:
         ctx.val_records,
         ctx.train_size,
         recipe=ctx.recipe,
+        n_classes=ctx.n_classes,
         epochs=ctx.epochs,
         batch_size=ctx.batch_size,
         augment=ctx.augment,
@@ -46,6 +47,7 @@ def fit_scratch(
     size: int,
     *,
     recipe: Recipe,
+    n_classes: int = 2,
     epochs: int,
     batch_size: int,
     augment: bool,
@@ -61,9 +63,9 @@ def fit_scratch(
     advance = runlog.bar("decoding", len(train_records) + len(val_records))
     x_train = decode_images([r.path for r in train_records], size, dtype="float16", advance=advance)
     x_val = decode_images([r.path for r in val_records], size, advance=advance)
-    y_train = np.array([r.label for r in train_records], np.float32)
-    y_val = np.array([r.label for r in val_records], np.float32)
-    head = build_head(int(extractor.output_shape[-1]), recipe.dropout)
+    y_train = targets([r.label for r in train_records], n_classes)
+    y_val = targets([r.label for r in val_records], n_classes)
+    head = build_head(int(extractor.output_shape[-1]), recipe.dropout, n_classes)
     pixels = keras.Input((size, size, 3), name="pixels")
     model = keras.Model(pixels, head(extractor(pixels)), name="trainable")
     steps = int(np.ceil(len(x_train) / batch_size))
@@ -73,12 +75,7 @@ def fit_scratch(
         if recipe.weight_decay
         else keras.optimizers.Adam(schedule)
     )
-    loss = (
-        keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
-        if recipe.label_smoothing
-        else "binary_crossentropy"
-    )
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=optimizer, **compile_args(n_classes, recipe.label_smoothing))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, restore_best_weights=True)
     model.fit(
         augmented_batches(
