@@ -271,13 +271,18 @@ def evaluate(
     data: Path | None = DataOpt,
     models: Path | None = ModelsOpt,
     errors: Path | None = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
+    confusion_png: Path | None = typer.Option(
+        None, "--confusion-matrix", help="Draw the confusion matrix to this PNG (needs [train])."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the exported model on raw image bytes, as serving will, and report metrics."""
     from pizzactl.evaluate import evaluate as evaluate_
     from pizzactl.evaluate import print_metrics
 
-    metrics = evaluate_(settings(data_dir=data, models_dir=models), model_dir=model_dir, errors_csv=errors)
+    metrics = evaluate_(
+        settings(data_dir=data, models_dir=models), model_dir=model_dir, errors_csv=errors, confusion_png=confusion_png
+    )
     if json_out:
         print_json(metrics)
     else:

@@ -14,57 +14,67 @@ from pathlib import Path
 from pizzactl.console import err, log, out
 from pizzactl.errors import DataError
 from pizzactl.model_store import read_metadata, resolve_model_dir
-from pizzactl.train.metrics import binary_metrics
+from pizzactl.train.metrics import classification_metrics
 
 BATCH_SIZE = 32
-CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order: [[tn, fp], [fn, tp]]"
+CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order"
 
 
 def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]):
-    """Probabilities and labels for one batch; an undecodable image is set aside, not fatal."""
+    """(probability, label, probabilities) per image of one batch, and the indices kept; an
+    undecodable image is set aside, not fatal. A binary model exported before `probabilities`
+    existed gets (1 - p, p)."""
     import tensorflow as tf
 
     from pizzactl.serving.modelserver.batching import isolate_failures
 
-    def run(batch: list[bytes]) -> list[tuple[float, str]]:
+    def run(batch: list[bytes]) -> list[tuple[float, str, list[float]]]:
         res = fn(image_bytes=tf.constant(batch))
-        return list(zip(res["probability"].numpy().tolist(), [x.decode() for x in res["label"].numpy()], strict=True))
+        p = res["probability"].numpy().tolist()
+        rows = res["probabilities"].numpy().tolist() if "probabilities" in res else [[1.0 - q, q] for q in p]
+        return list(zip(p, [x.decode() for x in res["label"].numpy()], rows, strict=True))
 
-    probs, labels, kept = [], [], []
+    answers, kept = [], []
     outcomes = isolate_failures(run, [[blob] for blob in blobs], tf.errors.InvalidArgumentError)
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             failed.append({"path": str(paths[i]), "error": getattr(outcome, "message", str(outcome)).splitlines()[0]})
             continue
-        ((probability, label),) = outcome
-        probs.append(probability)
-        labels.append(label)
+        answers.append(outcome[0])
         kept.append(i)
-    return probs, labels, kept
+    return answers, kept
 
 
 def evaluate(
-    settings, model_dir: Path | str | None = None, errors_csv: Path | str | None = None, *, progress: bool = True
+    settings,
+    model_dir: Path | str | None = None,
+    errors_csv: Path | str | None = None,
+    *,
+    confusion_png: Path | str | None = None,
+    progress: bool = True,
 ) -> dict:
     """Run the exported `serving_default` on every image of the dataset and report metrics.
 
     `model_dir` is a version directory (default: the latest under `settings.models_dir`);
-    the data is `settings.data_dir` (or the downloaded dataset). `errors_csv` receives the
-    misclassified images (path, true, predicted, probability).
+    the data is `settings.data_dir` (or the downloaded dataset), whose class folders must be
+    among the model's classes. `errors_csv` receives the misclassified images (path, true,
+    predicted, probability); `confusion_png` the confusion matrix as a picture.
     """
     version_dir = resolve_model_dir(model_dir, settings.models_dir)  # before TF: a missing model fails fast
     meta = read_metadata(version_dir)
     classes = [str(c) for c in meta["classes"]]
-    threshold = float(meta["threshold"])
+    binary = len(classes) == 2
+    threshold = float(meta.get("threshold") or 0.5) if binary else None
 
     from pizzactl.data.dataset import load_dataset
     from pizzactl.data.download import resolve_data_dir
 
     dataset = load_dataset(resolve_data_dir(settings))
-    if set(dataset.classes) != set(classes):
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown:
         raise DataError(
-            f"The dataset's classes {list(dataset.classes)} are not the model's {classes}.",
-            hint=f"Point --data at a folder with exactly the sub-folders {', '.join(classes)}.",
+            f"The dataset's class folder(s) {unknown} are not among the model's classes {classes}.",
+            hint=f"Point --data at a folder whose sub-folders are some of: {', '.join(classes)}.",
         )
     records = list(dataset.records)
 
@@ -73,8 +83,8 @@ def evaluate(
 
     fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     y_true: list[int] = []
-    y_prob: list[float] = []
-    predicted: list[str] = []
+    y_prob: list = []  # P(classes[1]) for a binary model, the row of probabilities for more classes
+    predicted: list[tuple[str, float]] = []
     kept_records = []
     failed: list[dict] = []
     started = time.perf_counter()
@@ -91,12 +101,12 @@ def evaluate(
         for start in range(0, len(records), BATCH_SIZE):
             batch = records[start : start + BATCH_SIZE]
             blobs = [r.path.read_bytes() for r in batch]
-            probs, labels, kept = _predict_batch(fn, blobs, [r.path for r in batch], failed)
-            for i, p, label in zip(kept, probs, labels, strict=False):
+            answers, kept = _predict_batch(fn, blobs, [r.path for r in batch], failed)
+            for i, (p, label, row) in zip(kept, answers, strict=True):
                 kept_records.append(batch[i])
                 y_true.append(classes.index(batch[i].class_name))
-                y_prob.append(float(p))
-                predicted.append(label)
+                y_prob.append(float(p) if binary else row)
+                predicted.append((label, float(p)))
             bar.advance(task, len(batch))
     seconds = time.perf_counter() - started
     if not y_true:
@@ -105,12 +115,17 @@ def evaluate(
             hint="Use JPEG, PNG, GIF or BMP files.",
         )
 
-    metrics = binary_metrics(y_true, y_prob, threshold)
+    metrics = classification_metrics(y_true, y_prob, threshold or 0.5, classes)
     errors = [
         {"path": str(r.path), "true": r.class_name, "predicted": label, "probability": p}
-        for r, label, p in zip(kept_records, predicted, y_prob, strict=False)
+        for r, (label, p) in zip(kept_records, predicted, strict=True)
         if label != r.class_name
     ]
+    if confusion_png is not None:
+        from pizzactl.train.plots import confusion_matrix
+
+        Path(confusion_png).parent.mkdir(parents=True, exist_ok=True)
+        confusion_matrix(metrics["confusion_matrix"], classes, Path(confusion_png), title="confusion matrix")
     if errors_csv is not None:
         errors_csv = Path(errors_csv)
         errors_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -130,9 +145,10 @@ def evaluate(
         "data_hash": dataset.data_hash,
         "training_data": same_data,
         "classes": classes,
-        "positive_class": classes[1],
+        "positive_class": classes[1] if binary else None,
         "threshold": threshold,
         "confusion_matrix_order": CONFUSION_ORDER,
+        "confusion_matrix_png": str(confusion_png) if confusion_png is not None else None,
         "misclassified": len(errors),
         "errors_csv": str(errors_csv) if errors_csv is not None else None,
         "failed": failed,
@@ -141,22 +157,48 @@ def evaluate(
 
 
 def print_metrics(metrics: dict) -> None:
-    """Metrics and the confusion matrix as rich tables (stdout)."""
+    """Metrics, per-class figures and the confusion matrix as rich tables (stdout)."""
     from rich.table import Table
 
     classes = metrics["classes"]
+    binary = len(classes) == 2
     title = f"{metrics['model_dir']} on {metrics['n']} images of {metrics['data_dir']}"
     table = Table("metric", "value", title=title, title_justify="left")
-    for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
-        value = metrics[name]
-        table.add_row(name, "n/a (one class only)" if value is None else f"{value:.4f}")
-    table.add_row("threshold", f"{metrics['threshold']:g} (positive class: {metrics['positive_class']})")
+    rows = (
+        [(name, name) for name in ("accuracy", "precision", "recall", "f1", "roc_auc")]
+        if binary
+        else [
+            ("accuracy", "accuracy"),
+            ("macro precision", "precision"),
+            ("macro recall", "recall"),
+            ("macro f1", "macro_f1"),
+            ("roc_auc (macro, one-vs-rest)", "roc_auc"),
+        ]
+    )
+    for label, key in rows:
+        value = metrics[key]
+        table.add_row(label, "n/a (one class only)" if value is None else f"{value:.4f}")
+    if binary:
+        table.add_row("threshold", f"{metrics['threshold']:g} (positive class: {metrics['positive_class']})")
     out.print(table)
-    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-    cm = Table("true \\ predicted", classes[0], classes[1], title="confusion matrix", title_justify="left")
-    cm.add_row(classes[0], str(tn), str(fp))
-    cm.add_row(classes[1], str(fn), str(tp))
+    per = Table("class", "precision", "recall", "f1", "roc auc", "images", title="per class", title_justify="left")
+    for name, row in metrics["per_class"].items():
+        auc = row.get("roc_auc")
+        per.add_row(
+            name,
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            "-" if auc is None else f"{auc:.4f}",
+            str(row["support"]),
+        )
+    out.print(per)
+    cm = Table("true \\ predicted", *classes, title="confusion matrix", title_justify="left")
+    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
+        cm.add_row(name, *(str(v) for v in row))
     out.print(cm)
+    if metrics.get("confusion_matrix_png"):
+        out.print(f"Confusion matrix drawn to {metrics['confusion_matrix_png']}")
     if metrics.get("errors_csv"):
         out.print(f"{metrics['misclassified']} misclassified images written to {metrics['errors_csv']}")
     if metrics.get("failed"):

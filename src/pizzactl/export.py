@@ -156,7 +156,9 @@ def expected_outputs(raw, classes: Sequence[str], threshold: float | None) -> di
         probs = raw.reshape(-1, n)
     if n == 2:
         probability = probs[:, 1]
-        labels = [str(classes[1]) if q >= (0.5 if threshold is None else threshold) else str(classes[0]) for q in probability]
+        labels = [
+            str(classes[1]) if q >= (0.5 if threshold is None else threshold) else str(classes[0]) for q in probability
+        ]
     else:
         index = np.argmax(probs, axis=1)
         probability = probs[np.arange(len(probs)), index]

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import io
 import random
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import unicodedata
 
 from pizzactl.errors import DataError
 from pizzactl.hashing import sha256_bytes, tree_hash

@@ -59,7 +59,8 @@ class PredictResponse(BaseModel):
     )
     model_version: int = Field(..., description="The model version that answered (TF Serving version number).")
     probabilities: dict[str, float] = Field(
-        ..., description="Every class's probability, in the model's class order, e.g. {'not_pizza': 0.03, 'pizza': 0.97}."
+        ...,
+        description="Every class's probability, in the model's class order, e.g. {'not_pizza': 0.03, 'pizza': 0.97}.",
     )
 
 

@@ -26,7 +26,9 @@ def _arrays(y_true, p):
     import numpy as np
 
     y_true = np.asarray(y_true)
-    y_true = (np.argmax(y_true, axis=1) if y_true.ndim == 2 and y_true.shape[1] > 1 else y_true).astype(np.int64).ravel()
+    y_true = (
+        (np.argmax(y_true, axis=1) if y_true.ndim == 2 and y_true.shape[1] > 1 else y_true).astype(np.int64).ravel()
+    )
     p = np.asarray(p, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p.ravel()

@@ -51,7 +51,9 @@ def training_curves(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     return path
 
 
-def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "validation confusion matrix"
+) -> Path:
     """Rows: true class; columns: predicted class. Grows with the number of classes."""
     plt = _pyplot()
     n = len(classes)
@@ -65,7 +67,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("validation confusion matrix")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -83,7 +83,17 @@ def print_result(result: TrainResult) -> None:
 
     from pizzactl.console import out
 
-    table = Table("#", "backbone", "val acc", "f1", "roc auc", "val loss", "seconds", Column("run", no_wrap=True))
+    macro = len(result.classes) > 2  # F1 and ROC AUC are then macro averages over the classes
+    table = Table(
+        "#",
+        "backbone",
+        "val acc",
+        "macro f1" if macro else "f1",
+        "macro auc" if macro else "roc auc",
+        "val loss",
+        "seconds",
+        Column("run", no_wrap=True),
+    )
     for i, r in enumerate(result.leaderboard, 1):
         m = r.metrics
         auc = m.get("val_roc_auc")
