@@ -90,10 +90,11 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
     from pizzactl.train.run_dir import new_run_dir, write_json, write_results
     from pizzactl.train.run_log import RunLog
     from pizzactl.train.strategies import STRATEGIES, choose
+    from pizzactl.train.tensorboard import summarize_run
 
     start = time.perf_counter()
     run_dir = new_run_dir(settings.runs_dir, backbone.name)
-    with RunLog(run_dir / "train.log", show_progress) as log:
+    with RunLog(run_dir / "train.log", show_progress, tensorboard=run_dir / "tensorboard") as log:
         ctx = plan(settings, backbone, dataset, train_records, val_records, cache=cache, log=log)
         strategy = choose(ctx)
         config = run_config(ctx, settings, run_dir.name, strategy)
@@ -133,6 +134,10 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
             classes=dataset.classes,
             log=log,
         )
+        try:
+            summarize_run(log.board, run_dir, metrics, config)
+        except Exception as exc:  # TensorBoard is a convenience; never lose a trained model over it
+            log(f"Could not write the TensorBoard summary: {type(exc).__name__}: {exc}")
     result = RunResult(run_dir.name, run_dir, backbone.name, metrics, config, round(train_seconds, 2))
     return result, fitted.classifier
 

@@ -1,8 +1,8 @@
 """Writing a run directory: `runs/<UTC time>-<backbone>/`.
 
 config.json is written before training starts (an interrupted run still says what it was);
-model.keras, history.csv, metrics.json and the plots when it ends; train.log as it goes
-(`run_log.RunLog`). `runs.py` reads them back without TensorFlow.
+model.keras, history.csv, metrics.json and the plots when it ends; train.log and tensorboard/
+as it goes (`run_log.RunLog`, `tensorboard.Board`). `runs.py` reads them back without TensorFlow.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A run's log: each line to the run's train.log and to stderr, progress bars, one line per epoch."""
+"""A run's log: each line to the run's train.log and to stderr, progress bars, one line per epoch
+(and, with a TensorBoard directory, each epoch's figures as TensorBoard scalars)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pizzactl.console import err
 
 
 class RunLog:
-    """Writes each line to the run's train.log and to stderr; owns the progress bars."""
+    """Writes each line to the run's train.log and to stderr; owns the progress bars and the run's
+    TensorBoard writers (`board`, when given a `tensorboard` directory)."""
 
-    def __init__(self, path: Path | None, show_progress: bool = True):
+    def __init__(self, path: Path | None, show_progress: bool = True, tensorboard: Path | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from pizzactl.train.tensorboard import Board
+
         self.path = path
+        self.board = Board(tensorboard) if tensorboard is not None else None
         self._fh = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - closed by close()
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -36,6 +41,13 @@ class RunLog:
         self.progress.stop()
         if self._fh:
             self._fh.close()
+        if self.board:
+            self.board.close()
+
+    def epoch(self, row: dict) -> None:
+        """An epoch's figures (a history.csv row) to TensorBoard."""
+        if self.board:
+            self.board.epoch(row)
 
     def __call__(self, message: str) -> None:
         if self._fh:
@@ -82,6 +94,9 @@ def epoch_logger(phase: str, total_epochs: int, runlog: RunLog, rows: list, step
                     lr = None
             row = {"phase": phase, "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}, "learning_rate": lr}
             rows.append(row)
+            record = getattr(runlog, "epoch", None)  # a bare callable logger has no TensorBoard
+            if record:
+                record(row)
             shown = "  ".join(f"{k} {float(v):.4f}" for k, v in logs.items())
             runlog(f"[{phase}] epoch {epoch + 1}/{total_epochs}  {shown}  ({time.perf_counter() - self._start:.1f}s)")
 
