@@ -61,6 +61,18 @@ def expected_answer(gateway_url: str, photo: bytes) -> dict:
     return httpx.post(gateway_url + "/predict", json={"image_b64": base64.b64encode(photo).decode()}, timeout=30).json()
 
 
+def label_percent(answer: dict) -> str:
+    """P(label) as the page shows it (for a binary model's negative class, 1 - P(positive))."""
+    return f"{100 * answer['probabilities'][answer['label']]:.1f}%"
+
+
+def class_rows(page) -> list[list[str]]:
+    return [
+        [row.locator(".class-name").inner_text(), row.locator(".class-p").inner_text()]
+        for row in page.locator("#classes li").all()
+    ]
+
+
 def test_uploading_a_photo_shows_the_label_and_probability(page, local_gateway, shared_photos, tmp_path):
     photo_path = tmp_path / "margherita.jpg"
     shutil.copy(shared_photos["pizza"][0], photo_path)
@@ -70,8 +82,10 @@ def test_uploading_a_photo_shows_the_label_and_probability(page, local_gateway, 
     page.wait_for_selector("body[data-label]", state="attached", timeout=30_000)
     label = page.inner_text("#label")
     assert label == ("🍕 Pizza" if expected["label"] == "pizza" else "Not pizza")
-    assert f"{100 * expected['probability']:.1f}%" in page.inner_text("#detail")
+    assert f"P({expected['label']}) = {label_percent(expected)}" in page.inner_text("#detail")
     assert f"model version {expected['model_version']}" in page.inner_text("#detail")
+    ranked = sorted(expected["probabilities"].items(), key=lambda item: -item[1])
+    assert class_rows(page) == [[name, f"{100 * p:.1f}%"] for name, p in ranked]  # every class, most probable first
 
 
 def test_pasting_a_url_shows_the_answer(page, local_gateway, photo_server):
@@ -81,7 +95,8 @@ def test_pasting_a_url_shows_the_answer(page, local_gateway, photo_server):
     page.click("#url-submit")
     page.wait_for_selector("body[data-label]", state="attached", timeout=30_000)
     assert page.get_attribute("body", "data-label") == expected["label"]
-    assert f"{100 * expected['probability']:.1f}%" in page.inner_text("#detail")
+    assert label_percent(expected) in page.inner_text("#detail")
+    assert sorted(name for name, _ in class_rows(page)) == ["not_pizza", "pizza"]
 
 
 def test_a_bad_url_shows_the_error_message_and_hint(page, local_gateway, photo_server):

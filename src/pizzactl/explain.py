@@ -1,11 +1,12 @@
-"""Grad-CAM straight from the exported SavedModel: which pixels made the model say "pizza".
+"""Grad-CAM straight from the exported SavedModel: which pixels made the model say its label.
 
 No Keras model or training run is needed. The `serving_pixels` signature is frozen (variables
 become constants, nested functions are inlined) into one flat graph; in it the backbone's last
 feature map is the input of the final global pooling (the last rank-4 `Mean`/`Max`). The graph
-is pruned into two functions, pixels -> feature map and feature map -> P(pizza), so
+is pruned into two functions, pixels -> feature map and feature map -> `probabilities`, so
 `tf.GradientTape` can differentiate the second: Grad-CAM weights each feature channel by the
-mean gradient of P(pizza) over it (Selvaraju et al., 2017).
+mean gradient of the predicted class's probability over it (Selvaraju et al., 2017). A binary
+model exported before `probabilities` existed is explained through `probability`, P(pizza).
 """
 
 from __future__ import annotations
@@ -47,17 +48,25 @@ class GradCam:
 
     version_dir: Path
     image_size: int
-    positive: str
-    negative: str
-    threshold: float
+    classes: tuple[str, ...]
+    threshold: float | None  # None: more than two classes, the label is the most probable one
     _features: Any = None  # uint8 pixels [N,S,S,3] -> [feature map [N,h,w,C], ...]
-    _head: Any = None  # (feature map, ...) -> probability [N]
+    _head: Any = None  # (feature map, ...) -> probabilities [N, K] (or probability [N], older exports)
+    per_class: bool = True  # does _head answer every class's probability?
     mirrored: tuple[bool, ...] = ()  # per feature map: is its pass on the mirrored image?
     feature_tensors: tuple[str, ...] = ()
 
     @property
     def feature_tensor(self) -> str:
         return self.feature_tensors[0] if self.feature_tensors else ""
+
+    @property
+    def positive(self) -> str:
+        return self.classes[1]
+
+    @property
+    def negative(self) -> str:
+        return self.classes[0]
 
     @classmethod
     def load(cls, version_dir: Path | str) -> GradCam:
@@ -77,7 +86,9 @@ class GradCam:
         signature = loaded.signatures["serving_pixels"]
         frozen = convert_variables_to_constants_v2(signature)
         graph_def = frozen.graph.as_graph_def()
-        output_index = sorted(signature.structured_outputs).index("probability")
+        outputs = sorted(signature.structured_outputs)
+        per_class = "probabilities" in outputs
+        output_index = outputs.index("probabilities" if per_class else "probability")
         probability_name = frozen.outputs[output_index].name
         input_name = frozen.inputs[0].name
 
@@ -86,13 +97,14 @@ class GradCam:
         pixels = graph.get_tensor_by_name(input_name)
         probability = graph.get_tensor_by_name(probability_name)
         feature_maps = _final_feature_maps(graph, probability)
-        classes = [str(c) for c in meta.get("classes", ["not_pizza", "pizza"])]
+        classes = tuple(str(c) for c in meta.get("classes", ["not_pizza", "pizza"]))
+        threshold = meta.get("threshold", 0.5)
         return cls(
             version_dir=version_dir,
             image_size=int(meta["image_size"]),
-            positive=classes[1],
-            negative=classes[0],
-            threshold=float(meta.get("threshold", 0.5)),
+            classes=classes,
+            threshold=float(threshold) if len(classes) == 2 and threshold is not None else None,
+            per_class=per_class,
             _features=wrapped.prune(feeds=pixels, fetches=list(feature_maps)),
             _head=wrapped.prune(feeds=list(feature_maps), fetches=probability),
             mirrored=tuple(_is_mirrored(fm) for fm in feature_maps),
@@ -111,10 +123,15 @@ class GradCam:
         return tf.cast(tf.round(image), tf.uint8)[tf.newaxis]
 
     def heatmap(self, image_bytes: bytes):
-        """(cam [h,w] float32 in 0..1, P(positive)) for one image.
+        """(cam [h,w] float32 in 0..1, the model's `probability`) for one image (see `explain`)."""
+        explanation = self.explain(image_bytes)
+        return explanation.cam, explanation.probability
 
-        The map explains the predicted class: evidence for pizza when P >= threshold, else
-        evidence against it (the gradient of 1 - P).
+    def explain(self, image_bytes: bytes) -> Explanation:
+        """Grad-CAM of the predicted class for one image, with the model's answer.
+
+        The map shows the evidence for the label: the gradient of the predicted class's
+        probability (for a binary model answering its negative class, that of 1 - P(positive)).
         """
         import numpy as np
 
@@ -123,12 +140,17 @@ class GradCam:
         with tf.GradientTape() as tape:
             for fm in feature_maps:
                 tape.watch(fm)
-            probability = self._head(*feature_maps)
-        grads = tape.gradient(probability, feature_maps)
-        sign = 1.0 if float(probability.numpy()[0]) >= self.threshold else -1.0
+            out = self._head(*feature_maps)
+            if not self.per_class:  # an older binary export: P(positive) only
+                out = tf.stack([1.0 - tf.reshape(out, [-1]), tf.reshape(out, [-1])], axis=1)
+            probs = out.numpy()[0].astype(float)
+            threshold = self.threshold
+            index = int(probs[1] >= threshold) if threshold is not None else int(np.argmax(probs))
+            target = out[:, index]
+        grads = tape.gradient(target, feature_maps)
         total = None
         for fm, grad, mirrored in zip(feature_maps, grads, self.mirrored, strict=False):
-            weights = tf.reduce_mean(sign * grad, axis=(1, 2), keepdims=True)
+            weights = tf.reduce_mean(grad, axis=(1, 2), keepdims=True)
             cam = tf.reduce_sum(weights * fm, axis=-1)[0]
             if mirrored:
                 cam = tf.reverse(cam, axis=[1])
@@ -136,7 +158,21 @@ class GradCam:
         cam = tf.nn.relu(total).numpy()
         peak = float(cam.max())
         cam = cam / peak if peak > 0 else np.zeros_like(cam)
-        return cam.astype("float32"), float(probability.numpy()[0])
+        label = self.classes[index]
+        return Explanation(
+            cam=cam.astype("float32"),
+            label=label,
+            probability=float(probs[1] if self.threshold is not None else probs[index]),
+            probabilities=dict(zip(self.classes, (float(p) for p in probs), strict=True)),
+        )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    cam: Any  # float32 [h, w] in 0..1
+    label: str
+    probability: float  # as the model answers it: P(positive) for two classes, else P(label)
+    probabilities: dict[str, float]
 
 
 _POOLING_OPS = ("Mean", "Max")
@@ -237,14 +273,18 @@ def _colormap(gray):
 
 
 def explain_image(cam: GradCam, image_bytes: bytes, out_path: Path) -> dict[str, Any]:
-    """Write the overlay PNG for one image; returns label, probability and the path."""
-    heat, probability = cam.heatmap(image_bytes)
-    label = cam.positive if probability >= cam.threshold else cam.negative
+    """Write the overlay PNG for one image; returns label, probability, probabilities and the path."""
+    found = cam.explain(image_bytes)
+    label = found.label
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay(image_bytes, heat, f"{label}  P({cam.positive})={probability:.2f}  (red: what says {label})").save(
-        out_path, "PNG"
-    )
-    return {"label": label, "probability": probability, "path": str(out_path)}
+    caption = f"{label}  P({label})={found.probabilities[label]:.2f}  (red: what says {label})"
+    overlay(image_bytes, found.cam, caption).save(out_path, "PNG")
+    return {
+        "label": label,
+        "probability": found.probability,
+        "probabilities": found.probabilities,
+        "path": str(out_path),
+    }
 
 
 def check_can_explain(settings) -> None:

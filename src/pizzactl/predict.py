@@ -166,6 +166,8 @@ def _predict_one(client, endpoint: str, item: Source) -> dict[str, Any]:
         return {"source": item.text, "error": f"unexpected answer from {endpoint}: {response.text[:200]}"}
     if "model_version" in body:
         result["model_version"] = body["model_version"]
+    if isinstance(body.get("probabilities"), dict):
+        result["probabilities"] = {str(k): float(v) for k, v in body["probabilities"].items()}
     return result
 
 
@@ -225,7 +227,8 @@ def predict(
     explain_dir: Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Classify every source; one dict per image: source, label, probability, model_version (or error)."""
+    """Classify every source; one dict per image: source, label, probability, model_version and
+    probabilities ({class: p}), or source and error."""
     items = expand_sources(sources)
     if not items:
         raise UsageError(
@@ -262,17 +265,35 @@ def predict(
 
 
 def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
+    """One row per image; `probabilities` become one `P(<class>)` column per class, in the model's order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["source", "label", "probability", "model_version", "error"]
-    extra = sorted({k for r in results for k in r} - set(fields))
+    classes = list(dict.fromkeys(c for r in results for c in r.get("probabilities") or {}))
+    extra = sorted({k for r in results for k in r} - set(fields) - {"probabilities"})
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields + extra)
+        writer = csv.DictWriter(fh, fieldnames=fields + [f"P({c})" for c in classes] + extra)
         writer.writeheader()
         for r in results:
-            writer.writerow(r)
+            row = {k: v for k, v in r.items() if k != "probabilities"}
+            row.update({f"P({c})": p for c, p in (r.get("probabilities") or {}).items()})
+            writer.writerow(row)
 
 
 MAX_ROWS = 200
+TOP_CLASSES = 3
+
+
+def label_probability(result: dict[str, Any]) -> float:
+    """P(label): the model's `probability` is that already, except for a binary model's negative
+    class (it is P(positive) there), which `probabilities` has."""
+    return float((result.get("probabilities") or {}).get(result["label"], result["probability"]))
+
+
+def top_classes(probabilities: dict[str, float], n: int = TOP_CLASSES) -> str:
+    """The most probable classes, e.g. "pizza 0.93 · not_pizza 0.07" (and how many more)."""
+    ranked = sorted(probabilities.items(), key=lambda item: -item[1])
+    text = " · ".join(f"{name} {p:.2f}" for name, p in ranked[:n])
+    return text + (f" · {len(ranked) - n} more" if len(ranked) > n else "")
 
 
 def print_predictions(results: Sequence[dict[str, Any]]) -> None:
@@ -280,17 +301,18 @@ def print_predictions(results: Sequence[dict[str, Any]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("source", "label", "P(pizza)", "version")
+    table = Table("source", "label", "P(label)", "probabilities", "version")
     table.columns[0].overflow = "fold"
     for r in results[:MAX_ROWS]:
         if "error" in r:
-            table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "")
+            table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "", "")
         else:
-            style = "green" if r["label"] == "pizza" else "yellow"
+            probabilities = r.get("probabilities") or {}
             table.add_row(
                 escape(r["source"]),
-                f"[{style}]{r['label']}[/]",
-                f"{r['probability']:.3f}",
+                f"[bold]{escape(r['label'])}[/]",
+                f"{label_probability(r):.3f}",
+                escape(top_classes(probabilities)),
                 str(r.get("model_version", "")),
             )
     out.print(table)

@@ -143,7 +143,9 @@ def print_up(result: dict[str, Any]) -> None:
     sample = result.get("sample")
     lines = [f"Deployed model version {result['model_version']} to {result['target']}."]
     if sample and "error" not in sample:
-        lines.append(f"Sample  {sample['source']}: {sample['label']} (P(pizza) {sample['probability']:.3f})")
+        from pizzactl.predict import label_probability
+
+        lines.append(f"Sample  {sample['source']}: {sample['label']} (P {label_probability(sample):.3f})")
     elif sample:
         lines.append(f"Sample  {sample['source']}: error {sample['error']}")
     lines += [

@@ -75,7 +75,7 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> list[list[int]]:
     return matrix.tolist()
 
 
-def per_class(matrix: list[list[int]]) -> list[dict[str, float]]:
+def per_class(matrix: list[list[int]]) -> list[dict[str, Any]]:
     """Precision, recall, F1 and support of each class, from a confusion matrix."""
     out = []
     for k in range(len(matrix)):

@@ -2,6 +2,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const percent = (p) => (100 * p).toFixed(1) + "%";
+// The pizza model's two labels read better as words; any other model shows its class names.
+const TITLES = { pizza: "🍕 Pizza", not_pizza: "Not pizza" };
 
 function show(state) {
   $("result").hidden = false;
@@ -9,8 +12,34 @@ function show(state) {
   const label = $("label");
   label.className = "label " + (state.cls || "");
   label.textContent = state.label || "";
-  $("bar-fill").style.width = state.probability == null ? "0" : (100 * state.probability).toFixed(1) + "%";
+  $("bar-fill").style.width = state.probability == null ? "0" : percent(state.probability);
   $("detail").textContent = state.detail || "";
+  showClasses(state.probabilities || {});
+}
+
+// Every class's probability, most probable first: a row each (name, bar, percentage).
+function showClasses(probabilities) {
+  const list = $("classes");
+  list.replaceChildren();
+  const ranked = Object.entries(probabilities).sort((a, b) => b[1] - a[1]);
+  for (const [name, p] of ranked) {
+    const row = document.createElement("li");
+    const title = document.createElement("span");
+    title.className = "class-name";
+    title.textContent = name;
+    const bar = document.createElement("span");
+    bar.className = "bar small";
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.style.width = percent(p);
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "class-p";
+    value.textContent = percent(p);
+    row.append(title, bar, value);
+    list.append(row);
+  }
+  list.hidden = ranked.length === 0;
 }
 
 async function ask(request, previewSrc) {
@@ -30,13 +59,16 @@ async function ask(request, previewSrc) {
            detail: [err.code, err.hint].filter(Boolean).join(" · ") });
     return;
   }
-  const isPizza = body.label === "pizza";
+  // `probability` is P(label), except for a binary model's negative class (P(positive) there).
+  const probabilities = body.probabilities || {};
+  const p = body.label in probabilities ? probabilities[body.label] : body.probability;
   show({
     status: "",
-    cls: body.label,
-    label: isPizza ? "🍕 Pizza" : "Not pizza",
-    probability: body.probability,
-    detail: `P(pizza) = ${(100 * body.probability).toFixed(1)}% · model version ${body.model_version}`,
+    cls: body.label in TITLES ? body.label : "",
+    label: TITLES[body.label] || body.label,
+    probability: p,
+    probabilities,
+    detail: `P(${body.label}) = ${percent(p)} · model version ${body.model_version}`,
   });
   document.body.dataset.label = body.label;
 }
