@@ -7,11 +7,15 @@ from pathlib import Path
 
 
 def _pyplot():
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    # A class named with an emoji draws as a box in the default font: not worth a warning per plot.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
     return plt
 
 

@@ -1,0 +1,297 @@
+"""Any number of classes, end to end (issue 12): train, evaluate, deploy local, predict.
+
+Two generated data sets (small coloured JPEGs, one colour per class): three classes, trained
+with small_cnn from scratch and mobilenet_v3_small fine-tuned on images (a leaderboard), and
+five classes whose names are not identifiers ("hot dog", "crème brûlée", "sushi 🍣"), trained
+with efficientnet_lite0's recipe (cached features, averaged heads, fine-tuning on cached maps).
+Both with random weights at a small size: what is checked is the contract, not accuracy.
+The fast tests below them check the parts that need no model: bad data refused before
+training, and the gateway's and the CLI's view of the probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from pizzactl.cli import main
+from pizzactl.errors import DataError
+
+from test_deploy_local import cli, make_env
+
+COLOURS = [(200, 60, 40), (40, 90, 200), (60, 170, 60), (230, 220, 60), (130, 40, 160)]
+
+
+def make_classes(root: Path, names, per_class: int = 8, size: int = 40) -> Path:
+    """One folder of generated JPEGs per class name, a colour per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(COLOURS[k]) + rng.integers(-40, 40, (size, size + i, 3)), 0, 255).astype("uint8")
+            Image.fromarray(arr).save(root / name / f"{k}_{i}.jpg", quality=90)
+    return root
+
+
+def run_cli(*args: str) -> dict | list:
+    """`pizzactl ... --json` in this process (TensorFlow is already loaded); its parsed stdout."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            main([*args, "--json"])
+        except SystemExit as exc:
+            assert exc.code in (None, 0), buf.getvalue()
+    return json.loads(buf.getvalue())
+
+
+def check_answer(answer: dict, classes: list[str]) -> None:
+    """The contract for more than two classes: probabilities of every class, label the most probable."""
+    probabilities = answer["probabilities"]
+    assert list(probabilities) == classes  # every class, in the model's order
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert answer["label"] == max(probabilities, key=probabilities.__getitem__)
+    assert answer["probability"] == pytest.approx(probabilities[answer["label"]], abs=1e-6)
+
+
+SETS = {
+    "three": {"classes": ["other", "pizza", "salad"], "backbone": "small_cnn,mobilenet_v3_small", "fine_tune": "1"},
+    "five": {
+        "classes": ["crème brûlée", "hot dog", "pizza", "salad", "sushi 🍣"],
+        "backbone": "efficientnet_lite0",
+        "fine_tune": "1",
+        "flags": ["--no-augment"],  # plain and mirrored views cached: the same path, fewer views
+    },
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SETS))
+def trained(request, tmp_path_factory):
+    """`pizzactl train --json` on a generated set of N classes, then `deploy --target local`; torn down after."""
+    spec = SETS[request.param]
+    root = tmp_path_factory.mktemp(f"classes-{request.param}")
+    data = make_classes(root / "data", spec["classes"])
+    env = make_env(root, root / "models")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("PIZZACTL_MODELS_DIR", "PIZZACTL_RUNS_DIR", "PIZZACTL_CACHE_DIR", "PIZZACTL_STATE_DIR"):
+            mp.setenv(key, env[key])
+        mp.chdir(root)
+        result = run_cli(
+            "train",
+            "--data",
+            str(data),
+            "--backbone",
+            spec["backbone"],
+            "--weights",
+            "none",
+            "--image-size",
+            "64",
+            "--epochs",
+            "2",
+            "--fine-tune-epochs",
+            spec["fine_tune"],
+            *spec.get("flags", []),
+        )
+        evaluation = run_cli(
+            "evaluate", result["model_dir"], "--data", str(data), "--confusion-matrix", str(root / "cm.png")
+        )
+    deployed = cli(env, "deploy", "--target", "local", "--json", "--timeout", "240", cwd=root)
+    try:
+        yield {
+            **spec,
+            "root": root,
+            "data": data,
+            "env": env,
+            "result": result,
+            "evaluate": evaluation,
+            "deploy": deployed,
+        }
+    finally:
+        cli(env, "teardown", cwd=root, timeout=60)
+
+
+@pytest.mark.slow
+def test_training_exports_a_softmax_model_with_every_class(trained):
+    classes, result = trained["classes"], trained["result"]
+    assert result["classes"] == classes
+    assert len(result["leaderboard"]) == len(trained["backbone"].split(","))
+    meta = json.loads((Path(result["model_dir"]) / "assets.extra" / "pizzactl.json").read_text())
+    assert meta["classes"] == classes and meta["threshold"] is None and meta["positive_class"] is None
+    assert meta["signatures"]["serving_default"]["outputs"]["probabilities"]["shape"] == [None, len(classes)]
+    for run in result["leaderboard"]:
+        run_dir = Path(run["run_dir"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert len(metrics["confusion_matrix"]) == len(classes)
+        assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n_val"] == len(classes) * 2
+        assert list(metrics["per_class"]) == classes and metrics["threshold"] is None
+        assert metrics["val_f1"] == pytest.approx(sum(c["f1"] for c in metrics["per_class"].values()) / len(classes))
+
+
+@pytest.mark.slow
+def test_every_run_writes_tensorboard_scalars_per_phase_and_the_confusion_matrix(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in trained["result"]["leaderboard"]:
+        logdir = Path(run["run_dir"]) / "tensorboard"
+        history = list(csv.DictReader((Path(run["run_dir"]) / "history.csv").open()))
+        phases = {row["phase"] for row in history}
+        tags = {}
+        for split in ("train", "validation"):
+            acc = EventAccumulator(str(logdir / split), size_guidance={"tensors": 0})
+            acc.Reload()
+            tags[split] = {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in acc.Tags()["tensors"]}
+            for phase in phases:
+                epochs = [int(row["epoch"]) for row in history if row["phase"] == phase]
+                assert [e.step for e in acc.Tensors(f"{phase}/loss")] == epochs
+                assert tags[split][f"{phase}/accuracy"] == "scalars"
+        assert tags["validation"]["confusion_matrix"] == "images"
+        assert tags["validation"]["final/val_accuracy"] == "scalars"
+        assert tags["train"]["config"] == "text"
+
+
+@pytest.mark.slow
+def test_evaluate_reports_per_class_figures_and_an_n_by_n_confusion_matrix(trained):
+    classes, m = trained["classes"], trained["evaluate"]
+    assert m["classes"] == classes and m["n"] == 8 * len(classes)
+    assert [sum(row) for row in m["confusion_matrix"]] == [8] * len(classes)  # rows: the true class
+    assert list(m["per_class"]) == classes
+    assert m["macro_f1"] == pytest.approx(sum(c["f1"] for c in m["per_class"].values()) / len(classes))
+    assert m["accuracy"] == pytest.approx(sum(m["confusion_matrix"][k][k] for k in range(len(classes))) / m["n"])
+    assert m["roc_auc"] is None or 0.0 <= m["roc_auc"] <= 1.0
+    assert (trained["root"] / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_deployed_model_answers_every_class_through_the_gateway_and_the_model_server(trained):
+    import base64
+
+    import httpx
+
+    assert trained["deploy"].returncode == 0, trained["deploy"].stderr
+    url = json.loads(trained["deploy"].stdout)["url"]
+    photo = next((trained["data"] / trained["classes"][-1]).iterdir()).read_bytes()
+    answer = httpx.post(f"{url}/predict", json={"image_b64": base64.b64encode(photo).decode()}, timeout=30).json()
+    check_answer(answer, trained["classes"])
+    model_url = f"http://127.0.0.1:{trained['env']['PIZZACTL_MODEL_PORT']}/v1/models/pizza:predict"
+    (row,) = httpx.post(model_url, json={"instances": [{"b64": base64.b64encode(photo).decode()}]}).json()[
+        "predictions"
+    ]
+    assert row["label"] == answer["label"] and len(row["probabilities"]) == len(trained["classes"])
+
+
+@pytest.mark.slow
+def test_predict_json_and_csv_give_every_class_probability(trained, tmp_path):
+    out_csv = tmp_path / "predictions.csv"
+    photos = [str(sorted((trained["data"] / name).iterdir())[0]) for name in trained["classes"]]
+    proc = cli(trained["env"], "predict", *photos, "--json", "--csv", str(out_csv), cwd=trained["root"])
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["source"] for r in results] == photos
+    for r in results:
+        check_answer(r, trained["classes"])
+    with open(out_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [f"P({c})" for c in trained["classes"]] == [k for k in rows[0] if k.startswith("P(")]
+    for row, r in zip(rows, results, strict=True):
+        assert row["label"] == r["label"]
+        assert float(row[f"P({r['label']})"]) == pytest.approx(r["probability"])
+    table = cli(trained["env"], "predict", photos[0], cwd=trained["root"])
+    assert table.returncode == 0 and results[0]["label"] in table.stdout
+
+
+# --- fast: bad data is refused before any training ---------------------------------------------
+
+
+def train_settings(data: Path, tmp_path: Path):
+    from pizzactl.config import load_settings
+
+    dirs = {f"{name}_dir": str(tmp_path / name) for name in ("models", "runs", "cache")}
+    return load_settings({"data_dir": str(data), "backbone": "small_cnn", "weights": "none", **dirs}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message", "hint"),
+    [
+        ({"pizza": 3}, "1 class folder(s) (pizza)", "one sub-folder per class"),
+        ({"pizza": 3, "salad": 0, "other": 3}, "No usable images for class(es) salad", "salad"),
+        ({"pizza": 3, "salad": 1, "other": 3}, "'salad' has 1 usable image(s): too few to split", "Add photos"),
+        ({"pizza": 3, "bad\tname": 3}, "control characters", "Rename the folder"),
+    ],
+)
+def test_bad_data_fails_before_training_with_a_hint(tmp_path, layout, message, hint):
+    from pizzactl.train import train
+
+    data = tmp_path / "data"
+    for name, n in layout.items():
+        (data / name).mkdir(parents=True)
+        if n:
+            make_classes(tmp_path / "tmp", [name], per_class=n)
+            for f in (tmp_path / "tmp" / name).iterdir():
+                f.rename(data / name / f.name)
+    with pytest.raises(DataError) as info:
+        train(train_settings(data, tmp_path), show_progress=False)
+    assert message in info.value.message and hint in info.value.hint
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_the_cli_prints_the_hint_and_exits_with_the_user_error_code(tmp_path):
+    from pizzactl.errors import EXIT_USER
+
+    data = make_classes(tmp_path / "data", ["pizza"], per_class=2)
+    proc = cli(make_env(tmp_path, tmp_path / "models"), "train", "--data", str(data), cwd=tmp_path, timeout=120)
+    assert proc.returncode == EXIT_USER
+    assert "a classifier needs at least two" in proc.stderr and "one sub-folder per class" in proc.stderr
+
+
+def test_class_names_with_spaces_and_unicode_are_labels_as_they_are(tmp_path):
+    from pizzactl.data.dataset import load_dataset, stratified_split
+
+    names = ["crème brûlée", "hot dog", "sushi 🍣"]
+    dataset = load_dataset(make_classes(tmp_path / "data", names, per_class=3))
+    assert dataset.classes == tuple(sorted(names))
+    train, val = stratified_split(dataset, 0.2, seed=1)
+    assert sorted(r.class_name for r in val) == sorted(names)  # one of each: stratified
+    assert len(train) == 6
+
+
+def test_data_split_and_report_handle_n_classes(tmp_path):
+    from pizzactl.data.report import report
+    from pizzactl.data.split import split
+
+    names = ["a", "b", "c", "d"]
+    data = make_classes(tmp_path / "data", names, per_class=10)
+    result = split(data, tmp_path / "split", test_fraction=0.2, seed=0)
+    assert result.counts == {"train": dict.fromkeys(names, 8), "test": dict.fromkeys(names, 2)}
+    rep = report(root=tmp_path / "split" / "test")
+    assert {c: v["images"] for c, v in rep["classes"].items()} == dict.fromkeys(names, 2)
+
+
+# --- fast: the gateway's and the CLI's view of the probabilities --------------------------------
+
+
+def test_gateway_names_the_probabilities_by_class():
+    from pizzactl.serving.client import Prediction
+    from pizzactl.serving.pipeline import class_probabilities
+
+    three = Prediction("b", 0.7, (0.1, 0.7, 0.2))
+    assert class_probabilities(three, ["a", "b", "c"]) == {"a": 0.1, "b": 0.7, "c": 0.2}
+    assert class_probabilities(three, []) == {"0": 0.1, "1": 0.7, "2": 0.2}  # TF Serving, no PIZZACTL_CLASSES
+    old_binary = Prediction("pizza", 0.75)  # a version exported before `probabilities`
+    assert class_probabilities(old_binary, ["not_pizza", "pizza"]) == {"not_pizza": 0.25, "pizza": 0.75}
+    assert class_probabilities(old_binary, []) == {}
+
+
+def test_predict_table_shows_p_of_the_label_and_the_top_classes():
+    from pizzactl.predict import label_probability, top_classes
+
+    binary = {"label": "not_pizza", "probability": 0.2, "probabilities": {"not_pizza": 0.8, "pizza": 0.2}}
+    assert label_probability(binary) == 0.8  # `probability` is P(pizza) for the binary model
+    many = {"a": 0.1, "b": 0.5, "c": 0.2, "d": 0.15, "e": 0.05}
+    assert top_classes(many) == "b 0.50 · c 0.20 · d 0.15 · 2 more"
