@@ -215,3 +215,20 @@ def test_kubectl_kustomize_builds_the_same_objects_pizzactl_renders():
     built = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(proc.stdout) if d}
     rendered = manifests.render(load_settings({}, environ={}), "g:1", "m:1")
     assert built == {(d["kind"], d["metadata"]["name"]) for d in rendered}
+
+
+def test_a_gateway_in_front_of_tf_serving_is_told_the_class_names(tmp_path):
+    """TF Serving serves no pizzactl.json: the render passes the deployed version's classes on."""
+    version = tmp_path / "models" / "pizza" / "4"
+    (version / "assets.extra").mkdir(parents=True)
+    (version / "assets.extra" / "pizzactl.json").write_text(json.dumps({"classes": ["hot dog", "pizza", "salad"]}))
+    settings = load_settings({"models_dir": str(tmp_path / "models")}, environ={})
+
+    def gateway_env(model_server: str, model_version: int | None) -> dict:
+        docs = manifests.render(settings, "g:1", "m:1", model_version=model_version, model_server=model_server)
+        container = _by_kind(docs, "Deployment")["pizzactl-gateway"]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}
+
+    assert gateway_env("tfserving", 4)["PIZZACTL_CLASSES"] == "hot dog,pizza,salad"
+    assert "PIZZACTL_CLASSES" not in gateway_env("builtin", 4)  # it reads them from the model server
+    assert "PIZZACTL_CLASSES" not in gateway_env("tfserving", 5)  # no such version: columns are numbered

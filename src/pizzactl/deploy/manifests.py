@@ -79,6 +79,7 @@ def render(
     """The objects to apply: namespace set, images filled in, gateway options from settings."""
     images = {"pizzactl-gateway": gateway_image, "pizzactl-model": model_image}
     namespace = settings.namespace
+    classes = model_classes(settings, model_version) if model_server == "tfserving" else ""
     docs = load_documents(k8s_dir)
     for doc in docs:
         meta = doc.setdefault("metadata", {})
@@ -106,7 +107,24 @@ def render(
                     env["value"] = f"http://pizzactl-model.{namespace}.svc:{MODEL_PORT}"
             if name == "pizzactl-model":
                 _size_threads(container, model_server)
+            if name == "pizzactl-gateway" and classes:
+                container.setdefault("env", []).append({"name": "PIZZACTL_CLASSES", "value": classes})
     return docs
+
+
+def model_classes(settings: Settings, model_version: int | None) -> str:
+    """The deployed version's class names, comma-separated, for a gateway in front of TF Serving
+    (which serves no pizzactl.json, so the gateway could not name the probabilities otherwise)."""
+    from pizzactl.errors import ModelNotFoundError
+    from pizzactl.model_store import model_base, read_metadata
+
+    if model_version is None:
+        return ""
+    try:
+        meta = read_metadata(model_base(settings.models_dir) / str(model_version))
+    except ModelNotFoundError:  # no pizzactl.json (exported elsewhere): the gateway numbers the columns
+        return ""
+    return ",".join(str(c) for c in meta.get("classes") or [])
 
 
 def _size_threads(container: dict[str, Any], model_server: str) -> None:
