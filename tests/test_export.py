@@ -428,3 +428,68 @@ def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
         tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "metrics": metrics}, tiny_classifier.check_images
     )
     assert read_metadata(version)["metrics"] == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}
+
+
+# --- more than two classes ---------------------------------------------------------------------
+
+from pizzactl.export import export_model  # noqa: E402  (TensorFlow is imported inside its functions)
+
+
+def _softmax_classifier(n_classes: int, size: int = 32, seed: int = 0):
+    """float32 [N,S,S,3] -> softmax [N, n_classes], weights from a seeded numpy RNG."""
+    import keras
+
+    pixels = keras.Input((size, size, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 255.0)(pixels)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(pixels, keras.layers.Dense(n_classes, activation="softmax")(x))
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 2.0, w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.slow
+def test_a_softmax_model_exports_probabilities_the_most_probable_label_and_its_probability(tmp_path, tiny_classifier):
+    import tensorflow as tf
+
+    from pizzactl.decode import decode_resize
+
+    classes = ["hot dog", "pizza", "sushi 🍣"]
+    model = _softmax_classifier(3)
+    blobs = [p.read_bytes() for p in tiny_classifier.photos[::5]]
+    version = export_model(model, tmp_path, {"image_size": 32, "classes": classes}, blobs)
+    meta = read_metadata(version)
+    assert meta["classes"] == classes and meta["threshold"] is None and meta["positive_class"] is None
+    assert meta["signatures"]["serving_pixels"]["outputs"]["probabilities"] == {"dtype": "float32", "shape": [None, 3]}
+    out = tf.saved_model.load(str(version)).signatures["serving_default"](image_bytes=tf.constant(blobs))
+    want = model(tf.stack([decode_resize(b, 32) for b in blobs])).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+    labels = [x.decode() for x in out["label"].numpy()]
+    assert labels == [classes[i] for i in want.argmax(axis=1)]
+    np.testing.assert_allclose(out["probability"].numpy(), want.max(axis=1), atol=1e-5)
+    assert len(set(labels)) > 1  # the photos span several answers
+
+
+@pytest.mark.slow
+def test_a_binary_model_answers_one_minus_p_and_p(tiny_model, tiny_classifier):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(latest_version_dir(tiny_model))).signatures["serving_default"]
+    out = fn(image_bytes=tf.constant(tiny_classifier.check_images))
+    p, rows = out["probability"].numpy(), out["probabilities"].numpy()
+    np.testing.assert_array_equal(rows[:, 1], p)  # the same float32 values: probability did not change
+    np.testing.assert_allclose(rows[:, 0], 1 - p, atol=1e-7)
+    assert fn(image_bytes=tf.constant([], tf.string))["probabilities"].shape == (0, 2)
+
+
+@pytest.mark.slow
+def test_classes_that_do_not_fit_the_model_are_refused(tmp_path):
+    model = _softmax_classifier(3)
+    with pytest.raises(ExportError) as info:
+        export_model(model, tmp_path, {"image_size": 32, "classes": ["a", "b"]}, [])
+    assert "answers 3 probabilities" in info.value.message and "classes the model was trained on" in info.value.hint
+    with pytest.raises(ExportError) as info:
+        export_model(model, tmp_path, {"image_size": 32, "classes": ["a", "a", "b"]}, [])
+    assert "distinct" in info.value.message
+    assert list_versions(tmp_path) == []

@@ -7,9 +7,11 @@ import pytest
 
 from pizzactl.train.metrics import (
     binary_metrics,
+    classification_metrics,
     confusion_matrix,
     log_loss,
     loss_and_accuracy,
+    multiclass_metrics,
     per_class,
     predicted_labels,
     roc_auc,
@@ -111,3 +113,45 @@ def test_n_class_confusion_per_class_and_log_loss_agree_with_scikit_learn():
 def test_a_column_of_probabilities_is_binary():
     assert predicted_labels(np.array([[0.2], [0.7]])).tolist() == [0, 1]
     assert log_loss([0, 1], np.array([[0.2], [0.7]])) == pytest.approx(log_loss([0, 1], [0.2, 0.7]))
+
+
+def test_multiclass_figures_are_scikit_learns_macro_averages_and_one_vs_rest_auc():
+    import sklearn.metrics as sk
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 400)
+    logits = rng.normal(size=(400, 5)) + 1.2 * np.eye(5)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    pred = p.argmax(axis=1)
+    m = classification_metrics(y, p, classes=["a", "b", "c", "d", "e"])
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(sk.precision_score(y, pred, average="macro"))
+    assert m["recall"] == pytest.approx(sk.recall_score(y, pred, average="macro"))
+    assert m["f1"] == m["macro_f1"] == pytest.approx(sk.f1_score(y, pred, average="macro"))
+    assert m["roc_auc"] == pytest.approx(sk.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert m["per_class"]["c"]["roc_auc"] == pytest.approx(sk.roc_auc_score(y == 2, p[:, 2]))
+    assert m["confusion_matrix"] == sk.confusion_matrix(y, pred).tolist()
+
+
+def test_one_vs_rest_auc_averages_only_the_classes_where_it_is_defined():
+    y = [0, 0, 1, 1]  # class 2 never occurs
+    p = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+    m = multiclass_metrics(y, p)
+    assert m["per_class"][2]["roc_auc"] is None
+    assert m["roc_auc"] == pytest.approx((m["per_class"][0]["roc_auc"] + m["per_class"][1]["roc_auc"]) / 2)
+    assert m["confusion_matrix"] == [[2, 0, 0], [0, 1, 1], [0, 0, 0]]
+
+
+def test_binary_keeps_its_figures_and_gains_per_class_and_macro_f1():
+    y, p = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    m = classification_metrics(y, p, classes=["not_pizza", "pizza"])
+    assert {k: m[k] for k in binary_metrics(y, p)} == binary_metrics(y, p)  # the same numbers as before
+    assert m["per_class"]["pizza"]["f1"] == m["f1"]
+    assert m["per_class"]["not_pizza"]["roc_auc"] == m["per_class"]["pizza"]["roc_auc"] == m["roc_auc"]
+    assert m["macro_f1"] == pytest.approx((m["per_class"]["pizza"]["f1"] + m["per_class"]["not_pizza"]["f1"]) / 2)
+
+
+def test_one_hot_labels_are_class_indices():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    assert loss_and_accuracy(np.eye(3)[[0, 2]], p) == loss_and_accuracy([0, 2], p)
+    assert validation_metrics(np.eye(3)[[0, 2]], p)["threshold"] is None
