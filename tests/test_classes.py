@@ -271,6 +271,9 @@ def test_data_split_and_report_handle_n_classes(tmp_path):
     assert result.counts == {"train": dict.fromkeys(names, 8), "test": dict.fromkeys(names, 2)}
     rep = report(root=tmp_path / "split" / "test")
     assert {c: v["images"] for c, v in rep["classes"].items()} == dict.fromkeys(names, 2)
+    assert rep["too_small_to_split"] == []
+    (tmp_path / "split" / "test" / "e").mkdir()
+    assert report(root=tmp_path / "split" / "test")["too_small_to_split"] == ["e"]
 
 
 # --- fast: the gateway's and the CLI's view of the probabilities --------------------------------

@@ -145,7 +145,8 @@ def print_up(result: dict[str, Any]) -> None:
     if sample and "error" not in sample:
         from pizzactl.predict import label_probability
 
-        lines.append(f"Sample  {sample['source']}: {sample['label']} (P {label_probability(sample):.3f})")
+        label = sample["label"]
+        lines.append(f"Sample  {sample['source']}: {label} (P({label}) {label_probability(sample):.3f})")
     elif sample:
         lines.append(f"Sample  {sample['source']}: error {sample['error']}")
     lines += [

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pizzactl.data.dataset import IMAGE_SUFFIXES, check_image
+from pizzactl.data.dataset import IMAGE_SUFFIXES, MIN_PER_CLASS, check_image
 from pizzactl.errors import DataError
 from pizzactl.hashing import tree_hash
 
@@ -199,6 +199,8 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
         "images": len(good),
         "bytes": sum(i.bytes for i in infos),
         "classes": per_class,
+        # what `train` and `data split` would refuse: fewer than MIN_PER_CLASS usable images
+        "too_small_to_split": [c for c, v in per_class.items() if v["images"] < MIN_PER_CLASS],
         "width": _stats([i.width for i in good]),
         "height": _stats([i.height for i in good]),
         "sizes": [{"size": s, "count": n} for s, n in sizes.most_common(5)],
@@ -283,6 +285,11 @@ def print_report(rep: dict[str, Any], console=None) -> None:
         classes.add_row(name, str(c["images"]), str(c["unreadable"]))
     console.print(classes)
 
+    if rep.get("too_small_to_split"):
+        console.print(
+            f"[yellow]Too few usable images to split into training and validation (at least {MIN_PER_CLASS}):[/] "
+            + ", ".join(rep["too_small_to_split"])
+        )
     if rep["unreadable"]:
         bad = Table("file", "reason", title="Unreadable files (skipped by training)")
         for item in rep["unreadable"][:_MAX_LISTED]:
