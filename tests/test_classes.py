@@ -102,6 +102,11 @@ def trained(request, tmp_path_factory):
         evaluation = run_cli(
             "evaluate", result["model_dir"], "--data", str(data), "--confusion-matrix", str(root / "cm.png")
         )
+        subset = root / "subset"  # a test set with two of the classes
+        subset.mkdir()
+        for name in spec["classes"][-2:]:
+            (subset / name).symlink_to(data / name, target_is_directory=True)
+        partial = run_cli("evaluate", result["model_dir"], "--data", str(subset))
     deployed = cli(env, "deploy", "--target", "local", "--json", "--timeout", "240", cwd=root)
     try:
         yield {
@@ -111,6 +116,7 @@ def trained(request, tmp_path_factory):
             "env": env,
             "result": result,
             "evaluate": evaluation,
+            "partial": partial,
             "deploy": deployed,
         }
     finally:
@@ -166,6 +172,9 @@ def test_evaluate_reports_per_class_figures_and_an_n_by_n_confusion_matrix(train
     assert m["accuracy"] == pytest.approx(sum(m["confusion_matrix"][k][k] for k in range(len(classes))) / m["n"])
     assert m["roc_auc"] is None or 0.0 <= m["roc_auc"] <= 1.0
     assert (trained["root"] / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    partial = trained["partial"]  # two of the classes: rows and columns still follow the model's classes
+    assert partial["n"] == 16 and [sum(row) for row in partial["confusion_matrix"]] == [0] * (len(classes) - 2) + [8, 8]
+    assert partial["per_class"][classes[0]]["support"] == 0 and partial["per_class"][classes[0]]["roc_auc"] is None
 
 
 @pytest.mark.slow

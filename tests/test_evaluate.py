@@ -103,8 +103,9 @@ def test_evaluate_refuses_data_whose_classes_are_not_the_models(tmp_path, tiny_m
     for cls in ("cats", "dogs"):
         (tmp_path / "other" / cls).mkdir(parents=True)
         (tmp_path / "other" / cls / "a.jpg").symlink_to(shared_photos["pizza"][0])
-    with pytest.raises(DataError, match="not the model's"):
+    with pytest.raises(DataError, match="not among the model's classes") as info:
         evaluate(Settings(data_dir=tmp_path / "other", models_dir=tiny_model), progress=False)
+    assert "['cats', 'dogs']" in info.value.message and "not_pizza, pizza" in info.value.hint
 
 
 @pytest.mark.slow

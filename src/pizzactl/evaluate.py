@@ -45,6 +45,41 @@ def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]
     return answers, kept
 
 
+def _write_errors(path: Path, errors: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "true", "predicted", "probability"])
+        writer.writeheader()
+        writer.writerows({**e, "probability": f"{e['probability']:.6f}"} for e in errors)
+
+
+def _run_model(version_dir: Path, records: list, progress: bool) -> tuple[list, list[dict]]:
+    """`serving_default` over the records in batches: [(record, (probability, label, probabilities))]
+    for the images it answered, and the ones it could not decode."""
+    import tensorflow as tf
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    answered: list = []
+    failed: list[dict] = []
+    with Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("evaluate", total=len(records))
+        for start in range(0, len(records), BATCH_SIZE):
+            batch = records[start : start + BATCH_SIZE]
+            answers, kept = _predict_batch(fn, [r.path.read_bytes() for r in batch], [r.path for r in batch], failed)
+            answered += [(batch[i], answer) for i, answer in zip(kept, answers, strict=True)]
+            bar.advance(task, len(batch))
+    return answered, failed
+
+
 def evaluate(
     settings,
     model_dir: Path | str | None = None,
@@ -78,47 +113,21 @@ def evaluate(
         )
     records = list(dataset.records)
 
-    import tensorflow as tf
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    y_true: list[int] = []
-    y_prob: list = []  # P(classes[1]) for a binary model, the row of probabilities for more classes
-    predicted: list[tuple[str, float]] = []
-    kept_records = []
-    failed: list[dict] = []
     started = time.perf_counter()
-    with Progress(
-        TextColumn("evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("evaluate", total=len(records))
-        for start in range(0, len(records), BATCH_SIZE):
-            batch = records[start : start + BATCH_SIZE]
-            blobs = [r.path.read_bytes() for r in batch]
-            answers, kept = _predict_batch(fn, blobs, [r.path for r in batch], failed)
-            for i, (p, label, row) in zip(kept, answers, strict=True):
-                kept_records.append(batch[i])
-                y_true.append(classes.index(batch[i].class_name))
-                y_prob.append(float(p) if binary else row)
-                predicted.append((label, float(p)))
-            bar.advance(task, len(batch))
+    answered, failed = _run_model(version_dir, records, progress)
     seconds = time.perf_counter() - started
-    if not y_true:
+    if not answered:
         raise DataError(
             f"None of the {len(records)} images in {dataset.root} could be decoded by the model.",
             hint="Use JPEG, PNG, GIF or BMP files.",
         )
-
+    y_true = [classes.index(r.class_name) for r, _ in answered]
+    # P(classes[1]) for a binary model, the row of probabilities for more classes
+    y_prob = [p if binary else row for _, (p, _, row) in answered]
     metrics = classification_metrics(y_true, y_prob, threshold or 0.5, classes)
     errors = [
         {"path": str(r.path), "true": r.class_name, "predicted": label, "probability": p}
-        for r, (label, p) in zip(kept_records, predicted, strict=True)
+        for r, (p, label, _) in answered
         if label != r.class_name
     ]
     if confusion_png is not None:
@@ -127,12 +136,7 @@ def evaluate(
         Path(confusion_png).parent.mkdir(parents=True, exist_ok=True)
         confusion_matrix(metrics["confusion_matrix"], classes, Path(confusion_png), title="confusion matrix")
     if errors_csv is not None:
-        errors_csv = Path(errors_csv)
-        errors_csv.parent.mkdir(parents=True, exist_ok=True)
-        with errors_csv.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "true", "predicted", "probability"])
-            writer.writeheader()
-            writer.writerows({**e, "probability": f"{e['probability']:.6f}"} for e in errors)
+        _write_errors(Path(errors_csv), errors)
     for item in failed:
         log(f"[yellow]skipped[/] {item['path']}: {item['error']}")
     same_data = bool(meta.get("data_hash")) and meta.get("data_hash") == dataset.data_hash
@@ -152,7 +156,7 @@ def evaluate(
         "misclassified": len(errors),
         "errors_csv": str(errors_csv) if errors_csv is not None else None,
         "failed": failed,
-        "images_per_second": round(len(y_true) / seconds, 1) if seconds > 0 else None,
+        "images_per_second": round(len(answered) / seconds, 1) if seconds > 0 else None,
     }
 
 
