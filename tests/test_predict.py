@@ -35,7 +35,8 @@ def free_port() -> int:
 
 
 class FakeGateway:
-    """Answers POST /predict like the gateway: multipart `file` or JSON {"url"} -> label/probability.
+    """Answers POST /predict like the gateway: multipart `file` or JSON {"url"} -> label,
+    probability, model_version and probabilities (docs/serve.md, the gateway's PredictResponse).
 
     An upload whose bytes start with b"BAD" gets the gateway's 422 error body. When
     `rendezvous` is set, each request waits (up to 5 s) until that many requests are in flight,
@@ -103,7 +104,15 @@ class FakeGateway:
                     payload = json.loads(body)
                     gateway.received.append({"kind": "json", "payload": payload})
                     p = 0.9
-                self._send(200, {"label": "pizza" if p >= 0.5 else "not_pizza", "probability": p, "model_version": 7})
+                self._send(
+                    200,
+                    {
+                        "label": "pizza" if p >= 0.5 else "not_pizza",
+                        "probability": p,
+                        "model_version": 7,
+                        "probabilities": {"not_pizza": 1 - p, "pizza": p},
+                    },
+                )
 
             def _send(self, status: int, obj: dict):
                 data = json.dumps(obj).encode()
@@ -223,6 +232,10 @@ def test_files_are_uploaded_as_multipart_file_and_urls_sent_as_json(gateway, ima
         "label": "pizza" if len(uploads[0]["data"]) % 100 >= 50 else "not_pizza",
         "probability": (len(uploads[0]["data"]) % 100) / 100,
         "model_version": 7,
+        "probabilities": {
+            "not_pizza": 1 - (len(uploads[0]["data"]) % 100) / 100,
+            "pizza": (len(uploads[0]["data"]) % 100) / 100,
+        },
     }
     assert results[1]["source"] == url and results[1]["label"] == "pizza"
 
@@ -276,6 +289,8 @@ def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp
         rows = list(csv.DictReader(fh))
     assert [r["source"] for r in rows] == [str(images.images[0]), str(bad)]
     assert rows[0]["label"] and rows[0]["model_version"] == "7" and not rows[0]["error"]
+    assert float(rows[0]["P(pizza)"]) + float(rows[0]["P(not_pizza)"]) == pytest.approx(1.0)
+    assert not rows[1]["P(pizza)"]
     assert not rows[1]["label"] and "corrupt" in rows[1]["error"]
 
 
@@ -295,7 +310,7 @@ def test_cli_json_prints_an_array_of_objects_and_exits_1_if_any_source_failed(ga
     assert proc.returncode == EXIT_FAILURE, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == [str(p) for p in images.images] + ["missing.jpg"]
-    assert all(set(r) == {"source", "label", "probability", "model_version"} for r in results[:3])
+    assert all(set(r) == {"source", "label", "probability", "model_version", "probabilities"} for r in results[:3])
     assert set(results[3]) == {"source", "error"}
 
 
