@@ -232,7 +232,8 @@ def test_predict_answers_for_json_multipart_and_raw_bytes_alike(gw, shared_photo
     as_json = gw.post("/predict", json={"image_b64": b64(photo)})
     assert as_json.status_code == 200, as_json.text
     body = as_json.json()
-    assert set(body) == {"label", "probability", "model_version"}
+    assert set(body) == {"label", "probability", "model_version", "probabilities"}
+    assert body["probabilities"] == {"not_pizza": pytest.approx(1 - body["probability"]), "pizza": body["probability"]}
     assert body["label"] in ("pizza", "not_pizza")
     assert 0.0 <= body["probability"] <= 1.0
     assert body["label"] == ("pizza" if body["probability"] >= 0.5 else "not_pizza")
@@ -359,7 +360,12 @@ def test_batch_answers_in_order_with_per_item_errors(gw, shared_photos):
     single = [gw.post("/predict", json={"image_b64": x}).json() for x in (pizza, other)]
     for batched, alone in ((items[0], single[0]), (items[4], single[1])):
         # TF's kernels may round the last float digit differently for a batch of 2 than of 1
-        assert batched == {**alone, "probability": pytest.approx(alone["probability"], abs=1e-6)}
+        probabilities = {k: pytest.approx(v, abs=1e-6) for k, v in alone["probabilities"].items()}
+        assert batched == {
+            **alone,
+            "probability": pytest.approx(alone["probability"], abs=1e-6),
+            "probabilities": probabilities,
+        }
     assert [i["error"]["code"] for i in items[1:4]] == ["unsafe_url", "invalid_base64", "validation_error"]
     assert [i["error"]["status"] for i in items[1:4]] == [400, 400, 422]
     assert gw.post("/predict/batch", json=[]).json() == []

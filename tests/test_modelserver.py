@@ -185,7 +185,7 @@ def test_metadata_has_tf_serving_signature_defs_and_pizzactl_json(ms, serving_mo
     default = sigs["serving_default"]
     assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert default["inputs"]["image_bytes"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
-    assert set(default["outputs"]) == {"probability", "label"}
+    assert set(default["outputs"]) == {"probability", "label", "probabilities"}
     assert default["outputs"]["probability"]["dtype"] == "DT_FLOAT"
     assert sigs["serving_pixels"]["inputs"]["pixels"]["dtype"] == "DT_UINT8"
     meta = json.loads((serving_models / "pizza" / version / "assets.extra" / "pizzactl.json").read_text())
@@ -201,7 +201,8 @@ def test_predict_accepts_every_tf_serving_request_form_and_agrees(ms, shared_pho
     predictions = rows.json()["predictions"]
     assert len(predictions) == 2
     for p in predictions:
-        assert set(p) == {"probability", "label"}
+        assert set(p) == {"probability", "label", "probabilities"}
+        assert p["probabilities"][1] == p["probability"]
         assert 0.0 <= p["probability"] <= 1.0
         assert p["label"] == ("pizza" if p["probability"] >= 0.5 else "not_pizza")
     named = httpx.post(ms + ":predict", json={"instances": [{"image_bytes": {"b64": b64(p)}} for p in photos]}).json()
