@@ -285,6 +285,44 @@ def test_data_split_and_report_handle_n_classes(tmp_path):
     assert report(root=tmp_path / "split" / "test")["too_small_to_split"] == ["e"]
 
 
+@pytest.mark.slow
+def test_a_softmax_head_trains_on_one_hot_targets_and_validates_as_keras_predicts():
+    """The head's numpy validation (softmax of x @ W + b) is what the Keras head answers."""
+    import keras
+    import numpy as np
+
+    from pizzactl.train.heads import fit_head, targets
+    from pizzactl.train.metrics import log_loss
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 240)
+    x = (rng.normal(size=(240, 6)) + 1.5 * np.eye(3, 6)[labels]).astype("float32")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(logs["val_loss"])
+
+    keras.utils.set_random_seed(0)
+    y = targets(labels, 3)
+    head, _ = fit_head(
+        x[:180],
+        y[:180],
+        x[180:],
+        y[180:],
+        epochs=6,
+        batch_size=32,
+        lr=0.05,
+        dropout=0.0,
+        patience=6,
+        callbacks=[Record()],
+    )
+    assert head.output_shape == (None, 3) and y.shape == (240, 3)
+    p = head.predict(x[180:], verbose=0)
+    assert log_loss(labels[180:], p) == pytest.approx(min(seen), rel=1e-4)  # the restored best epoch
+    assert np.mean(p.argmax(axis=1) == labels[180:]) > 0.6
+
+
 # --- fast: the gateway's and the CLI's view of the probabilities --------------------------------
 
 

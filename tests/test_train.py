@@ -31,6 +31,7 @@ RUN_FILES = {
     "confusion_matrix.png",
     "train.log",
     "model.keras",
+    "tensorboard",
 }
 
 
