@@ -430,3 +430,60 @@ def test_model_server_killed_under_load_gives_503s_then_recovers_after_restart(s
             assert again.status_code == 200, again.text
     finally:
         server.stop()
+
+
+class FakeTFServing:
+    """tensorflow/serving's REST API for a three-class pizzactl export, as documented in
+    https://www.tensorflow.org/tfx/serving/api_rest: status, metadata with only the
+    `signature_def` (TF Serving serves nothing from assets.extra, so no class names), and
+    row-format predictions with every output of the signature."""
+
+    def __init__(self):
+        import http.server
+
+        rows = [{"label": "salad", "probabilities": [0.1, 0.2, 0.7], "probability": 0.7}]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.endswith("/metadata"):
+                    self._send({"model_spec": {"name": "pizza", "version": "1"}, "metadata": {"signature_def": {}}})
+                else:
+                    status = {"error_code": "OK", "error_message": ""}
+                    self._send({"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": status}]})
+
+            def do_POST(self):
+                count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
+                self._send({"predictions": rows * count})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_in_front_of_tf_serving_the_classes_come_from_pizzactl_classes():
+    tf_serving = FakeTFServing()
+    try:
+        for classes, expected in (
+            ("other,pizza,salad", {"other": 0.1, "pizza": 0.2, "salad": 0.7}),
+            (None, {"0": 0.1, "1": 0.2, "2": 0.7}),  # nobody said the names: the columns are numbered
+        ):
+            with UvicornThread(create_app(tf_serving.url, classes=classes)) as gw:
+                body = httpx.post(gw.url + "/predict", json={"image_b64": b64(png())}, timeout=10).json()
+            assert body == {"label": "salad", "probability": 0.7, "model_version": 1, "probabilities": expected}
+    finally:
+        tf_serving.close()
