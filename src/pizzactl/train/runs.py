@@ -128,6 +128,7 @@ def print_run(run: dict) -> None:
         "val_precision",
         "val_recall",
         "val_f1",
+        "val_macro_f1",
         "val_roc_auc",
         "val_loss",
         "train_seconds",
