@@ -127,3 +127,71 @@ def test_explain_fetches_urls_under_the_gateways_policy(tiny_model, photo_server
             assert (tmp_path / "out-True" / "hop.gradcam.png").is_file(), results
         else:
             assert "loopback" in results[0]["explanation_error"] and "explanation" not in results[0]
+
+
+@pytest.fixture(scope="module")
+def old_binary_export(tiny_model, tiny_classifier, tmp_path_factory):
+    """The tiny classifier exported as pizzactl did before N classes (main at d3783fd:
+    `build_serving_module` answered `probability` and `label` only), with its pizzactl.json."""
+    import shutil
+
+    import tensorflow as tf
+
+    from pizzactl.decode import decode_resize
+
+    classifier, size = tiny_classifier.model, tiny_classifier.image_size
+
+    def outputs(p):
+        return {"probability": p, "label": tf.where(p >= 0.5, tf.constant("pizza"), tf.constant("not_pizza"))}
+
+    def probability(pixels):
+        return tf.reshape(tf.cast(classifier(pixels, training=False), tf.float32), [-1])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        pixels = tf.map_fn(
+            lambda b: decode_resize(b, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        return outputs(
+            tf.cond(tf.size(image_bytes) > 0, lambda: probability(pixels), lambda: tf.zeros([0], tf.float32))
+        )
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
+    def serving_pixels(pixels):
+        return outputs(probability(tf.cast(pixels, tf.float32)))
+
+    module = tf.Module()
+    module.classifier, module.serving_default, module.serving_pixels = classifier, serving_default, serving_pixels
+    version = tmp_path_factory.mktemp("old_models") / "pizza" / "1"
+    tf.saved_model.save(
+        module, str(version), signatures={"serving_default": serving_default, "serving_pixels": serving_pixels}
+    )
+    shutil.copytree(tiny_model / "pizza" / "1" / "assets.extra", version / "assets.extra")
+    return version
+
+
+def test_an_export_from_before_n_classes_is_still_explained_and_evaluated(old_binary_export, tiny_classifier, tmp_path):
+    import tensorflow as tf
+
+    from pizzactl.config import Settings
+    from pizzactl.evaluate import evaluate
+    from pizzactl.explain import GradCam
+
+    outputs = tf.saved_model.load(str(old_binary_export)).signatures["serving_default"].structured_outputs
+    assert set(outputs) == {"probability", "label"}
+    cam = GradCam.load(old_binary_export)
+    assert cam.per_class is False
+    for photo in (tiny_classifier.photos[0], tiny_classifier.photos[-1]):
+        found = cam.explain(photo.read_bytes())
+        p = found.probabilities["pizza"]
+        assert found.probability == p and found.probabilities["not_pizza"] == pytest.approx(1 - p)
+        assert found.label == ("pizza" if p >= 0.5 else "not_pizza") and found.cam.max() <= 1.0
+    data = tmp_path / "data"
+    for name in ("pizza", "not_pizza"):
+        (data / name).mkdir(parents=True)
+    for photo in tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]:
+        (data / photo.parent.name / photo.name).symlink_to(photo)
+    m = evaluate(Settings(data_dir=data, models_dir=old_binary_export.parents[1]), progress=False)
+    assert m["n"] == 6 and len(m["confusion_matrix"]) == 2 and set(m["per_class"]) == {"not_pizza", "pizza"}
