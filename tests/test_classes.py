@@ -250,6 +250,7 @@ def test_bad_data_fails_before_training_with_a_hint(tmp_path, layout, message, h
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
+@pytest.mark.slow  # the subprocess imports TensorFlow (train checks for it before it reads any data)
 def test_the_cli_prints_the_hint_and_exits_with_the_user_error_code(tmp_path):
     from pizzactl.errors import EXIT_USER
 
