@@ -287,6 +287,25 @@ def test_data_split_and_report_handle_n_classes(tmp_path):
 
 
 @pytest.mark.slow
+def test_frozen_heads_on_cached_features_train_three_classes(tmp_path):
+    """The one strategy the sets above do not run alone: frozen_head (no fine-tuning)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pizzactl.config import load_settings
+    from pizzactl.train import train
+
+    data = make_classes(tmp_path / "data", ["a", "b", "c"], per_class=6)
+    dirs = {f"{name}_dir": str(tmp_path / name) for name in ("models", "runs", "cache")}
+    flags = {"backbone": "mobilenet_v3_small", "weights": "none", "image_size": 64, "epochs": 2}
+    result = train(load_settings({"data_dir": str(data), **flags, **dirs}, cwd=tmp_path), show_progress=False)
+    assert result.best.config["strategy"] == "frozen_head" and result.features["computed"] > 0
+    photos = [sorted((data / c).iterdir())[0].read_bytes() for c in ("a", "b", "c")]
+    out = tf.saved_model.load(str(result.model_dir)).signatures["serving_default"](image_bytes=tf.constant(photos))
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_a_softmax_head_trains_on_one_hot_targets_and_validates_as_keras_predicts():
     """The head's numpy validation (softmax of x @ W + b) is what the Keras head answers."""
     import keras
