@@ -95,6 +95,33 @@ class ModelServerProcess:
                 self.proc.wait(5)
 
 
+class LocalHTTPServer:
+    """A `http.server` handler class served on a free loopback port in a daemon thread."""
+
+    def __init__(self, handler):
+        import http.server
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send_json(handler, status: int, obj) -> None:
+    """Answer a `BaseHTTPRequestHandler` request with a JSON body."""
+    import json
+
+    data = json.dumps(obj).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class UvicornThread:
     """An ASGI app served by uvicorn in a background thread, on a free port."""
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pizzactl.serving.gateway import create_app
 
-from serving_fixtures import ModelServerProcess, UvicornThread, free_port
+from serving_fixtures import LocalHTTPServer, ModelServerProcess, UvicornThread, free_port, send_json
 
 
 def b64(data: bytes) -> str:
@@ -432,7 +432,7 @@ def test_model_server_killed_under_load_gives_503s_then_recovers_after_restart(s
         server.stop()
 
 
-class FakeTFServing:
+class FakeTFServing(LocalHTTPServer):
     """tensorflow/serving's REST API for a three-class pizzactl export, as documented in
     https://www.tensorflow.org/tfx/serving/api_rest: status, metadata with only the
     `signature_def` (TF Serving serves nothing from assets.extra, so no class names), and
@@ -447,32 +447,21 @@ class FakeTFServing:
             def log_message(self, *args):
                 pass
 
-            def _send(self, body):
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def do_GET(self):
                 if self.path.endswith("/metadata"):
-                    self._send({"model_spec": {"name": "pizza", "version": "1"}, "metadata": {"signature_def": {}}})
+                    send_json(
+                        self, 200, {"model_spec": {"name": "pizza", "version": "1"}, "metadata": {"signature_def": {}}}
+                    )
                 else:
                     status = {"error_code": "OK", "error_message": ""}
-                    self._send({"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": status}]})
+                    version = {"version": "1", "state": "AVAILABLE", "status": status}
+                    send_json(self, 200, {"model_version_status": [version]})
 
             def do_POST(self):
                 count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
-                self._send({"predictions": rows * count})
+                send_json(self, 200, {"predictions": rows * count})
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_in_front_of_tf_serving_the_classes_come_from_pizzactl_classes():

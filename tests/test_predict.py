@@ -27,6 +27,8 @@ from pizzactl.deploy.state import DeployState
 from pizzactl.errors import EXIT_FAILURE, EXIT_USAGE, EXIT_USER, EndpointError, NotDeployedError, UsageError
 from pizzactl.predict import expand_sources, normalize_endpoint, predict, resolve_endpoint
 
+from serving_fixtures import LocalHTTPServer, send_json
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -34,7 +36,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class FakeGateway:
+class FakeGateway(LocalHTTPServer):
     """Answers POST /predict like the gateway: multipart `file` or JSON {"url"} -> label,
     probability, model_version and probabilities (docs/serve.md, the gateway's PredictResponse).
 
@@ -115,20 +117,9 @@ class FakeGateway:
                 )
 
             def _send(self, status: int, obj: dict):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, obj)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
