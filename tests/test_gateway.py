@@ -17,7 +17,7 @@ from PIL import Image
 
 from pizzactl.serving.gateway import create_app
 
-from serving_fixtures import LocalHTTPServer, ModelServerProcess, UvicornThread, free_port, send_json
+from serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread, free_port
 
 
 def b64(data: bytes) -> str:
@@ -430,38 +430,6 @@ def test_model_server_killed_under_load_gives_503s_then_recovers_after_restart(s
             assert again.status_code == 200, again.text
     finally:
         server.stop()
-
-
-class FakeTFServing(LocalHTTPServer):
-    """tensorflow/serving's REST API for a three-class pizzactl export, as documented in
-    https://www.tensorflow.org/tfx/serving/api_rest: status, metadata with only the
-    `signature_def` (TF Serving serves nothing from assets.extra, so no class names), and
-    row-format predictions with every output of the signature."""
-
-    def __init__(self):
-        import http.server
-
-        rows = [{"label": "salad", "probabilities": [0.1, 0.2, 0.7], "probability": 0.7}]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.endswith("/metadata"):
-                    send_json(
-                        self, 200, {"model_spec": {"name": "pizza", "version": "1"}, "metadata": {"signature_def": {}}}
-                    )
-                else:
-                    status = {"error_code": "OK", "error_message": ""}
-                    version = {"version": "1", "state": "AVAILABLE", "status": status}
-                    send_json(self, 200, {"model_version_status": [version]})
-
-            def do_POST(self):
-                count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
-                send_json(self, 200, {"predictions": rows * count})
-
-        super().__init__(Handler)
 
 
 def test_in_front_of_tf_serving_the_classes_come_from_pizzactl_classes():

@@ -106,3 +106,30 @@ def test_a_bad_url_shows_the_error_message_and_hint(page, local_gateway, photo_s
     page.wait_for_selector("#label.error", timeout=30_000)
     assert "not an image" in page.inner_text("#label")
     assert "unsupported_media_type" in page.inner_text("#detail")
+
+
+def test_a_model_of_three_classes_shows_its_label_and_a_bar_per_class(page):
+    """In front of a (fake) TF Serving answering salad among three classes named by PIZZACTL_CLASSES."""
+    from serving_fixtures import FakeTFServing
+
+    tf_serving = FakeTFServing()
+    try:
+        with UvicornThread(create_app(tf_serving.url, classes="other,pizza,salad")) as gw:
+            page.goto(gw.url + "/")
+            page.set_input_files("#file", files=[{"name": "x.png", "mimeType": "image/png", "buffer": png_bytes()}])
+            page.wait_for_selector("body[data-label]", state="attached", timeout=30_000)
+            assert page.inner_text("#label") == "salad"
+            assert "P(salad) = 70.0%" in page.inner_text("#detail")
+            assert class_rows(page) == [["salad", "70.0%"], ["pizza", "20.0%"], ["other", "10.0%"]]
+    finally:
+        tf_serving.close()
+
+
+def png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(buf, "PNG")
+    return buf.getvalue()
