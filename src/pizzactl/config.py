@@ -94,6 +94,15 @@ class Settings:
     poll_seconds: float = 2.0  # how often to look for new versions
     tf_intra_op_threads: int = -1  # -1: chosen for the machine, 0: TensorFlow's default
     tf_inter_op_threads: int = -1
+    # training on Docker or a cluster (`train --on`, docs/train.md)
+    gpus: int = 0  # nvidia.com/gpu per training pod (docker: --gpus N); >0 builds the CUDA trainer image
+    train_cpu: str = "2"  # the training pod's CPU request
+    train_memory: str = "4Gi"  # its memory request and limit (past it the kernel OOM-kills the trainer)
+    node_selector: str | None = None  # "key=value,key2=value2": nodes the training pod may run on
+    tolerations: str | None = None  # "key[=value]:Effect,...": taints it tolerates (GPUs add nvidia.com/gpu)
+    backoff_limit: int = 2  # failed training pods retried before the Job fails
+    train_deadline: int = 21600  # seconds before the Job is stopped (activeDeadlineSeconds)
+    train_volume_size: str = "10Gi"  # the PersistentVolumeClaim for data, feature cache and outputs
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -19,7 +19,6 @@ to `MODELS/pizza/<next int>`. A crash or a failed check never leaves a version d
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import io
 import json
 import os
@@ -34,10 +33,17 @@ from pizzactl import __version__
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.model_store import METADATA_DIR, METADATA_FILE, find_run_dir, model_base, next_version
+from pizzactl.model_store import (
+    METADATA_DIR,
+    METADATA_FILE,
+    TMP_PREFIX,
+    find_run_dir,
+    fsync_tree,
+    model_base,
+    publish_version,
+)
 from pizzactl.serving.processes import pid_alive
 
-TMP_PREFIX = ".tmp-"
 STALE_AFTER_S = 6 * 3600  # a temp dir this old is abandoned even if its pid was reused
 DEFAULT_ATOL = 1e-4
 DEFAULT_CLASSES = ("not_pizza", "pizza")
@@ -268,48 +274,6 @@ def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[P
     return removed
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under root, so the rename publishes complete data."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, base: Path, name: str) -> Path:
-    """Rename tmp to the next free integer version; retry if a concurrent export took it."""
-    for _ in range(1000):
-        target = base / str(next_version(base.parent, name))
-        try:
-            os.rename(tmp, target)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.exists():
-                continue
-            raise
-        _fsync_dir(base)
-        return target
-    raise ExportError(
-        f"Could not find a free version number in {base}.", hint="Remove old versions and try again."
-    )  # pragma: no cover
-
-
 def _write_metadata(version_dir: Path, meta: dict) -> None:
     path = version_dir / METADATA_DIR / METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,8 +363,8 @@ def export_model(
         images = list(check_images) or synthetic_check_images(meta["image_size"])
         meta["self_check"] = verify_export(tmp, classifier, images, atol=atol)
         _write_metadata(tmp, meta)
-        _fsync_tree(tmp)
-        version_dir = _publish(tmp, base, name)
+        fsync_tree(tmp)
+        version_dir = publish_version(tmp, base.parent, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

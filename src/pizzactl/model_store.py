@@ -8,12 +8,15 @@ under their version number only by an atomic rename.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 from pizzactl.config import MODEL_NAME
-from pizzactl.errors import ModelNotFoundError, PizzaError
+from pizzactl.errors import ExportError, ModelNotFoundError, PizzaError
 
+TMP_PREFIX = ".tmp-"  # in-progress versions: MODELS/pizza/.tmp-<pid>-<id>, ignored by TF Serving
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "pizzactl.json"
 NO_MODEL_HINT = "run `pizzactl train` or pass --models DIR"
@@ -64,6 +67,50 @@ def latest_version_dir(models_dir: Path | str, name: str = MODEL_NAME) -> Path:
             hint=NO_MODEL_HINT[0].upper() + NO_MODEL_HINT[1:] + ".",
         )
     return versions[-1][1]
+
+
+def publish_version(staged: Path, models_dir: Path | str, name: str = MODEL_NAME) -> Path:
+    """Rename a complete, flushed version directory staged in `MODELS/<name>/` to the next free
+    integer version: readers see all of it or nothing. Retries if a concurrent export took the number."""
+    base = model_base(models_dir, name)
+    for _ in range(1000):
+        target = base / str(next_version(models_dir, name))
+        try:
+            os.rename(staged, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.exists():
+                continue
+            raise
+        fsync_dir(base)
+        return target
+    raise ExportError(
+        f"Could not find a free version number in {base}.", hint="Remove old versions and try again."
+    )  # pragma: no cover
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under root, so the rename publishes complete data."""
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def is_version_dir(path: Path) -> bool:
