@@ -9,5 +9,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages("src"), "pizzactl.k8s", "pizzactl.docker"],
     package_dir={"": "src", "pizzactl.k8s": "k8s", "pizzactl.docker": "docker"},
-    package_data={"pizzactl": ["serving/static/*"], "pizzactl.k8s": ["*.yaml"], "pizzactl.docker": ["*"]},
+    package_data={"pizzactl": ["serving/static/*"], "pizzactl.k8s": ["*.yaml", "training/*.yaml"], "pizzactl.docker": ["*"]},
 )

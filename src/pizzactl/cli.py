@@ -198,12 +198,41 @@ def train(
     augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for the split and the training."),
     output: Path | None = typer.Option(None, "--output", help="Models directory to export into."),
+    on: str = typer.Option(
+        "local", "--on", help="Where to train: local (this process), docker, kind, or a kube context (a Job)."
+    ),
+    gpus: int | None = typer.Option(None, "--gpus", min=0, help="GPUs for the trainer (nvidia.com/gpu; CUDA image)."),
+    cpu: str | None = typer.Option(None, "--cpu", help="CPU request of the training pod (default 2)."),
+    memory: str | None = typer.Option(
+        None, "--memory", help="Memory request and limit of the training pod (default 4Gi)."
+    ),
+    node_selector: list[str] | None = typer.Option(
+        None, "--node-selector", help="KEY=VALUE a node must have (repeatable)."
+    ),
+    toleration: list[str] | None = typer.Option(
+        None, "--toleration", help="KEY[=VALUE]:EFFECT taint to tolerate (repeatable; --gpus adds nvidia.com/gpu)."
+    ),
+    backoff_limit: int | None = typer.Option(None, "--backoff-limit", min=0, help="Failed pods retried (default 2)."),
+    deadline: int | None = typer.Option(
+        None, "--deadline", min=1, help="Seconds before the Job is stopped (default 21600)."
+    ),
+    cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (with --on kind; default pizzactl)."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry for the trainer image (with --on CONTEXT)."),
+    pull_secret: str | None = typer.Option(None, "--pull-secret", help="Image pull secret for a private --registry."),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Build the trainer for linux/amd64 or linux/arm64 (default: the nodes')."
+    ),
+    timeout: float = typer.Option(
+        600.0, "--timeout", help="Seconds the training pod may wait for a node or its image before pizzactl stops it."
+    ),
+    attach: bool = typer.Option(False, "--attach", help="Follow the last Job again and collect its result."),
+    deploy: bool | None = typer.Option(
+        None, "--deploy/--no-deploy", help="Roll the new version out (default: where pizzactl deploys to that cluster)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="--on kind|CONTEXT: print every object and touch nothing."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Train one or several backbones, print a leaderboard and export the best."""
-    from pizzactl.train import print_result
-    from pizzactl.train import train as train_
-
+    """Train one or several backbones, print a leaderboard and export the best (here, in Docker or as a Job)."""
     s = settings(
         data_dir=data,
         backbone=backbone,
@@ -215,12 +244,38 @@ def train(
         augment=augment,
         seed=seed,
         models_dir=output,
+        gpus=gpus,
+        train_cpu=cpu,
+        train_memory=memory,
+        node_selector=",".join(node_selector) if node_selector else None,
+        tolerations=",".join(toleration) if toleration else None,
+        backoff_limit=backoff_limit,
+        train_deadline=deadline,
+        cluster=cluster,
+        registry=registry,
+        pull_secret=pull_secret,
+        platform=platform,
     )
-    result = train_(s)
+    if on in ("", "local") and not (dry_run or attach):
+        from pizzactl.train import print_result
+        from pizzactl.train import train as train_
+
+        result = train_(s)
+        if json_out:
+            print_json(result.as_dict())
+        else:
+            print_result(result)
+        return
+    from pizzactl.train import remote
+
+    if dry_run:
+        sys.stdout.write(remote.dry_run(s, on))
+        return
+    remote_result = remote.train_on(s, on, attach=attach, timeout=timeout, deploy=deploy)
     if json_out:
-        print_json(result.as_dict())
+        print_json(remote_result)
     else:
-        print_result(result)
+        remote.print_result(remote_result)
 
 
 @runs_app.command("list")
@@ -321,16 +376,25 @@ def build(
     platform: str | None = typer.Option(
         None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the Docker daemon's)."
     ),
+    trainer: bool = typer.Option(False, "--trainer", help="Build the trainer image (`train --on`) instead."),
+    gpu: bool = typer.Option(False, "--gpu", help="With --trainer: the CUDA variant (tensorflow[and-cuda])."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Build the gateway and model server images (tags from content, never :latest)."""
+    """Build the gateway and model server images, or the trainer (tags from content, never :latest)."""
     from pizzactl.deploy.images import build as build_
     from pizzactl.deploy.images import print_images
 
-    images = build_(
-        settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform),
-        push=push is not None,
-    )
+    s = settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform)
+    if trainer:
+        from pizzactl.deploy.images import build_trainer, human_size
+
+        built = build_trainer(s, gpu=gpu, push=push is not None)
+        if json_out:
+            print_json(built.as_dict())
+        else:
+            out.print(f"{built.image}  ({human_size(built.size)}, {built.platform}{', CUDA' if gpu else ''})")
+        return
+    images = build_(s, push=push is not None)
     if json_out:
         print_json(images.as_dict())
     else:

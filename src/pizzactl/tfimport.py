@@ -33,7 +33,21 @@ def needs_tensorflow(argv: list[str]) -> bool:
         return False
     if words[:1] == ["predict"] and any(a == "--explain" or a.startswith("--explain=") for a in argv):
         return True
+    if words[:1] == ["train"] and _on_elsewhere(argv):
+        return False  # `train --on docker|kind|CONTEXT` needs no TensorFlow here
     return tuple(words[:1]) in TF_COMMANDS or tuple(words[:2]) in TF_COMMANDS
+
+
+def _on_elsewhere(argv: list[str]) -> bool:
+    for i, arg in enumerate(argv):
+        value = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--on=")
+            else (argv[i + 1] if arg == "--on" and i + 1 < len(argv) else None)
+        )
+        if value is not None and value not in ("", "local"):
+            return True
+    return False
 
 
 def import_quietly() -> None:

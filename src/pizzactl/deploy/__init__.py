@@ -15,6 +15,7 @@ A target writes the state file as soon as there is something to clean up, before
 readiness, so an interrupted deploy can still be torn down. Deploying again replaces what runs:
 the dispatcher tears the old deployment down first when the target changes or the target is
 local/docker; kind and cluster roll the new images out in place (the old ones serve meanwhile).
+`status` and `teardown` also cover a training Job (`train --on kind|CONTEXT`, `deploy.jobs`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     if preflight is not None:  # e.g. the port is taken by something else: fail before stopping what runs now
         preflight(settings, previous)
     if previous is not None and (previous.target != target or target in ("local", "docker")):
-        teardown(settings)
+        teardown_deployment(settings)
     result = mod.deploy(settings, timeout=timeout)
     if previous is not None and previous.target == target == "docker":
         _carry_history(settings, previous)
@@ -98,10 +99,20 @@ def _carry_history(settings, previous: state_mod.DeployState) -> None:
 
 
 def status(settings) -> dict[str, Any]:
-    """What is deployed, where, which model version serves and whether it answers."""
+    """What is deployed, where, which model version serves and whether it answers; and the last
+    training Job (phase, epoch, last log line) when one was started on a cluster."""
+    from pizzactl.deploy import jobs
+
     st = state_mod.load(settings)
+    training = jobs.training_status(settings)
+    extra = {"training": training} if training else {}
     if st is None:
-        return {"deployed": False, "message": "Nothing deployed.", "state_file": str(state_mod.state_path(settings))}
+        return {
+            "deployed": False,
+            "message": "Nothing deployed.",
+            "state_file": str(state_mod.state_path(settings)),
+            **extra,
+        }
     info = _target_module(st.target).status(settings, st)
     return {
         "deployed": True,
@@ -110,6 +121,7 @@ def status(settings) -> dict[str, Any]:
         "model_version": st.model_version,
         "created": st.created,
         **info,
+        **extra,
     }
 
 
@@ -133,12 +145,16 @@ def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[st
 def print_status(st: dict[str, Any]) -> None:
     from rich.table import Table
 
-    if not st.get("deployed"):
-        out.print(st.get("message", "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
-        return
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
+    training = st.get("training")
+    if not st.get("deployed"):
+        out.print(st.get("message", "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
+        if training:
+            _training_rows(table, training)
+            out.print(table)
+        return
     ready = st.get("ready")
     table.add_row("target", str(st["target"]))
     table.add_row("url", str(st["url"]))
@@ -150,14 +166,28 @@ def print_status(st: dict[str, Any]) -> None:
         )
     table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
     table.add_row("created", str(st.get("created")))
-    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving"}
+    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving", "training"}
     for key, value in st.items():
         if key in skip:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
         table.add_row(key.replace("_", " "), str(value))
+    if training:
+        _training_rows(table, training)
     out.print(table)
+
+
+def _training_rows(table, training: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    phase = training.get("phase", "unknown")
+    epoch = f", epoch {training['epoch']}" if training.get("epoch") else ""
+    attempts = training.get("attempts") or 0
+    tries = f", attempt {attempts}" if attempts > 1 else ""
+    table.add_row("training", escape(f"Job {training['job']} in {training.get('context')}: {phase}{epoch}{tries}"))
+    if training.get("last_line") or training.get("error"):
+        table.add_row("last log line", escape(str(training.get("last_line") or training.get("error"))))
 
 
 def _fmt(value: Any) -> str:
@@ -169,7 +199,20 @@ def _fmt(value: Any) -> str:
 
 
 def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
-    """Stop and remove what deploy started; a second call only says there is nothing to do."""
+    """Stop and remove what deploy started and what training on a cluster left (its Jobs,
+    Secret and volume); a second call only says there is nothing to do."""
+    from pizzactl.deploy import jobs
+
+    result = teardown_deployment(settings, keep_cluster)
+    training = jobs.teardown(settings, keep_cluster)
+    if training is None:
+        return result
+    message = training["message"] if not result["torn_down"] else f"{result['message']} {training['message']}"
+    return {**result, "torn_down": True, "training": training, "message": message}
+
+
+def teardown_deployment(settings, keep_cluster: bool = False) -> dict[str, Any]:
+    """Stop and remove what deploy started (only that)."""
     st = state_mod.load(settings)
     if st is None:
         return {"torn_down": False, "message": "Nothing deployed; nothing to tear down."}
@@ -184,4 +227,4 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     return {"torn_down": True, "target": st.target, **result}
 
 
-__all__ = ["TARGETS", "deploy", "dry_run", "print_status", "rollback", "status", "teardown"]
+__all__ = ["TARGETS", "deploy", "dry_run", "print_status", "rollback", "status", "teardown", "teardown_deployment"]

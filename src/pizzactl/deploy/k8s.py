@@ -41,7 +41,7 @@ def connect(context: str | None = None, kubeconfig: str | None = None):
         ) from None
 
 
-def _api_error(exc: Exception, doing: str) -> DeployError:
+def api_error(exc: Exception, doing: str) -> DeployError:
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(exc, ApiException):
@@ -80,9 +80,15 @@ def _call(doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except ApiException as exc:
         if exc.status == 404:
             return _MISSING
-        raise _api_error(exc, doing) from None
+        raise api_error(exc, doing) from None
     except Exception as exc:
-        raise _api_error(exc, doing) from None
+        raise api_error(exc, doing) from None
+
+
+def call_api(doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) with API errors as DeployError; None when the object does not exist (404)."""
+    result = _call(doing, fn, *args, **kwargs)
+    return None if result is _MISSING else result
 
 
 _KINDS = {  # kind: (API class, method suffix, namespaced)
@@ -93,6 +99,11 @@ _KINDS = {  # kind: (API class, method suffix, namespaced)
     "Deployment": ("AppsV1Api", "namespaced_deployment", True),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "namespaced_horizontal_pod_autoscaler", True),
     "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget", True),
+    # training (`train --on kind|CONTEXT`)
+    "Job": ("BatchV1Api", "namespaced_job", True),
+    "PersistentVolumeClaim": ("CoreV1Api", "namespaced_persistent_volume_claim", True),
+    "Secret": ("CoreV1Api", "namespaced_secret", True),
+    "Pod": ("CoreV1Api", "namespaced_pod", True),
 }
 
 
@@ -119,7 +130,7 @@ def apply(api_client, docs: list[dict[str, Any]]) -> list[str]:
             else:
                 patch(meta["name"], **kwargs)
         except Exception as exc:
-            raise _api_error(exc, f"Applying {kind}/{meta['name']}") from None
+            raise api_error(exc, f"Applying {kind}/{meta['name']}") from None
         applied.append(f"{kind}/{meta['name']}")
         log(f"  applied {kind}/{meta['name']}")
     return applied
@@ -224,7 +235,7 @@ def wait_rollout(
             try:
                 states[name] = rollout_state(api_client, namespace, name, minimums.get(name, 0))
             except Exception as exc:
-                raise _api_error(exc, f"Reading deployment {name}") from None
+                raise api_error(exc, f"Reading deployment {name}") from None
             if states[name].done:
                 log(f"  [green]✓[/] deployment/{name} rolled out ({states[name].available}/{states[name].desired})")
                 pending.remove(name)
@@ -243,13 +254,16 @@ def wait_rollout(
         time.sleep(poll)
 
 
+PULL_HINT = (
+    "kind: the image must be loaded into the cluster (`kind load docker-image IMAGE --name pizzactl`); "
+    "other clusters: push it with --registry and check the pull secret (--pull-secret)."
+)
+
+
 def _diagnosis_hint(problems: list[str]) -> str:
     text = "\n".join(problems)
     if "cannot be pulled" in text:
-        return (
-            "kind: the image must be loaded into the cluster (`kind load docker-image IMAGE --name pizzactl`); "
-            "other clusters: push it with --registry and check the pull secret (--pull-secret)."
-        )
+        return PULL_HINT
     if "crashing" in text or "cannot start" in text:
         return "Fix the error in the log lines above; `kubectl logs -n pizzactl deploy/pizzactl-model` shows more."
     if "not ready" in text:
@@ -275,7 +289,7 @@ def diagnose(api_client, namespace: str) -> list[str]:
         pods = core.list_namespaced_pod(namespace).items
     except Exception as exc:
         return [f"(cannot list pods: {type(exc).__name__})"]
-    events = _events(core, namespace)
+    events = list_events(core, namespace)
     problems = [
         f"replicaset {e.involved_object.name}: FailedCreate: {e.message}" for e in _latest(events, "FailedCreate")
     ]
@@ -312,7 +326,7 @@ def _pod_problem(core, namespace: str, pod, events: list) -> str:
         if waiting and waiting.reason == "CrashLoopBackOff":
             why = f"exit code {terminated.exit_code}, {terminated.reason}" if terminated else waiting.reason
             block = f"pod {name}: container {cs.name} is crashing ({waiting.reason}; {why})"
-            lines = _last_log_lines(core, namespace, name, cs.name)
+            lines = last_log_lines(core, namespace, name, cs.name)
             if lines:
                 block += "; its last log lines:\n" + "\n".join("    " + line for line in lines)
             return block
@@ -333,7 +347,8 @@ def _pod_ready(status) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
 
 
-def _events(core, namespace: str) -> list:
+def list_events(core, namespace: str) -> list:
+    """The namespace's events, oldest first ([] when they cannot be read)."""
     try:
         items = core.list_namespaced_event(namespace).items
     except Exception:
@@ -341,7 +356,8 @@ def _events(core, namespace: str) -> list:
     return sorted(items, key=lambda e: str(e.last_timestamp or e.event_time or ""))
 
 
-def _last_log_lines(core, namespace: str, pod: str, container: str) -> list[str]:
+def last_log_lines(core, namespace: str, pod: str, container: str) -> list[str]:
+    """The container's last LOG_LINES log lines (of its previous run if it restarted)."""
     for previous in (True, False):
         try:
             text = core.read_namespaced_pod_log(
@@ -366,7 +382,7 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
     try:
         pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=selector).items
     except Exception as exc:
-        raise _api_error(exc, f"Listing the pods of {app}") from None
+        raise api_error(exc, f"Listing the pods of {app}") from None
     served: dict[int, int] = {}
     for pod in pods:
         labels = (pod.metadata.labels if pod.metadata else None) or {}
@@ -420,7 +436,7 @@ def metrics_available(api_client) -> bool:
     try:
         groups = client.ApisApi(api_client).get_api_versions().groups or []
     except Exception as exc:
-        raise _api_error(exc, "Listing the API groups") from None
+        raise api_error(exc, "Listing the API groups") from None
     return any(g.name == "metrics.k8s.io" for g in groups)
 
 
@@ -431,7 +447,7 @@ def node_architectures(api_client) -> set[str]:
     try:
         nodes = client.CoreV1Api(api_client).list_node().items
     except Exception as exc:
-        raise _api_error(exc, "Listing nodes") from None
+        raise api_error(exc, "Listing nodes") from None
     return {n.status.node_info.architecture for n in nodes if n.status and n.status.node_info}
 
 
@@ -477,6 +493,27 @@ def delete_objects(api_client, docs: list[dict[str, Any]]) -> list[str]:
     return deleted
 
 
+def delete_labelled(api_client, namespace: str, labels: dict[str, str], kinds: tuple[str, ...]) -> list[str]:
+    """Delete every object of `kinds` in the namespace that carries all `labels` (their pods with
+    them: propagation Background, since a Job deleted without it orphans its pods); returns "Kind/name"."""
+    selector = ",".join(f"{k}={v}" for k, v in labels.items())
+    deleted = []
+    for kind in kinds:
+        listing, _ = _method(api_client, kind, "list")
+        found = _call(f"Listing {kind}s in {namespace}", listing, namespace, label_selector=selector)
+        if found is _MISSING:
+            continue
+        for obj in found.items:
+            meta = obj.metadata
+            if not all((meta.labels or {}).get(k) == v for k, v in labels.items()):  # a selector the server ignored
+                continue
+            delete, _ = _method(api_client, kind, "delete")
+            doing = f"Deleting {kind}/{meta.name}"
+            if _call(doing, delete, meta.name, namespace, propagation_policy="Background") is not _MISSING:
+                deleted.append(f"{kind}/{meta.name}")
+    return deleted
+
+
 def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -> str | None:
     """Where the gateway Service answers from outside the cluster, as far as the API can tell.
 
@@ -490,7 +527,7 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
     try:
         svc = core.read_namespaced_service(service, namespace)
     except Exception as exc:
-        raise _api_error(exc, f"reading Service {namespace}/{service}") from None
+        raise api_error(exc, f"reading Service {namespace}/{service}") from None
     spec = svc.spec or client.V1ServiceSpec()
     ports = list(spec.ports or [])
     if not ports:
@@ -506,7 +543,7 @@ def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -
     try:
         nodes = core.list_node().items
     except Exception as exc:
-        raise _api_error(exc, "listing nodes") from None
+        raise api_error(exc, "listing nodes") from None
     for kind in ("ExternalIP", "InternalIP"):
         for node in nodes:
             for entry in (node.status.addresses if node.status else None) or []:

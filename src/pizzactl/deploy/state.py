@@ -71,18 +71,23 @@ def load(settings) -> DeployState | None:
 def save(settings, state: DeployState) -> Path:
     """Write the state atomically: a crash leaves the old file or the new one, never half of one."""
     path = state_path(settings)
+    write_json(path, state.as_dict())
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON by temp file + fsync + rename: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".deploy-", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(state.as_dict(), fh, indent=2, default=str)
+            json.dump(data, fh, indent=2, default=str)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def clear(settings) -> bool:

@@ -182,6 +182,13 @@ def load_images(name: str, images: list[str]) -> None:
             raise
 
 
+def delete_cluster(settings: Settings, name: str) -> None:
+    """Delete a kind cluster (if it still exists) and forget that pizzactl created it."""
+    if name in clusters():
+        run_kind("delete", "cluster", "--name", name)
+    _record_created(settings, name, False)
+
+
 def kube_context(name: str) -> str:
     return f"kind-{name}"
 
@@ -252,9 +259,7 @@ def teardown(settings: Settings, state: DeployState, keep_cluster: bool = False)
     """Delete the kind cluster if pizzactl created it (unless keep_cluster), else what pizzactl applied."""
     cluster = state.extra.get("cluster")
     if cluster and cluster in created_clusters(settings) and not keep_cluster:
-        if cluster in clusters():
-            run_kind("delete", "cluster", "--name", cluster)
-        _record_created(settings, cluster, False)
+        delete_cluster(settings, cluster)
         return {"message": f"Deleted the kind cluster {cluster!r}.", "cluster_deleted": True}
     if cluster and cluster not in clusters():
         return {"message": f"The kind cluster {cluster!r} is already gone.", "cluster_deleted": False}

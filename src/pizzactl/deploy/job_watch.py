@@ -1,0 +1,288 @@
+"""Watch a training Job the way a person at `kubectl` would, and say why when it goes wrong.
+
+`follow` streams the log of the Job's running pod, reports each failed attempt as it happens
+(out of memory, an exit code, a lost node) and returns when the Job is Complete. It reads what
+the Job controller writes (kubernetes.io/docs/concepts/workloads/controllers/job): the terminal
+conditions Complete and Failed, with reasons BackoffLimitExceeded, DeadlineExceeded and
+PodFailurePolicy; pods labelled batch.kubernetes.io/job-name; a container's terminated state
+(OOMKilled is exit code 137); the DisruptionTarget condition of a pod evicted from a lost node
+(reason DeletionByTaintManager). A pod that cannot start never fails a Job by itself: it waits
+for a node forever (FailedScheduling, e.g. "Insufficient nvidia.com/gpu"), an image pull backs
+off forever. `follow` raises `JobCannotStart` for those (at once when waiting cannot help, after
+`start_timeout` otherwise), and the caller stops the Job.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pizzactl.console import log
+from pizzactl.deploy import k8s
+from pizzactl.deploy.jobs import CONTAINER, GPU_RESOURCE, JOB_LABEL
+from pizzactl.train.remote import TrainingError
+
+EPOCH = re.compile(r"epoch (\d+)/(\d+)")
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# Pull errors that no amount of waiting fixes (the kubelet's messages for a missing image or no access).
+HOPELESS_PULL = re.compile(
+    r"not found|pull access denied|unauthorized|denied|manifest unknown|InvalidImageName|NeverPull"
+)
+
+
+class JobCannotStart(TrainingError):
+    """The Job's pod cannot start (no node fits it, its image cannot be pulled): stop the Job."""
+
+
+def job_pods(core, namespace: str, job: str) -> list:
+    """The Job's pods, oldest first."""
+    items = core.list_namespaced_pod(namespace, label_selector=f"{JOB_LABEL}={job}").items
+    mine = [p for p in items if (p.metadata.labels or {}).get(JOB_LABEL) == job]  # a selector the server ignored
+    return sorted(mine, key=lambda p: (str(p.metadata.creation_timestamp or ""), p.metadata.name))
+
+
+def terminal(job) -> Any | None:
+    """The Job's Complete or Failed condition when it is True, else None."""
+    for condition in (job.status.conditions if job.status else None) or []:
+        if condition.type in ("Complete", "Failed") and condition.status == "True":
+            return condition
+    return None
+
+
+def follow(
+    api_client,
+    namespace: str,
+    job: str,
+    *,
+    start_timeout: float = 600.0,
+    poll: float = 2.0,
+    write: Callable[[str], Any] = sys.stderr.write,
+) -> dict[str, Any]:
+    """Stream the Job's logs until it completes; {"attempts": n}. TrainingError says why it failed."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    printed: dict[str, int] = {}
+    reported: set[str] = set()
+    waiting_since: dict[str, float] = {}
+    said: set[str] = set()
+    while True:
+        obj = k8s.call_api(f"Reading job {job}", batch.read_namespaced_job, job, namespace)
+        if obj is None:
+            raise TrainingError(f"The Job {job} was deleted while it ran.", hint="Start the training again.")
+        pods = k8s.call_api(f"Listing the pods of job {job}", job_pods, core, namespace, job) or []
+        for pod in pods:
+            if pod.status and pod.status.phase == "Failed" and pod.metadata.name not in reported:
+                reported.add(pod.metadata.name)
+                log(f"[yellow]Attempt {len(reported)} ({pod.metadata.name}) failed: {pod_failure(pod)}.[/]")
+        condition = terminal(obj)
+        if condition is not None:
+            for pod in pods:
+                _stream(core, namespace, pod.metadata.name, printed, write, live=False)
+            if condition.type == "Complete":
+                return {"attempts": len(pods), "failed_attempts": len(reported)}
+            raise TrainingError(*explain(obj, condition, pods, core, namespace))
+        running = [p for p in pods if p.status and p.status.phase == "Running"]
+        if running:
+            _stream(core, namespace, running[-1].metadata.name, printed, write, live=True)
+            continue
+        for pod in pods:
+            if pod.status and pod.status.phase == "Pending":
+                _check_start(core, namespace, pod, waiting_since, said, start_timeout)
+        time.sleep(poll)
+
+
+def _stream(core, namespace: str, pod: str, printed: dict[str, int], write, *, live: bool) -> None:
+    """Write the pod's log lines not written yet; live: follow the log until the container exits."""
+    skip = printed.get(pod, 0)
+    try:
+        if live:
+            response = core.read_namespaced_pod_log(
+                pod, namespace, container=CONTAINER, follow=True, _preload_content=False
+            )
+            chunks = response.stream(4096)
+        else:
+            chunks = iter([str(core.read_namespaced_pod_log(pod, namespace, container=CONTAINER) or "").encode()])
+        buffered = b""
+        for chunk in chunks:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                skip = _emit(line, pod, printed, skip, write)
+        if buffered:
+            _emit(buffered, pod, printed, skip, write)
+    except Exception:  # the log is gone with its node, or the stream broke: the next round reads on
+        if live:
+            time.sleep(1.0)
+
+
+def _emit(line: bytes, pod: str, printed: dict[str, int], skip: int, write) -> int:
+    if skip > 0:
+        return skip - 1
+    write(line.decode(errors="replace") + "\n")
+    printed[pod] = printed.get(pod, 0) + 1
+    return 0
+
+
+# --- why a pod does not start -------------------------------------------------------------------
+
+
+def _check_start(core, namespace: str, pod, waiting_since: dict[str, float], said: set[str], timeout: float) -> None:
+    name = pod.metadata.name
+    since = waiting_since.setdefault(name, time.monotonic())
+    problem, hopeless, hint = start_problem(core, namespace, pod)
+    if problem is None:
+        return
+    if hopeless or time.monotonic() - since >= timeout:
+        waited = "" if hopeless else f" for {timeout:.0f}s"
+        raise JobCannotStart(f"The training pod {name} cannot start{waited}: {problem}", hint=hint)
+    if problem not in said:
+        said.add(problem)
+        log(f"[yellow]Waiting for the training pod to start: {problem}[/]")
+
+
+def start_problem(core, namespace: str, pod) -> tuple[str | None, bool, str]:
+    """(what keeps the pod from starting, whether waiting is hopeless, what to do) or (None, False, "")."""
+    status = pod.status
+    for cs in status.container_statuses or []:
+        waiting = cs.state.waiting if cs.state else None
+        if waiting and waiting.reason in PULL_REASONS:
+            text = f"image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(": ")
+            hopeless = bool(HOPELESS_PULL.search(f"{waiting.reason} {waiting.message or ''}"))
+            return text, hopeless, k8s.PULL_HINT
+        if waiting and waiting.reason in ("CreateContainerConfigError", "CreateContainerError"):
+            return (
+                f"{waiting.reason}: {waiting.message or ''}".rstrip(": "),
+                True,
+                "A Secret or ConfigMap the pod needs is missing: run the training again (pizzactl creates them).",
+            )
+    unscheduled = [c for c in status.conditions or [] if c.type == "PodScheduled" and c.status == "False"]
+    if not unscheduled:
+        return None, False, ""
+    mine = [
+        e for e in k8s.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod.metadata.name
+    ]
+    scheduling = [e.message for e in mine if e.reason == "FailedScheduling"]
+    message = scheduling[-1] if scheduling else (unscheduled[0].message or unscheduled[0].reason or "unschedulable")
+    return f"FailedScheduling: {message}", False, _scheduling_hint(message)
+
+
+def _scheduling_hint(message: str) -> str:
+    if GPU_RESOURCE in message:
+        return (
+            f"No node offers a free {GPU_RESOURCE}: add a GPU node pool with the NVIDIA device plugin "
+            "(GKE, EKS and AKS GPU nodes have it), point --node-selector/--toleration at your GPU nodes, "
+            "or train without --gpus."
+        )
+    if "Insufficient memory" in message or "Insufficient cpu" in message:
+        return "No node has that much free: ask for less with --memory / --cpu, or add a bigger node."
+    if "unbound immediate PersistentVolumeClaims" in message or "PersistentVolumeClaim" in message:
+        return (
+            "The training volume cannot be provisioned: the cluster needs a default StorageClass "
+            "(`kubectl get storageclass`; kind has one called standard)."
+        )
+    if "node affinity/selector" in message or "untolerated taint" in message:
+        return "No node matches --node-selector, or their taints are not tolerated: check --node-selector and --toleration."
+    return "See `kubectl describe pod -n pizzactl` for the scheduler's reasons."
+
+
+# --- why a pod or the Job failed -------------------------------------------------------------------
+
+
+def _terminated(pod):
+    for cs in (pod.status.container_statuses if pod.status else None) or []:
+        if cs.name == CONTAINER and cs.state and cs.state.terminated:
+            return cs.state.terminated
+    return None
+
+
+def _memory_limit(pod) -> str | None:
+    for container in pod.spec.containers or []:
+        if container.name == CONTAINER and container.resources and container.resources.limits:
+            return container.resources.limits.get("memory")
+    return None
+
+
+def pod_failure(pod) -> str:
+    """Why one attempt failed, in a phrase."""
+    for condition in pod.status.conditions or []:
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            return (
+                f"its node went away ({condition.reason}: {condition.message or 'disrupted'}); "
+                "the Job starts it again without counting it against backoffLimit"
+            )
+    terminated = _terminated(pod)
+    if terminated is not None and terminated.reason == "OOMKilled":
+        return f"out of memory (OOMKilled, exit code {terminated.exit_code}) at its limit of {_memory_limit(pod)}"
+    if terminated is not None:
+        return f"exit code {terminated.exit_code} ({terminated.reason or 'Error'})"
+    return pod.status.message or pod.status.reason or "failed"
+
+
+def explain(job, condition, pods: list, core, namespace: str) -> tuple[str, str]:
+    """(message, hint) for a Failed Job."""
+    reason = condition.reason or ""
+    name = job.metadata.name
+    failed = [p for p in pods if p.status and p.status.phase == "Failed"]
+    last = failed[-1] if failed else None
+    if reason == "DeadlineExceeded":
+        deadline = job.spec.active_deadline_seconds
+        return (
+            f"The Job {name} ran longer than its deadline of {deadline}s (activeDeadlineSeconds) and was stopped.",
+            "Give it more time (--deadline SECONDS) or make it faster: --gpus 1, fewer --epochs, a smaller backbone.",
+        )
+    oom = [p for p in failed if (_terminated(p) is not None and _terminated(p).reason == "OOMKilled")]
+    if oom:
+        limit = _memory_limit(oom[-1])
+        return (
+            f"The Job {name} failed: the trainer ran out of memory (OOMKilled, exit code 137) at its limit of "
+            f"{limit}, on {len(oom)} of {len(failed)} attempts.",
+            f"Raise the limit (e.g. --memory {_doubled(limit)}) or lower --batch-size.",
+        )
+    lines = k8s.last_log_lines(core, namespace, last.metadata.name, CONTAINER) if last is not None else []
+    tail = ("; its last log lines:\n" + "\n".join("    " + line for line in lines[-10:])) if lines else ""
+    what = pod_failure(last) if last is not None else (condition.message or reason)
+    if reason == "PodFailurePolicy":
+        return (
+            f"The Job {name} failed without retrying: the trainer stopped with {what}, a usage error{tail}",
+            "Fix the setting the error names, then train again.",
+        )
+    return (
+        f"The Job {name} failed ({reason}: {condition.message or ''}); the last attempt: {what}{tail}",
+        f"`kubectl logs -n {namespace} job/{name}` shows the whole log.",
+    )
+
+
+def _doubled(limit: str | None) -> str:
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", str(limit or ""))
+    return f"{int(match.group(1)) * 2}{match.group(2)}" if match else "8Gi"
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+
+def progress(api_client, namespace: str, job: str) -> dict[str, Any]:
+    """A Job's phase, attempts, epoch and last log line, for `pizzactl status`."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    obj = k8s.call_api(f"Reading job {job}", batch.read_namespaced_job, job, namespace)
+    if obj is None:
+        return {"phase": "gone"}
+    pods = k8s.call_api(f"Listing the pods of job {job}", job_pods, core, namespace, job) or []
+    condition = terminal(obj)
+    if condition is not None:
+        phase = "Succeeded" if condition.type == "Complete" else f"Failed ({condition.reason})"
+    else:
+        phase = "Running" if any(p.status and p.status.phase == "Running" for p in pods) else "Pending"
+    info: dict[str, Any] = {"phase": phase, "attempts": len(pods)}
+    lines = k8s.last_log_lines(core, namespace, pods[-1].metadata.name, CONTAINER) if pods else []
+    epochs = [m for line in lines for m in EPOCH.finditer(line)]
+    if epochs:
+        info["epoch"] = f"{epochs[-1].group(1)}/{epochs[-1].group(2)}"
+    if lines:
+        info["last_line"] = lines[-1]
+    return info

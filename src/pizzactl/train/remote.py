@@ -1,0 +1,255 @@
+"""Train somewhere else: in a container (`--on docker`) or as a Kubernetes Job (`--on kind|CONTEXT`).
+
+`train_on(settings, on)` is what `pizzactl train --on ON` runs; a notebook calls it the same way:
+
+    from pizzactl.train.remote import train_on
+    result = train_on(load_settings({"data_dir": "data/pizza_not_pizza"}), "docker")
+
+Wherever it runs, it is the trainer image's own `pizzactl train` with the settings the user
+gave (as PIZZACTL_* variables), writing into an *outbox*: `models/pizza/1`, `runs/<id>/` and
+`result.json` (its `--json` answer). `collect` then puts the outbox where a local `train` would
+have written: the version by copy into `MODELS/pizza/.tmp-*` and an atomic rename to the next
+local version number (a model server never sees part of it), each run under `RUNS/<id>`, and
+every path inside (metrics.json's model_dir, the result) pointing at the local copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pizzactl.errors import PizzaError, UsageError
+from pizzactl.model_store import MODEL_NAME, TMP_PREFIX, fsync_tree, list_versions, model_base, publish_version
+
+# Settings that shape a run: passed on only when the user gave them, so the trainer image
+# applies the backbone recipes exactly as a local `train` does (a recipe yields to a given value).
+TRAINING_SETTINGS = (
+    "backbone",
+    "weights",
+    "epochs",
+    "fine_tune_epochs",
+    "image_size",
+    "batch_size",
+    "augment",
+    "seed",
+    "val_split",
+    "dataset",
+)
+TARGETS = ("local", "docker", "kind")
+
+
+class TrainingError(PizzaError):
+    """Training in a container or a Job failed; the message says why, the hint what to change."""
+
+    code = "training"
+
+
+def train_on(settings, on: str = "local", **options: Any) -> dict[str, Any]:
+    """Train where `on` says: local (this process), docker, kind, or a kube context name.
+
+    options: docker and cluster: `show_progress`; cluster: `attach`, `timeout` (seconds a
+    training pod may wait to start), `deploy` (None: roll the new version out where pizzactl
+    deploys to that cluster already).
+    """
+    if on in ("", "local"):
+        from pizzactl.train import train
+
+        return train(settings).as_dict()
+    if on == "docker":
+        from pizzactl.train import on_docker
+
+        return on_docker.train(settings, show_progress=options.get("show_progress", True))
+    from pizzactl.train import on_cluster
+
+    return on_cluster.train(settings, on, **options)
+
+
+def container_env(settings, *, data_dir: str | None, models_dir: str, runs_dir: str) -> dict[str, str]:
+    """PIZZACTL_* variables for the trainer: the user's training settings and where to read and write."""
+    env = {
+        f"PIZZACTL_{name.upper()}": _text(getattr(settings, name))
+        for name in TRAINING_SETTINGS
+        if settings.sources.get(name, "default") != "default" and getattr(settings, name) is not None
+    }
+    if data_dir is not None:
+        env["PIZZACTL_DATA_DIR"] = data_dir
+    else:
+        env["PIZZACTL_DATASET"] = settings.dataset  # the trainer downloads it
+    env["PIZZACTL_MODELS_DIR"] = models_dir
+    env["PIZZACTL_RUNS_DIR"] = runs_dir
+    return env
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def local_weights_file(settings) -> Path | None:
+    """--weights PATH: the file, which a container must see at the same path."""
+    weights = str(settings.weights or "").strip()
+    if weights.lower() in ("", "none", "null", "imagenet"):
+        return None
+    return Path(weights).expanduser().resolve()
+
+
+def outbox_dir(settings, name: str) -> Path:
+    """A fresh local folder for one remote run's outputs (under the state dir, which Docker
+    Desktop and Colima share with their VM, unlike some temp dirs)."""
+    path = Path(settings.state_dir).expanduser().resolve() / "train" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+# --- bringing the results home -----------------------------------------------------------------
+
+
+def collect(
+    settings, outbox: Path, *, container: dict[str, str], trained_on: dict[str, Any], data_dir: Path | None = None
+) -> dict[str, Any]:
+    """Publish the outbox's version and runs locally; the train result with local paths.
+
+    `container` maps the trainer's paths to the outbox: {"models": "/out/models", "runs":
+    "/out/runs", "data": "/data"}. A missing or unfinished export publishes nothing.
+    """
+    result = _read_result(outbox)
+    staged = _staged_version(outbox)
+    version_dir = _publish_copy(staged, settings.models_dir)
+    moves = [(f"{container['models']}/{MODEL_NAME}/{staged.name}", str(version_dir))]
+    if data_dir is not None and container.get("data"):
+        moves.append((container["data"], str(data_dir)))
+    runs_dir = Path(settings.runs_dir).expanduser()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for run in sorted(p for p in (outbox / "runs").iterdir() if p.is_dir()):
+        target = _free_name(runs_dir, run.name)
+        moves.append((f"{container['runs']}/{run.name}", str(target)))
+        _place_run(run, target, moves, trained_on)
+    return {**_localised(result, moves), "version": int(version_dir.name), "trained_on": trained_on}
+
+
+def _read_result(outbox: Path) -> dict[str, Any]:
+    try:
+        return json.loads((outbox / "result.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(
+            f"The trainer finished but left no readable result.json ({type(exc).__name__}).",
+            hint="Look at its log above; the run directories, if any, were not copied.",
+        ) from None
+
+
+def _staged_version(outbox: Path) -> Path:
+    versions = list_versions(outbox / "models")
+    if not versions:
+        raise TrainingError(
+            "The trainer exported no model version.", hint="Look at its log above for the error that stopped it."
+        )
+    staged = versions[-1][1]
+    if not (staged / "saved_model.pb").is_file() or not (staged / "assets.extra" / "pizzactl.json").is_file():
+        raise TrainingError(
+            f"The exported version {staged.name} is incomplete (no saved_model.pb or metadata); nothing was published.",
+            hint="Train again; if it repeats, report it with the trainer's log.",
+        )
+    return staged
+
+
+def _publish_copy(staged: Path, models_dir: Path | str) -> Path:
+    """Copy next to the local versions, flush, then one rename: all of the version or none of it."""
+    base = model_base(models_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        shutil.copytree(staged, tmp)
+        fsync_tree(tmp)
+        return publish_version(tmp, models_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _free_name(runs_dir: Path, name: str) -> Path:
+    for n in range(1, 1000):
+        candidate = runs_dir / (name if n == 1 else f"{name}-{n}")
+        if not candidate.exists():
+            return candidate
+    raise TrainingError(f"Too many runs named {name} in {runs_dir}.")  # pragma: no cover
+
+
+def _place_run(run: Path, target: Path, moves: list[tuple[str, str]], trained_on: dict[str, Any]) -> None:
+    """Copy a run next to the local ones, fix its paths, then rename it into place."""
+    staging = target.parent / f".incoming-{uuid.uuid4().hex[:12]}"
+    try:
+        shutil.copytree(run, staging / target.name)
+        for name in ("config.json", "metrics.json"):
+            path = staging / target.name / name
+            if not path.is_file():
+                continue
+            data = _localised(json.loads(path.read_text()), moves)
+            if name == "config.json":
+                data["run_id"] = target.name
+                data["trained_on"] = trained_on
+            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.rename(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _localised(value: Any, moves: list[tuple[str, str]]) -> Any:
+    """`value` with every string that is, or starts with, a container path rewritten to the local one."""
+    if isinstance(value, dict):
+        return {k: _localised(v, moves) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_localised(v, moves) for v in value]
+    if isinstance(value, str):
+        for old, new in moves:
+            if value == old or value.startswith(old + "/"):
+                return new + value[len(old) :]
+    return value
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """The leaderboard and where the version landed, as `train` prints them (from the JSON result)."""
+    from rich.table import Column, Table
+
+    from pizzactl.console import out
+
+    table = Table("#", "backbone", "val acc", "f1", "roc auc", "val loss", "seconds", Column("run", no_wrap=True))
+
+    def number(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for i, run in enumerate(result.get("leaderboard") or [], 1):
+        table.add_row(
+            str(i),
+            str(run.get("backbone")),
+            number(run.get("val_accuracy")),
+            number(run.get("val_f1")),
+            number(run.get("val_roc_auc")),
+            number(run.get("val_loss")),
+            f"{run.get('train_seconds') or 0:.1f}",
+            str(run.get("run_id")),
+        )
+    out.print(table)
+    where = result.get("trained_on", {}).get("on", "")
+    out.print(
+        f"Exported {result.get('backbone')} ({number(result.get('val_accuracy'))} val accuracy, trained on {where}) "
+        f"to {result.get('model_dir')}"
+    )
+    if result.get("deployed"):
+        out.print(f"Rolled out to {result['deployed'].get('target')}: {result['deployed'].get('url')}")
+
+
+def dry_run(settings, on: str) -> str:
+    """What `train --on kind|CONTEXT` would apply, as YAML (a Secret's values redacted); touches nothing."""
+    import yaml
+
+    if on in ("", "local", "docker"):
+        raise UsageError(
+            "--dry-run prints the Kubernetes objects of a training Job.", hint="Use it with --on kind or --on CONTEXT."
+        )
+    from pizzactl.train import on_cluster
+
+    return yaml.safe_dump_all(on_cluster.dry_run(settings, on), sort_keys=False, explicit_start=True)
