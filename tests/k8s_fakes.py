@@ -145,6 +145,12 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         return self.objects[key].raw
 
     async def _handle(self, request):
+        # Answers that are not JSON objects (pod exec over a websocket, a followed log), served by
+        # the controllers that know the pods (tests/k8s_batch_fakes.py); None: not theirs.
+        for handler in getattr(self, "stream_handlers", ()):
+            response = await handler(request)
+            if response is not None:
+                return response
         content_type = request.headers.get("Content-Type", "")
         if (
             request.method == kmock.method.PATCH

@@ -58,17 +58,20 @@ def follow(
     job: str,
     *,
     start_timeout: float = 600.0,
-    poll: float = 2.0,
-    write: Callable[[str], Any] = sys.stderr.write,
+    poll: float = 1.0,
+    write: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
-    """Stream the Job's logs until it completes; {"attempts": n}. TrainingError says why it failed."""
+    """Stream the Job's logs (to `write`, default stderr) until it completes; {"attempts": n, ...}.
+    TrainingError says why it failed."""
     from kubernetes import client
 
+    write = write or _to_stderr
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
     printed: dict[str, int] = {}
     reported: set[str] = set()
     waiting_since: dict[str, float] = {}
     said: set[str] = set()
+    seen: set[str] = set()
     while True:
         obj = k8s.call_api(f"Reading job {job}", batch.read_namespaced_job, job, namespace)
         if obj is None:
@@ -78,6 +81,10 @@ def follow(
             if pod.status and pod.status.phase == "Failed" and pod.metadata.name not in reported:
                 reported.add(pod.metadata.name)
                 log(f"[yellow]Attempt {len(reported)} ({pod.metadata.name}) failed: {pod_failure(pod)}.[/]")
+        for name in seen - {p.metadata.name for p in pods} - reported:  # deleted before we saw it fail
+            reported.add(name)
+            log(f"[yellow]Attempt {len(reported)} ({name}) is gone: {vanished(core, namespace, name)}.[/]")
+        seen |= {p.metadata.name for p in pods}
         condition = terminal(obj)
         if condition is not None:
             for pod in pods:
@@ -93,6 +100,11 @@ def follow(
             if pod.status and pod.status.phase == "Pending":
                 _check_start(core, namespace, pod, waiting_since, said, start_timeout)
         time.sleep(poll)
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 def _stream(core, namespace: str, pod: str, printed: dict[str, int], write, *, live: bool) -> None:
@@ -206,20 +218,29 @@ def _memory_limit(pod) -> str | None:
     return None
 
 
+RETRIED = "the Job starts it again; disruptions do not count against backoffLimit"
+
+
 def pod_failure(pod) -> str:
     """Why one attempt failed, in a phrase."""
     for condition in pod.status.conditions or []:
         if condition.type == "DisruptionTarget" and condition.status == "True":
-            return (
-                f"its node went away ({condition.reason}: {condition.message or 'disrupted'}); "
-                "the Job starts it again without counting it against backoffLimit"
-            )
+            return f"its node went away or it was evicted ({condition.reason}: {condition.message or 'disrupted'}); {RETRIED}"
     terminated = _terminated(pod)
     if terminated is not None and terminated.reason == "OOMKilled":
         return f"out of memory (OOMKilled, exit code {terminated.exit_code}) at its limit of {_memory_limit(pod)}"
     if terminated is not None:
         return f"exit code {terminated.exit_code} ({terminated.reason or 'Error'})"
     return pod.status.message or pod.status.reason or "failed"
+
+
+def vanished(core, namespace: str, pod: str) -> str:
+    """Why a pod was deleted under a running Job, from its events (the taint manager deletes the
+    pods of a lost node, the kubelet or the Eviction API evicts, the scheduler preempts)."""
+    reasons = ("TaintManagerEviction", "Evicted", "Preempted", "Preempting", "Killing")
+    mine = [e for e in k8s.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod]
+    why = [f"{e.reason}: {e.message}" for e in mine if e.reason in reasons]
+    return f"{why[-1] if why else 'deleted'}; {RETRIED}"
 
 
 def explain(job, condition, pods: list, core, namespace: str) -> tuple[str, str]:

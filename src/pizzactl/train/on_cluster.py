@@ -75,28 +75,7 @@ def train(
     except KeyboardInterrupt:
         _stop(api, plan, "interrupted")
         raise
-    outbox = outbox_dir(settings, plan.name)
-    try:
-        _fetch(api, plan, outbox, timeout)
-        result = collect(
-            settings,
-            outbox,
-            container={
-                "models": f"{jobs.output_dir(plan.name)}/models",
-                "runs": f"{jobs.output_dir(plan.name)}/runs",
-                "data": jobs.DATA_MOUNT,
-            },
-            data_dir=data_root,
-            trained_on={
-                "on": on,
-                "context": place.context,
-                "namespace": plan.namespace,
-                "job": plan.name,
-                "image": plan.image,
-            },
-        )
-    finally:
-        shutil.rmtree(outbox, ignore_errors=True)
+    result = _bring_home(settings, api, plan, data_root, timeout, {"on": on, "context": place.context})
     result["job"] = {"name": plan.name, **watched}
     log(f"[green]✓[/] version {result['version']} in {result['model_dir']} (Job {plan.name})")
     if _should_deploy(settings, place, deploy):
@@ -262,13 +241,29 @@ def _stop(api, plan: jobs.JobPlan, why: str) -> None:
     k8s.call_api(f"Deleting job {plan.name}", delete, plan.name, plan.namespace, propagation_policy="Background")
 
 
-def _fetch(api, plan: jobs.JobPlan, outbox: Path, timeout: float) -> None:
+def _bring_home(
+    settings, api, plan: jobs.JobPlan, data_root: Path | None, timeout: float, where_: dict
+) -> dict[str, Any]:
+    """Copy the Job's outbox here and publish it; only then delete it from the volume (so a
+    failed copy can be collected again with --attach)."""
     from pizzactl.deploy import k8s_files
 
     source = jobs.output_dir(plan.name)
-    with k8s_files.files_pod(api, jobs.files_pod(plan), timeout) as pod:
-        k8s_files.download(api, plan.namespace, pod, "files", source, outbox)
-        k8s_files.remove(api, plan.namespace, pod, "files", source)
+    outbox = outbox_dir(settings, plan.name)
+    try:
+        with k8s_files.files_pod(api, jobs.files_pod(plan), timeout) as pod:
+            k8s_files.download(api, plan.namespace, pod, "files", source, outbox)
+            result = collect(
+                settings,
+                outbox,
+                container={"models": f"{source}/models", "runs": f"{source}/runs", "data": jobs.DATA_MOUNT},
+                data_dir=data_root,
+                trained_on={**where_, "namespace": plan.namespace, "job": plan.name, "image": plan.image},
+            )
+            k8s_files.remove(api, plan.namespace, pod, "files", source)
+    finally:
+        shutil.rmtree(outbox, ignore_errors=True)
+    return result
 
 
 def _should_deploy(settings, place: Where, deploy: bool | None) -> bool:

@@ -1,0 +1,375 @@
+"""`pizzactl train --on CONTEXT|kind`: a training Job against a cluster that behaves like one.
+
+The Kubernetes client runs unpatched against kmock; tests/k8s_batch_fakes.TrainingCluster plays
+the Job controller, scheduler, volume binding, kubelet, exec and log streaming over time, and
+FakeDockerd is the Docker daemon that builds and pushes the trainer image. What the trainer
+writes is `write_train_outputs` (the shapes `pizzactl train --json` leaves); the real trainer
+image runs in tests/test_train_docker.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import pytest
+import yaml
+
+from pizzactl.config import load_settings
+from pizzactl.deploy import jobs
+from pizzactl.errors import UsageError
+from pizzactl.model_store import list_versions
+from pizzactl.train import on_cluster
+from pizzactl.train.remote import TrainingError, train_on
+
+from docker_fakes import FakeDockerd
+from k8s_batch_fakes import (
+    JOBS,
+    LOSE_NODE,
+    PVCS,
+    RUN_ID,
+    USAGE,
+    TrainingCluster,
+    node,
+    write_train_outputs,
+)
+from k8s_fakes import PODS, SECRETS, ApplyingEmulator, write_kubeconfig
+
+pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
+NS = "pizzactl"
+
+
+@pytest.fixture
+def world(kmock, isolated, monkeypatch, tmp_path):
+    """A kube context `prod` on kmock, a fake Docker daemon, no Kaggle credentials anywhere."""
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kubeconfig", str(kmock.url).rstrip("/"), "prod")))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    with FakeDockerd(tmp_path / "docker.sock") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        yield dockerd
+
+
+@pytest.fixture
+def photos(shared_photos, tmp_path):
+    """A small dataset folder: 4 photos per class (copied: the Job reads files, not links)."""
+    root = tmp_path / "photos"
+    for cls in ("pizza", "not_pizza"):
+        (root / cls).mkdir(parents=True)
+        for p in shared_photos[cls][:4]:
+            shutil.copy(p, root / cls / p.name)
+    return root
+
+
+def _settings(**flags):
+    return load_settings({"registry": "reg.example/me", "backoff_limit": 1, **flags})
+
+
+def _cluster(kmock, tmp_path, **kw) -> TrainingCluster:
+    return TrainingCluster(kmock, volumes=tmp_path / "volumes", trainer=write_train_outputs, **kw)
+
+
+def _job_pods(kmock) -> list:
+    return [
+        p for k, p in kmock.objects.items() if k[0] == PODS and not p.deleted and "job-name" in p["metadata"]["labels"]
+    ]
+
+
+async def _train(cluster, settings, on="prod", **options):
+    playing = asyncio.create_task(cluster.run(0.02))
+    try:
+        return await asyncio.to_thread(train_on, settings, on, **{"timeout": 20.0, **options})
+    finally:
+        playing.cancel()
+
+
+# --- what it applies --------------------------------------------------------------------------------
+
+
+def _dry_run(settings, on="prod") -> list[dict]:
+    from pizzactl.train.remote import dry_run
+
+    return [d for d in yaml.safe_load_all(dry_run(settings, on)) if d]
+
+
+def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeypatch, tmp_path):
+    """No --data: the Job downloads the dataset, so the Kaggle credentials become a Secret the
+    pod reads; the YAML shows the Secret's keys, never its values. Every object passes the
+    Kubernetes schema (strict), and nothing touches Docker or the cluster."""
+    import kubernetes_validate
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "pizzafan")
+    monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-kaggle-key")
+    settings = _settings(gpus=1, node_selector="pool=gpu", train_memory="6Gi", train_deadline=3600)
+    from pizzactl.train.remote import dry_run
+
+    text = dry_run(settings, "prod")
+    assert "s3cr3t-kaggle-key" not in text and "pizzafan" not in text
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert [d["kind"] for d in docs] == ["Namespace", "PersistentVolumeClaim", "Secret", "Pod", "Job"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.32", strict=True)
+    secret, job = docs[2], docs[4]
+    assert set(secret["stringData"]) == {"KAGGLE_USERNAME", "KAGGLE_KEY"}
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 3600
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    container = pod["containers"][0]
+    assert container["image"].startswith("reg.example/me/pizzactl-trainer:0.1.0-gpu-")
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "6Gi"},
+        "limits": {"memory": "6Gi", "nvidia.com/gpu": "1"},
+    }
+    assert container["envFrom"] == [{"secretRef": {"name": jobs.SECRET}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PIZZACTL_DATASET"] == "carlosrunner/pizza-not-pizza" and "PIZZACTL_DATA_DIR" not in env
+    assert env["PIZZACTL_MODELS_DIR"] == f"/workspace/jobs/{job['metadata']['name']}/models"
+    assert world.requests == []  # no Docker
+
+
+def test_with_data_there_is_no_secret_and_the_data_is_mounted_read_only(world, photos):
+    docs = _dry_run(_settings(data_dir=photos, backbone="small_cnn", epochs=1))
+    assert "Secret" not in [d["kind"] for d in docs]
+    container = docs[-1]["spec"]["template"]["spec"]["containers"][0]
+    data = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
+    assert data["readOnly"] is True and data["subPath"].startswith("data/")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PIZZACTL_DATA_DIR"] == "/data"
+    assert env["PIZZACTL_BACKBONE"] == "small_cnn" and env["PIZZACTL_EPOCHS"] == "1"
+    assert "PIZZACTL_SEED" not in env  # only what the user gave: the recipes apply as locally
+
+
+def test_a_context_without_registry_is_refused_before_anything_is_built(world, photos):
+    with pytest.raises(UsageError, match="--registry"):
+        train_on(load_settings({"data_dir": photos}), "prod")
+    assert world.builds() == []
+
+
+# --- a run ------------------------------------------------------------------------------------------
+
+
+async def test_a_job_trains_and_its_version_and_run_land_locally(kmock, world, photos, isolated, tmp_path, capsys):
+    """The dataset goes to the volume once per content, the log streams, the version is published
+    as the next local version by rename, the run comes back with local paths, the outbox leaves
+    the volume. A second run reuses the uploaded dataset."""
+    from pizzactl.train.runs import list_runs
+
+    (isolated / "models" / "pizza" / "1").mkdir(parents=True)  # an older local version
+    cluster = _cluster(kmock, tmp_path)
+    settings = _settings(data_dir=photos)
+    result = await _train(cluster, settings)
+
+    version = isolated / "models" / "pizza" / "2"
+    assert result["version"] == 2 and result["model_dir"] == str(version)
+    assert (version / "saved_model.pb").is_file() and [v for v, _ in list_versions(isolated / "models")] == [1, 2]
+    assert not [p for p in (isolated / "models" / "pizza").iterdir() if p.name.startswith(".")]
+    run = isolated / "runs" / RUN_ID
+    config = json.loads((run / "config.json").read_text())
+    assert config["data_dir"] == str(photos) and config["n_train"] == 8  # read through the read-only mount
+    assert config["trained_on"]["on"] == "prod" and config["trained_on"]["job"] == result["job"]["name"]
+    assert json.loads((run / "metrics.json").read_text())["model_dir"] == str(version)
+    assert result["run_dir"] == str(run) and result["leaderboard"][0]["run_dir"] == str(run)
+    assert [r["run_id"] for r in list_runs(settings)] == [RUN_ID]
+    stderr = capsys.readouterr().err
+    assert "[scratch] epoch 3/3" in stderr and "Uploading" in stderr
+    uploaded = list(cluster.volume().glob("data/*"))
+    assert len(uploaded) == 1 and len(list(uploaded[0].glob("*/*.jpg"))) == 8
+    assert not (cluster.volume() / "jobs" / result["job"]["name"]).exists()
+    assert not [k for k, p in kmock.objects.items() if k[0] == PODS and k[2] == jobs.FILES_POD and not p.deleted]
+    assert any(path.endswith("/push") for path in world.paths())  # the trainer image went to --registry
+
+    again = await _train(cluster, settings)
+    assert again["version"] == 3 and (isolated / "runs" / f"{RUN_ID}-2").is_dir()
+    assert "already on the training volume" in capsys.readouterr().err
+    assert len(list(cluster.volume().glob("data/*"))) == 1
+
+
+async def test_status_shows_the_running_job_then_the_deadline_stops_it(kmock, world, photos, tmp_path, isolated):
+    """status while it runs: phase, epoch, last log line. Past activeDeadlineSeconds the Job
+    fails with DeadlineExceeded and pizzactl says so; no version is published."""
+    from pizzactl.deploy import status
+
+    cluster = _cluster(kmock, tmp_path, attempts=["hang"], epochs=50)
+    settings = _settings(data_dir=photos, train_deadline=60)
+    playing = asyncio.create_task(cluster.run(0.05))
+    training = asyncio.create_task(asyncio.to_thread(train_on, settings, "prod", timeout=20.0))
+    try:
+        seen = None
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if jobs.load_state(settings) and jobs.load_state(settings).get("job"):
+                st = await asyncio.to_thread(status, settings)
+                if st.get("training", {}).get("epoch"):
+                    seen = st
+                    break
+        with pytest.raises(TrainingError) as info:
+            await training
+    finally:
+        playing.cancel()
+    assert seen is not None and seen["deployed"] is False
+    assert seen["training"]["phase"] == "Running" and seen["training"]["job"].startswith("pizzactl-train-")
+    assert "epoch" in seen["training"]["last_line"]
+    assert "deadline of 60s (activeDeadlineSeconds)" in info.value.message and "--deadline" in info.value.hint
+    assert list_versions(isolated / "models") == []
+
+
+async def test_no_gpu_node_says_so_with_the_scheduler_event_and_stops_the_job(kmock, world, photos, tmp_path):
+    cluster = _cluster(kmock, tmp_path)
+    with pytest.raises(TrainingError) as info:
+        await _train(cluster, _settings(data_dir=photos, gpus=1), timeout=1.5)
+    assert "Insufficient nvidia.com/gpu" in info.value.message and "cannot start" in info.value.message
+    assert "NVIDIA device plugin" in info.value.hint
+    assert cluster.jobs() == {}  # stopped, its pod with it (propagation Background)
+    assert list(cluster.deleted_jobs.values()) == ["Background"]
+
+
+async def test_a_gpu_node_pool_with_its_taint_takes_the_job(kmock, world, photos, tmp_path):
+    gpu = node(
+        "gpu-1",
+        gpus=1,
+        labels={"pool": "gpu"},
+        taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+    )
+    cluster = _cluster(kmock, tmp_path, nodes=[node(), gpu])
+    result = await _train(cluster, _settings(data_dir=photos, gpus=1, node_selector="pool=gpu"))
+    assert result["version"] == 1
+    placed = {p["spec"].get("nodeName") for p in _job_pods(kmock)}
+    assert placed == {"gpu-1"}
+
+
+async def test_an_image_that_cannot_be_pulled_fails_at_once_with_what_to_do(kmock, world, photos, tmp_path):
+    cluster = _cluster(kmock, tmp_path)
+    cluster.behave("pizzactl-trainer", "pull")
+    with pytest.raises(TrainingError) as info:
+        await _train(cluster, _settings(data_dir=photos), timeout=30.0)
+    assert "cannot be pulled (ErrImagePull)" in info.value.message and "pull access denied" in info.value.message
+    assert "--registry" in info.value.hint
+
+
+async def test_out_of_memory_is_retried_then_explained_with_the_limit(kmock, world, photos, tmp_path, isolated, capsys):
+    cluster = _cluster(kmock, tmp_path, needs_memory="6Gi")
+    with pytest.raises(TrainingError) as info:
+        await _train(cluster, _settings(data_dir=photos, train_memory="4Gi", backoff_limit=1))
+    assert "OOMKilled, exit code 137" in info.value.message and "limit of 4Gi, on 2 of 2 attempts" in info.value.message
+    assert "--memory 8Gi" in info.value.hint
+    assert capsys.readouterr().err.count("out of memory (OOMKilled") == 2  # each attempt, as it happened
+    job = next(iter(cluster.jobs().values()))
+    assert job["status"]["failed"] == 2 and any(
+        c["reason"] == "BackoffLimitExceeded" for c in job["status"]["conditions"]
+    )
+    assert list_versions(isolated / "models") == []
+
+
+async def test_a_lost_node_is_retried_without_using_up_the_backoff_limit(kmock, world, photos, tmp_path, capsys):
+    cluster = _cluster(kmock, tmp_path, attempts=[LOSE_NODE])
+    result = await _train(cluster, _settings(data_dir=photos, backoff_limit=0))
+    assert result["version"] == 1 and result["job"]["attempts"] >= 1
+    stderr = capsys.readouterr().err
+    assert "TaintManagerEviction: Marking for deletion Pod" in stderr or "DeletionByTaintManager" in stderr
+    assert "disruptions do not count against backoffLimit" in stderr
+    assert next(iter(cluster.jobs().values()))["status"]["failed"] == 0
+
+
+async def test_a_usage_error_fails_the_job_without_retries(kmock, world, photos, tmp_path):
+    cluster = _cluster(kmock, tmp_path, attempts=[USAGE])
+    with pytest.raises(TrainingError) as info:
+        await _train(cluster, _settings(data_dir=photos, backoff_limit=3))
+    assert "usage error" in info.value.message and "Unknown backbone 'resnet9000'" in info.value.message
+    assert len(_job_pods(kmock)) == 1
+
+
+async def test_the_job_downloading_the_dataset_reads_kaggle_credentials_from_a_secret(
+    kmock, world, tmp_path, monkeypatch
+):
+    home = tmp_path / "home" / ".kaggle"
+    home.mkdir(parents=True)
+    (home / "kaggle.json").write_text(json.dumps({"username": "pizzafan", "key": "k3y"}))
+    cluster = _cluster(kmock, tmp_path)
+    result = await _train(cluster, _settings())
+    assert result["version"] == 1
+    secret = kmock.objects[SECRETS, NS, jobs.SECRET]
+    assert secret["stringData"] == {"KAGGLE_USERNAME": "pizzafan", "KAGGLE_KEY": "k3y"}
+    job = json.dumps(next(iter(cluster.jobs().values())))
+    assert "k3y" not in job and jobs.SECRET in job
+
+
+async def test_an_incomplete_export_publishes_nothing_and_attach_collects_it_later(
+    kmock, world, photos, tmp_path, isolated
+):
+    """The trainer's version lacks saved_model.pb: nothing is published, the outputs stay on the
+    volume; once they are whole, `--attach` follows the finished Job and brings them home."""
+    cluster = _cluster(kmock, tmp_path)
+    cluster.trainer = lambda *a: write_train_outputs(*a, complete=False)
+    settings = _settings(data_dir=photos)
+    with pytest.raises(TrainingError, match="incomplete"):
+        await _train(cluster, settings)
+    assert list_versions(isolated / "models") == []
+    assert not list((isolated / "models" / "pizza").glob(".tmp-*"))
+    job = jobs.load_state(settings)["job"]
+    (cluster.volume() / "jobs" / job / "models" / "pizza" / "1" / "saved_model.pb").write_bytes(b"graph")
+    result = await _train(cluster, settings, attach=True)
+    assert result["version"] == 1 and result["job"]["name"] == job
+
+
+# --- teardown -----------------------------------------------------------------------------------------
+
+
+async def test_teardown_removes_what_training_created_and_only_that(kmock, world, photos, tmp_path):
+    from pizzactl.deploy import k8s, teardown
+
+    api = k8s.connect("prod")
+    theirs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "their-secret", "namespace": NS},
+            "stringData": {"a": "b"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "their-data", "namespace": NS},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    ]
+    await asyncio.to_thread(k8s.apply, api, theirs)
+    cluster = _cluster(kmock, tmp_path)
+    settings = _settings(data_dir=photos)
+    await _train(cluster, settings)
+    assert jobs.load_state(settings)["created_namespace"] is False
+    down = await asyncio.to_thread(teardown, settings)
+    assert down["torn_down"] is True
+    alive = {
+        (k[0], k[2])
+        for k, o in kmock.objects.items()
+        if k[1] == NS and not o.deleted and k[0] in (JOBS, SECRETS, PVCS, PODS)
+    }
+    assert alive == {(SECRETS, "their-secret"), (PVCS, "their-data")}
+    assert jobs.load_state(settings) is None
+    again = await asyncio.to_thread(teardown, settings)
+    assert again["torn_down"] is False
+
+
+async def test_teardown_deletes_the_namespace_training_created(kmock, world, photos, tmp_path):
+    from pizzactl.deploy import k8s, teardown
+
+    cluster = _cluster(kmock, tmp_path)
+    settings = _settings(data_dir=photos)
+    await _train(cluster, settings)
+    assert jobs.load_state(settings)["created_namespace"] is True
+    await asyncio.to_thread(teardown, settings)
+    phase = await asyncio.to_thread(k8s.namespace_phase, k8s.connect("prod"), NS)
+    assert phase in (None, "Terminating")
+
+
+def test_cluster_weights_file_is_refused(world, photos, tmp_path):
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"w")
+    with pytest.raises(UsageError, match="names a file on this machine"):
+        on_cluster.dry_run(_settings(data_dir=photos, weights=str(weights)), "prod")
