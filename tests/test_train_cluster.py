@@ -160,6 +160,7 @@ async def test_a_job_trains_and_its_version_and_run_land_locally(kmock, world, p
     from pizzactl.train.runs import list_runs
 
     (isolated / "models" / "pizza" / "1").mkdir(parents=True)  # an older local version
+    (isolated / "models" / "pizza" / "1" / "saved_model.pb").write_bytes(b"graph")
     cluster = _cluster(kmock, tmp_path)
     settings = _settings(data_dir=photos)
     result = await _train(cluster, settings)

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import PizzaError, UsageError
-from pizzactl.model_store import MODEL_NAME, TMP_PREFIX, fsync_tree, list_versions, model_base, publish_version
+from pizzactl.model_store import (
+    MODEL_NAME,
+    TMP_PREFIX,
+    fsync_tree,
+    list_versions,
+    model_base,
+    next_version,
+    publish_version,
+)
 
 # Settings that shape a run: passed on only when the user gave them, so the trainer image
 # applies the backbone recipes exactly as a local `train` does (a recipe yields to a given value).
@@ -143,14 +151,19 @@ def _read_result(outbox: Path) -> dict[str, Any]:
 
 def _staged_version(outbox: Path) -> Path:
     versions = list_versions(outbox / "models")
+    if not versions and next_version(outbox / "models") > 1:  # a version directory without its saved_model.pb
+        raise TrainingError(
+            "The exported version is incomplete (no saved_model.pb); nothing was published.",
+            hint="Train again; if it repeats, report it with the trainer's log.",
+        )
     if not versions:
         raise TrainingError(
             "The trainer exported no model version.", hint="Look at its log above for the error that stopped it."
         )
     staged = versions[-1][1]
-    if not (staged / "saved_model.pb").is_file() or not (staged / "assets.extra" / "pizzactl.json").is_file():
+    if not (staged / "assets.extra" / "pizzactl.json").is_file():
         raise TrainingError(
-            f"The exported version {staged.name} is incomplete (no saved_model.pb or metadata); nothing was published.",
+            f"The exported version {staged.name} has no pizzactl metadata; nothing was published.",
             hint="Train again; if it repeats, report it with the trainer's log.",
         )
     return staged
