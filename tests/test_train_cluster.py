@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 
 import pytest
@@ -247,7 +248,8 @@ async def test_an_image_that_cannot_be_pulled_fails_at_once_with_what_to_do(kmoc
     cluster = _cluster(kmock, tmp_path)
     cluster.behave("pizzactl-trainer", "pull")
     with pytest.raises(TrainingError) as info:
-        await _train(cluster, _settings(data_dir=photos), timeout=30.0)
+        await _train(cluster, _settings(), timeout=20.0)  # no --data: no files pod, the Job's own pod
+    assert "training pod" in info.value.message and "cannot start: image" in info.value.message  # at once
     assert "cannot be pulled (ErrImagePull)" in info.value.message and "pull access denied" in info.value.message
     assert "--registry" in info.value.hint
 
@@ -374,3 +376,101 @@ def test_cluster_weights_file_is_refused(world, photos, tmp_path):
     weights.write_bytes(b"w")
     with pytest.raises(UsageError, match="names a file on this machine"):
         on_cluster.dry_run(_settings(data_dir=photos, weights=str(weights)), "prod")
+
+
+# --- Ctrl-C, and the kind path end to end ---------------------------------------------------------
+
+
+async def test_ctrl_c_stops_the_job(kmock, world, photos, tmp_path, isolated):
+    """`pizzactl train --on CONTEXT` in its own process; SIGINT while the Job runs stops the Job."""
+    import os
+    import signal
+    import sys
+
+    cluster = _cluster(kmock, tmp_path, attempts=["hang"], epochs=1000)
+    playing = asyncio.create_task(cluster.run(0.02))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pizzactl", "train", "--on", "prod", "--registry", "reg.example/me",
+            "--data", str(photos),
+            cwd=isolated, env=dict(os.environ), stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            if any(lines for lines in cluster.pod_logs.values() if any("epoch" in line for line in lines)):
+                break
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        playing.cancel()
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert "Stopping Job" in stderr.decode() and "(interrupted)" in stderr.decode()
+    assert cluster.jobs() == {} and list(cluster.deleted_jobs.values()) == ["Background"]
+    assert list_versions(isolated / "models") == []
+
+
+class _Ready:
+    """A stand-in gateway behind kind's port mapping: deploy waits for /healthz there."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+
+async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
+    kmock, world, photos, isolated, tmp_path, monkeypatch
+):
+    """deploy to kind, then `train --on kind`: the trainer image is `kind load`ed (never pushed),
+    the Job runs in the same cluster, and the new version rolls out where pizzactl deploys;
+    `status` shows the finished Job; teardown deletes the cluster pizzactl created."""
+    from pizzactl.deploy import deploy, status, teardown
+    from pizzactl.deploy.targets import kind
+    from pizzactl.serving.processes import free_port
+
+    from k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
+
+    home = tmp_path / "kind-home"
+    install_fake_kind(tmp_path / "bin", home)
+    monkeypatch.setenv("FAKE_KIND_HOME", str(home))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    gateway = _Ready()
+    (home / "pizzactl.backend").write_text(gateway.address)
+    first = isolated / "models" / "pizza" / "1"
+    first.mkdir(parents=True)
+    (first / "saved_model.pb").write_bytes(b"graph")
+    settings = load_settings({"model_server": "builtin", "port": free_port(), "data_dir": photos})
+    cluster = _cluster(kmock, tmp_path, kind_home=home)
+    playing = asyncio.create_task(cluster.run(0.02))
+    try:
+        deployed = await asyncio.to_thread(deploy, settings, 30)
+        result = await asyncio.to_thread(train_on, settings, "kind", timeout=20.0)
+        loaded = loaded_images(home, "pizzactl")
+        st = await asyncio.to_thread(status, settings)
+        down = await asyncio.to_thread(teardown, settings)
+    finally:
+        playing.cancel()
+        gateway.server.shutdown()
+        stop_fake_clusters(home)
+    assert deployed["model_version"] == 1
+    assert result["version"] == 2 and result["trained_on"]["context"] == "kind-pizzactl"
+    assert result["trained_on"]["image"] in loaded and result["trained_on"]["image"].startswith("pizzactl-trainer:")
+    assert not [p for p in world.paths() if p.endswith("/push")]  # kind: loaded, never pushed
+    assert result["deployed"]["model_version"] == 2 and result["deployed"]["serving"] == {2: 1}
+    assert st["model_version"] == 2 and st["training"]["phase"] == "Succeeded"
+    assert down["cluster_deleted"] is True and kind.clusters() == [] and jobs.load_state(settings) is None
