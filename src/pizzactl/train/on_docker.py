@@ -34,7 +34,7 @@ TRAINER_UID = 10001
 
 def train(settings, *, show_progress: bool = True) -> dict[str, Any]:
     """Build the trainer image, train in a container, publish the version and runs locally."""
-    from pizzactl.data.dataset import resolve_data_dir
+    from pizzactl.data.download import resolve_data_dir
     from pizzactl.deploy.images import build_trainer, docker_client
 
     _require_local_daemon()
