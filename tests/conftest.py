@@ -52,6 +52,23 @@ def shared_photos(shared_data) -> dict[str, list[Path]]:
 
 
 @pytest.fixture
+def copy_photos(shared_photos, tmp_path):
+    """make(n): a dataset folder with the first n shared photos of each class, copied (a container's
+    bind mount or a Job's upload carries files, not links to elsewhere)."""
+    import shutil
+
+    def make(n: int) -> Path:
+        root = tmp_path / f"photos-{n}"
+        for cls in ("pizza", "not_pizza"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            for p in shared_photos[cls][:n]:
+                shutil.copy(p, root / cls / p.name)
+        return root
+
+    return make
+
+
+@pytest.fixture
 def isolated(tmp_path, monkeypatch) -> Path:
     """Point every path pizzactl writes to into tmp_path, and run from there."""
     for name in ("models_dir", "runs_dir", "cache_dir", "state_dir"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 
 import pytest
 import yaml
@@ -54,14 +53,8 @@ def world(kmock, isolated, monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def photos(shared_photos, tmp_path):
-    """A small dataset folder: 4 photos per class (copied: the Job reads files, not links)."""
-    root = tmp_path / "photos"
-    for cls in ("pizza", "not_pizza"):
-        (root / cls).mkdir(parents=True)
-        for p in shared_photos[cls][:4]:
-            shutil.copy(p, root / cls / p.name)
-    return root
+def photos(copy_photos):
+    return copy_photos(4)
 
 
 def _settings(**flags):

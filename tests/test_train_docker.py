@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,18 +24,13 @@ from pizzactl.train import on_docker
 from docker_fakes import FakeDockerd
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = ["--backbone", "small_cnn", "--weights", "none", "--image-size", "64", "--batch-size", "8"]
 NO_TENSORFLOW = "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
 
 
 @pytest.fixture
-def photos(shared_photos, tmp_path) -> Path:
-    """6 photos per class, copied (a bind mount shows files, not links to elsewhere)."""
-    root = tmp_path / "photos"
-    for cls in ("pizza", "not_pizza"):
-        (root / cls).mkdir(parents=True)
-        for p in shared_photos[cls][:6]:
-            shutil.copy(p, root / cls / p.name)
-    return root
+def photos(copy_photos) -> Path:
+    return copy_photos(6)
 
 
 # --- the container spec (no daemon) -------------------------------------------------------------
@@ -140,24 +134,7 @@ def test_train_on_docker_leaves_a_version_meeting_the_model_contract_and_a_local
     import tensorflow as tf
 
     proc = _pizzactl(
-        [
-            "train",
-            "--on",
-            "docker",
-            "--data",
-            str(photos),
-            "--backbone",
-            "small_cnn",
-            "--weights",
-            "none",
-            "--image-size",
-            "64",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--json",
-        ],
+        ["train", "--on", "docker", "--data", str(photos), *TINY, "--epochs", "1", "--json"],
         tmp_path,
         _paths(tmp_path),
         tmp_path,
@@ -220,21 +197,7 @@ def test_ctrl_c_stops_and_removes_the_container_and_publishes_nothing(trainer_im
 
     client = docker.from_env()
     proc = _pizzactl(
-        [
-            "train",
-            "--on",
-            "docker",
-            "--data",
-            str(photos),
-            "--backbone",
-            "small_cnn",
-            "--weights",
-            "none",
-            "--image-size",
-            "64",
-            "--epochs",
-            "500",
-        ],
+        ["train", "--on", "docker", "--data", str(photos), *TINY, "--epochs", "500"],
         tmp_path,
         _paths(tmp_path),
         tmp_path,
