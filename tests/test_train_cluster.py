@@ -467,3 +467,19 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     assert result["deployed"]["model_version"] == 2 and result["deployed"]["serving"] == {2: 1}
     assert st["model_version"] == 2 and st["training"]["phase"] == "Succeeded"
     assert down["cluster_deleted"] is True and kind.clusters() == [] and jobs.load_state(settings) is None
+
+
+def test_status_prints_the_training_job_with_or_without_a_deployment(capsys):
+    from pizzactl.deploy import print_status
+
+    training = {"job": "pizzactl-train-1", "context": "prod", "phase": "Running", "attempts": 2, "epoch": "3/30"}
+    print_status(
+        {
+            "deployed": False,
+            "message": "Nothing deployed.",
+            "training": {**training, "last_line": "[head] epoch 3/30  loss 0.4"},
+        }
+    )
+    out = capsys.readouterr().out
+    assert "Nothing deployed." in out and "Job pizzactl-train-1 in prod: Running, epoch 3/30, attempt 2" in out
+    assert "[head] epoch 3/30  loss 0.4" in out  # log lines keep their brackets (no rich markup)
