@@ -173,6 +173,17 @@ def test_train_on_docker_leaves_a_version_meeting_the_model_contract_and_a_local
 
     assert docker.from_env().containers.list(all=True, filters={"label": "dev.pizzactl.train=1"}) == []
     assert not list((tmp_path / "state" / "train").glob("*"))  # the outbox is gone
+    assert docker.from_env().volumes.get("pizzactl-train-cache")  # weights and features for the next run
+    down = subprocess.run(
+        [sys.executable, "-m", "pizzactl", "teardown", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, **_paths(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Removed the Docker volume pizzactl-train-cache" in json.loads(down.stdout)["message"]
+    assert not [v for v in docker.from_env().volumes.list() if v.name == "pizzactl-train-cache"]
 
 
 @pytest.mark.docker

@@ -199,16 +199,18 @@ def _fmt(value: Any) -> str:
 
 
 def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
-    """Stop and remove what deploy started and what training on a cluster left (its Jobs,
-    Secret and volume); a second call only says there is nothing to do."""
+    """Stop and remove what deploy started and what training left (on a cluster: its Jobs,
+    Secret and volume; on Docker: the trainer's cache volume); a second call only says there is
+    nothing to do."""
     from pizzactl.deploy import jobs
+    from pizzactl.train import on_docker
 
     result = teardown_deployment(settings, keep_cluster)
-    training = jobs.teardown(settings, keep_cluster)
-    if training is None:
+    parts = [p for p in (jobs.teardown(settings, keep_cluster), on_docker.teardown(settings)) if p]
+    if not parts:
         return result
-    message = training["message"] if not result["torn_down"] else f"{result['message']} {training['message']}"
-    return {**result, "torn_down": True, "training": training, "message": message}
+    messages = ([result["message"]] if result["torn_down"] else []) + [p["message"] for p in parts]
+    return {**result, "torn_down": True, "training": parts, "message": " ".join(messages)}
 
 
 def teardown_deployment(settings, keep_cluster: bool = False) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.console import log
+from pizzactl.deploy.state import write_json
 from pizzactl.errors import DataError, UsageError
 from pizzactl.train.remote import TrainingError, collect, container_env, local_weights_file, outbox_dir
 
@@ -48,6 +49,7 @@ def train(settings, *, show_progress: bool = True) -> dict[str, Any]:
     if spec["user"] == f"{TRAINER_UID}:{TRAINER_UID}":
         os.chown(outbox, TRAINER_UID, TRAINER_UID)  # root calls: the container's user writes the outbox
     client = docker_client()
+    write_json(_cache_record(settings), {"volume": CACHE_VOLUME})  # teardown removes the volume
     log(f"Training in container {name} ({image.image}) ...")
     try:
         code, tail, oom = _run(client, spec)
@@ -145,6 +147,32 @@ def _failure(code: int, tail: list[str], oom: bool) -> TrainingError:
         f"Training in the container failed (exit code {code}): {what}",
         hint=hints[-1] if hints else "Read the trainer's log above.",
     )
+
+
+def _cache_record(settings) -> Path:
+    return Path(settings.state_dir).expanduser() / "train-docker.json"
+
+
+def teardown(settings) -> dict[str, Any] | None:
+    """Remove the cache volume `train --on docker` created; None if it never ran here."""
+    import json
+
+    from pizzactl.deploy.images import docker_client
+
+    record = _cache_record(settings)
+    try:
+        volume = json.loads(record.read_text())["volume"]
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        docker_client(30).volumes.get(volume).remove()
+        message = f"Removed the Docker volume {volume} (the trainer's weights and feature cache)."
+    except Exception as exc:  # gone already, or in use by a training container that still runs
+        if "in use" in str(exc):
+            return {"message": f"Kept the Docker volume {volume}: a training container still uses it."}
+        message = f"The Docker volume {volume} was already gone."
+    record.unlink(missing_ok=True)
+    return {"message": message}
 
 
 def _require_local_daemon() -> None:
