@@ -178,6 +178,8 @@ def up(
 # --- train, runs, export, evaluate ----------------------------------------------------
 
 
+# Long only in its signature: typer needs every option there; the body is one settings call
+# and one library call (`pizzactl.train.train` here, `pizzactl.train.remote.train_on` elsewhere).
 @app.command()
 def train(
     data: Path | None = DataOpt,

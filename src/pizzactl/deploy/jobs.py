@@ -266,7 +266,7 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any] | None:
             return {"message": gone}
     api = k8s.connect(st.get("context"))
     namespace = st["namespace"]
-    deleted = k8s.delete_labelled(api, namespace, LABELS, kinds=("Job", "Pod", "Secret", "PersistentVolumeClaim"))
+    deleted = delete_labelled(api, namespace)
     message = f"Deleted {len(deleted)} training objects in {st.get('context')}"
     if st.get("created_namespace") and not _deployed_in(settings, st):
         k8s.delete_namespace(api, namespace)
@@ -274,6 +274,39 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any] | None:
     state_path(settings).unlink(missing_ok=True)
     log(f"  {message}.")
     return {"message": message + ".", "deleted": deleted}
+
+
+# kind: (API class, plural of its namespaced list/delete methods)
+_CLEANED = {
+    "Job": ("BatchV1Api", "job"),
+    "Pod": ("CoreV1Api", "pod"),
+    "Secret": ("CoreV1Api", "secret"),
+    "PersistentVolumeClaim": ("CoreV1Api", "persistent_volume_claim"),
+}
+
+
+def delete_labelled(api_client, namespace: str) -> list[str]:
+    """Delete the Jobs, pods, Secrets and volumes in the namespace that carry training's labels;
+    "Kind/name" of each. Propagation Background: a Job deleted without it orphans its pods."""
+    from kubernetes import client
+
+    from pizzactl.deploy import k8s
+
+    selector = ",".join(f"{k}={v}" for k, v in LABELS.items())
+    deleted = []
+    for kind, (api_class, plural) in _CLEANED.items():
+        api = getattr(client, api_class)(api_client)
+        listing = getattr(api, f"list_namespaced_{plural}")
+        found = k8s.call_api(f"Listing {kind}s in {namespace}", listing, namespace, label_selector=selector)
+        for obj in found.items if found is not None else []:
+            labels = obj.metadata.labels or {}
+            if any(labels.get(k) != v for k, v in LABELS.items()):  # a selector the API server ignored
+                continue
+            delete = getattr(api, f"delete_namespaced_{plural}")
+            name = obj.metadata.name
+            if k8s.call_api(f"Deleting {kind}/{name}", delete, name, namespace, propagation_policy="Background"):
+                deleted.append(f"{kind}/{name}")
+    return deleted
 
 
 def _kind_cluster_gone(settings, cluster: str, keep_cluster: bool, deployed: bool) -> str | None:

@@ -493,27 +493,6 @@ def delete_objects(api_client, docs: list[dict[str, Any]]) -> list[str]:
     return deleted
 
 
-def delete_labelled(api_client, namespace: str, labels: dict[str, str], kinds: tuple[str, ...]) -> list[str]:
-    """Delete every object of `kinds` in the namespace that carries all `labels` (their pods with
-    them: propagation Background, since a Job deleted without it orphans its pods); returns "Kind/name"."""
-    selector = ",".join(f"{k}={v}" for k, v in labels.items())
-    deleted = []
-    for kind in kinds:
-        listing, _ = _method(api_client, kind, "list")
-        found = _call(f"Listing {kind}s in {namespace}", listing, namespace, label_selector=selector)
-        if found is _MISSING:
-            continue
-        for obj in found.items:
-            meta = obj.metadata
-            if not all((meta.labels or {}).get(k) == v for k, v in labels.items()):  # a selector the server ignored
-                continue
-            delete, _ = _method(api_client, kind, "delete")
-            doing = f"Deleting {kind}/{meta.name}"
-            if _call(doing, delete, meta.name, namespace, propagation_policy="Background") is not _MISSING:
-                deleted.append(f"{kind}/{meta.name}")
-    return deleted
-
-
 def gateway_url(api_client, namespace: str, service: str = "pizzactl-gateway") -> str | None:
     """Where the gateway Service answers from outside the cluster, as far as the API can tell.
 
