@@ -452,7 +452,8 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     playing = asyncio.create_task(cluster.run(0.02))
     try:
         deployed = await asyncio.to_thread(deploy, settings, 30)
-        result = await asyncio.to_thread(train_on, settings, "kind", timeout=20.0)
+        plain = load_settings({"data_dir": photos})  # no --model-server, no --port: the deployment's are kept
+        result = await asyncio.to_thread(train_on, plain, "kind", timeout=20.0)
         loaded = loaded_images(home, "pizzactl")
         st = await asyncio.to_thread(status, settings)
         down = await asyncio.to_thread(teardown, settings)
@@ -465,6 +466,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     assert result["trained_on"]["image"] in loaded and result["trained_on"]["image"].startswith("pizzactl-trainer:")
     assert not [p for p in world.paths() if p.endswith("/push")]  # kind: loaded, never pushed
     assert result["deployed"]["model_version"] == 2 and result["deployed"]["serving"] == {2: 1}
+    assert result["deployed"]["images"]["model_server"] == "builtin" and result["deployed"]["url"] == deployed["url"]
     assert st["model_version"] == 2 and st["training"]["phase"] == "Succeeded"
     assert down["cluster_deleted"] is True and kind.clusters() == [] and jobs.load_state(settings) is None
 

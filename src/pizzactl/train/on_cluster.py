@@ -280,9 +280,15 @@ def _should_deploy(settings, place: Where, deploy: bool | None) -> bool:
 
 
 def _roll_out(settings, place: Where) -> dict[str, Any]:
-    """The new version onto the cluster as `pizzactl deploy` rolls it out (old pods serve until it is ready)."""
+    """The new version onto the cluster as `pizzactl deploy` rolls it out (old pods serve until it
+    is ready), with the model server and port of the deployment that is there."""
     from pizzactl.deploy import deploy
+    from pizzactl.deploy import state as state_mod
 
+    deployed = state_mod.load(settings)
+    if deployed is not None and deployed.extra.get("context") == place.context:
+        server = (deployed.extra.get("images") or {}).get("model_server") or settings.model_server
+        settings = settings.replace(model_server=server, port=deployed.ports.get("gateway", settings.port))
     log("Rolling the new version out where pizzactl deploys ...")
     if place.cluster:
         return deploy(settings.replace(target="kind", context=None, cluster=place.cluster))
