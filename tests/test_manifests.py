@@ -198,6 +198,7 @@ def test_a_built_wheel_ships_k8s_and_docker_and_renders_from_them(tmp_path, fake
     wheel = next(wheels.glob("pizzactl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "pizzactl/k8s/kustomization.yaml" in names and "pizzactl/docker/gateway.Dockerfile" in names
+    assert "pizzactl/k8s/training/job.yaml" in names and "pizzactl/docker/trainer.Dockerfile" in names  # train --on
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     docs = render_dry_run(fake_models, tmp_path, PYTHONPATH=str(target))
