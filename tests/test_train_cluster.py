@@ -190,7 +190,7 @@ async def test_status_shows_the_running_job_then_the_deadline_stops_it(kmock, wo
     from pizzactl.deploy import status
 
     cluster = _cluster(kmock, tmp_path, attempts=["hang"], epochs=50)
-    settings = _settings(data_dir=photos, train_deadline=60)
+    settings = _settings(data_dir=photos, train_deadline=200)  # 20 steps: time to look while it runs
     playing = asyncio.create_task(cluster.run(0.05))
     training = asyncio.create_task(asyncio.to_thread(train_on, settings, "prod", timeout=20.0))
     try:
@@ -209,7 +209,7 @@ async def test_status_shows_the_running_job_then_the_deadline_stops_it(kmock, wo
     assert seen is not None and seen["deployed"] is False
     assert seen["training"]["phase"] == "Running" and seen["training"]["job"].startswith("pizzactl-train-")
     assert "epoch" in seen["training"]["last_line"]
-    assert "deadline of 60s (activeDeadlineSeconds)" in info.value.message and "--deadline" in info.value.hint
+    assert "deadline of 200s (activeDeadlineSeconds)" in info.value.message and "--deadline" in info.value.hint
     assert list_versions(isolated / "models") == []
 
 

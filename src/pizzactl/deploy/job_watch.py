@@ -240,7 +240,7 @@ def vanished(core, namespace: str, pod: str) -> str:
     reasons = ("TaintManagerEviction", "Evicted", "Preempted", "Preempting", "Killing")
     mine = [e for e in k8s.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod]
     why = [f"{e.reason}: {e.message}" for e in mine if e.reason in reasons]
-    return f"{why[-1] if why else 'deleted'}; {RETRIED}"
+    return f"{why[-1]}; {RETRIED}" if why else "deleted (the Job ended it, or someone did)"
 
 
 def explain(job, condition, pods: list, core, namespace: str) -> tuple[str, str]:
