@@ -117,6 +117,7 @@ class TrainingCluster(FakeCluster):
         epochs: int = 3,
         needs_memory: str = "1Gi",
         step_seconds: float = 10.0,
+        eviction_steps: int = 3,
         **kw,
     ):
         super().__init__(emulator, **kw)
@@ -133,6 +134,8 @@ class TrainingCluster(FakeCluster):
         self._lost: dict[str, int] = {}  # node -> steps until it is back
         self._said: dict[tuple, str] = {}
         self._job_started: dict[tuple, int] = {}
+        self._lost_pods: dict[str, int] = {}  # pod -> step its node was lost
+        self.eviction_steps = eviction_steps
         for resource in ("batch/v1/jobs", "v1/persistentvolumeclaims"):
             emulator.resources.setdefault(resource, {})
         for doc in nodes or [node()]:
@@ -367,7 +370,7 @@ class TrainingCluster(FakeCluster):
             return self._end(pod, base, "Failed", 2, "Error")
         if epoch == 2 and self.needs_memory > limit:
             return self._end(pod, base, "Failed", 137, "OOMKilled")
-        if epoch == 2 and outcome == LOSE_NODE:
+        if outcome == LOSE_NODE and (epoch == 2 or name in self._lost_pods):
             return self._lose_node(namespace, name, pod, base)
         if epoch > self.epochs and outcome != HANG:
             self._write_outputs(namespace, pod)
@@ -391,8 +394,14 @@ class TrainingCluster(FakeCluster):
             self.trainer(host_out, out, env, host_data)
 
     def _lose_node(self, namespace, name, pod, base) -> None:
+        """The node stops reporting: the pod looks Running, its log stops; after the toleration of
+        node.kubernetes.io/unreachable (300 s by default, `eviction_steps` here) the taint manager
+        marks it (DisruptionTarget) and deletes it."""
         node_name = pod["spec"]["nodeName"]
-        self._lost[node_name] = 2
+        since = self._lost_pods.setdefault(name, self.steps)
+        self._lost[node_name] = self.eviction_steps + 2
+        if self.steps - since < self.eviction_steps:
+            return
         self._event(
             namespace, "Pod", name, "TaintManagerEviction", f"Marking for deletion Pod {namespace}/{name}", "Normal"
         )

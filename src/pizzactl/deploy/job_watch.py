@@ -81,10 +81,12 @@ def follow(
             if pod.status and pod.status.phase == "Failed" and pod.metadata.name not in reported:
                 reported.add(pod.metadata.name)
                 log(f"[yellow]Attempt {len(reported)} ({pod.metadata.name}) failed: {pod_failure(pod)}.[/]")
-        for name in seen - {p.metadata.name for p in pods} - reported:  # deleted before we saw it fail
+        current = {p.metadata.name for p in pods}
+        # Deleted before it was seen failing: the ones seen before, and the ones an eviction event names.
+        for name in sorted((seen | evicted(core, namespace, job)) - current - reported):
             reported.add(name)
             log(f"[yellow]Attempt {len(reported)} ({name}) is gone: {vanished(core, namespace, name)}.[/]")
-        seen |= {p.metadata.name for p in pods}
+        seen |= current
         condition = terminal(obj)
         if condition is not None:
             for pod in pods:
@@ -234,12 +236,24 @@ def pod_failure(pod) -> str:
     return pod.status.message or pod.status.reason or "failed"
 
 
+EVICTIONS = ("TaintManagerEviction", "Evicted", "Preempted", "Preempting")
+
+
+def evicted(core, namespace: str, job: str) -> set[str]:
+    """The Job's pods that an eviction event names (the taint manager deletes the pods of a lost
+    node, the kubelet or the Eviction API evicts, the scheduler preempts): a pod can be gone
+    before a poll ever lists it."""
+    return {
+        e.involved_object.name
+        for e in k8s.list_events(core, namespace)
+        if e.reason in EVICTIONS and e.involved_object and (e.involved_object.name or "").startswith(f"{job}-")
+    }
+
+
 def vanished(core, namespace: str, pod: str) -> str:
-    """Why a pod was deleted under a running Job, from its events (the taint manager deletes the
-    pods of a lost node, the kubelet or the Eviction API evicts, the scheduler preempts)."""
-    reasons = ("TaintManagerEviction", "Evicted", "Preempted", "Preempting", "Killing")
+    """Why a pod was deleted under a running Job, from its events."""
     mine = [e for e in k8s.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod]
-    why = [f"{e.reason}: {e.message}" for e in mine if e.reason in reasons]
+    why = [f"{e.reason}: {e.message}" for e in mine if e.reason in EVICTIONS]
     return f"{why[-1]}; {RETRIED}" if why else "deleted (the Job ended it, or someone did)"
 
 
@@ -298,7 +312,7 @@ def progress(api_client, namespace: str, job: str) -> dict[str, Any]:
     if condition is not None:
         phase = "Succeeded" if condition.type == "Complete" else f"Failed ({condition.reason})"
     else:
-        phase = "Running" if any(p.status and p.status.phase == "Running" for p in pods) else "Pending"
+        phase = (pods[-1].status.phase if pods and pods[-1].status else None) or "Pending"  # the attempt now
     info: dict[str, Any] = {"phase": phase, "attempts": len(pods)}
     lines = k8s.last_log_lines(core, namespace, pods[-1].metadata.name, CONTAINER) if pods else []
     epochs = [m for line in lines for m in EPOCH.finditer(line)]
