@@ -179,7 +179,7 @@ def up(
 
 
 # Long only in its signature: typer needs every option there; the body is one settings call
-# and one library call (`pizzactl.train.train` here, `pizzactl.train.remote.train_on` elsewhere).
+# and one library call (`remote.train_on`, which runs `pizzactl.train.train` for --on local).
 @app.command()
 def train(
     data: Path | None = DataOpt,
@@ -200,38 +200,22 @@ def train(
     augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for the split and the training."),
     output: Path | None = typer.Option(None, "--output", help="Models directory to export into."),
-    on: str = typer.Option(
-        "local", "--on", help="Where to train: local (this process), docker, kind, or a kube context (a Job)."
-    ),
-    gpus: int | None = typer.Option(None, "--gpus", min=0, help="GPUs for the trainer (nvidia.com/gpu; CUDA image)."),
+    on: str = typer.Option("local", "--on", help="Where: local, docker, kind, or a kube context (a Job)."),
+    gpus: int | None = typer.Option(None, "--gpus", min=0, help="GPUs for the trainer (the CUDA image)."),
     cpu: str | None = typer.Option(None, "--cpu", help="CPU request of the training pod (default 2)."),
-    memory: str | None = typer.Option(
-        None, "--memory", help="Memory request and limit of the training pod (default 4Gi)."
-    ),
-    node_selector: list[str] | None = typer.Option(
-        None, "--node-selector", help="KEY=VALUE a node must have (repeatable)."
-    ),
-    toleration: list[str] | None = typer.Option(
-        None, "--toleration", help="KEY[=VALUE]:EFFECT taint to tolerate (repeatable; --gpus adds nvidia.com/gpu)."
-    ),
+    memory: str | None = typer.Option(None, "--memory", help="Memory request and limit (default 4Gi)."),
+    node_selector: list[str] | None = typer.Option(None, "--node-selector", help="KEY=VALUE (repeatable)."),
+    toleration: list[str] | None = typer.Option(None, "--toleration", help="KEY[=VALUE]:EFFECT (repeatable)."),
     backoff_limit: int | None = typer.Option(None, "--backoff-limit", min=0, help="Failed pods retried (default 2)."),
-    deadline: int | None = typer.Option(
-        None, "--deadline", min=1, help="Seconds before the Job is stopped (default 21600)."
-    ),
-    cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (with --on kind; default pizzactl)."),
-    registry: str | None = typer.Option(None, "--registry", help="Registry for the trainer image (with --on CONTEXT)."),
-    pull_secret: str | None = typer.Option(None, "--pull-secret", help="Image pull secret for a private --registry."),
-    platform: str | None = typer.Option(
-        None, "--platform", help="Build the trainer for linux/amd64 or linux/arm64 (default: the nodes')."
-    ),
-    timeout: float = typer.Option(
-        600.0, "--timeout", help="Seconds the training pod may wait for a node or its image before pizzactl stops it."
-    ),
+    deadline: int | None = typer.Option(None, "--deadline", min=1, help="Seconds before the Job is stopped."),
+    cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry for the trainer (--on CONTEXT)."),
+    pull_secret: str | None = typer.Option(None, "--pull-secret", help="Image pull secret for --registry."),
+    platform: str | None = typer.Option(None, "--platform", help="linux/amd64 or linux/arm64 (default: the nodes')."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds the training pod may wait to start."),
     attach: bool = typer.Option(False, "--attach", help="Follow the last Job again and collect its result."),
-    deploy: bool | None = typer.Option(
-        None, "--deploy/--no-deploy", help="Roll the new version out (default: where pizzactl deploys to that cluster)."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="--on kind|CONTEXT: print every object and touch nothing."),
+    deploy: bool | None = typer.Option(None, "--deploy/--no-deploy", help="Roll the new version out."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the Job's objects; touch nothing."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train one or several backbones, print a leaderboard and export the best (here, in Docker or as a Job)."""
@@ -258,26 +242,16 @@ def train(
         pull_secret=pull_secret,
         platform=platform,
     )
-    if on in ("", "local") and not (dry_run or attach):
-        from pizzactl.train import print_result
-        from pizzactl.train import train as train_
-
-        result = train_(s)
-        if json_out:
-            print_json(result.as_dict())
-        else:
-            print_result(result)
-        return
-    from pizzactl.train import remote
+    from pizzactl.train import print_result, remote
 
     if dry_run:
         sys.stdout.write(remote.dry_run(s, on))
         return
-    remote_result = remote.train_on(s, on, attach=attach, timeout=timeout, deploy=deploy)
+    result = remote.train_on(s, on, attach=attach, timeout=timeout, deploy=deploy)
     if json_out:
-        print_json(remote_result)
+        print_json(result)
     else:
-        remote.print_result(remote_result)
+        print_result(result)
 
 
 @runs_app.command("list")

@@ -47,7 +47,6 @@ TRAINING_SETTINGS = (
     "val_split",
     "dataset",
 )
-TARGETS = ("local", "docker", "kind")
 
 
 class TrainingError(PizzaError):
@@ -63,10 +62,12 @@ def train_on(settings, on: str = "local", **options: Any) -> dict[str, Any]:
     training pod may wait to start), `deploy` (None: roll the new version out where pizzactl
     deploys to that cluster already).
     """
+    if options.get("attach") and on in ("", "local", "docker"):
+        raise UsageError("--attach follows a training Job.", hint="Use it with --on kind or --on CONTEXT.")
     if on in ("", "local"):
         from pizzactl.train import train
 
-        return train(settings).as_dict()
+        return train(settings, show_progress=options.get("show_progress", True)).as_dict()
     if on == "docker":
         from pizzactl.train import on_docker
 
@@ -221,38 +222,6 @@ def _localised(value: Any, moves: list[tuple[str, str]]) -> Any:
             if value == old or value.startswith(old + "/"):
                 return new + value[len(old) :]
     return value
-
-
-def print_result(result: dict[str, Any]) -> None:
-    """The leaderboard and where the version landed, as `train` prints them (from the JSON result)."""
-    from rich.table import Column, Table
-
-    from pizzactl.console import out
-
-    table = Table("#", "backbone", "val acc", "f1", "roc auc", "val loss", "seconds", Column("run", no_wrap=True))
-
-    def number(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    for i, run in enumerate(result.get("leaderboard") or [], 1):
-        table.add_row(
-            str(i),
-            str(run.get("backbone")),
-            number(run.get("val_accuracy")),
-            number(run.get("val_f1")),
-            number(run.get("val_roc_auc")),
-            number(run.get("val_loss")),
-            f"{run.get('train_seconds') or 0:.1f}",
-            str(run.get("run_id")),
-        )
-    out.print(table)
-    where = result.get("trained_on", {}).get("on", "")
-    out.print(
-        f"Exported {result.get('backbone')} ({number(result.get('val_accuracy'))} val accuracy, trained on {where}) "
-        f"to {result.get('model_dir')}"
-    )
-    if result.get("deployed"):
-        out.print(f"Rolled out to {result['deployed'].get('target')}: {result['deployed'].get('url')}")
 
 
 def dry_run(settings, on: str) -> str:

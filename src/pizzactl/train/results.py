@@ -78,12 +78,15 @@ def rank(result: RunResult):
     return (-m["val_accuracy"], m.get("val_loss", 0.0), result.train_seconds)
 
 
-def print_result(result: TrainResult) -> None:
+def print_result(result: TrainResult | dict[str, Any]) -> None:
+    """The leaderboard and where the version landed; from a TrainResult or its dict (what
+    `train --on docker|kind|CONTEXT` brings home as the trainer's `--json` answer)."""
     from rich.table import Column, Table
 
     from pizzactl.console import out
 
-    macro = len(result.classes) > 2  # F1 and ROC AUC are then macro averages over the classes
+    data = result.as_dict() if isinstance(result, TrainResult) else result
+    macro = len(data.get("classes") or ()) > 2  # F1 and ROC AUC are then macro averages over the classes
     table = Table(
         "#",
         "backbone",
@@ -94,21 +97,28 @@ def print_result(result: TrainResult) -> None:
         "seconds",
         Column("run", no_wrap=True),
     )
-    for i, r in enumerate(result.leaderboard, 1):
-        m = r.metrics
-        auc = m.get("val_roc_auc")
+    for i, run in enumerate(data.get("leaderboard") or [], 1):
         table.add_row(
             str(i),
-            r.backbone,
-            f"{m['val_accuracy']:.4f}",
-            f"{m['val_f1']:.4f}",
-            "-" if auc is None else f"{auc:.4f}",
-            f"{m['val_loss']:.4f}",
-            f"{r.train_seconds:.1f}",
-            r.run_id,
+            str(run.get("backbone")),
+            _number(run.get("val_accuracy")),
+            _number(run.get("val_f1")),
+            _number(run.get("val_roc_auc")),
+            _number(run.get("val_loss")),
+            f"{run.get('train_seconds') or 0:.1f}",
+            str(run.get("run_id")),
         )
     out.print(table)
-    if result.model_dir:
+    where = (data.get("trained_on") or {}).get("on")
+    if data.get("model_dir"):
+        trained_on = f", trained on {where}" if where else ""
         out.print(
-            f"Exported {result.best.backbone} ({result.best.val_accuracy:.4f} val accuracy) to {result.model_dir}"
+            f"Exported {data.get('backbone')} ({_number(data.get('val_accuracy'))} val accuracy{trained_on}) "
+            f"to {data['model_dir']}"
         )
+    if data.get("deployed"):
+        out.print(f"Rolled out to {data['deployed'].get('target')}: {data['deployed'].get('url')}")
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
