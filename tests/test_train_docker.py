@@ -81,6 +81,27 @@ def test_build_trainer_picks_tensorflow_for_the_platform_and_gpu(tmp_path, monke
     assert again.image == arm.image and len(dockerd.builds()) == 3  # content-tagged: built once
 
 
+def test_build_trainer_from_the_cli_prints_the_image_or_its_json(tmp_path, monkeypatch, capsys):
+    from pizzactl.cli import main
+
+    with FakeDockerd(tmp_path / "docker.sock") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        _run_main(main, ["build", "--trainer", "--gpu"])
+        table = capsys.readouterr().out
+        _run_main(main, ["build", "--trainer", "--json"])
+        built = json.loads(capsys.readouterr().out)
+    assert "trainer (CUDA, linux/amd64)" in table and "pizzactl-trainer:0.1.0-gpu-" in table
+    assert built["image"].startswith("pizzactl-trainer:0.1.0-cpu-") and built["gpu"] is False
+    assert [b["t"] for b in dockerd.builds()][-1] == built["image"]
+
+
+def _run_main(main, args: list[str]) -> None:
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code in (None, 0)
+
+
 def test_the_trainer_image_gets_the_train_extra_but_not_docker_or_kubernetes(tmp_path):
     from pizzactl.deploy.images import build_context
 

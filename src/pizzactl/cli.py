@@ -358,19 +358,10 @@ def build(
 ) -> None:
     """Build the gateway and model server images, or the trainer (tags from content, never :latest)."""
     from pizzactl.deploy.images import build as build_
-    from pizzactl.deploy.images import print_images
+    from pizzactl.deploy.images import build_trainer, print_images
 
     s = settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform)
-    if trainer:
-        from pizzactl.deploy.images import build_trainer, human_size
-
-        built = build_trainer(s, gpu=gpu, push=push is not None)
-        if json_out:
-            print_json(built.as_dict())
-        else:
-            out.print(f"{built.image}  ({human_size(built.size)}, {built.platform}{', CUDA' if gpu else ''})")
-        return
-    images = build_(s, push=push is not None)
+    images = build_trainer(s, gpu=gpu, push=push is not None) if trainer else build_(s, push=push is not None)
     if json_out:
         print_json(images.as_dict())
     else:
