@@ -698,22 +698,27 @@ RUN_ID = "20250101-120000-small_cnn"
 
 def write_train_outputs(host_out: Path, out: str, env: dict, host_data: Path | None, *, complete: bool = True) -> None:
     """What `pizzactl train --json` leaves in a Job's output folder, paths inside as the trainer
-    writes them (the container's): result.json (TrainResult.as_dict), runs/<id>/ and the
-    exported models/pizza/1 (saved_model.pb and assets.extra/pizzactl.json). It counts the
-    images it can read through the Job's /data mount, as the trainer would."""
+    writes them (the container's): result.json (TrainResult.as_dict), runs/<id>/ (with its
+    tensorboard/{train,validation} event files) and the exported models/pizza/1 (saved_model.pb
+    and assets.extra/pizzactl.json). Its classes and image count are what it can read through
+    the Job's /data mount, as the trainer's would be (Kaggle's two classes without one)."""
     models, runs = env["PIZZACTL_MODELS_DIR"], env["PIZZACTL_RUNS_DIR"]
     host_models = Path(str(host_out) + models[len(out) :])
     host_runs = Path(str(host_out) + runs[len(out) :])
     n_images = len(list(host_data.glob("*/*.jpg"))) if host_data else 0
+    classes = sorted(p.name for p in host_data.iterdir() if p.is_dir()) if host_data else ["not_pizza", "pizza"]
     version = host_models / "pizza" / "1"
     (version / "variables").mkdir(parents=True)
     if complete:
         (version / "saved_model.pb").write_bytes(b"\x08\x01 a graph")
     (version / "variables" / "variables.index").write_bytes(b"index")
     (version / "assets.extra").mkdir()
-    (version / "assets.extra" / "pizzactl.json").write_text(json.dumps({"backbone": "small_cnn", "run_id": RUN_ID}))
+    meta = {"backbone": "small_cnn", "run_id": RUN_ID, "classes": classes}
+    (version / "assets.extra" / "pizzactl.json").write_text(json.dumps(meta))
     run = host_runs / RUN_ID
-    run.mkdir(parents=True)
+    for split in ("train", "validation"):
+        (run / "tensorboard" / split).mkdir(parents=True)
+        (run / "tensorboard" / split / "events.out.tfevents.1735732800.trainer.1.v2").write_bytes(b"\x18\x00 events")
     config = {
         "run_id": RUN_ID,
         "created": "2025-01-01T12:00:00+00:00",
@@ -741,7 +746,7 @@ def write_train_outputs(host_out: Path, out: str, env: dict, host_data: Path | N
         **board,
         "model_dir": f"{models}/pizza/1",
         "version": 1,
-        "classes": ["not_pizza", "pizza"],
+        "classes": classes,
         "metrics": metrics,
         "leaderboard": [board],
     }

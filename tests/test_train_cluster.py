@@ -169,6 +169,10 @@ async def test_a_job_trains_and_its_version_and_run_land_locally(kmock, world, p
     assert config["trained_on"]["on"] == "prod" and config["trained_on"]["job"] == result["job"]["name"]
     assert json.loads((run / "metrics.json").read_text())["model_dir"] == str(version)
     assert result["run_dir"] == str(run) and result["leaderboard"][0]["run_dir"] == str(run)
+    assert sorted(p.parent.name for p in (run / "tensorboard").glob("*/events.out.tfevents.*")) == [
+        "train",
+        "validation",
+    ]  # `tensorboard --logdir runs` shows it as a local run
     assert [r["run_id"] for r in list_runs(settings)] == [RUN_ID]
     stderr = capsys.readouterr().err
     assert "[scratch] epoch 3/3" in stderr and "Uploading" in stderr
@@ -182,6 +186,24 @@ async def test_a_job_trains_and_its_version_and_run_land_locally(kmock, world, p
     assert again["version"] == 3 and (isolated / "runs" / f"{RUN_ID}-2").is_dir()
     assert "already on the training volume" in capsys.readouterr().err
     assert len(list(cluster.volume().glob("data/*"))) == 1
+
+
+async def test_any_number_of_classes_goes_up_and_comes_home(kmock, world, photos, isolated, tmp_path, capsys):
+    """A third class folder is uploaded with the others; the trainer's classes come back in the
+    result, the version's metadata and the leaderboard's macro columns, as a local run has them."""
+    from pizzactl.train import print_result
+
+    from test_classes import make_classes
+
+    make_classes(photos, ["sushi"], per_class=4)
+    result = await _train(_cluster(kmock, tmp_path), _settings(data_dir=photos))
+    assert result["classes"] == ["not_pizza", "pizza", "sushi"]
+    meta = json.loads((isolated / "models" / "pizza" / "1" / "assets.extra" / "pizzactl.json").read_text())
+    assert meta["classes"] == result["classes"]
+    assert json.loads((isolated / "runs" / RUN_ID / "config.json").read_text())["n_train"] == 12
+    print_result(result)
+    out = capsys.readouterr().out
+    assert "macro f1" in out and "macro auc" in out and "trained on prod" in out and str(isolated / "models") in out
 
 
 async def test_status_shows_the_running_job_then_the_deadline_stops_it(kmock, world, photos, tmp_path, isolated):

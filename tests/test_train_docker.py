@@ -152,8 +152,15 @@ def _paths(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_train_on_docker_leaves_a_version_meeting_the_model_contract_and_a_local_run(trainer_image, photos, tmp_path):
+    """Three classes (the shared photos and a generated third): the softmax export, its metadata
+    and the run with its TensorBoard logs land here as a local `train` leaves them."""
     import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from test_classes import make_classes
+
+    make_classes(photos, ["sushi"], per_class=6, size=64)
+    classes = ["not_pizza", "pizza", "sushi"]
     proc = _pizzactl(
         ["train", "--on", "docker", "--data", str(photos), *TINY, "--epochs", "1", "--json"],
         tmp_path,
@@ -168,15 +175,21 @@ def test_train_on_docker_leaves_a_version_meeting_the_model_contract_and_a_local
     assert result["model_dir"] == str(version) and result["version"] == 1 and result["backbone"] == "small_cnn"
     meta = json.loads((version / "assets.extra" / "pizzactl.json").read_text())
     assert meta["image_size"] == 64 and meta["run_id"] == result["run_id"]
-    blobs = [p.read_bytes() for p in sorted(photos.glob("*/*.jpg"))[:4]]
+    assert meta["classes"] == classes and result["classes"] == classes
+    blobs = [p.read_bytes() for p in sorted(photos.glob("*/*.jpg"))[::4][:4]]
     out = tf.saved_model.load(str(version)).signatures["serving_default"](image_bytes=tf.constant(blobs))
-    probability = out["probability"].numpy()
+    probability, probabilities = out["probability"].numpy(), out["probabilities"].numpy()
     assert probability.shape == (4,) and ((probability >= 0) & (probability <= 1)).all()
-    assert {label.decode() for label in out["label"].numpy()} <= {"pizza", "not_pizza"}
+    assert probabilities.shape == (4, 3) and abs(probabilities.sum(axis=1) - 1).max() < 1e-4
+    assert {label.decode() for label in out["label"].numpy()} <= set(classes)
 
     run = tmp_path / "runs" / result["run_id"]
-    for name in ("config.json", "metrics.json", "history.csv", "train.log", "model.keras"):
+    for name in ("config.json", "metrics.json", "history.csv", "train.log", "model.keras", "confusion_matrix.png"):
         assert (run / name).is_file(), name
+    assert len(json.loads((run / "metrics.json").read_text())["confusion_matrix"]) == 3
+    board = EventAccumulator(str(run / "tensorboard" / "validation"), size_guidance={"tensors": 0})
+    board.Reload()
+    assert "scratch/loss" in board.Tags()["tensors"] and "confusion_matrix" in board.Tags()["tensors"]
     config = json.loads((run / "config.json").read_text())
     assert config["data_dir"] == str(photos) and config["trained_on"]["on"] == "docker"
     assert json.loads((run / "metrics.json").read_text())["model_dir"] == str(version)
