@@ -23,7 +23,10 @@ meets in a real cluster, one `step()` at a time:
 - volumes: a PVC of the default class binds when its first pod is scheduled (kind's "standard"
   class is WaitForFirstConsumer, kubernetes-sigs/kind#2243); without a storage class it stays
   Pending (FailedBinding) and its pods are unschedulable ("pod has unbound immediate
-  PersistentVolumeClaims"). A bound volume is a folder under `volumes/`.
+  PersistentVolumeClaims"). A bound volume is a folder under `volumes/`; it is created in the
+  zone (topology.kubernetes.io/zone) of that first pod's node and pods that use it fit only
+  nodes of that zone ("node(s) had volume node affinity conflict", as zonal disks do:
+  kubernetes.io/docs/concepts/storage/storage-classes/#volume-binding-mode).
 - kubelet for Job and bare pods: images not loaded into kind cannot be pulled (ErrImagePull);
   an env or envFrom Secret that does not exist is CreateContainerConfigError ('secret "X" not
   found'); a trainer logs one epoch per step; more memory needed (`needs_memory`) than its limit
@@ -59,6 +62,7 @@ EXEC_URL = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
 JOB_URL = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs/([^/]+)$")
 JOB_LABEL = "batch.kubernetes.io/job-name"
 GPU = "nvidia.com/gpu"
+ZONE = "topology.kubernetes.io/zone"
 SUCCEED, LOSE_NODE, USAGE, HANG = "succeed", "lose-node", "usage", "hang"
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9, "m": 1e-3, "": 1}
 
@@ -68,8 +72,12 @@ def quantity(text) -> float:
     return float(number) * _UNITS[unit]
 
 
-def node(name: str = "pizzactl-control-plane", *, cpu="4", memory="8Gi", gpus=0, labels=None, taints=None) -> dict:
+def node(
+    name: str = "pizzactl-control-plane", *, cpu="4", memory="8Gi", gpus=0, labels=None, taints=None, zone=None
+) -> dict:
     labels = {"kubernetes.io/hostname": name, "kubernetes.io/arch": "amd64", **(labels or {})}
+    if zone:
+        labels[ZONE] = zone
     allocatable = {"cpu": str(cpu), "memory": str(memory), "pods": "110", **({GPU: str(gpus)} if gpus else {})}
     return {
         "apiVersion": "v1",
@@ -135,6 +143,7 @@ class TrainingCluster(FakeCluster):
         self._said: dict[tuple, str] = {}
         self._job_started: dict[tuple, int] = {}
         self._lost_pods: dict[str, int] = {}  # pod -> step its node was lost
+        self.volume_zones: dict[tuple[str, str], str | None] = {}  # (namespace, claim) -> zone it was created in
         self.eviction_steps = eviction_steps
         for resource in ("batch/v1/jobs", "v1/persistentvolumeclaims"):
             emulator.resources.setdefault(resource, {})
@@ -185,7 +194,7 @@ class TrainingCluster(FakeCluster):
             )
             return self._unschedulable(namespace, name, pod, message)
         for candidate in nodes:
-            why = self._misfit(candidate, pod)
+            why = self._misfit(candidate, pod, [(namespace, c) for c in claims])
             if why is None:
                 pod.patch(
                     {
@@ -194,7 +203,7 @@ class TrainingCluster(FakeCluster):
                     }
                 )
                 for claim in claims:
-                    self._bind(namespace, claim)
+                    self._bind(namespace, claim, candidate)
                 self._event(
                     namespace,
                     "Pod",
@@ -228,7 +237,7 @@ class TrainingCluster(FakeCluster):
             self._event(namespace, "Pod", name, "FailedScheduling", message)
         return False
 
-    def _misfit(self, candidate, pod) -> str | None:
+    def _misfit(self, candidate, pod, claims: list[tuple[str, str]]) -> str | None:
         name = candidate["metadata"]["name"]
         if name in self._lost:
             return "node(s) had untolerated taint {node.kubernetes.io/unreachable: }"
@@ -250,6 +259,10 @@ class TrainingCluster(FakeCluster):
         for resource, amount in sorted(_requests(pod).items()):
             if amount > free.get(resource, 0):
                 return f"Insufficient {resource}"
+        # VolumeBinding filters after NodeAffinity and NodeResourcesFit (the default plugin order)
+        zones = {self.volume_zones[c] for c in claims if self.volume_zones.get(c) and self._bound(*c)}
+        if zones and zones != {labels.get(ZONE)}:
+            return "node(s) had volume node affinity conflict"
         return None
 
     # --- volumes
@@ -277,13 +290,18 @@ class TrainingCluster(FakeCluster):
             self._said[key] = reason
             self._event(key[1], "PersistentVolumeClaim", key[2], reason, message, type_)
 
+    def _bound(self, namespace: str, claim: str) -> bool:
+        pvc = _get(self.kmock.objects, (PVCS, namespace, claim))
+        return pvc is not None and not pvc.deleted and pvc.get("status", {}).get("phase") == "Bound"
+
     def _bindable(self, namespace: str, claim: str) -> bool:
         pvc = _get(self.kmock.objects, (PVCS, namespace, claim))
         return pvc is not None and not pvc.deleted and self.storage_class is not None
 
-    def _bind(self, namespace: str, claim: str) -> None:
+    def _bind(self, namespace: str, claim: str, node_: dict) -> None:
         pvc = self.kmock.objects[PVCS, namespace, claim]
         if pvc.get("status", {}).get("phase") != "Bound":
+            self.volume_zones[namespace, claim] = node_["metadata"].get("labels", {}).get(ZONE)
             pvc.patch(
                 {
                     "spec": {"volumeName": f"pvc-{claim}", "storageClassName": self.storage_class},

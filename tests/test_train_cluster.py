@@ -259,6 +259,30 @@ async def test_a_gpu_node_pool_with_its_taint_takes_the_job(kmock, world, photos
     assert placed == {"gpu-1"}
 
 
+def _zoned_cluster(kmock, tmp_path) -> TrainingCluster:
+    """A cloud cluster: CPU nodes in one zone, a tainted GPU pool in another."""
+    taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    gpu = node("gpu-1", gpus=1, labels={"pool": "gpu"}, taints=[taint], zone="zone-b")
+    return _cluster(kmock, tmp_path, nodes=[node("cpu-1", zone="zone-a"), gpu])
+
+
+async def test_the_volume_is_created_in_the_zone_of_the_nodes_the_job_may_use(kmock, world, photos, tmp_path):
+    """A new volume is a zonal disk made where its first pod (the upload's) lands: that pod goes
+    where the Job may go, or a GPU pool in another zone could never mount it."""
+    cluster = _zoned_cluster(kmock, tmp_path)
+    result = await _train(cluster, _settings(data_dir=photos, gpus=1, node_selector="pool=gpu"))
+    assert result["version"] == 1 and cluster.volume_zones[NS, "pizzactl-train"] == "zone-b"
+    assert {p["spec"].get("nodeName") for p in _job_pods(kmock)} == {"gpu-1"}
+
+
+async def test_a_volume_left_in_another_zone_is_explained_with_the_way_out(kmock, world, photos, tmp_path):
+    cluster = _zoned_cluster(kmock, tmp_path)
+    await _train(cluster, _settings(data_dir=photos))  # a CPU run first: its volume is made in zone-a
+    with pytest.raises(TrainingError) as info:
+        await _train(cluster, _settings(data_dir=photos, gpus=1, node_selector="pool=gpu"), timeout=1.5)
+    assert "volume node affinity conflict" in info.value.message and "`pizzactl teardown`" in info.value.hint
+
+
 async def test_an_image_that_cannot_be_pulled_fails_at_once_with_what_to_do(kmock, world, photos, tmp_path):
     cluster = _cluster(kmock, tmp_path)
     cluster.behave("pizzactl-trainer", "pull")

@@ -185,6 +185,12 @@ def start_problem(core, namespace: str, pod) -> tuple[str | None, bool, str]:
 
 
 def _scheduling_hint(message: str) -> str:
+    if "volume node affinity conflict" in message:
+        return (
+            "The training volume was created in another zone (or on another node) than the nodes this Job may "
+            "use, by an earlier run on other nodes: `pizzactl teardown` deletes it (the uploaded data and cache "
+            "with it), and the next run creates it where the Job runs."
+        )
     if GPU_RESOURCE in message:
         return (
             f"No node offers a free {GPU_RESOURCE}: add a GPU node pool with the NVIDIA device plugin "

@@ -196,10 +196,17 @@ def render_job(plan: JobPlan) -> dict[str, Any]:
 
 
 def files_pod(plan: JobPlan) -> dict[str, Any]:
+    """The pod that copies files to and from the volume, on the nodes the Job may use: a new
+    volume is created where its first pod lands (WaitForFirstConsumer) and a zonal disk cannot
+    follow a Job to another zone ("volume node affinity conflict")."""
     pod = _labelled(_template("files.yaml"), plan.namespace)
     pod["spec"]["containers"][0]["image"] = plan.image
     if plan.pull_secret:
         pod["spec"]["imagePullSecrets"] = [{"name": plan.pull_secret}]
+    if plan.node_selector:
+        pod["spec"]["nodeSelector"] = dict(plan.node_selector)
+    if plan.tolerations:
+        pod["spec"]["tolerations"] = [dict(t) for t in plan.tolerations]
     return pod
 
 
