@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import images
+from pizzactl.deploy import docker_daemon, images
 from pizzactl.errors import DeployError, UsageError
 
 from docker_fakes import FakeDockerd, write_docker_context
@@ -30,10 +30,10 @@ def docker_config(tmp_path, monkeypatch):
 def test_the_active_docker_context_is_used_when_docker_host_is_unset(docker_config, tmp_path):
     with FakeDockerd(tmp_path / "colima.sock") as colima:
         write_docker_context(docker_config, "colima", colima.url)
-        client = images.docker_client()
+        client = docker_daemon.docker_client()
         assert client.api.base_url.startswith("http+docker://")
         assert "/_ping" in colima.paths()  # it asked the context's daemon, not /var/run/docker.sock
-    assert images.docker_endpoint().source == "context colima"
+    assert docker_daemon.docker_endpoint().source == "context colima"
 
 
 def test_docker_context_env_beats_the_current_context_and_docker_host_beats_both(docker_config, tmp_path, monkeypatch):
@@ -41,18 +41,18 @@ def test_docker_context_env_beats_the_current_context_and_docker_host_beats_both
         write_docker_context(docker_config, "a", a.url)
         write_docker_context(docker_config, "b", b.url, current=False)
         monkeypatch.setenv("DOCKER_CONTEXT", "b")
-        images.docker_client()
+        docker_daemon.docker_client()
         assert "/_ping" in b.paths() and "/_ping" not in a.paths()
         monkeypatch.setenv("DOCKER_HOST", a.url)
-        assert images.docker_endpoint().source == "DOCKER_HOST"
-        images.docker_client()
+        assert docker_daemon.docker_endpoint().source == "DOCKER_HOST"
+        docker_daemon.docker_client()
         assert "/_ping" in a.paths()
 
 
 def test_an_unreachable_context_names_it_and_how_to_switch(docker_config, tmp_path):
     write_docker_context(docker_config, "desktop-linux", f"unix://{tmp_path}/gone.sock")
     with pytest.raises(DeployError) as info:
-        images.docker_client()
+        docker_daemon.docker_client()
     assert "context desktop-linux" in info.value.message
     assert "docker context ls" in info.value.hint
 

@@ -13,7 +13,7 @@ import kmock as kmock_lib
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import k8s, manifests
+from pizzactl.deploy import diagnosis, k8s, manifests
 from pizzactl.errors import DeployError
 
 from k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
@@ -164,7 +164,7 @@ async def test_timeout_shows_why_a_pod_is_pending(kmock, api):
 
 async def test_ready_pods_are_not_reported(kmock, api):
     kmock.objects[PODS, NS, "pizzactl-gateway-1"] = _pod("pizzactl-gateway-1", "pizzactl-gateway", ready=True)
-    assert await asyncio.to_thread(k8s.diagnose, api, NS) == []
+    assert await asyncio.to_thread(diagnosis.diagnose, api, NS) == []
 
 
 async def test_delete_namespace_then_again_is_not_an_error(kmock, api):

@@ -28,7 +28,7 @@ class TargetChoice:
 
 def docker_reachable() -> str | None:
     """None when a Docker daemon answers at the active endpoint (DOCKER_HOST or docker context), else why not."""
-    from pizzactl.deploy.images import docker_client
+    from pizzactl.deploy.docker_daemon import docker_client
     from pizzactl.errors import PizzaError
 
     try:

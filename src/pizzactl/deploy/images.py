@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pizzactl
 from pizzactl import __version__
 from pizzactl.config import MODEL_NAME, Settings
 from pizzactl.console import err, log
+from pizzactl.deploy.docker_daemon import daemon_platform, docker_api, short_error
 from pizzactl.deploy.manifests import shipped_dir
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 
@@ -72,81 +72,7 @@ class Images:
 # --- docker connection -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DockerEndpoint:
-    """Where the Docker daemon is, resolved as the docker CLI does it."""
-
-    base_url: str | None  # None: the SDK's default socket
-    tls: Any = None
-    source: str = "default"  # "DOCKER_HOST", "context NAME" or "default"
-
-
-def docker_endpoint(environ: Mapping[str, str] | None = None) -> DockerEndpoint:
-    """DOCKER_HOST, else the context named by DOCKER_CONTEXT, else config.json's currentContext.
-
-    That is the docker CLI's order (docker/cli cli/command/cli.go resolveContextName). The docker
-    SDK reads only DOCKER_HOST (docker/docker-py#3146), so Docker Desktop, Colima and OrbStack,
-    which have no /var/run/docker.sock and point a context at their own socket, need this.
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("DOCKER_HOST"):
-        return DockerEndpoint(environ["DOCKER_HOST"], source="DOCKER_HOST")
-    from docker.context import ContextAPI
-    from docker.context.config import get_current_context_name
-
-    name = environ.get("DOCKER_CONTEXT") or get_current_context_name()
-    if not name or name == "default":
-        return DockerEndpoint(None)
-    context = ContextAPI.get_context(name)
-    if context is None:
-        raise DeployError(
-            f"The docker context {name!r} does not exist.",
-            hint="List contexts with `docker context ls`; switch with `docker context use NAME`.",
-        )
-    return DockerEndpoint(context.Host, context.TLSConfig, f"context {name}")
-
-
-def docker_client(timeout: int = 120):
-    """A docker SDK client for the active endpoint, or a DeployError that says how to get a daemon."""
-    try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise DeployError("The docker Python package is missing.", hint="pip install pizzactl") from exc
-    endpoint = docker_endpoint()
-    try:
-        client = docker.DockerClient(
-            base_url=endpoint.base_url, tls=endpoint.tls or False, version="auto", timeout=timeout
-        )
-        client.ping()
-        return client
-    except Exception as exc:  # docker.errors.DockerException, requests ConnectionError, ...
-        raise DeployError(
-            f"Cannot reach the Docker daemon ({endpoint.source}: {endpoint.base_url or 'the default socket'}): "
-            f"{_short(exc)}",
-            hint="Start Docker (e.g. `sudo systemctl start docker`, Docker Desktop, `colima start`); check "
-            "`docker context ls` and DOCKER_HOST, then run `pizzactl doctor`.",
-        ) from None
-
-
-def docker_api(timeout: int = 600):
-    """The low-level API client of `docker_client` (builds stream through it)."""
-    return docker_client(timeout).api
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:300] if text else type(exc).__name__
-
-
-# --- platforms and model servers -------------------------------------------------------------------
-
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
-
-def daemon_platform(api) -> str:
-    """The platform the daemon builds for by default: linux/amd64 or linux/arm64 (Apple Silicon)."""
-    arch = str(api.info().get("Architecture") or "")
-    return f"linux/{_ARCH.get(arch, arch or 'amd64')}"
+# --- model servers -------------------------------------------------------------------------------
 
 
 def choose_model_server(settings: Settings, platform: str) -> str:
@@ -451,7 +377,9 @@ def _build(api, ctx: Path, dockerfile: str, tag: str, buildargs: dict[str, str],
     except DeployError:
         raise
     except Exception as exc:  # docker.errors.APIError, connection reset
-        raise DeployError(f"Building {tag} failed: {_short(exc)}", hint="Run `pizzactl doctor`, then retry.") from None
+        raise DeployError(
+            f"Building {tag} failed: {short_error(exc)}", hint="Run `pizzactl doctor`, then retry."
+        ) from None
     log(f"[green]✓[/] built {tag}")
 
 

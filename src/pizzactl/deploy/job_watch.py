@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy import k8s
+from pizzactl.deploy import diagnosis, k8s
 from pizzactl.deploy.jobs import CONTAINER, GPU_RESOURCE, JOB_LABEL
 from pizzactl.train.remote import TrainingError
 
@@ -166,7 +166,7 @@ def start_problem(core, namespace: str, pod) -> tuple[str | None, bool, str]:
         if waiting and waiting.reason in PULL_REASONS:
             text = f"image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(": ")
             hopeless = bool(HOPELESS_PULL.search(f"{waiting.reason} {waiting.message or ''}"))
-            return text, hopeless, k8s.PULL_HINT
+            return text, hopeless, diagnosis.PULL_HINT
         if waiting and waiting.reason in ("CreateContainerConfigError", "CreateContainerError"):
             return (
                 f"{waiting.reason}: {waiting.message or ''}".rstrip(": "),
@@ -177,7 +177,9 @@ def start_problem(core, namespace: str, pod) -> tuple[str | None, bool, str]:
     if not unscheduled:
         return None, False, ""
     mine = [
-        e for e in k8s.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod.metadata.name
+        e
+        for e in diagnosis.list_events(core, namespace)
+        if e.involved_object and e.involved_object.name == pod.metadata.name
     ]
     scheduling = [e.message for e in mine if e.reason == "FailedScheduling"]
     message = scheduling[-1] if scheduling else (unscheduled[0].message or unscheduled[0].reason or "unschedulable")
@@ -251,14 +253,14 @@ def evicted(core, namespace: str, job: str) -> set[str]:
     before a poll ever lists it."""
     return {
         e.involved_object.name
-        for e in k8s.list_events(core, namespace)
+        for e in diagnosis.list_events(core, namespace)
         if e.reason in EVICTIONS and e.involved_object and (e.involved_object.name or "").startswith(f"{job}-")
     }
 
 
 def vanished(core, namespace: str, pod: str) -> str:
     """Why a pod was deleted under a running Job, from its events."""
-    mine = [e for e in k8s.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod]
+    mine = [e for e in diagnosis.list_events(core, namespace) if e.involved_object and e.involved_object.name == pod]
     why = [f"{e.reason}: {e.message}" for e in mine if e.reason in EVICTIONS]
     return f"{why[-1]}; {RETRIED}" if why else "deleted (the Job ended it, or someone did)"
 
@@ -283,7 +285,7 @@ def explain(job, condition, pods: list, core, namespace: str) -> tuple[str, str]
             f"{limit}, on {len(oom)} of {len(failed)} attempts.",
             f"Raise the limit (e.g. --memory {_doubled(limit)}) or lower --batch-size.",
         )
-    lines = k8s.last_log_lines(core, namespace, last.metadata.name, CONTAINER) if last is not None else []
+    lines = diagnosis.last_log_lines(core, namespace, last.metadata.name, CONTAINER) if last is not None else []
     tail = ("; its last log lines:\n" + "\n".join("    " + line for line in lines[-10:])) if lines else ""
     what = pod_failure(last) if last is not None else (condition.message or reason)
     if reason == "PodFailurePolicy":
@@ -320,7 +322,7 @@ def progress(api_client, namespace: str, job: str) -> dict[str, Any]:
     else:
         phase = (pods[-1].status.phase if pods and pods[-1].status else None) or "Pending"  # the attempt now
     info: dict[str, Any] = {"phase": phase, "attempts": len(pods)}
-    lines = k8s.last_log_lines(core, namespace, pods[-1].metadata.name, CONTAINER) if pods else []
+    lines = diagnosis.last_log_lines(core, namespace, pods[-1].metadata.name, CONTAINER) if pods else []
     epochs = [m for line in lines for m in EPOCH.finditer(line)]
     if epochs:
         info["epoch"] = f"{epochs[-1].group(1)}/{epochs[-1].group(2)}"

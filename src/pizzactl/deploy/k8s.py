@@ -3,7 +3,7 @@
 Objects are applied with server-side apply (field manager `pizzactl`, conflicts forced), as
 `kubectl apply --server-side` does, so re-deploying is idempotent and fields other tools own
 (e.g. an HPA's replica count) are left alone. When a rollout does not finish in time,
-`diagnose` says why in the user's terms: an image that cannot be pulled, a container that
+`diagnosis.diagnose` says why in the user's terms: an image that cannot be pulled, a container that
 crashes (with its last log lines), a pod that cannot be scheduled (with its events).
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pizzactl.console import log
+from pizzactl.deploy import diagnosis
 from pizzactl.deploy.manifests import FIELD_MANAGER, MODEL_VERSION_LABEL
 from pizzactl.errors import DeployError
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
-LOG_LINES = 20
 
 
 def connect(context: str | None = None, kubeconfig: str | None = None):
@@ -224,7 +224,7 @@ def wait_rollout(
     """Wait until every Deployment has rolled out as kubectl means it, at its HPA's minReplicas.
 
     On timeout (or a ProgressDeadlineExceeded condition) raises DeployError saying what each
-    unfinished Deployment waits for and why its pods are not ready (see `diagnose`).
+    unfinished Deployment waits for and why its pods are not ready (see `diagnosis.diagnose`).
     """
     deadline = time.monotonic() + timeout
     pending = list(names)
@@ -243,132 +243,15 @@ def wait_rollout(
         if not pending:
             return states
         if stuck or time.monotonic() >= deadline:
-            problems = diagnose(api_client, namespace)
+            problems = diagnosis.diagnose(api_client, namespace)
             waits = "; ".join(f"deployment/{n}: {states[n].waiting_for}" for n in pending)
             detail = "\n".join(problems) if problems else "no pod reports a problem yet (still starting?)"
             why = "exceeded its progress deadline" if stuck else f"did not finish in {timeout:.0f}s"
             raise DeployError(
                 f"Rollout of {', '.join(pending)} {why} ({waits}):\n{detail}",
-                hint=_diagnosis_hint(problems),
+                hint=diagnosis.hint(problems),
             )
         time.sleep(poll)
-
-
-PULL_HINT = (
-    "kind: the image must be loaded into the cluster (`kind load docker-image IMAGE --name pizzactl`); "
-    "other clusters: push it with --registry and check the pull secret (--pull-secret)."
-)
-
-
-def _diagnosis_hint(problems: list[str]) -> str:
-    text = "\n".join(problems)
-    if "cannot be pulled" in text:
-        return PULL_HINT
-    if "crashing" in text or "cannot start" in text:
-        return "Fix the error in the log lines above; `kubectl logs -n pizzactl deploy/pizzactl-model` shows more."
-    if "not ready" in text:
-        return "The server runs but fails its readiness probe: `kubectl logs -n pizzactl POD` says why."
-    if "Pending" in text or "FailedCreate" in text:
-        return "The cluster lacks room or refuses the pods (see the events above): free resources or fix k8s/."
-    return "Run `kubectl get pods,events -n pizzactl` and retry with a longer --timeout."
-
-
-# --- diagnosis ----------------------------------------------------------------------------------
-
-_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
-_START_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-
-
-def diagnose(api_client, namespace: str) -> list[str]:
-    """One line (or block) per pod that is not ready, saying why in plain words; and the
-    ReplicaSets that cannot create pods at all (FailedCreate events)."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(api_client)
-    try:
-        pods = core.list_namespaced_pod(namespace).items
-    except Exception as exc:
-        return [f"(cannot list pods: {type(exc).__name__})"]
-    events = list_events(core, namespace)
-    problems = [
-        f"replicaset {e.involved_object.name}: FailedCreate: {e.message}" for e in _latest(events, "FailedCreate")
-    ]
-    for pod in pods:
-        status = pod.status or client.V1PodStatus()
-        if not _pod_ready(status):
-            problems.append(_pod_problem(core, namespace, pod, events))
-    return problems
-
-
-def _latest(events: list, reason: str) -> list:
-    """The newest event of `reason` per object."""
-    by_object = {e.involved_object.name: e for e in events if e.reason == reason and e.involved_object}
-    return list(by_object.values())
-
-
-def _pod_problem(core, namespace: str, pod, events: list) -> str:
-    """Why one pod is not ready, from its container states and events (as a kubelet writes them)."""
-    name = pod.metadata.name
-    status = pod.status
-    for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
-        waiting = cs.state.waiting if cs.state else None
-        terminated = (cs.last_state.terminated if cs.last_state else None) or (
-            cs.state.terminated if cs.state else None
-        )
-        if waiting and waiting.reason in _PULL_REASONS:
-            return f"pod {name}: image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(
-                ": "
-            )
-        if waiting and waiting.reason in _START_REASONS:
-            return f"pod {name}: container {cs.name} cannot start ({waiting.reason}): {waiting.message or ''}".rstrip(
-                ": "
-            )
-        if waiting and waiting.reason == "CrashLoopBackOff":
-            why = f"exit code {terminated.exit_code}, {terminated.reason}" if terminated else waiting.reason
-            block = f"pod {name}: container {cs.name} is crashing ({waiting.reason}; {why})"
-            lines = last_log_lines(core, namespace, name, cs.name)
-            if lines:
-                block += "; its last log lines:\n" + "\n".join("    " + line for line in lines)
-            return block
-        if terminated and terminated.reason == "OOMKilled":
-            return f"pod {name}: container {cs.name} ran out of memory (OOMKilled): raise its memory limit."
-    mine = [e for e in events if e.involved_object and e.involved_object.name == name]
-    if status.phase == "Running":
-        probes = [e.message for e in mine if e.reason == "Unhealthy"]
-        return f"pod {name} is running but not ready" + (f": {probes[-1]}" if probes else "")
-    conds = [c for c in (status.conditions or []) if c.type == "PodScheduled" and c.status == "False"]
-    lines = [f"{e.reason}: {e.message}" for e in mine[-5:]] or [f"{c.reason}: {c.message}" for c in conds]
-    return f"pod {name} is {status.phase or 'Pending'}" + (
-        "; events:\n" + "\n".join("    " + x for x in lines) if lines else ""
-    )
-
-
-def _pod_ready(status) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
-
-
-def list_events(core, namespace: str) -> list:
-    """The namespace's events, oldest first ([] when they cannot be read)."""
-    try:
-        items = core.list_namespaced_event(namespace).items
-    except Exception:
-        return []
-    return sorted(items, key=lambda e: str(e.last_timestamp or e.event_time or ""))
-
-
-def last_log_lines(core, namespace: str, pod: str, container: str) -> list[str]:
-    """The container's last LOG_LINES log lines (of its previous run if it restarted)."""
-    for previous in (True, False):
-        try:
-            text = core.read_namespaced_pod_log(
-                pod, namespace, container=container, previous=previous, tail_lines=LOG_LINES
-            )
-        except Exception:
-            continue
-        lines = [line for line in str(text or "").splitlines() if line.strip()]
-        if lines:
-            return lines[-LOG_LINES:]
-    return []
 
 
 # --- what serves, namespaces, metrics -------------------------------------------------------------
@@ -389,7 +272,7 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
         if labels.get("app.kubernetes.io/name") != app:  # a selector the API server ignored
             continue
         version = labels.get(MODEL_VERSION_LABEL, "")
-        if version.isdigit() and pod.status and _pod_ready(pod.status):
+        if version.isdigit() and pod.status and diagnosis.pod_ready(pod.status):
             served[int(version)] = served.get(int(version), 0) + 1
     return dict(sorted(served.items()))
 

@@ -36,7 +36,8 @@ TRAINER_UID = 10001
 def train(settings, *, show_progress: bool = True) -> dict[str, Any]:
     """Build the trainer image, train in a container, publish the version and runs locally."""
     from pizzactl.data.download import resolve_data_dir
-    from pizzactl.deploy.images import build_trainer, docker_client
+    from pizzactl.deploy.docker_daemon import docker_client
+    from pizzactl.deploy.images import build_trainer
 
     _require_local_daemon()
     data_dir = Path(resolve_data_dir(settings)).expanduser().resolve()
@@ -157,7 +158,7 @@ def teardown(settings) -> dict[str, Any] | None:
     """Remove the cache volume `train --on docker` created; None if it never ran here."""
     import json
 
-    from pizzactl.deploy.images import docker_client
+    from pizzactl.deploy.docker_daemon import docker_client
 
     record = _cache_record(settings)
     try:
@@ -177,7 +178,7 @@ def teardown(settings) -> dict[str, Any] | None:
 
 def _require_local_daemon() -> None:
     """Bind mounts name folders on the daemon's machine: a remote daemon would see other folders."""
-    from pizzactl.deploy.images import docker_endpoint
+    from pizzactl.deploy.docker_daemon import docker_endpoint
 
     endpoint = docker_endpoint()
     url = endpoint.base_url or ""

@@ -105,7 +105,7 @@ def create_cluster(name: str, host_port: int, listen_address: str = "127.0.0.1")
 
 def port_bindings(name: str) -> dict[str, list[dict[str, str]]] | None:
     """The control-plane node container's port bindings, from Docker; None if it cannot be inspected."""
-    from pizzactl.deploy.images import docker_client
+    from pizzactl.deploy.docker_daemon import docker_client
 
     try:
         container = docker_client(30).containers.get(f"{name}-control-plane")
@@ -203,7 +203,7 @@ def _url(settings: Settings) -> str:
 
 def preflight(settings: Settings, previous: DeployState | None) -> None:
     """Before anything changes: Docker answers, and a cluster still to be created finds its port free."""
-    from pizzactl.deploy.images import docker_client
+    from pizzactl.deploy.docker_daemon import docker_client
     from pizzactl.serving.processes import require_free_port
 
     docker_client(30)  # kind drives Docker; say so before kind fails in its own words
