@@ -186,3 +186,19 @@ def test_tensorflow_verbs_without_the_train_extra_name_the_extra(args, tmp_path)
     assert proc.returncode == EXIT_USER, proc.stderr
     assert "Internal error" not in proc.stderr
     assert "pizzactl[train]" in proc.stderr and 'pip install -e ".[train]"' in proc.stderr
+
+
+@pytest.mark.slow  # the subprocess imports TensorFlow
+def test_train_without_tensorboard_names_the_extra_before_reading_the_data(tmp_path):
+    """TensorBoard came to the [train] extra later: an older install of the extra lacks it."""
+    script = WITHOUT_TENSORFLOW.replace("tensorflow=None, keras=None", "tensorboard=None")
+    env = {**os.environ, **{f"PIZZACTL_{n}_DIR": str(tmp_path / n.lower()) for n in ("MODELS", "RUNS", "CACHE")}}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "train", "--data", str(tmp_path / "no-such-dir")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == EXIT_USER, proc.stderr
+    assert "tensorboard is not installed" in proc.stderr and "pizzactl[train]" in proc.stderr

@@ -302,7 +302,7 @@ def describe_validation(errors: list[dict[str, Any]]) -> str:
 
 
 # Top-level modules that come with an extra, not with pizzactl itself.
-EXTRA_OF_MODULE = {"tensorflow": "train", "keras": "train", "matplotlib": "train"}
+EXTRA_OF_MODULE = {"tensorflow": "train", "keras": "train", "matplotlib": "train", "tensorboard": "train"}
 
 
 def missing_extra(package: str, extra: str = "train") -> MissingDependencyError:

@@ -85,3 +85,15 @@ def require_tensorflow() -> None:
         import tensorflow  # noqa: F401
     except ImportError:
         raise missing_extra("tensorflow") from None
+
+
+def require_training() -> None:
+    """`require_tensorflow`, and TensorBoard: every run writes its events with tf.summary, which
+    TensorFlow only fails on at the first summary (TBNotInstalledError), after the data is read."""
+    from pizzactl.errors import missing_extra
+
+    require_tensorflow()
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise missing_extra("tensorboard") from None

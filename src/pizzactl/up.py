@@ -98,9 +98,9 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
     model_dir = _existing_model(settings)
     trained = False
     if model_dir is None:
-        from pizzactl.tfimport import require_tensorflow
+        from pizzactl.tfimport import require_training
 
-        require_tensorflow()  # quietly, as for `pizzactl train`; without the [train] extra, say so
+        require_training()  # quietly, as for `pizzactl train`; without the [train] extra, say so
         from pizzactl.train import train
 
         where = settings.data_dir or f"the Kaggle dataset {settings.dataset}"

@@ -27,9 +27,9 @@ __all__ = ["RunResult", "TrainResult", "print_result", "train", "train_one"]
 def train(settings, *, show_progress: bool = True) -> TrainResult:
     """Train every backbone in `settings.backbone` (comma-separated), export the best one."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pizzactl.tfimport import require_tensorflow
+    from pizzactl.tfimport import require_training
 
-    require_tensorflow()  # before any download or scan
+    require_training()  # before any download or scan
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
     from pizzactl.export import export_model
