@@ -158,7 +158,7 @@ def test_augmented_views_are_repeatable_and_distinct(tmp_path):
     import tensorflow as tf
 
     from pizzactl.decode import decode_resize
-    from pizzactl.train.features import view_fn
+    from pizzactl.train.views import view_fn
 
     data = (make_images(tmp_path, per_class=1, size=64) / "pizza" / "pizza_0.jpg").read_bytes()
     plain = view_fn("plain", 32)(tf.constant(data), 0).numpy()
@@ -169,6 +169,55 @@ def test_augmented_views_are_repeatable_and_distinct(tmp_path):
     assert np.array_equal(aug1, view_fn("aug1", 32)(tf.constant(data), 3).numpy())
     assert not np.array_equal(aug1, view_fn("aug2", 32)(tf.constant(data), 3).numpy())
     assert not np.array_equal(aug1, view_fn("aug1", 32)(tf.constant(data), 4).numpy())
+
+
+def test_feature_file_reads_rows_in_any_order_without_loading_the_whole_file(tmp_path):
+    import numpy as np
+
+    from pizzactl.train.features import write_features
+
+    data = np.arange(7 * 2 * 3, dtype=np.float16).reshape(7, 2, 3)
+    ff = write_features(tmp_path / "x.npy", 7, iter([data[:3], data[3:5], data[5:]]))
+    assert ff.shape == (7, 2, 3) and ff.dtype == np.float16 and len(ff) == 7
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), data)  # a plain .npy file
+    for idx in ([6, 0, 3], [2, 2, 1], [5], []):
+        np.testing.assert_array_equal(ff[np.array(idx, int)], data[idx])
+    np.testing.assert_array_equal(ff[2:5], data[2:5])
+    np.testing.assert_array_equal(np.asarray(ff), data)
+    with pytest.raises(IndexError):
+        ff[np.array([7])]
+    with pytest.raises(ValueError):
+        write_features(tmp_path / "short.npy", 8, iter([data]))  # fewer rows than announced
+    assert not list(tmp_path.glob("*short*"))  # and nothing half-written is left
+
+
+def test_rows_strings_chosen_rows_of_several_arrays_together(tmp_path):
+    import numpy as np
+
+    from pizzactl.train.features import Rows, write_features
+
+    a = np.arange(10, dtype=np.float32).reshape(5, 2)
+    b = write_features(tmp_path / "b.npy", 4, iter([100 + np.arange(8, dtype=np.float32).reshape(4, 2)]))
+    rows = Rows(((a, np.array([4, 0])), (b, np.array([1, 3, 1]))))
+    whole = np.concatenate([a[[4, 0]], np.asarray(b)[[1, 3, 1]]])
+    assert len(rows) == 5 and rows.row_shape == (2,)
+    np.testing.assert_array_equal(rows.take([4, 0, 2]), whole[[4, 0, 2]])
+    np.testing.assert_array_equal(np.concatenate(list(rows.chunks(2))), whole)
+
+
+def test_a_truncated_cache_file_is_computed_again(tmp_path):
+    import numpy as np
+
+    from pizzactl.train.features import FeatureCache, write_features
+
+    cache = FeatureCache(tmp_path)
+    write_features(cache.path("k"), 3, iter([np.zeros((3, 4), np.float32)]))
+    (tmp_path / "k.json").write_text(json.dumps({"format": 2, "paths": cache._paths_digest(["a", "b", "c"])}))
+    assert cache.load("k", ["a", "b", "c"]) is not None
+    assert cache.load("k", ["a", "c", "b"]) is None  # other photos (or order): not theirs
+    with open(cache.path("k"), "r+b") as fh:
+        fh.truncate(cache.path("k").stat().st_size - 1)
+    assert cache.load("k", ["a", "b", "c"]) is None
 
 
 # --- slow: real (tiny) models ----------------------------------------------------------------
@@ -189,7 +238,7 @@ def test_feature_cache_computes_each_view_once(tmp_path):
     first = FeatureCache(tmp_path / "features")
     features = first.get(**kwargs)
     assert features.shape == (6, 3) and len(first.computed) == 1
-    (path,) = (tmp_path / "features").glob("*.npz")
+    (path,) = (tmp_path / "features").glob("*.npy")
     mtime = path.stat().st_mtime_ns
 
     second = FeatureCache(tmp_path / "features")
@@ -199,7 +248,7 @@ def test_feature_cache_computes_each_view_once(tmp_path):
     assert np.array_equal(features, again)
 
     second.get(**{**kwargs, "view": "flip"})  # another view is another entry
-    assert len(second.computed) == 1 and len(list((tmp_path / "features").glob("*.npz"))) == 2
+    assert len(second.computed) == 1 and len(list((tmp_path / "features").glob("*.npy"))) == 2
 
 
 @pytest.mark.slow
@@ -346,7 +395,7 @@ def frozen_runs(tmp_path_factory, shared_photos):
     flags = {"data_dir": str(data), "backbone": "mobilenet_v3_small", "weights": "none", "image_size": 64, "epochs": 3}
     first = train(load_settings(flags, cwd=root, environ=env_for(root)), show_progress=False)
     cache = root / "cache" / "features"
-    mtimes = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
     flags = {**flags, "backbone": "mobilenet_v3_small,small_cnn", "epochs": 1}
     second = train(load_settings(flags, cwd=root, environ=env_for(root)), show_progress=False)
     return root, first, second, mtimes
@@ -367,7 +416,7 @@ def test_second_run_computes_no_features(frozen_runs):
     root, _, second, mtimes = frozen_runs
     assert second.features == {"computed": 0, "reused": 6}
     cache = root / "cache" / "features"
-    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")} == mtimes
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == mtimes
 
 
 @pytest.mark.slow
@@ -477,7 +526,7 @@ def test_fixres_caches_features_at_the_training_size_and_exports_the_model_size(
     root, _, _, result = fixres_run
     config = result.best.config
     assert (config["image_size"], config["train_image_size"]) == (64, 56)
-    names = [p.name for p in (root / "cache" / "features").glob("*.npz")]
+    names = [p.name for p in (root / "cache" / "features").glob("*.npy")]
     # the recipe fine-tunes on cached maps: those are cached (at the training size), not pooled features
     assert len(names) == 10 and all(
         n.startswith("efficientnet_lite0.block6d_add-56-") for n in names
@@ -532,7 +581,7 @@ def test_fine_tuning_without_a_tune_from_layer_runs_on_images(tmp_path, shared_p
     result = train_tiny(tmp_path, shared_photos, "mobilenet_v3_small", fine_tune_epochs=1)
     assert result.best.config["fine_tune_from"] is None
     assert result.best.metrics["epochs_run"].get("fine_tune") == 1
-    assert all(p.name.startswith("mobilenet_v3_small-64-") for p in (tmp_path / "cache" / "features").glob("*.npz"))
+    assert all(p.name.startswith("mobilenet_v3_small-64-") for p in (tmp_path / "cache" / "features").glob("*.npy"))
     assert "Fine-tuning the top of the backbone (" in (result.best.run_dir / "train.log").read_text()
 
 
@@ -635,5 +684,5 @@ def test_fine_tune_epochs_zero_turns_the_recipes_fine_tuning_off(tmp_path, share
     result = train_tiny(tmp_path, shared_photos, "efficientnet_lite0", fine_tune_epochs=0)
     assert result.best.config["fine_tune_epochs"] == 0 and result.best.config["fine_tune_from"] is None
     assert "fine_tune" not in result.best.metrics["epochs_run"]
-    names = [p.name for p in (tmp_path / "cache" / "features").glob("*.npz")]
+    names = [p.name for p in (tmp_path / "cache" / "features").glob("*.npy")]
     assert names and all(n.startswith("efficientnet_lite0-56-") for n in names)

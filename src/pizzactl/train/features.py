@@ -1,13 +1,15 @@
-"""Backbone features computed once per image and view, cached on disk.
+"""Backbone features computed once per photo and view, cached on disk, read without loading them whole.
 
-A frozen backbone gives every image the same features at every epoch, so computing them
+A frozen backbone gives every photo the same features at every epoch, so computing them
 every epoch (what `model.fit` over images does) wastes nearly all of a training run. Here
 each (backbone, weights, image size, dataset, view) is computed once and stored as
-`cache_dir/features/<key>.npz`; training the head on it then costs milliseconds per epoch.
+`cache_dir/features/<key>.npy` (with `<key>.json`: which photos, in which order).
 
-Views: "plain" is exactly what serving sees (`decode_resize` of the file bytes), "flip" is
-its mirror image (for test-time flip averaging), "augN" are fixed random augmentations
-(crop, flip, colour) that play the role of data augmentation for the cached head.
+Memory stays bounded however many photos there are: features are written batch by batch as
+they are computed, and read back by rows (`FeatureFile.rows`, with `pread`, so the pages
+stay in the OS page cache rather than in the process), so a training run holds a batch of
+feature maps at a time, not the whole cache. `Rows` strings the training rows of several
+views together as one virtual array for a streaming `tf.data` pipeline.
 """
 
 from __future__ import annotations
@@ -15,21 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Bump when the augmentation recipe changes: it is part of every augmented view's cache key.
-AUGMENT_VERSION = 1
+from pizzactl.train.views import AUGMENT_VERSION, image_dataset
 
-
-def view_names(n_augmented: int) -> list[str]:
-    return [f"aug{i}" for i in range(1, n_augmented + 1)]
+CACHE_FORMAT = 2  # 1: .npz read whole
 
 
 def feature_key(backbone: str, weights: str, image_size: int, data_hash: str, view: str) -> str:
-    """Cache key: everything the features depend on. `weights` is a `weights_id`."""
+    """Cache key: everything the features depend on. `weights` is a `Weights.id`."""
     view_id = f"{view}-v{AUGMENT_VERSION}" if view.startswith("aug") else view
     blob = json.dumps(
         {"backbone": backbone, "weights": weights, "image_size": int(image_size), "data": data_hash, "view": view_id},
@@ -38,75 +38,184 @@ def feature_key(backbone: str, weights: str, image_size: int, data_hash: str, vi
     return f"{backbone}-{image_size}-{view}-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-# --- the views ------------------------------------------------------------------------------
+# --- one cached array -----------------------------------------------------------------------
 
 
-def _view_seed(view: str) -> int:
-    return int(hashlib.sha256(view.encode()).hexdigest()[:7], 16)
+class FeatureFile:
+    """A `.npy` array on disk, read by rows.
+
+    Indexing with an integer array or a slice reads just those rows (`features[idx]`);
+    `np.asarray(features)` reads it all. Reads use `os.pread`, so nothing stays mapped in the
+    process: its resident memory is what it holds, not what it has read.
+    """
+
+    def __init__(self, path: Path | str):
+        import numpy as np
+
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"{self.path}: .npy format {version} is not supported")
+            self.offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not cache files")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        expected = self.offset + self.row_bytes * self.shape[0]
+        if self.path.stat().st_size != expected:
+            raise ValueError(f"{self.path}: {self.path.stat().st_size} bytes, expected {expected} (truncated?)")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self, start: int, stop: int):
+        """Rows start..stop-1, one read."""
+        import numpy as np
+
+        start, stop = max(0, start), min(stop, len(self))
+        n = max(0, stop - start)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, n * self.row_bytes, self.offset + start * self.row_bytes)
+        finally:
+            os.close(fd)
+        return np.frombuffer(data, self.dtype).reshape((n, *self.shape[1:])).copy()
+
+    def rows(self, indices):
+        """The rows at `indices` (any order, repeats allowed), in that order.
+
+        Runs of consecutive rows are read at once, so reading everything in order costs a few
+        large reads and a shuffled batch one small read per row.
+        """
+        import numpy as np
+
+        indices = np.asarray(indices, np.int64).ravel()
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        if not len(indices):
+            return out
+        if indices.min() < 0 or indices.max() >= len(self):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        order = np.argsort(indices, kind="stable")
+        wanted = indices[order]
+        breaks = np.flatnonzero(np.diff(wanted) > 1) + 1
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for run, positions in zip(np.split(wanted, breaks), np.split(order, breaks), strict=True):
+                first, last = int(run[0]), int(run[-1])
+                data = os.pread(fd, (last - first + 1) * self.row_bytes, self.offset + first * self.row_bytes)
+                block = np.frombuffer(data, self.dtype).reshape((last - first + 1, *self.shape[1:]))
+                out[positions] = block[run - first]
+        finally:
+            os.close(fd)
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            return self.read(start, stop) if step == 1 else self.rows(range(start, stop, step))
+        if isinstance(key, int):
+            return self.read(key, key + 1)[0]
+        return self.rows(key)
+
+    def __array__(self, dtype=None, copy=None):
+        data = self.read(0, len(self))
+        return data if dtype is None else data.astype(dtype)
 
 
-def augment_image(image_bytes, size: int, seed):
-    """One random augmented view of an encoded image: crop, flip, colour. Stateless (seeded)."""
-    import tensorflow as tf
+def write_features(path: Path, n: int, batches: Iterator) -> FeatureFile:
+    """Write `n` rows, arriving in `batches` of arrays, as a .npy file atomically; returns it.
 
-    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.zeros([1, 0, 4]),
-        seed=seeds[0],
-        min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.45, 1.0),
-        max_attempts=20,
-        use_image_if_no_bounding_boxes=True,
-    )
-    image = tf.slice(image, begin, crop_size)
-    image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-    return color_jitter(tf.image.stateless_random_flip_left_right(image, seeds[1]), seeds[2:])
+    Only one batch is in memory at a time: the header is written once the first batch tells
+    the row shape, then each batch is appended.
+    """
+    import numpy as np
 
-
-def color_jitter(image, seeds):
-    """Brightness, contrast and saturation jitter on 0..255 float pixels ([S,S,3] or a batch)."""
-    import tensorflow as tf
-
-    image = tf.image.stateless_random_brightness(image, 0.12 * 255.0, seeds[0])
-    image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seeds[1])
-    gray = tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
-    factor = tf.random.stateless_uniform([], seeds[2], 0.75, 1.25)
-    image = gray + factor * (image - gray)
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def view_fn(view: str, size: int) -> Callable:
-    """(encoded bytes, index) -> float32 [size, size, 3] 0..255 pixels of that view."""
-    import tensorflow as tf
-
-    from pizzactl.decode import decode_resize
-
-    if view == "plain":
-        return lambda data, index: decode_resize(data, size)
-    if view == "flip":
-        return lambda data, index: tf.image.flip_left_right(decode_resize(data, size))
-    if view.startswith("aug"):
-        base = _view_seed(view)
-
-        def fn(data, index):
-            seed = tf.stack([tf.constant(base, tf.int64), tf.cast(index, tf.int64)])
-            return augment_image(data, size, seed)
-
-        return fn
-    raise ValueError(f"unknown view {view!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    written = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for batch in batches:
+                batch = np.ascontiguousarray(batch)
+                if written == 0:
+                    header = {
+                        "descr": np.lib.format.dtype_to_descr(batch.dtype),
+                        "fortran_order": False,
+                        "shape": (n, *batch.shape[1:]),
+                    }
+                    np.lib.format.write_array_header_1_0(fh, header)
+                fh.write(batch.tobytes())
+                written += len(batch)
+            if written == 0:  # no rows: an empty array of unknown row shape
+                np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (0, 0)})
+        if written != n:
+            raise ValueError(f"expected {n} rows, got {written}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return FeatureFile(path)
 
 
-def image_dataset(paths: Sequence[Path], size: int, batch_size: int, view: str = "plain"):
-    """Batched tf.data of a view of these image files (read, decode, resize in the graph)."""
-    import tensorflow as tf
+# --- several cached arrays as one ------------------------------------------------------------
 
-    fn = view_fn(view, size)
-    ds = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], list(range(len(paths)))))
-    ds = ds.map(lambda p, i: fn(tf.io.read_file(p), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+@dataclass(frozen=True)
+class Rows:
+    """Chosen rows of several arrays (cached views, or arrays in memory) as one virtual array.
+
+    Row i of the whole is row `indices[i - start]` of the part it falls in, parts in order:
+    the concatenation `np.concatenate([a[idx] for a, idx in parts])`, never built.
+    """
+
+    parts: tuple  # ((FeatureFile | numpy array, row indices), ...)
+
+    @classmethod
+    def of(cls, array) -> Rows:
+        import numpy as np
+
+        return cls(((array, np.arange(len(array))),))
+
+    def __len__(self) -> int:
+        return sum(len(idx) for _, idx in self.parts)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.parts[0][0].shape[1:])
+
+    @property
+    def dtype(self):
+        return self.parts[0][0].dtype
+
+    def take(self, positions):
+        """The rows at these positions of the whole, in that order."""
+        import numpy as np
+
+        positions = np.asarray(positions, np.int64)
+        ends = np.cumsum([len(idx) for _, idx in self.parts])
+        part_of = np.searchsorted(ends, positions, side="right")
+        out = np.empty((len(positions), *self.row_shape), self.dtype)
+        for p, (array, idx) in enumerate(self.parts):
+            mine = np.flatnonzero(part_of == p)
+            if len(mine):
+                local = positions[mine] - (ends[p] - len(idx))
+                out[mine] = array[idx[local]]
+        return out
+
+    def chunks(self, size: int = 256) -> Iterator:
+        """Every row, in order, `size` at a time."""
+        for start in range(0, len(self), size):
+            yield self.take(range(start, min(start + size, len(self))))
 
 
 # --- the cache ------------------------------------------------------------------------------
@@ -122,31 +231,25 @@ class FeatureCache:
     compute_seconds: float = 0.0
 
     def path(self, key: str) -> Path:
-        return Path(self.root) / f"{key}.npz"
+        return Path(self.root) / f"{key}.npy"
 
-    def load(self, key: str, relpaths: Sequence[str]):
-        import numpy as np
+    def _meta_path(self, key: str) -> Path:
+        return Path(self.root) / f"{key}.json"
 
-        path = self.path(key)
-        if not path.is_file():
-            return None
+    @staticmethod
+    def _paths_digest(relpaths: Sequence[str]) -> str:
+        return hashlib.sha256("\n".join(relpaths).encode()).hexdigest()
+
+    def load(self, key: str, relpaths: Sequence[str]) -> FeatureFile | None:
+        """The cached array for these photos (in this order), or None if absent or not theirs."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if list(data["paths"]) != list(relpaths):
-                    return None
-                return data["features"]
-        except (OSError, ValueError, KeyError):
-            return None  # truncated or foreign file: compute again
-
-    def save(self, key: str, relpaths: Sequence[str], features) -> Path:
-        import numpy as np
-
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, features=features, paths=np.asarray(list(relpaths)))
-        os.replace(tmp, path)
-        return path
+            meta = json.loads(self._meta_path(key).read_text())
+            if meta.get("format") != CACHE_FORMAT or meta.get("paths") != self._paths_digest(relpaths):
+                return None
+            features = FeatureFile(self.path(key))
+        except (OSError, ValueError):
+            return None  # missing, truncated or foreign file: compute again
+        return features if len(features) == len(relpaths) else None
 
     def get(
         self,
@@ -160,14 +263,12 @@ class FeatureCache:
         batch_size: int = 64,
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
         dtype: str = "float32",
-    ):
+    ) -> FeatureFile:
         """Features [N, ...] of every record of `dataset` (in its order) for one view.
 
         `backbone` names what `extractor` computes (a backbone, or a backbone cut at a layer);
-        `dtype` float16 halves the disk and memory of feature maps.
+        `dtype` float16 halves the disk and the reads of feature maps.
         """
-        import time
-
         relpaths = [r.path.relative_to(dataset.root).as_posix() for r in dataset.records]
         key = feature_key(backbone, weights, image_size, dataset.data_hash, view)
         cached = self.load(key, relpaths)
@@ -175,7 +276,7 @@ class FeatureCache:
             self.reused.append(key)
             return cached
         start = time.perf_counter()
-        features = compute_features(
+        batches = feature_batches(
             extractor,
             [r.path for r in dataset.records],
             image_size,
@@ -184,11 +285,17 @@ class FeatureCache:
             advance=progress(f"features {backbone} {view}", len(relpaths)) if progress else None,
             dtype=dtype,
         )
+        features = write_features(self.path(key), len(relpaths), batches)
+        meta = {"format": CACHE_FORMAT, "paths": self._paths_digest(relpaths), "n": len(relpaths), "view": view}
+        tmp = self._meta_path(key).with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta) + "\n")
+        os.replace(tmp, self._meta_path(key))
         self.compute_seconds += time.perf_counter() - start
-        self.save(key, relpaths, features)
         self.computed.append(key)
         return features
 
+
+# --- computing features ---------------------------------------------------------------------
 
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -206,6 +313,17 @@ def _forward(model, size: int):
     return fn
 
 
+def feature_batches(
+    model, paths: Sequence[Path], size: int, *, view: str = "plain", batch_size: int = 64, advance=None, dtype="float32"
+) -> Iterator:
+    """The frozen feature extractor over a view of these images, one batch of features at a time."""
+    forward = _forward(model, size)
+    for batch in image_dataset(paths, size, batch_size, view):
+        yield forward(batch).numpy().astype(dtype)
+        if advance:
+            advance(int(batch.shape[0]))
+
+
 def compute_features(
     model,
     paths: Sequence[Path],
@@ -216,13 +334,8 @@ def compute_features(
     advance=None,
     dtype: str = "float32",
 ):
-    """Run the frozen feature extractor once over a view of these images."""
+    """The frozen feature extractor over a view of these images, as one array in memory."""
     import numpy as np
 
-    forward = _forward(model, size)
-    chunks = []
-    for batch in image_dataset(paths, size, batch_size, view):
-        chunks.append(forward(batch).numpy().astype(dtype))
-        if advance:
-            advance(int(batch.shape[0]))
+    chunks = list(feature_batches(model, paths, size, view=view, batch_size=batch_size, advance=advance, dtype=dtype))
     return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, 0), dtype)

@@ -75,6 +75,20 @@ def build_classifier(extractor, head, image_size: int, tta: bool = True):
     return keras.Model(pixels, p, name="classifier")
 
 
+def head_probabilities(head, x):
+    """A head's probabilities on features [N, D] in numpy (`as_probabilities`' shapes): at
+    inference the head is `sigmoid(x @ W + b)` or its softmax (dropout is off), so no
+    TensorFlow graph is traced for it."""
+    import numpy as np
+
+    kernel, bias = head.get_layer("probability").get_weights()
+    z = np.asarray(x, np.float64) @ kernel.astype(np.float64) + bias
+    if z.shape[1] == 1:
+        return 1.0 / (1.0 + np.exp(-z.ravel()))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def head_validation(x_val, y_val):
     """A callback that scores the head on validation features in numpy, adding val_loss/val_accuracy.
 
@@ -88,13 +102,7 @@ def head_validation(x_val, y_val):
 
     class HeadValidation(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            kernel, bias = self.model.get_layer("probability").get_weights()
-            z = x_val @ kernel.astype(np.float64) + bias
-            if z.shape[1] == 1:
-                p = 1.0 / (1.0 + np.exp(-z.ravel()))
-            else:
-                e = np.exp(z - z.max(axis=1, keepdims=True))
-                p = e / e.sum(axis=1, keepdims=True)
+            p = head_probabilities(self.model, x_val)
             if logs is not None:
                 logs["val_loss"], logs["val_accuracy"] = loss_and_accuracy(y_val, p, THRESHOLD)
 
@@ -122,14 +130,19 @@ def fit_head(
     import keras
     import tensorflow as tf
 
-    n_classes = y_train.shape[1] if getattr(y_train, "ndim", 1) == 2 else 2
-    head = build_head(int(x_train.shape[1]), dropout, n_classes)
-    steps = -(-len(x_train) // batch_size)
+    x = tf.convert_to_tensor(x_train, tf.float32)  # no copy when it is a float32 tensor already
+    y = tf.convert_to_tensor(y_train, tf.float32)
+    n = int(x.shape[0])
+    n_classes = int(y.shape[1]) if len(y.shape) == 2 else 2
+    head = build_head(int(x.shape[1]), dropout, n_classes)
+    steps = -(-n // batch_size)
     head.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=steps, **compile_args(n_classes))
+    # shuffle row numbers, not rows: a shuffle buffer of rows would hold a second copy of them all
     data = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.range(n)
+        .shuffle(n, seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
+        .map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
         .prefetch(tf.data.AUTOTUNE)
     )
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
@@ -161,7 +174,9 @@ def fit_heads(
     """
     import keras
     import numpy as np
+    import tensorflow as tf
 
+    x_train = tf.convert_to_tensor(x_train, tf.float32)  # once, shared by every head
     heads = []
     for i in range(max(1, n)):
         keras.utils.set_random_seed(seed + i)  # each head reproducible on its own (dropout, init)

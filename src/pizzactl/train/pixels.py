@@ -11,7 +11,7 @@ def decode_images(paths: Sequence[Path], size: int, batch_size: int = 64, dtype:
     """Decode and resize image files once (exactly as serving does) into one array."""
     import numpy as np
 
-    from pizzactl.train.features import image_dataset
+    from pizzactl.train.views import image_dataset
 
     chunks = []
     for batch in image_dataset(paths, size, batch_size, "plain"):

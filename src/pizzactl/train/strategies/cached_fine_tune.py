@@ -13,6 +13,7 @@ import time
 
 from pizzactl.train.backbones.top import split_at
 from pizzactl.train.context import TrainContext
+from pizzactl.train.features import Rows
 from pizzactl.train.heads import as_probabilities, compile_args
 from pizzactl.train.metrics import THRESHOLD, loss_and_accuracy
 from pizzactl.train.recipes import Recipe
@@ -57,7 +58,9 @@ def fit(ctx: TrainContext) -> Fitted:
         )
         for view in views
     }
-    by_view = apply_top(top, maps)  # the pooled features the heads train on
+    train_views = training_views(ctx, views)
+    # the heads train on the top's pooled output of the training rows, computed a chunk at a time
+    train_features = {v: apply_top(top, Rows(((maps[v], train_idx),))) for v in train_views}
     val_names = ("plain", "flip") if ctx.recipe.tta else ("plain",)
     if serving is not None:  # validation at the model's size (uncached: a few seconds)
         serving_bottom, _ = split_at(serving, cut)
@@ -67,15 +70,14 @@ def fit(ctx: TrainContext) -> Fitted:
         }
     else:
         val_maps = {v: maps[v][val_idx] for v in val_names}
-    val_views = apply_top(top, val_maps)
     log_features(ctx, started)
-    head = train_heads(ctx, by_view, train_idx, val_views["plain"])
+    head = train_heads(ctx, train_features, apply_top(top, Rows.of(val_maps["plain"])))
+    del train_features
     started = time.perf_counter()
-    train_views = training_views(ctx, views)
     p_val = fine_tune_cached(
         top,
         head,
-        np.concatenate([maps[v][train_idx] for v in train_views]),
+        Rows(tuple((maps[v], train_idx) for v in train_views)),
         np.concatenate([ctx.labels(ctx.train_records)] * len(train_views)),
         val_maps,
         ctx.labels(ctx.val_records),
@@ -93,8 +95,8 @@ def fit(ctx: TrainContext) -> Fitted:
     return finish(ctx, serving or extractor, head, p_val)
 
 
-def apply_top(top, maps: dict, batch_size: int = 256) -> dict:
-    """`top` over each view's cached maps [N,h,w,C] (any float dtype) -> float32 features [N, D]."""
+def apply_top(top, maps: Rows, batch_size: int = 256):
+    """`top` over cached maps [N,h,w,C] (any float dtype), a chunk at a time -> float32 features [N, D]."""
     import numpy as np
     import tensorflow as tf
 
@@ -102,12 +104,10 @@ def apply_top(top, maps: dict, batch_size: int = 256) -> dict:
     fn = tf.function(
         lambda x: top(x, training=False), input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)]
     )
-
-    def run(m):
-        out = [fn(tf.constant(m[i : i + batch_size], tf.float32)).numpy() for i in range(0, len(m), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-
-    return {view: run(m) for view, m in maps.items()}
+    out = np.empty((len(maps), dim), np.float32)
+    for i, chunk in enumerate(maps.chunks(batch_size)):
+        out[i * batch_size : i * batch_size + len(chunk)] = fn(tf.constant(chunk, tf.float32)).numpy()
+    return out
 
 
 def fine_tune_cached(
@@ -157,8 +157,9 @@ def fine_tune_cached(
     runlog(
         f"Fine-tuning the top of the backbone on cached maps ({n_trainable:,} weights, BatchNorm frozen), val_loss before {before:.4f}"
     )
-    data = _batches(x_maps, y, batch_size, seed)
-    steps = -(-len(x_maps) // batch_size)
+    maps = x_maps if isinstance(x_maps, Rows) else Rows.of(x_maps)
+    data = _batches(maps, y, batch_size, seed)
+    steps = -(-len(maps) // batch_size)
     keras.utils.set_random_seed(seed)
     n_classes = y.shape[1] if y.ndim == 2 else 2
     model.compile(optimizer=keras.optimizers.Adam(recipe.fine_tune_lr), **compile_args(n_classes))
@@ -201,15 +202,32 @@ def _validator(model, val_maps: dict, y_val, tta: bool):
     return validate
 
 
-def _batches(x_maps, y, batch_size: int, seed: int):
-    """Shuffled float32 batches of the cached (float16) maps and their labels."""
+def _batches(maps: Rows, y, batch_size: int, seed: int):
+    """Float32 batches of the cached (float16) maps and their targets, in a new order every epoch.
+
+    Read from the cache batch by batch, so memory holds a few batches, not the maps.
+    """
+    import itertools
+
     import numpy as np
     import tensorflow as tf
 
+    y = np.asarray(y, np.float32)
+    epochs = itertools.count()
+
+    def generate():
+        order = np.random.default_rng([seed, next(epochs)]).permutation(len(maps))
+        for start in range(0, len(order), batch_size):
+            positions = order[start : start + batch_size]
+            yield maps.take(positions), y[positions]
+
+    signature = (
+        tf.TensorSpec((None, *maps.row_shape), tf.as_dtype(maps.dtype)),
+        tf.TensorSpec((None, *y.shape[1:]), tf.float32),  # [N] for two classes, one-hot [N, K] for more
+    )
     return (
-        tf.data.Dataset.from_tensor_slices((x_maps, np.asarray(y, np.float32)))
-        .shuffle(len(x_maps), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
+        tf.data.Dataset.from_generator(generate, output_signature=signature)
+        .apply(tf.data.experimental.assert_cardinality(-(-len(maps) // batch_size)))  # Keras knows an epoch's end
         .map(lambda x, t: (tf.cast(x, tf.float32), t))
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(2)
     )

@@ -45,7 +45,7 @@ def record_indices(ctx: TrainContext):
 
 def cached_views(ctx: TrainContext) -> list[str]:
     """The views cached per photo: plain, its mirror (test-time flip) and the augmented ones."""
-    from pizzactl.train.features import view_names
+    from pizzactl.train.views import view_names
 
     n = ctx.augmented_views
     return ["plain", "flip", *view_names(n)] if ctx.recipe.tta or n else ["plain"]
@@ -62,18 +62,23 @@ def log_features(ctx: TrainContext, started: float) -> None:
     )
 
 
-def train_heads(ctx: TrainContext, by_view: dict, train_idx, x_val_plain):
-    """`recipe.head_seeds` heads on the training rows of the cached views, averaged into one
-    (`heads.fit_heads`). Without `--augment` only the plain view trains."""
+def train_heads(ctx: TrainContext, train_features: dict, x_val_plain):
+    """`recipe.head_seeds` heads on the training rows' features of each training view (all
+    views stacked, each with the training labels), averaged into one (`heads.fit_heads`)."""
     import numpy as np
 
     from pizzactl.train.heads import fit_heads
 
     started = time.perf_counter()
-    views = training_views(ctx, list(by_view))
+    parts = list(train_features.values())
+    n = len(parts[0])
+    x = np.empty((n * len(parts), *parts[0].shape[1:]), np.float32)
+    for i, part in enumerate(parts):
+        x[i * n : (i + 1) * n] = part
+    del parts
     head = fit_heads(
-        np.concatenate([by_view[v][train_idx] for v in views]),
-        np.concatenate([ctx.labels(ctx.train_records)] * len(views)),
+        x,
+        np.concatenate([ctx.labels(ctx.train_records)] * len(train_features)),
         x_val_plain,
         ctx.labels(ctx.val_records),
         n=ctx.recipe.head_seeds,

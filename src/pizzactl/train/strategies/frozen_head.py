@@ -20,6 +20,7 @@ from pizzactl.train.strategies.common import (
     record_indices,
     serving_extractor,
     train_heads,
+    training_views,
 )
 
 
@@ -62,5 +63,6 @@ def fit_on_features(ctx: TrainContext, extractor):
     else:
         val_views = {v: by_view[v][val_idx] for v in ("plain", "flip") if v in by_view}
     log_features(ctx, started)
-    head = train_heads(ctx, by_view, train_idx, val_views["plain"])
+    train_features = {v: by_view[v][train_idx] for v in training_views(ctx, views)}
+    head = train_heads(ctx, train_features, val_views["plain"])
     return head, serving, val_views
