@@ -110,13 +110,18 @@ def data_report(
     near_bits: int = typer.Option(
         4, "--near-bits", min=0, max=64, help="Near duplicate: dHashes at most this many bits apart (of 64)."
     ),
+    label_check: bool = typer.Option(
+        False,
+        "--label-check",
+        help="Also list photos cross-validated heads always put in the other class (needs [train]).",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS."""
+    """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS (and label suspects)."""
     from pizzactl.data.report import print_report, report
 
     s = settings(data_dir=data_dir)
-    rep = report(s, threshold=near_bits)
+    rep = report(s, threshold=near_bits, label_check=label_check)
     if json_out:
         print_json(rep)
     else:
@@ -521,22 +526,35 @@ def doctor(json_out: bool = JsonOpt) -> None:
 
 @bench_app.command("train")
 def bench_train(
-    backbone: str | None = typer.Option(None, "--backbone", help="Backbone (default: mobilenet_v3_small)."),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="Backbone (default: what `pizzactl train` trains, efficientnet_lite0)."
+    ),
     epochs: int = typer.Option(20, "--epochs"),
     data: Path | None = DataOpt,
     weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH"),
     limit: int | None = typer.Option(None, "--limit", help="Use at most this many images."),
+    scale: str | None = typer.Option(
+        None,
+        "--scale",
+        help="Instead: the whole `pizzactl train` on N photos each (e.g. 1571,5000,15000; re-crops past the data's own), cold: time and peak memory.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Plain model.fit over images vs the cached-feature path, side by side."""
-    from pizzactl.bench.train import bench_train as bench
-    from pizzactl.bench.train import print_bench
+    """Plain model.fit over images vs the cached-feature path, side by side (or, with --scale, training cost vs photos)."""
+    from pizzactl.bench import train as bench
 
-    res = bench(settings(data_dir=data, weights=weights), backbone=backbone, epochs=epochs, limit=limit)
+    s = settings(data_dir=data, weights=weights)
+    if scale:
+        sizes = [int(n) for n in scale.split(",") if n.strip()]
+        res = bench.bench_scaling(s, sizes, backbone=backbone)
+        show = bench.print_scaling
+    else:
+        res = bench.bench_train(s, backbone=backbone, epochs=epochs, limit=limit)
+        show = bench.print_bench
     if json_out:
         print_json(res)
     else:
-        print_bench(res)
+        show(res)
 
 
 @bench_app.command("serve")

@@ -1,4 +1,7 @@
-"""`pizzactl bench train`: the same frozen-backbone head trained two ways, timed side by side.
+"""`pizzactl bench train`: what training costs, measured side by side.
+
+The default compares the same frozen-backbone head trained two ways, on the backbone and
+weights `pizzactl train` uses by default:
 
 * plain: what the seed notebook did, `model.fit` of frozen backbone + head over decoded images,
   so every epoch pays a full forward pass through the backbone;
@@ -7,15 +10,19 @@
 
 Goals: speedup (plain / cached) >= 10, and cached_seconds <= 1.3 x forward_pass_seconds (the
 head epochs together cost less than a third of one forward pass).
+
+`bench_scaling` (`--scale N,N,...`) runs the whole default `pizzactl train` on N photos each, in
+a fresh process with an empty cache, and reports wall time, CPU time and peak memory: how the
+cost grows with the data.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
-
-DEFAULT_BACKBONE = "mobilenet_v3_small"
 
 
 def _pick(records, limit: int | None):
@@ -33,6 +40,11 @@ def _pick(records, limit: int | None):
                 picked.append(group[i])
         i += 1
     return picked
+
+
+def default_backbone(settings) -> str:
+    """What `pizzactl train` trains by default (the first of several)."""
+    return str(settings.backbone).split(",")[0].strip()
 
 
 def _build(backbone, weights, size: int, explicit: bool):
@@ -62,7 +74,7 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     from pizzactl.train.features import compute_features
     from pizzactl.train.heads import build_head
 
-    bb = get_backbone(backbone or DEFAULT_BACKBONE)
+    bb = get_backbone(backbone or default_backbone(settings))
     size = int(settings.image_size or bb.input_size)
     explicit = settings.sources.get("weights", "default") != "default"
     weights = resolve_weights(settings.weights, bb, explicit=explicit)
@@ -160,3 +172,96 @@ def print_bench(res: dict) -> None:
     out.print(f"speedup {res['speedup']:.1f}x   cached / forward pass {res['cached_over_forward']:.2f}")
     for goal, ok in res["goals"].items():
         out.print(f"  {'[green]met[/]' if ok else '[red]missed[/]'}  {goal}")
+
+
+def bench_scaling(
+    settings, sizes: Sequence[int], backbone: str | None = None, work: Path | str | None = None
+) -> dict[str, Any]:
+    """`pizzactl train` on each number of photos, cold: wall and CPU seconds, peak memory.
+
+    Each size runs in its own process (so its peak resident memory is its own, from
+    `wait4`), with its own empty cache, deleted afterwards. Photos past the dataset's own are
+    re-crops of them (`bench.photos.make_photos`), kept in `work` for the next run.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from pizzactl.bench.photos import make_photos
+    from pizzactl.console import log
+    from pizzactl.data.download import resolve_data_dir
+
+    source = resolve_data_dir(settings)
+    work = Path(work).expanduser() if work else Path(settings.cache_dir).expanduser() / "bench-train"
+    name = backbone or default_backbone(settings)
+    rows = []
+    for n in sizes:
+        data = make_photos(source, work / f"photos-{n}", n, seed=int(settings.seed))
+        run = work / f"run-{n}"
+        shutil.rmtree(run, ignore_errors=True)
+        env = {
+            **os.environ,
+            "PIZZACTL_CACHE_DIR": str(run / "cache"),
+            "PIZZACTL_RUNS_DIR": str(run / "runs"),
+            "PIZZACTL_MODELS_DIR": str(run / "models"),
+        }
+        command = [sys.executable, "-m", "pizzactl", "train", "--data", str(data), "--backbone", name, "--json"]
+        if settings.sources.get("weights", "default") != "default":
+            command += ["--weights", str(settings.weights)]
+        log(f"bench train --scale: {n} photos ({data})")
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+        out = proc.stdout.read() if proc.stdout else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"pizzactl train on {n} photos exited {proc.returncode}")
+        metrics = json.loads(out)["metrics"]
+        rows.append(
+            {
+                "photos": n,
+                "wall_seconds": round(wall, 1),
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+                "peak_rss_mb": round(usage.ru_maxrss / 1024),  # Linux: kilobytes
+                **{k: metrics.get(k) for k in ("feature_seconds", "head_seconds", "fine_tune_seconds")},
+                "val_accuracy": metrics.get("val_accuracy"),
+            }
+        )
+        log(f"  {rows[-1]}")
+        shutil.rmtree(run, ignore_errors=True)
+    first = rows[0]
+    for row in rows:
+        row["time_per_photo_ratio"] = round(
+            (row["wall_seconds"] / row["photos"]) / (first["wall_seconds"] / first["photos"]), 2
+        )
+    return {"backbone": name, "sizes": list(sizes), "rows": rows}
+
+
+def print_scaling(res: dict) -> None:
+    from rich.table import Table
+
+    from pizzactl.console import out
+
+    table = Table(
+        "photos",
+        "wall s",
+        "CPU s",
+        "peak RSS MB",
+        "features s",
+        "heads s",
+        "fine-tune s",
+        "wall s per photo vs first",
+        title=f"bench train --scale: pizzactl train ({res['backbone']}), cold cache, one process per size",
+    )
+    for r in res["rows"]:
+        table.add_row(
+            str(r["photos"]),
+            f"{r['wall_seconds']:.0f}",
+            f"{r['cpu_seconds']:.0f}",
+            str(r["peak_rss_mb"]),
+            *("-" if r[k] is None else f"{r[k]:.0f}" for k in ("feature_seconds", "head_seconds", "fine_tune_seconds")),
+            f"{r['time_per_photo_ratio']:.2f}",
+        )
+    out.print(table)
