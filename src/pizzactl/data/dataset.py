@@ -135,6 +135,18 @@ def check_class_name(name: str, root: Path) -> None:
 MIN_PER_CLASS = 2  # one to train on, one to validate (or test) on
 
 
+def stratified_folds(labels, k: int, seed: int) -> list[int]:
+    """A fold number 0..k-1 for each label (in order): every class spread evenly, fixed by `seed`."""
+    fold = [0] * len(labels)
+    rng = random.Random(seed)
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(members)
+        for j, i in enumerate(members):
+            fold[i] = j % k
+    return fold
+
+
 def stratified_split(
     dataset: Dataset, val_fraction: float = 0.2, seed: int = 42
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:

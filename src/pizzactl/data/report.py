@@ -229,8 +229,14 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
     }
 
 
-def report(settings=None, *, root: Path | str | None = None, threshold: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:
-    """Scan and summarise a dataset folder: `root`, else settings' --data, else the downloaded dataset."""
+def report(
+    settings=None, *, root: Path | str | None = None, threshold: int = NEAR_DUPLICATE_BITS, label_check: bool = False
+) -> dict[str, Any]:
+    """Scan and summarise a dataset folder: `root`, else settings' --data, else the downloaded dataset.
+
+    `label_check` adds the photos that cross-validated heads always get wrong
+    (`data.label_check`); it needs TensorFlow and a forward pass over the photos.
+    """
     if root is None:
         if settings is None:
             raise DataError("No dataset folder given.", hint="Pass a folder: pizzactl data report DIR.")
@@ -241,6 +247,12 @@ def report(settings=None, *, root: Path | str | None = None, threshold: int = NE
     started = time.perf_counter()
     infos = scan(root)
     rep = summarize(infos, root, threshold)
+    if label_check:
+        from pizzactl.config import load_settings
+        from pizzactl.data.dataset import load_dataset
+        from pizzactl.data.label_check import label_check as check
+
+        rep["label_check"] = check(settings or load_settings(), load_dataset(root))
     rep["seconds"] = round(time.perf_counter() - started, 2)
     return rep
 
@@ -305,6 +317,18 @@ def print_report(rep: dict[str, Any], console=None) -> None:
         for p in near["listed"][:20]:
             nd.add_row(p["a"], p["b"], str(p["distance"]))
         console.print(nd)
+    if "label_check" in rep:
+        check = rep["label_check"]
+        console.print(
+            f"Label check ({check['backbone']}, {check['repeats']} x {check['folds']}-fold): out-of-fold accuracy "
+            f"{check['out_of_fold_accuracy']:.4f}; {len(check['suspects'])} photo(s) wrong every time, "
+            f"{check['wrong_sometimes']} wrong only sometimes."
+        )
+        if check["suspects"]:
+            sus = Table("file", "filed under", "P(that class)", title="Label suspects: always put in the other class")
+            for item in check["suspects"][:_MAX_LISTED]:
+                sus.add_row(item["path"], item["class"], f"{item['p_class']:.3f}")
+            console.print(sus)
     if rep["exif"]["gps_files"]:
         console.print(
             f"[yellow]{rep['exif']['with_gps']} photo(s) carry a GPS location:[/] "
