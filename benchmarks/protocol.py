@@ -173,16 +173,6 @@ def probabilities(entry, members, views):
     return paths, np.mean([[entry["p"][(b, v)][p] for p in paths] for b in members for v in views], axis=0)
 
 
-def best_threshold(y, p) -> float:
-    """The threshold with the highest accuracy on (y, p); the one nearest 0.5 among ties."""
-    import numpy as np
-
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
-    accuracy = np.array([np.mean((p >= t) == (y == 1)) for t in grid])
-    best = np.flatnonzero(accuracy == accuracy.max())
-    return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
-
-
 def score(y, p, threshold: float) -> dict:
     from pizzactl.train.metrics import binary_metrics, log_loss
 
@@ -193,6 +183,8 @@ def score(y, p, threshold: float) -> dict:
 
 def report(args) -> str:
     import numpy as np
+
+    from pizzactl.train.metrics import best_threshold
 
     work = Path(args.work)
     setup = json.loads((work / "protocol.json").read_text())

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pizzactl.train.metrics import (
+    best_threshold,
     binary_metrics,
     classification_metrics,
     confusion_matrix,
@@ -155,3 +156,10 @@ def test_one_hot_labels_are_class_indices():
     p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     assert loss_and_accuracy(np.eye(3)[[0, 2]], p) == loss_and_accuracy([0, 2], p)
     assert validation_metrics(np.eye(3)[[0, 2]], p)["threshold"] is None
+
+
+def test_the_threshold_is_the_most_accurate_and_nearest_half_among_ties():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.9])  # 0.5 misses two pizzas; 0.31-0.35 gets all
+    assert 0.3 < best_threshold(y, p) <= 0.35
+    assert best_threshold(np.array([0, 1]), np.array([0.1, 0.9])) == 0.5

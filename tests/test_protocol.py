@@ -54,13 +54,3 @@ def test_the_decision_is_made_on_inner_validation_even_when_outer_folds_disagree
     assert "| 0.6000 ± 0.0000" in decided and "8 of 20" in decided
     fixed_outer = next(line for line in text.splitlines() if line.startswith("| fixed: good_outer, views plain |"))
     assert "| 1.0000 ± 0.0000" in fixed_outer  # shown for information, never chosen on
-
-
-def test_the_threshold_is_tuned_on_inner_validation(protocol):
-    import numpy as np
-
-    y = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.9])  # 0.5 misses two pizzas; 0.31-0.35 gets all
-    t = protocol.best_threshold(y, p)
-    assert 0.3 < t <= 0.35
-    assert protocol.best_threshold(np.array([0, 1]), np.array([0.1, 0.9])) == 0.5  # ties: nearest 0.5
