@@ -290,6 +290,7 @@ class FeatureCache:
         tmp = self._meta_path(key).with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(meta) + "\n")
         os.replace(tmp, self._meta_path(key))
+        (Path(self.root) / f"{key}.npz").unlink(missing_ok=True)  # the same features in format 1
         self.compute_seconds += time.perf_counter() - start
         self.computed.append(key)
         return features
