@@ -72,7 +72,6 @@ def fit(ctx: TrainContext) -> Fitted:
         val_maps = {v: maps[v][val_idx] for v in val_names}
     log_features(ctx, started)
     head = train_heads(ctx, train_features, apply_top(top, Rows.of(val_maps["plain"])))
-    del train_features
     started = time.perf_counter()
     p_val = fine_tune_cached(
         top,

@@ -64,21 +64,28 @@ def log_features(ctx: TrainContext, started: float) -> None:
 
 def train_heads(ctx: TrainContext, train_features: dict, x_val_plain):
     """`recipe.head_seeds` heads on the training rows' features of each training view (all
-    views stacked, each with the training labels), averaged into one (`heads.fit_heads`)."""
+    views stacked, each with the training labels), averaged into one (`heads.fit_heads`).
+
+    Takes `train_features` over (it is emptied), so that at most two copies of the features
+    exist at any time, whatever their size.
+    """
     import numpy as np
+    import tensorflow as tf
 
     from pizzactl.train.heads import fit_heads
 
     started = time.perf_counter()
-    parts = list(train_features.values())
-    n = len(parts[0])
-    x = np.empty((n * len(parts), *parts[0].shape[1:]), np.float32)
-    for i, part in enumerate(parts):
-        x[i * n : (i + 1) * n] = part
-    del parts
+    views = list(train_features)
+    first = train_features[views[0]]
+    n = len(first)
+    x = np.empty((n * len(views), *first.shape[1:]), np.float32)
+    del first
+    for i, view in enumerate(views):  # each view's array is let go as soon as it is copied
+        x[i * n : (i + 1) * n] = train_features.pop(view)
+    x = tf.convert_to_tensor(x)  # the one copy the heads train on; the numpy one is freed here
     head = fit_heads(
         x,
-        np.concatenate([ctx.labels(ctx.train_records)] * len(train_features)),
+        np.concatenate([ctx.labels(ctx.train_records)] * len(views)),
         x_val_plain,
         ctx.labels(ctx.val_records),
         n=ctx.recipe.head_seeds,
