@@ -61,18 +61,14 @@ def _build(backbone, weights, size: int, explicit: bool):
 
 
 def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: int | None = None) -> dict[str, Any]:
+    """The same frozen-backbone head trained plain and cached, on the same photos and seed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import numpy as np
-    import tensorflow as tf
 
     from pizzactl.console import log
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
-    from pizzactl.decode import decode_resize
     from pizzactl.train.backbones import get_backbone, resolve_weights
-    from pizzactl.train.features import compute_features
-    from pizzactl.train.heads import build_head
 
     bb = get_backbone(backbone or default_backbone(settings))
     size = int(settings.image_size or bb.input_size)
@@ -84,54 +80,17 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     train_records = _pick(train_records, (limit - n_val) if limit else None)
     val_records = _pick(val_records, n_val if limit else None)
     batch = int(settings.batch_size)
-    y_train = np.array([r.label for r in train_records], np.float32)
-    y_val = np.array([r.label for r in val_records], np.float32)
     n_images = len(train_records) + len(val_records)
 
     extractor, weights_used = _build(bb, weights, size, explicit)
     extractor.trainable = False
-    warm = np.zeros((2, size, size, 3), np.float32)
-    extractor(warm, training=False)  # one-time graph and oneDNN set-up, out of both timings
+    extractor(np.zeros((2, size, size, 3), np.float32), training=False)  # graph and oneDNN set-up, out of both timings
 
-    # cached: one forward pass, then the head on the features
     log(f"bench train: {bb.name} ({weights_used} weights, {size}px), {n_images} images, {epochs} epochs")
-    keras.utils.set_random_seed(int(settings.seed))
-    t0 = time.perf_counter()
-    f_train = compute_features(extractor, [r.path for r in train_records], size, batch_size=64)
-    f_val = compute_features(extractor, [r.path for r in val_records], size, batch_size=64)
-    forward_seconds = time.perf_counter() - t0
-    head = build_head(f_train.shape[1], 0.2)
-    head.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=32
-    )
-    hist = head.fit(
-        f_train, y_train, validation_data=(f_val, y_val), epochs=epochs, batch_size=batch, shuffle=True, verbose=0
-    )
-    cached_seconds = time.perf_counter() - t0
+    run = {"extractor": extractor, "size": size, "epochs": epochs, "batch": batch, "seed": int(settings.seed)}
+    cached_seconds, forward_seconds, cached_accuracy, dim = _time_cached(run, train_records, val_records)
     log(f"  cached: {cached_seconds:.1f}s (forward pass {forward_seconds:.1f}s)")
-
-    # plain: frozen backbone + head, fed decoded images every epoch
-    keras.utils.set_random_seed(int(settings.seed))
-    pixels = keras.Input((size, size, 3), name="pixels")
-    plain_head = build_head(f_train.shape[1], 0.2)
-    model = keras.Model(pixels, plain_head(extractor(pixels, training=False)))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
-
-    def images(records, shuffle: bool):
-        """(decoded pixels, label) batches, decoded from the files again at every epoch."""
-        ds = tf.data.Dataset.from_tensor_slices(
-            ([str(r.path) for r in records], np.array([r.label for r in records], np.float32))
-        )
-        if shuffle:
-            ds = ds.shuffle(len(records), seed=int(settings.seed), reshuffle_each_iteration=True)
-        ds = ds.map(lambda p, y: (decode_resize(tf.io.read_file(p), size), y), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
-
-    t0 = time.perf_counter()
-    plain_hist = model.fit(
-        images(train_records, True), validation_data=images(val_records, False), epochs=epochs, verbose=0, shuffle=False
-    )
-    plain_seconds = time.perf_counter() - t0
+    plain_seconds, plain_accuracy = _time_plain(run, dim, train_records, val_records)
     log(f"  plain: {plain_seconds:.1f}s")
 
     return {
@@ -146,13 +105,81 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
         "forward_pass_seconds": round(forward_seconds, 2),
         "speedup": round(plain_seconds / cached_seconds, 2),
         "cached_over_forward": round(cached_seconds / forward_seconds, 3),
-        "plain_val_accuracy": float(plain_hist.history["val_accuracy"][-1]),
-        "cached_val_accuracy": float(hist.history["val_accuracy"][-1]),
+        "plain_val_accuracy": plain_accuracy,
+        "cached_val_accuracy": cached_accuracy,
         "goals": {
             "speedup >= 10": plain_seconds / cached_seconds >= 10,
             "cached <= 1.3 x forward": cached_seconds <= 1.3 * forward_seconds,
         },
     }
+
+
+def _labels(records):
+    import numpy as np
+
+    return np.array([r.label for r in records], np.float32)
+
+
+def _time_cached(run: dict, train_records, val_records) -> tuple[float, float, float, int]:
+    """One forward pass to features, then the head on them: (seconds, forward seconds, val accuracy, dim)."""
+    import keras
+
+    from pizzactl.train.features import compute_features
+    from pizzactl.train.heads import build_head
+
+    keras.utils.set_random_seed(run["seed"])
+    t0 = time.perf_counter()
+    f_train = compute_features(run["extractor"], [r.path for r in train_records], run["size"], batch_size=64)
+    f_val = compute_features(run["extractor"], [r.path for r in val_records], run["size"], batch_size=64)
+    forward_seconds = time.perf_counter() - t0
+    head = build_head(f_train.shape[1], 0.2)
+    head.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"], steps_per_execution=32
+    )
+    hist = head.fit(
+        f_train,
+        _labels(train_records),
+        validation_data=(f_val, _labels(val_records)),
+        epochs=run["epochs"],
+        batch_size=run["batch"],
+        shuffle=True,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - t0
+    return seconds, forward_seconds, float(hist.history["val_accuracy"][-1]), int(f_train.shape[1])
+
+
+def _time_plain(run: dict, dim: int, train_records, val_records) -> tuple[float, float]:
+    """Frozen backbone + head fed decoded images every epoch (the seed notebook): (seconds, val accuracy)."""
+    import keras
+    import tensorflow as tf
+
+    from pizzactl.decode import decode_resize
+    from pizzactl.train.heads import build_head
+
+    size, seed = run["size"], run["seed"]
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((size, size, 3), name="pixels")
+    model = keras.Model(pixels, build_head(dim, 0.2)(run["extractor"](pixels, training=False)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
+
+    def images(records, shuffle: bool):
+        """(decoded pixels, label) batches, decoded from the files again at every epoch."""
+        ds = tf.data.Dataset.from_tensor_slices(([str(r.path) for r in records], _labels(records)))
+        if shuffle:
+            ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda p, y: (decode_resize(tf.io.read_file(p), size), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(run["batch"]).prefetch(tf.data.AUTOTUNE)
+
+    t0 = time.perf_counter()
+    hist = model.fit(
+        images(train_records, True),
+        validation_data=images(val_records, False),
+        epochs=run["epochs"],
+        verbose=0,
+        shuffle=False,
+    )
+    return time.perf_counter() - t0, float(hist.history["val_accuracy"][-1])
 
 
 def print_bench(res: dict) -> None:
