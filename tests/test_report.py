@@ -273,3 +273,35 @@ def test_label_check_flags_a_pizza_filed_under_not_pizza(isolated, shared_photos
 
     print_report(rep, console=Console(file=buf, width=200))
     assert "Label suspects" in buf.getvalue() and planted.name in buf.getvalue()
+
+
+@pytest.mark.slow
+def test_label_check_for_three_classes_flags_a_pizza_filed_under_a_third(isolated, shared_photos):
+    """N classes: the heads are softmax heads, and a photo is wrong when another class has the
+    highest probability. A pizza filed under `drawing` (flat colour fields, nothing like a photo)
+    is put in pizza or not_pizza by every head that did not train on it."""
+    from PIL import Image, ImageDraw
+
+    from pizzactl.config import load_settings
+    from pizzactl.data.label_check import label_check
+
+    root = isolated / "data"
+    for name in ("pizza", "not_pizza"):
+        (root / name).mkdir(parents=True)
+        for photo in shared_photos[name][:12]:
+            (root / name / photo.name).symlink_to(photo)
+    (root / "drawing").mkdir()
+    rng = random.Random(3)
+    for i in range(12):
+        img = Image.new("RGB", (160, 120), tuple(rng.randrange(256) for _ in range(3)))
+        ImageDraw.Draw(img).rectangle((20, 20, 100, 90), fill=tuple(rng.randrange(256) for _ in range(3)))
+        img.save(root / "drawing" / f"d{i}.png")
+    planted = shared_photos["pizza"][60]
+    (root / "drawing" / planted.name).symlink_to(planted)
+    settings = load_settings({"data_dir": str(root), "backbone": "efficientnet_lite0", "epochs": 300})
+    check = label_check(settings, load_dataset(root), folds=3, repeats=2)
+    suspects = {item["path"]: item for item in check["suspects"]}
+    assert f"drawing/{planted.name}" in suspects
+    assert suspects[f"drawing/{planted.name}"]["p_class"] < 0.5
+    assert not [p for p in suspects if p.startswith("drawing/d")]  # the drawings are never wrong
+    assert check["out_of_fold_accuracy"] > 0.75

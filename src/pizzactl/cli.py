@@ -113,7 +113,7 @@ def data_report(
     label_check: bool = typer.Option(
         False,
         "--label-check",
-        help="Also list photos cross-validated heads always put in the other class (needs [train]).",
+        help="Also list photos cross-validated heads always put in another class (needs [train]).",
     ),
     json_out: bool = JsonOpt,
 ) -> None:

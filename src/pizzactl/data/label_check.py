@@ -3,8 +3,8 @@
 Repeated stratified K-fold on the default backbone's cached features (the photo and its
 mirror image): each repeat cuts the photos into K folds with another seed and trains the
 training head (`train.heads.fit_head`) on K-1 of them; so each photo is judged `repeats`
-times, by heads that never saw it. One that every such head puts in the other class is a
-suspect (every such head puts it in another class): a photo filed under the wrong class, or one that shows neither. A photo wrong only
+times, by heads that never saw it. One that every such head puts in another class is a
+suspect: a photo filed under the wrong class, or one that shows none of them. A photo wrong only
 sometimes is just hard. `pizzactl data report --label-check` lists the suspects, most
 confidently wrong first; fixing or removing them is the user's call.
 

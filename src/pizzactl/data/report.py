@@ -325,7 +325,7 @@ def print_report(rep: dict[str, Any], console=None) -> None:
             f"{check['wrong_sometimes']} wrong only sometimes."
         )
         if check["suspects"]:
-            sus = Table("file", "filed under", "P(that class)", title="Label suspects: always put in the other class")
+            sus = Table("file", "filed under", "P(that class)", title="Label suspects: always put in another class")
             for item in check["suspects"][:_MAX_LISTED]:
                 sus.add_row(item["path"], item["class"], f"{item['p_class']:.3f}")
             console.print(sus)
