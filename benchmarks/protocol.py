@@ -190,7 +190,9 @@ def report(args) -> str:
     setup = json.loads((work / "protocol.json").read_text())
     table = load_predictions(work)
     fold_ids = sorted({f for f, _ in table})
-    backbones = sorted({b for entry in table.values() for b, _ in entry["p"]})
+    every = [{b for b, _ in table[key]["p"]} for key in table]
+    backbones = sorted(set.intersection(*every))  # a backbone missing from a fold cannot be scored on it
+    partial = sorted(set.union(*every) - set(backbones))
     candidates = [c for n in range(1, len(backbones) + 1) for c in itertools.combinations(backbones, n)]
     recipes = [(c, t) for c in candidates for t in TTA]
     fixed: dict = {}
@@ -230,7 +232,8 @@ def report(args) -> str:
         )
     lines = [
         f"Nested protocol: {len(fold_ids)} outer folds (seed {setup['seed']}) over {sum(len(table[(f, 'outer_test')]['labels']) for f in fold_ids)} photos; "
-        f"backbones {', '.join(backbones)}; decisions on each fold's inner validation split only.",
+        f"backbones {', '.join(backbones)}; decisions on each fold's inner validation split only."
+        + (f" Left out (not run on every fold): {', '.join(partial)}." if partial else ""),
         "",
         "| recipe | outer accuracy, mean ± sd (min-max) | precision | recall | wrong |",
         "| --- | --- | --- | --- | --- |",

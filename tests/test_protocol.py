@@ -54,3 +54,20 @@ def test_the_decision_is_made_on_inner_validation_even_when_outer_folds_disagree
     assert "| 0.6000 ± 0.0000" in decided and "8 of 20" in decided
     fixed_outer = next(line for line in text.splitlines() if line.startswith("| fixed: good_outer, views plain |"))
     assert "| 1.0000 ± 0.0000" in fixed_outer  # shown for information, never chosen on
+
+
+def test_a_backbone_missing_from_a_fold_is_left_out_and_named(tmp_path, protocol):
+    """A run stopped half-way (one backbone done on fold 0 only) still reports the complete ones."""
+    (tmp_path / "protocol.json").write_text(json.dumps({"seed": 0, "folds": 2}))
+    rows = {}
+    for fold in (0, 1):
+        rows[fold] = [
+            (s, f"{s}-{fold}-{i}.jpg", i % 2, 0.9 if i % 2 else 0.1)
+            for s in ("inner_val", "outer_test")
+            for i in range(6)
+        ]
+        write_predictions(tmp_path, fold, "done", rows[fold])
+    write_predictions(tmp_path, 0, "half", rows[0])
+    text = protocol.report(type("Args", (), {"work": str(tmp_path)})())
+    assert "backbones done;" in text and "Left out (not run on every fold): half." in text
+    assert "fixed: half" not in text and "fixed: done, views plain" in text
