@@ -181,6 +181,18 @@ def score(y, p, threshold: float) -> dict:
     return {**m, "log_loss": log_loss(y, p), "wrong": m["n"] - tn - tp}
 
 
+def table_row(name: str, scores: list) -> str:
+    """One markdown row: accuracy mean ± sd (min-max) over folds, mean precision and recall, wrong of n."""
+    import numpy as np
+
+    acc = np.array([s["accuracy"] for s in scores])
+    return (
+        f"| {name} | {acc.mean():.4f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} ({acc.min():.3f}-{acc.max():.3f}) "
+        f"| {np.mean([s['precision'] for s in scores]):.4f} | {np.mean([s['recall'] for s in scores]):.4f} "
+        f"| {sum(s['wrong'] for s in scores)} of {sum(s['n'] for s in scores)} |"
+    )
+
+
 def report(args) -> str:
     import numpy as np
 
@@ -239,18 +251,10 @@ def report(args) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
 
-    def row(name, scores):
-        acc = np.array([s["accuracy"] for s in scores])
-        return (
-            f"| {name} | {acc.mean():.4f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} ({acc.min():.3f}-{acc.max():.3f}) "
-            f"| {np.mean([s['precision'] for s in scores]):.4f} | {np.mean([s['recall'] for s in scores]):.4f} "
-            f"| {sum(s['wrong'] for s in scores)} of {sum(s['n'] for s in scores)} |"
-        )
-
-    lines.append(row("**decided on inner folds, threshold 0.5**", [d["at_0.5"] for d in decided]))
-    lines.append(row("**decided on inner folds, threshold tuned on inner folds**", [d["tuned"] for d in decided]))
+    lines.append(table_row("**decided on inner folds, threshold 0.5**", [d["at_0.5"] for d in decided]))
+    lines.append(table_row("**decided on inner folds, threshold tuned on inner folds**", [d["tuned"] for d in decided]))
     for (members, tta), scores in sorted(fixed.items(), key=lambda kv: -np.mean([s["accuracy"] for s in kv[1]])):
-        lines.append(row(f"fixed: {'+'.join(members)}, views {tta}", scores))
+        lines.append(table_row(f"fixed: {'+'.join(members)}, views {tta}", scores))
     lines += ["", "Decisions per outer fold (on its inner validation split):", ""]
     for d in decided:
         members, tta = d["recipe"]
