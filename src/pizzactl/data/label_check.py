@@ -9,7 +9,8 @@ sometimes is just hard. `pizzactl data report --label-check` lists the suspects,
 confidently wrong first; fixing or removing them is the user's call.
 
 The features are the ones `pizzactl train`'s cache holds for that backbone (a forward pass
-over the photos the first time, under a minute for the shared 1571 on 2 cores).
+over the photos the first time: the whole check took about 2 minutes for the shared 1571 on 2
+shared cores).
 """
 
 from __future__ import annotations
