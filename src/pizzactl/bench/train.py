@@ -68,7 +68,10 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     from pizzactl.console import log
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
+    from pizzactl.tfimport import require_tensorflow
     from pizzactl.train.backbones import get_backbone, resolve_weights
+
+    require_tensorflow()  # the missing [train] extra is named before the data is read
 
     bb = get_backbone(backbone or default_backbone(settings))
     size = int(settings.image_size or bb.input_size)
