@@ -352,6 +352,8 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
     assert meta["run_id"] == run.name and meta["backbone"] == "tiny_cnn" and meta["threshold"] == 0.4
     assert meta["metrics"] == {"val_accuracy": 0.61, "val_roc_auc": 0.66} and meta["data_hash"] == "abc123"
     assert meta["self_check"]["n_images"] == 4  # two real photos per class from data_dir
+    # the photos no longer hash as the run recorded: its validation split cannot be trusted as held out
+    assert meta["runtimes"]["litert"]["ok"] and "held-out" in meta["runtimes"]["litert-int8"]["reason"]
 
     blobs = [p.read_bytes() for p in tiny_classifier.photos[18:22]]
     res = tf.saved_model.load(str(version)).signatures["serving_default"](image_bytes=tf.constant(blobs))
@@ -493,3 +495,66 @@ def test_classes_that_do_not_fit_the_model_are_refused(tmp_path):
         export_model(model, tmp_path, {"image_size": 32, "classes": ["a", "a", "b"]}, [])
     assert "distinct" in info.value.message
     assert list_versions(tmp_path) == []
+
+
+# --- faster runtimes converted beside the SavedModel (pizzactl.convert) -------------------
+
+
+@pytest.mark.slow
+def test_export_converts_litert_beside_the_savedmodel_and_keeps_what_agrees(tiny_model):
+    """float32 LiteRT agrees to ~1e-7; int8 needs held-out images to be judged, and the fixture has none."""
+    version = tiny_model / "pizza" / "1"
+    runtimes = read_metadata(version)["runtimes"]
+    litert = runtimes["litert"]
+    assert litert["ok"] is True and litert["max_abs_diff"] <= 1e-4
+    assert (version / litert["file"]).is_file() and litert["file"].startswith("assets.extra/")  # TF Serving ignores it
+    int8 = runtimes["litert-int8"]
+    assert int8["ok"] is False and "held-out" in int8["reason"]
+    assert not (version / "assets.extra" / "litert" / "classifier-int8.tflite").exists()
+
+
+@pytest.mark.slow
+def test_int8_is_judged_on_held_out_accuracy_within_half_a_point(tmp_path, tiny_classifier, shared_photos):
+    from pizzactl.convert import ACCURACY_POINTS
+
+    held_out = [(p.read_bytes(), 0) for p in shared_photos["not_pizza"][40:60]]
+    held_out += [(p.read_bytes(), 1) for p in shared_photos["pizza"][40:60]]  # not among the 40 it was fitted on
+    m = tiny_classifier
+    version = export_model(
+        m.model,
+        tmp_path,
+        m.metadata,
+        m.check_images,
+        holdout=held_out,
+        calibration=[b for b, _ in held_out[::4]],
+        runtimes=("litert-int8",),
+    )
+    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    accuracy = entry["holdout_accuracy"]
+    assert accuracy["n"] == 40 and 0 <= accuracy["litert-int8"] <= 1 and 0 <= accuracy["savedmodel"] <= 1
+    points = abs(accuracy["litert-int8"] - accuracy["savedmodel"]) * 100
+    assert entry["ok"] == (points <= ACCURACY_POINTS and entry["max_abs_diff"] <= 0.05)
+    assert (version / "assets.extra/litert/classifier-int8.tflite").is_file() == entry["ok"]
+    assert set(read_metadata(version)["runtimes"]) == {"litert-int8"}
+
+
+@pytest.mark.slow
+def test_a_model_the_converter_refuses_is_published_without_the_artefact(tmp_path, tiny_classifier, monkeypatch):
+    """The converter's own error for ops LiteRT lacks is ConverterError ("Some of the operators in the model
+    are not supported by the standard TensorFlow Lite runtime", TF's converter docs); export goes on."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    class Refusing:
+        def __init__(self, model):
+            self.optimizations = []
+
+        def convert(self):
+            raise ConverterError("Some ops are not supported by the native TFLite runtime: FlexErf")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", Refusing)
+    m = tiny_classifier
+    version = export_model(m.model, tmp_path, m.metadata, m.check_images, runtimes=("litert",))
+    entry = read_metadata(version)["runtimes"]["litert"]
+    assert entry["ok"] is False and "conversion failed" in entry["reason"] and "FlexErf" in entry["reason"]
+    assert (version / "saved_model.pb").is_file() and not (version / "assets.extra" / "litert").exists()

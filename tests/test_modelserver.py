@@ -239,6 +239,12 @@ def test_signature_name_selects_the_pixels_signature(ms):
         (":predict", json.dumps({"instances": []}).encode(), 400, "empty"),
         (":predict", json.dumps({"instances": [{"b64": "AA=="}], "signature_name": "nope"}).encode(), 400, "nope"),
         ("/versions/999:predict", json.dumps({"instances": [{"b64": "AA=="}]}).encode(), 404, "Specific(pizza, 999)"),
+        (
+            ":predict",
+            json.dumps({"signature_name": "serving_pixels", "instances": [[[1, 2, 3]]]}).encode(),
+            400,
+            "shape",
+        ),
     ],
 )
 def test_bad_requests_get_tf_serving_errors_and_the_server_stays_up(ms, path, body, status, fragment):
@@ -286,6 +292,38 @@ def test_a_bad_image_in_a_combined_batch_does_not_fail_the_others(ms, shared_pho
 
     responses = asyncio.run(go())
     assert [r.status_code for r in responses] == [200, 200, 200, 400, 200, 200, 200, 200]
+
+
+# --- runtimes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answers_alike(
+    ms, serving_models, shared_photos, tmp_path
+):
+    """auto serves the LiteRT artefact export checked; asked for one export did not keep (int8: no
+    held-out images), the server falls back to TensorFlow. Both answer the same, metadata included."""
+    photos = [b64(p.read_bytes()) for p in shared_photos["pizza"][50:53] + shared_photos["not_pizza"][50:53]]
+    body = {"instances": [{"b64": p} for p in photos]}
+    litert_meta = httpx.get(ms + "/metadata").json()["metadata"]
+    assert litert_meta["runtime"] == "litert"
+    fallback = ModelServerProcess(
+        serving_models, free_port(), args=("--runtime", "litert-int8"), log_path=tmp_path / "ms.log"
+    )
+    fallback.start()
+    try:
+        fallback.wait_available()
+        url = fallback.url + "/v1/models/pizza"
+        tf_meta = httpx.get(url + "/metadata").json()["metadata"]
+        assert tf_meta["runtime"] == "tensorflow"
+        assert "falling back" in fallback.log_path.read_text()
+        assert tf_meta["signature_def"] == litert_meta["signature_def"]  # TF Serving's metadata either way
+        want = httpx.post(url + ":predict", json=body).json()["predictions"]
+    finally:
+        fallback.stop()
+    got = httpx.post(ms + ":predict", json=body).json()["predictions"]
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert max(abs(g["probability"] - w["probability"]) for g, w in zip(got, want, strict=True)) <= 1e-4
 
 
 # --- a server of its own: empty folder, hot reload, batching --------------------------------

@@ -29,6 +29,9 @@ GATEWAY_PORT = 9696
 MODEL_PORT = 8501  # TF Serving's REST port
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above any phone photo
+# What can run a model in the builtin model server (serving.modelserver.runtimes), fastest first.
+MODEL_RUNTIMES = ("litert-int8", "litert", "tensorflow")
+CHOICES = {"model_runtime": ("auto", *MODEL_RUNTIMES)}
 
 
 def _home(*parts: str, env: str, fallback: str) -> Path:
@@ -94,6 +97,7 @@ class Settings:
     poll_seconds: float = 2.0  # how often to look for new versions
     tf_intra_op_threads: int = -1  # -1: chosen for the machine, 0: TensorFlow's default
     tf_inter_op_threads: int = -1
+    model_runtime: str = "auto"  # tensorflow | litert | litert-int8 | auto: the fastest one export checked
     # training on Docker or a cluster (`train --on`, docs/train.md)
     gpus: int = 0  # nvidia.com/gpu per training pod (docker: --gpus N); >0 builds the CUDA trainer image
     train_cpu: str = "2"  # the training pod's CPU request
@@ -134,7 +138,12 @@ def _target_type(name: str) -> str:
 
 
 def coerce(name: str, value: Any, origin: str) -> Any:
-    """Turn a raw value (toml, env string, flag) into the setting's type."""
+    """Turn a raw value (toml, env string, flag) into the setting's type (one of its CHOICES, if it has them)."""
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(
+            f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r} ({origin}).",
+            hint=f"Fix {name} in {origin}.",
+        )
     kind = _target_type(name)
     if value is None:
         if "None" in kind:

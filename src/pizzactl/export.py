@@ -32,7 +32,8 @@ from typing import Any
 from pizzactl import __version__
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
-from pizzactl.errors import ExportError, ModelNotFoundError
+from pizzactl.convert import DEFAULT_RUNTIMES, convert_runtimes
+from pizzactl.errors import ExportError, ModelNotFoundError, PizzaError
 from pizzactl.model_store import (
     METADATA_DIR,
     METADATA_FILE,
@@ -327,12 +328,17 @@ def export_model(
     name: str = MODEL_NAME,
     *,
     atol: float = DEFAULT_ATOL,
+    holdout: Sequence[tuple[bytes, int]] = (),
+    calibration: Sequence[bytes] = (),
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
 ) -> Path:
     """Export `classifier` (float32 [N,S,S,3] 0..255 -> [N, 1] P(classes[1]) or [N, K]) as the next version.
 
     `metadata` should hold backbone, image_size, classes, threshold, metrics, data_hash, weights;
     anything else in it is kept. `check_images` are encoded images for the self-check (synthetic
-    ones are used if empty). Returns the version directory.
+    ones are used if empty). `runtimes` are converted beside the SavedModel and kept if they agree
+    with it (`pizzactl.convert`): on the check images, and on `holdout` (image bytes, class index)
+    pairs for accuracy; `calibration` (training images) sets the int8 ranges.
     """
     import tensorflow as tf
 
@@ -362,6 +368,9 @@ def export_model(
         _write_metadata(tmp, meta)
         images = list(check_images) or synthetic_check_images(meta["image_size"])
         meta["self_check"] = verify_export(tmp, classifier, images, atol=atol)
+        meta["runtimes"] = convert_runtimes(
+            tmp, classifier, images, holdout=holdout, calibration=calibration, runtimes=runtimes
+        )
         _write_metadata(tmp, meta)
         fsync_tree(tmp)
         version_dir = publish_version(tmp, base.parent, name)
@@ -443,4 +452,30 @@ def export_run(settings, run_id_or_dir: str | Path) -> Path:
     }
     if _lookup("tta", config) is not None:
         metadata["tta"] = _lookup("tta", config)
-    return export_model(classifier, settings.models_dir, metadata, run_check_images(config))
+    calibration, holdout = run_split(config)
+    return export_model(
+        classifier, settings.models_dir, metadata, run_check_images(config), holdout=holdout, calibration=calibration
+    )
+
+
+def run_split(config: dict, calibration_size: int = 100) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+    """The run's own split, if its data is still there: some training images (to calibrate int8
+    ranges on) and the validation images with their class index (to check accuracy on); else ([], [])."""
+    data_dir = _lookup("data_dir", config)
+    if not data_dir or not Path(data_dir).is_dir():
+        return [], []
+    from pizzactl.data.dataset import load_dataset, stratified_split
+
+    try:
+        dataset = load_dataset(data_dir, check=False)
+        if dataset.data_hash != _lookup("data_hash", config, default=dataset.data_hash):
+            return [], []  # the photos changed: the old validation images may now be training ones
+        train, val = stratified_split(
+            dataset, float(_lookup("val_split", config, default=0.2)), int(_lookup("seed", config, default=42))
+        )
+    except PizzaError:
+        return [], []
+    step = max(1, len(train) // calibration_size)
+    return [r.path.read_bytes() for r in train[::step][:calibration_size]], [
+        (r.path.read_bytes(), r.label) for r in val
+    ]

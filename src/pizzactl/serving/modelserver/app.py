@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pizzactl.config import MODEL_PORT, load_settings, server_settings
+from pizzactl.config import CHOICES, MODEL_PORT, load_settings, server_settings
 from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_handlers, tf_serving_body
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
@@ -184,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         dest="tf_inter_op_threads",
         type=int,
         help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).",
+    )
+    parser.add_argument(
+        "--runtime",
+        dest="model_runtime",
+        choices=CHOICES["model_runtime"],
+        help="What runs the model: auto (default) = the fastest runtime `pizzactl export` converted and checked, else tensorflow (env PIZZACTL_MODEL_RUNTIME).",
     )
     settings = server_settings(vars(parser.parse_args(argv)))
     config = ModelServerConfig.from_settings(settings)

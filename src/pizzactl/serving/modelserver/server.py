@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pizzactl.errors import BadInputError, ServableNotFoundError
 from pizzactl.model_store import list_versions, model_base
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
-from pizzactl.serving.modelserver.runtimes import SIGNATURE, TensorFlowRuntime, load_runtime
+from pizzactl.serving.modelserver.runtimes import SIGNATURE, Runtime, default_tf_threads, load_runtime
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -42,11 +43,19 @@ class ModelServerConfig:
     poll_seconds: float
     tf_intra_op_threads: int
     tf_inter_op_threads: int
+    model_runtime: str
     max_request_bytes: int = MAX_REQUEST_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ModelServerConfig:
         return view(cls, settings, **overrides)
+
+    @property
+    def engine_threads(self) -> int:
+        """Threads for one batch: the intra-op setting (0: every CPU, negative: chosen for the machine)."""
+        if self.tf_intra_op_threads > 0:
+            return self.tf_intra_op_threads
+        return default_tf_threads()[0] if self.tf_intra_op_threads < 0 else max(1, os.cpu_count() or 1)
 
     @property
     def base_path(self) -> Path:
@@ -69,7 +78,7 @@ class ModelServer:
 
     def __init__(self, config: ModelServerConfig):
         self.config = config
-        self.model: TensorFlowRuntime | None = None
+        self.model: Runtime | None = None
         self.loading: int | None = None
         self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
         self._failed_mtime: dict[int, float] = {}
@@ -111,7 +120,7 @@ class ModelServer:
         log.info("loading %s version %s from %s", self.config.model_name, target, path)
         started = time.perf_counter()
         try:
-            model = load_runtime(path, target)
+            model = load_runtime(path, target, self.config.model_runtime, self.config.engine_threads)
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             log.error("could not load %s: %s", path, message)
@@ -124,9 +133,10 @@ class ModelServer:
         with self._lock:
             old, self.model = self.model, model
         log.info(
-            "serving %s version %s (%.1fs to load)%s",
+            "serving %s version %s on %s (%.1fs to load)%s",
             self.config.model_name,
             target,
+            model.name,
             time.perf_counter() - started,
             f", replacing version {old.version}" if old else "",
         )
@@ -163,7 +173,7 @@ class ModelServer:
             "Export one with `pizzactl export` (or `pizzactl train`); it is picked up without a restart."
         )
 
-    def servable(self, name: str, version: int | None) -> TensorFlowRuntime:
+    def servable(self, name: str, version: int | None) -> Runtime:
         if name != self.config.model_name:
             raise ServableNotFoundError(f"Servable not found for request: Latest({name})")
         model = self.model
@@ -197,7 +207,11 @@ class ModelServer:
         model = self.servable(name, version)
         return {
             "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
-            "metadata": {"signature_def": {"signature_def": model.signature_def}, "pizzactl": model.pizzactl},
+            "metadata": {
+                "signature_def": {"signature_def": model.signature_def},
+                "pizzactl": model.pizzactl,
+                "runtime": model.name,  # not TF Serving's: which engine answers (pizzactl.convert)
+            },
         }
 
     async def predict(self, name: str, version: int | None, body: dict[str, Any]) -> tuple[dict[str, Any], int]:

@@ -1,0 +1,154 @@
+"""Faster runtimes for the builtin model server, converted at export beside the SavedModel.
+
+`pizzactl export` (and `train`) converts the classifier for LiteRT (XNNPACK on CPU) into the
+version directory, under `assets.extra/litert/` (TF Serving ignores assets.extra, so the same
+version still serves there). Two artefacts: `litert`, float32 (the same arithmetic, reordered),
+and `litert-int8`, weights and activations quantized to 8 bits with a float interface
+(calibrated on training images), which is what makes XNNPACK roughly twice as fast on x86.
+
+An artefact is published only if it agrees with the SavedModel through the model server's own
+runtime (`LiteRTRuntime`, the same decoding): max |dp| on the check images within its tolerance,
+and accuracy on the held-out images within 0.5 points. What was checked, and why an artefact
+was left out, is written to pizzactl.json under `runtimes`; the model server then falls back
+to TensorFlow. `tf.lite.TFLiteConverter.from_keras_model` is used because a conversion from a
+concrete function with unfrozen variables produced NaN (issue 14).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pizzactl.console import log
+from pizzactl.model_store import METADATA_DIR
+
+TOLERANCE = {"litert": 1e-4, "litert-int8": 0.05}  # max |dp| on the check images
+ACCURACY_POINTS = 0.5  # held-out accuracy may differ from the SavedModel's by at most this
+MAX_HOLDOUT = 500
+MAX_CALIBRATION = 100
+DEFAULT_RUNTIMES = tuple(TOLERANCE)
+
+
+def tflite_model(classifier, int8: bool = False, calibration=None) -> bytes:
+    """The Keras classifier (float32 [N,S,S,3] 0..255 in) as a LiteRT flatbuffer."""
+    import numpy as np
+    import tensorflow as tf
+
+    def representative():
+        for pixels in calibration:
+            yield [np.asarray(pixels, np.float32)[None]]
+
+    # Keras prints the artefact it saves on the way to stdout, which holds `--json` answers.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs")  # float I/O by design
+        converter = tf.lite.TFLiteConverter.from_keras_model(classifier)
+        if int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+        return converter.convert()
+
+
+def _pixels(images: Sequence[bytes], size: int):
+    import tensorflow as tf
+
+    from pizzactl.serving.modelserver.runtimes import decoder
+
+    return decoder(size)(tf.constant(list(images), dtype=tf.string)).numpy() if images else []
+
+
+def convert_runtimes(
+    version_dir: Path,
+    classifier,
+    check_images: Sequence[bytes],
+    *,
+    holdout: Sequence[tuple[bytes, int]] = (),
+    calibration: Sequence[bytes] = (),
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+) -> dict[str, dict[str, Any]]:
+    """Convert, check and keep (or drop) each runtime's artefact; returns pizzactl.json's `runtimes`.
+
+    `holdout`: (image bytes, class index) pairs the classifier was not trained on; `calibration`:
+    training images for the int8 ranges (the check images when none are given).
+    """
+    if not runtimes:
+        return {}
+    import numpy as np
+
+    from pizzactl.model_store import read_metadata
+    from pizzactl.serving.modelserver.runtimes import TensorFlowRuntime
+
+    meta = read_metadata(version_dir)
+    size, threshold = int(meta["image_size"]), float(meta.get("threshold", 0.5))
+    holdout = list(holdout)[:MAX_HOLDOUT]
+    reference = TensorFlowRuntime.load(version_dir, 0)
+    check = {"check": list(check_images), "holdout": [image for image, _ in holdout]}
+    want = {k: _probabilities(reference, v) for k, v in check.items()}
+    truth = np.array([label for _, label in holdout])
+    calibration_pixels = _pixels(list(calibration)[:MAX_CALIBRATION] or list(check_images), size)
+    out = {}
+    for name in runtimes:
+        out[name] = _convert_one(name, version_dir, classifier, calibration_pixels, check, want, truth, threshold)
+        verdict = "kept" if out[name]["ok"] else f"left out: {out[name]['reason']}"
+        log(f"{name}: {verdict}")
+    return out
+
+
+def _probabilities(runtime, images: Sequence[bytes]):
+    import numpy as np
+
+    if not images:
+        return np.zeros(0, np.float32)
+    name = runtime.input_names("serving_default")[0]
+    return np.concatenate(
+        [
+            runtime.run("serving_default", {name: list(images[i : i + 32])})["probability"]
+            for i in range(0, len(images), 32)
+        ]
+    )
+
+
+def _convert_one(name, version_dir, classifier, calibration, check, want, truth, threshold) -> dict[str, Any]:
+    import numpy as np
+
+    from pizzactl.serving.modelserver.runtimes import LITERT, LiteRTRuntime
+
+    try:
+        import ai_edge_litert  # noqa: F401 - the engine the check (and the model server) runs it on
+    except ImportError:
+        return {"ok": False, "reason": "ai-edge-litert is not installed (pip install ai-edge-litert)"}
+    try:
+        data = tflite_model(classifier, int8=name == "litert-int8", calibration=calibration)
+    except Exception as exc:  # the converter raises many types for an op it cannot lower
+        return {"ok": False, "reason": f"conversion failed: {type(exc).__name__}: {str(exc)[:300]}"}
+    target = Path(version_dir) / METADATA_DIR / LITERT[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    runtime = LiteRTRuntime.load(Path(version_dir), 0, name, threads=2, checked_only=False)
+    got = {k: _probabilities(runtime, v) for k, v in check.items()}
+    diff = float(np.max(np.abs(got["check"] - want["check"]))) if len(want["check"]) else float("nan")
+    entry: dict[str, Any] = {"file": str(Path(METADATA_DIR) / LITERT[name]), "bytes": len(data)}
+    entry["max_abs_diff"] = diff
+    if len(truth):
+        accuracy = {
+            "savedmodel": float(np.mean((want["holdout"] >= threshold) == (truth == 1))),
+            name: float(np.mean((got["holdout"] >= threshold) == (truth == 1))),
+            "n": len(truth),
+        }
+        entry["holdout_accuracy"] = accuracy
+    problems = []
+    if not diff <= TOLERANCE[name]:  # also NaN
+        problems.append(f"max |dp| {diff:.3g} on {len(want['check'])} check images > {TOLERANCE[name]:g}")
+    if "holdout_accuracy" in entry:
+        points = abs(entry["holdout_accuracy"][name] - entry["holdout_accuracy"]["savedmodel"]) * 100
+        if points > ACCURACY_POINTS:
+            problems.append(f"held-out accuracy differs by {points:.2f} points > {ACCURACY_POINTS}")
+    elif name == "litert-int8":
+        problems.append("no held-out images to check its accuracy on")
+    if problems:
+        target.unlink()
+        return {**entry, "ok": False, "reason": "; ".join(problems)}
+    return {**entry, "ok": True}
