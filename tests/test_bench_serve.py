@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from pizzactl.bench.serve import GOALS, percentile, pick_photos, wire_body
+from pizzactl.bench.load import percentile, wire_body
+from pizzactl.bench.serve import GOALS, pick_photos
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +69,26 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert set(res) >= KEYS
+    # every runtime the export kept (float LiteRT for the tiny model), and TensorFlow; auto's choice on top
+    assert set(res["runtimes"]) == {"litert", "tensorflow"} and res["runtime"] == "litert"
+    for name, r in res["runtimes"].items():
+        assert r["served_by"] == name
+        settings = {(row["intra"], row["inter"]) for row in r["sweep"]}
+        if name == "tensorflow":
+            assert settings == {(a, b) for a in (0, 1, 2) for b in (0, 1, 2)}  # a fresh process each
+        else:
+            assert settings == {(1, 1), (2, 1)}
+        assert {row["batch"] for row in r["sweep"]} == {16, 32}
+        assert r["best"] == max(r["sweep"], key=lambda row: row["img_per_s"])
+        assert r["best_in_process_img_per_s"] == r["best"]["img_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["e2e_img_per_s"] / r["model_img_per_s"], rel=0.01)
+        assert r["errors"] == 0 and r["requests"] == 12
+    assert res["speedup_vs_tensorflow"]["tensorflow"] == 1.0
+    assert res["speedup_vs_tensorflow"]["litert"] == pytest.approx(
+        res["runtimes"]["litert"]["best_in_process_img_per_s"]
+        / res["runtimes"]["tensorflow"]["best_in_process_img_per_s"],
+        rel=0.01,
+    )
     assert res["errors"] == 0 and res["requests"] == 12 and res["concurrency"] == 4
     assert res["model_img_per_s"] > 0 and res["e2e_img_per_s"] > 0
     assert res["ratio"] == pytest.approx(res["e2e_img_per_s"] / res["model_img_per_s"], rel=0.01)
@@ -80,12 +101,22 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
     assert res["wire_bytes_per_image"] == pytest.approx(res["jpeg_bytes_per_image"] * 4 / 3, rel=0.05)
     assert set(res["goals"]) == set(GOALS)
     assert res["goals"]["wire_bytes_per_image"]["ok"] == (res["wire_bytes_per_image"] <= 60000)
-    # where the CPU went during the throughput runs (Linux /proc), and the TF settings both sides used
+    # where the CPU went during the throughput runs (Linux /proc), and what else ran on the machine
     assert set(res["cpu_ms_per_image"]) == {"modelserver", "gateway", "load client"}
     if sys.platform.startswith("linux"):
         assert all(v is not None and v >= 0 for v in res["cpu_ms_per_image"].values())  # /proc counts 10 ms ticks
         assert res["model_cpu_ms_per_image"] > 0
-    assert res["tf_threads"]["intra_op"] >= 1 and res["tf_threads"]["inter_op"] == 1
+    assert len(res["load_average"]["before"]) == 3 and len(res["load_average"]["after"]) == 3
+
+
+def test_a_runtime_the_model_lacks_is_a_usage_error(tiny_model, shared_data, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
+    argv = ["bench", "serve", "--models", str(tiny_model), "--data", str(shared_data), "--runtimes", "litert-int8"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl", *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "litert-int8" in proc.stderr and "export" in proc.stderr
 
 
 def test_wire_body_is_a_tf_serving_instances_request():

@@ -563,13 +563,19 @@ def bench_serve(
     concurrency: int = typer.Option(16, "--concurrency"),
     requests_: int = typer.Option(200, "--requests", help="Requests for the throughput phase."),
     data: Path | None = DataOpt,
+    runtimes: str | None = typer.Option(
+        None, "--runtimes", help="Comma-separated: tensorflow, litert, litert-int8 (default: every one the model has)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Model throughput in-process vs end to end through gateway and model server."""
+    """The model's best in-process throughput (thread and batch sweep) vs end to end, per runtime."""
     from pizzactl.bench.serve import bench_serve as bench
     from pizzactl.bench.serve import print_bench
 
-    res = bench(settings(models_dir=models, data_dir=data), concurrency=concurrency, requests=requests_)
+    chosen = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
+    res = bench(
+        settings(models_dir=models, data_dir=data), concurrency=concurrency, requests=requests_, runtimes=chosen
+    )
     if json_out:
         print_json(res)
     else:

@@ -79,7 +79,9 @@ def http_url(host: str, port: int) -> str:
 # --- commands ------------------------------------------------------------------------------
 
 
-def modelserver_command(models_dir: Path | str, port: int, host: str = "127.0.0.1") -> list[str]:
+def modelserver_command(
+    models_dir: Path | str, port: int, host: str = "127.0.0.1", extra: Sequence[str] = ()
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -90,6 +92,7 @@ def modelserver_command(models_dir: Path | str, port: int, host: str = "127.0.0.
         str(port),
         "--host",
         host,
+        *extra,
     ]
 
 
@@ -118,7 +121,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: SIGTERM this child when the process that started it dies, even by SIGKILL."""
     try:
         import ctypes
@@ -143,7 +146,7 @@ def spawn(
         stderr=subprocess.STDOUT,
         env=child_env(env),
         start_new_session=True,
-        preexec_fn=_die_with_parent if attached and sys.platform.startswith("linux") else None,
+        preexec_fn=die_with_parent if attached and sys.platform.startswith("linux") else None,
     )
 
 
@@ -376,12 +379,15 @@ def start_pair(
     allow_private_urls: bool,
     attached: bool,
     logs: Mapping[str, IO | int | None] | None = None,
+    modelserver_args: Sequence[str] = (),
 ) -> Started:
     """Start the model server, then the gateway pointing at it. The caller waits for readiness."""
     logs = logs or {}
     model_url = f"http://127.0.0.1:{model_port}"
     modelserver = spawn(
-        modelserver_command(models_dir, model_port, "127.0.0.1"), stdout=logs.get(MODELSERVER), attached=attached
+        modelserver_command(models_dir, model_port, "127.0.0.1", modelserver_args),
+        stdout=logs.get(MODELSERVER),
+        attached=attached,
     )
     try:
         gateway = spawn(

@@ -1,0 +1,182 @@
+"""The model alone: what this machine can do with an exported version, found by trying settings.
+
+Each setting runs in a fresh process (TensorFlow's thread pools are fixed once it starts), a
+worker that loads the version on one runtime and then answers commands on stdin, one JSON
+object a line: `{"throughput": IMAGES, "batch": B}` -> images/s and CPU seconds,
+`{"latency": N}` -> milliseconds per lone image. It runs the model server's own code
+(`serving.modelserver.runtimes`) on the very JPEG bytes the gateway would send, so the best of
+the sweep is the limit the servers are measured against, not a handicapped baseline.
+
+    python -m pizzactl.bench.inprocess VERSION_DIR JPEGS_FILE RUNTIME INTRA INTER
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TF_THREADS = (0, 1, 2)  # intra-op x inter-op; 0 is TensorFlow's own default
+LITERT_THREADS = (1, 2)
+BATCHES = (16, 32)
+
+
+@dataclass(frozen=True)
+class Setting:
+    runtime: str
+    intra: int
+    inter: int
+
+    def label(self) -> str:
+        if self.runtime == "tensorflow":
+            return f"intra {self.intra or 'default'}, inter {self.inter or 'default'}"
+        return f"{self.intra} thread{'s' if self.intra > 1 else ''}"
+
+
+def settings_for(runtime: str) -> list[Setting]:
+    if runtime == "tensorflow":
+        return [Setting(runtime, intra, inter) for intra in TF_THREADS for inter in TF_THREADS]
+    return [Setting(runtime, threads, 1) for threads in LITERT_THREADS]
+
+
+def write_jpegs(path: Path, jpegs: Sequence[bytes]) -> None:
+    """The photos a worker feeds the model, as one file of length-prefixed JPEGs."""
+    with open(path, "wb") as fh:
+        for data in jpegs:
+            fh.write(len(data).to_bytes(4, "big") + data)
+
+
+def read_jpegs(path: Path) -> list[bytes]:
+    blob, out, i = Path(path).read_bytes(), [], 0
+    while i < len(blob):
+        n = int.from_bytes(blob[i : i + 4], "big")
+        out.append(blob[i + 4 : i + 4 + n])
+        i += 4 + n
+    return out
+
+
+class Worker:
+    """A worker process for one setting (stopped by `close`, or with the bench: it dies with us)."""
+
+    def __init__(self, version_dir: Path, jpegs_file: Path, setting: Setting):
+        from pizzactl.serving.processes import child_env, die_with_parent
+
+        self.setting = setting
+        argv = [str(version_dir), str(jpegs_file), setting.runtime, str(setting.intra), str(setting.inter)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pizzactl.bench.inprocess", *argv],
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=child_env(),
+        )
+        self.ready = self._read()  # loaded and warmed up
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the in-process worker for {self.setting} exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def throughput(self, images: int, batch: int) -> float:
+        return float(self.ask(throughput=images, batch=batch)["img_per_s"])
+
+    def latencies(self, n: int) -> list[float]:
+        return list(self.ask(latency=n)["ms"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def sweep(version_dir: Path, jpegs_file: Path, runtime: str, images: int) -> list[dict[str, Any]]:
+    """Images/s of every setting and batch size, each setting in a fresh process."""
+    rows = []
+    for setting in settings_for(runtime):
+        worker = Worker(version_dir, jpegs_file, setting)
+        try:
+            for batch in BATCHES:
+                rows.append(
+                    {
+                        "runtime": runtime,
+                        "intra": setting.intra,
+                        "inter": setting.inter,
+                        "batch": batch,
+                        "img_per_s": round(worker.throughput(max(images, 2 * batch), batch), 2),
+                    }
+                )
+        finally:
+            worker.close()
+    return rows
+
+
+# --- the worker process ------------------------------------------------------------------------
+
+
+def _serve(version_dir: Path, jpegs: list[bytes], runtime_name: str, intra: int, inter: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
+    from pizzactl.tfimport import import_quietly
+
+    import_quietly()
+    configure_tf_threads(intra, inter)
+    version = int(version_dir.name) if version_dir.name.isdigit() else 0
+    runtime: Any
+    if runtime_name == "tensorflow":
+        runtime = TensorFlowRuntime.load(version_dir, version)
+    else:
+        runtime = LiteRTRuntime.load(version_dir, version, runtime_name, threads=intra)
+    name = runtime.input_names(SIGNATURE)[0]
+
+    def run(batch: list[bytes]) -> None:
+        runtime.run(SIGNATURE, {name: batch})
+
+    for size in (1, *BATCHES):  # trace every batch shape once
+        run([jpegs[i % len(jpegs)] for i in range(size)])
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if "throughput" in command:
+            size = int(command["batch"])
+            batches = [[jpegs[(i + j) % len(jpegs)] for j in range(size)] for i in range(0, len(jpegs), size)]
+            done, started, cpu = 0, time.perf_counter(), time.process_time()
+            while done < int(command["throughput"]):
+                run(batches[(done // size) % len(batches)])
+                done += size
+            seconds = time.perf_counter() - started
+            print(
+                json.dumps({"img_per_s": done / seconds, "images": done, "cpu_s": time.process_time() - cpu}),
+                flush=True,
+            )
+        else:
+            ms = []
+            for i in range(int(command["latency"])):
+                t0 = time.perf_counter()
+                run([jpegs[i % len(jpegs)]])
+                ms.append((time.perf_counter() - t0) * 1000)
+            print(json.dumps({"ms": ms}), flush=True)
+
+
+if __name__ == "__main__":
+    _dir, _jpegs, _runtime, _intra, _inter = sys.argv[1:6]
+    _serve(Path(_dir), read_jpegs(Path(_jpegs)), _runtime, int(_intra), int(_inter))
