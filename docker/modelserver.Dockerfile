@@ -15,9 +15,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The biggest layer first, so that neither the code nor the model reinstalls it. tensorflow-cpu
 # has x86_64 wheels only; on aarch64 (Apple Silicon, Graviton) `pizzactl build` passes
 # TENSORFLOW=tensorflow==2.21.0 (that wheel is the CPU build there); by hand, add
-# --build-arg TENSORFLOW=tensorflow==2.21.0.
+# --build-arg TENSORFLOW=tensorflow==2.21.0. LiteRT runs the artefact `pizzactl export`
+# converted and checked (assets.extra/litert/), TensorFlow the rest.
 ARG TENSORFLOW=tensorflow-cpu==2.21.0
-RUN pip install --no-cache-dir "${TENSORFLOW}" && rm -rf /root/.cache
+ARG LITERT=ai-edge-litert==2.3.0
+RUN pip install --no-cache-dir "${TENSORFLOW}" "${LITERT}" && rm -rf /root/.cache
 
 COPY pyproject.toml docker/requirements.py /build/
 RUN python /build/requirements.py modelserver /build/pyproject.toml > /build/requirements.txt \
