@@ -18,12 +18,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pizzactl.errors import BadInputError, ModelNotFoundError
+from pizzactl.errors import BadInputError, ModelNotFoundError, UsageError
 from pizzactl.model_store import METADATA_DIR, METADATA_FILE
 
 log = logging.getLogger("pizzactl.modelserver")
@@ -277,6 +279,19 @@ def runtime_candidates(wanted: str, meta: dict[str, Any]) -> list[str]:
     return [wanted] if wanted == TENSORFLOW else [wanted, TENSORFLOW]
 
 
+def require_runtimes(path: Path, wanted: Sequence[str]) -> list[str]:
+    """The runtimes asked for, if the version at `path` has them all (a measurement must not fall back)."""
+    available = runtime_candidates("auto", read_pizzactl_json(path))
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise UsageError(
+            f"{path} cannot run on {', '.join(missing)} (it has {', '.join(available)}).",
+            hint="Export it again (`pizzactl export RUN`) with ai-edge-litert installed; "
+            "pizzactl.json's `runtimes` says why an artefact was left out.",
+        )
+    return list(wanted)
+
+
 def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 1) -> Runtime:
     """Load and warm up one version on the runtime asked for; TensorFlow when that cannot be had."""
     candidates = runtime_candidates(wanted, read_pizzactl_json(path))
@@ -293,19 +308,48 @@ def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 
 # --- TensorFlow's threads ------------------------------------------------------------------
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup's CPU quota.
+
+    In a container with `--cpus` or a pod with a CPU limit, os.cpu_count() and the affinity
+    still show every CPU of the host while the kernel throttles the process to the quota, so
+    sizing thread pools from them oversubscribes it (Kubernetes' CPU limits are CFS quotas:
+    https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the CFS quota (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, p = float(quota), float(period)
+    except ValueError:  # "max": no limit
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
 def default_tf_threads() -> tuple[int, int]:
-    """(intra-op, inter-op) threads for serving: half the CPUs per op, one op at a time.
+    """(intra-op, inter-op) threads for serving: half the usable CPUs per op, one op at a time.
 
     TF's default (every core for every op, and as many ops at once) makes its threads fight
     the gateway's image decoding and each other: on 2 shared cores a MobileNetV3 ran 113
     images/s with the defaults and 142 with (1, 1), at 20% less CPU per image. More batches
     in parallel is what `--batch-threads` is for.
     """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // 2), 1
+    return max(1, usable_cpus() // 2), 1
 
 
 def configure_tf_threads(intra: int | None = None, inter: int | None = None) -> tuple[int, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pizzactl.errors import BadInputError, ServableNotFoundError
 from pizzactl.model_store import list_versions, model_base
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
-from pizzactl.serving.modelserver.runtimes import SIGNATURE, Runtime, default_tf_threads, load_runtime
+from pizzactl.serving.modelserver.runtimes import SIGNATURE, Runtime, default_tf_threads, load_runtime, usable_cpus
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -55,7 +54,7 @@ class ModelServerConfig:
         """Threads for one batch: the intra-op setting (0: every CPU, negative: chosen for the machine)."""
         if self.tf_intra_op_threads > 0:
             return self.tf_intra_op_threads
-        return default_tf_threads()[0] if self.tf_intra_op_threads < 0 else max(1, os.cpu_count() or 1)
+        return default_tf_threads()[0] if self.tf_intra_op_threads < 0 else usable_cpus()
 
     @property
     def base_path(self) -> Path:
