@@ -57,11 +57,15 @@ def _expected_probabilities(tiny_classifier, paths):
 
 
 @pytest.mark.slow
-def test_evaluate_runs_the_exported_model_on_raw_bytes(subset, tiny_model, tiny_classifier, tmp_path):
+@pytest.mark.parametrize("runtime", ["auto", "tensorflow"])
+def test_evaluate_runs_the_exported_model_on_raw_bytes(subset, tiny_model, tiny_classifier, tmp_path, runtime):
+    """auto runs what the builtin model server runs: the float LiteRT artefact export kept for the tiny model."""
     from pizzactl.evaluate import evaluate
 
     errors_csv = tmp_path / "out" / "errors.csv"
-    m = evaluate(Settings(data_dir=subset, models_dir=tiny_model), errors_csv=errors_csv, progress=False)
+    settings = Settings(data_dir=subset, models_dir=tiny_model, model_runtime=runtime)
+    m = evaluate(settings, errors_csv=errors_csv, progress=False)
+    assert m["runtime"] == {"auto": "litert", "tensorflow": "tensorflow"}[runtime]
 
     paths = sorted((subset / "not_pizza").iterdir()) + sorted((subset / "pizza").iterdir())
     want = binary_metrics([0] * 10 + [1] * 10, _expected_probabilities(tiny_classifier, paths), 0.5)
@@ -80,6 +84,18 @@ def test_evaluate_runs_the_exported_model_on_raw_bytes(subset, tiny_model, tiny_
         assert row["true"] != row["predicted"]
         assert (float(row["probability"]) >= 0.5) == (row["predicted"] == "pizza")
         assert Path(row["path"]).parent.name == row["true"]
+
+
+@pytest.mark.slow
+def test_a_runtime_the_model_lacks_is_refused_not_replaced(subset, tiny_model):
+    """The model server falls back to TensorFlow; a measurement must not: it would score another runtime."""
+    from pizzactl.errors import UsageError
+    from pizzactl.evaluate import evaluate
+
+    settings = Settings(data_dir=subset, models_dir=tiny_model, model_runtime="litert-int8")
+    with pytest.raises(UsageError, match="cannot run on litert-int8") as info:
+        evaluate(settings, progress=False)
+    assert "pizzactl export" in info.value.hint
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from pizzactl import __version__
-from pizzactl.config import Settings, load_settings
+from pizzactl.config import ModelRuntime, Settings, load_settings
 from pizzactl.console import err, out, print_json
 from pizzactl.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_INTERRUPTED, PizzaError, as_missing_extra
 
@@ -310,6 +310,11 @@ def evaluate(
     confusion_png: Path | None = typer.Option(
         None, "--confusion-matrix", help="Draw the confusion matrix to this PNG (needs [train])."
     ),
+    runtime: ModelRuntime | None = typer.Option(
+        None,
+        "--runtime",
+        help="What runs the model; auto (default): what the builtin model server would run.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the exported model on raw image bytes, as serving will, and report metrics."""
@@ -317,7 +322,10 @@ def evaluate(
     from pizzactl.evaluate import print_metrics
 
     metrics = evaluate_(
-        settings(data_dir=data, models_dir=models), model_dir=model_dir, errors_csv=errors, confusion_png=confusion_png
+        settings(data_dir=data, models_dir=models, model_runtime=runtime),
+        model_dir=model_dir,
+        errors_csv=errors,
+        confusion_png=confusion_png,
     )
     if json_out:
         print_json(metrics)

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pizzactl.errors import EXIT_USER, ConfigError
 
@@ -29,9 +29,10 @@ GATEWAY_PORT = 9696
 MODEL_PORT = 8501  # TF Serving's REST port
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above any phone photo
-# What can run a model in the builtin model server (serving.modelserver.runtimes), fastest first.
-MODEL_RUNTIMES = ("litert-int8", "litert", "tensorflow")
-CHOICES = {"model_runtime": ("auto", *MODEL_RUNTIMES)}
+# What can run a model in the builtin model server (serving.modelserver.runtimes), fastest first;
+# auto: the fastest one `pizzactl export` converted and checked.
+ModelRuntime = Literal["auto", "litert-int8", "litert", "tensorflow"]
+CHOICES = {"model_runtime": get_args(ModelRuntime)}
 
 
 def _home(*parts: str, env: str, fallback: str) -> Path:

@@ -1,7 +1,9 @@
 """Evaluate an *exported* model the way serving will run it: raw file bytes into `serving_default`.
 
-Going through the SavedModel rather than the Keras model catches every train/serve skew
-(decoding, resizing, preprocessing, threshold) before a user does. The metrics are computed
+Going through the exported version rather than the Keras model catches every train/serve skew
+(decoding, resizing, preprocessing, threshold) before a user does. It runs on the runtime the
+builtin model server would pick (`model_runtime`, default `auto`: the fastest artefact export
+checked, e.g. LiteRT), or the one asked for, so its accuracy is that of what is served. The metrics are computed
 by `pizzactl.train.metrics`, the same code that scores validation during training.
 """
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 from pizzactl.console import err, log, out
-from pizzactl.errors import DataError
+from pizzactl.errors import BadInputError, DataError
 from pizzactl.model_store import read_metadata, resolve_model_dir
 from pizzactl.train.metrics import classification_metrics
 
@@ -20,22 +22,23 @@ BATCH_SIZE = 32
 CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order"
 
 
-def _predict_batch(fn, blobs: list[bytes], paths: list[Path], failed: list[dict]):
+def _predict_batch(runtime, blobs: list[bytes], paths: list[Path], failed: list[dict]):
     """(probability, label, probabilities) per image of one batch, and the indices kept; an
     undecodable image is set aside, not fatal. A binary model exported before `probabilities`
     existed gets (1 - p, p)."""
-    import tensorflow as tf
-
     from pizzactl.serving.modelserver.batching import isolate_failures
+    from pizzactl.serving.modelserver.runtimes import SIGNATURE
+
+    (name,) = runtime.input_names(SIGNATURE)
 
     def run(batch: list[bytes]) -> list[tuple[float, str, list[float]]]:
-        res = fn(image_bytes=tf.constant(batch))
-        p = res["probability"].numpy().tolist()
-        rows = res["probabilities"].numpy().tolist() if "probabilities" in res else [[1.0 - q, q] for q in p]
-        return list(zip(p, [x.decode() for x in res["label"].numpy()], rows, strict=True))
+        res = runtime.run(SIGNATURE, {name: batch})
+        p = res["probability"].tolist()
+        rows = res["probabilities"].tolist() if "probabilities" in res else [[1.0 - q, q] for q in p]
+        return list(zip(p, [x.decode() for x in res["label"]], rows, strict=True))
 
     answers, kept = [], []
-    outcomes = isolate_failures(run, [[blob] for blob in blobs], tf.errors.InvalidArgumentError)
+    outcomes = isolate_failures(run, [[blob] for blob in blobs], BadInputError)
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             failed.append({"path": str(paths[i]), "error": getattr(outcome, "message", str(outcome)).splitlines()[0]})
@@ -53,13 +56,21 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
         writer.writerows({**e, "probability": f"{e['probability']:.6f}"} for e in errors)
 
 
-def _run_model(version_dir: Path, records: list, progress: bool) -> tuple[list, list[dict]]:
+def load_for_evaluation(version_dir: Path, wanted: str):
+    """The version on the runtime asked for (`auto`: the model server's choice), with every CPU."""
+    from pizzactl.serving.modelserver.runtimes import load_runtime, require_runtimes, usable_cpus
+
+    if wanted != "auto":
+        require_runtimes(version_dir, [wanted])
+    version = int(version_dir.name) if version_dir.name.isdigit() else 0
+    return load_runtime(version_dir, version, wanted, threads=usable_cpus())
+
+
+def _run_model(runtime, records: list, progress: bool) -> tuple[list, list[dict]]:
     """`serving_default` over the records in batches: [(record, (probability, label, probabilities))]
     for the images it answered, and the ones it could not decode."""
-    import tensorflow as tf
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     answered: list = []
     failed: list[dict] = []
     with Progress(
@@ -74,7 +85,7 @@ def _run_model(version_dir: Path, records: list, progress: bool) -> tuple[list, 
         task = bar.add_task("evaluate", total=len(records))
         for start in range(0, len(records), BATCH_SIZE):
             batch = records[start : start + BATCH_SIZE]
-            answers, kept = _predict_batch(fn, [r.path.read_bytes() for r in batch], [r.path for r in batch], failed)
+            answers, kept = _predict_batch(runtime, [r.path.read_bytes() for r in batch], [r.path for r in batch], failed)
             answered += [(batch[i], answer) for i, answer in zip(kept, answers, strict=True)]
             bar.advance(task, len(batch))
     return answered, failed
@@ -92,7 +103,7 @@ def evaluate(
 
     `model_dir` is a version directory (default: the latest under `settings.models_dir`);
     the data is `settings.data_dir` (or the downloaded dataset), whose class folders must be
-    among the model's classes. `errors_csv` receives the misclassified images (path, true,
+    among the model's classes; the runtime is `settings.model_runtime`. `errors_csv` receives the misclassified images (path, true,
     predicted, probability); `confusion_png` the confusion matrix as a picture.
     """
     version_dir = resolve_model_dir(model_dir, settings.models_dir)  # before TF: a missing model fails fast
@@ -113,8 +124,9 @@ def evaluate(
         )
     records = list(dataset.records)
 
+    runtime = load_for_evaluation(version_dir, settings.model_runtime)
     started = time.perf_counter()
-    answered, failed = _run_model(version_dir, records, progress)
+    answered, failed = _run_model(runtime, records, progress)
     seconds = time.perf_counter() - started
     if not answered:
         raise DataError(
@@ -145,6 +157,7 @@ def evaluate(
         "model_dir": str(version_dir),
         "version": int(version_dir.name) if version_dir.name.isdigit() else None,
         "backbone": meta.get("backbone"),
+        "runtime": runtime.name,
         "data_dir": str(dataset.root),
         "data_hash": dataset.data_hash,
         "training_data": same_data,
@@ -166,7 +179,7 @@ def print_metrics(metrics: dict) -> None:
 
     classes = metrics["classes"]
     binary = len(classes) == 2
-    title = f"{metrics['model_dir']} on {metrics['n']} images of {metrics['data_dir']}"
+    title = f"{metrics['model_dir']} ({metrics['runtime']}) on {metrics['n']} images of {metrics['data_dir']}"
     table = Table("metric", "value", title=title, title_justify="left")
     rows = (
         [(name, name) for name in ("accuracy", "precision", "recall", "f1", "roc_auc")]
