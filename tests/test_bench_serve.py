@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -83,11 +84,12 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
         assert r["best_in_process_img_per_s"] == r["best"]["img_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["e2e_img_per_s"] / r["model_img_per_s"], rel=0.01)
         assert r["errors"] == 0 and r["requests"] == 12
+    # the speedup comes from the best settings run in alternating rounds, not from sweeps run one after the other
+    rounds = res["side_by_side"]
+    assert set(rounds) == {"litert", "tensorflow"} and all(len(v) == 3 and min(v) > 0 for v in rounds.values())
     assert res["speedup_vs_tensorflow"]["tensorflow"] == 1.0
     assert res["speedup_vs_tensorflow"]["litert"] == pytest.approx(
-        res["runtimes"]["litert"]["best_in_process_img_per_s"]
-        / res["runtimes"]["tensorflow"]["best_in_process_img_per_s"],
-        rel=0.01,
+        statistics.median(rounds["litert"]) / statistics.median(rounds["tensorflow"]), rel=0.01
     )
     assert res["errors"] == 0 and res["requests"] == 12 and res["concurrency"] == 4
     assert res["model_img_per_s"] > 0 and res["e2e_img_per_s"] > 0
@@ -122,3 +124,37 @@ def test_a_runtime_the_model_lacks_is_a_usage_error(tiny_model, shared_data, tmp
 def test_wire_body_is_a_tf_serving_instances_request():
     body = json.loads(wire_body(b"\xff\xd8jpeg"))
     assert body == {"instances": [{"b64": "/9hqcGVn"}]}
+
+
+def test_parse_variant_names_a_set_of_model_server_flags():
+    from pizzactl.bench.compare import parse_variant
+
+    assert parse_variant("int8=--runtime litert-int8") == ("int8", ["--runtime", "litert-int8"])
+    assert parse_variant("--batch-threads 2") == ("--batch-threads 2", ["--batch-threads", "2"])
+    assert parse_variant("defaults=") == ("defaults", [])
+
+
+def test_serve_ab_measures_each_variant_in_alternating_rounds(tiny_model, shared_data, tmp_path):
+    """benchmarks/serve_ab.py: one server pair per variant, each actually on the runtime it was asked for."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_ab.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
+    env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    argv = ["--models", str(tiny_model), "--data", str(shared_data), "--rounds", "2", "--requests", "6"]
+    argv += ["--concurrency", "2", "tf=--runtime tensorflow", "lite=--runtime litert --batch-threads 2"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert list(res["variants"]) == ["tf", "lite"] and res["rounds"] == 2
+    tf, lite = res["variants"]["tf"], res["variants"]["lite"]
+    assert (tf["served_by"], lite["served_by"]) == ("tensorflow", "litert")
+    assert lite["flags"] == ["--runtime", "litert", "--batch-threads", "2"]
+    for v in (tf, lite):
+        assert v["errors"] == 0 and len(v["img_per_s_rounds"]) == 2 and min(v["img_per_s_rounds"]) > 0
+        assert v["img_per_s"] == pytest.approx(statistics.median(v["img_per_s_rounds"]), abs=0.01)
+        assert v["p50_ms"] > 0 and v["server_mean_batch"] >= 1
+        assert set(v["cpu_ms_per_image"]) == {"modelserver", "gateway"}
+    assert tf["vs_first"] == 1.0 and lite["vs_first"] == pytest.approx(lite["img_per_s"] / tf["img_per_s"], rel=0.01)

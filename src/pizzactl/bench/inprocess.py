@@ -130,6 +130,28 @@ def sweep(version_dir: Path, jpegs_file: Path, runtime: str, images: int) -> lis
     return rows
 
 
+def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, Any]], images: int, rounds: int):
+    """Each runtime's best setting (a `sweep` row) in alternating rounds: {runtime: images/s per round}.
+
+    The sweeps run one after the other, so on a shared machine their figures are not comparable;
+    these are.
+    """
+    workers = {}
+    try:
+        for runtime, row in best.items():
+            workers[runtime] = Worker(version_dir, jpegs_file, Setting(runtime, row["intra"], row["inter"]))
+        out: dict[str, list[float]] = {runtime: [] for runtime in best}
+        names = list(best)
+        for r in range(rounds):
+            for runtime in names[r % len(names) :] + names[: r % len(names)]:
+                batch = int(best[runtime]["batch"])
+                out[runtime].append(round(workers[runtime].throughput(max(images, 2 * batch), batch), 2))
+        return out
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
 # --- the worker process ------------------------------------------------------------------------
 
 

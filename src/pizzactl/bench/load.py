@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pizzactl.config import MODEL_NAME
@@ -141,7 +141,7 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float | None]:
+def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float | None]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 

@@ -24,15 +24,16 @@ the model server picks by default (`auto`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pizzactl.bench.inprocess import Setting, Worker, sweep, write_jpegs
+from pizzactl.bench.inprocess import Setting, Worker, side_by_side, sweep, write_jpegs
 from pizzactl.bench.load import (
     batch_stats,
     cpu_snapshot,
@@ -43,7 +44,10 @@ from pizzactl.bench.load import (
     wire_body,
 )
 from pizzactl.console import err, log, out
-from pizzactl.errors import DataError, DeployError, UsageError
+from pizzactl.errors import DataError, DeployError
+
+if TYPE_CHECKING:
+    from pizzactl.serving.processes import Started
 
 GOALS = {
     "ratio": (">=", 0.8),
@@ -56,7 +60,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 ROUNDS = 3
 
 
-def _data_dir(settings) -> Path:
+def data_dir(settings) -> Path:
     """--data, else ../shared/data/pizza_not_pizza if it exists, else the downloaded dataset."""
     if settings.data_dir is not None:
         return Path(settings.data_dir).expanduser()
@@ -86,13 +90,6 @@ def pick_photos(root: Path, n: int = MAX_PHOTOS) -> list[Path]:
     if not photos:
         raise DataError(f"No JPEG/PNG photos under {root}.", hint="Pass --data DIR with photos in it.")
     return photos[:n]
-
-
-def available_runtimes(meta: dict[str, Any]) -> list[str]:
-    """What the version can run on, in the order `auto` prefers: checked LiteRT artefacts, then TensorFlow."""
-    from pizzactl.serving.modelserver.runtimes import runtime_candidates
-
-    return runtime_candidates("auto", meta)
 
 
 def measure(
@@ -169,20 +166,17 @@ def measure(
     }
 
 
-def bench_runtime(
-    runtime: str, version_dir: Path, jpegs_file: Path, raw, jpegs, concurrency: int, requests: int, tmp: Path
-) -> dict[str, Any]:
-    """The sweep, then the best setting side by side with the servers, for one runtime."""
+@contextlib.contextmanager
+def servers(version_dir: Path, logs_dir: Path, tag: str, modelserver_args: Sequence[str] = ()) -> Iterator[Started]:
+    """A model server (with `modelserver_args`) and a gateway for the version, as `pizzactl serve`
+    starts them, ready; stopped on exit. Their logs go to `logs_dir`."""
     from pizzactl.serving import processes as proc
 
-    log(f"{runtime}: the model alone in a fresh process per setting ...")
-    table = sweep(version_dir, jpegs_file, runtime, max(2 * concurrency, requests // ROUNDS))
-    best = max(table, key=lambda row: row["img_per_s"])
     port = proc.free_port()
     model_port = proc.pick_model_port("127.0.0.1", proc.free_port(), avoid=[port])
     logs = {
-        proc.MODELSERVER: str(tmp / f"modelserver-{runtime}.log"),
-        proc.GATEWAY: str(tmp / f"gateway-{runtime}.log"),
+        proc.MODELSERVER: str(logs_dir / f"modelserver-{tag}.log"),
+        proc.GATEWAY: str(logs_dir / f"gateway-{tag}.log"),
     }
     with open(logs[proc.MODELSERVER], "wb") as ms_log, open(logs[proc.GATEWAY], "wb") as gw_log:
         started = proc.start_pair(
@@ -193,29 +187,40 @@ def bench_runtime(
             allow_private_urls=False,
             attached=True,
             logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
-            modelserver_args=("--runtime", runtime),
+            modelserver_args=modelserver_args,
         )
-    worker = None
     try:
-        worker = Worker(version_dir, jpegs_file, Setting(runtime, best["intra"], best["inter"]))
         proc.wait_ready(
             started.url, {"model server": started.modelserver, "gateway": started.gateway}, 300.0, logs=logs
         )
-        served_by = _served_by(started.model_url)
-        log(
-            f"{runtime}: {ROUNDS} rounds of the best setting ({best['batch']} a batch) and the servers (served by {served_by}) ..."
-        )
-        m = measure(
-            worker, best["batch"], started.url, started.model_url, raw, jpegs, concurrency, requests, started.pids
-        )
+        yield started
     finally:
-        if worker is not None:
-            worker.close()
         started.stop(grace=10.0)
+
+
+def bench_runtime(
+    runtime: str, version_dir: Path, jpegs_file: Path, raw, jpegs, concurrency: int, requests: int, tmp: Path
+) -> dict[str, Any]:
+    """The sweep, then the best setting side by side with the servers, for one runtime."""
+    log(f"{runtime}: the model alone in a fresh process per setting ...")
+    table = sweep(version_dir, jpegs_file, runtime, max(2 * concurrency, requests // ROUNDS))
+    best = max(table, key=lambda row: row["img_per_s"])
+    worker = Worker(version_dir, jpegs_file, Setting(runtime, best["intra"], best["inter"]))
+    try:
+        with servers(version_dir, tmp, runtime, ("--runtime", runtime)) as started:
+            served_by = served_runtime(started.model_url)
+            log(
+                f"{runtime}: {ROUNDS} rounds of the best setting ({best['batch']} a batch) and the servers (served by {served_by}) ..."
+            )
+            m = measure(
+                worker, best["batch"], started.url, started.model_url, raw, jpegs, concurrency, requests, started.pids
+            )
+    finally:
+        worker.close()
     return {**m, "sweep": table, "best": best, "served_by": served_by}
 
 
-def _served_by(model_url: str) -> str | None:
+def served_runtime(model_url: str) -> str | None:
     import httpx
 
     from pizzactl.config import MODEL_NAME
@@ -259,20 +264,14 @@ def bench_serve(
     """Every runtime's sweep, best and end to end; the top level is the default runtime's."""
     from pizzactl.model_store import latest_version_dir, read_metadata
     from pizzactl.serving import prepare
+    from pizzactl.serving.modelserver.runtimes import require_runtimes, runtime_candidates, usable_cpus
 
     concurrency, requests = max(1, int(concurrency)), max(1, int(requests))
     version_dir = latest_version_dir(settings.models_dir)
     meta = read_metadata(version_dir)
     size = int(meta["image_size"])
-    available = available_runtimes(meta)
-    chosen = list(runtimes or available)
-    missing = [r for r in chosen if r not in available]
-    if missing:
-        raise UsageError(
-            f"{version_dir} cannot run on {', '.join(missing)} (it has {', '.join(available)}).",
-            hint="Export it again (`pizzactl export RUN`) with ai-edge-litert installed, or leave --runtimes out.",
-        )
-    photos = pick_photos(_data_dir(settings))
+    chosen = require_runtimes(version_dir, runtimes or runtime_candidates("auto", meta))
+    photos = pick_photos(data_dir(settings))
     raw = [(p.name, p.read_bytes()) for p in photos]
     jpegs = [prepare.prepare_image(data, size) for _, data in raw]
     log(f"{len(photos)} photos from {photos[0].parent.parent}; model {version_dir} ({meta.get('backbone')}, {size}px)")
@@ -286,6 +285,11 @@ def bench_serve(
             per_runtime[runtime] = _summary(
                 bench_runtime(runtime, version_dir, jpegs_file, raw, jpegs, concurrency, requests, Path(tmp))
             )
+        rounds_ = {}
+        if "tensorflow" in per_runtime and len(per_runtime) > 1:
+            log(f"every runtime's best setting alone, {ROUNDS} alternating rounds ...")
+            best = {name: r["best"] for name, r in per_runtime.items()}
+            rounds_ = side_by_side(version_dir, jpegs_file, best, max(2 * concurrency, requests // ROUNDS), ROUNDS)
     primary = per_runtime[chosen[0]]
     result: dict[str, Any] = {
         **{k: v for k, v in primary.items() if k not in ("sweep", "best")},
@@ -303,12 +307,13 @@ def bench_serve(
         "image_size": size,
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "seconds": round(time.time() - started, 1),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": usable_cpus(),
     }
-    if "tensorflow" in per_runtime:
-        tf_best = per_runtime["tensorflow"]["best_in_process_img_per_s"]
+    if "tensorflow" in per_runtime and len(per_runtime) > 1:
+        result["side_by_side"] = rounds_
+        tf_best = statistics.median(rounds_["tensorflow"])
         result["speedup_vs_tensorflow"] = {
-            name: round(r["best_in_process_img_per_s"] / tf_best, 2) for name, r in per_runtime.items()
+            name: round(statistics.median(rounds_[name]) / tf_best, 2) for name in per_runtime
         }
     result["goals"] = {
         key: {"goal": f"{op} {target}", "ok": (result[key] >= target if op == ">=" else result[key] <= target)}
