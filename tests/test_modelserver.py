@@ -326,6 +326,42 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     assert max(abs(g["probability"] - w["probability"]) for g, w in zip(got, want, strict=True)) <= 1e-4
 
 
+# --- how many CPUs: a container's --cpus or a pod's CPU limit --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "want"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: "$MAX $PERIOD" (kernel docs, cgroup-v2.rst)
+        ({"cpu.max": "max 100000\n"}, None),  # "max": no limit
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1 (sched-bwc.rst)
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1: -1 is no limit
+        ({}, None),  # no cgroup CPU controller (macOS, some sandboxes)
+    ],
+)
+def test_the_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files, want):
+    from pizzactl.serving.modelserver.runtimes import cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == want
+
+
+def test_thread_pools_are_sized_to_the_quota_not_to_the_hosts_cpus(tmp_path):
+    import os
+
+    from pizzactl.serving.modelserver.runtimes import usable_cpus
+
+    host = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(tmp_path) == host
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU still gets a thread
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{100000 * (host + 4)} 100000\n")  # a quota above the host's CPUs
+    assert usable_cpus(tmp_path) == host
+
+
 # --- a server of its own: empty folder, hot reload, batching --------------------------------
 
 

@@ -308,7 +308,10 @@ def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 
 # --- TensorFlow's threads ------------------------------------------------------------------
 
 
-def usable_cpus() -> int:
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup: Path = CGROUP) -> int:
     """CPUs this process may use: its affinity, capped by its cgroup's CPU quota.
 
     In a container with `--cpus` or a pod with a CPU limit, os.cpu_count() and the affinity
@@ -320,11 +323,11 @@ def usable_cpus() -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_quota()
+    quota = cgroup_cpu_quota(cgroup)
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
     """CPUs allowed by the CFS quota (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`), None if unlimited."""
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]
