@@ -80,6 +80,8 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
         else:
             assert settings == {(1, 1), (2, 1)}
         assert {row["batch"] for row in r["sweep"]} == {16, 32}
+        for row in r["sweep"]:  # every cell measured in each of the alternating rounds
+            assert len(row["rounds"]) == 3 and row["img_per_s"] == pytest.approx(statistics.median(row["rounds"]))
         assert r["best"] == max(r["sweep"], key=lambda row: row["img_per_s"])
         assert r["best_in_process_img_per_s"] == r["best"]["img_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["e2e_img_per_s"] / r["model_img_per_s"], rel=0.01)

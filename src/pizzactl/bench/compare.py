@@ -70,7 +70,7 @@ def compare_servers(
                 seconds, _, failed = run_async(upload_load(pair.url, photos, requests, concurrency))
                 after, cpu_after = batch_stats(pair.model_url), cpu_snapshot(pair.pids)
                 errors[name] += failed
-                samples[name]["img_per_s"].append(requests / seconds)
+                samples[name]["img_per_s"].append((requests - failed) / seconds)  # answers, not errors
                 for proc_name, value in cpu_after.items():
                     start = cpu_before.get(proc_name)
                     if value is not None and start is not None:

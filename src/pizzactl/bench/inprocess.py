@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -109,25 +110,44 @@ class Worker:
         self.proc.wait()
 
 
-def sweep(version_dir: Path, jpegs_file: Path, runtime: str, images: int) -> list[dict[str, Any]]:
-    """Images/s of every setting and batch size, each setting in a fresh process."""
-    rows = []
-    for setting in settings_for(runtime):
-        worker = Worker(version_dir, jpegs_file, setting)
-        try:
-            for batch in BATCHES:
-                rows.append(
-                    {
-                        "runtime": runtime,
-                        "intra": setting.intra,
-                        "inter": setting.inter,
-                        "batch": batch,
-                        "img_per_s": round(worker.throughput(max(images, 2 * batch), batch), 2),
-                    }
-                )
-        finally:
+def sweep(version_dir: Path, jpegs_file: Path, runtime: str, images: int, rounds: int = 3) -> list[dict[str, Any]]:
+    """Images/s of every setting and batch size, each setting in a fresh process, in alternating rounds.
+
+    Every setting's process is started first and the cells then take turns, so that on a shared
+    machine a busy minute does not crown or sink one setting: each row holds the median and the
+    rounds. (9 TensorFlow processes hold the model at once: ~0.5 GB each.)
+    """
+    workers = []
+    try:
+        for setting in settings_for(runtime):
+            workers.append(Worker(version_dir, jpegs_file, setting))
+        cells = [(worker, batch) for worker in workers for batch in BATCHES]
+        measured = alternate(cells, images, rounds)
+    finally:
+        for worker in workers:
             worker.close()
-    return rows
+    return [
+        {
+            "runtime": runtime,
+            "intra": worker.setting.intra,
+            "inter": worker.setting.inter,
+            "batch": batch,
+            "img_per_s": round(statistics.median(figures), 2),
+            "rounds": figures,
+        }
+        for (worker, batch), figures in zip(cells, measured, strict=True)
+    ]
+
+
+def alternate(cells: Sequence[tuple[Worker, int]], images: int, rounds: int) -> list[list[float]]:
+    """Images/s of each (worker, batch size) cell in each round; the order shifts every round."""
+    out: list[list[float]] = [[] for _ in cells]
+    for r in range(rounds):
+        shift = r * len(cells) // max(1, rounds)
+        for i in [*range(shift, len(cells)), *range(shift)]:
+            worker, batch = cells[i]
+            out[i].append(round(worker.throughput(max(images, 2 * batch), batch), 2))
+    return out
 
 
 def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, Any]], images: int, rounds: int):
@@ -140,13 +160,8 @@ def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, 
     try:
         for runtime, row in best.items():
             workers[runtime] = Worker(version_dir, jpegs_file, Setting(runtime, row["intra"], row["inter"]))
-        out: dict[str, list[float]] = {runtime: [] for runtime in best}
-        names = list(best)
-        for r in range(rounds):
-            for runtime in names[r % len(names) :] + names[: r % len(names)]:
-                batch = int(best[runtime]["batch"])
-                out[runtime].append(round(workers[runtime].throughput(max(images, 2 * batch), batch), 2))
-        return out
+        cells = [(workers[runtime], int(row["batch"])) for runtime, row in best.items()]
+        return dict(zip(best, alternate(cells, images, rounds), strict=True))
     finally:
         for worker in workers.values():
             worker.close()

@@ -136,7 +136,7 @@ def measure(
                 cpu[name] = None if a is None or b is None or total is None else total + a - b
             if before and after:
                 batches, images = batches + after[0] - before[0], images + after[1] - before[1]
-            e2e_tp.append(per_round / seconds)
+            e2e_tp.append((per_round - errs) / seconds)  # answers: a fast 503 is not throughput
             errors += errs
             alone.extend(model.latencies(n_seq))
             _, lat, errs = run_async(upload_load(url, photos, n_seq, 1))
@@ -203,7 +203,7 @@ def bench_runtime(
 ) -> dict[str, Any]:
     """The sweep, then the best setting side by side with the servers, for one runtime."""
     log(f"{runtime}: the model alone in a fresh process per setting ...")
-    table = sweep(version_dir, jpegs_file, runtime, max(2 * concurrency, requests // ROUNDS))
+    table = sweep(version_dir, jpegs_file, runtime, max(2 * concurrency, requests // ROUNDS), ROUNDS)
     best = max(table, key=lambda row: row["img_per_s"])
     worker = Worker(version_dir, jpegs_file, Setting(runtime, best["intra"], best["inter"]))
     try:
