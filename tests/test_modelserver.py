@@ -299,14 +299,19 @@ def test_a_bad_image_in_a_combined_batch_does_not_fail_the_others(ms, shared_pho
 
 @pytest.mark.slow
 def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answers_alike(
-    ms, serving_models, shared_photos, tmp_path
+    ms, model_server, serving_models, shared_photos, tmp_path
 ):
-    """auto serves the LiteRT artefact export checked; asked for one export did not keep (int8: no
-    held-out images), the server falls back to TensorFlow. Both answer the same, metadata included."""
+    """auto serves the LiteRT artefact export checked, on every usable CPU; asked for one export did
+    not keep (int8: no held-out images), the server falls back to TensorFlow. Both answer the same,
+    metadata included."""
+    from pizzactl.serving.modelserver.runtimes import usable_cpus
+
     photos = [b64(p.read_bytes()) for p in shared_photos["pizza"][50:53] + shared_photos["not_pizza"][50:53]]
     body = {"instances": [{"b64": p} for p in photos]}
     litert_meta = httpx.get(ms + "/metadata").json()["metadata"]
     assert litert_meta["runtime"] == "litert"
+    cpus = usable_cpus()
+    assert f"on litert, {cpus} thread{'s' * (cpus != 1)} (" in model_server.log_path.read_text()
     fallback = ModelServerProcess(
         serving_models, free_port(), args=("--runtime", "litert-int8"), log_path=tmp_path / "ms.log"
     )
