@@ -311,7 +311,9 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     litert_meta = httpx.get(ms + "/metadata").json()["metadata"]
     assert litert_meta["runtime"] == "litert"
     cpus = usable_cpus()
-    assert f"on litert, {cpus} thread{'s' * (cpus != 1)} (" in model_server.log_path.read_text()
+    log_text = model_server.log_path.read_text()
+    assert f"on litert, {cpus} thread{'s' * (cpus != 1)} (" in log_text
+    assert f"TensorFlow threads: {cpus} intra-op, 1 inter-op" in log_text  # decoding runs on TensorFlow
     fallback = ModelServerProcess(
         serving_models, free_port(), args=("--runtime", "litert-int8"), log_path=tmp_path / "ms.log"
     )

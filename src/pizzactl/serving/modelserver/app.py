@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--intra-op-threads",
         dest="tf_intra_op_threads",
         type=int,
-        help="Threads per TensorFlow op, or of the LiteRT interpreter; -1 (default) = half the CPUs for TensorFlow, all for LiteRT; 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).",
+        help="Threads per TensorFlow op, or of the LiteRT interpreter; -1 (default) = every usable CPU, 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).",
     )
     parser.add_argument(
         "--inter-op-threads",

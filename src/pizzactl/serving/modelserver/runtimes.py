@@ -345,14 +345,14 @@ def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
 
 
 def default_tf_threads() -> tuple[int, int]:
-    """(intra-op, inter-op) threads for serving: half the usable CPUs per op, one op at a time.
+    """(intra-op, inter-op) threads for serving: every usable CPU per op, one op at a time.
 
-    TF's default (every core for every op, and as many ops at once) makes its threads fight
-    the gateway's image decoding and each other: on 2 shared cores a MobileNetV3 ran 113
-    images/s with the defaults and 142 with (1, 1), at 20% less CPU per image. More batches
-    in parallel is what `--batch-threads` is for.
+    Measured end to end with the gateway on the same 2 cores, in alternating rounds, on the
+    default model (EfficientNet-Lite0, 256 px): (2, 1) served 1.46x the images/s of (1, 1) and
+    1.3x TensorFlow's own default (2, 2), whose parallel ops fight each other
+    (benchmarks/RESULTS.md). In a pod the CPU limit caps `usable_cpus`.
     """
-    return max(1, usable_cpus() // 2), 1
+    return usable_cpus(), 1
 
 
 def configure_tf_threads(intra: int | None = None, inter: int | None = None) -> tuple[int, int]:

@@ -51,12 +51,8 @@ class ModelServerConfig:
 
     @property
     def litert_threads(self) -> int:
-        """LiteRT's interpreter threads: the intra-op setting if positive, else every usable CPU.
-
-        Not half of them, as for TensorFlow (`default_tf_threads`): with the gateway on the same
-        2 cores, int8 LiteRT on 2 threads served 16% more images/s end to end than on 1, and a
-        lower p50, in alternating rounds (benchmarks/RESULTS.md).
-        """
+        """LiteRT's interpreter threads: the intra-op setting if positive, else every usable CPU
+        (int8 LiteRT on 2 threads served 16% more images/s end to end than on 1, benchmarks/RESULTS.md)."""
         return self.tf_intra_op_threads if self.tf_intra_op_threads > 0 else usable_cpus()
 
     @property
