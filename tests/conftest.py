@@ -143,6 +143,18 @@ def tiny_model(tiny_classifier, tmp_path_factory) -> Path:
     return models
 
 
+@pytest.fixture(scope="session")
+def tf_only_model(tiny_model, tmp_path_factory) -> Path:
+    """A copy of tiny_model exported before LiteRT (or without ai-edge-litert): no artefacts beside
+    the SavedModel, though pizzactl.json still says what was checked."""
+    import shutil
+
+    models = tmp_path_factory.mktemp("tf_only_models")
+    shutil.copytree(tiny_model / "pizza", models / "pizza")
+    shutil.rmtree(models / "pizza" / "1" / "assets.extra" / "litert")
+    return models
+
+
 # --- docker tier (CONTAINERS) ---------------------------------------------------------------
 
 

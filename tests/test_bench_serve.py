@@ -113,9 +113,9 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
     assert len(res["load_average"]["before"]) == 3 and len(res["load_average"]["after"]) == 3
 
 
-def test_a_runtime_the_model_lacks_is_a_usage_error(tiny_model, shared_data, tmp_path):
+def test_a_runtime_the_model_lacks_is_a_usage_error(tf_only_model, shared_data, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
-    argv = ["bench", "serve", "--models", str(tiny_model), "--data", str(shared_data), "--runtimes", "litert-int8"]
+    argv = ["bench", "serve", "--models", str(tf_only_model), "--data", str(shared_data), "--runtimes", "litert-int8"]
     proc = subprocess.run(
         [sys.executable, "-m", "pizzactl", *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
     )

@@ -87,15 +87,28 @@ def test_evaluate_runs_the_exported_model_on_raw_bytes(subset, tiny_model, tiny_
 
 
 @pytest.mark.slow
-def test_a_runtime_the_model_lacks_is_refused_not_replaced(subset, tiny_model):
+def test_a_runtime_the_model_lacks_is_refused_not_replaced(subset, tf_only_model):
     """The model server falls back to TensorFlow; a measurement must not: it would score another runtime."""
     from pizzactl.errors import UsageError
     from pizzactl.evaluate import evaluate
 
-    settings = Settings(data_dir=subset, models_dir=tiny_model, model_runtime="litert-int8")
-    with pytest.raises(UsageError, match="cannot run on litert-int8") as info:
+    settings = Settings(data_dir=subset, models_dir=tf_only_model, model_runtime="litert")
+    with pytest.raises(UsageError, match="cannot run on litert") as info:
         evaluate(settings, progress=False)
     assert "pizzactl export" in info.value.hint
+    assert evaluate(Settings(data_dir=subset, models_dir=tf_only_model), progress=False)["runtime"] == "tensorflow"
+
+
+@pytest.mark.slow
+def test_an_artefact_that_failed_exports_check_is_scored_when_asked_for_by_name(subset, tiny_model, caplog):
+    """int8 of the tiny model failed the check (no held-out images): auto never runs it, --runtime does,
+    saying why it failed; so a user can judge it on their own held-out photos."""
+    from pizzactl.evaluate import evaluate
+
+    caplog.set_level("WARNING", logger="pizzactl.modelserver")
+    m = evaluate(Settings(data_dir=subset, models_dir=tiny_model, model_runtime="litert-int8"), progress=False)
+    assert m["runtime"] == "litert-int8" and m["n"] == 20
+    assert "did not pass export's check (no held-out images" in caplog.text
 
 
 @pytest.mark.slow

@@ -299,11 +299,11 @@ def test_a_bad_image_in_a_combined_batch_does_not_fail_the_others(ms, shared_pho
 
 @pytest.mark.slow
 def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answers_alike(
-    ms, model_server, serving_models, shared_photos, tmp_path
+    ms, model_server, tf_only_model, shared_photos, tmp_path
 ):
-    """auto serves the LiteRT artefact export checked, on every usable CPU; asked for one export did
-    not keep (int8: no held-out images), the server falls back to TensorFlow. Both answer the same,
-    metadata included."""
+    """auto serves the LiteRT artefact export checked, on every usable CPU; asked for one the version
+    does not have (an export from before LiteRT), the server falls back to TensorFlow and says so.
+    Both answer the same, metadata included."""
     from pizzactl.serving.modelserver.runtimes import usable_cpus
 
     photos = [b64(p.read_bytes()) for p in shared_photos["pizza"][50:53] + shared_photos["not_pizza"][50:53]]
@@ -315,7 +315,7 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     assert f"on litert, {cpus} thread{'s' * (cpus != 1)} (" in log_text
     assert f"TensorFlow threads: {cpus} intra-op, 1 inter-op" in log_text  # decoding runs on TensorFlow
     fallback = ModelServerProcess(
-        serving_models, free_port(), args=("--runtime", "litert-int8"), log_path=tmp_path / "ms.log"
+        tf_only_model, free_port(), args=("--runtime", "litert"), log_path=tmp_path / "ms.log"
     )
     fallback.start()
     try:
@@ -323,7 +323,7 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
         url = fallback.url + "/v1/models/pizza"
         tf_meta = httpx.get(url + "/metadata").json()["metadata"]
         assert tf_meta["runtime"] == "tensorflow"
-        assert "falling back" in fallback.log_path.read_text()
+        assert "litert runtime for" in fallback.log_path.read_text() and "falling back" in fallback.log_path.read_text()
         assert tf_meta["signature_def"] == litert_meta["signature_def"]  # TF Serving's metadata either way
         want = httpx.post(url + ":predict", json=body).json()["predictions"]
     finally:

@@ -6,11 +6,13 @@ version still serves there). Two artefacts: `litert`, float32 (the same arithmet
 and `litert-int8`, weights and activations quantized to 8 bits with a float interface
 (calibrated on training images), which is what makes XNNPACK roughly twice as fast on x86.
 
-An artefact is published only if it agrees with the SavedModel through the model server's own
-runtime (`LiteRTRuntime`, the same decoding): max |dp| on the check images within its tolerance,
-and accuracy on the held-out images within 0.5 points. What was checked, and why an artefact
-was left out, is written to pizzactl.json under `runtimes`; the model server then falls back
-to TensorFlow. `tf.lite.TFLiteConverter.from_keras_model` is used because a conversion from a
+Each artefact is checked against the SavedModel through the model server's own runtime
+(`LiteRTRuntime`, the same decoding): max |dp| on the check images within its tolerance, and
+accuracy on the held-out images within 0.5 points. What was checked, and why an artefact failed,
+is written to pizzactl.json under `runtimes`. The model server's `auto` runs only artefacts that
+passed; one that failed stays in the version for whoever asks for it by name (`--runtime
+litert-int8`: an informed opt-in, `pizzactl evaluate --runtime` measures it), unless its outputs
+are not even finite numbers. `tf.lite.TFLiteConverter.from_keras_model` is used because a conversion from a
 concrete function with unfrozen variables produced NaN (issue 14).
 """
 
@@ -127,7 +129,7 @@ def _convert_one(name, version_dir, classifier, calibration, check, want, truth,
     target = Path(version_dir) / METADATA_DIR / LITERT[name]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-    runtime = LiteRTRuntime.load(Path(version_dir), 0, name, threads=2, checked_only=False)
+    runtime = LiteRTRuntime.load(Path(version_dir), 0, name, threads=2)
     got = {k: _probabilities(runtime, v) for k, v in check.items()}
     diff = float(np.max(np.abs(got["check"] - want["check"]))) if len(want["check"]) else float("nan")
     entry: dict[str, Any] = {"file": str(Path(METADATA_DIR) / LITERT[name]), "bytes": len(data)}
@@ -148,7 +150,10 @@ def _convert_one(name, version_dir, classifier, calibration, check, want, truth,
             problems.append(f"held-out accuracy differs by {points:.2f} points > {ACCURACY_POINTS}")
     elif name == "litert-int8":
         problems.append("no held-out images to check its accuracy on")
-    if problems:
+    if not all(np.all(np.isfinite(v)) for v in got.values()):  # a broken conversion: nobody should run it
         target.unlink()
+        entry.pop("file")
+        problems.insert(0, "outputs that are not finite numbers")
+    if problems:
         return {**entry, "ok": False, "reason": "; ".join(problems)}
     return {**entry, "ok": True}

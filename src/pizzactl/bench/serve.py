@@ -290,10 +290,13 @@ def bench_serve(
             log(f"every runtime's best setting alone, {ROUNDS} alternating rounds ...")
             best = {name: r["best"] for name, r in per_runtime.items()}
             rounds_ = side_by_side(version_dir, jpegs_file, best, max(2 * concurrency, requests // ROUNDS), ROUNDS)
-    primary = per_runtime[chosen[0]]
+    default = runtime_candidates("auto", meta)[0]
+    top = default if default in per_runtime else chosen[0]
+    primary = per_runtime[top]
     result: dict[str, Any] = {
         **{k: v for k, v in primary.items() if k not in ("sweep", "best")},
-        "runtime": chosen[0],
+        "runtime": top,
+        "default_runtime": default,
         "runtimes": per_runtime,
         "wire_bytes_per_image": round(statistics.mean(len(wire_body(j)) for j in jpegs)),
         "jpeg_bytes_per_image": round(statistics.mean(len(j) for j in jpegs)),
@@ -359,7 +362,8 @@ def print_bench(res: dict[str, Any]) -> None:
             "n/a" if speedup is None else f"{speedup}x",
         )
     out.print(summary)
-    table = Table("measure", "value", "goal", title=f"{res['runtime']} (the model server's default)")
+    default = " (the model server's default)" if res["runtime"] == res["default_runtime"] else ""
+    table = Table("measure", "value", "goal", title=f"{res['runtime']}{default}")
     rows_ = [
         ("best in-process images/s, alternating with the servers", "model_img_per_s"),
         (f"end to end, images/s (concurrency {res['concurrency']})", "e2e_img_per_s"),

@@ -168,18 +168,16 @@ class LiteRTRuntime:
     _lock: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(
-        cls, path: Path, version: int, name: str = "litert", threads: int = 1, checked_only: bool = True
-    ) -> LiteRTRuntime:
-        """`checked_only`: refuse an artefact that export did not check (False: export checking it)."""
+    def load(cls, path: Path, version: int, name: str = "litert", threads: int = 1) -> LiteRTRuntime:
+        """The artefact as it is: whether export's check passed is `checked(meta)`'s business."""
         import threading
 
         from ai_edge_litert.interpreter import Interpreter
 
         meta = read_pizzactl_json(path)
-        entry = (meta.get("runtimes") or {}).get(name) or {}
-        if checked_only and not entry.get("ok"):
-            raise ModelNotFoundError(f"{path} has no checked {name} artefact ({entry.get('reason', 'not converted')}).")
+        if not (path / METADATA_DIR / LITERT[name]).is_file():
+            entry = (meta.get("runtimes") or {}).get(name) or {}
+            raise ModelNotFoundError(f"{path} has no {name} artefact ({entry.get('reason', 'not converted')}).")
         interpreter = Interpreter(model_path=str(path / METADATA_DIR / LITERT[name]), num_threads=max(1, threads))
         interpreter.allocate_tensors()
         size = int(meta["image_size"])
@@ -271,21 +269,30 @@ def warm_up(runtime: Runtime) -> Runtime:
     return runtime
 
 
+def checked(meta: dict[str, Any]) -> list[str]:
+    """The LiteRT artefacts that passed export's check (pizzactl.json `runtimes`), fastest first."""
+    return [name for name in LITERT if ((meta.get("runtimes") or {}).get(name) or {}).get("ok")]
+
+
+def available(path: Path) -> list[str]:
+    """Every runtime the version at `path` can run on: its LiteRT artefacts, checked or not, and TensorFlow."""
+    return [*(name for name in LITERT if (path / METADATA_DIR / LITERT[name]).is_file()), TENSORFLOW]
+
+
 def runtime_candidates(wanted: str, meta: dict[str, Any]) -> list[str]:
     """The runtimes to try, in order: the one asked for (else the fastest checked one), then TensorFlow."""
-    checked = [name for name in LITERT if ((meta.get("runtimes") or {}).get(name) or {}).get("ok")]
     if wanted == "auto":
-        return [*checked, TENSORFLOW]
+        return [*checked(meta), TENSORFLOW]
     return [wanted] if wanted == TENSORFLOW else [wanted, TENSORFLOW]
 
 
 def require_runtimes(path: Path, wanted: Sequence[str]) -> list[str]:
     """The runtimes asked for, if the version at `path` has them all (a measurement must not fall back)."""
-    available = runtime_candidates("auto", read_pizzactl_json(path))
-    missing = [name for name in wanted if name not in available]
+    have = available(path)
+    missing = [name for name in wanted if name not in have]
     if missing:
         raise UsageError(
-            f"{path} cannot run on {', '.join(missing)} (it has {', '.join(available)}).",
+            f"{path} cannot run on {', '.join(missing)} (it has {', '.join(have)}).",
             hint="Export it again (`pizzactl export RUN`) with ai-edge-litert installed; "
             "pizzactl.json's `runtimes` says why an artefact was left out.",
         )
@@ -293,15 +300,26 @@ def require_runtimes(path: Path, wanted: Sequence[str]) -> list[str]:
 
 
 def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 1) -> Runtime:
-    """Load and warm up one version on the runtime asked for; TensorFlow when that cannot be had."""
-    candidates = runtime_candidates(wanted, read_pizzactl_json(path))
+    """Load and warm up one version on the runtime asked for; TensorFlow when that cannot be had.
+
+    `auto` only takes artefacts that passed export's check; one asked for by name is served even
+    if it did not (int8 is then an informed opt-in), with a warning that says why it failed.
+    """
+    meta = read_pizzactl_json(path)
+    candidates = runtime_candidates(wanted, meta)
     for name in candidates[:-1]:
         try:
-            return warm_up(LiteRTRuntime.load(path, version, name, threads))
+            runtime = warm_up(LiteRTRuntime.load(path, version, name, threads))
         except ImportError:
             log.warning("%s: ai-edge-litert is not installed; falling back (pip install ai-edge-litert)", name)
+            continue
         except Exception as exc:
             log.warning("%s runtime for %s unavailable (%s); falling back", name, path, getattr(exc, "message", exc))
+            continue
+        if name not in checked(meta):
+            reason = ((meta.get("runtimes") or {}).get(name) or {}).get("reason", "not checked")
+            log.warning("%s did not pass export's check (%s); serving it because it was asked for", name, reason)
+        return runtime
     return warm_up(TensorFlowRuntime.load(path, version))
 
 
