@@ -131,6 +131,7 @@ def test_training_exports_a_softmax_model_with_every_class(trained):
     meta = json.loads((Path(result["model_dir"]) / "assets.extra" / "pizzactl.json").read_text())
     assert meta["classes"] == classes and meta["threshold"] is None and meta["positive_class"] is None
     assert meta["signatures"]["serving_default"]["outputs"]["probabilities"]["shape"] == [None, len(classes)]
+    assert meta["runtimes"]["litert"]["ok"] is True  # so evaluate and the model server below run LiteRT
     for run in result["leaderboard"]:
         run_dir = Path(run["run_dir"])
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -166,6 +167,7 @@ def test_every_run_writes_tensorboard_scalars_per_phase_and_the_confusion_matrix
 def test_evaluate_reports_per_class_figures_and_an_n_by_n_confusion_matrix(trained):
     classes, m = trained["classes"], trained["evaluate"]
     assert m["classes"] == classes and m["n"] == 8 * len(classes)
+    assert m["runtime"] in ("litert", "litert-int8")  # auto: what the model server runs
     assert [sum(row) for row in m["confusion_matrix"]] == [8] * len(classes)  # rows: the true class
     assert list(m["per_class"]) == classes
     assert m["macro_f1"] == pytest.approx(sum(c["f1"] for c in m["per_class"].values()) / len(classes))
@@ -189,6 +191,8 @@ def test_deployed_model_answers_every_class_through_the_gateway_and_the_model_se
     answer = httpx.post(f"{url}/predict", json={"image_b64": base64.b64encode(photo).decode()}, timeout=30).json()
     check_answer(answer, trained["classes"])
     model_url = f"http://127.0.0.1:{trained['env']['PIZZACTL_MODEL_PORT']}/v1/models/pizza:predict"
+    metadata = httpx.get(model_url.replace(":predict", "/metadata")).json()["metadata"]
+    assert metadata["runtime"] in ("litert", "litert-int8")
     (row,) = httpx.post(model_url, json={"instances": [{"b64": base64.b64encode(photo).decode()}]}).json()[
         "predictions"
     ]

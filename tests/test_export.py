@@ -515,6 +515,38 @@ def test_export_converts_litert_beside_the_savedmodel_and_checks_it(tiny_model):
 
 
 @pytest.mark.slow
+def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_classifier, shared_photos):
+    """Three classes: LiteRT's answers have TensorFlow's shape (probabilities [N, 3], the argmax label
+    and its probability), export's max |dp| is over every class's column, and held-out accuracy
+    compares the labels each runtime answers with the true classes."""
+    import numpy as np
+
+    from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime
+
+    classes = ["hot dog", "pizza", "sushi 🍣"]
+    check = [p.read_bytes() for p in tiny_classifier.photos[::5]]
+    photos = [*shared_photos["not_pizza"][40:52], *shared_photos["pizza"][40:52]]
+    holdout = [(p.read_bytes(), i % 3) for i, p in enumerate(photos)]
+    version = export_model(
+        _softmax_classifier(3), tmp_path, {"image_size": 32, "classes": classes}, check, holdout=holdout
+    )
+    runtimes = read_metadata(version)["runtimes"]
+    tf_rt, lite = TensorFlowRuntime.load(version, 1), LiteRTRuntime.load(version, 1, "litert", threads=2)
+    want, got = (rt.run(SIGNATURE, {"image_bytes": check}) for rt in (tf_rt, lite))
+    assert set(got) == set(want) and got["probabilities"].shape == (len(check), 3)
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
+    assert list(got["label"]) == list(want["label"]) and len(set(got["label"])) > 1
+    np.testing.assert_array_equal(got["probability"], got["probabilities"].max(axis=1))
+    diff = float(np.max(np.abs(got["probabilities"] - want["probabilities"])))
+    assert runtimes["litert"]["ok"] is True and runtimes["litert"]["max_abs_diff"] == pytest.approx(diff, abs=1e-9)
+    truth = np.array([label for _, label in holdout])
+    answered = tf_rt.run(SIGNATURE, {"image_bytes": [b for b, _ in holdout]})["label"]
+    accuracy = float(np.mean([classes.index(x.decode()) for x in answered] == truth))
+    assert runtimes["litert-int8"]["holdout_accuracy"]["savedmodel"] == pytest.approx(accuracy)
+    assert lite.run(SIGNATURE, {"image_bytes": []})["probabilities"].shape == (0, 3)
+
+
+@pytest.mark.slow
 def test_int8_is_judged_on_held_out_accuracy_within_half_a_point(tmp_path, tiny_classifier, shared_photos):
     from pizzactl.convert import ACCURACY_POINTS
 

@@ -7,8 +7,9 @@ and `litert-int8`, weights and activations quantized to 8 bits with a float inte
 (calibrated on training images), which is what makes XNNPACK roughly twice as fast on x86.
 
 Each artefact is checked against the SavedModel through the model server's own runtime
-(`LiteRTRuntime`, the same decoding): max |dp| on the check images within its tolerance, and
-accuracy on the held-out images within 0.5 points. What was checked, and why an artefact failed,
+(`LiteRTRuntime`, the same decoding and the same outputs): max |dp| over every class's
+probability on the check images within its tolerance, and accuracy of the answered labels on
+the held-out images within 0.5 points. What was checked, and why an artefact failed,
 is written to pizzactl.json under `runtimes`. The model server's `auto` runs only artefacts that
 passed; one that failed stays in the version for whoever asks for it by name (`--runtime
 litert-int8`: an informed opt-in, `pizzactl evaluate --runtime` measures it), unless its outputs
@@ -84,36 +85,35 @@ def convert_runtimes(
     from pizzactl.serving.modelserver.runtimes import TensorFlowRuntime
 
     meta = read_metadata(version_dir)
-    size, threshold = int(meta["image_size"]), float(meta.get("threshold", 0.5))
+    size, classes = int(meta["image_size"]), [str(c) for c in meta["classes"]]
     holdout = list(holdout)[:MAX_HOLDOUT]
     reference = TensorFlowRuntime.load(version_dir, 0)
     check = {"check": list(check_images), "holdout": [image for image, _ in holdout]}
-    want = {k: _probabilities(reference, v) for k, v in check.items()}
+    want = {k: _answers(reference, v, classes) for k, v in check.items()}
     truth = np.array([label for _, label in holdout])
     calibration_pixels = _pixels(list(calibration)[:MAX_CALIBRATION] or list(check_images), size)
     out = {}
     for name in runtimes:
-        out[name] = _convert_one(name, version_dir, classifier, calibration_pixels, check, want, truth, threshold)
+        out[name] = _convert_one(name, version_dir, classifier, calibration_pixels, check, want, truth, classes)
         verdict = "kept" if out[name]["ok"] else f"left out: {out[name]['reason']}"
         log(f"{name}: {verdict}")
     return out
 
 
-def _probabilities(runtime, images: Sequence[bytes]):
+def _answers(runtime, images: Sequence[bytes], classes: list[str]):
+    """`serving_default`'s (probabilities [N, K], index of the answered label [N]) on the images."""
     import numpy as np
 
-    if not images:
-        return np.zeros(0, np.float32)
+    probabilities, labels = np.zeros((0, len(classes)), np.float32), np.zeros(0, int)
     name = runtime.input_names("serving_default")[0]
-    return np.concatenate(
-        [
-            runtime.run("serving_default", {name: list(images[i : i + 32])})["probability"]
-            for i in range(0, len(images), 32)
-        ]
-    )
+    for i in range(0, len(images), 32):
+        res = runtime.run("serving_default", {name: list(images[i : i + 32])})
+        probabilities = np.concatenate([probabilities, res["probabilities"]])
+        labels = np.concatenate([labels, [classes.index(label.decode()) for label in res["label"]]])
+    return probabilities, labels
 
 
-def _convert_one(name, version_dir, classifier, calibration, check, want, truth, threshold) -> dict[str, Any]:
+def _convert_one(name, version_dir, classifier, calibration, check, want, truth, classes) -> dict[str, Any]:
     import numpy as np
 
     from pizzactl.serving.modelserver.runtimes import LITERT, LiteRTRuntime
@@ -130,27 +130,27 @@ def _convert_one(name, version_dir, classifier, calibration, check, want, truth,
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     runtime = LiteRTRuntime.load(Path(version_dir), 0, name, threads=2)
-    got = {k: _probabilities(runtime, v) for k, v in check.items()}
-    diff = float(np.max(np.abs(got["check"] - want["check"]))) if len(want["check"]) else float("nan")
+    got = {k: _answers(runtime, v, classes) for k, v in check.items()}
+    diff = float(np.max(np.abs(got["check"][0] - want["check"][0]))) if len(check["check"]) else float("nan")
     entry: dict[str, Any] = {"file": str(Path(METADATA_DIR) / LITERT[name]), "bytes": len(data)}
     entry["max_abs_diff"] = diff
     if len(truth):
         accuracy = {
-            "savedmodel": float(np.mean((want["holdout"] >= threshold) == (truth == 1))),
-            name: float(np.mean((got["holdout"] >= threshold) == (truth == 1))),
+            "savedmodel": float(np.mean(want["holdout"][1] == truth)),
+            name: float(np.mean(got["holdout"][1] == truth)),
             "n": len(truth),
         }
         entry["holdout_accuracy"] = accuracy
     problems = []
     if not diff <= TOLERANCE[name]:  # also NaN
-        problems.append(f"max |dp| {diff:.3g} on {len(want['check'])} check images > {TOLERANCE[name]:g}")
+        problems.append(f"max |dp| {diff:.3g} on {len(check['check'])} check images > {TOLERANCE[name]:g}")
     if "holdout_accuracy" in entry:
         points = abs(entry["holdout_accuracy"][name] - entry["holdout_accuracy"]["savedmodel"]) * 100
         if points > ACCURACY_POINTS:
             problems.append(f"held-out accuracy differs by {points:.2f} points > {ACCURACY_POINTS}")
     elif name == "litert-int8":
         problems.append("no held-out images to check its accuracy on")
-    if not all(np.all(np.isfinite(v)) for v in got.values()):  # a broken conversion: nobody should run it
+    if not all(np.all(np.isfinite(p)) for p, _ in got.values()):  # a broken conversion: nobody should run it
         target.unlink()
         entry.pop("file")
         problems.insert(0, "outputs that are not finite numbers")

@@ -85,7 +85,8 @@ def _run_model(runtime, records: list, progress: bool) -> tuple[list, list[dict]
         task = bar.add_task("evaluate", total=len(records))
         for start in range(0, len(records), BATCH_SIZE):
             batch = records[start : start + BATCH_SIZE]
-            answers, kept = _predict_batch(runtime, [r.path.read_bytes() for r in batch], [r.path for r in batch], failed)
+            blobs, paths = [r.path.read_bytes() for r in batch], [r.path for r in batch]
+            answers, kept = _predict_batch(runtime, blobs, paths, failed)
             answered += [(batch[i], answer) for i, answer in zip(kept, answers, strict=True)]
             bar.advance(task, len(batch))
     return answered, failed

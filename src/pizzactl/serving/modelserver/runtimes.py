@@ -206,11 +206,11 @@ class LiteRTRuntime:
                 raise BadInputError(f"Input {name!r} cannot be converted to uint8: {exc}") from None
             if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
                 raise BadInputError(f"Input {name!r} must have shape [N, {size}, {size}, 3], got {list(pixels.shape)}")
-        probabilities = self.classify(pixels)
-        threshold = float(self.pizzactl.get("threshold", 0.5))
-        negative, positive = (str(c).encode() for c in self.pizzactl["classes"])
-        labels = np.array([positive if p >= threshold else negative for p in probabilities], dtype=object)
-        return {"probability": probabilities, "label": labels}
+        from pizzactl.export import expected_outputs  # the SavedModel's outputs from the classifier's, in numpy
+
+        answer = expected_outputs(self.classify(pixels), self.pizzactl["classes"], self.pizzactl.get("threshold"))
+        answer["label"] = np.array([label.encode() for label in answer["label"]], dtype=object)  # as TF answers
+        return answer
 
     def _decode_batch(self, images: Any):
         import numpy as np
@@ -224,19 +224,19 @@ class LiteRTRuntime:
             raise BadInputError(tf_message(exc)) from None
 
     def classify(self, pixels) -> Any:
-        """float32 [N, S, S, 3] 0..255 -> P(classes[1]) [N], as the SavedModel's `probabilities`."""
+        """float32 [N, S, S, 3] 0..255 -> the classifier's raw output [N, K]: [N, 1] P(classes[1])
+        for a binary (sigmoid) model, [N, classes] for a softmax one."""
         import numpy as np
 
         interpreter = self._interpreter
         inp = interpreter.get_input_details()[0]["index"]
-        out = interpreter.get_output_details()[0]["index"]
-        result = np.zeros(len(pixels), np.float32)
+        out = interpreter.get_output_details()[0]
+        result = np.zeros((len(pixels), int(np.prod(out["shape"][1:]))), np.float32)
         with self._lock:
             for i in range(len(pixels)):
                 interpreter.set_tensor(inp, pixels[i : i + 1])
                 interpreter.invoke()
-                p = interpreter.get_tensor(out).reshape(-1)
-                result[i] = p[1] if p.size == 2 else p[0]  # softmax over (negative, positive), or sigmoid
+                result[i] = interpreter.get_tensor(out["index"]).reshape(-1)
         return result
 
 
