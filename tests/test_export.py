@@ -517,8 +517,8 @@ def test_export_converts_litert_beside_the_savedmodel_and_checks_it(tiny_model):
 @pytest.mark.slow
 def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_classifier, shared_photos):
     """Three classes: LiteRT's answers have TensorFlow's shape (probabilities [N, 3], the argmax label
-    and its probability), export's max |dp| is over every class's column, and held-out accuracy
-    compares the labels each runtime answers with the true classes."""
+    and its probability), export's max |dp| is over every class's column, held-out accuracy
+    compares the labels each runtime answers with the true classes, and int8's rows sum to 1."""
     import numpy as np
 
     from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime
@@ -544,6 +544,8 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     accuracy = float(np.mean([classes.index(x.decode()) for x in answered] == truth))
     assert runtimes["litert-int8"]["holdout_accuracy"]["savedmodel"] == pytest.approx(accuracy)
     assert lite.run(SIGNATURE, {"image_bytes": []})["probabilities"].shape == (0, 3)
+    int8 = LiteRTRuntime.load(version, 1, "litert-int8").run(SIGNATURE, {"image_bytes": check})
+    np.testing.assert_allclose(int8["probabilities"].sum(axis=1), 1.0, atol=1e-6)  # 8-bit steps, rescaled
 
 
 @pytest.mark.slow

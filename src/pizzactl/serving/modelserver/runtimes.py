@@ -225,7 +225,11 @@ class LiteRTRuntime:
 
     def classify(self, pixels) -> Any:
         """float32 [N, S, S, 3] 0..255 -> the classifier's raw output [N, K]: [N, 1] P(classes[1])
-        for a binary (sigmoid) model, [N, classes] for a softmax one."""
+        for a binary (sigmoid) model, [N, classes] for a softmax one.
+
+        int8's output is 8-bit too: probabilities in steps of 1/256, so a softmax row no longer
+        sums to 1 (measured: 0.996 for five classes); it is rescaled so that it does.
+        """
         import numpy as np
 
         interpreter = self._interpreter
@@ -237,6 +241,9 @@ class LiteRTRuntime:
                 interpreter.set_tensor(inp, pixels[i : i + 1])
                 interpreter.invoke()
                 result[i] = interpreter.get_tensor(out["index"]).reshape(-1)
+        if self.name == "litert-int8" and result.shape[1] > 1:
+            total = result.sum(axis=1, keepdims=True)
+            result = np.divide(result, total, out=np.full_like(result, 1 / result.shape[1]), where=total > 0)
         return result
 
 
@@ -366,9 +373,9 @@ def default_tf_threads() -> tuple[int, int]:
     """(intra-op, inter-op) threads for serving: every usable CPU per op, one op at a time.
 
     Measured end to end with the gateway on the same 2 cores, in alternating rounds, on the
-    default model (EfficientNet-Lite0, 256 px): (2, 1) served 1.46x the images/s of (1, 1) and
-    1.3x TensorFlow's own default (2, 2), whose parallel ops fight each other
-    (benchmarks/RESULTS.md). In a pod the CPU limit caps `usable_cpus`.
+    default model (EfficientNet-Lite0, 256 px): (2, 1) served 1.27x and 1.46x the images/s of
+    (1, 1) in two runs; against TensorFlow's own default (0, 0) the runs disagree (0.87x, 1.29x),
+    see benchmarks/RESULTS.md. In a pod the CPU limit caps `usable_cpus`.
     """
     return usable_cpus(), 1
 
