@@ -160,3 +160,10 @@ def test_serve_ab_measures_each_variant_in_alternating_rounds(tiny_model, shared
         assert v["p50_ms"] > 0 and v["server_mean_batch"] >= 1
         assert set(v["cpu_ms_per_image"]) == {"modelserver", "gateway"}
     assert tf["vs_first"] == 1.0 and lite["vs_first"] == pytest.approx(lite["img_per_s"] / tf["img_per_s"], rel=0.01)
+
+
+def test_ratios_keep_three_significant_figures_however_small():
+    from pizzactl.bench.serve import significant
+
+    assert significant(0.03841918136835357) == 0.0384  # round(x, 3) gave 0.038, 1% off
+    assert significant(2.98765) == 2.99 and significant(1.0) == 1.0
