@@ -678,6 +678,38 @@ def test_fine_tune_cached_restores_the_head_alone_when_it_does_worse():
         np.testing.assert_array_equal(a, b)
 
 
+def test_fine_tuning_validates_a_batch_at_a_time():
+    """One pass over every validation map held the top's activations for all of them at once:
+    ~1 MB per validation photo, the peak memory that grew with the data. The guard layer fails
+    the graph if the validator ever feeds more rows than its batch."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pizzactl.train.strategies.cached_fine_tune import _validator
+
+    def at_most_8_rows(x):
+        with tf.control_dependencies([tf.debugging.assert_less_equal(tf.shape(x)[0], 8)]):
+            return tf.identity(x)
+
+    keras.utils.set_random_seed(0)
+    maps = keras.Input((4, 4, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(at_most_8_rows)(maps))
+    model = keras.Model(maps, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    rng = np.random.default_rng(0)
+    plain = rng.normal(size=(21, 4, 4, 3)).astype("float16")  # cached maps are float16
+    val = {"plain": plain, "flip": plain[:, :, ::-1]}
+    y_val = rng.integers(0, 2, 21)
+
+    p, loss, accuracy = _validator(model, val, y_val, tta=True, batch_size=8)()
+
+    expected = np.mean([model.predict(val[v].astype("float32"), batch_size=8, verbose=0).ravel() for v in val], axis=0)
+    assert p.shape == (21,)
+    np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-6)
+    assert accuracy == np.mean((p >= 0.5) == (y_val == 1))
+    assert loss > 0
+
+
 @pytest.mark.slow
 def test_fine_tune_epochs_zero_turns_the_recipes_fine_tuning_off(tmp_path, shared_photos):
     """An explicit 0 beats efficientnet_lite0's recipe: pooled features are cached, no fine_tune phase."""

@@ -186,16 +186,28 @@ def fine_tune_cached(
     return result
 
 
-def _validator(model, val_maps: dict, y_val, tta: bool):
-    """() -> (validation probabilities, loss, accuracy) of `model` now, averaged over the mirror with `tta`."""
+def _validator(model, val_maps: dict, y_val, tta: bool, batch_size: int = 256):
+    """() -> (validation probabilities, loss, accuracy) of `model` now, averaged over the mirror with `tta`.
+
+    The maps go through the model `batch_size` at a time: one pass over all of them would hold
+    the top's activations for every validation photo at once (about 1 MB per photo for
+    EfficientNet-Lite0's top conv and its last block), the memory that grew with the data.
+    """
     import numpy as np
     import tensorflow as tf
 
-    val_x = [tf.constant(val_maps[v], tf.float32) for v in (("plain", "flip") if tta else ("plain",))]
-    forward = tf.function(lambda x: model(x, training=False))
+    views = [val_maps[v] for v in (("plain", "flip") if tta else ("plain",))]
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def probabilities(maps):
+        chunks = [
+            as_probabilities(forward(tf.constant(maps[i : i + batch_size], tf.float32)).numpy())
+            for i in range(0, max(len(maps), 1), batch_size)  # an empty set still has its shape
+        ]
+        return np.concatenate(chunks, axis=0)
 
     def validate():
-        p = np.mean([as_probabilities(forward(x).numpy()) for x in val_x], axis=0).astype(np.float64)
+        p = np.mean([probabilities(maps) for maps in views], axis=0).astype(np.float64)
         return (p, *loss_and_accuracy(y_val, p, THRESHOLD))
 
     return validate
