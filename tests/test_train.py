@@ -411,6 +411,22 @@ def test_frozen_path_caches_plain_flip_and_augmented_views(frozen_runs):
     assert (first.model_dir / "saved_model.pb").is_file()
 
 
+def test_augmented_views_setting_overrides_the_recipe(tmp_path, shared_photos):
+    """--augmented-views 1: the photo, its mirror and one augmented view are cached, no more,
+    and the run's config says so (the recipe's 4 for mobilenet_v3_small yields to it)."""
+    result = train_tiny(tmp_path, shared_photos, "mobilenet_v3_small", augmented_views=1)
+    assert result.features == {"computed": 3, "reused": 0}
+    views = sorted(path.name.split("-")[2] for path in (tmp_path / "cache" / "features").glob("*.npy"))
+    assert views == ["aug1", "flip", "plain"]
+    assert result.best.config["augmented_views"] == 1 and result.best.config["recipe"]["augmented_views"] == 1
+
+
+def test_negative_augmented_views_is_refused_with_a_hint(tmp_path, shared_photos):
+    with pytest.raises(UsageError) as err:
+        train_tiny(tmp_path, shared_photos, "mobilenet_v3_small", augmented_views=-1)
+    assert "--augmented-views 0" in err.value.hint
+
+
 @pytest.mark.slow
 def test_second_run_computes_no_features(frozen_runs):
     root, _, second, mtimes = frozen_runs

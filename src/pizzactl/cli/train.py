@@ -65,6 +65,12 @@ def train(
         "--fine-tune-epochs",
         help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite*, else 0; 0 turns it off).",
     ),
+    augmented_views: int | None = typer.Option(
+        None,
+        "--augmented-views",
+        min=0,
+        help="Cached augmented views per photo, besides it and its mirror (default: the recipe's, 8 for efficientnet_lite*, else 4). Fewer: faster, see docs/train.md.",
+    ),
     image_size: int | None = typer.Option(
         None,
         "--image-size",
@@ -99,6 +105,7 @@ def train(
         weights=weights,
         epochs=epochs,
         fine_tune_epochs=fine_tune_epochs,
+        augmented_views=augmented_views,
         image_size=image_size,
         batch_size=batch_size,
         augment=augment,

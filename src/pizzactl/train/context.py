@@ -8,10 +8,11 @@ chosen. Its `history` and `timings` are the two things a strategy fills in as it
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pizzactl import __version__
+from pizzactl.errors import UsageError
 from pizzactl.train.metrics import THRESHOLD
 from pizzactl.train.recipes import Recipe, model_and_crop_size, recipe_for, setting_or_recipe
 
@@ -72,6 +73,13 @@ def plan(settings, backbone, dataset, train_records, val_records, *, cache, log)
     from pizzactl.train.backbones.weights import resolve_weights
 
     recipe = recipe_for(backbone)
+    if settings.augmented_views is not None:  # the user's value wins over the recipe's
+        if int(settings.augmented_views) < 0:
+            raise UsageError(
+                f"augmented_views must be 0 or more, not {settings.augmented_views}.",
+                hint="Use --augmented-views 0 for the photo and its mirror only.",
+            )
+        recipe = replace(recipe, augmented_views=int(settings.augmented_views))
     image_size, train_size = model_and_crop_size(
         settings.image_size or recipe.image_size, backbone.input_size, recipe.test_size_factor, backbone.min_input_size
     )

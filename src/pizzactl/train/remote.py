@@ -40,6 +40,7 @@ TRAINING_SETTINGS = (
     "weights",
     "epochs",
     "fine_tune_epochs",
+    "augmented_views",
     "image_size",
     "batch_size",
     "augment",
