@@ -52,9 +52,7 @@ class Settings:
     weights: str = "imagenet"
     epochs: int = 30
     fine_tune_epochs: int | None = None  # None: the backbone recipe's (6 for efficientnet_lite*, else 0)
-    augmented_views: int | None = (
-        None  # cached augmented views per photo; None: the recipe's (8 for efficientnet_lite*, else 4)
-    )
+    augmented_views: int | None = None  # cached per photo; None: the recipe's (8 for efficientnet_lite*, else 4)
     image_size: int | None = None  # the exported model's input size; None: the backbone recipe's
     batch_size: int = 32
     augment: bool = True
