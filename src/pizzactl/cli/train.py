@@ -63,13 +63,13 @@ def train(
     fine_tune_epochs: int | None = typer.Option(
         None,
         "--fine-tune-epochs",
-        help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite*, else 0; 0 turns it off).",
+        help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite0/1, else 0; 0 turns it off).",
     ),
     augmented_views: int | None = typer.Option(
         None,
         "--augmented-views",
         min=0,
-        help="Cached augmented views per photo, besides it and its mirror (default: the recipe's, 8 for efficientnet_lite*, else 4). Fewer: faster, see docs/train.md.",
+        help="Cached augmented views per photo, besides it and its mirror (default: the recipe's, 8 for efficientnet_lite0/1, else 4). Fewer: faster, see docs/train.md.",
     ),
     image_size: int | None = typer.Option(
         None,

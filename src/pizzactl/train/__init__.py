@@ -2,7 +2,7 @@
 
     from pizzactl.config import load_settings
     from pizzactl.train import train
-    result = train(load_settings({"data_dir": "data/pizza_not_pizza", "backbone": "efficientnet_lite0"}))
+    result = train(load_settings({"data_dir": "data/pizza_not_pizza", "backbone": "efficientnet_lite2"}))
     result.best.metrics["val_accuracy"], result.model_dir
 
 For each backbone asked for, `train` plans the run (`context.plan`: the recipe's defaults, the

