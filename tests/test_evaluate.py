@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -152,10 +153,39 @@ def test_evaluate_cli_prints_json_for_scripts(subset, tiny_model):
     assert 0.0 <= doc["roc_auc"] <= 1.0
 
 
+# Start-up lines as TensorFlow writes them to file descriptor 2 during its import (absl's format,
+# before absl is initialised). Which ones a real import writes depends on the machine: the oneDNN
+# line only where TensorFlow turns oneDNN on (CPUs with AVX-512), the CUDA lines only with CUDA
+# libraries around. So the test writes its own, from a hook that runs as `import tensorflow` starts.
+START_UP_NOISE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1795551479.930577   20609 port.cc:153] pizzactl-test: oneDNN custom operations are on.\n"
+)
+TENSORFLOW_IMPORT_HOOK = f"""
+import os, sys
+
+
+class WriteStartUpNoise:
+    \"\"\"A meta-path finder that finds nothing: it writes TensorFlow-like start-up lines to fd 2 once.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow":
+            sys.meta_path.remove(self)
+            os.write(2, {START_UP_NOISE!r}.encode())
+        return None
+
+
+sys.meta_path.insert(0, WriteStartUpNoise())
+"""
+
+
 @pytest.mark.slow
-def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tiny_model):
+def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tiny_model, tmp_path):
     """TF 2.19+ logs 'oneDNN custom operations are on' etc. before absl is initialised;
     TF_CPP_MIN_LOG_LEVEL cannot silence it, pizzactl filters it. --debug shows everything."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(TENSORFLOW_IMPORT_HOOK)
     args = [
         sys.executable,
         "-m",
@@ -167,12 +197,14 @@ def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tin
         "--json",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIZZACTL_", "TF_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     quiet = subprocess.run(args, capture_output=True, text=True, env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
+    assert json.loads(quiet.stdout)["n"] == 20  # the hook did not stop the real import
     loud = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True, env=env)
     assert loud.returncode == 0, loud.stderr
-    assert "oneDNN custom operations" in loud.stderr  # the filter has something to filter
+    assert START_UP_NOISE in loud.stderr  # the filter had something to filter
 
 
 def test_only_verbs_that_load_tensorflow_import_it_up_front():
