@@ -593,3 +593,17 @@ def test_a_model_the_converter_refuses_is_published_without_the_artefact(tmp_pat
     entry = read_metadata(version)["runtimes"]["litert"]
     assert entry["ok"] is False and "conversion failed" in entry["reason"] and "FlexErf" in entry["reason"]
     assert (version / "saved_model.pb").is_file() and not (version / "assets.extra" / "litert").exists()
+
+
+@pytest.mark.slow
+def test_the_converter_prints_nothing_a_user_sees_and_keeps_it_in_the_debug_log(capfd, caplog):
+    """Keras prints the SavedModel it writes for the converter, a TensorSpec line per captured
+    variable (~650 lines for the default backbone), into every `train`; a user sees none of it."""
+    from pizzactl.convert import tflite_model
+
+    caplog.set_level("DEBUG", logger="pizzactl.convert")
+    flatbuffer = tflite_model(_softmax_classifier(2))
+    out, err = capfd.readouterr()
+    assert flatbuffer[4:8] == b"TFL3"  # a LiteRT flatbuffer's file identifier
+    assert "Saved artifact" not in out + err and "TensorSpec" not in out + err
+    assert "TensorSpec" in caplog.text  # --debug's log still has it

@@ -20,7 +20,8 @@ concrete function with unfrozen variables produced NaN (issue 14).
 from __future__ import annotations
 
 import contextlib
-import sys
+import io
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,14 +46,20 @@ def tflite_model(classifier, int8: bool = False, calibration=None) -> bytes:
         for pixels in calibration:
             yield [np.asarray(pixels, np.float32)[None]]
 
-    # Keras prints the artefact it saves on the way to stdout, which holds `--json` answers.
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+    # Keras prints the SavedModel it writes on the way ("Saved artifact at ...", then a TensorSpec
+    # line per captured variable: ~650 lines for EfficientNet-Lite2) to stdout, which holds
+    # `--json` answers, and a user has no use for them: they go to the debug log only.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Statistics for quantized inputs")  # float I/O by design
         converter = tf.lite.TFLiteConverter.from_keras_model(classifier)
         if int8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative
-        return converter.convert()
+        try:
+            return converter.convert()
+        finally:
+            logging.getLogger(__name__).debug("the converter printed:\n%s", printed.getvalue())
 
 
 def _pixels(images: Sequence[bytes], size: int):

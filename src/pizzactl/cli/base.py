@@ -6,6 +6,8 @@ on these objects; `pizzactl.cli` imports them in the order `pizzactl --help` lis
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from pizzactl import __version__
@@ -48,7 +50,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors, and the debug log."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     DEBUG["on"] = debug
+    if debug:  # pizzactl's debug log (e.g. what the LiteRT converter printed) on stderr
+        logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+        logging.getLogger("pizzactl").setLevel(logging.DEBUG)
