@@ -537,7 +537,9 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
     assert list(got["label"]) == list(want["label"]) and len(set(got["label"])) > 1
     np.testing.assert_array_equal(got["probability"], got["probabilities"].max(axis=1))
-    diff = float(np.max(np.abs(got["probabilities"] - want["probabilities"])))
+    everything = check + [b for b, _ in holdout]  # export's |dp| is over the check and held-out photos
+    want_all, got_all = (rt.run(SIGNATURE, {"image_bytes": everything}) for rt in (tf_rt, lite))
+    diff = float(np.max(np.abs(got_all["probabilities"] - want_all["probabilities"])))
     assert runtimes["litert"]["ok"] is True and runtimes["litert"]["max_abs_diff"] == pytest.approx(diff, abs=1e-9)
     truth = np.array([label for _, label in holdout])
     answered = tf_rt.run(SIGNATURE, {"image_bytes": [b for b, _ in holdout]})["label"]
@@ -548,12 +550,17 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     np.testing.assert_allclose(int8["probabilities"].sum(axis=1), 1.0, atol=1e-6)  # 8-bit steps, rescaled
 
 
-@pytest.mark.slow
-def test_int8_is_judged_on_held_out_accuracy_within_half_a_point(tmp_path, tiny_classifier, shared_photos):
-    from pizzactl.convert import ACCURACY_POINTS
+def _held_out(shared_photos, first: int = 40, last: int = 60) -> list[tuple[bytes, int]]:
+    """Shared photos the tiny classifier was not fitted on (it saw the first 40 of each class)."""
+    held_out = [(p.read_bytes(), 0) for p in shared_photos["not_pizza"][first:last]]
+    return held_out + [(p.read_bytes(), 1) for p in shared_photos["pizza"][first:last]]
 
-    held_out = [(p.read_bytes(), 0) for p in shared_photos["not_pizza"][40:60]]
-    held_out += [(p.read_bytes(), 1) for p in shared_photos["pizza"][40:60]]  # not among the 40 it was fitted on
+
+@pytest.mark.slow
+def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_path, tiny_classifier, shared_photos):
+    from pizzactl.convert import judge
+
+    held_out = _held_out(shared_photos)
     m = tiny_classifier
     version = export_model(
         m.model,
@@ -565,12 +572,67 @@ def test_int8_is_judged_on_held_out_accuracy_within_half_a_point(tmp_path, tiny_
         runtimes=("litert-int8",),
     )
     entry = read_metadata(version)["runtimes"]["litert-int8"]
-    accuracy = entry["holdout_accuracy"]
+    accuracy, flips = entry["holdout_accuracy"], entry["flips"]
     assert accuracy["n"] == 40 and 0 <= accuracy["litert-int8"] <= 1 and 0 <= accuracy["savedmodel"] <= 1
-    points = abs(accuracy["litert-int8"] - accuracy["savedmodel"]) * 100
-    assert entry["ok"] == (points <= ACCURACY_POINTS and entry["max_abs_diff"] <= 0.05)
+    assert accuracy["litert-int8"] - accuracy["savedmodel"] == pytest.approx((flips["better"] - flips["worse"]) / 40)
+    assert entry["abs_diff"]["n"] == 40 + len(m.check_images) and entry["abs_diff"]["p95"] <= entry["max_abs_diff"]
+    import numpy as np
+
+    worse, better = flips["worse"], flips["better"]
+    reference = np.array([True] * worse + [False] * better, dtype=bool)
+    assert (judge("litert-int8", np.array([entry["abs_diff"]["p95"]]), reference, ~reference, {}) == []) == entry["ok"]
     assert (version / "assets.extra/litert/classifier-int8.tflite").is_file()  # checked or not: opt-in by name
     assert set(read_metadata(version)["runtimes"]) == {"litert-int8"}
+
+
+def test_the_rule_refuses_a_runtime_only_when_the_sample_shows_it_worse():
+    """One-sided: more right answers never count against an artefact; a few flips among hundreds
+    are within chance; many more flips against than for it, or a typical |dp| over the tolerance, refuse it."""
+    import numpy as np
+
+    from pizzactl.convert import binomial_tail, judge
+
+    def verdict(worse: int, better: int, n: int = 314, dp: float = 0.01) -> list[str]:
+        reference = np.array([True] * worse + [False] * better + [True] * (n - worse - better))
+        runtime = np.array([False] * worse + [True] * better + [True] * (n - worse - better))
+        return judge("litert-int8", np.full(n, dp), reference, runtime, {})
+
+    assert binomial_tail(3, 3) == 0.125 and binomial_tail(0, 0) == 1.0 and binomial_tail(0, 5) == 1.0
+    assert binomial_tail(5, 7) == pytest.approx(29 / 128)
+    assert verdict(0, 2) == [] and verdict(0, 20) == []  # better: the old two-sided rule refused this
+    assert verdict(3, 0) == [] and verdict(2, 2) == []  # within what 314 photos can tell from chance
+    assert "worse on held-out photos: 10 wrong" in verdict(10, 2)[0]  # p = 0.019
+    assert "worse" in verdict(5, 0)[0]  # p = 0.031
+    assert "95th percentile" in verdict(0, 0, dp=0.2)[0]
+    dp = np.full(100, 0.01)
+    dp[:4] = 0.3  # 4 photos of 100 far off: the typical photo still agrees
+    assert judge("litert-int8", dp, np.ones(100, bool), np.ones(100, bool), {}) == []
+    assert judge("litert", dp, np.ones(100, bool), np.ones(100, bool), {})  # float: every photo within 1e-4
+    assert "no held-out" in judge("litert-int8", dp, np.zeros(0, bool), np.zeros(0, bool), {})[0]
+
+
+@pytest.mark.slow
+def test_an_int8_artefact_that_is_really_worse_is_still_refused(tmp_path, tiny_classifier, shared_photos):
+    """Calibrated on black frames, int8's ranges clip every real photo's activations: the artefact
+    answers the held-out photos far worse than the SavedModel, and the rule must still refuse it."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(buf, format="PNG")
+    held_out = _held_out(shared_photos, 40, 90)
+    m = tiny_classifier
+    version = export_model(
+        m.model,
+        tmp_path,
+        m.metadata,
+        m.check_images,
+        holdout=held_out,
+        calibration=[buf.getvalue()] * 8,
+        runtimes=("litert-int8",),
+    )
+    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    assert entry["ok"] is False, entry
+    assert entry["flips"]["worse"] > entry["flips"]["better"] and "worse on held-out photos" in entry["reason"]
 
 
 @pytest.mark.slow

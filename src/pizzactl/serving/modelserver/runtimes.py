@@ -5,8 +5,8 @@ contract: `serving_default` takes the image bytes and decodes them in the graph)
 `LiteRTRuntime` runs the classifier that `pizzactl export` converted for LiteRT (XNNPACK) into
 the version directory (`pizzactl.convert`), behind the same two signatures: the image bytes are
 decoded by the very `decode_resize` the SavedModel runs, so only the network differs, and export
-published the artefact only if it agreed with the SavedModel (max |dp| on real photos, held-out
-accuracy within 0.5 points). The model server asks a runtime for its TF Serving-shaped
+published the artefact only if it agreed with the SavedModel (|dp| on real photos, and not worse
+on held-out photos: `convert.judge`). The model server asks a runtime for its TF Serving-shaped
 `signature_def` (for `/metadata`), the input names of a signature, and `run(signature, inputs)`.
 
 `load_runtime(path, version, "auto")` picks the fastest runtime whose artefact passed that check
