@@ -658,14 +658,18 @@ def test_a_model_the_converter_refuses_is_published_without_the_artefact(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_converter_prints_nothing_a_user_sees_and_keeps_it_in_the_debug_log(capfd, caplog):
+def test_the_conversion_prints_one_line_per_artefact_and_keeps_the_rest_in_the_debug_log(
+    tmp_path, tiny_classifier, shared_photos, capfd, caplog
+):
     """Keras prints the SavedModel it writes for the converter, a TensorSpec line per captured
-    variable (~650 lines for the default backbone), into every `train`; a user sees none of it."""
-    from pizzactl.convert import tflite_model
-
+    variable (~650 lines for the default backbone); the quantizer and the XNNPACK delegate write
+    their own lines to file descriptor 2. A user sees one line per artefact."""
     caplog.set_level("DEBUG", logger="pizzactl.convert")
-    flatbuffer = tflite_model(_softmax_classifier(2))
+    m = tiny_classifier
+    held_out = _held_out(shared_photos)
+    export_model(m.model, tmp_path, m.metadata, m.check_images, holdout=held_out, calibration=[b for b, _ in held_out])
     out, err = capfd.readouterr()
-    assert flatbuffer[4:8] == b"TFL3"  # a LiteRT flatbuffer's file identifier
-    assert "Saved artifact" not in out + err and "TensorSpec" not in out + err
+    for noise in ("Saved artifact", "TensorSpec", "fully_quantize", "XNNPACK delegate"):
+        assert noise not in out + err, (noise, err)
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("litert")] == ["litert", "litert-int8"]
     assert "TensorSpec" in caplog.text  # --debug's log still has it

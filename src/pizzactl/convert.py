@@ -31,6 +31,7 @@ from typing import Any
 
 from pizzactl.console import log
 from pizzactl.model_store import METADATA_DIR
+from pizzactl.tfimport import LITERT_NOISE, NOISE, native_stderr_filtered
 
 # |dp| (every class's probability, the largest per photo) at a percentile over the check and
 # held-out photos. Float32 is the same arithmetic reordered: every photo within 1e-4, or the
@@ -57,7 +58,7 @@ def tflite_model(classifier, int8: bool = False, calibration=None) -> bytes:
     # line per captured variable: ~650 lines for EfficientNet-Lite2) to stdout, which holds
     # `--json` answers, and a user has no use for them: they go to the debug log only.
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings(), native_stderr_filtered(NOISE, LITERT_NOISE):
         warnings.filterwarnings("ignore", "Statistics for quantized inputs")  # float I/O by design
         converter = tf.lite.TFLiteConverter.from_keras_model(classifier)
         if int8:
@@ -143,7 +144,8 @@ def _convert_one(name, version_dir, classifier, calibration, check, want, truth,
     target = Path(version_dir) / METADATA_DIR / LITERT[name]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-    runtime = LiteRTRuntime.load(Path(version_dir), 0, name, threads=2)
+    with native_stderr_filtered(LITERT_NOISE):
+        runtime = LiteRTRuntime.load(Path(version_dir), 0, name, threads=2)
     got = {k: _answers(runtime, v, classes) for k, v in check.items()}
     compared = [k for k in check if len(check[k])]
     per_photo = np.concatenate([np.max(np.abs(got[k][0] - want[k][0]), axis=1) for k in compared] or [np.zeros(0)])

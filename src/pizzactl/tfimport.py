@@ -11,10 +11,12 @@ back. `--debug` skips all this.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 
 NOISE = re.compile(
     r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)"
@@ -50,30 +52,44 @@ def _on_elsewhere(argv: list[str]) -> bool:
     return False
 
 
-def import_quietly() -> None:
-    """Import tensorflow with its INFO start-up lines filtered out of stderr (no-op if imported)."""
-    if "tensorflow" in sys.modules:
-        return
+# Lines the LiteRT converter and interpreter write straight to file descriptor 2, whatever the log
+# level: the quantizer's settings and the XNNPACK delegate's creation. Nothing for a user to act on.
+LITERT_NOISE = re.compile(r"^(fully_quantize: \d|INFO: Created TensorFlow Lite XNNPACK delegate)")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(*noise: re.Pattern[str], drop: Callable[[str], bool] = lambda line: False):
+    """Run the block with file descriptor 2 captured (native code writes there, not to sys.stderr);
+    then write back every line that matches none of `noise` (nor `drop`)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
-        gpus = None
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if line and not any(n.match(line) for n in noise) and not drop(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
+def import_quietly() -> None:
+    """Import tensorflow with its INFO start-up lines filtered out of stderr (no-op if imported)."""
+    if "tensorflow" in sys.modules:
+        return
+    gpus = None
+    with native_stderr_filtered(NOISE, drop=lambda line: gpus == [] and bool(NO_GPU.match(line))):
         try:
             import tensorflow
 
             gpus = tensorflow.config.list_physical_devices("GPU")  # the CUDA probe, inside the capture
         except ImportError:
             pass  # the command's own import says which extra to install
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode(errors="replace").splitlines()
-        kept = [line for line in lines if line and not NOISE.match(line) and not (gpus == [] and NO_GPU.match(line))]
-    if kept:
-        sys.stderr.write("\n".join(kept) + "\n")
 
 
 def require_tensorflow() -> None:
