@@ -954,7 +954,7 @@ def server_side_apply(emulator, request, key, body: dict, creating: bool) -> dic
         raise kmock.KubernetesError(status=409, reason="Conflict", message=message, details={"causes": causes})
     for other, path in conflicts:  # force: the applier takes them over
         owners[other].discard(path)
-    merged = _merge(current, body)
+    merged = _merge(json.loads(json.dumps(current)), body)  # a copy: `current` is compared below
     others = set().union(*(owned for m, owned in owners.items() if m != manager)) if owners else set()
     for path in sorted(owners.get(manager, set()) - applied, key=len):  # a list item before its fields
         if not any(q[: len(path)] == path for q in others):

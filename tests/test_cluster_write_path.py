@@ -329,3 +329,22 @@ async def test_a_namespace_scoped_identity_deploys_without_cluster_scope_calls(k
     assert "may not list the cluster's nodes" in err and "may not read Namespace objects" in err
     assert "kubectl port-forward -n pizzactl svc/pizzactl-gateway" in err
     assert state_mod.load(_settings()).extra["created_namespace"] is False
+
+
+async def test_teardown_gives_up_the_labels_pizzactl_put_on_a_namespace_it_did_not_create(kmock, api):
+    """A namespace an earlier pizzactl labelled (restricted Pod Security among them): teardown
+    releases what pizzactl applied, under server-side apply, and leaves the owner's own labels."""
+    _namespace(kmock, labels={"team": "ml"})  # the owner's label, set by someone else
+    labelled = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    }
+    await asyncio.to_thread(k8s.apply, api, [labelled])  # what an earlier pizzactl applied
+    assert kmock.objects[NAMESPACES, None, NS]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    record = DeployState(
+        target="cluster", url="", extra={"context": "prod", "namespace": NS, "created_namespace": False}
+    )
+    await asyncio.to_thread(cluster.teardown, _settings(), record)
+    assert kmock.objects[NAMESPACES, None, NS]["metadata"]["labels"] == {"team": "ml"}
+    assert not kmock.objects[NAMESPACES, None, NS].deleted

@@ -144,7 +144,7 @@ def service_account_missing(exc: Exception) -> bool:
     return isinstance(exc, ApiException) and exc.status == 403 and bool(SERVICE_ACCOUNT_MISSING.search(_message(exc)))
 
 
-def apply(api_client, docs: list[dict[str, Any]], *, admission_wait: float = 0.0) -> list[str]:
+def apply(api_client, docs: list[dict[str, Any]], *, admission_wait: float = 0.0, quiet: bool = False) -> list[str]:
     """Server-side apply every object (in order); returns "Kind/name" for each.
 
     `admission_wait`: how long a bare Pod is retried while ServiceAccount admission refuses it
@@ -170,7 +170,8 @@ def apply(api_client, docs: list[dict[str, Any]], *, admission_wait: float = 0.0
                     continue
                 raise api_error(exc, f"Applying {kind}/{meta['name']}") from None
         applied.append(f"{kind}/{meta['name']}")
-        log(f"  applied {kind}/{meta['name']}")
+        if not quiet:
+            log(f"  applied {kind}/{meta['name']}")
     return applied
 
 

@@ -241,10 +241,34 @@ def teardown(settings: Settings, state: DeployState) -> dict[str, Any]:
         return {"message": what + "."}
     docs = manifests.render(settings.replace(namespace=namespace), "g", "m")
     removed = k8s.delete_objects(api, docs)
+    released = "" if _training_made(settings, context, namespace) else _release_namespace(api, namespace)
     return {
-        "message": f"Deleted {len(removed)} objects in {context}; kept namespace {namespace} (pizzactl did not create it).",
+        "message": f"Deleted {len(removed)} objects in {context}; kept namespace {namespace} "
+        f"(pizzactl did not create it){released}.",
         "deleted": removed,
     }
+
+
+def _release_namespace(api, namespace: str) -> str:
+    """Give up what pizzactl ever applied to a namespace it did not create (labels, among them
+    the restricted Pod Security level, that earlier pizzactl versions applied): under server-side
+    apply, applying the bare Namespace as the same field manager removes the fields it owned
+    and no other manager owns. Skipped (said so) when Namespace objects may not be patched."""
+    if k8s.namespace_phase(api, namespace) != "Active":
+        return ""  # gone, or not ours to read: never create it by applying
+    try:
+        k8s.apply(api, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}], quiet=True)
+    except DeployError as exc:
+        return f"; could not release the labels pizzactl may have put on it ({exc.message})"
+    return ""
+
+
+def _training_made(settings: Settings, context: str | None, namespace: str) -> bool:
+    """Whether `train --on` created this namespace (its teardown deletes it, labels and all)."""
+    from pizzactl.deploy import jobs
+
+    st = jobs.load_state(settings) or {}
+    return bool(st.get("created_namespace")) and st.get("context") == context and st.get("namespace") == namespace
 
 
 def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
