@@ -307,16 +307,9 @@ class FakeCluster:
         self._age: dict[tuple, int] = {}
         self._pod_seq = 0
         emulator.terminating_steps = terminating_steps
-        for name in (
-            "v1/pods",
-            "v1/events",
-            "v1/secrets",
-            "v1/services",
-            "v1/nodes",
-            "apps/v1/replicasets",
-            "v1/serviceaccounts",
-        ):
+        for name in ("v1/pods", "v1/events", "v1/secrets", "v1/services", "v1/nodes", "apps/v1/replicasets"):
             emulator.resources.setdefault(name, {})
+        emulator.resources.setdefault("v1/serviceaccounts", {})
         if metrics_server:
             emulator.resources["metrics.k8s.io/v1beta1/pods"] = {}
         emulator["get", POD_LOG_URL] << kmock.headers({"Content-Type": "text/plain"}) << self._pod_log
