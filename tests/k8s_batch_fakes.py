@@ -53,7 +53,7 @@ from pathlib import Path
 
 import kmock
 
-from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status
+from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status, pod_admission
 
 JOBS = kmock.resource("batch/v1/jobs")
 PVCS = kmock.resource("v1/persistentvolumeclaims")
@@ -549,6 +549,10 @@ class TrainingCluster(FakeCluster):
         self._pod_seq += 1
         pod_name = f"{job_name}-{self._pod_seq:05x}"
         template = _plain(job["spec"]["template"])
+        refused = pod_admission(self.kmock, namespace, {"metadata": {"name": pod_name}, "spec": template["spec"]})
+        if refused:  # the Job controller retries on its next sync
+            self._event(namespace, "Job", job_name, "FailedCreate", f"Error creating: {refused}")
+            return
         labels = {**template.get("metadata", {}).get("labels", {}), JOB_LABEL: job_name, "job-name": job_name}
         self.kmock.objects[PODS, namespace, pod_name] = {
             "apiVersion": "v1",

@@ -7,6 +7,16 @@ NamespaceLifecycle admission refuses new objects in a Terminating namespace with
 "unable to create new content in namespace X because it is being terminated" (the message of
 kubernetes/kubernetes#98743, antrea-io/antrea#488).
 
+The API server's write path (the section at the end, each function naming its source): apply
+is server-side apply with managed fields per field manager (`server_side_apply`: a field the
+same manager stops sending is deleted, a different value for another manager's field is 409
+Conflict unless force=true, a Secret's stringData is folded into data); pods pass ServiceAccount
+admission (refused until the namespace's `default` exists, which `FakeCluster` creates
+`sa_delay_steps` after the namespace, kubernetes/kubernetes#66689) and Pod Security admission
+at the namespace's enforce level (`pod_admission`), for bare pods as for those the ReplicaSet
+and Job controllers create (FailedCreate, retried); `scoped_to = NS` makes the caller an
+identity bound to one namespace (`authorize`: 403 on nodes, Namespace objects, other namespaces).
+
 `FakeCluster` plays the controllers and the kubelet, one `step()` at a time, so a rollout takes
 time as it does for real:
 - Deployment controller: a ReplicaSet per pod template, RollingUpdate with maxSurge 1 and
@@ -98,9 +108,12 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
     """
 
     terminating_steps = 0  # FakeCluster sets it: how long a deleted namespace stays Terminating
+    scoped_to: str | None = None  # a namespace-scoped identity: RBAC allows only this namespace (see `authorize`)
+    user = "system:serviceaccount:team:deployer"
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.managed_fields: dict[tuple, dict[str, set]] = {}  # object key -> {field manager: field paths}
         # Reactions, not fallbacks: kmock's own fetch/delete fallbacks would answer these first.
         self["patch", NAMESPACE_URL] << self._apply_namespace
         self["get", NAMESPACE_URL] << self._get_namespace
@@ -116,22 +129,29 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
 
     async def _apply_namespace(self, request):
         key = self._namespace_key(request)
+        authorize(self, request, "namespaces", None, key[2])
+        creating = key not in self.objects or self.objects[key].deleted
+        if not creating and self.namespace_terminating(key[2]):  # applying to a Terminating namespace changes nothing
+            return self.objects[key].raw
+        body = server_side_apply(self, request, key, json.loads(json.dumps(request.data)), creating)
         if key not in self.objects:
-            self.objects[key] = request.data
-        elif self.objects[key].deleted:
-            self.objects[key].create(request.data)
-        elif not self.namespace_terminating(key[2]):  # applying to a Terminating namespace changes nothing
-            self.objects[key].patch(request.data)
+            self.objects[key] = body
+        elif creating:
+            self.objects[key].create(body)
+        else:
+            self.objects[key].patch(body)
         return self.objects[key].raw
 
     async def _get_namespace(self, request):
         key = self._namespace_key(request)
+        authorize(self, request, "namespaces", None, key[2])
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
         return self.objects[key].raw
 
     async def _delete_namespace(self, request):
         key = self._namespace_key(request)
+        authorize(self, request, "namespaces", None, key[2])
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
         if not self.terminating_steps:
@@ -145,6 +165,10 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         return self.objects[key].raw
 
     async def _handle(self, request):
+        if request.resource is not None:
+            authorize(self, request, request.resource.plural, request.resource.group, request.name)
+        elif request.url.path.startswith(("/api/v1/nodes", "/api/v1/namespaces")):  # kmock: no resource parsed
+            authorize(self, request, request.url.path.split("/")[3], "", None)
         # Answers that are not JSON objects (pod exec over a websocket, a followed log), served by
         # the controllers that know the pods (tests/k8s_batch_fakes.py); None: not theirs.
         for handler in getattr(self, "stream_handlers", ()):
@@ -152,6 +176,10 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
             if response is not None:
                 return response
         content_type = request.headers.get("Content-Type", "")
+        if request.method == kmock.method.POST and request.resource == PODS and isinstance(request.data, dict):
+            refused = pod_admission(self, request.namespace, request.data)
+            if refused:
+                raise kmock.KubernetesError(status=403, reason="Forbidden", message=refused, details={})
         if (
             request.method == kmock.method.PATCH
             and content_type.startswith(APPLY)
@@ -163,6 +191,11 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
             if creating and self.namespace_terminating(request.namespace):
                 return self._forbidden_terminating(request)
             body = json.loads(json.dumps(request.data))
+            if creating and request.resource == PODS:
+                refused = pod_admission(self, request.namespace, body)
+                if refused:
+                    raise kmock.KubernetesError(status=403, reason="Forbidden", message=refused, details={})
+            body = server_side_apply(self, request, key, body, creating)
             if request.resource == DEPLOYMENTS:
                 self._apply_deployment(key, body, creating)
             elif creating:
@@ -260,8 +293,10 @@ class FakeCluster:
         hpa_delay_steps: int = 6,  # the HPA syncs every 15 s: usually after the first pods are ready
         kind_home: Path | None = None,
         kind_cluster: str = "pizzactl",
+        sa_delay_steps: int = 2,  # steps from a new namespace to its `default` ServiceAccount
     ):
         self.kmock = emulator
+        self.sa_delay_steps = sa_delay_steps
         self.behaviours: dict[str, str] = {}
         self.metrics_server = metrics_server
         self.hpa_delay_steps = hpa_delay_steps
@@ -274,6 +309,7 @@ class FakeCluster:
         emulator.terminating_steps = terminating_steps
         for name in ("v1/pods", "v1/events", "v1/secrets", "v1/services", "v1/nodes", "apps/v1/replicasets"):
             emulator.resources.setdefault(name, {})
+        emulator.resources.setdefault("v1/serviceaccounts", {})
         if metrics_server:
             emulator.resources["metrics.k8s.io/v1beta1/pods"] = {}
         emulator["get", POD_LOG_URL] << kmock.headers({"Content-Type": "text/plain"}) << self._pod_log
@@ -347,6 +383,28 @@ class FakeCluster:
             if self._tick(key) >= self.kmock.terminating_steps:
                 ns.delete()
                 self._age.pop(key, None)
+        self._default_service_accounts()
+
+    def _default_service_accounts(self) -> None:
+        """The service account controller: `default` appears in a new namespace `sa_delay_steps`
+        after it (kubernetes/kubernetes#66689: pods are refused until then, see `pod_admission`)."""
+        for key, ns in self._live(NAMESPACES):
+            name = key[2]
+            sa_key = (SERVICEACCOUNTS, name, "default")
+            sa = _get(self.kmock.objects, sa_key)
+            if ns.get("metadata", {}).get("deletionTimestamp") or (sa is not None and not sa.deleted):
+                continue
+            if self._tick(("serviceaccount", name)) > self.sa_delay_steps:
+                self._age.pop(("serviceaccount", name), None)
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": name},
+                }
+                if sa is None:
+                    self.kmock.objects[sa_key] = body
+                else:
+                    sa.create(body)
 
     # --- HPA controller
 
@@ -469,6 +527,10 @@ class FakeCluster:
                     f'Error creating: pods "{pod_name}" is forbidden: violates PodSecurity "restricted:latest": '
                     'runAsNonRoot != true (pod or container "model" must set securityContext.runAsNonRoot=true)',
                 )
+                return
+            refused = pod_admission(self.kmock, namespace, {"metadata": {"name": pod_name}, "spec": template["spec"]})
+            if refused:  # the ReplicaSet controller retries on its next sync
+                self._event(namespace, "ReplicaSet", name, "FailedCreate", f"Error creating: {refused}")
                 return
             containers = template["spec"]["containers"]
             self.kmock.objects[PODS, namespace, pod_name] = {
@@ -820,3 +882,307 @@ def stop_fake_clusters(home: Path) -> None:
         for pid in pids.read_text().split():
             with contextlib.suppress(OSError):
                 os.kill(int(pid), signal.SIGTERM)
+
+
+# --- the API server's write path: server-side apply, admission, RBAC -------------------------------
+
+SERVICEACCOUNTS = kmock.resource("v1/serviceaccounts")
+ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+# Keys of the associative lists pizzactl's objects contain (the `+listMapKey`s of the API types:
+# containers, env, volumes, imagePullSecrets by name, volumeMounts by mountPath, ports by
+# containerPort or port, conditions by type); any other list is atomic (owned and replaced whole).
+_LIST_KEYS = ("name", "mountPath", "containerPort", "port", "type")
+_ABSENT = object()
+
+
+def server_side_apply(emulator, request, key, body: dict, creating: bool) -> dict:
+    """Server-side apply with managed fields (kubernetes.io/docs/reference/using-api/server-side-apply/).
+
+    The API server remembers, per field manager, the set of fields it applied
+    (metadata.managedFields). An apply by a manager:
+    - conflicts with another manager that owns a field it sets to a different value: 409
+      Conflict "Apply failed with N conflict(s): conflict with "M" using V: .spec.x", unless
+      force=true, which moves the field to the applier ("Conflicts" in the docs);
+    - removes every field it owned in its previous apply and leaves out now, unless another
+      manager owns it too ("Field management": "If a field is removed from the applied
+      configuration ... removed from the object when no other manager owns it");
+    - merges associative lists (containers, env, imagePullSecrets... keyed by name) item by
+      item and replaces atomic lists whole ("Merge strategy").
+    Approximations: a field is a path of map keys and list-item keys (`_LIST_KEYS`, not each
+    type's schema); fields that controllers and API defaulting set belong to no manager here
+    (the real server records them under their own managers, which an apply never removes either);
+    a Secret's `stringData` is merged into `data` and dropped, as the v1 -> internal conversion
+    does (pkg/apis/core/v1/conversion.go), so the applier owns `stringData.K` fields that are
+    never stored: leaving a key out later removes nothing (kubernetes/kubernetes#108008).
+
+    Returns the body to store: the whole object when creating, else a kmock patch (None deletes).
+    """
+    manager = request.params.get("fieldManager") or "unknown"
+    force = str(request.params.get("force", "")).lower() == "true"
+    owners = emulator.managed_fields.setdefault(key, {})
+    if creating:
+        owners.clear()
+        current: dict = {}
+    else:
+        current = _plain(emulator.objects[key].raw)
+    applied = field_paths(body)
+    conflicts = []
+    for other, owned in owners.items():
+        if other == manager:
+            continue
+        for path in sorted(owned & applied, key=str):
+            if path and isinstance(path[-1], tuple):
+                continue  # owning a list item's existence conflicts with nobody
+            if _lookup(current, path) not in (_ABSENT, _lookup(body, path)):
+                conflicts.append((other, path))
+    if conflicts and not force:
+        version = body.get("apiVersion", "v1")
+        lines = [f'conflict with "{m}" using {version}: {_dotted(p)}' for m, p in conflicts]
+        many = f"{len(lines)} conflicts" if len(lines) > 1 else "1 conflict"
+        message = f"Apply failed with {many}: " + ("\n".join(lines) if len(lines) > 1 else lines[0])
+        causes = [
+            {"reason": "FieldManagerConflict", "message": f'conflict with "{m}" using {version}', "field": _dotted(p)}
+            for m, p in conflicts
+        ]
+        raise kmock.KubernetesError(status=409, reason="Conflict", message=message, details={"causes": causes})
+    for other, path in conflicts:  # force: the applier takes them over
+        owners[other].discard(path)
+    merged = _merge(json.loads(json.dumps(current)), body)  # a copy: `current` is compared below
+    others = set().union(*(owned for m, owned in owners.items() if m != manager)) if owners else set()
+    for path in sorted(owners.get(manager, set()) - applied, key=len):  # a list item before its fields
+        if not any(q[: len(path)] == path for q in others):
+            _remove(merged, path)
+    owners[manager] = applied
+    if key[0] == SECRETS and "stringData" in merged:
+        import base64
+
+        data = dict(merged.get("data") or {})
+        data.update({k: base64.b64encode(str(v).encode()).decode() for k, v in merged.pop("stringData").items()})
+        merged["data"] = data
+    return merged if creating else _replacement(current, merged)
+
+
+def _list_key(value) -> str | None:
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for key in _LIST_KEYS:
+            if all(key in v for v in value):
+                return key
+    return None
+
+
+def field_paths(value, prefix: tuple = ()) -> set[tuple]:
+    """The fields an applied configuration sets: paths of map keys and (key, value) list items."""
+    if isinstance(value, dict):
+        if not value:
+            return {prefix}
+        paths: set[tuple] = set()
+        for k, v in value.items():
+            paths |= field_paths(v, (*prefix, k))
+        return paths
+    key = _list_key(value)
+    if key is None:
+        return {prefix}
+    paths = set()
+    for item in value:
+        at = (*prefix, (key, item[key]))
+        paths.add(at)
+        paths |= field_paths(item, at)
+    return paths
+
+
+def _dotted(path: tuple) -> str:
+    """A field path as the API server's conflict messages print it: .spec.containers[name="app"].image"""
+    return "".join(f"[{p[0]}={json.dumps(p[1])}]" if isinstance(p, tuple) else f".{p}" for p in path)
+
+
+def _lookup(obj, path: tuple):
+    for part in path:
+        if isinstance(part, tuple):
+            found = (
+                [i for i in obj if isinstance(i, dict) and i.get(part[0]) == part[1]] if isinstance(obj, list) else []
+            )
+            if not found:
+                return _ABSENT
+            obj = found[0]
+        elif isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            return _ABSENT
+    return obj
+
+
+def _remove(obj, path: tuple) -> None:
+    """Remove a field, and the map or list it leaves empty (nothing is left to own there)."""
+    parent, last = _lookup(obj, path[:-1]), path[-1]
+    if isinstance(last, tuple) and isinstance(parent, list):
+        parent[:] = [i for i in parent if not (isinstance(i, dict) and i.get(last[0]) == last[1])]
+    elif isinstance(parent, dict) and last in parent:
+        parent.pop(last)
+    else:
+        return
+    if not parent and len(path) > 1:
+        _remove(obj, path[:-1])
+
+
+def _merge(current, applied):
+    if isinstance(current, dict) and isinstance(applied, dict):
+        merged = dict(current)
+        for k, v in applied.items():
+            merged[k] = _merge(current[k], v) if k in current else json.loads(json.dumps(v))
+        return merged
+    key = _list_key(applied)
+    if key is not None and isinstance(current, list) and _list_key(current) in (key, None):
+        items = list(current)
+        for item in applied:
+            at = next((i for i, c in enumerate(items) if isinstance(c, dict) and c.get(key) == item[key]), None)
+            if at is None:
+                items.append(json.loads(json.dumps(item)))
+            else:
+                items[at] = _merge(items[at], item)
+        return items
+    return json.loads(json.dumps(applied))
+
+
+def _replacement(old: dict, new: dict) -> dict:
+    """The kmock patch that turns `old` into `new` (None deletes a key; lists are replaced)."""
+    patch: dict = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        if k in old and isinstance(old[k], dict) and isinstance(v, dict):
+            sub = _replacement(old[k], v)
+            if sub:
+                patch[k] = sub
+        elif k not in old or old[k] != v:
+            patch[k] = v
+    return patch
+
+
+def pod_admission(emulator, namespace: str, pod: dict) -> str | None:
+    """Why the API server refuses to create this pod (403 Forbidden), or None.
+
+    ServiceAccount admission (plugin/pkg/admission/serviceaccount/admission.go) looks up the
+    pod's service account (`default` when unset) whether or not a token is mounted; the
+    namespace controller creates `default` only a moment after the namespace, so a pod created
+    right after its namespace is refused: 'pods "X" is forbidden: error looking up service
+    account NS/default: serviceaccount "default" not found' (kubernetes/kubernetes#66689).
+    Pod Security admission then checks the pod against the namespace's
+    pod-security.kubernetes.io/enforce level (`pod_security_violations`).
+    """
+    name = (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get("generateName", "")
+    spec = pod.get("spec") or {}
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    sa = _get(emulator.objects, (SERVICEACCOUNTS, namespace, account))
+    if sa is None or sa.deleted:
+        return (
+            f'pods "{name}" is forbidden: error looking up service account {namespace}/{account}: '
+            f'serviceaccount "{account}" not found'
+        )
+    ns = _get(emulator.objects, (NAMESPACES, None, namespace))
+    level = (
+        ((ns.get("metadata") or {}).get("labels") or {}).get(ENFORCE_LABEL)
+        if ns is not None and not ns.deleted
+        else None
+    )
+    violations = pod_security_violations(spec, level)
+    if violations:
+        return f'pods "{name}" is forbidden: violates PodSecurity "{level}:latest": ' + ", ".join(violations)
+    return None
+
+
+def pod_security_violations(spec: dict, level: str | None) -> list[str]:
+    """Pod Security Standards checks, in the words of k8s.io/pod-security-admission/policy
+    (kubernetes.io/docs/concepts/security/pod-security-standards/): baseline's privileged,
+    hostPath and host namespaces; restricted's allowPrivilegeEscalation, capabilities,
+    runAsNonRoot, runAsUser=0 and seccompProfile. Only the checks pizzactl's pods meet."""
+    if level not in ("baseline", "restricted"):
+        return []
+    pod_sc = spec.get("securityContext") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+
+    def named(names: list[str]) -> str:
+        quoted = ", ".join(f'"{n}"' for n in names)
+        return f"container {quoted}" if len(names) == 1 else f"containers {quoted}"
+
+    out = []
+    privileged = [c["name"] for c in containers if (c.get("securityContext") or {}).get("privileged")]
+    if privileged:
+        out.append(f"privileged ({named(privileged)} must not set securityContext.privileged=true)")
+    for volume in spec.get("volumes") or []:
+        if "hostPath" in volume:
+            out.append(f'restricted volume types (volume "{volume["name"]}" uses restricted volume type "hostPath")')
+    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
+        out.append("host namespaces (hostNetwork=true)")
+    if level != "restricted":
+        return out
+    escalating = [
+        c["name"] for c in containers if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False
+    ]
+    if escalating:
+        out.append(
+            f"allowPrivilegeEscalation != false ({named(escalating)} must set securityContext.allowPrivilegeEscalation=false)"
+        )
+    unrestricted = [
+        c["name"]
+        for c in containers
+        if "ALL" not in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or [])
+    ]
+    if unrestricted:
+        out.append(
+            f'unrestricted capabilities ({named(unrestricted)} must set securityContext.capabilities.drop=["ALL"])'
+        )
+    root = [
+        c["name"]
+        for c in containers
+        if (c.get("securityContext") or {}).get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True
+    ]
+    if root:
+        out.append(f"runAsNonRoot != true (pod or {named(root)} must set securityContext.runAsNonRoot=true)")
+    if pod_sc.get("runAsUser") == 0:
+        out.append("runAsUser=0 (pod must not set runAsUser=0)")
+    seccomp_ok = ("RuntimeDefault", "Localhost")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    unconfined = [
+        c["name"]
+        for c in containers
+        if ((c.get("securityContext") or {}).get("seccompProfile") or {}).get("type", pod_seccomp) not in seccomp_ok
+    ]
+    if unconfined:
+        out.append(
+            f"seccompProfile (pod or {named(unconfined)} must set securityContext.seccompProfile.type to "
+            '"RuntimeDefault" or "Localhost")'
+        )
+    return out
+
+
+def authorize(emulator, request, resource: str, group: str | None, name: str | None) -> None:
+    """RBAC for a namespace-scoped identity (`emulator.scoped_to`): a RoleBinding in that namespace
+    to a Role over its objects, nothing at cluster scope. Nodes and Namespace objects (get, apply,
+    delete) and other namespaces are 403 Forbidden with the authorizer's message
+    (k8s.io/apiserver .../handlers/responsewriters/errors.go ForbiddenStatus):
+    'nodes is forbidden: User "U" cannot list resource "nodes" in API group "" at the cluster scope'.
+    Discovery (/api, /apis) stays open, as the system:discovery role allows every user.
+    (A RoleBinding to the built-in `view`/`admin` ClusterRoles would allow reading one's own
+    Namespace object; this models a narrower Role, the case the brief asks for.)"""
+    if emulator.scoped_to is None:
+        return
+    method = str(request.method.value if hasattr(request.method, "value") else request.method).lower()
+    verb = {
+        "get": "get" if name else "list",
+        "patch": "patch",
+        "post": "create",
+        "put": "update",
+        "delete": "delete",
+    }.get(method, method)
+    if verb == "list" and str(request.params.get("watch", "")).lower() in ("true", "1"):
+        verb = "watch"
+    namespace = None if resource in ("namespaces", "nodes") else request.namespace
+    if resource == "namespaces" and name:
+        namespace = name  # a Namespace object is authorized in its own namespace
+    if resource not in ("namespaces", "nodes") and namespace == emulator.scoped_to:
+        return
+    group = group or ""
+    qualified = f"{resource}.{group}" if group else resource
+    subject = f'{qualified} "{name}"' if name else qualified
+    where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = f'{subject} is forbidden: User "{emulator.user}" cannot {verb} resource "{resource}" in API group "{group}" {where}'
+    details = {"name": name or "", "group": group, "kind": resource}
+    raise kmock.KubernetesError(status=403, reason="Forbidden", message=message, details=details)

@@ -10,6 +10,7 @@ image runs in tests/test_train_docker.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 
@@ -335,7 +336,8 @@ async def test_the_job_downloading_the_dataset_reads_kaggle_credentials_from_a_s
     result = await _train(cluster, _settings())
     assert result["version"] == 1
     secret = kmock.objects[SECRETS, NS, jobs.SECRET]
-    assert secret["stringData"] == {"KAGGLE_USERNAME": "pizzafan", "KAGGLE_KEY": "k3y"}
+    stored = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}  # the API keeps data only
+    assert stored == {"KAGGLE_USERNAME": "pizzafan", "KAGGLE_KEY": "k3y"}
     job = json.dumps(next(iter(cluster.jobs().values())))
     assert "k3y" not in job and jobs.SECRET in job
 
@@ -493,13 +495,16 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     first = isolated / "models" / "pizza" / "1"
     first.mkdir(parents=True)
     (first / "saved_model.pb").write_bytes(b"graph")
-    settings = load_settings({"model_server": "builtin", "port": free_port(), "data_dir": photos})
+    settings = load_settings(
+        {"model_server": "builtin", "port": free_port(), "data_dir": photos, "allow_private_urls": True}
+    )
     cluster = _cluster(kmock, tmp_path, kind_home=home)
     playing = asyncio.create_task(cluster.run(0.02))
     try:
         deployed = await asyncio.to_thread(deploy, settings, 30)
         plain = load_settings({"data_dir": photos})  # no --model-server, no --port: the deployment's are kept
         result = await asyncio.to_thread(train_on, plain, "kind", timeout=20.0)
+        gateway_pod = kmock.objects[kmock.resource("apps/v1/deployments"), NS, "pizzactl-gateway"]["spec"]["template"]
         loaded = loaded_images(home, "pizzactl")
         st = await asyncio.to_thread(status, settings)
         down = await asyncio.to_thread(teardown, settings)
@@ -514,6 +519,8 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     assert result["deployed"]["model_version"] == 2 and result["deployed"]["serving"] == {2: 1}
     assert result["deployed"]["images"]["model_server"] == "builtin" and result["deployed"]["url"] == deployed["url"]
     assert st["model_version"] == 2 and st["training"]["phase"] == "Succeeded"
+    # the rollout re-applied the deploy's options, not `plain`'s (which would say "false")
+    assert {"name": "PIZZACTL_ALLOW_PRIVATE_URLS", "value": "true"} in gateway_pod["spec"]["containers"][0]["env"]
     assert down["cluster_deleted"] is True and kind.clusters() == [] and jobs.load_state(settings) is None
 
 

@@ -152,12 +152,18 @@ def render(plan: JobPlan) -> list[dict[str, Any]]:
 
 
 def kaggle_secret(namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    """The Secret with `data` (base64), not `stringData`: the API server folds stringData into
+    data and never stores it, so under server-side apply the fields pizzactl owns would be
+    stringData's, and a key left out later (KAGGLE_KEY after switching to KAGGLE_API_TOKEN)
+    would stay in data for good (kubernetes/kubernetes#108008)."""
+    import base64
+
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": SECRET, "namespace": namespace, "labels": {"app.kubernetes.io/name": SECRET, **LABELS}},
         "type": "Opaque",
-        "stringData": dict(data),
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
     }
 
 
@@ -215,7 +221,8 @@ def redacted(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     shown = []
     for doc in docs:
         if doc["kind"] == "Secret":
-            doc = {**doc, "stringData": dict.fromkeys(doc.get("stringData", {}), REDACTED)}
+            shown_doc = {k: v for k, v in doc.items() if k != "data"}  # readable: stringData, values hidden
+            doc = {**shown_doc, "stringData": dict.fromkeys(doc.get("data", {}), REDACTED)}
         shown.append(doc)
     return shown
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from pizzactl.deploy.manifests import FIELD_MANAGER, MODEL_VERSION_LABEL
 from pizzactl.errors import DeployError
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+# ServiceAccount admission refuses pods until the namespace controller has created the namespace's
+# `default` ServiceAccount, moments after the namespace (kubernetes/kubernetes#66689).
+SERVICE_ACCOUNT_MISSING = re.compile(r'error looking up service account ([^:]+): serviceaccount "[^"]+" not found')
 
 
 def connect(context: str | None = None, kubeconfig: str | None = None):
@@ -45,9 +49,17 @@ def api_error(exc: Exception, doing: str) -> DeployError:
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(exc, ApiException):
-        reason = exc.reason or ""
-        with contextlib.suppress(ValueError):
-            reason = json.loads(exc.body or "{}").get("message") or reason
+        reason = _message(exc)
+        missing = SERVICE_ACCOUNT_MISSING.search(reason) if exc.status == 403 else None
+        if missing:
+            # Not a permissions problem either: the namespace is new and its ServiceAccount is not there yet.
+            return DeployError(
+                f"{doing} failed: the API server refuses pods until the ServiceAccount {missing.group(1)} exists "
+                f"({reason}).",
+                hint=f"The namespace controller creates it moments after the namespace; check "
+                f"`kubectl get serviceaccount -n {missing.group(1).split('/')[0]}`. If it never appears, the "
+                "cluster's controller-manager is not running (`kubectl get pods -n kube-system`).",
+            )
         if exc.status == 403 and "because it is being terminated" in reason:
             # NamespaceLifecycle admission: a namespace deleted moments ago (teardown) is still
             # Terminating; that is not a permissions problem.
@@ -117,22 +129,49 @@ def _method(api_client, kind: str, verb: str) -> tuple[Callable[..., Any], bool]
     return getattr(getattr(client, api_class)(api_client), f"{verb}_{suffix}"), namespaced
 
 
-def apply(api_client, docs: list[dict[str, Any]]) -> list[str]:
-    """Server-side apply every object (in order); returns "Kind/name" for each."""
+def _message(exc) -> str:
+    """The message of the Status an ApiException carries (else its HTTP reason)."""
+    reason = exc.reason or ""
+    with contextlib.suppress(ValueError, AttributeError):
+        reason = json.loads(exc.body or "{}").get("message") or reason
+    return reason
+
+
+def service_account_missing(exc: Exception) -> bool:
+    """Whether an API error is ServiceAccount admission refusing a pod in a namespace just created."""
+    from kubernetes.client.exceptions import ApiException
+
+    return isinstance(exc, ApiException) and exc.status == 403 and bool(SERVICE_ACCOUNT_MISSING.search(_message(exc)))
+
+
+def apply(api_client, docs: list[dict[str, Any]], *, admission_wait: float = 0.0, quiet: bool = False) -> list[str]:
+    """Server-side apply every object (in order); returns "Kind/name" for each.
+
+    `admission_wait`: how long a bare Pod is retried while ServiceAccount admission refuses it
+    because the namespace's `default` ServiceAccount does not exist yet (a namespace created
+    moments ago); only that refusal is retried, and the last one is the error.
+    """
     applied = []
     for doc in docs:
         kind, meta = doc["kind"], doc["metadata"]
         patch, namespaced = _method(api_client, kind, "patch")
         kwargs = dict(body=doc, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_CONTENT_TYPE)
-        try:
-            if namespaced:
-                patch(meta["name"], meta["namespace"], **kwargs)
-            else:
-                patch(meta["name"], **kwargs)
-        except Exception as exc:
-            raise api_error(exc, f"Applying {kind}/{meta['name']}") from None
+        deadline = time.monotonic() + admission_wait
+        while True:
+            try:
+                if namespaced:
+                    patch(meta["name"], meta["namespace"], **kwargs)
+                else:
+                    patch(meta["name"], **kwargs)
+                break
+            except Exception as exc:
+                if service_account_missing(exc) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise api_error(exc, f"Applying {kind}/{meta['name']}") from None
         applied.append(f"{kind}/{meta['name']}")
-        log(f"  applied {kind}/{meta['name']}")
+        if not quiet:
+            log(f"  applied {kind}/{meta['name']}")
     return applied
 
 
@@ -277,13 +316,24 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
     return dict(sorted(served.items()))
 
 
-def namespace_phase(api_client, namespace: str) -> str | None:
-    """ "Active", "Terminating", or None when there is no such namespace."""
-    from kubernetes import client
+FORBIDDEN = "Forbidden"
 
-    ns = _call(f"Reading namespace {namespace}", client.CoreV1Api(api_client).read_namespace, namespace)
-    if ns is _MISSING:
-        return None
+
+def namespace_phase(api_client, namespace: str) -> str | None:
+    """ "Active", "Terminating", None when there is no such namespace, or FORBIDDEN when this
+    identity may not read Namespace objects (a namespace-scoped RoleBinding): it was given a
+    namespace that exists and is not pizzactl's."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        ns = client.CoreV1Api(api_client).read_namespace(namespace)
+    except ApiException as exc:
+        if exc.status in (403, 404):
+            return FORBIDDEN if exc.status == 403 else None
+        raise api_error(exc, f"Reading namespace {namespace}") from None
+    except Exception as exc:
+        raise api_error(exc, f"Reading namespace {namespace}") from None
     if (ns.metadata and ns.metadata.deletion_timestamp) or (ns.status and ns.status.phase == "Terminating"):
         return "Terminating"
     return "Active"
@@ -321,6 +371,22 @@ def metrics_available(api_client) -> bool:
     except Exception as exc:
         raise api_error(exc, "Listing the API groups") from None
     return any(g.name == "metrics.k8s.io" for g in groups)
+
+
+def node_architectures_if_allowed(api_client) -> set[str] | None:
+    """`node_architectures`, or None when this identity may not list nodes (namespace-scoped)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        nodes = client.CoreV1Api(api_client).list_node().items
+    except ApiException as exc:
+        if exc.status == 403:
+            return None
+        raise api_error(exc, "Listing nodes") from None
+    except Exception as exc:
+        raise api_error(exc, "Listing nodes") from None
+    return {n.status.node_info.architecture for n in nodes if n.status and n.status.node_info}
 
 
 def node_architectures(api_client) -> set[str]:

@@ -36,7 +36,9 @@ def files_pod(api_client, doc: dict[str, Any], timeout: float) -> Iterator[str]:
     core = client.CoreV1Api(api_client)
     name, namespace = doc["metadata"]["name"], doc["metadata"]["namespace"]
     _delete_pod(core, namespace, name)  # one left by an interrupted copy
-    k8s.apply(api_client, [doc])
+    # A bare pod right after its namespace: refused until the namespace's ServiceAccount exists
+    # (a Deployment's or Job's controller retries by itself; this pod has no controller).
+    k8s.apply(api_client, [doc], admission_wait=min(timeout, 60.0))
     deadline = time.monotonic() + timeout
     try:
         while True:

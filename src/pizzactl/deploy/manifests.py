@@ -46,6 +46,17 @@ TFSERVING_FLAGS = [
 ]
 
 
+# The Settings fields `render` reads besides the images, namespace and models directory: a
+# deploy records them (`render_options`), and rollback and the rollout after `train --on`
+# render with the recorded ones, not with the flags of that later command. Under server-side
+# apply a field the same manager leaves out is deleted (an imagePullSecrets, an env value).
+RENDER_OPTIONS = ("pull_secret", "allow_private_urls")
+
+
+def render_options(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in RENDER_OPTIONS}
+
+
 def kustomization(k8s_dir: Path = K8S_DIR) -> dict[str, Any]:
     return yaml.safe_load((k8s_dir / "kustomization.yaml").read_text())
 
@@ -110,6 +121,12 @@ def render(
             if name == "pizzactl-gateway" and classes:
                 container.setdefault("env", []).append({"name": "PIZZACTL_CLASSES", "value": classes})
     return docs
+
+
+def without_namespace(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The objects without the Namespace: for a namespace pizzactl did not create, which it
+    leaves as it is (no labels of ours, no Pod Security level forced on other workloads)."""
+    return [d for d in docs if d["kind"] != "Namespace"]
 
 
 def model_classes(settings: Settings, model_version: int | None) -> str:

@@ -133,7 +133,8 @@ def _start(settings, place: Where, timeout: float):
     created = bool(previous.get("created_namespace")) if same else k8s.namespace_phase(api, namespace) is None
     state = {"context": place.context, "cluster": place.cluster, "namespace": namespace, "created_namespace": created}
     jobs.save_state(settings, {**state, "job": previous.get("job") if same else None})
-    k8s.apply(api, [_namespace(settings), *jobs.render(plan)[:-1]])
+    namespace_doc = [_namespace(settings)] if created else []  # a namespace not ours is left as it is
+    k8s.apply(api, [*namespace_doc, *jobs.render(plan)[:-1]])
     if files is not None:
         target = jobs.data_dir(plan.data_hash or "")
         with k8s_files.files_pod(api, jobs.files_pod(plan), timeout) as pod:
@@ -190,7 +191,7 @@ def _trainer_image(settings, place: Where, api) -> str:
             f"--on {place.context} needs --registry: the cluster's nodes pull the trainer image from there.",
             hint="Pass --registry REGISTRY (e.g. ghcr.io/you), after `docker login`.",
         )
-    arches = k8s.node_architectures(api)
+    arches = k8s.node_architectures_if_allowed(api) or set()  # None: nodes may not be listed
     if settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
     return build_trainer(settings, gpu=gpu, push=True).image
@@ -289,6 +290,9 @@ def _roll_out(settings, place: Where) -> dict[str, Any]:
     if deployed is not None and deployed.extra.get("context") == place.context:
         server = (deployed.extra.get("images") or {}).get("model_server") or settings.model_server
         settings = settings.replace(model_server=server, port=deployed.ports.get("gateway", settings.port))
+        # the options the deployment was rendered with (pull secret, gateway options), not this
+        # command's flags: under server-side apply a field left out is deleted
+        settings = settings.replace(**(deployed.extra.get("render") or {}))
     log("Rolling the new version out where pizzactl deploys ...")
     if place.cluster:
         return deploy(settings.replace(target="kind", context=None, cluster=place.cluster))

@@ -10,6 +10,7 @@ pizzactl created: the namespace if pizzactl made it, else only the objects it ap
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from pizzactl.config import Settings
@@ -45,18 +46,38 @@ def _images_of(entry: dict[str, Any]) -> Images:
     return Images(**fields)
 
 
-def release(settings: Settings, images: Images, timeout: float, *, record: DeployState | None = None) -> dict[str, Any]:
+def release(
+    settings: Settings,
+    images: Images,
+    timeout: float,
+    *,
+    record: DeployState | None = None,
+    as_recorded: bool = False,
+) -> dict[str, Any]:
     """Apply `images` to the cluster of `record` (default: settings.context) and wait for them.
 
     The state file records the release only once it serves; until then it names the version
-    that serves (the previous one) and, on failure, the one that did not make it.
+    that serves (the previous one) and, on failure, the one that did not make it. It also
+    records the options the objects were rendered with (`manifests.RENDER_OPTIONS`);
+    `as_recorded` (rollback) renders with those instead of the flags, so only the images change.
     """
     record = record or state_mod.load(settings) or _new_record(settings)
     api = k8s.connect(record.extra["context"])
     namespace = record.extra.get("namespace", settings.namespace)
+    recorded = record.extra.get("render")
+    options = recorded if as_recorded and isinstance(recorded, dict) else manifests.render_options(settings)
+    settings = settings.replace(namespace=namespace, **options)
+    if as_recorded and record.model_dir:
+        settings = settings.replace(models_dir=Path(record.model_dir))
     k8s.wait_namespace_gone(api, namespace, timeout)
     if "created_namespace" not in record.extra:  # first release here: was the namespace ours?
-        record.extra["created_namespace"] = k8s.namespace_phase(api, namespace) is None
+        phase = k8s.namespace_phase(api, namespace)
+        record.extra["created_namespace"] = phase is None
+        if phase == k8s.FORBIDDEN:
+            log(
+                f"[yellow]This identity may not read Namespace objects: pizzactl uses namespace {namespace} as "
+                "it is (it must exist) and skips applying the Namespace.[/]"
+            )
     if settings.pull_secret and not (
         k8s.namespace_phase(api, namespace) and k8s.secret_exists(api, namespace, settings.pull_secret)
     ):
@@ -67,6 +88,8 @@ def release(settings: Settings, images: Images, timeout: float, *, record: Deplo
         )
     state_mod.save(settings, record)  # before applying: an interrupted deploy can be torn down
     docs = render(settings, images)
+    if not record.extra["created_namespace"]:  # not ours: no labels, no Pod Security level of ours on it
+        docs = manifests.without_namespace(docs)
     log(f"Applying {len(docs)} objects to {record.extra['context']} (namespace {namespace}) ...")
     k8s.apply(api, docs)
     try:
@@ -87,7 +110,7 @@ def release(settings: Settings, images: Images, timeout: float, *, record: Deplo
         record,
         model_version=images.model_version,
         model_dir=str(settings.models_dir),
-        extra={**record.extra, "images": images.as_dict(), "history": history, "failed": None},
+        extra={**record.extra, "images": images.as_dict(), "history": history, "failed": None, "render": options},
     )
     state_mod.save(settings, record)
     autoscaling = _autoscaling(api, states)
@@ -142,8 +165,13 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
             hint="Pass --registry REGISTRY (e.g. ghcr.io/you) and log in with `docker login` first.",
         )
     api = k8s.connect(settings.context)
-    arches = k8s.node_architectures(api)
-    if settings.platform is None and len(arches) == 1:
+    arches = k8s.node_architectures_if_allowed(api)
+    if arches is None:
+        log(
+            "[yellow]This identity may not list the cluster's nodes, so their CPU architecture is unknown: "
+            "building for the default platform (pass --platform linux/arm64 for arm64 nodes).[/]"
+        )
+    elif settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
     images = build(settings, push=True)
     previous = state_mod.load(settings)
@@ -159,12 +187,18 @@ def _remote_url(api, settings: Settings, record: DeployState, wait: float = 15.0
     from pizzactl.serving.processes import poll_ready
 
     context = record.extra["context"]
-    url = k8s.gateway_url(api, settings.namespace) or ""
+    try:
+        url = k8s.gateway_url(api, settings.namespace) or ""
+        unknown = ""
+    except DeployError as exc:  # e.g. nodes may not be listed: the rollout succeeded all the same
+        url, unknown = "", exc.message
     if url and poll_ready(url, wait, interval=1.0) is None:
         state_mod.save(settings, replace(record, url=url))
         log(f"[green]✓[/] gateway ready at {url}")
         return url
     where = f"{url} does not answer from this machine" if url else "the cluster reports no external address for it"
+    if unknown:
+        where = f"its address could not be worked out ({unknown})"
     log(
         f"[yellow]The gateway is running in {context}, but {where}.[/] Reach it with "
         f"`kubectl port-forward -n {settings.namespace} svc/pizzactl-gateway {settings.port}:80` and "
@@ -201,16 +235,40 @@ def teardown(settings: Settings, state: DeployState) -> dict[str, Any]:
     context = state.extra.get("context")
     namespace = state.extra.get("namespace", settings.namespace)
     api = k8s.connect(context)
-    if state.extra.get("created_namespace", True):
+    if state.extra.get("created_namespace") is True:  # unknown (an interrupted first deploy): not ours
         deleted = k8s.delete_namespace(api, namespace)
         what = f"Deleted namespace {namespace} in {context}" if deleted else f"Namespace {namespace} was already gone"
         return {"message": what + "."}
     docs = manifests.render(settings.replace(namespace=namespace), "g", "m")
     removed = k8s.delete_objects(api, docs)
+    released = "" if _training_made(settings, context, namespace) else _release_namespace(api, namespace)
     return {
-        "message": f"Deleted {len(removed)} objects in {context}; kept namespace {namespace} (pizzactl did not create it).",
+        "message": f"Deleted {len(removed)} objects in {context}; kept namespace {namespace} "
+        f"(pizzactl did not create it){released}.",
         "deleted": removed,
     }
+
+
+def _release_namespace(api, namespace: str) -> str:
+    """Give up what pizzactl ever applied to a namespace it did not create (labels, among them
+    the restricted Pod Security level, that earlier pizzactl versions applied): under server-side
+    apply, applying the bare Namespace as the same field manager removes the fields it owned
+    and no other manager owns. Skipped (said so) when Namespace objects may not be patched."""
+    if k8s.namespace_phase(api, namespace) != "Active":
+        return ""  # gone, or not ours to read: never create it by applying
+    try:
+        k8s.apply(api, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}], quiet=True)
+    except DeployError as exc:
+        return f"; could not release the labels pizzactl may have put on it ({exc.message})"
+    return ""
+
+
+def _training_made(settings: Settings, context: str | None, namespace: str) -> bool:
+    """Whether `train --on` created this namespace (its teardown deletes it, labels and all)."""
+    from pizzactl.deploy import jobs
+
+    st = jobs.load_state(settings) or {}
+    return bool(st.get("created_namespace")) and st.get("context") == context and st.get("namespace") == namespace
 
 
 def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
@@ -232,7 +290,7 @@ def rollback(settings: Settings, state: DeployState, to: int | None, timeout: fl
         from_version = state.model_version
     record = replace(state, extra={**state.extra, "history": keep})
     log(f"Rolling back from model version {from_version} to {target.get('model_version')} ...")
-    result = release(settings, _images_of(target), timeout, record=record)
+    result = release(settings, _images_of(target), timeout, record=record, as_recorded=True)
     final = state_mod.load(settings)
     if final is not None:  # what we rolled back from is not a version to roll back to
         state_mod.save(settings, replace(final, extra={**final.extra, "history": keep}))

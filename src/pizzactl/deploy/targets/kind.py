@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,10 @@ def teardown(settings: Settings, state: DeployState, keep_cluster: bool = False)
         return {"message": f"Deleted the kind cluster {cluster!r}.", "cluster_deleted": True}
     if cluster and cluster not in clusters():
         return {"message": f"The kind cluster {cluster!r} is already gone.", "cluster_deleted": False}
+    made_cluster = state.extra.get("created_cluster") or cluster in created_clusters(settings)
+    if "created_namespace" not in state.extra and made_cluster:
+        # an interrupted first deploy never said; in a cluster pizzactl created, the namespace is its own
+        state = replace(state, extra={**state.extra, "created_namespace": True})
     result = cluster_target.teardown(settings, state)
     kept = "kept the cluster pizzactl created" if cluster in created_clusters(settings) else "kept the cluster"
     return {**result, "message": result["message"].rstrip(".") + f"; {kept} {cluster!r}.", "cluster_deleted": False}
