@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +32,7 @@ def run_supervisor(tmp_path: Path, children: list[dict], **backoff: float) -> Si
     spec.write_text(json.dumps({"children": children, "status_file": str(status_file), "backoff": backoff}))
     with open(tmp_path / "supervisor.log", "wb") as log:
         sup = subprocess.Popen(supervise.command(spec), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    threading.Thread(target=sup.wait, daemon=True).start()  # reaped when it exits, as init reaps a deployed one
     return SimpleNamespace(proc=sup, status_file=status_file, log=tmp_path / "supervisor.log")
 
 

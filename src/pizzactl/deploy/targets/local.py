@@ -124,7 +124,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
             supervisor.wait(timeout=5)
         state_mod.clear(settings)
         raise
-    _check_starting(settings, record, supervisor, status_path)  # the children's pids into the record
+    _record_pids(settings, record, status_path)
     served = _served_version(model_url)
     if served is not None and served != record.model_version:
         record.model_version = served
@@ -161,6 +161,12 @@ def _check_starting(settings, record: DeployState, supervisor: subprocess.Popen,
                 + proc._log_excerpt(label, record.logs.get(name)),
                 hint=proc._log_hint(record.logs),
             )
+    _record_pids(settings, record, status_path)
+
+
+def _record_pids(settings, record: DeployState, status_path: Path) -> None:
+    """The servers' pids, as the supervisor started them, into the deploy state."""
+    children = (supervise.read_status(status_path) or {}).get("children") or {}
     pids = {name: child["pid"] for name, child in children.items() if child.get("pid")}
     if pids and any(record.pids.get(name) != pid for name, pid in pids.items()):
         record.pids.update(pids)
@@ -194,6 +200,8 @@ def status(settings, st: DeployState) -> dict[str, Any]:
     supervised = supervise.read_status(st.extra.get("supervisor_status"))
     pids = _current_pids(st, supervised)
     alive = {name: proc.pid_alive(pid) and proc.is_our_server(pid) for name, pid in pids.items()}
+    for name in (supervised or {}).get("children") or {}:
+        alive.setdefault(name, False)  # waiting to restart, or stopped
     info: dict[str, Any] = {
         "ready": _ready(st.url),
         "processes": alive,
@@ -238,8 +246,8 @@ def supervision_summary(supervised: dict[str, Any], supervisor_alive: bool) -> d
             last_exit[name] = f"{exit_['exit']} at {str(exit_.get('at', ''))[11:19]} UTC ({what})"
         if child.get("crash_loop"):
             crash_loop[name] = (
-                f"{child.get('quick_exits')} exits in a row, last {exit_['exit'] if exit_ else '?'}; "
-                f"{child.get('state')}, next wait {child.get('backoff_s'):g}s; see {child.get('log')}"
+                f"{child.get('quick_exits')} quick exits in a row (last: {exit_['exit'] if exit_ else '?'}); "
+                f"{_next_try(child)}; log {child.get('log')}"
             )
     info: dict[str, Any] = {
         "supervisor": "alive" if supervisor_alive else "gone: nothing restarts a crashed server (deploy again)",
@@ -251,6 +259,18 @@ def supervision_summary(supervised: dict[str, Any], supervisor_alive: bool) -> d
         info["crash_loop"] = crash_loop
     info["supervision"] = supervised
     return info
+
+
+def _next_try(child: dict[str, Any]) -> str:
+    from datetime import UTC, datetime
+
+    if child.get("state") == "running":
+        return "running again, for now"
+    try:
+        at = datetime.fromisoformat(str(child.get("next_restart_at")))
+    except ValueError:
+        return str(child.get("state"))
+    return f"next try in {max(0.0, (at - datetime.now(UTC)).total_seconds()):.0f}s (waits double up to the cap)"
 
 
 def _stop_everything(st: DeployState) -> list[int]:
