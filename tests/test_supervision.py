@@ -236,14 +236,19 @@ def test_kill_9_of_the_gateway_is_restarted_and_answers_200_again(supervised):
 
 
 @pytest.mark.slow
-def test_teardown_stops_the_supervisor_and_every_server_it_ever_started(supervised):
+def test_a_killed_supervisor_is_reported_and_teardown_still_stops_every_server_it_ever_started(supervised):
     st = local_status(supervised)
     assert set(st["pids"]) == {"supervisor", "modelserver", "gateway"}
     for exits in st["supervision"]["children"].values():
         supervised.seen_pids.update(e["pid"] for e in exits["history"])
+    os.kill(st["pids"]["supervisor"], signal.SIGKILL)
+    assert wait_until(lambda: not alive(st["pids"]["supervisor"]), 10)
+    after = local_status(supervised)
+    assert after["supervisor"].startswith("gone") and after["processes"]["supervisor"] is False
+    assert predicts(supervised)  # the servers keep serving; nothing would restart them now
     down = cli(supervised.env, "teardown", cwd=supervised.root, timeout=60)
     assert down.returncode == 0, down.stderr
-    assert "stopped 3 processes" in down.stdout
+    assert "stopped 2 processes" in down.stdout
     assert wait_until(lambda: not any(alive(pid) for pid in supervised.seen_pids), 10)
     assert not listening(int(supervised.env["PIZZACTL_PORT"]))
     assert not listening(int(supervised.env["PIZZACTL_MODEL_PORT"]))
