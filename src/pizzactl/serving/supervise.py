@@ -7,9 +7,10 @@ crashes, and records what it sees in a JSON status file that `pizzactl status` r
 
 The restart rule is Docker's `on-failure` policy with a slower start, the kubelet's range:
 
-- Docker (moby `restartmanager/restartmanager.go`): restart only on a non-zero exit and never a
-  container that was stopped by hand; before each restart wait a delay that starts at 100 ms and
-  doubles, capped at 1 min; the delay goes back to the start once a container has run >= 10 s.
+- Docker (moby `restartmanager/restartmanager.go`; docs "Start containers automatically"):
+  `on-failure` restarts only on a non-zero exit, and a container stopped by hand (`docker stop`)
+  stays stopped; before each restart it waits a delay that starts at 100 ms and doubles, capped
+  at 1 min; the delay goes back to the start once a container has run >= 10 s.
 - The kubelet (Kubernetes docs, "Pod Lifecycle: container restarts"; `doBackOff` in
   `pkg/kubelet/kuberuntime`): delays of 10 s, 20 s, 40 s... capped at 5 min, reset after the
   container has run 10 min without trouble; a container waiting out its delay is shown as
@@ -18,9 +19,11 @@ The restart rule is Docker's `on-failure` policy with a slower start, the kubele
 Here: a server that exits with a non-zero code or is killed by a signal (kill -9, the OOM
 killer, a segfault) is restarted after `initial` seconds (1 s), then 2 s, 4 s... up to `max`
 (60 s); a run of `reset_after` seconds (60 s) starts the count again. Exit code 0, SIGTERM and
-SIGINT are a deliberate stop (what `kill PID`, Ctrl-C and uvicorn's graceful shutdown give) and
-are not restarted. After `crash_loop_after` (3) quick exits in a row the child is in a
-"crash loop": status reports it (and keeps retrying, as the kubelet does) instead of hiding it.
+SIGINT are a deliberate stop and are not restarted: with no `docker stop` here, `kill PID` is how
+a person stops one server (uvicorn re-raises the SIGTERM after its graceful shutdown, so the exit
+shows the signal); Docker would restart a SIGTERM exit (code 143) it did not send itself.
+After `crash_loop_after` (3) quick exits in a row the child is in a "crash loop": status reports
+it (and keeps retrying, as the kubelet does) instead of hiding it.
 
 Every exit and restart is a line in the supervisor's log (its stdout) and in the child's own
 log (appended, so the lines before a crash stay there).
