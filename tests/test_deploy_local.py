@@ -152,7 +152,7 @@ def test_deploy_local_starts_both_servers_records_state_and_prints_the_url(deplo
     assert result["target"] == "local"
     assert result["url"] == f"http://127.0.0.1:{port}" == state["url"]
     assert result["model_version"] == 1 == state["model_version"]
-    assert set(state["pids"]) == {"modelserver", "gateway"}
+    assert set(state["pids"]) == {"supervisor", "modelserver", "gateway"}
     assert all(alive(pid) for pid in state["pids"].values())
     assert state["ports"]["gateway"] == port
     assert all(Path(p).is_file() for p in state["logs"].values())
@@ -174,7 +174,8 @@ def test_status_reports_target_url_version_ready_and_live_pids(deployed):
     assert st["deployed"] is True and st["target"] == "local" and st["ready"] is True
     assert st["url"] == read_state(deployed)["url"]
     assert st["model_version"] == 1
-    assert st["processes"] == {"modelserver": True, "gateway": True}
+    assert st["processes"] == {"supervisor": True, "modelserver": True, "gateway": True}
+    assert st["restarts"] == {"modelserver": 0, "gateway": 0} and "crash_loop" not in st
     table = cli(deployed.env, "status", cwd=deployed.root)
     assert table.returncode == 0 and "local" in table.stdout and "yes" in table.stdout
 

@@ -167,6 +167,7 @@ def print_status(st: dict[str, Any]) -> None:
     table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
     table.add_row("created", str(st.get("created")))
     skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving", "training"}
+    skip.add("supervision")  # local: the supervisor's whole record, for --json; restarts and crash_loop are rows
     for key, value in st.items():
         if key in skip:
             continue

@@ -24,7 +24,7 @@ from pizzactl.errors import DeployError, PortInUseError
 
 MODELSERVER = "modelserver"
 GATEWAY = "gateway"
-_OUR_MODULES = (b"pizzactl.serving.modelserver", b"pizzactl.serving.gateway")
+_OUR_MODULES = (b"pizzactl.serving.modelserver", b"pizzactl.serving.gateway", b"pizzactl.serving.supervise")
 
 
 # --- ports ---------------------------------------------------------------------------------

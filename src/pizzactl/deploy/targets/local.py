@@ -1,13 +1,18 @@
 """`pizzactl deploy --target local`: the model server and gateway as background processes.
 
-Both run detached (their own session, logs in `state_dir/local/*.log`), so they outlive the
-`pizzactl deploy` command; the shared state file records their pids, ports and logs, which is
+A small supervisor process (`pizzactl.serving.supervise`) runs detached (its own session, so it
+outlives the `pizzactl deploy` command), starts both servers, restarts one that crashes (with
+backoff, as Docker's `on-failure` policy and the kubelet do) and writes what it sees to
+`state_dir/local/supervisor.json`. The shared state file records the supervisor's and the
+servers' pids, the ports, the logs (`state_dir/local/*.log`) and where that status file is:
 all `status` and `teardown` need. No Docker, no cluster: the quickest way to a real endpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +23,11 @@ from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError
 from pizzactl.model_store import latest_version_dir
 from pizzactl.serving import processes as proc
+from pizzactl.serving import supervise
 
 TARGET = "local"
+SUPERVISOR = "supervisor"
+STATUS_FILE = "supervisor.json"
 
 
 def log_dir(settings) -> Path:
@@ -32,6 +40,7 @@ def describe(settings) -> str:
     model_url = f"http://127.0.0.1:{settings.model_port}"
     lines = [
         f"# model {version_dir}",
+        "# both run under `python -m pizzactl.serving.supervise SPEC`, which restarts a crashed one",
         shlex.join(proc.modelserver_command(settings.models_dir, settings.model_port)),
         shlex.join(proc.gateway_command(model_url, settings.port, settings.host, settings.allow_private_urls)),
         "",
@@ -47,7 +56,7 @@ def preflight(settings, previous: DeployState | None) -> None:
 
 
 def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
-    """Start both servers in the background, record them, wait for the gateway's /readyz."""
+    """Start the supervisor (which starts both servers), record it, wait for the gateway's /readyz."""
     version_dir = latest_version_dir(settings.models_dir)
     models_dir = Path(settings.models_dir).expanduser().resolve()
     proc.require_free_port(settings.host, settings.port)
@@ -57,58 +66,111 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
 
     logs_at = log_dir(settings)
     logs_at.mkdir(parents=True, exist_ok=True)
-    logs = {proc.MODELSERVER: str(logs_at / "modelserver.log"), proc.GATEWAY: str(logs_at / "gateway.log")}
-    with open(logs[proc.MODELSERVER], "wb") as ms_log, open(logs[proc.GATEWAY], "wb") as gw_log:
-        started = proc.start_pair(
-            models_dir,
-            host=settings.host,
-            port=settings.port,
-            model_port=model_port,
-            allow_private_urls=settings.allow_private_urls,
-            attached=False,
-            logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
-        )
+    logs = {name: str(logs_at / f"{name}.log") for name in (proc.MODELSERVER, proc.GATEWAY, SUPERVISOR)}
+    for path in logs.values():
+        Path(path).write_bytes(b"")  # a fresh log per deploy; restarts append to it
+    model_url = f"http://127.0.0.1:{model_port}"
+    spec_path, status_path = logs_at / "supervise.json", logs_at / STATUS_FILE
+    status_path.unlink(missing_ok=True)
+    state_mod.write_json(
+        spec_path,
+        {
+            "children": [
+                {
+                    "name": proc.MODELSERVER,
+                    "cmd": proc.modelserver_command(models_dir, model_port, "127.0.0.1"),
+                    "log": logs[proc.MODELSERVER],
+                },
+                {
+                    "name": proc.GATEWAY,
+                    "cmd": proc.gateway_command(model_url, settings.port, settings.host, settings.allow_private_urls),
+                    "log": logs[proc.GATEWAY],
+                },
+            ],
+            "status_file": str(status_path),
+        },
+    )
+    with open(logs[SUPERVISOR], "ab") as sup_log:
+        supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False)
+    url = proc.http_url(settings.host, settings.port)
     record = DeployState(
         target=TARGET,
-        url=started.url,
+        url=url,
         model_version=int(version_dir.name),
         model_dir=str(models_dir),
-        pids=started.pids,
+        pids={SUPERVISOR: supervisor.pid},
         ports={proc.GATEWAY: settings.port, proc.MODELSERVER: model_port},
         logs=logs,
         extra={
             "host": settings.host,
-            "model_url": started.model_url,
+            "model_url": model_url,
             "allow_private_urls": settings.allow_private_urls,
+            "supervisor_status": str(status_path),
         },
     )
     state_mod.save(settings, record)  # before waiting: an interrupted deploy can still be torn down
-    log(
-        f"Started the model server (pid {started.modelserver.pid}) and gateway (pid {started.gateway.pid}); waiting for {started.url}/readyz ..."
-    )
+    log(f"Started the supervisor (pid {supervisor.pid}) of the model server and gateway; waiting for {url}/readyz ...")
     try:
-        proc.wait_ready(
-            started.url,
-            {"model server": started.modelserver, "gateway": started.gateway},
+        proc.wait_until_ready(
+            url,
             timeout,
-            logs={"model server": logs[proc.MODELSERVER], "gateway": logs[proc.GATEWAY]},
+            check=lambda: _check_starting(settings, record, supervisor, status_path),
+            details=lambda: "".join(proc._log_excerpt(n, p) for n, p in logs.items()),
+            hint="Give it more time with --timeout, or read the logs. " + proc._log_hint(logs),
         )
     except BaseException:
-        started.stop(grace=5.0)
+        _stop_everything(record)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            supervisor.wait(timeout=5)
         state_mod.clear(settings)
         raise
-    served = _served_version(started.model_url)
+    _record_pids(settings, record, status_path)
+    served = _served_version(model_url)
     if served is not None and served != record.model_version:
         record.model_version = served
         state_mod.save(settings, record)
     return {
         "target": TARGET,
-        "url": started.url,
+        "url": url,
         "model_version": record.model_version,
         "pids": record.pids,
         "ports": record.ports,
         "logs": record.logs,
     }
+
+
+LABELS = {proc.MODELSERVER: "model server", proc.GATEWAY: "gateway", SUPERVISOR: "supervisor"}
+
+
+def _check_starting(settings, record: DeployState, supervisor: subprocess.Popen, status_path: Path) -> None:
+    """While deploy waits: a server that exits before it is ready fails the deploy (with its log),
+    rather than going into a crash loop nobody watches; the children's pids go into the record."""
+    code = supervisor.poll()
+    if code is not None:
+        raise DeployError(
+            f"The supervisor exited with code {code} before the servers were ready."
+            + proc._log_excerpt(SUPERVISOR, record.logs.get(SUPERVISOR)),
+            hint=proc._log_hint(record.logs),
+        )
+    children = (supervise.read_status(status_path) or {}).get("children") or {}
+    for name, child in children.items():
+        if child.get("last_exit"):
+            label = LABELS.get(name, name)
+            raise DeployError(
+                f"The {label} stopped ({child['last_exit']['exit']}) before it was ready."
+                + proc._log_excerpt(label, record.logs.get(name)),
+                hint=proc._log_hint(record.logs),
+            )
+    _record_pids(settings, record, status_path)
+
+
+def _record_pids(settings, record: DeployState, status_path: Path) -> None:
+    """The servers' pids, as the supervisor started them, into the deploy state."""
+    children = (supervise.read_status(status_path) or {}).get("children") or {}
+    pids = {name: child["pid"] for name, child in children.items() if child.get("pid")}
+    if pids and any(record.pids.get(name) != pid for name, pid in pids.items()):
+        record.pids.update(pids)
+        state_mod.save(settings, record)
 
 
 def _served_version(model_url: str) -> int | None:
@@ -133,14 +195,22 @@ def _ready(url: str) -> bool:
 
 
 def status(settings, st: DeployState) -> dict[str, Any]:
-    alive = {name: proc.pid_alive(pid) and proc.is_our_server(pid) for name, pid in st.pids.items()}
+    """Ready or not, each process alive or not (the current pids, after restarts), and what the
+    supervisor saw: restarts per server, the last exit, a crash loop."""
+    supervised = supervise.read_status(st.extra.get("supervisor_status"))
+    pids = _current_pids(st, supervised)
+    alive = {name: proc.pid_alive(pid) and proc.is_our_server(pid) for name, pid in pids.items()}
+    for name in (supervised or {}).get("children") or {}:
+        alive.setdefault(name, False)  # waiting to restart, or stopped
     info: dict[str, Any] = {
         "ready": _ready(st.url),
         "processes": alive,
-        "pids": dict(st.pids),
+        "pids": pids,
         "ports": dict(st.ports),
         "logs": dict(st.logs),
     }
+    if supervised is not None:
+        info.update(supervision_summary(supervised, supervisor_alive=alive.get(SUPERVISOR, False)))
     model_url = st.extra.get("model_url")
     if model_url and alive.get(proc.MODELSERVER):
         served = _served_version(model_url)
@@ -149,10 +219,80 @@ def status(settings, st: DeployState) -> dict[str, Any]:
     return info
 
 
+def _current_pids(st: DeployState, supervised: dict[str, Any] | None) -> dict[str, int]:
+    """The recorded pids, with each child's current one from the supervisor's status file (a
+    restart gives it a new pid)."""
+    pids = dict(st.pids)
+    for name, child in ((supervised or {}).get("children") or {}).items():
+        if child.get("pid"):
+            pids[name] = child["pid"]
+        else:
+            pids.pop(name, None)  # waiting to restart or stopped: the old pid may belong to someone else by now
+    return pids
+
+
+def supervision_summary(supervised: dict[str, Any], supervisor_alive: bool) -> dict[str, Any]:
+    """status fields from the supervisor's file: `restarts` and `last_exit` per server, a
+    `crash_loop` entry per server in one (only when there is one), and the whole record as
+    `supervision` (for --json)."""
+    children = supervised.get("children") or {}
+    restarts = {name: int(child.get("restarts", 0)) for name, child in children.items()}
+    last_exit = {}
+    crash_loop = {}
+    for name, child in children.items():
+        exit_ = child.get("last_exit")
+        if exit_:
+            what = "restarted" if exit_.get("restarted") else "not restarted"
+            last_exit[name] = f"{exit_['exit']} at {str(exit_.get('at', ''))[11:19]} UTC ({what})"
+        if child.get("crash_loop"):
+            crash_loop[name] = (
+                f"{child.get('quick_exits')} quick exits in a row (last: {exit_['exit'] if exit_ else '?'}); "
+                f"{_next_try(child)}; log {child.get('log')}"
+            )
+    info: dict[str, Any] = {
+        "supervisor": "alive" if supervisor_alive else "gone: nothing restarts a crashed server (deploy again)",
+        "restarts": restarts,
+    }
+    if last_exit:
+        info["last_exit"] = last_exit
+    if crash_loop:
+        info["crash_loop"] = crash_loop
+    info["supervision"] = supervised
+    return info
+
+
+def _next_try(child: dict[str, Any]) -> str:
+    from datetime import UTC, datetime
+
+    if child.get("state") == "running":
+        return "running again, for now"
+    try:
+        at = datetime.fromisoformat(str(child.get("next_restart_at")))
+    except ValueError:
+        return str(child.get("state"))
+    return f"next try in {max(0.0, (at - datetime.now(UTC)).total_seconds()):.0f}s (waits double up to the cap)"
+
+
+def _stop_everything(st: DeployState) -> list[int]:
+    """SIGTERM the supervisor and the servers (it restarts nothing once told to stop, and a server
+    stopped by SIGTERM is never restarted), SIGKILL what is left after 10 s; then once more for a
+    server the supervisor started meanwhile. Returns the pids that were running."""
+    stopped: list[int] = []
+    for _ in range(2):
+        pids = set(st.pids.values()) | set(
+            _current_pids(st, supervise.read_status(st.extra.get("supervisor_status"))).values()
+        )
+        mine = sorted(pid for pid in pids if pid not in stopped and proc.pid_alive(pid) and proc.is_our_server(pid))
+        if not mine:
+            break
+        proc.stop_all(mine, grace=10.0)
+        stopped += mine
+    return stopped
+
+
 def teardown(settings, st: DeployState) -> dict[str, Any]:
-    """SIGTERM both process groups, SIGKILL what is left after a grace period."""
-    mine = [pid for pid in st.pids.values() if proc.pid_alive(pid) and proc.is_our_server(pid)]
-    proc.stop_all(mine, grace=10.0)
+    """Stop the supervisor and both servers (their process groups), SIGKILL what is left after a grace period."""
+    mine = _stop_everything(st)
     left = [pid for pid in mine if proc.pid_alive(pid)]
     if left:
         raise DeployError(
