@@ -92,6 +92,14 @@ class Settings:
     # the model's class names, for a model server that does not tell them (TF Serving): comma-separated
     classes: str | None = None
     access_log: bool = False  # a log line per request (/metrics counts them anyway)
+    # both servers: slow and greedy clients (serving/connections.py, docs/serve.md#slow-and-greedy-clients)
+    header_timeout: float = 20.0  # seconds for the request line and headers (nginx client_header_timeout)
+    body_timeout: float = 20.0  # seconds for the body, plus 1 s per min_body_rate bytes received
+    min_body_rate: int = 500  # bytes/s a body must keep up (Apache mod_reqtimeout MinRate); 0: no extension
+    keepalive_timeout: float = 75.0  # seconds an idle kept-alive connection stays open (nginx keepalive_timeout)
+    max_connections: int = 0  # open connections in total (503 past it); 0: half the open-file limit, <= 4096
+    max_connections_per_client: int = 128  # per client address (429 past it); 0: no limit
+    max_header_bytes: int = 32 * 1024  # request line + headers (431 past it)
     # the model server (python -m pizzactl.serving.modelserver)
     max_batch_size: int = 32
     batch_timeout_ms: float = 0.0  # how long a free worker waits for company; a busy one batches anyway

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = server_settings(vars(parser.parse_args(argv)))
     log_to_stderr(settings.log_level)
     app = create_app(config=GatewayConfig.from_settings(settings))
-    run_server(app, settings.host, settings.port, settings.log_level, access_log=settings.access_log)
+    run_server(app, settings.host, settings.port, settings.log_level, access_log=settings.access_log, settings=settings)
 
 
 if __name__ == "__main__":
