@@ -229,6 +229,21 @@ class ServerBusyError(PizzaError):
     retry_after = 1
 
 
+class UnauthorizedError(PizzaError):
+    """No API key, or not one the gateway accepts (401)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class RateLimitedError(PizzaError):
+    """An API key over its request rate (429, Retry-After)."""
+
+    code = "rate_limited"
+    http_status = 429
+    retry_after = 1
+
+
 # --- one error map for both servers -------------------------------------------------------
 
 ErrorBody = Callable[[PizzaError], dict[str, Any]]

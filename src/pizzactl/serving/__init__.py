@@ -69,6 +69,7 @@ def serve(settings) -> None:
     from pizzactl.errors import DeployError
     from pizzactl.model_store import latest_version_dir
     from pizzactl.serving import processes as proc
+    from pizzactl.serving.auth import key_env
 
     version_dir = latest_version_dir(settings.models_dir)
     proc.require_free_port(settings.host, settings.port)
@@ -92,6 +93,7 @@ def serve(settings) -> None:
             allow_private_urls=settings.allow_private_urls,
             attached=True,
             logs={proc.MODELSERVER: subprocess.PIPE, proc.GATEWAY: subprocess.PIPE},
+            env=key_env(settings),
         )
         pumps = [
             threading.Thread(target=_pump, args=(started.modelserver.stdout, "[model]  "), daemon=True),

@@ -173,6 +173,8 @@ def create_app(
             config.model_url,
             config.allow_private_urls,
         )
+        if app.state.api_keys:
+            log.info("API keys required: %d accepted", app.state.api_keys)
         try:
             yield
         finally:
@@ -195,6 +197,7 @@ def create_app(
         max_bytes=config.max_request_bytes,
         hint="Send fewer or smaller images per request (PIZZACTL_MAX_REQUEST_BYTES raises the limit).",
     )
+    add_key_check(app, config)
     app.add_middleware(ObserveRequests, observe=gateway.metrics.observe_request, in_flight=gateway.metrics.in_flight)
     app.include_router(router)
     if Path(config.static_dir).is_dir():
@@ -215,6 +218,22 @@ def create_app(
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
     return app
+
+
+def add_key_check(app: FastAPI, config: GatewayConfig) -> None:
+    """API keys (auth.py), when configured: checked before the body is read (inside the metrics, so 401s count)."""
+    from pizzactl.serving.auth import RequireKey, accepted_hashes
+
+    digests = accepted_hashes(config.api_key, config.api_key_hashes)
+    if digests:
+        app.add_middleware(
+            RequireKey,
+            digests=digests,
+            metrics_open=not config.metrics_require_key,
+            rate=config.api_key_rate,
+            burst=config.api_key_burst,
+        )
+    app.state.api_keys = len(digests)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError
 from pizzactl.model_store import latest_version_dir
 from pizzactl.serving import processes as proc
+from pizzactl.serving.auth import key_env
 
 TARGET = "local"
 
@@ -67,6 +68,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
             allow_private_urls=settings.allow_private_urls,
             attached=False,
             logs={proc.MODELSERVER: ms_log, proc.GATEWAY: gw_log},
+            env=key_env(settings),
         )
     record = DeployState(
         target=TARGET,
