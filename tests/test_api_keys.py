@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -280,3 +281,56 @@ def test_deploy_renders_only_digests_for_the_cluster_and_docker(tmp_path):
     assert annotation(open_docs) == "none" != annotation(docs)  # new keys roll the gateway's pods
     open_gateway = next(s for s in container_specs(settings, open_docs) if s["name"] == "pizzactl-gateway")
     assert open_gateway["environment"]["PIZZACTL_API_KEY_HASHES"] == ""
+
+
+@pytest.mark.slow
+def test_deploy_local_with_a_key_protects_the_gateway_and_no_process_or_file_holds_the_key(tiny_model, tmp_path):
+    """`PIZZACTL_API_KEY=... pizzactl deploy --target local`: 401 without the key, answers with it
+    (predict sends it from the same variable); the servers' environments hold the digest, not the
+    key, and neither do the state file or the logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
+    env.update(
+        PIZZACTL_STATE_DIR=str(tmp_path / "state"),
+        PIZZACTL_MODELS_DIR=str(tiny_model),
+        PIZZACTL_PORT=str(free_port()),
+        PIZZACTL_MODEL_PORT=str(free_port()),
+        PIZZACTL_CONFIG=str(tmp_path / "none.toml"),
+        PIZZACTL_API_KEY=KEY,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="-1",
+    )
+
+    def cli(*args, **extra):
+        return subprocess.run(
+            [sys.executable, "-m", "pizzactl", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            cwd=tmp_path,
+            timeout=300,
+        )
+
+    photo = tmp_path / "a.png"
+    photo.write_bytes(png())
+    deployed = cli("deploy", "--target", "local", "--json", "--timeout", "240")
+    try:
+        assert deployed.returncode == 0, deployed.stderr
+        url = json.loads(deployed.stdout)["url"]
+        assert httpx.get(url + "/readyz", timeout=10).status_code == 200
+        assert (
+            httpx.post(url + "/predict", files={"file": ("a.png", png(), "image/png")}, timeout=30).status_code == 401
+        )
+        answered = cli("predict", "--json", str(photo))
+        assert answered.returncode == 0, answered.stderr
+        assert json.loads(answered.stdout)[0]["label"] in ("pizza", "not_pizza")
+        state_file = tmp_path / "state" / "deploy.json"
+        state = json.loads(state_file.read_text())
+        environments = {name: Path(f"/proc/{pid}/environ").read_bytes() for name, pid in state["pids"].items()}
+        assert f"PIZZACTL_API_KEY_HASHES={key_hash(KEY)}".encode() in environments["gateway"].split(b"\0")
+        written = [state_file.read_text(), *(Path(p).read_text(errors="replace") for p in state["logs"].values())]
+        for text in [*(e.decode(errors="replace") for e in environments.values()), *written]:
+            assert KEY not in text
+        for output in (deployed, answered):
+            assert KEY not in output.stdout + output.stderr
+    finally:
+        cli("teardown")

@@ -198,8 +198,10 @@ def protocol_class(limits: ConnectionLimits, body: ErrorBody = gateway_body) -> 
         # --- timers
 
         def arm(self, delay: float) -> None:
+            """Run `expired` in `delay` seconds (a limit set to 0 or less: no timer)."""
             self.cancel()
-            self.timer = self.loop.call_later(max(0.0, delay), self.expired)
+            if delay > 0:
+                self.timer = self.loop.call_later(delay, self.expired)
 
         def cancel(self) -> None:
             if self.timer is not None:
@@ -221,7 +223,7 @@ def protocol_class(limits: ConnectionLimits, body: ErrorBody = gateway_body) -> 
                 if limits.min_body_rate > 0:
                     deadline += self.body_bytes / limits.min_body_rate
                 if now < deadline:
-                    self.arm(deadline - now)
+                    self.arm(max(deadline - now, 0.001))
                     return
                 self.cut_off("body timeouts", RequestTimeoutError("The request body did not arrive in time."))
 
@@ -251,6 +253,12 @@ def protocol_class(limits: ConnectionLimits, body: ErrorBody = gateway_body) -> 
 
         def timeout_keep_alive_handler(self) -> None:
             self.close_soon()  # uvicorn's close() alone waits forever on a client that does not read
+
+        def shutdown(self) -> None:
+            super().shutdown()  # the server stops: idle connections close, a running request finishes
+            if self.transport.is_closing() and not self.lost:
+                self.cancel()
+                self.timer = self.loop.call_later(LINGER, self.abort)
 
         # --- bytes in
 
