@@ -334,3 +334,18 @@ def test_deploy_local_with_a_key_protects_the_gateway_and_no_process_or_file_hol
             assert KEY not in output.stdout + output.stderr
     finally:
         cli("teardown")
+
+
+def test_a_gateway_given_a_key_where_a_digest_belongs_stops_with_the_fix(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
+    env.update(PIZZACTL_API_KEY_HASHES=KEY, PIZZACTL_CONFIG=str(tmp_path / "none.toml"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pizzactl.serving.gateway", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 3
+    assert "SHA-256 hex digests" in proc.stderr and "sha256sum" in proc.stderr
+    assert "Traceback" not in proc.stderr and KEY not in proc.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from pizzactl import __version__
 from pizzactl.config import GATEWAY_PORT, server_settings
 from pizzactl.errors import (
+    EXIT_USER,
+    ConfigError,
     PayloadTooLargeError,
     RequestShapeError,
     UnsupportedMediaError,
@@ -263,7 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     settings = server_settings(vars(parser.parse_args(argv)))
     log_to_stderr(settings.log_level)
-    app = create_app(config=GatewayConfig.from_settings(settings))
+    try:
+        app = create_app(config=GatewayConfig.from_settings(settings))
+    except ConfigError as exc:  # e.g. api_key_hashes that are not digests: the hint, not a traceback
+        sys.stderr.write(f"Error: {exc.message}\n{exc.hint}\n")
+        raise SystemExit(EXIT_USER) from None
     run_server(app, settings.host, settings.port, settings.log_level, access_log=settings.access_log, settings=settings)
 
 
