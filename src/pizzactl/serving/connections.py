@@ -149,10 +149,12 @@ class Guard:
 
 
 def protocol_class(limits: ConnectionLimits, body: ErrorBody = gateway_body) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with `limits` (one `Guard` per class: make one class per server)."""
+    """uvicorn's httptools protocol with `limits` (one `Guard` per class: make one class per server);
+    its own answers (408, 429, 431, 503) are JSON in the `body` shape."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     guard = Guard(limits, body)
+    error_body = body
 
     class GuardedProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -190,7 +192,7 @@ def protocol_class(limits: ConnectionLimits, body: ErrorBody = gateway_body) -> 
             """Answer at once and read (discard) what the client sends until it closes, at most LINGER s."""
             guard.note("connections refused")
             self.phase = "refused"
-            self.transport.write(raw_response(error, body, retry_after=1))
+            self.transport.write(raw_response(error, error_body, retry_after=1))
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.timer = self.loop.call_later(LINGER, self.abort)
@@ -237,7 +239,7 @@ def protocol_class(limits: ConnectionLimits, body: ErrorBody = gateway_body) -> 
                 cycle.disconnected = True  # the app's receive() now says http.disconnect
                 cycle.message_event.set()
             if not answered and not self.transport.is_closing():
-                self.transport.write(raw_response(error, body))
+                self.transport.write(raw_response(error, error_body))
             self.close_soon()
 
         def close_soon(self) -> None:
