@@ -67,6 +67,7 @@ def test_dry_run_manifests_are_valid_for_the_bundled_kubernetes_version(dry_run)
     assert kinds == sorted(
         [
             "Namespace",
+            "Secret",  # the gateway's API key digests (empty: no keys)
             "Deployment",
             "Deployment",
             "Service",
@@ -117,7 +118,7 @@ def test_gateway_is_exposed_on_the_node_port_kind_maps(dry_run):
     assert svc["spec"]["ports"][0] == {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30096}
     gateway = _by_kind(docs, "Deployment")["pizzactl-gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["ports"][0] == {"name": "http", "containerPort": 9696}
-    env = {e["name"]: e["value"] for e in gateway["env"]}
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
     assert env["PIZZACTL_MODEL_URL"] == "http://pizzactl-model.pizzactl.svc:8501"
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in _by_kind(docs, "HorizontalPodAutoscaler").values()}
     assert set(hpas) == {"pizzactl-model", "pizzactl-gateway"}
@@ -228,7 +229,7 @@ def test_a_gateway_in_front_of_tf_serving_is_told_the_class_names(tmp_path):
     def gateway_env(model_server: str, model_version: int | None) -> dict:
         docs = manifests.render(settings, "g:1", "m:1", model_version=model_version, model_server=model_server)
         container = _by_kind(docs, "Deployment")["pizzactl-gateway"]["spec"]["template"]["spec"]["containers"][0]
-        return {e["name"]: e["value"] for e in container["env"]}
+        return {e["name"]: e.get("value") for e in container["env"]}
 
     assert gateway_env("tfserving", 4)["PIZZACTL_CLASSES"] == "hot dog,pizza,salad"
     assert "PIZZACTL_CLASSES" not in gateway_env("builtin", 4)  # it reads them from the model server

@@ -133,3 +133,32 @@ def png_bytes() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 120, 40)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_a_gateway_with_api_keys_makes_the_page_ask_for_the_key_and_send_it(page):
+    """401 -> the page shows the key form; a wrong key is asked again; the right one gets the answer."""
+    from pizzactl.serving.auth import key_hash
+
+    from serving_fixtures import FakeTFServing
+
+    key = "pk-page-test-9c2e"
+    tf_serving = FakeTFServing()
+    try:
+        with UvicornThread(create_app(tf_serving.url, classes="other,pizza,salad", api_key_hashes=key_hash(key))) as gw:
+            page.goto(gw.url + "/")
+            assert page.is_hidden("#key-form")
+            page.set_input_files("#file", files=[{"name": "x.png", "mimeType": "image/png", "buffer": png_bytes()}])
+            page.wait_for_selector("#key-form", state="visible", timeout=30_000)
+            assert "needs an API key" in page.inner_text("#label")
+            page.fill("#api-key", "not-the-key")
+            page.click("#key-submit")
+            page.wait_for_selector("#label.error >> text=not valid", timeout=30_000)
+            assert page.is_visible("#key-form")
+            page.fill("#api-key", key)
+            page.click("#key-submit")
+            page.wait_for_selector("body[data-label]", state="attached", timeout=30_000)
+            assert page.inner_text("#label") == "salad"
+            assert page.is_hidden("#key-form")
+            assert key not in page.url
+    finally:
+        tf_serving.close()

@@ -33,6 +33,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above
 # auto: the fastest one `pizzactl export` converted and checked.
 ModelRuntime = Literal["auto", "litert-int8", "litert", "tensorflow"]
 CHOICES = {"model_runtime": get_args(ModelRuntime)}
+SECRET_SETTINGS = frozenset({"api_key"})  # shown as "(set)", never as their value
 
 
 def _home(*parts: str, env: str, fallback: str) -> Path:
@@ -92,6 +93,20 @@ class Settings:
     # the model's class names, for a model server that does not tell them (TF Serving): comma-separated
     classes: str | None = None
     access_log: bool = False  # a log line per request (/metrics counts them anyway)
+    # both servers: slow and greedy clients (serving/connections.py, docs/serve.md#slow-and-greedy-clients)
+    header_timeout: float = 20.0  # seconds for the request line and headers (nginx client_header_timeout)
+    body_timeout: float = 20.0  # seconds for the body, plus 1 s per min_body_rate bytes received
+    min_body_rate: int = 500  # bytes/s a body must keep up (Apache mod_reqtimeout MinRate); 0: no extension
+    keepalive_timeout: float = 75.0  # seconds an idle kept-alive connection stays open (nginx keepalive_timeout)
+    max_connections: int = 0  # open connections in total (503 past it); 0: half the open-file limit, <= 4096
+    max_connections_per_client: int = 128  # per client address (429 past it); 0: no limit
+    max_header_bytes: int = 32 * 1024  # request line + headers (431 past it)
+    # API keys (serving/auth.py, docs/serve.md#api-keys): off unless a key or a digest is set
+    api_key: str | None = field(default=None, repr=False)  # a key: serve/deploy require it, predict sends it
+    api_key_hashes: str | None = None  # more accepted keys, as SHA-256 hex digests, comma-separated
+    metrics_require_key: bool = True  # with keys on, /metrics needs one too
+    api_key_rate: float = 0.0  # requests/s per key (429 past it); 0: no limit
+    api_key_burst: int = 20  # requests a key may send at once within its rate
     # the model server (python -m pizzactl.serving.modelserver)
     max_batch_size: int = 32
     batch_timeout_ms: float = 0.0  # how long a free worker waits for company; a busy one batches anyway
@@ -126,6 +141,8 @@ class Settings:
             if f.name == "sources":
                 continue
             value = getattr(self, f.name)
+            if f.name in SECRET_SETTINGS and value is not None:
+                value = "(set)"  # never printed, logged or written (config show, run records)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 

@@ -198,6 +198,52 @@ class ModelUnavailableError(PizzaError):
     retry_after = 1  # seconds
 
 
+# --- slow and greedy clients (serving/connections.py) and API keys (serving/auth.py) ------------
+
+
+class RequestTimeoutError(BadInputError):
+    """The request's headers or body did not arrive in time (a slow client)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+class HeadersTooLargeError(BadInputError):
+    code = "headers_too_large"
+    http_status = 431
+
+
+class TooManyConnectionsError(BadInputError):
+    """One client address holds too many connections (429, Retry-After)."""
+
+    code = "too_many_connections"
+    http_status = 429
+    retry_after = 1
+
+
+class ServerBusyError(PizzaError):
+    """The server holds as many connections as it may (503, Retry-After)."""
+
+    code = "server_busy"
+    http_status = 503
+    retry_after = 1
+
+
+class UnauthorizedError(PizzaError):
+    """No API key, or not one the gateway accepts (401)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class RateLimitedError(PizzaError):
+    """An API key over its request rate (429, Retry-After)."""
+
+    code = "rate_limited"
+    http_status = 429
+    retry_after = 1
+
+
 # --- one error map for both servers -------------------------------------------------------
 
 ErrorBody = Callable[[PizzaError], dict[str, Any]]
@@ -222,7 +268,8 @@ def error_response(exc: PizzaError, body: ErrorBody = gateway_body) -> JSONRespo
     """The HTTP answer for `exc`: the status its class says (4xx or 5xx only), Retry-After on a 503."""
     from starlette.responses import JSONResponse
 
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ModelUnavailableError) else None
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     status = exc.http_status if 400 <= exc.http_status < 600 else 400
     return JSONResponse(body(exc), status_code=status, headers=headers)
 
@@ -274,8 +321,15 @@ def install_error_handlers(
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(InternalError("Internal error in the server; see its log."), body)
 
+    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+        """The client went away (or was cut off as too slow) mid-request: nobody to answer, no bug to log."""
+        return error_response(BadInputError("The client disconnected before its request was read."), body)
+
+    from starlette.requests import ClientDisconnect
+
     app.add_exception_handler(PizzaError, pizza_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, internal_error)
     try:
         from fastapi.exceptions import RequestValidationError

@@ -177,13 +177,21 @@ def _content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries an API key to the gateway (serving/auth.py), or none."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def classify(
     endpoint: str,
     items: Sequence[Source],
     concurrency: int = 8,
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    api_key: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Results in the order of `items`. Raises EndpointError when the gateway cannot be reached at all."""
+    """Results in the order of `items`. Raises EndpointError when the gateway cannot be reached at all.
+
+    `api_key` goes in `Authorization: Bearer` (never in a URL, never printed)."""
     import httpx
 
     concurrency = max(1, int(concurrency))
@@ -207,7 +215,7 @@ def classify(
             on_done(results[index] or {})
 
     with (
-        httpx.Client(limits=limits, timeout=timeout, trust_env=False) as client,
+        httpx.Client(limits=limits, timeout=timeout, trust_env=False, headers=auth_headers(api_key)) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pizzactl-predict") as pool,
     ):
         list(pool.map(work, range(len(items))))
@@ -252,9 +260,11 @@ def predict(
             transient=True,
         ) as bar:
             task = bar.add_task("predict", total=len(items))
-            results = classify(endpoint, items, concurrency, on_done=lambda _r: bar.advance(task))
+            results = classify(
+                endpoint, items, concurrency, on_done=lambda _r: bar.advance(task), api_key=settings.api_key
+            )
     else:
-        results = classify(endpoint, items, concurrency)
+        results = classify(endpoint, items, concurrency, api_key=settings.api_key)
     if explain_dir is not None:
         from pizzactl.explain import explain_sources
 

@@ -18,6 +18,13 @@ from pizzactl.errors import EXIT_FAILURE
 
 # --- serve, deploy, predict, status, teardown -----------------------------------------
 
+ApiKeyOpt = typer.Option(
+    None,
+    "--api-key",
+    help="Require this API key at the gateway (only its SHA-256 is passed on); env PIZZACTL_API_KEY keeps it "
+    "out of the process list.",
+)
+
 
 @app.command()
 def serve(
@@ -28,12 +35,20 @@ def serve(
     allow_private_urls: bool | None = typer.Option(
         None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
     ),
+    api_key: str | None = ApiKeyOpt,
 ) -> None:
     """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
     from pizzactl.serving import serve as serve_
 
     serve_(
-        settings(models_dir=models, port=port, model_port=model_port, host=host, allow_private_urls=allow_private_urls)
+        settings(
+            models_dir=models,
+            port=port,
+            model_port=model_port,
+            host=host,
+            allow_private_urls=allow_private_urls,
+            api_key=api_key,
+        )
     )
 
 
@@ -84,6 +99,7 @@ def deploy(
     allow_private_urls: bool | None = typer.Option(
         None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
     ),
+    api_key: str | None = ApiKeyOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the rendered manifests and touch nothing."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
     json_out: bool = JsonOpt,
@@ -102,6 +118,7 @@ def deploy(
         pull_secret=pull_secret,
         platform=platform,
         allow_private_urls=allow_private_urls,
+        api_key=api_key,
     )
     if dry_run:
         from pizzactl.deploy import dry_run as dry_run_
@@ -170,6 +187,9 @@ def teardown(
 def predict(
     sources: list[str] = typer.Argument(..., help="Image files, directories or http(s) URLs."),
     endpoint: str | None = typer.Option(None, "--endpoint", help="Gateway URL (default: what deploy recorded)."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help="API key to send, for a gateway that requires one (env PIZZACTL_API_KEY is safer)."
+    ),
     csv: Path | None = typer.Option(None, "--csv", help="Also write the results to this CSV."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight."),
     explain: Path | None = typer.Option(
@@ -182,7 +202,7 @@ def predict(
     from pizzactl.predict import print_predictions
 
     results = predict_(
-        settings(endpoint=endpoint),
+        settings(endpoint=endpoint, api_key=api_key),
         sources,
         concurrency=concurrency,
         csv_path=csv,

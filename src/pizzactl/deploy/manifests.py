@@ -120,6 +120,31 @@ def render(
                 _size_threads(container, model_server)
             if name == "pizzactl-gateway" and classes:
                 container.setdefault("env", []).append({"name": "PIZZACTL_CLASSES", "value": classes})
+    return with_api_keys(docs, settings)
+
+
+API_KEYS_SECRET = "pizzactl-api-keys"
+API_KEYS_ANNOTATION = "pizzactl.dev/api-keys"
+
+
+def with_api_keys(docs: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """The key digests in the Secret the gateway reads them from (k8s/api-keys.yaml), and an
+    annotation on the gateway's pods that changes with them (a Secret in env is read at pod start:
+    new keys roll the pods). Deploy owns this Secret: without keys it is empty and the gateway
+    open. Only SHA-256 digests, never a key."""
+    import base64
+    import hashlib
+
+    from pizzactl.serving.auth import accepted_hashes, hashes_setting
+
+    hashes = hashes_setting(accepted_hashes(settings.api_key, settings.api_key_hashes))
+    fingerprint = hashlib.sha256(hashes.encode()).hexdigest()[:16] if hashes else "none"
+    for doc in docs:
+        if doc["kind"] == "Secret" and doc["metadata"]["name"] == API_KEYS_SECRET:
+            doc["data"] = {"hashes": base64.b64encode(hashes.encode()).decode()}
+        elif doc["kind"] == "Deployment" and doc["metadata"]["name"] == "pizzactl-gateway":
+            pod_meta = doc["spec"]["template"].setdefault("metadata", {})
+            pod_meta.setdefault("annotations", {})[API_KEYS_ANNOTATION] = fingerprint
     return docs
 
 

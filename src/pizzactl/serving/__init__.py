@@ -7,6 +7,7 @@ on stderr; Ctrl-C (or SIGTERM) stops both. The servers themselves are
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -31,11 +32,22 @@ def log_to_stderr(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
 
 
-def run_server(app, host: str, port: int, level: str, access_log: bool = False) -> None:
-    """uvicorn on uvloop + httptools (what uvicorn[standard] installs) until SIGTERM."""
+def run_server(app, host: str, port: int, level: str, access_log: bool = False, *, settings=None, body=None) -> None:
+    """uvicorn on uvloop + httptools (what uvicorn[standard] installs) until SIGTERM, with the
+    slow-client timeouts and connection limits of `settings` (`connections.py`); errors in `body`'s shape."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=level.lower(), access_log=access_log, loop="auto", http="auto")
+    from pizzactl.config import load_settings
+    from pizzactl.errors import gateway_body
+    from pizzactl.serving.connections import ConnectionLimits, uvicorn_config
+
+    limits = ConnectionLimits.from_settings(settings if settings is not None else load_settings())
+    config = uvicorn_config(app, host, port, level, access_log=access_log, limits=limits, body=body or gateway_body)
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    if not server.started:  # e.g. the port is taken: uvicorn.run's exit code
+        sys.exit(3)
 
 
 class _Stop(Exception):
@@ -57,6 +69,7 @@ def serve(settings) -> None:
     from pizzactl.errors import DeployError
     from pizzactl.model_store import latest_version_dir
     from pizzactl.serving import processes as proc
+    from pizzactl.serving.auth import key_env
 
     version_dir = latest_version_dir(settings.models_dir)
     proc.require_free_port(settings.host, settings.port)
@@ -80,6 +93,7 @@ def serve(settings) -> None:
             allow_private_urls=settings.allow_private_urls,
             attached=True,
             logs={proc.MODELSERVER: subprocess.PIPE, proc.GATEWAY: subprocess.PIPE},
+            env=key_env(settings),
         )
         pumps = [
             threading.Thread(target=_pump, args=(started.modelserver.stdout, "[model]  "), daemon=True),

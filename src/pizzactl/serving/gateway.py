@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from pizzactl import __version__
 from pizzactl.config import GATEWAY_PORT, server_settings
 from pizzactl.errors import (
+    EXIT_USER,
+    ConfigError,
     PayloadTooLargeError,
     RequestShapeError,
     UnsupportedMediaError,
@@ -173,6 +176,8 @@ def create_app(
             config.model_url,
             config.allow_private_urls,
         )
+        if app.state.api_keys:
+            log.info("API keys required: %d accepted", app.state.api_keys)
         try:
             yield
         finally:
@@ -195,6 +200,7 @@ def create_app(
         max_bytes=config.max_request_bytes,
         hint="Send fewer or smaller images per request (PIZZACTL_MAX_REQUEST_BYTES raises the limit).",
     )
+    add_key_check(app, config)
     app.add_middleware(ObserveRequests, observe=gateway.metrics.observe_request, in_flight=gateway.metrics.in_flight)
     app.include_router(router)
     if Path(config.static_dir).is_dir():
@@ -215,6 +221,22 @@ def create_app(
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
     return app
+
+
+def add_key_check(app: FastAPI, config: GatewayConfig) -> None:
+    """API keys (auth.py), when configured: checked before the body is read (inside the metrics, so 401s count)."""
+    from pizzactl.serving.auth import RequireKey, accepted_hashes
+
+    digests = accepted_hashes(config.api_key, config.api_key_hashes)
+    if digests:
+        app.add_middleware(
+            RequireKey,
+            digests=digests,
+            metrics_open=not config.metrics_require_key,
+            rate=config.api_key_rate,
+            burst=config.api_key_burst,
+        )
+    app.state.api_keys = len(digests)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,8 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     settings = server_settings(vars(parser.parse_args(argv)))
     log_to_stderr(settings.log_level)
-    app = create_app(config=GatewayConfig.from_settings(settings))
-    run_server(app, settings.host, settings.port, settings.log_level, access_log=settings.access_log)
+    try:
+        app = create_app(config=GatewayConfig.from_settings(settings))
+    except ConfigError as exc:  # e.g. api_key_hashes that are not digests: the hint, not a traceback
+        sys.stderr.write(f"Error: {exc.message}\n{exc.hint}\n")
+        raise SystemExit(EXIT_USER) from None
+    run_server(app, settings.host, settings.port, settings.log_level, access_log=settings.access_log, settings=settings)
 
 
 if __name__ == "__main__":

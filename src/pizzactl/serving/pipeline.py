@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,12 @@ class GatewayConfig:
     fetch_timeout: float
     classes: str | None = None  # comma-separated class names, when the model server does not say them
     static_dir: Path = STATIC_DIR
+    # API keys (auth.py): the gateway keeps their digests only
+    api_key: str | None = field(default=None, repr=False)
+    api_key_hashes: str | None = None
+    metrics_require_key: bool = True
+    api_key_rate: float = 0.0
+    api_key_burst: int = 20
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:

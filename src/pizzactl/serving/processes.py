@@ -380,18 +380,25 @@ def start_pair(
     attached: bool,
     logs: Mapping[str, IO | int | None] | None = None,
     modelserver_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Started:
-    """Start the model server, then the gateway pointing at it. The caller waits for readiness."""
+    """Start the model server, then the gateway pointing at it. The caller waits for readiness.
+
+    `env` is added to both environments (API key digests: `auth.key_env`)."""
     logs = logs or {}
     model_url = f"http://127.0.0.1:{model_port}"
     modelserver = spawn(
         modelserver_command(models_dir, model_port, "127.0.0.1", modelserver_args),
         stdout=logs.get(MODELSERVER),
         attached=attached,
+        env=env,
     )
     try:
         gateway = spawn(
-            gateway_command(model_url, port, host, allow_private_urls), stdout=logs.get(GATEWAY), attached=attached
+            gateway_command(model_url, port, host, allow_private_urls),
+            stdout=logs.get(GATEWAY),
+            attached=attached,
+            env=env,
         )
     except BaseException:
         stop_group(modelserver.pid, 5.0)

@@ -69,7 +69,7 @@ def container_specs(settings: Settings, docs: list[dict[str, Any]]) -> list[dict
             "image": container["image"],
             "name": name,
             "detach": True,
-            "environment": {e["name"]: e["value"] for e in container.get("env", [])},
+            "environment": environment(container, docs),
             "read_only": bool(sc.get("readOnlyRootFilesystem")),
             "cap_drop": list(sc.get("capabilities", {}).get("drop", [])),
             "security_opt": ["no-new-privileges:true"] if sc.get("allowPrivilegeEscalation") is False else [],
@@ -90,6 +90,29 @@ def container_specs(settings: Settings, docs: list[dict[str, Any]]) -> list[dict
             spec["nano_cpus"] = _nano_cpus(limits["cpu"])
         specs.append(spec)
     return specs
+
+
+def environment(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The container's env, `valueFrom.secretKeyRef` resolved from the rendered Secrets as the
+    kubelet does (a missing optional Secret or key leaves the variable out, a required one fails)."""
+    import base64
+
+    secrets = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "Secret"}
+    env = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+            continue
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+        data = secrets.get(ref.get("name", ""), {})
+        if ref.get("key") in data:
+            env[entry["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        elif not ref.get("optional"):
+            raise DeployError(
+                f"{entry['name']} refers to {ref.get('name')}/{ref.get('key')}, which the rendered manifests lack.",
+                hint="Docker runs only what pizzactl renders: add the Secret to the manifests.",
+            )
+    return env
 
 
 def _selects(service: dict[str, Any], deployment: dict[str, Any]) -> bool:

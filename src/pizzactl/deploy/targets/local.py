@@ -24,6 +24,7 @@ from pizzactl.errors import DeployError
 from pizzactl.model_store import latest_version_dir
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
+from pizzactl.serving.auth import key_env
 
 TARGET = "local"
 SUPERVISOR = "supervisor"
@@ -91,7 +92,8 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         },
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
-        supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False)
+        # the servers inherit the supervisor's environment: the keys' digests, never a key
+        supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=key_env(settings))
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
         target=TARGET,

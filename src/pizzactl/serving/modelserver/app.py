@@ -203,4 +203,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         import_quietly()  # TF's start-up INFO lines are not the model server's log
     intra, inter = configure_tf_threads(config.tf_intra_op_threads, config.tf_inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
-    run_server(create_app(config=config), settings.host, settings.model_port, level)
+    run_server(
+        create_app(config=config), settings.host, settings.model_port, level, settings=settings, body=tf_serving_body
+    )

@@ -42,17 +42,45 @@ function showClasses(probabilities) {
   list.hidden = ranked.length === 0;
 }
 
+// A gateway with API keys answers 401: the page asks for the key, keeps it for this tab only
+// (sessionStorage, never in a URL) and sends it as `Authorization: Bearer`.
+const KEY_ITEM = "pizzactl-api-key";
+let pending = null; // the request the key was asked for, sent again once it is given
+let keyInMemory = ""; // where storage is off
+
+function apiKey() {
+  try { return sessionStorage.getItem(KEY_ITEM) || keyInMemory; } catch (e) { return keyInMemory; }
+}
+
+function keepKey(key) {
+  keyInMemory = key;
+  try { sessionStorage.setItem(KEY_ITEM, key); } catch (e) { /* storage off: kept in memory only */ }
+}
+
+function withKey(request) {
+  const key = apiKey();
+  if (!key) return request;
+  return { ...request, headers: { ...(request.headers || {}), Authorization: "Bearer " + key } };
+}
+
+function askForKey(request, previewSrc) {
+  pending = [request, previewSrc];
+  $("key-form").hidden = false;
+  $("api-key").focus();
+}
+
 async function ask(request, previewSrc) {
   if (previewSrc) $("preview").src = previewSrc;
   show({ status: "Asking the model…" });
   let response, body;
   try {
-    response = await fetch("/predict", request);
+    response = await fetch("/predict", withKey(request));
     body = await response.json();
   } catch (e) {
     show({ cls: "error", label: "The gateway cannot be reached.", detail: String(e) });
     return;
   }
+  if (response.status === 401) askForKey(request, previewSrc);
   if (!response.ok) {
     const err = (body && body.error) || {};
     show({ cls: "error", label: err.message || "Error " + response.status,
@@ -86,6 +114,13 @@ document.addEventListener("DOMContentLoaded", () => {
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
   drop.addEventListener("drop", (e) => sendFile(e.dataTransfer.files[0]));
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    keepKey($("api-key").value.trim());
+    $("api-key").value = "";
+    $("key-form").hidden = true;
+    if (pending) ask(...pending);
+  });
   $("url-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const url = $("url").value.trim();
