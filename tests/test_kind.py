@@ -401,3 +401,92 @@ async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, i
         gateway.shutdown()
     assert url == f"http://127.0.0.1:{port}"
     assert state_mod.load(settings).url == url
+
+
+# --- issue 22: Docker's containerd image store, images kind never collects, progress ----------------
+
+
+def _kind(home, *args, check=True):
+    import subprocess
+
+    return subprocess.run(["kind", *args], capture_output=True, text=True, check=check)
+
+
+def _docker_cli(*args, check=True):
+    import subprocess
+
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+
+def test_the_fake_kind_fails_the_containerd_store_way_and_loads_a_one_platform_archive(fake_kind, tmp_path):
+    """The fake itself, as kind#3795 reports it: `load docker-image` (docker save + ctr import
+    --all-platforms) fails; `docker save --platform` + `load image-archive` works."""
+    from k8s_fakes import add_local_images, loaded_images, use_containerd_store
+
+    (fake_kind / "clusters").write_text("pizzactl\n")
+    (fake_kind / "pizzactl.node.json").write_text("{}")
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    use_containerd_store(fake_kind)
+    failed = _kind(fake_kind, "load", "docker-image", "pizzactl-model:v1", "--name", "pizzactl", check=False)
+    assert failed.returncode == 1 and "ctr: content digest sha256:" in failed.stderr and "not found" in failed.stderr
+    _docker_cli("save", "-o", str(tmp_path / "all.tar"), "pizzactl-model:v1")
+    whole = _kind(fake_kind, "load", "image-archive", str(tmp_path / "all.tar"), "--name", "pizzactl", check=False)
+    assert whole.returncode == 1 and "content digest" in whole.stderr
+    _docker_cli("save", "--platform", "linux/amd64", "-o", str(tmp_path / "one.tar"), "pizzactl-model:v1")
+    _kind(fake_kind, "load", "image-archive", str(tmp_path / "one.tar"), "--name", "pizzactl")
+    assert loaded_images(fake_kind, "pizzactl") == {"pizzactl-model:v1"}
+
+
+def test_the_fake_kind_node_keeps_every_image_until_crictl_rmi(fake_kind):
+    """kind never garbage-collects (imageGCHighThresholdPercent: 100): what is loaded stays;
+    `docker exec NODE crictl images|rmi` see and remove it."""
+    from k8s_fakes import KIND_NODE_IMAGES, add_local_images, node_images
+
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1", "pizzactl-model:v2")
+    for image in ("pizzactl-model:v1", "pizzactl-model:v2", "pizzactl-model:v1"):
+        _kind(fake_kind, "load", "docker-image", image, "--name", "pizzactl")
+    listed = node_images(fake_kind, "pizzactl")
+    assert listed == [*KIND_NODE_IMAGES, "docker.io/library/pizzactl-model:v1", "docker.io/library/pizzactl-model:v2"]
+    table = _docker_cli("exec", "pizzactl-control-plane", "crictl", "images").stdout.splitlines()
+    assert ["docker.io/library/pizzactl-model", "v1"] in [line.split()[:2] for line in table]
+    _docker_cli("exec", "pizzactl-control-plane", "crictl", "rmi", "pizzactl-model:v1")
+    assert node_images(fake_kind, "pizzactl")[-1:] == ["docker.io/library/pizzactl-model:v2"]
+    missing = _docker_cli("exec", "pizzactl-control-plane", "crictl", "rmi", "pizzactl-model:v1", check=False)
+    assert missing.returncode == 1 and "no such image" in missing.stderr
+
+
+def test_kind_load_falls_back_to_a_one_platform_archive_under_the_containerd_store(fake_kind, capfd):
+    """Item 7: `kind load docker-image` fails as kind#3795; pizzactl loads `docker save --platform`'s archive."""
+    from k8s_fakes import add_local_images, docker_cli_calls, loaded_images, use_containerd_store
+
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    use_containerd_store(fake_kind)
+    kind.load_images("pizzactl", ["pizzactl-model:v1"], platform="linux/arm64")
+    assert loaded_images(fake_kind, "pizzactl") == {"pizzactl-model:v1"}
+    saves = [c for c in docker_cli_calls(fake_kind) if c[:1] == ["save"]]
+    assert saves and saves[0][1:3] == ["--platform", "linux/arm64"]
+    assert "containerd image store" in capfd.readouterr().err
+
+
+def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_kind, monkeypatch):
+    """Docker before 28 (API 1.48) cannot save one platform: the error says how to get out."""
+    from k8s_fakes import add_local_images, use_containerd_store
+
+    monkeypatch.setenv("FAKE_DOCKER_API_VERSION", "1.47")
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    use_containerd_store(fake_kind)
+    with pytest.raises(DeployError) as info:
+        kind.load_images("pizzactl", ["pizzactl-model:v1"], platform="linux/amd64")
+    assert "requires API version 1.48" in info.value.message
+    assert "containerd-snapshotter" in info.value.hint and "Docker to 28" in info.value.hint
+
+
+def test_creating_a_cluster_shows_kinds_steps_on_stderr_and_nothing_on_stdout(fake_kind, capfd):
+    """Item 11: `kind create cluster` runs for minutes; its steps show as they happen."""
+    kind.create_cluster("pizzactl", 0)
+    out, err = capfd.readouterr()
+    assert "✓ Preparing nodes" in err and "✓ Installing CNI" in err
+    assert out == ""

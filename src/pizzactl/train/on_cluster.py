@@ -169,8 +169,7 @@ def _connect(settings, place: Where):
     if place.cluster:
         from pizzactl.deploy.targets import kind
 
-        kind.preflight(settings, None)
-        kind.ensure_cluster(settings)
+        kind.ensure_training_cluster(settings)  # any port it maps: training uses none
     return k8s.connect(place.context)
 
 
@@ -182,9 +181,9 @@ def _trainer_image(settings, place: Where, api) -> str:
     if place.cluster:
         from pizzactl.deploy.targets import kind
 
-        image = build_trainer(settings.replace(registry=None), gpu=gpu).image
-        kind.load_images(place.cluster, [image])
-        return image
+        trainer = build_trainer(settings.replace(registry=None), gpu=gpu)
+        kind.load_images(place.cluster, [trainer.image], settings, trainer.platform)
+        return trainer.image
     if not settings.registry:
         raise UsageError(
             f"--on {place.context} needs --registry: the cluster's nodes pull the trainer image from there.",
