@@ -456,30 +456,36 @@ def test_the_fake_kind_node_keeps_every_image_until_crictl_rmi(fake_kind):
     assert missing.returncode == 1 and "no such image" in missing.stderr
 
 
-def test_kind_load_falls_back_to_a_one_platform_archive_under_the_containerd_store(fake_kind, capfd):
-    """Item 7: `kind load docker-image` fails as kind#3795; pizzactl loads `docker save --platform`'s archive."""
+def test_kind_load_falls_back_to_a_one_platform_archive_under_the_containerd_store(
+    fake_kind, tmp_path, monkeypatch, capfd
+):
+    """Item 7: `kind load docker-image` fails as in kind#3795; pizzactl loads the archive of
+    `docker save --platform` for the node's platform (the daemon's: the node is its container)."""
     from k8s_fakes import add_local_images, docker_cli_calls, loaded_images, use_containerd_store
 
     kind.create_cluster("pizzactl", 0)
     add_local_images(fake_kind, "pizzactl-model:v1")
     use_containerd_store(fake_kind)
-    kind.load_images("pizzactl", ["pizzactl-model:v1"], platform="linux/arm64")
+    with FakeDockerd(tmp_path / "docker.sock", "aarch64", kind_home=fake_kind) as dockerd:
+        dockerd.api_version = "1.48"  # Docker 28: `docker save --platform`
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        kind.load_images("pizzactl", ["pizzactl-model:v1"])
     assert loaded_images(fake_kind, "pizzactl") == {"pizzactl-model:v1"}
     saves = [c for c in docker_cli_calls(fake_kind) if c[:1] == ["save"]]
     assert saves and saves[0][1:3] == ["--platform", "linux/arm64"]
     assert "containerd image store" in capfd.readouterr().err
 
 
-def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_kind, monkeypatch):
+def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_kind, tmp_path, monkeypatch):
     """Docker before 28 (API 1.48) cannot save one platform: the error says how to get out."""
     from k8s_fakes import add_local_images, use_containerd_store
 
-    monkeypatch.setenv("FAKE_DOCKER_API_VERSION", "1.47")
     kind.create_cluster("pizzactl", 0)
     add_local_images(fake_kind, "pizzactl-model:v1")
     use_containerd_store(fake_kind)
-    with pytest.raises(DeployError) as info:
-        kind.load_images("pizzactl", ["pizzactl-model:v1"], platform="linux/amd64")
+    with FakeDockerd(tmp_path / "docker.sock", kind_home=fake_kind) as dockerd, pytest.raises(DeployError) as info:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)  # API 1.45
+        kind.load_images("pizzactl", ["pizzactl-model:v1"])
     assert "requires API version 1.48" in info.value.message
     assert "containerd-snapshotter" in info.value.hint and "Docker to 28" in info.value.hint
 
@@ -490,3 +496,74 @@ def test_creating_a_cluster_shows_kinds_steps_on_stderr_and_nothing_on_stdout(fa
     out, err = capfd.readouterr()
     assert "✓ Preparing nodes" in err and "✓ Installing CNI" in err
     assert out == ""
+
+
+def _version(models, n: int) -> None:
+    version = models / "pizza" / str(n)
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(f"graph {n}".encode())
+
+
+@pytest.fixture
+def kind_world(kmock, fake_kind, isolated, monkeypatch, tmp_path):
+    """fake kind + FakeDockerd (that knows kind's nodes) + FakeCluster (images not in the node
+    cannot be pulled) + a gateway behind the node's port mapping; yields a settings factory."""
+    monkeypatch.setenv("KUBECONFIG", str(isolated / "kubeconfig"))
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    gateway = http.server.HTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    (fake_kind / "pizzactl.backend").write_text(f"127.0.0.1:{gateway.server_address[1]}")
+    with FakeDockerd(tmp_path / "docker.sock", kind_home=fake_kind) as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        yield FakeCluster(kmock, kind_home=fake_kind)
+    gateway.shutdown()
+
+
+async def _playing(cluster, fn, *args):
+    playing = asyncio.create_task(cluster.run(0.02))
+    try:
+        return await asyncio.to_thread(fn, *args)
+    finally:
+        playing.cancel()
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_rollback_on_a_recreated_cluster_loads_the_images_it_goes_back_to(kind_world, fake_kind, isolated):
+    """Item 8: the cluster was deleted and deploy made a new one (v2 only in its node); rollback
+    to v1 must load v1 first, not sit in ImagePullBackOff until the timeout."""
+    from pizzactl.deploy import deploy, rollback
+
+    from k8s_fakes import node_images
+
+    models = isolated / "models"
+    settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
+    _version(models, 1)
+    first = await _playing(kind_world, deploy, settings, 30)
+    _version(models, 2)
+    await _playing(kind_world, deploy, settings, 30)
+    kind.run_kind("delete", "cluster", "--name", "pizzactl")  # e.g. Docker Desktop reset, `kind delete cluster`
+    await _playing(kind_world, deploy, settings, 30)
+    assert f"docker.io/library/{first['images']['model_image']}" not in node_images(fake_kind, "pizzactl")
+    back = await _playing(kind_world, rollback, settings, None, 15)
+    assert back["model_version"] == 1 and back["serving"] == {1: 1}
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_images_no_release_needs_are_removed_from_the_kind_node(kind_world, fake_kind, isolated):
+    """Item 8: kind never GCs; after v3 serves, v1's model image leaves the node; v3 (serving),
+    v2 (the rollback target), the gateway and kind's own images stay."""
+    from pizzactl.deploy import deploy
+
+    from k8s_fakes import KIND_NODE_IMAGES, node_images
+
+    models = isolated / "models"
+    settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
+    releases = []
+    for n in (1, 2, 3):
+        _version(models, n)
+        releases.append(await _playing(kind_world, deploy, settings, 30))
+    inside = node_images(fake_kind, "pizzactl")
+    model = [f"docker.io/library/{r['images']['model_image']}" for r in releases]
+    assert model[0] not in inside and model[1] in inside and model[2] in inside
+    assert f"docker.io/library/{releases[2]['images']['gateway_image']}" in inside
+    assert set(KIND_NODE_IMAGES) <= set(inside)
