@@ -474,9 +474,11 @@ class _Ready:
 async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     kmock, world, photos, isolated, tmp_path, monkeypatch
 ):
-    """deploy to kind, then `train --on kind`: the trainer image is `kind load`ed (never pushed),
-    the Job runs in the same cluster, and the new version rolls out where pizzactl deploys;
-    `status` shows the finished Job; teardown deletes the cluster pizzactl created."""
+    """deploy to kind (on a port of its own), then `train --on kind` without --port: the trainer
+    image is `kind load`ed (never pushed), the Job runs in the same cluster whatever port it maps
+    (issue 22 item 2: the node's port bindings are Docker's answer, FakeDockerd(kind_home)), and
+    the new version rolls out where pizzactl deploys; `status` shows the finished Job; teardown
+    deletes the cluster pizzactl created."""
     from pizzactl.deploy import deploy, status, teardown
     from pizzactl.deploy.targets import kind
     from pizzactl.serving.processes import free_port
@@ -485,6 +487,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
 
     home = tmp_path / "kind-home"
     install_fake_kind(tmp_path / "bin", home)
+    world.kind_home = home  # the kind node is a container of this daemon
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
@@ -531,3 +534,35 @@ def test_status_prints_the_training_job_with_or_without_a_deployment(capsys):
     out = capsys.readouterr().out
     assert "Nothing deployed." in out and "Job pizzactl-train-1 in prod: Running, epoch 3/30, attempt 2" in out
     assert "[head] epoch 3/30  loss 0.4" in out  # log lines keep their brackets (no rich markup)
+
+
+async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_taken(
+    kmock, world, photos, isolated, tmp_path, monkeypatch
+):
+    """Issue 22 item 2: training never uses the host port, so a taken port does not stop it; the
+    cluster pizzactl creates maps a port kind picks (hostPort 0), which a later deploy is told."""
+    import socket
+
+    from pizzactl.deploy.targets import kind
+
+    from k8s_fakes import install_fake_kind, kind_calls, stop_fake_clusters
+
+    home = tmp_path / "kind-home"
+    install_fake_kind(tmp_path / "bin", home)
+    world.kind_home = home
+    monkeypatch.setenv("FAKE_KIND_HOME", str(home))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    cluster = _cluster(kmock, tmp_path, kind_home=home)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        settings = load_settings({"data_dir": photos, "port": busy.getsockname()[1]})
+        try:
+            result = await _train(cluster, settings, "kind")
+        finally:
+            stop_fake_clusters(home)
+    assert result["version"] == 1 and result["trained_on"]["context"] == "kind-pizzactl"
+    create = [c for c in kind_calls(home) if c["args"][:2] == ["create", "cluster"]]
+    assert yaml.safe_load(create[0]["config"])["nodes"][0]["extraPortMappings"][0]["hostPort"] == 0
+    assert kind.created_clusters(settings) == ["pizzactl"]
