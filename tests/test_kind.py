@@ -567,3 +567,51 @@ async def test_images_no_release_needs_are_removed_from_the_kind_node(kind_world
     assert model[0] not in inside and model[1] in inside and model[2] in inside
     assert f"docker.io/library/{releases[2]['images']['gateway_image']}" in inside
     assert set(KIND_NODE_IMAGES) <= set(inside)
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
+    kmock, fake_kind, isolated, monkeypatch, tmp_path
+):
+    """Item 4: deploy --target docker after a kind deploy would delete the cluster pizzactl made,
+    with a running training Job in it: refused, the cluster stays, the hint says what to do."""
+    from pizzactl.deploy import deploy, jobs
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.state import DeployState
+
+    from k8s_fakes import write_kubeconfig
+
+    monkeypatch.setenv(
+        "KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl"))
+    )
+    _version(isolated / "models", 1)
+    settings = load_settings({"models_dir": isolated / "models", "model_server": "builtin", "port": free_port()})
+    assert kind.ensure_cluster(settings) is True
+    state_mod.save(
+        settings,
+        DeployState(
+            target="kind",
+            url=f"http://127.0.0.1:{settings.port}",
+            ports={"gateway": settings.port},
+            extra={"cluster": "pizzactl", "context": "kind-pizzactl", "namespace": "pizzactl"},
+        ),
+    )
+    job = "pizzactl-train-20261207-090000"
+    jobs.save_state(
+        settings,
+        {"context": "kind-pizzactl", "cluster": "pizzactl", "namespace": "pizzactl", "job": job, "image": "t:1"},
+    )
+    kmock.resources["v1/pods"] = {}
+    kmock.objects[kmock.resource("batch/v1/jobs"), "pizzactl", job] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job, "namespace": "pizzactl"},
+        "status": {"active": 1},
+    }
+    with FakeDockerd(tmp_path / "docker.sock", kind_home=fake_kind) as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        with pytest.raises(DeployError) as info:
+            await asyncio.to_thread(deploy, settings.replace(target="docker"))
+    assert f"Job {job}" in info.value.message and "--target docker" in info.value.message
+    assert "train --on kind --attach" in info.value.hint and "pizzactl teardown" in info.value.hint
+    assert kind.clusters() == ["pizzactl"] and state_mod.load(settings).target == "kind"

@@ -76,6 +76,7 @@ def train(
         _stop(api, plan, "interrupted")
         raise
     result = _bring_home(settings, api, plan, data_root, timeout, {"on": on, "context": place.context})
+    jobs.save_state(settings, {**(jobs.load_state(settings) or {}), "collected": True})  # nothing left to lose
     result["job"] = {"name": plan.name, **watched}
     log(f"[green]✓[/] version {result['version']} in {result['model_dir']} (Job {plan.name})")
     if _should_deploy(settings, place, deploy):

@@ -536,6 +536,37 @@ def _prune_after_release(settings: Settings, cluster: str) -> None:
         prune_images(settings, cluster, images_to_keep(settings, current))
 
 
+def refuse_while_training(settings: Settings, state: DeployState, target: str) -> None:
+    """Switching target tears the kind deployment down, and with it the cluster pizzactl created:
+    refuse while that cluster holds a training Job whose result is not home yet (its uploaded data,
+    cache and outbox live on the cluster's volume). Keeping the cluster instead would keep its
+    host port mapping too, which the new target usually wants."""
+    from pizzactl.deploy import jobs
+
+    cluster = state.extra.get("cluster")
+    training = jobs.load_state(settings) or {}
+    if (
+        not cluster
+        or cluster not in created_clusters(settings)
+        or training.get("cluster") != cluster
+        or not training.get("job")
+        or training.get("collected")
+        or cluster not in clusters()
+    ):
+        return
+    phase = str((jobs.training_status(settings) or {}).get("phase", "unknown"))
+    if phase.startswith("Failed") or phase == "gone":
+        return
+    where = f"--context {settings.context}" if target == "cluster" else f"--target {target}"
+    flag = "" if cluster == "pizzactl" else f" --cluster {cluster}"
+    raise DeployError(
+        f"Deploying with {where} would delete the kind cluster {cluster!r} that pizzactl created, and training "
+        f"Job {training['job']} ({phase}) runs there: its data, cache and result are not copied home yet.",
+        hint=f"Let it finish and bring the model home: `pizzactl train --on kind{flag} --attach`, then deploy again. "
+        "Or give it up: `pizzactl teardown` deletes the cluster with the Job, then deploy.",
+    )
+
+
 def teardown(settings: Settings, state: DeployState, keep_cluster: bool = False) -> dict[str, Any]:
     """Delete the kind cluster if pizzactl created it (unless keep_cluster), else what pizzactl applied."""
     cluster = state.extra.get("cluster")
