@@ -12,6 +12,13 @@ With `kind_home` (tests/k8s_fakes.py's fake kind), the node containers the fake 
 containers of this daemon: `/containers/<cluster>-control-plane/json` answers with their port
 bindings, as `docker inspect` of a real kind node does. `api_version` is what the daemon
 negotiates (1.45: Docker 26; 1.48: Docker 28, the first to save one platform, `docker save --platform`).
+
+With `tls=DIR`, the daemon listens on TCP 127.0.0.1 with TLS and accepts only clients with a
+certificate from DIR's CA, as `dockerd --tlsverify --tlscacert --tlscert --tlskey -H tcp://...`
+does (docs.docker.com/engine/security/protect-access: "Use TLS (HTTPS) to protect the Docker
+daemon socket"). tests/fixtures/docker-tls holds such a set: ca.pem, cert.pem, key.pem (the client's,
+named as DOCKER_CERT_PATH expects them) and server-cert.pem, server-key.pem (EC P-256, valid to 2126,
+made with openssl for these tests only).
 """
 
 from __future__ import annotations
@@ -28,7 +35,14 @@ API_VERSION = "1.45"
 
 
 class FakeDockerd:
-    def __init__(self, socket_path: Path, architecture: str = "x86_64", *, kind_home: Path | None = None):
+    def __init__(
+        self,
+        socket_path: Path,
+        architecture: str = "x86_64",
+        *,
+        kind_home: Path | None = None,
+        tls: Path | None = None,
+    ):
         self.socket_path = Path(socket_path)
         self.architecture = architecture
         self.kind_home = kind_home
@@ -131,12 +145,27 @@ class FakeDockerd:
                 request, _ = super().get_request()
                 return request, ("local", 0)
 
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.server = Server(str(self.socket_path), Handler)
+        self.tls = tls
+        if tls is not None:
+            import ssl
+
+            class TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+                daemon_threads = True
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls / "ca.pem"))
+            context.load_cert_chain(str(tls / "server-cert.pem"), str(tls / "server-key.pem"))
+            context.verify_mode = ssl.CERT_REQUIRED  # --tlsverify: only clients the CA signed
+            self.server = TLSServer(("127.0.0.1", 0), Handler)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        else:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self.server = Server(str(self.socket_path), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"tcp://127.0.0.1:{self.server.server_address[1]}"
         return f"unix://{self.socket_path}"
 
     def __enter__(self) -> FakeDockerd:

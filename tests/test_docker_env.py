@@ -104,3 +104,30 @@ def test_doctor_says_which_model_server_an_arm64_machine_gets(docker_config, tmp
         checks = {c.name: c for c in doctor(load_settings({"port": 0}, environ={}))}
     assert checks["docker"].ok is True
     assert "linux/arm64" in checks["architecture"].detail and "builtin model server" in checks["architecture"].detail
+
+
+TLS_FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "docker-tls"
+
+
+def test_docker_host_with_tls_verify_and_cert_path_reaches_a_tls_daemon(docker_config, tmp_path, monkeypatch):
+    """Issue 22 item 11: DOCKER_HOST=tcp://... + DOCKER_TLS_VERIFY + DOCKER_CERT_PATH (what
+    `docker-machine env` and remote daemons use) work as with the docker CLI and docker.from_env()."""
+    with FakeDockerd(tmp_path / "unused.sock", tls=TLS_FIXTURES) as remote:
+        monkeypatch.setenv("DOCKER_HOST", remote.url)
+        monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+        monkeypatch.setenv("DOCKER_CERT_PATH", str(TLS_FIXTURES))
+        for bundle in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests would verify against these instead
+            monkeypatch.delenv(bundle, raising=False)
+        client = docker_daemon.docker_client(10)
+        assert client.api.base_url.startswith("https://127.0.0.1:")
+        assert docker_daemon.daemon_platform(client.api) == "linux/amd64"
+    assert "/_ping" in remote.paths()
+
+
+def test_a_missing_certificate_in_docker_cert_path_says_what_is_needed(docker_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path))
+    with pytest.raises(DeployError) as info:
+        docker_daemon.docker_client(5)
+    assert "ca.pem, cert.pem and key.pem" in info.value.hint

@@ -30,10 +30,23 @@ def docker_endpoint(environ: Mapping[str, str] | None = None) -> DockerEndpoint:
     That is the docker CLI's order (docker/cli cli/command/cli.go resolveContextName). The docker
     SDK reads only DOCKER_HOST (docker/docker-py#3146), so Docker Desktop, Colima and OrbStack,
     which have no /var/run/docker.sock and point a context at their own socket, need this.
+    With DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH count as they do for the docker CLI
+    and `docker.from_env()` (docker-py's kwargs_from_env: certificates ca.pem, cert.pem, key.pem
+    from DOCKER_CERT_PATH, default ~/.docker; DOCKER_TLS_VERIFY set and not empty: verify the daemon).
     """
     environ = os.environ if environ is None else environ
     if environ.get("DOCKER_HOST"):
-        return DockerEndpoint(environ["DOCKER_HOST"], source="DOCKER_HOST")
+        from docker.utils import kwargs_from_env
+
+        try:
+            tls = kwargs_from_env(environment=dict(environ)).get("tls")
+        except Exception as exc:  # docker.errors.TLSParameterError: a certificate file is missing
+            raise DeployError(
+                f"DOCKER_TLS_VERIFY/DOCKER_CERT_PATH: {short_error(exc)}",
+                hint="DOCKER_CERT_PATH must hold ca.pem, cert.pem and key.pem (`docker context inspect` shows "
+                "where yours are), or unset DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.",
+            ) from None
+        return DockerEndpoint(environ["DOCKER_HOST"], tls, source="DOCKER_HOST")
     from docker.context import ContextAPI
     from docker.context.config import get_current_context_name
 
