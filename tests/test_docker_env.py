@@ -131,3 +131,26 @@ def test_a_missing_certificate_in_docker_cert_path_says_what_is_needed(docker_co
     with pytest.raises(DeployError) as info:
         docker_daemon.docker_client(5)
     assert "ca.pem, cert.pem and key.pem" in info.value.hint
+
+
+def test_a_kind_dry_run_plans_for_the_platform_of_the_docker_daemon(docker_config, tmp_path, monkeypatch):
+    """Issue 22 item 11: the kind node is a container of the Docker daemon, so --dry-run plans for
+    its platform (arm64 here: the builtin model server, the arm64 tags), not always linux/amd64."""
+    from pizzactl.deploy import dry_run
+
+    settings = load_settings({"models_dir": _models(tmp_path)}, environ={})
+    with FakeDockerd(tmp_path / "d.sock", "aarch64") as arm:
+        monkeypatch.setenv("DOCKER_HOST", arm.url)
+        text = dry_run(settings)
+    planned = images.plan_images(settings, platform="linux/arm64")
+    assert f"image: {planned.model_image}" in text and planned.model_image.startswith("pizzactl-model:v2-builtin-")
+    assert f"image: {planned.gateway_image}" in text
+
+
+def test_without_a_daemon_a_dry_run_plans_for_this_machine(docker_config, tmp_path, monkeypatch):
+    from pizzactl.deploy import dry_run
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/gone.sock")
+    settings = load_settings({"models_dir": _models(tmp_path), "model_server": "builtin"}, environ={})
+    planned = images.plan_images(settings, platform=docker_daemon.local_platform())
+    assert f"image: {planned.model_image}" in dry_run(settings)

@@ -82,13 +82,14 @@ async def _train(cluster, settings, on="prod", **options):
 # --- what it applies --------------------------------------------------------------------------------
 
 
-def _dry_run(settings, on="prod") -> list[dict]:
+async def _dry_run(settings, on="prod") -> list[dict]:
+    """In a thread: the dry run reads the nodes' architecture from kmock, which answers on this loop."""
     from pizzactl.train.remote import dry_run
 
-    return [d for d in yaml.safe_load_all(dry_run(settings, on)) if d]
+    return [d for d in yaml.safe_load_all(await asyncio.to_thread(dry_run, settings, on)) if d]
 
 
-def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeypatch, tmp_path):
+async def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeypatch, tmp_path):
     """No --data: the Job downloads the dataset, so the Kaggle credentials become a Secret the
     pod reads; the YAML shows the Secret's keys, never its values. Every object passes the
     Kubernetes schema (strict), and nothing touches Docker or the cluster."""
@@ -99,7 +100,7 @@ def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeyp
     settings = _settings(gpus=1, node_selector="pool=gpu", train_memory="6Gi", train_deadline=3600)
     from pizzactl.train.remote import dry_run
 
-    text = dry_run(settings, "prod")
+    text = await asyncio.to_thread(dry_run, settings, "prod")
     assert "s3cr3t-kaggle-key" not in text and "pizzafan" not in text
     docs = [d for d in yaml.safe_load_all(text) if d]
     assert [d["kind"] for d in docs] == ["Namespace", "PersistentVolumeClaim", "Secret", "Pod", "Job"]
@@ -126,8 +127,8 @@ def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeyp
     assert world.requests == []  # no Docker
 
 
-def test_with_data_there_is_no_secret_and_the_data_is_mounted_read_only(world, photos):
-    docs = _dry_run(_settings(data_dir=photos, backbone="small_cnn", epochs=1))
+async def test_with_data_there_is_no_secret_and_the_data_is_mounted_read_only(world, photos):
+    docs = await _dry_run(_settings(data_dir=photos, backbone="small_cnn", epochs=1))
     assert "Secret" not in [d["kind"] for d in docs]
     container = docs[-1]["spec"]["template"]["spec"]["containers"][0]
     data = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
@@ -410,11 +411,11 @@ async def test_teardown_deletes_the_namespace_training_created(kmock, world, pho
     assert phase in (None, "Terminating")
 
 
-def test_cluster_weights_file_is_refused(world, photos, tmp_path):
+async def test_cluster_weights_file_is_refused(world, photos, tmp_path):
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"w")
     with pytest.raises(UsageError, match="names a file on this machine"):
-        on_cluster.dry_run(_settings(data_dir=photos, weights=str(weights)), "prod")
+        await asyncio.to_thread(on_cluster.dry_run, _settings(data_dir=photos, weights=str(weights)), "prod")
 
 
 # --- Ctrl-C, and the kind path end to end ---------------------------------------------------------
@@ -566,3 +567,21 @@ async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_t
     create = [c for c in kind_calls(home) if c["args"][:2] == ["create", "cluster"]]
     assert yaml.safe_load(create[0]["config"])["nodes"][0]["extraPortMappings"][0]["hostPort"] == 0
     assert kind.created_clusters(settings) == ["pizzactl"]
+
+
+async def test_dry_run_plans_the_trainer_for_the_nodes_architecture(kmock, world):
+    """Issue 22 item 11: `train --on CONTEXT --dry-run` reads (only reads) the nodes' architecture."""
+    from pizzactl.deploy.images import plan_trainer
+
+    from k8s_fakes import NODES
+
+    arm = node("arm-1")
+    arm["metadata"]["labels"]["kubernetes.io/arch"] = "arm64"
+    arm["status"]["nodeInfo"]["architecture"] = "arm64"
+    kmock.resources["v1/nodes"] = {}
+    kmock.objects[NODES, None, "arm-1"] = arm
+    settings = _settings()
+    job = (await _dry_run(settings))[-1]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == plan_trainer(settings, platform="linux/arm64").image != plan_trainer(settings).image
+    assert world.requests == []  # no Docker

@@ -75,9 +75,12 @@ def dry_run(settings) -> str:
     if target == "docker":
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
     from pizzactl.deploy import manifests
+    from pizzactl.deploy.docker_daemon import planned_platform
     from pizzactl.deploy.images import plan_images
 
-    images = plan_images(settings)
+    images = plan_images(
+        settings, platform=planned_platform(settings, settings.context if target == "cluster" else None)
+    )
     docs = manifests.render(
         settings,
         images.gateway_image,

@@ -101,3 +101,37 @@ def daemon_platform(api) -> str:
     """The platform the daemon builds for by default: linux/amd64 or linux/arm64 (Apple Silicon)."""
     arch = str(api.info().get("Architecture") or "")
     return f"linux/{_ARCH.get(arch, arch or 'amd64')}"
+
+
+def local_platform() -> str:
+    """This machine's platform as Docker names it (Docker Desktop runs a Linux VM of the same architecture)."""
+    import platform
+
+    arch = platform.machine().lower()
+    return f"linux/{_ARCH.get(arch, arch or 'amd64')}"
+
+
+def planned_platform(settings, context: str | None) -> str:
+    """What a --dry-run plans for, reading and changing nothing: --platform; else, for a kube
+    context, its nodes' architecture (when they share one); for kind (context None), the Docker
+    daemon's, whose container the node is; else this machine's."""
+    if settings.platform:
+        return str(settings.platform)
+    try:
+        if context:
+            from kubernetes import client
+
+            from pizzactl.deploy import k8s
+
+            try:  # never hang a dry run on an unreachable cluster
+                found = client.CoreV1Api(k8s.connect(context)).list_node(_request_timeout=10).items
+            except Exception as exc:
+                raise k8s.api_error(exc, "Listing nodes") from None
+            arches = {n.status.node_info.architecture for n in found if n.status and n.status.node_info}
+            if len(arches) == 1:
+                return f"linux/{arches.pop()}"
+        else:
+            return daemon_platform(docker_api(10))
+    except DeployError:  # no daemon, no cluster, no permission to list nodes: the local guess
+        pass
+    return local_platform()

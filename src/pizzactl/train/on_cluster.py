@@ -86,9 +86,11 @@ def train(
 
 def dry_run(settings, on: str) -> list[dict[str, Any]]:
     """Every object `train --on` would apply (a Secret's values redacted), touching nothing."""
+    from pizzactl.deploy.docker_daemon import planned_platform
     from pizzactl.deploy.images import plan_trainer
 
-    image = plan_trainer(settings, gpu=settings.gpus > 0).image
+    platform = planned_platform(settings, None if on == "kind" else on)
+    image = plan_trainer(settings, gpu=settings.gpus > 0, platform=platform).image
     plan, _, _ = _plan(settings, image)
     return [_namespace(settings), *jobs.redacted(jobs.render(plan)[:-1]), jobs.files_pod(plan), jobs.render_job(plan)]
 
