@@ -103,7 +103,12 @@ def _run_showing_progress(cmd: list[str], timeout: float, what: str) -> subproce
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     expired = threading.Event()
-    timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
     timer.start()
     stdout: list[str] = []
     reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read() if proc.stdout else ""), daemon=True)
