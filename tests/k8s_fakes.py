@@ -864,16 +864,17 @@ else:
 '''
 
 
-def install_fake_kind(bin_dir: Path, home: Path) -> Path:
-    """The fake `kind` on PATH, and beside it the fake `docker` CLI that reaches its nodes."""
+def install_fake_kind(bin_dir: Path, home: Path, *, docker_cli: bool = False) -> Path:
+    """The fake `kind` on PATH, and with `docker_cli` beside it the fake `docker` CLI that reaches its nodes."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     kind = bin_dir / "kind"
     kind.write_text(FAKE_KIND.format(python=sys.executable))
     kind.chmod(0o755)
-    docker_cli = bin_dir / "docker"
-    docker_cli.write_text(FAKE_DOCKER_CLI.format(python=sys.executable))
-    docker_cli.chmod(0o755)
+    if docker_cli:
+        cli = bin_dir / "docker"
+        cli.write_text(FAKE_DOCKER_CLI.format(python=sys.executable))
+        cli.chmod(0o755)
     os.environ["FAKE_KIND_HOME"] = str(home)  # the caller's monkeypatch restores the environment
     return kind
 

@@ -34,7 +34,7 @@ from k8s_fakes import (
 @pytest.fixture
 def fake_kind(tmp_path, monkeypatch):
     home = tmp_path / "kind-home"
-    install_fake_kind(tmp_path / "bin", home)
+    install_fake_kind(tmp_path / "bin", home, docker_cli=True)
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")  # unless a test needs Docker

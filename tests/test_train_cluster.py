@@ -487,7 +487,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     from k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
 
     home = tmp_path / "kind-home"
-    install_fake_kind(tmp_path / "bin", home)
+    install_fake_kind(tmp_path / "bin", home, docker_cli=True)
     world.kind_home = home  # the kind node is a container of this daemon
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
@@ -549,7 +549,7 @@ async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_t
     from k8s_fakes import install_fake_kind, kind_calls, stop_fake_clusters
 
     home = tmp_path / "kind-home"
-    install_fake_kind(tmp_path / "bin", home)
+    install_fake_kind(tmp_path / "bin", home, docker_cli=True)
     world.kind_home = home
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
