@@ -491,10 +491,15 @@ def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_k
 
 
 def test_creating_a_cluster_shows_kinds_steps_on_stderr_and_nothing_on_stdout(fake_kind, capfd):
-    """Item 11: `kind create cluster` runs for minutes; its steps show as they happen."""
+    """Item 11: `kind create cluster` and `kind load` run for minutes; their steps show as they happen."""
+    from k8s_fakes import add_local_images
+
     kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    kind.load_images("pizzactl", ["pizzactl-model:v1"])
     out, err = capfd.readouterr()
     assert "✓ Preparing nodes" in err and "✓ Installing CNI" in err
+    assert 'not yet present on node "pizzactl-control-plane", loading...' in err
     assert out == ""
 
 
