@@ -97,7 +97,9 @@ def run_kind(*args: str, timeout: float = 600, progress: str | None = None) -> s
 def _run_showing_progress(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
     """subprocess.run(cmd) that shows each stderr line while the command runs (rich status on a
     terminal); raises subprocess.TimeoutExpired after `timeout` seconds."""
+    from rich.live import Live
     from rich.markup import escape
+    from rich.spinner import Spinner
 
     from pizzactl.console import err
 
@@ -115,14 +117,16 @@ def _run_showing_progress(cmd: list[str], timeout: float, what: str) -> subproce
     reader.start()
     lines: list[str] = []
     try:
-        with err.status(escape(what) + " ...") as status:
+        spinner = Spinner("dots", text=escape(what) + " ...")
+        # stdout is not redirected through the spinner: `--json` results there stay byte-exact
+        with Live(spinner, console=err, transient=True, redirect_stdout=False, redirect_stderr=False):
             for line in proc.stderr or []:
                 text = line.rstrip()
                 lines.append(text)
                 if not text.strip():
                     continue
                 if err.is_terminal:
-                    status.update(f"{escape(what)}: {escape(text.strip())}")
+                    spinner.update(text=f"{escape(what)}: {escape(text.strip())}")
                 elif not text.lstrip().startswith("•"):  # a step that started; its ✓ line follows
                     err.print(f"  [dim]{escape(text)}[/]", highlight=False)
         proc.wait()
