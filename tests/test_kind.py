@@ -620,3 +620,5 @@ async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
     assert f"Job {job}" in info.value.message and "--target docker" in info.value.message
     assert "train --on kind --attach" in info.value.hint and "pizzactl teardown" in info.value.hint
     assert kind.clusters() == ["pizzactl"] and state_mod.load(settings).target == "kind"
+    jobs.save_state(settings, {**jobs.load_state(settings), "collected": True})  # `train` brought it home
+    await asyncio.to_thread(kind.refuse_while_training, settings, state_mod.load(settings), "docker")
