@@ -7,6 +7,18 @@ the query string is kept, so a test sees `platform=` and the build args), `/imag
 (404 "No such image" for unknown images), `POST /images/NAME/push` and `/containers/NAME/json`
 (404). Endpoints and shapes follow the Docker Engine API reference (docs.docker.com/reference/api/engine).
 Every request is recorded in `requests` as (method, path, query).
+
+With `kind_home` (tests/k8s_fakes.py's fake kind), the node containers the fake kind created are
+containers of this daemon: `/containers/<cluster>-control-plane/json` answers with their port
+bindings, as `docker inspect` of a real kind node does. `api_version` is what the daemon
+negotiates (1.45: Docker 26; 1.48: Docker 28, the first to save one platform, `docker save --platform`).
+
+With `tls=DIR`, the daemon listens on TCP 127.0.0.1 with TLS and accepts only clients with a
+certificate from DIR's CA, as `dockerd --tlsverify --tlscacert --tlscert --tlskey -H tcp://...`
+does (docs.docker.com/engine/security/protect-access: "Use TLS (HTTPS) to protect the Docker
+daemon socket"). tests/fixtures/docker-tls holds such a set: ca.pem, cert.pem, key.pem (the client's,
+named as DOCKER_CERT_PATH expects them) and server-cert.pem, server-key.pem (EC P-256, valid to 2126,
+made with openssl for these tests only).
 """
 
 from __future__ import annotations
@@ -23,9 +35,18 @@ API_VERSION = "1.45"
 
 
 class FakeDockerd:
-    def __init__(self, socket_path: Path, architecture: str = "x86_64"):
+    def __init__(
+        self,
+        socket_path: Path,
+        architecture: str = "x86_64",
+        *,
+        kind_home: Path | None = None,
+        tls: Path | None = None,
+    ):
         self.socket_path = Path(socket_path)
         self.architecture = architecture
+        self.kind_home = kind_home
+        self.api_version = API_VERSION
         self.images: dict[str, int] = {}
         self.requests: list[tuple[str, str, dict]] = []
         self.build_error: str | None = None
@@ -42,7 +63,7 @@ class FakeDockerd:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
-                self.send_header("Api-Version", API_VERSION)
+                self.send_header("Api-Version", fake.api_version)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -78,7 +99,7 @@ class FakeDockerd:
                 if path == "/version":
                     arch = "arm64" if fake.architecture == "aarch64" else "amd64"
                     return self._send(
-                        200, {"Version": "27.5.1", "ApiVersion": API_VERSION, "Os": "linux", "Arch": arch}
+                        200, {"Version": "27.5.1", "ApiVersion": fake.api_version, "Os": "linux", "Arch": arch}
                     )
                 if path == "/info":
                     return self._send(200, {"Architecture": fake.architecture, "OSType": "linux", "NCPU": 2})
@@ -101,6 +122,9 @@ class FakeDockerd:
                     if name in fake.images:
                         return self._send(200, {"Id": "sha256:0123", "Size": fake.images[name], "RepoTags": [name]})
                     return self._send(404, {"message": f"No such image: {name}"})
+                node = re.match(r"^/containers/(.+)-control-plane/json$", path)
+                if node and fake.kind_home is not None and (fake.kind_home / f"{node.group(1)}.node.json").exists():
+                    return self._send(200, json.loads((fake.kind_home / f"{node.group(1)}.node.json").read_text()))
                 if path.startswith("/containers/"):
                     return self._send(404, {"message": f"No such container: {path.split('/')[2]}"})
                 return self._send(404, {"message": "page not found"})
@@ -121,12 +145,27 @@ class FakeDockerd:
                 request, _ = super().get_request()
                 return request, ("local", 0)
 
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.server = Server(str(self.socket_path), Handler)
+        self.tls = tls
+        if tls is not None:
+            import ssl
+
+            class TLSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+                daemon_threads = True
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls / "ca.pem"))
+            context.load_cert_chain(str(tls / "server-cert.pem"), str(tls / "server-key.pem"))
+            context.verify_mode = ssl.CERT_REQUIRED  # --tlsverify: only clients the CA signed
+            self.server = TLSServer(("127.0.0.1", 0), Handler)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        else:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self.server = Server(str(self.socket_path), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"tcp://127.0.0.1:{self.server.server_address[1]}"
         return f"unix://{self.socket_path}"
 
     def __enter__(self) -> FakeDockerd:

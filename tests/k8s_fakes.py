@@ -40,6 +40,25 @@ time as it does for real:
 extraPortMappings map (a taken port fails as docker does: "Bind for 127.0.0.1:N failed: port
 is already allocated", kubernetes-sigs/kind#3681), and `load docker-image` fails for an image
 that is not present locally ('ERROR: image: "X" not present locally', kubernetes-sigs/kind#3105).
+More of real kind it imitates:
+- `create cluster` reports its steps on stderr as kind does without a terminal (" • STEP  ..." then
+  " ✓ STEP", kind pkg/internal/cli/status.go), and a `hostPort: 0` gets a free port picked by kind
+  (pkg/cluster/internal/providers/docker/provision.go generatePortMappings: "get a random port if
+  necessary (port = 0)"); the node container's port bindings are in `<name>.node.json`, which
+  `FakeDockerd(kind_home=...)` serves as `/containers/<name>-control-plane/json`.
+- `get nodes --name X` lists the node containers (one: X-control-plane).
+- the node keeps every image loaded into it: kind's kubelet config sets
+  imageGCHighThresholdPercent: 100 (pkg/cluster/internal/create/actions/config: kind never
+  garbage-collects images), so only `crictl rmi` (`docker exec NODE crictl rmi`, FAKE_DOCKER_CLI)
+  or deleting the cluster removes one. `node_images()` lists them as `crictl images` would.
+- `load docker-image` of an image already in the node skips it ('found to be already present on
+  all nodes', kind pkg/cmd/kind/load/docker-image).
+- Docker's containerd image store (`use_containerd_store(home)`; Docker Desktop's and Docker 29's
+  default): `load docker-image` is `docker save` + `ctr images import --all-platforms`, and the
+  archive names platform manifests whose content is not local, so it fails with "ctr: content
+  digest sha256:...: not found" (kubernetes-sigs/kind#3795, #3845). `load image-archive FILE` of a
+  `docker save --platform linux/ARCH` archive (one manifest) works; of a multi-platform one it
+  fails the same way (the workaround documented in kind#3795 and kind PR #4247).
 """
 
 from __future__ import annotations
@@ -723,6 +742,23 @@ if fail and " ".join(args).startswith(fail):
 def name():
     return args[args.index("--name") + 1] if "--name" in args else "kind"
 
+import time
+STEPS = ["Ensuring node image (kindest/node:v1.32.2) 🖼", "Preparing nodes 📦", "Writing configuration 📜",
+         "Starting control-plane 🕹️", "Installing CNI 🔌", "Installing StorageClass 💾"]
+
+def in_node():
+    loaded = home / (name() + ".loaded")
+    return loaded.read_text().split() if loaded.exists() else []
+
+def ctr_import_fails():
+    node = name() + "-control-plane"
+    sys.stderr.write(
+        f"ERROR: failed to load image: command \"docker exec --privileged -i {{node}} ctr --namespace=k8s.io images "
+        "import --all-platforms --digests --snapshotter=overlayfs -\" failed with error: exit status 1\n"
+        "Command Output: ctr: content digest sha256:82014a3cbf22d2e03382cd9b123f4151d956986e727340a466406a206408b7a2: "
+        "not found\n")
+    sys.exit(1)
+
 HOLDER = """
 import socket, sys, threading
 from pathlib import Path
@@ -781,8 +817,14 @@ elif args[:2] == ["create", "cluster"]:
     config = yaml.safe_load(call.get("config") or "{{}}") or {{}}
     mappings = [m for n in config.get("nodes", []) for m in n.get("extraPortMappings", [])]
     holders = []
+    bindings = {{}}
     for m in mappings:
         address, port = m.get("listenAddress", "0.0.0.0"), m["hostPort"]
+        if not port:  # kind: "get a random port if necessary (port = 0)"
+            with socket.socket() as free:
+                free.bind((address, 0))
+                port = free.getsockname()[1]
+        bindings[f"{{m['containerPort']}}/tcp"] = [{{"HostIp": address, "HostPort": str(port)}}]
         probe = socket.socket(); probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((address, port))
@@ -810,6 +852,8 @@ elif args[:2] == ["create", "cluster"]:
                     break
             time.sleep(0.025)
     (home / (name() + ".pids")).write_text("\n".join(map(str, holders)))
+    (home / (name() + ".node.json")).write_text(json.dumps({{"Name": "/" + name() + "-control-plane",
+        "HostConfig": {{"PortBindings": bindings}}, "State": {{"Running": True}}}}))
     clusters_file.write_text("\n".join(clusters + [name()]))
     server = os.environ.get("FAKE_KIND_SERVER")
     if server:
@@ -820,7 +864,17 @@ elif args[:2] == ["create", "cluster"]:
             "users": [{{"name": ctx, "user": {{"token": "kind"}}}}],
             "contexts": [{{"name": ctx, "context": {{"cluster": ctx, "user": ctx}}}}],
             "current-context": ctx}}))
-    print("Creating cluster", name(), file=sys.stderr)
+    sys.stderr.write(f'Creating cluster "{{name()}}" ...\n')
+    for step in STEPS:  # kind without a terminal: " • STEP  ..." when it starts, " ✓ STEP" when done
+        sys.stderr.write(f" • {{step}}  ...\n"); sys.stderr.flush()
+        time.sleep(float(os.environ.get("FAKE_KIND_STEP_SECONDS", "0")))
+        sys.stderr.write(f" ✓ {{step}}\n"); sys.stderr.flush()
+    sys.stderr.write(f'Set kubectl context to "kind-{{name()}}"\n')
+elif args[:2] == ["get", "nodes"]:
+    if name() in clusters:
+        print(name() + "-control-plane")
+    else:
+        sys.stderr.write(f'No kind nodes found for cluster "{{name()}}".\n')
 elif args[:2] == ["delete", "cluster"]:
     pids = home / (name() + ".pids")
     for pid in (pids.read_text().split() if pids.exists() else []):
@@ -830,6 +884,7 @@ elif args[:2] == ["delete", "cluster"]:
             pass
     pids.unlink(missing_ok=True)
     (home / (name() + ".loaded")).unlink(missing_ok=True)
+    (home / (name() + ".node.json")).unlink(missing_ok=True)
     clusters_file.write_text("\n".join(c for c in clusters if c != name()))
     print(f"Deleting cluster \"{{name()}}\" ...", file=sys.stderr)
 elif args[:2] == ["load", "docker-image"]:
@@ -840,22 +895,48 @@ elif args[:2] == ["load", "docker-image"]:
     if not present_locally(image):
         sys.stderr.write(f"ERROR: image: \"{{image}}\" not present locally\n")
         sys.exit(1)
-    with open(home / (name() + ".loaded"), "a") as fh:
-        fh.write(image + "\n")
+    if image in in_node():
+        print(f"Image: \"{{image}}\" with ID \"sha256:0123\" found to be already present on all nodes.", file=sys.stderr)
+        sys.exit(0)
     print(f"Image: \"{{image}}\" with ID \"sha256:0123\" not yet present on node \"{{name()}}-control-plane\", loading...",
           file=sys.stderr)
+    if (home / "containerd-store").exists():  # docker save of the containerd store names absent platforms
+        ctr_import_fails()
+    with open(home / (name() + ".loaded"), "a") as fh:
+        fh.write(image + "\n")
+elif args[:2] == ["load", "image-archive"]:
+    import tarfile
+    if name() not in clusters:
+        sys.stderr.write(f"ERROR: no nodes found for cluster \"{{name()}}\"\n")
+        sys.exit(1)
+    try:
+        with tarfile.open(args[2]) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+            index = json.load(tar.extractfile("index.json"))
+    except (OSError, KeyError, tarfile.TarError, ValueError) as exc:
+        sys.stderr.write(f"ERROR: failed to load image: {{exc}}\n")
+        sys.exit(1)
+    if len(index.get("manifests", [])) > 1 and (home / "containerd-store").exists():
+        ctr_import_fails()  # --all-platforms: the other platforms' content is not in the archive
+    with open(home / (name() + ".loaded"), "a") as fh:
+        fh.write("".join(tag + "\n" for entry in manifest for tag in entry.get("RepoTags", [])))
 else:
     sys.stderr.write("unknown command\n")
     sys.exit(2)
 '''
 
 
-def install_fake_kind(bin_dir: Path, home: Path) -> Path:
+def install_fake_kind(bin_dir: Path, home: Path, *, docker_cli: bool = False) -> Path:
+    """The fake `kind` on PATH, and with `docker_cli` beside it the fake `docker` CLI that reaches its nodes."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     kind = bin_dir / "kind"
     kind.write_text(FAKE_KIND.format(python=sys.executable))
     kind.chmod(0o755)
+    if docker_cli:
+        cli = bin_dir / "docker"
+        cli.write_text(FAKE_DOCKER_CLI.format(python=sys.executable))
+        cli.chmod(0o755)
     os.environ["FAKE_KIND_HOME"] = str(home)  # the caller's monkeypatch restores the environment
     return kind
 
@@ -1186,3 +1267,155 @@ def authorize(emulator, request, resource: str, group: str | None, name: str | N
     message = f'{subject} is forbidden: User "{emulator.user}" cannot {verb} resource "{resource}" in API group "{group}" {where}'
     details = {"name": name or "", "group": group, "kind": resource}
     raise kmock.KubernetesError(status=403, reason="Forbidden", message=message, details=details)
+
+
+# --- the docker CLI as kind's nodes see it -------------------------------------------------------
+
+FAKE_DOCKER_CLI = r'''#!{python}
+"""A fake `docker` CLI for tests: `docker save` and `docker exec NODE crictl ...` on the fake kind's
+nodes (the node is a container: its images are FAKE_KIND_HOME/<cluster>.loaded). See tests/k8s_fakes.py."""
+import hashlib, io, json, os, sys, tarfile
+from pathlib import Path
+
+home = Path(os.environ["FAKE_KIND_HOME"])
+args = sys.argv[1:]
+with open(home / "docker-calls.jsonl", "a") as fh:
+    fh.write(json.dumps(args) + "\n")
+KIND_IMAGES = ["docker.io/kindest/kindnetd:v20250214-acbabc1a", "registry.k8s.io/coredns/coredns:v1.11.3",
+               "registry.k8s.io/etcd:3.5.16-0", "registry.k8s.io/pause:3.10"]
+
+def present_locally(image):
+    listed = home / "images"
+    if listed.exists() and image in listed.read_text().split():
+        return True
+    try:
+        import docker
+        docker.from_env(timeout=10).api.inspect_image(image)
+        return True
+    except Exception:
+        return False
+
+def api_version():
+    try:
+        import docker
+        return docker.from_env(version="auto", timeout=10).version()["ApiVersion"]
+    except Exception:
+        return os.environ.get("FAKE_DOCKER_API_VERSION", "1.48")
+
+def normalized(ref):  # what containerd's CRI calls an image (docker.io/library/ for short names)
+    first = ref.split("/", 1)[0]
+    if "/" in ref and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return ("docker.io/" + ref) if "/" in ref else ("docker.io/library/" + ref)
+
+def fail(message):
+    sys.stderr.write(message + "\n")
+    sys.exit(1)
+
+if args[:1] == ["save"]:
+    platform, output, images, rest = None, None, [], args[1:]
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--platform":
+            platform = rest.pop(0)
+        elif arg.startswith("--platform="):
+            platform = arg.split("=", 1)[1]
+        elif arg in ("-o", "--output"):
+            output = rest.pop(0)
+        else:
+            images.append(arg)
+    version = api_version()
+    if platform and tuple(map(int, version.split("."))) < (1, 48):
+        fail(f'"--platform" requires API version 1.48, but the Docker daemon API version is {{version}}')
+    for image in images:
+        if not present_locally(image):
+            fail(f"Error response from daemon: No such image: {{image}}")
+    os_, _, arch = (platform or "linux/amd64").partition("/")
+    manifests = [{{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "1" * 64,
+                   "platform": {{"os": os_, "architecture": arch}}}}]
+    if platform is None and (home / "containerd-store").exists():  # the whole index, absent content included
+        manifests.append({{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "2" * 64,
+                          "platform": {{"os": "unknown", "architecture": "unknown"}},
+                          "annotations": {{"vnd.docker.reference.type": "attestation-manifest"}}}})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member, data in (("manifest.json", [{{"Config": "blobs/sha256/" + "3" * 64, "RepoTags": images, "Layers": []}}]),
+                             ("index.json", {{"schemaVersion": 2, "manifests": manifests}}),
+                             ("oci-layout", {{"imageLayoutVersion": "1.0.0"}})):
+            raw = json.dumps(data).encode()
+            info = tarfile.TarInfo(member)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    if output:
+        Path(output).write_bytes(buffer.getvalue())
+    else:
+        sys.stdout.buffer.write(buffer.getvalue())
+elif args[:1] == ["exec"]:
+    rest = [a for a in args[1:] if a not in ("-i", "-t", "--privileged")]
+    node, command = rest[0], rest[1:]
+    cluster = node.removesuffix("-control-plane")
+    if not (home / (cluster + ".node.json")).exists():
+        fail(f"Error response from daemon: No such container: {{node}}")
+    loaded_file = home / (cluster + ".loaded")
+    loaded = loaded_file.read_text().split() if loaded_file.exists() else []
+    if command[:2] == ["crictl", "images"]:
+        tags = KIND_IMAGES + sorted({{normalized(r) for r in loaded}})
+        if "-o" in command and command[command.index("-o") + 1] == "json":
+            print(json.dumps({{"images": [{{"id": "sha256:" + hashlib.sha256(t.encode()).hexdigest(), "repoTags": [t], "repoDigests": [],
+                                         "size": "123000000", "pinned": t in KIND_IMAGES}} for t in tags]}}, indent=2))
+        else:
+            print(f"{{'IMAGE':<50}} {{'TAG':<30}} {{'IMAGE ID':<15}} SIZE")
+            for t in tags:
+                repo, _, tag = t.rpartition(":")
+                print(f"{{repo:<50}} {{tag:<30}} {{'0123456789ab':<15}} 123MB")
+    elif command[:2] == ["crictl", "rmi"]:
+        errored = False
+        for ref in command[2:]:
+            matching = [r for r in loaded if normalized(r) == normalized(ref)]
+            if not matching:
+                sys.stderr.write(f'time="2025-01-01T00:00:00Z" level=error msg="no such image {{ref}}"\n')
+                errored = True
+                continue
+            loaded = [r for r in loaded if normalized(r) != normalized(ref)]
+            print(f"Deleted: {{normalized(ref)}}")
+        loaded_file.write_text("".join(r + "\n" for r in loaded))
+        if errored:
+            fail('time="2025-01-01T00:00:00Z" level=fatal msg="unable to remove the image(s)"')
+    else:
+        fail(f"OCI runtime exec failed: exec: {{command[0]!r}}: executable file not found in $PATH")
+else:
+    fail(f"docker: unknown command: docker {{' '.join(args[:1])}}")
+'''
+
+
+def use_containerd_store(home: Path) -> None:
+    """Make the fake Docker behave as with the containerd image store (see the module docstring)."""
+    (home / "containerd-store").write_text("")
+
+
+def node_images(home: Path, cluster: str) -> list[str]:
+    """What `docker exec <cluster>-control-plane crictl images` lists (FAKE_DOCKER_CLI prints the
+    same): kind's own images, then every image loaded and not removed, as containerd names them."""
+    loaded = home / (cluster + ".loaded")
+    refs = loaded.read_text().split() if loaded.exists() else []
+    return KIND_NODE_IMAGES + sorted({_normalized(r) for r in refs})
+
+
+def _normalized(ref: str) -> str:
+    first = ref.split("/", 1)[0]
+    if "/" in ref and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return ("docker.io/" + ref) if "/" in ref else ("docker.io/library/" + ref)
+
+
+KIND_NODE_IMAGES = [
+    "docker.io/kindest/kindnetd:v20250214-acbabc1a",
+    "registry.k8s.io/coredns/coredns:v1.11.3",
+    "registry.k8s.io/etcd:3.5.16-0",
+    "registry.k8s.io/pause:3.10",
+]
+
+
+def docker_cli_calls(home: Path) -> list[list[str]]:
+    path = home / "docker-calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

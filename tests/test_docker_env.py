@@ -104,3 +104,53 @@ def test_doctor_says_which_model_server_an_arm64_machine_gets(docker_config, tmp
         checks = {c.name: c for c in doctor(load_settings({"port": 0}, environ={}))}
     assert checks["docker"].ok is True
     assert "linux/arm64" in checks["architecture"].detail and "builtin model server" in checks["architecture"].detail
+
+
+TLS_FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "docker-tls"
+
+
+def test_docker_host_with_tls_verify_and_cert_path_reaches_a_tls_daemon(docker_config, tmp_path, monkeypatch):
+    """Issue 22 item 11: DOCKER_HOST=tcp://... + DOCKER_TLS_VERIFY + DOCKER_CERT_PATH (what
+    `docker-machine env` and remote daemons use) work as with the docker CLI and docker.from_env()."""
+    with FakeDockerd(tmp_path / "unused.sock", tls=TLS_FIXTURES) as remote:
+        monkeypatch.setenv("DOCKER_HOST", remote.url)
+        monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+        monkeypatch.setenv("DOCKER_CERT_PATH", str(TLS_FIXTURES))
+        for bundle in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests would verify against these instead
+            monkeypatch.delenv(bundle, raising=False)
+        client = docker_daemon.docker_client(10)
+        assert client.api.base_url.startswith("https://127.0.0.1:")
+        assert docker_daemon.daemon_platform(client.api) == "linux/amd64"
+    assert "/_ping" in remote.paths()
+
+
+def test_a_missing_certificate_in_docker_cert_path_says_what_is_needed(docker_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path))
+    with pytest.raises(DeployError) as info:
+        docker_daemon.docker_client(5)
+    assert "ca.pem, cert.pem and key.pem" in info.value.hint
+
+
+def test_a_kind_dry_run_plans_for_the_platform_of_the_docker_daemon(docker_config, tmp_path, monkeypatch):
+    """Issue 22 item 11: the kind node is a container of the Docker daemon, so --dry-run plans for
+    its platform (arm64 here: the builtin model server, the arm64 tags), not always linux/amd64."""
+    from pizzactl.deploy import dry_run
+
+    settings = load_settings({"models_dir": _models(tmp_path)}, environ={})
+    with FakeDockerd(tmp_path / "d.sock", "aarch64") as arm:
+        monkeypatch.setenv("DOCKER_HOST", arm.url)
+        text = dry_run(settings)
+    planned = images.plan_images(settings, platform="linux/arm64")
+    assert f"image: {planned.model_image}" in text and planned.model_image.startswith("pizzactl-model:v2-builtin-")
+    assert f"image: {planned.gateway_image}" in text
+
+
+def test_without_a_daemon_a_dry_run_plans_for_this_machine(docker_config, tmp_path, monkeypatch):
+    from pizzactl.deploy import dry_run
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/gone.sock")
+    settings = load_settings({"models_dir": _models(tmp_path), "model_server": "builtin"}, environ={})
+    planned = images.plan_images(settings, platform=docker_daemon.local_platform())
+    assert f"image: {planned.model_image}" in dry_run(settings)

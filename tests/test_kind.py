@@ -34,7 +34,7 @@ from k8s_fakes import (
 @pytest.fixture
 def fake_kind(tmp_path, monkeypatch):
     home = tmp_path / "kind-home"
-    install_fake_kind(tmp_path / "bin", home)
+    install_fake_kind(tmp_path / "bin", home, docker_cli=True)
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")  # unless a test needs Docker
@@ -401,3 +401,224 @@ async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, i
         gateway.shutdown()
     assert url == f"http://127.0.0.1:{port}"
     assert state_mod.load(settings).url == url
+
+
+# --- issue 22: Docker's containerd image store, images kind never collects, progress ----------------
+
+
+def _kind(home, *args, check=True):
+    import subprocess
+
+    return subprocess.run(["kind", *args], capture_output=True, text=True, check=check)
+
+
+def _docker_cli(*args, check=True):
+    import subprocess
+
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+
+def test_the_fake_kind_fails_the_containerd_store_way_and_loads_a_one_platform_archive(fake_kind, tmp_path):
+    """The fake itself, as kind#3795 reports it: `load docker-image` (docker save + ctr import
+    --all-platforms) fails; `docker save --platform` + `load image-archive` works."""
+    from k8s_fakes import add_local_images, loaded_images, use_containerd_store
+
+    (fake_kind / "clusters").write_text("pizzactl\n")
+    (fake_kind / "pizzactl.node.json").write_text("{}")
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    use_containerd_store(fake_kind)
+    failed = _kind(fake_kind, "load", "docker-image", "pizzactl-model:v1", "--name", "pizzactl", check=False)
+    assert failed.returncode == 1 and "ctr: content digest sha256:" in failed.stderr and "not found" in failed.stderr
+    _docker_cli("save", "-o", str(tmp_path / "all.tar"), "pizzactl-model:v1")
+    whole = _kind(fake_kind, "load", "image-archive", str(tmp_path / "all.tar"), "--name", "pizzactl", check=False)
+    assert whole.returncode == 1 and "content digest" in whole.stderr
+    _docker_cli("save", "--platform", "linux/amd64", "-o", str(tmp_path / "one.tar"), "pizzactl-model:v1")
+    _kind(fake_kind, "load", "image-archive", str(tmp_path / "one.tar"), "--name", "pizzactl")
+    assert loaded_images(fake_kind, "pizzactl") == {"pizzactl-model:v1"}
+
+
+def test_the_fake_kind_node_keeps_every_image_until_crictl_rmi(fake_kind):
+    """kind never garbage-collects (imageGCHighThresholdPercent: 100): what is loaded stays;
+    `docker exec NODE crictl images|rmi` see and remove it."""
+    from k8s_fakes import KIND_NODE_IMAGES, add_local_images, node_images
+
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1", "pizzactl-model:v2")
+    for image in ("pizzactl-model:v1", "pizzactl-model:v2", "pizzactl-model:v1"):
+        _kind(fake_kind, "load", "docker-image", image, "--name", "pizzactl")
+    listed = node_images(fake_kind, "pizzactl")
+    assert listed == [*KIND_NODE_IMAGES, "docker.io/library/pizzactl-model:v1", "docker.io/library/pizzactl-model:v2"]
+    table = _docker_cli("exec", "pizzactl-control-plane", "crictl", "images").stdout.splitlines()
+    assert ["docker.io/library/pizzactl-model", "v1"] in [line.split()[:2] for line in table]
+    _docker_cli("exec", "pizzactl-control-plane", "crictl", "rmi", "pizzactl-model:v1")
+    assert node_images(fake_kind, "pizzactl")[-1:] == ["docker.io/library/pizzactl-model:v2"]
+    missing = _docker_cli("exec", "pizzactl-control-plane", "crictl", "rmi", "pizzactl-model:v1", check=False)
+    assert missing.returncode == 1 and "no such image" in missing.stderr
+
+
+def test_kind_load_falls_back_to_a_one_platform_archive_under_the_containerd_store(
+    fake_kind, tmp_path, monkeypatch, capfd
+):
+    """Item 7: `kind load docker-image` fails as in kind#3795; pizzactl loads the archive of
+    `docker save --platform` for the node's platform (the daemon's: the node is its container)."""
+    from k8s_fakes import add_local_images, docker_cli_calls, loaded_images, use_containerd_store
+
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    use_containerd_store(fake_kind)
+    with FakeDockerd(tmp_path / "docker.sock", "aarch64", kind_home=fake_kind) as dockerd:
+        dockerd.api_version = "1.48"  # Docker 28: `docker save --platform`
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        kind.load_images("pizzactl", ["pizzactl-model:v1"])
+    assert loaded_images(fake_kind, "pizzactl") == {"pizzactl-model:v1"}
+    saves = [c for c in docker_cli_calls(fake_kind) if c[:1] == ["save"]]
+    assert saves and saves[0][1:3] == ["--platform", "linux/arm64"]
+    assert "containerd image store" in capfd.readouterr().err
+
+
+def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_kind, tmp_path, monkeypatch):
+    """Docker before 28 (API 1.48) cannot save one platform: the error says how to get out."""
+    from k8s_fakes import add_local_images, use_containerd_store
+
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    use_containerd_store(fake_kind)
+    with FakeDockerd(tmp_path / "docker.sock", kind_home=fake_kind) as dockerd, pytest.raises(DeployError) as info:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)  # API 1.45
+        kind.load_images("pizzactl", ["pizzactl-model:v1"])
+    assert "requires API version 1.48" in info.value.message
+    assert "containerd-snapshotter" in info.value.hint and "Docker to 28" in info.value.hint
+
+
+def test_creating_a_cluster_shows_kinds_steps_on_stderr_and_nothing_on_stdout(fake_kind, capfd):
+    """Item 11: `kind create cluster` and `kind load` run for minutes; their steps show as they happen."""
+    from k8s_fakes import add_local_images
+
+    kind.create_cluster("pizzactl", 0)
+    add_local_images(fake_kind, "pizzactl-model:v1")
+    kind.load_images("pizzactl", ["pizzactl-model:v1"])
+    out, err = capfd.readouterr()
+    assert "✓ Preparing nodes" in err and "✓ Installing CNI" in err
+    assert 'not yet present on node "pizzactl-control-plane", loading...' in err
+    assert out == ""
+
+
+def _version(models, n: int) -> None:
+    version = models / "pizza" / str(n)
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(f"graph {n}".encode())
+
+
+@pytest.fixture
+def kind_world(kmock, fake_kind, isolated, monkeypatch, tmp_path):
+    """fake kind + FakeDockerd (that knows kind's nodes) + FakeCluster (images not in the node
+    cannot be pulled) + a gateway behind the node's port mapping; yields a settings factory."""
+    monkeypatch.setenv("KUBECONFIG", str(isolated / "kubeconfig"))
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    gateway = http.server.HTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    (fake_kind / "pizzactl.backend").write_text(f"127.0.0.1:{gateway.server_address[1]}")
+    with FakeDockerd(tmp_path / "docker.sock", kind_home=fake_kind) as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        yield FakeCluster(kmock, kind_home=fake_kind)
+    gateway.shutdown()
+
+
+async def _playing(cluster, fn, *args):
+    playing = asyncio.create_task(cluster.run(0.02))
+    try:
+        return await asyncio.to_thread(fn, *args)
+    finally:
+        playing.cancel()
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_rollback_on_a_recreated_cluster_loads_the_images_it_goes_back_to(kind_world, fake_kind, isolated):
+    """Item 8: the cluster was deleted and deploy made a new one (v2 only in its node); rollback
+    to v1 must load v1 first, not sit in ImagePullBackOff until the timeout."""
+    from pizzactl.deploy import deploy, rollback
+
+    from k8s_fakes import node_images
+
+    models = isolated / "models"
+    settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
+    _version(models, 1)
+    first = await _playing(kind_world, deploy, settings, 30)
+    _version(models, 2)
+    await _playing(kind_world, deploy, settings, 30)
+    kind.run_kind("delete", "cluster", "--name", "pizzactl")  # e.g. Docker Desktop reset, `kind delete cluster`
+    await _playing(kind_world, deploy, settings, 30)
+    assert f"docker.io/library/{first['images']['model_image']}" not in node_images(fake_kind, "pizzactl")
+    back = await _playing(kind_world, rollback, settings, None, 15)
+    assert back["model_version"] == 1 and back["serving"] == {1: 1}
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_images_no_release_needs_are_removed_from_the_kind_node(kind_world, fake_kind, isolated):
+    """Item 8: kind never GCs; after v3 serves, v1's model image leaves the node; v3 (serving),
+    v2 (the rollback target), the gateway and kind's own images stay."""
+    from pizzactl.deploy import deploy
+
+    from k8s_fakes import KIND_NODE_IMAGES, node_images
+
+    models = isolated / "models"
+    settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
+    releases = []
+    for n in (1, 2, 3):
+        _version(models, n)
+        releases.append(await _playing(kind_world, deploy, settings, 30))
+    inside = node_images(fake_kind, "pizzactl")
+    model = [f"docker.io/library/{r['images']['model_image']}" for r in releases]
+    assert model[0] not in inside and model[1] in inside and model[2] in inside
+    assert f"docker.io/library/{releases[2]['images']['gateway_image']}" in inside
+    assert set(KIND_NODE_IMAGES) <= set(inside)
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
+    kmock, fake_kind, isolated, monkeypatch, tmp_path
+):
+    """Item 4: deploy --target docker after a kind deploy would delete the cluster pizzactl made,
+    with a running training Job in it: refused, the cluster stays, the hint says what to do."""
+    from pizzactl.deploy import deploy, jobs
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.state import DeployState
+
+    from k8s_fakes import write_kubeconfig
+
+    monkeypatch.setenv(
+        "KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl"))
+    )
+    _version(isolated / "models", 1)
+    settings = load_settings({"models_dir": isolated / "models", "model_server": "builtin", "port": free_port()})
+    assert kind.ensure_cluster(settings) is True
+    state_mod.save(
+        settings,
+        DeployState(
+            target="kind",
+            url=f"http://127.0.0.1:{settings.port}",
+            ports={"gateway": settings.port},
+            extra={"cluster": "pizzactl", "context": "kind-pizzactl", "namespace": "pizzactl"},
+        ),
+    )
+    job = "pizzactl-train-20261207-090000"
+    jobs.save_state(
+        settings,
+        {"context": "kind-pizzactl", "cluster": "pizzactl", "namespace": "pizzactl", "job": job, "image": "t:1"},
+    )
+    kmock.resources["v1/pods"] = {}
+    kmock.objects[kmock.resource("batch/v1/jobs"), "pizzactl", job] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job, "namespace": "pizzactl"},
+        "status": {"active": 1},
+    }
+    with FakeDockerd(tmp_path / "docker.sock", kind_home=fake_kind) as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        with pytest.raises(DeployError) as info:
+            await asyncio.to_thread(deploy, settings.replace(target="docker"))
+    assert f"Job {job}" in info.value.message and "--target docker" in info.value.message
+    assert "train --on kind --attach" in info.value.hint and "pizzactl teardown" in info.value.hint
+    assert kind.clusters() == ["pizzactl"] and state_mod.load(settings).target == "kind"
+    jobs.save_state(settings, {**jobs.load_state(settings), "collected": True})  # `train` brought it home
+    await asyncio.to_thread(kind.refuse_while_training, settings, state_mod.load(settings), "docker")

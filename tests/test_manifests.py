@@ -83,7 +83,10 @@ def test_dry_run_manifests_are_valid_for_the_bundled_kubernetes_version(dry_run)
 def test_dry_run_touches_nothing_and_fills_in_the_content_tags(dry_run, fake_models, isolated):
     _, docs = dry_run
     assert not (isolated / "state" / "deploy.json").exists()
-    planned = plan_images(load_settings({"models_dir": fake_models, "model_server": "builtin"}))
+    from pizzactl.deploy.docker_daemon import local_platform
+
+    settings = load_settings({"models_dir": fake_models, "model_server": "builtin"})
+    planned = plan_images(settings, platform=local_platform())  # no Docker, no cluster: this machine's
     deployments = _by_kind(docs, "Deployment")
     images = {name: d["spec"]["template"]["spec"]["containers"][0]["image"] for name, d in deployments.items()}
     assert images == {"pizzactl-gateway": planned.gateway_image, "pizzactl-model": planned.model_image}

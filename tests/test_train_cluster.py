@@ -83,13 +83,14 @@ async def _train(cluster, settings, on="prod", **options):
 # --- what it applies --------------------------------------------------------------------------------
 
 
-def _dry_run(settings, on="prod") -> list[dict]:
+async def _dry_run(settings, on="prod") -> list[dict]:
+    """In a thread: the dry run reads the nodes' architecture from kmock, which answers on this loop."""
     from pizzactl.train.remote import dry_run
 
-    return [d for d in yaml.safe_load_all(dry_run(settings, on)) if d]
+    return [d for d in yaml.safe_load_all(await asyncio.to_thread(dry_run, settings, on)) if d]
 
 
-def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeypatch, tmp_path):
+async def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeypatch, tmp_path):
     """No --data: the Job downloads the dataset, so the Kaggle credentials become a Secret the
     pod reads; the YAML shows the Secret's keys, never its values. Every object passes the
     Kubernetes schema (strict), and nothing touches Docker or the cluster."""
@@ -100,7 +101,7 @@ def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeyp
     settings = _settings(gpus=1, node_selector="pool=gpu", train_memory="6Gi", train_deadline=3600)
     from pizzactl.train.remote import dry_run
 
-    text = dry_run(settings, "prod")
+    text = await asyncio.to_thread(dry_run, settings, "prod")
     assert "s3cr3t-kaggle-key" not in text and "pizzafan" not in text
     docs = [d for d in yaml.safe_load_all(text) if d]
     assert [d["kind"] for d in docs] == ["Namespace", "PersistentVolumeClaim", "Secret", "Pod", "Job"]
@@ -127,8 +128,8 @@ def test_dry_run_prints_every_object_valid_and_never_a_credential(world, monkeyp
     assert world.requests == []  # no Docker
 
 
-def test_with_data_there_is_no_secret_and_the_data_is_mounted_read_only(world, photos):
-    docs = _dry_run(_settings(data_dir=photos, backbone="small_cnn", epochs=1))
+async def test_with_data_there_is_no_secret_and_the_data_is_mounted_read_only(world, photos):
+    docs = await _dry_run(_settings(data_dir=photos, backbone="small_cnn", epochs=1))
     assert "Secret" not in [d["kind"] for d in docs]
     container = docs[-1]["spec"]["template"]["spec"]["containers"][0]
     data = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
@@ -412,11 +413,11 @@ async def test_teardown_deletes_the_namespace_training_created(kmock, world, pho
     assert phase in (None, "Terminating")
 
 
-def test_cluster_weights_file_is_refused(world, photos, tmp_path):
+async def test_cluster_weights_file_is_refused(world, photos, tmp_path):
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"w")
     with pytest.raises(UsageError, match="names a file on this machine"):
-        on_cluster.dry_run(_settings(data_dir=photos, weights=str(weights)), "prod")
+        await asyncio.to_thread(on_cluster.dry_run, _settings(data_dir=photos, weights=str(weights)), "prod")
 
 
 # --- Ctrl-C, and the kind path end to end ---------------------------------------------------------
@@ -476,9 +477,11 @@ class _Ready:
 async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     kmock, world, photos, isolated, tmp_path, monkeypatch
 ):
-    """deploy to kind, then `train --on kind`: the trainer image is `kind load`ed (never pushed),
-    the Job runs in the same cluster, and the new version rolls out where pizzactl deploys;
-    `status` shows the finished Job; teardown deletes the cluster pizzactl created."""
+    """deploy to kind (on a port of its own), then `train --on kind` without --port: the trainer
+    image is `kind load`ed (never pushed), the Job runs in the same cluster whatever port it maps
+    (issue 22 item 2: the node's port bindings are Docker's answer, FakeDockerd(kind_home)), and
+    the new version rolls out where pizzactl deploys; `status` shows the finished Job; teardown
+    deletes the cluster pizzactl created."""
     from pizzactl.deploy import deploy, status, teardown
     from pizzactl.deploy.targets import kind
     from pizzactl.serving.processes import free_port
@@ -486,7 +489,8 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     from k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
 
     home = tmp_path / "kind-home"
-    install_fake_kind(tmp_path / "bin", home)
+    install_fake_kind(tmp_path / "bin", home, docker_cli=True)
+    world.kind_home = home  # the kind node is a container of this daemon
     monkeypatch.setenv("FAKE_KIND_HOME", str(home))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
@@ -538,3 +542,53 @@ def test_status_prints_the_training_job_with_or_without_a_deployment(capsys):
     out = capsys.readouterr().out
     assert "Nothing deployed." in out and "Job pizzactl-train-1 in prod: Running, epoch 3/30, attempt 2" in out
     assert "[head] epoch 3/30  loss 0.4" in out  # log lines keep their brackets (no rich markup)
+
+
+async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_taken(
+    kmock, world, photos, isolated, tmp_path, monkeypatch
+):
+    """Issue 22 item 2: training never uses the host port, so a taken port does not stop it; the
+    cluster pizzactl creates maps a port kind picks (hostPort 0), which a later deploy is told."""
+    import socket
+
+    from pizzactl.deploy.targets import kind
+
+    from k8s_fakes import install_fake_kind, kind_calls, stop_fake_clusters
+
+    home = tmp_path / "kind-home"
+    install_fake_kind(tmp_path / "bin", home, docker_cli=True)
+    world.kind_home = home
+    monkeypatch.setenv("FAKE_KIND_HOME", str(home))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KIND_SERVER", str(kmock.url).rstrip("/"))
+    cluster = _cluster(kmock, tmp_path, kind_home=home)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        settings = load_settings({"data_dir": photos, "port": busy.getsockname()[1]})
+        try:
+            result = await _train(cluster, settings, "kind")
+        finally:
+            stop_fake_clusters(home)
+    assert result["version"] == 1 and result["trained_on"]["context"] == "kind-pizzactl"
+    create = [c for c in kind_calls(home) if c["args"][:2] == ["create", "cluster"]]
+    assert yaml.safe_load(create[0]["config"])["nodes"][0]["extraPortMappings"][0]["hostPort"] == 0
+    assert kind.created_clusters(settings) == ["pizzactl"]
+
+
+async def test_dry_run_plans_the_trainer_for_the_nodes_architecture(kmock, world):
+    """Issue 22 item 11: `train --on CONTEXT --dry-run` reads (only reads) the nodes' architecture."""
+    from pizzactl.deploy.images import plan_trainer
+
+    from k8s_fakes import NODES
+
+    arm = node("arm-1")
+    arm["metadata"]["labels"]["kubernetes.io/arch"] = "arm64"
+    arm["status"]["nodeInfo"]["architecture"] = "arm64"
+    kmock.resources["v1/nodes"] = {}
+    kmock.objects[NODES, None, "arm-1"] = arm
+    settings = _settings()
+    job = (await _dry_run(settings))[-1]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == plan_trainer(settings, platform="linux/arm64").image != plan_trainer(settings).image
+    assert world.requests == []  # no Docker

@@ -50,6 +50,10 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)
+    if previous is not None and previous.target == "kind" and target != "kind":
+        from pizzactl.deploy.targets import kind
+
+        kind.refuse_while_training(settings, previous, target)  # the switch would delete its cluster
     preflight = getattr(mod, "preflight", None)
     if preflight is not None:  # e.g. the port is taken by something else: fail before stopping what runs now
         preflight(settings, previous)
@@ -71,9 +75,12 @@ def dry_run(settings) -> str:
     if target == "docker":
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
     from pizzactl.deploy import manifests
+    from pizzactl.deploy.docker_daemon import planned_platform
     from pizzactl.deploy.images import plan_images
 
-    images = plan_images(settings)
+    images = plan_images(
+        settings, platform=planned_platform(settings, settings.context if target == "cluster" else None)
+    )
     docs = manifests.render(
         settings,
         images.gateway_image,

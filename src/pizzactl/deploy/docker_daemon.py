@@ -30,10 +30,23 @@ def docker_endpoint(environ: Mapping[str, str] | None = None) -> DockerEndpoint:
     That is the docker CLI's order (docker/cli cli/command/cli.go resolveContextName). The docker
     SDK reads only DOCKER_HOST (docker/docker-py#3146), so Docker Desktop, Colima and OrbStack,
     which have no /var/run/docker.sock and point a context at their own socket, need this.
+    With DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH count as they do for the docker CLI
+    and `docker.from_env()` (docker-py's kwargs_from_env: certificates ca.pem, cert.pem, key.pem
+    from DOCKER_CERT_PATH, default ~/.docker; DOCKER_TLS_VERIFY set and not empty: verify the daemon).
     """
     environ = os.environ if environ is None else environ
     if environ.get("DOCKER_HOST"):
-        return DockerEndpoint(environ["DOCKER_HOST"], source="DOCKER_HOST")
+        from docker.utils import kwargs_from_env
+
+        try:
+            tls = kwargs_from_env(environment=dict(environ)).get("tls")
+        except Exception as exc:  # docker.errors.TLSParameterError: a certificate file is missing
+            raise DeployError(
+                f"DOCKER_TLS_VERIFY/DOCKER_CERT_PATH: {short_error(exc)}",
+                hint="DOCKER_CERT_PATH must hold ca.pem, cert.pem and key.pem (`docker context inspect` shows "
+                "where yours are), or unset DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.",
+            ) from None
+        return DockerEndpoint(environ["DOCKER_HOST"], tls, source="DOCKER_HOST")
     from docker.context import ContextAPI
     from docker.context.config import get_current_context_name
 
@@ -88,3 +101,37 @@ def daemon_platform(api) -> str:
     """The platform the daemon builds for by default: linux/amd64 or linux/arm64 (Apple Silicon)."""
     arch = str(api.info().get("Architecture") or "")
     return f"linux/{_ARCH.get(arch, arch or 'amd64')}"
+
+
+def local_platform() -> str:
+    """This machine's platform as Docker names it (Docker Desktop runs a Linux VM of the same architecture)."""
+    import platform
+
+    arch = platform.machine().lower()
+    return f"linux/{_ARCH.get(arch, arch or 'amd64')}"
+
+
+def planned_platform(settings, context: str | None) -> str:
+    """What a --dry-run plans for, reading and changing nothing: --platform; else, for a kube
+    context, its nodes' architecture (when they share one); for kind (context None), the Docker
+    daemon's, whose container the node is; else this machine's."""
+    if settings.platform:
+        return str(settings.platform)
+    try:
+        if context:
+            from kubernetes import client
+
+            from pizzactl.deploy import k8s
+
+            try:  # never hang a dry run on an unreachable cluster
+                found = client.CoreV1Api(k8s.connect(context)).list_node(_request_timeout=10).items
+            except Exception as exc:
+                raise k8s.api_error(exc, "Listing nodes") from None
+            arches = {n.status.node_info.architecture for n in found if n.status and n.status.node_info}
+            if len(arches) == 1:
+                return f"linux/{arches.pop()}"
+        else:
+            return daemon_platform(docker_api(10))
+    except DeployError:  # no daemon, no cluster, no permission to list nodes: the local guess
+        pass
+    return local_platform()

@@ -76,6 +76,7 @@ def train(
         _stop(api, plan, "interrupted")
         raise
     result = _bring_home(settings, api, plan, data_root, timeout, {"on": on, "context": place.context})
+    jobs.save_state(settings, {**(jobs.load_state(settings) or {}), "collected": True})  # nothing left to lose
     result["job"] = {"name": plan.name, **watched}
     log(f"[green]✓[/] version {result['version']} in {result['model_dir']} (Job {plan.name})")
     if _should_deploy(settings, place, deploy):
@@ -85,9 +86,11 @@ def train(
 
 def dry_run(settings, on: str) -> list[dict[str, Any]]:
     """Every object `train --on` would apply (a Secret's values redacted), touching nothing."""
+    from pizzactl.deploy.docker_daemon import planned_platform
     from pizzactl.deploy.images import plan_trainer
 
-    image = plan_trainer(settings, gpu=settings.gpus > 0).image
+    platform = planned_platform(settings, None if on == "kind" else on)
+    image = plan_trainer(settings, gpu=settings.gpus > 0, platform=platform).image
     plan, _, _ = _plan(settings, image)
     return [_namespace(settings), *jobs.redacted(jobs.render(plan)[:-1]), jobs.files_pod(plan), jobs.render_job(plan)]
 
@@ -170,8 +173,7 @@ def _connect(settings, place: Where):
     if place.cluster:
         from pizzactl.deploy.targets import kind
 
-        kind.preflight(settings, None)
-        kind.ensure_cluster(settings)
+        kind.ensure_training_cluster(settings)  # any port it maps: training uses none
     return k8s.connect(place.context)
 
 
@@ -183,9 +185,9 @@ def _trainer_image(settings, place: Where, api) -> str:
     if place.cluster:
         from pizzactl.deploy.targets import kind
 
-        image = build_trainer(settings.replace(registry=None), gpu=gpu).image
-        kind.load_images(place.cluster, [image])
-        return image
+        trainer = build_trainer(settings.replace(registry=None), gpu=gpu)
+        kind.load_images(place.cluster, [trainer.image], settings, trainer.platform)
+        return trainer.image
     if not settings.registry:
         raise UsageError(
             f"--on {place.context} needs --registry: the cluster's nodes pull the trainer image from there.",

@@ -271,23 +271,27 @@ def _training_made(settings: Settings, context: str | None, namespace: str) -> b
     return bool(st.get("created_namespace")) and st.get("context") == context and st.get("namespace") == namespace
 
 
-def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
-    """Put the previous model version back: the one serving when the last rollout failed,
-    else the release before the current one (or the latest release of version `to`)."""
-    failed = state.extra.get("failed")
+def rollback_target(state: DeployState, to: int | None) -> tuple[dict[str, Any], list, Any] | None:
+    """The release a rollback goes back to, the history kept before it, and the version it leaves:
+    the one serving when the last rollout failed, else the latest earlier release (of version `to`)."""
     history = list(state.extra.get("history", []))
-    if failed and to in (None, state.model_version) and state.extra.get("images"):
-        target, keep = state.extra["images"], history
+    if state.extra.get("failed") and to in (None, state.model_version) and state.extra.get("images"):
+        return state.extra["images"], history, state.extra["failed"].get("model_version")
+    matches = [i for i, e in enumerate(history) if to is None or e.get("model_version") == to]
+    if not matches:
+        return None
+    return history[matches[-1]], history[: matches[-1]], state.model_version
+
+
+def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
+    """Put the previous model version back (`rollback_target` says which)."""
+    chosen = rollback_target(state, to)
+    if chosen is None:
+        what = f"version {to}" if to is not None else "an earlier version"
+        return {"message": f"There is no earlier version to roll back to ({what} was never released here)."}
+    target, keep, from_version = chosen
+    if target is state.extra.get("images"):
         state = replace(state, extra={**state.extra, "images": None})  # re-apply what serves
-        from_version = failed.get("model_version")
-    else:
-        matches = [i for i, e in enumerate(history) if to is None or e.get("model_version") == to]
-        if not matches:
-            what = f"version {to}" if to is not None else "an earlier version"
-            return {"message": f"There is no earlier version to roll back to ({what} was never released here)."}
-        index = matches[-1]
-        target, keep = history[index], history[:index]
-        from_version = state.model_version
     record = replace(state, extra={**state.extra, "history": keep})
     log(f"Rolling back from model version {from_version} to {target.get('model_version')} ...")
     result = release(settings, _images_of(target), timeout, record=record, as_recorded=True)

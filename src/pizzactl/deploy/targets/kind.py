@@ -7,15 +7,28 @@ them, then release them as on any cluster (targets/cluster.py). A reused cluster
 mapping cannot be fixed in place (kind cannot add port mappings later), so we say so.
 "Created by pizzactl" lives in state_dir/kind-clusters.json, which outlives the deploy state:
 redeploys and `teardown --keep-cluster` never forget it, and teardown deletes only those.
+
+kind never garbage-collects images in its node (its kubelet runs with
+imageGCHighThresholdPercent: 100), so every model and trainer image pizzactl loads would stay
+until the Docker disk fills: state_dir/kind-images.json records what pizzactl loaded, and after
+each successful release the ones that neither serve nor are the rollback target nor the last
+trainer go (`docker exec NODE crictl rmi`). A rollback first loads the images it goes back to
+when the node lacks them (a recreated cluster, an image pruned by an older release).
+`kind load docker-image` is `docker save` + `ctr import --all-platforms`, which fails under
+Docker's containerd image store (kubernetes-sigs/kind#3795); pizzactl then saves the one
+platform the node runs (`docker save --platform`) and loads that archive (`kind load
+image-archive`), the workaround kind documents. kind's own steps show as progress on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +45,14 @@ from pizzactl.errors import DeployError
 
 TARGET = "kind"
 CREATED_FILE = "kind-clusters.json"
+IMAGES_FILE = "kind-images.json"  # {cluster: [image refs pizzactl loaded, in load order]}
+CONTAINERD_STORE_ERROR = re.compile(r"ctr: content digest sha256:[0-9a-f]+: not found")
+CONTAINERD_STORE_HINT = (
+    "Docker's containerd image store trips `kind load` (kubernetes-sigs/kind#3795). Update Docker to 28 or "
+    "later (`docker save --platform`), or turn the store off: Docker Desktop: Settings > General > "
+    '"Use containerd for pulling and storing images"; dockerd: `"features": {"containerd-snapshotter": false}` '
+    "in /etc/docker/daemon.json, then restart Docker and build again."
+)
 INSTALL_HINT = (
     "Install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), e.g. "
     "`go install sigs.k8s.io/kind@v0.27.0` or `brew install kind`, then run `pizzactl doctor`."
@@ -48,11 +69,18 @@ def kind_bin() -> str:
     return path
 
 
-def run_kind(*args: str, timeout: float = 600) -> str:
-    """Run `kind ARGS`; its stdout, or a DeployError with the end of its stderr."""
+def run_kind(*args: str, timeout: float = 600, progress: str | None = None) -> str:
+    """Run `kind ARGS`; its stdout, or a DeployError with the end of its stderr.
+
+    With `progress`, kind's stderr lines (its steps: " ✓ Preparing nodes 📦") show as they come:
+    in a spinner on a terminal, as dim lines on a plain stderr; stdout stays for results.
+    """
     cmd = [kind_bin(), *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if progress is None:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        else:
+            proc = _run_showing_progress(cmd, timeout, progress)
     except subprocess.TimeoutExpired:
         raise DeployError(
             f"`kind {' '.join(args)}` took longer than {timeout:.0f}s.",
@@ -65,6 +93,50 @@ def run_kind(*args: str, timeout: float = 600) -> str:
             hint="Run `pizzactl doctor`; kind needs a running Docker daemon.",
         )
     return proc.stdout
+
+
+def _run_showing_progress(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(cmd) that shows each stderr line while the command runs (rich status on a
+    terminal); raises subprocess.TimeoutExpired after `timeout` seconds."""
+    from rich.live import Live
+    from rich.markup import escape
+    from rich.spinner import Spinner
+
+    from pizzactl.console import err
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    stdout: list[str] = []
+    reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read() if proc.stdout else ""), daemon=True)
+    reader.start()
+    lines: list[str] = []
+    try:
+        spinner = Spinner("dots", text=escape(what) + " ...")
+        # stdout is not redirected through the spinner: `--json` results there stay byte-exact
+        with Live(spinner, console=err, transient=True, redirect_stdout=False, redirect_stderr=False):
+            for line in proc.stderr or []:
+                text = line.rstrip()
+                lines.append(text)
+                if not text.strip():
+                    continue
+                if err.is_terminal:
+                    spinner.update(text=f"{escape(what)}: {escape(text.strip())}")
+                elif not text.lstrip().startswith("•"):  # a step that started; its ✓ line follows
+                    err.print(f"  [dim]{escape(text)}[/]", highlight=False)
+        proc.wait()
+    finally:
+        timer.cancel()
+        reader.join(5)
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(stdout), "\n".join(lines))
 
 
 def clusters() -> list[str]:
@@ -98,8 +170,20 @@ def create_cluster(name: str, host_port: int, listen_address: str = "127.0.0.1")
         yaml.safe_dump(cluster_config(host_port, listen_address), fh, sort_keys=False)
         config_path = fh.name
     try:
-        log(f"Creating kind cluster {name!r} (host port {host_port} -> NodePort {GATEWAY_NODE_PORT}) ...")
-        run_kind("create", "cluster", "--name", name, "--config", config_path, "--wait", "120s", timeout=900)
+        mapping = f"host port {host_port}" if host_port else "a host port kind picks"
+        log(f"Creating kind cluster {name!r} ({mapping} -> NodePort {GATEWAY_NODE_PORT}) ...")
+        run_kind(
+            "create",
+            "cluster",
+            "--name",
+            name,
+            "--config",
+            config_path,
+            "--wait",
+            "120s",
+            timeout=900,
+            progress=f"Creating kind cluster {name!r}",
+        )
     finally:
         os.unlink(config_path)
 
@@ -162,9 +246,37 @@ def ensure_cluster(settings: Settings) -> bool:
             )
         log(f"Reusing kind cluster {name!r}.")
         return name in created_clusters(settings)
+    _create(settings, name, settings.port)
+    return True
+
+
+def _create(settings: Settings, name: str, host_port: int) -> None:
     _record_created(settings, name, False)  # a cluster of that name made by someone else is gone
-    create_cluster(name, settings.port, _listen_address(settings.host))
+    _forget_images(settings, name)  # a new node holds none of them
+    create_cluster(name, host_port, _listen_address(settings.host))
     _record_created(settings, name, True)
+
+
+def ensure_training_cluster(settings: Settings) -> bool:
+    """The cluster `train --on kind` runs in: reused whatever host port it maps (training never
+    uses the port), else created, mapping `settings.port` when it is free (so a later `deploy`
+    reuses the cluster) and otherwise a port kind picks. True if pizzactl created it."""
+    from pizzactl.deploy.docker_daemon import docker_client
+    from pizzactl.serving.processes import port_free
+
+    docker_client(30)  # kind drives Docker; say so before kind fails in its own words
+    kind_bin()
+    name = settings.cluster
+    if name in clusters():
+        log(f"Reusing kind cluster {name!r}.")
+        return name in created_clusters(settings)
+    port = settings.port if port_free(_listen_address(settings.host), settings.port) else 0
+    if not port:
+        log(
+            f"Host port {settings.port} is taken; training needs no host port, so kind picks one for the "
+            f"gateway of a later `pizzactl deploy` (it tells you which: `docker port {name}-control-plane`)."
+        )
+    _create(settings, name, port)
     return True
 
 
@@ -172,15 +284,165 @@ def _listen_address(host: str) -> str:
     return host if host not in ("localhost", "") else "127.0.0.1"
 
 
-def load_images(name: str, images: list[str]) -> None:
+def load_images(name: str, images: list[str], settings: Settings | None = None, platform: str | None = None) -> None:
+    """`kind load docker-image` each image (kind skips what the node has); under Docker's
+    containerd image store, the one-platform archive instead. With `settings`, remember what was
+    loaded (for `prune_images`)."""
     for image in images:
         log(f"Loading {image} into kind cluster {name!r} ...")
         try:
-            run_kind("load", "docker-image", image, "--name", name, timeout=900)
+            run_kind("load", "docker-image", image, "--name", name, timeout=900, progress=f"Loading {image}")
         except DeployError as exc:
             if "not present locally" in exc.message:
                 exc.hint = "The image is not in the Docker daemon kind uses: build it (`pizzactl build`) in the same docker context."
+            if not CONTAINERD_STORE_ERROR.search(exc.message):
+                raise
+            log(
+                "[yellow]`kind load docker-image` fails under Docker's containerd image store (kind#3795); "
+                "loading a one-platform archive instead (`docker save --platform` + `kind load image-archive`).[/]"
+            )
+            _load_archive(name, image, platform)
+        if settings is not None:
+            _remember_image(settings, name, image)
+
+
+def _load_archive(name: str, image: str, platform: str | None) -> None:
+    """`docker save --platform P IMAGE` + `kind load image-archive`: one platform, so ctr finds all its content."""
+    if platform is None:
+        from pizzactl.deploy.docker_daemon import daemon_platform, docker_api
+
+        platform = daemon_platform(docker_api(30))  # the node is a container of this daemon
+    with tempfile.TemporaryDirectory(prefix="pizzactl-kind-load-") as tmp:
+        archive = os.path.join(tmp, "image.tar")
+        run_docker("save", "--platform", platform, "-o", archive, image, hint=CONTAINERD_STORE_HINT)
+        try:
+            run_kind("load", "image-archive", archive, "--name", name, timeout=900, progress=f"Loading {image}")
+        except DeployError as exc:
+            exc.hint = CONTAINERD_STORE_HINT
             raise
+
+
+def run_docker(*args: str, hint: str, timeout: float = 900) -> str:
+    """The docker CLI, which kind itself drives: it reaches the daemon (and the node containers) kind uses."""
+    docker = shutil.which("docker")
+    if not docker:
+        raise DeployError("The docker command is not installed (kind needs it too).", hint=INSTALL_HINT)
+    try:
+        proc = subprocess.run([docker, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"`docker {' '.join(args)}` took longer than {timeout:.0f}s.", hint=hint) from None
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise DeployError(f"`docker {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}", hint=hint)
+    return proc.stdout
+
+
+# --- images in the node: what pizzactl loaded, what the node has, pruning ----------------------------
+
+
+def images_path(settings: Settings) -> Path:
+    return Path(settings.state_dir).expanduser() / IMAGES_FILE
+
+
+def loaded_by_pizzactl(settings: Settings, name: str) -> list[str]:
+    try:
+        return list(json.loads(images_path(settings).read_text()).get(name, []))
+    except (FileNotFoundError, ValueError, AttributeError):
+        return []
+
+
+def _save_loaded(settings: Settings, name: str, images: list[str]) -> None:
+    try:
+        data = json.loads(images_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if images:
+        data[name] = images
+    else:
+        data.pop(name, None)
+    state_mod.write_json(images_path(settings), data)
+
+
+def _remember_image(settings: Settings, name: str, image: str) -> None:
+    _save_loaded(settings, name, [i for i in loaded_by_pizzactl(settings, name) if i != image] + [image])
+
+
+def _forget_images(settings: Settings, name: str) -> None:
+    _save_loaded(settings, name, [])
+
+
+def normalized(ref: str) -> str:
+    """An image reference as containerd's CRI names it: `pizzactl-model:v1` is docker.io/library/pizzactl-model:v1."""
+    first = ref.split("/", 1)[0]
+    if "/" in ref and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if "/" in ref else f"docker.io/library/{ref}"
+
+
+def nodes(name: str) -> list[str]:
+    return [line.strip() for line in run_kind("get", "nodes", "--name", name).splitlines() if line.strip()]
+
+
+def node_images(node: str) -> set[str]:
+    """What `docker exec NODE crictl images` lists (normalized references)."""
+    out = run_docker("exec", node, "crictl", "images", "-o", "json", hint="Check the node: `docker ps`.", timeout=60)
+    return {tag for image in json.loads(out).get("images", []) for tag in image.get("repoTags") or []}
+
+
+def missing_images(name: str, images: list[str]) -> list[str]:
+    """The images some node of the cluster lacks (all of them when the nodes cannot be asked)."""
+    try:
+        present = [node_images(node) for node in nodes(name)]
+    except (DeployError, ValueError):
+        return list(images)
+    return [i for i in images if not present or any(normalized(i) not in p for p in present)]
+
+
+def prune_images(settings: Settings, name: str, keep: set[str]) -> list[str]:
+    """Remove from the nodes the images pizzactl loaded that are not in `keep`; what went. Best effort:
+    a failure only says so (the deploy it follows has succeeded)."""
+    loaded = loaded_by_pizzactl(settings, name)
+    drop = [i for i in loaded if i not in keep]
+    if not drop:
+        return []
+    removed: set[str] = set()
+    try:
+        for node in nodes(name):
+            there = node_images(node)
+            refs = [i for i in drop if normalized(i) in there]
+            if refs:
+                run_docker(
+                    "exec",
+                    node,
+                    "crictl",
+                    "rmi",
+                    *refs,
+                    hint="Remove it by hand: `docker exec NODE crictl rmi IMAGE`.",
+                    timeout=120,
+                )
+                removed.update(refs)
+    except (DeployError, ValueError) as exc:
+        log(f"[yellow]Could not remove old images from the kind node: {exc}[/]")
+        return sorted(removed)
+    _save_loaded(settings, name, [i for i in loaded if i in keep])
+    if removed:
+        log(
+            f"Removed {len(removed)} image(s) pizzactl no longer serves from kind cluster {name!r} (kind never garbage-collects them)."
+        )
+    return sorted(removed)
+
+
+def images_to_keep(settings: Settings, state: DeployState) -> set[str]:
+    """What serves, what `rollback` goes back to, and the trainer of the last training run."""
+    from pizzactl.deploy import jobs
+
+    releases = [state.extra.get("images") or {}, *(state.extra.get("history") or [])[-1:]]
+    keep = {r[k] for r in releases for k in ("gateway_image", "model_image") if r.get(k)}
+    training = jobs.load_state(settings) or {}
+    if training.get("cluster") == state.extra.get("cluster") and training.get("image"):
+        keep.add(training["image"])
+    return keep
 
 
 def delete_cluster(settings: Settings, name: str) -> None:
@@ -188,6 +450,7 @@ def delete_cluster(settings: Settings, name: str) -> None:
     if name in clusters():
         run_kind("delete", "cluster", "--name", name)
     _record_created(settings, name, False)
+    _forget_images(settings, name)
 
 
 def kube_context(name: str) -> str:
@@ -227,8 +490,9 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     record.extra["created_cluster"] = created
     state_mod.save(settings, record)  # now: a failure below still leaves something teardown knows
     images = build(settings.replace(registry=None), push=False)
-    load_images(settings.cluster, [images.gateway_image, images.model_image])
+    load_images(settings.cluster, [images.gateway_image, images.model_image], settings, images.platform)
     result = cluster_target.release(settings, images, timeout, record=record)
+    _prune_after_release(settings, settings.cluster)
     wait_until_ready(
         record.url,
         min(60.0, timeout),
@@ -253,7 +517,56 @@ def status(settings: Settings, state: DeployState) -> dict[str, Any]:
 
 
 def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
-    return cluster_target.rollback(settings, state, to, timeout)
+    """As on any cluster, after loading the images it goes back to if the node lacks them."""
+    cluster = state.extra.get("cluster") or settings.cluster
+    chosen = cluster_target.rollback_target(state, to)
+    if chosen:
+        release = chosen[0]
+        wanted = [release[k] for k in ("gateway_image", "model_image") if release.get(k)]
+        missing = missing_images(cluster, wanted)
+        if missing:
+            log(f"The kind node lacks {', '.join(missing)}; loading it again.")
+            load_images(cluster, missing, settings, release.get("platform"))
+    result = cluster_target.rollback(settings, state, to, timeout)
+    _prune_after_release(settings, cluster)
+    return result
+
+
+def _prune_after_release(settings: Settings, cluster: str) -> None:
+    current = state_mod.load(settings)
+    if current is not None and current.target == TARGET and not current.extra.get("failed"):
+        prune_images(settings, cluster, images_to_keep(settings, current))
+
+
+def refuse_while_training(settings: Settings, state: DeployState, target: str) -> None:
+    """Switching target tears the kind deployment down, and with it the cluster pizzactl created:
+    refuse while that cluster holds a training Job whose result is not home yet (its uploaded data,
+    cache and outbox live on the cluster's volume). Keeping the cluster instead would keep its
+    host port mapping too, which the new target usually wants."""
+    from pizzactl.deploy import jobs
+
+    cluster = state.extra.get("cluster")
+    training = jobs.load_state(settings) or {}
+    if (
+        not cluster
+        or cluster not in created_clusters(settings)
+        or training.get("cluster") != cluster
+        or not training.get("job")
+        or training.get("collected")
+        or cluster not in clusters()
+    ):
+        return
+    phase = str((jobs.training_status(settings) or {}).get("phase", "unknown"))
+    if phase.startswith("Failed") or phase == "gone":
+        return
+    where = f"--context {settings.context}" if target == "cluster" else f"--target {target}"
+    flag = "" if cluster == "pizzactl" else f" --cluster {cluster}"
+    raise DeployError(
+        f"Deploying with {where} would delete the kind cluster {cluster!r} that pizzactl created, and training "
+        f"Job {training['job']} ({phase}) runs there: its data, cache and result are not copied home yet.",
+        hint=f"Let it finish and bring the model home: `pizzactl train --on kind{flag} --attach`, then deploy again. "
+        "Or give it up: `pizzactl teardown` deletes the cluster with the Job, then deploy.",
+    )
 
 
 def teardown(settings: Settings, state: DeployState, keep_cluster: bool = False) -> dict[str, Any]:
