@@ -264,7 +264,8 @@ class Gateway:
         jpegs = [p.jpeg for p in pictures if p.jpeg is not None]
         try:
             with self.admission.meter.measure(len(jpegs)):
-                predictions, version = await self.model.predict(jpegs, self.admission.expected_wait())
+                # twice the expected wait: a request may arrive just as a long batch starts
+                predictions, version = await self.model.predict(jpegs, 2 * self.admission.expected_wait())
         except QueueFullError as exc:  # the model server's queue
             self.metrics.shed.labels(exc.reason).inc()
             raise
