@@ -226,6 +226,11 @@ def load_levels(url: str, photos, capacity: float, seconds: float) -> dict[str, 
             "p99_ms": round(percentile(answered, 99), 2) if answered else None,
             "shed_p50_ms": round(percentile(shed, 50), 2) if shed else None,
             "shed_p99_ms": round(percentile(shed, 99), 2) if shed else None,
+            "first_errors": [
+                f"{status}: {body[:200].decode(errors='replace')}"
+                for status, _, body in results
+                if status != 200 and not is_shed(status, body)
+            ][:3],
         }
     return levels
 

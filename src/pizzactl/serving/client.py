@@ -6,10 +6,11 @@ bounding the requests in flight,
 and a deadline per call: when the model server is down, stuck or not ready, every call ends
 with `ModelUnavailableError` (the gateway's 503 + Retry-After), never a hang, and the next call
 simply tries again, so recovery needs no restart. The deadline is for a server that makes no
-progress, not for queueing: a call fails once `timeout` seconds have passed since the later of
-its start and the last answer from the model server to any call (and not before the wait the
-caller expects for the queue ahead of it), and in any case after `timeout` + `max_wait`
-seconds. A full model server answers 503 with Retry-After at once, which is passed on.
+progress, not for queueing: a call fails once the model server has answered no call for
+`timeout` seconds (plus the time one batch takes, `batch_wait`) and the call has waited
+`timeout` plus the wait its caller expects for the queue ahead of it (`queue_wait`); in any case
+after `timeout` + `max_wait` seconds. A full model server answers 503 with Retry-After at once,
+which is passed on.
 """
 
 from __future__ import annotations
@@ -142,14 +143,21 @@ class ModelClient:
         if entry is not None:
             await entry[1].close()
 
-    def deadline(self, begun: float, queue_wait: float = 0.0) -> float:
-        """When a call begun at `begun` (monotonic) gives up: no progress for `timeout` seconds (but
-        not before the `queue_wait` its caller expects), and at most `timeout` + `max_wait` after it began."""
-        patient = max(begun + self.timeout + queue_wait, self.last_progress + self.timeout)
-        return min(patient, begun + self.timeout + max(self.max_wait, queue_wait))
+    def deadline(self, begun: float, queue_wait: float = 0.0, batch_wait: float = 0.0) -> float:
+        """When a call begun at `begun` (monotonic) gives up: no answer to any call for `timeout` +
+        `batch_wait` seconds, but not before `timeout` + `queue_wait`, and at most `timeout` +
+        `max_wait` (or the two waits, if longer) after it began."""
+        patient = max(begun + self.timeout + queue_wait, self.last_progress + self.timeout + batch_wait)
+        return min(patient, begun + self.timeout + max(self.max_wait, queue_wait + batch_wait))
 
     async def _request(
-        self, method: str, url: str, kind: str, body: bytes | None = None, queue_wait: float = 0.0
+        self,
+        method: str,
+        url: str,
+        kind: str,
+        body: bytes | None = None,
+        queue_wait: float = 0.0,
+        batch_wait: float = 0.0,
     ) -> Reply:
         session, slots = self._client()
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -165,8 +173,9 @@ class ModelClient:
         task = asyncio.ensure_future(call())
         try:
             while not task.done():
-                await asyncio.wait({task}, timeout=max(0.0, self.deadline(begun, queue_wait) - time.monotonic()))
-                if not task.done() and time.monotonic() >= self.deadline(begun, queue_wait):
+                deadline = self.deadline(begun, queue_wait, batch_wait)
+                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+                if not task.done() and time.monotonic() >= self.deadline(begun, queue_wait, batch_wait):
                     waited = time.monotonic() - begun
                     raise _unavailable(
                         f"The model server did not answer within {self.timeout:g}s (waited {waited:.1f}s).", 2
@@ -233,14 +242,17 @@ class ModelClient:
             self._info = (time.monotonic(), info)
             return info
 
-    async def predict(self, images: list[bytes], queue_wait: float = 0.0) -> tuple[list[Prediction], str | None]:
+    async def predict(
+        self, images: list[bytes], queue_wait: float = 0.0, batch_wait: float = 0.0
+    ) -> tuple[list[Prediction], str | None]:
         """Predictions for encoded images, and the version that made them (if the server says).
 
-        `queue_wait`: the seconds the caller expects the queue ahead of these images to take."""
+        `queue_wait`: the seconds the caller expects the queue ahead of these images to take;
+        `batch_wait`: the seconds one batch of the model server takes (no answer comes meanwhile)."""
         body = json.dumps(
             {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
         ).encode()
-        response = await self._request("POST", f"{self.model_url}:predict", "predict", body, queue_wait)
+        response = await self._request("POST", f"{self.model_url}:predict", "predict", body, queue_wait, batch_wait)
         if response.status_code != 200:
             # The gateway re-encodes every image, so this is the model refusing one: not a 5xx.
             raise InvalidImageError(f"The model server rejected the image: {_error_text(response)}")

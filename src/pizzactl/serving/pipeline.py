@@ -70,6 +70,7 @@ class GatewayConfig:
     static_dir: Path = STATIC_DIR
     queue_seconds: float = 5.0  # admission: the queue holds this much work at the measured rate
     max_queue: int = 0  # admission: a fixed bound in images instead (0: measured)
+    max_batch_size: int = 32  # the model server's: how long one of its batches takes, at the measured rate
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:
@@ -264,8 +265,12 @@ class Gateway:
         jpegs = [p.jpeg for p in pictures if p.jpeg is not None]
         try:
             with self.admission.meter.measure(len(jpegs)):
-                # twice the expected wait: a request may arrive just as a long batch starts
-                predictions, version = await self.model.predict(jpegs, 2 * self.admission.expected_wait())
+                # twice the expected wait: a request may arrive just as a long batch starts; and no
+                # answer comes while a batch runs (a full one of a slow model can take longer than the timeout)
+                admission = self.admission
+                predictions, version = await self.model.predict(
+                    jpegs, 2 * admission.expected_wait(), admission.expected_wait(self.config.max_batch_size)
+                )
         except QueueFullError as exc:  # the model server's queue
             self.metrics.shed.labels(exc.reason).inc()
             raise
