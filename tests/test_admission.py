@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving_fixtures import UvicornThread, free_port
+from serving_fixtures import LocalHTTPServer, UvicornThread, free_port, send_json
 
 
 class Clock:
@@ -162,6 +162,52 @@ def test_a_full_gateway_queue_answers_429_with_retry_after_at_once_and_the_stuck
     assert "pizzactl_gateway_queue_bound_images 1.0" in metrics
     # the stuck model server is still a 503 within its timeout: no progress, no patience
     assert stuck.status_code == 503 and stuck.json()["error"]["code"] == "model_unavailable"
+
+
+class BusyTFServing(LocalHTTPServer):
+    """tensorflow/serving busy with a long batch: status answered at once, `:predict` after `delay`
+    seconds. TF Serving's REST status and metadata calls are served by its HTTP threads without
+    going through the batching queue (https://www.tensorflow.org/tfx/serving/api_rest; batching:
+    tensorflow_serving/batching/README.md), so a model server running a long batch still answers them."""
+
+    def __init__(self, delay: float):
+        import http.server
+        import json
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path.endswith("/metadata"):
+                    send_json(self, 200, {"model_spec": {"name": "pizza", "version": "1"}, "metadata": {}})
+                else:
+                    status = {"error_code": "OK", "error_message": ""}
+                    send_json(
+                        self, 200, {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": status}]}
+                    )
+
+            def do_POST(self):
+                count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
+                time.sleep(delay)
+                send_json(self, 200, {"predictions": [{"label": "pizza", "probability": 0.9}] * count})
+
+        super().__init__(Handler)
+        self.server.daemon_threads = True
+
+
+def test_a_model_server_busy_longer_than_the_timeout_is_waited_for_not_a_503():
+    from pizzactl.serving.gateway import create_app
+
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    busy = BusyTFServing(delay=2.5)
+    try:
+        with UvicornThread(create_app(busy.url, model_timeout=0.5, classes="not_pizza,pizza")) as gw:
+            response = httpx.post(gw.url + "/predict", json={"image_b64": png}, timeout=30)
+    finally:
+        busy.close()
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == "pizza"
 
 
 # --- real servers, real model, a shared CPU ---------------------------------------------------

@@ -6,11 +6,13 @@ bounding the requests in flight,
 and a deadline per call: when the model server is down, stuck or not ready, every call ends
 with `ModelUnavailableError` (the gateway's 503 + Retry-After), never a hang, and the next call
 simply tries again, so recovery needs no restart. The deadline is for a server that makes no
-progress, not for queueing: a call fails once the model server has answered no call for
-`timeout` seconds (plus the time one batch takes, `batch_wait`) and the call has waited
-`timeout` plus the wait its caller expects for the queue ahead of it (`queue_wait`); in any case
-after `timeout` + `max_wait` seconds. A full model server answers 503 with Retry-After at once,
-which is passed on.
+progress, not for queueing. Once a call has waited `timeout` plus the wait its caller expects
+for the queue ahead of it (`queue_wait`), and the model server has answered no call for
+`timeout` plus the time one batch takes (`batch_wait`), the server is asked for its status (one
+probe for all the waiting calls): a server that answers within `timeout` is busy, not stuck, and
+the calls wait on; one that does not (stuck, dead) fails them. In any case a call fails after
+`timeout` + `max_wait` seconds. A full model server answers 503 with Retry-After at once, which
+is passed on.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class ModelClient:
         self.max_wait = max_wait  # seconds of queueing a call may wait beyond `timeout` while the server progresses
         self.last_progress = -math.inf  # time.monotonic() of the last answer the model server gave
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession, asyncio.Semaphore]] = {}
+        self._probes: dict[int, asyncio.Task[bool]] = {}  # the status probe in flight, per event loop
         self._info: tuple[float, ModelInfo] | None = None
         self._info_lock: asyncio.Lock | None = None
 
@@ -127,7 +130,8 @@ class ModelClient:
         entry = self._clients.get(id(loop))
         if entry is None or entry[0] is not loop or entry[1].closed:
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_concurrency, keepalive_timeout=30),
+                # one connection more than the calls in flight: the status probe never waits for one
+                connector=aiohttp.TCPConnector(limit=self.max_concurrency + 1, keepalive_timeout=30),
                 # no total: `_request` keeps the deadline, which moves while the model server progresses
                 # (a connect to a live server on a starved CPU can take longer than a short model timeout)
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
@@ -144,9 +148,9 @@ class ModelClient:
             await entry[1].close()
 
     def deadline(self, begun: float, queue_wait: float = 0.0, batch_wait: float = 0.0) -> float:
-        """When a call begun at `begun` (monotonic) gives up: no answer to any call for `timeout` +
-        `batch_wait` seconds, but not before `timeout` + `queue_wait`, and at most `timeout` +
-        `max_wait` (or the two waits, if longer) after it began."""
+        """When a call begun at `begun` (monotonic) asks whether the server lives: no answer to any call
+        for `timeout` + `batch_wait` seconds, but not before `timeout` + `queue_wait`; and when it
+        gives up anyway: `timeout` + `max_wait` (or the two waits, if longer) after it began."""
         patient = max(begun + self.timeout + queue_wait, self.last_progress + self.timeout + batch_wait)
         return min(patient, begun + self.timeout + max(self.max_wait, queue_wait + batch_wait))
 
@@ -175,7 +179,10 @@ class ModelClient:
             while not task.done():
                 deadline = self.deadline(begun, queue_wait, batch_wait)
                 await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
-                if not task.done() and time.monotonic() >= self.deadline(begun, queue_wait, batch_wait):
+                if task.done() or time.monotonic() < self.deadline(begun, queue_wait, batch_wait):
+                    continue
+                cap = begun + self.timeout + max(self.max_wait, queue_wait + batch_wait)
+                if time.monotonic() >= cap or not await self._alive():
                     waited = time.monotonic() - begun
                     raise _unavailable(
                         f"The model server did not answer within {self.timeout:g}s (waited {waited:.1f}s).", 2
@@ -201,6 +208,25 @@ class ModelClient:
         if reply.status_code >= 500 or reply.status_code == 404:
             raise _unavailable(f"The model server answered {reply.status_code}: {_error_text(reply)}")
         return reply
+
+    async def _alive(self) -> bool:
+        """Whether the model server answers a status request within `timeout`: a busy one does (its
+        batches run in a worker thread), a stuck or dead one does not. One probe for all waiting calls."""
+        loop = asyncio.get_running_loop()
+        probe = self._probes.get(id(loop))
+        if probe is None or probe.done() or probe.get_loop() is not loop:
+            probe = self._probes[id(loop)] = loop.create_task(self._probe_status())
+        return await asyncio.shield(probe)
+
+    async def _probe_status(self) -> bool:
+        session, _ = self._client()
+        try:
+            async with asyncio.timeout(self.timeout), session.get(self.model_url) as response:
+                await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+        self.last_progress = time.monotonic()
+        return True
 
     async def status(self) -> dict[str, Any]:
         response = await self._request("GET", self.model_url, "status")
