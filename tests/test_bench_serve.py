@@ -59,6 +59,8 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
             "4",
             "--requests",
             "12",
+            "--overload-seconds",
+            "2",
             "--json",
         ],
         capture_output=True,
@@ -111,6 +113,17 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
         assert all(v is not None and v >= 0 for v in res["cpu_ms_per_image"].values())  # /proc counts 10 ms ticks
         assert res["model_cpu_ms_per_image"] > 0
     assert len(res["load_average"]["before"]) == 3 and len(res["load_average"]["after"]) == 3
+    # p99 and the share shed at 1x and 2x the measured throughput, offered in an open loop, per runtime
+    for r in [res, *res["runtimes"].values()]:
+        levels = r["load_levels"]
+        assert list(levels) == ["1x", "2x"]
+        for multiple, level in zip((1, 2), levels.values(), strict=True):
+            assert level["offered_per_s"] == pytest.approx(multiple * r["e2e_img_per_s"], rel=0.02)
+            assert level["requests"] == level["answered"] + level["shed"] + level["errors"] > 0
+            assert level["errors"] == 0  # answered or refused at once, never timed out
+            assert level["shed_share"] == pytest.approx(level["shed"] / level["requests"], abs=1e-4)
+            assert 0 < level["p50_ms"] <= level["p99_ms"]
+            assert (level["shed_p99_ms"] is None) == (level["shed"] == 0)
 
 
 def test_a_runtime_the_model_lacks_is_a_usage_error(tf_only_model, shared_data, tmp_path):

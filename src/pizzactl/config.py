@@ -115,6 +115,9 @@ class Settings:
     tf_intra_op_threads: int = -1  # -1: chosen for the machine, 0: TensorFlow's default
     tf_inter_op_threads: int = -1
     model_runtime: str = "auto"  # tensorflow | litert | litert-int8 | auto: the fastest one export checked
+    # admission, in both servers (serving/admission.py): a bounded queue instead of timeouts
+    queue_seconds: float = 5.0  # the queue holds what the measured throughput serves in this time
+    max_queue: int = 0  # images queued at most; 0: sized from the measured throughput (queue_seconds)
     # training on Docker or a cluster (`train --on`, docs/train.md)
     gpus: int = 0  # nvidia.com/gpu per training pod (docker: --gpus N); >0 builds the CUDA trainer image
     train_cpu: str = "2"  # the training pod's CPU request

@@ -244,6 +244,21 @@ class RateLimitedError(PizzaError):
     retry_after = 1
 
 
+class QueueFullError(ModelUnavailableError):
+    """The server's bounded queue is full (serving/admission.py): refused at once, 503 with Retry-After."""
+
+    code = "overloaded"
+    reason = "queue_full"  # the label of the shed-requests metric
+
+
+class ClientQueueFullError(QueueFullError):
+    """The queue is full and this client holds at least its fair share of it: 429 with Retry-After."""
+
+    code = "too_many_requests"
+    http_status = 429
+    reason = "client_share"
+
+
 # --- one error map for both servers -------------------------------------------------------
 
 ErrorBody = Callable[[PizzaError], dict[str, Any]]

@@ -94,6 +94,55 @@ async def upload_load(
         return time.perf_counter() - started, latencies, errors
 
 
+SHED_CODES = ("overloaded", "too_many_requests")  # 429/503 from a full queue (serving/admission.py)
+
+
+def is_shed(status: int, body: bytes) -> bool:
+    """A request refused at once by a full queue (not a failure of the servers)."""
+    if status not in (429, 503):
+        return False
+    try:
+        return json.loads(body)["error"]["code"] in SHED_CODES
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+async def open_load(
+    url: str, photos: Sequence[tuple[str, bytes]], rate: float, seconds: float
+) -> list[tuple[int, float, bytes]]:
+    """Uploads to url/predict at `rate` per second for `seconds`, whatever the answers (an open
+    loop: clients that do not wait for each other, as real ones do), so offered load can exceed
+    capacity: (status, latency ms, body) per request; status 0 for a request that got no answer."""
+    import aiohttp
+
+    bodies = _multipart_bodies(url, photos)
+    n = max(1, round(rate * seconds))
+    results: list[tuple[int, float, bytes]] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60.0)) as client:
+
+        async def one(i: int) -> None:
+            content, headers = bodies[i % len(bodies)]
+            t0 = time.perf_counter()
+            try:
+                async with client.post(url + "/predict", data=content, headers=headers) as response:
+                    status, body = response.status, await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, body = 0, repr(exc).encode()
+            results.append((status, (time.perf_counter() - t0) * 1000, body))
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+    return results
+
+
 def run_async(coro):
     """asyncio.run on uvloop when it is installed (it is, with uvicorn[standard])."""
     try:

@@ -11,7 +11,11 @@ For each runtime the version can run on (TensorFlow, and the LiteRT artefacts ex
    `concurrency` requests in flight and p50/p95/p99 one request at a time;
    the best setting's worker and the servers alternate in 3 rounds, so on a shared machine both
    see the same CPU;
-3. the wire: bytes per image in the model server request (JSON with base64, as the gateway sends it).
+3. the wire: bytes per image in the model server request (JSON with base64, as the gateway sends it);
+4. overload: uploads offered at 1x and 2x the end-to-end throughput just measured, in an open
+   loop (clients that do not wait for each other): p50/p99 of the answered requests and the
+   share refused at once by the servers' bounded queues (429/503 with Retry-After), and how
+   fast those refusals came (`load_levels`).
 
 It also reports the model server's own p50 (the gateway's request sent to it directly), the
 mean batch the server formed under load, the CPU milliseconds per image of each process, and
@@ -38,6 +42,8 @@ from pizzactl.bench.load import (
     batch_stats,
     cpu_snapshot,
     direct_latencies,
+    is_shed,
+    open_load,
     percentile,
     run_async,
     upload_load,
@@ -58,6 +64,8 @@ SHARED_DATA = Path("..") / "shared" / "data" / "pizza_not_pizza"
 MAX_PHOTOS = 64
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 ROUNDS = 3
+LOAD_LEVELS = (1, 2)  # offered load, in multiples of the measured end-to-end throughput
+OVERLOAD_SECONDS = 30.0  # per level: several times the queue's 5 s, so a full queue shows
 
 
 def data_dir(settings) -> Path:
@@ -198,8 +206,45 @@ def servers(version_dir: Path, logs_dir: Path, tag: str, modelserver_args: Seque
         started.stop(grace=10.0)
 
 
+def load_levels(url: str, photos, capacity: float, seconds: float) -> dict[str, dict[str, Any]]:
+    """p99 and the share shed at each of LOAD_LEVELS x `capacity` (images/s), offered for `seconds` each."""
+    levels = {}
+    for multiple in LOAD_LEVELS:
+        rate = multiple * capacity
+        log(f"  {multiple}x the throughput ({rate:.1f} uploads/s) for {seconds:g}s ...")
+        results = run_async(open_load(url, photos, rate, seconds))
+        answered = [ms for status, ms, _ in results if status == 200]
+        shed = [ms for status, ms, body in results if is_shed(status, body)]
+        levels[f"{multiple}x"] = {
+            "offered_per_s": round(rate, 2),
+            "requests": len(results),
+            "answered": len(answered),
+            "shed": len(shed),
+            "errors": len(results) - len(answered) - len(shed),
+            "shed_share": round(len(shed) / len(results), 4),
+            "p50_ms": round(percentile(answered, 50), 2) if answered else None,
+            "p99_ms": round(percentile(answered, 99), 2) if answered else None,
+            "shed_p50_ms": round(percentile(shed, 50), 2) if shed else None,
+            "shed_p99_ms": round(percentile(shed, 99), 2) if shed else None,
+            "first_errors": [
+                f"{status}: {body[:200].decode(errors='replace')}"
+                for status, _, body in results
+                if status != 200 and not is_shed(status, body)
+            ][:3],
+        }
+    return levels
+
+
 def bench_runtime(
-    runtime: str, version_dir: Path, jpegs_file: Path, raw, jpegs, concurrency: int, requests: int, tmp: Path
+    runtime: str,
+    version_dir: Path,
+    jpegs_file: Path,
+    raw,
+    jpegs,
+    concurrency: int,
+    requests: int,
+    tmp: Path,
+    overload_seconds: float = OVERLOAD_SECONDS,
 ) -> dict[str, Any]:
     """The sweep, then the best setting side by side with the servers, for one runtime."""
     log(f"{runtime}: the model alone in a fresh process per setting ...")
@@ -215,9 +260,11 @@ def bench_runtime(
             m = measure(
                 worker, best["batch"], started.url, started.model_url, raw, jpegs, concurrency, requests, started.pids
             )
+            worker.close()  # its process would take CPU from the servers
+            levels = load_levels(started.url, raw, m["e2e_img_per_s"], overload_seconds) if overload_seconds else {}
     finally:
         worker.close()
-    return {**m, "sweep": table, "best": best, "served_by": served_by}
+    return {**m, "sweep": table, "best": best, "served_by": served_by, "load_levels": levels}
 
 
 def served_runtime(model_url: str) -> str | None:
@@ -260,12 +307,17 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
         "best": m["best"],
         "served_by": m["served_by"],
         "sweep": m["sweep"],
+        "load_levels": m["load_levels"],
     }
     return r
 
 
 def bench_serve(
-    settings, concurrency: int = 16, requests: int = 200, runtimes: Sequence[str] | None = None
+    settings,
+    concurrency: int = 16,
+    requests: int = 200,
+    runtimes: Sequence[str] | None = None,
+    overload_seconds: float = OVERLOAD_SECONDS,
 ) -> dict[str, Any]:
     """Every runtime's sweep, best and end to end; the top level is the default runtime's."""
     from pizzactl.model_store import latest_version_dir, read_metadata
@@ -289,7 +341,9 @@ def bench_serve(
         write_jpegs(jpegs_file, jpegs)
         for runtime in chosen:
             per_runtime[runtime] = _summary(
-                bench_runtime(runtime, version_dir, jpegs_file, raw, jpegs, concurrency, requests, Path(tmp))
+                bench_runtime(
+                    runtime, version_dir, jpegs_file, raw, jpegs, concurrency, requests, Path(tmp), overload_seconds
+                )
             )
         rounds_ = {}
         if "tensorflow" in per_runtime and len(per_runtime) > 1:
@@ -397,5 +451,22 @@ def print_bench(res: dict[str, Any]) -> None:
     load = res["load_average"]
     table.add_row("load average before / after", f"{load['before'][0]} / {load['after'][0]}", "")
     out.print(table)
+    if res.get("load_levels"):
+        levels = Table(
+            "offered load", "uploads/s", "answered", "p50 ms", "p99 ms", "shed share", "shed p99 ms", "errors",
+            title=f"{res['runtime']}: offered at 1x and 2x the end-to-end throughput (open loop)",
+        )  # fmt: skip
+        for name, level in res["load_levels"].items():
+            levels.add_row(
+                name,
+                f"{level['offered_per_s']:,}",
+                f"{level['answered']:,}",
+                "n/a" if level["p50_ms"] is None else f"{level['p50_ms']:,}",
+                "n/a" if level["p99_ms"] is None else f"{level['p99_ms']:,}",
+                f"{level['shed_share']:.1%}",
+                "n/a" if level["shed_p99_ms"] is None else f"{level['shed_p99_ms']:,}",
+                f"{level['errors']:,}",
+            )
+        out.print(levels)
     if res.get("errors"):
         err.print(f"[yellow]{res['errors']} request(s) failed during the run.[/]")

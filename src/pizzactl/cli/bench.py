@@ -60,6 +60,12 @@ def bench_serve(
     runtimes: str | None = typer.Option(
         None, "--runtimes", help="Comma-separated: tensorflow, litert, litert-int8 (default: every one the model has)."
     ),
+    overload_seconds: float = typer.Option(
+        30.0,
+        "--overload-seconds",
+        min=0,
+        help="Seconds of open-loop load at 1x and at 2x the measured throughput, for p99 and the share shed (0: skip).",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """The model's best in-process throughput (thread and batch sweep) vs end to end, per runtime."""
@@ -68,7 +74,11 @@ def bench_serve(
 
     chosen = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
     res = bench(
-        settings(models_dir=models, data_dir=data), concurrency=concurrency, requests=requests_, runtimes=chosen
+        settings(models_dir=models, data_dir=data),
+        concurrency=concurrency,
+        requests=requests_,
+        runtimes=chosen,
+        overload_seconds=overload_seconds,
     )
     if json_out:
         print_json(res)

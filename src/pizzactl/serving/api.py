@@ -92,7 +92,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Image or request too large",
         415: "Not an image format or media type the gateway accepts",
         422: "Well-formed but unusable: schema mismatch, corrupt image, URL fetch failed",
-        503: "The model server is down, slow or has no model (Retry-After set)",
+        429: "This client holds its share of a full queue: retry after Retry-After seconds",
+        503: "The queue is full, or the model server is down, stuck or has no model (Retry-After set)",
     }
     return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
 

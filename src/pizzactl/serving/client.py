@@ -3,9 +3,16 @@
 One pooled `aiohttp.ClientSession` per event loop (httpx's connection pool cost the gateway
 milliseconds of CPU per call under load; aiohttp's costs a fraction of one), a semaphore
 bounding the requests in flight,
-and a hard deadline per call: when the model server is down, slow or not ready, every call
-ends within `timeout` seconds with `ModelUnavailableError` (the gateway's 503 + Retry-After),
-never a hang, and the next call simply tries again, so recovery needs no restart.
+and a deadline per call: when the model server is down, stuck or not ready, every call ends
+with `ModelUnavailableError` (the gateway's 503 + Retry-After), never a hang, and the next call
+simply tries again, so recovery needs no restart. The deadline is for a server that makes no
+progress, not for queueing. Once a call has waited `timeout` plus the wait its caller expects
+for the queue ahead of it (`queue_wait`), and the model server has answered no call for
+`timeout` plus the time one batch takes (`batch_wait`), the server is asked for its status (one
+probe for all the waiting calls): a server that answers within `timeout` is busy, not stuck, and
+the calls wait on; one that does not (stuck, dead) fails them. In any case a call fails after
+`timeout` + `max_wait` seconds. A full model server answers 503 with Retry-After at once, which
+is passed on.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,9 +29,10 @@ from typing import Any
 import aiohttp
 
 from pizzactl.config import MODEL_NAME
-from pizzactl.errors import InvalidImageError, ModelUnavailableError
+from pizzactl.errors import InvalidImageError, ModelUnavailableError, QueueFullError
 
 DEFAULT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect (a dead server refuses at once; a black hole takes this)
 DEFAULT_IMAGE_SIZE = 224
 
 
@@ -97,6 +106,7 @@ class ModelClient:
         max_concurrency: int = 64,
         info_ttl: float = 5.0,
         observe: Callable[[str, float], None] | None = None,
+        max_wait: float = 0.0,
     ):
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
@@ -104,7 +114,10 @@ class ModelClient:
         self.max_concurrency = max_concurrency
         self.info_ttl = info_ttl
         self.observe = observe
+        self.max_wait = max_wait  # seconds of queueing a call may wait beyond `timeout` while the server progresses
+        self.last_progress = -math.inf  # time.monotonic() of the last answer the model server gave
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession, asyncio.Semaphore]] = {}
+        self._probes: dict[int, asyncio.Task[bool]] = {}  # the status probe in flight, per event loop
         self._info: tuple[float, ModelInfo] | None = None
         self._info_lock: asyncio.Lock | None = None
 
@@ -117,8 +130,11 @@ class ModelClient:
         entry = self._clients.get(id(loop))
         if entry is None or entry[0] is not loop or entry[1].closed:
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_concurrency, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=min(1.0, self.timeout)),
+                # one connection more than the calls in flight: the status probe never waits for one
+                connector=aiohttp.TCPConnector(limit=self.max_concurrency + 1, keepalive_timeout=30),
+                # no total: `_request` keeps the deadline, which moves while the model server progresses
+                # (a connect to a live server on a starved CPU can take longer than a short model timeout)
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
                 trust_env=False,
             )
             entry = (loop, session, asyncio.Semaphore(self.max_concurrency))
@@ -131,26 +147,86 @@ class ModelClient:
         if entry is not None:
             await entry[1].close()
 
-    async def _request(self, method: str, url: str, kind: str, body: bytes | None = None) -> Reply:
+    def deadline(self, begun: float, queue_wait: float = 0.0, batch_wait: float = 0.0) -> float:
+        """When a call begun at `begun` (monotonic) asks whether the server lives: no answer to any call
+        for `timeout` + `batch_wait` seconds, but not before `timeout` + `queue_wait`; and when it
+        gives up anyway: `timeout` + `max_wait` (or the two waits, if longer) after it began."""
+        patient = max(begun + self.timeout + queue_wait, self.last_progress + self.timeout + batch_wait)
+        return min(patient, begun + self.timeout + max(self.max_wait, queue_wait + batch_wait))
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        kind: str,
+        body: bytes | None = None,
+        queue_wait: float = 0.0,
+        batch_wait: float = 0.0,
+    ) -> Reply:
         session, slots = self._client()
         headers = {"Content-Type": "application/json"} if body is not None else None
         started = time.perf_counter()
+        begun = time.monotonic()
+
+        async def call() -> Reply:
+            async with slots, session.request(method, url, data=body, headers=headers) as response:
+                reply = Reply(response.status, response.headers, await response.read())
+            self.last_progress = time.monotonic()
+            return reply
+
+        task = asyncio.ensure_future(call())
         try:
-            async with asyncio.timeout(self.timeout):
-                async with slots, session.request(method, url, data=body, headers=headers) as response:
-                    reply = Reply(response.status, response.headers, await response.read())
-        except TimeoutError:
-            raise _unavailable(f"The model server did not answer within {self.timeout:g}s.", 2) from None
+            while not task.done():
+                deadline = self.deadline(begun, queue_wait, batch_wait)
+                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+                if task.done() or time.monotonic() < self.deadline(begun, queue_wait, batch_wait):
+                    continue
+                cap = begun + self.timeout + max(self.max_wait, queue_wait + batch_wait)
+                if time.monotonic() >= cap or not await self._alive():
+                    waited = time.monotonic() - begun
+                    raise _unavailable(
+                        f"The model server did not answer within {self.timeout:g}s (waited {waited:.1f}s).", 2
+                    )
+            reply = task.result()
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(
                 f"The model server at {self.base_url} cannot be reached ({type(exc).__name__})."
             ) from None
         finally:
+            if not task.done():
+                task.cancel()
             if self.observe:
                 self.observe(kind, time.perf_counter() - started)
+        if reply.status_code in (429, 503) and "retry-after" in reply.headers:  # its queue is full
+            error = QueueFullError(
+                f"The model server is at capacity: {_error_text(reply)}",
+                hint="The model server's queue is full; retry after Retry-After seconds.",
+            )
+            error.reason = "model_server_full"
+            error.retry_after = _seconds(reply.headers["retry-after"])
+            raise error
         if reply.status_code >= 500 or reply.status_code == 404:
             raise _unavailable(f"The model server answered {reply.status_code}: {_error_text(reply)}")
         return reply
+
+    async def _alive(self) -> bool:
+        """Whether the model server answers a status request within `timeout`: a busy one does (its
+        batches run in a worker thread), a stuck or dead one does not. One probe for all waiting calls."""
+        loop = asyncio.get_running_loop()
+        probe = self._probes.get(id(loop))
+        if probe is None or probe.done() or probe.get_loop() is not loop:
+            probe = self._probes[id(loop)] = loop.create_task(self._probe_status())
+        return await asyncio.shield(probe)
+
+    async def _probe_status(self) -> bool:
+        session, _ = self._client()
+        try:
+            async with asyncio.timeout(self.timeout), session.get(self.model_url) as response:
+                await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+        self.last_progress = time.monotonic()
+        return True
 
     async def status(self) -> dict[str, Any]:
         response = await self._request("GET", self.model_url, "status")
@@ -192,12 +268,17 @@ class ModelClient:
             self._info = (time.monotonic(), info)
             return info
 
-    async def predict(self, images: list[bytes]) -> tuple[list[Prediction], str | None]:
-        """Predictions for encoded images, and the version that made them (if the server says)."""
+    async def predict(
+        self, images: list[bytes], queue_wait: float = 0.0, batch_wait: float = 0.0
+    ) -> tuple[list[Prediction], str | None]:
+        """Predictions for encoded images, and the version that made them (if the server says).
+
+        `queue_wait`: the seconds the caller expects the queue ahead of these images to take;
+        `batch_wait`: the seconds one batch of the model server takes (no answer comes meanwhile)."""
         body = json.dumps(
             {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
         ).encode()
-        response = await self._request("POST", f"{self.model_url}:predict", "predict", body)
+        response = await self._request("POST", f"{self.model_url}:predict", "predict", body, queue_wait, batch_wait)
         if response.status_code != 200:
             # The gateway re-encodes every image, so this is the model refusing one: not a 5xx.
             raise InvalidImageError(f"The model server rejected the image: {_error_text(response)}")
@@ -219,6 +300,11 @@ class ModelClient:
             raise _unavailable("The model server answered the wrong number of predictions.")
         version = response.headers.get("x-model-version")
         return predictions, version
+
+
+def _seconds(value: str) -> int:
+    """A Retry-After in seconds (an HTTP date, which our servers never send, counts as 1)."""
+    return max(1, int(value)) if value.strip().isdigit() else 1
 
 
 def _error_text(response: Reply) -> str:

@@ -71,7 +71,7 @@ def _gateway(request: Request) -> Gateway:
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 429, 503),
     openapi_extra={"requestBody": PREDICT_BODY},
     summary="Classify one image",
     description=(
@@ -81,14 +81,15 @@ def _gateway(request: Request) -> Gateway:
 )
 async def predict(request: Request) -> dict[str, Any]:
     gateway = _gateway(request)
-    picture = await gateway.prepare(await gateway.fetch_request(request))
-    return (await gateway.predict([picture]))[0]
+    with gateway.admit(request, 1):
+        picture = await gateway.prepare(await gateway.fetch_request(request))
+        return (await gateway.predict([picture]))[0]
 
 
 @router.post(
     "/predict/batch",
     response_model=list[PredictResponse | ErrorResponse],
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 429, 503),
     openapi_extra={"requestBody": BATCH_BODY},
     summary="Classify several images in one request",
     description=(
@@ -112,7 +113,8 @@ async def predict_batch(request: Request) -> list[dict[str, Any]]:
             f"{len(payload)} items; at most {limit} per request.",
             hint="Split the list (PIZZACTL_MAX_BATCH_ITEMS raises the limit).",
         )
-    return await gateway.predict_each(payload)
+    with gateway.admit(request, len(payload)):
+        return await gateway.predict_each(payload)
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the gateway process answers")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from pizzactl.config import Settings, load_settings, view
-from pizzactl.errors import BadInputError, InvalidImageError, PizzaError, UnsupportedMediaError, gateway_body
+from pizzactl.errors import (
+    BadInputError,
+    InvalidImageError,
+    PizzaError,
+    QueueFullError,
+    UnsupportedMediaError,
+    gateway_body,
+)
 from pizzactl.serving import prepare as images
+from pizzactl.serving.admission import Admission
 from pizzactl.serving.api import (
     B64Item,
     UrlItem,
@@ -65,6 +74,9 @@ class GatewayConfig:
     metrics_require_key: bool = True
     api_key_rate: float = 0.0
     api_key_burst: int = 20
+    queue_seconds: float = 5.0  # admission: the queue holds this much work at the measured rate
+    max_queue: int = 0  # admission: a fixed bound in images instead (0: measured)
+    max_batch_size: int = 32  # the model server's: how long one of its batches takes, at the measured rate
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:
@@ -122,6 +134,25 @@ class Metrics:
         self.images = Counter(
             "pizzactl_gateway_images", "Images predicted, by label", ["label"], registry=self.registry
         )
+        self.shed = Counter(
+            "pizzactl_gateway_shed_requests",
+            "Requests refused at once with 429/503 because a queue was full, by reason: queue_full (the "
+            "gateway's), client_share (429: the client held its share of it), model_server_full",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("queue_full", "client_share", "model_server_full"):
+            self.shed.labels(reason)
+
+    def watch_queue(self, admission: Admission) -> None:
+        """The gateway queue's bound and fill, read at scrape time."""
+        from prometheus_client import Gauge
+
+        admission.on_shed = lambda reason: self.shed.labels(reason).inc()
+        bound = Gauge("pizzactl_gateway_queue_bound_images", "Images the queue may hold", registry=self.registry)
+        bound.set_function(admission.bound)
+        held = Gauge("pizzactl_gateway_queued_images", "Images admitted and not yet answered", registry=self.registry)
+        held.set_function(lambda: admission.held)
 
     def observe_request(self, scope: dict[str, Any], status: int, seconds: float) -> None:
         """By route template, so label values stay bounded."""
@@ -172,9 +203,18 @@ class Gateway:
             timeout=config.model_timeout,
             max_concurrency=config.max_concurrency,
             observe=lambda call, seconds: metrics.model_latency.labels(call).observe(seconds),
+            max_wait=3 * config.queue_seconds,
         )
+        self.admission = Admission(config.queue_seconds, config.max_queue)
+        metrics.watch_queue(self.admission)
         self.policy = config.fetch_policy
         self._fetch_clients: dict[int, Any] = {}
+
+    # --- admission
+
+    def admit(self, request: Request, images: int) -> AbstractContextManager[None]:
+        """A place in the bounded queue for `images` images, or 429/503 with Retry-After at once."""
+        return self.admission.admit(images, request.client.host if request.client else None)
 
     # --- fetch
 
@@ -228,7 +268,18 @@ class Gateway:
             pictures = await run_in_threadpool(
                 lambda: [p if p.size == size else prepare(p.data, limits, size) for p in pictures]
             )
-        predictions, version = await self.model.predict([p.jpeg for p in pictures if p.jpeg is not None])
+        jpegs = [p.jpeg for p in pictures if p.jpeg is not None]
+        try:
+            with self.admission.meter.measure(len(jpegs)):
+                # twice the expected wait: a request may arrive just as a long batch starts; and no
+                # answer comes while a batch runs (a full one of a slow model can take longer than the timeout)
+                admission = self.admission
+                predictions, version = await self.model.predict(
+                    jpegs, 2 * admission.expected_wait(), admission.expected_wait(self.config.max_batch_size)
+                )
+        except QueueFullError as exc:  # the model server's queue
+            self.metrics.shed.labels(exc.reason).inc()
+            raise
         classes = info.classes or self.configured_classes
         return [self.answer(p, int(version or info.version), classes) for p in predictions]
 

@@ -72,6 +72,23 @@ class Metrics:
             "pizzactl_model_batch_seconds", "Seconds to run one batch", registry=self.registry
         )
 
+    def watch_queue(self, server: ModelServer) -> None:
+        """Shed requests by reason, and the queue's bound and fill (serving/admission.py)."""
+        from prometheus_client import Counter, Gauge
+
+        shed = Counter(
+            "pizzactl_model_shed_requests",
+            "Requests refused at once because the queue was full, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        shed.labels("queue_full")
+        server.admission.on_shed = lambda reason: shed.labels(reason).inc()
+        bound = Gauge("pizzactl_model_queue_bound_images", "Images the queue may hold", registry=self.registry)
+        bound.set_function(server.admission.bound)
+        held = Gauge("pizzactl_model_queued_images", "Images queued or running", registry=self.registry)
+        held.set_function(lambda: server.admission.held)
+
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
@@ -99,6 +116,7 @@ def create_app(
     server = ModelServer(config)
     metrics = Metrics()
     server.batcher.on_batch = metrics.observe_batch
+    metrics.watch_queue(server)
 
     async def status(request: Request) -> Response:
         return JSONResponse(server.status(request.path_params["name"], _version(request)))

@@ -14,7 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pizzactl.serving.admission import Throughput
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,8 +101,10 @@ class Batcher:
         max_batch_size: int = 32,
         timeout: float = 0.0,
         threads: int = 1,
+        meter: Throughput | None = None,
     ):
         self.run = run
+        self.meter = meter  # images per busy second, for the admission bound (serving/admission.py)
         self.max_batch_size = max(1, int(max_batch_size))
         self.timeout = max(0.0, float(timeout))
         self.threads = max(1, int(threads))
@@ -187,7 +192,10 @@ class Batcher:
             if not batch:
                 return
             started = time.perf_counter()
-            outcomes = await loop.run_in_executor(self._executor, isolate_failures, self.run, [p.items for p in batch])
+            with self.meter.measure(sum(len(p.items) for p in batch)) if self.meter else contextlib.nullcontext():
+                outcomes = await loop.run_in_executor(
+                    self._executor, isolate_failures, self.run, [p.items for p in batch]
+                )
             if not any(isinstance(o, BaseException) for o in outcomes):  # one batch ran (not several alone)
                 size = sum(len(p.items) for p in batch)
                 self.batch_sizes.append(size)

@@ -21,6 +21,7 @@ from typing import Any
 from pizzactl.config import Settings, view
 from pizzactl.errors import BadInputError, ServableNotFoundError
 from pizzactl.model_store import list_versions, model_base
+from pizzactl.serving.admission import Admission, Throughput
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
 from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, Runtime, load_runtime, usable_cpus
@@ -44,6 +45,8 @@ class ModelServerConfig:
     tf_inter_op_threads: int
     model_runtime: str
     max_request_bytes: int = MAX_REQUEST_BYTES
+    queue_seconds: float = 5.0
+    max_queue: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ModelServerConfig:
@@ -81,8 +84,18 @@ class ModelServer:
         self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
         self._failed_mtime: dict[int, float] = {}
         self._lock = threading.Lock()
+        self.meter = Throughput()
         self.batcher = Batcher(
-            self._run_batch, config.max_batch_size, config.batch_timeout_ms / 1000, config.batch_threads
+            self._run_batch, config.max_batch_size, config.batch_timeout_ms / 1000, config.batch_threads, self.meter
+        )
+        # A full queue answers 503 at once (TF Serving's UNAVAILABLE "batch scheduling queue is full");
+        # one client (the gateway) is the usual caller here, so no per-client 429.
+        self.admission = Admission(
+            config.queue_seconds,
+            config.max_queue,
+            self.meter,
+            per_client=False,
+            min_queue=2 * config.max_batch_size * config.batch_threads,
         )
         self._watcher: asyncio.Task | None = None
 
@@ -226,13 +239,14 @@ class ModelServer:
             raise BadInputError(f'Serving signature name: "{signature}" not found in signature def')
         input_names = model.input_names(signature)
         inputs, columnar = rest.parse_request(body, input_names)
-        if signature == SIGNATURE and len(input_names) == 1:
-            results = await self.batcher.submit(inputs[input_names[0]])
-            used = results[0][1] if results else model.version
-            rows = [r[0] for r in results]
-            keys = sorted(rows[0]) if rows else sorted(model.signature_def[signature]["outputs"])
-            outputs = {k: [row[k] for row in rows] for k in keys}
-        else:
-            outputs = await asyncio.to_thread(model.run, signature, inputs)
-            used = model.version
+        with self.admission.admit(max(len(v) for v in inputs.values())):
+            if signature == SIGNATURE and len(input_names) == 1:
+                results = await self.batcher.submit(inputs[input_names[0]])
+                used = results[0][1] if results else model.version
+                rows = [r[0] for r in results]
+                keys = sorted(rows[0]) if rows else sorted(model.signature_def[signature]["outputs"])
+                outputs = {k: [row[k] for row in rows] for k in keys}
+            else:
+                outputs = await asyncio.to_thread(model.run, signature, inputs)
+                used = model.version
         return rest.answer(outputs, columnar), used
