@@ -253,7 +253,37 @@ async def test_rollback_keeps_the_pull_secret_and_gateway_options_of_the_deploy(
         assert pod["imagePullSecrets"] == [{"name": "regcred"}], name
     gateway = kmock.objects[DEPLOYMENTS, NS, "pizzactl-gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "PIZZACTL_ALLOW_PRIVATE_URLS", "value": "true"} in gateway["env"]
-    assert state_mod.load(_settings()).extra["render"] == {"pull_secret": "regcred", "allow_private_urls": True}
+    assert state_mod.load(_settings()).extra["render"] == {
+        "pull_secret": "regcred",
+        "allow_private_urls": True,
+        "api_key": None,
+        "api_key_hashes": None,
+    }
+
+
+async def test_rollback_from_a_shell_without_the_api_key_keeps_the_gateway_locked(kmock, api):
+    """Deploy owns the keys Secret and a deploy without keys empties it: a rollback rendered from a
+    later shell's settings (no PIZZACTL_API_KEY) would open the gateway. The record keeps the
+    digests, never the key."""
+    import hashlib
+
+    from pizzactl.deploy import rollback
+    from pizzactl.deploy.manifests import API_KEYS_SECRET
+
+    _namespace(kmock)
+    fake = FakeCluster(kmock)
+    deployed_with = _settings(api_key="s3cret-pizza-key")
+    task = await _playing(fake)
+    try:
+        await asyncio.to_thread(cluster.release, deployed_with, _images(1), 20.0)
+        await asyncio.to_thread(cluster.release, deployed_with, _images(2, "b"), 20.0)
+        await asyncio.to_thread(rollback, _settings(), None, 20.0)
+    finally:
+        task.cancel()
+    digest = hashlib.sha256(b"s3cret-pizza-key").hexdigest()
+    hashes = base64.b64decode(kmock.objects[SECRETS, NS, API_KEYS_SECRET]["data"]["hashes"]).decode()
+    assert hashes == digest
+    assert "s3cret-pizza-key" not in state_mod.state_path(_settings()).read_text()
 
 
 # --- 11. smaller ones -------------------------------------------------------------------------------

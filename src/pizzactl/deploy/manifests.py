@@ -54,7 +54,17 @@ RENDER_OPTIONS = ("pull_secret", "allow_private_urls")
 
 
 def render_options(settings: Settings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in RENDER_OPTIONS}
+    """`RENDER_OPTIONS`, and the API keys as the digests the gateway accepts (never a key): a
+    rollback from a shell without PIZZACTL_API_KEY must not render an empty keys Secret, which
+    would open the gateway."""
+    from pizzactl.serving.auth import accepted_hashes, hashes_setting
+
+    digests = accepted_hashes(settings.api_key, settings.api_key_hashes)
+    return {
+        **{name: getattr(settings, name) for name in RENDER_OPTIONS},
+        "api_key": None,
+        "api_key_hashes": hashes_setting(digests) or None,
+    }
 
 
 def kustomization(k8s_dir: Path = K8S_DIR) -> dict[str, Any]:
