@@ -146,6 +146,8 @@ class RolloutState:
     kubectl (pkg/polymorphichelpers/rollout_status.go): done when the controller has observed the
     latest spec (observedGeneration >= generation), every desired replica is updated, no old
     replica is left (status.replicas == updatedReplicas) and every updated one is available.
+    A ProgressDeadlineExceeded condition counts only once the controller has observed the latest
+    spec: until then it is the previous rollout's, which a fix-forward or rollback replaces.
     `hpa_min` adds what follows on a fresh deployment: the HPA raises replicas to its minReplicas.
     """
 
@@ -194,6 +196,7 @@ def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> Ro
     dep = client.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
     status = dep.status or client.V1DeploymentStatus()
     conditions = status.conditions or []
+    observed = (status.observed_generation or 0) >= ((dep.metadata.generation if dep.metadata else 0) or 0)
     return RolloutState(
         name=name,
         desired=dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1,
@@ -201,8 +204,9 @@ def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> Ro
         updated=status.updated_replicas or 0,
         ready=status.ready_replicas or 0,
         available=status.available_replicas or 0,
-        observed=(status.observed_generation or 0) >= ((dep.metadata.generation if dep.metadata else 0) or 0),
-        deadline_exceeded=any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions),
+        observed=observed,
+        deadline_exceeded=observed
+        and any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions),
         hpa_min=hpa_min,
     )
 
@@ -272,6 +276,8 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
         if labels.get("app.kubernetes.io/name") != app:  # a selector the API server ignored
             continue
         version = labels.get(MODEL_VERSION_LABEL, "")
+        if pod.metadata and pod.metadata.deletion_timestamp:
+            continue  # Terminating: still Ready for its grace period, but out of the Service's endpoints
         if version.isdigit() and pod.status and diagnosis.pod_ready(pod.status):
             served[int(version)] = served.get(int(version), 0) + 1
     return dict(sorted(served.items()))
@@ -314,13 +320,47 @@ def secret_exists(api_client, namespace: str, name: str) -> bool:
 
 def metrics_available(api_client) -> bool:
     """Whether the cluster serves metrics.k8s.io (metrics-server): without it HPAs never scale on CPU."""
+    return metrics_api(api_client).available
+
+
+METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
+
+
+@dataclass(frozen=True)
+class MetricsApi:
+    """metrics.k8s.io as the HPAs meet it. Listed in discovery is not enough: the aggregator
+    lists an APIService whatever its state, and a metrics-server that is installed but failing
+    (on kind: without --kubelet-insecure-tls) has Available=False (kube-aggregator's
+    available_controller.go: MissingEndpoints, FailedDiscoveryCheck, ServiceNotFound)."""
+
+    listed: bool
+    available: bool
+    reason: str = ""  # the APIService's Available reason when it is not True
+    message: str = ""
+
+
+def metrics_api(api_client) -> MetricsApi:
+    """Whether metrics.k8s.io is listed and its APIService Available (listed counts as available
+    when the APIService cannot be read, e.g. a namespace-scoped identity)."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     try:
         groups = client.ApisApi(api_client).get_api_versions().groups or []
     except Exception as exc:
         raise api_error(exc, "Listing the API groups") from None
-    return any(g.name == "metrics.k8s.io" for g in groups)
+    if not any(g.name == "metrics.k8s.io" for g in groups):
+        return MetricsApi(listed=False, available=False)
+    try:
+        service = client.ApiregistrationV1Api(api_client).read_api_service(METRICS_APISERVICE)
+    except ApiException:
+        return MetricsApi(listed=True, available=True)  # cannot tell: trust the listing
+    for condition in (service.status.conditions if service.status else None) or []:
+        if condition.type == "Available":
+            if condition.status == "True":
+                return MetricsApi(listed=True, available=True)
+            return MetricsApi(True, False, condition.reason or "Unavailable", condition.message or "")
+    return MetricsApi(True, False, "NoAvailableCondition", "the aggregator has not checked it yet")
 
 
 def node_architectures(api_client) -> set[str]:

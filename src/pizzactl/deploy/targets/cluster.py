@@ -106,17 +106,30 @@ def release(settings: Settings, images: Images, timeout: float, *, record: Deplo
 
 def _autoscaling(api, states: dict[str, k8s.RolloutState]) -> dict[str, Any]:
     """Whether the HPAs can scale on CPU; say what happens when they cannot."""
-    has_metrics = k8s.metrics_available(api)
+    metrics = k8s.metrics_api(api)
+    has_metrics = metrics.available
     replicas = ", ".join(f"{name.removeprefix('pizzactl-')} {s.desired}" for name, s in states.items())
     if has_metrics:
         message = f"Autoscaling on CPU is active (replicas now: {replicas})."
+    elif metrics.listed:
+        message = (
+            f"metrics-server is installed but not working: APIService {k8s.METRICS_APISERVICE} is not Available "
+            f"({metrics.reason}: {metrics.message}), so the HPAs keep their minReplicas ({replicas}) and never "
+            f"scale on CPU. On kind, metrics-server needs `--kubelet-insecure-tls` in its args "
+            "(`kubectl patch deployment metrics-server -n kube-system --type=json -p "
+            """'[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'`); """
+            f"see why with `kubectl describe apiservice {k8s.METRICS_APISERVICE}` and "
+            "`kubectl logs -n kube-system deploy/metrics-server`."
+        )
+        log(f"[yellow]{message}[/]")
     else:
         message = (
             f"This cluster has no metrics-server, so the HPAs keep their minReplicas ({replicas}) and never "
             f"scale on CPU. To autoscale, {METRICS_HINT}."
         )
         log(f"[yellow]{message}[/]")
-    return {"metrics_server": has_metrics, "message": message}
+    state = "Available" if has_metrics else (metrics.reason or "NotInstalled")
+    return {"metrics_server": has_metrics, "metrics_api": state, "message": message}
 
 
 def _new_record(settings: Settings) -> DeployState:
