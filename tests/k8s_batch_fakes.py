@@ -15,11 +15,14 @@ meets in a real cluster, one `step()` at a time:
   and Ignore onPodConditions DisruptionTarget (replaced without counting). A Job deleted
   without propagationPolicy orphans its pods (the API's default for batch/v1 Jobs; the Job docs'
   note on ttlSecondsAfterFinished); Background or Foreground deletes them.
-- scheduler: node allocatable CPU, memory and nvidia.com/gpu minus what bound pods request,
+- scheduler (for Job, bare and Deployment pods alike): node allocatable CPU, memory and
+  nvidia.com/gpu minus what bound pods request,
   nodeSelector, taints and tolerations, unbound PVCs; an unschedulable pod stays Pending with
   PodScheduled=False/Unschedulable and a FailedScheduling event in kube-scheduler's words: "0/1
   nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available: 1 No
   preemption victims found for incoming pod.." (NVIDIA/k8s-device-plugin#430).
+  A model server pod asking 250m CPU of a node with less stays Pending the same way: "0/1
+  nodes are available: 1 Insufficient cpu. ..." (kube-scheduler's NodeResourcesFit).
 - volumes: a PVC of the default class binds when its first pod is scheduled (kind's "standard"
   class is WaitForFirstConsumer, kubernetes-sigs/kind#2243); without a storage class it stays
   Pending (FailedBinding) and its pods are unschedulable ("pod has unbound immediate
@@ -53,7 +56,7 @@ from pathlib import Path
 
 import kmock
 
-from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status
+from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status, _terminating
 
 JOBS = kmock.resource("batch/v1/jobs")
 PVCS = kmock.resource("v1/persistentvolumeclaims")
@@ -166,6 +169,8 @@ class TrainingCluster(FakeCluster):
 
     def _kubelet(self, key, pod) -> None:
         if pod["metadata"].get("ownerName") and JOB_LABEL not in pod["metadata"].get("labels", {}):
+            if not _terminating(pod) and not pod["spec"].get("nodeName") and not self._schedule(key, pod):
+                return  # a Deployment's pod goes through the scheduler too: it fits a node or stays Pending
             return super()._kubelet(key, pod)  # a Deployment's pod
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             if self.outcome.get(key[2]) == LOSE_NODE:
@@ -769,3 +774,19 @@ def write_train_outputs(host_out: Path, out: str, env: dict, host_data: Path | N
         "leaderboard": [board],
     }
     (host_out / "result.json").write_text(json.dumps(result))
+
+
+def forbid_listing_nodes(emulator, user: str = "system:serviceaccount:pizzactl:deployer") -> None:
+    """A namespace-scoped identity (a Role, no ClusterRole): listing nodes is 403 in the RBAC
+    authorizer's words ('nodes is forbidden: User "X" cannot list resource "nodes" in API group
+    "" at the cluster scope', kubernetes plugin/pkg/auth/authorizer/rbac)."""
+
+    async def forbidden(request):
+        import aiohttp.web
+
+        if request.method != kmock.method.GET or not re.fullmatch(r"/api/v1/nodes/?", request.url.path):
+            return None
+        message = f'nodes is forbidden: User "{user}" cannot list resource "nodes" in API group "" at the cluster scope'
+        return aiohttp.web.json_response(_status(403, "Forbidden", message, {"kind": "nodes"}), status=403)
+
+    emulator.stream_handlers = [forbidden, *getattr(emulator, "stream_handlers", ())]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pizzactl.config import Settings
 from pizzactl.console import log
-from pizzactl.deploy import k8s, manifests
+from pizzactl.deploy import capacity, k8s, manifests
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.images import Images
 from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
@@ -158,6 +158,7 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     arches = k8s.node_architectures(api)
     if settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
+    capacity.check_deployment(api, settings)
     images = build(settings, push=True)
     previous = state_mod.load(settings)
     record = previous if previous is not None and previous.target == TARGET else _new_record(settings)
