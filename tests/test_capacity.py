@@ -119,3 +119,36 @@ def test_quantities_are_read_as_kubernetes_writes_them():
     assert capacity.quantity("4Gi") == 4 * 2**30 and capacity.quantity("1e3") == 1000 and capacity.quantity("2") == 2
     with pytest.raises(DeployError):
         capacity.quantity("lots")
+
+
+# --- a full training volume (item 10) ----------------------------------------------------------------
+
+
+def _dataset_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.glob("*/*.jpg"))
+
+
+async def test_a_volume_that_fills_up_during_the_upload_says_so(kmock, world, photos, tmp_path):
+    """GNU tar reads the whole archive, writes what fits and exits 2 with "Cannot write: No space
+    left on device": that line, not a bare exit code, is what the user sees."""
+    cluster = _cluster(kmock, tmp_path)
+    cluster.volume_bytes = _dataset_bytes(photos) // 2
+    with pytest.raises(TrainingError) as info:
+        await _run(cluster, train_on, _train_settings(data_dir=photos), "prod", timeout=20.0)
+    assert "Cannot write: No space left on device" in info.value.message
+    assert "`pizzactl teardown`" in info.value.hint and "train_volume_size" in info.value.hint
+    assert cluster.jobs() == {}  # no Job started on half a dataset
+
+
+async def test_a_full_volume_ends_the_command_mid_upload_and_says_why(kmock, world, copy_photos, tmp_path):
+    """The volume is full before anything is written: `mkdir` fails at once, the command ends and
+    the API server closes the connection while megabytes are still being sent. The error is the
+    command's stderr and exit code, not the broken connection."""
+    photos = copy_photos(80)  # ~9 MB, more than the socket buffers hold: still sending when it ends
+    cluster = _cluster(kmock, tmp_path)
+    cluster.volume_bytes = 0
+    with pytest.raises(TrainingError) as info:
+        await _run(cluster, train_on, _train_settings(data_dir=photos), "prod", timeout=20.0)
+    message = info.value.message
+    assert "cannot create directory '/workspace/data/" in message and "No space left on device" in message
+    assert "(exit 1)" in message and "`pizzactl teardown`" in info.value.hint
