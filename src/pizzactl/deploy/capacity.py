@@ -88,13 +88,14 @@ def nodes(api_client) -> list[Node] | None:
         if item.spec and item.spec.unschedulable:
             continue  # cordoned
         allocatable = (item.status.allocatable if item.status else None) or {}
+        meta = item.metadata or client.V1ObjectMeta()
         found.append(
             Node(
-                name=item.metadata.name,
+                name=str(meta.name),
                 cpu=quantity(allocatable.get("cpu", "0")),
                 memory=quantity(allocatable.get("memory", "0")),
                 gpus=int(quantity(allocatable.get(GPU, "0"))),
-                labels=dict(item.metadata.labels or {}),
+                labels=dict(meta.labels or {}),
             )
         )
     return found
