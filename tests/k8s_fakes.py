@@ -306,6 +306,9 @@ class FakeCluster:
         self.steps += 1
         self._namespaces()
         self._hpas()
+        # The Deployment controller computes its status from ReplicaSet status, which counts the
+        # pods as the ReplicaSet controller last saw them: before this step's scaling.
+        self._state("seen")["pods"] = {k: _plain(p) for k, p in self._live(PODS) if not _terminating(p)}
         for key, dep in self._live(DEPLOYMENTS):
             self._deployment(key, dep)
         for key, pod in self._live(PODS):
@@ -521,13 +524,14 @@ class FakeCluster:
         namespace, name = key[1], key[2]
         template = _plain(dep["spec"]["template"])
         pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        seen = self._state("seen").get("pods", {})
         pods = [
             p
-            for _, p in self._live(PODS, namespace)
-            if str(p["metadata"].get("ownerName", "")).startswith(name + "-")
-            and (PODS, namespace, p["metadata"]["name"]) in self.kmock.objects
-            and not _terminating(p)  # the ReplicaSet controller counts active pods only
-        ]
+            for k, p in seen.items()
+            if k[1] == namespace
+            and str(p["metadata"].get("ownerName", "")).startswith(name + "-")
+            and not self.kmock.objects[k].deleted
+        ]  # active pods (the ReplicaSet controller counts no Terminating one) as of the step's start
         updated = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == pod_hash]
         ready = [p for p in pods if _ready(p)]
         before = _plain(dep.get("status") or {})

@@ -359,3 +359,39 @@ async def test_a_metrics_api_that_is_listed_but_not_available_is_not_called_acti
     assert "is active" not in autoscaling["message"]
     assert reason in autoscaling["message"] and "--kubelet-insecure-tls" in autoscaling["message"]
     assert "kubectl describe apiservice v1beta1.metrics.k8s.io" in autoscaling["message"]
+
+
+async def test_a_rollback_onto_the_replicaset_that_served_does_not_trust_the_old_deadline(kmock, fake):
+    """After v2 exceeded its deadline, `rollback` re-applies v1, whose ReplicaSet still exists:
+    the controller observes the new generation but keeps ProgressDeadlineExceeded (a found
+    ReplicaSet sets no new condition) until the v2 pod goes. That condition is v2's: the
+    rollback waits for v1 instead of failing on it."""
+    from pizzactl.deploy import rollback
+
+    fake.step_seconds = 100  # progressDeadlineSeconds 600: 6 steps
+    settings = _settings()
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        await _release(settings, _images(1))
+        fake.behave("pizzactl-model:v2", CRASH)
+        with pytest.raises(DeployError, match="exceeded its progress deadline"):
+            await _release(settings, _images(2, "b"))
+    finally:
+        task.cancel()
+    generation = kmock.objects[DEPLOYMENTS, NS, "pizzactl-model"]["metadata"]["generation"]
+    rolling = asyncio.create_task(asyncio.to_thread(rollback, settings, None, 20.0))
+    for _ in range(500):  # the controller is held until the rollback has applied v1
+        await asyncio.sleep(0.01)
+        if kmock.objects[DEPLOYMENTS, NS, "pizzactl-model"]["metadata"]["generation"] > generation:
+            break
+    fake.step()  # observed; the v2 pod is being removed, the condition is still v2's
+    dep = kmock.objects[DEPLOYMENTS, NS, "pizzactl-model"]
+    assert dep["status"]["observedGeneration"] == dep["metadata"]["generation"]
+    assert _progressing(kmock)["reason"] == "ProgressDeadlineExceeded"
+    await asyncio.sleep(2.5)  # rollout status polls every 2 s: it reads this state
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        result = await rolling
+    finally:
+        task.cancel()
+    assert result["model_version"] == 1 and result["serving"] == {1: 1}

@@ -147,7 +147,10 @@ class RolloutState:
     latest spec (observedGeneration >= generation), every desired replica is updated, no old
     replica is left (status.replicas == updatedReplicas) and every updated one is available.
     A ProgressDeadlineExceeded condition counts only once the controller has observed the latest
-    spec: until then it is the previous rollout's, which a fix-forward or rollback replaces.
+    spec: until then it is the previous rollout's, which a fix-forward or rollback replaces. Nor
+    does one that was there, unchanged, before this apply (`stale`): a rollback onto a
+    ReplicaSet that still exists keeps the old condition after it is observed, until its pods
+    move (pkg/controller/deployment/sync.go sets no new one for a found ReplicaSet).
     `hpa_min` adds what follows on a fresh deployment: the HPA raises replicas to its minReplicas.
     """
 
@@ -190,13 +193,37 @@ class RolloutState:
         }
 
 
-def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> RolloutState:
+def _deadline_mark(conditions) -> str | None:
+    """The identity of a ProgressDeadlineExceeded condition (its timestamps), or None."""
+    for c in conditions or []:
+        if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded":
+            return f"{c.last_transition_time}|{c.last_update_time}|{c.message}"
+    return None
+
+
+def deadline_marks(api_client, namespace: str, names: list[str]) -> dict[str, str]:
+    """{deployment: its ProgressDeadlineExceeded condition} as it is before an apply."""
+    from kubernetes import client
+
+    marks = {}
+    for name in names:
+        dep = call_api(
+            f"Reading deployment {name}", client.AppsV1Api(api_client).read_namespaced_deployment, name, namespace
+        )
+        mark = _deadline_mark(dep.status.conditions if dep is not None and dep.status else None)
+        if mark:
+            marks[name] = mark
+    return marks
+
+
+def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0, stale: str | None = None) -> RolloutState:
     from kubernetes import client
 
     dep = client.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
     status = dep.status or client.V1DeploymentStatus()
     conditions = status.conditions or []
     observed = (status.observed_generation or 0) >= ((dep.metadata.generation if dep.metadata else 0) or 0)
+    mark = _deadline_mark(conditions)
     return RolloutState(
         name=name,
         desired=dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1,
@@ -205,8 +232,7 @@ def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> Ro
         ready=status.ready_replicas or 0,
         available=status.available_replicas or 0,
         observed=observed,
-        deadline_exceeded=observed
-        and any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions),
+        deadline_exceeded=observed and mark is not None and mark != stale,
         hpa_min=hpa_min,
     )
 
@@ -223,12 +249,18 @@ def hpa_minimums(api_client, namespace: str) -> dict[str, int]:
 
 
 def wait_rollout(
-    api_client, namespace: str, names: list[str], timeout: float, poll: float = 2.0
+    api_client,
+    namespace: str,
+    names: list[str],
+    timeout: float,
+    poll: float = 2.0,
+    stale: dict[str, str] | None = None,
 ) -> dict[str, RolloutState]:
     """Wait until every Deployment has rolled out as kubectl means it, at its HPA's minReplicas.
 
     On timeout (or a ProgressDeadlineExceeded condition) raises DeployError saying what each
     unfinished Deployment waits for and why its pods are not ready (see `diagnosis.diagnose`).
+    `stale`: `deadline_marks` from before the apply (those conditions are the last rollout's).
     """
     deadline = time.monotonic() + timeout
     pending = list(names)
@@ -237,7 +269,9 @@ def wait_rollout(
     while True:
         for name in list(pending):
             try:
-                states[name] = rollout_state(api_client, namespace, name, minimums.get(name, 0))
+                states[name] = rollout_state(
+                    api_client, namespace, name, minimums.get(name, 0), (stale or {}).get(name)
+                )
             except Exception as exc:
                 raise api_error(exc, f"Reading deployment {name}") from None
             if states[name].done:

@@ -67,10 +67,11 @@ def release(settings: Settings, images: Images, timeout: float, *, record: Deplo
         )
     state_mod.save(settings, record)  # before applying: an interrupted deploy can be torn down
     docs = render(settings, images)
+    stale = k8s.deadline_marks(api, namespace, manifests.deployments(docs))  # the last rollout's, if any
     log(f"Applying {len(docs)} objects to {record.extra['context']} (namespace {namespace}) ...")
     k8s.apply(api, docs)
     try:
-        states = k8s.wait_rollout(api, namespace, manifests.deployments(docs), timeout)
+        states = k8s.wait_rollout(api, namespace, manifests.deployments(docs), timeout, stale=stale)
     except DeployError as exc:
         record.extra["failed"] = {**images.as_dict(), "reason": exc.message.splitlines()[0]}
         state_mod.save(settings, record)
