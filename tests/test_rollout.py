@@ -395,3 +395,34 @@ async def test_a_rollback_onto_the_replicaset_that_served_does_not_trust_the_old
     finally:
         task.cancel()
     assert result["model_version"] == 1 and result["serving"] == {1: 1}
+
+
+async def test_without_permission_to_read_apiservices_the_hpas_say_whether_they_scale(kmock, isolated, monkeypatch):
+    """A namespace-scoped identity cannot read the APIService (403 in the RBAC authorizer's
+    words); the HPAs in the namespace still report ScalingActive=False, and that is believed."""
+    import aiohttp.web
+
+    from k8s_fakes import _status
+
+    async def forbidden(request):
+        if "/apis/apiregistration.k8s.io/" not in request.url.path:
+            return None
+        message = (
+            'apiservices.apiregistration.k8s.io "v1beta1.metrics.k8s.io" is forbidden: User '
+            '"system:serviceaccount:pizzactl:deployer" cannot get resource "apiservices" in API group '
+            '"apiregistration.k8s.io" at the cluster scope'
+        )
+        return aiohttp.web.json_response(_status(403, "Forbidden", message), status=403)
+
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kc", str(kmock.url).rstrip("/"), "prod")))
+    fake = FakeCluster(kmock)
+    fake.metrics_apiservice(available=False)
+    kmock.stream_handlers = [forbidden]
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        result = await _release(_settings(), _images(1))
+    finally:
+        task.cancel()
+    autoscaling = result["autoscaling"]
+    assert autoscaling["metrics_server"] is False and "is active" not in autoscaling["message"]
+    assert "ScalingActive=False" in autoscaling["message"] and "FailedGetResourceMetric" in autoscaling["message"]

@@ -397,6 +397,24 @@ def metrics_api(api_client) -> MetricsApi:
     return MetricsApi(True, False, "NoAvailableCondition", "the aggregator has not checked it yet")
 
 
+def hpa_scaling_problems(api_client, namespace: str) -> list[str]:
+    """The HPAs that say they cannot scale (ScalingActive=False: "hpa: reason: message"); [] when
+    none does or they cannot be read. Right after a first deploy an HPA may not have read
+    metrics yet, so this adds to the APIService check, it does not replace it."""
+    from kubernetes import client
+
+    try:
+        items = client.AutoscalingV2Api(api_client).list_namespaced_horizontal_pod_autoscaler(namespace).items
+    except Exception:
+        return []
+    problems = []
+    for hpa in items:
+        for c in (hpa.status.conditions if hpa.status else None) or []:
+            if c.type == "ScalingActive" and c.status == "False":
+                problems.append(f"{hpa.metadata.name}: {c.reason}: {c.message or ''}".rstrip(": "))
+    return problems
+
+
 def node_architectures(api_client) -> set[str]:
     """The CPU architectures of the cluster's nodes ("amd64", "arm64")."""
     from kubernetes import client

@@ -91,7 +91,7 @@ def release(settings: Settings, images: Images, timeout: float, *, record: Deplo
         extra={**record.extra, "images": images.as_dict(), "history": history, "failed": None},
     )
     state_mod.save(settings, record)
-    autoscaling = _autoscaling(api, states)
+    autoscaling = _autoscaling(api, states, namespace)
     return {
         "target": record.target,
         "url": record.url,
@@ -105,17 +105,21 @@ def release(settings: Settings, images: Images, timeout: float, *, record: Deplo
     }
 
 
-def _autoscaling(api, states: dict[str, k8s.RolloutState]) -> dict[str, Any]:
-    """Whether the HPAs can scale on CPU; say what happens when they cannot."""
+def _autoscaling(api, states: dict[str, k8s.RolloutState], namespace: str) -> dict[str, Any]:
+    """Whether the HPAs can scale on CPU (metrics.k8s.io listed, its APIService Available, no HPA
+    reporting ScalingActive=False); say what happens when they cannot."""
     metrics = k8s.metrics_api(api)
+    hpa_problems = k8s.hpa_scaling_problems(api, namespace) if metrics.listed else []
+    if metrics.available and hpa_problems:
+        metrics = k8s.MetricsApi(True, False, "ScalingActive=False", "; ".join(hpa_problems))
     has_metrics = metrics.available
     replicas = ", ".join(f"{name.removeprefix('pizzactl-')} {s.desired}" for name, s in states.items())
     if has_metrics:
         message = f"Autoscaling on CPU is active (replicas now: {replicas})."
     elif metrics.listed:
         message = (
-            f"metrics-server is installed but not working: APIService {k8s.METRICS_APISERVICE} is not Available "
-            f"({metrics.reason}: {metrics.message}), so the HPAs keep their minReplicas ({replicas}) and never "
+            f"metrics-server is installed but not working ({_metrics_why(metrics)}), so the HPAs keep their "
+            f"minReplicas ({replicas}) and never "
             f"scale on CPU. On kind, metrics-server needs `--kubelet-insecure-tls` in its args "
             "(`kubectl patch deployment metrics-server -n kube-system --type=json -p "
             """'[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'`); """
@@ -131,6 +135,12 @@ def _autoscaling(api, states: dict[str, k8s.RolloutState]) -> dict[str, Any]:
         log(f"[yellow]{message}[/]")
     state = "Available" if has_metrics else (metrics.reason or "NotInstalled")
     return {"metrics_server": has_metrics, "metrics_api": state, "message": message}
+
+
+def _metrics_why(metrics: k8s.MetricsApi) -> str:
+    if metrics.reason == "ScalingActive=False":
+        return f"the HPAs report ScalingActive=False: {metrics.message}"
+    return f"APIService {k8s.METRICS_APISERVICE} is not Available: {metrics.reason}: {metrics.message}"
 
 
 def _new_record(settings: Settings) -> DeployState:
