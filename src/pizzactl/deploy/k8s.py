@@ -409,9 +409,10 @@ def hpa_scaling_problems(api_client, namespace: str) -> list[str]:
         return []
     problems = []
     for hpa in items:
+        name = hpa.metadata.name if hpa.metadata else "hpa"
         for c in (hpa.status.conditions if hpa.status else None) or []:
             if c.type == "ScalingActive" and c.status == "False":
-                problems.append(f"{hpa.metadata.name}: {c.reason}: {c.message or ''}".rstrip(": "))
+                problems.append(f"{name}: {c.reason}: {c.message or ''}".rstrip(": "))
     return problems
 
 
