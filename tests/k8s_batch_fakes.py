@@ -15,11 +15,14 @@ meets in a real cluster, one `step()` at a time:
   and Ignore onPodConditions DisruptionTarget (replaced without counting). A Job deleted
   without propagationPolicy orphans its pods (the API's default for batch/v1 Jobs; the Job docs'
   note on ttlSecondsAfterFinished); Background or Foreground deletes them.
-- scheduler: node allocatable CPU, memory and nvidia.com/gpu minus what bound pods request,
+- scheduler (for Job, bare and Deployment pods alike): node allocatable CPU, memory and
+  nvidia.com/gpu minus what bound pods request,
   nodeSelector, taints and tolerations, unbound PVCs; an unschedulable pod stays Pending with
   PodScheduled=False/Unschedulable and a FailedScheduling event in kube-scheduler's words: "0/1
   nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available: 1 No
   preemption victims found for incoming pod.." (NVIDIA/k8s-device-plugin#430).
+  A model server pod asking 250m CPU of a node with less stays Pending the same way: "0/1
+  nodes are available: 1 Insufficient cpu. ..." (kube-scheduler's NodeResourcesFit).
 - volumes: a PVC of the default class binds when its first pod is scheduled (kind's "standard"
   class is WaitForFirstConsumer, kubernetes-sigs/kind#2243); without a storage class it stays
   Pending (FailedBinding) and its pods are unschedulable ("pod has unbound immediate
@@ -38,6 +41,10 @@ meets in a real cluster, one `step()` at a time:
   Status, 255 v5's close; a non-zero exit is reason NonZeroExitCode with the code in
   details.causes, as kubernetes/kubernetes#61346 asked and the Python client parses): the command
   really runs here, its mount paths mapped to the volume folders.
+  The connection is closed right after the Status, without waiting for the client's close
+  frame, as the API server's websocket libraries do: a client still sending stdin gets a broken
+  connection. With `volume_bytes` set the volume is full past that size: `tar -x` and `mkdir`
+  fail as GNU tar and coreutils do on a full ext4 volume (FULL_VOLUME_TOOLS).
 - pod logs: `follow=true` streams until the container ends; `previous=true` on a pod that never
   restarted is 400, as the kubelet answers.
 """
@@ -48,12 +55,13 @@ import asyncio
 import json
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import kmock
 
-from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status, pod_admission
+from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status, _terminating, pod_admission
 
 JOBS = kmock.resource("batch/v1/jobs")
 PVCS = kmock.resource("v1/persistentvolumeclaims")
@@ -166,6 +174,8 @@ class TrainingCluster(FakeCluster):
 
     def _kubelet(self, key, pod) -> None:
         if pod["metadata"].get("ownerName") and JOB_LABEL not in pod["metadata"].get("labels", {}):
+            if not _terminating(pod) and not pod["spec"].get("nodeName") and not self._schedule(key, pod):
+                return  # a Deployment's pod goes through the scheduler too: it fits a node or stays Pending
             return super()._kubelet(key, pod)  # a Deployment's pod
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             if self.outcome.get(key[2]) == LOSE_NODE:
@@ -632,10 +642,14 @@ class TrainingCluster(FakeCluster):
         mounts = self.mounts(namespace, pod)
         argv = [_map_path(arg, mounts) for arg in raw.query.getall("command")]
         with_stdin = raw.query.get("stdin") in ("true", "1")
-        ws = aiohttp.web.WebSocketResponse(protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"))
+        # timeout=0: close without waiting for the client's close frame, as the API server does
+        # (x/net/websocket's and gorilla's Close write the close frame and close the connection):
+        # a client still sending stdin then gets a broken connection, not an orderly end.
+        ws = aiohttp.web.WebSocketResponse(protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"), timeout=0)
         await ws.prepare(raw)
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            env=self._full_volume_env(namespace, pod),
             stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -650,12 +664,14 @@ class TrainingCluster(FakeCluster):
                 if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT) or proc.stdin is None:
                     continue
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-                if data[:1] == b"\x00" and not proc.stdin.is_closing():
+                if data[:1] == b"\x00":
+                    if proc.stdin.is_closing():
+                        return  # the command's stdin is gone: the kubelet stops copying (and reading the socket)
                     try:
                         proc.stdin.write(data[1:])
                         await proc.stdin.drain()
                     except (BrokenPipeError, ConnectionResetError):
-                        pass
+                        return  # the command is gone: the kubelet stops copying stdin (and reading the socket)
                 elif data[:2] == b"\xff\x00":  # v5: the client closed stdin
                     proc.stdin.close()
 
@@ -672,10 +688,40 @@ class TrainingCluster(FakeCluster):
                 "reason": "NonZeroExitCode",
                 "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
             }
+        feeding.cancel()
         await ws.send_bytes(b"\x03" + json.dumps(status).encode())
         await ws.close()
-        feeding.cancel()
         return ws
+
+    # --- a full volume
+
+    volume_bytes: int | None = None  # the volume's capacity; None: unlimited
+
+    def _full_volume_env(self, namespace: str, pod) -> dict[str, str] | None:
+        """The environment of an exec'd command: with `volume_bytes` set, `tar` and `mkdir` on the
+        volume fail as on a full ext4 volume (FULL_VOLUME_TOOLS); else the usual one."""
+        import os
+
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"].get("volumes", [])
+            if "persistentVolumeClaim" in v
+        ]
+        if self.volume_bytes is None or not claims:
+            return None
+        tools = self.volumes.parent / "full-volume-bin"
+        tools.mkdir(parents=True, exist_ok=True)
+        for name in ("tar", "mkdir"):
+            (tools / name).write_text(f"#!{sys.executable}\n" + FULL_VOLUME_TOOLS)
+            (tools / name).chmod(0o755)
+        mounts = [(m, str(f)) for m, f in self.mounts(namespace, pod)]
+        return {
+            **os.environ,
+            "PATH": f"{tools}:{os.environ.get('PATH', '')}",
+            "FAKE_VOLUME_ROOT": str(self.volumes / namespace / claims[0]),
+            "FAKE_VOLUME_BYTES": str(self.volume_bytes),
+            "FAKE_VOLUME_MOUNTS": json.dumps(mounts),
+        }
 
     # --- what tests look at
 
@@ -773,3 +819,81 @@ def write_train_outputs(host_out: Path, out: str, env: dict, host_data: Path | N
         "leaderboard": [board],
     }
     (host_out / "result.json").write_text(json.dumps(result))
+
+
+def forbid_listing_nodes(emulator, user: str = "system:serviceaccount:pizzactl:deployer") -> None:
+    """A namespace-scoped identity (a Role, no ClusterRole): listing nodes is 403 in the RBAC
+    authorizer's words ('nodes is forbidden: User "X" cannot list resource "nodes" in API group
+    "" at the cluster scope', kubernetes plugin/pkg/auth/authorizer/rbac)."""
+
+    async def forbidden(request):
+        import aiohttp.web
+
+        if request.method != kmock.method.GET or not re.fullmatch(r"/api/v1/nodes/?", request.url.path):
+            return None
+        message = f'nodes is forbidden: User "{user}" cannot list resource "nodes" in API group "" at the cluster scope'
+        return aiohttp.web.json_response(_status(403, "Forbidden", message, {"kind": "nodes"}), status=403)
+
+    emulator.stream_handlers = [forbidden, *getattr(emulator, "stream_handlers", ())]
+
+
+FULL_VOLUME_TOOLS = r'''"""`tar` and `mkdir` on a full ext4 volume (see tests/k8s_batch_fakes.py, TrainingCluster.volume_bytes).
+
+GNU tar 1.34 extracting into a full filesystem (checked on a 64 KiB tmpfs): every file that
+does not fit is "tar: NAME: Cannot write: No space left on device", it reads on to the end
+of the archive, then "tar: Exiting with failure status due to previous errors", exit 2 (GNU
+tar src/extract.c, write_error_details). A directory needs a block on ext4: mkdir on a full
+volume is "mkdir: cannot create directory 'X': No space left on device", exit 1 (coreutils).
+"""
+import json, os, shutil, sys, tarfile
+
+root, capacity = os.environ["FAKE_VOLUME_ROOT"], int(os.environ["FAKE_VOLUME_BYTES"])
+mounts = json.loads(os.environ.get("FAKE_VOLUME_MOUNTS", "[]"))
+tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+
+
+def used():
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+
+
+def shown(path):  # the container's path, as the real tool would print it
+    for mount, folder in mounts:
+        path = path.replace(folder, mount)
+    return path
+
+
+def real(name):
+    here = os.path.dirname(os.path.abspath(sys.argv[0]))
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if os.path.abspath(p) != here)
+    return shutil.which(name, path=path)
+
+
+if tool == "mkdir":
+    if used() >= capacity:
+        for path in (a for a in args if not a.startswith("-")):
+            sys.stderr.write(f"mkdir: cannot create directory '{shown(path)}': No space left on device\n")
+        sys.exit(1)
+    os.execv(real("mkdir"), ["mkdir", *args])
+if "-x" not in args:
+    os.execv(real("tar"), ["tar", *args])
+dest = args[args.index("-C") + 1] if "-C" in args else "."
+failed = False
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as archive:
+    for member in archive:
+        target = os.path.join(dest, member.name)
+        if member.isdir():
+            os.makedirs(target, exist_ok=True)
+            continue
+        data = archive.extractfile(member).read() if member.isfile() else b""
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        free = max(0, capacity - used())
+        with open(target, "wb") as fh:
+            fh.write(data[:free])
+        if len(data) > free:
+            sys.stderr.write(f"tar: {member.name}: Cannot write: No space left on device\n")
+            failed = True
+sys.stdin.buffer.read()  # to the end of the archive
+if failed:
+    sys.stderr.write("tar: Exiting with failure status due to previous errors\n")
+    sys.exit(2)
+'''

@@ -35,6 +35,14 @@ time as it does for real:
   ScalingActive=False FailedGetResourceMetric and never scales on CPU.
 - Namespace controller: a deleted namespace stays Terminating for `terminating_steps` steps
   while its contents are deleted, then disappears.
+- The Deployment's Progressing condition with progressDeadlineSeconds (simulated seconds,
+  `step_seconds` per step): NewReplicaSetCreated, ReplicaSetUpdated, NewReplicaSetAvailable,
+  ProgressDeadlineExceeded, and a stale ProgressDeadlineExceeded kept until the controller has
+  observed the new generation (kubernetes pkg/controller/deployment/progress.go, sync.go).
+- Graceful deletion: a Deployment pod the ReplicaSet controller removes stays Terminating and
+  Ready for its grace period (`pod_grace_steps`), and is no longer counted in the status.
+- `metrics_apiservice(available=False)`: metrics.k8s.io listed in discovery but its APIService
+  Available=False (MissingEndpoints / FailedDiscoveryCheck), the HPA's ScalingActive=False.
 
 `FAKE_KIND` is a `kind` executable: it keeps its clusters in a file, binds the host port its
 extraPortMappings map (a taken port fails as docker does: "Bind for 127.0.0.1:N failed: port
@@ -89,6 +97,8 @@ REPLICASETS = kmock.resource("apps/v1/replicasets")
 NAMESPACES = kmock.resource("v1/namespaces")
 HPAS = kmock.resource("autoscaling/v2/horizontalpodautoscalers")
 PDBS = kmock.resource("policy/v1/poddisruptionbudgets")
+APISERVICES = kmock.resource("apiregistration.k8s.io/v1/apiservices")
+METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 
 
 def _plain(value):
@@ -303,6 +313,9 @@ class FakeCluster:
     to the fake kind: images not loaded there cannot be pulled.
     """
 
+    step_seconds = 1.0  # simulated seconds per step (progressDeadlineSeconds counts in them)
+    pod_grace_steps = 3  # steps a deleted Deployment pod stays Terminating (and Ready) before it is gone
+
     def __init__(
         self,
         emulator: ApplyingEmulator,
@@ -331,6 +344,7 @@ class FakeCluster:
         emulator.resources.setdefault("v1/serviceaccounts", {})
         if metrics_server:
             emulator.resources["metrics.k8s.io/v1beta1/pods"] = {}
+            self.metrics_apiservice(available=True)
         emulator["get", POD_LOG_URL] << kmock.headers({"Content-Type": "text/plain"}) << self._pod_log
 
     def behave(self, image_substring: str, how: str, log: str = "") -> None:
@@ -347,6 +361,9 @@ class FakeCluster:
         self.steps += 1
         self._namespaces()
         self._hpas()
+        # The Deployment controller computes its status from ReplicaSet status, which counts the
+        # pods as the ReplicaSet controller last saw them: before this step's scaling.
+        self._state("seen")["pods"] = {k: _plain(p) for k, p in self._live(PODS) if not _terminating(p)}
         for key, dep in self._live(DEPLOYMENTS):
             self._deployment(key, dep)
         for key, pod in self._live(PODS):
@@ -450,11 +467,16 @@ class FakeCluster:
                     f"New size: {minimum}; reason: Current number of replicas below Spec.MinReplicas",
                     "Normal",
                 )
-            elif not self.metrics_server:
+            elif not self.metrics_server or not self._metrics_api_available():
+                why = (
+                    "the server is currently unable to handle the request"  # the aggregator's 503
+                    if self.metrics_server
+                    else "the server could not find the requested resource"
+                )
                 message = (
                     "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to "
-                    "get metrics for resource cpu: unable to fetch metrics from resource metrics API: the server "
-                    "could not find the requested resource (get pods.metrics.k8s.io)"
+                    f"get metrics for resource cpu: unable to fetch metrics from resource metrics API: {why} "
+                    "(get pods.metrics.k8s.io)"
                 )
                 conditions.append(
                     {
@@ -500,6 +522,7 @@ class FakeCluster:
                 self.kmock.objects[new_key].create(rs_body)
             else:
                 self.kmock.objects[new_key] = rs_body
+            self._state("rs_created").add(key)
             sets = [*sets, (new_key, self.kmock.objects[new_key])]
         desired = int(dep["spec"].get("replicas", 1))
         new = self.kmock.objects[new_key]
@@ -523,7 +546,11 @@ class FakeCluster:
             self._replicaset(k, rs)
 
     def _pods_of(self, namespace: str, rs_name: str):
-        return [(k, p) for k, p in self._live(PODS, namespace) if p["metadata"].get("ownerName") == rs_name]
+        return [
+            (k, p)
+            for k, p in self._live(PODS, namespace)
+            if p["metadata"].get("ownerName") == rs_name and not _terminating(p)
+        ]
 
     def _available(self, namespace: str, rs_name: str) -> int:
         return sum(1 for _, p in self._pods_of(namespace, rs_name) if _ready(p))
@@ -562,25 +589,33 @@ class FakeCluster:
                     "labels": _plain(rs["metadata"]["labels"]),
                     "annotations": dict(template["metadata"].get("annotations", {})),
                 },
-                "spec": {"containers": [{"name": c["name"], "image": c["image"]} for c in containers]},
+                "spec": {
+                    "containers": [
+                        {"name": c["name"], "image": c["image"], "resources": c.get("resources") or {}}
+                        for c in containers
+                    ]
+                },
                 "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]},
             }
             pods.append(((PODS, namespace, pod_name), self.kmock.objects[PODS, namespace, pod_name]))
         for k, _pod in pods[want:]:
-            self.kmock.objects[k].delete()
+            self._delete_gracefully(k)
 
     def _deployment_status(self, key, dep) -> None:
         namespace, name = key[1], key[2]
         template = _plain(dep["spec"]["template"])
         pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        seen = self._state("seen").get("pods", {})
         pods = [
             p
-            for _, p in self._live(PODS, namespace)
-            if str(p["metadata"].get("ownerName", "")).startswith(name + "-")
-            and (PODS, namespace, p["metadata"]["name"]) in self.kmock.objects
-        ]
+            for k, p in seen.items()
+            if k[1] == namespace
+            and str(p["metadata"].get("ownerName", "")).startswith(name + "-")
+            and not self.kmock.objects[k].deleted
+        ]  # active pods (the ReplicaSet controller counts no Terminating one) as of the step's start
         updated = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == pod_hash]
         ready = [p for p in pods if _ready(p)]
+        before = _plain(dep.get("status") or {})
         dep.patch(
             {
                 "status": {
@@ -593,11 +628,16 @@ class FakeCluster:
                 }
             }
         )
+        self._progressing(key, dep, before, f"{name}-{pod_hash}")
 
     # --- kubelet
 
     def _kubelet(self, key, pod) -> None:
         namespace, name = key[1], key[2]
+        if _terminating(pod):
+            return self._grace(key)
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return  # a finished pod (a completed Job's) stays as it ended
         age = self._tick(key)
         if age < 2:
             return  # scheduled, the kubelet has not started it yet
@@ -673,6 +713,153 @@ class FakeCluster:
                 return text.encode()
         return b""
 
+    # --- the Progressing condition, graceful pod deletion, the metrics APIService
+
+    def _state(self, name: str):
+        """Per-cluster bookkeeping of the sections below, made on first use."""
+        return self.__dict__.setdefault("_state_" + name, set() if name == "rs_created" else {})
+
+    def _now(self) -> float:
+        return self.steps * self.step_seconds
+
+    def _stamp(self, seconds: float) -> str:
+        return f"2025-01-01T{int(seconds) // 3600 % 24:02d}:{int(seconds) // 60 % 60:02d}:{int(seconds) % 60:02d}Z"
+
+    def _progressing(self, key, dep, before: dict, rs_name: str) -> None:
+        """The Deployment controller's Progressing condition (kubernetes pkg/controller/deployment
+        progress.go syncRolloutStatus, sync.go getNewReplicaSet, util/deployment_util.go):
+        a new ReplicaSet sets True NewReplicaSetCreated; a rollout back onto an existing
+        ReplicaSet leaves whatever condition is there (FoundNewReplicaSet only when there is
+        none); any progress (more updated/ready/available replicas, fewer old ones) sets True
+        ReplicaSetUpdated and renews lastUpdateTime; complete is True NewReplicaSetAvailable;
+        lastUpdateTime + progressDeadlineSeconds (600 unless set) passed without progress is
+        False ProgressDeadlineExceeded, which then stays until progress or a new ReplicaSet.
+        So a ProgressDeadlineExceeded from the previous generation is still there while
+        observedGeneration < generation (this controller observes one step after an apply),
+        and after that for a rollback to an existing ReplicaSet until its pods move."""
+        status = _plain(dep.get("status") or {})
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Progressing"]
+        current = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None)
+        deadline = dep["spec"].get("progressDeadlineSeconds", 600)
+        desired = int(dep["spec"].get("replicas", 1))
+        now = self._now()
+        times = self._state("progress_times")
+        created = key in self._state("rs_created")
+        self._state("rs_created").discard(key)
+
+        def condition(status_: str, reason: str, message: str, keep_transition: bool = False) -> dict:
+            times[key] = now
+            transition = current.get("lastTransitionTime") if keep_transition and current else self._stamp(now)
+            return {
+                "type": "Progressing",
+                "status": status_,
+                "reason": reason,
+                "message": message,
+                "lastUpdateTime": self._stamp(now),
+                "lastTransitionTime": transition,
+            }
+
+        if created:
+            current = condition("True", "NewReplicaSetCreated", f'Created new replica set "{rs_name}"')
+        complete_before = (
+            current is not None
+            and current.get("reason") == "NewReplicaSetAvailable"
+            and status.get("replicas") == status.get("updatedReplicas")
+        )
+        old_before = int(before.get("replicas") or 0) - int(before.get("updatedReplicas") or 0)
+        old_now = int(status.get("replicas") or 0) - int(status.get("updatedReplicas") or 0)
+        progressed = (
+            int(status.get("updatedReplicas") or 0) > int(before.get("updatedReplicas") or 0)
+            or old_now < old_before
+            or int(status.get("readyReplicas") or 0) > int(before.get("readyReplicas") or 0)
+            or int(status.get("availableReplicas") or 0) > int(before.get("availableReplicas") or 0)
+        )
+        if complete_before:
+            pass
+        elif (
+            status.get("updatedReplicas") == desired
+            and status.get("replicas") == desired
+            and status.get("availableReplicas") == desired
+        ):
+            current = condition(
+                "True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.'
+            )
+        elif progressed and not created:
+            keep = current is not None and current.get("status") == "True"
+            current = condition("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.', keep)
+        elif (
+            current is not None
+            and current.get("reason") not in ("NewReplicaSetAvailable", "ProgressDeadlineExceeded")
+            and now - times.get(key, now) > deadline
+        ):
+            current = condition(
+                "False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.'
+            )
+        if current is not None:
+            dep.patch({"status": {"conditions": [*conditions, current]}})
+
+    def _delete_gracefully(self, key) -> None:
+        """What a pod DELETE does to a running pod: deletionTimestamp and deletionGracePeriodSeconds
+        are set and the pod stays, phase Running and still Ready, while the kubelet sends SIGTERM
+        and waits out terminationGracePeriodSeconds (30 s by default); `kubectl get pods` shows
+        it Terminating with READY 1/1 (kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/
+        #pod-termination; EndpointSlices mark it serving=true, ready=false, KEP-1672). Here it
+        is gone after `pod_grace_steps` steps."""
+        pod = self.kmock.objects[key]
+        pod.patch({"metadata": {"deletionTimestamp": self._stamp(self._now() + 30), "deletionGracePeriodSeconds": 30}})
+        self._state("grace")[key] = self.pod_grace_steps
+
+    def _grace(self, key) -> None:
+        left = self._state("grace")
+        left[key] = left.get(key, self.pod_grace_steps) - 1
+        if left[key] <= 0:
+            del left[key]
+            self.kmock.objects[key].delete()
+
+    def metrics_apiservice(self, available: bool = True, reason: str = "MissingEndpoints") -> None:
+        """The APIService v1beta1.metrics.k8s.io that metrics-server's manifest registers. The
+        aggregator lists the group in discovery whatever its state; its Available condition
+        says whether it answers (kube-aggregator's available_controller.go). The common kind
+        case, metrics-server without --kubelet-insecure-tls, fails its readiness probe, so the
+        Service has no ready endpoints: Available=False MissingEndpoints (kubernetes-sigs/
+        metrics-server#1025, #1221); a backend that answers badly: FailedDiscoveryCheck. The HPA
+        then reports ScalingActive=False FailedGetResourceMetric ("the server is currently
+        unable to handle the request (get pods.metrics.k8s.io)")."""
+        self.metrics_server = True
+        self.kmock.resources.setdefault("metrics.k8s.io/v1beta1/pods", {})
+        self.kmock.resources.setdefault("apiregistration.k8s.io/v1/apiservices", {})
+        messages = {
+            "MissingEndpoints": 'endpointslices for service/metrics-server in "kube-system" have no addresses '
+            'with port name "https"',
+            "FailedDiscoveryCheck": "failing or missing response from https://10.96.112.34:443/apis/metrics.k8s.io/"
+            'v1beta1: Get "https://10.96.112.34:443/apis/metrics.k8s.io/v1beta1": dial tcp 10.96.112.34:443: '
+            "connect: connection refused",
+        }
+        condition = (
+            {"type": "Available", "status": "True", "reason": "Passed", "message": "all checks passed"}
+            if available
+            else {"type": "Available", "status": "False", "reason": reason, "message": messages[reason]}
+        )
+        self.kmock.objects[APISERVICES, None, METRICS_APISERVICE] = {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": METRICS_APISERVICE, "labels": {"k8s-app": "metrics-server"}},
+            "spec": {
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+                "insecureSkipTLSVerify": True,
+            },
+            "status": {"conditions": [{**condition, "lastTransitionTime": "2025-01-01T00:00:00Z"}]},
+        }
+
+    def _metrics_api_available(self) -> bool:
+        obj = _get(self.kmock.objects, (APISERVICES, None, METRICS_APISERVICE))
+        conditions = (obj.get("status") or {}).get("conditions") or [] if obj is not None and not obj.deleted else []
+        return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
     # --- what tests look at
 
     def pods(self, namespace: str = "pizzactl", app: str = "pizzactl-model") -> list:
@@ -681,7 +868,15 @@ class FakeCluster:
         ]
 
     def ready_images(self, namespace: str = "pizzactl", app: str = "pizzactl-model") -> set[str]:
-        return {p["spec"]["containers"][0]["image"] for p in self.pods(namespace, app) if _ready(p)}
+        """Images of the pods a Service sends traffic to: Ready and not Terminating (EndpointSlice
+        `ready` is false for a terminating endpoint, kubernetes.io/docs/concepts/services-networking/endpoint-slices)."""
+        return {
+            p["spec"]["containers"][0]["image"] for p in self.pods(namespace, app) if _ready(p) and not _terminating(p)
+        }
+
+
+def _terminating(pod) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _ready(pod) -> bool:

@@ -23,6 +23,7 @@ from k8s_fakes import (
     DEPLOYMENTS,
     HPAS,
     NAMESPACES,
+    PODS,
     PULL,
     REFUSED,
     SECRETS,
@@ -244,3 +245,184 @@ async def test_rollback_after_a_failed_rollout_abandons_it(kmock, running):
     assert result["model_version"] == 1 and result["rolled_back_from"] == 2
     await asyncio.sleep(0.3)
     assert {p["spec"]["containers"][0]["image"] for p in running.pods()} == {_images(1).model_image}
+
+
+# --- issue 22: what the cluster reports back ----------------------------------------------------------
+
+
+def _progressing(kmock, name: str = "pizzactl-model") -> dict:
+    conditions = kmock.objects[DEPLOYMENTS, NS, name].get("status", {}).get("conditions", [])
+    return next(dict(c) for c in conditions if c["type"] == "Progressing")
+
+
+async def _steps_until(fake, api, name: str, done, most: int = 40) -> None:
+    for _ in range(most):
+        fake.step()
+        if done(await asyncio.to_thread(k8s.rollout_state, api, NS, name)):
+            return
+    raise AssertionError(f"{name} never got there")
+
+
+async def test_a_stale_progress_deadline_does_not_fail_the_fix_forward_at_once(kmock, fake):
+    """v2 never gets ready: after progressDeadlineSeconds the controller sets Progressing=False
+    ProgressDeadlineExceeded. Applying v3 does not clear it: it stays until the controller has
+    observed the new generation, and kubectl's rollout status trusts it only then."""
+    fake.step_seconds = 100  # the default progressDeadlineSeconds (600) is 6 steps
+    api = k8s.connect("prod")
+    settings = _settings()
+    await asyncio.to_thread(k8s.apply, api, cluster.render(settings, _images(1)))
+    await _steps_until(fake, api, "pizzactl-model", lambda s: s.done)
+    fake.behave("pizzactl-model:v2", CRASH)
+    await asyncio.to_thread(k8s.apply, api, cluster.render(settings, _images(2, "b")))
+    for _ in range(12):
+        fake.step()
+    assert _progressing(kmock)["reason"] == "ProgressDeadlineExceeded"
+
+    await asyncio.to_thread(k8s.apply, api, cluster.render(settings, _images(3, "c")))
+    assert _progressing(kmock)["reason"] == "ProgressDeadlineExceeded"  # not observed yet
+    with pytest.raises(DeployError) as info:  # the controller is held: nothing moves
+        await asyncio.to_thread(k8s.wait_rollout, api, NS, ["pizzactl-model"], 0.3, 0.05)
+    assert "progress deadline" not in info.value.message
+    assert "Waiting for deployment spec update to be observed" in info.value.message
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        states = await asyncio.to_thread(k8s.wait_rollout, api, NS, ["pizzactl-model"], 20.0, 0.05)
+    finally:
+        task.cancel()
+    assert states["pizzactl-model"].done and _progressing(kmock)["reason"] == "NewReplicaSetAvailable"
+
+
+async def test_a_terminating_pod_that_is_still_ready_is_not_counted_as_serving(kmock, fake):
+    """A replaced pod stays Ready while it terminates (its grace period); the Service no longer
+    sends it traffic, so it is not a version that serves."""
+    fake.pod_grace_steps = 100
+    api = k8s.connect("prod")
+    settings = _settings()
+    await asyncio.to_thread(k8s.apply, api, cluster.render(settings, _images(1)))
+    await _steps_until(fake, api, "pizzactl-model", lambda s: s.done)
+    await asyncio.to_thread(k8s.apply, api, cluster.render(settings, _images(2, "b")))
+    await _steps_until(fake, api, "pizzactl-model", lambda s: s.done)
+    old = [p for p in fake.pods() if p["spec"]["containers"][0]["image"] == _images(1).model_image]
+    assert old and old[0]["metadata"].get("deletionTimestamp") and old[0]["status"]["phase"] == "Running"
+    assert await asyncio.to_thread(k8s.served_versions, api, NS) == {2: 1}
+
+
+async def test_completed_training_pods_are_not_reported_as_problems(kmock, running):
+    """A finished training Job keeps its pod (phase Succeeded, Ready False): not why a rollout fails."""
+    kmock.objects[PODS, NS, "pizzactl-train-20250101-000000-00001"] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "pizzactl-train-20250101-000000-00001",
+            "namespace": NS,
+            "labels": {"batch.kubernetes.io/job-name": "pizzactl-train-20250101-000000"},
+        },
+        "spec": {"containers": [{"name": "train", "image": "pizzactl-trainer:0.1.0-cpu-abc"}]},
+        "status": {
+            "phase": "Succeeded",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+            "containerStatuses": [
+                {
+                    "name": "train",
+                    "image": "pizzactl-trainer:0.1.0-cpu-abc",
+                    "imageID": "",
+                    "restartCount": 0,
+                    "ready": False,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                }
+            ],
+        },
+    }
+    running.behave("pizzactl-model", UNREADY)
+    with pytest.raises(DeployError) as info:
+        await _release(_settings(), _images(1), timeout=1.5)
+    assert "Readiness probe failed" in info.value.message
+    assert "pizzactl-train" not in info.value.message
+
+
+@pytest.mark.parametrize("reason", ["MissingEndpoints", "FailedDiscoveryCheck"])
+async def test_a_metrics_api_that_is_listed_but_not_available_is_not_called_active(
+    kmock, isolated, monkeypatch, reason
+):
+    """kind's common case: metrics-server installed without --kubelet-insecure-tls. The group
+    is in discovery, its APIService is Available=False and the HPA cannot scale."""
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kc", str(kmock.url).rstrip("/"), "prod")))
+    fake = FakeCluster(kmock)
+    fake.metrics_apiservice(available=False, reason=reason)
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        result = await _release(_settings(), _images(1))
+    finally:
+        task.cancel()
+    autoscaling = result["autoscaling"]
+    assert autoscaling["metrics_server"] is False
+    assert "is active" not in autoscaling["message"]
+    assert reason in autoscaling["message"] and "--kubelet-insecure-tls" in autoscaling["message"]
+    assert "kubectl describe apiservice v1beta1.metrics.k8s.io" in autoscaling["message"]
+
+
+async def test_a_rollback_onto_the_replicaset_that_served_does_not_trust_the_old_deadline(kmock, fake):
+    """After v2 exceeded its deadline, `rollback` re-applies v1, whose ReplicaSet still exists:
+    the controller observes the new generation but keeps ProgressDeadlineExceeded (a found
+    ReplicaSet sets no new condition) until the v2 pod goes. That condition is v2's: the
+    rollback waits for v1 instead of failing on it."""
+    from pizzactl.deploy import rollback
+
+    fake.step_seconds = 100  # progressDeadlineSeconds 600: 6 steps
+    settings = _settings()
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        await _release(settings, _images(1))
+        fake.behave("pizzactl-model:v2", CRASH)
+        with pytest.raises(DeployError, match="exceeded its progress deadline"):
+            await _release(settings, _images(2, "b"))
+    finally:
+        task.cancel()
+    generation = kmock.objects[DEPLOYMENTS, NS, "pizzactl-model"]["metadata"]["generation"]
+    rolling = asyncio.create_task(asyncio.to_thread(rollback, settings, None, 20.0))
+    for _ in range(500):  # the controller is held until the rollback has applied v1
+        await asyncio.sleep(0.01)
+        if kmock.objects[DEPLOYMENTS, NS, "pizzactl-model"]["metadata"]["generation"] > generation:
+            break
+    fake.step()  # observed; the v2 pod is being removed, the condition is still v2's
+    dep = kmock.objects[DEPLOYMENTS, NS, "pizzactl-model"]
+    assert dep["status"]["observedGeneration"] == dep["metadata"]["generation"]
+    assert _progressing(kmock)["reason"] == "ProgressDeadlineExceeded"
+    await asyncio.sleep(2.5)  # rollout status polls every 2 s: it reads this state
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        result = await rolling
+    finally:
+        task.cancel()
+    assert result["model_version"] == 1 and result["serving"] == {1: 1}
+
+
+async def test_without_permission_to_read_apiservices_the_hpas_say_whether_they_scale(kmock, isolated, monkeypatch):
+    """A namespace-scoped identity cannot read the APIService (403 in the RBAC authorizer's
+    words); the HPAs in the namespace still report ScalingActive=False, and that is believed."""
+    import aiohttp.web
+
+    from k8s_fakes import _status
+
+    async def forbidden(request):
+        if "/apis/apiregistration.k8s.io/" not in request.url.path:
+            return None
+        message = (
+            'apiservices.apiregistration.k8s.io "v1beta1.metrics.k8s.io" is forbidden: User '
+            '"system:serviceaccount:pizzactl:deployer" cannot get resource "apiservices" in API group '
+            '"apiregistration.k8s.io" at the cluster scope'
+        )
+        return aiohttp.web.json_response(_status(403, "Forbidden", message), status=403)
+
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kc", str(kmock.url).rstrip("/"), "prod")))
+    fake = FakeCluster(kmock)
+    fake.metrics_apiservice(available=False)
+    kmock.stream_handlers = [forbidden]
+    task = asyncio.create_task(fake.run(0.02))
+    try:
+        result = await _release(_settings(), _images(1))
+    finally:
+        task.cancel()
+    autoscaling = result["autoscaling"]
+    assert autoscaling["metrics_server"] is False and "is active" not in autoscaling["message"]
+    assert "ScalingActive=False" in autoscaling["message"] and "FailedGetResourceMetric" in autoscaling["message"]

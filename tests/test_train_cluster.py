@@ -238,7 +238,19 @@ async def test_status_shows_the_running_job_then_the_deadline_stops_it(kmock, wo
 
 
 async def test_no_gpu_node_says_so_with_the_scheduler_event_and_stops_the_job(kmock, world, photos, tmp_path):
-    cluster = _cluster(kmock, tmp_path)
+    """The cluster has a GPU, so the check before building passes, but another pod holds it:
+    the scheduler's event says why the training pod waits, and the Job is stopped."""
+    cluster = _cluster(kmock, tmp_path, nodes=[node(gpus=1)])
+    kmock.objects[PODS, "other", "gpu-holder"] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-holder", "namespace": "other", "labels": {}},
+        "spec": {
+            "nodeName": "pizzactl-control-plane",
+            "containers": [{"name": "c", "image": "cuda", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {"phase": "Running"},
+    }
     with pytest.raises(TrainingError) as info:
         await _train(cluster, _settings(data_dir=photos, gpus=1), timeout=1.5)
     assert "Insufficient nvidia.com/gpu" in info.value.message and "cannot start" in info.value.message

@@ -50,6 +50,8 @@ def diagnose(api_client, namespace: str) -> list[str]:
     ]
     for pod in pods:
         status = pod.status or client.V1PodStatus()
+        if status.phase == "Succeeded" or (pod.metadata and pod.metadata.deletion_timestamp):
+            continue  # finished (a completed training Job's pod) or going away: nothing to fix
         if not pod_ready(status):
             problems.append(_pod_problem(core, namespace, pod, events))
     return problems

@@ -185,6 +185,11 @@ class RolloutState:
     kubectl (pkg/polymorphichelpers/rollout_status.go): done when the controller has observed the
     latest spec (observedGeneration >= generation), every desired replica is updated, no old
     replica is left (status.replicas == updatedReplicas) and every updated one is available.
+    A ProgressDeadlineExceeded condition counts only once the controller has observed the latest
+    spec: until then it is the previous rollout's, which a fix-forward or rollback replaces. Nor
+    does one that was there, unchanged, before this apply (`stale`): a rollback onto a
+    ReplicaSet that still exists keeps the old condition after it is observed, until its pods
+    move (pkg/controller/deployment/sync.go sets no new one for a found ReplicaSet).
     `hpa_min` adds what follows on a fresh deployment: the HPA raises replicas to its minReplicas.
     """
 
@@ -227,12 +232,37 @@ class RolloutState:
         }
 
 
-def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> RolloutState:
+def _deadline_mark(conditions) -> str | None:
+    """The identity of a ProgressDeadlineExceeded condition (its timestamps), or None."""
+    for c in conditions or []:
+        if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded":
+            return f"{c.last_transition_time}|{c.last_update_time}|{c.message}"
+    return None
+
+
+def deadline_marks(api_client, namespace: str, names: list[str]) -> dict[str, str]:
+    """{deployment: its ProgressDeadlineExceeded condition} as it is before an apply."""
+    from kubernetes import client
+
+    marks = {}
+    for name in names:
+        dep = call_api(
+            f"Reading deployment {name}", client.AppsV1Api(api_client).read_namespaced_deployment, name, namespace
+        )
+        mark = _deadline_mark(dep.status.conditions if dep is not None and dep.status else None)
+        if mark:
+            marks[name] = mark
+    return marks
+
+
+def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0, stale: str | None = None) -> RolloutState:
     from kubernetes import client
 
     dep = client.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
     status = dep.status or client.V1DeploymentStatus()
     conditions = status.conditions or []
+    observed = (status.observed_generation or 0) >= ((dep.metadata.generation if dep.metadata else 0) or 0)
+    mark = _deadline_mark(conditions)
     return RolloutState(
         name=name,
         desired=dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1,
@@ -240,8 +270,8 @@ def rollout_state(api_client, namespace: str, name: str, hpa_min: int = 0) -> Ro
         updated=status.updated_replicas or 0,
         ready=status.ready_replicas or 0,
         available=status.available_replicas or 0,
-        observed=(status.observed_generation or 0) >= ((dep.metadata.generation if dep.metadata else 0) or 0),
-        deadline_exceeded=any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" for c in conditions),
+        observed=observed,
+        deadline_exceeded=observed and mark is not None and mark != stale,
         hpa_min=hpa_min,
     )
 
@@ -258,12 +288,18 @@ def hpa_minimums(api_client, namespace: str) -> dict[str, int]:
 
 
 def wait_rollout(
-    api_client, namespace: str, names: list[str], timeout: float, poll: float = 2.0
+    api_client,
+    namespace: str,
+    names: list[str],
+    timeout: float,
+    poll: float = 2.0,
+    stale: dict[str, str] | None = None,
 ) -> dict[str, RolloutState]:
     """Wait until every Deployment has rolled out as kubectl means it, at its HPA's minReplicas.
 
     On timeout (or a ProgressDeadlineExceeded condition) raises DeployError saying what each
     unfinished Deployment waits for and why its pods are not ready (see `diagnosis.diagnose`).
+    `stale`: `deadline_marks` from before the apply (those conditions are the last rollout's).
     """
     deadline = time.monotonic() + timeout
     pending = list(names)
@@ -272,7 +308,9 @@ def wait_rollout(
     while True:
         for name in list(pending):
             try:
-                states[name] = rollout_state(api_client, namespace, name, minimums.get(name, 0))
+                states[name] = rollout_state(
+                    api_client, namespace, name, minimums.get(name, 0), (stale or {}).get(name)
+                )
             except Exception as exc:
                 raise api_error(exc, f"Reading deployment {name}") from None
             if states[name].done:
@@ -311,6 +349,8 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
         if labels.get("app.kubernetes.io/name") != app:  # a selector the API server ignored
             continue
         version = labels.get(MODEL_VERSION_LABEL, "")
+        if pod.metadata and pod.metadata.deletion_timestamp:
+            continue  # Terminating: still Ready for its grace period, but out of the Service's endpoints
         if version.isdigit() and pod.status and diagnosis.pod_ready(pod.status):
             served[int(version)] = served.get(int(version), 0) + 1
     return dict(sorted(served.items()))
@@ -364,13 +404,66 @@ def secret_exists(api_client, namespace: str, name: str) -> bool:
 
 def metrics_available(api_client) -> bool:
     """Whether the cluster serves metrics.k8s.io (metrics-server): without it HPAs never scale on CPU."""
+    return metrics_api(api_client).available
+
+
+METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
+
+
+@dataclass(frozen=True)
+class MetricsApi:
+    """metrics.k8s.io as the HPAs meet it. Listed in discovery is not enough: the aggregator
+    lists an APIService whatever its state, and a metrics-server that is installed but failing
+    (on kind: without --kubelet-insecure-tls) has Available=False (kube-aggregator's
+    available_controller.go: MissingEndpoints, FailedDiscoveryCheck, ServiceNotFound)."""
+
+    listed: bool
+    available: bool
+    reason: str = ""  # the APIService's Available reason when it is not True
+    message: str = ""
+
+
+def metrics_api(api_client) -> MetricsApi:
+    """Whether metrics.k8s.io is listed and its APIService Available (listed counts as available
+    when the APIService cannot be read, e.g. a namespace-scoped identity)."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     try:
         groups = client.ApisApi(api_client).get_api_versions().groups or []
     except Exception as exc:
         raise api_error(exc, "Listing the API groups") from None
-    return any(g.name == "metrics.k8s.io" for g in groups)
+    if not any(g.name == "metrics.k8s.io" for g in groups):
+        return MetricsApi(listed=False, available=False)
+    try:
+        service = client.ApiregistrationV1Api(api_client).read_api_service(METRICS_APISERVICE)
+    except ApiException:
+        return MetricsApi(listed=True, available=True)  # cannot tell: trust the listing
+    for condition in (service.status.conditions if service.status else None) or []:
+        if condition.type == "Available":
+            if condition.status == "True":
+                return MetricsApi(listed=True, available=True)
+            return MetricsApi(True, False, condition.reason or "Unavailable", condition.message or "")
+    return MetricsApi(True, False, "NoAvailableCondition", "the aggregator has not checked it yet")
+
+
+def hpa_scaling_problems(api_client, namespace: str) -> list[str]:
+    """The HPAs that say they cannot scale (ScalingActive=False: "hpa: reason: message"); [] when
+    none does or they cannot be read. Right after a first deploy an HPA may not have read
+    metrics yet, so this adds to the APIService check, it does not replace it."""
+    from kubernetes import client
+
+    try:
+        items = client.AutoscalingV2Api(api_client).list_namespaced_horizontal_pod_autoscaler(namespace).items
+    except Exception:
+        return []
+    problems = []
+    for hpa in items:
+        name = hpa.metadata.name if hpa.metadata else "hpa"
+        for c in (hpa.status.conditions if hpa.status else None) or []:
+            if c.type == "ScalingActive" and c.status == "False":
+                problems.append(f"{name}: {c.reason}: {c.message or ''}".rstrip(": "))
+    return problems
 
 
 def node_architectures_if_allowed(api_client) -> set[str] | None:

@@ -6,6 +6,11 @@ v4/v5.channel.k8s.io protocols). An upload tells the pod how many bytes come (`h
 -x`), so it ends without stdin half-close, which only v5 has (Kubernetes 1.30+, KEP-4006); it
 unpacks into `DEST.partial` and renames it to DEST, so a folder on the volume is there entirely
 or not at all. The exit status is a Status object on channel 3 (kubernetes/kubernetes#61346).
+
+A command can end before it has read all its input (`mkdir` on a full volume): the API server
+then sends its stderr and Status and closes the connection at once, and the next write fails
+with a reset connection. What the command said and its exit code are what to report, so a
+failed write stops the sending and the answer already received is read before giving up.
 """
 
 from __future__ import annotations
@@ -109,39 +114,80 @@ def run(
     except Exception as exc:
         raise k8s.api_error(exc, f"Running {command[0]} in pod {pod}") from None
     errors = bytearray()
+    broken: Exception | None = None  # the connection failed under us
     try:
         if stdin is not None:
-            for chunk in iter(lambda: stdin.read(CHUNK), b""):
-                ws.write_stdin(chunk)
-                _drain(ws, stdout, errors, 0)
-            ws.close_channel(0)  # v5: end of input; v4 ignores it (the command reads N bytes)
-        while ws.is_open():
-            _drain(ws, stdout, errors, 1.0)
-        _drain(ws, stdout, errors, 0)
+            try:
+                for chunk in iter(lambda: stdin.read(CHUNK), b""):
+                    ws.write_stdin(chunk)
+                    _drain(ws, stdout, errors, 0)
+                ws.close_channel(0)  # v5: end of input; v4 ignores it (the command reads N bytes)
+            except Exception as exc:  # the command ended early and the server closed: read what it said
+                broken = exc
+        try:
+            while ws.is_open():
+                _drain(ws, stdout, errors, 1.0)
+            _drain(ws, stdout, errors, 0)
+        except Exception as exc:
+            broken = broken or exc
         code = _returncode(ws)
     finally:
-        ws.close()
+        with contextlib.suppress(Exception):
+            ws.close()
     if code != 0:
         text = errors.decode(errors="replace").strip()
+        exit_ = f"exit {code}" if code >= 0 else "no exit status"
+        lost = f" (the connection broke while sending: {type(broken).__name__}: {broken})" if broken else ""
         raise TrainingError(
-            f"`{shlex.join(command)[:200]}` failed in pod {pod} (exit {code}): {text[-1500:]}",
-            hint="Check the training volume (`kubectl describe pvc -n pizzactl pizzactl-train`) and retry.",
+            f"`{shlex.join(command)[:200]}` failed in pod {pod} ({exit_}){lost}: {text[-1500:]}".rstrip(": "),
+            hint=_hint(text),
         )
     return code
 
 
+def _hint(stderr: str) -> str:
+    if "No space left on device" in stderr:
+        return (
+            "The training volume is full. `pizzactl teardown` deletes it (uploaded datasets, feature cache, "
+            "outputs) and the next run makes a new one; for a bigger one set train_volume_size (PIZZACTL_"
+            "TRAIN_VOLUME_SIZE, default 10Gi) before that run."
+        )
+    return "Check the training volume (`kubectl describe pvc -n pizzactl pizzactl-train`) and retry."
+
+
 def _drain(ws, stdout: IO[bytes] | None, errors: bytearray, timeout: float) -> None:
-    ws.update(timeout=timeout)
-    out = ws.read_stdout(timeout=0)
-    if out and stdout is not None:
-        stdout.write(out)
-    errors.extend(ws.read_stderr(timeout=0) or b"")
+    try:
+        ws.update(timeout=timeout)
+    finally:  # what arrived before the connection failed is kept
+        out = _take(ws, 1)
+        if out and stdout is not None:
+            stdout.write(out)
+        errors.extend(_take(ws, 2))
+
+
+def _take(ws, channel: int) -> bytes:
+    """What the client has buffered on a channel (b"" when the connection fails reading more)."""
+    try:
+        data = ws.read_channel(channel, timeout=0)
+    except Exception:
+        return b""
+    return data.encode() if isinstance(data, str) else bytes(data or b"")
 
 
 def _returncode(ws) -> int:
+    """The exit code in the Status on channel 3 (read even when the close frame never came); -1
+    without one (the connection broke first)."""
+    import yaml
+
     try:
-        return int(ws.returncode or 0)
-    except (TypeError, KeyError, IndexError, ValueError):  # no status frame: the connection broke
+        text = _take(ws, 3)
+        status = yaml.safe_load(text) if text else None
+        if not isinstance(status, dict):
+            return -1
+        if status.get("status") == "Success":
+            return 0
+        return int(status["details"]["causes"][0]["message"])
+    except (TypeError, KeyError, IndexError, ValueError, yaml.YAMLError):
         return -1
 
 

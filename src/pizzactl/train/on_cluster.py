@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy import jobs
+from pizzactl.deploy import capacity, jobs
 from pizzactl.errors import UsageError
 from pizzactl.train.remote import collect, container_env, local_weights_file, outbox_dir
 
@@ -185,6 +185,7 @@ def _trainer_image(settings, place: Where, api) -> str:
     if place.cluster:
         from pizzactl.deploy.targets import kind
 
+        capacity.check_training(api, settings)  # before building a multi-GB image for a pod that cannot run
         trainer = build_trainer(settings.replace(registry=None), gpu=gpu)
         kind.load_images(place.cluster, [trainer.image], settings, trainer.platform)
         return trainer.image
@@ -193,6 +194,7 @@ def _trainer_image(settings, place: Where, api) -> str:
             f"--on {place.context} needs --registry: the cluster's nodes pull the trainer image from there.",
             hint="Pass --registry REGISTRY (e.g. ghcr.io/you), after `docker login`.",
         )
+    capacity.check_training(api, settings)
     arches = k8s.node_architectures_if_allowed(api) or set()  # None: nodes may not be listed
     if settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from pizzactl.config import Settings
 from pizzactl.console import log
-from pizzactl.deploy import k8s, manifests
+from pizzactl.deploy import capacity, k8s, manifests
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.images import Images
 from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
@@ -90,10 +90,11 @@ def release(
     docs = render(settings, images)
     if not record.extra["created_namespace"]:  # not ours: no labels, no Pod Security level of ours on it
         docs = manifests.without_namespace(docs)
+    stale = k8s.deadline_marks(api, namespace, manifests.deployments(docs))  # the last rollout's, if any
     log(f"Applying {len(docs)} objects to {record.extra['context']} (namespace {namespace}) ...")
     k8s.apply(api, docs)
     try:
-        states = k8s.wait_rollout(api, namespace, manifests.deployments(docs), timeout)
+        states = k8s.wait_rollout(api, namespace, manifests.deployments(docs), timeout, stale=stale)
     except DeployError as exc:
         record.extra["failed"] = {**images.as_dict(), "reason": exc.message.splitlines()[0]}
         state_mod.save(settings, record)
@@ -113,7 +114,7 @@ def release(
         extra={**record.extra, "images": images.as_dict(), "history": history, "failed": None, "render": options},
     )
     state_mod.save(settings, record)
-    autoscaling = _autoscaling(api, states)
+    autoscaling = _autoscaling(api, states, namespace)
     return {
         "target": record.target,
         "url": record.url,
@@ -127,19 +128,42 @@ def release(
     }
 
 
-def _autoscaling(api, states: dict[str, k8s.RolloutState]) -> dict[str, Any]:
-    """Whether the HPAs can scale on CPU; say what happens when they cannot."""
-    has_metrics = k8s.metrics_available(api)
+def _autoscaling(api, states: dict[str, k8s.RolloutState], namespace: str) -> dict[str, Any]:
+    """Whether the HPAs can scale on CPU (metrics.k8s.io listed, its APIService Available, no HPA
+    reporting ScalingActive=False); say what happens when they cannot."""
+    metrics = k8s.metrics_api(api)
+    hpa_problems = k8s.hpa_scaling_problems(api, namespace) if metrics.listed else []
+    if metrics.available and hpa_problems:
+        metrics = k8s.MetricsApi(True, False, "ScalingActive=False", "; ".join(hpa_problems))
+    has_metrics = metrics.available
     replicas = ", ".join(f"{name.removeprefix('pizzactl-')} {s.desired}" for name, s in states.items())
     if has_metrics:
         message = f"Autoscaling on CPU is active (replicas now: {replicas})."
+    elif metrics.listed:
+        message = (
+            f"metrics-server is installed but not working ({_metrics_why(metrics)}), so the HPAs keep their "
+            f"minReplicas ({replicas}) and never "
+            f"scale on CPU. On kind, metrics-server needs `--kubelet-insecure-tls` in its args "
+            "(`kubectl patch deployment metrics-server -n kube-system --type=json -p "
+            """'[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'`); """
+            f"see why with `kubectl describe apiservice {k8s.METRICS_APISERVICE}` and "
+            "`kubectl logs -n kube-system deploy/metrics-server`."
+        )
+        log(f"[yellow]{message}[/]")
     else:
         message = (
             f"This cluster has no metrics-server, so the HPAs keep their minReplicas ({replicas}) and never "
             f"scale on CPU. To autoscale, {METRICS_HINT}."
         )
         log(f"[yellow]{message}[/]")
-    return {"metrics_server": has_metrics, "message": message}
+    state = "Available" if has_metrics else (metrics.reason or "NotInstalled")
+    return {"metrics_server": has_metrics, "metrics_api": state, "message": message}
+
+
+def _metrics_why(metrics: k8s.MetricsApi) -> str:
+    if metrics.reason == "ScalingActive=False":
+        return f"the HPAs report ScalingActive=False: {metrics.message}"
+    return f"APIService {k8s.METRICS_APISERVICE} is not Available: {metrics.reason}: {metrics.message}"
 
 
 def _new_record(settings: Settings) -> DeployState:
@@ -173,6 +197,7 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
         )
     elif settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
+    capacity.check_deployment(api, settings)
     images = build(settings, push=True)
     previous = state_mod.load(settings)
     record = previous if previous is not None and previous.target == TARGET else _new_record(settings)

@@ -37,6 +37,7 @@ import yaml
 
 from pizzactl.config import Settings
 from pizzactl.console import log
+from pizzactl.deploy import capacity, k8s
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
 from pizzactl.deploy.state import DeployState
@@ -489,6 +490,7 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     record = previous if same and previous is not None else _record(settings)
     record.extra["created_cluster"] = created
     state_mod.save(settings, record)  # now: a failure below still leaves something teardown knows
+    capacity.check_deployment(k8s.connect(kube_context(settings.cluster)), settings)  # before building
     images = build(settings.replace(registry=None), push=False)
     load_images(settings.cluster, [images.gateway_image, images.model_image], settings, images.platform)
     result = cluster_target.release(settings, images, timeout, record=record)
