@@ -120,7 +120,7 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
         for multiple, level in zip((1, 2), levels.values(), strict=True):
             assert level["offered_per_s"] == pytest.approx(multiple * r["e2e_img_per_s"], rel=0.02)
             assert level["requests"] == level["answered"] + level["shed"] + level["errors"] > 0
-            assert level["errors"] == 0  # answered or refused at once, never timed out
+            assert level["errors"] == 0, level.get("first_errors")  # answered or refused at once, never timed out
             assert level["shed_share"] == pytest.approx(level["shed"] / level["requests"], abs=1e-4)
             assert 0 < level["p50_ms"] <= level["p99_ms"]
             assert (level["shed_p99_ms"] is None) == (level["shed"] == 0)
