@@ -78,3 +78,37 @@ def test_docker_deploy_without_a_daemon_says_how_to_fix_it(isolated, monkeypatch
         deploy(settings, timeout=5)
     assert "Docker daemon" in info.value.message
     assert "pizzactl doctor" in info.value.hint
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_rollback_runs_with_what_the_deploy_was_made_with_not_this_shells_flags(
+    built_images, docker_ready, tiny_model, isolated
+):
+    """A rollback from a later shell (no PIZZACTL_API_KEY, no --allow-private-urls, another
+    default port) must not open the gateway or move it: it runs the recorded options again."""
+    import hashlib
+    from dataclasses import replace
+
+    from pizzactl.deploy import rollback
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.targets import docker as docker_target
+
+    port = free_port()
+    made_with = {"target": "docker", "models_dir": tiny_model, "model_server": "builtin", "port": port}
+    settings = load_settings({**made_with, "api_key": "rollback-key-1", "allow_private_urls": True}, environ={})
+    later = load_settings({"target": "docker", "models_dir": tiny_model, "model_server": "builtin"}, environ={})
+    try:
+        docker_target.deploy(settings, timeout=240, images=built_images)
+        st = state_mod.load(settings)
+        # an earlier release to go back to (the same images: what matters is how they are run)
+        state_mod.save(settings, replace(st, extra={**st.extra, "history": [st.extra["images"]]}))
+        result = rollback(later, None, timeout=240)
+        assert result["url"] == f"http://127.0.0.1:{port}"
+        env = dict(e.split("=", 1) for e in docker_ready.containers.get("pizzactl-gateway").attrs["Config"]["Env"])
+        assert env["PIZZACTL_API_KEY_HASHES"] == hashlib.sha256(b"rollback-key-1").hexdigest()
+        assert env["PIZZACTL_ALLOW_PRIVATE_URLS"] == "true"
+        assert httpx.get(f"{result['url']}/metrics", timeout=30).status_code == 401
+        assert "rollback-key-1" not in state_mod.state_path(settings).read_text()
+    finally:
+        teardown(settings)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pizzactl.config import Settings
 from pizzactl.console import log
+from pizzactl.deploy import manifests
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.docker_daemon import docker_client
 from pizzactl.deploy.images import Images, build
@@ -156,7 +157,7 @@ def deploy(settings: Settings, timeout: float = 300.0, images: Images | None = N
         model_version=images.model_version,
         model_dir=str(settings.models_dir),
         ports={"gateway": settings.port},
-        extra={"network": NETWORK, "containers": [], "images": images.as_dict()},
+        extra={"network": NETWORK, "containers": [], "images": images.as_dict(), "render": recorded_options(settings)},
     )
     previous = state_mod.load(settings)
     if previous is not None and previous.target == TARGET:
@@ -282,12 +283,22 @@ def rollback(settings: Settings, state: DeployState, to: int | None, timeout: fl
         return {"message": "There is no earlier version to roll back to."}
     target = history[matches[-1]]
     images = Images(**{k: v for k, v in target.items() if k in Images.__dataclass_fields__})
+    recorded = state.extra.get("render")
+    if isinstance(recorded, dict):  # what the deploy was made with, not this shell's flags
+        settings = settings.replace(**recorded)
     teardown(settings, state)
     result = deploy(settings, timeout, images=images)
     final = state_mod.load(settings)
     if final is not None:
         state_mod.save(settings, replace(final, extra={**final.extra, "history": history[: matches[-1]]}))
     return {**result, "rolled_back_from": state.model_version}
+
+
+def recorded_options(settings: Settings) -> dict[str, Any]:
+    """What a rollback must run the containers with again: the rendered pods' options (the API
+    keys as digests: a rollback from a shell without the key must not open the gateway), and the
+    published port and address."""
+    return {**manifests.render_options(settings), "port": settings.port, "host": settings.host}
 
 
 def teardown(settings: Settings, state: DeployState | None = None) -> dict[str, Any]:
