@@ -15,8 +15,9 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pizza_not_pizza"
 
-# model_server / gateway / photo_server session fixtures shared by the serving tests
-pytest_plugins = ["serving_fixtures"]
+# model_server / gateway / photo_server session fixtures shared by the serving tests; world, photos and
+# release helpers shared by the cluster tests
+pytest_plugins = ["serving_fixtures", "cluster_fixtures"]
 
 
 def require_tier(tier: str, reason: str) -> None:

@@ -17,30 +17,12 @@ from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError
 from pizzactl.train.remote import TrainingError, train_on
 
-from docker_fakes import FakeDockerd
 from k8s_batch_fakes import TrainingCluster, forbid_listing_nodes, node, write_train_outputs
-from k8s_fakes import PODS, ApplyingEmulator, write_kubeconfig
+from k8s_fakes import PODS, ApplyingEmulator
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"
 COLIMA = node(cpu="2", memory="1948Mi")  # Colima's default VM: 2 CPU, 2 GiB, less what the system keeps
-
-
-@pytest.fixture
-def world(kmock, isolated, monkeypatch, tmp_path):
-    """A kube context `prod` on kmock and a fake Docker daemon (as in test_train_cluster)."""
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kubeconfig", str(kmock.url).rstrip("/"), "prod")))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    with FakeDockerd(tmp_path / "docker.sock") as dockerd:
-        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
-        yield dockerd
-
-
-@pytest.fixture
-def photos(copy_photos):
-    return copy_photos(4)
 
 
 def _cluster(kmock, tmp_path, **kw) -> TrainingCluster:

@@ -16,14 +16,14 @@ import json
 
 import pytest
 
-from pizzactl.config import load_settings
 from pizzactl.deploy import jobs, k8s, k8s_files
 from pizzactl.deploy import state as state_mod
-from pizzactl.deploy.images import Images
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster
 from pizzactl.errors import DeployError
 
+from cluster_fixtures import cluster_settings as _settings
+from cluster_fixtures import release_images as _images
 from k8s_fakes import (
     DEPLOYMENTS,
     NAMESPACES,
@@ -47,19 +47,6 @@ def api(kmock, isolated, monkeypatch):
 
 async def _playing(fake: FakeCluster):
     return asyncio.create_task(fake.run(0.02))
-
-
-def _settings(**flags):
-    return load_settings({"context": "prod", "registry": "reg.example/me", **flags})
-
-
-def _images(version: int, tag: str = "a") -> Images:
-    return Images(
-        gateway_image=f"reg.example/me/pizzactl-gateway:0.1.0-{tag}",
-        model_image=f"reg.example/me/pizzactl-model:v{version}-builtin-{tag}",
-        model_server="builtin",
-        model_version=version,
-    )
 
 
 def _namespace(kmock, name: str = NS, labels: dict | None = None, *, with_account: bool = True) -> None:

@@ -11,13 +11,13 @@ import asyncio
 
 import pytest
 
-from pizzactl.config import load_settings
 from pizzactl.deploy import k8s
 from pizzactl.deploy import state as state_mod
-from pizzactl.deploy.images import Images
 from pizzactl.deploy.targets import cluster
 from pizzactl.errors import DeployError
 
+from cluster_fixtures import cluster_settings as _settings
+from cluster_fixtures import release_images as _images
 from k8s_fakes import (
     CRASH,
     DEPLOYMENTS,
@@ -49,19 +49,6 @@ async def running(fake):
     task = asyncio.create_task(fake.run(0.02))
     yield fake
     task.cancel()
-
-
-def _settings(**flags):
-    return load_settings({"context": "prod", "registry": "reg.example/me", **flags})
-
-
-def _images(version: int, tag: str = "a") -> Images:
-    return Images(
-        gateway_image=f"reg.example/me/pizzactl-gateway:0.1.0-{tag}",
-        model_image=f"reg.example/me/pizzactl-model:v{version}-builtin-{tag}",
-        model_server="builtin",
-        model_version=version,
-    )
 
 
 async def _release(settings, images, timeout=20.0):

@@ -24,7 +24,6 @@ from pizzactl.model_store import list_versions
 from pizzactl.train import on_cluster
 from pizzactl.train.remote import TrainingError, train_on
 
-from docker_fakes import FakeDockerd
 from k8s_batch_fakes import (
     JOBS,
     LOSE_NODE,
@@ -35,27 +34,10 @@ from k8s_batch_fakes import (
     node,
     write_train_outputs,
 )
-from k8s_fakes import PODS, SECRETS, ApplyingEmulator, write_kubeconfig
+from k8s_fakes import PODS, SECRETS, ApplyingEmulator
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"
-
-
-@pytest.fixture
-def world(kmock, isolated, monkeypatch, tmp_path):
-    """A kube context `prod` on kmock, a fake Docker daemon, no Kaggle credentials anywhere."""
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kubeconfig", str(kmock.url).rstrip("/"), "prod")))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    with FakeDockerd(tmp_path / "docker.sock") as dockerd:
-        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
-        yield dockerd
-
-
-@pytest.fixture
-def photos(copy_photos):
-    return copy_photos(4)
 
 
 def _settings(**flags):
