@@ -5,7 +5,8 @@ For a run (runs/<id>) and its exported version, converts `litert-int8` again in 
 the version with each calibration set and prints what export's check (`convert.judge`) wrote:
 held-out photos flipped against / for it, the one-sided p-value, |dp| at p50 / p95 / max, and
 held-out accuracy beside the SavedModel's. Levers (every one reported, not the best):
-  plain-N      N training photos, decoded as serving decodes them (export's default: 100)
+  plain-N      N training photos, decoded as serving decodes them (export's default: 100), each
+               class in its share (export.calibration_records), all N used
   aug-N        the same N photos plus their augmented views as training cached them (views.py)
 
 usage: python benchmarks/int8_levers.py RUN_DIR VERSION_DIR [--levers plain-100,plain-400,aug-400]
@@ -75,6 +76,7 @@ def main(argv=None) -> None:
                 holdout=holdout,
                 calibration=calibration,
                 runtimes=("litert-int8",),
+                max_calibration=len(calibration),  # every image of the lever, not export's default cap
             )["litert-int8"]
             seconds = time.perf_counter() - started
         acc, flips, dp = entry["holdout_accuracy"], entry["flips"], entry["abs_diff"]

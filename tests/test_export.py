@@ -673,3 +673,81 @@ def test_the_conversion_prints_one_line_per_artefact_and_keeps_the_rest_in_the_d
         assert noise not in out + err, (noise, err)
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("litert")] == ["litert", "litert-int8"]
     assert "TensorSpec" in caplog.text  # --debug's log still has it
+
+
+def _calibration_classes(calibration: list[bytes], root: Path) -> list[str]:
+    owner = {p.read_bytes(): p.parent.name for p in root.glob("*/*.jpg")}
+    return [owner[b] for b in calibration]
+
+
+@pytest.mark.parametrize("asked", [10, 40, 100])
+def test_calibration_draws_every_class_in_its_share_whatever_the_size(tmp_path, copy_photos, asked):
+    """Issue 25: the training split lists its photos class by class, and export calibrated int8 on
+    the first 100 images it was given: asked for 400 (or 200), those were all not_pizza and the int8
+    Lite2 answered not_pizza for every photo. The images handed over, and the ones the converter
+    keeps of a longer list, must hold each class in its share, from the first ones on."""
+    from pizzactl.convert import calibration_sample
+    from pizzactl.data.dataset import load_dataset
+    from pizzactl.export import run_split
+
+    root = copy_photos(60)  # 48 training photos per class at val_split 0.2
+    config = {"data_dir": str(root), "data_hash": load_dataset(root, check=False).data_hash}
+    calibration, holdout = run_split(config, calibration_size=asked)
+    classes = _calibration_classes(calibration, root)
+    assert len(holdout) == 24 and len(calibration) == min(asked, 96)
+    assert abs(classes.count("pizza") - classes.count("not_pizza")) <= 1
+    head = classes[: max(2, len(classes) // 4)]  # a first part: both classes, not one of them
+    assert abs(head.count("pizza") - head.count("not_pizza")) <= 1
+    by_class = sorted(calibration, key=lambda b: classes[calibration.index(b)])  # as a split lists them
+    for ordered in (by_class, calibration):  # class by class, and alternating
+        kept = _calibration_classes(calibration_sample(ordered, len(ordered) // 2), root)
+        assert len(kept) == len(ordered) // 2 and min(kept.count("pizza"), kept.count("not_pizza")) >= len(kept) // 4
+
+
+def _colour_photos(n: int, colour: tuple[int, int, int], seed: int) -> list[bytes]:
+    """Noisy PNGs of one colour: a class the colour model below tells apart by red minus blue."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        pixels = np.clip(np.array(colour) + rng.integers(-40, 40, (24, 24, 3)), 0, 255).astype("uint8")
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.slow
+def test_int8_calibrated_on_a_split_listed_class_by_class_answers_both_classes(tmp_path):
+    """Issue 25: int8's logit range comes from the calibration images alone. Given more training
+    images than it calibrates on, listed class by class as a split lists them, export kept the
+    first ones (one class): every logit of the other class was clipped at the range's end (the
+    Lite2's logit range was [-12.2, 0], so P(pizza) <= 0.5 for every photo) and int8 answered one
+    class. Now the images it keeps are drawn from the whole list. The model: P(pizza) = sigmoid of
+    (mean red - mean blue) / 20, so the SavedModel tells the two colours apart with certainty."""
+    import keras
+
+    from pizzactl.convert import MAX_CALIBRATION
+
+    inputs = keras.Input((16, 16, 3), name="pixels")
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    model = keras.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.array([[0.05], [0.0], [-0.05]], np.float32), np.zeros(1, np.float32)])
+    blue, red = (60, 90, 200), (200, 90, 60)  # not_pizza, pizza
+    calibration = _colour_photos(MAX_CALIBRATION + 20, blue, 1) + _colour_photos(MAX_CALIBRATION + 20, red, 2)
+    held_out = [(b, 0) for b in _colour_photos(20, blue, 3)] + [(b, 1) for b in _colour_photos(20, red, 4)]
+    metadata = {"image_size": 16, "classes": ["not_pizza", "pizza"], "threshold": 0.5}
+    version = export_model(
+        model,
+        tmp_path,
+        metadata,
+        [b for b, _ in held_out[::10]],
+        holdout=held_out,
+        calibration=calibration,
+        runtimes=("litert-int8",),
+    )
+    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    assert entry["ok"] is True and entry["abs_diff"]["p95"] <= 0.05 and entry["flips"]["worse"] == 0, entry
+    assert entry["holdout_accuracy"]["litert-int8"] == 1.0, entry

@@ -32,7 +32,7 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     require_training()  # before any download or scan
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
-    from pizzactl.export import export_model
+    from pizzactl.export import calibration_records, export_model
     from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import FeatureCache
     from pizzactl.train.run_dir import write_json
@@ -71,7 +71,7 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
         metadata,
         _check_images(val_records),
         holdout=[(r.path.read_bytes(), r.label) for r in val_records],  # checks the fast runtimes' accuracy
-        calibration=[r.path.read_bytes() for r in train_records[:: max(1, len(train_records) // 100)]],
+        calibration=[r.path.read_bytes() for r in calibration_records(train_records)],
     )
     metrics = dict(best.metrics, model_dir=str(model_dir))
     write_json(best.run_dir / "metrics.json", metrics)
