@@ -106,8 +106,9 @@ def tiny_classifier(shared_photos):
     keras.utils.set_random_seed(7)
     inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    # named: Keras numbers unnamed layers per process, so the names would depend on which tests ran first
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv_first")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv_last")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     model = keras.Model(inputs, outputs, name="tiny_cnn")

@@ -28,7 +28,7 @@ def test_the_pruned_graph_gives_the_same_probability_as_the_serving_signature(ca
 
 def test_the_feature_map_is_the_last_convolution_before_global_pooling(cam):
     # the tiny CNN: 64 -> conv stride 2 -> 31 -> conv stride 2 -> 15 -> global average pooling
-    assert "conv2d_1" in cam.feature_tensor.lower()
+    assert "/conv_last" in cam.feature_tensor.lower() and "conv_first" not in cam.feature_tensor.lower()
 
 
 def test_heatmap_is_a_normalized_map_over_the_feature_grid(cam, tiny_classifier):
