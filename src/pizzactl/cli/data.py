@@ -1,4 +1,4 @@
-"""`pizzactl config show` and `pizzactl data download|report|split`."""
+"""`pizzactl data download|report|split`: the dataset."""
 
 from __future__ import annotations
 
@@ -6,34 +6,8 @@ from pathlib import Path
 
 import typer
 
-from pizzactl.cli.base import (
-    JsonOpt,
-    config_app,
-    data_app,
-    settings,
-)
+from pizzactl.cli.base import JsonOpt, data_app, settings
 from pizzactl.console import err, out, print_json
-
-# --- config -----------------------------------------------------------------------------
-
-
-@config_app.command("show")
-def config_show(json_out: bool = JsonOpt) -> None:
-    """Print every setting, its value and where it came from."""
-    from rich.table import Table
-
-    s = settings()
-    values = s.as_dict()
-    if json_out:
-        print_json({name: {"value": value, "source": s.sources[name]} for name, value in values.items()})
-        return
-    table = Table("setting", "value", "source")
-    for name, value in values.items():
-        table.add_row(name, "" if value is None else str(value), s.sources[name])
-    out.print(table)
-
-
-# --- data ------------------------------------------------------------------------------
 
 
 @data_app.command("download")

@@ -1,7 +1,4 @@
-"""`pizzactl up`, `train`, `runs list|show`, `export`, `evaluate`: making and judging models.
-
-`up` comes first: it is the one command a newcomer runs (train if needed, deploy, predict).
-"""
+"""`pizzactl train`: train here, in Docker or as a Kubernetes Job, and export the best."""
 
 from __future__ import annotations
 
@@ -10,46 +7,8 @@ from pathlib import Path
 
 import typer
 
-from pizzactl.cli.base import (
-    DataOpt,
-    JsonOpt,
-    ModelsOpt,
-    app,
-    runs_app,
-    settings,
-)
-from pizzactl.config import ModelRuntime
-from pizzactl.console import out, print_json
-
-# --- up: the whole job ------------------------------------------------------------------
-
-
-@app.command()
-def up(
-    data: Path | None = DataOpt,
-    target: str | None = typer.Option(
-        None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."
-    ),
-    models: Path | None = ModelsOpt,
-    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
-    sample: Path | None = typer.Option(
-        None, "--sample", help="Photo to predict once deployed (default: one from the training data)."
-    ),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Train if there is no model yet, deploy it where this machine allows, predict a sample photo."""
-    from pizzactl.up import print_up
-    from pizzactl.up import up as up_
-
-    result = up_(settings(data_dir=data, target=target, models_dir=models, port=port), sample=sample, timeout=timeout)
-    if json_out:
-        print_json(result)
-    else:
-        print_up(result)
-
-
-# --- train, runs, export, evaluate ----------------------------------------------------
+from pizzactl.cli.base import DataOpt, JsonOpt, app, settings
+from pizzactl.console import print_json
 
 
 # Long only in its signature: typer needs every option there; the body is one settings call
@@ -133,77 +92,3 @@ def train(
         print_json(result)
     else:
         print_result(result)
-
-
-@runs_app.command("list")
-def runs_list(json_out: bool = JsonOpt) -> None:
-    """All training runs, newest first."""
-    from pizzactl.train.runs import list_runs, print_runs
-
-    runs = list_runs(settings())
-    if json_out:
-        print_json(runs)
-    else:
-        print_runs(runs)
-
-
-@runs_app.command("show")
-def runs_show(
-    run_id: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."), json_out: bool = JsonOpt
-) -> None:
-    """One run's configuration and metrics."""
-    from pizzactl.train.runs import print_run, show_run
-
-    run = show_run(settings(), run_id)
-    if json_out:
-        print_json(run)
-    else:
-        print_run(run)
-
-
-@app.command()
-def export(
-    run: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."),
-    to: Path | None = typer.Option(None, "--to", help="Models directory (default ./models)."),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Export a run's model again as a new SavedModel version."""
-    from pizzactl.export import export_run
-
-    version_dir = export_run(settings(models_dir=to), run)
-    if json_out:
-        print_json({"model_dir": str(version_dir), "version": int(version_dir.name)})
-    else:
-        out.print(str(version_dir))
-
-
-@app.command()
-def evaluate(
-    model_dir: Path | None = typer.Argument(None, help="Exported version directory (default: the latest)."),
-    data: Path | None = DataOpt,
-    models: Path | None = ModelsOpt,
-    errors: Path | None = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
-    confusion_png: Path | None = typer.Option(
-        None, "--confusion-matrix", help="Draw the confusion matrix to this PNG (needs [train])."
-    ),
-    runtime: ModelRuntime | None = typer.Option(
-        None,
-        "--runtime",
-        help="What runs the model; auto (default): what the builtin model server would run.",
-    ),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Run the exported model on raw image bytes, as serving will, and report metrics."""
-    from pizzactl.evaluate import evaluate as evaluate_
-    from pizzactl.evaluate import print_metrics
-
-    metrics = evaluate_(
-        settings(data_dir=data, models_dir=models, model_runtime=runtime),
-        model_dir=model_dir,
-        errors_csv=errors,
-        confusion_png=confusion_png,
-    )
-    if json_out:
-        print_json(metrics)
-    else:
-        print_metrics(metrics)
