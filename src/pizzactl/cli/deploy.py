@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from pizzactl.cli.base import ApiKeyOpt, JsonOpt, ModelsOpt, app, settings
 from pizzactl.console import out, print_json
@@ -72,7 +75,6 @@ def deploy(
 @app.command()
 def status(json_out: bool = JsonOpt) -> None:
     """What is deployed, where, which model version, ready or not."""
-    from pizzactl.deploy import print_status
     from pizzactl.deploy import status as status_
 
     st = status_(settings())
@@ -118,3 +120,59 @@ def teardown(
         print_json(result)
     else:
         out.print(result.get("message", "Nothing deployed."))
+
+
+# --- printers (rich, stdout) ---------------------------------------------------------
+
+
+def print_status(st: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    training = st.get("training")
+    if not st.get("deployed"):
+        out.print(st.get("message", "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
+        if training:
+            _training_rows(table, training)
+            out.print(table)
+        return
+    ready = st.get("ready")
+    table.add_row("target", str(st["target"]))
+    table.add_row("url", str(st["url"]))
+    table.add_row("model version", str(st.get("model_version")))
+    if "serving" in st:
+        serving = st["serving"] or {}
+        table.add_row(
+            "serving", ", ".join(f"v{v} ({n} pod{'s' if n != 1 else ''})" for v, n in serving.items()) or "none"
+        )
+    table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
+    table.add_row("created", str(st.get("created")))
+    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving", "training"}
+    skip.add("supervision")  # local: the supervisor's whole record, for --json; restarts and crash_loop are rows
+    for key, value in st.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+        table.add_row(key.replace("_", " "), str(value))
+    if training:
+        _training_rows(table, training)
+    out.print(table)
+
+
+def _training_rows(table, training: dict[str, Any]) -> None:
+    phase = training.get("phase", "unknown")
+    epoch = f", epoch {training['epoch']}" if training.get("epoch") else ""
+    attempts = training.get("attempts") or 0
+    tries = f", attempt {attempts}" if attempts > 1 else ""
+    table.add_row("training", escape(f"Job {training['job']} in {training.get('context')}: {phase}{epoch}{tries}"))
+    if training.get("last_line") or training.get("error"):
+        table.add_row("last log line", escape(str(training.get("last_line") or training.get("error"))))
+
+
+def _fmt(value: Any) -> str:
+    if value is True:
+        return "alive"
+    if value is False:
+        return "gone"
+    return str(value)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from pizzactl.cli.base import JsonOpt, app, settings
-from pizzactl.console import print_json
+from pizzactl.console import out, print_json
 from pizzactl.errors import EXIT_FAILURE
+from pizzactl.predict import label_probability, top_classes
 
 
 @app.command()
@@ -27,7 +32,6 @@ def predict(
 ) -> None:
     """Ask the deployed model: is this a pizza?"""
     from pizzactl.predict import predict as predict_
-    from pizzactl.predict import print_predictions
 
     results = predict_(
         settings(endpoint=endpoint, api_key=api_key),
@@ -43,3 +47,36 @@ def predict(
         print_predictions(results)
     if any("error" in r for r in results):
         raise typer.Exit(EXIT_FAILURE)
+
+
+# --- printers (rich, stdout) ---------------------------------------------------------
+
+
+MAX_ROWS = 200
+
+
+def print_predictions(results: Sequence[dict[str, Any]]) -> None:
+    """A table (up to MAX_ROWS rows) and, for more than one image, a summary line."""
+    table = Table("source", "label", "P(label)", "probabilities", "version")
+    table.columns[0].overflow = "fold"
+    for r in results[:MAX_ROWS]:
+        if "error" in r:
+            table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "", "")
+        else:
+            probabilities = r.get("probabilities") or {}
+            table.add_row(
+                escape(r["source"]),
+                f"[bold]{escape(r['label'])}[/]",
+                f"{label_probability(r):.3f}",
+                escape(top_classes(probabilities)),
+                str(r.get("model_version", "")),
+            )
+    out.print(table)
+    if len(results) > MAX_ROWS:
+        out.print(f"... and {len(results) - MAX_ROWS} more (use --json or --csv FILE for all of them).")
+    if len(results) > 1:
+        counts: dict[str, int] = {}
+        for r in results:
+            key = "failed" if "error" in r else r["label"]
+            counts[key] = counts.get(key, 0) + 1
+        out.print(f"{len(results)} images: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.table import Column, Table
 
 from pizzactl.cli.base import DataOpt, JsonOpt, app, settings
-from pizzactl.console import print_json
+from pizzactl.console import out, print_json
+from pizzactl.train.results import TrainResult
 
 
 # Long only in its signature: typer needs every option there; the body is one settings call
@@ -82,7 +85,7 @@ def train(
         pull_secret=pull_secret,
         platform=platform,
     )
-    from pizzactl.train import print_result, remote
+    from pizzactl.train import remote
 
     if dry_run:
         sys.stdout.write(remote.dry_run(s, on))
@@ -92,3 +95,48 @@ def train(
         print_json(result)
     else:
         print_result(result)
+
+
+# --- printers (rich, stdout) ---------------------------------------------------------
+
+
+def print_result(result: TrainResult | dict[str, Any]) -> None:
+    """The leaderboard and where the version landed; from a TrainResult or its dict (what
+    `train --on docker|kind|CONTEXT` brings home as the trainer's `--json` answer)."""
+    data = result.as_dict() if isinstance(result, TrainResult) else result
+    macro = len(data.get("classes") or ()) > 2  # F1 and ROC AUC are then macro averages over the classes
+    table = Table(
+        "#",
+        "backbone",
+        "val acc",
+        "macro f1" if macro else "f1",
+        "macro auc" if macro else "roc auc",
+        "val loss",
+        "seconds",
+        Column("run", no_wrap=True),
+    )
+    for i, run in enumerate(data.get("leaderboard") or [], 1):
+        table.add_row(
+            str(i),
+            str(run.get("backbone")),
+            _number(run.get("val_accuracy")),
+            _number(run.get("val_f1")),
+            _number(run.get("val_roc_auc")),
+            _number(run.get("val_loss")),
+            f"{run.get('train_seconds') or 0:.1f}",
+            str(run.get("run_id")),
+        )
+    out.print(table)
+    where = (data.get("trained_on") or {}).get("on")
+    if data.get("model_dir"):
+        trained_on = f", trained on {where}" if where else ""
+        out.print(
+            f"Exported {data.get('backbone')} ({_number(data.get('val_accuracy'))} val accuracy{trained_on}) "
+            f"to {data['model_dir']}"
+        )
+    if data.get("deployed"):
+        out.print(f"Rolled out to {data['deployed'].get('target')}: {data['deployed'].get('url')}")
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
