@@ -590,3 +590,17 @@ async def test_dry_run_plans_the_trainer_for_the_nodes_architecture(kmock, world
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == plan_trainer(settings, platform="linux/arm64").image != plan_trainer(settings).image
     assert world.requests == []  # no Docker
+
+
+def test_training_elsewhere_rolls_out_only_where_pizzactl_deploys_to_that_cluster(isolated):
+    """The caller's rule (`pizzactl train` after `train_on`): a Docker or local result never rolls
+    out, not even with --deploy; a cluster's only with --deploy or a deployment on that context."""
+    from pizzactl.deploy.after_training import roll_out
+
+    settings = load_settings({})
+    local = {"version": 2}
+    docker = {"version": 2, "trained_on": {"on": "docker", "image": "pizzactl-trainer:x"}}
+    cluster = {"version": 2, "trained_on": {"on": "prod", "context": "prod", "job": "pizzactl-train-1"}}
+    assert roll_out(settings, local, True) == local and roll_out(settings, docker, True) == docker
+    assert roll_out(settings, cluster, None) == cluster  # nothing deployed there
+    assert roll_out(settings, cluster, False) == cluster  # --no-deploy
