@@ -1,13 +1,13 @@
-"""Training as a Kubernetes Job: the objects pizzactl applies, what it remembers, status and cleanup.
+"""Training as a Kubernetes Job: the objects pizzactl applies.
 
 `render(plan)` fills in the templates of `k8s/training/` (a PersistentVolumeClaim, a Job, the
 short-lived files pod that copies data in and results out) from a `JobPlan`, plus a Secret
 with the Kaggle credentials when the Job downloads the dataset itself: credentials never go
 into the image or the Job, the pod reads them from the Secret. Every object carries the labels
 `app.kubernetes.io/component=training` and `app.kubernetes.io/managed-by=pizzactl`, and
-`state_dir/train.json` records the cluster, namespace and job, so `status` can show the run and
-`teardown` removes exactly what training created (Jobs, their pods, the Secret, the volume,
-and the namespace if training created it).
+`state_dir/train.json` records the cluster, namespace and job (`kube.training`, which `status`
+and `teardown` read), so `status` can show the run and `teardown` removes exactly what training
+created (Jobs, their pods, the Secret, the volume, and the namespace if training created it).
 """
 
 from __future__ import annotations
