@@ -24,7 +24,7 @@ from typing import Any
 import pizzactl
 from pizzactl import __version__
 from pizzactl.config import MODEL_NAME, Settings
-from pizzactl.console import err, log, out
+from pizzactl.console import err, log
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 from pizzactl.kube.docker_daemon import daemon_platform, docker_api, short_error
 from pizzactl.kube.shipped import shipped_dir
@@ -412,6 +412,8 @@ def _push(api, ref: str) -> None:
 
 def print_images(images: Images | TrainerImage) -> None:
     from rich.table import Table
+
+    from pizzactl.console import out
 
     table = Table("image", "reference", "size")
     if isinstance(images, TrainerImage):
