@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy.images import Images
+from pizzactl.kube.images import Images
 
 from docker_fakes import FakeDockerd
 from k8s_fakes import write_kubeconfig

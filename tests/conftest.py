@@ -181,7 +181,7 @@ def docker_ready():
 def built_images(docker_ready, tiny_model, tmp_path_factory):
     """The gateway and builtin model server images of the tiny model, built once per session."""
     from pizzactl.config import load_settings
-    from pizzactl.deploy.images import build
+    from pizzactl.kube.images import build
 
     settings = load_settings(
         {"models_dir": tiny_model, "model_server": "builtin"}, environ={}, cwd=tmp_path_factory.mktemp("build_cwd")

@@ -11,11 +11,11 @@ import asyncio
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import capacity, k8s
-from pizzactl.deploy.images import Images
 from pizzactl.deploy.targets import cluster as cluster_target
-from pizzactl.errors import DeployError
-from pizzactl.train.remote import TrainingError, train_on
+from pizzactl.errors import DeployError, TrainingError
+from pizzactl.kube import capacity, k8s
+from pizzactl.kube.images import Images
+from pizzactl.train.remote import train_on
 
 from k8s_batch_fakes import TrainingCluster, forbid_listing_nodes, node, write_train_outputs
 from k8s_fakes import PODS, ApplyingEmulator

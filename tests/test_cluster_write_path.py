@@ -16,11 +16,12 @@ import json
 
 import pytest
 
-from pizzactl.deploy import jobs, k8s, k8s_files
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster
 from pizzactl.errors import DeployError
+from pizzactl.kube import k8s, k8s_files
+from pizzactl.train.remote import jobs
 
 from cluster_fixtures import cluster_settings as _settings
 from cluster_fixtures import release_images as _images

@@ -19,7 +19,7 @@ import pytest
 
 import docker
 from pizzactl.config import load_settings
-from pizzactl.deploy.images import build_context, plan_images
+from pizzactl.kube.images import build_context, plan_images
 
 REPO = Path(__file__).resolve().parents[1]
 

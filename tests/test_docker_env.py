@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import docker_daemon, images
 from pizzactl.errors import DeployError, UsageError
+from pizzactl.kube import docker_daemon, images
 
 from docker_fakes import FakeDockerd, write_docker_context
 

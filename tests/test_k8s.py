@@ -1,4 +1,4 @@
-"""pizzactl.deploy.k8s against a Kubernetes API mock server (kmock), with the real client.
+"""pizzactl.kube.k8s against a Kubernetes API mock server (kmock), with the real client.
 
 The kubernetes client runs unpatched over HTTP against kmock's stateful emulator; the tests
 play the cluster's controllers by writing pod and deployment status into the emulator.
@@ -13,8 +13,9 @@ import kmock as kmock_lib
 import pytest
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import diagnosis, k8s, manifests
+from pizzactl.deploy import manifests
 from pizzactl.errors import DeployError
+from pizzactl.kube import diagnosis, k8s
 
 from k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
 

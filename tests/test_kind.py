@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from pizzactl.config import load_settings
-from pizzactl.deploy.targets import kind
+from pizzactl.deploy.targets import kind as kind_target
 from pizzactl.errors import DeployError, PortInUseError, UsageError
+from pizzactl.kube import kind
 from pizzactl.serving.processes import free_port
 
 from docker_fakes import FakeDockerd
@@ -130,14 +131,14 @@ def test_a_taken_port_stops_the_deploy_before_kind_creates_a_cluster(fake_kind, 
         busy.listen()
         settings = _settings(port=busy.getsockname()[1])
         with pytest.raises(PortInUseError) as info:
-            kind.preflight(settings, None)
+            kind_target.preflight(settings, None)
     assert f"Port {settings.port}" in info.value.message and "--port" in info.value.hint
     assert not any(c["args"][:2] == ["create", "cluster"] for c in kind_calls(fake_kind))
 
 
 def test_docker_is_checked_before_kind_is_touched(fake_kind):
     with pytest.raises(DeployError) as info:
-        kind.preflight(_settings(), None)
+        kind_target.preflight(_settings(), None)
     assert "Docker daemon" in info.value.message and "docker context" in info.value.hint
     assert kind_calls(fake_kind) == []
 
@@ -189,7 +190,7 @@ async def test_kind_deploy_redeploy_and_teardown_without_a_real_daemon(
     """The whole kind path against fakes at every boundary: Docker (FakeDockerd), kind (which
     binds the host port and forwards it to the gateway), the cluster (FakeCluster)."""
     from pizzactl.deploy import deploy, status, teardown
-    from pizzactl.deploy.targets.kind import created_clusters
+    from pizzactl.kube.kind import created_clusters
 
     version = isolated / "models" / "pizza" / "1"
     version.mkdir(parents=True)
@@ -353,12 +354,12 @@ async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind
         extra={"cluster": "pizzactl", "created_cluster": True, "context": "kind-pizzactl", "namespace": "pizzactl"},
     )
 
-    result = await asyncio.to_thread(kind.teardown, _settings(), state, True)
+    result = await asyncio.to_thread(kind_target.teardown, _settings(), state, True)
     assert result["cluster_deleted"] is False and "kept the cluster 'pizzactl'" in result["message"]
     assert kmock.objects[NAMESPACES, None, "pizzactl"].deleted
     assert not any(c["args"][:2] == ["delete", "cluster"] for c in kind_calls(fake_kind))
 
-    again = await asyncio.to_thread(kind.teardown, _settings(), state, True)
+    again = await asyncio.to_thread(kind_target.teardown, _settings(), state, True)
     assert "already gone" in again["message"]
 
 
@@ -366,10 +367,11 @@ async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind
 async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, isolated, monkeypatch):
     """--context: after the rollout, the node address + NodePort is recorded when /readyz answers
     there (so `status` and `predict` work), and left empty with a port-forward hint when not."""
-    from pizzactl.deploy import k8s, manifests
+    from pizzactl.deploy import manifests
     from pizzactl.deploy import state as state_mod
     from pizzactl.deploy.state import DeployState
     from pizzactl.deploy.targets import cluster
+    from pizzactl.kube import k8s
 
     from k8s_fakes import write_kubeconfig
 
@@ -580,9 +582,10 @@ async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
 ):
     """Item 4: deploy --target docker after a kind deploy would delete the cluster pizzactl made,
     with a running training Job in it: refused, the cluster stays, the hint says what to do."""
-    from pizzactl.deploy import deploy, jobs
+    from pizzactl.deploy import deploy
     from pizzactl.deploy import state as state_mod
     from pizzactl.deploy.state import DeployState
+    from pizzactl.kube import training
 
     from k8s_fakes import write_kubeconfig
 
@@ -602,7 +605,7 @@ async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
         ),
     )
     job = "pizzactl-train-20261207-090000"
-    jobs.save_state(
+    training.save_state(
         settings,
         {"context": "kind-pizzactl", "cluster": "pizzactl", "namespace": "pizzactl", "job": job, "image": "t:1"},
     )
@@ -620,5 +623,5 @@ async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
     assert f"Job {job}" in info.value.message and "--target docker" in info.value.message
     assert "train --on kind --attach" in info.value.hint and "pizzactl teardown" in info.value.hint
     assert kind.clusters() == ["pizzactl"] and state_mod.load(settings).target == "kind"
-    jobs.save_state(settings, {**jobs.load_state(settings), "collected": True})  # `train` brought it home
-    await asyncio.to_thread(kind.refuse_while_training, settings, state_mod.load(settings), "docker")
+    training.save_state(settings, {**training.load_state(settings), "collected": True})  # `train` brought it home
+    await asyncio.to_thread(kind_target.refuse_while_training, settings, state_mod.load(settings), "docker")

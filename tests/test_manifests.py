@@ -19,7 +19,7 @@ import yaml
 
 from pizzactl.config import load_settings
 from pizzactl.deploy import manifests
-from pizzactl.deploy.images import plan_images
+from pizzactl.kube.images import plan_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_dry_run_manifests_are_valid_for_the_bundled_kubernetes_version(dry_run)
 def test_dry_run_touches_nothing_and_fills_in_the_content_tags(dry_run, fake_models, isolated):
     _, docs = dry_run
     assert not (isolated / "state" / "deploy.json").exists()
-    from pizzactl.deploy.docker_daemon import local_platform
+    from pizzactl.kube.docker_daemon import local_platform
 
     settings = load_settings({"models_dir": fake_models, "model_server": "builtin"})
     planned = plan_images(settings, platform=local_platform())  # no Docker, no cluster: this machine's

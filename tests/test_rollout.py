@@ -11,10 +11,10 @@ import asyncio
 
 import pytest
 
-from pizzactl.deploy import k8s
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.targets import cluster
 from pizzactl.errors import DeployError
+from pizzactl.kube import k8s
 
 from cluster_fixtures import cluster_settings as _settings
 from cluster_fixtures import release_images as _images

@@ -18,11 +18,10 @@ import pytest
 import yaml
 
 from pizzactl.config import load_settings
-from pizzactl.deploy import jobs
-from pizzactl.errors import UsageError
+from pizzactl.errors import TrainingError, UsageError
+from pizzactl.kube import training as kube_training
 from pizzactl.model_store import list_versions
-from pizzactl.train import on_cluster
-from pizzactl.train.remote import TrainingError, train_on
+from pizzactl.train.remote import jobs, on_cluster, train_on
 
 from k8s_batch_fakes import (
     JOBS,
@@ -203,7 +202,7 @@ async def test_status_shows_the_running_job_then_the_deadline_stops_it(kmock, wo
         seen = None
         for _ in range(200):
             await asyncio.sleep(0.05)
-            if jobs.load_state(settings) and jobs.load_state(settings).get("job"):
+            if kube_training.load_state(settings) and kube_training.load_state(settings).get("job"):
                 st = await asyncio.to_thread(status, settings)
                 if st.get("training", {}).get("epoch"):
                     seen = st
@@ -349,7 +348,7 @@ async def test_an_incomplete_export_publishes_nothing_and_attach_collects_it_lat
         await _train(cluster, settings)
     assert list_versions(isolated / "models") == []
     assert not list((isolated / "models" / "pizza").glob(".tmp-*"))
-    job = jobs.load_state(settings)["job"]
+    job = kube_training.load_state(settings)["job"]
     (cluster.volume() / "jobs" / job / "models" / "pizza" / "1" / "saved_model.pb").write_bytes(b"graph")
     result = await _train(cluster, settings, attach=True)
     assert result["version"] == 1 and result["job"]["name"] == job
@@ -359,7 +358,8 @@ async def test_an_incomplete_export_publishes_nothing_and_attach_collects_it_lat
 
 
 async def test_teardown_removes_what_training_created_and_only_that(kmock, world, photos, tmp_path):
-    from pizzactl.deploy import k8s, teardown
+    from pizzactl.deploy import teardown
+    from pizzactl.kube import k8s
 
     api = k8s.connect("prod")
     theirs = [
@@ -381,7 +381,7 @@ async def test_teardown_removes_what_training_created_and_only_that(kmock, world
     cluster = _cluster(kmock, tmp_path)
     settings = _settings(data_dir=photos)
     await _train(cluster, settings)
-    assert jobs.load_state(settings)["created_namespace"] is False
+    assert kube_training.load_state(settings)["created_namespace"] is False
     down = await asyncio.to_thread(teardown, settings)
     assert down["torn_down"] is True
     alive = {
@@ -390,18 +390,19 @@ async def test_teardown_removes_what_training_created_and_only_that(kmock, world
         if k[1] == NS and not o.deleted and k[0] in (JOBS, SECRETS, PVCS, PODS)
     }
     assert alive == {(SECRETS, "their-secret"), (PVCS, "their-data")}
-    assert jobs.load_state(settings) is None
+    assert kube_training.load_state(settings) is None
     again = await asyncio.to_thread(teardown, settings)
     assert again["torn_down"] is False
 
 
 async def test_teardown_deletes_the_namespace_training_created(kmock, world, photos, tmp_path):
-    from pizzactl.deploy import k8s, teardown
+    from pizzactl.deploy import teardown
+    from pizzactl.kube import k8s
 
     cluster = _cluster(kmock, tmp_path)
     settings = _settings(data_dir=photos)
     await _train(cluster, settings)
-    assert jobs.load_state(settings)["created_namespace"] is True
+    assert kube_training.load_state(settings)["created_namespace"] is True
     await asyncio.to_thread(teardown, settings)
     phase = await asyncio.to_thread(k8s.namespace_phase, k8s.connect("prod"), NS)
     assert phase in (None, "Terminating")
@@ -474,10 +475,11 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     """deploy to kind (on a port of its own), then `train --on kind` without --port: the trainer
     image is `kind load`ed (never pushed), the Job runs in the same cluster whatever port it maps
     (issue 22 item 2: the node's port bindings are Docker's answer, FakeDockerd(kind_home)), and
-    the new version rolls out where pizzactl deploys; `status` shows the finished Job; teardown
+    the new version rolls out where pizzactl deploys (the caller's `roll_out`, as `pizzactl train` runs it); `status` shows the finished Job; teardown
     deletes the cluster pizzactl created."""
     from pizzactl.deploy import deploy, status, teardown
-    from pizzactl.deploy.targets import kind
+    from pizzactl.deploy.after_training import roll_out
+    from pizzactl.kube import kind
     from pizzactl.serving.processes import free_port
 
     from k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
@@ -501,7 +503,9 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     try:
         deployed = await asyncio.to_thread(deploy, settings, 30)
         plain = load_settings({"data_dir": photos})  # no --model-server, no --port: the deployment's are kept
-        result = await asyncio.to_thread(train_on, plain, "kind", timeout=20.0)
+        trained = await asyncio.to_thread(train_on, plain, "kind", timeout=20.0)
+        assert "deployed" not in trained  # training rolls nothing out; its caller (`pizzactl train`) does
+        result = await asyncio.to_thread(roll_out, plain, trained)
         gateway_pod = kmock.objects[kmock.resource("apps/v1/deployments"), NS, "pizzactl-gateway"]["spec"]["template"]
         loaded = loaded_images(home, "pizzactl")
         st = await asyncio.to_thread(status, settings)
@@ -519,7 +523,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     assert st["model_version"] == 2 and st["training"]["phase"] == "Succeeded"
     # the rollout re-applied the deploy's options, not `plain`'s (which would say "false")
     assert {"name": "PIZZACTL_ALLOW_PRIVATE_URLS", "value": "true"} in gateway_pod["spec"]["containers"][0]["env"]
-    assert down["cluster_deleted"] is True and kind.clusters() == [] and jobs.load_state(settings) is None
+    assert down["cluster_deleted"] is True and kind.clusters() == [] and kube_training.load_state(settings) is None
 
 
 def test_status_prints_the_training_job_with_or_without_a_deployment(capsys):
@@ -545,7 +549,7 @@ async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_t
     cluster pizzactl creates maps a port kind picks (hostPort 0), which a later deploy is told."""
     import socket
 
-    from pizzactl.deploy.targets import kind
+    from pizzactl.kube import kind
 
     from k8s_fakes import install_fake_kind, kind_calls, stop_fake_clusters
 
@@ -572,7 +576,7 @@ async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_t
 
 async def test_dry_run_plans_the_trainer_for_the_nodes_architecture(kmock, world):
     """Issue 22 item 11: `train --on CONTEXT --dry-run` reads (only reads) the nodes' architecture."""
-    from pizzactl.deploy.images import plan_trainer
+    from pizzactl.kube.images import plan_trainer
 
     from k8s_fakes import NODES
 
@@ -586,3 +590,17 @@ async def test_dry_run_plans_the_trainer_for_the_nodes_architecture(kmock, world
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == plan_trainer(settings, platform="linux/arm64").image != plan_trainer(settings).image
     assert world.requests == []  # no Docker
+
+
+def test_training_elsewhere_rolls_out_only_where_pizzactl_deploys_to_that_cluster(isolated):
+    """The caller's rule (`pizzactl train` after `train_on`): a Docker or local result never rolls
+    out, not even with --deploy; a cluster's only with --deploy or a deployment on that context."""
+    from pizzactl.deploy.after_training import roll_out
+
+    settings = load_settings({})
+    local = {"version": 2}
+    docker = {"version": 2, "trained_on": {"on": "docker", "image": "pizzactl-trainer:x"}}
+    cluster = {"version": 2, "trained_on": {"on": "prod", "context": "prod", "job": "pizzactl-train-1"}}
+    assert roll_out(settings, local, True) == local and roll_out(settings, docker, True) == docker
+    assert roll_out(settings, cluster, None) == cluster  # nothing deployed there
+    assert roll_out(settings, cluster, False) == cluster  # --no-deploy

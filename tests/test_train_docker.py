@@ -19,7 +19,7 @@ import pytest
 
 from pizzactl.config import load_settings
 from pizzactl.errors import UsageError
-from pizzactl.train import on_docker
+from pizzactl.train.remote import on_docker
 
 from docker_fakes import FakeDockerd
 
@@ -62,7 +62,7 @@ def test_a_remote_docker_daemon_is_refused_because_mounts_would_name_its_folders
 
 
 def test_build_trainer_picks_tensorflow_for_the_platform_and_gpu(tmp_path, monkeypatch):
-    from pizzactl.deploy.images import build_trainer
+    from pizzactl.kube.images import build_trainer
 
     settings = load_settings({}, environ={})
     with FakeDockerd(tmp_path / "docker.sock") as dockerd:
@@ -103,7 +103,7 @@ def _run_main(main, args: list[str]) -> None:
 
 
 def test_the_trainer_image_gets_the_train_extra_but_not_docker_or_kubernetes(tmp_path):
-    from pizzactl.deploy.images import build_context
+    from pizzactl.kube.images import build_context
 
     with build_context("trainer") as ctx:
         proc = subprocess.run(
@@ -122,7 +122,7 @@ def test_the_trainer_image_gets_the_train_extra_but_not_docker_or_kubernetes(tmp
 
 @pytest.fixture(scope="session")
 def trainer_image(docker_ready):
-    from pizzactl.deploy.images import build_trainer
+    from pizzactl.kube.images import build_trainer
 
     return build_trainer(load_settings({}, environ={})).image
 

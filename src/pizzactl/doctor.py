@@ -71,8 +71,8 @@ def _dist_version(name: str) -> str | None:
 
 def _docker() -> tuple[Check, Any]:
     """The daemon at the active endpoint (DOCKER_HOST, else the docker context), and its client."""
-    from pizzactl.deploy.docker_daemon import docker_client, docker_endpoint
     from pizzactl.errors import PizzaError
+    from pizzactl.kube.docker_daemon import docker_client, docker_endpoint
 
     try:
         client = docker_client(5)
@@ -97,7 +97,7 @@ def _architecture(client) -> Check:
     """arm64 (Apple Silicon, Graviton): no tensorflow/serving image, so the builtin model server."""
     import platform
 
-    from pizzactl.deploy.docker_daemon import daemon_platform
+    from pizzactl.kube.docker_daemon import daemon_platform
 
     where = daemon_platform(client.api) if client is not None else f"linux/{platform.machine()}"
     if where.endswith("arm64"):

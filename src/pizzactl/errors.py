@@ -112,6 +112,12 @@ class PortInUseError(DeployError):
     code = "port_in_use"
 
 
+class TrainingError(PizzaError):
+    """Training in a container or a Job failed; the message says why, the hint what to change."""
+
+    code = "training"
+
+
 class NotDeployedError(PizzaError):
     """A command needs a deployment and there is none."""
 

@@ -28,8 +28,8 @@ class TargetChoice:
 
 def docker_reachable() -> str | None:
     """None when a Docker daemon answers at the active endpoint (DOCKER_HOST or docker context), else why not."""
-    from pizzactl.deploy.docker_daemon import docker_client
     from pizzactl.errors import PizzaError
+    from pizzactl.kube.docker_daemon import docker_client
 
     try:
         docker_client(5)

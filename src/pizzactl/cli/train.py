@@ -15,7 +15,8 @@ from pizzactl.train.results import TrainResult
 
 
 # Long only in its signature: typer needs every option there; the body is one settings call
-# and one library call (`remote.train_on`, which runs `pizzactl.train.train` for --on local).
+# and one library call (`remote.train_on`, which runs `pizzactl.train.train` for --on local), whose
+# new version `after_training.roll_out` rolls out where pizzactl deploys to that cluster.
 @app.command()
 def train(
     data: Path | None = DataOpt,
@@ -85,12 +86,13 @@ def train(
         pull_secret=pull_secret,
         platform=platform,
     )
+    from pizzactl.deploy.after_training import roll_out
     from pizzactl.train import remote
 
     if dry_run:
         sys.stdout.write(remote.dry_run(s, on))
         return
-    result = remote.train_on(s, on, attach=attach, timeout=timeout, deploy=deploy)
+    result = roll_out(s, remote.train_on(s, on, attach=attach, timeout=timeout), deploy)
     if json_out:
         print_json(result)
     else:

@@ -15,7 +15,7 @@ A target writes the state file as soon as there is something to clean up, before
 readiness, so an interrupted deploy can still be torn down. Deploying again replaces what runs:
 the dispatcher tears the old deployment down first when the target changes or the target is
 local/docker; kind and cluster roll the new images out in place (the old ones serve meanwhile).
-`status` and `teardown` also cover a training Job (`train --on kind|CONTEXT`, `deploy.jobs`).
+`status` and `teardown` also cover what remote training left (`train --on`, `kube.training`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from pizzactl.deploy import state as state_mod
 from pizzactl.errors import NotDeployedError, UsageError
+from pizzactl.kube import training as kube_training
 
 TARGETS = ("local", "docker", "kind")
 
@@ -74,8 +75,8 @@ def dry_run(settings) -> str:
     if target == "docker":
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
     from pizzactl.deploy import manifests
-    from pizzactl.deploy.docker_daemon import planned_platform
-    from pizzactl.deploy.images import plan_images
+    from pizzactl.kube.docker_daemon import planned_platform
+    from pizzactl.kube.images import plan_images
 
     images = plan_images(
         settings, platform=planned_platform(settings, settings.context if target == "cluster" else None)
@@ -107,10 +108,8 @@ def _carry_history(settings, previous: state_mod.DeployState) -> None:
 def status(settings) -> dict[str, Any]:
     """What is deployed, where, which model version serves and whether it answers; and the last
     training Job (phase, epoch, last log line) when one was started on a cluster."""
-    from pizzactl.deploy import jobs
-
     st = state_mod.load(settings)
-    training = jobs.training_status(settings)
+    training = kube_training.training_status(settings)
     extra = {"training": training} if training else {}
     if st is None:
         return {
@@ -152,11 +151,11 @@ def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     """Stop and remove what deploy started and what training left (on a cluster: its Jobs,
     Secret and volume; on Docker: the trainer's cache volume); a second call only says there is
     nothing to do."""
-    from pizzactl.deploy import jobs
-    from pizzactl.train import on_docker
-
     result = teardown_deployment(settings, keep_cluster)
-    parts = [p for p in (jobs.teardown(settings, keep_cluster), on_docker.teardown(settings)) if p]
+    left = state_mod.load(settings)  # a deployment still there keeps the namespace and cluster training made
+    deployment = left.extra if left is not None else None
+    cleaned = (kube_training.teardown(settings, keep_cluster, deployment), kube_training.docker_teardown(settings))
+    parts = [p for p in cleaned if p]
     if not parts:
         return result
     messages = ([result["message"]] if result["torn_down"] else []) + [p["message"] for p in parts]

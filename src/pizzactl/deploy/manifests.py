@@ -18,25 +18,10 @@ from typing import Any
 
 import yaml
 
-import pizzactl
 from pizzactl.config import MODEL_PORT, Settings
+from pizzactl.kube.shipped import K8S_DIR, MODEL_VERSION_LABEL
 
-
-def shipped_dir(name: str) -> Path:
-    """A directory shipped with pizzactl: inside the installed package (a wheel), else at the
-    top of the source tree (a clone, editable install), where users run `kubectl apply -k k8s/`."""
-    package = Path(pizzactl.__file__).resolve().parent
-    for candidate in (package / name, package.parents[1] / name):
-        if candidate.is_dir():
-            return candidate
-    return package / name
-
-
-K8S_DIR = shipped_dir("k8s")
-GATEWAY_NODE_PORT = 30096
-FIELD_MANAGER = "pizzactl"
 MODEL_VERSION_ANNOTATION = "pizzactl.dev/model-version"
-MODEL_VERSION_LABEL = "pizzactl.dev/model-version"
 # tensorflow_model_server flags of docker/model.Dockerfile's CMD; Kubernetes `args` replace CMD,
 # so the rendered pod repeats them before adding its thread counts.
 TFSERVING_FLAGS = [

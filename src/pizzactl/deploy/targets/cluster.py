@@ -15,12 +15,13 @@ from typing import Any
 
 from pizzactl.config import Settings
 from pizzactl.console import log
-from pizzactl.deploy import capacity, k8s, manifests
+from pizzactl.deploy import manifests
 from pizzactl.deploy import state as state_mod
-from pizzactl.deploy.images import Images
-from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError, UsageError
+from pizzactl.kube import capacity, k8s, training
+from pizzactl.kube.images import Images
+from pizzactl.kube.shipped import GATEWAY_NODE_PORT
 
 TARGET = "cluster"
 DEPLOYMENTS = ["pizzactl-model", "pizzactl-gateway"]
@@ -181,7 +182,7 @@ def _new_record(settings: Settings) -> DeployState:
 
 def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     """Build for the cluster's architecture, push to --registry, release, find the gateway's address."""
-    from pizzactl.deploy.images import build
+    from pizzactl.kube.images import build
 
     if not settings.registry:
         raise UsageError(
@@ -197,7 +198,7 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
         )
     elif settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
-    capacity.check_deployment(api, settings)
+    capacity.check_deployment(api, manifests.render(settings, "pizzactl-gateway", "pizzactl-model"))
     images = build(settings, push=True)
     previous = state_mod.load(settings)
     record = previous if previous is not None and previous.target == TARGET else _new_record(settings)
@@ -290,9 +291,7 @@ def _release_namespace(api, namespace: str) -> str:
 
 def _training_made(settings: Settings, context: str | None, namespace: str) -> bool:
     """Whether `train --on` created this namespace (its teardown deletes it, labels and all)."""
-    from pizzactl.deploy import jobs
-
-    st = jobs.load_state(settings) or {}
+    st = training.load_state(settings) or {}
     return bool(st.get("created_namespace")) and st.get("context") == context and st.get("namespace") == namespace
 
 

@@ -18,11 +18,11 @@ from pizzactl.config import Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests
 from pizzactl.deploy import state as state_mod
-from pizzactl.deploy.docker_daemon import docker_client
-from pizzactl.deploy.images import Images, build
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError, PortInUseError
+from pizzactl.kube.docker_daemon import docker_client
+from pizzactl.kube.images import Images, build
 
 TARGET = "docker"
 LABEL = "pizzactl"

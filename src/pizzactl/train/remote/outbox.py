@@ -1,9 +1,4 @@
-"""Train somewhere else: in a container (`--on docker`) or as a Kubernetes Job (`--on kind|CONTEXT`).
-
-`train_on(settings, on)` is what `pizzactl train --on ON` runs; a notebook calls it the same way:
-
-    from pizzactl.train.remote import train_on
-    result = train_on(load_settings({"data_dir": "data/pizza_not_pizza"}), "docker")
+"""What a remote run gets and what comes back: its settings as PIZZACTL_* variables, its outbox.
 
 Wherever it runs, it is the trainer image's own `pizzactl train` with the settings the user
 gave (as PIZZACTL_* variables), writing into an *outbox*: `models/pizza/1`, `runs/<id>/` and
@@ -22,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pizzactl.errors import PizzaError, UsageError
+from pizzactl.errors import TrainingError
 from pizzactl.model_store import (
     MODEL_NAME,
     TMP_PREFIX,
@@ -48,34 +43,6 @@ TRAINING_SETTINGS = (
     "val_split",
     "dataset",
 )
-
-
-class TrainingError(PizzaError):
-    """Training in a container or a Job failed; the message says why, the hint what to change."""
-
-    code = "training"
-
-
-def train_on(settings, on: str = "local", **options: Any) -> dict[str, Any]:
-    """Train where `on` says: local (this process), docker, kind, or a kube context name.
-
-    options: docker and cluster: `show_progress`; cluster: `attach`, `timeout` (seconds a
-    training pod may wait to start), `deploy` (None: roll the new version out where pizzactl
-    deploys to that cluster already).
-    """
-    if options.get("attach") and on in ("", "local", "docker"):
-        raise UsageError("--attach follows a training Job.", hint="Use it with --on kind or --on CONTEXT.")
-    if on in ("", "local"):
-        from pizzactl.train import train
-
-        return train(settings, show_progress=options.get("show_progress", True)).as_dict()
-    if on == "docker":
-        from pizzactl.train import on_docker
-
-        return on_docker.train(settings, show_progress=options.get("show_progress", True))
-    from pizzactl.train import on_cluster
-
-    return on_cluster.train(settings, on, **options)
 
 
 def container_env(settings, *, data_dir: str | None, models_dir: str, runs_dir: str) -> dict[str, str]:
@@ -223,16 +190,3 @@ def _localised(value: Any, moves: list[tuple[str, str]]) -> Any:
             if value == old or value.startswith(old + "/"):
                 return new + value[len(old) :]
     return value
-
-
-def dry_run(settings, on: str) -> str:
-    """What `train --on kind|CONTEXT` would apply, as YAML (a Secret's values redacted); touches nothing."""
-    import yaml
-
-    if on in ("", "local", "docker"):
-        raise UsageError(
-            "--dry-run prints the Kubernetes objects of a training Job.", hint="Use it with --on kind or --on CONTEXT."
-        )
-    from pizzactl.train import on_cluster
-
-    return yaml.safe_dump_all(on_cluster.dry_run(settings, on), sort_keys=False, explicit_start=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pizzactl.errors import DeployError
+from pizzactl.kube import k8s
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,6 @@ def planned_platform(settings, context: str | None) -> str:
     try:
         if context:
             from kubernetes import client
-
-            from pizzactl.deploy import k8s
 
             try:  # never hang a dry run on an unreachable cluster
                 found = client.CoreV1Api(k8s.connect(context)).list_node(_request_timeout=10).items

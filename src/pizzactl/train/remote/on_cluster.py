@@ -7,8 +7,10 @@ Each step is safe to interrupt (`train.json` records what exists, `teardown` rem
    with the Kaggle credentials from this machine's usual places;
 4. the dataset (--data): uploaded once per content hash (`data/<hash>`, mounted read-only);
 5. the Job, followed (its log live, each failed attempt explained) until Complete or Failed;
-6. its outbox copied back and published locally (`remote.collect`): the version by atomic rename;
-7. where pizzactl already deploys to that cluster, the new version rolled out as `deploy` does it.
+6. its outbox copied back and published locally (`outbox.collect`): the version by atomic rename.
+
+It rolls nothing out: `pizzactl train` then rolls the new version out where pizzactl already
+deploys to that cluster (`pizzactl.deploy.after_training`), as `deploy` does it.
 
 Why copy back and roll out rather than have the model servers read the volume: the cluster's
 model servers already take a new version the tested way (a new image, a rolling update gated
@@ -28,10 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pizzactl.console import log
-from pizzactl.deploy import capacity, jobs
+from pizzactl.data.dataset import load_dataset
+from pizzactl.data.download import find_credentials
 from pizzactl.errors import UsageError
-from pizzactl.train.remote import collect, container_env, local_weights_file, outbox_dir
+from pizzactl.kube import capacity, k8s, k8s_files, kind, training
+from pizzactl.kube.docker_daemon import planned_platform
+from pizzactl.kube.images import build_trainer, plan_trainer
+from pizzactl.kube.shipped import K8S_DIR
+from pizzactl.train.remote import job_watch, jobs
+from pizzactl.train.remote.outbox import collect, container_env, local_weights_file, outbox_dir
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,7 @@ class Where:
 
 def where(settings, on: str) -> Where:
     if on == "kind":
-        from pizzactl.deploy.targets.kind import kube_context
-
-        return Where(kube_context(settings.cluster), settings.cluster)
+        return Where(kind.kube_context(settings.cluster), settings.cluster)
     return Where(on)
 
 
@@ -56,12 +64,9 @@ def train(
     *,
     attach: bool = False,
     timeout: float = 600.0,
-    deploy: bool | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or with `attach`, rejoin) a training Job on the cluster; the local train result."""
-    from pizzactl.deploy import job_watch
-
     place = where(settings, on)
     if attach:
         api, plan, data_root = _rejoin(settings, place)
@@ -76,19 +81,14 @@ def train(
         _stop(api, plan, "interrupted")
         raise
     result = _bring_home(settings, api, plan, data_root, timeout, {"on": on, "context": place.context})
-    jobs.save_state(settings, {**(jobs.load_state(settings) or {}), "collected": True})  # nothing left to lose
+    training.save_state(settings, {**(training.load_state(settings) or {}), "collected": True})  # nothing left to lose
     result["job"] = {"name": plan.name, **watched}
     log(f"[green]✓[/] version {result['version']} in {result['model_dir']} (Job {plan.name})")
-    if _should_deploy(settings, place, deploy):
-        result["deployed"] = _roll_out(settings, place)
     return result
 
 
 def dry_run(settings, on: str) -> list[dict[str, Any]]:
     """Every object `train --on` would apply (a Secret's values redacted), touching nothing."""
-    from pizzactl.deploy.docker_daemon import planned_platform
-    from pizzactl.deploy.images import plan_trainer
-
     platform = planned_platform(settings, None if on == "kind" else on)
     image = plan_trainer(settings, gpu=settings.gpus > 0, platform=platform).image
     plan, _, _ = _plan(settings, image)
@@ -107,8 +107,6 @@ def _plan(settings, image: str):
         )
     name = "pizzactl-train-" + _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     if settings.data_dir is not None:
-        from pizzactl.data.dataset import load_dataset
-
         dataset = load_dataset(Path(settings.data_dir).expanduser().resolve())
         env = container_env(settings, data_dir=jobs.DATA_MOUNT, models_dir="", runs_dir="")
         files = [(r.path, r.path.relative_to(dataset.root).as_posix()) for r in dataset.records]
@@ -124,18 +122,16 @@ def _with_outputs(settings, name: str, image: str, env: dict[str, str], **kw: An
 
 
 def _start(settings, place: Where, timeout: float):
-    from pizzactl.deploy import k8s, k8s_files
-
     api = _connect(settings, place)
     image = _trainer_image(settings, place, api)
     plan, files, data_root = _plan(settings, image)
     namespace = plan.namespace
     k8s.wait_namespace_gone(api, namespace, timeout)
-    previous = jobs.load_state(settings) or {}
+    previous = training.load_state(settings) or {}
     same = previous.get("context") == place.context and previous.get("namespace") == namespace
     created = bool(previous.get("created_namespace")) if same else k8s.namespace_phase(api, namespace) is None
     state = {"context": place.context, "cluster": place.cluster, "namespace": namespace, "created_namespace": created}
-    jobs.save_state(settings, {**state, "job": previous.get("job") if same else None})
+    training.save_state(settings, {**state, "job": previous.get("job") if same else None})
     namespace_doc = [_namespace(settings)] if created else []  # a namespace not ours is left as it is
     k8s.apply(api, [*namespace_doc, *jobs.render(plan)[:-1]])
     if files is not None:
@@ -146,16 +142,14 @@ def _start(settings, place: Where, timeout: float):
             else:
                 k8s_files.upload(api, namespace, pod, "files", files, target)
     k8s.apply(api, [jobs.render_job(plan)])
-    jobs.save_state(settings, {**state, "job": plan.name, "image": image, "data_root": str(data_root or "")})
+    training.save_state(settings, {**state, "job": plan.name, "image": image, "data_root": str(data_root or "")})
     log(f"Started Job {plan.name} in {place.context} (namespace {namespace}); following its log ...")
     return api, plan, data_root
 
 
 def _rejoin(settings, place: Where):
     """`--attach`: follow the recorded Job again (after Ctrl-C of a lost connection) and collect it."""
-    from pizzactl.deploy import k8s
-
-    st = jobs.load_state(settings)
+    st = training.load_state(settings)
     if not st or not st.get("job") or st.get("context") != place.context:
         raise UsageError(
             f"No training Job recorded for {place.context}.", hint="Start one with `pizzactl train --on ...`."
@@ -168,24 +162,17 @@ def _rejoin(settings, place: Where):
 
 
 def _connect(settings, place: Where):
-    from pizzactl.deploy import k8s
-
     if place.cluster:
-        from pizzactl.deploy.targets import kind
-
         kind.ensure_training_cluster(settings)  # any port it maps: training uses none
     return k8s.connect(place.context)
 
 
 def _trainer_image(settings, place: Where, api) -> str:
-    from pizzactl.deploy import k8s
-    from pizzactl.deploy.images import build_trainer
-
     gpu = settings.gpus > 0
     if place.cluster:
-        from pizzactl.deploy.targets import kind
-
-        capacity.check_training(api, settings)  # before building a multi-GB image for a pod that cannot run
+        capacity.check_training(
+            api, _sized_job(settings), settings
+        )  # before building a multi-GB image for a pod that cannot run
         trainer = build_trainer(settings.replace(registry=None), gpu=gpu)
         kind.load_images(place.cluster, [trainer.image], settings, trainer.platform)
         return trainer.image
@@ -194,17 +181,22 @@ def _trainer_image(settings, place: Where, api) -> str:
             f"--on {place.context} needs --registry: the cluster's nodes pull the trainer image from there.",
             hint="Pass --registry REGISTRY (e.g. ghcr.io/you), after `docker login`.",
         )
-    capacity.check_training(api, settings)
+    capacity.check_training(api, _sized_job(settings), settings)
     arches = k8s.node_architectures_if_allowed(api) or set()  # None: nodes may not be listed
     if settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
     return build_trainer(settings, gpu=gpu, push=True).image
 
 
-def _namespace(settings) -> dict[str, Any]:
-    from pizzactl.deploy import manifests
+def _sized_job(settings) -> dict[str, Any]:
+    """The Job as the scheduler will size its pod (--cpu, --memory, --gpus, --node-selector)."""
+    return jobs.render_job(jobs.plan_from_settings(settings, name="pizzactl-train", image="pizzactl-trainer", env={}))
 
-    doc = next(d for d in manifests.load_documents() if d["kind"] == "Namespace")
+
+def _namespace(settings) -> dict[str, Any]:
+    doc = next(
+        d for d in yaml.safe_load_all((K8S_DIR / "namespace.yaml").read_text()) if d and d["kind"] == "Namespace"
+    )
     doc["metadata"]["name"] = settings.namespace
     return doc
 
@@ -213,8 +205,6 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None, home: Path | No
     """The Secret's data for a Job that downloads the dataset: the credentials `pizzactl data download`
     would use here (Kaggle's lookup order), as the variables the kaggle client reads; None if
     there are none (the Job then downloads anonymously, as kagglehub allows for public datasets)."""
-    from pizzactl.data.download import find_credentials
-
     environ = os.environ if environ is None else environ
     where_ = find_credentials(environ, home)
     if where_ is None:
@@ -239,8 +229,6 @@ def kaggle_credentials(environ: Mapping[str, str] | None = None, home: Path | No
 def _stop(api, plan: jobs.JobPlan, why: str) -> None:
     from kubernetes import client
 
-    from pizzactl.deploy import k8s
-
     log(f"Stopping Job {plan.name} ({why}) ...")
     delete = client.BatchV1Api(api).delete_namespaced_job
     k8s.call_api(f"Deleting job {plan.name}", delete, plan.name, plan.namespace, propagation_policy="Background")
@@ -251,8 +239,6 @@ def _bring_home(
 ) -> dict[str, Any]:
     """Copy the Job's outbox here and publish it; only then delete it from the volume (so a
     failed copy can be collected again with --attach)."""
-    from pizzactl.deploy import k8s_files
-
     source = jobs.output_dir(plan.name)
     outbox = outbox_dir(settings, plan.name)
     try:
@@ -269,35 +255,3 @@ def _bring_home(
     finally:
         shutil.rmtree(outbox, ignore_errors=True)
     return result
-
-
-def _should_deploy(settings, place: Where, deploy: bool | None) -> bool:
-    if deploy is not None:
-        return deploy
-    from pizzactl.deploy import state as state_mod
-
-    deployed = state_mod.load(settings)
-    return (
-        deployed is not None
-        and deployed.target in ("kind", "cluster")
-        and deployed.extra.get("context") == place.context
-    )
-
-
-def _roll_out(settings, place: Where) -> dict[str, Any]:
-    """The new version onto the cluster as `pizzactl deploy` rolls it out (old pods serve until it
-    is ready), with the model server and port of the deployment that is there."""
-    from pizzactl.deploy import deploy
-    from pizzactl.deploy import state as state_mod
-
-    deployed = state_mod.load(settings)
-    if deployed is not None and deployed.extra.get("context") == place.context:
-        server = (deployed.extra.get("images") or {}).get("model_server") or settings.model_server
-        settings = settings.replace(model_server=server, port=deployed.ports.get("gateway", settings.port))
-        # the options the deployment was rendered with (pull secret, gateway options), not this
-        # command's flags: under server-side apply a field left out is deleted
-        settings = settings.replace(**(deployed.extra.get("render") or {}))
-    log("Rolling the new version out where pizzactl deploys ...")
-    if place.cluster:
-        return deploy(settings.replace(target="kind", context=None, cluster=place.cluster))
-    return deploy(settings.replace(target="kind", context=place.context))

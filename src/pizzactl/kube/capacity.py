@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.errors import DeployError, PizzaError
+from pizzactl.errors import DeployError, PizzaError, TrainingError
 
 GPU = "nvidia.com/gpu"
 _UNITS = {
@@ -198,21 +198,15 @@ MORE_ROOM = (
 )
 
 
-def check_deployment(api_client, settings) -> None:
-    """Before building: the model server and gateway pods (k8s/*.yaml requests) fit the nodes."""
-    from pizzactl.deploy import manifests
-
-    docs = manifests.render(settings, "pizzactl-gateway", "pizzactl-model")
+def check_deployment(api_client, docs: list[dict[str, Any]]) -> None:
+    """Before building: the model server and gateway pods (k8s/*.yaml requests, rendered) fit the nodes."""
     hint = f"Lower the requests in k8s/model.yaml and k8s/gateway.yaml, or {MORE_ROOM}."
     check(api_client, deployment_needs(docs), hint=hint)
 
 
-def check_training(api_client, settings) -> None:
-    """Before building the trainer: its pod (--cpu, --memory, --gpus, --node-selector) fits a node."""
-    from pizzactl.deploy import jobs
-    from pizzactl.train.remote import TrainingError
-
-    plan = jobs.plan_from_settings(settings, name="pizzactl-train", image="pizzactl-trainer", env={})
+def check_training(api_client, job: dict[str, Any], settings) -> None:
+    """Before building the trainer: its pod (the rendered Job: --cpu, --memory, --gpus,
+    --node-selector) fits a node."""
     if settings.gpus:
         hint = (
             "Train without --gpus, or add a GPU node pool with the NVIDIA device plugin (GKE, EKS and AKS GPU "
@@ -223,7 +217,7 @@ def check_training(api_client, settings) -> None:
             f"Ask for less (now --cpu {settings.train_cpu} --memory {settings.train_memory}; a smaller "
             f"--batch-size needs less memory), or {MORE_ROOM}."
         )
-    check(api_client, training_needs(jobs.render_job(plan)), hint=hint, error=TrainingError)
+    check(api_client, training_needs(job), hint=hint, error=TrainingError)
 
 
 def _cpu(cores: float) -> str:

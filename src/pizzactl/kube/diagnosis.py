@@ -8,6 +8,10 @@ logs --previous`, for the deploy rollout (k8s.wait_rollout) and the training Job
 
 from __future__ import annotations
 
+import re
+
+from pizzactl.kube.capacity import GPU
+
 LOG_LINES = 20
 
 PULL_HINT = (
@@ -32,6 +36,10 @@ def hint(problems: list[str]) -> str:
 
 _PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 _START_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+# Pull errors that no amount of waiting fixes (the kubelet's messages for a missing image or no access).
+HOPELESS_PULL = re.compile(
+    r"not found|pull access denied|unauthorized|denied|manifest unknown|InvalidImageName|NeverPull"
+)
 
 
 def diagnose(api_client, namespace: str) -> list[str]:
@@ -126,3 +134,57 @@ def last_log_lines(core, namespace: str, pod: str, container: str) -> list[str]:
         if lines:
             return lines[-LOG_LINES:]
     return []
+
+
+# --- why a pod does not start -------------------------------------------------------------------
+
+
+def start_problem(core, namespace: str, pod) -> tuple[str | None, bool, str]:
+    """(what keeps the pod from starting, whether waiting is hopeless, what to do) or (None, False, "")."""
+    status = pod.status
+    for cs in status.container_statuses or []:
+        waiting = cs.state.waiting if cs.state else None
+        if waiting and waiting.reason in _PULL_REASONS:
+            text = f"image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(": ")
+            hopeless = bool(HOPELESS_PULL.search(f"{waiting.reason} {waiting.message or ''}"))
+            return text, hopeless, PULL_HINT
+        if waiting and waiting.reason in ("CreateContainerConfigError", "CreateContainerError"):
+            return (
+                f"{waiting.reason}: {waiting.message or ''}".rstrip(": "),
+                True,
+                "A Secret or ConfigMap the pod needs is missing: run the training again (pizzactl creates them).",
+            )
+    unscheduled = [c for c in status.conditions or [] if c.type == "PodScheduled" and c.status == "False"]
+    if not unscheduled:
+        return None, False, ""
+    mine = [
+        e for e in list_events(core, namespace) if e.involved_object and e.involved_object.name == pod.metadata.name
+    ]
+    scheduling = [e.message for e in mine if e.reason == "FailedScheduling"]
+    message = scheduling[-1] if scheduling else (unscheduled[0].message or unscheduled[0].reason or "unschedulable")
+    return f"FailedScheduling: {message}", False, _scheduling_hint(message)
+
+
+def _scheduling_hint(message: str) -> str:
+    if "volume node affinity conflict" in message:
+        return (
+            "The training volume was created in another zone (or on another node) than the nodes this Job may "
+            "use, by an earlier run on other nodes: `pizzactl teardown` deletes it (the uploaded data and cache "
+            "with it), and the next run creates it where the Job runs."
+        )
+    if GPU in message:
+        return (
+            f"No node offers a free {GPU}: add a GPU node pool with the NVIDIA device plugin "
+            "(GKE, EKS and AKS GPU nodes have it), point --node-selector/--toleration at your GPU nodes, "
+            "or train without --gpus."
+        )
+    if "Insufficient memory" in message or "Insufficient cpu" in message:
+        return "No node has that much free: ask for less with --memory / --cpu, or add a bigger node."
+    if "unbound immediate PersistentVolumeClaims" in message or "PersistentVolumeClaim" in message:
+        return (
+            "The training volume cannot be provisioned: the cluster needs a default StorageClass "
+            "(`kubectl get storageclass`; kind has one called standard)."
+        )
+    if "node affinity/selector" in message or "untolerated taint" in message:
+        return "No node matches --node-selector, or their taints are not tolerated: check --node-selector and --toleration."
+    return "See `kubectl describe pod -n pizzactl` for the scheduler's reasons."

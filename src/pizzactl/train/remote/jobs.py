@@ -1,13 +1,13 @@
-"""Training as a Kubernetes Job: the objects pizzactl applies, what it remembers, status and cleanup.
+"""Training as a Kubernetes Job: the objects pizzactl applies.
 
 `render(plan)` fills in the templates of `k8s/training/` (a PersistentVolumeClaim, a Job, the
 short-lived files pod that copies data in and results out) from a `JobPlan`, plus a Secret
 with the Kaggle credentials when the Job downloads the dataset itself: credentials never go
 into the image or the Job, the pod reads them from the Secret. Every object carries the labels
 `app.kubernetes.io/component=training` and `app.kubernetes.io/managed-by=pizzactl`, and
-`state_dir/train.json` records the cluster, namespace and job, so `status` can show the run and
-`teardown` removes exactly what training created (Jobs, their pods, the Secret, the volume,
-and the namespace if training created it).
+`state_dir/train.json` records the cluster, namespace and job (`kube.training`, which `status`
+and `teardown` read), so `status` can show the run and `teardown` removes exactly what training
+created (Jobs, their pods, the Secret, the volume, and the namespace if training created it).
 """
 
 from __future__ import annotations
@@ -15,27 +15,21 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pizzactl.console import log
-from pizzactl.deploy.manifests import K8S_DIR
-from pizzactl.deploy.state import write_json
 from pizzactl.errors import UsageError
+from pizzactl.kube.shipped import K8S_DIR
+from pizzactl.kube.training import LABELS
 
 TRAINING_DIR = K8S_DIR / "training"
 VOLUME = "pizzactl-train"
 SECRET = "pizzactl-kaggle"
 FILES_POD = "pizzactl-train-files"
-CONTAINER = "train"
 WORKSPACE = "/workspace"
 DATA_MOUNT = "/data"
-LABELS = {"app.kubernetes.io/component": "training", "app.kubernetes.io/managed-by": "pizzactl"}
-JOB_LABEL = "batch.kubernetes.io/job-name"  # the Job controller puts it on the Job's pods
 GPU_RESOURCE = "nvidia.com/gpu"
-STATE_FILE = "train.json"
 REDACTED = "<redacted: read from your Kaggle credentials when applied>"
 
 
@@ -225,124 +219,3 @@ def redacted(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             doc = {**shown_doc, "stringData": dict.fromkeys(doc.get("data", {}), REDACTED)}
         shown.append(doc)
     return shown
-
-
-# --- what training left in the cluster ------------------------------------------------------------
-
-
-def state_path(settings) -> Path:
-    return Path(settings.state_dir).expanduser() / STATE_FILE
-
-
-def load_state(settings) -> dict[str, Any] | None:
-    try:
-        data = json.loads(state_path(settings).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("namespace") else None
-
-
-def save_state(settings, state: dict[str, Any]) -> None:
-    write_json(state_path(settings), state)
-
-
-def training_status(settings) -> dict[str, Any] | None:
-    """The last training Job: phase, attempts, epoch and last log line (None: no training recorded)."""
-    from pizzactl.deploy import job_watch, k8s
-    from pizzactl.errors import DeployError
-
-    st = load_state(settings)
-    if st is None or not st.get("job"):
-        return None
-    info: dict[str, Any] = {"job": st["job"], "context": st.get("context"), "namespace": st["namespace"]}
-    try:
-        api = k8s.connect(st.get("context"))
-        info.update(job_watch.progress(api, st["namespace"], st["job"]))
-    except DeployError as exc:
-        info.update(phase="unknown", error=exc.message)
-    return info
-
-
-def teardown(settings, keep_cluster: bool = False) -> dict[str, Any] | None:
-    """Delete the Jobs (with their pods), the Secret, the files pod and the volume training
-    created, only those (by label), and the namespace if training created it; None when there
-    is nothing recorded."""
-    from pizzactl.deploy import k8s
-
-    st = load_state(settings)
-    if st is None:
-        return None
-    cluster = st.get("cluster")
-    if cluster:
-        gone = _kind_cluster_gone(settings, cluster, keep_cluster, _deployed_in(settings, st))
-        if gone is not None:
-            state_path(settings).unlink(missing_ok=True)
-            return {"message": gone}
-    api = k8s.connect(st.get("context"))
-    namespace = st["namespace"]
-    deleted = delete_labelled(api, namespace)
-    message = f"Deleted {len(deleted)} training objects in {st.get('context')}"
-    if st.get("created_namespace") and not _deployed_in(settings, st):
-        k8s.delete_namespace(api, namespace)
-        message += f" and namespace {namespace}"
-    state_path(settings).unlink(missing_ok=True)
-    log(f"  {message}.")
-    return {"message": message + ".", "deleted": deleted}
-
-
-# kind: (API class, plural of its namespaced list/delete methods)
-_CLEANED = {
-    "Job": ("BatchV1Api", "job"),
-    "Pod": ("CoreV1Api", "pod"),
-    "Secret": ("CoreV1Api", "secret"),
-    "PersistentVolumeClaim": ("CoreV1Api", "persistent_volume_claim"),
-}
-
-
-def delete_labelled(api_client, namespace: str) -> list[str]:
-    """Delete the Jobs, pods, Secrets and volumes in the namespace that carry training's labels;
-    "Kind/name" of each. Propagation Background: a Job deleted without it orphans its pods."""
-    from kubernetes import client
-
-    from pizzactl.deploy import k8s
-
-    selector = ",".join(f"{k}={v}" for k, v in LABELS.items())
-    deleted = []
-    for kind, (api_class, plural) in _CLEANED.items():
-        api = getattr(client, api_class)(api_client)
-        listing = getattr(api, f"list_namespaced_{plural}")
-        found = k8s.call_api(f"Listing {kind}s in {namespace}", listing, namespace, label_selector=selector)
-        for obj in found.items if found is not None else []:
-            labels = obj.metadata.labels or {}
-            if any(labels.get(k) != v for k, v in LABELS.items()):  # a selector the API server ignored
-                continue
-            delete = getattr(api, f"delete_namespaced_{plural}")
-            name = obj.metadata.name
-            if k8s.call_api(f"Deleting {kind}/{name}", delete, name, namespace, propagation_policy="Background"):
-                deleted.append(f"{kind}/{name}")
-    return deleted
-
-
-def _kind_cluster_gone(settings, cluster: str, keep_cluster: bool, deployed: bool) -> str | None:
-    """A kind cluster that is gone, or that pizzactl created for training alone (deleted unless
-    --keep-cluster): what teardown did; None when the objects in it are to be deleted one by one."""
-    from pizzactl.deploy.targets import kind
-
-    if cluster not in kind.clusters():
-        return f"The kind cluster {cluster!r} is already gone."
-    if cluster in kind.created_clusters(settings) and not keep_cluster and not deployed:
-        kind.delete_cluster(settings, cluster)
-        return f"Deleted the kind cluster {cluster!r} (pizzactl created it for training)."
-    return None
-
-
-def _deployed_in(settings, st: dict[str, Any]) -> bool:
-    """Whether a deployment still runs in the namespace training made."""
-    from pizzactl.deploy import state as state_mod
-
-    deployed = state_mod.load(settings)
-    return (
-        deployed is not None
-        and deployed.extra.get("context") == st.get("context")
-        and deployed.extra.get("namespace") == st["namespace"]
-    )

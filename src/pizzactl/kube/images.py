@@ -25,9 +25,10 @@ import pizzactl
 from pizzactl import __version__
 from pizzactl.config import MODEL_NAME, Settings
 from pizzactl.console import err, log
-from pizzactl.deploy.docker_daemon import daemon_platform, docker_api, short_error
-from pizzactl.deploy.manifests import shipped_dir
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
+from pizzactl.kube.docker_daemon import daemon_platform, docker_api, short_error
+from pizzactl.kube.shipped import shipped_dir
+from pizzactl.model_store import latest_version_dir
 
 PACKAGE_DIR = Path(pizzactl.__file__).resolve().parent
 DOCKER_DIR = shipped_dir("docker")
@@ -187,8 +188,6 @@ def image_ref(repo: str, tag: str, registry: str | None) -> str:
 
 
 def _model_version_dir(settings: Settings) -> Path:
-    from pizzactl.model_store import latest_version_dir
-
     return latest_version_dir(settings.models_dir)
 
 

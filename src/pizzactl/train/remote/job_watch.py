@@ -21,35 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy import diagnosis, k8s
-from pizzactl.deploy.jobs import CONTAINER, GPU_RESOURCE, JOB_LABEL
-from pizzactl.train.remote import TrainingError
-
-EPOCH = re.compile(r"epoch (\d+)/(\d+)")
-PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
-# Pull errors that no amount of waiting fixes (the kubelet's messages for a missing image or no access).
-HOPELESS_PULL = re.compile(
-    r"not found|pull access denied|unauthorized|denied|manifest unknown|InvalidImageName|NeverPull"
-)
+from pizzactl.errors import TrainingError
+from pizzactl.kube import diagnosis, k8s
+from pizzactl.kube.diagnosis import start_problem
+from pizzactl.kube.training import CONTAINER, job_pods, terminal
 
 
 class JobCannotStart(TrainingError):
     """The Job's pod cannot start (no node fits it, its image cannot be pulled): stop the Job."""
-
-
-def job_pods(core, namespace: str, job: str) -> list:
-    """The Job's pods, oldest first."""
-    items = core.list_namespaced_pod(namespace, label_selector=f"{JOB_LABEL}={job}").items
-    mine = [p for p in items if (p.metadata.labels or {}).get(JOB_LABEL) == job]  # a selector the server ignored
-    return sorted(mine, key=lambda p: (str(p.metadata.creation_timestamp or ""), p.metadata.name))
-
-
-def terminal(job) -> Any | None:
-    """The Job's Complete or Failed condition when it is True, else None."""
-    for condition in (job.status.conditions if job.status else None) or []:
-        if condition.type in ("Complete", "Failed") and condition.status == "True":
-            return condition
-    return None
 
 
 def follow(
@@ -158,59 +137,6 @@ def _check_start(core, namespace: str, pod, waiting_since: dict[str, float], sai
         log(f"[yellow]Waiting for the training pod to start: {problem}[/]")
 
 
-def start_problem(core, namespace: str, pod) -> tuple[str | None, bool, str]:
-    """(what keeps the pod from starting, whether waiting is hopeless, what to do) or (None, False, "")."""
-    status = pod.status
-    for cs in status.container_statuses or []:
-        waiting = cs.state.waiting if cs.state else None
-        if waiting and waiting.reason in PULL_REASONS:
-            text = f"image {cs.image} cannot be pulled ({waiting.reason}): {waiting.message or ''}".rstrip(": ")
-            hopeless = bool(HOPELESS_PULL.search(f"{waiting.reason} {waiting.message or ''}"))
-            return text, hopeless, diagnosis.PULL_HINT
-        if waiting and waiting.reason in ("CreateContainerConfigError", "CreateContainerError"):
-            return (
-                f"{waiting.reason}: {waiting.message or ''}".rstrip(": "),
-                True,
-                "A Secret or ConfigMap the pod needs is missing: run the training again (pizzactl creates them).",
-            )
-    unscheduled = [c for c in status.conditions or [] if c.type == "PodScheduled" and c.status == "False"]
-    if not unscheduled:
-        return None, False, ""
-    mine = [
-        e
-        for e in diagnosis.list_events(core, namespace)
-        if e.involved_object and e.involved_object.name == pod.metadata.name
-    ]
-    scheduling = [e.message for e in mine if e.reason == "FailedScheduling"]
-    message = scheduling[-1] if scheduling else (unscheduled[0].message or unscheduled[0].reason or "unschedulable")
-    return f"FailedScheduling: {message}", False, _scheduling_hint(message)
-
-
-def _scheduling_hint(message: str) -> str:
-    if "volume node affinity conflict" in message:
-        return (
-            "The training volume was created in another zone (or on another node) than the nodes this Job may "
-            "use, by an earlier run on other nodes: `pizzactl teardown` deletes it (the uploaded data and cache "
-            "with it), and the next run creates it where the Job runs."
-        )
-    if GPU_RESOURCE in message:
-        return (
-            f"No node offers a free {GPU_RESOURCE}: add a GPU node pool with the NVIDIA device plugin "
-            "(GKE, EKS and AKS GPU nodes have it), point --node-selector/--toleration at your GPU nodes, "
-            "or train without --gpus."
-        )
-    if "Insufficient memory" in message or "Insufficient cpu" in message:
-        return "No node has that much free: ask for less with --memory / --cpu, or add a bigger node."
-    if "unbound immediate PersistentVolumeClaims" in message or "PersistentVolumeClaim" in message:
-        return (
-            "The training volume cannot be provisioned: the cluster needs a default StorageClass "
-            "(`kubectl get storageclass`; kind has one called standard)."
-        )
-    if "node affinity/selector" in message or "untolerated taint" in message:
-        return "No node matches --node-selector, or their taints are not tolerated: check --node-selector and --toleration."
-    return "See `kubectl describe pod -n pizzactl` for the scheduler's reasons."
-
-
 # --- why a pod or the Job failed -------------------------------------------------------------------
 
 
@@ -302,30 +228,3 @@ def explain(job, condition, pods: list, core, namespace: str) -> tuple[str, str]
 def _doubled(limit: str | None) -> str:
     match = re.fullmatch(r"(\d+)([A-Za-z]*)", str(limit or ""))
     return f"{int(match.group(1)) * 2}{match.group(2)}" if match else "8Gi"
-
-
-# --- status -------------------------------------------------------------------------------------------
-
-
-def progress(api_client, namespace: str, job: str) -> dict[str, Any]:
-    """A Job's phase, attempts, epoch and last log line, for `pizzactl status`."""
-    from kubernetes import client
-
-    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
-    obj = k8s.call_api(f"Reading job {job}", batch.read_namespaced_job, job, namespace)
-    if obj is None:
-        return {"phase": "gone"}
-    pods = k8s.call_api(f"Listing the pods of job {job}", job_pods, core, namespace, job) or []
-    condition = terminal(obj)
-    if condition is not None:
-        phase = "Succeeded" if condition.type == "Complete" else f"Failed ({condition.reason})"
-    else:
-        phase = (pods[-1].status.phase if pods and pods[-1].status else None) or "Pending"  # the attempt now
-    info: dict[str, Any] = {"phase": phase, "attempts": len(pods)}
-    lines = diagnosis.last_log_lines(core, namespace, pods[-1].metadata.name, CONTAINER) if pods else []
-    epochs = [m for line in lines for m in EPOCH.finditer(line)]
-    if epochs:
-        info["epoch"] = f"{epochs[-1].group(1)}/{epochs[-1].group(2)}"
-    if lines:
-        info["last_line"] = lines[-1]
-    return info

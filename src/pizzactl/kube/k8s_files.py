@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from pizzactl.console import log
-from pizzactl.deploy import k8s
-from pizzactl.train.remote import TrainingError
+from pizzactl.errors import TrainingError
+from pizzactl.kube import k8s
+from pizzactl.kube.diagnosis import start_problem
 
 CHUNK = 256 * 1024
 
@@ -35,8 +36,6 @@ CHUNK = 256 * 1024
 def files_pod(api_client, doc: dict[str, Any], timeout: float) -> Iterator[str]:
     """Run the files pod until the block ends; yields its name. It is deleted (and gone) after."""
     from kubernetes import client
-
-    from pizzactl.deploy.job_watch import start_problem
 
     core = client.CoreV1Api(api_client)
     name, namespace = doc["metadata"]["name"], doc["metadata"]["namespace"]

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy import diagnosis
-from pizzactl.deploy.manifests import FIELD_MANAGER, MODEL_VERSION_LABEL
 from pizzactl.errors import DeployError
+from pizzactl.kube import diagnosis
+from pizzactl.kube.shipped import MODEL_VERSION_LABEL
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+FIELD_MANAGER = "pizzactl"  # the manager of every field pizzactl applies (server-side apply)
 # ServiceAccount admission refuses pods until the namespace controller has created the namespace's
 # `default` ServiceAccount, moments after the namespace (kubernetes/kubernetes#66689).
 SERVICE_ACCOUNT_MISSING = re.compile(r'error looking up service account ([^:]+): serviceaccount "[^"]+" not found')

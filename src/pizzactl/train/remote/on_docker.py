@@ -8,7 +8,7 @@ mounted at /out, and a named volume (`pizzactl-train-cache`) keeps Keras weights
 feature cache between runs. The dataset is resolved here first (downloaded from Kaggle with
 this machine's credentials if needed), so no credentials enter the container. It runs as the
 calling user, or as uid 10001 when that is root, never as root. The log streams live; Ctrl-C
-stops and removes the container; `remote.collect` then publishes the version atomically.
+stops and removes the container; `outbox.collect` then publishes the version atomically.
 """
 
 from __future__ import annotations
@@ -22,23 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy.state import write_json
-from pizzactl.errors import DataError, UsageError
-from pizzactl.train.remote import TrainingError, collect, container_env, local_weights_file, outbox_dir
+from pizzactl.data.download import resolve_data_dir
+from pizzactl.errors import DataError, TrainingError, UsageError
+from pizzactl.files import write_json
+from pizzactl.kube.docker_daemon import docker_client, docker_endpoint
+from pizzactl.kube.images import build_trainer
+from pizzactl.kube.training import CACHE_VOLUME, docker_cache_record
+from pizzactl.train.remote import jobs
+from pizzactl.train.remote.outbox import collect, container_env, local_weights_file, outbox_dir
 
 OUTBOX = "/out"
 CACHE = "/cache"
-CACHE_VOLUME = "pizzactl-train-cache"
 LABELS = {"dev.pizzactl.train": "1", "app.kubernetes.io/name": "pizzactl-train"}
 TRAINER_UID = 10001
 
 
 def train(settings, *, show_progress: bool = True) -> dict[str, Any]:
     """Build the trainer image, train in a container, publish the version and runs locally."""
-    from pizzactl.data.download import resolve_data_dir
-    from pizzactl.deploy.docker_daemon import docker_client
-    from pizzactl.deploy.images import build_trainer
-
     _require_local_daemon()
     data_dir = Path(resolve_data_dir(settings)).expanduser().resolve()
     if not data_dir.is_dir():
@@ -50,7 +50,7 @@ def train(settings, *, show_progress: bool = True) -> dict[str, Any]:
     if spec["user"] == f"{TRAINER_UID}:{TRAINER_UID}":
         os.chown(outbox, TRAINER_UID, TRAINER_UID)  # root calls: the container's user writes the outbox
     client = docker_client()
-    write_json(_cache_record(settings), {"volume": CACHE_VOLUME})  # teardown removes the volume
+    write_json(docker_cache_record(settings), {"volume": CACHE_VOLUME})  # teardown removes the volume
     log(f"Training in container {name} ({image.image}) ...")
     try:
         code, tail, oom = _run(client, spec)
@@ -71,8 +71,6 @@ def train(settings, *, show_progress: bool = True) -> dict[str, Any]:
 def container_spec(settings, image: str, name: str, data_dir: Path, outbox: Path) -> dict[str, Any]:
     """docker `containers.create` keyword arguments, from the pod of the Job `--on kind` would run."""
     from docker.types import DeviceRequest, Mount
-
-    from pizzactl.deploy import jobs
 
     env = container_env(settings, data_dir=str(data_dir), models_dir=f"{OUTBOX}/models", runs_dir=f"{OUTBOX}/runs")
     pod = jobs.render_job(jobs.plan_from_settings(settings, name=name, image=image, env=env))["spec"]["template"]
@@ -150,36 +148,8 @@ def _failure(code: int, tail: list[str], oom: bool) -> TrainingError:
     )
 
 
-def _cache_record(settings) -> Path:
-    return Path(settings.state_dir).expanduser() / "train-docker.json"
-
-
-def teardown(settings) -> dict[str, Any] | None:
-    """Remove the cache volume `train --on docker` created; None if it never ran here."""
-    import json
-
-    from pizzactl.deploy.docker_daemon import docker_client
-
-    record = _cache_record(settings)
-    try:
-        volume = json.loads(record.read_text())["volume"]
-    except (OSError, ValueError, KeyError):
-        return None
-    try:
-        docker_client(30).volumes.get(volume).remove()
-        message = f"Removed the Docker volume {volume} (the trainer's weights and feature cache)."
-    except Exception as exc:  # gone already, or in use by a training container that still runs
-        if "in use" in str(exc):
-            return {"message": f"Kept the Docker volume {volume}: a training container still uses it."}
-        message = f"The Docker volume {volume} was already gone."
-    record.unlink(missing_ok=True)
-    return {"message": message}
-
-
 def _require_local_daemon() -> None:
     """Bind mounts name folders on the daemon's machine: a remote daemon would see other folders."""
-    from pizzactl.deploy.docker_daemon import docker_endpoint
-
     endpoint = docker_endpoint()
     url = endpoint.base_url or ""
     if url.startswith("ssh://") or (url.startswith(("tcp://", "http")) and not _loopback(url)):
