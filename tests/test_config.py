@@ -100,5 +100,74 @@ def test_config_show_lists_the_servers_settings(tmp_path):
     env = {"PIZZACTL_MAX_BATCH_SIZE": "16", "PATH": "/usr/bin:/bin"}
     shown = config_show(tmp_path, env)
     assert shown["max_batch_size"] == {"value": 16, "source": "PIZZACTL_MAX_BATCH_SIZE"}
-    for name in ("model_url", "model_timeout", "max_image_bytes", "batch_timeout_ms", "tf_intra_op_threads"):
+    for name in ("model_timeout", "max_image_bytes", "batch_timeout_ms", "tf_intra_op_threads"):
         assert shown[name]["source"] == "default"
+    assert shown["model_url"] == {"value": "http://127.0.0.1:8501", "source": "derived (model_port)"}
+
+
+# --- derived defaults: resolved once, in config, and printed by config show -------------------
+
+
+def test_config_show_prints_the_model_server_deploy_uses_on_arm64(tmp_path):
+    env = {"PIZZACTL_PLATFORM": "linux/arm64", "PATH": "/usr/bin:/bin"}
+    shown = config_show(tmp_path, env)
+    assert shown["model_server"]["value"] == "builtin"
+    assert shown["model_server"]["source"].startswith("derived")
+    from pizzactl.deploy.images import choose_model_server
+
+    settings = load_settings(cwd=tmp_path, environ=env)
+    assert choose_model_server(settings, "linux/arm64") == shown["model_server"]["value"]
+
+
+def test_a_derived_value_follows_the_facts_and_a_set_one_wins(tmp_path):
+    from pizzactl.config import resolve
+
+    s = load_settings(cwd=tmp_path, environ={})
+    arm = resolve(s, platform="linux/arm64")
+    assert (arm.model_server, arm.explicit("model_server")) == ("builtin", False)
+    back = resolve(arm, platform="linux/amd64")  # a derived value is re-derived, not kept
+    assert (back.model_server, back.source("model_server")) == ("tfserving", "default")
+    mine = load_settings(cwd=tmp_path, environ={"PIZZACTL_MODEL_SERVER": "tfserving"})
+    assert resolve(mine, platform="linux/arm64").model_server == "tfserving"  # refused later, with a hint
+    assert mine.explicit("model_server") and not s.explicit("model_server")
+
+
+def test_the_deployed_url_wins_over_an_env_endpoint_but_not_over_the_flag(tmp_path):
+    from pizzactl.config import resolve
+
+    env = {"PIZZACTL_ENDPOINT": "http://env:1"}
+    s = resolve(load_settings(cwd=tmp_path, environ=env), deployed_url="http://deployed:2")
+    assert (s.endpoint, s.source("endpoint")) == ("http://deployed:2", "derived (the deploy state)")
+    flag = resolve(load_settings({"endpoint": "http://flag:3"}, cwd=tmp_path, environ=env), deployed_url="http://d:2")
+    assert flag.endpoint == "http://flag:3"
+
+
+# --- each setting declared once ----------------------------------------------------------------
+
+
+def test_the_servers_have_no_second_defaults():
+    """Their configurations take every setting from Settings; the client's defaults are the declared ones."""
+    import dataclasses
+    import inspect
+
+    from pizzactl.config import DECLARATIONS
+    from pizzactl.serving.client import ModelClient
+    from pizzactl.serving.modelserver.server import ModelServerConfig
+    from pizzactl.serving.pipeline import GatewayConfig
+
+    for config in (ModelServerConfig, GatewayConfig):
+        for f in dataclasses.fields(config):
+            if f.name in DECLARATIONS:
+                assert f.default is dataclasses.MISSING, f"{config.__name__}.{f.name} has a default of its own"
+    params = inspect.signature(ModelClient).parameters
+    assert params["timeout"].default == DECLARATIONS["model_timeout"].default
+    assert params["max_concurrency"].default == DECLARATIONS["max_concurrency"].default
+
+
+def test_every_setting_is_in_the_configuration_docs_with_its_default():
+    from pizzactl.config import DECLARATIONS, settings_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert settings_table() in text, "docs/configuration.md is stale: python -m pizzactl.config --docs rewrites it"
+    for d in DECLARATIONS.values():
+        assert f"| `{d.name}` | {d.default_text.replace('<', chr(92) + '<')} |" in text
