@@ -73,7 +73,7 @@ def setting(
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, repr=not secret, metadata=meta)  # a secret never shows in a repr
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Settings:
     # serving and deploying
     host: str = setting(
         "127.0.0.1",
-        "Address the gateway listens on (kind, docker: the host address its port is published on).",
+        "Address to listen on (kind, docker: the host address the gateway's port is published on).",
         used="serve, deploy",
     )
     port: int = setting(GATEWAY_PORT, "Gateway port on the host.", used="serve, deploy, up")
@@ -582,6 +582,23 @@ def resolve(settings: Settings, *, platform: str | None = None, deployed_url: st
     if not values:
         return settings
     return dataclasses.replace(settings, **values, sources=sources)
+
+
+def add_argument(parser: Any, name: str, flag: str | None = None) -> None:
+    """A server's argparse flag for a setting (`python -m pizzactl.serving...`): its help, env name
+    and default come from the declaration; `flag` when the server names it otherwise (`--port`)."""
+    d = DECLARATIONS[name]
+    kwargs: dict[str, Any] = {
+        "dest": name,
+        "help": f"{d.help.rstrip('.')} (env {d.env}; default {d.default_text}).".replace("%", "%%"),
+    }
+    if d.is_bool:
+        kwargs.update(action="store_const", const=True)
+    elif d.choices:
+        kwargs["choices"] = d.choices
+    elif d.type.startswith(("int", "float")):
+        kwargs["type"] = int if d.type.startswith("int") else float
+    parser.add_argument(flag or d.flag or "--" + name.replace("_", "-"), **kwargs)
 
 
 DOCS_BEGIN = "<!-- settings table: generated from config.py by `python -m pizzactl.config --docs` -->"
