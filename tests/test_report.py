@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pizzactl.cli.data import print_report
 from pizzactl.data.dataset import load_dataset
-from pizzactl.data.report import dhash, near_duplicate_pairs, popcount64, print_report, report, scan, summarize
+from pizzactl.data.report import dhash, near_duplicate_pairs, popcount64, report, scan, summarize
 from pizzactl.errors import DataError
 
 

@@ -175,7 +175,7 @@ async def test_a_job_trains_and_its_version_and_run_land_locally(kmock, world, p
 async def test_any_number_of_classes_goes_up_and_comes_home(kmock, world, photos, isolated, tmp_path, capsys):
     """A third class folder is uploaded with the others; the trainer's classes come back in the
     result, the version's metadata and the leaderboard's macro columns, as a local run has them."""
-    from pizzactl.train import print_result
+    from pizzactl.cli.train import print_result
 
     from test_classes import make_classes
 
@@ -523,7 +523,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
 
 
 def test_status_prints_the_training_job_with_or_without_a_deployment(capsys):
-    from pizzactl.deploy import print_status
+    from pizzactl.cli.deploy import print_status
 
     training = {"job": "pizzactl-train-1", "context": "prod", "phase": "Running", "attempts": 2, "epoch": "3/30"}
     print_status(

@@ -220,21 +220,3 @@ def doctor(settings: Settings) -> list[Check]:
         _port("127.0.0.1", settings.model_port, "model server (local target)", required=False),
         _disk(settings),
     ]
-
-
-def print_checks(checks: list[Check]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from pizzactl.console import out
-
-    table = Table("", "check", "result", "fix")
-    for c in checks:
-        mark = "[green]✓[/]" if c.ok else ("[red]✗[/]" if c.required else "[yellow]![/]")
-        table.add_row(mark, escape(c.name), escape(c.detail), escape(c.fix))
-    out.print(table)
-    failed = [c.name for c in checks if c.required and not c.ok]
-    if failed:
-        out.print(f"[red]Not ready:[/] fix {', '.join(failed)} (commands above).")
-    else:
-        out.print("[green]Ready[/] for train -> build -> deploy.")

@@ -13,7 +13,7 @@ import csv
 import time
 from pathlib import Path
 
-from pizzactl.console import err, log, out
+from pizzactl.console import err, log
 from pizzactl.errors import BadInputError, DataError
 from pizzactl.model_store import read_metadata, resolve_model_dir
 from pizzactl.train.metrics import classification_metrics
@@ -172,56 +172,3 @@ def evaluate(
         "failed": failed,
         "images_per_second": round(len(answered) / seconds, 1) if seconds > 0 else None,
     }
-
-
-def print_metrics(metrics: dict) -> None:
-    """Metrics, per-class figures and the confusion matrix as rich tables (stdout)."""
-    from rich.table import Table
-
-    classes = metrics["classes"]
-    binary = len(classes) == 2
-    title = f"{metrics['model_dir']} ({metrics['runtime']}) on {metrics['n']} images of {metrics['data_dir']}"
-    table = Table("metric", "value", title=title, title_justify="left")
-    rows = (
-        [(name, name) for name in ("accuracy", "precision", "recall", "f1", "roc_auc")]
-        if binary
-        else [
-            ("accuracy", "accuracy"),
-            ("macro precision", "precision"),
-            ("macro recall", "recall"),
-            ("macro f1", "macro_f1"),
-            ("roc_auc (macro, one-vs-rest)", "roc_auc"),
-        ]
-    )
-    for label, key in rows:
-        value = metrics[key]
-        table.add_row(label, "n/a (one class only)" if value is None else f"{value:.4f}")
-    if binary:
-        table.add_row("threshold", f"{metrics['threshold']:g} (positive class: {metrics['positive_class']})")
-    out.print(table)
-    per = Table("class", "precision", "recall", "f1", "roc auc", "images", title="per class", title_justify="left")
-    for name, row in metrics["per_class"].items():
-        auc = row.get("roc_auc")
-        per.add_row(
-            name,
-            f"{row['precision']:.4f}",
-            f"{row['recall']:.4f}",
-            f"{row['f1']:.4f}",
-            "-" if auc is None else f"{auc:.4f}",
-            str(row["support"]),
-        )
-    out.print(per)
-    cm = Table("true \\ predicted", *classes, title="confusion matrix", title_justify="left")
-    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
-        cm.add_row(name, *(str(v) for v in row))
-    out.print(cm)
-    if metrics.get("confusion_matrix_png"):
-        out.print(f"Confusion matrix drawn to {metrics['confusion_matrix_png']}")
-    if metrics.get("errors_csv"):
-        out.print(f"{metrics['misclassified']} misclassified images written to {metrics['errors_csv']}")
-    if metrics.get("failed"):
-        out.print(f"[yellow]{len(metrics['failed'])} image(s) could not be decoded and were skipped.[/]")
-    if metrics.get("training_data"):
-        err.print(
-            "[yellow]Note:[/] this is the dataset the model was trained on (training and validation images); expect optimistic numbers."
-        )

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pizzactl.config import resolve
-from pizzactl.console import err, out
+from pizzactl.console import err
 from pizzactl.deploy.state import deployed_url
 from pizzactl.errors import EndpointError, NotDeployedError, UsageError
 
@@ -287,7 +287,6 @@ def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
             writer.writerow(row)
 
 
-MAX_ROWS = 200
 TOP_CLASSES = 3
 
 
@@ -302,33 +301,3 @@ def top_classes(probabilities: dict[str, float], n: int = TOP_CLASSES) -> str:
     ranked = sorted(probabilities.items(), key=lambda item: -item[1])
     text = " · ".join(f"{name} {p:.2f}" for name, p in ranked[:n])
     return text + (f" · {len(ranked) - n} more" if len(ranked) > n else "")
-
-
-def print_predictions(results: Sequence[dict[str, Any]]) -> None:
-    """A table (up to MAX_ROWS rows) and, for more than one image, a summary line."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table("source", "label", "P(label)", "probabilities", "version")
-    table.columns[0].overflow = "fold"
-    for r in results[:MAX_ROWS]:
-        if "error" in r:
-            table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "", "")
-        else:
-            probabilities = r.get("probabilities") or {}
-            table.add_row(
-                escape(r["source"]),
-                f"[bold]{escape(r['label'])}[/]",
-                f"{label_probability(r):.3f}",
-                escape(top_classes(probabilities)),
-                str(r.get("model_version", "")),
-            )
-    out.print(table)
-    if len(results) > MAX_ROWS:
-        out.print(f"... and {len(results) - MAX_ROWS} more (use --json or --csv FILE for all of them).")
-    if len(results) > 1:
-        counts: dict[str, int] = {}
-        for r in results:
-            key = "failed" if "error" in r else r["label"]
-            counts[key] = counts.get(key, 0) + 1
-        out.print(f"{len(results)} images: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

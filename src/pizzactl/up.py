@@ -135,25 +135,3 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
             "teardown": "pizzactl teardown",
         },
     }
-
-
-def print_up(result: dict[str, Any]) -> None:
-    from pizzactl.console import out
-
-    sample = result.get("sample")
-    lines = [f"Deployed model version {result['model_version']} to {result['target']}."]
-    if sample and "error" not in sample:
-        from pizzactl.predict import label_probability
-
-        label = sample["label"]
-        lines.append(f"Sample  {sample['source']}: {label} (P({label}) {label_probability(sample):.3f})")
-    elif sample:
-        lines.append(f"Sample  {sample['source']}: error {sample['error']}")
-    lines += [
-        f"Endpoint  POST {result['predict_endpoint']}",
-        f"Web page  {result['web_page']}",
-        "Predict   pizzactl predict PHOTO_OR_URL",
-        "Stop      pizzactl teardown",
-    ]
-    for line in lines:
-        out.print(line, highlight=False, markup=False)

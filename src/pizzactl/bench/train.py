@@ -185,25 +185,6 @@ def _time_plain(run: dict, dim: int, train_records, val_records) -> tuple[float,
     return time.perf_counter() - t0, float(hist.history["val_accuracy"][-1])
 
 
-def print_bench(res: dict) -> None:
-    from rich.table import Table
-
-    from pizzactl.console import out
-
-    table = Table(
-        "",
-        "seconds",
-        title=f"bench train: {res['backbone']} ({res['weights']} weights, {res['image_size']}px), {res['n_images']} images x {res['epochs']} epochs",
-    )
-    table.add_row("plain model.fit over images", f"{res['plain_seconds']:.1f}")
-    table.add_row("cached features + head", f"{res['cached_seconds']:.1f}")
-    table.add_row("  of which one forward pass", f"{res['forward_pass_seconds']:.1f}")
-    out.print(table)
-    out.print(f"speedup {res['speedup']:.1f}x   cached / forward pass {res['cached_over_forward']:.2f}")
-    for goal, ok in res["goals"].items():
-        out.print(f"  {'[green]met[/]' if ok else '[red]missed[/]'}  {goal}")
-
-
 def bench_scaling(
     settings, sizes: Sequence[int], backbone: str | None = None, work: Path | str | None = None
 ) -> dict[str, Any]:
@@ -267,31 +248,3 @@ def bench_scaling(
             (row["wall_seconds"] / row["photos"]) / (first["wall_seconds"] / first["photos"]), 2
         )
     return {"backbone": name, "sizes": list(sizes), "rows": rows}
-
-
-def print_scaling(res: dict) -> None:
-    from rich.table import Table
-
-    from pizzactl.console import out
-
-    table = Table(
-        "photos",
-        "wall s",
-        "CPU s",
-        "peak RSS MB",
-        "features s",
-        "heads s",
-        "fine-tune s",
-        "wall s per photo vs first",
-        title=f"bench train --scale: pizzactl train ({res['backbone']}), cold cache, one process per size",
-    )
-    for r in res["rows"]:
-        table.add_row(
-            str(r["photos"]),
-            f"{r['wall_seconds']:.0f}",
-            f"{r['cpu_seconds']:.0f}",
-            str(r["peak_rss_mb"]),
-            *("-" if r[k] is None else f"{r[k]:.0f}" for k in ("feature_seconds", "head_seconds", "fine_tune_seconds")),
-            f"{r['time_per_photo_ratio']:.2f}",
-        )
-    out.print(table)

@@ -1,9 +1,9 @@
 """The `pizzactl` command line: one thin function per verb over the library.
 
 Each verb parses its flags, resolves `Settings`, calls the library function of the same
-name and formats the answer (rich for people, `--json` for scripts). The verbs are grouped
-in modules (data, train, deploy, bench) that register on the app of `cli.base`; errors are
-handled once, in `main()` below. Heavy imports (tensorflow, docker, kubernetes) live inside
+name and formats the answer (rich for people, `--json` for scripts). Each verb (or verb
+group: `data`, `runs`, `bench`, deploy's family) has its own module here that registers on
+the app of `cli.base`; errors are handled once, in `main()` below. Heavy imports (tensorflow, docker, kubernetes) live inside
 the library functions, so `pizzactl --help` stays instant.
 """
 
@@ -21,8 +21,17 @@ from pizzactl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PizzaError, as_miss
 
 # Importing the verb modules registers their commands; `pizzactl --help` lists them in this order.
 # isort: off
+from pizzactl.cli import up  # noqa: F401
 from pizzactl.cli import train  # noqa: F401
+from pizzactl.cli import export  # noqa: F401
+from pizzactl.cli import evaluate  # noqa: F401
+from pizzactl.cli import serve  # noqa: F401
+from pizzactl.cli import build  # noqa: F401
 from pizzactl.cli import deploy  # noqa: F401
+from pizzactl.cli import predict  # noqa: F401
+from pizzactl.cli import doctor  # noqa: F401
+from pizzactl.cli import runs  # noqa: F401
+from pizzactl.cli import config  # noqa: F401
 from pizzactl.cli import data  # noqa: F401
 from pizzactl.cli import bench  # noqa: F401
 # isort: on

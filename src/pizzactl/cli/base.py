@@ -1,6 +1,6 @@
 """The typer app, its command groups and the options several verbs share.
 
-The verbs live in the modules beside this one (data, train, deploy, bench), each registering
+The verbs live in the modules beside this one, one per verb or verb group, each registering
 on these objects; `pizzactl.cli` imports them in the order `pizzactl --help` lists them.
 """
 
@@ -35,6 +35,12 @@ DEBUG = {"on": False}
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout instead of tables.")
 DataOpt = typer.Option(None, "--data", help="Dataset folder with one sub-folder per class.")
 ModelsOpt = typer.Option(None, "--models", help="Models directory (TF Serving layout MODELS/pizza/<version>).")
+ApiKeyOpt = typer.Option(
+    None,
+    "--api-key",
+    help="Require this API key at the gateway (only its SHA-256 is passed on); env PIZZACTL_API_KEY keeps it "
+    "out of the process list.",
+)
 
 
 def settings(**flags) -> Settings:

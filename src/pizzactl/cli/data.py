@@ -1,39 +1,17 @@
-"""`pizzactl config show` and `pizzactl data download|report|split`."""
+"""`pizzactl data download|report|split`: the dataset."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.table import Table
 
-from pizzactl.cli.base import (
-    JsonOpt,
-    config_app,
-    data_app,
-    settings,
-)
+from pizzactl.cli.base import JsonOpt, data_app, settings
 from pizzactl.console import err, out, print_json
-
-# --- config -----------------------------------------------------------------------------
-
-
-@config_app.command("show")
-def config_show(json_out: bool = JsonOpt) -> None:
-    """Print every setting, its value and where it came from."""
-    from rich.table import Table
-
-    s = settings()
-    values = s.as_dict()
-    if json_out:
-        print_json({name: {"value": value, "source": s.sources[name]} for name, value in values.items()})
-        return
-    table = Table("setting", "value", "source")
-    for name, value in values.items():
-        table.add_row(name, "" if value is None else str(value), s.sources[name])
-    out.print(table)
-
-
-# --- data ------------------------------------------------------------------------------
+from pizzactl.data.dataset import MIN_PER_CLASS
+from pizzactl.data.report import MAX_LISTED
 
 
 @data_app.command("download")
@@ -69,7 +47,7 @@ def data_report(
     json_out: bool = JsonOpt,
 ) -> None:
     """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS (and label suspects)."""
-    from pizzactl.data.report import print_report, report
+    from pizzactl.data.report import report
 
     s = settings(data_dir=data_dir)
     rep = report(s, threshold=near_bits, label_check=label_check)
@@ -101,3 +79,81 @@ def data_split(
                 f"{getattr(result, part + '_dir')}  {sum(counts.values())} images ({', '.join(f'{n} {c}' for c, n in counts.items())})",
                 highlight=False,
             )
+
+
+# --- printers (rich, stdout) ---------------------------------------------------------
+
+
+def print_report(rep: dict[str, Any], console=None) -> None:
+    """Rich tables for people (the same content as --json)."""
+    console = console or out
+    w, h = rep["width"], rep["height"]
+    summary = Table(title=f"Dataset {rep['root']}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column(overflow="fold")
+    summary.add_row("images", f"{rep['images']} usable of {rep['files']} files ({rep['bytes'] / 1e6:.1f} MB)")
+    summary.add_row("width", f"min {w['min']}  median {w['median']:g}  max {w['max']}")
+    summary.add_row("height", f"min {h['min']}  median {h['median']:g}  max {h['max']}")
+    summary.add_row(
+        "common sizes",
+        ", ".join(f"{s['size']} ({s['count']})" for s in rep["sizes"]) + f"  [{rep['distinct_sizes']} distinct]",
+    )
+    summary.add_row("colour modes", ", ".join(f"{k} ({v})" for k, v in rep["modes"].items()))
+    summary.add_row("formats", ", ".join(f"{k} ({v})" for k, v in rep["formats"].items()))
+    summary.add_row("EXIF", f"{rep['exif']['with_exif']} with EXIF, {rep['exif']['with_gps']} with GPS location")
+    ex, near = rep["exact_duplicates"], rep["near_duplicates"]
+    summary.add_row(
+        "exact duplicates",
+        f"{ex['groups']} groups, {ex['redundant_files']} redundant files, {ex['cross_class_groups']} across classes",
+    )
+    summary.add_row(
+        "near duplicates",
+        f"{near['pairs']} pairs in {near['groups']} groups (dHash <= {near['threshold_bits']} bits), {near['cross_class_pairs']} pairs across classes",
+    )
+    summary.add_row("unreadable", str(len(rep["unreadable"])))
+    summary.add_row("data hash", rep["data_hash"])
+    summary.add_row("scan time", f"{rep.get('seconds', 0):.2f} s")
+    console.print(summary)
+
+    classes = Table("class", "images", "unreadable", title="Per class")
+    for name, c in rep["classes"].items():
+        classes.add_row(name, str(c["images"]), str(c["unreadable"]))
+    console.print(classes)
+
+    if rep.get("too_small_to_split"):
+        console.print(
+            f"[yellow]Too few usable images to split into training and validation (at least {MIN_PER_CLASS}):[/] "
+            + ", ".join(rep["too_small_to_split"])
+        )
+    if rep["unreadable"]:
+        bad = Table("file", "reason", title="Unreadable files (skipped by training)")
+        for item in rep["unreadable"][:MAX_LISTED]:
+            bad.add_row(item["path"], item["reason"])
+        console.print(bad)
+    if ex["listed"]:
+        dup = Table("identical files", title="Exact duplicates (sha256)")
+        for group in ex["listed"][:20]:
+            dup.add_row(", ".join(group))
+        console.print(dup)
+    if near["listed"]:
+        nd = Table("file", "file", "bits", title="Near duplicates (closest first)")
+        for p in near["listed"][:20]:
+            nd.add_row(p["a"], p["b"], str(p["distance"]))
+        console.print(nd)
+    if "label_check" in rep:
+        check = rep["label_check"]
+        console.print(
+            f"Label check ({check['backbone']}, {check['repeats']} x {check['folds']}-fold): out-of-fold accuracy "
+            f"{check['out_of_fold_accuracy']:.4f}; {len(check['suspects'])} photo(s) wrong every time, "
+            f"{check['wrong_sometimes']} wrong only sometimes."
+        )
+        if check["suspects"]:
+            sus = Table("file", "filed under", "P(that class)", title="Label suspects: always put in another class")
+            for item in check["suspects"][:MAX_LISTED]:
+                sus.add_row(item["path"], item["class"], f"{item['p_class']:.3f}")
+            console.print(sus)
+    if rep["exif"]["gps_files"]:
+        console.print(
+            f"[yellow]{rep['exif']['with_gps']} photo(s) carry a GPS location:[/] "
+            + ", ".join(rep["exif"]["gps_files"][:10])
+        )

@@ -1,82 +1,22 @@
-"""`pizzactl serve`, `build`, `deploy`, `status`, `rollback`, `teardown`, `predict`, `doctor`."""
+"""`pizzactl deploy`, `status`, `rollback`, `teardown`: one verb family in one module.
+
+The four share one library module (`pizzactl.deploy`), one recorded state (what deploy
+started, where) and the same targets; status, rollback and teardown only act on what deploy
+recorded, so reading one means reading the others.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
-from pizzactl.cli.base import (
-    JsonOpt,
-    ModelsOpt,
-    app,
-    settings,
-)
+from pizzactl.cli.base import ApiKeyOpt, JsonOpt, ModelsOpt, app, settings
 from pizzactl.console import out, print_json
-from pizzactl.errors import EXIT_FAILURE
-
-# --- serve, deploy, predict, status, teardown -----------------------------------------
-
-ApiKeyOpt = typer.Option(
-    None,
-    "--api-key",
-    help="Require this API key at the gateway (only its SHA-256 is passed on); env PIZZACTL_API_KEY keeps it "
-    "out of the process list.",
-)
-
-
-@app.command()
-def serve(
-    models: Path | None = ModelsOpt,
-    port: int | None = typer.Option(None, "--port", help="Gateway port (default 9696)."),
-    model_port: int | None = typer.Option(None, "--model-port", help="Model server port (default 8501)."),
-    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
-    allow_private_urls: bool | None = typer.Option(
-        None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
-    ),
-    api_key: str | None = ApiKeyOpt,
-) -> None:
-    """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
-    from pizzactl.serving import serve as serve_
-
-    serve_(
-        settings(
-            models_dir=models,
-            port=port,
-            model_port=model_port,
-            host=host,
-            allow_private_urls=allow_private_urls,
-            api_key=api_key,
-        )
-    )
-
-
-@app.command()
-def build(
-    models: Path | None = ModelsOpt,
-    model_server: str | None = typer.Option(
-        None, "--model-server", help="tfserving | builtin (default: tfserving on amd64, builtin on arm64)"
-    ),
-    base_image: str | None = typer.Option(None, "--base-image", help="Base image of the Python images."),
-    push: str | None = typer.Option(None, "--push", help="Push the images to this registry."),
-    platform: str | None = typer.Option(
-        None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the Docker daemon's)."
-    ),
-    trainer: bool = typer.Option(False, "--trainer", help="Build the trainer image (`train --on`) instead."),
-    gpu: bool = typer.Option(False, "--gpu", help="With --trainer: the CUDA variant (tensorflow[and-cuda])."),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Build the gateway and model server images, or the trainer (tags from content, never :latest)."""
-    from pizzactl.deploy.images import build as build_
-    from pizzactl.deploy.images import build_trainer, print_images
-
-    s = settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform)
-    images = build_trainer(s, gpu=gpu, push=push is not None) if trainer else build_(s, push=push is not None)
-    if json_out:
-        print_json(images.as_dict())
-    else:
-        print_images(images)
 
 
 @app.command()
@@ -135,7 +75,6 @@ def deploy(
 @app.command()
 def status(json_out: bool = JsonOpt) -> None:
     """What is deployed, where, which model version, ready or not."""
-    from pizzactl.deploy import print_status
     from pizzactl.deploy import status as status_
 
     st = status_(settings())
@@ -183,50 +122,57 @@ def teardown(
         out.print(result.get("message", "Nothing deployed."))
 
 
-@app.command()
-def predict(
-    sources: list[str] = typer.Argument(..., help="Image files, directories or http(s) URLs."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Gateway URL (default: what deploy recorded)."),
-    api_key: str | None = typer.Option(
-        None, "--api-key", help="API key to send, for a gateway that requires one (env PIZZACTL_API_KEY is safer)."
-    ),
-    csv: Path | None = typer.Option(None, "--csv", help="Also write the results to this CSV."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight."),
-    explain: Path | None = typer.Option(
-        None, "--explain", help="Write a Grad-CAM overlay PNG per image here (needs [train])."
-    ),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Ask the deployed model: is this a pizza?"""
-    from pizzactl.predict import predict as predict_
-    from pizzactl.predict import print_predictions
-
-    results = predict_(
-        settings(endpoint=endpoint, api_key=api_key),
-        sources,
-        concurrency=concurrency,
-        csv_path=csv,
-        explain_dir=explain,
-        progress=not json_out,
-    )
-    if json_out:
-        print_json(results)
-    else:
-        print_predictions(results)
-    if any("error" in r for r in results):
-        raise typer.Exit(EXIT_FAILURE)
+# --- printers (rich, stdout) ---------------------------------------------------------
 
 
-@app.command()
-def doctor(json_out: bool = JsonOpt) -> None:
-    """Check the machine: Python, TensorFlow, Docker, architecture, kind, kubectl, Kaggle, ports, disk."""
-    from pizzactl.doctor import doctor as doctor_
-    from pizzactl.doctor import print_checks
+def print_status(st: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    training = st.get("training")
+    if not st.get("deployed"):
+        out.print(st.get("message", "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
+        if training:
+            _training_rows(table, training)
+            out.print(table)
+        return
+    ready = st.get("ready")
+    table.add_row("target", str(st["target"]))
+    table.add_row("url", str(st["url"]))
+    table.add_row("model version", str(st.get("model_version")))
+    if "serving" in st:
+        serving = st["serving"] or {}
+        table.add_row(
+            "serving", ", ".join(f"v{v} ({n} pod{'s' if n != 1 else ''})" for v, n in serving.items()) or "none"
+        )
+    table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
+    table.add_row("created", str(st.get("created")))
+    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving", "training"}
+    skip.add("supervision")  # local: the supervisor's whole record, for --json; restarts and crash_loop are rows
+    for key, value in st.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+        table.add_row(key.replace("_", " "), str(value))
+    if training:
+        _training_rows(table, training)
+    out.print(table)
 
-    checks = doctor_(settings())
-    if json_out:
-        print_json([c.as_dict() for c in checks])
-    else:
-        print_checks(checks)
-    if any(c.required and not c.ok for c in checks):
-        raise typer.Exit(EXIT_FAILURE)
+
+def _training_rows(table, training: dict[str, Any]) -> None:
+    phase = training.get("phase", "unknown")
+    epoch = f", epoch {training['epoch']}" if training.get("epoch") else ""
+    attempts = training.get("attempts") or 0
+    tries = f", attempt {attempts}" if attempts > 1 else ""
+    table.add_row("training", escape(f"Job {training['job']} in {training.get('context')}: {phase}{epoch}{tries}"))
+    if training.get("last_line") or training.get("error"):
+        table.add_row("last log line", escape(str(training.get("last_line") or training.get("error"))))
+
+
+def _fmt(value: Any) -> str:
+    if value is True:
+        return "alive"
+    if value is False:
+        return "gone"
+    return str(value)

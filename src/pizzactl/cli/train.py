@@ -1,55 +1,17 @@
-"""`pizzactl up`, `train`, `runs list|show`, `export`, `evaluate`: making and judging models.
-
-`up` comes first: it is the one command a newcomer runs (train if needed, deploy, predict).
-"""
+"""`pizzactl train`: train here, in Docker or as a Kubernetes Job, and export the best."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.table import Column, Table
 
-from pizzactl.cli.base import (
-    DataOpt,
-    JsonOpt,
-    ModelsOpt,
-    app,
-    runs_app,
-    settings,
-)
-from pizzactl.config import ModelRuntime
+from pizzactl.cli.base import DataOpt, JsonOpt, app, settings
 from pizzactl.console import out, print_json
-
-# --- up: the whole job ------------------------------------------------------------------
-
-
-@app.command()
-def up(
-    data: Path | None = DataOpt,
-    target: str | None = typer.Option(
-        None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."
-    ),
-    models: Path | None = ModelsOpt,
-    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
-    sample: Path | None = typer.Option(
-        None, "--sample", help="Photo to predict once deployed (default: one from the training data)."
-    ),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Train if there is no model yet, deploy it where this machine allows, predict a sample photo."""
-    from pizzactl.up import print_up
-    from pizzactl.up import up as up_
-
-    result = up_(settings(data_dir=data, target=target, models_dir=models, port=port), sample=sample, timeout=timeout)
-    if json_out:
-        print_json(result)
-    else:
-        print_up(result)
-
-
-# --- train, runs, export, evaluate ----------------------------------------------------
+from pizzactl.train.results import TrainResult
 
 
 # Long only in its signature: typer needs every option there; the body is one settings call
@@ -123,7 +85,7 @@ def train(
         pull_secret=pull_secret,
         platform=platform,
     )
-    from pizzactl.train import print_result, remote
+    from pizzactl.train import remote
 
     if dry_run:
         sys.stdout.write(remote.dry_run(s, on))
@@ -135,75 +97,46 @@ def train(
         print_result(result)
 
 
-@runs_app.command("list")
-def runs_list(json_out: bool = JsonOpt) -> None:
-    """All training runs, newest first."""
-    from pizzactl.train.runs import list_runs, print_runs
-
-    runs = list_runs(settings())
-    if json_out:
-        print_json(runs)
-    else:
-        print_runs(runs)
+# --- printers (rich, stdout) ---------------------------------------------------------
 
 
-@runs_app.command("show")
-def runs_show(
-    run_id: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."), json_out: bool = JsonOpt
-) -> None:
-    """One run's configuration and metrics."""
-    from pizzactl.train.runs import print_run, show_run
-
-    run = show_run(settings(), run_id)
-    if json_out:
-        print_json(run)
-    else:
-        print_run(run)
-
-
-@app.command()
-def export(
-    run: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."),
-    to: Path | None = typer.Option(None, "--to", help="Models directory (default ./models)."),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Export a run's model again as a new SavedModel version."""
-    from pizzactl.export import export_run
-
-    version_dir = export_run(settings(models_dir=to), run)
-    if json_out:
-        print_json({"model_dir": str(version_dir), "version": int(version_dir.name)})
-    else:
-        out.print(str(version_dir))
-
-
-@app.command()
-def evaluate(
-    model_dir: Path | None = typer.Argument(None, help="Exported version directory (default: the latest)."),
-    data: Path | None = DataOpt,
-    models: Path | None = ModelsOpt,
-    errors: Path | None = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
-    confusion_png: Path | None = typer.Option(
-        None, "--confusion-matrix", help="Draw the confusion matrix to this PNG (needs [train])."
-    ),
-    runtime: ModelRuntime | None = typer.Option(
-        None,
-        "--runtime",
-        help="What runs the model; auto (default): what the builtin model server would run.",
-    ),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Run the exported model on raw image bytes, as serving will, and report metrics."""
-    from pizzactl.evaluate import evaluate as evaluate_
-    from pizzactl.evaluate import print_metrics
-
-    metrics = evaluate_(
-        settings(data_dir=data, models_dir=models, model_runtime=runtime),
-        model_dir=model_dir,
-        errors_csv=errors,
-        confusion_png=confusion_png,
+def print_result(result: TrainResult | dict[str, Any]) -> None:
+    """The leaderboard and where the version landed; from a TrainResult or its dict (what
+    `train --on docker|kind|CONTEXT` brings home as the trainer's `--json` answer)."""
+    data = result.as_dict() if isinstance(result, TrainResult) else result
+    macro = len(data.get("classes") or ()) > 2  # F1 and ROC AUC are then macro averages over the classes
+    table = Table(
+        "#",
+        "backbone",
+        "val acc",
+        "macro f1" if macro else "f1",
+        "macro auc" if macro else "roc auc",
+        "val loss",
+        "seconds",
+        Column("run", no_wrap=True),
     )
-    if json_out:
-        print_json(metrics)
-    else:
-        print_metrics(metrics)
+    for i, run in enumerate(data.get("leaderboard") or [], 1):
+        table.add_row(
+            str(i),
+            str(run.get("backbone")),
+            _number(run.get("val_accuracy")),
+            _number(run.get("val_f1")),
+            _number(run.get("val_roc_auc")),
+            _number(run.get("val_loss")),
+            f"{run.get('train_seconds') or 0:.1f}",
+            str(run.get("run_id")),
+        )
+    out.print(table)
+    where = (data.get("trained_on") or {}).get("on")
+    if data.get("model_dir"):
+        trained_on = f", trained on {where}" if where else ""
+        out.print(
+            f"Exported {data.get('backbone')} ({_number(data.get('val_accuracy'))} val accuracy{trained_on}) "
+            f"to {data['model_dir']}"
+        )
+    if data.get("deployed"):
+        out.print(f"Rolled out to {data['deployed'].get('target')}: {data['deployed'].get('url')}")
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"

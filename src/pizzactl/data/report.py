@@ -29,7 +29,7 @@ NEAR_DUPLICATE_BITS = (
     4  # of 64: re-encoded or resized copies land at 0-2; at 6, dark vignetted photos of different dishes already match
 )
 _GPS_IFD = 0x8825
-_MAX_LISTED = 50
+MAX_LISTED = 50
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
             "groups": len(exact),
             "redundant_files": sum(len(g) - 1 for g in exact),
             "cross_class_groups": len(exact_cross),
-            "listed": exact[:_MAX_LISTED],
+            "listed": exact[:MAX_LISTED],
         },
         "near_duplicates": {
             "threshold_bits": threshold,
@@ -221,10 +221,10 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
             "cross_class_pairs": len(cross),
             "listed": [
                 {"a": rel(good[a].path), "b": rel(good[b].path), "distance": d}
-                for a, b, d in sorted(pairs, key=lambda p: (p[2], rel(good[p[0]].path)))[:_MAX_LISTED]
+                for a, b, d in sorted(pairs, key=lambda p: (p[2], rel(good[p[0]].path)))[:MAX_LISTED]
             ],
         },
-        "exif": {"with_exif": sum(i.exif for i in good), "with_gps": len(gps), "gps_files": gps[:_MAX_LISTED]},
+        "exif": {"with_exif": sum(i.exif for i in good), "with_gps": len(gps), "gps_files": gps[:MAX_LISTED]},
         "data_hash": tree_hash(root, ((i.path, bytes.fromhex(i.sha256)) for i in good)),  # = load_dataset's
     }
 
@@ -255,82 +255,3 @@ def report(
         rep["label_check"] = check(settings or load_settings(), load_dataset(root))
     rep["seconds"] = round(time.perf_counter() - started, 2)
     return rep
-
-
-def print_report(rep: dict[str, Any], console=None) -> None:
-    """Rich tables for people (the same content as --json)."""
-    from rich.table import Table
-
-    from pizzactl.console import out
-
-    console = console or out
-    w, h = rep["width"], rep["height"]
-    summary = Table(title=f"Dataset {rep['root']}", show_header=False)
-    summary.add_column(style="bold")
-    summary.add_column(overflow="fold")
-    summary.add_row("images", f"{rep['images']} usable of {rep['files']} files ({rep['bytes'] / 1e6:.1f} MB)")
-    summary.add_row("width", f"min {w['min']}  median {w['median']:g}  max {w['max']}")
-    summary.add_row("height", f"min {h['min']}  median {h['median']:g}  max {h['max']}")
-    summary.add_row(
-        "common sizes",
-        ", ".join(f"{s['size']} ({s['count']})" for s in rep["sizes"]) + f"  [{rep['distinct_sizes']} distinct]",
-    )
-    summary.add_row("colour modes", ", ".join(f"{k} ({v})" for k, v in rep["modes"].items()))
-    summary.add_row("formats", ", ".join(f"{k} ({v})" for k, v in rep["formats"].items()))
-    summary.add_row("EXIF", f"{rep['exif']['with_exif']} with EXIF, {rep['exif']['with_gps']} with GPS location")
-    ex, near = rep["exact_duplicates"], rep["near_duplicates"]
-    summary.add_row(
-        "exact duplicates",
-        f"{ex['groups']} groups, {ex['redundant_files']} redundant files, {ex['cross_class_groups']} across classes",
-    )
-    summary.add_row(
-        "near duplicates",
-        f"{near['pairs']} pairs in {near['groups']} groups (dHash <= {near['threshold_bits']} bits), {near['cross_class_pairs']} pairs across classes",
-    )
-    summary.add_row("unreadable", str(len(rep["unreadable"])))
-    summary.add_row("data hash", rep["data_hash"])
-    summary.add_row("scan time", f"{rep.get('seconds', 0):.2f} s")
-    console.print(summary)
-
-    classes = Table("class", "images", "unreadable", title="Per class")
-    for name, c in rep["classes"].items():
-        classes.add_row(name, str(c["images"]), str(c["unreadable"]))
-    console.print(classes)
-
-    if rep.get("too_small_to_split"):
-        console.print(
-            f"[yellow]Too few usable images to split into training and validation (at least {MIN_PER_CLASS}):[/] "
-            + ", ".join(rep["too_small_to_split"])
-        )
-    if rep["unreadable"]:
-        bad = Table("file", "reason", title="Unreadable files (skipped by training)")
-        for item in rep["unreadable"][:_MAX_LISTED]:
-            bad.add_row(item["path"], item["reason"])
-        console.print(bad)
-    if ex["listed"]:
-        dup = Table("identical files", title="Exact duplicates (sha256)")
-        for group in ex["listed"][:20]:
-            dup.add_row(", ".join(group))
-        console.print(dup)
-    if near["listed"]:
-        nd = Table("file", "file", "bits", title="Near duplicates (closest first)")
-        for p in near["listed"][:20]:
-            nd.add_row(p["a"], p["b"], str(p["distance"]))
-        console.print(nd)
-    if "label_check" in rep:
-        check = rep["label_check"]
-        console.print(
-            f"Label check ({check['backbone']}, {check['repeats']} x {check['folds']}-fold): out-of-fold accuracy "
-            f"{check['out_of_fold_accuracy']:.4f}; {len(check['suspects'])} photo(s) wrong every time, "
-            f"{check['wrong_sometimes']} wrong only sometimes."
-        )
-        if check["suspects"]:
-            sus = Table("file", "filed under", "P(that class)", title="Label suspects: always put in another class")
-            for item in check["suspects"][:_MAX_LISTED]:
-                sus.add_row(item["path"], item["class"], f"{item['p_class']:.3f}")
-            console.print(sus)
-    if rep["exif"]["gps_files"]:
-        console.print(
-            f"[yellow]{rep['exif']['with_gps']} photo(s) carry a GPS location:[/] "
-            + ", ".join(rep["exif"]["gps_files"][:10])
-        )

@@ -24,7 +24,6 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from pizzactl.console import out
 from pizzactl.deploy import state as state_mod
 from pizzactl.errors import NotDeployedError, UsageError
 
@@ -149,63 +148,6 @@ def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[st
     return {"target": st.target, **result}
 
 
-def print_status(st: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    training = st.get("training")
-    if not st.get("deployed"):
-        out.print(st.get("message", "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
-        if training:
-            _training_rows(table, training)
-            out.print(table)
-        return
-    ready = st.get("ready")
-    table.add_row("target", str(st["target"]))
-    table.add_row("url", str(st["url"]))
-    table.add_row("model version", str(st.get("model_version")))
-    if "serving" in st:
-        serving = st["serving"] or {}
-        table.add_row(
-            "serving", ", ".join(f"v{v} ({n} pod{'s' if n != 1 else ''})" for v, n in serving.items()) or "none"
-        )
-    table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
-    table.add_row("created", str(st.get("created")))
-    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving", "training"}
-    skip.add("supervision")  # local: the supervisor's whole record, for --json; restarts and crash_loop are rows
-    for key, value in st.items():
-        if key in skip:
-            continue
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-        table.add_row(key.replace("_", " "), str(value))
-    if training:
-        _training_rows(table, training)
-    out.print(table)
-
-
-def _training_rows(table, training: dict[str, Any]) -> None:
-    from rich.markup import escape
-
-    phase = training.get("phase", "unknown")
-    epoch = f", epoch {training['epoch']}" if training.get("epoch") else ""
-    attempts = training.get("attempts") or 0
-    tries = f", attempt {attempts}" if attempts > 1 else ""
-    table.add_row("training", escape(f"Job {training['job']} in {training.get('context')}: {phase}{epoch}{tries}"))
-    if training.get("last_line") or training.get("error"):
-        table.add_row("last log line", escape(str(training.get("last_line") or training.get("error"))))
-
-
-def _fmt(value: Any) -> str:
-    if value is True:
-        return "alive"
-    if value is False:
-        return "gone"
-    return str(value)
-
-
 def teardown(settings, keep_cluster: bool = False) -> dict[str, Any]:
     """Stop and remove what deploy started and what training left (on a cluster: its Jobs,
     Secret and volume; on Docker: the trainer's cache volume); a second call only says there is
@@ -237,4 +179,4 @@ def teardown_deployment(settings, keep_cluster: bool = False) -> dict[str, Any]:
     return {"torn_down": True, "target": st.target, **result}
 
 
-__all__ = ["TARGETS", "deploy", "dry_run", "print_status", "rollback", "status", "teardown", "teardown_deployment"]
+__all__ = ["TARGETS", "deploy", "dry_run", "rollback", "status", "teardown", "teardown_deployment"]

@@ -407,25 +407,3 @@ def _push(api, ref: str) -> None:
                 hint=f"Log in first (`docker login {ref.split('/')[0]}`) and check the registry name.",
             )
     log(f"[green]✓[/] pushed {ref}")
-
-
-def print_images(images: Images | TrainerImage) -> None:
-    from rich.table import Table
-
-    from pizzactl.console import out
-
-    table = Table("image", "reference", "size")
-    if isinstance(images, TrainerImage):
-        table.add_row(
-            f"trainer ({'CUDA' if images.gpu else 'CPU'}, {images.platform})", images.image, human_size(images.size)
-        )
-    else:
-        table.add_row("gateway", images.gateway_image, human_size(images.gateway_size))
-        table.add_row(
-            f"model ({images.model_server}, v{images.model_version})", images.model_image, human_size(images.model_size)
-        )
-    out.print(table)
-
-
-def human_size(n: int) -> str:
-    return f"{n / 1e6:.0f} MB" if n else "?"

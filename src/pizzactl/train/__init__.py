@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from pizzactl.errors import UsageError
-from pizzactl.train.results import RunResult, TrainResult, print_result, rank
+from pizzactl.train.results import RunResult, TrainResult, rank
 
-__all__ = ["RunResult", "TrainResult", "print_result", "train", "train_one"]
+__all__ = ["RunResult", "TrainResult", "train", "train_one"]
 
 
 def train(settings, *, show_progress: bool = True) -> TrainResult:

@@ -1,0 +1,60 @@
+"""`pizzactl build`: the gateway and model server images, or the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pizzactl.cli.base import JsonOpt, ModelsOpt, app, settings
+from pizzactl.console import out, print_json
+from pizzactl.deploy.images import Images, TrainerImage
+
+
+@app.command()
+def build(
+    models: Path | None = ModelsOpt,
+    model_server: str | None = typer.Option(
+        None, "--model-server", help="tfserving | builtin (default: tfserving on amd64, builtin on arm64)"
+    ),
+    base_image: str | None = typer.Option(None, "--base-image", help="Base image of the Python images."),
+    push: str | None = typer.Option(None, "--push", help="Push the images to this registry."),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the Docker daemon's)."
+    ),
+    trainer: bool = typer.Option(False, "--trainer", help="Build the trainer image (`train --on`) instead."),
+    gpu: bool = typer.Option(False, "--gpu", help="With --trainer: the CUDA variant (tensorflow[and-cuda])."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Build the gateway and model server images, or the trainer (tags from content, never :latest)."""
+    from pizzactl.deploy.images import build as build_
+    from pizzactl.deploy.images import build_trainer
+
+    s = settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform)
+    images = build_trainer(s, gpu=gpu, push=push is not None) if trainer else build_(s, push=push is not None)
+    if json_out:
+        print_json(images.as_dict())
+    else:
+        print_images(images)
+
+
+# --- printers (rich, stdout) ---------------------------------------------------------
+
+
+def print_images(images: Images | TrainerImage) -> None:
+    table = Table("image", "reference", "size")
+    if isinstance(images, TrainerImage):
+        table.add_row(
+            f"trainer ({'CUDA' if images.gpu else 'CPU'}, {images.platform})", images.image, human_size(images.size)
+        )
+    else:
+        table.add_row("gateway", images.gateway_image, human_size(images.gateway_size))
+        table.add_row(
+            f"model ({images.model_server}, v{images.model_version})", images.model_image, human_size(images.model_size)
+        )
+    out.print(table)
+
+
+def human_size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n else "?"

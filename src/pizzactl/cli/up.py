@@ -1,0 +1,58 @@
+"""`pizzactl up`: the one command a newcomer runs (train if needed, deploy, predict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pizzactl.cli.base import DataOpt, JsonOpt, ModelsOpt, app, settings
+from pizzactl.console import out, print_json
+
+
+@app.command()
+def up(
+    data: Path | None = DataOpt,
+    target: str | None = typer.Option(
+        None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."
+    ),
+    models: Path | None = ModelsOpt,
+    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
+    sample: Path | None = typer.Option(
+        None, "--sample", help="Photo to predict once deployed (default: one from the training data)."
+    ),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train if there is no model yet, deploy it where this machine allows, predict a sample photo."""
+    from pizzactl.up import up as up_
+
+    result = up_(settings(data_dir=data, target=target, models_dir=models, port=port), sample=sample, timeout=timeout)
+    if json_out:
+        print_json(result)
+    else:
+        print_up(result)
+
+
+# --- printers (rich, stdout) ---------------------------------------------------------
+
+
+def print_up(result: dict[str, Any]) -> None:
+    sample = result.get("sample")
+    lines = [f"Deployed model version {result['model_version']} to {result['target']}."]
+    if sample and "error" not in sample:
+        from pizzactl.predict import label_probability
+
+        label = sample["label"]
+        lines.append(f"Sample  {sample['source']}: {label} (P({label}) {label_probability(sample):.3f})")
+    elif sample:
+        lines.append(f"Sample  {sample['source']}: error {sample['error']}")
+    lines += [
+        f"Endpoint  POST {result['predict_endpoint']}",
+        f"Web page  {result['web_page']}",
+        "Predict   pizzactl predict PHOTO_OR_URL",
+        "Stop      pizzactl teardown",
+    ]
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
