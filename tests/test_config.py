@@ -171,3 +171,66 @@ def test_every_setting_is_in_the_configuration_docs_with_its_default():
     assert settings_table() in text, "docs/configuration.md is stale: python -m pizzactl.config --docs rewrites it"
     for d in DECLARATIONS.values():
         assert f"| `{d.name}` | {d.default_text.replace('<', chr(92) + '<')} |" in text
+
+
+# --- the CLI's options are made from the declarations ---------------------------------------------
+
+
+def _cli_options():
+    """(command path, click option) for every option of every pizzactl command."""
+    import typer.main
+
+    from pizzactl.cli import app
+
+    def walk(command, path):  # typer's click (typer._click) or click: duck-typed
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            for param in command.params:
+                if param.param_type_name == "option":
+                    yield " ".join(path), param
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+# a verb's own parameter that happens to share a setting's flag name (not that setting)
+OWN_PARAMETERS = {("bench train", "--epochs"), ("data split", "--seed")}
+
+
+def test_every_settings_flag_carries_the_declared_help_and_default():
+    from pizzactl.config import DECLARATIONS
+
+    by_flag = {d.flag: d for d in DECLARATIONS.values() if d.flag}
+    seen = set()
+    for command, param in _cli_options():
+        d = next((by_flag[o] for o in param.opts if o in by_flag), None)
+        if d is None or (command, param.opts[0]) in OWN_PARAMETERS:
+            continue
+        seen.add(d.name)
+        where = f"pizzactl {command} {param.opts[0]}"
+        assert param.help == d.help, f"{where}: help typed by hand instead of config.py's"
+        shown = d.default_text if d.default_text != "unset" else False
+        assert param.show_default == shown, f"{where}: default typed by hand instead of config.py's"
+        assert param.default is None, f"{where}: an unset flag must not override pizzactl.toml or PIZZACTL_*"
+    assert {"models_dir", "port", "model_server", "weights", "endpoint", "train_cpu"} <= seen
+
+
+def test_the_models_directory_is_models_everywhere(tmp_path):
+    """`--models` names models_dir on every command that takes it; the old names are hidden aliases."""
+    visible: dict[str, set[str]] = {}
+    for command, param in _cli_options():
+        if {"--models", "--output", "--to"} & set(param.opts) and command != "rollback":  # its --to is a version
+            visible.setdefault(command, set()).update(() if param.hidden else param.opts)
+    assert {"train", "export", "serve", "deploy", "up", "evaluate", "build"} <= set(visible)
+    assert all(flags == {"--models"} for flags in visible.values()), visible
+    hidden = {(command, param.opts[0]) for command, param in _cli_options() if param.hidden}
+    assert {("train", "--output"), ("export", "--to")} <= hidden  # old scripts keep working
+
+
+def test_a_deprecated_alias_gives_the_same_setting_and_the_new_flag_wins():
+    from pizzactl.cli.base import deprecated
+
+    assert deprecated(None, Path("old"), "models_dir", "--output") == Path("old")
+    assert deprecated(Path("new"), Path("old"), "models_dir", "--output") == Path("new")
+    assert deprecated(Path("new"), None, "models_dir", "--output") == Path("new")

@@ -175,7 +175,7 @@ class Settings:
         None, "Deploy to this existing kube context instead of kind.", used="deploy", unset="kind"
     )
     registry: str | None = setting(
-        None, "Registry to push images to (with --context).", used="build, deploy, train --on"
+        None, "Registry to push images to (deploy --context, train --on CONTEXT).", used="build, deploy, train --on"
     )
     pull_secret: str | None = setting(
         None, "Image pull secret in the namespace, for a private --registry.", used="deploy, train --on"
