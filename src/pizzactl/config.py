@@ -5,6 +5,12 @@
 deploy state) is a setting, which is how tests point them at `tmp_path`. The servers read
 the same settings: the gateway's and the model server's configurations are views of
 `Settings` (`view()`), so a PIZZACTL_* variable means the same thing to every process.
+
+Each setting is declared once, as a `Settings` field made by `setting(...)`: type, default,
+help, flag. The CLI's options (`cli.base.option`), the servers' flags (`add_argument`), the env
+names and docs/configuration.md's table are made from those declarations. Defaults that depend
+on something else (the platform, the deploy state) are derived in one step, `resolve()`, which
+`config show` runs too; `Settings.explicit(name)` says whether the user set a value.
 """
 
 from __future__ import annotations
