@@ -234,3 +234,17 @@ def test_a_deprecated_alias_gives_the_same_setting_and_the_new_flag_wins():
     assert deprecated(None, Path("old"), "models_dir", "--output") == Path("old")
     assert deprecated(Path("new"), Path("old"), "models_dir", "--output") == Path("new")
     assert deprecated(Path("new"), None, "models_dir", "--output") == Path("new")
+
+
+@pytest.mark.parametrize("module", ["pizzactl.serving.modelserver", "pizzactl.serving.gateway"])
+def test_the_servers_flags_say_the_declared_env_name_and_default(module):
+    from pizzactl.config import DECLARATIONS
+
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "4000"}  # argparse wraps help at COLUMNS: one line per flag
+    text = subprocess.run(
+        [sys.executable, "-m", module, "--help"], env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    named = [d for d in DECLARATIONS.values() if d.env in text]
+    assert len(named) >= 4
+    for d in named:
+        assert f"(env {d.env}; default {d.default_text})" in text, f"{module} --help: {d.name} typed by hand"
