@@ -5,6 +5,12 @@
 deploy state) is a setting, which is how tests point them at `tmp_path`. The servers read
 the same settings: the gateway's and the model server's configurations are views of
 `Settings` (`view()`), so a PIZZACTL_* variable means the same thing to every process.
+
+Each setting is declared once, as a `Settings` field made by `setting(...)`: type, default,
+help, flag. The CLI's options (`cli.base.option`), the servers' flags (`add_argument`), the env
+names and docs/configuration.md's table are made from those declarations. Defaults that depend
+on something else (the platform, the deploy state) are derived in one step, `resolve()`, which
+`config show` runs too; `Settings.explicit(name)` says whether the user set a value.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import dataclasses
 import os
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -32,8 +38,6 @@ MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above
 # What can run a model in the builtin model server (serving.modelserver.runtimes), fastest first;
 # auto: the fastest one `pizzactl export` converted and checked.
 ModelRuntime = Literal["auto", "litert-int8", "litert", "tensorflow"]
-CHOICES = {"model_runtime": get_args(ModelRuntime)}
-SECRET_SETTINGS = frozenset({"api_key"})  # shown as "(set)", never as their value
 
 
 def _home(*parts: str, env: str, fallback: str) -> Path:
@@ -41,102 +45,327 @@ def _home(*parts: str, env: str, fallback: str) -> Path:
     return Path(base).expanduser() / "pizzactl" if base else Path(fallback).expanduser()
 
 
+_NO_DEFAULT: Any = object()
+
+
+def setting(
+    default: Any = None,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    flag: str | bool = True,
+    used: str = "",
+    unset: str | None = None,
+    derived: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+    min: int | None = None,
+) -> Any:
+    """Declare one setting (a `Settings` field): the one place its default, help and flag live.
+
+    flag: True for `--the-name`, a string for another name, False for none (env and toml only);
+    unset: what None means, for a setting whose default is None (or computed);
+    derived: the rule that replaces the default from what pizzactl finds (`resolve`).
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "used": used,
+        "unset": unset,
+        "derived": derived,
+        "choices": choices,
+        "secret": secret,
+        "min": min,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, repr=not secret, metadata=meta)  # a secret never shows in a repr
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The effective configuration of one pizzactl invocation."""
+    """The effective configuration of one pizzactl invocation: every setting, declared once.
+
+    Each field is a `setting(...)`: its type (the annotation), default, help, flag and where
+    it is used. The CLI's options (`pizzactl.cli.base.option`), the env names, `config show`
+    and the table in docs/configuration.md are all generated from these declarations.
+    """
 
     # data
-    data_dir: Path | None = None  # None: download `dataset` from Kaggle into cache_dir
-    dataset: str = "carlosrunner/pizza-not-pizza"
+    data_dir: Path | None = setting(
+        None,
+        "Dataset folder with one sub-folder per class.",
+        flag="--data",
+        unset="download `dataset`",
+        used="data, train, evaluate, up, bench",
+    )
+    dataset: str = setting("carlosrunner/pizza-not-pizza", "Kaggle dataset slug.", used="data download")
     # training
-    backbone: str = "efficientnet_lite2"
-    weights: str = "imagenet"
-    epochs: int = 30
-    fine_tune_epochs: int | None = None  # None: the backbone recipe's (6 for efficientnet_lite0/1, else 0)
-    augmented_views: int | None = None  # cached per photo; None: the recipe's (8 for efficientnet_lite0/1, else 4)
-    image_size: int | None = None  # the exported model's input size; None: the backbone recipe's
-    batch_size: int = 32
-    augment: bool = True
-    seed: int = 42
-    val_split: float = 0.2
+    backbone: str = setting("efficientnet_lite2", "Backbone name, or several: a,b,c.", used="train")
+    weights: str = setting(
+        "imagenet",
+        "imagenet | none | PATH to a weights file (imagenet, the default, means none for a backbone that "
+        "trains from scratch).",
+        used="train, bench train",
+    )
+    epochs: int = setting(30, "Head epochs (on cached features).", used="train")
+    fine_tune_epochs: int | None = setting(
+        None,
+        "Epochs with the top of the backbone unfrozen; 0 turns it off.",
+        used="train",
+        unset="the backbone's recipe (6 for efficientnet_lite0/1, else 0)",
+    )
+    augmented_views: int | None = setting(
+        None,
+        "Cached augmented views per photo, besides it and its mirror (fewer: faster, docs/train.md).",
+        used="train",
+        unset="the backbone's recipe (8 for efficientnet_lite0/1, else 4)",
+        min=0,
+    )
+    image_size: int | None = setting(
+        None,
+        "The model's input size (training may use a smaller one, docs/train.md, FixRes).",
+        used="train",
+        unset="the backbone's recipe",
+    )
+    batch_size: int = setting(32, "Training batch size.", used="train")
+    augment: bool = setting(True, "Random flips/crops/colour.", used="train")
+    seed: int = setting(42, "Seed for the validation split and the training.", used="train")
+    val_split: float = setting(0.2, "Fraction of each class held out for validation.", used="train", flag=False)
     # where things live
-    models_dir: Path = Path("models")
-    runs_dir: Path = Path("runs")
-    cache_dir: Path = field(default_factory=lambda: _home(env="XDG_CACHE_HOME", fallback="~/.cache/pizzactl"))
-    state_dir: Path = field(default_factory=lambda: _home(env="XDG_STATE_HOME", fallback="~/.local/state/pizzactl"))
+    models_dir: Path = setting(
+        Path("models"),
+        "Models directory (TF Serving layout MODELS/pizza/<version>).",
+        flag="--models",
+        used="train, export, evaluate, serve, build, deploy, up",
+    )
+    runs_dir: Path = setting(Path("runs"), "Run directories.", used="train, runs, export", flag=False)
+    cache_dir: Path = setting(
+        factory=lambda: _home(env="XDG_CACHE_HOME", fallback="~/.cache/pizzactl"),
+        help="Downloads, feature cache, converted weights.",
+        used="data, train",
+        flag=False,
+        unset="`~/.cache/pizzactl` (`$XDG_CACHE_HOME/pizzactl`)",
+    )
+    state_dir: Path = setting(
+        factory=lambda: _home(env="XDG_STATE_HOME", fallback="~/.local/state/pizzactl"),
+        help="The deploy and training state files, local logs, outputs on their way home.",
+        used="deploy, train --on, status, teardown",
+        flag=False,
+        unset="`~/.local/state/pizzactl` (`$XDG_STATE_HOME/pizzactl`)",
+    )
     # serving and deploying
-    host: str = "127.0.0.1"
-    port: int = GATEWAY_PORT
-    model_port: int = MODEL_PORT
-    allow_private_urls: bool = False
-    target: str = "kind"
-    model_server: str = "tfserving"
-    base_image: str = "python:3.11-slim"
-    cluster: str = "pizzactl"
-    namespace: str = "pizzactl"
-    context: str | None = None
-    registry: str | None = None
-    pull_secret: str | None = None  # imagePullSecrets for --registry images (a secret in the namespace)
-    platform: str | None = None  # build for this platform (linux/amd64, linux/arm64); None: the target's
-    endpoint: str | None = None
-    log_level: str = "info"  # the servers' log level
+    host: str = setting(
+        "127.0.0.1",
+        "Address to listen on (kind, docker: the host address the gateway's port is published on).",
+        used="serve, deploy",
+    )
+    port: int = setting(GATEWAY_PORT, "Gateway port on the host.", used="serve, deploy, up")
+    model_port: int = setting(MODEL_PORT, "Model server port.", used="serve, deploy local")
+    allow_private_urls: bool = setting(False, "Let the gateway fetch loopback/private URLs.", used="serve, deploy")
+    target: str = setting(
+        "kind",
+        "kind | docker | local (`up` without one: kind if kind and Docker are here, else local).",
+        used="deploy, up",
+    )
+    model_server: str = setting(
+        "tfserving",
+        "tfserving | builtin.",
+        used="build, deploy",
+        derived="builtin when the platform is arm64",
+    )
+    base_image: str = setting("python:3.11-slim", "Base image of the Python images.", used="build, deploy")
+    cluster: str = setting("pizzactl", "kind cluster name.", used="deploy, teardown, train --on")
+    namespace: str = setting("pizzactl", "Kubernetes namespace.", used="deploy, teardown", flag=False)
+    context: str | None = setting(
+        None, "Deploy to this existing kube context instead of kind.", used="deploy", unset="kind"
+    )
+    registry: str | None = setting(
+        None, "Registry to push images to (deploy --context, train --on CONTEXT).", used="build, deploy, train --on"
+    )
+    pull_secret: str | None = setting(
+        None, "Image pull secret in the namespace, for a private --registry.", used="deploy, train --on"
+    )
+    platform: str | None = setting(
+        None,
+        "Build for linux/amd64 or linux/arm64.",
+        used="build, deploy, train --on",
+        unset="the target's: the Docker daemon's, or the cluster nodes'",
+    )
+    endpoint: str | None = setting(
+        None,
+        "Gateway URL to ask.",
+        used="predict",
+        unset="what deploy recorded, else a local `pizzactl serve`",
+        derived="the deployed URL, unless given as a flag",
+    )
+    log_level: str = setting("info", "The servers' log level.", used="gateway, model server", flag=False)
     # the gateway (python -m pizzactl.serving.gateway)
-    model_url: str | None = None  # None: http://127.0.0.1:<model_port>
-    model_name: str = MODEL_NAME
-    model_timeout: float = 2.0  # seconds until a model-server call becomes a 503
-    max_concurrency: int = 64  # model-server requests in flight
-    max_image_bytes: int = MAX_IMAGE_BYTES
-    max_image_pixels: int = MAX_IMAGE_PIXELS
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_batch_items: int = 32
-    fetch_timeout: float = 10.0
-    # the model's class names, for a model server that does not tell them (TF Serving): comma-separated
-    classes: str | None = None
-    access_log: bool = False  # a log line per request (/metrics counts them anyway)
+    model_url: str | None = setting(
+        None,
+        "Model server base URL, for the gateway.",
+        used="gateway",
+        flag=False,
+        derived="http://127.0.0.1:<model_port>",
+    )
+    model_name: str = setting(MODEL_NAME, "Model name: MODELS/<name>/<version>/.", used="both servers", flag=False)
+    model_timeout: float = setting(2.0, "Seconds until a model-server call becomes a 503.", used="gateway", flag=False)
+    max_concurrency: int = setting(64, "Model-server requests in flight.", used="gateway", flag=False)
+    max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Bytes per image, else 413.", used="gateway", flag=False)
+    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "Pixels per image, else 413.", used="gateway", flag=False)
+    max_request_bytes: int = setting(32 * 1024 * 1024, "Bytes per request body.", used="both servers", flag=False)
+    max_batch_items: int = setting(32, "Images per /predict/batch request.", used="gateway", flag=False)
+    fetch_timeout: float = setting(10.0, "Seconds to fetch an image URL.", used="gateway", flag=False)
+    classes: str | None = setting(
+        None,
+        "The model's class names, comma-separated, for a model server that does not tell them (TF Serving).",
+        used="gateway",
+        flag=False,
+        unset="the model's",
+    )
+    access_log: bool = setting(
+        False, "A log line per request (/metrics counts them anyway).", used="both servers", flag=False
+    )
     # both servers: slow and greedy clients (serving/connections.py, docs/serve.md#slow-and-greedy-clients)
-    header_timeout: float = 20.0  # seconds for the request line and headers (nginx client_header_timeout)
-    body_timeout: float = 20.0  # seconds for the body, plus 1 s per min_body_rate bytes received
-    min_body_rate: int = 500  # bytes/s a body must keep up (Apache mod_reqtimeout MinRate); 0: no extension
-    keepalive_timeout: float = 75.0  # seconds an idle kept-alive connection stays open (nginx keepalive_timeout)
-    max_connections: int = 0  # open connections in total (503 past it); 0: half the open-file limit, <= 4096
-    max_connections_per_client: int = 128  # per client address (429 past it); 0: no limit
-    max_header_bytes: int = 32 * 1024  # request line + headers (431 past it)
+    header_timeout: float = setting(
+        20.0,
+        "Seconds for a request's line and headers, else 408 (nginx client_header_timeout); 0: none.",
+        used="both servers",
+        flag=False,
+    )
+    body_timeout: float = setting(
+        20.0,
+        "Seconds for a request body, plus 1 s per min_body_rate bytes received, else 408; 0: none.",
+        used="both servers",
+        flag=False,
+    )
+    min_body_rate: int = setting(
+        500,
+        "Bytes/s an upload must keep up to get more time (Apache mod_reqtimeout MinRate); 0: none.",
+        used="both servers",
+        flag=False,
+    )
+    keepalive_timeout: float = setting(
+        75.0,
+        "Seconds an idle kept-alive connection stays open (nginx keepalive_timeout).",
+        used="both servers",
+        flag=False,
+    )
+    max_connections: int = setting(
+        0,
+        "Open connections in total, else 503; 0: half the open-file limit, at most 4096.",
+        used="both servers",
+        flag=False,
+    )
+    max_connections_per_client: int = setting(
+        128, "Open connections per client address, else 429; 0: no limit.", used="both servers", flag=False
+    )
+    max_header_bytes: int = setting(32 * 1024, "Request line + headers, else 431.", used="both servers", flag=False)
     # API keys (serving/auth.py, docs/serve.md#api-keys): off unless a key or a digest is set
-    api_key: str | None = field(default=None, repr=False)  # a key: serve/deploy require it, predict sends it
-    api_key_hashes: str | None = None  # more accepted keys, as SHA-256 hex digests, comma-separated
-    metrics_require_key: bool = True  # with keys on, /metrics needs one too
-    api_key_rate: float = 0.0  # requests/s per key (429 past it); 0: no limit
-    api_key_burst: int = 20  # requests a key may send at once within its rate
+    api_key: str | None = setting(
+        None,
+        "API key: serve and deploy require it (passed on only as its SHA-256), predict sends it; "
+        "env PIZZACTL_API_KEY keeps it out of the process list.",
+        used="serve, deploy, predict",
+        secret=True,
+    )
+    api_key_hashes: str | None = setting(
+        None, "More accepted keys, as SHA-256 hex digests, comma-separated.", used="gateway, deploy", flag=False
+    )
+    metrics_require_key: bool = setting(True, "With keys on, /metrics needs one too.", used="gateway", flag=False)
+    api_key_rate: float = setting(
+        0.0, "Requests per second per key, else 429 with Retry-After; 0: no limit.", used="gateway", flag=False
+    )
+    api_key_burst: int = setting(20, "Requests a key may send at once within its rate.", used="gateway", flag=False)
     # the model server (python -m pizzactl.serving.modelserver)
-    max_batch_size: int = 32
-    batch_timeout_ms: float = 0.0  # how long a free worker waits for company; a busy one batches anyway
-    batch_threads: int = 1  # batches run at the same time
-    poll_seconds: float = 2.0  # how often to look for new versions
-    tf_intra_op_threads: int = -1  # -1: chosen for the machine, 0: TensorFlow's default
-    tf_inter_op_threads: int = -1
-    model_runtime: str = "auto"  # tensorflow | litert | litert-int8 | auto: the fastest one export checked
+    max_batch_size: int = setting(32, "Images per server-side batch.", used="model server", flag=False)
+    batch_timeout_ms: float = setting(
+        0.0, "How long a free worker waits for company; a busy one batches anyway.", used="model server", flag=False
+    )
+    batch_threads: int = setting(1, "Batches run at the same time.", used="model server", flag=False)
+    poll_seconds: float = setting(2.0, "How often to look for new versions.", used="model server", flag=False)
+    tf_intra_op_threads: int = setting(
+        -1,
+        "Threads per TensorFlow op, or of the LiteRT interpreter; -1: every usable CPU, 0: TensorFlow's default.",
+        used="model server",
+        flag=False,
+    )
+    tf_inter_op_threads: int = setting(
+        -1, "TensorFlow ops run at once; -1: 1, 0: TensorFlow's default.", used="model server", flag=False
+    )
+    model_runtime: str = setting(
+        "auto",
+        "What runs the model: auto = the fastest runtime `pizzactl export` converted and checked, else tensorflow.",
+        used="model server, evaluate",
+        flag="--runtime",
+        choices=get_args(ModelRuntime),
+    )
     # admission, in both servers (serving/admission.py): a bounded queue instead of timeouts
-    queue_seconds: float = 5.0  # the queue holds what the measured throughput serves in this time
-    max_queue: int = 0  # images queued at most; 0: sized from the measured throughput (queue_seconds)
+    queue_seconds: float = setting(
+        5.0,
+        "Admission: each server queues what it can serve in this many seconds at its measured throughput "
+        "(at least two batches); more is refused at once with 429/503 and Retry-After.",
+        used="both servers",
+        flag=False,
+    )
+    max_queue: int = setting(
+        0, "Admission: a fixed queue bound in images instead; 0: measured.", used="both servers", flag=False
+    )
     # training on Docker or a cluster (`train --on`, docs/train.md)
-    gpus: int = 0  # nvidia.com/gpu per training pod (docker: --gpus N); >0 builds the CUDA trainer image
-    train_cpu: str = "2"  # the training pod's CPU request
-    train_memory: str = "4Gi"  # its memory request and limit (past it the kernel OOM-kills the trainer)
-    node_selector: str | None = None  # "key=value,key2=value2": nodes the training pod may run on
-    tolerations: str | None = None  # "key[=value]:Effect,...": taints it tolerates (GPUs add nvidia.com/gpu)
-    backoff_limit: int = 2  # failed training pods retried before the Job fails
-    train_deadline: int = 21600  # seconds before the Job is stopped (activeDeadlineSeconds)
-    train_volume_size: str = "10Gi"  # the PersistentVolumeClaim for data, feature cache and outputs
+    gpus: int = setting(
+        0,
+        "GPUs for the trainer (docker --gpus N, nvidia.com/gpu per pod); more than 0 builds the CUDA image.",
+        used="train --on",
+        min=0,
+    )
+    train_cpu: str = setting("2", "CPU request of the training pod.", used="train --on", flag="--cpu")
+    train_memory: str = setting(
+        "4Gi",
+        "Memory request and limit of the training pod (past it the kernel OOM-kills the trainer).",
+        used="train --on",
+        flag="--memory",
+    )
+    node_selector: str | None = setting(
+        None,
+        "KEY=VALUE node labels the training pod needs (repeatable; env/toml: comma-separated).",
+        used="train --on",
+    )
+    tolerations: str | None = setting(
+        None,
+        "KEY[=VALUE]:EFFECT taints the training pod tolerates (repeatable; env/toml: comma-separated).",
+        used="train --on",
+        flag="--toleration",
+    )
+    backoff_limit: int = setting(2, "Failed training pods retried before the Job fails.", used="train --on", min=0)
+    train_deadline: int = setting(
+        21600,
+        "Seconds before the Job is stopped (activeDeadlineSeconds).",
+        used="train --on",
+        flag="--deadline",
+        min=1,
+    )
+    train_volume_size: str = setting(
+        "10Gi", "The training volume (datasets, feature cache, outputs).", used="train --on", flag=False
+    )
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def source(self, name: str) -> str:
+        """Where the value came from: "default", a file, PIZZACTL_*, "flag" or "derived (why)"."""
+        return self.sources.get(name, DEFAULT)
+
+    def explicit(self, name: str) -> bool:
+        """Whether the user set this (file, env or flag), as opposed to a default or a derived value."""
+        source = self.source(name)
+        return source != DEFAULT and not source.startswith(DERIVED)
+
     @property
     def model_server_url(self) -> str:
-        """Where the gateway finds the model server."""
-        return self.model_url or f"http://127.0.0.1:{self.model_port}"
+        """Where the gateway finds the model server (`model_url`, derived from `model_port` unless set)."""
+        return self.model_url or _local_model_url(self.model_port)
 
     def as_dict(self) -> dict[str, Any]:
         out = {}
@@ -150,13 +379,91 @@ class Settings:
         return out
 
 
+DEFAULTS = Settings()  # every declared default, for code that takes one as an argument's default
+DEFAULT = "default"
+DERIVED = "derived"
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One setting as declared in `Settings`: what the CLI options, env names and docs come from."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    flag: str | None  # e.g. "--models"; None: env and pizzactl.toml only
+    used: str
+    unset: str | None
+    derived: str | None
+    choices: tuple[str, ...] | None
+    secret: bool
+    min: int | None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_bool(self) -> bool:
+        return self.type.startswith("bool")
+
+    @property
+    def default_text(self) -> str:
+        """The default as people read it: the value (or what unset means) and the derived rule."""
+        if self.default is None:
+            text = f"unset: {self.unset}" if self.unset else "unset"
+        else:
+            text = self.unset or _show(self.default)  # `unset` describes a computed default (paths)
+        return f"{text}; derived: {self.derived}" if self.derived else text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _declare(f: dataclasses.Field) -> Declaration:
+    meta = f.metadata
+    flag = meta["flag"]
+    if flag is True:
+        flag = "--" + f.name.replace("_", "-")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return Declaration(
+        name=f.name,
+        type=str(f.type),
+        default=default,
+        help=meta["help"],
+        flag=flag or None,
+        used=meta["used"],
+        unset=meta["unset"],
+        derived=meta["derived"],
+        choices=meta["choices"],
+        secret=meta["secret"],
+        min=meta["min"],
+    )
+
+
+DECLARATIONS: dict[str, Declaration] = {f.name: _declare(f) for f in fields(Settings) if f.name != "sources"}
+CHOICES = {d.name: d.choices for d in DECLARATIONS.values() if d.choices}
+SECRET_SETTINGS = frozenset(d.name for d in DECLARATIONS.values() if d.secret)  # shown as "(set)", never as their value
+
+
+def declaration(name: str) -> Declaration:
+    return DECLARATIONS[name]
+
+
 def setting_names() -> list[str]:
-    return [f.name for f in fields(Settings) if f.name != "sources"]
+    return list(DECLARATIONS)
+
+
+def _local_model_url(model_port: int) -> str:
+    return f"http://127.0.0.1:{model_port}"
 
 
 def _target_type(name: str) -> str:
-    ann = {f.name: f.type for f in fields(Settings)}[name]
-    return str(ann)
+    return DECLARATIONS[name].type
 
 
 def coerce(name: str, value: Any, origin: str) -> Any:
@@ -244,7 +551,92 @@ def load_settings(
         values[name] = coerce(name, value, "--" + name.replace("_", "-"))
         sources[name] = "flag"
 
-    return Settings(**values, sources=sources)
+    return resolve(Settings(**values, sources=sources))
+
+
+def resolve(settings: Settings, *, platform: str | None = None, deployed_url: str | None = None) -> Settings:
+    """Replace the defaults that depend on something else: the one place derived defaults are made.
+
+    `load_settings` calls it with what the settings alone say; callers that learn more call it
+    again with the facts (deploy: the `platform` it builds for; predict: the `deployed_url` the
+    deploy state records), and `pizzactl config show` with this machine's, so what it prints
+    is what the verbs use. A value the user set always wins; a derived one says "derived (why)".
+    """
+    values: dict[str, Any] = {}
+    sources = dict(settings.sources)
+
+    def derive(name: str, value: Any, why: str) -> None:
+        values[name] = value
+        sources[name] = f"{DERIVED} ({why})"
+
+    def restore(name: str) -> None:  # a value derived from an earlier fact, facts changed
+        if sources.get(name, DEFAULT).startswith(DERIVED):
+            values[name] = DECLARATIONS[name].default
+            sources[name] = DEFAULT
+
+    if settings.model_url is None or not settings.explicit("model_url"):
+        derive("model_url", _local_model_url(settings.model_port), "model_port")
+    platform = settings.platform or platform
+    if not settings.explicit("model_server"):
+        if platform and platform.endswith("arm64"):
+            # tensorflow/serving publishes amd64 images only (tensorflow/serving#1816, #1948)
+            derive("model_server", "builtin", f"{platform} has no tensorflow/serving image")
+        elif platform:
+            restore("model_server")
+    if deployed_url and settings.source("endpoint") != "flag":
+        derive("endpoint", deployed_url, "the deploy state")  # --endpoint wins; env and toml name a fallback
+    if not values:
+        return settings
+    return dataclasses.replace(settings, **values, sources=sources)
+
+
+def add_argument(parser: Any, name: str, flag: str | None = None) -> None:
+    """A server's argparse flag for a setting (`python -m pizzactl.serving...`): its help, env name
+    and default come from the declaration; `flag` when the server names it otherwise (`--port`)."""
+    d = DECLARATIONS[name]
+    kwargs: dict[str, Any] = {
+        "dest": name,
+        "help": f"{d.help.rstrip('.')} (env {d.env}; default {d.default_text}).".replace("%", "%%"),
+    }
+    if d.is_bool:
+        kwargs.update(action="store_const", const=True)
+    elif d.choices:
+        kwargs["choices"] = d.choices
+    elif d.type.startswith(("int", "float")):
+        kwargs["type"] = int if d.type.startswith("int") else float
+    parser.add_argument(flag or d.flag or "--" + name.replace("_", "-"), **kwargs)
+
+
+DOCS_BEGIN = "<!-- settings table: generated from config.py by `python -m pizzactl.config --docs` -->"
+DOCS_END = "<!-- end of settings table -->"
+
+
+def settings_table() -> str:
+    """docs/configuration.md's table of every setting, from the declarations (tests/test_config.py checks it)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("<", "\\<")
+
+    rows = [
+        DOCS_BEGIN,
+        "",
+        "| setting | default | flag | used by | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for d in DECLARATIONS.values():
+        flag = f"`{d.flag}/--no-{d.flag[2:]}`" if d.flag and d.is_bool else f"`{d.flag}`" if d.flag else ""
+        rows.append(f"| `{d.name}` | {cell(d.default_text)} | {flag} | {d.used} | {cell(d.help)} |")
+    return "\n".join([*rows, "", DOCS_END])
+
+
+def write_settings_table(path: Path) -> bool:
+    """Rewrite the generated table in `path`; True if it changed."""
+    text = path.read_text()
+    begin, end = text.index(DOCS_BEGIN), text.index(DOCS_END) + len(DOCS_END)
+    new = text[:begin] + settings_table() + text[end:]
+    if new != text:
+        path.write_text(new)
+    return new != text
 
 
 def view(cls: type, settings: Settings, **overrides: Any) -> Any:
@@ -261,3 +653,10 @@ def server_settings(flags: Mapping[str, Any]) -> Settings:
     except ConfigError as exc:
         sys.stderr.write(f"Error: {exc.message}\n{exc.hint}\n")
         raise SystemExit(EXIT_USER) from None
+
+
+if __name__ == "__main__":  # python -m pizzactl.config --docs [docs/configuration.md]
+    if sys.argv[1:2] != ["--docs"]:
+        sys.exit("usage: python -m pizzactl.config --docs [docs/configuration.md]")
+    target = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/configuration.md")
+    print(f"{target}: {'rewritten' if write_settings_table(target) else 'up to date'}")

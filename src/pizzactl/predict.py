@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pizzactl.config import resolve
 from pizzactl.console import err
+from pizzactl.deploy.state import deployed_url
 from pizzactl.errors import EndpointError, NotDeployedError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -64,14 +66,10 @@ def expand_sources(sources: Iterable[str]) -> list[Source]:
 
 
 def resolve_endpoint(settings) -> str:
-    """--endpoint, else the deployed URL, else the endpoint setting, else a local `pizzactl serve`."""
-    from pizzactl.deploy import state as state_mod
+    """--endpoint, else the deployed URL, else the endpoint setting, else a local `pizzactl serve`.
 
-    if settings.endpoint and settings.sources.get("endpoint") == "flag":
-        return normalize_endpoint(settings.endpoint)
-    st = state_mod.load(settings)
-    if st is not None and st.url.startswith(("http://", "https://")):
-        return normalize_endpoint(st.url)
+    The first three are `config.resolve`'s rule (what `config show` prints); the last needs a probe."""
+    settings = resolve(settings, deployed_url=deployed_url(settings))
     if settings.endpoint:
         return normalize_endpoint(settings.endpoint)
     from pizzactl.serving.processes import http_url

@@ -40,8 +40,8 @@ def docker_reachable() -> str | None:
 
 def choose_target(settings: Settings) -> TargetChoice:
     """The target the user set (flag, env, pizzactl.toml), else kind if kind and Docker are here, else local."""
-    if settings.sources.get("target", "default") != "default":
-        return TargetChoice(settings.target, f"--target {settings.target} (from {settings.sources['target']})")
+    if settings.explicit("target"):
+        return TargetChoice(settings.target, f"--target {settings.target} (from {settings.source('target')})")
     if shutil.which("kind") is None:
         return TargetChoice("local", "kind is not installed, so the model runs as local processes (no containers)")
     problem = docker_reachable()

@@ -75,7 +75,7 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
 
     bb = get_backbone(backbone or default_backbone(settings))
     size = int(settings.image_size or bb.input_size)
-    explicit = settings.sources.get("weights", "default") != "default"
+    explicit = settings.explicit("weights")
     weights = resolve_weights(settings.weights, bb, explicit=explicit)
     dataset = load_dataset(resolve_data_dir(settings))
     train_records, val_records = stratified_split(dataset, settings.val_split, settings.seed)
@@ -218,7 +218,7 @@ def bench_scaling(
             "PIZZACTL_MODELS_DIR": str(run / "models"),
         }
         command = [sys.executable, "-m", "pizzactl", "train", "--data", str(data), "--backbone", name, "--json"]
-        if settings.sources.get("weights", "default") != "default":
+        if settings.explicit("weights"):
             command += ["--weights", str(settings.weights)]
         log(f"bench train --scale: {n} photos ({data})")
         started = time.perf_counter()

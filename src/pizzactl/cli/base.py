@@ -7,12 +7,13 @@ on these objects; `pizzactl.cli` imports them in the order `pizzactl --help` lis
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import typer
 
 from pizzactl import __version__
-from pizzactl.config import Settings, load_settings
-from pizzactl.console import out
+from pizzactl.config import Settings, declaration, load_settings
+from pizzactl.console import err, out
 
 app = typer.Typer(
     help="pizzactl: train an image classifier and take it to a Kind cluster, in one tool.",
@@ -33,14 +34,31 @@ app.add_typer(bench_app, name="bench")
 DEBUG = {"on": False}
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout instead of tables.")
-DataOpt = typer.Option(None, "--data", help="Dataset folder with one sub-folder per class.")
-ModelsOpt = typer.Option(None, "--models", help="Models directory (TF Serving layout MODELS/pizza/<version>).")
-ApiKeyOpt = typer.Option(
-    None,
-    "--api-key",
-    help="Require this API key at the gateway (only its SHA-256 is passed on); env PIZZACTL_API_KEY keeps it "
-    "out of the process list.",
-)
+
+
+def option(name: str) -> Any:
+    """The option of a declared setting (config.py): its flag, help and shown default come from
+    the declaration, never typed here. Its value is None unless given, so an unset flag leaves
+    pizzactl.toml and PIZZACTL_* in charge (`settings(**flags)` ignores None)."""
+    d = declaration(name)
+    if d.flag is None:
+        raise ValueError(f"setting {name} has no flag (config.py)")  # a bug in a CLI module
+    flag = f"{d.flag}/--no-{d.flag[2:]}" if d.is_bool else d.flag
+    shown = d.default_text if d.default_text != "unset" else False  # nothing to say about a plain unset
+    return typer.Option(None, flag, help=d.help, show_default=shown, min=d.min)
+
+
+def alias(name: str, flag: str) -> Any:
+    """A hidden, deprecated spelling of a setting's flag (`train --output` for `--models`), kept
+    for old scripts; `settings()` takes it through `deprecated()`."""
+    return typer.Option(None, flag, hidden=True, help=f"Deprecated: use {declaration(name).flag}.")
+
+
+def deprecated(value: Any, old: Any, name: str, flag: str) -> Any:
+    """`value` (the setting's own flag), else the deprecated alias's, with a warning on stderr."""
+    if old is not None:
+        err.print(f"[yellow]Warning:[/] {flag} is deprecated; use {declaration(name).flag}.", highlight=False)
+    return value if value is not None else old
 
 
 def settings(**flags) -> Settings:

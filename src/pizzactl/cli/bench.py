@@ -9,13 +9,7 @@ import typer
 from rich.table import Table
 
 from pizzactl.bench.inprocess import BATCHES, Setting
-from pizzactl.cli.base import (
-    DataOpt,
-    JsonOpt,
-    ModelsOpt,
-    bench_app,
-    settings,
-)
+from pizzactl.cli.base import JsonOpt, bench_app, option, settings
 from pizzactl.console import err, out, print_json
 
 # --- bench -----------------------------------------------------------------------------
@@ -23,12 +17,10 @@ from pizzactl.console import err, out, print_json
 
 @bench_app.command("train")
 def bench_train(
-    backbone: str | None = typer.Option(
-        None, "--backbone", help="Backbone (default: what `pizzactl train` trains, efficientnet_lite2)."
-    ),
+    backbone: str | None = option("backbone"),
     epochs: int = typer.Option(20, "--epochs"),
-    data: Path | None = DataOpt,
-    weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH"),
+    data: Path | None = option("data_dir"),
+    weights: str | None = option("weights"),
     limit: int | None = typer.Option(None, "--limit", help="Use at most this many images."),
     scale: str | None = typer.Option(
         None,
@@ -56,10 +48,10 @@ def bench_train(
 
 @bench_app.command("serve")
 def bench_serve(
-    models: Path | None = ModelsOpt,
+    models: Path | None = option("models_dir"),
     concurrency: int = typer.Option(16, "--concurrency"),
     requests_: int = typer.Option(200, "--requests", help="Requests for the throughput phase."),
-    data: Path | None = DataOpt,
+    data: Path | None = option("data_dir"),
     runtimes: str | None = typer.Option(
         None, "--runtimes", help="Comma-separated: tensorflow, litert, litert-int8 (default: every one the model has)."
     ),

@@ -7,22 +7,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pizzactl.cli.base import JsonOpt, ModelsOpt, app, settings
+from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
 from pizzactl.kube.images import Images, TrainerImage
 
 
 @app.command()
 def build(
-    models: Path | None = ModelsOpt,
-    model_server: str | None = typer.Option(
-        None, "--model-server", help="tfserving | builtin (default: tfserving on amd64, builtin on arm64)"
-    ),
-    base_image: str | None = typer.Option(None, "--base-image", help="Base image of the Python images."),
+    models: Path | None = option("models_dir"),
+    model_server: str | None = option("model_server"),
+    base_image: str | None = option("base_image"),
     push: str | None = typer.Option(None, "--push", help="Push the images to this registry."),
-    platform: str | None = typer.Option(
-        None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the Docker daemon's)."
-    ),
+    platform: str | None = option("platform"),
     trainer: bool = typer.Option(False, "--trainer", help="Build the trainer image (`train --on`) instead."),
     gpu: bool = typer.Option(False, "--gpu", help="With --trainer: the CUDA variant (tensorflow[and-cuda])."),
     json_out: bool = JsonOpt,

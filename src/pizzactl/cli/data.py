@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from pizzactl.cli.base import JsonOpt, data_app, settings
+from pizzactl.cli.base import JsonOpt, data_app, option, settings
 from pizzactl.console import err, out, print_json
 from pizzactl.data.dataset import MIN_PER_CLASS
 from pizzactl.data.report import MAX_LISTED
@@ -16,7 +16,7 @@ from pizzactl.data.report import MAX_LISTED
 
 @data_app.command("download")
 def data_download(
-    dataset: str | None = typer.Option(None, "--dataset", help="Kaggle dataset slug."),
+    dataset: str | None = option("dataset"),
     dest: Path | None = typer.Option(None, "--dest", help="Where to put it (default: the cache)."),
     force: bool = typer.Option(False, "--force", help="Download again even if already verified."),
     json_out: bool = JsonOpt,

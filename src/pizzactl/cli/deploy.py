@@ -15,31 +15,23 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pizzactl.cli.base import ApiKeyOpt, JsonOpt, ModelsOpt, app, settings
+from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
 
 
 @app.command()
 def deploy(
-    target: str | None = typer.Option(None, "--target", help="kind (default) | docker | local"),
-    models: Path | None = ModelsOpt,
-    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
-    model_server: str | None = typer.Option(
-        None, "--model-server", help="tfserving | builtin (default: tfserving on amd64, builtin on arm64)"
-    ),
-    cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
-    context: str | None = typer.Option(None, "--context", help="Deploy to this existing kube context instead of kind."),
-    registry: str | None = typer.Option(None, "--registry", help="Registry to push images to (with --context)."),
-    pull_secret: str | None = typer.Option(
-        None, "--pull-secret", help="Image pull secret in the namespace, for a private --registry."
-    ),
-    platform: str | None = typer.Option(
-        None, "--platform", help="Build for linux/amd64 or linux/arm64 (default: the cluster's nodes')."
-    ),
-    allow_private_urls: bool | None = typer.Option(
-        None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
-    ),
-    api_key: str | None = ApiKeyOpt,
+    target: str | None = option("target"),
+    models: Path | None = option("models_dir"),
+    port: int | None = option("port"),
+    model_server: str | None = option("model_server"),
+    cluster: str | None = option("cluster"),
+    context: str | None = option("context"),
+    registry: str | None = option("registry"),
+    pull_secret: str | None = option("pull_secret"),
+    platform: str | None = option("platform"),
+    allow_private_urls: bool | None = option("allow_private_urls"),
+    api_key: str | None = option("api_key"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the rendered manifests and touch nothing."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
     json_out: bool = JsonOpt,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pizzactl.cli.base import DataOpt, JsonOpt, ModelsOpt, app, settings
+from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.config import ModelRuntime
 from pizzactl.console import err, out, print_json
 
@@ -15,17 +15,13 @@ from pizzactl.console import err, out, print_json
 @app.command()
 def evaluate(
     model_dir: Path | None = typer.Argument(None, help="Exported version directory (default: the latest)."),
-    data: Path | None = DataOpt,
-    models: Path | None = ModelsOpt,
+    data: Path | None = option("data_dir"),
+    models: Path | None = option("models_dir"),
     errors: Path | None = typer.Option(None, "--errors", help="Write misclassified images to this CSV."),
     confusion_png: Path | None = typer.Option(
         None, "--confusion-matrix", help="Draw the confusion matrix to this PNG (needs [train])."
     ),
-    runtime: ModelRuntime | None = typer.Option(
-        None,
-        "--runtime",
-        help="What runs the model; auto (default): what the builtin model server would run.",
-    ),
+    runtime: ModelRuntime | None = option("model_runtime"),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the exported model on raw image bytes, as serving will, and report metrics."""

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pizzactl.cli.base import JsonOpt, app, settings
+from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
 from pizzactl.errors import EXIT_FAILURE
 from pizzactl.predict import label_probability, top_classes
@@ -19,10 +19,8 @@ from pizzactl.predict import label_probability, top_classes
 @app.command()
 def predict(
     sources: list[str] = typer.Argument(..., help="Image files, directories or http(s) URLs."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Gateway URL (default: what deploy recorded)."),
-    api_key: str | None = typer.Option(
-        None, "--api-key", help="API key to send, for a gateway that requires one (env PIZZACTL_API_KEY is safer)."
-    ),
+    endpoint: str | None = option("endpoint"),
+    api_key: str | None = option("api_key"),
     csv: Path | None = typer.Option(None, "--csv", help="Also write the results to this CSV."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight."),
     explain: Path | None = typer.Option(

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
-from pizzactl.cli.base import ApiKeyOpt, ModelsOpt, app, settings
+from pizzactl.cli.base import app, option, settings
 
 
 @app.command()
 def serve(
-    models: Path | None = ModelsOpt,
-    port: int | None = typer.Option(None, "--port", help="Gateway port (default 9696)."),
-    model_port: int | None = typer.Option(None, "--model-port", help="Model server port (default 8501)."),
-    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
-    allow_private_urls: bool | None = typer.Option(
-        None, "--allow-private-urls/--no-allow-private-urls", help="Let the gateway fetch loopback/private URLs."
-    ),
-    api_key: str | None = ApiKeyOpt,
+    models: Path | None = option("models_dir"),
+    port: int | None = option("port"),
+    model_port: int | None = option("model_port"),
+    host: str | None = option("host"),
+    allow_private_urls: bool | None = option("allow_private_urls"),
+    api_key: str | None = option("api_key"),
 ) -> None:
     """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
     from pizzactl.serving import serve as serve_

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Column, Table
 
-from pizzactl.cli.base import DataOpt, JsonOpt, app, settings
+from pizzactl.cli.base import JsonOpt, alias, app, deprecated, option, settings
 from pizzactl.console import out, print_json
 from pizzactl.train.results import TrainResult
 
@@ -19,42 +19,30 @@ from pizzactl.train.results import TrainResult
 # new version `after_training.roll_out` rolls out where pizzactl deploys to that cluster.
 @app.command()
 def train(
-    data: Path | None = DataOpt,
-    backbone: str | None = typer.Option(None, "--backbone", help="Backbone name, or several: a,b,c."),
-    weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH to a weights file."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Head epochs (on cached features)."),
-    fine_tune_epochs: int | None = typer.Option(
-        None,
-        "--fine-tune-epochs",
-        help="Epochs with the top of the backbone unfrozen (default: the backbone's recipe, 6 for efficientnet_lite0/1, else 0; 0 turns it off).",
-    ),
-    augmented_views: int | None = typer.Option(
-        None,
-        "--augmented-views",
-        min=0,
-        help="Cached augmented views per photo, besides it and its mirror (default: the recipe's, 8 for efficientnet_lite0/1, else 4). Fewer: faster, see docs/train.md.",
-    ),
-    image_size: int | None = typer.Option(
-        None,
-        "--image-size",
-        help="The model's input size (default: the recipe's; training may use a smaller one, see docs/train.md, FixRes).",
-    ),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Random flips/crops/colour."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for the split and the training."),
-    output: Path | None = typer.Option(None, "--output", help="Models directory to export into."),
+    data: Path | None = option("data_dir"),
+    backbone: str | None = option("backbone"),
+    weights: str | None = option("weights"),
+    epochs: int | None = option("epochs"),
+    fine_tune_epochs: int | None = option("fine_tune_epochs"),
+    augmented_views: int | None = option("augmented_views"),
+    image_size: int | None = option("image_size"),
+    batch_size: int | None = option("batch_size"),
+    augment: bool | None = option("augment"),
+    seed: int | None = option("seed"),
+    models: Path | None = option("models_dir"),
+    output: Path | None = alias("models_dir", "--output"),
     on: str = typer.Option("local", "--on", help="Where: local, docker, kind, or a kube context (a Job)."),
-    gpus: int | None = typer.Option(None, "--gpus", min=0, help="GPUs for the trainer (the CUDA image)."),
-    cpu: str | None = typer.Option(None, "--cpu", help="CPU request of the training pod (default 2)."),
-    memory: str | None = typer.Option(None, "--memory", help="Memory request and limit (default 4Gi)."),
-    node_selector: list[str] | None = typer.Option(None, "--node-selector", help="KEY=VALUE (repeatable)."),
-    toleration: list[str] | None = typer.Option(None, "--toleration", help="KEY[=VALUE]:EFFECT (repeatable)."),
-    backoff_limit: int | None = typer.Option(None, "--backoff-limit", min=0, help="Failed pods retried (default 2)."),
-    deadline: int | None = typer.Option(None, "--deadline", min=1, help="Seconds before the Job is stopped."),
-    cluster: str | None = typer.Option(None, "--cluster", help="kind cluster name (default pizzactl)."),
-    registry: str | None = typer.Option(None, "--registry", help="Registry for the trainer (--on CONTEXT)."),
-    pull_secret: str | None = typer.Option(None, "--pull-secret", help="Image pull secret for --registry."),
-    platform: str | None = typer.Option(None, "--platform", help="linux/amd64 or linux/arm64 (default: the nodes')."),
+    gpus: int | None = option("gpus"),
+    cpu: str | None = option("train_cpu"),
+    memory: str | None = option("train_memory"),
+    node_selector: list[str] | None = option("node_selector"),
+    toleration: list[str] | None = option("tolerations"),
+    backoff_limit: int | None = option("backoff_limit"),
+    deadline: int | None = option("train_deadline"),
+    cluster: str | None = option("cluster"),
+    registry: str | None = option("registry"),
+    pull_secret: str | None = option("pull_secret"),
+    platform: str | None = option("platform"),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds the training pod may wait to start."),
     attach: bool = typer.Option(False, "--attach", help="Follow the last Job again and collect its result."),
     deploy: bool | None = typer.Option(None, "--deploy/--no-deploy", help="Roll the new version out."),
@@ -73,7 +61,7 @@ def train(
         batch_size=batch_size,
         augment=augment,
         seed=seed,
-        models_dir=output,
+        models_dir=deprecated(models, output, "models_dir", "--output"),
         gpus=gpus,
         train_cpu=cpu,
         train_memory=memory,

@@ -7,18 +7,16 @@ from typing import Any
 
 import typer
 
-from pizzactl.cli.base import DataOpt, JsonOpt, ModelsOpt, app, settings
+from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
 
 
 @app.command()
 def up(
-    data: Path | None = DataOpt,
-    target: str | None = typer.Option(
-        None, "--target", help="kind | docker | local (default: kind if kind and Docker are here, else local)."
-    ),
-    models: Path | None = ModelsOpt,
-    port: int | None = typer.Option(None, "--port", help="Host port of the gateway (default 9696)."),
+    data: Path | None = option("data_dir"),
+    target: str | None = option("target"),
+    models: Path | None = option("models_dir"),
+    port: int | None = option("port"),
     sample: Path | None = typer.Option(
         None, "--sample", help="Photo to predict once deployed (default: one from the training data)."
     ),

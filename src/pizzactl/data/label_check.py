@@ -40,8 +40,7 @@ def label_check(settings, dataset, *, folds: int = FOLDS, repeats: int = REPEATS
     from pizzactl.train.recipes import recipe_for
 
     backbone = get_backbone(str(settings.backbone).split(",")[0].strip())
-    explicit = settings.sources.get("weights", "default") != "default"
-    weights = resolve_weights(settings.weights, backbone, explicit=explicit)
+    weights = resolve_weights(settings.weights, backbone, explicit=settings.explicit("weights"))
     extractor = backbone.build(weights, backbone.input_size)
     cache = FeatureCache(Path(settings.cache_dir).expanduser() / "features")
     features = {

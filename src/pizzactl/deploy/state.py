@@ -67,6 +67,13 @@ def load(settings) -> DeployState | None:
         ) from None
 
 
+def deployed_url(settings) -> str | None:
+    """The gateway URL the recorded deployment answers at (http or https), if any: a fact
+    `config.resolve` derives the `endpoint` setting from."""
+    st = load(settings)
+    return st.url if st is not None and st.url.startswith(("http://", "https://")) else None
+
+
 def save(settings, state: DeployState) -> Path:
     """Write the state atomically: a crash leaves the old file or the new one, never half of one."""
     path = state_path(settings)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pizzactl
 from pizzactl import __version__
-from pizzactl.config import MODEL_NAME, Settings
+from pizzactl.config import MODEL_NAME, Settings, resolve
 from pizzactl.console import err, log
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 from pizzactl.kube.docker_daemon import daemon_platform, docker_api, short_error
@@ -80,14 +80,12 @@ def choose_model_server(settings: Settings, platform: str) -> str:
     """The model server for a platform: TF Serving on amd64, the builtin one on arm64.
 
     tensorflow/serving publishes amd64 images only (tensorflow/serving#1816, #1948: on Apple
-    Silicon it runs under emulation at best), so on arm64 the builtin server is the default and
-    TF Serving, asked for explicitly, is refused with the way out.
+    Silicon it runs under emulation at best), so on arm64 the builtin server is the default
+    (derived in `config.resolve`, as `config show` prints it) and TF Serving, asked for
+    explicitly, is refused with the way out.
     """
-    arm = platform.endswith("arm64")
-    chosen = settings.model_server
-    if settings.sources.get("model_server", "default") == "default" and arm:
-        return "builtin"
-    if chosen == "tfserving" and arm:
+    chosen = resolve(settings, platform=platform).model_server
+    if chosen == "tfserving" and platform.endswith("arm64"):
         raise UsageError(
             f"The tensorflow/serving image has no {platform} build.",
             hint="Use --model-server builtin (pizzactl's own TF Serving-compatible server), "

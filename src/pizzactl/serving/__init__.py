@@ -18,11 +18,10 @@ from pathlib import Path
 
 def server_arguments(parser) -> None:
     """The flags both servers take (each also reads PIZZACTL_*; a flag wins)."""
-    from pizzactl.config import MODEL_NAME
+    from pizzactl.config import add_argument
 
-    parser.add_argument("--model-name", help=f"Model name (env PIZZACTL_MODEL_NAME, default {MODEL_NAME}).")
-    parser.add_argument("--host", help="Address to listen on (env PIZZACTL_HOST, default 127.0.0.1).")
-    parser.add_argument("--log-level", help="Log level (env PIZZACTL_LOG_LEVEL, default info).")
+    for name in ("model_name", "host", "log_level"):
+        add_argument(parser, name)
 
 
 def log_to_stderr(level: str) -> None:

@@ -28,10 +28,9 @@ from typing import Any
 
 import aiohttp
 
-from pizzactl.config import MODEL_NAME
+from pizzactl.config import DEFAULTS, MODEL_NAME
 from pizzactl.errors import InvalidImageError, ModelUnavailableError, QueueFullError
 
-DEFAULT_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect (a dead server refuses at once; a black hole takes this)
 DEFAULT_IMAGE_SIZE = 224
 
@@ -102,8 +101,8 @@ class ModelClient:
         base_url: str,
         model_name: str = MODEL_NAME,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_concurrency: int = 64,
+        timeout: float = DEFAULTS.model_timeout,  # the settings' declared defaults, not a second copy
+        max_concurrency: int = DEFAULTS.max_concurrency,
         info_ttl: float = 5.0,
         observe: Callable[[str, float], None] | None = None,
         max_wait: float = 0.0,

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from pizzactl import __version__
-from pizzactl.config import GATEWAY_PORT, server_settings
+from pizzactl.config import add_argument, server_settings
 from pizzactl.errors import (
     EXIT_USER,
     ConfigError,
@@ -247,25 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pizzactl.serving.gateway",
         description="pizzactl gateway: safe image intake in front of a TF Serving-compatible model server.",
     )
-    parser.add_argument(
-        "--model-url",
-        dest="model_url",
-        help="Model server base URL (env PIZZACTL_MODEL_URL; default http://127.0.0.1:<model port>).",
-    )
+    add_argument(parser, "model_url")
     server_arguments(parser)
-    parser.add_argument("--port", type=int, help=f"Port (env PIZZACTL_PORT, default {GATEWAY_PORT}).")
-    parser.add_argument(
-        "--allow-private-urls",
-        action="store_const",
-        const=True,
-        help="Allow fetching loopback and private-network URLs (env PIZZACTL_ALLOW_PRIVATE_URLS=1).",
-    )
-    parser.add_argument(
-        "--access-log",
-        action="store_const",
-        const=True,
-        help="Log every request (env PIZZACTL_ACCESS_LOG=1); off by default, /metrics counts them.",
-    )
+    for name in ("port", "allow_private_urls", "access_log"):
+        add_argument(parser, name)
     settings = server_settings(vars(parser.parse_args(argv)))
     log_to_stderr(settings.log_level)
     try:

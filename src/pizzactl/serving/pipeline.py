@@ -54,7 +54,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """What the gateway needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags)."""
+    """What the gateway needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags).
+
+    No defaults for settings here: each comes from the setting of the same name, declared once in config.py."""
 
     model_url: str
     model_name: str
@@ -66,17 +68,17 @@ class GatewayConfig:
     max_request_bytes: int
     max_batch_items: int
     fetch_timeout: float
-    classes: str | None = None  # comma-separated class names, when the model server does not say them
-    static_dir: Path = STATIC_DIR
+    classes: str | None  # comma-separated class names, when the model server does not say them
     # API keys (auth.py): the gateway keeps their digests only
-    api_key: str | None = field(default=None, repr=False)
-    api_key_hashes: str | None = None
-    metrics_require_key: bool = True
-    api_key_rate: float = 0.0
-    api_key_burst: int = 20
-    queue_seconds: float = 5.0  # admission: the queue holds this much work at the measured rate
-    max_queue: int = 0  # admission: a fixed bound in images instead (0: measured)
-    max_batch_size: int = 32  # the model server's: how long one of its batches takes, at the measured rate
+    api_key: str | None = field(repr=False)
+    api_key_hashes: str | None
+    metrics_require_key: bool
+    api_key_rate: float
+    api_key_burst: int
+    queue_seconds: float  # admission: the queue holds this much work at the measured rate
+    max_queue: int  # admission: a fixed bound in images instead (0: measured)
+    max_batch_size: int  # the model server's: how long one of its batches takes, at the measured rate
+    static_dir: Path = STATIC_DIR  # not a setting
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:

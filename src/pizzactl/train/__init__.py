@@ -42,9 +42,8 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     if not names:
         raise UsageError("No backbone given.", hint="Pass --backbone NAME (or several: a,b,c).")
     backbones = [get_backbone(n) for n in dict.fromkeys(names)]
-    explicit = settings.sources.get("weights", "default") != "default"
     for backbone in backbones:
-        resolve_weights(settings.weights, backbone, explicit=explicit)  # fail before any work
+        resolve_weights(settings.weights, backbone, explicit=settings.explicit("weights"))  # fail before any work
     dataset = load_dataset(resolve_data_dir(settings))
     train_records, val_records = stratified_split(dataset, settings.val_split, settings.seed)
     cache = FeatureCache(Path(settings.cache_dir).expanduser() / "features")

@@ -87,9 +87,7 @@ def plan(settings, backbone, dataset, train_records, val_records, *, cache, log)
     return TrainContext(
         backbone=backbone,
         recipe=recipe,
-        weights=resolve_weights(
-            settings.weights, backbone, explicit=settings.sources.get("weights", "default") != "default"
-        ),
+        weights=resolve_weights(settings.weights, backbone, explicit=settings.explicit("weights")),
         image_size=image_size,
         train_size=train_size,
         epochs=int(setting_or_recipe(settings, "epochs", recipe.epochs)),

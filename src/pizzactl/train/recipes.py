@@ -85,7 +85,7 @@ def recipe_for(backbone) -> Recipe:
 
 def setting_or_recipe(settings, name: str, recipe_value):
     """The setting if the user gave it (any layer but the default), else the recipe's value."""
-    if settings.sources.get(name, "default") != "default" or recipe_value is None:
+    if settings.explicit(name) or recipe_value is None:
         return getattr(settings, name)
     return recipe_value
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pizzactl.config import CHOICES, MODEL_PORT, load_settings, server_settings
+from pizzactl.config import add_argument, load_settings, server_settings
 from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_handlers, tf_serving_body
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
@@ -172,43 +172,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m pizzactl.serving.modelserver",
         description="TF Serving-compatible REST model server for pizzactl SavedModels (with batching and hot reload).",
     )
-    parser.add_argument(
-        "--models", dest="models_dir", help="Models directory holding <name>/<version>/ (env PIZZACTL_MODELS_DIR)."
-    )
+    add_argument(parser, "models_dir")
     server_arguments(parser)
-    parser.add_argument(
-        "--port", dest="model_port", type=int, help=f"Port (env PIZZACTL_MODEL_PORT, default {MODEL_PORT})."
-    )
-    parser.add_argument(
-        "--max-batch-size", type=int, help="Images per server-side batch (env PIZZACTL_MAX_BATCH_SIZE, default 32)."
-    )
-    parser.add_argument(
-        "--batch-timeout-ms",
-        type=float,
-        help="How long a free worker waits for more requests to join a batch; 0 (default) runs at once, a busy worker batches anyway (env PIZZACTL_BATCH_TIMEOUT_MS).",
-    )
-    parser.add_argument("--batch-threads", type=int, help="Batches run at the same time (env PIZZACTL_BATCH_THREADS).")
-    parser.add_argument(
-        "--poll-seconds", type=float, help="How often to look for new versions (env PIZZACTL_POLL_SECONDS)."
-    )
-    parser.add_argument(
-        "--intra-op-threads",
-        dest="tf_intra_op_threads",
-        type=int,
-        help="Threads per TensorFlow op, or of the LiteRT interpreter; -1 (default) = every usable CPU, 0 = TF's default (env PIZZACTL_TF_INTRA_OP_THREADS).",
-    )
-    parser.add_argument(
-        "--inter-op-threads",
-        dest="tf_inter_op_threads",
-        type=int,
-        help="TensorFlow ops run at once; -1 (default) = 1, 0 = TF's default (env PIZZACTL_TF_INTER_OP_THREADS).",
-    )
-    parser.add_argument(
-        "--runtime",
-        dest="model_runtime",
-        choices=CHOICES["model_runtime"],
-        help="What runs the model: auto (default) = the fastest runtime `pizzactl export` converted and checked, else tensorflow (env PIZZACTL_MODEL_RUNTIME).",
-    )
+    add_argument(parser, "model_port", "--port")
+    for name in ("max_batch_size", "batch_timeout_ms", "batch_threads", "poll_seconds"):
+        add_argument(parser, name)
+    add_argument(parser, "tf_intra_op_threads", "--intra-op-threads")
+    add_argument(parser, "tf_inter_op_threads", "--inter-op-threads")
+    add_argument(parser, "model_runtime")
     settings = server_settings(vars(parser.parse_args(argv)))
     config = ModelServerConfig.from_settings(settings)
 

@@ -28,12 +28,12 @@ from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, Runt
 
 log = logging.getLogger("pizzactl.modelserver")
 
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class ModelServerConfig:
-    """What the model server needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags)."""
+    """What the model server needs: a view of `Settings` (PIZZACTL_* variables, pizzactl.toml, flags).
+
+    No defaults here: every value comes from the setting of the same name, declared once in config.py."""
 
     models_dir: Path
     model_name: str
@@ -44,9 +44,9 @@ class ModelServerConfig:
     tf_intra_op_threads: int
     tf_inter_op_threads: int
     model_runtime: str
-    max_request_bytes: int = MAX_REQUEST_BYTES
-    queue_seconds: float = 5.0
-    max_queue: int = 0
+    max_request_bytes: int
+    queue_seconds: float
+    max_queue: int
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ModelServerConfig:

@@ -50,7 +50,7 @@ def container_env(settings, *, data_dir: str | None, models_dir: str, runs_dir: 
     env = {
         f"PIZZACTL_{name.upper()}": _text(getattr(settings, name))
         for name in TRAINING_SETTINGS
-        if settings.sources.get(name, "default") != "default" and getattr(settings, name) is not None
+        if settings.explicit(name) and getattr(settings, name) is not None
     }
     if data_dir is not None:
         env["PIZZACTL_DATA_DIR"] = data_dir
