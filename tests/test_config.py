@@ -113,7 +113,7 @@ def test_config_show_prints_the_model_server_deploy_uses_on_arm64(tmp_path):
     shown = config_show(tmp_path, env)
     assert shown["model_server"]["value"] == "builtin"
     assert shown["model_server"]["source"].startswith("derived")
-    from pizzactl.deploy.images import choose_model_server
+    from pizzactl.kube.images import choose_model_server
 
     settings = load_settings(cwd=tmp_path, environ=env)
     assert choose_model_server(settings, "linux/arm64") == shown["model_server"]["value"]

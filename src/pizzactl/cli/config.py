@@ -5,8 +5,8 @@ from __future__ import annotations
 from pizzactl.cli.base import JsonOpt, config_app, settings
 from pizzactl.config import resolve
 from pizzactl.console import out, print_json
-from pizzactl.deploy.docker_daemon import local_platform
 from pizzactl.deploy.state import deployed_url
+from pizzactl.kube.docker_daemon import local_platform
 
 
 @config_app.command("show")
