@@ -53,8 +53,8 @@ def main(argv=None) -> None:
     from pizzactl.tfimport import import_quietly
 
     import_quietly()
-    from pizzactl.convert import convert_runtimes
-    from pizzactl.export import load_run_classifier, run_check_images, run_split
+    from pizzactl.model.litert import convert_runtimes
+    from pizzactl.model.export import load_run_classifier, run_check_images, run_split
 
     config = json.loads((args.run_dir / "config.json").read_text())
     classifier = load_run_classifier(args.run_dir)

@@ -19,7 +19,7 @@ import pytest
 from pizzactl import __version__
 from pizzactl.config import Settings
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.model_store import (
+from pizzactl.model.store import (
     RunNotFoundError,
     find_run_dir,
     latest_version_dir,
@@ -130,7 +130,7 @@ def _default(loaded, blobs):
 def test_serving_default_on_real_jpegs_matches_the_trained_classifier(loaded, tiny_classifier):
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     paths = tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]
     blobs = [p.read_bytes() for p in paths]
@@ -216,7 +216,7 @@ def test_metadata_describes_the_export(tiny_model, tiny_classifier):
 
 @pytest.mark.slow
 def test_export_takes_the_next_integer_and_cleans_dead_temp_dirs(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     base = tmp_path / "pizza"
     for name in ("3", "7"):
@@ -253,7 +253,7 @@ def _python_side_effect_classifier(tiny_classifier):
 
 @pytest.mark.slow
 def test_export_refuses_a_graph_that_disagrees_with_the_model_and_publishes_nothing(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     drifting = _python_side_effect_classifier(tiny_classifier)
     with pytest.raises(ExportError, match="disagrees"):
@@ -265,7 +265,7 @@ def test_export_refuses_a_graph_that_disagrees_with_the_model_and_publishes_noth
 def test_verify_export_rejects_a_different_classifier(tiny_model, tiny_classifier):
     import keras
 
-    from pizzactl.export import verify_export
+    from pizzactl.model.export import verify_export
 
     version = tiny_model / "pizza" / "1"
     summary = verify_export(version, tiny_classifier.model, tiny_classifier.check_images)
@@ -278,7 +278,7 @@ def test_verify_export_rejects_a_different_classifier(tiny_model, tiny_classifie
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, keras
-    from pizzactl.export import export_model, synthetic_check_images
+    from pizzactl.model.export import export_model, synthetic_check_images
     inputs = keras.Input((64, 64, 3))
     x = keras.layers.Conv2D(64, 3, activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -291,7 +291,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_an_export_killed_mid_write_leaves_no_version_and_the_next_export_works(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     models = tmp_path / "models"
     script = tmp_path / "export_then_die.py"
@@ -325,7 +325,7 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_next_export_works(
 def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, tiny_classifier, shared_data):
     import tensorflow as tf
 
-    from pizzactl.export import export_run
+    from pizzactl.model.export import export_run
 
     run = tmp_path / "runs" / "20261124-160000-tiny_cnn"
     run.mkdir(parents=True)
@@ -390,7 +390,7 @@ def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_clas
 
 
 def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     return export_model(
         tiny_classifier.model, tmp_path / "direct", tiny_classifier.metadata, tiny_classifier.check_images
@@ -398,7 +398,7 @@ def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
 
 
 def test_export_run_of_an_unfinished_run_says_so(tmp_path):
-    from pizzactl.export import export_run
+    from pizzactl.model.export import export_run
 
     run = tmp_path / "runs" / "half"
     run.mkdir(parents=True)
@@ -409,7 +409,7 @@ def test_export_run_of_an_unfinished_run_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_metadata_that_contradicts_the_model_input_is_refused(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     with pytest.raises(ExportError, match="image_size 224"):
         export_model(
@@ -423,7 +423,7 @@ def test_metadata_that_contradicts_the_model_input_is_refused(tmp_path, tiny_cla
 
 @pytest.mark.slow
 def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     metrics = {"val_accuracy": np.float32(0.75), "confusion_matrix": np.array([[3, 1], [0, 4]])}
     version = export_model(
@@ -434,7 +434,7 @@ def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
 
 # --- more than two classes ---------------------------------------------------------------------
 
-from pizzactl.export import export_model  # noqa: E402  (TensorFlow is imported inside its functions)
+from pizzactl.model.export import export_model  # noqa: E402  (TensorFlow is imported inside its functions)
 
 
 def _softmax_classifier(n_classes: int, size: int = 32, seed: int = 0):
@@ -455,7 +455,7 @@ def _softmax_classifier(n_classes: int, size: int = 32, seed: int = 0):
 def test_a_softmax_model_exports_probabilities_the_most_probable_label_and_its_probability(tmp_path, tiny_classifier):
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     classes = ["hot dog", "pizza", "sushi 🍣"]
     model = _softmax_classifier(3)
@@ -497,7 +497,7 @@ def test_classes_that_do_not_fit_the_model_are_refused(tmp_path):
     assert list_versions(tmp_path) == []
 
 
-# --- faster runtimes converted beside the SavedModel (pizzactl.convert) -------------------
+# --- faster runtimes converted beside the SavedModel (pizzactl.model.litert) -------------------
 
 
 @pytest.mark.slow
@@ -521,7 +521,7 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     compares the labels each runtime answers with the true classes, and int8's rows sum to 1."""
     import numpy as np
 
-    from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime
+    from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime
 
     classes = ["hot dog", "pizza", "sushi 🍣"]
     check = [p.read_bytes() for p in tiny_classifier.photos[::5]]
@@ -558,7 +558,7 @@ def _held_out(shared_photos, first: int = 40, last: int = 60) -> list[tuple[byte
 
 @pytest.mark.slow
 def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_path, tiny_classifier, shared_photos):
-    from pizzactl.convert import judge
+    from pizzactl.model.litert import judge
 
     held_out = _held_out(shared_photos)
     m = tiny_classifier
@@ -590,7 +590,7 @@ def test_the_rule_refuses_a_runtime_only_when_the_sample_shows_it_worse():
     are within chance; many more flips against than for it, or a typical |dp| over the tolerance, refuse it."""
     import numpy as np
 
-    from pizzactl.convert import binomial_tail, judge
+    from pizzactl.model.litert import binomial_tail, judge
 
     def verdict(worse: int, better: int, n: int = 314, dp: float = 0.01) -> list[str]:
         reference = np.array([True] * worse + [False] * better + [True] * (n - worse - better))
@@ -664,7 +664,7 @@ def test_the_conversion_prints_one_line_per_artefact_and_keeps_the_rest_in_the_d
     """Keras prints the SavedModel it writes for the converter, a TensorSpec line per captured
     variable (~650 lines for the default backbone); the quantizer and the XNNPACK delegate write
     their own lines to file descriptor 2. A user sees one line per artefact."""
-    caplog.set_level("DEBUG", logger="pizzactl.convert")
+    caplog.set_level("DEBUG", logger="pizzactl.model.litert")
     m = tiny_classifier
     held_out = _held_out(shared_photos)
     export_model(m.model, tmp_path, m.metadata, m.check_images, holdout=held_out, calibration=[b for b, _ in held_out])
@@ -686,9 +686,9 @@ def test_calibration_draws_every_class_in_its_share_whatever_the_size(tmp_path, 
     the first 100 images it was given: asked for 400 (or 200), those were all not_pizza and the int8
     Lite2 answered not_pizza for every photo. The images handed over, and the ones the converter
     keeps of a longer list, must hold each class in its share, from the first ones on."""
-    from pizzactl.convert import calibration_sample
+    from pizzactl.model.litert import calibration_sample
     from pizzactl.data.dataset import load_dataset
-    from pizzactl.export import run_split
+    from pizzactl.model.export import run_split
 
     root = copy_photos(60)  # 48 training photos per class at val_split 0.2
     config = {"data_dir": str(root), "data_hash": load_dataset(root, check=False).data_hash}
@@ -728,7 +728,7 @@ def test_int8_calibrated_on_a_split_listed_class_by_class_answers_both_classes(t
     (mean red - mean blue) / 20, so the SavedModel tells the two colours apart with certainty."""
     import keras
 
-    from pizzactl.convert import MAX_CALIBRATION
+    from pizzactl.model.litert import MAX_CALIBRATION
 
     inputs = keras.Input((16, 16, 3), name="pixels")
     x = keras.layers.GlobalAveragePooling2D()(inputs)

@@ -20,7 +20,7 @@ import yaml
 from pizzactl.config import load_settings
 from pizzactl.deploy import jobs
 from pizzactl.errors import UsageError
-from pizzactl.model_store import list_versions
+from pizzactl.model.store import list_versions
 from pizzactl.train import on_cluster
 from pizzactl.train.remote import TrainingError, train_on
 

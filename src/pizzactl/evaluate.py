@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pizzactl.console import err, log, out
 from pizzactl.errors import BadInputError, DataError
-from pizzactl.model_store import read_metadata, resolve_model_dir
+from pizzactl.model.store import read_metadata, resolve_model_dir
 from pizzactl.train.metrics import classification_metrics
 
 BATCH_SIZE = 32
@@ -27,7 +27,7 @@ def _predict_batch(runtime, blobs: list[bytes], paths: list[Path], failed: list[
     undecodable image is set aside, not fatal. A binary model exported before `probabilities`
     existed gets (1 - p, p)."""
     from pizzactl.serving.modelserver.batching import isolate_failures
-    from pizzactl.serving.modelserver.runtimes import SIGNATURE
+    from pizzactl.model.runtimes import SIGNATURE
 
     (name,) = runtime.input_names(SIGNATURE)
 
@@ -58,7 +58,7 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
 
 def load_for_evaluation(version_dir: Path, wanted: str):
     """The version on the runtime asked for (`auto`: the model server's choice), with every CPU."""
-    from pizzactl.serving.modelserver.runtimes import load_runtime, require_runtimes, usable_cpus
+    from pizzactl.model.runtimes import load_runtime, require_runtimes, usable_cpus
 
     if wanted != "auto":
         require_runtimes(version_dir, [wanted])

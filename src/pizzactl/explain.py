@@ -73,7 +73,7 @@ class GradCam:
         tf = _tf()
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-        from pizzactl.model_store import read_metadata
+        from pizzactl.model.store import read_metadata
 
         version_dir = Path(version_dir)
         meta = read_metadata(version_dir)
@@ -114,7 +114,7 @@ class GradCam:
     def pixels(self, image_bytes: bytes):
         """Encoded image -> uint8 [1,S,S,3], exactly the pixels serving_default would see (rounded)."""
         tf = _tf()
-        from pizzactl.decode import decode_resize
+        from pizzactl.model.decode import decode_resize
 
         try:
             image = decode_resize(tf.constant(image_bytes), self.image_size)
@@ -296,7 +296,7 @@ def check_can_explain(settings) -> None:
 def _model_for(settings, results: Sequence[dict[str, Any]]) -> Path:
     """The exported version that answered (its model_version) if it is on this machine, else the latest."""
     from pizzactl.deploy import state as state_mod
-    from pizzactl.model_store import latest_version_dir, list_versions
+    from pizzactl.model.store import latest_version_dir, list_versions
 
     dirs = [Path(settings.models_dir)]
     st = state_mod.load(settings)

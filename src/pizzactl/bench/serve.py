@@ -323,9 +323,9 @@ def bench_serve(
     overload_seconds: float = OVERLOAD_SECONDS,
 ) -> dict[str, Any]:
     """Every runtime's sweep, best and end to end; the top level is the default runtime's."""
-    from pizzactl.model_store import latest_version_dir, read_metadata
+    from pizzactl.model.store import latest_version_dir, read_metadata
     from pizzactl.serving import prepare
-    from pizzactl.serving.modelserver.runtimes import require_runtimes, runtime_candidates, usable_cpus
+    from pizzactl.model.runtimes import require_runtimes, runtime_candidates, usable_cpus
 
     concurrency, requests = max(1, int(concurrency)), max(1, int(requests))
     version_dir = latest_version_dir(settings.models_dir)

@@ -187,7 +187,7 @@ def image_ref(repo: str, tag: str, registry: str | None) -> str:
 
 
 def _model_version_dir(settings: Settings) -> Path:
-    from pizzactl.model_store import latest_version_dir
+    from pizzactl.model.store import latest_version_dir
 
     return latest_version_dir(settings.models_dir)
 

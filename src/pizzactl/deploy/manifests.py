@@ -168,7 +168,7 @@ def model_classes(settings: Settings, model_version: int | None) -> str:
     """The deployed version's class names, comma-separated, for a gateway in front of TF Serving
     (which serves no pizzactl.json, so the gateway could not name the probabilities otherwise)."""
     from pizzactl.errors import ModelNotFoundError
-    from pizzactl.model_store import model_base, read_metadata
+    from pizzactl.model.store import model_base, read_metadata
 
     if model_version is None:
         return ""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import PizzaError, UsageError
-from pizzactl.model_store import (
+from pizzactl.model.store import (
     MODEL_NAME,
     TMP_PREFIX,
     fsync_tree,

@@ -3,7 +3,7 @@
 The exported graph is the model contract (README, "The model contract"):
 
 * `serving_default(image_bytes: tf.string [None])` decodes and resizes each image with
-  `pizzactl.decode.decode_resize` (the function training used) and runs the classifier,
+  `pizzactl.model.decode.decode_resize` (the function training used) and runs the classifier,
   whose own preprocessing is inside it;
 * `serving_pixels(pixels: uint8 [None, S, S, 3])` skips the decoding;
 * both return `label` (tf.string [None]), `probability` (float32 [None]) and `probabilities`
@@ -32,9 +32,9 @@ from typing import Any
 from pizzactl import __version__
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
-from pizzactl.convert import DEFAULT_RUNTIMES, convert_runtimes
+from pizzactl.model.litert import DEFAULT_RUNTIMES, convert_runtimes
 from pizzactl.errors import ExportError, ModelNotFoundError, PizzaError
-from pizzactl.model_store import (
+from pizzactl.model.store import (
     METADATA_DIR,
     METADATA_FILE,
     TMP_PREFIX,
@@ -94,7 +94,7 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
     """A tf.Module carrying the classifier and the two serving signatures."""
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     size, n = int(image_size), len(classes)
     names = tf.constant([str(c) for c in classes])
@@ -202,8 +202,8 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
-    from pizzactl.model_store import read_metadata
+    from pizzactl.model.decode import decode_resize
+    from pizzactl.model.store import read_metadata
 
     saved_dir = Path(saved_dir)
     meta = read_metadata(saved_dir)
@@ -337,7 +337,7 @@ def export_model(
     `metadata` should hold backbone, image_size, classes, threshold, metrics, data_hash, weights;
     anything else in it is kept. `check_images` are encoded images for the self-check (synthetic
     ones are used if empty). `runtimes` are converted beside the SavedModel and kept if they agree
-    with it (`pizzactl.convert`): on the check images, and on `holdout` (image bytes, class index)
+    with it (`pizzactl.model.litert`): on the check images, and on `holdout` (image bytes, class index)
     pairs for accuracy; `calibration` (training images) sets the int8 ranges.
     """
     import tensorflow as tf

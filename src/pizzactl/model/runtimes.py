@@ -3,10 +3,10 @@
 `TensorFlowRuntime` loads the SavedModel itself, every signature as exported (the model
 contract: `serving_default` takes the image bytes and decodes them in the graph).
 `LiteRTRuntime` runs the classifier that `pizzactl export` converted for LiteRT (XNNPACK) into
-the version directory (`pizzactl.convert`), behind the same two signatures: the image bytes are
+the version directory (`pizzactl.model.litert`), behind the same two signatures: the image bytes are
 decoded by the very `decode_resize` the SavedModel runs, so only the network differs, and export
 published the artefact only if it agreed with the SavedModel (|dp| on real photos, and not worse
-on held-out photos: `convert.judge`). The model server asks a runtime for its TF Serving-shaped
+on held-out photos: `litert.judge`). The model server asks a runtime for its TF Serving-shaped
 `signature_def` (for `/metadata`), the input names of a signature, and `run(signature, inputs)`.
 
 `load_runtime(path, version, "auto")` picks the fastest runtime whose artefact passed that check
@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import BadInputError, ModelNotFoundError, UsageError
-from pizzactl.model_store import METADATA_DIR, METADATA_FILE
+from pizzactl.model.store import METADATA_DIR, METADATA_FILE
 
 log = logging.getLogger("pizzactl.modelserver")
 
 SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "serving_pixels"
 TENSORFLOW = "tensorflow"
-# LiteRT artefacts, fastest first, as `pizzactl.convert` writes them under assets.extra/.
+# LiteRT artefacts, fastest first, as `pizzactl.model.litert` writes them under assets.extra/.
 LITERT = {"litert-int8": "litert/classifier-int8.tflite", "litert": "litert/classifier.tflite"}
 
 
@@ -206,7 +206,7 @@ class LiteRTRuntime:
                 raise BadInputError(f"Input {name!r} cannot be converted to uint8: {exc}") from None
             if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
                 raise BadInputError(f"Input {name!r} must have shape [N, {size}, {size}, 3], got {list(pixels.shape)}")
-        from pizzactl.export import expected_outputs  # the SavedModel's outputs from the classifier's, in numpy
+        from pizzactl.model.export import expected_outputs  # the SavedModel's outputs from the classifier's, in numpy
 
         answer = expected_outputs(self.classify(pixels), self.pizzactl["classes"], self.pizzactl.get("threshold"))
         answer["label"] = np.array([label.encode() for label in answer["label"]], dtype=object)  # as TF answers
@@ -248,10 +248,10 @@ class LiteRTRuntime:
 
 
 def decoder(size: int):
-    """pizzactl.decode.decode_resize over a batch, as serving_default's graph runs it."""
+    """pizzactl.model.decode.decode_resize over a batch, as serving_default's graph runs it."""
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(images):
