@@ -6,7 +6,7 @@ the version with each calibration set and prints what export's check (`convert.j
 held-out photos flipped against / for it, the one-sided p-value, |dp| at p50 / p95 / max, and
 held-out accuracy beside the SavedModel's. Levers (every one reported, not the best):
   plain-N      N training photos, decoded as serving decodes them (export's default: 100), each
-               class in its share (export.calibration_records), all N used
+               class in its share (train.reexport.calibration_records), all N used
   aug-N        the same N photos plus their augmented views as training cached them (views.py)
 
 usage: python benchmarks/int8_levers.py RUN_DIR VERSION_DIR [--levers plain-100,plain-400,aug-400]
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
 
     import_quietly()
     from pizzactl.model.litert import convert_runtimes
-    from pizzactl.model.export import load_run_classifier, run_check_images, run_split
+    from pizzactl.train.reexport import load_run_classifier, run_check_images, run_split
 
     config = json.loads((args.run_dir / "config.json").read_text())
     classifier = load_run_classifier(args.run_dir)

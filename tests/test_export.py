@@ -19,12 +19,12 @@ import pytest
 from pizzactl import __version__
 from pizzactl.config import Settings
 from pizzactl.errors import ExportError, ModelNotFoundError
+from pizzactl.model.card import ModelCard
 from pizzactl.model.store import (
     RunNotFoundError,
     find_run_dir,
     latest_version_dir,
     list_versions,
-    read_metadata,
     resolve_model_dir,
 )
 
@@ -70,10 +70,10 @@ def test_resolve_model_dir_accepts_a_version_the_model_folder_or_the_models_dir(
         resolve_model_dir(tmp_path, models)
 
 
-def test_read_metadata_of_a_foreign_saved_model_says_it_was_not_exported_by_pizzactl(tmp_path):
+def test_the_card_of_a_foreign_saved_model_says_it_was_not_exported_by_pizzactl(tmp_path):
     version = _fake_version(tmp_path / "pizza", "1")
     with pytest.raises(ModelNotFoundError, match="not exported by pizzactl"):
-        read_metadata(version)
+        ModelCard.load(version)
 
 
 def test_find_run_dir_by_id_unique_prefix_or_path(tmp_path):
@@ -196,7 +196,7 @@ def test_serving_pixels_freezes_to_a_graph_without_control_flow(loaded):
 
 @pytest.mark.slow
 def test_metadata_describes_the_export(tiny_model, tiny_classifier):
-    meta = read_metadata(tiny_model / "pizza" / "1")
+    meta = ModelCard.load(tiny_model / "pizza" / "1").to_dict()
     assert meta["backbone"] == "tiny_cnn" and meta["weights"] == "none"
     assert meta["image_size"] == 64
     assert meta["classes"] == ["not_pizza", "pizza"] and meta["positive_class"] == "pizza"
@@ -325,7 +325,7 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_next_export_works(
 def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, tiny_classifier, shared_data):
     import tensorflow as tf
 
-    from pizzactl.model.export import export_run
+    from pizzactl.train.reexport import export_run
 
     run = tmp_path / "runs" / "20261124-160000-tiny_cnn"
     run.mkdir(parents=True)
@@ -348,7 +348,7 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
 
     version = export_run(s, "20261124-16")
     assert version == tmp_path / "models" / "pizza" / "1"
-    meta = read_metadata(version)
+    meta = ModelCard.load(version).to_dict()
     assert meta["run_id"] == run.name and meta["backbone"] == "tiny_cnn" and meta["threshold"] == 0.4
     assert meta["metrics"] == {"val_accuracy": 0.61, "val_roc_auc": 0.66} and meta["data_hash"] == "abc123"
     assert meta["self_check"]["n_images"] == 4  # two real photos per class from data_dir
@@ -384,7 +384,7 @@ def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_clas
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc == {"model_dir": str(tmp_path / "models" / "pizza" / "5"), "version": 5}
-    meta = read_metadata(tmp_path / "models" / "pizza" / "5")
+    meta = ModelCard.load(tmp_path / "models" / "pizza" / "5").to_dict()
     assert meta["classes"] == ["not_pizza", "pizza"] and meta["threshold"] == 0.5  # defaults
     assert meta["self_check"]["n_images"] == 3  # no data_dir in the run: synthetic images
 
@@ -398,7 +398,7 @@ def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
 
 
 def test_export_run_of_an_unfinished_run_says_so(tmp_path):
-    from pizzactl.model.export import export_run
+    from pizzactl.train.reexport import export_run
 
     run = tmp_path / "runs" / "half"
     run.mkdir(parents=True)
@@ -429,7 +429,7 @@ def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
     version = export_model(
         tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "metrics": metrics}, tiny_classifier.check_images
     )
-    assert read_metadata(version)["metrics"] == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}
+    assert ModelCard.load(version).metrics == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}
 
 
 # --- more than two classes ---------------------------------------------------------------------
@@ -461,7 +461,7 @@ def test_a_softmax_model_exports_probabilities_the_most_probable_label_and_its_p
     model = _softmax_classifier(3)
     blobs = [p.read_bytes() for p in tiny_classifier.photos[::5]]
     version = export_model(model, tmp_path, {"image_size": 32, "classes": classes}, blobs)
-    meta = read_metadata(version)
+    meta = ModelCard.load(version).to_dict()
     assert meta["classes"] == classes and meta["threshold"] is None and meta["positive_class"] is None
     assert meta["signatures"]["serving_pixels"]["outputs"]["probabilities"] == {"dtype": "float32", "shape": [None, 3]}
     out = tf.saved_model.load(str(version)).signatures["serving_default"](image_bytes=tf.constant(blobs))
@@ -505,7 +505,7 @@ def test_export_converts_litert_beside_the_savedmodel_and_checks_it(tiny_model):
     """float32 LiteRT agrees to ~1e-7; int8 needs held-out images to be judged, and the fixture has
     none: it fails the check (auto will not run it) but stays for whoever asks for it by name."""
     version = tiny_model / "pizza" / "1"
-    runtimes = read_metadata(version)["runtimes"]
+    runtimes = ModelCard.load(version).runtimes
     litert = runtimes["litert"]
     assert litert["ok"] is True and litert["max_abs_diff"] <= 1e-4
     assert (version / litert["file"]).is_file() and litert["file"].startswith("assets.extra/")  # TF Serving ignores it
@@ -530,7 +530,7 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     version = export_model(
         _softmax_classifier(3), tmp_path, {"image_size": 32, "classes": classes}, check, holdout=holdout
     )
-    runtimes = read_metadata(version)["runtimes"]
+    runtimes = ModelCard.load(version).runtimes
     tf_rt, lite = TensorFlowRuntime.load(version, 1), LiteRTRuntime.load(version, 1, "litert", threads=2)
     want, got = (rt.run(SIGNATURE, {"image_bytes": check}) for rt in (tf_rt, lite))
     assert set(got) == set(want) and got["probabilities"].shape == (len(check), 3)
@@ -571,7 +571,7 @@ def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_pa
         calibration=[b for b, _ in held_out[::4]],
         runtimes=("litert-int8",),
     )
-    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    entry = ModelCard.load(version).runtimes["litert-int8"]
     accuracy, flips = entry["holdout_accuracy"], entry["flips"]
     assert accuracy["n"] == 40 and 0 <= accuracy["litert-int8"] <= 1 and 0 <= accuracy["savedmodel"] <= 1
     assert accuracy["litert-int8"] - accuracy["savedmodel"] == pytest.approx((flips["better"] - flips["worse"]) / 40)
@@ -582,7 +582,7 @@ def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_pa
     reference = np.array([True] * worse + [False] * better, dtype=bool)
     assert (judge("litert-int8", np.array([entry["abs_diff"]["p95"]]), reference, ~reference, {}) == []) == entry["ok"]
     assert (version / "assets.extra/litert/classifier-int8.tflite").is_file()  # checked or not: opt-in by name
-    assert set(read_metadata(version)["runtimes"]) == {"litert-int8"}
+    assert set(ModelCard.load(version).runtimes) == {"litert-int8"}
 
 
 def test_the_rule_refuses_a_runtime_only_when_the_sample_shows_it_worse():
@@ -630,7 +630,7 @@ def test_an_int8_artefact_that_is_really_worse_is_still_refused(tmp_path, tiny_c
         calibration=[buf.getvalue()] * 8,
         runtimes=("litert-int8",),
     )
-    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    entry = ModelCard.load(version).runtimes["litert-int8"]
     assert entry["ok"] is False, entry
     assert entry["flips"]["worse"] > entry["flips"]["better"] and "worse on held-out photos" in entry["reason"]
 
@@ -652,7 +652,7 @@ def test_a_model_the_converter_refuses_is_published_without_the_artefact(tmp_pat
     monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", Refusing)
     m = tiny_classifier
     version = export_model(m.model, tmp_path, m.metadata, m.check_images, runtimes=("litert",))
-    entry = read_metadata(version)["runtimes"]["litert"]
+    entry = ModelCard.load(version).runtimes["litert"]
     assert entry["ok"] is False and "conversion failed" in entry["reason"] and "FlexErf" in entry["reason"]
     assert (version / "saved_model.pb").is_file() and not (version / "assets.extra" / "litert").exists()
 
@@ -686,9 +686,9 @@ def test_calibration_draws_every_class_in_its_share_whatever_the_size(tmp_path, 
     the first 100 images it was given: asked for 400 (or 200), those were all not_pizza and the int8
     Lite2 answered not_pizza for every photo. The images handed over, and the ones the converter
     keeps of a longer list, must hold each class in its share, from the first ones on."""
-    from pizzactl.model.litert import calibration_sample
     from pizzactl.data.dataset import load_dataset
-    from pizzactl.model.export import run_split
+    from pizzactl.model.litert import calibration_sample
+    from pizzactl.train.reexport import run_split
 
     root = copy_photos(60)  # 48 training photos per class at val_split 0.2
     config = {"data_dir": str(root), "data_hash": load_dataset(root, check=False).data_hash}
@@ -748,6 +748,6 @@ def test_int8_calibrated_on_a_split_listed_class_by_class_answers_both_classes(t
         calibration=calibration,
         runtimes=("litert-int8",),
     )
-    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    entry = ModelCard.load(version).runtimes["litert-int8"]
     assert entry["ok"] is True and entry["abs_diff"]["p95"] <= 0.05 and entry["flips"]["worse"] == 0, entry
     assert entry["holdout_accuracy"]["litert-int8"] == 1.0, entry

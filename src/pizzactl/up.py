@@ -67,19 +67,20 @@ def _images_in(folder: Path) -> list[Path]:
 
 def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
     """A photo of the positive class from the data the model was trained on, if it is still here."""
-    from pizzactl.model.store import find_run_dir, read_metadata
+    from pizzactl.model.card import ModelCard
+    from pizzactl.model.store import find_run_dir
 
-    meta = read_metadata(model_dir)
+    card = ModelCard.load(model_dir)
     folders = []
     if settings.data_dir is not None:
         folders.append(Path(settings.data_dir).expanduser())
     try:
-        config = json.loads((find_run_dir(settings, meta.get("run_id", "")) / "config.json").read_text())
+        config = json.loads((find_run_dir(settings, card.run_id or "") / "config.json").read_text())
         if config.get("data_dir"):
             folders.append(Path(config["data_dir"]))
     except Exception:
         pass
-    positive = meta.get("positive_class") or (meta.get("classes") or [""])[-1]
+    positive = card.positive_class or (card.classes or ("",))[-1]
     for folder in folders:
         for sub in (folder / positive, folder):
             if sub.is_dir():

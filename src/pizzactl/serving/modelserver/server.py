@@ -20,11 +20,11 @@ from typing import Any
 
 from pizzactl.config import Settings, view
 from pizzactl.errors import BadInputError, ServableNotFoundError
+from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, Runtime, load_runtime, usable_cpus
 from pizzactl.model.store import list_versions, model_base
 from pizzactl.serving.admission import Admission, Throughput
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
-from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, Runtime, load_runtime, usable_cpus
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -222,7 +222,7 @@ class ModelServer:
             "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
             "metadata": {
                 "signature_def": {"signature_def": model.signature_def},
-                "pizzactl": model.pizzactl,
+                "pizzactl": model.card.to_dict() if model.card else {},
                 "runtime": model.name,  # not TF Serving's: which engine answers (pizzactl.model.litert)
             },
         }
