@@ -19,7 +19,7 @@ import pytest
 from pizzactl import __version__
 from pizzactl.config import Settings
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.model.card import ModelCard
+from pizzactl.model.card import ModelCard, card_path
 from pizzactl.model.store import (
     RunNotFoundError,
     find_run_dir,
@@ -195,8 +195,9 @@ def test_serving_pixels_freezes_to_a_graph_without_control_flow(loaded):
 
 
 @pytest.mark.slow
-def test_metadata_describes_the_export(tiny_model, tiny_classifier):
-    meta = ModelCard.load(tiny_model / "pizza" / "1").to_dict()
+def test_metadata_describes_the_export(tiny_model, tiny_classifier, tmp_path):
+    version = tiny_model / "pizza" / "1"
+    meta = json.loads(card_path(version).read_text())  # the file, as any reader sees it
     assert meta["backbone"] == "tiny_cnn" and meta["weights"] == "none"
     assert meta["image_size"] == 64
     assert meta["classes"] == ["not_pizza", "pizza"] and meta["positive_class"] == "pizza"
@@ -209,6 +210,10 @@ def test_metadata_describes_the_export(tiny_model, tiny_classifier):
     assert meta["signatures"]["serving_pixels"]["inputs"]["pixels"] == {"dtype": "uint8", "shape": [None, 64, 64, 3]}
     assert set(meta["signatures"]["serving_default"]["outputs"]) == {"probability", "label", "probabilities"}
     assert meta["self_check"]["n_images"] == 4 and meta["self_check"]["max_abs_diff"] <= 1e-4
+    card = ModelCard.load(version)  # the typed card says the same and writes the very same bytes
+    assert card.to_dict() == meta and card.classes == ("not_pizza", "pizza") and card.threshold == 0.5
+    card.save(tmp_path)
+    assert card_path(tmp_path).read_bytes() == card_path(version).read_bytes()
 
 
 # --- versioning, self-check, atomicity -------------------------------------------------
