@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class ModelCard:
     present: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # known keys the file has
 
     @classmethod
-    def fields(cls) -> tuple[str, ...]:
+    def known_keys(cls) -> tuple[str, ...]:
         """The known keys of pizzactl.json."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "present"))
 
@@ -64,7 +64,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
-        known = set(cls.fields())
+        known = set(cls.known_keys())
         values = {k: v for k, v in data.items() if k in known}
         if values.get("classes") is not None:
             values["classes"] = tuple(str(c) for c in values["classes"])
@@ -140,8 +140,3 @@ def _json_default(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
-
-
-def class_names(card: ModelCard | None, default: Sequence[str] = ()) -> tuple[str, ...]:
-    """The card's classes, else `default` (no card, or one without classes)."""
-    return (card.classes if card else ()) or tuple(default)
