@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from PIL import Image
 
-    from pizzactl.serving.modelserver.runtimes import LiteRTRuntime
+    from pizzactl.model.runtimes import LiteRTRuntime
 
     files = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     files = files[:: max(1, len(files) // args.images)][: args.images]

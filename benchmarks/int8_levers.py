@@ -6,7 +6,7 @@ the version with each calibration set and prints what export's check (`convert.j
 held-out photos flipped against / for it, the one-sided p-value, |dp| at p50 / p95 / max, and
 held-out accuracy beside the SavedModel's. Levers (every one reported, not the best):
   plain-N      N training photos, decoded as serving decodes them (export's default: 100), each
-               class in its share (export.calibration_records), all N used
+               class in its share (train.reexport.calibration_records), all N used
   aug-N        the same N photos plus their augmented views as training cached them (views.py)
 
 usage: python benchmarks/int8_levers.py RUN_DIR VERSION_DIR [--levers plain-100,plain-400,aug-400]
@@ -53,18 +53,19 @@ def main(argv=None) -> None:
     from pizzactl.tfimport import import_quietly
 
     import_quietly()
-    from pizzactl.convert import convert_runtimes
-    from pizzactl.export import load_run_classifier, run_check_images, run_split
+    from pizzactl.model.card import ModelCard
+    from pizzactl.model.litert import convert_runtimes
+    from pizzactl.train.reexport import load_run_classifier, run_check_images, run_split
 
     config = json.loads((args.run_dir / "config.json").read_text())
     classifier = load_run_classifier(args.run_dir)
-    meta = json.loads((args.version_dir / "assets.extra" / "pizzactl.json").read_text())
+    card = ModelCard.load(args.version_dir)
     rows = []
     for lever in args.levers.split(","):
         kind, n = lever.split("-")
         calibration, holdout = run_split(config, calibration_size=int(n))
         if kind == "aug":
-            calibration = calibration + augmented(calibration, int(meta["image_size"]), args.views)
+            calibration = calibration + augmented(calibration, int(card.image_size or 0), args.views)
         with tempfile.TemporaryDirectory() as scratch:
             version = Path(scratch) / "1"
             shutil.copytree(args.version_dir, version, ignore=shutil.ignore_patterns("*.tflite"))

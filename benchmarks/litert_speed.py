@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     import numpy as np
 
     from pizzactl.errors import ModelNotFoundError
-    from pizzactl.serving.modelserver.runtimes import LiteRTRuntime
+    from pizzactl.model.runtimes import LiteRTRuntime
 
     runtimes = {}
     for path in args.models:

@@ -17,7 +17,7 @@ import sys
 from pizzactl.bench.compare import compare_servers, parse_variant
 from pizzactl.bench.serve import data_dir, pick_photos
 from pizzactl.config import load_settings
-from pizzactl.model_store import latest_version_dir
+from pizzactl.model.store import latest_version_dir
 
 
 def main() -> None:

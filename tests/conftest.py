@@ -98,7 +98,7 @@ def tiny_classifier(shared_photos):
     keras = import_tier("keras", "slow")
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     photos = shared_photos["not_pizza"][:20] + shared_photos["pizza"][:20]
     labels = [0.0] * 20 + [1.0] * 20
@@ -138,7 +138,7 @@ def tiny_classifier(shared_photos):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_classifier, tmp_path_factory) -> Path:
     """A models dir (MODELS) holding MODELS/pizza/1, the tiny classifier exported by export_model."""
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     models = tmp_path_factory.mktemp("tiny_models")
     export_model(tiny_classifier.model, models, tiny_classifier.metadata, tiny_classifier.check_images)

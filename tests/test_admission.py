@@ -321,7 +321,7 @@ def slow_model(shared_photos, tmp_path_factory) -> Path:
     from conftest import import_tier
 
     keras = import_tier("keras", "slow")
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     keras.utils.set_random_seed(3)
     size = 160

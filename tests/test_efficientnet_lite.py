@@ -44,7 +44,7 @@ def photo_pixels(shared_photos):
     """4 pizza and 4 other real photos, decoded and resized the way training does: float32 [8,224,224,3]."""
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     paths = shared_photos["pizza"][:4] + shared_photos["not_pizza"][:4]
     return np.stack([decode_resize(tf.io.read_file(str(p)), 224).numpy() for p in paths])
@@ -297,7 +297,7 @@ def test_larger_variants_match_the_reference_when_their_weights_are_installed(
     import tensorflow as tf
     from efficientnet_lite_pytorch import EfficientNet
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     torch, _ = torch_reference
     variant = lite.VARIANTS[name]

@@ -51,7 +51,7 @@ def subset(tmp_path, shared_photos) -> Path:
 def _expected_probabilities(tiny_classifier, paths):
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     pixels = tf.stack([decode_resize(tf.constant(p.read_bytes()), 64) for p in paths])
     return np.asarray(tiny_classifier.model(pixels, training=False)).reshape(-1)

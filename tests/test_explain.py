@@ -69,7 +69,7 @@ def tta_model(tmp_path_factory, tiny_classifier):
     """The trainer's classifier shape with test-time augmentation: the backbone runs on the photo and its mirror."""
     import keras
 
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
     from pizzactl.train.heads import build_classifier, build_head
 
     keras.utils.set_random_seed(3)
@@ -137,7 +137,7 @@ def old_binary_export(tiny_model, tiny_classifier, tmp_path_factory):
 
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     classifier, size = tiny_classifier.model, tiny_classifier.image_size
 

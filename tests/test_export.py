@@ -19,12 +19,12 @@ import pytest
 from pizzactl import __version__
 from pizzactl.config import Settings
 from pizzactl.errors import ExportError, ModelNotFoundError
-from pizzactl.model_store import (
+from pizzactl.model.card import ModelCard, card_path
+from pizzactl.model.store import (
     RunNotFoundError,
     find_run_dir,
     latest_version_dir,
     list_versions,
-    read_metadata,
     resolve_model_dir,
 )
 
@@ -70,10 +70,10 @@ def test_resolve_model_dir_accepts_a_version_the_model_folder_or_the_models_dir(
         resolve_model_dir(tmp_path, models)
 
 
-def test_read_metadata_of_a_foreign_saved_model_says_it_was_not_exported_by_pizzactl(tmp_path):
+def test_the_card_of_a_foreign_saved_model_says_it_was_not_exported_by_pizzactl(tmp_path):
     version = _fake_version(tmp_path / "pizza", "1")
     with pytest.raises(ModelNotFoundError, match="not exported by pizzactl"):
-        read_metadata(version)
+        ModelCard.load(version)
 
 
 def test_find_run_dir_by_id_unique_prefix_or_path(tmp_path):
@@ -130,7 +130,7 @@ def _default(loaded, blobs):
 def test_serving_default_on_real_jpegs_matches_the_trained_classifier(loaded, tiny_classifier):
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     paths = tiny_classifier.photos[:3] + tiny_classifier.photos[-3:]
     blobs = [p.read_bytes() for p in paths]
@@ -195,8 +195,9 @@ def test_serving_pixels_freezes_to_a_graph_without_control_flow(loaded):
 
 
 @pytest.mark.slow
-def test_metadata_describes_the_export(tiny_model, tiny_classifier):
-    meta = read_metadata(tiny_model / "pizza" / "1")
+def test_metadata_describes_the_export(tiny_model, tiny_classifier, tmp_path):
+    version = tiny_model / "pizza" / "1"
+    meta = json.loads(card_path(version).read_text())  # the file, as any reader sees it
     assert meta["backbone"] == "tiny_cnn" and meta["weights"] == "none"
     assert meta["image_size"] == 64
     assert meta["classes"] == ["not_pizza", "pizza"] and meta["positive_class"] == "pizza"
@@ -209,6 +210,10 @@ def test_metadata_describes_the_export(tiny_model, tiny_classifier):
     assert meta["signatures"]["serving_pixels"]["inputs"]["pixels"] == {"dtype": "uint8", "shape": [None, 64, 64, 3]}
     assert set(meta["signatures"]["serving_default"]["outputs"]) == {"probability", "label", "probabilities"}
     assert meta["self_check"]["n_images"] == 4 and meta["self_check"]["max_abs_diff"] <= 1e-4
+    card = ModelCard.load(version)  # the typed card says the same and writes the very same bytes
+    assert card.to_dict() == meta and card.classes == ("not_pizza", "pizza") and card.threshold == 0.5
+    card.save(tmp_path)
+    assert card_path(tmp_path).read_bytes() == card_path(version).read_bytes()
 
 
 # --- versioning, self-check, atomicity -------------------------------------------------
@@ -216,7 +221,7 @@ def test_metadata_describes_the_export(tiny_model, tiny_classifier):
 
 @pytest.mark.slow
 def test_export_takes_the_next_integer_and_cleans_dead_temp_dirs(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     base = tmp_path / "pizza"
     for name in ("3", "7"):
@@ -253,7 +258,7 @@ def _python_side_effect_classifier(tiny_classifier):
 
 @pytest.mark.slow
 def test_export_refuses_a_graph_that_disagrees_with_the_model_and_publishes_nothing(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     drifting = _python_side_effect_classifier(tiny_classifier)
     with pytest.raises(ExportError, match="disagrees"):
@@ -265,7 +270,7 @@ def test_export_refuses_a_graph_that_disagrees_with_the_model_and_publishes_noth
 def test_verify_export_rejects_a_different_classifier(tiny_model, tiny_classifier):
     import keras
 
-    from pizzactl.export import verify_export
+    from pizzactl.model.export import verify_export
 
     version = tiny_model / "pizza" / "1"
     summary = verify_export(version, tiny_classifier.model, tiny_classifier.check_images)
@@ -278,7 +283,7 @@ def test_verify_export_rejects_a_different_classifier(tiny_model, tiny_classifie
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, keras
-    from pizzactl.export import export_model, synthetic_check_images
+    from pizzactl.model.export import export_model, synthetic_check_images
     inputs = keras.Input((64, 64, 3))
     x = keras.layers.Conv2D(64, 3, activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -291,7 +296,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_an_export_killed_mid_write_leaves_no_version_and_the_next_export_works(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     models = tmp_path / "models"
     script = tmp_path / "export_then_die.py"
@@ -325,7 +330,7 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_next_export_works(
 def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, tiny_classifier, shared_data):
     import tensorflow as tf
 
-    from pizzactl.export import export_run
+    from pizzactl.train.reexport import export_run
 
     run = tmp_path / "runs" / "20261124-160000-tiny_cnn"
     run.mkdir(parents=True)
@@ -348,7 +353,7 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
 
     version = export_run(s, "20261124-16")
     assert version == tmp_path / "models" / "pizza" / "1"
-    meta = read_metadata(version)
+    meta = ModelCard.load(version).to_dict()
     assert meta["run_id"] == run.name and meta["backbone"] == "tiny_cnn" and meta["threshold"] == 0.4
     assert meta["metrics"] == {"val_accuracy": 0.61, "val_roc_auc": 0.66} and meta["data_hash"] == "abc123"
     assert meta["self_check"]["n_images"] == 4  # two real photos per class from data_dir
@@ -384,13 +389,13 @@ def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_clas
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc == {"model_dir": str(tmp_path / "models" / "pizza" / "5"), "version": 5}
-    meta = read_metadata(tmp_path / "models" / "pizza" / "5")
+    meta = ModelCard.load(tmp_path / "models" / "pizza" / "5").to_dict()
     assert meta["classes"] == ["not_pizza", "pizza"] and meta["threshold"] == 0.5  # defaults
     assert meta["self_check"]["n_images"] == 3  # no data_dir in the run: synthetic images
 
 
 def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     return export_model(
         tiny_classifier.model, tmp_path / "direct", tiny_classifier.metadata, tiny_classifier.check_images
@@ -398,7 +403,7 @@ def tiny_classifier_export(tmp_path, tiny_classifier) -> Path:
 
 
 def test_export_run_of_an_unfinished_run_says_so(tmp_path):
-    from pizzactl.export import export_run
+    from pizzactl.train.reexport import export_run
 
     run = tmp_path / "runs" / "half"
     run.mkdir(parents=True)
@@ -409,7 +414,7 @@ def test_export_run_of_an_unfinished_run_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_metadata_that_contradicts_the_model_input_is_refused(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     with pytest.raises(ExportError, match="image_size 224"):
         export_model(
@@ -423,18 +428,18 @@ def test_metadata_that_contradicts_the_model_input_is_refused(tmp_path, tiny_cla
 
 @pytest.mark.slow
 def test_numpy_metrics_are_written_as_json_numbers(tmp_path, tiny_classifier):
-    from pizzactl.export import export_model
+    from pizzactl.model.export import export_model
 
     metrics = {"val_accuracy": np.float32(0.75), "confusion_matrix": np.array([[3, 1], [0, 4]])}
     version = export_model(
         tiny_classifier.model, tmp_path, {**tiny_classifier.metadata, "metrics": metrics}, tiny_classifier.check_images
     )
-    assert read_metadata(version)["metrics"] == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}
+    assert ModelCard.load(version).metrics == {"val_accuracy": 0.75, "confusion_matrix": [[3, 1], [0, 4]]}
 
 
 # --- more than two classes ---------------------------------------------------------------------
 
-from pizzactl.export import export_model  # noqa: E402  (TensorFlow is imported inside its functions)
+from pizzactl.model.export import export_model  # noqa: E402  (TensorFlow is imported inside its functions)
 
 
 def _softmax_classifier(n_classes: int, size: int = 32, seed: int = 0):
@@ -455,13 +460,13 @@ def _softmax_classifier(n_classes: int, size: int = 32, seed: int = 0):
 def test_a_softmax_model_exports_probabilities_the_most_probable_label_and_its_probability(tmp_path, tiny_classifier):
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     classes = ["hot dog", "pizza", "sushi 🍣"]
     model = _softmax_classifier(3)
     blobs = [p.read_bytes() for p in tiny_classifier.photos[::5]]
     version = export_model(model, tmp_path, {"image_size": 32, "classes": classes}, blobs)
-    meta = read_metadata(version)
+    meta = ModelCard.load(version).to_dict()
     assert meta["classes"] == classes and meta["threshold"] is None and meta["positive_class"] is None
     assert meta["signatures"]["serving_pixels"]["outputs"]["probabilities"] == {"dtype": "float32", "shape": [None, 3]}
     out = tf.saved_model.load(str(version)).signatures["serving_default"](image_bytes=tf.constant(blobs))
@@ -497,7 +502,7 @@ def test_classes_that_do_not_fit_the_model_are_refused(tmp_path):
     assert list_versions(tmp_path) == []
 
 
-# --- faster runtimes converted beside the SavedModel (pizzactl.convert) -------------------
+# --- faster runtimes converted beside the SavedModel (pizzactl.model.litert) -------------------
 
 
 @pytest.mark.slow
@@ -505,7 +510,7 @@ def test_export_converts_litert_beside_the_savedmodel_and_checks_it(tiny_model):
     """float32 LiteRT agrees to ~1e-7; int8 needs held-out images to be judged, and the fixture has
     none: it fails the check (auto will not run it) but stays for whoever asks for it by name."""
     version = tiny_model / "pizza" / "1"
-    runtimes = read_metadata(version)["runtimes"]
+    runtimes = ModelCard.load(version).runtimes
     litert = runtimes["litert"]
     assert litert["ok"] is True and litert["max_abs_diff"] <= 1e-4
     assert (version / litert["file"]).is_file() and litert["file"].startswith("assets.extra/")  # TF Serving ignores it
@@ -521,7 +526,7 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     compares the labels each runtime answers with the true classes, and int8's rows sum to 1."""
     import numpy as np
 
-    from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime
+    from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime
 
     classes = ["hot dog", "pizza", "sushi 🍣"]
     check = [p.read_bytes() for p in tiny_classifier.photos[::5]]
@@ -530,7 +535,7 @@ def test_litert_answers_a_softmax_model_as_the_savedmodel_does(tmp_path, tiny_cl
     version = export_model(
         _softmax_classifier(3), tmp_path, {"image_size": 32, "classes": classes}, check, holdout=holdout
     )
-    runtimes = read_metadata(version)["runtimes"]
+    runtimes = ModelCard.load(version).runtimes
     tf_rt, lite = TensorFlowRuntime.load(version, 1), LiteRTRuntime.load(version, 1, "litert", threads=2)
     want, got = (rt.run(SIGNATURE, {"image_bytes": check}) for rt in (tf_rt, lite))
     assert set(got) == set(want) and got["probabilities"].shape == (len(check), 3)
@@ -558,7 +563,7 @@ def _held_out(shared_photos, first: int = 40, last: int = 60) -> list[tuple[byte
 
 @pytest.mark.slow
 def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_path, tiny_classifier, shared_photos):
-    from pizzactl.convert import judge
+    from pizzactl.model.litert import judge
 
     held_out = _held_out(shared_photos)
     m = tiny_classifier
@@ -571,7 +576,7 @@ def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_pa
         calibration=[b for b, _ in held_out[::4]],
         runtimes=("litert-int8",),
     )
-    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    entry = ModelCard.load(version).runtimes["litert-int8"]
     accuracy, flips = entry["holdout_accuracy"], entry["flips"]
     assert accuracy["n"] == 40 and 0 <= accuracy["litert-int8"] <= 1 and 0 <= accuracy["savedmodel"] <= 1
     assert accuracy["litert-int8"] - accuracy["savedmodel"] == pytest.approx((flips["better"] - flips["worse"]) / 40)
@@ -582,7 +587,7 @@ def test_int8_is_judged_by_the_one_sided_rule_and_its_evidence_is_written(tmp_pa
     reference = np.array([True] * worse + [False] * better, dtype=bool)
     assert (judge("litert-int8", np.array([entry["abs_diff"]["p95"]]), reference, ~reference, {}) == []) == entry["ok"]
     assert (version / "assets.extra/litert/classifier-int8.tflite").is_file()  # checked or not: opt-in by name
-    assert set(read_metadata(version)["runtimes"]) == {"litert-int8"}
+    assert set(ModelCard.load(version).runtimes) == {"litert-int8"}
 
 
 def test_the_rule_refuses_a_runtime_only_when_the_sample_shows_it_worse():
@@ -590,7 +595,7 @@ def test_the_rule_refuses_a_runtime_only_when_the_sample_shows_it_worse():
     are within chance; many more flips against than for it, or a typical |dp| over the tolerance, refuse it."""
     import numpy as np
 
-    from pizzactl.convert import binomial_tail, judge
+    from pizzactl.model.litert import binomial_tail, judge
 
     def verdict(worse: int, better: int, n: int = 314, dp: float = 0.01) -> list[str]:
         reference = np.array([True] * worse + [False] * better + [True] * (n - worse - better))
@@ -630,7 +635,7 @@ def test_an_int8_artefact_that_is_really_worse_is_still_refused(tmp_path, tiny_c
         calibration=[buf.getvalue()] * 8,
         runtimes=("litert-int8",),
     )
-    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    entry = ModelCard.load(version).runtimes["litert-int8"]
     assert entry["ok"] is False, entry
     assert entry["flips"]["worse"] > entry["flips"]["better"] and "worse on held-out photos" in entry["reason"]
 
@@ -652,7 +657,7 @@ def test_a_model_the_converter_refuses_is_published_without_the_artefact(tmp_pat
     monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", Refusing)
     m = tiny_classifier
     version = export_model(m.model, tmp_path, m.metadata, m.check_images, runtimes=("litert",))
-    entry = read_metadata(version)["runtimes"]["litert"]
+    entry = ModelCard.load(version).runtimes["litert"]
     assert entry["ok"] is False and "conversion failed" in entry["reason"] and "FlexErf" in entry["reason"]
     assert (version / "saved_model.pb").is_file() and not (version / "assets.extra" / "litert").exists()
 
@@ -664,7 +669,7 @@ def test_the_conversion_prints_one_line_per_artefact_and_keeps_the_rest_in_the_d
     """Keras prints the SavedModel it writes for the converter, a TensorSpec line per captured
     variable (~650 lines for the default backbone); the quantizer and the XNNPACK delegate write
     their own lines to file descriptor 2. A user sees one line per artefact."""
-    caplog.set_level("DEBUG", logger="pizzactl.convert")
+    caplog.set_level("DEBUG", logger="pizzactl.model.litert")
     m = tiny_classifier
     held_out = _held_out(shared_photos)
     export_model(m.model, tmp_path, m.metadata, m.check_images, holdout=held_out, calibration=[b for b, _ in held_out])
@@ -686,9 +691,9 @@ def test_calibration_draws_every_class_in_its_share_whatever_the_size(tmp_path, 
     the first 100 images it was given: asked for 400 (or 200), those were all not_pizza and the int8
     Lite2 answered not_pizza for every photo. The images handed over, and the ones the converter
     keeps of a longer list, must hold each class in its share, from the first ones on."""
-    from pizzactl.convert import calibration_sample
     from pizzactl.data.dataset import load_dataset
-    from pizzactl.export import run_split
+    from pizzactl.model.litert import calibration_sample
+    from pizzactl.train.reexport import run_split
 
     root = copy_photos(60)  # 48 training photos per class at val_split 0.2
     config = {"data_dir": str(root), "data_hash": load_dataset(root, check=False).data_hash}
@@ -728,7 +733,7 @@ def test_int8_calibrated_on_a_split_listed_class_by_class_answers_both_classes(t
     (mean red - mean blue) / 20, so the SavedModel tells the two colours apart with certainty."""
     import keras
 
-    from pizzactl.convert import MAX_CALIBRATION
+    from pizzactl.model.litert import MAX_CALIBRATION
 
     inputs = keras.Input((16, 16, 3), name="pixels")
     x = keras.layers.GlobalAveragePooling2D()(inputs)
@@ -748,6 +753,6 @@ def test_int8_calibrated_on_a_split_listed_class_by_class_answers_both_classes(t
         calibration=calibration,
         runtimes=("litert-int8",),
     )
-    entry = read_metadata(version)["runtimes"]["litert-int8"]
+    entry = ModelCard.load(version).runtimes["litert-int8"]
     assert entry["ok"] is True and entry["abs_diff"]["p95"] <= 0.05 and entry["flips"]["worse"] == 0, entry
     assert entry["holdout_accuracy"]["litert-int8"] == 1.0, entry

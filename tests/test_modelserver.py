@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pizzactl.errors import BadInputError
-from pizzactl.model_store import list_versions
+from pizzactl.model.store import list_versions
 from pizzactl.serving.modelserver.batching import Batcher, isolate_failures, isolate_failures_async
 
 from serving_fixtures import ModelServerProcess, free_port
@@ -113,7 +113,7 @@ def _versions(path):
 
 def test_a_version_is_an_integer_directory_with_a_saved_model(tmp_path):
     """What the model server serves is what model_store lists (deploy, evaluate and explain use it too)."""
-    from pizzactl.model_store import next_version
+    from pizzactl.model.store import next_version
 
     base = tmp_path / "pizza"
     for name in ("1", "3", ".tmp-123-abc", "notes"):
@@ -304,7 +304,7 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     """auto serves the LiteRT artefact export checked, on every usable CPU; asked for one the version
     does not have (an export from before LiteRT), the server falls back to TensorFlow and says so.
     Both answer the same, metadata included."""
-    from pizzactl.serving.modelserver.runtimes import usable_cpus
+    from pizzactl.model.runtimes import usable_cpus
 
     photos = [b64(p.read_bytes()) for p in shared_photos["pizza"][50:53] + shared_photos["not_pizza"][50:53]]
     body = {"instances": [{"b64": p} for p in photos]}
@@ -347,7 +347,7 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     ],
 )
 def test_the_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files, want):
-    from pizzactl.serving.modelserver.runtimes import cgroup_cpu_quota
+    from pizzactl.model.runtimes import cgroup_cpu_quota
 
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ def test_the_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files, want):
 def test_thread_pools_are_sized_to_the_quota_not_to_the_hosts_cpus(tmp_path):
     import os
 
-    from pizzactl.serving.modelserver.runtimes import usable_cpus
+    from pizzactl.model.runtimes import usable_cpus
 
     host = len(os.sched_getaffinity(0))
     (tmp_path / "cpu.max").write_text("max 100000\n")

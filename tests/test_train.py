@@ -157,7 +157,7 @@ def test_augmented_views_are_repeatable_and_distinct(tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
     from pizzactl.train.views import view_fn
 
     data = (make_images(tmp_path, per_class=1, size=64) / "pizza" / "pizza_0.jpg").read_bytes()

@@ -20,7 +20,7 @@ import yaml
 from pizzactl.config import load_settings
 from pizzactl.errors import TrainingError, UsageError
 from pizzactl.kube import training as kube_training
-from pizzactl.model_store import list_versions
+from pizzactl.model.store import list_versions
 from pizzactl.train.remote import jobs, on_cluster, train_on
 
 from k8s_batch_fakes import (

@@ -79,13 +79,13 @@ def b64(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """The fixed classifier exported, with its float32 LiteRT artefact (int8 has no held-out images to pass)."""
-    from pizzactl.export import export_model
-    from pizzactl.model_store import read_metadata
+    from pizzactl.model.card import ModelCard
+    from pizzactl.model.export import export_model
 
     root = tmp_path_factory.mktemp("wire") / "models"
     metadata = {"backbone": "fixed", "image_size": SIZE, "classes": ["not_pizza", "pizza"], "threshold": 0.5}
     version = export_model(fixed_classifier(), root, metadata, images())
-    assert read_metadata(version)["runtimes"]["litert"]["ok"] is True
+    assert ModelCard.load(version).runtime("litert")["ok"] is True
     return root
 
 

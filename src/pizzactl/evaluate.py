@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pizzactl.console import err, log
 from pizzactl.errors import BadInputError, DataError
-from pizzactl.model_store import read_metadata, resolve_model_dir
+from pizzactl.model.card import ModelCard
+from pizzactl.model.store import resolve_model_dir
 from pizzactl.train.metrics import classification_metrics
 
 BATCH_SIZE = 32
@@ -26,8 +27,8 @@ def _predict_batch(runtime, blobs: list[bytes], paths: list[Path], failed: list[
     """(probability, label, probabilities) per image of one batch, and the indices kept; an
     undecodable image is set aside, not fatal. A binary model exported before `probabilities`
     existed gets (1 - p, p)."""
+    from pizzactl.model.runtimes import SIGNATURE
     from pizzactl.serving.modelserver.batching import isolate_failures
-    from pizzactl.serving.modelserver.runtimes import SIGNATURE
 
     (name,) = runtime.input_names(SIGNATURE)
 
@@ -58,7 +59,7 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
 
 def load_for_evaluation(version_dir: Path, wanted: str):
     """The version on the runtime asked for (`auto`: the model server's choice), with every CPU."""
-    from pizzactl.serving.modelserver.runtimes import load_runtime, require_runtimes, usable_cpus
+    from pizzactl.model.runtimes import load_runtime, require_runtimes, usable_cpus
 
     if wanted != "auto":
         require_runtimes(version_dir, [wanted])
@@ -108,10 +109,10 @@ def evaluate(
     predicted, probability); `confusion_png` the confusion matrix as a picture.
     """
     version_dir = resolve_model_dir(model_dir, settings.models_dir)  # before TF: a missing model fails fast
-    meta = read_metadata(version_dir)
-    classes = [str(c) for c in meta["classes"]]
+    card = ModelCard.load(version_dir)
+    classes = list(card.classes)
     binary = len(classes) == 2
-    threshold = float(meta.get("threshold") or 0.5) if binary else None
+    threshold = float(card.threshold or 0.5) if binary else None
 
     from pizzactl.data.dataset import load_dataset
     from pizzactl.data.download import resolve_data_dir
@@ -152,12 +153,12 @@ def evaluate(
         _write_errors(Path(errors_csv), errors)
     for item in failed:
         log(f"[yellow]skipped[/] {item['path']}: {item['error']}")
-    same_data = bool(meta.get("data_hash")) and meta.get("data_hash") == dataset.data_hash
+    same_data = bool(card.data_hash) and card.data_hash == dataset.data_hash
     return {
         **metrics,
         "model_dir": str(version_dir),
         "version": int(version_dir.name) if version_dir.name.isdigit() else None,
-        "backbone": meta.get("backbone"),
+        "backbone": card.backbone,
         "runtime": runtime.name,
         "data_dir": str(dataset.root),
         "data_hash": dataset.data_hash,

@@ -19,6 +19,8 @@ from typing import Any
 
 from pizzactl.console import log
 from pizzactl.errors import ModelNotFoundError, PizzaError, missing_extra
+from pizzactl.model.card import ModelCard
+from pizzactl.model.contract import DEFAULT_CLASSES, DEFAULT_THRESHOLD
 
 MAX_SIDE = 512  # overlay size (longest side)
 
@@ -73,10 +75,8 @@ class GradCam:
         tf = _tf()
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-        from pizzactl.model_store import read_metadata
-
         version_dir = Path(version_dir)
-        meta = read_metadata(version_dir)
+        card = ModelCard.load(version_dir)
         loaded = tf.saved_model.load(str(version_dir))
         if "serving_pixels" not in loaded.signatures:
             raise ModelNotFoundError(
@@ -97,11 +97,11 @@ class GradCam:
         pixels = graph.get_tensor_by_name(input_name)
         probability = graph.get_tensor_by_name(probability_name)
         feature_maps = _final_feature_maps(graph, probability)
-        classes = tuple(str(c) for c in meta.get("classes", ["not_pizza", "pizza"]))
-        threshold = meta.get("threshold", 0.5)
+        classes = card.classes or DEFAULT_CLASSES
+        threshold = DEFAULT_THRESHOLD if card.threshold is None else card.threshold
         return cls(
             version_dir=version_dir,
-            image_size=int(meta["image_size"]),
+            image_size=int(card.image_size or 0),
             classes=classes,
             threshold=float(threshold) if len(classes) == 2 and threshold is not None else None,
             per_class=per_class,
@@ -114,7 +114,7 @@ class GradCam:
     def pixels(self, image_bytes: bytes):
         """Encoded image -> uint8 [1,S,S,3], exactly the pixels serving_default would see (rounded)."""
         tf = _tf()
-        from pizzactl.decode import decode_resize
+        from pizzactl.model.decode import decode_resize
 
         try:
             image = decode_resize(tf.constant(image_bytes), self.image_size)
@@ -296,7 +296,7 @@ def check_can_explain(settings) -> None:
 def _model_for(settings, results: Sequence[dict[str, Any]]) -> Path:
     """The exported version that answered (its model_version) if it is on this machine, else the latest."""
     from pizzactl.deploy import state as state_mod
-    from pizzactl.model_store import latest_version_dir, list_versions
+    from pizzactl.model.store import latest_version_dir, list_versions
 
     dirs = [Path(settings.models_dir)]
     st = state_mod.load(settings)

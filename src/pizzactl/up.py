@@ -51,7 +51,7 @@ def choose_target(settings: Settings) -> TargetChoice:
 
 
 def _existing_model(settings: Settings) -> Path | None:
-    from pizzactl.model_store import latest_version_dir
+    from pizzactl.model.store import latest_version_dir
 
     try:
         return latest_version_dir(settings.models_dir)
@@ -67,19 +67,20 @@ def _images_in(folder: Path) -> list[Path]:
 
 def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
     """A photo of the positive class from the data the model was trained on, if it is still here."""
-    from pizzactl.model_store import find_run_dir, read_metadata
+    from pizzactl.model.card import ModelCard
+    from pizzactl.model.store import find_run_dir
 
-    meta = read_metadata(model_dir)
+    card = ModelCard.load(model_dir)
     folders = []
     if settings.data_dir is not None:
         folders.append(Path(settings.data_dir).expanduser())
     try:
-        config = json.loads((find_run_dir(settings, meta.get("run_id", "")) / "config.json").read_text())
+        config = json.loads((find_run_dir(settings, card.run_id or "") / "config.json").read_text())
         if config.get("data_dir"):
             folders.append(Path(config["data_dir"]))
     except Exception:
         pass
-    positive = meta.get("positive_class") or (meta.get("classes") or [""])[-1]
+    positive = card.positive_class or (card.classes or ("",))[-1]
     for folder in folders:
         for sub in (folder / positive, folder):
             if sub.is_dir():
@@ -92,7 +93,7 @@ def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
 def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> dict[str, Any]:
     """Train if needed, deploy where this machine allows, predict one photo; what a user needs next."""
     from pizzactl.deploy import deploy
-    from pizzactl.model_store import latest_version_dir, model_base
+    from pizzactl.model.store import latest_version_dir, model_base
     from pizzactl.predict import predict
 
     model_dir = _existing_model(settings)

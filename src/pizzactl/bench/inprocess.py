@@ -4,7 +4,7 @@ Each setting runs in a fresh process (TensorFlow's thread pools are fixed once i
 worker that loads the version on one runtime and then answers commands on stdin, one JSON
 object a line: `{"throughput": IMAGES, "batch": B}` -> images/s and CPU seconds,
 `{"latency": N}` -> milliseconds per lone image. It runs the model server's own code
-(`serving.modelserver.runtimes`) on the very JPEG bytes the gateway would send, so the best of
+(`model.runtimes`) on the very JPEG bytes the gateway would send, so the best of
 the sweep is the limit the servers are measured against, not a handicapped baseline.
 
     python -m pizzactl.bench.inprocess VERSION_DIR JPEGS_FILE RUNTIME INTRA INTER
@@ -172,7 +172,7 @@ def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, 
 
 def _serve(version_dir: Path, jpegs: list[bytes], runtime_name: str, intra: int, inter: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
+    from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
     from pizzactl.tfimport import import_quietly
 
     import_quietly()

@@ -323,19 +323,20 @@ def bench_serve(
     overload_seconds: float = OVERLOAD_SECONDS,
 ) -> dict[str, Any]:
     """Every runtime's sweep, best and end to end; the top level is the default runtime's."""
-    from pizzactl.model_store import latest_version_dir, read_metadata
+    from pizzactl.model.card import ModelCard
+    from pizzactl.model.runtimes import require_runtimes, runtime_candidates, usable_cpus
+    from pizzactl.model.store import latest_version_dir
     from pizzactl.serving import prepare
-    from pizzactl.serving.modelserver.runtimes import require_runtimes, runtime_candidates, usable_cpus
 
     concurrency, requests = max(1, int(concurrency)), max(1, int(requests))
     version_dir = latest_version_dir(settings.models_dir)
-    meta = read_metadata(version_dir)
-    size = int(meta["image_size"])
-    chosen = require_runtimes(version_dir, runtimes or runtime_candidates("auto", meta))
+    card = ModelCard.load(version_dir)
+    size = int(card.image_size or 0)
+    chosen = require_runtimes(version_dir, runtimes or runtime_candidates("auto", card))
     photos = pick_photos(data_dir(settings))
     raw = [(p.name, p.read_bytes()) for p in photos]
     jpegs = [prepare.prepare_image(data, size) for _, data in raw]
-    log(f"{len(photos)} photos from {photos[0].parent.parent}; model {version_dir} ({meta.get('backbone')}, {size}px)")
+    log(f"{len(photos)} photos from {photos[0].parent.parent}; model {version_dir} ({card.backbone}, {size}px)")
     load_before = os.getloadavg()
     started = time.time()
     per_runtime = {}
@@ -353,7 +354,7 @@ def bench_serve(
             log(f"every runtime's best setting alone, {ROUNDS} alternating rounds ...")
             best = {name: r["best"] for name, r in per_runtime.items()}
             rounds_ = side_by_side(version_dir, jpegs_file, best, max(2 * concurrency, requests // ROUNDS), ROUNDS)
-    default = runtime_candidates("auto", meta)[0]
+    default = runtime_candidates("auto", card)[0]
     top = default if default in per_runtime else chosen[0]
     primary = per_runtime[top]
     result: dict[str, Any] = {
@@ -369,7 +370,7 @@ def bench_serve(
         "photos": len(photos),
         "data_dir": str(photos[0].parent.parent),
         "model_dir": str(version_dir),
-        "backbone": meta.get("backbone"),
+        "backbone": card.backbone,
         "image_size": size,
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "seconds": round(time.time() - started, 1),

@@ -157,7 +157,7 @@ def _time_plain(run: dict, dim: int, train_records, val_records) -> tuple[float,
     import keras
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
     from pizzactl.train.heads import build_head
 
     size, seed = run["size"], run["seed"]

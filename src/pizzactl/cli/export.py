@@ -18,7 +18,7 @@ def export(
     json_out: bool = JsonOpt,
 ) -> None:
     """Export a run's model again as a new SavedModel version."""
-    from pizzactl.export import export_run
+    from pizzactl.train.reexport import export_run
 
     version_dir = export_run(settings(models_dir=deprecated(models, to, "models_dir", "--to")), run)
     if json_out:

@@ -46,7 +46,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     """Deploy the latest exported model to the target; replaces what was deployed before."""
     target = target_of(settings)
     mod = _target_module(target)
-    from pizzactl.model_store import latest_version_dir
+    from pizzactl.model.store import latest_version_dir
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)

@@ -153,15 +153,16 @@ def model_classes(settings: Settings, model_version: int | None) -> str:
     """The deployed version's class names, comma-separated, for a gateway in front of TF Serving
     (which serves no pizzactl.json, so the gateway could not name the probabilities otherwise)."""
     from pizzactl.errors import ModelNotFoundError
-    from pizzactl.model_store import model_base, read_metadata
+    from pizzactl.model.card import ModelCard
+    from pizzactl.model.store import model_base
 
     if model_version is None:
         return ""
     try:
-        meta = read_metadata(model_base(settings.models_dir) / str(model_version))
+        card = ModelCard.load(model_base(settings.models_dir) / str(model_version))
     except ModelNotFoundError:  # no pizzactl.json (exported elsewhere): the gateway numbers the columns
         return ""
-    return ",".join(str(c) for c in meta.get("classes") or [])
+    return ",".join(card.classes)
 
 
 def _size_threads(container: dict[str, Any], model_server: str) -> None:

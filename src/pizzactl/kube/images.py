@@ -28,7 +28,7 @@ from pizzactl.console import err, log
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 from pizzactl.kube.docker_daemon import daemon_platform, docker_api, short_error
 from pizzactl.kube.shipped import shipped_dir
-from pizzactl.model_store import latest_version_dir
+from pizzactl.model.store import latest_version_dir
 
 PACKAGE_DIR = Path(pizzactl.__file__).resolve().parent
 DOCKER_DIR = shipped_dir("docker")

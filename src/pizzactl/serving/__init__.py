@@ -66,7 +66,7 @@ def serve(settings) -> None:
     """Model server + gateway in the foreground until Ctrl-C; a child that dies stops the other."""
     from pizzactl.console import err
     from pizzactl.errors import DeployError
-    from pizzactl.model_store import latest_version_dir
+    from pizzactl.model.store import latest_version_dir
     from pizzactl.serving import processes as proc
     from pizzactl.serving.auth import key_env
 

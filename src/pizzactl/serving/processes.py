@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from pizzactl.errors import DeployError, PortInUseError
+from pizzactl.pids import pid_alive, proc_file
 
 MODELSERVER = "modelserver"
 GATEWAY = "gateway"
@@ -153,47 +154,11 @@ def spawn(
 # --- liveness and stopping -----------------------------------------------------------------
 
 
-def _reap(pid: int) -> bool:
-    """Collect our own exited child so it does not linger as a zombie; True if it was reaped."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child
-        return False
-    return done == pid
-
-
-def _proc_file(pid: int, name: str) -> bytes | None:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_bytes()
-    except OSError:
-        return None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True while the process exists and is not a zombie."""
-    if not pid or pid <= 0:
-        return False
-    if _reap(pid):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _proc_file(pid, "stat")
-    if stat is not None:
-        state = stat.rsplit(b")", 1)[-1].split()[:1]
-        if state and state[0] in (b"Z", b"X"):
-            return False
-    return True
-
-
 def is_our_server(pid: int) -> bool:
     """Guard against pid reuse: is `pid` still a pizzactl server process? (True where /proc is missing.)"""
     if not os.path.isdir("/proc"):
         return pid_alive(pid)
-    cmdline = _proc_file(pid, "cmdline")
+    cmdline = proc_file(pid, "cmdline")
     if cmdline is None:
         return False
     return any(module in cmdline for module in _OUR_MODULES)

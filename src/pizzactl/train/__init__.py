@@ -32,9 +32,10 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     require_training()  # before any download or scan
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
-    from pizzactl.export import calibration_records, export_model
+    from pizzactl.model.export import export_model
     from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import FeatureCache
+    from pizzactl.train.reexport import calibration_records
     from pizzactl.train.run_dir import write_json
 
     start = time.perf_counter()

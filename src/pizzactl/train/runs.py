@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pizzactl.model_store import find_run_dir
+from pizzactl.model.store import find_run_dir
 
 
 def _read(path: Path) -> dict:

@@ -61,7 +61,7 @@ def view_fn(view: str, size: int) -> Callable:
     """(encoded bytes, index) -> float32 [size, size, 3] 0..255 pixels of that view."""
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
+    from pizzactl.model.decode import decode_resize
 
     if view == "plain":
         return lambda data, index: decode_resize(data, size)

@@ -21,7 +21,7 @@ from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError
-from pizzactl.model_store import latest_version_dir
+from pizzactl.model.store import latest_version_dir
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
 from pizzactl.serving.auth import key_env

@@ -26,9 +26,9 @@ from starlette.routing import Route
 
 from pizzactl.config import add_argument, load_settings, server_settings
 from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_handlers, tf_serving_body
+from pizzactl.model.runtimes import configure_tf_threads
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
-from pizzactl.serving.modelserver.runtimes import configure_tf_threads
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
 
 log = logging.getLogger("pizzactl.modelserver")

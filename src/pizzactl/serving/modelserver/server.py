@@ -2,7 +2,7 @@
 the answers to TF Serving's status, metadata and predict calls.
 
 Like TF Serving it serves the highest version under `MODELS/<name>/` (a version is what
-`pizzactl.model_store.list_versions` says it is) and polls that folder, swapping to a new
+`pizzactl.model.store.list_versions` says it is) and polls that folder, swapping to a new
 version (or back to an older one when the newest is deleted) without a restart. A version
 that fails to load is not retried until its directory changes. With no version yet it
 answers 404 with a message naming the folder it watches.
@@ -20,11 +20,11 @@ from typing import Any
 
 from pizzactl.config import Settings, view
 from pizzactl.errors import BadInputError, ServableNotFoundError
-from pizzactl.model_store import list_versions, model_base
+from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, Runtime, load_runtime, usable_cpus
+from pizzactl.model.store import list_versions, model_base
 from pizzactl.serving.admission import Admission, Throughput
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
-from pizzactl.serving.modelserver.runtimes import SIGNATURE, LiteRTRuntime, Runtime, load_runtime, usable_cpus
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -222,8 +222,8 @@ class ModelServer:
             "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
             "metadata": {
                 "signature_def": {"signature_def": model.signature_def},
-                "pizzactl": model.pizzactl,
-                "runtime": model.name,  # not TF Serving's: which engine answers (pizzactl.convert)
+                "pizzactl": model.card.to_dict() if model.card else {},
+                "runtime": model.name,  # not TF Serving's: which engine answers (pizzactl.model.litert)
             },
         }
 

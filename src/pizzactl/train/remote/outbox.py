@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import TrainingError
-from pizzactl.model_store import (
+from pizzactl.model.card import card_path
+from pizzactl.model.store import (
     MODEL_NAME,
     TMP_PREFIX,
     fsync_tree,
@@ -130,7 +131,7 @@ def _staged_version(outbox: Path) -> Path:
             "The trainer exported no model version.", hint="Look at its log above for the error that stopped it."
         )
     staged = versions[-1][1]
-    if not (staged / "assets.extra" / "pizzactl.json").is_file():
+    if not card_path(staged).is_file():
         raise TrainingError(
             f"The exported version {staged.name} has no pizzactl metadata; nothing was published.",
             hint="Train again; if it repeats, report it with the trainer's log.",

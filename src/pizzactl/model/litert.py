@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.model_store import METADATA_DIR
+from pizzactl.model.card import ModelCard
+from pizzactl.model.runtimes import LITERT, LiteRTRuntime, TensorFlowRuntime, decoder
+from pizzactl.model.store import METADATA_DIR
 from pizzactl.tfimport import LITERT_NOISE, NOISE, native_stderr_filtered
 
 # |dp| (every class's probability, the largest per photo) at a percentile over the check and
@@ -73,8 +75,6 @@ def tflite_model(classifier, int8: bool = False, calibration=None) -> bytes:
 def _pixels(images: Sequence[bytes], size: int):
     import tensorflow as tf
 
-    from pizzactl.serving.modelserver.runtimes import decoder
-
     return decoder(size)(tf.constant(list(images), dtype=tf.string)).numpy() if images else []
 
 
@@ -98,11 +98,8 @@ def convert_runtimes(
         return {}
     import numpy as np
 
-    from pizzactl.model_store import read_metadata
-    from pizzactl.serving.modelserver.runtimes import TensorFlowRuntime
-
-    meta = read_metadata(version_dir)
-    size, classes = int(meta["image_size"]), [str(c) for c in meta["classes"]]
+    card = ModelCard.load(version_dir)
+    size, classes = int(card.image_size or 0), list(card.classes)
     holdout = list(holdout)[:MAX_HOLDOUT]
     reference = TensorFlowRuntime.load(version_dir, 0)
     check = {"check": list(check_images), "holdout": [image for image, _ in holdout]}
@@ -149,8 +146,6 @@ def _answers(runtime, images: Sequence[bytes], classes: list[str]):
 
 def _convert_one(name, version_dir, classifier, calibration, check, want, truth, classes) -> dict[str, Any]:
     import numpy as np
-
-    from pizzactl.serving.modelserver.runtimes import LITERT, LiteRTRuntime
 
     try:
         import ai_edge_litert  # noqa: F401 - the engine the check (and the model server) runs it on

@@ -3,10 +3,10 @@
 `TensorFlowRuntime` loads the SavedModel itself, every signature as exported (the model
 contract: `serving_default` takes the image bytes and decodes them in the graph).
 `LiteRTRuntime` runs the classifier that `pizzactl export` converted for LiteRT (XNNPACK) into
-the version directory (`pizzactl.convert`), behind the same two signatures: the image bytes are
+the version directory (`pizzactl.model.litert`), behind the same two signatures: the image bytes are
 decoded by the very `decode_resize` the SavedModel runs, so only the network differs, and export
 published the artefact only if it agreed with the SavedModel (|dp| on real photos, and not worse
-on held-out photos: `convert.judge`). The model server asks a runtime for its TF Serving-shaped
+on held-out photos: `litert.judge`). The model server asks a runtime for its TF Serving-shaped
 `signature_def` (for `/metadata`), the input names of a signature, and `run(signature, inputs)`.
 
 `load_runtime(path, version, "auto")` picks the fastest runtime whose artefact passed that check
@@ -16,24 +16,24 @@ and whose engine is installed, else TensorFlow, and says why in the log.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import BadInputError, ModelNotFoundError, UsageError
-from pizzactl.model_store import METADATA_DIR, METADATA_FILE
+from pizzactl.model.card import ModelCard
+from pizzactl.model.contract import SIGNATURE, expected_outputs
+from pizzactl.model.decode import decode_resize
+from pizzactl.model.store import METADATA_DIR
 
 log = logging.getLogger("pizzactl.modelserver")
 
-SIGNATURE = "serving_default"
-PIXELS_SIGNATURE = "serving_pixels"
 TENSORFLOW = "tensorflow"
-# LiteRT artefacts, fastest first, as `pizzactl.convert` writes them under assets.extra/.
+# LiteRT artefacts, fastest first, as `pizzactl.model.litert` writes them under assets.extra/.
 LITERT = {"litert-int8": "litert/classifier-int8.tflite", "litert": "litert/classifier.tflite"}
 
 
@@ -62,14 +62,6 @@ def tf_message(exc: Exception) -> str:
     return (useful or lines or [repr(exc)])[0][:500]
 
 
-def read_pizzactl_json(path: Path) -> dict[str, Any]:
-    """A version's pizzactl.json, or {} (a SavedModel from elsewhere has none)."""
-    try:
-        return json.loads((path / METADATA_DIR / METADATA_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 @dataclass
 class TensorFlowRuntime:
     """One version as TensorFlow loads it: its signatures, TF Serving-shaped signature_def and pizzactl.json."""
@@ -78,7 +70,7 @@ class TensorFlowRuntime:
     path: Path
     signatures: dict[str, Any]
     signature_def: dict[str, Any]
-    pizzactl: dict[str, Any]
+    card: ModelCard | None  # None: a SavedModel exported elsewhere
     _keep: Any = field(default=None, repr=False)  # the loaded object owns the variables
 
     name = "tensorflow"
@@ -100,7 +92,7 @@ class TensorFlowRuntime:
                 for i, (k, spec) in enumerate(sorted(fn.structured_outputs.items()))
             }
             signature_def[name] = {"inputs": inputs, "outputs": outputs, "method_name": "tensorflow/serving/predict"}
-        return cls(version, path, signatures, signature_def, read_pizzactl_json(path), _keep=obj)
+        return cls(version, path, signatures, signature_def, ModelCard.read(path), _keep=obj)
 
     def input_names(self, signature: str) -> list[str]:
         return list(self.signature_def[signature]["inputs"])
@@ -128,7 +120,7 @@ class TensorFlowRuntime:
 _DTYPES = {"string": "DT_STRING", "float32": "DT_FLOAT", "uint8": "DT_UINT8"}
 
 
-def signature_def_from_metadata(signatures: dict[str, Any]) -> dict[str, Any]:
+def signature_def_from_metadata(signatures: Mapping[str, Any]) -> dict[str, Any]:
     """TF Serving's signature_def, as TensorFlowRuntime reports it, from pizzactl.json's `signatures`."""
 
     def info(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +153,7 @@ class LiteRTRuntime:
     path: Path
     name: str
     signature_def: dict[str, Any]
-    pizzactl: dict[str, Any]
+    card: ModelCard
     threads: int
     _interpreter: Any = field(default=None, repr=False)
     _decode: Any = field(default=None, repr=False)
@@ -169,19 +161,21 @@ class LiteRTRuntime:
 
     @classmethod
     def load(cls, path: Path, version: int, name: str = "litert", threads: int = 1) -> LiteRTRuntime:
-        """The artefact as it is: whether export's check passed is `checked(meta)`'s business."""
+        """The artefact as it is: whether export's check passed is `checked(card)`'s business."""
         import threading
 
         from ai_edge_litert.interpreter import Interpreter
 
-        meta = read_pizzactl_json(path)
+        card = ModelCard.read(path) or ModelCard()
         if not (path / METADATA_DIR / LITERT[name]).is_file():
-            entry = (meta.get("runtimes") or {}).get(name) or {}
+            entry = card.runtime(name)
             raise ModelNotFoundError(f"{path} has no {name} artefact ({entry.get('reason', 'not converted')}).")
+        if card.image_size is None or card.signatures is None:
+            raise ModelNotFoundError(f"{path}'s pizzactl.json does not say its image size and signatures.")
         interpreter = Interpreter(model_path=str(path / METADATA_DIR / LITERT[name]), num_threads=max(1, threads))
         interpreter.allocate_tensors()
-        size = int(meta["image_size"])
-        runtime = cls(version, path, name, signature_def_from_metadata(meta["signatures"]), meta, threads)
+        size = int(card.image_size)
+        runtime = cls(version, path, name, signature_def_from_metadata(card.signatures), card, threads)
         runtime._interpreter = interpreter
         runtime._decode = decoder(size)
         runtime._lock = threading.Lock()
@@ -199,16 +193,15 @@ class LiteRTRuntime:
         if signature == SIGNATURE:
             pixels = self._decode_batch(value)
         else:
-            size = int(self.pizzactl["image_size"])
+            size = int(self.card.image_size or 0)
             try:
                 pixels = np.asarray(value, dtype=np.uint8).astype(np.float32)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise BadInputError(f"Input {name!r} cannot be converted to uint8: {exc}") from None
             if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
                 raise BadInputError(f"Input {name!r} must have shape [N, {size}, {size}, 3], got {list(pixels.shape)}")
-        from pizzactl.export import expected_outputs  # the SavedModel's outputs from the classifier's, in numpy
-
-        answer = expected_outputs(self.classify(pixels), self.pizzactl["classes"], self.pizzactl.get("threshold"))
+        # the SavedModel's outputs from the classifier's, in numpy
+        answer = expected_outputs(self.classify(pixels), self.card.classes, self.card.threshold)
         answer["label"] = np.array([label.encode() for label in answer["label"]], dtype=object)  # as TF answers
         return answer
 
@@ -248,10 +241,8 @@ class LiteRTRuntime:
 
 
 def decoder(size: int):
-    """pizzactl.decode.decode_resize over a batch, as serving_default's graph runs it."""
+    """pizzactl.model.decode.decode_resize over a batch, as serving_default's graph runs it."""
     import tensorflow as tf
-
-    from pizzactl.decode import decode_resize
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(images):
@@ -276,9 +267,9 @@ def warm_up(runtime: Runtime) -> Runtime:
     return runtime
 
 
-def checked(meta: dict[str, Any]) -> list[str]:
+def checked(card: ModelCard | None) -> list[str]:
     """The LiteRT artefacts that passed export's check (pizzactl.json `runtimes`), fastest first."""
-    return [name for name in LITERT if ((meta.get("runtimes") or {}).get(name) or {}).get("ok")]
+    return [name for name in LITERT if card and card.runtime(name).get("ok")]
 
 
 def available(path: Path) -> list[str]:
@@ -286,10 +277,10 @@ def available(path: Path) -> list[str]:
     return [*(name for name in LITERT if (path / METADATA_DIR / LITERT[name]).is_file()), TENSORFLOW]
 
 
-def runtime_candidates(wanted: str, meta: dict[str, Any]) -> list[str]:
+def runtime_candidates(wanted: str, card: ModelCard | None) -> list[str]:
     """The runtimes to try, in order: the one asked for (else the fastest checked one), then TensorFlow."""
     if wanted == "auto":
-        return [*checked(meta), TENSORFLOW]
+        return [*checked(card), TENSORFLOW]
     return [wanted] if wanted == TENSORFLOW else [wanted, TENSORFLOW]
 
 
@@ -312,8 +303,8 @@ def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 
     `auto` only takes artefacts that passed export's check; one asked for by name is served even
     if it did not (int8 is then an informed opt-in), with a warning that says why it failed.
     """
-    meta = read_pizzactl_json(path)
-    candidates = runtime_candidates(wanted, meta)
+    card = ModelCard.read(path)
+    candidates = runtime_candidates(wanted, card)
     for name in candidates[:-1]:
         try:
             runtime = warm_up(LiteRTRuntime.load(path, version, name, threads))
@@ -323,8 +314,8 @@ def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 
         except Exception as exc:
             log.warning("%s runtime for %s unavailable (%s); falling back", name, path, getattr(exc, "message", exc))
             continue
-        if name not in checked(meta):
-            reason = ((meta.get("runtimes") or {}).get(name) or {}).get("reason", "not checked")
+        if name not in checked(card):
+            reason = (card.runtime(name) if card else {}).get("reason", "not checked")
             log.warning("%s did not pass export's check (%s); serving it because it was asked for", name, reason)
         return runtime
     return warm_up(TensorFlowRuntime.load(path, version))

@@ -3,7 +3,7 @@
 The exported graph is the model contract (README, "The model contract"):
 
 * `serving_default(image_bytes: tf.string [None])` decodes and resizes each image with
-  `pizzactl.decode.decode_resize` (the function training used) and runs the classifier,
+  `pizzactl.model.decode.decode_resize` (the function training used) and runs the classifier,
   whose own preprocessing is inside it;
 * `serving_pixels(pixels: uint8 [None, S, S, 3])` skips the decoding;
 * both return `label` (tf.string [None]), `probability` (float32 [None]) and `probabilities`
@@ -20,53 +20,36 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pizzactl import __version__
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
-from pizzactl.convert import DEFAULT_RUNTIMES, convert_runtimes
-from pizzactl.errors import ExportError, ModelNotFoundError, PizzaError
-from pizzactl.model_store import (
-    METADATA_DIR,
-    METADATA_FILE,
-    TMP_PREFIX,
-    find_run_dir,
-    fsync_tree,
-    model_base,
-    publish_version,
+from pizzactl.errors import ExportError
+from pizzactl.model.card import ModelCard
+from pizzactl.model.contract import (
+    DEFAULT_CLASSES,
+    check_classes,
+    expected_outputs,
+    label_rule,
+    signature_info,
 )
-from pizzactl.serving.processes import pid_alive
+from pizzactl.model.decode import decode_resize
+from pizzactl.model.litert import DEFAULT_RUNTIMES, convert_runtimes
+from pizzactl.model.store import TMP_PREFIX, fsync_tree, model_base, publish_version
+from pizzactl.pids import pid_alive
 
 STALE_AFTER_S = 6 * 3600  # a temp dir this old is abandoned even if its pid was reused
 DEFAULT_ATOL = 1e-4
-DEFAULT_CLASSES = ("not_pizza", "pizza")
 
 
-def signature_info(image_size: int, n_classes: int = 2) -> dict[str, Any]:
-    """What the two signatures take and return, as written into the metadata."""
-    outputs = {
-        "probability": {"dtype": "float32", "shape": [None]},
-        "label": {"dtype": "string", "shape": [None]},
-        "probabilities": {"dtype": "float32", "shape": [None, int(n_classes)]},
-    }
-    return {
-        "serving_default": {"inputs": {"image_bytes": {"dtype": "string", "shape": [None]}}, "outputs": outputs},
-        "serving_pixels": {
-            "inputs": {"pixels": {"dtype": "uint8", "shape": [None, image_size, image_size, 3]}},
-            "outputs": outputs,
-        },
-    }
-
-
-def _infer_image_size(classifier) -> int | None:
+def infer_image_size(classifier) -> int | None:
+    """The classifier's square input size, if its input shape says it."""
     try:
         shape = classifier.inputs[0].shape
     except (AttributeError, IndexError, TypeError, ValueError):
@@ -93,8 +76,6 @@ def _check_output_width(classifier, classes: Sequence[str]) -> None:
 def build_serving_module(classifier, image_size: int, classes: Sequence[str], threshold: float | None):
     """A tf.Module carrying the classifier and the two serving signatures."""
     import tensorflow as tf
-
-    from pizzactl.decode import decode_resize
 
     size, n = int(image_size), len(classes)
     names = tf.constant([str(c) for c in classes])
@@ -149,30 +130,6 @@ def build_serving_module(classifier, image_size: int, classes: Sequence[str], th
     return module
 
 
-def expected_outputs(raw, classes: Sequence[str], threshold: float | None) -> dict[str, Any]:
-    """What the signatures answer for the classifier's raw output, in numpy (the export's
-    self-check, and any runtime that runs the classifier without the SavedModel's graph)."""
-    import numpy as np
-
-    raw = np.asarray(raw[0] if isinstance(raw, (list, tuple)) else raw, dtype=np.float32)
-    n = len(classes)
-    if n == 2 and (raw.ndim == 1 or raw.shape[-1] == 1):
-        p = raw.reshape(-1)
-        probs = np.stack([np.float32(1.0) - p, p], axis=1)
-    else:
-        probs = raw.reshape(-1, n)
-    if n == 2:
-        probability = probs[:, 1]
-        labels = [
-            str(classes[1]) if q >= (0.5 if threshold is None else threshold) else str(classes[0]) for q in probability
-        ]
-    else:
-        index = np.argmax(probs, axis=1)
-        probability = probs[np.arange(len(probs)), index]
-        labels = [str(classes[i]) for i in index]
-    return {"probability": probability, "label": labels, "probabilities": probs}
-
-
 def synthetic_check_images(image_size: int = 64, n: int = 3) -> list[bytes]:
     """Deterministic JPEG/PNG images for the self-check when no real photo is at hand."""
     import numpy as np
@@ -202,13 +159,10 @@ def verify_export(saved_dir: Path | str, classifier, check_images: Sequence[byte
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.decode import decode_resize
-    from pizzactl.model_store import read_metadata
-
     saved_dir = Path(saved_dir)
-    meta = read_metadata(saved_dir)
-    size, threshold = int(meta["image_size"]), meta.get("threshold")
-    classes = [str(c) for c in meta["classes"]]
+    card = ModelCard.load(saved_dir)
+    size, threshold = int(card.image_size or 0), card.threshold
+    classes = list(card.classes)
     if not check_images:
         raise ExportError(
             "The export self-check needs at least one image.", hint="Pass some JPEG/PNG bytes as check_images."
@@ -275,49 +229,32 @@ def clean_stale_temps(base: Path, older_than_s: float = STALE_AFTER_S) -> list[P
     return removed
 
 
-def _write_metadata(version_dir: Path, meta: dict) -> None:
-    path = version_dir / METADATA_DIR / METADATA_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    """numpy scalars and arrays (metrics often are) as numbers and lists; anything else as text."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def build_metadata(metadata: dict, image_size: int, name: str) -> dict:
+def build_metadata(metadata: Mapping, image_size: int, name: str) -> ModelCard:
+    """The new version's card: `metadata` (anything in it is kept) with the contract's fields."""
     import keras
     import tensorflow as tf
 
-    classes = [str(c) for c in (metadata.get("classes") or DEFAULT_CLASSES)]
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ExportError(
-            f"A classifier needs two or more distinct classes, got {classes}.",
-            hint="Pass the class names in the metadata: classes=[...] (their order is the model's output order).",
-        )
-    binary = len(classes) == 2
-    threshold = metadata.get("threshold")
-    meta = {
-        "backbone": None,
-        "weights": None,
-        "metrics": {},
-        "data_hash": None,
-        **metadata,
-        "name": name,
-        "image_size": int(image_size),
-        "classes": classes,
-        "positive_class": classes[1] if binary else None,
-        "threshold": (0.5 if threshold is None else float(threshold)) if binary else None,
-        "pizzactl_version": __version__,
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "signatures": signature_info(int(image_size), len(classes)),
-    }
-    return meta
+    classes = check_classes(metadata.get("classes") or DEFAULT_CLASSES)
+    positive_class, threshold = label_rule(classes, metadata.get("threshold"))
+    return ModelCard.build(
+        **{
+            "backbone": None,
+            "weights": None,
+            "metrics": {},
+            "data_hash": None,
+            **metadata,
+            "name": name,
+            "image_size": int(image_size),
+            "classes": classes,
+            "positive_class": positive_class,
+            "threshold": threshold,
+            "pizzactl_version": __version__,
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "signatures": signature_info(int(image_size), len(classes)),
+        }
+    )
 
 
 def export_model(
@@ -337,12 +274,12 @@ def export_model(
     `metadata` should hold backbone, image_size, classes, threshold, metrics, data_hash, weights;
     anything else in it is kept. `check_images` are encoded images for the self-check (synthetic
     ones are used if empty). `runtimes` are converted beside the SavedModel and kept if they agree
-    with it (`pizzactl.convert`): on the check images, and on `holdout` (image bytes, class index)
+    with it (`pizzactl.model.litert`): on the check images, and on `holdout` (image bytes, class index)
     pairs for accuracy; `calibration` (training images) sets the int8 ranges.
     """
     import tensorflow as tf
 
-    inferred = _infer_image_size(classifier)
+    inferred = infer_image_size(classifier)
     image_size = metadata.get("image_size") or inferred
     if not image_size:
         raise ExportError("Cannot tell the model's input size.", hint="Put image_size in the export metadata.")
@@ -351,150 +288,34 @@ def export_model(
             f"The metadata says image_size {image_size} but the model takes {inferred} x {inferred} pixels.",
             hint="Export with the image_size the model was built for.",
         )
-    meta = build_metadata(metadata, int(image_size), name)
-    _check_output_width(classifier, meta["classes"])
+    card = build_metadata(metadata, int(image_size), name)
+    _check_output_width(classifier, card.classes)
     base = model_base(models_dir, name)
     base.mkdir(parents=True, exist_ok=True)
     for stale in clean_stale_temps(base):
         log(f"Removed {stale} left by an interrupted export.")
     tmp = base / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
-        module = build_serving_module(classifier, meta["image_size"], meta["classes"], meta["threshold"])
+        module = build_serving_module(classifier, int(image_size), card.classes, card.threshold)
         tf.saved_model.save(
             module,
             str(tmp),
             signatures={"serving_default": module.serving_default, "serving_pixels": module.serving_pixels},
         )
-        _write_metadata(tmp, meta)
-        images = list(check_images) or synthetic_check_images(meta["image_size"])
-        meta["self_check"] = verify_export(tmp, classifier, images, atol=atol)
-        meta["runtimes"] = convert_runtimes(
-            tmp, classifier, images, holdout=holdout, calibration=calibration, runtimes=runtimes
+        card.save(tmp)
+        images = list(check_images) or synthetic_check_images(int(image_size))
+        card = card.replace(self_check=verify_export(tmp, classifier, images, atol=atol))
+        card = card.replace(
+            runtimes=convert_runtimes(
+                tmp, classifier, images, holdout=holdout, calibration=calibration, runtimes=runtimes
+            )
         )
-        _write_metadata(tmp, meta)
+        card.save(tmp)
         fsync_tree(tmp)
         version_dir = publish_version(tmp, base.parent, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(
-        f"Exported {version_dir} (self-check on {meta['self_check']['n_images']} images, max |diff| {meta['self_check']['max_abs_diff']:.2g})."
-    )
+    check = card.self_check or {}
+    log(f"Exported {version_dir} (self-check on {check['n_images']} images, max |diff| {check['max_abs_diff']:.2g}).")
     return version_dir
-
-
-# --- re-exporting a training run --------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{path} is not valid JSON ({exc}).", hint="Train the run again.") from None
-
-
-def _lookup(key: str, *sources: dict, default=None):
-    for source in sources:
-        for place in (source, source.get("settings") or {}, source.get("config") or {}):
-            if isinstance(place, dict) and place.get(key) is not None:
-                return place[key]
-    return default
-
-
-def run_check_images(config: dict, per_class: int = 2) -> list[bytes]:
-    """A few real images from the run's dataset, if it is still there (else [])."""
-    data_dir = _lookup("data_dir", config)
-    if not data_dir or not Path(data_dir).is_dir():
-        return []
-    images: list[bytes] = []
-    for class_dir in sorted(p for p in Path(data_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-        images.extend(p.read_bytes() for p in files[:per_class])
-    return images
-
-
-def load_run_classifier(run_dir: Path):
-    """The run's full classifier (`model.keras`), with pizzactl's custom layers registered."""
-    path = run_dir / "model.keras"
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"{run_dir} has no model.keras (the run did not finish?).", hint="Train again with `pizzactl train`."
-        )
-    import keras
-
-    from pizzactl.train.backbones import custom_objects
-
-    try:
-        return keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
-    except Exception as exc:  # keras raises many types for a bad archive
-        raise ExportError(
-            f"Cannot load {path}: {type(exc).__name__}: {exc}", hint="Train the run again; the file may be damaged."
-        ) from None
-
-
-def export_run(settings, run_id_or_dir: str | Path) -> Path:
-    """Re-export a training run (`runs/<id>/model.keras` + config.json + metrics.json) as a new version."""
-    run_dir = find_run_dir(settings, run_id_or_dir)
-    config = _read_json(run_dir / "config.json")
-    metrics = _read_json(run_dir / "metrics.json")
-    classifier = load_run_classifier(run_dir)
-    metadata = {
-        "backbone": _lookup("backbone", config),
-        "weights": _lookup("weights", config),
-        "image_size": _lookup("image_size", config, metrics) or _infer_image_size(classifier),
-        "classes": _lookup("classes", config, metrics, default=list(DEFAULT_CLASSES)),
-        "threshold": float(_lookup("threshold", config, metrics, default=0.5)),
-        "data_hash": _lookup("data_hash", config, metrics),
-        "metrics": {k: v for k, v in metrics.items() if k != "model_dir"},  # model_dir: where it was exported before
-        "run_id": _lookup("run_id", config, default=run_dir.name),
-    }
-    if _lookup("tta", config) is not None:
-        metadata["tta"] = _lookup("tta", config)
-    calibration, holdout = run_split(config)
-    return export_model(
-        classifier, settings.models_dir, metadata, run_check_images(config), holdout=holdout, calibration=calibration
-    )
-
-
-def run_split(config: dict, calibration_size: int = 100) -> tuple[list[bytes], list[tuple[bytes, int]]]:
-    """The run's own split, if its data is still there: some training images (to calibrate int8
-    ranges on) and the validation images with their class index (to check accuracy on); else ([], [])."""
-    data_dir = _lookup("data_dir", config)
-    if not data_dir or not Path(data_dir).is_dir():
-        return [], []
-    from pizzactl.data.dataset import load_dataset, stratified_split
-
-    try:
-        dataset = load_dataset(data_dir, check=False)
-        if dataset.data_hash != _lookup("data_hash", config, default=dataset.data_hash):
-            return [], []  # the photos changed: the old validation images may now be training ones
-        train, val = stratified_split(
-            dataset, float(_lookup("val_split", config, default=0.2)), int(_lookup("seed", config, default=42))
-        )
-    except PizzaError:
-        return [], []
-    return [r.path.read_bytes() for r in calibration_records(train, calibration_size)], [
-        (r.path.read_bytes(), r.label) for r in val
-    ]
-
-
-def calibration_records(train: Sequence, n: int = 100) -> list:
-    """About `n` training records for int8's ranges: every class in its share of the split, evenly
-    spread within it, the classes interleaved so that any first part of the list has them all.
-
-    The split lists its records class by class: the first part of a stride over it is one class,
-    and export used to calibrate on the first 100 images it was given (issue 25: asked for 400,
-    int8 was calibrated on not_pizza photos only and answered not_pizza for every photo).
-    """
-    by_class: dict[int, list] = {}
-    for record in train:
-        by_class.setdefault(record.label, []).append(record)
-    picked = []
-    for records in by_class.values():
-        k = min(len(records), max(1, round(n * len(records) / max(1, len(train)))))
-        picked.append([records[i * len(records) // k] for i in range(k)])
-    # each class's records at their relative place (i / k): the classes interleave in proportion
-    placed = [(i / len(records), c, record) for c, records in enumerate(picked) for i, record in enumerate(records)]
-    return [record for _, _, record in sorted(placed, key=lambda x: (x[0], x[1]))]

@@ -9,7 +9,6 @@ under their version number only by an atomic rename.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from pathlib import Path
 
@@ -133,23 +132,6 @@ def resolve_model_dir(path: Path | str | None, models_dir: Path | str, name: str
         f"{path} is not an exported model (no saved_model.pb, no {name}/<version> inside).",
         hint=f"Pass a version directory such as {model_base(models_dir, name)}/1, or {NO_MODEL_HINT}.",
     )
-
-
-def read_metadata(version_dir: Path | str) -> dict:
-    """The `assets.extra/pizzactl.json` of an exported version."""
-    path = Path(version_dir) / METADATA_DIR / METADATA_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelNotFoundError(
-            f"{version_dir} has no {METADATA_DIR}/{METADATA_FILE}; it was not exported by pizzactl.",
-            hint=f"Export it with `pizzactl export RUN`, or {NO_MODEL_HINT}.",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise ModelNotFoundError(
-            f"{path} is not valid JSON ({exc}).",
-            hint="Export the model again with `pizzactl export RUN`.",
-        ) from None
 
 
 def find_run_dir(settings, run: str | Path) -> Path:
