@@ -22,8 +22,8 @@ import yaml
 
 from pizzactl.console import log
 from pizzactl.deploy.manifests import K8S_DIR
-from pizzactl.deploy.state import write_json
 from pizzactl.errors import UsageError
+from pizzactl.files import write_json
 
 TRAINING_DIR = K8S_DIR / "training"
 VOLUME = "pizzactl-train"

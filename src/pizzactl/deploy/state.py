@@ -11,14 +11,13 @@ failed (`failed`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import DeployError
+from pizzactl.files import write_json
 
 STATE_FILE = "deploy.json"
 
@@ -73,21 +72,6 @@ def save(settings, state: DeployState) -> Path:
     path = state_path(settings)
     write_json(path, state.as_dict())
     return path
-
-
-def write_json(path: Path, data: Any) -> None:
-    """JSON by temp file + fsync + rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def clear(settings) -> bool:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from pizzactl.errors import DeployError, PortInUseError
+from pizzactl.files import wait_until
 
 MODELSERVER = "modelserver"
 GATEWAY = "gateway"
@@ -228,12 +228,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid) and not _group_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid) and not _group_alive(pid)
+    return wait_until(
+        lambda: not pid_alive(pid) and not _group_alive(pid), timeout, 0.05, what=f"pid {pid} to exit", error=None
+    )
 
 
 def stop_all(pids: Sequence[int], grace: float = 10.0) -> None:
@@ -241,9 +238,9 @@ def stop_all(pids: Sequence[int], grace: float = 10.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) or _group_alive(p) for p in pids):
-        time.sleep(0.05)
+    wait_until(
+        lambda: not any(pid_alive(p) or _group_alive(p) for p in pids), grace, 0.05, what="them to exit", error=None
+    )
     for pid in pids:
         if pid_alive(pid) or _group_alive(pid):
             stop_group(pid, grace=0.0)
@@ -272,21 +269,22 @@ def poll_ready(
     """
     import httpx
 
-    deadline = time.monotonic() + timeout
     last = "no answer yet"
     with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while True:
+
+        def ready() -> bool:
+            nonlocal last
             check()
             try:
                 response = client.get(url.rstrip("/") + path)
                 if response.status_code == 200:
-                    return None
+                    return True
                 last = f"{response.status_code} {response.text[:200]}"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                return last
-            time.sleep(interval)
+            return False
+
+        return None if wait_until(ready, timeout, interval, what=url + path, error=None) else last
 
 
 def wait_until_ready(

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pizzactl.errors import UsageError
+from pizzactl.files import write_json
 from pizzactl.train.results import RunResult, TrainResult, print_result, rank
 
 __all__ = ["RunResult", "TrainResult", "print_result", "train", "train_one"]
@@ -35,7 +36,6 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
     from pizzactl.export import calibration_records, export_model
     from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import FeatureCache
-    from pizzactl.train.run_dir import write_json
 
     start = time.perf_counter()
     names = [n.strip() for n in str(settings.backbone).split(",") if n.strip()]
@@ -94,7 +94,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
 
     from pizzactl.train.context import plan, run_config
     from pizzactl.train.metrics import validation_metrics
-    from pizzactl.train.run_dir import new_run_dir, write_json, write_results
+    from pizzactl.train.run_dir import new_run_dir, write_results
     from pizzactl.train.run_log import RunLog
     from pizzactl.train.strategies import STRATEGIES, choose
     from pizzactl.train.tensorboard import summarize_run

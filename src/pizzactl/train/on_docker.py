@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy.state import write_json
 from pizzactl.errors import DataError, UsageError
+from pizzactl.files import write_json
 from pizzactl.train.remote import TrainingError, collect, container_env, local_weights_file, outbox_dir
 
 OUTBOX = "/out"

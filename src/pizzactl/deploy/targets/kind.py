@@ -43,6 +43,7 @@ from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError
+from pizzactl.files import write_json
 
 TARGET = "kind"
 CREATED_FILE = "kind-clusters.json"
@@ -362,7 +363,7 @@ def _save_loaded(settings: Settings, name: str, images: list[str]) -> None:
         data[name] = images
     else:
         data.pop(name, None)
-    state_mod.write_json(images_path(settings), data)
+    write_json(images_path(settings), data)
 
 
 def _remember_image(settings: Settings, name: str, image: str) -> None:

@@ -21,6 +21,7 @@ from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError
+from pizzactl.files import write_json
 from pizzactl.model_store import latest_version_dir
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
@@ -73,7 +74,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     model_url = f"http://127.0.0.1:{model_port}"
     spec_path, status_path = logs_at / "supervise.json", logs_at / STATUS_FILE
     status_path.unlink(missing_ok=True)
-    state_mod.write_json(
+    write_json(
         spec_path,
         {
             "children": [
