@@ -21,6 +21,7 @@ from typing import IO
 
 from pizzactl.errors import DeployError, PortInUseError
 from pizzactl.files import wait_until
+from pizzactl.tfimport import quiet_tf_logs
 
 MODELSERVER = "modelserver"
 GATEWAY = "gateway"
@@ -116,7 +117,7 @@ def gateway_command(model_url: str, port: int, host: str = "127.0.0.1", allow_pr
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file / terminal as they happen
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tf_logs(env)
     env.update(extra or {})
     return env
 

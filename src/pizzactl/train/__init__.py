@@ -14,7 +14,6 @@ Nothing here imports TensorFlow at import time.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -27,10 +26,9 @@ __all__ = ["RunResult", "TrainResult", "print_result", "train", "train_one"]
 
 def train(settings, *, show_progress: bool = True) -> TrainResult:
     """Train every backbone in `settings.backbone` (comma-separated), export the best one."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pizzactl.tfimport import require_training
 
-    require_training()  # before any download or scan
+    require_training()  # sets TensorFlow's log level (tfimport.quiet_tf_logs) before importing it  # before any download or scan
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
     from pizzactl.export import calibration_records, export_model
