@@ -112,7 +112,7 @@ def _requirement_names(role: str) -> set[str]:
 
 def test_gateway_requirements_leave_out_tensorflow_numpy_and_cli_clients():
     gateway = _requirement_names("gateway")
-    assert {"fastapi", "uvicorn", "httpx", "pillow"} <= gateway
+    assert {"fastapi", "uvicorn", "aiohttp", "pillow"} <= gateway
     assert not gateway & {"tensorflow", "numpy", "docker", "kubernetes", "kaggle", "kagglehub"}
     assert "numpy" in _requirement_names("modelserver")
 

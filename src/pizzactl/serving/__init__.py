@@ -29,7 +29,6 @@ def log_to_stderr(level: str) -> None:
     import logging
 
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
 
 
 def run_server(app, host: str, port: int, level: str, access_log: bool = False, *, settings=None, body=None) -> None:

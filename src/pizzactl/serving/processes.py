@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pizzactl import httpclient
 from pizzactl.errors import DeployError, PortInUseError
 from pizzactl.files import wait_until
 from pizzactl.tfimport import quiet_tf_logs
@@ -268,20 +269,20 @@ def poll_ready(
     `check()` runs before every attempt and raises to stop early (a process or container died):
     every deploy target waits this way and words its own error around what comes back.
     """
-    import httpx
+    import requests
 
     last = "no answer yet"
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
+    with httpclient.session() as client:
 
         def ready() -> bool:
             nonlocal last
             check()
             try:
-                response = client.get(url.rstrip("/") + path)
+                response = client.get(url.rstrip("/") + path, timeout=2.0)
                 if response.status_code == 200:
                     return True
                 last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
+            except requests.RequestException as exc:
                 last = f"{type(exc).__name__}: {exc}"
             return False
 

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pizzactl import httpclient
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
@@ -178,23 +179,17 @@ def _record_pids(settings, record: DeployState, status_path: Path) -> None:
 
 def _served_version(model_url: str) -> int | None:
     """The version the model server reports as AVAILABLE (it serves the newest on disk)."""
-    import httpx
-
+    body = httpclient.json_or_none(f"{model_url}/v1/models/{MODEL_NAME}", timeout=2.0)
     try:
-        body = httpx.get(f"{model_url}/v1/models/{MODEL_NAME}", timeout=2.0, trust_env=False).json()
         versions = [int(e["version"]) for e in body.get("model_version_status", []) if e.get("state") == "AVAILABLE"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return max(versions) if versions else None
 
 
 def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url.rstrip("/") + "/readyz", timeout=2.0, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
+    response = httpclient.get(url.rstrip("/") + "/readyz", timeout=2.0)
+    return response is not None and response.status_code == 200
 
 
 def status(settings, st: DeployState) -> dict[str, Any]:
