@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pizzactl.data.dataset import IMAGE_SUFFIXES, load_dataset
-from pizzactl.errors import CredentialsError, DownloadError, PizzaError
+from pizzactl.errors import CredentialsError, DownloadError, PizzaError, require_extra
 from pizzactl.files import atomic_dir
 from pizzactl.hashing import files_tree_hash
 
@@ -450,6 +450,8 @@ def download(
             f"{dest} exists and is not a pizzactl download; refusing to replace it.",
             hint="Choose another --dest (an empty or new folder).",
         )
+    if sources is None:
+        require_extra("data")  # the Kaggle clients
     sources = default_sources() if sources is None else list(sources)
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, PizzaError]] = []

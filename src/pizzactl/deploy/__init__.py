@@ -26,7 +26,7 @@ from typing import Any
 
 from pizzactl.console import out
 from pizzactl.deploy import state as state_mod
-from pizzactl.errors import NotDeployedError, UsageError
+from pizzactl.errors import NotDeployedError, UsageError, require_extra
 
 TARGETS = ("local", "docker", "kind")
 
@@ -46,6 +46,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     """Deploy the latest exported model to the target; replaces what was deployed before."""
     target = target_of(settings)
     mod = _target_module(target)
+    require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
     from pizzactl.model_store import latest_version_dir
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
