@@ -43,7 +43,7 @@ from pizzactl.deploy.manifests import GATEWAY_NODE_PORT
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError
-from pizzactl.files import write_json
+from pizzactl.files import atomic_write, write_json
 
 TARGET = "kind"
 CREATED_FILE = "kind-clusters.json"
@@ -223,9 +223,7 @@ def created_clusters(settings: Settings) -> list[str]:
 
 def _record_created(settings: Settings, name: str, created: bool) -> None:
     names = [n for n in created_clusters(settings) if n != name] + ([name] if created else [])
-    path = created_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(names))
+    atomic_write(created_path(settings), json.dumps(names))  # half a file would forget what teardown deletes
 
 
 def ensure_cluster(settings: Settings) -> bool:
