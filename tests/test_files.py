@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pizzactl.errors import DeployError, PizzaError
-from pizzactl.files import WaitTimeoutError, atomic_dir, atomic_open, atomic_write, wait_until, write_json
+from pizzactl.errors import DeployError, PizzaError, WaitTimeoutError
+from pizzactl.files import atomic_dir, atomic_open, atomic_write, wait_until, write_json
 
 
 def test_atomic_write_replaces_bytes_and_text(tmp_path):

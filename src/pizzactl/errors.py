@@ -112,6 +112,12 @@ class PortInUseError(DeployError):
     code = "port_in_use"
 
 
+class WaitTimeoutError(PizzaError):
+    """Something awaited did not happen in time (files.wait_until: a process to stop, a pod to go)."""
+
+    code = "timeout"
+
+
 class NotDeployedError(PizzaError):
     """A command needs a deployment and there is none."""
 

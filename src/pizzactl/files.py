@@ -20,15 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from pizzactl.errors import PizzaError
+from pizzactl.errors import PizzaError, WaitTimeoutError
 
 T = TypeVar("T")
-
-
-class WaitTimeoutError(PizzaError):
-    """Something awaited did not happen in time (a process to stop, a pod to go, a server to answer)."""
-
-    code = "timeout"
 
 
 def fsync_dir(path: Path) -> None:
