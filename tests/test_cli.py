@@ -11,7 +11,7 @@ import typer.main
 
 from pizzactl import __version__
 from pizzactl.cli import app
-from pizzactl.errors import EXIT_INTERNAL, EXIT_USAGE, EXIT_USER
+from pizzactl.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_USAGE, EXIT_USER
 
 
 def _command_paths(group=None, prefix=()):
@@ -186,6 +186,62 @@ def test_tensorflow_verbs_without_the_train_extra_name_the_extra(args, tmp_path)
     assert proc.returncode == EXIT_USER, proc.stderr
     assert "Internal error" not in proc.stderr
     assert "pizzactl[train]" in proc.stderr and 'pip install -e ".[train]"' in proc.stderr
+
+
+BASE_INSTALL = (
+    "import sys\n"
+    "from pizzactl.errors import EXTRA_OF_MODULE\n"
+    "sys.modules.update(dict.fromkeys(EXTRA_OF_MODULE))  # as if `pip install pizzactl` had no extra\n"
+    "from pizzactl.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def _base_install(args: list[str], tmp_path):
+    env = {
+        **os.environ,
+        **{f"PIZZACTL_{n}_DIR": str(tmp_path / n.lower()) for n in ("MODELS", "RUNS", "CACHE", "STATE")},
+        "KAGGLE_USERNAME": "someone",  # credentials are not what is missing
+        "KAGGLE_KEY": "0" * 32,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", BASE_INSTALL, *args], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["deploy", "--target", "docker"], "deploy"),
+        (["deploy", "--target", "kind"], "deploy"),
+        (["build", "--models", "{models}"], "deploy"),
+        (["deploy", "--target", "local"], "serve"),
+        (["serve"], "serve"),
+        (["data", "download"], "data"),
+        (["data", "report", "{data}"], "data"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else a,
+)
+def test_a_verb_whose_extra_is_missing_names_the_extra(args, extra, tmp_path):
+    """The base install is the CLI and predict (pyproject.toml); every other role is an extra."""
+    data, models = tmp_path / "photos", tmp_path / "models"
+    for cls in ("pizza", "not_pizza"):
+        (data / cls).mkdir(parents=True)
+    (models / "pizza" / "1").mkdir(parents=True)
+    (models / "pizza" / "1" / "saved_model.pb").write_bytes(b"graph")
+    proc = _base_install([a.format(data=data, models=models) for a in args], tmp_path)
+    assert proc.returncode == EXIT_USER, proc.stderr
+    assert "Internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert f"pizzactl[{extra}]" in proc.stderr and f'pip install -e ".[{extra}]"' in proc.stderr
+
+
+def test_the_base_install_is_a_working_cli(tmp_path):
+    assert _base_install(["--help"], tmp_path).returncode == 0
+    assert _base_install(["config", "show", "--json"], tmp_path).returncode == 0
+    proc = _base_install(["predict", "missing.jpg", "--endpoint", "http://127.0.0.1:9", "--json"], tmp_path)
+    assert proc.returncode == EXIT_FAILURE and "no such file" in proc.stdout, proc.stderr
+    doctor = _base_install(["doctor", "--json"], tmp_path)
+    assert "Internal error" not in doctor.stderr and "pizzactl[deploy]" in doctor.stdout, doctor.stderr
 
 
 @pytest.mark.slow  # the subprocess imports TensorFlow

@@ -241,3 +241,27 @@ def test_quiet_import_leaves_stderr_clean_on_a_cpu_only_machine_but_keeps_real_e
     line = "E0000 00:00:1795572476.280190    6088 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)"
     assert NO_GPU.match(line)
     assert not NO_GPU.match("E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory")
+
+
+def test_tensorflow_log_level_is_set_in_one_place_and_a_users_value_wins():
+    """tfimport.quiet_tf_logs: level 2 for pizzactl's processes and children, 3 for the CLI (not
+    under --debug), never over a TF_CPP_MIN_LOG_LEVEL the user set."""
+    from pizzactl.serving.processes import child_env
+    from pizzactl.tfimport import quiet_tf_logs
+
+    env: dict[str, str] = {}
+    quiet_tf_logs(env)
+    assert env == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    mine = {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    quiet_tf_logs(mine, level="3")
+    assert mine == {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    code = (
+        "import os, sys; sys.modules['tensorflow'] = object()\n"  # stands in for an imported TensorFlow
+        "from pizzactl.tfimport import import_quietly; import_quietly()\n"
+        "from pizzactl.serving.processes import child_env\n"
+        "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], child_env()['TF_CPP_MIN_LOG_LEVEL'])"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2", "2"], done.stderr
+    assert child_env({"X": "1"})["X"] == "1"

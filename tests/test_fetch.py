@@ -234,13 +234,32 @@ def https_photo_server(tmp_path_factory, shared_photos):
 async def test_https_connects_to_the_checked_ip_but_verifies_the_certificate_for_the_name(https_photo_server):
     import ssl
 
-    import httpx
+    from pizzactl.serving.fetch import new_session
 
     port, cert, root = https_photo_server
     trusting = ssl.create_default_context(cafile=str(cert))
-    async with httpx.AsyncClient(verify=trusting, trust_env=False, follow_redirects=False) as client:
+    async with new_session(LOCAL, trusting) as session:
         # the connection goes to 127.0.0.1 (the resolved, checked address) and TLS still checks "localhost"
-        data = await fetch_image(f"https://localhost:{port}/pizza.jpg", LOCAL, client)
+        data = await fetch_image(f"https://localhost:{port}/pizza.jpg", LOCAL, session)
         assert data == (root / "pizza.jpg").read_bytes()
         with pytest.raises(FetchError):  # the certificate is not valid for the bare IP: verification is on
-            await fetch_image(f"https://127.0.0.1:{port}/pizza.jpg", LOCAL, client)
+            await fetch_image(f"https://127.0.0.1:{port}/pizza.jpg", LOCAL, session)
+
+
+async def test_the_resolver_hook_hands_aiohttp_only_the_checked_address():
+    """DNS rebinding: the connector connects to what `resolve` returns, and that is the one
+    address that was checked (the name stays for Host and TLS), resolved afresh for each hop."""
+    import aiohttp
+
+    from pizzactl.serving.fetch import PinnedResolver, new_session
+
+    answers = await PinnedResolver(allow_private=True).resolve("localhost", 8080)
+    assert len(answers) == 1
+    assert answers[0]["hostname"] == "localhost" and answers[0]["port"] == 8080
+    assert address_problem(ipaddress.ip_address(answers[0]["host"]), allow_private=True) is None
+    with pytest.raises(UnsafeURLError):
+        await PinnedResolver().resolve("localhost", 8080)
+    async with new_session(FetchPolicy()) as session:
+        connector = session.connector
+        assert isinstance(connector, aiohttp.TCPConnector)
+        assert not connector.use_dns_cache and connector.force_close  # no answer or connection is reused

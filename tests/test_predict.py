@@ -269,6 +269,32 @@ def test_an_unreachable_endpoint_is_one_clear_error_not_one_per_image(tmp_path, 
     assert "--endpoint" in info.value.hint and "pizzactl status" in info.value.hint
 
 
+def test_a_gateway_that_hangs_up_mid_request_is_that_images_error_not_unreachable(tmp_path, images):
+    """requests calls both a refused connection and a dropped one ConnectionError; only the first
+    means the gateway cannot be reached (pizzactl.httpclient.connect_failed tells them apart)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()  # no answer at all
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        results = predict(settings_for(tmp_path, endpoint=endpoint), [str(images.images[0])], progress=False)
+    finally:
+        listener.close()
+    assert len(results) == 1 and "label" not in results[0]
+    assert "cannot reach" not in results[0]["error"] and "ConnectionError" in results[0]["error"]
+
+
 def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp_path, images):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"BAD")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.config import Settings
-from pizzactl.errors import missing_extra
+from pizzactl.errors import MissingDependencyError, missing_extra
 
 MIN_PYTHON = (3, 11)  # asyncio.timeout, tomllib
 MIN_FREE_GB = 5.0
@@ -78,6 +78,8 @@ def _docker() -> tuple[Check, Any]:
         client = docker_client(5)
         info = client.version()
         return Check("docker", True, f"daemon {info.get('Version', '?')} at {client.api.base_url}"), client
+    except MissingDependencyError as exc:  # a base install: no docker SDK to ask the daemon with
+        return Check("docker", False, exc.message, exc.hint), None
     except PizzaError as exc:
         cli = shutil.which("docker")
         fix = (

@@ -118,6 +118,12 @@ class TrainingError(PizzaError):
     code = "training"
 
 
+class WaitTimeoutError(PizzaError):
+    """Something awaited did not happen in time (files.wait_until: a process to stop, a pod to go)."""
+
+    code = "timeout"
+
+
 class NotDeployedError(PizzaError):
     """A command needs a deployment and there is none."""
 
@@ -376,8 +382,18 @@ def describe_validation(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "The request does not match the schema."
 
 
-# Top-level modules that come with an extra, not with pizzactl itself.
-EXTRA_OF_MODULE = {"tensorflow": "train", "keras": "train", "matplotlib": "train", "tensorboard": "train"}
+# Top-level modules that come with an extra, not with pizzactl itself (pyproject.toml says why the
+# base install holds only the CLI and predict). numpy is in serve, data and train: a base install
+# meets it first in `data report`.
+MODULES_OF_EXTRA = {
+    "serve": ("fastapi", "starlette", "uvicorn", "aiohttp", "yarl", "multipart", "prometheus_client", "numpy"),
+    "deploy": ("docker", "kubernetes"),
+    "data": ("kaggle", "kagglehub", "numpy"),
+    "train": ("tensorflow", "keras", "matplotlib", "tensorboard"),
+}
+EXTRA_OF_MODULE = {
+    module: extra for extra in ("train", "serve", "deploy", "data") for module in MODULES_OF_EXTRA[extra]
+}
 
 
 def missing_extra(package: str, extra: str = "train") -> MissingDependencyError:
@@ -387,6 +403,23 @@ def missing_extra(package: str, extra: str = "train") -> MissingDependencyError:
         hint=f'Install it where pizzactl is installed: pip install -e ".[{extra}]" from a clone '
         f'(pipx: pipx install --force ".[{extra}]"), then run the command again.',
     )
+
+
+def require_extra(extra: str) -> None:
+    """Fail before any work, naming `extra`, when a module it installs cannot be found."""
+    import importlib.util
+    import sys
+
+    for module in MODULES_OF_EXTRA[extra]:
+        if module in sys.modules:  # imported already (None: known missing, as the import system means it)
+            found = sys.modules[module] is not None
+        else:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+        if not found:
+            raise missing_extra(module, extra)
 
 
 def as_missing_extra(exc: ImportError) -> MissingDependencyError | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pizzactl import httpclient
 from pizzactl.config import resolve
 from pizzactl.console import err
 from pizzactl.deploy.state import deployed_url
@@ -103,12 +104,8 @@ def normalize_endpoint(url: str) -> str:
 
 
 def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url + "/readyz", timeout=0.5, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
+    response = httpclient.get(url + "/readyz", timeout=0.5)
+    return response is not None and response.status_code == 200
 
 
 def _error_text(response) -> str:
@@ -135,13 +132,14 @@ class _Unreachable(Exception):
 
 
 def _predict_one(client, endpoint: str, item: Source) -> dict[str, Any]:
-    import httpx
+    import requests
 
+    timeout = (5.0, TIMEOUT)  # (connect, read)
     if item.kind == "missing":
         return {"source": item.text, "error": "no such file or directory"}
     try:
         if item.kind == "url":
-            response = client.post(endpoint + PREDICT_PATH, json={"url": item.text})
+            response = client.post(endpoint + PREDICT_PATH, json={"url": item.text}, timeout=timeout)
         else:
             assert item.path is not None  # a "file" source always has its path
             try:
@@ -149,11 +147,13 @@ def _predict_one(client, endpoint: str, item: Source) -> dict[str, Any]:
             except OSError as exc:
                 return {"source": item.text, "error": f"cannot read the file: {exc.strerror or exc}"}
             response = client.post(
-                endpoint + PREDICT_PATH, files={"file": (item.path.name, data, _content_type(item.path))}
+                endpoint + PREDICT_PATH,
+                files={"file": (item.path.name, data, _content_type(item.path))},
+                timeout=timeout,
             )
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise _Unreachable(str(exc) or type(exc).__name__) from None
-    except httpx.HTTPError as exc:
+    except requests.RequestException as exc:
+        if httpclient.connect_failed(exc):
+            raise _Unreachable(str(exc) or type(exc).__name__) from None
         return {"source": item.text, "error": f"{type(exc).__name__}: {exc}"}
     if response.status_code != 200:
         return {"source": item.text, "error": _error_text(response)}
@@ -190,11 +190,7 @@ def classify(
     """Results in the order of `items`. Raises EndpointError when the gateway cannot be reached at all.
 
     `api_key` goes in `Authorization: Bearer` (never in a URL, never printed)."""
-    import httpx
-
     concurrency = max(1, int(concurrency))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(TIMEOUT, connect=5.0)
     results: list[dict[str, Any] | None] = [None] * len(items)
     unreachable = threading.Event()
     reason: list[str] = []
@@ -213,7 +209,7 @@ def classify(
             on_done(results[index] or {})
 
     with (
-        httpx.Client(limits=limits, timeout=timeout, trust_env=False, headers=auth_headers(api_key)) as client,
+        httpclient.session(headers=auth_headers(api_key), pool=concurrency) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pizzactl-predict") as pool,
     ):
         list(pool.map(work, range(len(items))))

@@ -7,6 +7,9 @@ every `train`. The import (and the device lookup, whose failed CUDA probe is log
 ERROR on every CPU-only machine) runs with file descriptor 2 captured; INFO lines, and the CUDA
 probe's line when no GPU turned up, are dropped; anything else (warnings, errors) is written
 back. `--debug` skips all this.
+
+`quiet_tf_logs` is the one place pizzactl sets TF_CPP_MIN_LOG_LEVEL (for itself, or in a child's
+environment); `import_quietly`, which every TensorFlow import path goes through, calls it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 NOISE = re.compile(
     r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)"
@@ -24,6 +27,18 @@ NOISE = re.compile(
 # On a machine without a usable GPU, TensorFlow's first device lookup logs this at ERROR level:
 # it only means "running on CPU", which is what pizzactl expects there.
 NO_GPU = re.compile(r"^E\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] failed call to cuInit")
+
+# TensorFlow's C++ log level where pizzactl picks it: 2 hides INFO and WARNING lines; the CLI's 3
+# (without --debug) also hides the ERROR a CPU-only machine's CUDA probe logs.
+TF_LOG_LEVEL = "2"
+CLI_TF_LOG_LEVEL = "3"
+
+
+def quiet_tf_logs(env: MutableMapping[str, str] | None = None, level: str = TF_LOG_LEVEL) -> None:
+    """Set TF_CPP_MIN_LOG_LEVEL in `env` (default: this process, before TensorFlow is imported)
+    unless it is set already: a user's own value, or the CLI's (absent under --debug), wins."""
+    (os.environ if env is None else env).setdefault("TF_CPP_MIN_LOG_LEVEL", level)
+
 
 # Verbs that load TensorFlow anyway: importing it up front (quietly) costs them nothing.
 TF_COMMANDS = {("train",), ("export",), ("evaluate",), ("bench", "train"), ("bench", "serve")}
@@ -80,6 +95,7 @@ def native_stderr_filtered(*noise: re.Pattern[str], drop: Callable[[str], bool] 
 
 def import_quietly() -> None:
     """Import tensorflow with its INFO start-up lines filtered out of stderr (no-op if imported)."""
+    quiet_tf_logs()
     if "tensorflow" in sys.modules:
         return
     gpus = None

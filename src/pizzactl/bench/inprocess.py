@@ -13,7 +13,6 @@ the sweep is the limit the servers are measured against, not a handicapped basel
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
 TF_THREADS = (0, 1, 2)  # intra-op x inter-op; 0 is TensorFlow's own default
 LITERT_THREADS = (1, 2)
@@ -171,9 +172,9 @@ def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, 
 
 
 def _serve(version_dir: Path, jpegs: list[bytes], runtime_name: str, intra: int, inter: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
-    from pizzactl.tfimport import import_quietly
+
+    quiet_tf_logs()  # before runtimes' TensorFlow import
 
     import_quietly()
     configure_tf_threads(intra, inter)

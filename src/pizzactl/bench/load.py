@@ -2,7 +2,7 @@
 
 The load client shares the machine with the servers, so it must cost as little as possible (in
 production clients run elsewhere): request bodies are encoded once, and aiohttp on uvloop costs
-a fraction of httpx's CPU per request.
+a fraction of a synchronous client's CPU per request.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pizzactl import httpclient
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 
@@ -42,15 +43,16 @@ _BODIES: dict[tuple[str, int], list[tuple[bytes, dict[str, str]]]] = {}
 
 
 def _multipart_bodies(url: str, photos: Sequence[tuple[str, bytes]]) -> list[tuple[bytes, dict[str, str]]]:
-    """Each photo as the multipart upload `pizzactl predict` sends (field `file`), built by httpx once."""
-    import httpx
+    """Each photo as the multipart upload `pizzactl predict` sends (field `file`), built by requests once."""
+    import requests
 
     key = (url, id(photos))
     if key not in _BODIES:
         out = []
         for name, data in photos:
-            request = httpx.Request("POST", url + "/predict", files={"file": (name, data, "image/jpeg")})
-            out.append((request.read(), {"content-type": request.headers["content-type"]}))
+            request = requests.Request("POST", url + "/predict", files={"file": (name, data, "image/jpeg")}).prepare()
+            assert isinstance(request.body, bytes)
+            out.append((request.body, {"content-type": request.headers["content-type"]}))
         _BODIES[key] = out
     return _BODIES[key]
 
@@ -62,7 +64,7 @@ async def upload_load(
 
     The load client shares the CPU with the servers, so it must cost as little as possible (in
     production clients run elsewhere): bodies are encoded once, and aiohttp on uvloop costs a
-    fraction of httpx's CPU per request.
+    fraction of a synchronous client's CPU per request.
     """
     import aiohttp
 
@@ -160,7 +162,10 @@ def direct_latencies(client, model_url: str, jpegs: Sequence[bytes], n: int, off
         body = wire_body(jpegs[(offset + i) % len(jpegs)])
         t0 = time.perf_counter()
         client.post(
-            f"{model_url}/v1/models/{MODEL_NAME}:predict", content=body, headers={"content-type": "application/json"}
+            f"{model_url}/v1/models/{MODEL_NAME}:predict",
+            data=body,
+            headers={"content-type": "application/json"},
+            timeout=60.0,
         )
         out.append((time.perf_counter() - t0) * 1000)
     return out
@@ -168,12 +173,10 @@ def direct_latencies(client, model_url: str, jpegs: Sequence[bytes], n: int, off
 
 def batch_stats(model_url: str) -> tuple[float, float] | None:
     """(batches, images) the model server has run so far, from its Prometheus metrics."""
-    import httpx
-
-    try:
-        text = httpx.get(model_url + "/monitoring/prometheus/metrics", timeout=5, trust_env=False).text
-    except httpx.HTTPError:
+    response = httpclient.get(model_url + "/monitoring/prometheus/metrics", timeout=5)
+    if response is None:
         return None
+    text = response.text
     count = metric_sum(text, "pizzactl_model_batch_size_count")
     total = metric_sum(text, "pizzactl_model_batch_size_sum")
     return (count, total) if count is not None and total is not None else None

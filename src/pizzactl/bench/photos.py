@@ -11,9 +11,10 @@ JPEG q90 no larger than the source). Re-crops are near duplicates, which is fine
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
+
+from pizzactl.data.dataset import load_dataset
+from pizzactl.files import atomic_dir
 
 MARKER = ".pizzactl-photos.json"
 
@@ -23,8 +24,6 @@ def make_photos(source: Path | str, dest: Path | str, n: int, *, seed: int = 0) 
     import numpy as np
     from PIL import Image
 
-    from pizzactl.data.dataset import load_dataset
-
     dataset = load_dataset(source)
     dest = Path(dest).expanduser()
     wanted = {"source": dataset.data_hash, "n": int(n), "seed": int(seed), "version": 1}
@@ -33,27 +32,23 @@ def make_photos(source: Path | str, dest: Path | str, n: int, *, seed: int = 0) 
             return dest
     except (OSError, ValueError):
         pass
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng(seed)
     counts = dataset.counts()
-    for class_name in dataset.classes:
-        records = [r for r in dataset.records if r.class_name == class_name]
-        target = round(n * counts[class_name] / len(dataset))
-        folder = tmp / class_name
-        folder.mkdir(parents=True)
-        for i in range(target):
-            record = records[i % len(records)]
-            if i < len(records):
-                (folder / record.path.name).symlink_to(record.path.resolve())
-                continue
-            with Image.open(record.path) as img:
-                crop = _random_crop(img.convert("RGB"), rng)
-                crop.save(folder / f"{record.path.stem}-recrop{i // len(records)}.jpg", quality=90)
-    (tmp / MARKER).write_text(json.dumps(wanted) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:  # a reader sees the old set or the new one
+        for class_name in dataset.classes:
+            records = [r for r in dataset.records if r.class_name == class_name]
+            target = round(n * counts[class_name] / len(dataset))
+            folder = tmp / class_name
+            folder.mkdir(parents=True)
+            for i in range(target):
+                record = records[i % len(records)]
+                if i < len(records):
+                    (folder / record.path.name).symlink_to(record.path.resolve())
+                    continue
+                with Image.open(record.path) as img:
+                    crop = _random_crop(img.convert("RGB"), rng)
+                    crop.save(folder / f"{record.path.stem}-recrop{i // len(records)}.jpg", quality=90)
+        (tmp / MARKER).write_text(json.dumps(wanted) + "\n")
     return dest
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pizzactl import httpclient
 from pizzactl.bench.inprocess import Setting, Worker, side_by_side, sweep, write_jpegs
 from pizzactl.bench.load import (
     batch_stats,
@@ -117,8 +118,6 @@ def measure(
     machines. Throughput: the median of each side over the rounds. Latency: samples pooled
     over the rounds.
     """
-    import httpx
-
     per_round = max(concurrency, -(-requests // ROUNDS))
     n_seq = max(10, min(requests, 100) // ROUNDS)
     run_async(upload_load(url, photos, 2 * concurrency, concurrency))  # warm up both servers
@@ -128,7 +127,7 @@ def measure(
     watched: dict[str, int | None] = {**(pids or {}), "load client": None}
     cpu: dict[str, float | None] = {name: 0.0 for name in watched}  # CPU seconds in the throughput runs
     model_cpu = 0.0
-    with httpx.Client(timeout=60.0, trust_env=False) as client:
+    with httpclient.session() as client:
         direct_latencies(client, model_url, jpegs, 3)
         for r in range(ROUNDS):
             answer = model.ask(throughput=per_round, batch=batch)
@@ -271,14 +270,12 @@ def bench_runtime(
 
 
 def served_runtime(model_url: str) -> str | None:
-    import httpx
-
     from pizzactl.config import MODEL_NAME
 
+    body = httpclient.json_or_none(f"{model_url}/v1/models/{MODEL_NAME}/metadata", timeout=5)
     try:
-        body = httpx.get(f"{model_url}/v1/models/{MODEL_NAME}/metadata", timeout=5, trust_env=False).json()
         return body["metadata"].get("runtime")
-    except (httpx.HTTPError, ValueError, KeyError):
+    except (KeyError, TypeError, AttributeError):
         return None
 
 

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pizzactl.tfimport import quiet_tf_logs
+
 
 def _pick(records, limit: int | None):
     """At most `limit` records, classes interleaved so a small limit keeps both classes."""
@@ -62,7 +64,7 @@ def _build(backbone, weights, size: int, explicit: bool):
 
 def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: int | None = None) -> dict[str, Any]:
     """The same frozen-backbone head trained plain and cached, on the same photos and seed."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tf_logs()
     import numpy as np
 
     from pizzactl.console import log

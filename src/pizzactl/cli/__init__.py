@@ -9,12 +9,12 @@ the library functions, so `pizzactl --help` stays instant.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import NoReturn
 
 from rich.markup import escape
 
+from pizzactl import tfimport
 from pizzactl.cli.base import DEBUG, app
 from pizzactl.console import err
 from pizzactl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PizzaError, as_missing_extra
@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     # on CPU-only machines); --debug or an explicit TF_CPP_MIN_LOG_LEVEL keeps it.
     args = sys.argv[1:] if argv is None else argv
     if "--debug" not in args:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from pizzactl import tfimport
-
+        tfimport.quiet_tf_logs(level=tfimport.CLI_TF_LOG_LEVEL)
         if tfimport.needs_tensorflow(args):
             tfimport.import_quietly()
     try:

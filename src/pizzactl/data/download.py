@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pizzactl.data.dataset import IMAGE_SUFFIXES, load_dataset
-from pizzactl.errors import CredentialsError, DownloadError, PizzaError
+from pizzactl.errors import CredentialsError, DownloadError, PizzaError, require_extra
+from pizzactl.files import atomic_dir
 from pizzactl.hashing import files_tree_hash
 
 MARKER = ".pizzactl-download.json"
@@ -449,28 +450,21 @@ def download(
             f"{dest} exists and is not a pizzactl download; refusing to replace it.",
             hint="Choose another --dest (an empty or new folder).",
         )
+    if sources is None:
+        require_extra("data")  # the Kaggle clients
     sources = default_sources() if sources is None else list(sources)
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, PizzaError]] = []
     stderr = sys.stderr
     for attempt, source in enumerate(sources):
-        staging = dest.parent / f".{dest.name}.partial-{os.getpid()}-{attempt}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
         try:
-            ds, marker = _stage(source, slug, staging, stall_timeout, stderr)
-            if dest.exists():
-                shutil.rmtree(dest)
-            staging.rename(dest)
+            with atomic_dir(dest) as staging:  # a failed or interrupted source leaves no half folder
+                ds, marker = _stage(source, slug, staging, stall_timeout, stderr)
         except PizzaError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
             failures.append((source.name, exc))
             if attempt + 1 < len(sources):
                 log(f"[yellow]{source.name}: {exc.message}; trying {sources[attempt + 1].name}.[/]")
             continue
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         if ds.skipped:
             log(f"[yellow]{len(ds.skipped)} unreadable file(s) in the download were skipped.[/]")
         return DownloadResult(dest / marker["root"], slug, len(ds), ds.data_hash, source.name, downloaded=True)

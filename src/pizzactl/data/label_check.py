@@ -15,7 +15,6 @@ shared cores).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ REPEATS = 3
 
 def label_check(settings, dataset, *, folds: int = FOLDS, repeats: int = REPEATS) -> dict[str, Any]:
     """Out-of-fold P(labelled class) for every photo, `repeats` times; the photos always wrong."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pizzactl.tfimport import require_tensorflow
 
-    require_tensorflow()
+    require_tensorflow()  # sets TensorFlow's log level before importing it
     import keras
     import numpy as np
 

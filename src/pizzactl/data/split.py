@@ -7,13 +7,13 @@ the model does on photos it never saw. Files are symlinked (absolute paths) unle
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pizzactl.data.dataset import load_dataset, stratified_split
 from pizzactl.errors import DataError
+from pizzactl.files import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -45,21 +45,16 @@ def split(
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DataError(f"{dest} already exists and is not empty.", hint="Pick another --dest, or delete it first.")
     train, test = stratified_split(dataset, test_fraction, seed)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     counts: dict = {}
-    for part, records in (("train", train), ("test", test)):
-        counts[part] = {c: 0 for c in dataset.classes}
-        for r in records:
-            target = tmp / part / r.class_name / r.path.relative_to(dataset.root / r.class_name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if copy:
-                shutil.copy2(r.path, target)
-            else:
-                target.symlink_to(r.path.resolve())
-            counts[part][r.class_name] += 1
-    if dest.exists():
-        dest.rmdir()  # empty (checked above)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)  # all or nothing: an interrupted split leaves no half-written DEST
+    with atomic_dir(dest) as tmp:  # all or nothing: an interrupted split leaves no half-written DEST
+        for part, records in (("train", train), ("test", test)):
+            counts[part] = {c: 0 for c in dataset.classes}
+            for r in records:
+                target = tmp / part / r.class_name / r.path.relative_to(dataset.root / r.class_name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if copy:
+                    shutil.copy2(r.path, target)
+                else:
+                    target.symlink_to(r.path.resolve())
+                counts[part][r.class_name] += 1
     return SplitResult(dest / "train", dest / "test", counts, seed, test_fraction, dataset.data_hash)

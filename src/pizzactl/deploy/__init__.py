@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from pizzactl.deploy import state as state_mod
-from pizzactl.errors import NotDeployedError, UsageError
+from pizzactl.errors import NotDeployedError, UsageError, require_extra
 from pizzactl.kube import training as kube_training
 
 TARGETS = ("local", "docker", "kind")
@@ -47,6 +47,8 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     target = target_of(settings)
     mod = _target_module(target)
     from pizzactl.model.store import latest_version_dir
+
+    require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pizzactl.errors import DeployError
+from pizzactl.errors import DeployError, missing_extra
 from pizzactl.kube import k8s
 
 
@@ -48,8 +48,11 @@ def docker_endpoint(environ: Mapping[str, str] | None = None) -> DockerEndpoint:
                 "where yours are), or unset DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.",
             ) from None
         return DockerEndpoint(environ["DOCKER_HOST"], tls, source="DOCKER_HOST")
-    from docker.context import ContextAPI
-    from docker.context.config import get_current_context_name
+    try:
+        from docker.context import ContextAPI
+        from docker.context.config import get_current_context_name
+    except ImportError:
+        raise missing_extra("docker", "deploy") from None
 
     name = environ.get("DOCKER_CONTEXT") or get_current_context_name()
     if not name or name == "default":
@@ -67,8 +70,8 @@ def docker_client(timeout: int = 120):
     """A docker SDK client for the active endpoint, or a DeployError that says how to get a daemon."""
     try:
         import docker
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise DeployError("The docker Python package is missing.", hint="pip install pizzactl") from exc
+    except ImportError:
+        raise missing_extra("docker", "deploy") from None
     endpoint = docker_endpoint()
     try:
         client = docker.DockerClient(

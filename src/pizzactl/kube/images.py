@@ -119,6 +119,27 @@ def project_requirements(extra: str | None = None) -> list[str]:
     return found
 
 
+# The extra pyproject.toml declares for each image (docker/requirements.py reads it in the build).
+EXTRA_OF_IMAGE = {"gateway": "gateway", "builtin": "serve", "trainer": "train-libs"}
+_SELF = re.compile(r"^pizzactl\s*\[([^\]]*)\]")
+
+
+def _with_nested(extra: str) -> tuple[str, ...]:
+    """`extra` and every extra it names as `pizzactl[...]`, so the generated pyproject holds them all."""
+    found: list[str] = []
+    todo = [extra]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.append(name)
+        for req in project_requirements(name):
+            nested = _SELF.match(req)
+            if nested:
+                todo += [n.strip() for n in nested.group(1).split(",")]
+    return tuple(found)
+
+
 def _pyproject_text(extras: tuple[str, ...] = ()) -> str:
     def listed(reqs: list[str]) -> str:
         return "[\n" + "\n".join(f"  {json.dumps(r)}," for r in reqs) + "\n]"
@@ -150,7 +171,7 @@ def build_context(kind: str, model_dir: Path | None = None) -> Iterator[Path]:
         ctx = Path(tmp)
         shutil.copytree(DOCKER_DIR, ctx / "docker", ignore=_SKIP)
         if kind in ("gateway", "builtin", "trainer"):
-            (ctx / "pyproject.toml").write_text(_pyproject_text(("train",) if kind == "trainer" else ()))
+            (ctx / "pyproject.toml").write_text(_pyproject_text(_with_nested(EXTRA_OF_IMAGE[kind])))
             shutil.copytree(PACKAGE_DIR, ctx / "src" / "pizzactl", ignore=_SKIP_IN_PACKAGE)
         if kind in ("builtin", "tfserving"):
             if model_dir is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pizzactl.console import log
 from pizzactl.errors import DeployError
+from pizzactl.files import wait_until
 from pizzactl.kube import diagnosis
 from pizzactl.kube.shipped import MODEL_VERSION_LABEL
 
@@ -302,11 +303,12 @@ def wait_rollout(
     unfinished Deployment waits for and why its pods are not ready (see `diagnosis.diagnose`).
     `stale`: `deadline_marks` from before the apply (those conditions are the last rollout's).
     """
-    deadline = time.monotonic() + timeout
     pending = list(names)
     states: dict[str, RolloutState] = {}
     minimums = hpa_minimums(api_client, namespace)
-    while True:
+
+    def step() -> str:
+        """ "done", "stuck" (a progress deadline passed: waiting longer cannot help) or "" (not yet)."""
         for name in list(pending):
             try:
                 states[name] = rollout_state(
@@ -317,19 +319,22 @@ def wait_rollout(
             if states[name].done:
                 log(f"  [green]✓[/] deployment/{name} rolled out ({states[name].available}/{states[name].desired})")
                 pending.remove(name)
-        stuck = [n for n in pending if states[n].deadline_exceeded]
         if not pending:
-            return states
-        if stuck or time.monotonic() >= deadline:
-            problems = diagnosis.diagnose(api_client, namespace)
-            waits = "; ".join(f"deployment/{n}: {states[n].waiting_for}" for n in pending)
-            detail = "\n".join(problems) if problems else "no pod reports a problem yet (still starting?)"
-            why = "exceeded its progress deadline" if stuck else f"did not finish in {timeout:.0f}s"
-            raise DeployError(
-                f"Rollout of {', '.join(pending)} {why} ({waits}):\n{detail}",
-                hint=diagnosis.hint(problems),
-            )
-        time.sleep(poll)
+            return "done"
+        return "stuck" if any(states[n].deadline_exceeded for n in pending) else ""
+
+    # Polling, not a watch: each round reads Deployments, ReplicaSets and the HPA's minimum together.
+    outcome = wait_until(step, timeout, poll, what="the rollout", error=None)
+    if outcome == "done":
+        return states
+    problems = diagnosis.diagnose(api_client, namespace)
+    waits = "; ".join(f"deployment/{n}: {states[n].waiting_for}" for n in pending)
+    detail = "\n".join(problems) if problems else "no pod reports a problem yet (still starting?)"
+    why = "exceeded its progress deadline" if outcome == "stuck" else f"did not finish in {timeout:.0f}s"
+    raise DeployError(
+        f"Rollout of {', '.join(pending)} {why} ({waits}):\n{detail}",
+        hint=diagnosis.hint(problems),
+    )
 
 
 # --- what serves, namespaces, metrics -------------------------------------------------------------
@@ -382,18 +387,19 @@ def namespace_phase(api_client, namespace: str) -> str | None:
 
 def wait_namespace_gone(api_client, namespace: str, timeout: float, poll: float = 1.0) -> None:
     """Wait out a namespace that is still Terminating (a teardown moments ago)."""
-    deadline = time.monotonic() + timeout
     if namespace_phase(api_client, namespace) != "Terminating":
         return
     log(f"Namespace {namespace} is still being deleted (from the last teardown); waiting for it ...")
-    while namespace_phase(api_client, namespace) == "Terminating":
-        if time.monotonic() >= deadline:
-            raise DeployError(
-                f"Namespace {namespace} is still being deleted (Terminating) after {timeout:.0f}s.",
-                hint=f"Look at what holds it: `kubectl get namespace {namespace} -o yaml` (finalizers); "
-                "then deploy again, or use another namespace.",
-            )
-        time.sleep(poll)
+    # A watch on the namespace (kubernetes.watch) would wake at the deletion instead of polling.
+    wait_until(
+        lambda: namespace_phase(api_client, namespace) != "Terminating",
+        timeout,
+        poll,
+        what=f"namespace {namespace} to go: it is still being deleted (Terminating)",
+        hint=f"Look at what holds it: `kubectl get namespace {namespace} -o yaml` (finalizers); "
+        "then deploy again, or use another namespace.",
+        error=DeployError,
+    )
 
 
 def secret_exists(api_client, namespace: str, name: str) -> bool:

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from pizzactl.console import log
 from pizzactl.errors import TrainingError
+from pizzactl.files import wait_until
 from pizzactl.kube import k8s
 from pizzactl.kube.diagnosis import start_problem
 
@@ -44,7 +45,7 @@ def files_pod(api_client, doc: dict[str, Any], timeout: float) -> Iterator[str]:
     # (a Deployment's or Job's controller retries by itself; this pod has no controller).
     k8s.apply(api_client, [doc], admission_wait=min(timeout, 60.0))
     deadline = time.monotonic() + timeout
-    try:
+    try:  # a watch on the pod (kubernetes.watch) would replace this polling; the errors stay the same
         while True:
             pod = k8s.call_api(f"Reading pod {name}", core.read_namespaced_pod, name, namespace)
             phase = pod.status.phase if pod is not None and pod.status else None
@@ -74,11 +75,14 @@ def _delete_pod(core, namespace: str, name: str, wait: float = 60.0) -> None:
         is None
     ):
         return
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if k8s.call_api(f"Reading pod {name}", core.read_namespaced_pod, name, namespace) is None:
-            return
-        time.sleep(0.5)
+    # A watch on the pod (kubernetes.watch) would wake at the deletion instead of polling.
+    wait_until(
+        lambda: k8s.call_api(f"Reading pod {name}", core.read_namespaced_pod, name, namespace) is None,
+        wait,
+        0.5,
+        what=f"pod {name} to be deleted",
+        error=None,  # still there: the caller's next step says what holds the volume
+    )
 
 
 def run(

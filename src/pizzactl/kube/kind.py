@@ -34,7 +34,7 @@ import yaml
 from pizzactl.config import Settings
 from pizzactl.console import err, log
 from pizzactl.errors import DeployError
-from pizzactl.files import write_json
+from pizzactl.files import atomic_write, write_json
 from pizzactl.kube.docker_daemon import daemon_platform, docker_api, docker_client
 from pizzactl.kube.shipped import GATEWAY_NODE_PORT
 from pizzactl.serving.processes import port_free
@@ -212,9 +212,7 @@ def created_clusters(settings: Settings) -> list[str]:
 
 def _record_created(settings: Settings, name: str, created: bool) -> None:
     names = [n for n in created_clusters(settings) if n != name] + ([name] if created else [])
-    path = created_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(names))
+    atomic_write(created_path(settings), json.dumps(names))  # half a file would forget what teardown deletes
 
 
 def ensure_cluster(settings: Settings) -> bool:

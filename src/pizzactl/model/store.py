@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pizzactl.config import MODEL_NAME
 from pizzactl.errors import ExportError, ModelNotFoundError, PizzaError
+from pizzactl.files import fsync_dir
 
 TMP_PREFIX = ".tmp-"  # in-progress versions: MODELS/pizza/.tmp-<pid>-<id>, ignored by TF Serving
 METADATA_DIR = "assets.extra"
@@ -70,7 +71,10 @@ def latest_version_dir(models_dir: Path | str, name: str = MODEL_NAME) -> Path:
 
 def publish_version(staged: Path, models_dir: Path | str, name: str = MODEL_NAME) -> Path:
     """Rename a complete, flushed version directory staged in `MODELS/<name>/` to the next free
-    integer version: readers see all of it or nothing. Retries if a concurrent export took the number."""
+    integer version: readers see all of it or nothing. Retries if a concurrent export took the number.
+
+    The same idea as `files.atomic_dir`, except that the name is only chosen at the rename (the next
+    free number) and nothing is ever replaced: `os.rename` onto a non-empty directory fails."""
     base = model_base(models_dir, name)
     for _ in range(1000):
         target = base / str(next_version(models_dir, name))
@@ -97,19 +101,6 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def is_version_dir(path: Path) -> bool:

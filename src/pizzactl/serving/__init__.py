@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from pizzactl.errors import DeployError, require_extra
+
 
 def server_arguments(parser) -> None:
     """The flags both servers take (each also reads PIZZACTL_*; a flag wins)."""
@@ -28,7 +30,6 @@ def log_to_stderr(level: str) -> None:
     import logging
 
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per URL fetch
 
 
 def run_server(app, host: str, port: int, level: str, access_log: bool = False, *, settings=None, body=None) -> None:
@@ -65,11 +66,11 @@ def _pump(stream, prefix: str) -> None:
 def serve(settings) -> None:
     """Model server + gateway in the foreground until Ctrl-C; a child that dies stops the other."""
     from pizzactl.console import err
-    from pizzactl.errors import DeployError
     from pizzactl.model.store import latest_version_dir
     from pizzactl.serving import processes as proc
     from pizzactl.serving.auth import key_env
 
+    require_extra("serve")  # the gateway and the model server run in children: say it here, not in their logs
     version_dir = latest_version_dir(settings.models_dir)
     proc.require_free_port(settings.host, settings.port)
     model_port = proc.pick_model_port("127.0.0.1", settings.model_port, avoid=[settings.port])

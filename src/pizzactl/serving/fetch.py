@@ -2,9 +2,14 @@
 
 Only http and https. The host is resolved once, every address it resolves to must be public
 (not loopback, private, link-local, multicast, reserved, unspecified, shared or a cloud
-metadata address), and the connection goes to the very address that was checked (the URL's
-host is replaced by the IP; Host header and TLS SNI/certificate check keep the name), so a
-DNS answer that changes between check and connect (DNS rebinding) does not matter.
+metadata address), and the connection goes to the very address that was checked, so a DNS
+answer that changes between check and connect (DNS rebinding) does not matter. That happens in
+aiohttp's resolver hook (`PinnedResolver`, an `aiohttp.abc.AbstractResolver`): the session's
+connector asks it for the addresses of each connection's host and gets back only the checked
+one, while the URL keeps the name, so the Host header and TLS SNI/certificate check use it.
+aiohttp does not ask a resolver about an IP literal, so a literal host is checked before the
+request. The connector caches no DNS answer and keeps no connection alive: every hop resolves
+and is checked afresh.
 Redirects are followed by hand (at most 3), each hop checked again. The body is streamed and
 cut off at `max_bytes` (413); the content type must be image/* or application/octet-stream
 (415). `allow_private=True` (PIZZACTL_ALLOW_PRIVATE_URLS=1) lets loopback and private
@@ -16,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from pizzactl import __version__
 from pizzactl.config import MAX_IMAGE_BYTES
@@ -69,20 +77,21 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_pri
     return None
 
 
-def check_url(url: str) -> httpx.URL:
+def check_url(url: str) -> URL:
     """Parse and check the scheme and host of a URL (no network)."""
     if not isinstance(url, str) or not url.strip():
         raise BadInputError("The URL is empty.", hint="Send an http(s) URL of an image.")
     try:
-        parsed = httpx.URL(url.strip())
-    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        parsed = URL(url.strip())
+        host = parsed.host
+    except (ValueError, TypeError) as exc:
         raise BadInputError(f"The URL is malformed: {exc}", hint="Send an http(s) URL of an image.") from None
     if parsed.scheme not in ("http", "https"):
         raise UnsafeURLError(
             f"Only http and https URLs can be fetched, not {parsed.scheme or 'a relative URL'!r}.",
             hint="Send an http(s) URL, or upload the file instead.",
         )
-    if not parsed.host:
+    if not host:
         raise BadInputError("The URL has no host.", hint="Send an absolute http(s) URL.")
     return parsed
 
@@ -118,25 +127,63 @@ async def resolve_checked(host: str, port: int, allow_private: bool = False) -> 
     return str(addresses[0])
 
 
-def _pinned(url: httpx.URL, ip: str) -> tuple[httpx.URL, dict[str, str], dict]:
-    """The request to send to `ip` while keeping the original host for Host and TLS."""
-    default_port = {"http": 80, "https": 443}[url.scheme]
-    host_header = url.host if url.port in (None, default_port) else f"{url.host}:{url.port}"
-    if ":" in url.host and not host_header.startswith("["):
-        host_header = f"[{url.host}]" if url.port in (None, default_port) else f"[{url.host}]:{url.port}"
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    return url.copy_with(host=ip), {"Host": host_header}, extensions
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
-def new_client(policy: FetchPolicy = FetchPolicy()) -> httpx.AsyncClient:
-    """A client for image URLs: no proxies from the environment, no automatic redirects."""
-    timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
-    return httpx.AsyncClient(
-        timeout=timeout,
-        follow_redirects=False,
+class PinnedResolver(AbstractResolver):
+    """aiohttp's resolver hook: one lookup per connection, every address checked, and only the
+    checked address handed back to connect to (see the module docstring).
+
+    The contract (aiohttp/abc.py, aiohttp/connector.py `_resolve_host`): `resolve` returns
+    `ResolveResult`s whose `host` is the address to connect to and `hostname` the name (used for
+    TLS); IP literals never reach a resolver. An exception that is not an OSError (our 4xx
+    PizzaErrors) propagates out of the request unchanged.
+    """
+
+    def __init__(self, allow_private: bool = False) -> None:
+        self.allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        ip = await resolve_checked(host, port, self.allow_private)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=ip,
+                port=port,
+                family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def new_session(
+    policy: FetchPolicy = FetchPolicy(), ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """A session for image URLs: the checking resolver, no DNS cache, no kept-alive connections
+    (each hop resolves afresh), no proxies from the environment. Call from a running event loop."""
+    connector = aiohttp.TCPConnector(
+        resolver=PinnedResolver(policy.allow_private),
+        use_dns_cache=False,
+        force_close=True,
+        limit=64,
+        ssl=ssl_context if ssl_context is not None else True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout),
         trust_env=False,
         headers={"User-Agent": f"pizzactl-gateway/{__version__}", "Accept": "image/*"},
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=0),
     )
 
 
@@ -150,31 +197,36 @@ def fetch_image_blocking(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes
         return pool.submit(asyncio.run, fetch_image(url, policy)).result()
 
 
-async def fetch_image(url: str, policy: FetchPolicy = FetchPolicy(), client: httpx.AsyncClient | None = None) -> bytes:
-    """The bytes of the image at `url`, or a 4xx PizzaError. Never follows a URL to an unsafe address."""
-    own = client is None
-    client = client or new_client(policy)
+async def fetch_image(
+    url: str, policy: FetchPolicy = FetchPolicy(), session: aiohttp.ClientSession | None = None
+) -> bytes:
+    """The bytes of the image at `url`, or a 4xx PizzaError. Never follows a URL to an unsafe address.
+
+    `session` (from `new_session`, whose resolver holds the private-address rule) is reused across
+    calls; without one a session is opened and closed for this fetch."""
+    own = session is None
+    session = session or new_session(policy)
     try:
         async with asyncio.timeout(policy.total_timeout):
-            return await _fetch(url, policy, client)
+            return await _fetch(url, policy, session)
     except TimeoutError:
         raise FetchError(
             f"Fetching {url} took longer than {policy.total_timeout:g}s.", hint="Try another URL, or upload the file."
         ) from None
     finally:
         if own:
-            await client.aclose()
+            await session.close()
 
 
-async def _fetch(url: str, policy: FetchPolicy, client: httpx.AsyncClient) -> bytes:
+async def _fetch(url: str, policy: FetchPolicy, session: aiohttp.ClientSession) -> bytes:
     current = check_url(url)
     for hop in range(policy.max_redirects + 1):
-        port = current.port or {"http": 80, "https": 443}[current.scheme]
-        ip = await resolve_checked(current.host, port, policy.allow_private)
-        target, headers, extensions = _pinned(current, ip)
+        host = current.host or ""
+        if _literal(host):  # aiohttp connects to a literal without asking the resolver
+            await resolve_checked(host, current.port or 0, policy.allow_private)
         try:
-            async with client.stream("GET", target, headers=headers, extensions=extensions) as response:
-                if response.status_code in REDIRECTS and "location" in response.headers:
+            async with session.get(current, allow_redirects=False) as response:
+                if response.status in REDIRECTS and "location" in response.headers:
                     if hop == policy.max_redirects:
                         raise FetchError(
                             f"{url} redirects more than {policy.max_redirects} times.",
@@ -182,18 +234,18 @@ async def _fetch(url: str, policy: FetchPolicy, client: httpx.AsyncClient) -> by
                         )
                     current = check_url(urljoin(str(current), response.headers["location"]))
                     continue
-                if response.status_code >= 400 or response.status_code < 200 or response.status_code in REDIRECTS:
+                if response.status >= 400 or response.status < 200 or response.status in REDIRECTS:
                     raise FetchError(
-                        f"{current} answered HTTP {response.status_code}.",
+                        f"{current} answered HTTP {response.status}.",
                         hint="Check the URL opens in a browser, or upload the file instead.",
                     )
                 _check_content_type(response, current)
                 return await _read_capped(response, policy.max_bytes, current)
-        except httpx.TimeoutException:
+        except TimeoutError:  # aiohttp's connect and read timeouts (ServerTimeoutError is one)
             raise FetchError(
                 f"Fetching {current} timed out.", hint="Try again later, or upload the file instead."
             ) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise FetchError(
                 f"Fetching {current} failed: {exc or type(exc).__name__}",
                 hint="Check the URL, or upload the file instead.",
@@ -201,7 +253,7 @@ async def _fetch(url: str, policy: FetchPolicy, client: httpx.AsyncClient) -> by
     raise FetchError(f"{url} redirects too often.")  # pragma: no cover - loop always returns or raises
 
 
-def _check_content_type(response: httpx.Response, url: httpx.URL) -> None:
+def _check_content_type(response: aiohttp.ClientResponse, url: URL) -> None:
     media = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if media and not (media.startswith("image/") or media in ("application/octet-stream", "binary/octet-stream")):
         raise UnsupportedMediaError(
@@ -210,14 +262,14 @@ def _check_content_type(response: httpx.Response, url: httpx.URL) -> None:
         )
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int, url: httpx.URL) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, url: URL) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(
             f"{url} is {int(declared):,} bytes; the limit is {max_bytes:,}.", hint="Use a smaller image."
         )
     chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLargeError(

@@ -46,7 +46,7 @@ from pizzactl.serving.api import (
     validate_item,
 )
 from pizzactl.serving.client import ModelClient, Prediction
-from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_client
+from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_session
 from pizzactl.serving.modelserver.batching import isolate_failures_async
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -224,7 +224,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         entry = self._fetch_clients.get(id(loop))
         if entry is None or entry[0] is not loop:
-            entry = (loop, new_client(self.policy))
+            entry = (loop, new_session(self.policy))
             self._fetch_clients[id(loop)] = entry
         return entry[1]
 
@@ -334,4 +334,4 @@ class Gateway:
         loop = asyncio.get_running_loop()
         entry = self._fetch_clients.pop(id(loop), None)
         if entry:
-            await entry[1].aclose()
+            await entry[1].close()

@@ -13,15 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pizzactl import httpclient
 from pizzactl.errors import DeployError, PortInUseError
+from pizzactl.files import wait_until
 from pizzactl.pids import pid_alive, proc_file
+from pizzactl.tfimport import quiet_tf_logs
 
 MODELSERVER = "modelserver"
 GATEWAY = "gateway"
@@ -117,7 +119,7 @@ def gateway_command(model_url: str, port: int, host: str = "127.0.0.1", allow_pr
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file / terminal as they happen
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tf_logs(env)
     env.update(extra or {})
     return env
 
@@ -193,12 +195,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid) and not _group_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid) and not _group_alive(pid)
+    return wait_until(
+        lambda: not pid_alive(pid) and not _group_alive(pid), timeout, 0.05, what=f"pid {pid} to exit", error=None
+    )
 
 
 def stop_all(pids: Sequence[int], grace: float = 10.0) -> None:
@@ -206,9 +205,9 @@ def stop_all(pids: Sequence[int], grace: float = 10.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) or _group_alive(p) for p in pids):
-        time.sleep(0.05)
+    wait_until(
+        lambda: not any(pid_alive(p) or _group_alive(p) for p in pids), grace, 0.05, what="them to exit", error=None
+    )
     for pid in pids:
         if pid_alive(pid) or _group_alive(pid):
             stop_group(pid, grace=0.0)
@@ -235,23 +234,24 @@ def poll_ready(
     `check()` runs before every attempt and raises to stop early (a process or container died):
     every deploy target waits this way and words its own error around what comes back.
     """
-    import httpx
+    import requests
 
-    deadline = time.monotonic() + timeout
     last = "no answer yet"
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while True:
+    with httpclient.session() as client:
+
+        def ready() -> bool:
+            nonlocal last
             check()
             try:
-                response = client.get(url.rstrip("/") + path)
+                response = client.get(url.rstrip("/") + path, timeout=2.0)
                 if response.status_code == 200:
-                    return None
+                    return True
                 last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
+            except requests.RequestException as exc:
                 last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                return last
-            time.sleep(interval)
+            return False
+
+        return None if wait_until(ready, timeout, interval, what=url + path, error=None) else last
 
 
 def wait_until_ready(

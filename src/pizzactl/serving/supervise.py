@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pizzactl.files import wait_until, write_json
+
 MODULE = "pizzactl.serving.supervise"
 DEFAULT_BACKOFF = {"initial": 1.0, "max": 60.0, "reset_after": 60.0, "crash_loop_after": 3}
 DELIBERATE = (0, -signal.SIGTERM, -signal.SIGINT)  # returncodes of a stop someone asked for
@@ -208,8 +210,6 @@ class Supervisor:
         self.state = "starting"
 
     def write_status(self) -> None:
-        from pizzactl.deploy.state import write_json
-
         write_json(
             self.status_file,
             {
@@ -250,9 +250,13 @@ class Supervisor:
         for child in running:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline and any(c.proc.poll() is None for c in running):  # type: ignore[union-attr]
-            time.sleep(0.05)
+        wait_until(
+            lambda: all(c.proc.poll() is not None for c in running),  # type: ignore[union-attr]
+            self.grace,
+            0.05,
+            what="the children to exit",
+            error=None,
+        )
         for child in running:
             proc = child.proc
             assert proc is not None

@@ -14,11 +14,11 @@ Nothing here imports TensorFlow at import time.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from pizzactl.errors import UsageError
+from pizzactl.files import write_json
 from pizzactl.train.results import RunResult, TrainResult, rank
 
 __all__ = ["RunResult", "TrainResult", "train", "train_one"]
@@ -26,17 +26,15 @@ __all__ = ["RunResult", "TrainResult", "train", "train_one"]
 
 def train(settings, *, show_progress: bool = True) -> TrainResult:
     """Train every backbone in `settings.backbone` (comma-separated), export the best one."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pizzactl.tfimport import require_training
 
-    require_training()  # before any download or scan
+    require_training()  # sets TensorFlow's log level (tfimport.quiet_tf_logs) before importing it  # before any download or scan
     from pizzactl.data.dataset import load_dataset, stratified_split
     from pizzactl.data.download import resolve_data_dir
     from pizzactl.model.export import export_model
     from pizzactl.train.backbones import get_backbone, resolve_weights
     from pizzactl.train.features import FeatureCache
     from pizzactl.train.reexport import calibration_records
-    from pizzactl.train.run_dir import write_json
 
     start = time.perf_counter()
     names = [n.strip() for n in str(settings.backbone).split(",") if n.strip()]
@@ -94,7 +92,7 @@ def train_one(settings, backbone, dataset, train_records, val_records, *, cache,
 
     from pizzactl.train.context import plan, run_config
     from pizzactl.train.metrics import validation_metrics
-    from pizzactl.train.run_dir import new_run_dir, write_json, write_results
+    from pizzactl.train.run_dir import new_run_dir, write_results
     from pizzactl.train.run_log import RunLog
     from pizzactl.train.strategies import STRATEGIES, choose
     from pizzactl.train.tensorboard import summarize_run

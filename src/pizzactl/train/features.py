@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pizzactl.files import atomic_open, atomic_write
 from pizzactl.train.views import AUGMENT_VERSION, image_dataset
 
 CACHE_FORMAT = 2  # 1: .npz read whole
@@ -140,30 +141,23 @@ def write_features(path: Path, n: int, batches: Iterator) -> FeatureFile:
     """
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
     written = 0
-    try:
-        with open(tmp, "wb") as fh:
-            for batch in batches:
-                batch = np.ascontiguousarray(batch)
-                if written == 0:
-                    header = {
-                        "descr": np.lib.format.dtype_to_descr(batch.dtype),
-                        "fortran_order": False,
-                        "shape": (n, *batch.shape[1:]),
-                    }
-                    np.lib.format.write_array_header_1_0(fh, header)
-                fh.write(batch.tobytes())
-                written += len(batch)
-            if written == 0:  # no rows: an empty array of unknown row shape
-                np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (0, 0)})
+    with atomic_open(path, "wb") as fh:
+        for batch in batches:
+            batch = np.ascontiguousarray(batch)
+            if written == 0:
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(batch.dtype),
+                    "fortran_order": False,
+                    "shape": (n, *batch.shape[1:]),
+                }
+                np.lib.format.write_array_header_1_0(fh, header)
+            fh.write(batch.tobytes())
+            written += len(batch)
+        if written == 0:  # no rows: an empty array of unknown row shape
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (0, 0)})
         if written != n:
             raise ValueError(f"expected {n} rows, got {written}")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return FeatureFile(path)
 
 
@@ -287,9 +281,7 @@ class FeatureCache:
         )
         features = write_features(self.path(key), len(relpaths), batches)
         meta = {"format": CACHE_FORMAT, "paths": self._paths_digest(relpaths), "n": len(relpaths), "view": view}
-        tmp = self._meta_path(key).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(meta) + "\n")
-        os.replace(tmp, self._meta_path(key))
+        atomic_write(self._meta_path(key), json.dumps(meta) + "\n")
         (Path(self.root) / f"{key}.npz").unlink(missing_ok=True)  # the same features in format 1
         self.compute_seconds += time.perf_counter() - start
         self.computed.append(key)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import json
 from pathlib import Path
 
 from pizzactl.errors import UsageError
+from pizzactl.files import write_json
 
 HISTORY_COLUMNS = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 
@@ -30,10 +30,6 @@ def new_run_dir(runs_dir: Path, backbone: str) -> Path:
         except FileExistsError:
             continue
     raise UsageError(f"Cannot create a run directory in {runs_dir}.")  # pragma: no cover
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_history(path: Path, rows: list[dict]) -> None:

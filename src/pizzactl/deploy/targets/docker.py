@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pizzactl import httpclient
 from pizzactl.config import Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests
@@ -253,8 +254,6 @@ def _remove_labelled(client) -> list[str]:
 
 
 def status(settings: Settings, state: DeployState) -> dict[str, Any]:
-    import httpx
-
     containers: dict[str, str] = {}
     try:
         client = docker_client()
@@ -265,10 +264,8 @@ def status(settings: Settings, state: DeployState) -> dict[str, Any]:
                 containers[name] = "gone"
     except DeployError:
         containers = {name: "unknown (docker unreachable)" for name in state.extra.get("containers", [])}
-    try:
-        ready = httpx.get(f"{state.url}/readyz", timeout=3).status_code == 200
-    except httpx.HTTPError:
-        ready = False
+    response = httpclient.get(f"{state.url}/readyz", timeout=3)
+    ready = response is not None and response.status_code == 200
     serving = {state.model_version: 1} if ready and state.model_version is not None else {}
     return {"ready": ready, "serving": serving, "containers": containers}
 

@@ -16,11 +16,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pizzactl import httpclient
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError
+from pizzactl.files import write_json
 from pizzactl.model.store import latest_version_dir
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
@@ -73,7 +75,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     model_url = f"http://127.0.0.1:{model_port}"
     spec_path, status_path = logs_at / "supervise.json", logs_at / STATUS_FILE
     status_path.unlink(missing_ok=True)
-    state_mod.write_json(
+    write_json(
         spec_path,
         {
             "children": [
@@ -177,23 +179,17 @@ def _record_pids(settings, record: DeployState, status_path: Path) -> None:
 
 def _served_version(model_url: str) -> int | None:
     """The version the model server reports as AVAILABLE (it serves the newest on disk)."""
-    import httpx
-
+    body = httpclient.json_or_none(f"{model_url}/v1/models/{MODEL_NAME}", timeout=2.0)
     try:
-        body = httpx.get(f"{model_url}/v1/models/{MODEL_NAME}", timeout=2.0, trust_env=False).json()
         versions = [int(e["version"]) for e in body.get("model_version_status", []) if e.get("state") == "AVAILABLE"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return max(versions) if versions else None
 
 
 def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url.rstrip("/") + "/readyz", timeout=2.0, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
+    response = httpclient.get(url.rstrip("/") + "/readyz", timeout=2.0)
+    return response is not None and response.status_code == 200
 
 
 def status(settings, st: DeployState) -> dict[str, Any]:

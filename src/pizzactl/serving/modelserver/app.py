@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from pizzactl.model.runtimes import configure_tf_threads
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
+from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -185,10 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     level = settings.log_level
     log_to_stderr(level)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tf_logs()  # also at --log-level debug: its C++ INFO lines stay out, as before
     if level.lower() != "debug":
-        from pizzactl.tfimport import import_quietly
-
         import_quietly()  # TF's start-up INFO lines are not the model server's log
     intra, inter = configure_tf_threads(config.tf_intra_op_threads, config.tf_inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")

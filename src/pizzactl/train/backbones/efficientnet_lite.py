@@ -19,14 +19,13 @@ tensorflow/tpu's efficientnet_lite_builder.py), applied inside the graph.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pizzactl.errors import WeightsError
+from pizzactl.files import atomic_open
 from pizzactl.hashing import sha256_file
 from pizzactl.train.backbones.registry import Backbone, check_size, register
 from pizzactl.train.backbones.weights import Weights, find_weights_file, load_weights_file, resolve_weights
@@ -374,15 +373,8 @@ def converted_weights(
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below
     arrays = _keras_layout(v, load_state_dict(pth))
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem, suffix=".tmp.npz", dir=cache)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-        os.replace(tmp, target)  # atomic: concurrent builders never read half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target, "wb") as f:  # concurrent builders never read half a file
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return arrays, target
 
 

@@ -51,6 +51,8 @@ def follow(
     waiting_since: dict[str, float] = {}
     said: set[str] = set()
     seen: set[str] = set()
+    # Not `files.wait_until`: no timeout (the Job's activeDeadlineSeconds ends it) and each round
+    # streams logs. A watch on the Job and its pods (kubernetes.watch) would replace the polling.
     while True:
         obj = k8s.call_api(f"Reading job {job}", batch.read_namespaced_job, job, namespace)
         if obj is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.errors import TrainingError
+from pizzactl.files import atomic_dir, write_json
 from pizzactl.model.card import card_path
 from pizzactl.model.store import (
     MODEL_NAME,
@@ -163,21 +164,17 @@ def _free_name(runs_dir: Path, name: str) -> Path:
 
 def _place_run(run: Path, target: Path, moves: list[tuple[str, str]], trained_on: dict[str, Any]) -> None:
     """Copy a run next to the local ones, fix its paths, then rename it into place."""
-    staging = target.parent / f".incoming-{uuid.uuid4().hex[:12]}"
-    try:
-        shutil.copytree(run, staging / target.name)
+    with atomic_dir(target, replace=False) as staging:  # a new name (`_free_name`): never replace a run
+        shutil.copytree(run, staging, dirs_exist_ok=True)
         for name in ("config.json", "metrics.json"):
-            path = staging / target.name / name
+            path = staging / name
             if not path.is_file():
                 continue
             data = _localised(json.loads(path.read_text()), moves)
             if name == "config.json":
                 data["run_id"] = target.name
                 data["trained_on"] = trained_on
-            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        os.rename(staging / target.name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            write_json(path, data)
 
 
 def _localised(value: Any, moves: list[tuple[str, str]]) -> Any:
