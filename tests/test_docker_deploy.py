@@ -7,7 +7,7 @@ import pytest
 
 from pizzactl.config import load_settings
 from pizzactl.deploy import deploy, status, teardown
-from pizzactl.serving.processes import free_port
+from pizzactl.ports import free_port
 
 
 def _leftovers(client) -> tuple[list, list]:

@@ -20,7 +20,7 @@ from pizzactl.config import load_settings
 from pizzactl.deploy.targets import kind as kind_target
 from pizzactl.errors import DeployError, PortInUseError, UsageError
 from pizzactl.kube import kind
-from pizzactl.serving.processes import free_port
+from pizzactl.ports import free_port
 
 from docker_fakes import FakeDockerd
 from k8s_fakes import (

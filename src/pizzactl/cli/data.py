@@ -50,7 +50,12 @@ def data_report(
     from pizzactl.data.report import report
 
     s = settings(data_dir=data_dir)
-    rep = report(s, threshold=near_bits, label_check=label_check)
+    rep = report(s, threshold=near_bits)
+    if label_check:  # a layer up from data/: it trains heads on the photos' features
+        from pizzactl.data.dataset import load_dataset
+        from pizzactl.train.label_check import label_check as check
+
+        rep["label_check"] = check(s, load_dataset(rep["root"]))
     if json_out:
         print_json(rep)
     else:

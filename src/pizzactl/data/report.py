@@ -229,13 +229,11 @@ def summarize(infos: Sequence[ImageInfo], root: Path | str, threshold: int = NEA
     }
 
 
-def report(
-    settings=None, *, root: Path | str | None = None, threshold: int = NEAR_DUPLICATE_BITS, label_check: bool = False
-) -> dict[str, Any]:
+def report(settings=None, *, root: Path | str | None = None, threshold: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:
     """Scan and summarise a dataset folder: `root`, else settings' --data, else the downloaded dataset.
 
-    `label_check` adds the photos that cross-validated heads always get wrong
-    (`data.label_check`); it needs TensorFlow and a forward pass over the photos.
+    The label check (`train.label_check`, TensorFlow and a forward pass over the photos) sits a
+    layer up: `pizzactl data report --label-check` adds its answer under "label_check".
     """
     if root is None:
         if settings is None:
@@ -247,11 +245,5 @@ def report(
     started = time.perf_counter()
     infos = scan(root)
     rep = summarize(infos, root, threshold)
-    if label_check:
-        from pizzactl.config import load_settings
-        from pizzactl.data.dataset import load_dataset
-        from pizzactl.data.label_check import label_check as check
-
-        rep["label_check"] = check(settings or load_settings(), load_dataset(root))
     rep["seconds"] = round(time.perf_counter() - started, 2)
     return rep

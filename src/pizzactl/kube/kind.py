@@ -37,7 +37,7 @@ from pizzactl.errors import DeployError
 from pizzactl.files import atomic_write, write_json
 from pizzactl.kube.docker_daemon import daemon_platform, docker_api, docker_client
 from pizzactl.kube.shipped import GATEWAY_NODE_PORT
-from pizzactl.serving.processes import port_free
+from pizzactl.ports import port_free
 
 CREATED_FILE = "kind-clusters.json"
 IMAGES_FILE = "kind-images.json"  # {cluster: [image refs pizzactl loaded, in load order]}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import deque
@@ -23,6 +22,7 @@ from pizzactl import httpclient
 from pizzactl.errors import DeployError, PortInUseError
 from pizzactl.files import wait_until
 from pizzactl.pids import pid_alive, proc_file
+from pizzactl.ports import free_port, port_free
 from pizzactl.tfimport import quiet_tf_logs
 
 MODELSERVER = "modelserver"
@@ -31,24 +31,6 @@ _OUR_MODULES = (b"pizzactl.serving.modelserver", b"pizzactl.serving.gateway", b"
 
 
 # --- ports ---------------------------------------------------------------------------------
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when a server could listen on host:port now (SO_REUSEADDR, as uvicorn binds)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def require_free_port(host: str, port: int, what: str = "gateway") -> None:

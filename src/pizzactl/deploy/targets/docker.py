@@ -134,7 +134,7 @@ def _container_port(container: dict[str, Any], target: int | str) -> int:
 
 
 def preflight(settings: Settings, previous: DeployState | None) -> None:
-    from pizzactl.serving.processes import port_free
+    from pizzactl.ports import port_free
 
     if previous is not None and previous.ports.get("gateway") == settings.port:
         return
