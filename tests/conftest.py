@@ -8,34 +8,17 @@ means the tier really ran.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from support.tiers import import_tier, require_tier
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pizza_not_pizza"
 
 # model_server / gateway / photo_server session fixtures shared by the serving tests; world, photos and
 # release helpers shared by the cluster tests
-pytest_plugins = ["serving_fixtures", "cluster_fixtures"]
-
-
-def require_tier(tier: str, reason: str) -> None:
-    """Skip (or fail, if CI requires the tier) because a prerequisite is missing."""
-    required = {t.strip() for t in os.environ.get("PIZZACTL_REQUIRE_TIERS", "").split(",") if t.strip()}
-    if tier in required:
-        pytest.fail(f"tier {tier!r} is required (PIZZACTL_REQUIRE_TIERS) but: {reason}")
-    pytest.skip(reason)
-
-
-def import_tier(module: str, tier: str):
-    """Import an optional module a tier needs; missing, the tier is skipped (or fails under CI)."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        require_tier(tier, f"{module} is not importable ({exc}); pip install -e '.[dev]'")
+pytest_plugins = ["support.serving_fixtures", "support.cluster_fixtures", "support.photos"]
 
 
 @pytest.fixture(scope="session")

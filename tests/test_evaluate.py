@@ -17,18 +17,14 @@ from pizzactl.config import Settings
 from pizzactl.errors import DataError
 from pizzactl.train.metrics import binary_metrics
 
+from support.cli import run_pizzactl
+
 # --- the CLI without a model ---------------------------------------------------------------
 
 
 def test_evaluate_without_a_model_exits_3_with_a_hint(isolated, shared_data):
     env = {**os.environ, "PIZZACTL_MODELS_DIR": str(isolated / "no-models")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "evaluate", "--data", str(shared_data)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_pizzactl("evaluate", "--data", str(shared_data), env=env, timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert "No exported model" in proc.stderr and "pizzactl train" in proc.stderr
     assert "Traceback" not in proc.stderr

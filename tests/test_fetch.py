@@ -169,7 +169,7 @@ async def test_http_errors_and_slow_servers_are_fetch_errors(photo_server):
 
 
 async def test_a_closed_port_is_a_fetch_error(photo_server):
-    from serving_fixtures import free_port
+    from support.processes import free_port
 
     with pytest.raises(FetchError):
         await fetch_image(f"http://127.0.0.1:{free_port()}/x.jpg", LOCAL)

@@ -16,7 +16,7 @@ from pizzactl.config import load_settings
 from pizzactl.deploy import diagnosis, k8s, manifests
 from pizzactl.errors import DeployError
 
-from k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
+from support.k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"

@@ -21,6 +21,8 @@ from pizzactl.config import load_settings
 from pizzactl.deploy import manifests
 from pizzactl.deploy.images import plan_images
 
+from support.cli import run_pizzactl
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,10 +38,13 @@ def fake_models(tmp_path) -> Path:
 
 def render_dry_run(models: Path, cwd: Path, **env: str) -> list[dict]:
     """`pizzactl deploy --dry-run --models MODELS` as a user runs it; the objects it prints."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(models), "--model-server", "builtin"],
-        capture_output=True,
-        text=True,
+    proc = run_pizzactl(
+        "deploy",
+        "--dry-run",
+        "--models",
+        str(models),
+        "--model-server",
+        "builtin",
         env={**os.environ, "DOCKER_HOST": f"unix://{cwd}/nothing.sock", **env},
         cwd=cwd,
         timeout=120,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,9 @@ from pizzactl.data.dataset import load_dataset, stratified_split
 from pizzactl.errors import DataError, UsageError, WeightsError
 from pizzactl.train.backbones.weights import weights_id
 from pizzactl.train.features import feature_key
+
+from support.cli import run_pizzactl
+from support.photos import link_photos
 
 RUN_FILES = {
     "config.json",
@@ -46,15 +47,6 @@ def make_images(root: Path, per_class: int = 6, size: int = 40) -> Path:
         for i in range(per_class):
             arr = np.clip(np.array(colour) + rng.integers(-40, 40, (size, size + i, 3)), 0, 255).astype("uint8")
             Image.fromarray(arr).save(root / label / f"{label}_{i}.jpg", quality=90)
-    return root
-
-
-def link_photos(root: Path, shared_photos, per_class: int) -> Path:
-    """A folder of symlinks to the first photos of each class (the photos are never copied)."""
-    for name, photos in shared_photos.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for photo in photos[:per_class]:
-            (root / name / photo.name).symlink_to(photo)
     return root
 
 
@@ -474,11 +466,8 @@ def test_end_to_end_train_export_evaluate_on_photos_it_never_saw(scratch_run, sh
         (unseen / name).mkdir(parents=True)
         for photo in photos[100:110]:
             (unseen / name / photo.name).symlink_to(photo)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "evaluate", result["model_dir"], "--data", str(unseen), "--json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_for(root)},
+    proc = run_pizzactl(
+        "evaluate", result["model_dir"], "--data", str(unseen), "--json", env={**os.environ, **env_for(root)}
     )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)

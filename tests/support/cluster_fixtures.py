@@ -10,8 +10,8 @@ import pytest
 from pizzactl.config import load_settings
 from pizzactl.deploy.images import Images
 
-from docker_fakes import FakeDockerd
-from k8s_fakes import write_kubeconfig
+from support.docker_fakes import FakeDockerd
+from support.k8s_fakes import write_kubeconfig
 
 REGISTRY = "reg.example/me"
 
