@@ -16,9 +16,10 @@ from support.tiers import import_tier, require_tier
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pizza_not_pizza"
 
-# model_server / gateway / photo_server session fixtures shared by the serving tests; world, photos and
-# release helpers shared by the cluster tests
-pytest_plugins = ["support.serving_fixtures", "support.cluster_fixtures", "support.photos"]
+# The test kit (tests/support/, docs/development.md): synthetic photos; model_server / gateway /
+# photo_server session fixtures shared by the serving tests; world, photos and release helpers shared
+# by the cluster tests. Plugins before the modules that import them, so pytest rewrites their asserts.
+pytest_plugins = ["support.photos", "support.serving_fixtures", "support.cluster_fixtures"]
 
 
 @pytest.fixture(scope="session")

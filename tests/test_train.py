@@ -707,7 +707,7 @@ def test_fine_tuning_validates_a_batch_at_a_time():
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.train.strategies.cached_fine_tune import _validator
+    from pizzactl.train.strategies.cached_fine_tune import validator
 
     def at_most_8_rows(x):
         with tf.control_dependencies([tf.debugging.assert_less_equal(tf.shape(x)[0], 8)]):
@@ -722,7 +722,7 @@ def test_fine_tuning_validates_a_batch_at_a_time():
     val = {"plain": plain, "flip": plain[:, :, ::-1]}
     y_val = rng.integers(0, 2, 21)
 
-    p, loss, accuracy = _validator(model, val, y_val, tta=True, batch_size=8)()
+    p, loss, accuracy = validator(model, val, y_val, tta=True, batch_size=8)()
 
     expected = np.mean([model.predict(val[v].astype("float32"), batch_size=8, verbose=0).ravel() for v in val], axis=0)
     assert p.shape == (21,)

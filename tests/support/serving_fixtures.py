@@ -215,13 +215,13 @@ def pizza_jpeg(shared_photos) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def photo_server(shared_photos, tmp_path_factory):
-    """A local http.server serving a few shared photos, a page and redirects (for URL fetching)."""
+def photo_server(synthetic_photos, tmp_path_factory):
+    """A local http.server serving two synthetic photos, a page and redirects (for URL fetching)."""
     import http.server
 
     root = tmp_path_factory.mktemp("www")
-    shutil.copy(shared_photos["pizza"][0], root / "pizza.jpg")
-    shutil.copy(shared_photos["not_pizza"][0], root / "not_pizza.jpg")
+    shutil.copy(synthetic_photos.photos["pizza"][0], root / "pizza.jpg")
+    shutil.copy(synthetic_photos.photos["not_pizza"][0], root / "not_pizza.jpg")
     (root / "page.html").write_text("<html><body>not an image</body></html>")
     from PIL import Image
 
