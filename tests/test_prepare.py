@@ -11,7 +11,7 @@ from PIL import Image
 from pizzactl.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaError
 from pizzactl.serving.prepare import WIRE_BUDGET, ImageLimits, encode_for_model, load_image, prepare_image
 
-from support.photos import encode, png_header_only
+from support.photos import encode, photo_like_jpeg, png_header_only
 
 
 def test_a_real_photo_is_shrunk_to_the_model_size_and_fits_the_wire_budget(shared_photos):
@@ -78,8 +78,8 @@ def test_palette_image_with_transparency_is_composited_on_white():
     assert gif.mode == "RGB"
 
 
-def test_truncated_image_is_invalid_422(shared_photos):
-    raw = shared_photos["pizza"][0].read_bytes()
+def test_truncated_image_is_invalid_422():
+    raw = photo_like_jpeg()
     with pytest.raises(InvalidImageError) as info:
         load_image(raw[: len(raw) // 2])
     assert info.value.http_status == 422
@@ -94,8 +94,8 @@ def test_draft_decodes_a_jpeg_at_reduced_scale_but_never_below_the_model_size():
     assert min(load_image(data, draft_size=300).size) >= 300
 
 
-def test_truncated_jpeg_is_invalid_even_when_decoded_at_reduced_scale(shared_photos):
-    raw = shared_photos["pizza"][0].read_bytes()
+def test_truncated_jpeg_is_invalid_even_when_decoded_at_reduced_scale():
+    raw = photo_like_jpeg()
     with pytest.raises(InvalidImageError):
         load_image(raw[: len(raw) // 2], draft_size=64)
 

@@ -42,6 +42,16 @@ def png_header_only(width: int, height: int) -> bytes:
     )
 
 
+def photo_like_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
+    """A JPEG of a camera photo's size and byte count (a gradient under noise, ~170 kB at 640x480):
+    big enough that libjpeg's reduced-scale decoding (draft) really reduces it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height) + 64], -1)
+    pixels = np.clip(base + rng.normal(0, 25, (height, width, 3)), 0, 255).astype("uint8")
+    return encode(Image.fromarray(pixels), "JPEG", quality=90)
+
+
 def make_classes(root: Path, names, per_class: int = 8, size: int = 40) -> Path:
     """One folder of generated JPEGs per class name, a colour per class (seeded: the same bytes every run)."""
     rng = np.random.default_rng(0)
