@@ -22,6 +22,31 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 pytest_plugins = ["support.photos", "support.serving_fixtures", "support.cluster_fixtures"]
 
 
+# --- the quick loop (docs/development.md) ---------------------------------------------------
+
+QUICK_LEAVES_OUT = ("slow", "docker", "browser", "torch")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help="the contributor's quick loop: leave out the slow, docker, browser and torch tiers "
+        "(as -m 'not slow and not docker and not browser and not torch'); CI runs everything",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--quick"):
+        return
+    keep, left_out = [], []
+    for item in items:
+        (left_out if any(item.get_closest_marker(tier) for tier in QUICK_LEAVES_OUT) else keep).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared real photos (../shared/data/pizza_not_pizza)."""

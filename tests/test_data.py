@@ -14,7 +14,7 @@ import pytest
 from pizzactl.data.dataset import check_image, load_dataset, stratified_split
 from pizzactl.errors import DataError
 
-from support.cli import run_pizzactl
+from support.cli import invoke
 
 
 def jpeg(seed: int, size=(40, 32)) -> bytes:
@@ -225,7 +225,7 @@ def test_cli_data_split_json_and_exit_code(tmp_path):
     src = make_dataset(tmp_path / "src", {"pizza": 6, "not_pizza": 6})
 
     def run(*a):
-        return run_pizzactl("data", "split", *a)
+        return invoke("data", "split", *a)
 
     proc = run(str(src), "--dest", str(tmp_path / "out"), "--test", "0.5", "--json")
     assert proc.returncode == 0, proc.stderr

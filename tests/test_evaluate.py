@@ -17,7 +17,7 @@ from pizzactl.config import Settings
 from pizzactl.errors import DataError
 from pizzactl.train.metrics import binary_metrics
 
-from support.cli import run_pizzactl
+from support.cli import invoke, run_pizzactl
 
 # --- the CLI without a model ---------------------------------------------------------------
 
@@ -138,12 +138,8 @@ def test_evaluate_refuses_data_whose_classes_are_not_the_models(tmp_path, tiny_m
 def test_evaluate_cli_prints_json_for_scripts(subset, tiny_model):
     import json
 
-    from typer.testing import CliRunner
-
-    from pizzactl.cli import app
-
-    result = CliRunner().invoke(app, ["evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json"])
-    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json")
+    assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["n"] == 20 and sum(map(sum, doc["confusion_matrix"])) == 20
     assert 0.0 <= doc["roc_auc"] <= 1.0

@@ -15,7 +15,7 @@ from pizzactl.data.dataset import load_dataset
 from pizzactl.data.report import dhash, near_duplicate_pairs, popcount64, print_report, report, scan, summarize
 from pizzactl.errors import DataError
 
-from support.cli import run_pizzactl
+from support.cli import invoke
 
 
 def photo_like(seed: int, size=(160, 120)):
@@ -192,7 +192,7 @@ def test_dhash_ignores_scale_and_compression_but_not_content():
 
 
 def test_cli_report_json(messy):
-    proc = run_pizzactl("data", "report", str(messy), "--json", "--near-bits", "0", timeout=120)
+    proc = invoke("data", "report", str(messy), "--json", "--near-bits", "0")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["images"] == 13 and rep["near_duplicates"]["threshold_bits"] == 0
