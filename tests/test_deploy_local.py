@@ -28,7 +28,7 @@ import pytest
 
 from pizzactl.errors import EXIT_FAILURE, EXIT_USER
 
-from support.cli import make_env, run_pizzactl
+from support.cli import PIZZACTL, make_env, run_pizzactl
 from support.processes import alive, children_of, free_port, listening, wait_until
 
 
@@ -284,7 +284,7 @@ def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_mo
     port, model_port = int(env["PIZZACTL_PORT"]), int(env["PIZZACTL_MODEL_PORT"])
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - the serve process writes it
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pizzactl", "serve"],
+        [*PIZZACTL, "serve"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -329,7 +329,7 @@ def test_serve_killed_outright_leaves_no_orphan_servers(tiny_model, tmp_path):
     env = make_env(tmp_path, tiny_model)
     port = int(env["PIZZACTL_PORT"])
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pizzactl", "serve"],
+        [*PIZZACTL, "serve"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,

@@ -179,9 +179,6 @@ def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tin
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(TENSORFLOW_IMPORT_HOOK)
     args = [
-        sys.executable,
-        "-m",
-        "pizzactl",
         "evaluate",
         str(tiny_model / "pizza" / "1"),
         "--data",
@@ -190,11 +187,11 @@ def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tin
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIZZACTL_", "TF_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-    quiet = subprocess.run(args, capture_output=True, text=True, env=env)
+    quiet = run_pizzactl(*args, env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
     assert json.loads(quiet.stdout)["n"] == 20  # the hook did not stop the real import
-    loud = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True, env=env)
+    loud = run_pizzactl("--debug", *args, env=env)
     assert loud.returncode == 0, loud.stderr
     assert START_UP_NOISE in loud.stderr  # the filter had something to filter
 

@@ -24,6 +24,7 @@ from pizzactl.model_store import list_versions
 from pizzactl.train import on_cluster
 from pizzactl.train.remote import TrainingError, train_on
 
+from support.cli import PIZZACTL
 from support.k8s_batch_fakes import (
     JOBS,
     LOSE_NODE,
@@ -421,13 +422,12 @@ async def test_ctrl_c_stops_the_job(kmock, world, photos, tmp_path, isolated):
     """`pizzactl train --on CONTEXT` in its own process; SIGINT while the Job runs stops the Job."""
     import os
     import signal
-    import sys
 
     cluster = _cluster(kmock, tmp_path, attempts=["hang"], epochs=1000)
     playing = asyncio.create_task(cluster.run(0.02))
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pizzactl", "train", "--on", "prod", "--registry", "reg.example/me",
+            *PIZZACTL, "train", "--on", "prod", "--registry", "reg.example/me",
             "--data", str(photos),
             cwd=isolated, env=dict(os.environ), stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -21,7 +21,7 @@ from pizzactl.config import load_settings
 from pizzactl.errors import UsageError
 from pizzactl.train import on_docker
 
-from support.cli import run_pizzactl
+from support.cli import PIZZACTL, run_pizzactl
 from support.docker_fakes import FakeDockerd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def _pizzactl(args: list[str], cwd: Path, env: dict[str, str], tmp_path: Path, *
     full_env = {**os.environ, **env, "PYTHONPATH": str(shim)}
     full_env.pop("DOCKER_HOST", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "pizzactl", *args],
+        [*PIZZACTL, *args],
         cwd=cwd,
         env=full_env,
         stdout=subprocess.PIPE,
