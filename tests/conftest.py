@@ -8,34 +8,43 @@ means the tier really ran.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from support.tiers import import_tier, require_tier
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pizza_not_pizza"
 
-# model_server / gateway / photo_server session fixtures shared by the serving tests; world, photos and
-# release helpers shared by the cluster tests
-pytest_plugins = ["serving_fixtures", "cluster_fixtures"]
+# The test kit (tests/support/, docs/development.md): synthetic photos; model_server / gateway /
+# photo_server session fixtures shared by the serving tests; world, photos and release helpers shared
+# by the cluster tests. Plugins before the modules that import them, so pytest rewrites their asserts.
+pytest_plugins = ["support.photos", "support.serving_fixtures", "support.cluster_fixtures"]
 
 
-def require_tier(tier: str, reason: str) -> None:
-    """Skip (or fail, if CI requires the tier) because a prerequisite is missing."""
-    required = {t.strip() for t in os.environ.get("PIZZACTL_REQUIRE_TIERS", "").split(",") if t.strip()}
-    if tier in required:
-        pytest.fail(f"tier {tier!r} is required (PIZZACTL_REQUIRE_TIERS) but: {reason}")
-    pytest.skip(reason)
+# --- the quick loop (docs/development.md) ---------------------------------------------------
+
+QUICK_LEAVES_OUT = ("slow", "docker", "browser", "torch")
 
 
-def import_tier(module: str, tier: str):
-    """Import an optional module a tier needs; missing, the tier is skipped (or fails under CI)."""
-    import importlib
+def pytest_addoption(parser):
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help="the contributor's quick loop: leave out the slow, docker, browser and torch tiers "
+        "(as -m 'not slow and not docker and not browser and not torch'); CI runs everything",
+    )
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        require_tier(tier, f"{module} is not importable ({exc}); pip install -e '.[dev]'")
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--quick"):
+        return
+    keep, left_out = [], []
+    for item in items:
+        (left_out if any(item.get_closest_marker(tier) for tier in QUICK_LEAVES_OUT) else keep).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving_fixtures import LocalHTTPServer, UvicornThread, free_port, send_json
+from support.processes import free_port
+from support.serving_fixtures import LocalHTTPServer, UvicornThread, send_json
 
 
 class Clock:
@@ -318,7 +319,7 @@ def slow_model(shared_photos, tmp_path_factory) -> Path:
     2 shared CPUs, within a few times of the default EfficientNet-Lite2, so 16 requests in flight
     queue for longer than a short model timeout, as in issue 27's soak. Untrained: the weights do
     not change what a request costs."""
-    from conftest import import_tier
+    from support.tiers import import_tier
 
     keras = import_tier("keras", "slow")
     from pizzactl.model.export import export_model

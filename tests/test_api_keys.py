@@ -25,7 +25,9 @@ from pizzactl.errors import ConfigError
 from pizzactl.serving.auth import RateLimiter, accepted_hashes, key_env, key_hash
 from pizzactl.serving.gateway import create_app
 
-from serving_fixtures import LocalHTTPServer, UvicornThread, free_port, send_json
+from support.cli import run_pizzactl
+from support.processes import free_port
+from support.serving_fixtures import LocalHTTPServer, UvicornThread, send_json
 
 KEY = "pk-test-7f3a9c1e5b"  # what must never appear in an output or a log
 OTHER_KEY = "pk-test-other-2d4b"
@@ -188,12 +190,10 @@ def test_key_settings_are_digests_and_the_key_itself_is_never_shown():
     assert load_settings(environ=env).api_key is None
 
 
-def run_pizzactl(tmp_path, *args, **env):
+def run_clean(tmp_path, *args, **env):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     clean.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), PIZZACTL_CONFIG=str(tmp_path / "none.toml"), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "pizzactl", *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=120
-    )
+    return run_pizzactl(*args, env=clean, cwd=tmp_path, timeout=120)
 
 
 def test_predict_sends_the_key_from_the_flag_or_the_environment_and_never_prints_it(upstreams, tmp_path):
@@ -201,10 +201,10 @@ def test_predict_sends_the_key_from_the_flag_or_the_environment_and_never_prints
     photo = tmp_path / "a.png"
     photo.write_bytes(png())
     with UvicornThread(create_app(model.url, api_key_hashes=key_hash(KEY))) as gw:
-        by_flag = run_pizzactl(tmp_path, "predict", "--endpoint", gw.url, "--api-key", KEY, "--json", str(photo))
-        by_env = run_pizzactl(tmp_path, "predict", "--endpoint", gw.url, "--json", str(photo), PIZZACTL_API_KEY=KEY)
-        without = run_pizzactl(tmp_path, "predict", "--endpoint", gw.url, "--json", str(photo))
-        shown = run_pizzactl(tmp_path, "config", "show", "--json", PIZZACTL_API_KEY=KEY)
+        by_flag = run_clean(tmp_path, "predict", "--endpoint", gw.url, "--api-key", KEY, "--json", str(photo))
+        by_env = run_clean(tmp_path, "predict", "--endpoint", gw.url, "--json", str(photo), PIZZACTL_API_KEY=KEY)
+        without = run_clean(tmp_path, "predict", "--endpoint", gw.url, "--json", str(photo))
+        shown = run_clean(tmp_path, "config", "show", "--json", PIZZACTL_API_KEY=KEY)
     for proc in (by_flag, by_env):
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)[0]["label"] == "pizza"
@@ -301,14 +301,7 @@ def test_deploy_local_with_a_key_protects_the_gateway_and_no_process_or_file_hol
     )
 
     def cli(*args, **extra):
-        return subprocess.run(
-            [sys.executable, "-m", "pizzactl", *args],
-            capture_output=True,
-            text=True,
-            env={**env, **extra},
-            cwd=tmp_path,
-            timeout=300,
-        )
+        return run_pizzactl(*args, env={**env, **extra}, cwd=tmp_path, timeout=300)
 
     photo = tmp_path / "a.png"
     photo.write_bytes(png())

@@ -13,6 +13,8 @@ import pytest
 from pizzactl.bench.load import percentile, wire_body
 from pizzactl.bench.serve import GOALS, pick_photos
 
+from support.cli import run_pizzactl
+
 pytestmark = pytest.mark.slow
 
 KEYS = {
@@ -44,27 +46,20 @@ def test_photos_alternate_between_classes(shared_data):
 def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pizzactl",
-            "bench",
-            "serve",
-            "--models",
-            str(tiny_model),
-            "--data",
-            str(shared_data),
-            "--concurrency",
-            "4",
-            "--requests",
-            "12",
-            "--overload-seconds",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_pizzactl(
+        "bench",
+        "serve",
+        "--models",
+        str(tiny_model),
+        "--data",
+        str(shared_data),
+        "--concurrency",
+        "4",
+        "--requests",
+        "12",
+        "--overload-seconds",
+        "2",
+        "--json",
         env=env,
         cwd=tmp_path,
         timeout=600,
@@ -129,9 +124,7 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
 def test_a_runtime_the_model_lacks_is_a_usage_error(tf_only_model, shared_data, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     argv = ["bench", "serve", "--models", str(tf_only_model), "--data", str(shared_data), "--runtimes", "litert-int8"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-    )
+    proc = run_pizzactl(*argv, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "litert-int8" in proc.stderr and "export" in proc.stderr
 

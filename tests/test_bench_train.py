@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pizzactl.bench.train import default_backbone
-from pizzactl.bench.train import pick_interleaved as _pick
+from pizzactl.bench.train import default_backbone, pick_interleaved
 from pizzactl.cli import main
 
 
@@ -17,15 +16,15 @@ def records(n_per_class: int):
 
 
 def test_limit_keeps_both_classes_interleaved():
-    picked = _pick(records(10), 5)
+    picked = pick_interleaved(records(10), 5)
     assert len(picked) == 5
     assert [r.label for r in picked] == [0, 1, 0, 1, 0]
     assert len({r.path for r in picked}) == 5
 
 
 def test_no_limit_or_a_large_one_keeps_everything():
-    assert len(_pick(records(3), None)) == 6
-    assert len(_pick(records(3), 100)) == 6
+    assert len(pick_interleaved(records(3), None)) == 6
+    assert len(pick_interleaved(records(3), 100)) == 6
 
 
 def test_the_default_backbone_is_what_train_trains(tmp_path):

@@ -1,6 +1,6 @@
 """Pods that can never fit the cluster are found before images are built (issue 22, item 9).
 
-Against tests/k8s_batch_fakes.TrainingCluster, whose scheduler fits Job and Deployment pods to
+Against tests/support/k8s_batch_fakes.TrainingCluster, whose scheduler fits Job and Deployment pods to
 node allocatable as kube-scheduler does; FakeDockerd records what would have been built.
 """
 
@@ -17,8 +17,8 @@ from pizzactl.kube import capacity, k8s
 from pizzactl.kube.images import Images
 from pizzactl.train.remote import train_on
 
-from k8s_batch_fakes import TrainingCluster, forbid_listing_nodes, node, write_train_outputs
-from k8s_fakes import PODS, ApplyingEmulator
+from support.k8s_batch_fakes import TrainingCluster, forbid_listing_nodes, node, write_train_outputs
+from support.k8s_fakes import PODS, ApplyingEmulator
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"

@@ -11,45 +11,23 @@ training, and the gateway's and the CLI's view of the probabilities.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from pizzactl.cli import main
 from pizzactl.errors import DataError
 
-from test_deploy_local import cli, make_env
-
-COLOURS = [(200, 60, 40), (40, 90, 200), (60, 170, 60), (230, 220, 60), (130, 40, 160)]
-
-
-def make_classes(root: Path, names, per_class: int = 8, size: int = 40) -> Path:
-    """One folder of generated JPEGs per class name, a colour per class."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(names):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            arr = np.clip(np.array(COLOURS[k]) + rng.integers(-40, 40, (size, size + i, 3)), 0, 255).astype("uint8")
-            Image.fromarray(arr).save(root / name / f"{k}_{i}.jpg", quality=90)
-    return root
+from support.cli import invoke, make_env, run_pizzactl
+from support.photos import make_classes
 
 
 def run_cli(*args: str) -> dict | list:
     """`pizzactl ... --json` in this process (TensorFlow is already loaded); its parsed stdout."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        try:
-            main([*args, "--json"])
-        except SystemExit as exc:
-            assert exc.code in (None, 0), buf.getvalue()
-    return json.loads(buf.getvalue())
+    proc = invoke(*args, "--json")
+    assert proc.returncode == 0, proc.stdout
+    return json.loads(proc.stdout)
 
 
 def check_answer(answer: dict, classes: list[str]) -> None:
@@ -107,7 +85,7 @@ def trained(request, tmp_path_factory):
         for name in spec["classes"][-2:]:
             (subset / name).symlink_to(data / name, target_is_directory=True)
         partial = run_cli("evaluate", result["model_dir"], "--data", str(subset))
-    deployed = cli(env, "deploy", "--target", "local", "--json", "--timeout", "240", cwd=root)
+    deployed = run_pizzactl("deploy", "--target", "local", "--json", "--timeout", "240", env=env, cwd=root)
     try:
         yield {
             **spec,
@@ -120,7 +98,7 @@ def trained(request, tmp_path_factory):
             "deploy": deployed,
         }
     finally:
-        cli(env, "teardown", cwd=root, timeout=60)
+        run_pizzactl("teardown", env=env, cwd=root, timeout=60)
 
 
 @pytest.mark.slow
@@ -203,7 +181,7 @@ def test_deployed_model_answers_every_class_through_the_gateway_and_the_model_se
 def test_predict_json_and_csv_give_every_class_probability(trained, tmp_path):
     out_csv = tmp_path / "predictions.csv"
     photos = [str(sorted((trained["data"] / name).iterdir())[0]) for name in trained["classes"]]
-    proc = cli(trained["env"], "predict", *photos, "--json", "--csv", str(out_csv), cwd=trained["root"])
+    proc = run_pizzactl("predict", *photos, "--json", "--csv", str(out_csv), env=trained["env"], cwd=trained["root"])
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == photos
@@ -215,7 +193,7 @@ def test_predict_json_and_csv_give_every_class_probability(trained, tmp_path):
     for row, r in zip(rows, results, strict=True):
         assert row["label"] == r["label"]
         assert float(row[f"P({r['label']})"]) == pytest.approx(r["probability"])
-    table = cli(trained["env"], "predict", photos[0], cwd=trained["root"])
+    table = run_pizzactl("predict", photos[0], env=trained["env"], cwd=trained["root"])
     assert table.returncode == 0 and results[0]["label"] in table.stdout
 
 
@@ -259,7 +237,9 @@ def test_the_cli_prints_the_hint_and_exits_with_the_user_error_code(tmp_path):
     from pizzactl.errors import EXIT_USER
 
     data = make_classes(tmp_path / "data", ["pizza"], per_class=2)
-    proc = cli(make_env(tmp_path, tmp_path / "models"), "train", "--data", str(data), cwd=tmp_path, timeout=120)
+    proc = run_pizzactl(
+        "train", "--data", str(data), env=make_env(tmp_path, tmp_path / "models"), cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == EXIT_USER
     assert "a classifier needs at least two" in proc.stderr and "one sub-folder per class" in proc.stderr
 

@@ -13,6 +13,8 @@ from pizzactl import __version__
 from pizzactl.cli import app
 from pizzactl.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_USAGE, EXIT_USER
 
+from support.cli import run_pizzactl
+
 
 def _command_paths(group=None, prefix=()):
     """Every command path of the typer app, e.g. ('data', 'report')."""
@@ -31,9 +33,7 @@ ALL_COMMANDS = sorted(_command_paths())
 
 def run(*args, env=None, cwd=None):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "pizzactl", *args], capture_output=True, text=True, env=full_env, cwd=cwd
-    )
+    return run_pizzactl(*args, env=full_env, cwd=cwd)
 
 
 def test_every_verb_the_readme_promises_exists():

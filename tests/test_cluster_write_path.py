@@ -1,6 +1,6 @@
 """The API server's write path and what a deploy is made of (issue 22, group A).
 
-Against tests/k8s_fakes.ApplyingEmulator's server-side apply with managed fields, ServiceAccount
+Against tests/support/k8s_fakes.ApplyingEmulator's server-side apply with managed fields, ServiceAccount
 and Pod Security admission and a namespace-scoped identity (their docstrings name the upstream
 behaviour), first that the fakes behave so, then the defects they exposed: a bare pod right
 after its namespace, rollback re-rendering from today's flags, the Kaggle Secret's stringData,
@@ -23,9 +23,9 @@ from pizzactl.errors import DeployError
 from pizzactl.kube import k8s, k8s_files
 from pizzactl.train.remote import jobs
 
-from cluster_fixtures import cluster_settings as _settings
-from cluster_fixtures import release_images as _images
-from k8s_fakes import (
+from support.cluster_fixtures import cluster_settings as _settings
+from support.cluster_fixtures import release_images as _images
+from support.k8s_fakes import (
     DEPLOYMENTS,
     NAMESPACES,
     PODS,
@@ -319,7 +319,7 @@ async def test_teardown_of_a_record_that_does_not_say_who_made_the_namespace_kee
 
 @pytest.fixture
 def dockerd(isolated, monkeypatch, tmp_path):
-    from docker_fakes import FakeDockerd
+    from support.docker_fakes import FakeDockerd
 
     with FakeDockerd(tmp_path / "docker.sock") as fake:
         monkeypatch.setenv("DOCKER_HOST", fake.url)

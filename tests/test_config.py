@@ -12,6 +12,8 @@ import pytest
 from pizzactl.config import load_settings
 from pizzactl.errors import EXIT_USER, ConfigError
 
+from support.cli import run_pizzactl
+
 
 def test_defaults_when_nothing_is_set(tmp_path):
     s = load_settings(cwd=tmp_path, environ={})
@@ -57,8 +59,7 @@ def test_bad_values_raise_config_error_with_a_hint(tmp_path, toml, env):
 
 def config_show(cwd: Path, env: dict[str, str]) -> dict:
     """`pizzactl config show --json` in a fresh process."""
-    argv = [sys.executable, "-m", "pizzactl", "config", "show", "--json"]
-    return json.loads(subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout)
+    return json.loads(run_pizzactl("config", "show", "--json", cwd=cwd, env=env, check=True).stdout)
 
 
 def test_config_show_json_reports_values_and_sources(tmp_path):

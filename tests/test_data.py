@@ -14,6 +14,8 @@ import pytest
 from pizzactl.data.dataset import check_image, load_dataset, stratified_split
 from pizzactl.errors import DataError
 
+from support.cli import invoke
+
 
 def jpeg(seed: int, size=(40, 32)) -> bytes:
     from PIL import Image
@@ -219,13 +221,11 @@ def test_split_copy_writes_real_files_and_refuses_a_non_empty_dest(tmp_path):
 
 def test_cli_data_split_json_and_exit_code(tmp_path):
     import json
-    import subprocess
-    import sys
 
     src = make_dataset(tmp_path / "src", {"pizza": 6, "not_pizza": 6})
 
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "pizzactl", "data", "split", *a], capture_output=True, text=True)
+        return invoke("data", "split", *a)
 
     proc = run(str(src), "--dest", str(tmp_path / "out"), "--test", "0.5", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,76 +28,8 @@ import pytest
 
 from pizzactl.errors import EXIT_FAILURE, EXIT_USER
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():  # a zombie is dead for our purpose
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
-            return False
-    return True
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
-def cli(env: dict, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pizzactl", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
-    )
-
-
-def make_env(root: Path, models: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
-    env.update(
-        PIZZACTL_STATE_DIR=str(root / "state"),
-        PIZZACTL_MODELS_DIR=str(models),
-        PIZZACTL_RUNS_DIR=str(root / "runs"),
-        PIZZACTL_CACHE_DIR=str(root / "cache"),
-        PIZZACTL_PORT=str(free_port()),
-        PIZZACTL_MODEL_PORT=str(free_port()),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="-1",
-    )
-    env.update(extra)
-    return env
+from support.cli import PIZZACTL, make_env, run_pizzactl
+from support.processes import alive, children_of, free_port, listening, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +54,16 @@ def deployed(tiny_model, tmp_path_factory):
     """`pizzactl deploy --target local --allow-private-urls` of the tiny model; torn down at the end no matter what."""
     root = tmp_path_factory.mktemp("deploy_local")
     env = make_env(root, tiny_model)
-    proc = cli(env, "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", cwd=root)
+    proc = run_pizzactl(
+        "deploy", "--target", "local", "--allow-private-urls", "--json", "--timeout", "240", env=env, cwd=root
+    )
     ns = SimpleNamespace(
         env=env, root=root, proc=proc, state_file=root / "state" / "deploy.json", seen_pids=set(), seen_ports=set()
     )
     try:
         yield ns
     finally:
-        cli(env, "teardown", cwd=root, timeout=60)
+        run_pizzactl("teardown", env=env, cwd=root, timeout=60)
         for pid in ns.seen_pids:  # last resort: never leave a server behind
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
@@ -168,7 +101,7 @@ def test_deployed_processes_outlive_the_deploy_command_in_their_own_session(depl
 
 @pytest.mark.slow
 def test_status_reports_target_url_version_ready_and_live_pids(deployed):
-    proc = cli(deployed.env, "status", "--json", cwd=deployed.root)
+    proc = run_pizzactl("status", "--json", env=deployed.env, cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     assert st["deployed"] is True and st["target"] == "local" and st["ready"] is True
@@ -176,13 +109,13 @@ def test_status_reports_target_url_version_ready_and_live_pids(deployed):
     assert st["model_version"] == 1
     assert st["processes"] == {"supervisor": True, "modelserver": True, "gateway": True}
     assert st["restarts"] == {"modelserver": 0, "gateway": 0} and "crash_loop" not in st
-    table = cli(deployed.env, "status", cwd=deployed.root)
+    table = run_pizzactl("status", env=deployed.env, cwd=deployed.root)
     assert table.returncode == 0 and "local" in table.stdout and "yes" in table.stdout
 
 
 @pytest.mark.slow
 def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
-    proc = cli(deployed.env, "predict", str(tiny_classifier.photos[-1]), cwd=deployed.root)
+    proc = run_pizzactl("predict", str(tiny_classifier.photos[-1]), env=deployed.env, cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     assert "pizza" in proc.stdout  # pizza or not_pizza in the table
     assert str(tiny_classifier.photos[-1]) in proc.stdout
@@ -191,7 +124,7 @@ def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
 @pytest.mark.slow
 def test_predict_json_gives_one_object_per_source_with_label_probability_and_version(deployed, tiny_classifier):
     files = [str(p) for p in tiny_classifier.photos[:2]]
-    proc = cli(deployed.env, "predict", "--json", *files, cwd=deployed.root)
+    proc = run_pizzactl("predict", "--json", *files, env=deployed.env, cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == files
@@ -207,7 +140,7 @@ def test_predict_json_gives_one_object_per_source_with_label_probability_and_ver
 @pytest.mark.slow
 def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
     urls = [f"{photo_server.url}/{name}" for name in photo_server.names]
-    proc = cli(deployed.env, "predict", "--json", *urls, cwd=deployed.root)
+    proc = run_pizzactl("predict", "--json", *urls, env=deployed.env, cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == urls
@@ -218,7 +151,9 @@ def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
 def test_predict_same_photo_as_file_and_as_url_agree(deployed, photo_server, tiny_classifier):
     name = photo_server.names[0]
     local = next(p for p in tiny_classifier.photos if p.name == name)
-    proc = cli(deployed.env, "predict", "--json", str(local), f"{photo_server.url}/{name}", cwd=deployed.root)
+    proc = run_pizzactl(
+        "predict", "--json", str(local), f"{photo_server.url}/{name}", env=deployed.env, cwd=deployed.root
+    )
     assert proc.returncode == 0, proc.stderr
     by_file, by_url = json.loads(proc.stdout)
     assert by_file["probability"] == pytest.approx(by_url["probability"], abs=1e-6)
@@ -233,8 +168,7 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
     (tmp_path / "album" / "notes.txt").write_text("not an image, skipped by its name")
     (tmp_path / "album" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     out_csv = tmp_path / "results.csv"
-    proc = cli(
-        deployed.env,
+    proc = run_pizzactl(
         "predict",
         str(tmp_path / "album"),
         "--csv",
@@ -242,6 +176,7 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
         "--json",
         "--concurrency",
         "3",
+        env=deployed.env,
         cwd=deployed.root,
     )
     assert proc.returncode == EXIT_FAILURE, proc.stderr
@@ -259,7 +194,7 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
 
 @pytest.mark.slow
 def test_predict_table_has_a_summary_for_several_images(deployed, tiny_classifier):
-    proc = cli(deployed.env, "predict", *map(str, tiny_classifier.photos[:3]), cwd=deployed.root)
+    proc = run_pizzactl("predict", *map(str, tiny_classifier.photos[:3]), env=deployed.env, cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     assert "3 images:" in proc.stdout
 
@@ -269,7 +204,9 @@ def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifie
     from PIL import Image
 
     photos = [str(p) for p in (tiny_classifier.photos[0], tiny_classifier.photos[-1])]
-    proc = cli(deployed.env, "predict", "--json", "--explain", str(tmp_path / "cams"), *photos, cwd=deployed.root)
+    proc = run_pizzactl(
+        "predict", "--json", "--explain", str(tmp_path / "cams"), *photos, env=deployed.env, cwd=deployed.root
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     for r in results:
@@ -282,8 +219,7 @@ def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifie
 @pytest.mark.slow
 def test_deploy_again_replaces_the_running_deployment(deployed):
     before = read_state(deployed)
-    proc = cli(
-        deployed.env,
+    proc = run_pizzactl(
         "deploy",
         "--target",
         "local",
@@ -291,6 +227,7 @@ def test_deploy_again_replaces_the_running_deployment(deployed):
         "--json",
         "--timeout",
         "240",
+        env=deployed.env,
         cwd=deployed.root,
     )
     assert proc.returncode == 0, proc.stderr
@@ -305,16 +242,16 @@ def test_deploy_again_replaces_the_running_deployment(deployed):
 @pytest.mark.slow
 def test_teardown_stops_everything_and_a_second_teardown_is_a_noop(deployed):
     state = read_state(deployed)
-    proc = cli(deployed.env, "teardown", cwd=deployed.root, timeout=60)
+    proc = run_pizzactl("teardown", env=deployed.env, cwd=deployed.root, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Tore down" in proc.stdout
     assert wait_until(lambda: not any(alive(pid) for pid in deployed.seen_pids), 10)
     assert not any(listening(port) for port in deployed.seen_ports)
     assert not deployed.state_file.exists()
-    again = cli(deployed.env, "teardown", "--json", cwd=deployed.root)
+    again = run_pizzactl("teardown", "--json", env=deployed.env, cwd=deployed.root)
     assert again.returncode == 0
     assert json.loads(again.stdout)["torn_down"] is False
-    status = cli(deployed.env, "status", "--json", cwd=deployed.root)
+    status = run_pizzactl("status", "--json", env=deployed.env, cwd=deployed.root)
     assert status.returncode == 0 and json.loads(status.stdout)["deployed"] is False
     assert state["pids"]  # the test saw real processes
 
@@ -329,7 +266,7 @@ def test_deploy_on_a_busy_port_exits_3_with_the_fix(tiny_model, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = cli(env, "deploy", "--target", "local", "--port", str(port), cwd=tmp_path)
+        proc = run_pizzactl("deploy", "--target", "local", "--port", str(port), env=env, cwd=tmp_path)
     assert proc.returncode == EXIT_USER
     stderr = " ".join(proc.stderr.split())  # rich wraps long lines
     assert f"Port {port}" in stderr
@@ -347,7 +284,7 @@ def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_mo
     port, model_port = int(env["PIZZACTL_PORT"]), int(env["PIZZACTL_MODEL_PORT"])
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - the serve process writes it
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pizzactl", "serve"],
+        [*PIZZACTL, "serve"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -368,7 +305,9 @@ def test_serve_runs_both_servers_in_the_foreground_and_ctrl_c_stops_them(tiny_mo
         assert wait_until(ready, 240), (tmp_path / "serve.log").read_text()
         children = children_of(serve.pid)
         assert len(children) == 2
-        predicted = cli(env, "predict", "--endpoint", url, "--json", str(tiny_classifier.photos[0]), cwd=tmp_path)
+        predicted = run_pizzactl(
+            "predict", "--endpoint", url, "--json", str(tiny_classifier.photos[0]), env=env, cwd=tmp_path
+        )
         assert predicted.returncode == 0, predicted.stderr
         serve.send_signal(signal.SIGINT)
         assert serve.wait(30) == 0
@@ -390,7 +329,7 @@ def test_serve_killed_outright_leaves_no_orphan_servers(tiny_model, tmp_path):
     env = make_env(tmp_path, tiny_model)
     port = int(env["PIZZACTL_PORT"])
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pizzactl", "serve"],
+        [*PIZZACTL, "serve"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -456,9 +395,9 @@ def test_a_damaged_state_file_is_a_user_error_naming_the_file(tmp_path):
 
 def test_status_and_teardown_with_nothing_deployed_say_so_and_exit_0(tmp_path):
     env = make_env(tmp_path, tmp_path / "models")
-    status = cli(env, "status", cwd=tmp_path)
+    status = run_pizzactl("status", env=env, cwd=tmp_path)
     assert status.returncode == 0 and "Nothing deployed" in status.stdout
-    teardown = cli(env, "teardown", cwd=tmp_path)
+    teardown = run_pizzactl("teardown", env=env, cwd=tmp_path)
     assert teardown.returncode == 0 and "Nothing deployed" in teardown.stdout
 
 
@@ -501,6 +440,6 @@ def test_a_recorded_pid_now_used_by_another_program_is_not_killed(tmp_path):
 
 def test_deploy_without_a_model_exits_3_and_suggests_training(tmp_path):
     env = make_env(tmp_path, tmp_path / "no-models")
-    proc = cli(env, "deploy", "--target", "local", cwd=tmp_path)
+    proc = run_pizzactl("deploy", "--target", "local", env=env, cwd=tmp_path)
     assert proc.returncode == EXIT_USER
     assert "pizzactl train" in proc.stderr and "Traceback" not in proc.stderr

@@ -21,6 +21,8 @@ import docker
 from pizzactl.config import load_settings
 from pizzactl.kube.images import build_context, plan_images
 
+from support.cli import run_pizzactl
+
 REPO = Path(__file__).resolve().parents[1]
 
 MAX_GATEWAY_BYTES = 250 * 1000 * 1000
@@ -85,14 +87,7 @@ def test_build_cli_prints_image_names_and_sizes_as_json(built_images, tiny_model
         load_settings({"models_dir": tiny_model, "model_server": "builtin"}, environ={}, cwd=tmp_path)
     )
     env = {**os.environ, "PIZZACTL_MODELS_DIR": str(tiny_model)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "build", "--model-server", "builtin", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    proc = run_pizzactl("build", "--model-server", "builtin", "--json", env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["gateway_image"] == planned.gateway_image  # the tag the content determines

@@ -1,4 +1,4 @@
-"""Which Docker daemon pizzactl talks to, and what it builds for (a fake daemon: tests/docker_fakes.py).
+"""Which Docker daemon pizzactl talks to, and what it builds for (a fake daemon: tests/support/docker_fakes.py).
 
 Docker Desktop, Colima and OrbStack have no /var/run/docker.sock: the docker CLI reaches them
 through the active context. pizzactl resolves the endpoint as the CLI does. On arm64 (Apple
@@ -13,7 +13,7 @@ from pizzactl.config import load_settings
 from pizzactl.errors import DeployError, UsageError
 from pizzactl.kube import docker_daemon, images
 
-from docker_fakes import FakeDockerd, write_docker_context
+from support.docker_fakes import FakeDockerd, write_docker_context
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import pytest
 from pizzactl.config import load_settings
 from pizzactl.doctor import doctor
 
-from k8s_fakes import install_fake_kind
+from support.cli import run_pizzactl
+from support.k8s_fakes import install_fake_kind
 
 
 @pytest.fixture
@@ -71,13 +72,7 @@ def test_kaggle_token_is_found(machine):
 
 
 def test_cli_json_and_exit_code_when_a_required_check_fails(machine):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "doctor", "--json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PIZZACTL_PORT": "0"},
-        timeout=120,
-    )
+    proc = run_pizzactl("doctor", "--json", env={**os.environ, "PIZZACTL_PORT": "0"}, timeout=120)
     assert proc.returncode == 1  # Docker is unreachable
     checks = json.loads(proc.stdout)
     assert {"name", "ok", "detail", "fix", "required"} <= set(checks[0])

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import types
@@ -36,6 +35,8 @@ from pizzactl.data.download import (
     safe_extract,
 )
 from pizzactl.errors import EXIT_USER, CredentialsError, DownloadError
+
+from support.cli import run_pizzactl
 
 SLUG = "carlosrunner/pizza-not-pizza"
 
@@ -409,14 +410,7 @@ def test_real_sources_without_credentials_or_network_fail_cleanly(settings, unre
 
 def test_cli_download_offline_exits_3_with_the_hint(isolated, unreachable_kaggle):
     env = {k: v for k, v in os.environ.items()}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "data", "download", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=isolated,
-        timeout=120,
-    )
+    proc = run_pizzactl("data", "download", "--json", env=env, cwd=isolated, timeout=120)
     assert proc.returncode == EXIT_USER, proc.stderr
     assert proc.stdout == ""  # nothing from the kaggle libraries leaks onto stdout
     assert "--data DIR" in proc.stderr and "kaggle.json" in proc.stderr
@@ -425,14 +419,7 @@ def test_cli_download_offline_exits_3_with_the_hint(isolated, unreachable_kaggle
 
 def test_cli_download_reuses_a_verified_download_without_network(settings, isolated, unreachable_kaggle):
     first = download(settings, sources=[ZipSource()])
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "data", "download", "--json"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        cwd=isolated,
-        timeout=120,
-    )
+    proc = run_pizzactl("data", "download", "--json", env=dict(os.environ), cwd=isolated, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["path"] == str(first.path) and data["source"] == "cache" and data["downloaded"] is False

@@ -19,7 +19,7 @@ from pizzactl.train.backbones import efficientnet_lite as lite
 from pizzactl.train.backbones.torch_weights import checkpoint_format, load_state_dict
 from pizzactl.train.backbones.weights import find_weights_file
 
-from conftest import require_tier
+from support.tiers import require_tier
 
 PIZZA_CLASS = 963  # ImageNet "pizza, pizza pie"
 

@@ -17,18 +17,14 @@ from pizzactl.config import Settings
 from pizzactl.errors import DataError
 from pizzactl.train.metrics import binary_metrics
 
+from support.cli import invoke, run_pizzactl
+
 # --- the CLI without a model ---------------------------------------------------------------
 
 
 def test_evaluate_without_a_model_exits_3_with_a_hint(isolated, shared_data):
     env = {**os.environ, "PIZZACTL_MODELS_DIR": str(isolated / "no-models")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "evaluate", "--data", str(shared_data)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_pizzactl("evaluate", "--data", str(shared_data), env=env, timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert "No exported model" in proc.stderr and "pizzactl train" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -142,12 +138,8 @@ def test_evaluate_refuses_data_whose_classes_are_not_the_models(tmp_path, tiny_m
 def test_evaluate_cli_prints_json_for_scripts(subset, tiny_model):
     import json
 
-    from typer.testing import CliRunner
-
-    from pizzactl.cli import app
-
-    result = CliRunner().invoke(app, ["evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json"])
-    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", str(tiny_model / "pizza" / "1"), "--data", str(subset), "--json")
+    assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["n"] == 20 and sum(map(sum, doc["confusion_matrix"])) == 20
     assert 0.0 <= doc["roc_auc"] <= 1.0
@@ -187,9 +179,6 @@ def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tin
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(TENSORFLOW_IMPORT_HOOK)
     args = [
-        sys.executable,
-        "-m",
-        "pizzactl",
         "evaluate",
         str(tiny_model / "pizza" / "1"),
         "--data",
@@ -198,11 +187,11 @@ def test_tensorflow_start_up_info_lines_stay_off_stderr_unless_debug(subset, tin
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIZZACTL_", "TF_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-    quiet = subprocess.run(args, capture_output=True, text=True, env=env)
+    quiet = run_pizzactl(*args, env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
     assert json.loads(quiet.stdout)["n"] == 20  # the hook did not stop the real import
-    loud = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True, env=env)
+    loud = run_pizzactl("--debug", *args, env=env)
     assert loud.returncode == 0, loud.stderr
     assert START_UP_NOISE in loud.stderr  # the filter had something to filter
 

@@ -28,6 +28,8 @@ from pizzactl.model.store import (
     resolve_model_dir,
 )
 
+from support.cli import invoke
+
 # --- finding versions and runs (no TensorFlow) -------------------------------------------
 
 
@@ -372,21 +374,20 @@ def test_export_run_reexports_a_run_dir_with_its_config_and_metrics(tmp_path, ti
 
 @pytest.mark.slow
 def test_export_cli_publishes_the_next_version_and_prints_it(tmp_path, tiny_classifier):
-    from typer.testing import CliRunner
-
-    from pizzactl.cli import app
-
     run = tmp_path / "runs" / "20261124-170000-tiny_cnn"
     run.mkdir(parents=True)
     tiny_classifier.model.save(run / "model.keras")
     (run / "config.json").write_text(json.dumps({"backbone": "tiny_cnn", "image_size": 64}))
     _fake_version(tmp_path / "models" / "pizza", "4")
-    result = CliRunner().invoke(
-        app,
-        ["export", "20261124-17", "--to", str(tmp_path / "models"), "--json"],
+    result = invoke(
+        "export",
+        "20261124-17",
+        "--to",
+        str(tmp_path / "models"),
+        "--json",
         env={"PIZZACTL_RUNS_DIR": str(tmp_path / "runs")},
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc == {"model_dir": str(tmp_path / "models" / "pizza" / "5"), "version": 5}
     meta = ModelCard.load(tmp_path / "models" / "pizza" / "5").to_dict()

@@ -169,14 +169,14 @@ async def test_http_errors_and_slow_servers_are_fetch_errors(photo_server):
 
 
 async def test_a_closed_port_is_a_fetch_error(photo_server):
-    from serving_fixtures import free_port
+    from support.processes import free_port
 
     with pytest.raises(FetchError):
         await fetch_image(f"http://127.0.0.1:{free_port()}/x.jpg", LOCAL)
 
 
 @pytest.fixture(scope="module")
-def https_photo_server(tmp_path_factory, shared_photos):
+def https_photo_server(tmp_path_factory, synthetic_photos):
     """An HTTPS server on 127.0.0.1 with a self-signed certificate for the name 'localhost'."""
     import http.server
     import shutil
@@ -210,7 +210,7 @@ def https_photo_server(tmp_path_factory, shared_photos):
         check=True,
         capture_output=True,
     )
-    shutil.copy(shared_photos["pizza"][0], root / "pizza.jpg")
+    shutil.copy(synthetic_photos.photos["pizza"][0], root / "pizza.jpg")
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):

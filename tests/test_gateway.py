@@ -17,7 +17,8 @@ from PIL import Image
 
 from pizzactl.serving.gateway import create_app
 
-from serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread, free_port
+from support.processes import free_port
+from support.serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread
 
 
 def b64(data: bytes) -> str:
@@ -327,7 +328,7 @@ BAD_INPUTS = [
 def test_each_class_of_bad_input_gets_its_4xx_and_the_server_stays_up(
     gw, shared_photos, name, request_kwargs, status, code
 ):
-    from test_prepare import encode, png_header_only
+    from support.photos import encode, png_header_only
 
     if request_kwargs == "ppm":
         request_kwargs = dict(json={"image_b64": b64(encode(Image.new("RGB", (8, 8)), "PPM"))})

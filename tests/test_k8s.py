@@ -17,7 +17,7 @@ from pizzactl.deploy import manifests
 from pizzactl.errors import DeployError
 from pizzactl.kube import diagnosis, k8s
 
-from k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
+from support.k8s_fakes import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, ApplyingEmulator, mark_rolled_out, write_kubeconfig
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"

@@ -22,8 +22,8 @@ from pizzactl.errors import DeployError, PortInUseError, UsageError
 from pizzactl.kube import kind
 from pizzactl.ports import free_port
 
-from docker_fakes import FakeDockerd
-from k8s_fakes import (
+from support.docker_fakes import FakeDockerd
+from support.k8s_fakes import (
     ApplyingEmulator,
     FakeCluster,
     install_fake_kind,
@@ -72,7 +72,7 @@ def test_an_existing_cluster_is_reused_not_recreated(fake_kind):
 
 
 def test_images_are_loaded_into_the_named_cluster(fake_kind):
-    from k8s_fakes import add_local_images
+    from support.k8s_fakes import add_local_images
 
     (fake_kind / "clusters").write_text("pizzactl\n")
     add_local_images(fake_kind, "pizzactl-gateway:0.1.0-abc", "pizzactl-model:v1-builtin-def")
@@ -337,7 +337,7 @@ async def test_kind_deploy_status_and_teardown_end_to_end(
 async def test_teardown_keep_cluster_deletes_only_the_namespace(kmock, fake_kind, tmp_path, monkeypatch):
     from pizzactl.deploy.state import DeployState
 
-    from k8s_fakes import NAMESPACES, write_kubeconfig
+    from support.k8s_fakes import NAMESPACES, write_kubeconfig
 
     monkeypatch.setenv(
         "KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl"))
@@ -373,7 +373,7 @@ async def test_an_existing_cluster_records_the_gateway_url_that_answers(kmock, i
     from pizzactl.deploy.targets import cluster
     from pizzactl.kube import k8s
 
-    from k8s_fakes import write_kubeconfig
+    from support.k8s_fakes import write_kubeconfig
 
     kmock.resources["v1/services"] = {}
     kmock.resources["v1/nodes"] = {}
@@ -423,7 +423,7 @@ def _docker_cli(*args, check=True):
 def test_the_fake_kind_fails_the_containerd_store_way_and_loads_a_one_platform_archive(fake_kind, tmp_path):
     """The fake itself, as kind#3795 reports it: `load docker-image` (docker save + ctr import
     --all-platforms) fails; `docker save --platform` + `load image-archive` works."""
-    from k8s_fakes import add_local_images, loaded_images, use_containerd_store
+    from support.k8s_fakes import add_local_images, loaded_images, use_containerd_store
 
     (fake_kind / "clusters").write_text("pizzactl\n")
     (fake_kind / "pizzactl.node.json").write_text("{}")
@@ -442,7 +442,7 @@ def test_the_fake_kind_fails_the_containerd_store_way_and_loads_a_one_platform_a
 def test_the_fake_kind_node_keeps_every_image_until_crictl_rmi(fake_kind):
     """kind never garbage-collects (imageGCHighThresholdPercent: 100): what is loaded stays;
     `docker exec NODE crictl images|rmi` see and remove it."""
-    from k8s_fakes import KIND_NODE_IMAGES, add_local_images, node_images
+    from support.k8s_fakes import KIND_NODE_IMAGES, add_local_images, node_images
 
     kind.create_cluster("pizzactl", 0)
     add_local_images(fake_kind, "pizzactl-model:v1", "pizzactl-model:v2")
@@ -463,7 +463,7 @@ def test_kind_load_falls_back_to_a_one_platform_archive_under_the_containerd_sto
 ):
     """Item 7: `kind load docker-image` fails as in kind#3795; pizzactl loads the archive of
     `docker save --platform` for the node's platform (the daemon's: the node is its container)."""
-    from k8s_fakes import add_local_images, docker_cli_calls, loaded_images, use_containerd_store
+    from support.k8s_fakes import add_local_images, docker_cli_calls, loaded_images, use_containerd_store
 
     kind.create_cluster("pizzactl", 0)
     add_local_images(fake_kind, "pizzactl-model:v1")
@@ -480,7 +480,7 @@ def test_kind_load_falls_back_to_a_one_platform_archive_under_the_containerd_sto
 
 def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_kind, tmp_path, monkeypatch):
     """Docker before 28 (API 1.48) cannot save one platform: the error says how to get out."""
-    from k8s_fakes import add_local_images, use_containerd_store
+    from support.k8s_fakes import add_local_images, use_containerd_store
 
     kind.create_cluster("pizzactl", 0)
     add_local_images(fake_kind, "pizzactl-model:v1")
@@ -494,7 +494,7 @@ def test_the_containerd_store_fallback_on_an_older_docker_says_what_to_do(fake_k
 
 def test_creating_a_cluster_shows_kinds_steps_on_stderr_and_nothing_on_stdout(fake_kind, capfd):
     """Item 11: `kind create cluster` and `kind load` run for minutes; their steps show as they happen."""
-    from k8s_fakes import add_local_images
+    from support.k8s_fakes import add_local_images
 
     kind.create_cluster("pizzactl", 0)
     add_local_images(fake_kind, "pizzactl-model:v1")
@@ -540,7 +540,7 @@ async def test_rollback_on_a_recreated_cluster_loads_the_images_it_goes_back_to(
     to v1 must load v1 first, not sit in ImagePullBackOff until the timeout."""
     from pizzactl.deploy import deploy, rollback
 
-    from k8s_fakes import node_images
+    from support.k8s_fakes import node_images
 
     models = isolated / "models"
     settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
@@ -561,7 +561,7 @@ async def test_images_no_release_needs_are_removed_from_the_kind_node(kind_world
     v2 (the rollback target), the gateway and kind's own images stay."""
     from pizzactl.deploy import deploy
 
-    from k8s_fakes import KIND_NODE_IMAGES, node_images
+    from support.k8s_fakes import KIND_NODE_IMAGES, node_images
 
     models = isolated / "models"
     settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
@@ -587,7 +587,7 @@ async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
     from pizzactl.deploy.state import DeployState
     from pizzactl.kube import training
 
-    from k8s_fakes import write_kubeconfig
+    from support.k8s_fakes import write_kubeconfig
 
     monkeypatch.setenv(
         "KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url).rstrip("/"), "kind-pizzactl"))

@@ -21,6 +21,8 @@ from pizzactl.config import load_settings
 from pizzactl.deploy import manifests
 from pizzactl.kube.images import plan_images
 
+from support.cli import invoke
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,13 +38,15 @@ def fake_models(tmp_path) -> Path:
 
 def render_dry_run(models: Path, cwd: Path, **env: str) -> list[dict]:
     """`pizzactl deploy --dry-run --models MODELS` as a user runs it; the objects it prints."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "deploy", "--dry-run", "--models", str(models), "--model-server", "builtin"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DOCKER_HOST": f"unix://{cwd}/nothing.sock", **env},
+    proc = invoke(
+        "deploy",
+        "--dry-run",
+        "--models",
+        str(models),
+        "--model-server",
+        "builtin",
+        env={"DOCKER_HOST": f"unix://{cwd}/nothing.sock", **env},
         cwd=cwd,
-        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]

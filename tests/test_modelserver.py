@@ -15,7 +15,8 @@ from pizzactl.errors import BadInputError
 from pizzactl.model.store import list_versions
 from pizzactl.serving.modelserver.batching import Batcher, isolate_failures, isolate_failures_async
 
-from serving_fixtures import ModelServerProcess, free_port
+from support.processes import free_port
+from support.serving_fixtures import ModelServerProcess
 
 
 def b64(data: bytes) -> str:

@@ -14,8 +14,6 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from types import SimpleNamespace
 
@@ -27,7 +25,8 @@ from pizzactl.deploy.state import DeployState
 from pizzactl.errors import EXIT_FAILURE, EXIT_USAGE, EXIT_USER, EndpointError, NotDeployedError, UsageError
 from pizzactl.predict import expand_sources, normalize_endpoint, predict, resolve_endpoint
 
-from serving_fixtures import LocalHTTPServer, send_json
+from support.cli import run_pizzactl
+from support.serving_fixtures import LocalHTTPServer, send_json
 
 
 def free_port() -> int:
@@ -317,9 +316,7 @@ def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp
 def cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), PIZZACTL_PORT=str(free_port()))
-    return subprocess.run(
-        [sys.executable, "-m", "pizzactl", "predict", *args], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
+    return run_pizzactl("predict", *args, env=env, cwd=tmp_path)
 
 
 def test_cli_json_prints_an_array_of_objects_and_exits_1_if_any_source_failed(gateway, tmp_path, images):

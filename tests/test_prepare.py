@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,23 +11,7 @@ from PIL import Image
 from pizzactl.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaError
 from pizzactl.serving.prepare import WIRE_BUDGET, ImageLimits, encode_for_model, load_image, prepare_image
 
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a decompression bomb's calling card)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-    )
+from support.photos import encode, photo_like_jpeg, png_header_only
 
 
 def test_a_real_photo_is_shrunk_to_the_model_size_and_fits_the_wire_budget(shared_photos):
@@ -96,8 +78,8 @@ def test_palette_image_with_transparency_is_composited_on_white():
     assert gif.mode == "RGB"
 
 
-def test_truncated_image_is_invalid_422(shared_photos):
-    raw = shared_photos["pizza"][0].read_bytes()
+def test_truncated_image_is_invalid_422():
+    raw = photo_like_jpeg()
     with pytest.raises(InvalidImageError) as info:
         load_image(raw[: len(raw) // 2])
     assert info.value.http_status == 422
@@ -112,8 +94,8 @@ def test_draft_decodes_a_jpeg_at_reduced_scale_but_never_below_the_model_size():
     assert min(load_image(data, draft_size=300).size) >= 300
 
 
-def test_truncated_jpeg_is_invalid_even_when_decoded_at_reduced_scale(shared_photos):
-    raw = shared_photos["pizza"][0].read_bytes()
+def test_truncated_jpeg_is_invalid_even_when_decoded_at_reduced_scale():
+    raw = photo_like_jpeg()
     with pytest.raises(InvalidImageError):
         load_image(raw[: len(raw) // 2], draft_size=64)
 

@@ -6,8 +6,6 @@ import io
 import json
 import random
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from pizzactl.cli.data import print_report
 from pizzactl.data.dataset import load_dataset
 from pizzactl.data.report import dhash, near_duplicate_pairs, popcount64, report, scan, summarize
 from pizzactl.errors import DataError
+
+from support.cli import invoke
 
 
 def photo_like(seed: int, size=(160, 120)):
@@ -193,12 +193,7 @@ def test_dhash_ignores_scale_and_compression_but_not_content():
 
 
 def test_cli_report_json(messy):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "data", "report", str(messy), "--json", "--near-bits", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = invoke("data", "report", str(messy), "--json", "--near-bits", "0")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["images"] == 13 and rep["near_duplicates"]["threshold_bits"] == 0

@@ -1,4 +1,4 @@
-"""Rollouts on a cluster that behaves like a real one (tests/k8s_fakes.FakeCluster).
+"""Rollouts on a cluster that behaves like a real one (tests/support/k8s_fakes.FakeCluster).
 
 The Kubernetes client runs unpatched against kmock; FakeCluster plays the Deployment,
 ReplicaSet, HPA and namespace controllers and the kubelet over time. Images are given, not
@@ -16,9 +16,9 @@ from pizzactl.deploy.targets import cluster
 from pizzactl.errors import DeployError
 from pizzactl.kube import k8s
 
-from cluster_fixtures import cluster_settings as _settings
-from cluster_fixtures import release_images as _images
-from k8s_fakes import (
+from support.cluster_fixtures import cluster_settings as _settings
+from support.cluster_fixtures import release_images as _images
+from support.k8s_fakes import (
     CRASH,
     DEPLOYMENTS,
     HPAS,
@@ -389,7 +389,7 @@ async def test_without_permission_to_read_apiservices_the_hpas_say_whether_they_
     words); the HPAs in the namespace still report ScalingActive=False, and that is believed."""
     import aiohttp.web
 
-    from k8s_fakes import _status
+    from support.k8s_fakes import failure_status
 
     async def forbidden(request):
         if "/apis/apiregistration.k8s.io/" not in request.url.path:
@@ -399,7 +399,7 @@ async def test_without_permission_to_read_apiservices_the_hpas_say_whether_they_
             '"system:serviceaccount:pizzactl:deployer" cannot get resource "apiservices" in API group '
             '"apiregistration.k8s.io" at the cluster scope'
         )
-        return aiohttp.web.json_response(_status(403, "Forbidden", message), status=403)
+        return aiohttp.web.json_response(failure_status(403, "Forbidden", message), status=403)
 
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(isolated / "kc", str(kmock.url).rstrip("/"), "prod")))
     fake = FakeCluster(kmock)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving_fixtures import free_port
+from support.processes import free_port
 
 TRICKLE_FOR = 15.0  # seconds a slow client keeps trickling if nobody cuts it off
 CUT_OFF_WITHIN = 8.0  # what the tests accept for a 1 s timeout (the figure is ~1 s, see the report)

@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from test_deploy_local import alive, cli, free_port, listening, make_env, wait_until
+from support.cli import make_env, run_pizzactl
+from support.processes import alive, free_port, listening, wait_until
 
 
 def run_supervisor(tmp_path: Path, children: list[dict], **backoff: float) -> SimpleNamespace:
@@ -98,16 +99,16 @@ def test_a_server_that_exits_at_once_is_a_crash_loop_with_doubling_backoff_in_st
                 extra={"supervisor_status": str(sup.status_file)},
             ),
         )
-        st = json.loads(cli(env, "status", "--json", cwd=tmp_path).stdout)
+        st = json.loads(run_pizzactl("status", "--json", env=env, cwd=tmp_path).stdout)
         assert st["ready"] is False and st["supervisor"] == "alive"
         assert st["restarts"]["modelserver"] >= 5 and st["restarts"]["gateway"] == 0
         assert "exit code 3" in st["last_exit"]["modelserver"]
         assert list(st["crash_loop"]) == ["modelserver"]
         assert st["supervision"]["children"]["modelserver"]["crash_loop"] is True
-        table = cli(env, "status", cwd=tmp_path).stdout
+        table = run_pizzactl("status", env=env, cwd=tmp_path).stdout
         assert "crash loop" in table and "modelserver" in table
 
-        down = cli(env, "teardown", "--json", cwd=tmp_path, timeout=60)
+        down = run_pizzactl("teardown", "--json", env=env, cwd=tmp_path, timeout=60)
         assert down.returncode == 0, down.stderr
         assert sup.proc.wait(20) == 0  # the supervisor stopped its children and then itself
         assert wait_until(lambda: not alive(sleeper), 10)
@@ -164,7 +165,7 @@ def supervised(tiny_model, tiny_classifier, tmp_path_factory):
     root = tmp_path_factory.mktemp("supervised")
     env = make_env(root, tiny_model)
     started = time.monotonic()
-    proc = cli(env, "deploy", "--target", "local", "--json", "--timeout", "240", cwd=root)
+    proc = run_pizzactl("deploy", "--target", "local", "--json", "--timeout", "240", env=env, cwd=root)
     ns = SimpleNamespace(
         env=env,
         root=root,
@@ -177,14 +178,14 @@ def supervised(tiny_model, tiny_classifier, tmp_path_factory):
     try:
         yield ns
     finally:
-        cli(env, "teardown", cwd=root, timeout=60)
+        run_pizzactl("teardown", env=env, cwd=root, timeout=60)
         for pid in ns.seen_pids:
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
 
 
 def local_status(ns) -> dict:
-    proc = cli(ns.env, "status", "--json", cwd=ns.root)
+    proc = run_pizzactl("status", "--json", env=ns.env, cwd=ns.root)
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     ns.seen_pids.update(st.get("pids", {}).values())
@@ -246,7 +247,7 @@ def test_a_killed_supervisor_is_reported_and_teardown_still_stops_every_server_i
     after = local_status(supervised)
     assert after["supervisor"].startswith("gone") and after["processes"]["supervisor"] is False
     assert predicts(supervised)  # the servers keep serving; nothing would restart them now
-    down = cli(supervised.env, "teardown", cwd=supervised.root, timeout=60)
+    down = run_pizzactl("teardown", env=supervised.env, cwd=supervised.root, timeout=60)
     assert down.returncode == 0, down.stderr
     assert "stopped 2 processes" in down.stdout
     assert wait_until(lambda: not any(alive(pid) for pid in supervised.seen_pids), 10)

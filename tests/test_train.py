@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,9 @@ from pizzactl.data.dataset import load_dataset, stratified_split
 from pizzactl.errors import DataError, UsageError, WeightsError
 from pizzactl.train.backbones.weights import weights_id
 from pizzactl.train.features import feature_key
+
+from support.cli import run_pizzactl
+from support.photos import link_photos
 
 RUN_FILES = {
     "config.json",
@@ -46,15 +47,6 @@ def make_images(root: Path, per_class: int = 6, size: int = 40) -> Path:
         for i in range(per_class):
             arr = np.clip(np.array(colour) + rng.integers(-40, 40, (size, size + i, 3)), 0, 255).astype("uint8")
             Image.fromarray(arr).save(root / label / f"{label}_{i}.jpg", quality=90)
-    return root
-
-
-def link_photos(root: Path, shared_photos, per_class: int) -> Path:
-    """A folder of symlinks to the first photos of each class (the photos are never copied)."""
-    for name, photos in shared_photos.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for photo in photos[:per_class]:
-            (root / name / photo.name).symlink_to(photo)
     return root
 
 
@@ -474,11 +466,8 @@ def test_end_to_end_train_export_evaluate_on_photos_it_never_saw(scratch_run, sh
         (unseen / name).mkdir(parents=True)
         for photo in photos[100:110]:
             (unseen / name / photo.name).symlink_to(photo)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "evaluate", result["model_dir"], "--data", str(unseen), "--json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_for(root)},
+    proc = run_pizzactl(
+        "evaluate", result["model_dir"], "--data", str(unseen), "--json", env={**os.environ, **env_for(root)}
     )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
@@ -718,7 +707,7 @@ def test_fine_tuning_validates_a_batch_at_a_time():
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.train.strategies.cached_fine_tune import validator as _validator
+    from pizzactl.train.strategies.cached_fine_tune import validator
 
     def at_most_8_rows(x):
         with tf.control_dependencies([tf.debugging.assert_less_equal(tf.shape(x)[0], 8)]):
@@ -733,7 +722,7 @@ def test_fine_tuning_validates_a_batch_at_a_time():
     val = {"plain": plain, "flip": plain[:, :, ::-1]}
     y_val = rng.integers(0, 2, 21)
 
-    p, loss, accuracy = _validator(model, val, y_val, tta=True, batch_size=8)()
+    p, loss, accuracy = validator(model, val, y_val, tta=True, batch_size=8)()
 
     expected = np.mean([model.predict(val[v].astype("float32"), batch_size=8, verbose=0).ravel() for v in val], axis=0)
     assert p.shape == (21,)

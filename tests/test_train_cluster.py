@@ -1,6 +1,6 @@
 """`pizzactl train --on CONTEXT|kind`: a training Job against a cluster that behaves like one.
 
-The Kubernetes client runs unpatched against kmock; tests/k8s_batch_fakes.TrainingCluster plays
+The Kubernetes client runs unpatched against kmock; tests/support/k8s_batch_fakes.TrainingCluster plays
 the Job controller, scheduler, volume binding, kubelet, exec and log streaming over time, and
 FakeDockerd is the Docker daemon that builds and pushes the trainer image. What the trainer
 writes is `write_train_outputs` (the shapes `pizzactl train --json` leaves); the real trainer
@@ -23,7 +23,8 @@ from pizzactl.kube import training as kube_training
 from pizzactl.model.store import list_versions
 from pizzactl.train.remote import jobs, on_cluster, train_on
 
-from k8s_batch_fakes import (
+from support.cli import PIZZACTL
+from support.k8s_batch_fakes import (
     JOBS,
     LOSE_NODE,
     PVCS,
@@ -33,7 +34,7 @@ from k8s_batch_fakes import (
     node,
     write_train_outputs,
 )
-from k8s_fakes import PODS, SECRETS, ApplyingEmulator
+from support.k8s_fakes import PODS, SECRETS, ApplyingEmulator
 
 pytestmark = pytest.mark.kmock(cls=ApplyingEmulator)
 NS = "pizzactl"
@@ -176,7 +177,7 @@ async def test_any_number_of_classes_goes_up_and_comes_home(kmock, world, photos
     result, the version's metadata and the leaderboard's macro columns, as a local run has them."""
     from pizzactl.cli.train import print_result
 
-    from test_classes import make_classes
+    from support.photos import make_classes
 
     make_classes(photos, ["sushi"], per_class=4)
     result = await _train(_cluster(kmock, tmp_path), _settings(data_dir=photos))
@@ -422,13 +423,12 @@ async def test_ctrl_c_stops_the_job(kmock, world, photos, tmp_path, isolated):
     """`pizzactl train --on CONTEXT` in its own process; SIGINT while the Job runs stops the Job."""
     import os
     import signal
-    import sys
 
     cluster = _cluster(kmock, tmp_path, attempts=["hang"], epochs=1000)
     playing = asyncio.create_task(cluster.run(0.02))
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pizzactl", "train", "--on", "prod", "--registry", "reg.example/me",
+            *PIZZACTL, "train", "--on", "prod", "--registry", "reg.example/me",
             "--data", str(photos),
             cwd=isolated, env=dict(os.environ), stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -482,7 +482,7 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
     from pizzactl.kube import kind
     from pizzactl.ports import free_port
 
-    from k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
+    from support.k8s_fakes import install_fake_kind, loaded_images, stop_fake_clusters
 
     home = tmp_path / "kind-home"
     install_fake_kind(tmp_path / "bin", home, docker_cli=True)
@@ -551,7 +551,7 @@ async def test_train_on_kind_creates_its_cluster_even_when_the_gateway_port_is_t
 
     from pizzactl.kube import kind
 
-    from k8s_fakes import install_fake_kind, kind_calls, stop_fake_clusters
+    from support.k8s_fakes import install_fake_kind, kind_calls, stop_fake_clusters
 
     home = tmp_path / "kind-home"
     install_fake_kind(tmp_path / "bin", home, docker_cli=True)
@@ -578,7 +578,7 @@ async def test_dry_run_plans_the_trainer_for_the_nodes_architecture(kmock, world
     """Issue 22 item 11: `train --on CONTEXT --dry-run` reads (only reads) the nodes' architecture."""
     from pizzactl.kube.images import plan_trainer
 
-    from k8s_fakes import NODES
+    from support.k8s_fakes import NODES
 
     arm = node("arm-1")
     arm["metadata"]["labels"]["kubernetes.io/arch"] = "arm64"

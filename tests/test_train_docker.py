@@ -21,7 +21,8 @@ from pizzactl.config import load_settings
 from pizzactl.errors import UsageError
 from pizzactl.train.remote import on_docker
 
-from docker_fakes import FakeDockerd
+from support.cli import PIZZACTL, run_pizzactl
+from support.docker_fakes import FakeDockerd
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "small_cnn", "--weights", "none", "--image-size", "64", "--batch-size", "8"]
@@ -135,7 +136,7 @@ def _pizzactl(args: list[str], cwd: Path, env: dict[str, str], tmp_path: Path, *
     full_env = {**os.environ, **env, "PYTHONPATH": str(shim)}
     full_env.pop("DOCKER_HOST", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "pizzactl", *args],
+        [*PIZZACTL, *args],
         cwd=cwd,
         env=full_env,
         stdout=subprocess.PIPE,
@@ -157,7 +158,7 @@ def test_train_on_docker_leaves_a_version_meeting_the_model_contract_and_a_local
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from test_classes import make_classes
+    from support.photos import make_classes
 
     make_classes(photos, ["sushi"], per_class=6, size=64)
     classes = ["not_pizza", "pizza", "sushi"]
@@ -194,28 +195,14 @@ def test_train_on_docker_leaves_a_version_meeting_the_model_contract_and_a_local
     assert config["data_dir"] == str(photos) and config["trained_on"]["on"] == "docker"
     assert json.loads((run / "metrics.json").read_text())["model_dir"] == str(version)
     assert (run / "model.keras").stat().st_uid == os.geteuid() and version.stat().st_uid == os.geteuid()
-    listed = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "runs", "list", "--json"],
-        cwd=tmp_path,
-        env={**os.environ, **_paths(tmp_path)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    listed = run_pizzactl("runs", "list", "--json", cwd=tmp_path, env={**os.environ, **_paths(tmp_path)}, check=True)
     assert [r["run_id"] for r in json.loads(listed.stdout)] == [result["run_id"]]
     import docker
 
     assert docker.from_env().containers.list(all=True, filters={"label": "dev.pizzactl.train=1"}) == []
     assert not list((tmp_path / "state" / "train").glob("*"))  # the outbox is gone
     assert docker.from_env().volumes.get("pizzactl-train-cache")  # weights and features for the next run
-    down = subprocess.run(
-        [sys.executable, "-m", "pizzactl", "teardown", "--json"],
-        cwd=tmp_path,
-        env={**os.environ, **_paths(tmp_path)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    down = run_pizzactl("teardown", "--json", cwd=tmp_path, env={**os.environ, **_paths(tmp_path)}, check=True)
     assert "Removed the Docker volume pizzactl-train-cache" in json.loads(down.stdout)["message"]
     assert not [v for v in docker.from_env().volumes.list() if v.name == "pizzactl-train-cache"]
 

@@ -19,8 +19,8 @@ import pytest
 from pizzactl.config import load_settings
 from pizzactl.up import choose_target
 
-from test_deploy_local import cli, make_env
-from test_train import link_photos
+from support.cli import make_env, run_pizzactl
+from support.photos import link_photos
 
 
 def fake_kind(bin_dir: Path) -> Path:
@@ -80,7 +80,7 @@ def test_up_trains_deploys_locally_predicts_a_sample_and_then_reuses_the_model(t
         PIZZACTL_IMAGE_SIZE="64",
     )
     try:
-        proc = cli(env, "up", "--data", str(data), "--json", cwd=tmp_path, timeout=600)
+        proc = run_pizzactl("up", "--data", str(data), "--json", env=env, cwd=tmp_path, timeout=600)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["trained"] is True and result["target"] == "local"
@@ -93,10 +93,10 @@ def test_up_trains_deploys_locally_predicts_a_sample_and_then_reuses_the_model(t
         assert httpx.get(result["web_page"], timeout=5).headers["content-type"].startswith("text/html")
         assert result["next"]["teardown"] == "pizzactl teardown"
 
-        again = cli(env, "up", "--data", str(data), cwd=tmp_path, timeout=300)
+        again = run_pizzactl("up", "--data", str(data), env=env, cwd=tmp_path, timeout=300)
         assert again.returncode == 0, again.stderr
         assert "Using the exported model" in again.stderr and "training" not in again.stderr
         assert "pizzactl teardown" in again.stdout and result["web_page"] in again.stdout
         assert not (tmp_path / "models" / "pizza" / "2").exists()
     finally:
-        cli(env, "teardown", cwd=tmp_path, timeout=60)
+        run_pizzactl("teardown", env=env, cwd=tmp_path, timeout=60)

@@ -11,8 +11,8 @@ import pytest
 
 from pizzactl.serving.gateway import create_app
 
-from conftest import import_tier, require_tier
-from serving_fixtures import UvicornThread
+from support.serving_fixtures import UvicornThread
+from support.tiers import import_tier, require_tier
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -110,7 +110,7 @@ def test_a_bad_url_shows_the_error_message_and_hint(page, local_gateway, photo_s
 
 def test_a_model_of_three_classes_shows_its_label_and_a_bar_per_class(page):
     """In front of a (fake) TF Serving answering salad among three classes named by PIZZACTL_CLASSES."""
-    from serving_fixtures import FakeTFServing
+    from support.serving_fixtures import FakeTFServing
 
     tf_serving = FakeTFServing()
     try:
@@ -139,7 +139,7 @@ def test_a_gateway_with_api_keys_makes_the_page_ask_for_the_key_and_send_it(page
     """401 -> the page shows the key form; a wrong key is asked again; the right one gets the answer."""
     from pizzactl.serving.auth import key_hash
 
-    from serving_fixtures import FakeTFServing
+    from support.serving_fixtures import FakeTFServing
 
     key = "pk-page-test-9c2e"
     tf_serving = FakeTFServing()

@@ -32,7 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving_fixtures import ModelServerProcess, UvicornThread, free_port
+from support.processes import free_port
+from support.serving_fixtures import ModelServerProcess, UvicornThread
 
 GOLDEN = Path(__file__).with_name("golden") / "binary_wire.json"
 SIZE = 32

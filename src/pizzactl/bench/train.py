@@ -27,7 +27,7 @@ from typing import Any
 from pizzactl.tfimport import quiet_tf_logs
 
 
-def _pick(records, limit: int | None):
+def pick_interleaved(records, limit: int | None):
     """At most `limit` records, classes interleaved so a small limit keeps both classes."""
     if not limit or limit >= len(records):
         return list(records)
@@ -82,8 +82,8 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     dataset = load_dataset(resolve_data_dir(settings))
     train_records, val_records = stratified_split(dataset, settings.val_split, settings.seed)
     n_val = max(1, round((limit or len(dataset)) * settings.val_split))
-    train_records = _pick(train_records, (limit - n_val) if limit else None)
-    val_records = _pick(val_records, n_val if limit else None)
+    train_records = pick_interleaved(train_records, (limit - n_val) if limit else None)
+    val_records = pick_interleaved(val_records, n_val if limit else None)
     batch = int(settings.batch_size)
     n_images = len(train_records) + len(val_records)
 

@@ -140,7 +140,7 @@ def fine_tune_cached(
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     maps_in = keras.Input(top.input.shape[1:], name="maps")
     model = keras.Model(maps_in, head(top(maps_in, training=False)), name="fine_tune")
-    validate = _validator(model, val_maps, y_val, tta)
+    validate = validator(model, val_maps, y_val, tta)
     p_before, before, acc_before = validate()
     saved = [w.copy() for w in model.get_weights()]
     snapshots: list = []
@@ -186,7 +186,7 @@ def fine_tune_cached(
     return result
 
 
-def _validator(model, val_maps: dict, y_val, tta: bool, batch_size: int = 256):
+def validator(model, val_maps: dict, y_val, tta: bool, batch_size: int = 256):
     """() -> (validation probabilities, loss, accuracy) of `model` now, averaged over the mirror with `tta`.
 
     The maps go through the model `batch_size` at a time: one pass over all of them would hold

@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,11 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support.processes import free_port
 
 
 @dataclass
@@ -220,13 +215,13 @@ def pizza_jpeg(shared_photos) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def photo_server(shared_photos, tmp_path_factory):
-    """A local http.server serving a few shared photos, a page and redirects (for URL fetching)."""
+def photo_server(synthetic_photos, tmp_path_factory):
+    """A local http.server serving two synthetic photos, a page and redirects (for URL fetching)."""
     import http.server
 
     root = tmp_path_factory.mktemp("www")
-    shutil.copy(shared_photos["pizza"][0], root / "pizza.jpg")
-    shutil.copy(shared_photos["not_pizza"][0], root / "not_pizza.jpg")
+    shutil.copy(synthetic_photos.photos["pizza"][0], root / "pizza.jpg")
+    shutil.copy(synthetic_photos.photos["not_pizza"][0], root / "not_pizza.jpg")
     (root / "page.html").write_text("<html><body>not an image</body></html>")
     from PIL import Image
 

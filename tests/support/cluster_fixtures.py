@@ -10,8 +10,9 @@ import pytest
 from pizzactl.config import load_settings
 from pizzactl.kube.images import Images
 
-from docker_fakes import FakeDockerd
-from k8s_fakes import write_kubeconfig
+from support.docker_fakes import FakeDockerd
+from support.k8s_fakes import write_kubeconfig
+from support.photos import make_classes
 
 REGISTRY = "reg.example/me"
 
@@ -29,8 +30,9 @@ def world(kmock, isolated, monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def photos(copy_photos):
-    return copy_photos(4)
+def photos(tmp_path):
+    """A dataset folder of 4 synthetic photos per class (the fake cluster's trainer only counts them)."""
+    return make_classes(tmp_path / "photos-4", ["not_pizza", "pizza"], per_class=4, size=64)
 
 
 def cluster_settings(**flags):

@@ -1,6 +1,6 @@
 """The cluster side of training, faked at the Kubernetes API: Jobs, scheduling, volumes, exec, logs.
 
-`TrainingCluster` extends `FakeCluster` (tests/k8s_fakes.py) with what `train --on kind|CONTEXT`
+`TrainingCluster` extends `FakeCluster` (tests/support/k8s_fakes.py) with what `train --on kind|CONTEXT`
 meets in a real cluster, one `step()` at a time:
 
 - Job controller (kubernetes.io/docs/concepts/workloads/controllers/job): one pod at a time from
@@ -61,7 +61,18 @@ from pathlib import Path
 
 import kmock
 
-from k8s_fakes import EVENTS, NODES, PODS, SECRETS, FakeCluster, _get, _plain, _status, _terminating, pod_admission
+from support.k8s_fakes import (
+    EVENTS,
+    NODES,
+    PODS,
+    SECRETS,
+    FakeCluster,
+    failure_status,
+    get_or_none,
+    is_terminating,
+    plain_json,
+    pod_admission,
+)
 
 JOBS = kmock.resource("batch/v1/jobs")
 PVCS = kmock.resource("v1/persistentvolumeclaims")
@@ -174,7 +185,7 @@ class TrainingCluster(FakeCluster):
 
     def _kubelet(self, key, pod) -> None:
         if pod["metadata"].get("ownerName") and JOB_LABEL not in pod["metadata"].get("labels", {}):
-            if not _terminating(pod) and not pod["spec"].get("nodeName") and not self._schedule(key, pod):
+            if not is_terminating(pod) and not pod["spec"].get("nodeName") and not self._schedule(key, pod):
                 return  # a Deployment's pod goes through the scheduler too: it fits a node or stays Pending
             return super()._kubelet(key, pod)  # a Deployment's pod
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
@@ -291,7 +302,7 @@ class TrainingCluster(FakeCluster):
                 )
             pvc.patch({"status": {"phase": "Pending"}})
         for folder in self.volumes.glob("*/*"):  # reclaimPolicy Delete: a deleted claim's data goes
-            obj = _get(self.kmock.objects, (PVCS, folder.parent.name, folder.name))
+            obj = get_or_none(self.kmock.objects, (PVCS, folder.parent.name, folder.name))
             if obj is None or obj.deleted:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -301,11 +312,11 @@ class TrainingCluster(FakeCluster):
             self._event(key[1], "PersistentVolumeClaim", key[2], reason, message, type_)
 
     def _bound(self, namespace: str, claim: str) -> bool:
-        pvc = _get(self.kmock.objects, (PVCS, namespace, claim))
+        pvc = get_or_none(self.kmock.objects, (PVCS, namespace, claim))
         return pvc is not None and not pvc.deleted and pvc.get("status", {}).get("phase") == "Bound"
 
     def _bindable(self, namespace: str, claim: str) -> bool:
-        pvc = _get(self.kmock.objects, (PVCS, namespace, claim))
+        pvc = get_or_none(self.kmock.objects, (PVCS, namespace, claim))
         return pvc is not None and not pvc.deleted and self.storage_class is not None
 
     def _bind(self, namespace: str, claim: str, node_: dict) -> None:
@@ -374,7 +385,7 @@ class TrainingCluster(FakeCluster):
             if "secretKeyRef" in e.get("valueFrom", {})
         ]
         for secret in wanted:
-            obj = _get(self.kmock.objects, (SECRETS, namespace, secret))
+            obj = get_or_none(self.kmock.objects, (SECRETS, namespace, secret))
             if obj is None or obj.deleted:
                 return secret
         return None
@@ -558,7 +569,7 @@ class TrainingCluster(FakeCluster):
     def _create_pod(self, namespace: str, job_name: str, job) -> None:
         self._pod_seq += 1
         pod_name = f"{job_name}-{self._pod_seq:05x}"
-        template = _plain(job["spec"]["template"])
+        template = plain_json(job["spec"]["template"])
         refused = pod_admission(self.kmock, namespace, {"metadata": {"name": pod_name}, "spec": template["spec"]})
         if refused:  # the Job controller retries on its next sync
             self._event(namespace, "Job", job_name, "FailedCreate", f"Error creating: {refused}")
@@ -579,7 +590,7 @@ class TrainingCluster(FakeCluster):
             owner = pod["metadata"].get("jobOwner")
             if not owner:
                 continue
-            job = _get(self.kmock.objects, (JOBS, key[1], owner))
+            job = get_or_none(self.kmock.objects, (JOBS, key[1], owner))
             if job is not None and not job.deleted:
                 continue
             if self.deleted_jobs.get((key[1], owner), "Orphan") in ("Background", "Foreground"):
@@ -605,7 +616,7 @@ class TrainingCluster(FakeCluster):
         namespace, name = match.groups()
         if request.params.get("previous") == "true":
             message = f'previous terminated container "train" in pod "{name}" not found'
-            return aiohttp.web.json_response(_status(400, "BadRequest", message), status=400)
+            return aiohttp.web.json_response(failure_status(400, "BadRequest", message), status=400)
         lines = self.pod_logs[name]
         if request.params.get("follow") != "true":
             tail = int(request.params.get("tailLines") or len(lines) or 1)
@@ -617,7 +628,7 @@ class TrainingCluster(FakeCluster):
             while sent < len(lines):
                 await response.write((lines[sent] + "\n").encode())
                 sent += 1
-            pod = _get(self.kmock.objects, (PODS, namespace, name))
+            pod = get_or_none(self.kmock.objects, (PODS, namespace, name))
             if pod is None or pod.deleted or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                 break
             await asyncio.sleep(0.02)
@@ -632,12 +643,12 @@ class TrainingCluster(FakeCluster):
         if not match:
             return None
         namespace, name = match.groups()
-        pod = _get(self.kmock.objects, (PODS, namespace, name))
+        pod = get_or_none(self.kmock.objects, (PODS, namespace, name))
         if pod is None or pod.deleted:
-            return aiohttp.web.json_response(_status(404, "NotFound", f'pods "{name}" not found'), status=404)
+            return aiohttp.web.json_response(failure_status(404, "NotFound", f'pods "{name}" not found'), status=404)
         if pod.get("status", {}).get("phase") != "Running":
             message = f'unable to upgrade connection: container not found ("{pod["spec"]["containers"][0]["name"]}")'
-            return aiohttp.web.json_response(_status(400, "BadRequest", message), status=400)
+            return aiohttp.web.json_response(failure_status(400, "BadRequest", message), status=400)
         raw = request._raw_request
         mounts = self.mounts(namespace, pod)
         argv = [_map_path(arg, mounts) for arg in raw.query.getall("command")]
@@ -726,7 +737,7 @@ class TrainingCluster(FakeCluster):
     # --- what tests look at
 
     def jobs(self, namespace: str = "pizzactl") -> dict[str, dict]:
-        return {k[2]: _plain(j) for k, j in self._live(JOBS, namespace)}
+        return {k[2]: plain_json(j) for k, j in self._live(JOBS, namespace)}
 
     def events(self, namespace: str = "pizzactl") -> list[dict]:
         return [e for _, e in self._live(EVENTS, namespace)]
@@ -832,12 +843,12 @@ def forbid_listing_nodes(emulator, user: str = "system:serviceaccount:pizzactl:d
         if request.method != kmock.method.GET or not re.fullmatch(r"/api/v1/nodes/?", request.url.path):
             return None
         message = f'nodes is forbidden: User "{user}" cannot list resource "nodes" in API group "" at the cluster scope'
-        return aiohttp.web.json_response(_status(403, "Forbidden", message, {"kind": "nodes"}), status=403)
+        return aiohttp.web.json_response(failure_status(403, "Forbidden", message, {"kind": "nodes"}), status=403)
 
     emulator.stream_handlers = [forbidden, *getattr(emulator, "stream_handlers", ())]
 
 
-FULL_VOLUME_TOOLS = r'''"""`tar` and `mkdir` on a full ext4 volume (see tests/k8s_batch_fakes.py, TrainingCluster.volume_bytes).
+FULL_VOLUME_TOOLS = r'''"""`tar` and `mkdir` on a full ext4 volume (see tests/support/k8s_batch_fakes.py, TrainingCluster.volume_bytes).
 
 GNU tar 1.34 extracting into a full filesystem (checked on a 64 KiB tmpfs): every file that
 does not fit is "tar: NAME: Cannot write: No space left on device", it reads on to the end

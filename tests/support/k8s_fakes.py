@@ -101,12 +101,12 @@ APISERVICES = kmock.resource("apiregistration.k8s.io/v1/apiservices")
 METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 
 
-def _plain(value):
+def plain_json(value):
     """kmock's stored objects as plain JSON (its ObjectVersion wrappers are not serialisable)."""
     return json.loads(json.dumps(value, default=lambda o: dict(o)))
 
 
-def _get(objects, key):
+def get_or_none(objects, key):
     """kmock's ObjectsArray has no .get()."""
     try:
         return objects[key]
@@ -114,7 +114,8 @@ def _get(objects, key):
         return None
 
 
-def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
+def failure_status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
+    """A Kubernetes `Status` failure body (what the API server answers a refused request with)."""
     return {
         "kind": "Status",
         "apiVersion": "v1",
@@ -153,7 +154,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         return (NAMESPACES, None, request.url.path.rsplit("/", 1)[1])
 
     def namespace_terminating(self, name: str | None) -> bool:
-        obj = _get(self.objects, (NAMESPACES, None, name)) if name else None
+        obj = get_or_none(self.objects, (NAMESPACES, None, name)) if name else None
         return bool(obj is not None and not obj.deleted and obj.get("metadata", {}).get("deletionTimestamp"))
 
     async def _apply_namespace(self, request):
@@ -199,7 +200,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         elif request.url.path.startswith(("/api/v1/nodes", "/api/v1/namespaces")):  # kmock: no resource parsed
             authorize(self, request, request.url.path.split("/")[3], "", None)
         # Answers that are not JSON objects (pod exec over a websocket, a followed log), served by
-        # the controllers that know the pods (tests/k8s_batch_fakes.py); None: not theirs.
+        # the controllers that know the pods (tests/support/k8s_batch_fakes.py); None: not theirs.
         for handler in getattr(self, "stream_handlers", ()):
             response = await handler(request)
             if response is not None:
@@ -263,7 +264,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                 }
             ],
         }
-        return aiohttp.web.json_response(_status(403, "Forbidden", message, details), status=403)
+        return aiohttp.web.json_response(failure_status(403, "Forbidden", message, details), status=403)
 
     def _apply_deployment(self, key, body, creating: bool) -> None:
         """The API server's part: default replicas to 1 on create, bump generation on a spec change."""
@@ -277,11 +278,11 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                 self.objects[key].create(body)
             return
         obj = self.objects[key]
-        before = json.dumps(_plain(obj.get("spec")), sort_keys=True)
+        before = json.dumps(plain_json(obj.get("spec")), sort_keys=True)
         if "replicas" not in spec:  # another manager (the HPA) owns replicas: apply leaves them
             spec["replicas"] = obj["spec"].get("replicas", 1)
         obj.patch(body)
-        if json.dumps(_plain(obj.get("spec")), sort_keys=True) != before:
+        if json.dumps(plain_json(obj.get("spec")), sort_keys=True) != before:
             obj.patch({"metadata": {"generation": int(obj["metadata"].get("generation") or 1) + 1}})
 
 
@@ -363,7 +364,7 @@ class FakeCluster:
         self._hpas()
         # The Deployment controller computes its status from ReplicaSet status, which counts the
         # pods as the ReplicaSet controller last saw them: before this step's scaling.
-        self._state("seen")["pods"] = {k: _plain(p) for k, p in self._live(PODS) if not _terminating(p)}
+        self._state("seen")["pods"] = {k: plain_json(p) for k, p in self._live(PODS) if not is_terminating(p)}
         for key, dep in self._live(DEPLOYMENTS):
             self._deployment(key, dep)
         for key, pod in self._live(PODS):
@@ -427,7 +428,7 @@ class FakeCluster:
         for key, ns in self._live(NAMESPACES):
             name = key[2]
             sa_key = (SERVICEACCOUNTS, name, "default")
-            sa = _get(self.kmock.objects, sa_key)
+            sa = get_or_none(self.kmock.objects, sa_key)
             if ns.get("metadata", {}).get("deletionTimestamp") or (sa is not None and not sa.deleted):
                 continue
             if self._tick(("serviceaccount", name)) > self.sa_delay_steps:
@@ -449,7 +450,7 @@ class FakeCluster:
             namespace = key[1]
             target = hpa["spec"]["scaleTargetRef"]["name"]
             dep_key = (DEPLOYMENTS, namespace, target)
-            dep = _get(self.kmock.objects, dep_key)
+            dep = get_or_none(self.kmock.objects, dep_key)
             if dep is None or dep.deleted or self._tick(key) <= self.hpa_delay_steps:
                 continue
             current = dep["spec"].get("replicas", 1)
@@ -500,7 +501,7 @@ class FakeCluster:
 
     def _deployment(self, key, dep) -> None:
         namespace, name = key[1], key[2]
-        template = _plain(dep["spec"]["template"])
+        template = plain_json(dep["spec"]["template"])
         pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
         sets = [(k, rs) for k, rs in self._live(REPLICASETS, namespace) if rs["metadata"].get("ownerName") == name]
         new_key = (REPLICASETS, namespace, f"{name}-{pod_hash}")
@@ -549,7 +550,7 @@ class FakeCluster:
         return [
             (k, p)
             for k, p in self._live(PODS, namespace)
-            if p["metadata"].get("ownerName") == rs_name and not _terminating(p)
+            if p["metadata"].get("ownerName") == rs_name and not is_terminating(p)
         ]
 
     def _available(self, namespace: str, rs_name: str) -> int:
@@ -559,7 +560,7 @@ class FakeCluster:
         namespace, name = key[1], key[2]
         pods = self._pods_of(namespace, name)
         want = rs["spec"]["replicas"]
-        template = _plain(rs["spec"]["template"])
+        template = plain_json(rs["spec"]["template"])
         image = template["spec"]["containers"][0]["image"]
         while len(pods) < want:
             self._pod_seq += 1
@@ -586,7 +587,7 @@ class FakeCluster:
                     "name": pod_name,
                     "namespace": namespace,
                     "ownerName": name,
-                    "labels": _plain(rs["metadata"]["labels"]),
+                    "labels": plain_json(rs["metadata"]["labels"]),
                     "annotations": dict(template["metadata"].get("annotations", {})),
                 },
                 "spec": {
@@ -603,7 +604,7 @@ class FakeCluster:
 
     def _deployment_status(self, key, dep) -> None:
         namespace, name = key[1], key[2]
-        template = _plain(dep["spec"]["template"])
+        template = plain_json(dep["spec"]["template"])
         pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
         seen = self._state("seen").get("pods", {})
         pods = [
@@ -615,7 +616,7 @@ class FakeCluster:
         ]  # active pods (the ReplicaSet controller counts no Terminating one) as of the step's start
         updated = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == pod_hash]
         ready = [p for p in pods if _ready(p)]
-        before = _plain(dep.get("status") or {})
+        before = plain_json(dep.get("status") or {})
         dep.patch(
             {
                 "status": {
@@ -634,7 +635,7 @@ class FakeCluster:
 
     def _kubelet(self, key, pod) -> None:
         namespace, name = key[1], key[2]
-        if _terminating(pod):
+        if is_terminating(pod):
             return self._grace(key)
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return  # a finished pod (a completed Job's) stays as it ended
@@ -704,7 +705,7 @@ class FakeCluster:
 
     async def _pod_log(self, request):
         match = POD_LOG_URL.match(request.url.path)
-        pod = _get(self.kmock.objects, (PODS, match.group(1), match.group(2))) if match else None
+        pod = get_or_none(self.kmock.objects, (PODS, match.group(1), match.group(2))) if match else None
         if pod is None or pod.deleted:
             raise kmock.KubernetesObjectNotFoundError()
         image = pod["spec"]["containers"][0]["image"]
@@ -737,7 +738,7 @@ class FakeCluster:
         So a ProgressDeadlineExceeded from the previous generation is still there while
         observedGeneration < generation (this controller observes one step after an apply),
         and after that for a rollback to an existing ReplicaSet until its pods move."""
-        status = _plain(dep.get("status") or {})
+        status = plain_json(dep.get("status") or {})
         conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Progressing"]
         current = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None)
         deadline = dep["spec"].get("progressDeadlineSeconds", 600)
@@ -856,7 +857,7 @@ class FakeCluster:
         }
 
     def _metrics_api_available(self) -> bool:
-        obj = _get(self.kmock.objects, (APISERVICES, None, METRICS_APISERVICE))
+        obj = get_or_none(self.kmock.objects, (APISERVICES, None, METRICS_APISERVICE))
         conditions = (obj.get("status") or {}).get("conditions") or [] if obj is not None and not obj.deleted else []
         return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
 
@@ -871,11 +872,14 @@ class FakeCluster:
         """Images of the pods a Service sends traffic to: Ready and not Terminating (EndpointSlice
         `ready` is false for a terminating endpoint, kubernetes.io/docs/concepts/services-networking/endpoint-slices)."""
         return {
-            p["spec"]["containers"][0]["image"] for p in self.pods(namespace, app) if _ready(p) and not _terminating(p)
+            p["spec"]["containers"][0]["image"]
+            for p in self.pods(namespace, app)
+            if _ready(p) and not is_terminating(p)
         }
 
 
-def _terminating(pod) -> bool:
+def is_terminating(pod) -> bool:
+    """A pod the API server marked for deletion (metadata.deletionTimestamp set)."""
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
@@ -915,7 +919,7 @@ def mark_rolled_out(emulator, namespace: str = "pizzactl") -> list[str]:
 # --- the fake kind ---------------------------------------------------------------------------------
 
 FAKE_KIND = r'''#!{python}
-"""A fake `kind` for tests: see tests/k8s_fakes.py for the real behaviour it imitates."""
+"""A fake `kind` for tests: see tests/support/k8s_fakes.py for the real behaviour it imitates."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
 
@@ -1200,7 +1204,7 @@ def server_side_apply(emulator, request, key, body: dict, creating: bool) -> dic
         owners.clear()
         current: dict = {}
     else:
-        current = _plain(emulator.objects[key].raw)
+        current = plain_json(emulator.objects[key].raw)
     applied = field_paths(body)
     conflicts = []
     for other, owned in owners.items():
@@ -1346,13 +1350,13 @@ def pod_admission(emulator, namespace: str, pod: dict) -> str | None:
     name = (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get("generateName", "")
     spec = pod.get("spec") or {}
     account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
-    sa = _get(emulator.objects, (SERVICEACCOUNTS, namespace, account))
+    sa = get_or_none(emulator.objects, (SERVICEACCOUNTS, namespace, account))
     if sa is None or sa.deleted:
         return (
             f'pods "{name}" is forbidden: error looking up service account {namespace}/{account}: '
             f'serviceaccount "{account}" not found'
         )
-    ns = _get(emulator.objects, (NAMESPACES, None, namespace))
+    ns = get_or_none(emulator.objects, (NAMESPACES, None, namespace))
     level = (
         ((ns.get("metadata") or {}).get("labels") or {}).get(ENFORCE_LABEL)
         if ns is not None and not ns.deleted
@@ -1468,7 +1472,7 @@ def authorize(emulator, request, resource: str, group: str | None, name: str | N
 
 FAKE_DOCKER_CLI = r'''#!{python}
 """A fake `docker` CLI for tests: `docker save` and `docker exec NODE crictl ...` on the fake kind's
-nodes (the node is a container: its images are FAKE_KIND_HOME/<cluster>.loaded). See tests/k8s_fakes.py."""
+nodes (the node is a container: its images are FAKE_KIND_HOME/<cluster>.loaded). See tests/support/k8s_fakes.py."""
 import hashlib, io, json, os, sys, tarfile
 from pathlib import Path
 

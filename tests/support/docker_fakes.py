@@ -8,7 +8,7 @@ the query string is kept, so a test sees `platform=` and the build args), `/imag
 (404). Endpoints and shapes follow the Docker Engine API reference (docs.docker.com/reference/api/engine).
 Every request is recorded in `requests` as (method, path, query).
 
-With `kind_home` (tests/k8s_fakes.py's fake kind), the node containers the fake kind created are
+With `kind_home` (tests/support/k8s_fakes.py's fake kind), the node containers the fake kind created are
 containers of this daemon: `/containers/<cluster>-control-plane/json` answers with their port
 bindings, as `docker inspect` of a real kind node does. `api_version` is what the daemon
 negotiates (1.45: Docker 26; 1.48: Docker 28, the first to save one platform, `docker save --platform`).
