@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pizzactl.bench.train import default_backbone
-from pizzactl.bench.train import pick_interleaved as _pick
+from pizzactl.bench.train import _pick, default_backbone
 from pizzactl.cli import main
 
 

@@ -718,7 +718,7 @@ def test_fine_tuning_validates_a_batch_at_a_time():
     import numpy as np
     import tensorflow as tf
 
-    from pizzactl.train.strategies.cached_fine_tune import validator as _validator
+    from pizzactl.train.strategies.cached_fine_tune import _validator
 
     def at_most_8_rows(x):
         with tf.control_dependencies([tf.debugging.assert_less_equal(tf.shape(x)[0], 8)]):
