@@ -40,9 +40,20 @@ from pizzactl.export import expected_outputs, load_run_classifier, run_check_ima
 from pizzactl.serving.modelserver.runtimes import LITERT, LiteRTRuntime, TensorFlowRuntime, decoder
 from pizzactl.tfimport import import_quietly
 
-ENGINES = ("tensorflow", "litert", "litert-int8", "onnx", "onnx-int8", "openvino", "openvino-int8", "openvino-bf16")
+ENGINES = (
+    "tensorflow",
+    "litert",
+    "litert-int8",
+    "onnx",
+    "onnx-int8",
+    "onnx-int8-u8s8",
+    "openvino",
+    "openvino-int8",
+    "openvino-int8-nncf-default",
+    "openvino-bf16",
+)
 # the tolerance each engine is held to: convert.judge's rule for float32 or for int8
-RULE = {name: "litert-int8" if name.endswith(("-int8", "-bf16")) else "litert" for name in ENGINES}
+RULE = {name: "litert-int8" if ("-int8" in name or "-bf16" in name) else "litert" for name in ENGINES}
 SERVER_BATCH = 32  # the model server's max_batch_size default (config.py)
 
 Classify = Callable[[np.ndarray], np.ndarray]  # float32 [N, S, S, 3] 0..255 -> raw output [N, K]
@@ -132,6 +143,9 @@ def _ort_session(ctx, path: Path) -> Classify:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = ctx.threads, 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # ORT's pool threads spin between ops by default: on cores shared with other jobs that burns
+    # the CPU the other threads need; LiteRT and OpenVINO were not given spinning either
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
@@ -141,14 +155,17 @@ def build_onnx(ctx) -> Classify:
     return _ort_session(ctx, _onnx_float(ctx))
 
 
-def build_onnx_int8(ctx) -> Classify:
-    path = ctx.work / "classifier-int8.onnx"
+def build_onnx_int8(ctx, activations: str = "s8") -> Classify:
+    """Static int8, QDQ, per-channel weights, MinMax ranges. `s8`: int8 activations (ORT's default
+    for QDQ); `u8`: uint8 activations with int8 weights (U8S8), the pairing ORT's x86 kernels use."""
+    path = ctx.work / ("classifier-int8.onnx" if activations == "s8" else f"classifier-int8-{activations}.onnx")
     if not path.is_file():
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         prepared = ctx.work / "classifier-prep.onnx"
-        quant_pre_process(str(_onnx_float(ctx)), str(prepared))
+        if not prepared.is_file():
+            quant_pre_process(str(_onnx_float(ctx)), str(prepared))
 
         class Reader(CalibrationDataReader):
             def __init__(self, name: str):
@@ -165,7 +182,7 @@ def build_onnx_int8(ctx) -> Classify:
             str(path),
             Reader(name),
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,  # as the LiteRT converter quantizes convolution weights
         )
@@ -200,15 +217,26 @@ def build_openvino_bf16(ctx) -> Classify:
     return _ov_compile(ctx, _ov_float(ctx), "")  # OpenVINO's CPU default precision (bf16 where the CPU has it)
 
 
-def build_openvino_int8(ctx) -> Classify:
+def build_openvino_int8(ctx, ranges: str = "minmax") -> Classify:
+    """NNCF int8. `minmax`: activation ranges from the min / max over every calibration photo, as
+    the LiteRT converter and ONNX Runtime (MinMax) take them; `default`: NNCF's own, the *mean*
+    over photos of each photo's min / max, which put the head's sigmoid output at [0, 0.51] for
+    this model (a per-photo probability averages about 0.5) and clipped every pizza's probability."""
     import openvino as ov
 
-    path = ctx.work / "classifier-nncf-int8.xml"
+    path = ctx.work / f"classifier-nncf-{ranges}-int8.xml"
     if not path.is_file():
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+        advanced = None
+        if ranges == "minmax":
+            advanced = AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+            )
         dataset = nncf.Dataset(list(ctx.calibration), lambda p: p[None])
-        model = nncf.quantize(_ov_float(ctx), dataset, subset_size=len(ctx.calibration))
+        model = nncf.quantize(_ov_float(ctx), dataset, subset_size=len(ctx.calibration), advanced_parameters=advanced)
         ov.save_model(model, str(path))
     return _ov_compile(ctx, ov.Core().read_model(str(path)), "f32")
 
@@ -219,9 +247,11 @@ BUILD = {
     "litert-int8": lambda ctx: build_litert(ctx, "litert-int8"),
     "onnx": build_onnx,
     "onnx-int8": build_onnx_int8,
+    "onnx-int8-u8s8": lambda ctx: build_onnx_int8(ctx, "u8"),
     "openvino": build_openvino,
     "openvino-bf16": build_openvino_bf16,
     "openvino-int8": build_openvino_int8,
+    "openvino-int8-nncf-default": lambda ctx: build_openvino_int8(ctx, "default"),
 }
 
 
