@@ -16,6 +16,7 @@ int8 engines are calibrated on the photos export calibrates LiteRT int8 on (`exp
 from them here, so every int8 engine saw the same photos. Artefacts are cached in --work
 (outside the repository); an engine that cannot be built is reported with the error, not skipped.
 
+needs (not pizzactl dependencies): pip install onnxruntime tf2onnx onnx openvino nncf
 usage: python benchmarks/engines.py RUN_DIR VERSION_DIR --work DIR [--engines a,b] [--threads 2]
        [--batch 32] [--images 32] [--rounds 3] [--json]
 """
