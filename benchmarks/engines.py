@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from pizzactl.convert import _answers, calibration_sample, judge, tflite_model
-from pizzactl.export import expected_outputs, load_run_classifier, run_check_images, run_split
-from pizzactl.serving.modelserver.runtimes import LITERT, LiteRTRuntime, TensorFlowRuntime, decoder
+from pizzactl.model.contract import expected_outputs
+from pizzactl.model.litert import _answers, calibration_sample, judge, tflite_model
+from pizzactl.model.runtimes import LITERT, LiteRTRuntime, TensorFlowRuntime, decoder
 from pizzactl.tfimport import import_quietly
+from pizzactl.train.reexport import load_run_classifier, run_check_images, run_split
 
 ENGINES = (
     "tensorflow",
@@ -306,7 +307,7 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     import_quietly()
-    from pizzactl.serving.modelserver.runtimes import configure_tf_threads
+    from pizzactl.model.runtimes import configure_tf_threads
 
     configure_tf_threads(args.threads, 1)  # the model server's TensorFlow setting, at --threads
     ctx = Context(args.run_dir, args.version_dir, args.work, args.threads)
