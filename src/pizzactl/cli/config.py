@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.table import Table
+
 from pizzactl.cli.base import JsonOpt, config_app, settings
 from pizzactl.console import out, print_json
 
@@ -9,8 +11,6 @@ from pizzactl.console import out, print_json
 @config_app.command("show")
 def config_show(json_out: bool = JsonOpt) -> None:
     """Print every setting, its value and where it came from."""
-    from rich.table import Table
-
     s = settings()
     values = s.as_dict()
     if json_out:

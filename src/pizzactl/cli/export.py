@@ -8,6 +8,7 @@ import typer
 
 from pizzactl.cli.base import JsonOpt, app, settings
 from pizzactl.console import out, print_json
+from pizzactl.export import export_run
 
 
 @app.command()
@@ -17,8 +18,6 @@ def export(
     json_out: bool = JsonOpt,
 ) -> None:
     """Export a run's model again as a new SavedModel version."""
-    from pizzactl.export import export_run
-
     version_dir = export_run(settings(models_dir=to), run)
     if json_out:
         print_json({"model_dir": str(version_dir), "version": int(version_dir.name)})

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pizzactl.cli.base import ApiKeyOpt, ModelsOpt, app, settings
+from pizzactl.serving import serve as serve_
 
 
 @app.command()
@@ -21,8 +22,6 @@ def serve(
     api_key: str | None = ApiKeyOpt,
 ) -> None:
     """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
-    from pizzactl.serving import serve as serve_
-
     serve_(
         settings(
             models_dir=models,

@@ -284,7 +284,7 @@ def _should_deploy(settings, place: Where, deploy: bool | None) -> bool:
     )
 
 
-def _roll_out(settings, place: Where) -> dict[str, Any]:
+def _roll_out(settings, place: Where) -> Mapping[str, Any]:
     """The new version onto the cluster as `pizzactl deploy` rolls it out (old pods serve until it
     is ready), with the model server and port of the deployment that is there."""
     from pizzactl.deploy import deploy
