@@ -4,6 +4,7 @@ keys plus a schema version for scripts; and the deploy targets behind one typed 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from pizzactl.evaluate import Evaluation
 from pizzactl.predict import Prediction
 from pizzactl.results import SCHEMA
 from pizzactl.train.metrics import classification_metrics
+from pizzactl.train.results import RunResult, TrainResult
 
 
 def test_status_with_nothing_deployed_has_attributes_the_old_keys_and_the_schema(isolated):
@@ -102,6 +104,16 @@ def test_an_evaluation_holds_every_figure_the_metrics_give(y_prob, classes):
     )
     assert e.accuracy == figures["accuracy"] and e.per_class == figures["per_class"]
     assert figures.items() <= e.as_dict().items() and e.to_json()["schema"] == SCHEMA
+
+
+def test_a_train_result_has_attributes_and_the_json_train_prints():
+    run = RunResult(
+        "20261207-1200-small_cnn", Path("runs/x"), "small_cnn", {"val_accuracy": 0.9}, {"weights": "none"}, 3.0
+    )
+    result = TrainResult((run,), Path("models/pizza/3"), 4.0, ("not_pizza", "pizza"))
+    assert result.best.backbone == "small_cnn" and result.model_dir == Path("models/pizza/3")
+    doc = result.to_json()
+    assert doc["schema"] == SCHEMA and doc["version"] == 3 and doc["leaderboard"][0]["val_accuracy"] == 0.9
 
 
 def test_print_json_writes_a_result_anywhere_in_it_as_its_json(capsys):
