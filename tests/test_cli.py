@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -150,6 +151,17 @@ def test_tables_in_a_pipe_keep_each_row_on_one_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if "runs_dir" in line)
     assert str(long_runs) in row and "PIZZACTL_RUNS_DIR" in row
+
+
+def test_status_json_carries_the_schema_version_and_the_keys_scripts_read(tmp_path):
+    proc = run("status", "--json", cwd=tmp_path, env={"PIZZACTL_STATE_DIR": str(tmp_path / "state")})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "schema": 1,
+        "deployed": False,
+        "message": "Nothing deployed.",
+        "state_file": str(tmp_path / "state" / "deploy.json"),
+    }
 
 
 # --- optional extras --------------------------------------------------------------------------

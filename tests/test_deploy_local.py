@@ -129,7 +129,7 @@ def test_predict_json_gives_one_object_per_source_with_label_probability_and_ver
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == files
     for r in results:
-        assert set(r) == {"source", "label", "probability", "model_version", "probabilities"}
+        assert set(r) == {"schema", "source", "label", "probability", "model_version", "probabilities"}
         assert r["probabilities"]["pizza"] == r["probability"]  # binary: probability is P(pizza)
         assert r["label"] in ("pizza", "not_pizza")
         assert 0.0 <= r["probability"] <= 1.0

@@ -324,8 +324,9 @@ def test_cli_json_prints_an_array_of_objects_and_exits_1_if_any_source_failed(ga
     assert proc.returncode == EXIT_FAILURE, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == [str(p) for p in images.images] + ["missing.jpg"]
-    assert all(set(r) == {"source", "label", "probability", "model_version", "probabilities"} for r in results[:3])
-    assert set(results[3]) == {"source", "error"}
+    keys = {"schema", "source", "label", "probability", "model_version", "probabilities"}
+    assert all(set(r) == keys and r["schema"] == 1 for r in results[:3])  # schema: the version of the shape
+    assert set(results[3]) == {"schema", "source", "error"}
 
 
 def test_cli_table_and_summary_for_a_directory(gateway, tmp_path, images):

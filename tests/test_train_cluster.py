@@ -528,14 +528,15 @@ async def test_train_on_kind_loads_the_trainer_and_rolls_the_new_version_out(
 
 def test_status_prints_the_training_job_with_or_without_a_deployment(capsys):
     from pizzactl.cli.deploy import print_status
+    from pizzactl.deploy.results import Status
 
     training = {"job": "pizzactl-train-1", "context": "prod", "phase": "Running", "attempts": 2, "epoch": "3/30"}
     print_status(
-        {
-            "deployed": False,
-            "message": "Nothing deployed.",
-            "training": {**training, "last_line": "[head] epoch 3/30  loss 0.4"},
-        }
+        Status(
+            deployed=False,
+            message="Nothing deployed.",
+            training={**training, "last_line": "[head] epoch 3/30  loss 0.4"},
+        )
     )
     out = capsys.readouterr().out
     assert "Nothing deployed." in out and "Job pizzactl-train-1 in prod: Running, epoch 3/30, attempt 2" in out

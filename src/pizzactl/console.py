@@ -16,6 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
+from pizzactl.results import jsonable
+
 PIPE_WIDTH = 1000  # "as wide as the content" for tables written to a pipe or a file
 
 
@@ -31,8 +33,9 @@ err = _console(stderr=True)
 
 
 def print_json(obj: Any) -> None:
-    """One JSON document on stdout, for scripts (no rich markup, no wrapping)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """One JSON document on stdout, for scripts (no rich markup, no wrapping); a typed result
+    (`pizzactl.results`) anywhere in it is written as its `to_json()`."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=jsonable) + "\n")
     sys.stdout.flush()
 
 

@@ -11,16 +11,55 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from pizzactl.console import err, log
 from pizzactl.errors import BadInputError, DataError
 from pizzactl.model.card import ModelCard
 from pizzactl.model.store import resolve_model_dir
+from pizzactl.results import Result
 from pizzactl.train.metrics import classification_metrics
 
 BATCH_SIZE = 32
 CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order"
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation(Result):
+    """What `evaluate` measured. Two classes: precision, recall and F1 are the positive class's;
+    more: macro averages. `roc_auc` is None when only one class is present."""
+
+    n: int
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    macro_f1: float
+    roc_auc: float | None
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted, both in `classes` order
+    per_class: Mapping[str, Mapping[str, Any]]  # {class: {precision, recall, f1, support, roc_auc}}
+    model_dir: str
+    version: int | None
+    backbone: str | None
+    runtime: str
+    data_dir: str
+    data_hash: str
+    training_data: bool  # the data the model was trained on: expect optimistic numbers
+    classes: list[str]
+    positive_class: str | None
+    threshold: float | None
+    misclassified: int
+    failed: list[dict[str, str]] = field(default_factory=list)  # {path, error}: images the model could not decode
+    errors_csv: str | None = None
+    confusion_matrix_png: str | None = None
+    images_per_second: float | None = None
+    confusion_matrix_order: str = CONFUSION_ORDER
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _predict_batch(runtime, blobs: list[bytes], paths: list[Path], failed: list[dict]):
@@ -100,7 +139,7 @@ def evaluate(
     *,
     confusion_png: Path | str | None = None,
     progress: bool = True,
-) -> dict:
+) -> Evaluation:
     """Run the exported `serving_default` on every image of the dataset and report metrics.
 
     `model_dir` is a version directory (default: the latest under `settings.models_dir`);
@@ -154,22 +193,21 @@ def evaluate(
     for item in failed:
         log(f"[yellow]skipped[/] {item['path']}: {item['error']}")
     same_data = bool(card.data_hash) and card.data_hash == dataset.data_hash
-    return {
+    return Evaluation(
         **metrics,
-        "model_dir": str(version_dir),
-        "version": int(version_dir.name) if version_dir.name.isdigit() else None,
-        "backbone": card.backbone,
-        "runtime": runtime.name,
-        "data_dir": str(dataset.root),
-        "data_hash": dataset.data_hash,
-        "training_data": same_data,
-        "classes": classes,
-        "positive_class": classes[1] if binary else None,
-        "threshold": threshold,
-        "confusion_matrix_order": CONFUSION_ORDER,
-        "confusion_matrix_png": str(confusion_png) if confusion_png is not None else None,
-        "misclassified": len(errors),
-        "errors_csv": str(errors_csv) if errors_csv is not None else None,
-        "failed": failed,
-        "images_per_second": round(len(answered) / seconds, 1) if seconds > 0 else None,
-    }
+        model_dir=str(version_dir),
+        version=int(version_dir.name) if version_dir.name.isdigit() else None,
+        backbone=card.backbone,
+        runtime=runtime.name,
+        data_dir=str(dataset.root),
+        data_hash=dataset.data_hash,
+        training_data=same_data,
+        classes=classes,
+        positive_class=classes[1] if binary else None,
+        threshold=threshold,
+        confusion_matrix_png=str(confusion_png) if confusion_png is not None else None,
+        misclassified=len(errors),
+        errors_csv=str(errors_csv) if errors_csv is not None else None,
+        failed=failed,
+        images_per_second=round(len(answered) / seconds, 1) if seconds > 0 else None,
+    )

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ from pizzactl.config import resolve
 from pizzactl.console import err
 from pizzactl.deploy.state import deployed_url
 from pizzactl.errors import EndpointError, NotDeployedError, UsageError
+from pizzactl.results import Result
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 PREDICT_PATH = "/predict"
@@ -36,6 +37,46 @@ class Source:
     text: str  # as the user wrote it (or the file found in a directory)
     kind: str
     path: Path | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction(Result):
+    """The answer for one image: its label and probabilities, or (`error` set) why there is none.
+
+    `extra` holds what `--explain` adds (`explanation`: the overlay's path, or `explanation_error`).
+    """
+
+    source: str
+    label: str | None = None
+    probability: float | None = None  # P(label), except for a binary model's negative class: P(positive)
+    model_version: int | None = None
+    probabilities: Mapping[str, float] | None = None  # {class: p}, when the gateway sends them
+    error: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def of(cls, answer: Mapping[str, Any]) -> Prediction:
+        known = ("source", "label", "probability", "model_version", "probabilities", "error")
+        return cls(
+            **{k: answer[k] for k in known if k in answer}, extra={k: v for k, v in answer.items() if k not in known}
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source}
+        if self.error is not None:
+            d["error"] = self.error
+        else:
+            d.update(label=self.label, probability=self.probability)
+            if self.model_version is not None:
+                d["model_version"] = self.model_version
+            if self.probabilities is not None:
+                d["probabilities"] = self.probabilities
+        d.update(self.extra)
+        return d
 
 
 def is_url(text: str) -> bool:
@@ -228,9 +269,9 @@ def predict(
     csv_path: Path | None = None,
     explain_dir: Path | None = None,
     progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Classify every source; one dict per image: source, label, probability, model_version and
-    probabilities ({class: p}), or source and error."""
+) -> list[Prediction]:
+    """Classify every source; one `Prediction` per image, in order: source, label, probability,
+    model_version and probabilities ({class: p}), or source and error."""
     items = expand_sources(sources)
     if not items:
         raise UsageError(
@@ -265,10 +306,10 @@ def predict(
         explain_sources(settings, items, results, Path(explain_dir), endpoint=endpoint)
     if csv_path is not None:
         write_csv(results, Path(csv_path))
-    return results
+    return [Prediction.of(r) for r in results]
 
 
-def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
+def write_csv(results: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One row per image; `probabilities` become one `P(<class>)` column per class, in the model's order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["source", "label", "probability", "model_version", "error"]
@@ -286,7 +327,7 @@ def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
 TOP_CLASSES = 3
 
 
-def label_probability(result: dict[str, Any]) -> float:
+def label_probability(result: Mapping[str, Any]) -> float:
     """P(label): the model's `probability` is that already, except for a binary model's negative
     class (it is P(positive) there), which `probabilities` has."""
     return float((result.get("probabilities") or {}).get(result["label"], result["probability"]))

@@ -18,12 +18,51 @@ from typing import Any
 from pizzactl.config import Settings
 from pizzactl.console import log
 from pizzactl.errors import ModelNotFoundError
+from pizzactl.predict import Prediction, predict
+from pizzactl.results import Result
+
+NEXT = {"predict": "pizzactl predict PHOTO_OR_URL", "status": "pizzactl status", "teardown": "pizzactl teardown"}
 
 
 @dataclass(frozen=True)
 class TargetChoice:
     target: str
     reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class UpResult(Result):
+    """What `up` did: trained or not, where it deployed, the sample's answer, where to go next."""
+
+    target: str
+    target_reason: str
+    trained: bool
+    model_dir: str
+    model_version: int | None
+    url: str
+    sample: Prediction | None
+
+    @property
+    def web_page(self) -> str:
+        return self.url.rstrip("/") + "/"
+
+    @property
+    def predict_endpoint(self) -> str:
+        return self.url.rstrip("/") + "/predict"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "target_reason": self.target_reason,
+            "trained": self.trained,
+            "model_dir": self.model_dir,
+            "model_version": self.model_version,
+            "url": self.url,
+            "web_page": self.web_page,
+            "predict_endpoint": self.predict_endpoint,
+            "sample": self.sample.as_dict() if self.sample is not None else None,
+            "next": dict(NEXT),
+        }
 
 
 def docker_reachable() -> str | None:
@@ -90,11 +129,10 @@ def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
     return None
 
 
-def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> dict[str, Any]:
+def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> UpResult:
     """Train if needed, deploy where this machine allows, predict one photo; what a user needs next."""
     from pizzactl.deploy import deploy
     from pizzactl.model.store import latest_version_dir, model_base
-    from pizzactl.predict import predict
 
     model_dir = _existing_model(settings)
     trained = False
@@ -118,21 +156,13 @@ def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0
     photo = sample if sample is not None else sample_photo(settings, model_dir)
     prediction = None
     if photo is not None:
-        prediction = predict(settings.replace(endpoint=deployed["url"]), [str(photo)], progress=False)[0]
-    url = deployed["url"]
-    return {
-        "target": choice.target,
-        "target_reason": choice.reason,
-        "trained": trained,
-        "model_dir": str(model_dir),
-        "model_version": deployed.get("model_version"),
-        "url": url,
-        "web_page": url.rstrip("/") + "/",
-        "predict_endpoint": url.rstrip("/") + "/predict",
-        "sample": prediction,
-        "next": {
-            "predict": "pizzactl predict PHOTO_OR_URL",
-            "status": "pizzactl status",
-            "teardown": "pizzactl teardown",
-        },
-    }
+        prediction = predict(settings.replace(endpoint=deployed.url), [str(photo)], progress=False)[0]
+    return UpResult(
+        target=choice.target,
+        target_reason=choice.reason,
+        trained=trained,
+        model_dir=str(model_dir),
+        model_version=deployed.model_version,
+        url=deployed.url,
+        sample=prediction,
+    )

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from pizzactl.bench import serve as serve_bench
+from pizzactl.bench import train as train_bench
 from pizzactl.bench.inprocess import BATCHES, Setting
 from pizzactl.cli.base import JsonOpt, bench_app, option, settings
 from pizzactl.console import err, out, print_json
@@ -30,15 +32,13 @@ def bench_train(
     json_out: bool = JsonOpt,
 ) -> None:
     """Plain model.fit over images vs the cached-feature path, side by side (or, with --scale, training cost vs photos)."""
-    from pizzactl.bench import train as bench
-
     s = settings(data_dir=data, weights=weights)
     if scale:
         sizes = [int(n) for n in scale.split(",") if n.strip()]
-        res = bench.bench_scaling(s, sizes, backbone=backbone)
+        res = train_bench.bench_scaling(s, sizes, backbone=backbone)
         show = print_scaling
     else:
-        res = bench.bench_train(s, backbone=backbone, epochs=epochs, limit=limit)
+        res = train_bench.bench_train(s, backbone=backbone, epochs=epochs, limit=limit)
         show = print_train_bench
     if json_out:
         print_json(res)
@@ -64,10 +64,8 @@ def bench_serve(
     json_out: bool = JsonOpt,
 ) -> None:
     """The model's best in-process throughput (thread and batch sweep) vs end to end, per runtime."""
-    from pizzactl.bench.serve import bench_serve as bench
-
     chosen = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
-    res = bench(
+    res = serve_bench.bench_serve(
         settings(models_dir=models, data_dir=data),
         concurrency=concurrency,
         requests=requests_,

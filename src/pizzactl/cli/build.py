@@ -9,7 +9,8 @@ from rich.table import Table
 
 from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
-from pizzactl.kube.images import Images, TrainerImage
+from pizzactl.kube.images import Images, TrainerImage, build_trainer
+from pizzactl.kube.images import build as build_
 
 
 @app.command()
@@ -24,9 +25,6 @@ def build(
     json_out: bool = JsonOpt,
 ) -> None:
     """Build the gateway and model server images, or the trainer (tags from content, never :latest)."""
-    from pizzactl.kube.images import build as build_
-    from pizzactl.kube.images import build_trainer
-
     s = settings(models_dir=models, model_server=model_server, base_image=base_image, registry=push, platform=platform)
     images = build_trainer(s, gpu=gpu, push=push is not None) if trainer else build_(s, push=push is not None)
     if json_out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.table import Table
+
 from pizzactl.cli.base import JsonOpt, config_app, settings
 from pizzactl.config import resolve
 from pizzactl.console import out, print_json
@@ -12,8 +14,6 @@ from pizzactl.kube.docker_daemon import local_platform
 @config_app.command("show")
 def config_show(json_out: bool = JsonOpt) -> None:
     """Print every setting, its value and where it came from (derived ones say from what)."""
-    from rich.table import Table
-
     s = settings()
     # the derived defaults as the verbs derive them, from this machine's facts (deploy derives
     # model_server again from the platform it builds for: the Docker daemon's or the nodes')

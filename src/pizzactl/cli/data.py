@@ -11,7 +11,9 @@ from rich.table import Table
 from pizzactl.cli.base import JsonOpt, data_app, option, settings
 from pizzactl.console import err, out, print_json
 from pizzactl.data.dataset import MIN_PER_CLASS
-from pizzactl.data.report import MAX_LISTED
+from pizzactl.data.download import download
+from pizzactl.data.report import MAX_LISTED, report
+from pizzactl.data.split import split
 
 
 @data_app.command("download")
@@ -22,8 +24,6 @@ def data_download(
     json_out: bool = JsonOpt,
 ) -> None:
     """Download the dataset from Kaggle (credentials, else anonymous), verify and hash it."""
-    from pizzactl.data.download import download
-
     result = download(settings(dataset=dataset), dest=dest, force=force)
     if json_out:
         print_json(result.as_dict())
@@ -47,8 +47,6 @@ def data_report(
     json_out: bool = JsonOpt,
 ) -> None:
     """Counts per class, sizes, colour modes, corrupt files, duplicates, EXIF/GPS (and label suspects)."""
-    from pizzactl.data.report import report
-
     s = settings(data_dir=data_dir)
     rep = report(s, threshold=near_bits)
     if label_check:  # a layer up from data/: it trains heads on the photos' features
@@ -72,8 +70,6 @@ def data_split(
     json_out: bool = JsonOpt,
 ) -> None:
     """Set a test set aside: train on DEST/train, `evaluate --data DEST/test`."""
-    from pizzactl.data.split import split
-
     result = split(data_dir, dest, test_fraction=test, seed=seed, copy=copy)
     if json_out:
         print_json(result.as_dict())

@@ -8,6 +8,7 @@ recorded, so reading one means reading the others.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from rich.table import Table
 
 from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
+from pizzactl.deploy import deploy as deploy_
+from pizzactl.deploy import dry_run as dry_run_
+from pizzactl.deploy import rollback as rollback_
+from pizzactl.deploy import status as status_
+from pizzactl.deploy import teardown as teardown_
+from pizzactl.deploy.results import Status
 
 
 @app.command()
@@ -37,8 +44,6 @@ def deploy(
     json_out: bool = JsonOpt,
 ) -> None:
     """Deploy the latest model: to kind (default), docker or local processes."""
-    from pizzactl.deploy import deploy as deploy_
-
     s = settings(
         target=target,
         models_dir=models,
@@ -53,25 +58,21 @@ def deploy(
         api_key=api_key,
     )
     if dry_run:
-        from pizzactl.deploy import dry_run as dry_run_
-
         sys.stdout.write(dry_run_(s))
         return
     result = deploy_(s, timeout=timeout)
     if json_out:
-        print_json(result)
+        print_json(result.to_json())
     else:
-        out.print(f"Deployed to {result['target']}: {result['url']}")
+        out.print(f"Deployed to {result.target}: {result.url}")
 
 
 @app.command()
 def status(json_out: bool = JsonOpt) -> None:
     """What is deployed, where, which model version, ready or not."""
-    from pizzactl.deploy import status as status_
-
     st = status_(settings())
     if json_out:
-        print_json(st)
+        print_json(st.to_json())
     else:
         print_status(st)
 
@@ -83,8 +84,6 @@ def rollback(
     json_out: bool = JsonOpt,
 ) -> None:
     """Put the previous model version back on the deployment (kind, cluster, docker)."""
-    from pizzactl.deploy import rollback as rollback_
-
     result = rollback_(settings(), to=to, timeout=timeout)
     if json_out:
         print_json(result)
@@ -105,8 +104,6 @@ def teardown(
     json_out: bool = JsonOpt,
 ) -> None:
     """Stop and remove what deploy started. A second teardown does nothing."""
-    from pizzactl.deploy import teardown as teardown_
-
     result = teardown_(settings(), keep_cluster=keep_cluster)
     if json_out:
         print_json(result)
@@ -117,31 +114,29 @@ def teardown(
 # --- printers (rich, stdout) ---------------------------------------------------------
 
 
-def print_status(st: dict[str, Any]) -> None:
+def print_status(st: Status) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    training = st.get("training")
-    if not st.get("deployed"):
-        out.print(st.get("message", "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
+    training = st.training
+    if not st.deployed:
+        out.print((st.message or "Nothing deployed.") + " Deploy with `pizzactl deploy`.")
         if training:
             _training_rows(table, training)
             out.print(table)
         return
-    ready = st.get("ready")
-    table.add_row("target", str(st["target"]))
-    table.add_row("url", str(st["url"]))
-    table.add_row("model version", str(st.get("model_version")))
-    if "serving" in st:
-        serving = st["serving"] or {}
+    table.add_row("target", str(st.target))
+    table.add_row("url", str(st.url))
+    table.add_row("model version", str(st.model_version))
+    if st.serving is not None:
         table.add_row(
-            "serving", ", ".join(f"v{v} ({n} pod{'s' if n != 1 else ''})" for v, n in serving.items()) or "none"
+            "serving", ", ".join(f"v{v} ({n} pod{'s' if n != 1 else ''})" for v, n in st.serving.items()) or "none"
         )
-    table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/]")
-    table.add_row("created", str(st.get("created")))
-    skip = {"deployed", "target", "url", "model_version", "ready", "created", "message", "serving", "training"}
+    table.add_row("ready", "[green]yes[/]" if st.ready else "[red]no[/]")
+    table.add_row("created", str(st.created))
+    skip = {"message"}
     skip.add("supervision")  # local: the supervisor's whole record, for --json; restarts and crash_loop are rows
-    for key, value in st.items():
+    for key, value in st.details.items():
         if key in skip:
             continue
         if isinstance(value, dict):
@@ -152,7 +147,7 @@ def print_status(st: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _training_rows(table, training: dict[str, Any]) -> None:
+def _training_rows(table, training: Mapping[str, Any]) -> None:
     phase = training.get("phase", "unknown")
     epoch = f", epoch {training['epoch']}" if training.get("epoch") else ""
     attempts = training.get("attempts") or 0

@@ -9,14 +9,13 @@ from rich.table import Table
 from pizzactl.cli.base import JsonOpt, app, settings
 from pizzactl.console import out, print_json
 from pizzactl.doctor import Check
+from pizzactl.doctor import doctor as doctor_
 from pizzactl.errors import EXIT_FAILURE
 
 
 @app.command()
 def doctor(json_out: bool = JsonOpt) -> None:
     """Check the machine: Python, TensorFlow, Docker, architecture, kind, kubectl, Kaggle, ports, disk."""
-    from pizzactl.doctor import doctor as doctor_
-
     checks = doctor_(settings())
     if json_out:
         print_json([c.as_dict() for c in checks])

@@ -10,6 +10,8 @@ from rich.table import Table
 from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.config import ModelRuntime
 from pizzactl.console import err, out, print_json
+from pizzactl.evaluate import Evaluation
+from pizzactl.evaluate import evaluate as evaluate_
 
 
 @app.command()
@@ -25,8 +27,6 @@ def evaluate(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the exported model on raw image bytes, as serving will, and report metrics."""
-    from pizzactl.evaluate import evaluate as evaluate_
-
     metrics = evaluate_(
         settings(data_dir=data, models_dir=models, model_runtime=runtime),
         model_dir=model_dir,
@@ -34,7 +34,7 @@ def evaluate(
         confusion_png=confusion_png,
     )
     if json_out:
-        print_json(metrics)
+        print_json(metrics.to_json())
     else:
         print_metrics(metrics)
 
@@ -42,11 +42,11 @@ def evaluate(
 # --- printers (rich, stdout) ---------------------------------------------------------
 
 
-def print_metrics(metrics: dict) -> None:
+def print_metrics(metrics: Evaluation) -> None:
     """Metrics, per-class figures and the confusion matrix as rich tables (stdout)."""
-    classes = metrics["classes"]
+    classes = metrics.classes
     binary = len(classes) == 2
-    title = f"{metrics['model_dir']} ({metrics['runtime']}) on {metrics['n']} images of {metrics['data_dir']}"
+    title = f"{metrics.model_dir} ({metrics.runtime}) on {metrics.n} images of {metrics.data_dir}"
     table = Table("metric", "value", title=title, title_justify="left")
     rows = (
         [(name, name) for name in ("accuracy", "precision", "recall", "f1", "roc_auc")]
@@ -60,13 +60,13 @@ def print_metrics(metrics: dict) -> None:
         ]
     )
     for label, key in rows:
-        value = metrics[key]
+        value = getattr(metrics, key)
         table.add_row(label, "n/a (one class only)" if value is None else f"{value:.4f}")
     if binary:
-        table.add_row("threshold", f"{metrics['threshold']:g} (positive class: {metrics['positive_class']})")
+        table.add_row("threshold", f"{metrics.threshold:g} (positive class: {metrics.positive_class})")
     out.print(table)
     per = Table("class", "precision", "recall", "f1", "roc auc", "images", title="per class", title_justify="left")
-    for name, row in metrics["per_class"].items():
+    for name, row in metrics.per_class.items():
         auc = row.get("roc_auc")
         per.add_row(
             name,
@@ -78,16 +78,16 @@ def print_metrics(metrics: dict) -> None:
         )
     out.print(per)
     cm = Table("true \\ predicted", *classes, title="confusion matrix", title_justify="left")
-    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
-        cm.add_row(name, *(str(v) for v in row))
+    for name, counts in zip(classes, metrics.confusion_matrix, strict=True):
+        cm.add_row(name, *(str(v) for v in counts))
     out.print(cm)
-    if metrics.get("confusion_matrix_png"):
-        out.print(f"Confusion matrix drawn to {metrics['confusion_matrix_png']}")
-    if metrics.get("errors_csv"):
-        out.print(f"{metrics['misclassified']} misclassified images written to {metrics['errors_csv']}")
-    if metrics.get("failed"):
-        out.print(f"[yellow]{len(metrics['failed'])} image(s) could not be decoded and were skipped.[/]")
-    if metrics.get("training_data"):
+    if metrics.confusion_matrix_png:
+        out.print(f"Confusion matrix drawn to {metrics.confusion_matrix_png}")
+    if metrics.errors_csv:
+        out.print(f"{metrics.misclassified} misclassified images written to {metrics.errors_csv}")
+    if metrics.failed:
+        out.print(f"[yellow]{len(metrics.failed)} image(s) could not be decoded and were skipped.[/]")
+    if metrics.training_data:
         err.print(
             "[yellow]Note:[/] this is the dataset the model was trained on (training and validation images); expect optimistic numbers."
         )

@@ -8,6 +8,7 @@ import typer
 
 from pizzactl.cli.base import JsonOpt, alias, app, deprecated, option, settings
 from pizzactl.console import out, print_json
+from pizzactl.train.reexport import export_run
 
 
 @app.command()
@@ -18,8 +19,6 @@ def export(
     json_out: bool = JsonOpt,
 ) -> None:
     """Export a run's model again as a new SavedModel version."""
-    from pizzactl.train.reexport import export_run
-
     version_dir = export_run(settings(models_dir=deprecated(models, to, "models_dir", "--to")), run)
     if json_out:
         print_json({"model_dir": str(version_dir), "version": int(version_dir.name)})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
@@ -13,7 +12,8 @@ from rich.table import Table
 from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
 from pizzactl.errors import EXIT_FAILURE
-from pizzactl.predict import label_probability, top_classes
+from pizzactl.predict import Prediction, label_probability, top_classes
+from pizzactl.predict import predict as predict_
 
 
 @app.command()
@@ -29,8 +29,6 @@ def predict(
     json_out: bool = JsonOpt,
 ) -> None:
     """Ask the deployed model: is this a pizza?"""
-    from pizzactl.predict import predict as predict_
-
     results = predict_(
         settings(endpoint=endpoint, api_key=api_key),
         sources,
@@ -40,10 +38,10 @@ def predict(
         progress=not json_out,
     )
     if json_out:
-        print_json(results)
+        print_json([r.to_json() for r in results])
     else:
         print_predictions(results)
-    if any("error" in r for r in results):
+    if not all(r.ok for r in results):
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -53,21 +51,20 @@ def predict(
 MAX_ROWS = 200
 
 
-def print_predictions(results: Sequence[dict[str, Any]]) -> None:
+def print_predictions(results: Sequence[Prediction]) -> None:
     """A table (up to MAX_ROWS rows) and, for more than one image, a summary line."""
     table = Table("source", "label", "P(label)", "probabilities", "version")
     table.columns[0].overflow = "fold"
     for r in results[:MAX_ROWS]:
-        if "error" in r:
-            table.add_row(escape(r["source"]), f"[red]error:[/] {escape(r['error'])}", "", "", "")
+        if r.error is not None:
+            table.add_row(escape(r.source), f"[red]error:[/] {escape(r.error)}", "", "", "")
         else:
-            probabilities = r.get("probabilities") or {}
             table.add_row(
-                escape(r["source"]),
-                f"[bold]{escape(r['label'])}[/]",
+                escape(r.source),
+                f"[bold]{escape(str(r.label))}[/]",
                 f"{label_probability(r):.3f}",
-                escape(top_classes(probabilities)),
-                str(r.get("model_version", "")),
+                escape(top_classes(dict(r.probabilities or {}))),
+                "" if r.model_version is None else str(r.model_version),
             )
     out.print(table)
     if len(results) > MAX_ROWS:
@@ -75,6 +72,6 @@ def print_predictions(results: Sequence[dict[str, Any]]) -> None:
     if len(results) > 1:
         counts: dict[str, int] = {}
         for r in results:
-            key = "failed" if "error" in r else r["label"]
+            key = "failed" if r.error is not None else str(r.label)
             counts[key] = counts.get(key, 0) + 1
         out.print(f"{len(results)} images: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -7,13 +7,12 @@ from rich.table import Column, Table
 
 from pizzactl.cli.base import JsonOpt, runs_app, settings
 from pizzactl.console import out, print_json
+from pizzactl.train.runs import list_runs, show_run
 
 
 @runs_app.command("list")
 def runs_list(json_out: bool = JsonOpt) -> None:
     """All training runs, newest first."""
-    from pizzactl.train.runs import list_runs
-
     runs = list_runs(settings())
     if json_out:
         print_json(runs)
@@ -26,8 +25,6 @@ def runs_show(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix) or a run directory."), json_out: bool = JsonOpt
 ) -> None:
     """One run's configuration and metrics."""
-    from pizzactl.train.runs import show_run
-
     run = show_run(settings(), run_id)
     if json_out:
         print_json(run)

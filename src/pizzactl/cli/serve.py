@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pizzactl.cli.base import app, option, settings
+from pizzactl.serving import serve as serve_
 
 
 @app.command()
@@ -17,8 +18,6 @@ def serve(
     api_key: str | None = option("api_key"),
 ) -> None:
     """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
-    from pizzactl.serving import serve as serve_
-
     serve_(
         settings(
             models_dir=models,

@@ -11,6 +11,8 @@ from rich.table import Column, Table
 
 from pizzactl.cli.base import JsonOpt, alias, app, deprecated, option, settings
 from pizzactl.console import out, print_json
+from pizzactl.results import SCHEMA
+from pizzactl.train import remote
 from pizzactl.train.results import TrainResult
 
 
@@ -75,14 +77,13 @@ def train(
         platform=platform,
     )
     from pizzactl.deploy.after_training import roll_out
-    from pizzactl.train import remote
 
     if dry_run:
         sys.stdout.write(remote.dry_run(s, on))
         return
     result = roll_out(s, remote.train_on(s, on, attach=attach, timeout=timeout), deploy)
     if json_out:
-        print_json(result)
+        print_json({"schema": SCHEMA, **result})  # the trainer's own --json already has it: same value
     else:
         print_result(result)
 

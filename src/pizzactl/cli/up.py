@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from pizzactl.cli.base import JsonOpt, app, option, settings
 from pizzactl.console import out, print_json
+from pizzactl.predict import label_probability
+from pizzactl.up import UpResult
+from pizzactl.up import up as up_
 
 
 @app.command()
@@ -24,11 +26,9 @@ def up(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train if there is no model yet, deploy it where this machine allows, predict a sample photo."""
-    from pizzactl.up import up as up_
-
     result = up_(settings(data_dir=data, target=target, models_dir=models, port=port), sample=sample, timeout=timeout)
     if json_out:
-        print_json(result)
+        print_json(result.to_json())
     else:
         print_up(result)
 
@@ -36,19 +36,17 @@ def up(
 # --- printers (rich, stdout) ---------------------------------------------------------
 
 
-def print_up(result: dict[str, Any]) -> None:
-    sample = result.get("sample")
-    lines = [f"Deployed model version {result['model_version']} to {result['target']}."]
-    if sample and "error" not in sample:
-        from pizzactl.predict import label_probability
-
-        label = sample["label"]
-        lines.append(f"Sample  {sample['source']}: {label} (P({label}) {label_probability(sample):.3f})")
-    elif sample:
-        lines.append(f"Sample  {sample['source']}: error {sample['error']}")
+def print_up(result: UpResult) -> None:
+    sample = result.sample
+    lines = [f"Deployed model version {result.model_version} to {result.target}."]
+    if sample is not None and sample.ok:
+        label = sample.label
+        lines.append(f"Sample  {sample.source}: {label} (P({label}) {label_probability(sample):.3f})")
+    elif sample is not None:
+        lines.append(f"Sample  {sample.source}: error {sample.error}")
     lines += [
-        f"Endpoint  POST {result['predict_endpoint']}",
-        f"Web page  {result['web_page']}",
+        f"Endpoint  POST {result.predict_endpoint}",
+        f"Web page  {result.web_page}",
         "Predict   pizzactl predict PHOTO_OR_URL",
         "Stop      pizzactl teardown",
     ]

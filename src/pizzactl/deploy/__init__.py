@@ -3,13 +3,9 @@
 `deploy(settings, timeout)` (and `dry_run(settings)`, which touches nothing) dispatch on the target (`--target`; `--context` makes it
 `cluster`); `status`, `rollback` and `teardown` dispatch on the target recorded in the shared
 state file (`pizzactl.deploy.state`), so they need no flags. Each target module
-(`pizzactl.deploy.targets.*`) has:
-
-    deploy(settings, timeout) -> dict          at least {"target", "url", "model_version"}
-    status(settings, state) -> dict            at least {"ready": bool}; "serving": {version: pods}
-    teardown(settings, state[, keep_cluster])  -> {"message": str, ...}; never fails on "already gone"
-    rollback(settings, state, to, timeout)     -> dict (local: not supported, it says why)
-    preflight(settings, previous)              optional: raises before anything is stopped
+(`pizzactl.deploy.targets.*`) is a `targets.Target` (preflight, deploy, status, teardown,
+rollback), found through `targets.target(name)`; `deploy` and `status` return typed results
+(`deploy.results`: `Deployment`, `Status`).
 
 A target writes the state file as soon as there is something to clean up, before waiting for
 readiness, so an interrupted deploy can still be torn down. Deploying again replaces what runs:
@@ -20,11 +16,11 @@ local/docker; kind and cluster roll the new images out in place (the old ones se
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Any
 
 from pizzactl.deploy import state as state_mod
+from pizzactl.deploy import targets
+from pizzactl.deploy.results import Deployment, Status
 from pizzactl.errors import NotDeployedError, UsageError, require_extra
 from pizzactl.kube import training as kube_training
 
@@ -36,16 +32,10 @@ def target_of(settings) -> str:
     return "cluster" if settings.target == "kind" and settings.context else settings.target
 
 
-def _target_module(target: str) -> ModuleType:
-    if target not in (*TARGETS, "cluster"):
-        raise UsageError(f"Unknown deploy target {target!r}.", hint="Use --target kind, docker or local.")
-    return importlib.import_module(f"pizzactl.deploy.targets.{target}")
-
-
-def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
+def deploy(settings, timeout: float = 300.0) -> Deployment:
     """Deploy the latest exported model to the target; replaces what was deployed before."""
     target = target_of(settings)
-    mod = _target_module(target)
+    mod = targets.target(target)
     from pizzactl.model.store import latest_version_dir
 
     require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
@@ -56,15 +46,13 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         from pizzactl.deploy.targets import kind
 
         kind.refuse_while_training(settings, previous, target)  # the switch would delete its cluster
-    preflight = getattr(mod, "preflight", None)
-    if preflight is not None:  # e.g. the port is taken by something else: fail before stopping what runs now
-        preflight(settings, previous)
+    mod.preflight(settings, previous)  # e.g. the port is taken by something else: fail before stopping what runs now
     if previous is not None and (previous.target != target or target in ("local", "docker")):
         teardown_deployment(settings)
     result = mod.deploy(settings, timeout=timeout)
     if previous is not None and previous.target == target == "docker":
         _carry_history(settings, previous)
-    return result
+    return Deployment.of(result)
 
 
 def dry_run(settings) -> str:
@@ -107,29 +95,14 @@ def _carry_history(settings, previous: state_mod.DeployState) -> None:
     state_mod.save(settings, replace(current, extra={**current.extra, "history": history[-10:]}))
 
 
-def status(settings) -> dict[str, Any]:
+def status(settings) -> Status:
     """What is deployed, where, which model version serves and whether it answers; and the last
     training Job (phase, epoch, last log line) when one was started on a cluster."""
     st = state_mod.load(settings)
     training = kube_training.training_status(settings)
-    extra = {"training": training} if training else {}
     if st is None:
-        return {
-            "deployed": False,
-            "message": "Nothing deployed.",
-            "state_file": str(state_mod.state_path(settings)),
-            **extra,
-        }
-    info = _target_module(st.target).status(settings, st)
-    return {
-        "deployed": True,
-        "target": st.target,
-        "url": st.url,
-        "model_version": st.model_version,
-        "created": st.created,
-        **info,
-        **extra,
-    }
+        return Status.nothing("Nothing deployed.", str(state_mod.state_path(settings)), training or None)
+    return Status.of(st, targets.target(st.target).status(settings, st), training or None)
 
 
 def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
@@ -139,13 +112,7 @@ def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[st
         raise NotDeployedError(
             "Nothing is deployed, so there is nothing to roll back.", hint="Deploy with `pizzactl deploy`."
         )
-    mod = _target_module(st.target)
-    if not hasattr(mod, "rollback"):
-        raise UsageError(
-            f"The {st.target} target has no rollback: it serves the newest version in {st.model_dir}.",
-            hint="Move the newer version directory out of the models directory; the model server picks up the change.",
-        )
-    result = mod.rollback(settings, st, to, timeout)
+    result = targets.target(st.target).rollback(settings, st, to, timeout)
     return {"target": st.target, **result}
 
 
@@ -169,11 +136,12 @@ def teardown_deployment(settings, keep_cluster: bool = False) -> dict[str, Any]:
     st = state_mod.load(settings)
     if st is None:
         return {"torn_down": False, "message": "Nothing deployed; nothing to tear down."}
-    mod = _target_module(st.target)
-    if st.target == "kind":
-        result = mod.teardown(settings, st, keep_cluster=keep_cluster)
+    if st.target == "kind":  # the one target with a choice: keep the cluster, delete the namespace
+        from pizzactl.deploy.targets import kind
+
+        result = kind.teardown(settings, st, keep_cluster=keep_cluster)
     else:
-        result = mod.teardown(settings, st)
+        result = targets.target(st.target).teardown(settings, st)
     state_mod.clear(settings)
     result = dict(result or {})
     result.setdefault("message", f"Tore down the {st.target} deployment at {st.url}.")

@@ -15,6 +15,7 @@ from typing import Any
 from pizzactl.console import log
 from pizzactl.deploy import deploy as deploy_
 from pizzactl.deploy import state as state_mod
+from pizzactl.deploy.results import Deployment
 
 
 def roll_out(settings, result: dict[str, Any], deploy: bool | None = None) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def _should_deploy(settings, context: str, deploy: bool | None) -> bool:
     return deployed is not None and deployed.target in ("kind", "cluster") and deployed.extra.get("context") == context
 
 
-def _roll_out(settings, context: str, cluster: str | None) -> dict[str, Any]:
+def _roll_out(settings, context: str, cluster: str | None) -> Deployment:
     """The new version onto the cluster as `pizzactl deploy` rolls it out (old pods serve until it
     is ready), with the model server and port of the deployment that is there."""
     deployed = state_mod.load(settings)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pizzactl.results import Result
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -38,9 +40,10 @@ class RunResult:
         }
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """What `train` did: the leaderboard (best first) and the exported version of the best."""
+@dataclass(frozen=True, eq=False)
+class TrainResult(Result):
+    """What `train` did: the leaderboard (best first) and the exported version of the best;
+    `as_dict()` is what `train --json` prints (remote training brings it home as that dict)."""
 
     leaderboard: tuple[RunResult, ...]
     model_dir: Path | None

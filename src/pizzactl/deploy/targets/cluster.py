@@ -180,6 +180,10 @@ def _new_record(settings: Settings) -> DeployState:
 # --- the target ---------------------------------------------------------------------------------
 
 
+def preflight(settings: Settings, previous: DeployState | None) -> None:
+    """Nothing to check before the old deployment goes: a cluster rolls the new one out in place."""
+
+
 def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     """Build for the cluster's architecture, push to --registry, release, find the gateway's address."""
     from pizzactl.kube.images import build

@@ -21,7 +21,7 @@ from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
-from pizzactl.errors import DeployError
+from pizzactl.errors import DeployError, UsageError
 from pizzactl.files import write_json
 from pizzactl.model.store import latest_version_dir
 from pizzactl.serving import processes as proc
@@ -299,3 +299,11 @@ def teardown(settings, st: DeployState) -> dict[str, Any]:
     stopped = len(mine)
     what = f"stopped {stopped} process{'es' if stopped != 1 else ''}" if stopped else "its processes were already gone"
     return {"message": f"Tore down the local deployment at {st.url} ({what}).", "stopped_pids": mine}
+
+
+def rollback(settings, st: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
+    """None here: the builtin model server always serves the newest version on disk."""
+    raise UsageError(
+        f"The {st.target} target has no rollback: it serves the newest version in {st.model_dir}.",
+        hint="Move the newer version directory out of the models directory; the model server picks up the change.",
+    )
