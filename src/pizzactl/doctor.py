@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.config import Settings
-from pizzactl.errors import MissingDependencyError, missing_extra
+from pizzactl.errors import MissingDependencyError, PizzaError, missing_extra
+from pizzactl.kube.docker_daemon import daemon_platform, docker_client, docker_endpoint
 
 MIN_PYTHON = (3, 11)  # asyncio.timeout, tomllib
 MIN_FREE_GB = 5.0
@@ -71,8 +72,6 @@ def _dist_version(name: str) -> str | None:
 
 def _docker() -> tuple[Check, Any]:
     """The daemon at the active endpoint (DOCKER_HOST, else the docker context), and its client."""
-    from pizzactl.errors import PizzaError
-    from pizzactl.kube.docker_daemon import docker_client, docker_endpoint
 
     try:
         client = docker_client(5)
@@ -98,8 +97,6 @@ def _docker() -> tuple[Check, Any]:
 def _architecture(client) -> Check:
     """arm64 (Apple Silicon, Graviton): no tensorflow/serving image, so the builtin model server."""
     import platform
-
-    from pizzactl.kube.docker_daemon import daemon_platform
 
     where = daemon_platform(client.api) if client is not None else f"linux/{platform.machine()}"
     if where.endswith("arm64"):

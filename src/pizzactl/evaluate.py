@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.console import err, log
+from pizzactl.data.dataset import load_dataset
+from pizzactl.data.download import resolve_data_dir
 from pizzactl.errors import BadInputError, DataError
 from pizzactl.model.card import ModelCard
+from pizzactl.model.runtimes import SIGNATURE, load_runtime, require_runtimes, usable_cpus
 from pizzactl.model.store import resolve_model_dir
 from pizzactl.results import Result
+from pizzactl.serving.modelserver.batching import isolate_failures
 from pizzactl.train.metrics import classification_metrics
+from pizzactl.train.plots import confusion_matrix
 
 BATCH_SIZE = 32
 CONFUSION_ORDER = "rows are the true class, columns the predicted class, both in `classes` order"
@@ -66,8 +71,6 @@ def _predict_batch(runtime, blobs: list[bytes], paths: list[Path], failed: list[
     """(probability, label, probabilities) per image of one batch, and the indices kept; an
     undecodable image is set aside, not fatal. A binary model exported before `probabilities`
     existed gets (1 - p, p)."""
-    from pizzactl.model.runtimes import SIGNATURE
-    from pizzactl.serving.modelserver.batching import isolate_failures
 
     (name,) = runtime.input_names(SIGNATURE)
 
@@ -98,7 +101,6 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
 
 def load_for_evaluation(version_dir: Path, wanted: str):
     """The version on the runtime asked for (`auto`: the model server's choice), with every CPU."""
-    from pizzactl.model.runtimes import load_runtime, require_runtimes, usable_cpus
 
     if wanted != "auto":
         require_runtimes(version_dir, [wanted])
@@ -153,9 +155,6 @@ def evaluate(
     binary = len(classes) == 2
     threshold = float(card.threshold or 0.5) if binary else None
 
-    from pizzactl.data.dataset import load_dataset
-    from pizzactl.data.download import resolve_data_dir
-
     dataset = load_dataset(resolve_data_dir(settings))
     unknown = [c for c in dataset.classes if c not in classes]
     if unknown:
@@ -184,8 +183,6 @@ def evaluate(
         if label != r.class_name
     ]
     if confusion_png is not None:
-        from pizzactl.train.plots import confusion_matrix
-
         Path(confusion_png).parent.mkdir(parents=True, exist_ok=True)
         confusion_matrix(metrics["confusion_matrix"], classes, Path(confusion_png), title="confusion matrix")
     if errors_csv is not None:

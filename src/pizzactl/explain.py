@@ -21,6 +21,8 @@ from pizzactl.console import log
 from pizzactl.errors import ModelNotFoundError, PizzaError, missing_extra
 from pizzactl.model.card import ModelCard
 from pizzactl.model.contract import DEFAULT_CLASSES, DEFAULT_THRESHOLD
+from pizzactl.model.decode import decode_resize
+from pizzactl.model.store import latest_version_dir, list_versions
 
 MAX_SIDE = 512  # overlay size (longest side)
 
@@ -114,7 +116,6 @@ class GradCam:
     def pixels(self, image_bytes: bytes):
         """Encoded image -> uint8 [1,S,S,3], exactly the pixels serving_default would see (rounded)."""
         tf = _tf()
-        from pizzactl.model.decode import decode_resize
 
         try:
             image = decode_resize(tf.constant(image_bytes), self.image_size)
@@ -296,7 +297,6 @@ def check_can_explain(settings) -> None:
 def _model_for(settings, results: Sequence[dict[str, Any]]) -> Path:
     """The exported version that answered (its model_version) if it is on this machine, else the latest."""
     from pizzactl.deploy import state as state_mod
-    from pizzactl.model.store import latest_version_dir, list_versions
 
     dirs = [Path(settings.models_dir)]
     st = state_mod.load(settings)

@@ -23,7 +23,9 @@ from pizzactl.config import resolve
 from pizzactl.console import err
 from pizzactl.deploy.state import deployed_url
 from pizzactl.errors import EndpointError, NotDeployedError, UsageError
+from pizzactl.explain import check_can_explain, explain_sources
 from pizzactl.results import Result
+from pizzactl.serving.processes import http_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 PREDICT_PATH = "/predict"
@@ -114,7 +116,6 @@ def resolve_endpoint(settings) -> str:
     settings = resolve(settings, deployed_url=deployed_url(settings))
     if settings.endpoint:
         return normalize_endpoint(settings.endpoint)
-    from pizzactl.serving.processes import http_url
 
     local = http_url(settings.host, settings.port)
     if _answers(local):
@@ -280,8 +281,6 @@ def predict(
         )
     endpoint = resolve_endpoint(settings)
     if explain_dir is not None:  # fail before classifying if Grad-CAM cannot run here
-        from pizzactl.explain import check_can_explain
-
         check_can_explain(settings)
     if progress and len(items) > 1:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -301,8 +300,6 @@ def predict(
     else:
         results = classify(endpoint, items, concurrency, api_key=settings.api_key)
     if explain_dir is not None:
-        from pizzactl.explain import explain_sources
-
         explain_sources(settings, items, results, Path(explain_dir), endpoint=endpoint)
     if csv_path is not None:
         write_csv(results, Path(csv_path))

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from collections.abc import Callable, MutableMapping
 
+from pizzactl.errors import missing_extra
+
 NOISE = re.compile(
     r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\) is called)"
 )
@@ -110,7 +112,6 @@ def import_quietly() -> None:
 
 def require_tensorflow() -> None:
     """Fail first, with the extra to install, where a command cannot work without TensorFlow."""
-    from pizzactl.errors import missing_extra
 
     try:
         import_quietly()
@@ -122,7 +123,6 @@ def require_tensorflow() -> None:
 def require_training() -> None:
     """`require_tensorflow`, and TensorBoard: every run writes its events with tf.summary, which
     TensorFlow only fails on at the first summary (TBNotInstalledError), after the data is read."""
-    from pizzactl.errors import missing_extra
 
     require_tensorflow()
     try:

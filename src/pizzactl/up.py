@@ -17,9 +17,14 @@ from typing import Any
 
 from pizzactl.config import Settings
 from pizzactl.console import log
-from pizzactl.errors import ModelNotFoundError
-from pizzactl.predict import Prediction, predict
+from pizzactl.errors import ModelNotFoundError, PizzaError
+from pizzactl.kube.docker_daemon import docker_client
+from pizzactl.model.card import ModelCard
+from pizzactl.model.store import find_run_dir, latest_version_dir, model_base
+from pizzactl.predict import IMAGE_SUFFIXES, Prediction, predict
 from pizzactl.results import Result
+from pizzactl.tfimport import require_training
+from pizzactl.train import train
 
 NEXT = {"predict": "pizzactl predict PHOTO_OR_URL", "status": "pizzactl status", "teardown": "pizzactl teardown"}
 
@@ -67,8 +72,6 @@ class UpResult(Result):
 
 def docker_reachable() -> str | None:
     """None when a Docker daemon answers at the active endpoint (DOCKER_HOST or docker context), else why not."""
-    from pizzactl.errors import PizzaError
-    from pizzactl.kube.docker_daemon import docker_client
 
     try:
         docker_client(5)
@@ -90,7 +93,6 @@ def choose_target(settings: Settings) -> TargetChoice:
 
 
 def _existing_model(settings: Settings) -> Path | None:
-    from pizzactl.model.store import latest_version_dir
 
     try:
         return latest_version_dir(settings.models_dir)
@@ -99,15 +101,12 @@ def _existing_model(settings: Settings) -> Path | None:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    from pizzactl.predict import IMAGE_SUFFIXES
 
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
     """A photo of the positive class from the data the model was trained on, if it is still here."""
-    from pizzactl.model.card import ModelCard
-    from pizzactl.model.store import find_run_dir
 
     card = ModelCard.load(model_dir)
     folders = []
@@ -132,15 +131,11 @@ def sample_photo(settings: Settings, model_dir: Path) -> Path | None:
 def up(settings: Settings, *, sample: Path | None = None, timeout: float = 300.0) -> UpResult:
     """Train if needed, deploy where this machine allows, predict one photo; what a user needs next."""
     from pizzactl.deploy import deploy
-    from pizzactl.model.store import latest_version_dir, model_base
 
     model_dir = _existing_model(settings)
     trained = False
     if model_dir is None:
-        from pizzactl.tfimport import require_training
-
         require_training()  # quietly, as for `pizzactl train`; without the [train] extra, say so
-        from pizzactl.train import train
 
         where = settings.data_dir or f"the Kaggle dataset {settings.dataset}"
         log(f"No model in {model_base(settings.models_dir)} yet: training {settings.backbone} on {where}.")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.bench.load import batch_stats, cpu_snapshot, percentile, run_async, upload_load
+from pizzactl.bench.serve import served_runtime, servers
 from pizzactl.console import log
 
 
@@ -43,7 +44,6 @@ def compare_servers(
     sequential: int = 30,
 ) -> dict[str, Any]:
     """Images/s at `concurrency`, p50 one at a time and CPU per image of each variant, rounds alternating."""
-    from pizzactl.bench.serve import served_runtime, servers
 
     load_before = os.getloadavg()
     started_at = time.time()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
+from pizzactl.serving.processes import child_env, die_with_parent
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
 TF_THREADS = (0, 1, 2)  # intra-op x inter-op; 0 is TensorFlow's own default
@@ -67,7 +69,6 @@ class Worker:
     """A worker process for one setting (stopped by `close`, or with the bench: it dies with us)."""
 
     def __init__(self, version_dir: Path, jpegs_file: Path, setting: Setting):
-        from pizzactl.serving.processes import child_env, die_with_parent
 
         self.setting = setting
         argv = [str(version_dir), str(jpegs_file), setting.runtime, str(setting.intra), str(setting.inter)]
@@ -172,7 +173,6 @@ def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, 
 
 
 def _serve(version_dir: Path, jpegs: list[bytes], runtime_name: str, intra: int, inter: int) -> None:
-    from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
 
     quiet_tf_logs()  # before runtimes' TensorFlow import
 

@@ -50,8 +50,14 @@ from pizzactl.bench.load import (
     upload_load,
     wire_body,
 )
+from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
+from pizzactl.data.download import resolve_data_dir
 from pizzactl.errors import DataError, DeployError
+from pizzactl.model.card import ModelCard
+from pizzactl.model.runtimes import require_runtimes, runtime_candidates, usable_cpus
+from pizzactl.model.store import latest_version_dir
+from pizzactl.serving import processes as proc
 
 if TYPE_CHECKING:
     from pizzactl.serving.processes import Started
@@ -75,7 +81,6 @@ def data_dir(settings) -> Path:
         return Path(settings.data_dir).expanduser()
     if SHARED_DATA.is_dir():
         return SHARED_DATA
-    from pizzactl.data.download import resolve_data_dir
 
     return resolve_data_dir(settings)
 
@@ -177,7 +182,6 @@ def measure(
 def servers(version_dir: Path, logs_dir: Path, tag: str, modelserver_args: Sequence[str] = ()) -> Iterator[Started]:
     """A model server (with `modelserver_args`) and a gateway for the version, as `pizzactl serve`
     starts them, ready; stopped on exit. Their logs go to `logs_dir`."""
-    from pizzactl.serving import processes as proc
 
     port = proc.free_port()
     model_port = proc.pick_model_port("127.0.0.1", proc.free_port(), avoid=[port])
@@ -270,7 +274,6 @@ def bench_runtime(
 
 
 def served_runtime(model_url: str) -> str | None:
-    from pizzactl.config import MODEL_NAME
 
     body = httpclient.json_or_none(f"{model_url}/v1/models/{MODEL_NAME}/metadata", timeout=5)
     try:
@@ -320,9 +323,6 @@ def bench_serve(
     overload_seconds: float = OVERLOAD_SECONDS,
 ) -> dict[str, Any]:
     """Every runtime's sweep, best and end to end; the top level is the default runtime's."""
-    from pizzactl.model.card import ModelCard
-    from pizzactl.model.runtimes import require_runtimes, runtime_candidates, usable_cpus
-    from pizzactl.model.store import latest_version_dir
     from pizzactl.serving import prepare
 
     concurrency, requests = max(1, int(concurrency)), max(1, int(requests))

@@ -24,7 +24,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pizzactl.tfimport import quiet_tf_logs
+from pizzactl.bench.photos import make_photos
+from pizzactl.console import log
+from pizzactl.data.dataset import load_dataset, stratified_split
+from pizzactl.data.download import resolve_data_dir
+from pizzactl.errors import WeightsError
+from pizzactl.model.decode import decode_resize
+from pizzactl.tfimport import quiet_tf_logs, require_tensorflow
+from pizzactl.train.backbones import get_backbone, resolve_weights
+from pizzactl.train.backbones.weights import NONE
+from pizzactl.train.features import compute_features
+from pizzactl.train.heads import build_head
 
 
 def pick_interleaved(records, limit: int | None):
@@ -51,8 +61,6 @@ def default_backbone(settings) -> str:
 
 def _build(backbone, weights, size: int, explicit: bool):
     """The extractor and the weights actually used: ImageNet, else (if not asked for) random."""
-    from pizzactl.errors import WeightsError
-    from pizzactl.train.backbones.weights import NONE
 
     try:
         return backbone.build(weights, size), weights
@@ -66,12 +74,6 @@ def bench_train(settings, backbone: str | None = None, epochs: int = 20, limit: 
     """The same frozen-backbone head trained plain and cached, on the same photos and seed."""
     quiet_tf_logs()
     import numpy as np
-
-    from pizzactl.console import log
-    from pizzactl.data.dataset import load_dataset, stratified_split
-    from pizzactl.data.download import resolve_data_dir
-    from pizzactl.tfimport import require_tensorflow
-    from pizzactl.train.backbones import get_backbone, resolve_weights
 
     require_tensorflow()  # the missing [train] extra is named before the data is read
 
@@ -129,9 +131,6 @@ def _time_cached(run: dict, train_records, val_records) -> tuple[float, float, f
     """One forward pass to features, then the head on them: (seconds, forward seconds, val accuracy, dim)."""
     import keras
 
-    from pizzactl.train.features import compute_features
-    from pizzactl.train.heads import build_head
-
     keras.utils.set_random_seed(run["seed"])
     t0 = time.perf_counter()
     f_train = compute_features(run["extractor"], [r.path for r in train_records], run["size"], batch_size=64)
@@ -158,9 +157,6 @@ def _time_plain(run: dict, dim: int, train_records, val_records) -> tuple[float,
     """Frozen backbone + head fed decoded images every epoch (the seed notebook): (seconds, val accuracy)."""
     import keras
     import tensorflow as tf
-
-    from pizzactl.model.decode import decode_resize
-    from pizzactl.train.heads import build_head
 
     size, seed = run["size"], run["seed"]
     keras.utils.set_random_seed(seed)
@@ -200,10 +196,6 @@ def bench_scaling(
     import shutil
     import subprocess
     import sys
-
-    from pizzactl.bench.photos import make_photos
-    from pizzactl.console import log
-    from pizzactl.data.download import resolve_data_dir
 
     source = resolve_data_dir(settings)
     work = Path(work).expanduser() if work else Path(settings.cache_dir).expanduser() / "bench-train"

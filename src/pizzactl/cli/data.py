@@ -10,10 +10,11 @@ from rich.table import Table
 
 from pizzactl.cli.base import JsonOpt, data_app, option, settings
 from pizzactl.console import err, out, print_json
-from pizzactl.data.dataset import MIN_PER_CLASS
+from pizzactl.data.dataset import MIN_PER_CLASS, load_dataset
 from pizzactl.data.download import download
 from pizzactl.data.report import MAX_LISTED, report
 from pizzactl.data.split import split
+from pizzactl.train.label_check import label_check as check
 
 
 @data_app.command("download")
@@ -50,9 +51,6 @@ def data_report(
     s = settings(data_dir=data_dir)
     rep = report(s, threshold=near_bits)
     if label_check:  # a layer up from data/: it trains heads on the photos' features
-        from pizzactl.data.dataset import load_dataset
-        from pizzactl.train.label_check import label_check as check
-
         rep["label_check"] = check(s, load_dataset(rep["root"]))
     if json_out:
         print_json(rep)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from pizzactl.console import log
 from pizzactl.data.dataset import IMAGE_SUFFIXES, load_dataset
 from pizzactl.errors import CredentialsError, DownloadError, PizzaError, require_extra
 from pizzactl.files import atomic_dir
@@ -379,7 +380,6 @@ def _progress(console_file):
 
 def _stage(source: KaggleSource, slug: str, staging: Path, stall_timeout: float, stderr):
     """Fetch `slug` from `source` into `staging`, unpack and hash it, and write its marker there."""
-    from pizzactl.console import log
 
     with _progress(stderr) as progress:
         task = progress.add_task(f"{slug} ({source.name})", total=None)
@@ -429,7 +429,6 @@ def download(
     Returns the folder that holds the class sub-folders. A verified earlier download is
     reused unless `force`; a changed or incomplete one is downloaded again.
     """
-    from pizzactl.console import log
 
     slug = settings.dataset
     if slug.count("/") != 1 or not all(slug.split("/")):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.data.dataset import IMAGE_SUFFIXES, MIN_PER_CLASS, check_image
+from pizzactl.data.download import resolve_data_dir
 from pizzactl.errors import DataError
 from pizzactl.hashing import tree_hash
 
@@ -238,7 +239,6 @@ def report(settings=None, *, root: Path | str | None = None, threshold: int = NE
     if root is None:
         if settings is None:
             raise DataError("No dataset folder given.", hint="Pass a folder: pizzactl data report DIR.")
-        from pizzactl.data.download import resolve_data_dir
 
         root = resolve_data_dir(settings)
     root = Path(root).expanduser()

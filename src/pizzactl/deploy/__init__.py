@@ -23,6 +23,9 @@ from pizzactl.deploy import targets
 from pizzactl.deploy.results import Deployment, Status
 from pizzactl.errors import NotDeployedError, UsageError, require_extra
 from pizzactl.kube import training as kube_training
+from pizzactl.kube.docker_daemon import planned_platform
+from pizzactl.kube.images import plan_images
+from pizzactl.model.store import latest_version_dir
 
 TARGETS = ("local", "docker", "kind")
 
@@ -36,7 +39,6 @@ def deploy(settings, timeout: float = 300.0) -> Deployment:
     """Deploy the latest exported model to the target; replaces what was deployed before."""
     target = target_of(settings)
     mod = targets.target(target)
-    from pizzactl.model.store import latest_version_dir
 
     require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
 
@@ -65,8 +67,6 @@ def dry_run(settings) -> str:
     if target == "docker":
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
     from pizzactl.deploy import manifests
-    from pizzactl.kube.docker_daemon import planned_platform
-    from pizzactl.kube.images import plan_images
 
     images = plan_images(
         settings, platform=planned_platform(settings, settings.context if target == "cluster" else None)

@@ -19,7 +19,11 @@ from typing import Any
 import yaml
 
 from pizzactl.config import MODEL_PORT, Settings
+from pizzactl.errors import ModelNotFoundError
 from pizzactl.kube.shipped import K8S_DIR, MODEL_VERSION_LABEL
+from pizzactl.model.card import ModelCard
+from pizzactl.model.store import model_base
+from pizzactl.serving.auth import accepted_hashes, hashes_setting
 
 MODEL_VERSION_ANNOTATION = "pizzactl.dev/model-version"
 # tensorflow_model_server flags of docker/model.Dockerfile's CMD; Kubernetes `args` replace CMD,
@@ -42,7 +46,6 @@ def render_options(settings: Settings) -> dict[str, Any]:
     """`RENDER_OPTIONS`, and the API keys as the digests the gateway accepts (never a key): a
     rollback from a shell without PIZZACTL_API_KEY must not render an empty keys Secret, which
     would open the gateway."""
-    from pizzactl.serving.auth import accepted_hashes, hashes_setting
 
     digests = accepted_hashes(settings.api_key, settings.api_key_hashes)
     return {
@@ -130,8 +133,6 @@ def with_api_keys(docs: list[dict[str, Any]], settings: Settings) -> list[dict[s
     import base64
     import hashlib
 
-    from pizzactl.serving.auth import accepted_hashes, hashes_setting
-
     hashes = hashes_setting(accepted_hashes(settings.api_key, settings.api_key_hashes))
     fingerprint = hashlib.sha256(hashes.encode()).hexdigest()[:16] if hashes else "none"
     for doc in docs:
@@ -152,9 +153,6 @@ def without_namespace(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def model_classes(settings: Settings, model_version: int | None) -> str:
     """The deployed version's class names, comma-separated, for a gateway in front of TF Serving
     (which serves no pizzactl.json, so the gateway could not name the probabilities otherwise)."""
-    from pizzactl.errors import ModelNotFoundError
-    from pizzactl.model.card import ModelCard
-    from pizzactl.model.store import model_base
 
     if model_version is None:
         return ""

@@ -15,12 +15,17 @@ import threading
 import time
 from pathlib import Path
 
-from pizzactl.errors import DeployError, require_extra
+from pizzactl.config import add_argument, load_settings
+from pizzactl.console import err
+from pizzactl.errors import DeployError, gateway_body, require_extra
+from pizzactl.model.store import latest_version_dir
+from pizzactl.serving import processes as proc
+from pizzactl.serving.auth import key_env
+from pizzactl.serving.connections import ConnectionLimits, uvicorn_config
 
 
 def server_arguments(parser) -> None:
     """The flags both servers take (each also reads PIZZACTL_*; a flag wins)."""
-    from pizzactl.config import add_argument
 
     for name in ("model_name", "host", "log_level"):
         add_argument(parser, name)
@@ -36,10 +41,6 @@ def run_server(app, host: str, port: int, level: str, access_log: bool = False, 
     """uvicorn on uvloop + httptools (what uvicorn[standard] installs) until SIGTERM, with the
     slow-client timeouts and connection limits of `settings` (`connections.py`); errors in `body`'s shape."""
     import uvicorn
-
-    from pizzactl.config import load_settings
-    from pizzactl.errors import gateway_body
-    from pizzactl.serving.connections import ConnectionLimits, uvicorn_config
 
     limits = ConnectionLimits.from_settings(settings if settings is not None else load_settings())
     config = uvicorn_config(app, host, port, level, access_log=access_log, limits=limits, body=body or gateway_body)
@@ -65,10 +66,6 @@ def _pump(stream, prefix: str) -> None:
 
 def serve(settings) -> None:
     """Model server + gateway in the foreground until Ctrl-C; a child that dies stops the other."""
-    from pizzactl.console import err
-    from pizzactl.model.store import latest_version_dir
-    from pizzactl.serving import processes as proc
-    from pizzactl.serving.auth import key_env
 
     require_extra("serve")  # the gateway and the model server run in children: say it here, not in their logs
     version_dir = latest_version_dir(settings.models_dir)

@@ -50,6 +50,7 @@ from pizzactl.serving.api import (
     media_type,
     parse_json,
 )
+from pizzactl.serving.auth import RequireKey, accepted_hashes
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
 from pizzactl.serving.pipeline import Gateway, GatewayConfig, Metrics
 
@@ -227,7 +228,6 @@ def create_app(
 
 def add_key_check(app: FastAPI, config: GatewayConfig) -> None:
     """API keys (auth.py), when configured: checked before the body is read (inside the metrics, so 401s count)."""
-    from pizzactl.serving.auth import RequireKey, accepted_hashes
 
     digests = accepted_hashes(config.api_key, config.api_key_hashes)
     if digests:

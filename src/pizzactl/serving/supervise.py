@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.files import wait_until, write_json
+from pizzactl.serving.processes import spawn
 
 MODULE = "pizzactl.serving.supervise"
 DEFAULT_BACKOFF = {"initial": 1.0, "max": 60.0, "reset_after": 60.0, "crash_loop_after": 3}
@@ -94,7 +95,6 @@ class Child:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self) -> None:
-        from pizzactl.serving.processes import spawn
 
         self.restart_at = self.restart_at_wall = None
         self.started, self.started_at = time.monotonic(), _now()

@@ -17,24 +17,30 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pizzactl.data.dataset import load_dataset, stratified_split
+from pizzactl.data.download import resolve_data_dir
 from pizzactl.errors import UsageError
 from pizzactl.files import write_json
+from pizzactl.model.export import export_model
+from pizzactl.tfimport import require_training
+from pizzactl.train.backbones import get_backbone, resolve_weights
+from pizzactl.train.context import plan, run_config
+from pizzactl.train.features import FeatureCache
+from pizzactl.train.metrics import validation_metrics
+from pizzactl.train.reexport import calibration_records
 from pizzactl.train.results import RunResult, TrainResult, rank
+from pizzactl.train.run_dir import new_run_dir, write_results
+from pizzactl.train.run_log import RunLog
+from pizzactl.train.strategies import STRATEGIES, choose
+from pizzactl.train.tensorboard import summarize_run
 
 __all__ = ["RunResult", "TrainResult", "train", "train_one"]
 
 
 def train(settings, *, show_progress: bool = True) -> TrainResult:
     """Train every backbone in `settings.backbone` (comma-separated), export the best one."""
-    from pizzactl.tfimport import require_training
 
     require_training()  # sets TensorFlow's log level (tfimport.quiet_tf_logs) before importing it  # before any download or scan
-    from pizzactl.data.dataset import load_dataset, stratified_split
-    from pizzactl.data.download import resolve_data_dir
-    from pizzactl.model.export import export_model
-    from pizzactl.train.backbones import get_backbone, resolve_weights
-    from pizzactl.train.features import FeatureCache
-    from pizzactl.train.reexport import calibration_records
 
     start = time.perf_counter()
     names = [n.strip() for n in str(settings.backbone).split(",") if n.strip()]
@@ -89,13 +95,6 @@ def train(settings, *, show_progress: bool = True) -> TrainResult:
 def train_one(settings, backbone, dataset, train_records, val_records, *, cache, show_progress: bool = True):
     """Train `backbone` on the split into a new run directory; returns (RunResult, classifier)."""
     import keras
-
-    from pizzactl.train.context import plan, run_config
-    from pizzactl.train.metrics import validation_metrics
-    from pizzactl.train.run_dir import new_run_dir, write_results
-    from pizzactl.train.run_log import RunLog
-    from pizzactl.train.strategies import STRATEGIES, choose
-    from pizzactl.train.tensorboard import summarize_run
 
     start = time.perf_counter()
     run_dir = new_run_dir(settings.runs_dir, backbone.name)

@@ -13,6 +13,8 @@ from typing import Any
 
 from pizzactl import __version__
 from pizzactl.errors import UsageError
+from pizzactl.train.backbones.weights import resolve_weights
+from pizzactl.train.heads import targets
 from pizzactl.train.metrics import THRESHOLD
 from pizzactl.train.recipes import Recipe, model_and_crop_size, recipe_for, setting_or_recipe
 
@@ -63,14 +65,12 @@ class TrainContext:
 
     def labels(self, records):
         """What the head trains on: float [N] P(classes[1]) for two classes, one-hot [N, K] for more."""
-        from pizzactl.train.heads import targets
 
         return targets([r.label for r in records], self.n_classes)
 
 
 def plan(settings, backbone, dataset, train_records, val_records, *, cache, log) -> TrainContext:
     """Reconcile `settings` (the user's flags win) with the backbone's recipe."""
-    from pizzactl.train.backbones.weights import resolve_weights
 
     recipe = recipe_for(backbone)
     if settings.augmented_views is not None:  # the user's value wins over the recipe's

@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.data.dataset import stratified_folds
+from pizzactl.tfimport import require_tensorflow
+from pizzactl.train.backbones import get_backbone, resolve_weights
+from pizzactl.train.features import FeatureCache
+from pizzactl.train.heads import fit_head, head_probabilities, targets
+from pizzactl.train.recipes import recipe_for
 
 FOLDS = 5
 REPEATS = 3
@@ -26,16 +31,10 @@ REPEATS = 3
 
 def label_check(settings, dataset, *, folds: int = FOLDS, repeats: int = REPEATS) -> dict[str, Any]:
     """Out-of-fold P(labelled class) for every photo, `repeats` times; the photos always wrong."""
-    from pizzactl.tfimport import require_tensorflow
 
     require_tensorflow()  # sets TensorFlow's log level before importing it
     import keras
     import numpy as np
-
-    from pizzactl.train.backbones import get_backbone, resolve_weights
-    from pizzactl.train.features import FeatureCache
-    from pizzactl.train.heads import fit_head, head_probabilities, targets
-    from pizzactl.train.recipes import recipe_for
 
     backbone = get_backbone(str(settings.backbone).split(",")[0].strip())
     weights = resolve_weights(settings.weights, backbone, explicit=settings.explicit("weights"))

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pizzactl.train.views import image_dataset
+
 
 def decode_images(paths: Sequence[Path], size: int, batch_size: int = 64, dtype: str = "float32", advance=None):
     """Decode and resize image files once (exactly as serving does) into one array."""
     import numpy as np
-
-    from pizzactl.train.views import image_dataset
 
     chunks = []
     for batch in image_dataset(paths, size, batch_size, "plain"):

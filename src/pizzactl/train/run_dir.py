@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pizzactl.errors import UsageError
 from pizzactl.files import write_json
+from pizzactl.train import plots
 
 HISTORY_COLUMNS = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 
@@ -43,7 +44,6 @@ def write_history(path: Path, rows: list[dict]) -> None:
 
 def write_results(run_dir: Path, *, classifier, metrics: dict, history: list[dict], classes, log) -> None:
     """The trained model, its epochs, its metrics and the plots of both."""
-    from pizzactl.train import plots
 
     classifier.save(run_dir / "model.keras")
     write_history(run_dir / "history.csv", history)

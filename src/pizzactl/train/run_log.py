@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pizzactl.console import err
+from pizzactl.train.tensorboard import Board
 
 
 class RunLog:
@@ -17,8 +18,6 @@ class RunLog:
 
     def __init__(self, path: Path | None, show_progress: bool = True, tensorboard: Path | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from pizzactl.train.tensorboard import Board
 
         self.path = path
         self.board = Board(tensorboard) if tensorboard is not None else None

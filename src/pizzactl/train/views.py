@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pizzactl.model.decode import decode_resize
+
 # Bump when the augmentation recipe changes: it is part of every augmented view's cache key.
 AUGMENT_VERSION = 1
 
@@ -60,8 +62,6 @@ def color_jitter(image, seeds):
 def view_fn(view: str, size: int) -> Callable:
     """(encoded bytes, index) -> float32 [size, size, 3] 0..255 pixels of that view."""
     import tensorflow as tf
-
-    from pizzactl.model.decode import decode_resize
 
     if view == "plain":
         return lambda data, index: decode_resize(data, size)

@@ -20,8 +20,9 @@ from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError, UsageError
 from pizzactl.kube import capacity, k8s, training
-from pizzactl.kube.images import Images
+from pizzactl.kube.images import Images, build
 from pizzactl.kube.shipped import GATEWAY_NODE_PORT
+from pizzactl.serving.processes import poll_ready
 
 TARGET = "cluster"
 DEPLOYMENTS = ["pizzactl-model", "pizzactl-gateway"]
@@ -186,7 +187,6 @@ def preflight(settings: Settings, previous: DeployState | None) -> None:
 
 def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
     """Build for the cluster's architecture, push to --registry, release, find the gateway's address."""
-    from pizzactl.kube.images import build
 
     if not settings.registry:
         raise UsageError(
@@ -214,7 +214,6 @@ def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
 def _remote_url(api, settings: Settings, record: DeployState, wait: float = 15.0) -> str:
     """The gateway's address (LoadBalancer, else node IP + NodePort), recorded for `status` and
     `predict` when it answers from here; "" (with what to do) when not."""
-    from pizzactl.serving.processes import poll_ready
 
     context = record.extra["context"]
     try:

@@ -24,6 +24,8 @@ from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError, PortInUseError
 from pizzactl.kube.docker_daemon import docker_client
 from pizzactl.kube.images import Images, build
+from pizzactl.ports import port_free
+from pizzactl.serving.processes import wait_until_ready
 
 TARGET = "docker"
 LABEL = "pizzactl"
@@ -134,7 +136,6 @@ def _container_port(container: dict[str, Any], target: int | str) -> int:
 
 
 def preflight(settings: Settings, previous: DeployState | None) -> None:
-    from pizzactl.ports import port_free
 
     if previous is not None and previous.ports.get("gateway") == settings.port:
         return
@@ -206,7 +207,6 @@ def _client_host(host: str) -> str:
 
 
 def _wait_ready(client, url: str, names: list[str], timeout: float) -> None:
-    from pizzactl.serving.processes import wait_until_ready
 
     def check() -> None:
         for name in names:

@@ -21,14 +21,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from pizzactl.config import load_settings
 from pizzactl.errors import WeightsError
 from pizzactl.files import atomic_open
 from pizzactl.hashing import sha256_file
 from pizzactl.train.backbones.registry import Backbone, check_size, register
 from pizzactl.train.backbones.weights import Weights, find_weights_file, load_weights_file, resolve_weights
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `pizzactl --help` reaches this module
+    import numpy as np
 
 MEAN_RGB = 127.0
 STDDEV_RGB = 128.0
@@ -311,13 +314,14 @@ def build_classifier(
 
 
 def _default_cache_dir() -> Path:
-    from pizzactl.config import load_settings
 
     return load_settings().cache_dir
 
 
 def _keras_layout(variant: LiteVariant, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Reference state dict -> {"<keras layer>/<weight index>": array} in Keras' layout."""
+    import numpy as np
+
     out: dict[str, np.ndarray] = {}
 
     def take(key: str) -> np.ndarray:
@@ -361,6 +365,8 @@ def converted_weights(
     variant: str | LiteVariant, pth: Path, cache_dir: Path | None = None
 ) -> tuple[dict[str, np.ndarray], Path]:
     """Keras-layout weights for `pth`, converted once and cached as `<cache>/weights/<name>-<sha>.npz`."""
+    import numpy as np
+
     from pizzactl.train.backbones.torch_weights import load_state_dict
 
     v = _variant(variant)
@@ -446,6 +452,8 @@ def _builder(variant: str, weights="imagenet", image_size: int | None = None, ca
 
 def reference_preprocess(pixels):
     """The official Lite preprocessing in numpy, for tests: (x - 127) / 128."""
+    import numpy as np
+
     return (np.asarray(pixels, dtype=np.float32) - MEAN_RGB) / STDDEV_RGB
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pizzactl.errors import UsageError
+from pizzactl.train.backbones.preprocess import preprocess_pixels
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,6 @@ class Backbone:
 
         The same function the graph runs (the "preprocess" layer, or inside the Keras base).
         """
-        from pizzactl.train.backbones.preprocess import preprocess_pixels
 
         if self.preprocess_mode is None:
             raise NotImplementedError(f"{self.name} does not declare a preprocess_mode")

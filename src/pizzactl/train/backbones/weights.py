@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from pizzactl.errors import MissingDependencyError, UsageError, WeightsError
+from pizzactl.hashing import sha256_file
 
 RANDOM_CHOICES = ("", "none", "null", "random")
 
@@ -38,7 +39,6 @@ class Weights:
         """'imagenet' | 'none' | 'file:<first 16 hex of its sha256>'."""
         if self.path is None:
             return self.kind
-        from pizzactl.hashing import sha256_file
 
         return f"file:{sha256_file(self.path)[:16]}"
 

@@ -13,7 +13,7 @@ import time
 
 from pizzactl.train.backbones.top import split_at
 from pizzactl.train.context import TrainContext
-from pizzactl.train.features import Rows
+from pizzactl.train.features import Rows, compute_features
 from pizzactl.train.heads import as_probabilities, compile_args
 from pizzactl.train.metrics import THRESHOLD, loss_and_accuracy
 from pizzactl.train.recipes import Recipe
@@ -33,8 +33,6 @@ from pizzactl.train.strategies.common import (
 
 def fit(ctx: TrainContext) -> Fitted:
     import numpy as np
-
-    from pizzactl.train.features import compute_features
 
     cut = ctx.tune_from
     if cut is None:  # `strategies.choose` picks this strategy only for a backbone with a cut

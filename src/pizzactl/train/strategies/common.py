@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pizzactl.train.context import TrainContext
+from pizzactl.train.heads import as_probabilities, build_classifier, fit_heads
+from pizzactl.train.pixels import decode_images
+from pizzactl.train.views import view_names
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,6 @@ def record_indices(ctx: TrainContext):
 
 def cached_views(ctx: TrainContext) -> list[str]:
     """The views cached per photo: plain, its mirror (test-time flip) and the augmented ones."""
-    from pizzactl.train.views import view_names
 
     n = ctx.augmented_views
     return ["plain", "flip", *view_names(n)] if ctx.recipe.tta or n else ["plain"]
@@ -71,8 +73,6 @@ def train_heads(ctx: TrainContext, train_features: dict, x_val_plain):
     """
     import numpy as np
     import tensorflow as tf
-
-    from pizzactl.train.heads import fit_heads
 
     started = time.perf_counter()
     views = list(train_features)
@@ -104,8 +104,6 @@ def train_heads(ctx: TrainContext, train_features: dict, x_val_plain):
 
 def finish(ctx: TrainContext, extractor, head, p_val=None) -> Fitted:
     """The classifier at the model's size; its validation answers, computed here if not given."""
-    from pizzactl.train.heads import as_probabilities, build_classifier
-    from pizzactl.train.pixels import decode_images
 
     classifier = build_classifier(extractor, head, ctx.image_size, tta=ctx.recipe.tta)
     if p_val is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from pizzactl.train.context import TrainContext
+from pizzactl.train.features import compute_features
 from pizzactl.train.heads import as_probabilities
 from pizzactl.train.strategies.common import (
     Fitted,
@@ -39,7 +40,6 @@ def fit_on_features(ctx: TrainContext, extractor):
     Validation features come from the model's size (uncached: a few seconds), so validation
     measures what serving will answer.
     """
-    from pizzactl.train.features import compute_features
 
     started = time.perf_counter()
     train_idx, val_idx = record_indices(ctx)
