@@ -27,7 +27,7 @@ from pizzactl.serving.gateway import create_app
 
 from support.cli import run_pizzactl
 from support.processes import free_port
-from support.serving_fixtures import LocalHTTPServer, UvicornThread, send_json
+from support.serving_fixtures import FakeTFServing, LocalHTTPServer, UvicornThread
 
 KEY = "pk-test-7f3a9c1e5b"  # what must never appear in an output or a log
 OTHER_KEY = "pk-test-other-2d4b"
@@ -37,41 +37,6 @@ def png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, "PNG")
     return buf.getvalue()
-
-
-class CountingTFServing(LocalHTTPServer):
-    """tensorflow/serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest) for a
-    two-class model: status, metadata (signature only, as TF Serving), row predictions; it
-    counts the predict calls it gets, which is what a request stopped at the door must not make."""
-
-    def __init__(self):
-        self.predicts = 0
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.endswith("/metadata"):
-                    send_json(
-                        self, 200, {"model_spec": {"name": "pizza", "version": "1"}, "metadata": {"signature_def": {}}}
-                    )
-                else:
-                    version = {
-                        "version": "1",
-                        "state": "AVAILABLE",
-                        "status": {"error_code": "OK", "error_message": ""},
-                    }
-                    send_json(self, 200, {"model_version_status": [version]})
-
-            def do_POST(self):
-                fake.predicts += 1
-                count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
-                row = {"label": "pizza", "probabilities": [0.1, 0.9], "probability": 0.9}
-                send_json(self, 200, {"predictions": [row] * count})
-
-        super().__init__(Handler)
 
 
 class CountingPhotos(LocalHTTPServer):
@@ -98,7 +63,8 @@ class CountingPhotos(LocalHTTPServer):
 
 @pytest.fixture
 def upstreams():
-    model, photos = CountingTFServing(), CountingPhotos()
+    model = FakeTFServing({"label": "pizza", "probabilities": [0.1, 0.9], "probability": 0.9})
+    photos = CountingPhotos()
     yield model, photos
     model.close()
     photos.close()

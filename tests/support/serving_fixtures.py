@@ -121,13 +121,17 @@ class FakeTFServing(LocalHTTPServer):
     """tensorflow/serving's REST API for a three-class pizzactl export, as documented in
     https://www.tensorflow.org/tfx/serving/api_rest: status, metadata with only the
     `signature_def` (TF Serving serves nothing from assets.extra, so no class names), and
-    row-format predictions with every output of the signature."""
+    row-format predictions with every output of the signature. `row` is each image's answer (a
+    three-class one unless given); `predicts` counts the predict calls, which is what a request
+    stopped at the gateway's door must not make."""
 
-    def __init__(self):
+    def __init__(self, row: dict | None = None):
         import http.server
         import json
 
-        rows = [{"label": "salad", "probabilities": [0.1, 0.2, 0.7], "probability": 0.7}]
+        rows = [row or {"label": "salad", "probabilities": [0.1, 0.2, 0.7], "probability": 0.7}]
+        self.predicts = 0
+        fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -144,6 +148,7 @@ class FakeTFServing(LocalHTTPServer):
                     send_json(self, 200, {"model_version_status": [version]})
 
             def do_POST(self):
+                fake.predicts += 1
                 count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
                 send_json(self, 200, {"predictions": rows * count})
 
