@@ -284,6 +284,13 @@ class Settings:
     )
     batch_threads: int = setting(1, "Batches run at the same time.", used="model server", flag=False)
     poll_seconds: float = setting(2.0, "How often to look for new versions.", used="model server", flag=False)
+    model_config_file: Path | None = setting(
+        None,
+        "TF Serving's model config (text proto): which versions to serve at once, and their labels.",
+        used="model server",
+        flag=False,
+        unset="latest version only",
+    )
     tf_intra_op_threads: int = setting(
         -1,
         "Threads per TensorFlow op, or of the LiteRT interpreter; -1: every usable CPU, 0: TensorFlow's default.",

@@ -8,7 +8,8 @@ swaps versions without a restart (`server.py`), batches concurrent requests (`ba
 TF Serving's `--enable_batching`), and starts even when no model exists yet.
 
   app.py       the routes (Starlette) and `main()`
-  server.py    which version is served, hot reload, status / metadata / predict
+  server.py    which versions are served, hot reload, status / metadata / predict
+  versions.py  the version policy and labels (TF Serving's model config file)
   rest.py      TF Serving's request and response JSON
   batching.py  the dynamic batcher, and isolate_failures
   runtimes.py  what runs a batch (TensorFlow)

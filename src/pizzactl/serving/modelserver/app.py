@@ -1,7 +1,7 @@
 """The model server's HTTP face: TF Serving's REST routes on a bare Starlette app, and `main()`.
 
-Routes (as TF Serving's): `GET /v1/models/<name>[/versions/<n>]` (status),
-`GET .../metadata`, `POST .../<name>[/versions/<n>]:predict`, and Prometheus metrics at
+Routes (as TF Serving's): `GET /v1/models/<name>[/versions/<n>|/labels/<label>]` (status),
+`GET .../metadata`, `POST .../<name>[/versions/<n>|/labels/<label>]:predict`, and Prometheus metrics at
 `/monitoring/prometheus/metrics`. Every error is TF Serving's `{"error": "..."}` through
 `install_error_handlers`. No request models or OpenAPI on the hot path: the API is TF
 Serving's, not ours, and stdlib JSON is what it costs.
@@ -104,6 +104,10 @@ def _version(request: Request) -> int | None:
     return request.path_params.get("version")
 
 
+def _label(request: Request) -> str | None:
+    return request.path_params.get("label")
+
+
 def create_app(
     models_dir: Path | str | None = None, config: ModelServerConfig | None = None, **overrides: Any
 ) -> Starlette:
@@ -119,10 +123,10 @@ def create_app(
     metrics.watch_queue(server)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(server.status(request.path_params["name"], _version(request)))
+        return JSONResponse(server.status(request.path_params["name"], _version(request), _label(request)))
 
     async def metadata(request: Request) -> Response:
-        return JSONResponse(server.metadata(request.path_params["name"], _version(request)))
+        return JSONResponse(server.metadata(request.path_params["name"], _version(request), _label(request)))
 
     async def predict(request: Request) -> Response:
         verb = request.path_params["verb"]
@@ -136,7 +140,7 @@ def create_app(
             raise BadInputError(f"JSON Parse error: {exc}") from None
         if not isinstance(payload, dict):
             raise BadInputError("JSON Value: request must be a JSON object")
-        body, used = await server.predict(request.path_params["name"], _version(request), payload)
+        body, used = await server.predict(request.path_params["name"], _version(request), payload, _label(request))
         return JSONResponse(body, headers={"X-Model-Version": str(used)})
 
     async def prometheus(request: Request) -> Response:
@@ -153,10 +157,10 @@ def create_app(
             await server.shutdown()
 
     model = "/v1/models/{name:model}"
-    version = model + "/versions/{version:int}"
-    routes = [Route(prefix + ":{verb}", predict, methods=["POST"]) for prefix in (model, version)]
-    routes += [Route(prefix + "/metadata", metadata, methods=["GET"]) for prefix in (model, version)]
-    routes += [Route(prefix, status, methods=["GET"]) for prefix in (model, version)]
+    prefixes = (model, model + "/versions/{version:int}", model + "/labels/{label:model}")
+    routes = [Route(prefix + ":{verb}", predict, methods=["POST"]) for prefix in prefixes]
+    routes += [Route(prefix + "/metadata", metadata, methods=["GET"]) for prefix in prefixes]
+    routes += [Route(prefix, status, methods=["GET"]) for prefix in prefixes]
     routes.append(Route("/monitoring/prometheus/metrics", prometheus, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     install_error_handlers(app, tf_serving_body, log=log)
@@ -175,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_argument(parser, "models_dir")
     server_arguments(parser)
     add_argument(parser, "model_port", "--port")
-    for name in ("max_batch_size", "batch_timeout_ms", "batch_threads", "poll_seconds"):
+    for name in ("max_batch_size", "batch_timeout_ms", "batch_threads", "poll_seconds", "model_config_file"):
         add_argument(parser, name)
     add_argument(parser, "tf_intra_op_threads", "--intra-op-threads")
     add_argument(parser, "tf_inter_op_threads", "--inter-op-threads")

@@ -1,9 +1,11 @@
 """The model server's state: which version it serves, hot reload from the models folder, and
 the answers to TF Serving's status, metadata and predict calls.
 
-Like TF Serving it serves the highest version under `MODELS/<name>/` (a version is what
-`pizzactl.model.store.list_versions` says it is) and polls that folder, swapping to a new
-version (or back to an older one when the newest is deleted) without a restart. A version
+Like TF Serving it serves the versions its policy picks under `MODELS/<name>/` (a version is what
+`pizzactl.model.store.list_versions` says it is; by default the highest one, else what the model
+config file says: `versions.py`) and polls that folder, swapping to a new version (or back to an
+older one when the newest is deleted) without a restart. A request without a version gets the
+highest loaded one; `/versions/<n>` and `/labels/<label>` pick another. A version
 that fails to load is not retried until its directory changes. With no version yet it
 answers 404 with a message naming the folder it watches.
 """
@@ -25,6 +27,7 @@ from pizzactl.model.store import list_versions, model_base
 from pizzactl.serving.admission import Admission, Throughput
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
+from pizzactl.serving.modelserver.versions import load_policy
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -47,6 +50,7 @@ class ModelServerConfig:
     max_request_bytes: int
     queue_seconds: float
     max_queue: int
+    model_config_file: Path | None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ModelServerConfig:
@@ -75,11 +79,12 @@ def _status_entry(version: int, state: str, code: str = "OK", message: str = "")
 
 
 class ModelServer:
-    """Holds the current model, watches the folder, and batches predictions."""
+    """Holds the loaded versions, watches the folder, and batches predictions."""
 
     def __init__(self, config: ModelServerConfig):
         self.config = config
-        self.model: Runtime | None = None
+        self.policy = load_policy(config.model_config_file, config.model_name)
+        self.models: dict[int, Runtime] = {}  # loaded versions (replaced whole, never mutated: readers copy nothing)
         self.loading: int | None = None
         self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
         self._failed_mtime: dict[int, float] = {}
@@ -99,34 +104,56 @@ class ModelServer:
         )
         self._watcher: asyncio.Task | None = None
 
+    @property
+    def model(self) -> Runtime | None:
+        """The version a request without one gets: the highest loaded (TF Serving's `Latest`)."""
+        models = self.models
+        return models[max(models)] if models else None
+
     # --- model lifecycle
 
     def _run_batch(self, items: list) -> list:
-        model = self.model
-        if model is None:
-            raise ServableNotFoundError(self.not_found_message())
-        name = model.input_names(SIGNATURE)[0]
-        outputs = model.run(SIGNATURE, {name: items})
-        keys = sorted(outputs)
-        return [({k: outputs[k][i] for k in keys}, model.version) for i in range(len(items))]
+        """`items` are (version, image): one batch may mix versions, each runs on its own model.
+
+        Version None is the highest loaded when the batch runs, so a hot swap fails no queued request."""
+        models = self.models
+        latest = max(models) if models else None
+        wanted = [latest if v is None else v for v, _ in items]
+        results: list = [None] * len(items)
+        for version in sorted({v for v in wanted if v is not None}) + ([None] if None in wanted else []):
+            model = models.get(version) if version is not None else None
+            if model is None:
+                if version is None:
+                    raise ServableNotFoundError(self.not_found_message())
+                name = self.config.model_name
+                raise ServableNotFoundError(f"Servable not found for request: Specific({name}, {version})")
+            at = [i for i, v in enumerate(wanted) if v == version]
+            name = model.input_names(SIGNATURE)[0]
+            outputs = model.run(SIGNATURE, {name: [items[i][1] for i in at]})
+            keys = sorted(outputs)
+            for j, i in enumerate(at):
+                results[i] = ({k: outputs[k][j] for k in keys}, version)
+        return results
 
     def poll_once(self) -> None:
-        """Load the highest version on disk if it is not the one being served (blocking)."""
+        """Load the versions the policy picks among those on disk, unload the others (blocking)."""
         versions = dict(list_versions(self.config.models_dir, self.config.model_name))
         if not versions:
-            if self.model is not None:
-                log.warning(
-                    "no versions left under %s: unloading version %s", self.config.base_path, self.model.version
-                )
-                self.model = None
+            if self.models:
+                log.warning("no versions left under %s: unloading %s", self.config.base_path, sorted(self.models))
+                self.models = {}
             return
         candidates = [v for v, path in versions.items() if v not in self.failed or self._changed(v, path)]
-        if not candidates:
-            return
-        target = max(candidates)
-        if self.model is not None and self.model.version == target:
-            return
-        path = versions[target]
+        wanted = self.policy.select(candidates)
+        for target in wanted:
+            if target not in self.models:
+                self._load(target, versions[target])
+        gone = [v for v in self.models if v not in wanted]
+        if gone and any(v in self.models for v in wanted):
+            self.models = {v: m for v, m in self.models.items() if v not in gone}
+            log.info("unloaded %s version%s %s", self.config.model_name, "s" * (len(gone) > 1), sorted(gone))
+
+    def _load(self, target: int, path: Path) -> None:
         self.loading = target
         log.info("loading %s version %s from %s", self.config.model_name, target, path)
         started = time.perf_counter()
@@ -142,7 +169,8 @@ class ModelServer:
             self.loading = None
         self.failed.pop(target, None)
         with self._lock:
-            old, self.model = self.model, model
+            old = self.model
+            self.models = {**self.models, target: model}
         log.info(
             "serving %s version %s on %s (%.1fs to load)%s",
             self.config.model_name,
@@ -151,7 +179,7 @@ class ModelServer:
             if isinstance(model, LiteRTRuntime)
             else model.name,
             time.perf_counter() - started,
-            f", replacing version {old.version}" if old else "",
+            f", beside version {old.version}" if old and old.version != target else "",
         )
 
     def _changed(self, version: int, path: Path) -> bool:
@@ -186,29 +214,42 @@ class ModelServer:
             "Export one with `pizzactl export` (or `pizzactl train`); it is picked up without a restart."
         )
 
-    def servable(self, name: str, version: int | None) -> Runtime:
+    def resolve(self, name: str, label: str) -> int:
+        """The version a label points to (TF Serving: an unknown label is NOT_FOUND, 404)."""
         if name != self.config.model_name:
             raise ServableNotFoundError(f"Servable not found for request: Latest({name})")
-        model = self.model
-        if model is None:
+        if label not in self.policy.labels:
+            raise ServableNotFoundError(f"Unrecognized servable version label: {label}")
+        return self.policy.labels[label]
+
+    def servable(self, name: str, version: int | None, label: str | None = None) -> Runtime:
+        if label is not None:
+            version = self.resolve(name, label)
+        if name != self.config.model_name:
+            raise ServableNotFoundError(f"Servable not found for request: Latest({name})")
+        model = self.model if version is None else self.models.get(version)
+        if model is None and version is None:
             raise ServableNotFoundError(self.not_found_message())
-        if version is not None and version != model.version:
+        if model is None:
             raise ServableNotFoundError(f"Servable not found for request: Specific({name}, {version})")
         return model
 
     # --- TF Serving's calls
 
-    def status(self, name: str, version: int | None) -> dict[str, Any]:
+    def status(self, name: str, version: int | None, label: str | None = None) -> dict[str, Any]:
+        if label is not None:
+            version = self.resolve(name, label)
         if name != self.config.model_name:
             raise ServableNotFoundError(f"Could not find any versions of model {name}")
         entries = []
-        model = self.model
-        if model is not None and version in (None, model.version):
-            entries.append(_status_entry(model.version, "AVAILABLE"))
+        models = self.models
+        for v in sorted(models, reverse=True):
+            if version in (None, v):
+                entries.append(_status_entry(v, "AVAILABLE"))
         if self.loading is not None and version in (None, self.loading):
             entries.append(_status_entry(self.loading, "LOADING"))
         for v, message in sorted(self.failed.items(), reverse=True):
-            if version in (None, v) and (model is None or v != model.version):
+            if version in (None, v) and v not in models:
                 entries.append(_status_entry(v, "END", "UNKNOWN", message))
         if not entries:
             if version is not None:
@@ -216,8 +257,8 @@ class ModelServer:
             raise ServableNotFoundError(self.not_found_message())
         return {"model_version_status": entries}
 
-    def metadata(self, name: str, version: int | None) -> dict[str, Any]:
-        model = self.servable(name, version)
+    def metadata(self, name: str, version: int | None, label: str | None = None) -> dict[str, Any]:
+        model = self.servable(name, version, label)
         return {
             "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
             "metadata": {
@@ -227,13 +268,15 @@ class ModelServer:
             },
         }
 
-    async def predict(self, name: str, version: int | None, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    async def predict(
+        self, name: str, version: int | None, body: dict[str, Any], label: str | None = None
+    ) -> tuple[dict[str, Any], int]:
         """A predict request -> (TF Serving's answer, the version that made it).
 
         `serving_default` goes through the batcher (concurrent requests share a batch); other
         signatures run on their own.
         """
-        model = self.servable(name, version)
+        model = self.servable(name, version, label)
         signature = body.get("signature_name") or SIGNATURE
         if not isinstance(signature, str) or signature not in model.signature_def:
             raise BadInputError(f'Serving signature name: "{signature}" not found in signature def')
@@ -241,7 +284,8 @@ class ModelServer:
         inputs, columnar = rest.parse_request(body, input_names)
         with self.admission.admit(max(len(v) for v in inputs.values())):
             if signature == SIGNATURE and len(input_names) == 1:
-                results = await self.batcher.submit(inputs[input_names[0]])
+                pinned = None if version is None and label is None else model.version  # None: the latest at run time
+                results = await self.batcher.submit([(pinned, item) for item in inputs[input_names[0]]])
                 used = results[0][1] if results else model.version
                 rows = [r[0] for r in results]
                 keys = sorted(rows[0]) if rows else sorted(model.signature_def[signature]["outputs"])
