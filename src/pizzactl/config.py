@@ -210,6 +210,19 @@ class Settings:
     )
     model_name: str = setting(MODEL_NAME, "Model name: MODELS/<name>/<version>/.", used="both servers", flag=False)
     model_timeout: float = setting(2.0, "Seconds until a model-server call becomes a 503.", used="gateway", flag=False)
+    # canary (serving/canary.py, docs/serve.md#canary-a-share-of-requests-to-a-new-version)
+    canary_percent: float = setting(
+        0.0, "Share of requests (0-100) the gateway sends to the candidate version; 0: off.", used="gateway", flag=False
+    )
+    canary_version: str = setting(
+        "canary", "The candidate: a version label of the model server, or a version number.", used="gateway", flag=False
+    )
+    stable_version: str = setting(
+        "stable",
+        "What the other requests go to while a canary runs: a label or a version number.",
+        used="gateway",
+        flag=False,
+    )
     max_concurrency: int = setting(64, "Model-server requests in flight.", used="gateway", flag=False)
     max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Bytes per image, else 413.", used="gateway", flag=False)
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "Pixels per image, else 413.", used="gateway", flag=False)

@@ -123,34 +123,77 @@ class FakeTFServing(LocalHTTPServer):
     `signature_def` (TF Serving serves nothing from assets.extra, so no class names), and
     row-format predictions with every output of the signature. `row` is each image's answer (a
     three-class one unless given); `predicts` counts the predict calls, which is what a request
-    stopped at the gateway's door must not make."""
+    stopped at the gateway's door must not make.
 
-    def __init__(self, row: dict | None = None):
+    Several versions, as with a model config file (https://www.tensorflow.org/tfx/serving/serving_config,
+    "Serving a Specific Version of a Model", "Assigning String Labels to Model Versions"):
+    `versions` maps each loaded version to its answer row, `labels` names versions; the URLs
+    `/versions/N` and `/labels/L` pick one (status, metadata, predict), none picks the highest. Like
+    TF Serving, no answer says which version made it (no X-Model-Version header: a client asks the
+    status of `/labels/L`); an unknown label is 404 "Unrecognized servable version label", and a
+    version not loaded (put it in `unloaded` to take it away, as when its server dies) is 404
+    "Servable not found for request: Specific(pizza, N)". `predicts_by_version` counts per version.
+    """
+
+    def __init__(self, row: dict | None = None, versions: dict[int, dict] | None = None, labels: dict | None = None):
         import http.server
         import json
+        import re
 
-        rows = [row or {"label": "salad", "probabilities": [0.1, 0.2, 0.7], "probability": 0.7}]
+        default = row or {"label": "salad", "probabilities": [0.1, 0.2, 0.7], "probability": 0.7}
+        rows = dict(versions or {1: default})
         self.predicts = 0
+        self.predicts_by_version: dict[int, int] = {}
+        self.unloaded: set[int] = set()
         fake = self
+        route = re.compile(r"^/v1/models/pizza(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata|:predict)?$")
+
+        def pick(handler) -> int | None:
+            match = route.match(handler.path)
+            if not match:
+                send_json(handler, 404, {"error": "Malformed request: " + handler.path})
+                return None
+            number, label = match.group(1), match.group(2)
+            if label is not None and label not in (labels or {}):
+                send_json(handler, 404, {"error": f"Unrecognized servable version label: {label}"})
+                return None
+            loaded = sorted(set(rows) - fake.unloaded)
+            version = int(number) if number else labels[label] if label else (loaded[-1] if loaded else 0)
+            if version not in loaded:
+                send_json(handler, 404, {"error": f"Servable not found for request: Specific(pizza, {version})"})
+                return None
+            return version
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_GET(self):
+                version = pick(self)
+                if version is None:
+                    return
                 if self.path.endswith("/metadata"):
-                    send_json(
-                        self, 200, {"model_spec": {"name": "pizza", "version": "1"}, "metadata": {"signature_def": {}}}
-                    )
-                else:
-                    status = {"error_code": "OK", "error_message": ""}
-                    version = {"version": "1", "state": "AVAILABLE", "status": status}
-                    send_json(self, 200, {"model_version_status": [version]})
+                    spec = {"name": "pizza", "version": str(version)}
+                    send_json(self, 200, {"model_spec": spec, "metadata": {"signature_def": {}}})
+                    return
+                status = {"error_code": "OK", "error_message": ""}
+                wanted = [version] if ("/versions/" in self.path or "/labels/" in self.path) else sorted(rows)
+                entries = [
+                    {"version": str(v), "state": "AVAILABLE", "status": status}
+                    for v in sorted(wanted, reverse=True)
+                    if v not in fake.unloaded
+                ]
+                send_json(self, 200, {"model_version_status": entries})
 
             def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                version = pick(self)
+                if version is None:
+                    return
                 fake.predicts += 1
-                count = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
-                send_json(self, 200, {"predictions": rows * count})
+                fake.predicts_by_version[version] = fake.predicts_by_version.get(version, 0) + 1
+                count = len(json.loads(body)["instances"])
+                send_json(self, 200, {"predictions": [rows[version]] * count})
 
         super().__init__(Handler)
 

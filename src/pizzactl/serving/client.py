@@ -118,6 +118,7 @@ class ModelClient:
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession, asyncio.Semaphore]] = {}
         self._probes: dict[int, asyncio.Task[bool]] = {}  # the status probe in flight, per event loop
         self._info: tuple[float, ModelInfo] | None = None
+        self._route_versions: dict[str, tuple[float, str]] = {}  # "/labels/canary" -> (when, "2")
         self._info_lock: asyncio.Lock | None = None
 
     @property
@@ -267,17 +268,34 @@ class ModelClient:
             self._info = (time.monotonic(), info)
             return info
 
+    async def route_version(self, route: str) -> str | None:
+        """The version behind `/labels/<label>` or `/versions/<n>` (cached for `info_ttl` seconds):
+        TF Serving's predict answer does not say which version made it, its status does."""
+        now = time.monotonic()
+        cached = self._route_versions.get(route)
+        if cached and now - cached[0] < self.info_ttl:
+            return cached[1]
+        reply = await self._request("GET", self.model_url + route, "status")
+        states = reply.json().get("model_version_status", []) if reply.status_code == 200 else []
+        versions = [str(s.get("version")) for s in states if s.get("state") == "AVAILABLE"]
+        if not versions:
+            return None
+        self._route_versions[route] = (now, versions[0])
+        return versions[0]
+
     async def predict(
-        self, images: list[bytes], queue_wait: float = 0.0, batch_wait: float = 0.0
+        self, images: list[bytes], queue_wait: float = 0.0, batch_wait: float = 0.0, route: str | None = None
     ) -> tuple[list[Prediction], str | None]:
         """Predictions for encoded images, and the version that made them (if the server says).
 
         `queue_wait`: the seconds the caller expects the queue ahead of these images to take;
-        `batch_wait`: the seconds one batch of the model server takes (no answer comes meanwhile)."""
+        `batch_wait`: the seconds one batch of the model server takes (no answer comes meanwhile);
+        `route`: `/labels/<label>` or `/versions/<n>` to ask one version (canary.py), else the latest."""
         body = json.dumps(
             {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
         ).encode()
-        response = await self._request("POST", f"{self.model_url}:predict", "predict", body, queue_wait, batch_wait)
+        url = f"{self.model_url}{route or ''}:predict"
+        response = await self._request("POST", url, "predict", body, queue_wait, batch_wait)
         if response.status_code != 200:
             # The gateway re-encodes every image, so this is the model refusing one: not a 5xx.
             raise InvalidImageError(f"The model server rejected the image: {_error_text(response)}")
@@ -298,6 +316,8 @@ class ModelClient:
         if len(predictions) != len(images):
             raise _unavailable("The model server answered the wrong number of predictions.")
         version = response.headers.get("x-model-version")
+        if version is None and route is not None:
+            version = await self.route_version(route)
         return predictions, version
 
 

@@ -80,11 +80,13 @@ def _gateway(request: Request) -> Gateway:
         "or the raw image bytes (Content-Type image/* or application/octet-stream)."
     ),
 )
-async def predict(request: Request) -> dict[str, Any]:
+async def predict(request: Request, response: Response) -> dict[str, Any]:
     gateway = _gateway(request)
     with gateway.admit(request, 1):
         picture = await gateway.prepare(await gateway.fetch_request(request))
-        return (await gateway.predict([picture]))[0]
+        answer = (await gateway.predict([picture]))[0]
+    response.headers["X-Model-Version"] = str(answer["model_version"])  # which version answered (canary.py)
+    return answer
 
 
 @router.post(

@@ -15,6 +15,7 @@ thread hop (`prepare`), since both are CPU work on the same image.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -45,11 +46,13 @@ from pizzactl.serving.api import (
     read_upload,
     validate_item,
 )
+from pizzactl.serving.canary import CanarySplit
 from pizzactl.serving.client import ModelClient, Prediction
 from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_session
 from pizzactl.serving.modelserver.batching import isolate_failures_async
 
 STATIC_DIR = Path(__file__).with_name("static")
+log = logging.getLogger("pizzactl.gateway")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class GatewayConfig:
     queue_seconds: float  # admission: the queue holds this much work at the measured rate
     max_queue: int  # admission: a fixed bound in images instead (0: measured)
     max_batch_size: int  # the model server's: how long one of its batches takes, at the measured rate
+    canary_percent: float  # canary.py: this share of predict calls to canary_version, the rest to stable_version
+    canary_version: str
+    stable_version: str
     static_dir: Path = STATIC_DIR  # not a setting
 
     @classmethod
@@ -145,6 +151,11 @@ class Metrics:
         )
         for reason in ("queue_full", "client_share", "model_server_full"):
             self.shed.labels(reason)
+        self.canary_fallbacks = Counter(
+            "pizzactl_gateway_canary_fallbacks",
+            "Model-server calls the canary candidate failed and stable answered instead",
+            registry=self.registry,
+        )
 
     def watch_queue(self, admission: Admission) -> None:
         """The gateway queue's bound and fill, read at scrape time."""
@@ -209,6 +220,7 @@ class Gateway:
         )
         self.admission = Admission(config.queue_seconds, config.max_queue)
         metrics.watch_queue(self.admission)
+        self.split = CanarySplit(config.canary_percent, config.canary_version, config.stable_version)
         self.policy = config.fetch_policy
         self._fetch_clients: dict[int, Any] = {}
 
@@ -276,9 +288,17 @@ class Gateway:
                 # twice the expected wait: a request may arrive just as a long batch starts; and no
                 # answer comes while a batch runs (a full one of a slow model can take longer than the timeout)
                 admission = self.admission
-                predictions, version = await self.model.predict(
-                    jpegs, 2 * admission.expected_wait(), admission.expected_wait(self.config.max_batch_size)
-                )
+                waits = (2 * admission.expected_wait(), admission.expected_wait(self.config.max_batch_size))
+                routes = self.split.pick()
+                try:
+                    predictions, version = await self.model.predict(jpegs, *waits, route=routes.first)
+                except PizzaError as exc:
+                    if routes.fallback is None:
+                        raise
+                    # the candidate failed (down, unloaded, refused the image): stable answers instead
+                    self.metrics.canary_fallbacks.inc()
+                    log.warning("canary %s failed (%s): asking %s", routes.first, exc.code, routes.fallback)
+                    predictions, version = await self.model.predict(jpegs, *waits, route=routes.fallback)
         except QueueFullError as exc:  # the model server's queue
             self.metrics.shed.labels(exc.reason).inc()
             raise
