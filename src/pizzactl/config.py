@@ -212,7 +212,10 @@ class Settings:
     model_timeout: float = setting(2.0, "Seconds until a model-server call becomes a 503.", used="gateway", flag=False)
     # canary (serving/canary.py, docs/serve.md#canary-a-share-of-requests-to-a-new-version)
     canary_percent: float = setting(
-        0.0, "Share of requests (0-100) the gateway sends to the candidate version; 0: off.", used="gateway", flag=False
+        0.0,
+        "Share of requests (0-100) the gateway sends to the candidate version; 0: off.",
+        used="gateway, deploy (local)",
+        flag="--canary",
     )
     canary_version: str = setting(
         "canary", "The candidate: a version label of the model server, or a version number.", used="gateway", flag=False

@@ -41,6 +41,11 @@ def deploy(settings, timeout: float = 300.0) -> Deployment:
     mod = targets.target(target)
 
     require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
+    if settings.canary_percent and target != "local":
+        raise UsageError(
+            f"--canary is only built for the local target so far, not {target} (issue 23).",
+            hint="Deploy with --target local --canary P, or without --canary (and PIZZACTL_CANARY_PERCENT unset).",
+        )
 
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)

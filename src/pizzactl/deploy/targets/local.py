@@ -21,12 +21,13 @@ from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
-from pizzactl.errors import DeployError, UsageError
+from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 from pizzactl.files import write_json
-from pizzactl.model.store import latest_version_dir
+from pizzactl.model.store import latest_version_dir, list_versions, model_base
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
 from pizzactl.serving.auth import key_env
+from pizzactl.serving.modelserver.versions import model_config_text
 
 TARGET = "local"
 SUPERVISOR = "supervisor"
@@ -51,6 +52,25 @@ def describe(settings) -> str:
     return "\n".join(lines)
 
 
+def canary_versions(settings, previous: DeployState | None = None) -> tuple[int, int] | None:
+    """(stable, candidate) for `deploy --canary`: the newest version on trial beside the one
+    deployed before (if it is still on disk and older), else beside the version below it."""
+    if not settings.canary_percent:
+        return None
+    if not 0 < settings.canary_percent <= 100:
+        raise UsageError(f"--canary {settings.canary_percent:g}: give a percentage.", hint="Use 1 to 100.")
+    versions = [v for v, _ in list_versions(settings.models_dir, MODEL_NAME)]
+    if len(versions) < 2:
+        raise ModelNotFoundError(
+            f"--canary needs two versions in {model_base(settings.models_dir)}; it has {len(versions)}.",
+            hint="Export (or train) the new version first, then deploy it with --canary.",
+        )
+    candidate = versions[-1]
+    before = previous.model_version if previous is not None else None
+    stable = before if before in versions and before != candidate else versions[-2]
+    return stable, candidate
+
+
 def preflight(settings, previous: DeployState | None) -> None:
     """Fail early if the gateway port is taken by anything but the deployment we will replace."""
     if previous is not None and previous.ports.get(proc.GATEWAY) == settings.port:
@@ -59,8 +79,12 @@ def preflight(settings, previous: DeployState | None) -> None:
 
 
 def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
-    """Start the supervisor (which starts both servers), record it, wait for the gateway's /readyz."""
+    """Start the supervisor (which starts both servers), record it, wait for the gateway's /readyz.
+
+    With --canary P: the model server serves the newest version (label `canary`) beside the stable
+    one (label `stable`) through a TF Serving model config, and the gateway sends P% to the canary."""
     version_dir = latest_version_dir(settings.models_dir)
+    canary = canary_versions(settings, state_mod.load(settings))
     models_dir = Path(settings.models_dir).expanduser().resolve()
     proc.require_free_port(settings.host, settings.port)
     model_port = proc.pick_model_port("127.0.0.1", settings.model_port, avoid=[settings.port])
@@ -75,13 +99,23 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     model_url = f"http://127.0.0.1:{model_port}"
     spec_path, status_path = logs_at / "supervise.json", logs_at / STATUS_FILE
     status_path.unlink(missing_ok=True)
+    model_args: list[str] = []
+    if canary is not None:
+        config_path = logs_at / "models.config"
+        config_path.write_text(
+            model_config_text(
+                MODEL_NAME, str(model_base(models_dir)), canary, {"stable": canary[0], "canary": canary[1]}
+            )
+        )
+        model_args = ["--model-config-file", str(config_path)]
+        log(f"Canary: version {canary[1]} gets {settings.canary_percent:g}% of requests, version {canary[0]} the rest.")
     write_json(
         spec_path,
         {
             "children": [
                 {
                     "name": proc.MODELSERVER,
-                    "cmd": proc.modelserver_command(models_dir, model_port, "127.0.0.1"),
+                    "cmd": proc.modelserver_command(models_dir, model_port, "127.0.0.1", model_args),
                     "log": logs[proc.MODELSERVER],
                 },
                 {
@@ -95,12 +129,14 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
         # the servers inherit the supervisor's environment: the keys' digests, never a key
-        supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=key_env(settings))
+        env = {**key_env(settings), "PIZZACTL_CANARY_PERCENT": f"{settings.canary_percent if canary else 0:g}"}
+        env.update(PIZZACTL_CANARY_VERSION="canary", PIZZACTL_STABLE_VERSION="stable")
+        supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=env)
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
         target=TARGET,
         url=url,
-        model_version=int(version_dir.name),
+        model_version=canary[0] if canary else int(version_dir.name),
         model_dir=str(models_dir),
         pids={SUPERVISOR: supervisor.pid},
         ports={proc.GATEWAY: settings.port, proc.MODELSERVER: model_port},
@@ -110,6 +146,11 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
             "model_url": model_url,
             "allow_private_urls": settings.allow_private_urls,
             "supervisor_status": str(status_path),
+            **(
+                {"canary": {"percent": settings.canary_percent, "stable": canary[0], "candidate": canary[1]}}
+                if canary
+                else {}
+            ),
         },
     )
     state_mod.save(settings, record)  # before waiting: an interrupted deploy can still be torn down
@@ -130,7 +171,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         raise
     _record_pids(settings, record, status_path)
     served = _served_version(model_url)
-    if served is not None and served != record.model_version:
+    if canary is None and served is not None and served != record.model_version:
         record.model_version = served
         state_mod.save(settings, record)
     return {
@@ -140,6 +181,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         "pids": record.pids,
         "ports": record.ports,
         "logs": record.logs,
+        **({"canary": record.extra["canary"]} if canary else {}),
     }
 
 
@@ -177,14 +219,20 @@ def _record_pids(settings, record: DeployState, status_path: Path) -> None:
         state_mod.save(settings, record)
 
 
-def _served_version(model_url: str) -> int | None:
-    """The version the model server reports as AVAILABLE (it serves the newest on disk)."""
+def _served_versions(model_url: str) -> list[int]:
+    """The versions the model server reports as AVAILABLE, highest first."""
     body = httpclient.json_or_none(f"{model_url}/v1/models/{MODEL_NAME}", timeout=2.0)
     try:
         versions = [int(e["version"]) for e in body.get("model_version_status", []) if e.get("state") == "AVAILABLE"]
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return max(versions) if versions else None
+        return []
+    return sorted(versions, reverse=True)
+
+
+def _served_version(model_url: str) -> int | None:
+    """The version the model server answers with (it serves the newest on disk)."""
+    versions = _served_versions(model_url)
+    return versions[0] if versions else None
 
 
 def _ready(url: str) -> bool:
@@ -210,10 +258,15 @@ def status(settings, st: DeployState) -> dict[str, Any]:
     if supervised is not None:
         info.update(supervision_summary(supervised, supervisor_alive=alive.get(SUPERVISOR, False)))
     model_url = st.extra.get("model_url")
+    canary = st.extra.get("canary")
     if model_url and alive.get(proc.MODELSERVER):
-        served = _served_version(model_url)
-        if served is not None:
-            info["model_version"] = served  # it hot-reloads newer exports
+        served = _served_versions(model_url)
+        if served and canary is None:
+            info["model_version"] = served[0]  # it hot-reloads newer exports
+        if canary is not None:
+            info["canary"] = {**canary, "available": served}  # both versions, as the model server reports them
+    elif canary is not None:
+        info["canary"] = {**canary, "available": []}
     return info
 
 
