@@ -65,3 +65,16 @@ def test_deploy_canary_on_another_target_is_refused_before_anything_changes(tmp_
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert "local target" in proc.stderr
     assert not (tmp_path / "state" / "deploy.json").exists()
+
+
+def test_deploy_canary_dry_run_shows_the_model_config_and_the_split(tmp_path):
+    for version in (1, 2, 3):  # a version is a directory with a saved_model.pb: enough for a dry run
+        (tmp_path / "models" / "pizza" / str(version)).mkdir(parents=True)
+        (tmp_path / "models" / "pizza" / str(version) / "saved_model.pb").write_bytes(b"")
+    env = make_env(tmp_path, tmp_path / "models")
+    proc = run_pizzactl("deploy", "--target", "local", "--canary", "10", "--dry-run", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "# canary: version 3 gets 10% of requests, version 2 the rest" in proc.stdout
+    assert "--model-config-file" in proc.stdout and "PIZZACTL_CANARY_PERCENT=10" in proc.stdout
+    assert "versions: 2 versions: 3" in proc.stdout and 'key: "canary" value: 3' in proc.stdout
+    assert not (tmp_path / "state" / "deploy.json").exists()

@@ -32,6 +32,7 @@ from pizzactl.serving.modelserver.versions import model_config_text
 TARGET = "local"
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
+MODEL_CONFIG = "models.config"  # the model server's TF Serving model config, for a canary
 
 
 def log_dir(settings) -> Path:
@@ -42,14 +43,42 @@ def describe(settings) -> str:
     """What deploy would run (for --dry-run): the two commands, with the configured ports."""
     version_dir = latest_version_dir(settings.models_dir)
     model_url = f"http://127.0.0.1:{settings.model_port}"
+    canary = canary_versions(settings, state_mod.load(settings))
+    config_path = log_dir(settings) / MODEL_CONFIG
+    model_args = ["--model-config-file", str(config_path)] if canary else []
+    gateway = shlex.join(proc.gateway_command(model_url, settings.port, settings.host, settings.allow_private_urls))
     lines = [
         f"# model {version_dir}",
         "# both run under `python -m pizzactl.serving.supervise SPEC`, which restarts a crashed one",
-        shlex.join(proc.modelserver_command(settings.models_dir, settings.model_port)),
-        shlex.join(proc.gateway_command(model_url, settings.port, settings.host, settings.allow_private_urls)),
-        "",
+        shlex.join(proc.modelserver_command(settings.models_dir, settings.model_port, extra=model_args)),
+        " ".join(f"{k}={v}" for k, v in canary_env(settings, canary).items()) + " " + gateway if canary else gateway,
     ]
-    return "\n".join(lines)
+    if canary:
+        lines[1:1] = [
+            f"# canary: {_split_text(settings, canary)}",
+            f"# {config_path}:",
+            *("#   " + line for line in canary_config(settings.models_dir, canary).splitlines()),
+        ]
+    return "\n".join([*lines, ""])
+
+
+def _split_text(settings, canary: tuple[int, int]) -> str:
+    return f"version {canary[1]} gets {settings.canary_percent:g}% of requests, version {canary[0]} the rest"
+
+
+def canary_config(models_dir: Path | str, canary: tuple[int, int]) -> str:
+    """The model server's TF Serving model config for a canary: both versions, labelled."""
+    base = str(model_base(Path(models_dir).expanduser().resolve()))
+    return model_config_text(MODEL_NAME, base, canary, {"stable": canary[0], "canary": canary[1]})
+
+
+def canary_env(settings, canary: tuple[int, int] | None) -> dict[str, str]:
+    """The gateway's canary settings (always set, so an inherited PIZZACTL_CANARY_PERCENT cannot turn one on)."""
+    return {
+        "PIZZACTL_CANARY_PERCENT": f"{settings.canary_percent if canary else 0:g}",
+        "PIZZACTL_CANARY_VERSION": "canary",
+        "PIZZACTL_STABLE_VERSION": "stable",
+    }
 
 
 def canary_versions(settings, previous: DeployState | None = None) -> tuple[int, int] | None:
@@ -101,14 +130,10 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     status_path.unlink(missing_ok=True)
     model_args: list[str] = []
     if canary is not None:
-        config_path = logs_at / "models.config"
-        config_path.write_text(
-            model_config_text(
-                MODEL_NAME, str(model_base(models_dir)), canary, {"stable": canary[0], "canary": canary[1]}
-            )
-        )
+        config_path = logs_at / MODEL_CONFIG
+        config_path.write_text(canary_config(models_dir, canary))
         model_args = ["--model-config-file", str(config_path)]
-        log(f"Canary: version {canary[1]} gets {settings.canary_percent:g}% of requests, version {canary[0]} the rest.")
+        log(f"Canary: {_split_text(settings, canary)}.")
     write_json(
         spec_path,
         {
@@ -129,8 +154,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
         # the servers inherit the supervisor's environment: the keys' digests, never a key
-        env = {**key_env(settings), "PIZZACTL_CANARY_PERCENT": f"{settings.canary_percent if canary else 0:g}"}
-        env.update(PIZZACTL_CANARY_VERSION="canary", PIZZACTL_STABLE_VERSION="stable")
+        env = {**key_env(settings), **canary_env(settings, canary)}
         supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=env)
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
