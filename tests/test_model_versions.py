@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import shutil
 
@@ -100,7 +101,8 @@ def test_two_versions_served_at_once_by_number_and_by_label(tmp_path, serving_mo
         shutil.copytree(source, models / "pizza" / str(version))
     config = tmp_path / "models.config"
     config.write_text(TF_SERVING_CONFIG)
-    server = ModelServerProcess(models, free_port(), args=("--model-config-file", str(config)))
+    args = ("--model-config-file", str(config), "--batch-timeout-ms", "300")
+    server = ModelServerProcess(models, free_port(), args=args)
     server.start()
     try:
         server.wait_available("1")
@@ -121,6 +123,22 @@ def test_two_versions_served_at_once_by_number_and_by_label(tmp_path, serving_mo
         stable = httpx.get(url + "/labels/stable").json()["model_version_status"]
         assert [s["version"] for s in stable] == ["1"]
         assert httpx.get(url + "/labels/canary/metadata").json()["model_spec"]["version"] == "2"
+
+        async def burst():  # both versions' requests queue together: batches mix them
+            async with httpx.AsyncClient(timeout=60) as client:
+                paths = ["/versions/1", "/labels/canary"] * 6
+                return paths, await asyncio.gather(*(client.post(f"{url}{p}:predict", json=body) for p in paths))
+
+        paths, replies = asyncio.run(burst())
+        for path, reply in zip(paths, replies, strict=True):
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["x-model-version"] == ("1" if path == "/versions/1" else "2")
+            got, alone = reply.json()["predictions"][0], answers[path][0]
+            assert got["label"] == alone["label"]
+            assert got["probability"] == pytest.approx(alone["probability"], abs=1e-5)  # batched or alone
+        metrics = httpx.get(server.url + "/monitoring/prometheus/metrics").text
+        sizes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line[:1] != "#"}
+        assert sizes["pizzactl_model_batch_size_count"] < sizes["pizzactl_model_batch_size_sum"]  # some shared a batch
 
         unknown = httpx.post(url + "/labels/beta:predict", json=body)
         assert unknown.status_code == 404 and "label" in unknown.json()["error"]
