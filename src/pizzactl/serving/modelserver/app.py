@@ -28,6 +28,7 @@ from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_han
 from pizzactl.model.runtimes import configure_tf_threads
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
+from pizzactl.serving.modelserver import kserve
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
@@ -119,7 +120,8 @@ def create_app(
     metrics.watch_queue(server)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(server.status(request.path_params["name"], _version(request)))
+        name = request.path_params["name"]
+        return JSONResponse(kserve.v1_status(name, server.status(name, _version(request))))
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(server.metadata(request.path_params["name"], _version(request)))
@@ -158,6 +160,7 @@ def create_app(
     routes += [Route(prefix + "/metadata", metadata, methods=["GET"]) for prefix in (model, version)]
     routes += [Route(prefix, status, methods=["GET"]) for prefix in (model, version)]
     routes.append(Route("/monitoring/prometheus/metrics", prometheus, methods=["GET"]))
+    routes += kserve.v1_routes()
     app = Starlette(routes=routes, lifespan=lifespan)
     install_error_handlers(app, tf_serving_body, log=log)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, body=tf_serving_body)
