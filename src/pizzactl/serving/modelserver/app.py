@@ -28,7 +28,7 @@ from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_han
 from pizzactl.model.runtimes import configure_tf_threads
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
-from pizzactl.serving.modelserver import kserve
+from pizzactl.serving.modelserver import kserve, v2
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
@@ -160,7 +160,7 @@ def create_app(
     routes += [Route(prefix + "/metadata", metadata, methods=["GET"]) for prefix in (model, version)]
     routes += [Route(prefix, status, methods=["GET"]) for prefix in (model, version)]
     routes.append(Route("/monitoring/prometheus/metrics", prometheus, methods=["GET"]))
-    routes += kserve.v1_routes()
+    routes += kserve.v1_routes() + v2.v2_routes(server)
     app = Starlette(routes=routes, lifespan=lifespan)
     install_error_handlers(app, tf_serving_body, log=log)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, body=tf_serving_body)

@@ -1,0 +1,343 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP API) over REST on the model server.
+
+Routes (kserve/open-inference-protocol, REST): `GET /v2/health/live`, `GET /v2/health/ready`,
+`GET /v2` (server metadata), `GET /v2/models/<name>[/versions/<v>]` (model metadata),
+`GET .../ready`, `POST .../infer`. Tensors come as JSON (`data`, row-major, flattened or
+nested) or, with Triton's binary tensor data extension, as raw bytes after the JSON header
+(`Inference-Header-Content-Length`; a BYTES element is a 4-byte little-endian length and its
+bytes): photos are bytes, which JSON strings cannot carry.
+
+An infer request becomes TF Serving's columnar predict and goes through `ModelServer.predict`:
+the same admission, batching, runtimes and limits as `:predict`. The signature is the one whose
+inputs the request names (`image_bytes`: serving_default, `pixels`: serving_pixels). Errors are
+the protocol's `{"error": "..."}`: 400 for a bad request, 404 for an unknown model or version,
+413 for a body over the limit, 503 when the queue is full; health that is false is a 400, as the
+specification says ("a 4xx status code indicates false") and Triton answers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pizzactl import __version__
+from pizzactl.errors import BadInputError, ServableNotFoundError
+from pizzactl.model.runtimes import SIGNATURE, Runtime
+from pizzactl.serving.modelserver.server import ModelServer
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+
+# TensorFlow's dtypes (TF Serving's signature_def) -> the protocol's tensor data types
+DATATYPES = {
+    "DT_STRING": "BYTES",
+    "DT_BOOL": "BOOL",
+    "DT_UINT8": "UINT8",
+    "DT_UINT16": "UINT16",
+    "DT_UINT32": "UINT32",
+    "DT_UINT64": "UINT64",
+    "DT_INT8": "INT8",
+    "DT_INT16": "INT16",
+    "DT_INT32": "INT32",
+    "DT_INT64": "INT64",
+    "DT_HALF": "FP16",
+    "DT_FLOAT": "FP32",
+    "DT_DOUBLE": "FP64",
+}
+NUMPY = {
+    "BOOL": "?",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+def tensor_spec(name: str, info: dict[str, Any]) -> dict[str, Any]:
+    """A signature_def tensor as the protocol's `{"name", "datatype", "shape"}`."""
+    shape = [int(d["size"]) for d in info.get("tensor_shape", {}).get("dim", [])]
+    return {"name": name, "datatype": DATATYPES.get(info["dtype"], info["dtype"]), "shape": shape}
+
+
+def _signatures(model: Runtime) -> list[str]:
+    return [SIGNATURE, *sorted(s for s in model.signature_def if s != SIGNATURE)]
+
+
+def model_metadata(name: str, model: Runtime) -> dict[str, Any]:
+    """Every signature's inputs (by name, serving_default's first) and serving_default's outputs."""
+    inputs: dict[str, dict[str, Any]] = {}
+    for signature in _signatures(model):
+        for key, info in model.signature_def[signature]["inputs"].items():
+            inputs.setdefault(key, tensor_spec(key, info))
+    outputs = [tensor_spec(k, v) for k, v in sorted(model.signature_def[SIGNATURE]["outputs"].items())]
+    return {
+        "name": name,
+        "versions": [str(model.version)],
+        "platform": model.name,
+        "inputs": list(inputs.values()),
+        "outputs": outputs,
+    }
+
+
+def _flatten(value: Any) -> list:
+    if isinstance(value, list):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
+
+
+def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    """Triton's binary BYTES tensor: each element a uint32 little-endian length, then that many bytes."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadInputError(f"input {name!r}: binary BYTES data ends inside an element's length")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise BadInputError(f"input {name!r}: binary BYTES element of {size} bytes runs past the data")
+        out.append(raw[offset : offset + size])
+        offset += size
+    return out
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise BadInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return value
+
+
+def decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[str, str, list[int], Any, int]:
+    """One request input -> (name, datatype, shape, values, new offset into the binary part).
+
+    Values: a list of bytes for BYTES, else a numpy array of the given shape.
+    """
+    if not isinstance(tensor, dict):
+        raise BadInputError("each of 'inputs' must be an object with 'name', 'shape', 'datatype' and 'data'")
+    name, datatype = tensor.get("name"), tensor.get("datatype")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise BadInputError("each of 'inputs' needs a string 'name' and 'datatype'")
+    shape = _shape(tensor.get("shape"), name)
+    count = int(np.prod(shape)) if shape else 1
+    parameters = tensor.get("parameters") or {}
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadInputError(f"input {name!r}: binary_data_size {size} runs past the request's binary data")
+        raw = bytes(binary[offset : offset + size])
+        offset += size
+        if datatype == "BYTES":
+            values: Any = _bytes_elements(raw, name)
+        elif datatype in NUMPY:
+            itemsize = np.dtype(NUMPY[datatype]).itemsize
+            if len(raw) % itemsize:
+                raise BadInputError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
+            values = np.frombuffer(raw, NUMPY[datatype])
+        else:
+            raise BadInputError(f"input {name!r}: unknown datatype {datatype!r}")
+    elif "data" in tensor:
+        flat = _flatten(tensor["data"])
+        if datatype == "BYTES":
+            if not all(isinstance(v, str) for v in flat):
+                raise BadInputError(f"input {name!r}: BYTES data in JSON must be strings")
+            values = [v.encode() for v in flat]
+        elif datatype in NUMPY:
+            if any(isinstance(v, (str, dict, type(None))) for v in flat):
+                raise BadInputError(f"input {name!r}: {datatype} data must be numbers")
+            try:
+                values = np.asarray(flat, dtype=NUMPY[datatype])
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise BadInputError(f"input {name!r}: data is not {datatype}: {exc}") from None
+        else:
+            raise BadInputError(f"input {name!r}: unknown datatype {datatype!r}")
+    else:
+        raise BadInputError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    if len(values) != count:
+        raise BadInputError(f"input {name!r} has {len(values)} values; its shape {shape} holds {count}")
+    if datatype != "BYTES":
+        values = values.reshape(shape)
+    return name, datatype, shape, values, offset
+
+
+def _check_against(spec: dict[str, Any], datatype: str, shape: list[int]) -> None:
+    name, want = spec["name"], spec["shape"]
+    if datatype != spec["datatype"]:
+        raise BadInputError(f"input {name!r} is {spec['datatype']}; the request sends {datatype}")
+    if len(shape) != len(want) or any(w >= 0 and w != s for w, s in zip(want, shape, strict=True)):
+        raise BadInputError(f"input {name!r}: shape {shape} does not match the model's {want} (-1: any)")
+    if not shape or shape[0] == 0:
+        raise BadInputError(f"input {name!r} is empty")
+
+
+def parse_infer(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The request's JSON header and the binary data after it (the binary tensor data extension)."""
+    view = memoryview(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise BadInputError(f"{HEADER_LENGTH} {header_length!r} is not a length within the body")
+        head, binary = view[: int(header_length)], view[int(header_length) :]
+    else:
+        head, binary = view, view[len(body) :]
+    try:
+        payload = json.loads(bytes(head))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"JSON Parse error: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadInputError("the inference request must be a JSON object")
+    if not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+        raise BadInputError("the inference request needs a non-empty list 'inputs'")
+    return payload, binary
+
+
+def _wants_binary(payload: dict[str, Any]) -> tuple[dict[str, bool] | None, bool]:
+    """(requested output -> binary?, or None for all outputs; the request's binary_data_output)."""
+    parameters = payload.get("parameters") or {}
+    default = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    outputs = payload.get("outputs")
+    if outputs is None:
+        return None, default
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise BadInputError("'outputs' must be a list of objects with a 'name'")
+    wanted = {}
+    for o in outputs:
+        p = o.get("parameters") or {}
+        wanted[o["name"]] = bool(p.get("binary_data", default)) if isinstance(p, dict) else default
+    return wanted, default
+
+
+def _output_array(values: Any, datatype: str) -> Any:
+    if datatype == "BYTES":
+        return [v["b64"].encode() if isinstance(v, dict) else str(v).encode() for v in values]
+    return np.asarray(values, dtype=NUMPY.get(datatype, "<f4"))
+
+
+def _encode_output(name: str, datatype: str, values: Any, binary: bool) -> tuple[dict[str, Any], bytes]:
+    if datatype == "BYTES":
+        shape = [len(values)]
+        raw = b"".join(struct.pack("<I", len(v)) + v for v in values) if binary else b""
+        data: Any = None if binary else [v.decode(errors="replace") for v in values]
+    else:
+        shape = list(values.shape)
+        raw = values.astype(NUMPY[datatype]).tobytes() if binary else b""
+        data = None if binary else values.flatten().tolist()
+    out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+    if binary:
+        out["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        out["data"] = data
+    return out, raw
+
+
+async def infer(server: ModelServer, name: str, version: int | None, body: bytes, header: str | None) -> Response:
+    payload, binary = parse_infer(body, header)
+    model = server.servable(name, version)
+    specs = {s["name"]: s for s in model_metadata(name, model)["inputs"]}
+    tensors, offset = {}, 0
+    for tensor in payload["inputs"]:
+        key, datatype, shape, values, offset = decode_tensor(tensor, binary, offset)
+        if key not in specs:
+            raise BadInputError(f"input {key!r} is not an input of model {name} (it takes {', '.join(specs)})")
+        if key in tensors:
+            raise BadInputError(f"input {key!r} is given twice")
+        _check_against(specs[key], datatype, shape)
+        tensors[key] = values if datatype == "BYTES" else list(values)
+    signature = next(
+        (s for s in _signatures(model) if set(model.input_names(s)) == set(tensors)),
+        None,
+    )
+    if signature is None:
+        takes = " or ".join(str(model.input_names(s)) for s in _signatures(model))
+        raise BadInputError(f"inputs {sorted(tensors)} are no signature's inputs (model {name} takes {takes})")
+    outputs_def = model.signature_def[signature]["outputs"]
+    wanted, default = _wants_binary(payload)
+    for key in wanted or ():
+        if key not in outputs_def:
+            raise BadInputError(
+                f"output {key!r} is not an output of model {name} (it has {', '.join(sorted(outputs_def))})"
+            )
+    answer, used = await server.predict(name, version, {"signature_name": signature, "inputs": tensors})
+    columns = answer["outputs"] if isinstance(answer["outputs"], dict) else {next(iter(outputs_def)): answer["outputs"]}
+    parts, raws = [], []
+    for key in wanted if wanted is not None else sorted(columns):
+        datatype = tensor_spec(key, outputs_def[key])["datatype"]
+        part, raw = _encode_output(
+            key, datatype, _output_array(columns[key], datatype), (wanted or {}).get(key, default)
+        )
+        parts.append(part)
+        raws.append(raw)
+    response: dict[str, Any] = {"model_name": name, "model_version": str(used), "outputs": parts}
+    if isinstance(payload.get("id"), str):
+        response["id"] = payload["id"]
+    head = json.dumps(response).encode()
+    if not any(raws):
+        return Response(head, media_type="application/json")
+    return Response(
+        head + b"".join(raws),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(head))},
+    )
+
+
+def _version(request: Request) -> int | None:
+    raw = request.path_params.get("version")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ServableNotFoundError(f"Servable not found for request: Specific({request.path_params['name']}, {raw})")
+    return int(raw)
+
+
+def v2_routes(server: ModelServer) -> list[Route]:
+    """The protocol's REST routes over `server` (registered by app.create_app)."""
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        up = server.model is not None
+        return JSONResponse({"ready": up}, status_code=200 if up else 400)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "pizzactl", "version": __version__, "extensions": EXTENSIONS})
+
+    async def metadata(request: Request) -> Response:
+        name = request.path_params["name"]
+        return JSONResponse(model_metadata(name, server.servable(name, _version(request))))
+
+    async def model_ready(request: Request) -> Response:
+        name = request.path_params["name"]
+        server.servable(name, _version(request))  # 404 when not (yet) there
+        return JSONResponse({"name": name, "ready": True})
+
+    async def infer_route(request: Request) -> Response:
+        name = request.path_params["name"]
+        return await infer(server, name, _version(request), await request.body(), request.headers.get(HEADER_LENGTH))
+
+    model = "/v2/models/{name:model}"
+    version = model + "/versions/{version}"
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+    ]
+    for prefix in (model, version):
+        routes += [
+            Route(prefix, metadata, methods=["GET"]),
+            Route(prefix + "/ready", model_ready, methods=["GET"]),
+            Route(prefix + "/infer", infer_route, methods=["POST"]),
+        ]
+    return routes
