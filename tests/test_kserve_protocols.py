@@ -179,3 +179,37 @@ def _bytes_input(data: bytes):
     tensor = InferInput("image_bytes", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
     return tensor
+
+
+@pytest.mark.slow
+def test_without_a_model_the_server_is_live_and_not_ready_in_every_protocol(tmp_path):
+    import time
+
+    from support.processes import free_port
+    from support.serving_fixtures import ModelServerProcess
+
+    http = pytest.importorskip("tritonclient.http")
+    server = ModelServerProcess(tmp_path / "models", free_port()).start()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                live = httpx.get(server.url + "/", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert server.proc is not None and server.proc.poll() is None, server.log_path
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert live.json() == {"status": "alive"}
+        assert httpx.get(server.url + "/v2/health/live").json() == {"live": True}
+        ready = httpx.get(server.url + "/v2/health/ready")
+        assert (ready.status_code, ready.json()) == (400, {"ready": False})
+        client = http.InferenceServerClient(server.url.removeprefix("http://"))
+        try:
+            assert client.is_server_live() and not client.is_server_ready() and not client.is_model_ready("pizza")
+        finally:
+            client.close()
+        status = httpx.get(server.url + "/v1/models/pizza")  # TF Serving's 404, naming the folder it watches
+        assert status.status_code == 404 and "pizzactl export" in status.json()["error"]
+    finally:
+        server.stop()

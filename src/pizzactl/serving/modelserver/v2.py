@@ -302,42 +302,43 @@ def _version(request: Request) -> int | None:
 
 
 def v2_routes(server: ModelServer) -> list[Route]:
-    """The protocol's REST routes over `server` (registered by app.create_app)."""
+    """The protocol's REST routes over `server` (registered by app.create_app; the handlers' names
+    are the `route` label of pizzactl_model_requests)."""
 
-    async def live(request: Request) -> Response:
+    async def v2_live(request: Request) -> Response:
         return JSONResponse({"live": True})
 
-    async def ready(request: Request) -> Response:
+    async def v2_ready(request: Request) -> Response:
         up = server.model is not None
         return JSONResponse({"ready": up}, status_code=200 if up else 400)
 
-    async def server_metadata(request: Request) -> Response:
+    async def v2_server_metadata(request: Request) -> Response:
         return JSONResponse({"name": "pizzactl", "version": __version__, "extensions": EXTENSIONS})
 
-    async def metadata(request: Request) -> Response:
+    async def v2_metadata(request: Request) -> Response:
         name = request.path_params["name"]
         return JSONResponse(model_metadata(name, server.servable(name, _version(request))))
 
-    async def model_ready(request: Request) -> Response:
+    async def v2_model_ready(request: Request) -> Response:
         name = request.path_params["name"]
         server.servable(name, _version(request))  # 404 when not (yet) there
         return JSONResponse({"name": name, "ready": True})
 
-    async def infer_route(request: Request) -> Response:
+    async def v2_infer(request: Request) -> Response:
         name = request.path_params["name"]
         return await infer(server, name, _version(request), await request.body(), request.headers.get(HEADER_LENGTH))
 
     model = "/v2/models/{name:model}"
     version = model + "/versions/{version}"
     routes = [
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", v2_live, methods=["GET"]),
+        Route("/v2/health/ready", v2_ready, methods=["GET"]),
+        Route("/v2", v2_server_metadata, methods=["GET"]),
     ]
     for prefix in (model, version):
         routes += [
-            Route(prefix, metadata, methods=["GET"]),
-            Route(prefix + "/ready", model_ready, methods=["GET"]),
-            Route(prefix + "/infer", infer_route, methods=["POST"]),
+            Route(prefix, v2_metadata, methods=["GET"]),
+            Route(prefix + "/ready", v2_model_ready, methods=["GET"]),
+            Route(prefix + "/infer", v2_infer, methods=["POST"]),
         ]
     return routes
