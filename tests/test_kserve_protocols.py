@@ -213,3 +213,82 @@ def test_without_a_model_the_server_is_live_and_not_ready_in_every_protocol(tmp_
         assert status.status_code == 404 and "pizzactl export" in status.json()["error"]
     finally:
         server.stop()
+
+
+# --- Open Inference Protocol v2 over gRPC, through tritonclient.grpc -----------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_server(serving_models, tmp_path_factory):
+    """A model server of its own with --grpc-port (the session one serves REST only)."""
+    from support.processes import free_port
+    from support.serving_fixtures import ModelServerProcess
+
+    port = free_port()
+    server = ModelServerProcess(
+        serving_models,
+        free_port(),
+        args=("--grpc-port", str(port)),
+        log_path=tmp_path_factory.mktemp("grpc") / "modelserver.log",
+    ).start()
+    try:
+        server.wait_available()
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_v2_grpc_health_metadata_and_infer_read_by_tritonclient(grpc_server, shared_photos):
+    import base64
+
+    import numpy as np
+
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    rest, address = grpc_server
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("pizza") and client.is_model_ready("pizza", "1")
+        assert not client.is_model_ready("margherita")
+        assert client.get_server_metadata().name == "pizzactl"
+        meta = client.get_model_metadata("pizza", as_json=True)
+        assert meta["versions"] == ["1"]
+        assert {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]} == {
+            "image_bytes": ("BYTES", ["-1"]),  # int64 in JSON is a string (protobuf's JSON mapping)
+            "pixels": ("UINT8", ["-1", "64", "64", "3"]),
+        }
+        photos = _photos(shared_photos)
+        tf_serving = httpx.post(
+            rest.url + "/v1/models/pizza:predict",
+            json={"instances": [{"b64": base64.b64encode(p).decode()} for p in photos]},
+        ).json()["predictions"]
+        image = grpcclient.InferInput("image_bytes", [2], "BYTES")
+        image.set_data_from_numpy(np.array(photos, dtype=np.object_))
+        result = client.infer("pizza", [image])
+        assert [x.decode() for x in result.as_numpy("label")] == [p["label"] for p in tf_serving]
+        np.testing.assert_allclose(result.as_numpy("probability"), [p["probability"] for p in tf_serving], atol=1e-6)
+        assert result.as_numpy("probabilities").shape == (2, 2)
+
+        def code(call):
+            with pytest.raises(InferenceServerException) as caught:
+                call()
+            return caught.value.status()
+
+        wrong = grpcclient.InferInput("image_bytes", [1], "FP32")
+        wrong.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+        assert code(lambda: client.infer("pizza", [wrong])) == "StatusCode.INVALID_ARGUMENT"
+        small = grpcclient.InferInput("pixels", [1, 3, 3, 3], "UINT8")
+        small.set_data_from_numpy(np.zeros((1, 3, 3, 3), dtype=np.uint8))
+        assert code(lambda: client.infer("pizza", [small])) == "StatusCode.INVALID_ARGUMENT"
+        assert code(lambda: client.infer("margherita", [image])) == "StatusCode.NOT_FOUND"
+        assert code(lambda: client.infer("pizza", [image], model_version="999")) == "StatusCode.NOT_FOUND"
+        assert code(lambda: client.get_model_metadata("margherita")) == "StatusCode.NOT_FOUND"
+        huge = grpcclient.InferInput("image_bytes", [1], "BYTES")
+        huge.set_data_from_numpy(np.array([b"x" * (32 * 1024 * 1024 + 1)], dtype=np.object_))
+        assert code(lambda: client.infer("pizza", [huge])) == "StatusCode.RESOURCE_EXHAUSTED"
+        assert client.is_server_ready()
+    finally:
+        client.close()

@@ -119,8 +119,46 @@ def _shape(value: Any, name: str) -> list[int]:
     return value
 
 
+def from_raw(name: str, datatype: str, raw: bytes) -> Any:
+    """Raw tensor bytes (the binary extension, gRPC's raw_input_contents): bytes elements or a flat array."""
+    if datatype == "BYTES":
+        return _bytes_elements(raw, name)
+    if datatype not in NUMPY:
+        raise BadInputError(f"input {name!r}: unknown datatype {datatype!r}")
+    itemsize = np.dtype(NUMPY[datatype]).itemsize
+    if len(raw) % itemsize:
+        raise BadInputError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
+    return np.frombuffer(raw, NUMPY[datatype])
+
+
+def from_list(name: str, datatype: str, flat: list) -> Any:
+    """Flat values (JSON `data`, gRPC's typed contents): bytes elements or a flat array."""
+    if datatype == "BYTES":
+        if all(isinstance(v, bytes) for v in flat):
+            return list(flat)
+        if not all(isinstance(v, str) for v in flat):
+            raise BadInputError(f"input {name!r}: BYTES data in JSON must be strings")
+        return [v.encode() for v in flat]
+    if datatype not in NUMPY:
+        raise BadInputError(f"input {name!r}: unknown datatype {datatype!r}")
+    if any(isinstance(v, (str, bytes, dict, type(None))) for v in flat):
+        raise BadInputError(f"input {name!r}: {datatype} data must be numbers")
+    try:
+        return np.asarray(flat, dtype=NUMPY[datatype])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadInputError(f"input {name!r}: data is not {datatype}: {exc}") from None
+
+
+def shaped(name: str, datatype: str, shape: list[int], values: Any) -> Any:
+    """`values` checked against `shape`'s element count; numeric ones reshaped to it."""
+    count = int(np.prod(shape)) if shape else 1
+    if len(values) != count:
+        raise BadInputError(f"input {name!r} has {len(values)} values; its shape {shape} holds {count}")
+    return values if datatype == "BYTES" else values.reshape(shape)
+
+
 def decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[str, str, list[int], Any, int]:
-    """One request input -> (name, datatype, shape, values, new offset into the binary part).
+    """One REST request input -> (name, datatype, shape, values, new offset into the binary part).
 
     Values: a list of bytes for BYTES, else a numpy array of the given shape.
     """
@@ -130,45 +168,18 @@ def decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[str, st
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise BadInputError("each of 'inputs' needs a string 'name' and 'datatype'")
     shape = _shape(tensor.get("shape"), name)
-    count = int(np.prod(shape)) if shape else 1
     parameters = tensor.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise BadInputError(f"input {name!r}: binary_data_size {size} runs past the request's binary data")
-        raw = bytes(binary[offset : offset + size])
+        values = from_raw(name, datatype, bytes(binary[offset : offset + size]))
         offset += size
-        if datatype == "BYTES":
-            values: Any = _bytes_elements(raw, name)
-        elif datatype in NUMPY:
-            itemsize = np.dtype(NUMPY[datatype]).itemsize
-            if len(raw) % itemsize:
-                raise BadInputError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
-            values = np.frombuffer(raw, NUMPY[datatype])
-        else:
-            raise BadInputError(f"input {name!r}: unknown datatype {datatype!r}")
     elif "data" in tensor:
-        flat = _flatten(tensor["data"])
-        if datatype == "BYTES":
-            if not all(isinstance(v, str) for v in flat):
-                raise BadInputError(f"input {name!r}: BYTES data in JSON must be strings")
-            values = [v.encode() for v in flat]
-        elif datatype in NUMPY:
-            if any(isinstance(v, (str, dict, type(None))) for v in flat):
-                raise BadInputError(f"input {name!r}: {datatype} data must be numbers")
-            try:
-                values = np.asarray(flat, dtype=NUMPY[datatype])
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise BadInputError(f"input {name!r}: data is not {datatype}: {exc}") from None
-        else:
-            raise BadInputError(f"input {name!r}: unknown datatype {datatype!r}")
+        values = from_list(name, datatype, _flatten(tensor["data"]))
     else:
         raise BadInputError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    if len(values) != count:
-        raise BadInputError(f"input {name!r} has {len(values)} values; its shape {shape} holds {count}")
-    if datatype != "BYTES":
-        values = values.reshape(shape)
-    return name, datatype, shape, values, offset
+    return name, datatype, shape, shaped(name, datatype, shape, values), offset
 
 
 def _check_against(spec: dict[str, Any], datatype: str, shape: list[int]) -> None:
@@ -225,16 +236,26 @@ def _output_array(values: Any, datatype: str) -> Any:
     return np.asarray(values, dtype=NUMPY.get(datatype, "<f4"))
 
 
-def _encode_output(name: str, datatype: str, values: Any, binary: bool) -> tuple[dict[str, Any], bytes]:
+def raw_bytes(datatype: str, values: Any) -> bytes:
+    """Output values as raw tensor bytes (the binary extension, gRPC's raw_output_contents)."""
     if datatype == "BYTES":
-        shape = [len(values)]
-        raw = b"".join(struct.pack("<I", len(v)) + v for v in values) if binary else b""
-        data: Any = None if binary else [v.decode(errors="replace") for v in values]
+        return b"".join(struct.pack("<I", len(v)) + v for v in values)
+    return values.astype(NUMPY[datatype]).tobytes()
+
+
+def output_shape(datatype: str, values: Any) -> list[int]:
+    return [len(values)] if datatype == "BYTES" else list(values.shape)
+
+
+def _encode_output(name: str, datatype: str, values: Any, binary: bool) -> tuple[dict[str, Any], bytes]:
+    raw = raw_bytes(datatype, values) if binary else b""
+    if binary:
+        data: Any = None
+    elif datatype == "BYTES":
+        data = [v.decode(errors="replace") for v in values]
     else:
-        shape = list(values.shape)
-        raw = values.astype(NUMPY[datatype]).tobytes() if binary else b""
-        data = None if binary else values.flatten().tolist()
-    out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        data = values.flatten().tolist()
+    out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": output_shape(datatype, values)}
     if binary:
         out["parameters"] = {"binary_data_size": len(raw)}
     else:
@@ -242,41 +263,60 @@ def _encode_output(name: str, datatype: str, values: Any, binary: bool) -> tuple
     return out, raw
 
 
-async def infer(server: ModelServer, name: str, version: int | None, body: bytes, header: str | None) -> Response:
-    payload, binary = parse_infer(body, header)
+async def predict(
+    server: ModelServer,
+    name: str,
+    version: int | None,
+    tensors: list[tuple[str, str, list[int], Any]],
+    outputs: list[str] | None,
+) -> tuple[int, list[tuple[str, str, Any]]]:
+    """Decoded inputs (name, datatype, shape, values) -> (the version used, [(output, datatype, values)]).
+
+    Checks them against the model's metadata, picks the signature they are the inputs of and runs
+    TF Serving's columnar predict (`ModelServer.predict`: admission, batching, runtimes). Both the
+    REST and the gRPC face call it.
+    """
     model = server.servable(name, version)
     specs = {s["name"]: s for s in model_metadata(name, model)["inputs"]}
-    tensors, offset = {}, 0
-    for tensor in payload["inputs"]:
-        key, datatype, shape, values, offset = decode_tensor(tensor, binary, offset)
+    columns: dict[str, Any] = {}
+    for key, datatype, shape, values in tensors:
         if key not in specs:
             raise BadInputError(f"input {key!r} is not an input of model {name} (it takes {', '.join(specs)})")
-        if key in tensors:
+        if key in columns:
             raise BadInputError(f"input {key!r} is given twice")
         _check_against(specs[key], datatype, shape)
-        tensors[key] = values if datatype == "BYTES" else list(values)
-    signature = next(
-        (s for s in _signatures(model) if set(model.input_names(s)) == set(tensors)),
-        None,
-    )
+        columns[key] = values if datatype == "BYTES" else list(values)
+    signature = next((s for s in _signatures(model) if set(model.input_names(s)) == set(columns)), None)
     if signature is None:
         takes = " or ".join(str(model.input_names(s)) for s in _signatures(model))
-        raise BadInputError(f"inputs {sorted(tensors)} are no signature's inputs (model {name} takes {takes})")
+        raise BadInputError(f"inputs {sorted(columns)} are no signature's inputs (model {name} takes {takes})")
     outputs_def = model.signature_def[signature]["outputs"]
-    wanted, default = _wants_binary(payload)
-    for key in wanted or ():
+    for key in outputs or ():
         if key not in outputs_def:
             raise BadInputError(
                 f"output {key!r} is not an output of model {name} (it has {', '.join(sorted(outputs_def))})"
             )
-    answer, used = await server.predict(name, version, {"signature_name": signature, "inputs": tensors})
-    columns = answer["outputs"] if isinstance(answer["outputs"], dict) else {next(iter(outputs_def)): answer["outputs"]}
-    parts, raws = [], []
-    for key in wanted if wanted is not None else sorted(columns):
+    answer, used = await server.predict(name, version, {"signature_name": signature, "inputs": columns})
+    got = answer["outputs"] if isinstance(answer["outputs"], dict) else {next(iter(outputs_def)): answer["outputs"]}
+    results = []
+    for key in outputs if outputs is not None else sorted(got):
         datatype = tensor_spec(key, outputs_def[key])["datatype"]
-        part, raw = _encode_output(
-            key, datatype, _output_array(columns[key], datatype), (wanted or {}).get(key, default)
-        )
+        results.append((key, datatype, _output_array(got[key], datatype)))
+    return used, results
+
+
+async def infer(server: ModelServer, name: str, version: int | None, body: bytes, header: str | None) -> Response:
+    """A REST infer request -> its JSON answer, with binary outputs after it when asked."""
+    payload, binary = parse_infer(body, header)
+    tensors, offset = [], 0
+    for tensor in payload["inputs"]:
+        key, datatype, shape, values, offset = decode_tensor(tensor, binary, offset)
+        tensors.append((key, datatype, shape, values))
+    wanted, default = _wants_binary(payload)
+    used, results = await predict(server, name, version, tensors, list(wanted) if wanted is not None else None)
+    parts, raws = [], []
+    for key, datatype, values in results:
+        part, raw = _encode_output(key, datatype, values, (wanted or {}).get(key, default))
         parts.append(part)
         raws.append(raw)
     response: dict[str, Any] = {"model_name": name, "model_version": str(used), "outputs": parts}
