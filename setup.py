@@ -2,12 +2,49 @@
 where users run `kubectl apply -k k8s/` and `docker build -f docker/...`, and are installed
 inside the package (pizzactl/k8s, pizzactl/docker) so an installed pizzactl finds them.
 Real directories, not symlinks: those break on Windows checkouts.
+
+The model server's gRPC stubs are generated here from its .proto files with grpcio-tools
+(a build requirement), never checked in: protoc's output must match the protobuf runtime.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+PROTOS = Path(__file__).parent / "src" / "pizzactl" / "serving" / "modelserver" / "protos"
+
+
+def generate_stubs() -> None:
+    """`*_pb2.py` and `*_pb2_grpc.py` beside each .proto (imports rooted at src/)."""
+    try:
+        from grpc_tools import protoc
+    except ImportError:
+        print("warning: grpcio-tools is not installed: no gRPC stubs, the model server serves REST only")
+        return
+    import importlib.resources
+
+    include = str(importlib.resources.files("grpc_tools") / "_proto")
+    src = PROTOS.parents[3]
+    for proto in sorted(PROTOS.glob("*.proto")):
+        args = ["protoc", f"-I{src}", f"-I{include}", f"--python_out={src}", f"--grpc_python_out={src}", str(proto)]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed on {proto}")
+
+
+class BuildPyWithStubs(build_py):
+    def run(self) -> None:
+        generate_stubs()
+        super().run()
+
 
 setup(
     packages=[*find_packages("src"), "pizzactl.k8s", "pizzactl.docker"],
     package_dir={"": "src", "pizzactl.k8s": "k8s", "pizzactl.docker": "docker"},
-    package_data={"pizzactl": ["serving/static/*"], "pizzactl.k8s": ["*.yaml", "training/*.yaml"], "pizzactl.docker": ["*"]},
+    package_data={
+        "pizzactl": ["serving/static/*", "serving/modelserver/protos/*.proto"],
+        "pizzactl.k8s": ["*.yaml", "training/*.yaml"],
+        "pizzactl.docker": ["*"],
+    },
+    cmdclass={"build_py": BuildPyWithStubs},
 )

@@ -171,9 +171,11 @@ def test_status_reports_the_version_available_as_tf_serving_does(ms, serving_mod
     assert response.status_code == 200
     expected_version = str(max(_versions(serving_models / "pizza")))
     assert response.json() == {
+        "name": "pizza",
+        "ready": True,  # KServe's v1 client reads these two (test_kserve_protocols)
         "model_version_status": [
             {"version": expected_version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-        ]
+        ],
     }
 
 

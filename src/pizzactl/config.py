@@ -162,6 +162,12 @@ class Settings:
     )
     port: int = setting(GATEWAY_PORT, "Gateway port on the host.", used="serve, deploy, up")
     model_port: int = setting(MODEL_PORT, "Model server port.", used="serve, deploy local")
+    grpc_port: int = setting(
+        0,
+        "Model server's gRPC port (Open Inference Protocol v2, inference.GRPCInferenceService); 0: no gRPC.",
+        used="model server",
+        flag=False,
+    )
     allow_private_urls: bool = setting(False, "Let the gateway fetch loopback/private URLs.", used="serve, deploy")
     target: str = setting(
         "kind",

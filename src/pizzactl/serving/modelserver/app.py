@@ -24,10 +24,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pizzactl.config import add_argument, load_settings, server_settings
-from pizzactl.errors import BadInputError, RouteNotFoundError, install_error_handlers, tf_serving_body
+from pizzactl.errors import (
+    BadInputError,
+    MissingDependencyError,
+    RouteNotFoundError,
+    install_error_handlers,
+    tf_serving_body,
+)
 from pizzactl.model.runtimes import configure_tf_threads
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
+from pizzactl.serving.modelserver import kserve, v2
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
@@ -109,11 +116,15 @@ def _label(request: Request) -> str | None:
 
 
 def create_app(
-    models_dir: Path | str | None = None, config: ModelServerConfig | None = None, **overrides: Any
+    models_dir: Path | str | None = None,
+    config: ModelServerConfig | None = None,
+    grpc_address: str | None = None,
+    **overrides: Any,
 ) -> Starlette:
     """The model server as an ASGI app (the watcher and batcher start with the app's lifespan).
 
     Without `config`, the settings (PIZZACTL_* variables, pizzactl.toml) and `overrides` decide.
+    With `grpc_address` (host:port) the Open Inference Protocol's gRPC service starts beside it.
     """
     if config is None:
         config = ModelServerConfig.from_settings(load_settings(), models_dir=models_dir, **overrides)
@@ -123,7 +134,8 @@ def create_app(
     metrics.watch_queue(server)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(server.status(request.path_params["name"], _version(request), _label(request)))
+        name = request.path_params["name"]
+        return JSONResponse(kserve.v1_status(name, server.status(name, _version(request), _label(request))))
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(server.metadata(request.path_params["name"], _version(request), _label(request)))
@@ -151,9 +163,22 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app):
         await server.startup()
+        grpc_server = None
         try:
+            if grpc_address:
+                try:
+                    from pizzactl.serving.modelserver import grpc_v2  # grpc is only loaded when served
+                except ImportError as exc:
+                    raise MissingDependencyError(
+                        f"--grpc-port needs grpcio and the generated gRPC stubs: {exc}",
+                        hint="pip install 'pizzactl[serve]' (building pizzactl generates the stubs with grpcio-tools)",
+                    ) from None
+                grpc_server = await grpc_v2.start(server, grpc_address, config.max_request_bytes)
+                log.info("Open Inference Protocol over gRPC on %s", grpc_address)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1)
             await server.shutdown()
 
     model = "/v1/models/{name:model}"
@@ -162,6 +187,7 @@ def create_app(
     routes += [Route(prefix + "/metadata", metadata, methods=["GET"]) for prefix in prefixes]
     routes += [Route(prefix, status, methods=["GET"]) for prefix in prefixes]
     routes.append(Route("/monitoring/prometheus/metrics", prometheus, methods=["GET"]))
+    routes += kserve.v1_routes() + v2.v2_routes(server)
     app = Starlette(routes=routes, lifespan=lifespan)
     install_error_handlers(app, tf_serving_body, log=log)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, body=tf_serving_body)
@@ -184,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_argument(parser, "tf_intra_op_threads", "--intra-op-threads")
     add_argument(parser, "tf_inter_op_threads", "--inter-op-threads")
     add_argument(parser, "model_runtime")
+    add_argument(parser, "grpc_port", "--grpc-port")
     settings = server_settings(vars(parser.parse_args(argv)))
     config = ModelServerConfig.from_settings(settings)
 
@@ -195,5 +222,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     intra, inter = configure_tf_threads(config.tf_intra_op_threads, config.tf_inter_op_threads)
     log.info("TensorFlow threads: %s intra-op, %s inter-op", intra or "default", inter or "default")
     run_server(
-        create_app(config=config), settings.host, settings.model_port, level, settings=settings, body=tf_serving_body
+        create_app(config=config, grpc_address=f"{settings.host}:{settings.grpc_port}" if settings.grpc_port else None),
+        settings.host,
+        settings.model_port,
+        level,
+        settings=settings,
+        body=tf_serving_body,
     )
