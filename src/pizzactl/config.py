@@ -220,7 +220,7 @@ class Settings:
     canary_percent: float = setting(
         0.0,
         "Share of requests (0-100) the gateway sends to the candidate version; 0: off.",
-        used="gateway, deploy (local)",
+        used="gateway, deploy",
         flag="--canary",
     )
     canary_version: str = setting(
@@ -231,6 +231,11 @@ class Settings:
         "What the other requests go to while a canary runs: a label or a version number.",
         used="gateway",
         flag=False,
+    )
+    shadow: bool = setting(
+        False,
+        "Also send every request to the candidate version in the background; users get stable's answers.",
+        used="gateway, deploy",
     )
     max_concurrency: int = setting(64, "Model-server requests in flight.", used="gateway", flag=False)
     max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Bytes per image, else 413.", used="gateway", flag=False)
