@@ -36,7 +36,7 @@ def test_deploy_canary_serves_both_versions_splits_and_status_shows_them(tiny_mo
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         seen.update(json.loads((tmp_path / "state" / "deploy.json").read_text())["pids"].values())
-        assert result["canary"] == {"percent": 50.0, "stable": 1, "candidate": 2}
+        assert result["rollout"] == {"mode": "canary", "percent": 50.0, "stable": 1, "candidate": 2}
         assert result["model_version"] == 1  # stable: what users get outside the canary
 
         photo = base64.b64encode(shared_photos["pizza"][0].read_bytes()).decode()
@@ -49,7 +49,13 @@ def test_deploy_canary_serves_both_versions_splits_and_status_shows_them(tiny_mo
         assert versions.count(2) == 10 and versions.count(1) == 10
 
         status = json.loads(run_pizzactl("status", "--json", env=env, cwd=tmp_path).stdout)
-        assert status["canary"] == {"percent": 50.0, "stable": 1, "candidate": 2, "available": [2, 1]}
+        assert status["rollout"] == {
+            "mode": "canary",
+            "percent": 50.0,
+            "stable": 1,
+            "candidate": 2,
+            "available": [2, 1],
+        }
         shown = run_pizzactl("status", env=env, cwd=tmp_path).stdout
         assert "candidate=2" in shown and "stable=1" in shown
     finally:

@@ -40,6 +40,7 @@ def deploy(
     allow_private_urls: bool | None = option("allow_private_urls"),
     api_key: str | None = option("api_key"),
     canary: float | None = option("canary_percent"),
+    shadow: bool | None = option("shadow"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the rendered manifests and touch nothing."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
     json_out: bool = JsonOpt,
@@ -58,6 +59,7 @@ def deploy(
         allow_private_urls=allow_private_urls,
         api_key=api_key,
         canary_percent=canary,
+        shadow=shadow,
     )
     if dry_run:
         sys.stdout.write(dry_run_(s))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pizzactl.console import log
+from pizzactl.deploy import rollout, targets
 from pizzactl.deploy import state as state_mod
-from pizzactl.deploy import targets
 from pizzactl.deploy.results import Deployment, Status
+from pizzactl.deploy.rollout import Plan
 from pizzactl.errors import NotDeployedError, UsageError, require_extra
 from pizzactl.kube import training as kube_training
 from pizzactl.kube.docker_daemon import planned_platform
@@ -28,6 +30,7 @@ from pizzactl.kube.images import plan_images
 from pizzactl.model.store import latest_version_dir
 
 TARGETS = ("local", "docker", "kind")
+ROLLOUT_TARGETS = ("local",)  # the targets that render a rollout plan's pinned versions
 
 
 def target_of(settings) -> str:
@@ -35,31 +38,50 @@ def target_of(settings) -> str:
     return "cluster" if settings.target == "kind" and settings.context else settings.target
 
 
-def deploy(settings, timeout: float = 300.0) -> Deployment:
-    """Deploy the latest exported model to the target; replaces what was deployed before."""
+def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> Deployment:
+    """Deploy the latest exported model to the target; replaces what was deployed before.
+
+    `plan` (deploy/rollout.py) says which versions serve and how: by default from the settings
+    (`--canary P`, `--shadow`: the newest version on trial beside stable; else the newest for all)."""
     target = target_of(settings)
     mod = targets.target(target)
 
     require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
-    if settings.canary_percent and target != "local":
+    asked = settings.canary_percent or settings.shadow
+    if (asked or (plan is not None and plan.pinned)) and target not in ROLLOUT_TARGETS:
         raise UsageError(
-            f"--canary is only built for the local target so far, not {target} (issue 23).",
-            hint="Deploy with --target local --canary P, or without --canary (and PIZZACTL_CANARY_PERCENT unset).",
+            f"Canary, shadow, promote and abort are only built for the {', '.join(ROLLOUT_TARGETS)} target so far, "
+            f"not {target} (issue 23).",
+            hint="Deploy with --target local, or without --canary/--shadow (and PIZZACTL_CANARY_PERCENT, "
+            "PIZZACTL_SHADOW unset).",
         )
-
     latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)
+    plan = plan or rollout.plan_for(settings, previous)
     if previous is not None and previous.target == "kind" and target != "kind":
         from pizzactl.deploy.targets import kind
 
         kind.refuse_while_training(settings, previous, target)  # the switch would delete its cluster
     mod.preflight(settings, previous)  # e.g. the port is taken by something else: fail before stopping what runs now
+    _say_what_replaces_a_trial(previous, plan)
     if previous is not None and (previous.target != target or target in ("local", "docker")):
         teardown_deployment(settings)
-    result = mod.deploy(settings, timeout=timeout)
+    result = mod.deploy(settings, timeout=timeout, plan=plan)
     if previous is not None and previous.target == target == "docker":
         _carry_history(settings, previous)
     return Deployment.of(result)
+
+
+def _say_what_replaces_a_trial(previous: state_mod.DeployState | None, plan: Plan) -> None:
+    """A deploy while a canary or shadow runs ends that trial: say so, and what comes instead."""
+    trial = rollout.in_flight(previous)
+    if trial is None:
+        return
+    was = rollout.Plan.of_record(previous)
+    if was == plan:
+        log(f"The {was.mode} stays as it is: {was.describe()}.")
+    else:
+        log(f"A {was.mode} is in flight ({was.describe()}); this deploy ends it: {plan.describe()}.")
 
 
 def dry_run(settings) -> str:

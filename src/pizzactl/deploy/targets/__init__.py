@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pizzactl.config import Settings
+from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import UsageError
 
@@ -30,8 +31,10 @@ class Target(Protocol):
     def preflight(self, settings: Settings, previous: DeployState | None, /) -> None:
         """Raise before anything is stopped (e.g. the port is taken by something else)."""
 
-    def deploy(self, settings: Settings, /, timeout: float = 300.0) -> dict[str, Any]:
-        """At least {"target", "url", "model_version"}; the rest goes to `Deployment.details`."""
+    def deploy(self, settings: Settings, /, timeout: float = 300.0, plan: Plan | None = None) -> dict[str, Any]:
+        """At least {"target", "url", "model_version"}; the rest goes to `Deployment.details`.
+
+        `plan`: which versions serve and how (deploy/rollout.py); None: the newest for everyone."""
         ...
 
     def status(self, settings: Settings, state: DeployState, /) -> dict[str, Any]:

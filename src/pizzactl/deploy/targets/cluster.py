@@ -17,6 +17,7 @@ from pizzactl.config import Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests
 from pizzactl.deploy import state as state_mod
+from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError, UsageError
 from pizzactl.kube import capacity, k8s, training
@@ -185,7 +186,7 @@ def preflight(settings: Settings, previous: DeployState | None) -> None:
     """Nothing to check before the old deployment goes: a cluster rolls the new one out in place."""
 
 
-def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
+def deploy(settings: Settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[str, Any]:
     """Build for the cluster's architecture, push to --registry, release, find the gateway's address."""
 
     if not settings.registry:

@@ -19,6 +19,7 @@ from pizzactl.config import Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests
 from pizzactl.deploy import state as state_mod
+from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError, PortInUseError
@@ -146,7 +147,9 @@ def preflight(settings: Settings, previous: DeployState | None) -> None:
         )
 
 
-def deploy(settings: Settings, timeout: float = 300.0, images: Images | None = None) -> dict[str, Any]:
+def deploy(
+    settings: Settings, timeout: float = 300.0, plan: Plan | None = None, *, images: Images | None = None
+) -> dict[str, Any]:
     """Build the images (unless given), run the rendered pods, wait until the gateway is ready."""
     preflight(settings, None)
     client = docker_client()

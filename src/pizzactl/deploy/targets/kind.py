@@ -18,6 +18,7 @@ from pizzactl.config import Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests
 from pizzactl.deploy import state as state_mod
+from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import cluster as cluster_target
 from pizzactl.errors import DeployError
@@ -73,7 +74,7 @@ def preflight(settings: Settings, previous: DeployState | None) -> None:
         require_free_port(listen_address(settings.host), settings.port, what="kind cluster's port mapping")
 
 
-def deploy(settings: Settings, timeout: float = 300.0) -> dict[str, Any]:
+def deploy(settings: Settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[str, Any]:
     """Create or reuse the cluster, build and load the images, release them, wait for the host port."""
     preflight(settings, None)
     created = ensure_cluster(settings)

@@ -19,85 +19,53 @@ from typing import Any
 from pizzactl import httpclient
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
+from pizzactl.deploy import rollout
 from pizzactl.deploy import state as state_mod
+from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
-from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
+from pizzactl.errors import DeployError, UsageError
 from pizzactl.files import write_json
-from pizzactl.model.store import latest_version_dir, list_versions, model_base
+from pizzactl.model.store import latest_version_dir, model_base
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
 from pizzactl.serving.auth import key_env
-from pizzactl.serving.modelserver.versions import model_config_text
 
 TARGET = "local"
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
-MODEL_CONFIG = "models.config"  # the model server's TF Serving model config, for a canary
+MODEL_CONFIG = "models.config"  # the model server's TF Serving model config, for a trial or a pinned version
 
 
 def log_dir(settings) -> Path:
     return Path(settings.state_dir).expanduser() / "local"
 
 
-def describe(settings) -> str:
+def describe(settings, plan: Plan | None = None) -> str:
     """What deploy would run (for --dry-run): the two commands, with the configured ports."""
     version_dir = latest_version_dir(settings.models_dir)
     model_url = f"http://127.0.0.1:{settings.model_port}"
-    canary = canary_versions(settings, state_mod.load(settings))
+    plan = plan or rollout.plan_for(settings, state_mod.load(settings))
     config_path = log_dir(settings) / MODEL_CONFIG
-    model_args = ["--model-config-file", str(config_path)] if canary else []
+    model_args = ["--model-config-file", str(config_path)] if plan.pinned else []
     gateway = shlex.join(proc.gateway_command(model_url, settings.port, settings.host, settings.allow_private_urls))
     lines = [
-        f"# model {version_dir}",
+        f"# model {version_dir if not plan.pinned else model_base(settings.models_dir)}",
         "# both run under `python -m pizzactl.serving.supervise SPEC`, which restarts a crashed one",
         shlex.join(proc.modelserver_command(settings.models_dir, settings.model_port, extra=model_args)),
-        " ".join(f"{k}={v}" for k, v in canary_env(settings, canary).items()) + " " + gateway if canary else gateway,
+        " ".join(f"{k}={v}" for k, v in plan.gateway_env().items()) + " " + gateway if plan.trial else gateway,
     ]
-    if canary:
+    if plan.pinned:
         lines[1:1] = [
-            f"# canary: {_split_text(settings, canary)}",
+            f"# {plan.mode if plan.trial else 'pinned'}: {plan.describe()}",
             f"# {config_path}:",
-            *("#   " + line for line in canary_config(settings.models_dir, canary).splitlines()),
+            *("#   " + line for line in (_model_config(settings, plan) or "").splitlines()),
         ]
     return "\n".join([*lines, ""])
 
 
-def _split_text(settings, canary: tuple[int, int]) -> str:
-    return f"version {canary[1]} gets {settings.canary_percent:g}% of requests, version {canary[0]} the rest"
-
-
-def canary_config(models_dir: Path | str, canary: tuple[int, int]) -> str:
-    """The model server's TF Serving model config for a canary: both versions, labelled."""
-    base = str(model_base(Path(models_dir).expanduser().resolve()))
-    return model_config_text(MODEL_NAME, base, canary, {"stable": canary[0], "canary": canary[1]})
-
-
-def canary_env(settings, canary: tuple[int, int] | None) -> dict[str, str]:
-    """The gateway's canary settings (always set, so an inherited PIZZACTL_CANARY_PERCENT cannot turn one on)."""
-    return {
-        "PIZZACTL_CANARY_PERCENT": f"{settings.canary_percent if canary else 0:g}",
-        "PIZZACTL_CANARY_VERSION": "canary",
-        "PIZZACTL_STABLE_VERSION": "stable",
-    }
-
-
-def canary_versions(settings, previous: DeployState | None = None) -> tuple[int, int] | None:
-    """(stable, candidate) for `deploy --canary`: the newest version on trial beside the one
-    deployed before (if it is still on disk and older), else beside the version below it."""
-    if not settings.canary_percent:
-        return None
-    if not 0 < settings.canary_percent <= 100:
-        raise UsageError(f"--canary {settings.canary_percent:g}: give a percentage.", hint="Use 1 to 100.")
-    versions = [v for v, _ in list_versions(settings.models_dir, MODEL_NAME)]
-    if len(versions) < 2:
-        raise ModelNotFoundError(
-            f"--canary needs two versions in {model_base(settings.models_dir)}; it has {len(versions)}.",
-            hint="Export (or train) the new version first, then deploy it with --canary.",
-        )
-    candidate = versions[-1]
-    before = previous.model_version if previous is not None else None
-    stable = before if before in versions and before != candidate else versions[-2]
-    return stable, candidate
+def _model_config(settings, plan: Plan) -> str | None:
+    """The model server's TF Serving model config for the plan: its versions, labelled."""
+    return plan.model_config(model_base(Path(settings.models_dir).expanduser().resolve()))
 
 
 def preflight(settings, previous: DeployState | None) -> None:
@@ -107,13 +75,14 @@ def preflight(settings, previous: DeployState | None) -> None:
     proc.require_free_port(settings.host, settings.port)
 
 
-def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
+def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[str, Any]:
     """Start the supervisor (which starts both servers), record it, wait for the gateway's /readyz.
 
-    With --canary P: the model server serves the newest version (label `canary`) beside the stable
-    one (label `stable`) through a TF Serving model config, and the gateway sends P% to the canary."""
+    With a trial (`--canary P`, `--shadow`): the model server serves the newest version (label
+    `canary`) beside the stable one (label `stable`) through a TF Serving model config, and the
+    gateway splits or shadows (deploy/rollout.py). A pinned plan (after `abort`) serves one version."""
     version_dir = latest_version_dir(settings.models_dir)
-    canary = canary_versions(settings, state_mod.load(settings))
+    plan = plan or rollout.plan_for(settings, state_mod.load(settings))
     models_dir = Path(settings.models_dir).expanduser().resolve()
     proc.require_free_port(settings.host, settings.port)
     model_port = proc.pick_model_port("127.0.0.1", settings.model_port, avoid=[settings.port])
@@ -129,11 +98,11 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     spec_path, status_path = logs_at / "supervise.json", logs_at / STATUS_FILE
     status_path.unlink(missing_ok=True)
     model_args: list[str] = []
-    if canary is not None:
+    if plan.pinned:
         config_path = logs_at / MODEL_CONFIG
-        config_path.write_text(canary_config(models_dir, canary))
+        config_path.write_text(_model_config(settings, plan) or "")
         model_args = ["--model-config-file", str(config_path)]
-        log(f"Canary: {_split_text(settings, canary)}.")
+        log(f"{plan.mode.capitalize() if plan.trial else 'Pinned'}: {plan.describe()}.")
     write_json(
         spec_path,
         {
@@ -154,13 +123,13 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
         # the servers inherit the supervisor's environment: the keys' digests, never a key
-        env = {**key_env(settings), **canary_env(settings, canary)}
+        env = {**key_env(settings), **plan.gateway_env()}
         supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=env)
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
         target=TARGET,
         url=url,
-        model_version=canary[0] if canary else int(version_dir.name),
+        model_version=plan.stable if plan.pinned else int(version_dir.name),
         model_dir=str(models_dir),
         pids={SUPERVISOR: supervisor.pid},
         ports={proc.GATEWAY: settings.port, proc.MODELSERVER: model_port},
@@ -170,11 +139,8 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
             "model_url": model_url,
             "allow_private_urls": settings.allow_private_urls,
             "supervisor_status": str(status_path),
-            **(
-                {"canary": {"percent": settings.canary_percent, "stable": canary[0], "candidate": canary[1]}}
-                if canary
-                else {}
-            ),
+            **({"rollout": plan.record()} if plan.trial else {}),
+            **({"pinned_version": plan.stable} if plan.pinned and not plan.trial else {}),
         },
     )
     state_mod.save(settings, record)  # before waiting: an interrupted deploy can still be torn down
@@ -195,7 +161,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         raise
     _record_pids(settings, record, status_path)
     served = _served_version(model_url)
-    if canary is None and served is not None and served != record.model_version:
+    if not plan.pinned and served is not None and served != record.model_version:
         record.model_version = served
         state_mod.save(settings, record)
     return {
@@ -205,7 +171,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         "pids": record.pids,
         "ports": record.ports,
         "logs": record.logs,
-        **({"canary": record.extra["canary"]} if canary else {}),
+        **({"rollout": record.extra["rollout"]} if plan.trial else {}),
     }
 
 
@@ -282,15 +248,16 @@ def status(settings, st: DeployState) -> dict[str, Any]:
     if supervised is not None:
         info.update(supervision_summary(supervised, supervisor_alive=alive.get(SUPERVISOR, False)))
     model_url = st.extra.get("model_url")
-    canary = st.extra.get("canary")
+    trial = rollout.in_flight(st)
+    plan = rollout.Plan.of_record(st)
     if model_url and alive.get(proc.MODELSERVER):
         served = _served_versions(model_url)
-        if served and canary is None:
+        if served and not plan.pinned:
             info["model_version"] = served[0]  # it hot-reloads newer exports
-        if canary is not None:
-            info["canary"] = {**canary, "available": served}  # both versions, as the model server reports them
-    elif canary is not None:
-        info["canary"] = {**canary, "available": []}
+        if trial is not None:
+            info["rollout"] = {**trial, "available": served}  # both versions, as the model server reports them
+    elif trial is not None:
+        info["rollout"] = {**trial, "available": []}
     return info
 
 
