@@ -11,7 +11,7 @@ import signal
 import httpx
 import pytest
 
-from pizzactl.errors import EXIT_USAGE, EXIT_USER
+from pizzactl.errors import EXIT_USER
 from pizzactl.model.store import list_versions
 
 from support.cli import make_env, run_pizzactl
@@ -65,11 +65,13 @@ def test_deploy_canary_serves_both_versions_splits_and_status_shows_them(tiny_mo
                 os.killpg(pid, signal.SIGKILL)
 
 
-def test_deploy_canary_on_another_target_is_refused_before_anything_changes(tmp_path):
-    env = make_env(tmp_path, tmp_path / "models")
+def test_deploy_canary_on_docker_with_one_version_is_refused_before_anything_changes(tmp_path):
+    (tmp_path / "models" / "pizza" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "pizza" / "1" / "saved_model.pb").write_bytes(b"")
+    env = {**make_env(tmp_path, tmp_path / "models"), "DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"}
     proc = run_pizzactl("deploy", "--target", "docker", "--canary", "10", env=env, cwd=tmp_path)
-    assert proc.returncode == EXIT_USAGE, proc.stderr
-    assert "local target" in proc.stderr
+    assert proc.returncode == EXIT_USER, proc.stderr
+    assert "two versions" in proc.stderr  # before Docker is asked anything
     assert not (tmp_path / "state" / "deploy.json").exists()
 
 

@@ -625,3 +625,48 @@ async def test_switching_target_keeps_a_kind_cluster_whose_training_is_not_home(
     assert kind.clusters() == ["pizzactl"] and state_mod.load(settings).target == "kind"
     training.save_state(settings, {**training.load_state(settings), "collected": True})  # `train` brought it home
     await asyncio.to_thread(kind_target.refuse_while_training, settings, state_mod.load(settings), "docker")
+
+
+def _env(kmock, deployment: str) -> dict[str, str]:
+    dep = kmock.objects[kmock.resource("apps/v1/deployments"), "pizzactl", deployment]
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_a_canary_on_kind_serves_both_versions_rolls_on_promote_and_leaves_no_gateway_env(
+    kind_world, kmock, isolated
+):
+    """Issue 23: deploy --canary 10 on kind puts versions 1 and 2 with the model config in one
+    model image and gives the gateway the split; status reports the trial; a promote-like deploy
+    (Plan(2)) rolls the model Deployment; the next plain deploy drops the trial's gateway env
+    (server-side apply removes what the manager stops sending)."""
+    from pizzactl.deploy import deploy, status
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.rollout import Plan
+
+    models = isolated / "models"
+    settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
+    _version(models, 1)
+    _version(models, 2)
+    canary = await _playing(kind_world, deploy, settings.replace(canary_percent=10.0), 30)
+
+    assert canary["model_version"] == 1 and canary["images"]["model_image"].startswith("pizzactl-model:v1-2-builtin-")
+    trial = {"mode": "canary", "percent": 10.0, "stable": 1, "candidate": 2}
+    assert state_mod.load(settings).extra["rollout"] == trial
+    model_env, gateway_env = _env(kmock, "pizzactl-model"), _env(kmock, "pizzactl-gateway")
+    assert model_env["PIZZACTL_MODEL_CONFIG_FILE"] == "/models/pizza/models.config"
+    assert gateway_env["PIZZACTL_CANARY_PERCENT"] == "10" and gateway_env["PIZZACTL_CANARY_VERSION"] == "canary"
+    st = await _playing(kind_world, status, settings)
+    assert st["rollout"] == {**trial, "available": [2, 1]} and st["serving"] == {1: 1}
+
+    promoted = await _playing(kind_world, deploy, settings, 30, Plan(2))
+    assert promoted["images"]["model_image"] != canary["images"]["model_image"]
+    assert (await _playing(kind_world, status, settings))["serving"] == {2: 1}  # the new pods replaced the old
+    record = state_mod.load(settings)
+    assert "rollout" not in record.extra and record.extra["pinned_version"] == 2
+    assert _env(kmock, "pizzactl-gateway")["PIZZACTL_CANARY_PERCENT"] == "0"
+
+    await _playing(kind_world, deploy, settings, 30)  # the newest, no model config
+    assert not any(k.startswith("PIZZACTL_CANARY") or k == "PIZZACTL_SHADOW" for k in _env(kmock, "pizzactl-gateway"))
+    assert "PIZZACTL_MODEL_CONFIG_FILE" not in _env(kmock, "pizzactl-model")
+    assert "pinned_version" not in state_mod.load(settings).extra

@@ -30,7 +30,7 @@ from pizzactl.kube.images import plan_images
 from pizzactl.model.store import latest_version_dir
 
 TARGETS = ("local", "docker", "kind")
-ROLLOUT_TARGETS = ("local",)  # the targets that render a rollout plan's pinned versions
+ROLLOUT_TARGETS = ("local", "docker", "kind", "cluster")  # the targets that render a rollout plan's pinned versions
 
 
 def target_of(settings) -> str:
@@ -95,8 +95,11 @@ def dry_run(settings) -> str:
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
     from pizzactl.deploy import manifests
 
+    plan = rollout.plan_for(settings, state_mod.load(settings))
     images = plan_images(
-        settings, platform=planned_platform(settings, settings.context if target == "cluster" else None)
+        settings,
+        platform=planned_platform(settings, settings.context if target == "cluster" else None),
+        pinned=plan.in_image(),
     )
     docs = manifests.render(
         settings,
@@ -104,8 +107,9 @@ def dry_run(settings) -> str:
         images.model_image,
         model_version=images.model_version,
         model_server=images.model_server,
+        plan=plan,
     )
-    return manifests.to_yaml(docs)
+    return manifests.model_config_comment(plan) + manifests.to_yaml(docs)
 
 
 def _carry_history(settings, previous: state_mod.DeployState) -> None:

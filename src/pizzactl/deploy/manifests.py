@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from pizzactl.config import MODEL_PORT, Settings
+from pizzactl.config import MODEL_NAME, MODEL_PORT, Settings
+from pizzactl.deploy.rollout import Plan
 from pizzactl.errors import ModelNotFoundError
-from pizzactl.kube.shipped import K8S_DIR, MODEL_VERSION_LABEL
+from pizzactl.kube.shipped import K8S_DIR, MODEL_CONFIG_IN_IMAGE, MODEL_VERSION_LABEL, MODEL_VERSIONS_ANNOTATION
 from pizzactl.model.card import ModelCard
 from pizzactl.model.store import model_base
 from pizzactl.serving.auth import accepted_hashes, hashes_setting
@@ -84,8 +85,13 @@ def render(
     model_version: int | None = None,
     model_server: str = "builtin",
     k8s_dir: Path = K8S_DIR,
+    plan: Plan | None = None,
 ) -> list[dict[str, Any]]:
-    """The objects to apply: namespace set, images filled in, gateway options from settings."""
+    """The objects to apply: namespace set, images filled in, gateway options from settings.
+
+    A pinned `plan` (a canary or shadow trial, or one version after `abort`, deploy/rollout.py):
+    the model server starts with the model config baked into its image (`kube.images.Pinned`),
+    and the gateway gets the plan's settings as env. A plain Plan() renders nothing more."""
     images = {"pizzactl-gateway": gateway_image, "pizzactl-model": model_image}
     namespace = settings.namespace
     classes = model_classes(settings, model_version) if model_server == "tfserving" else ""
@@ -118,7 +124,45 @@ def render(
                 _size_threads(container, model_server)
             if name == "pizzactl-gateway" and classes:
                 container.setdefault("env", []).append({"name": "PIZZACTL_CLASSES", "value": classes})
+            if plan is not None and plan.pinned:
+                _pin(pod, container, name, model_server, plan)
     return with_api_keys(docs, settings)
+
+
+def _pin(pod: dict[str, Any], container: dict[str, Any], name: str, model_server: str, plan: Plan) -> None:
+    """The model server reads the image's model config (TF Serving: `--model_config_file`, the
+    builtin server: PIZZACTL_MODEL_CONFIG_FILE) and is ready once stable is; the gateway gets
+    the plan's settings. The pods say which versions they hold (`status`)."""
+    if name == "pizzactl-model":
+        if model_server == "tfserving":  # args replace the image's CMD: repeat its flags
+            container["args"] = [
+                *(container.get("args") or TFSERVING_FLAGS),
+                f"--model_config_file={MODEL_CONFIG_IN_IMAGE}",
+            ]
+        else:
+            container.setdefault("env", []).append(
+                {"name": "PIZZACTL_MODEL_CONFIG_FILE", "value": MODEL_CONFIG_IN_IMAGE}
+            )
+        for probe in ("startupProbe", "readinessProbe"):  # TF Serving's status URL of one version
+            get = (container.get(probe) or {}).get("httpGet")
+            if get:
+                get["path"] = f"/v1/models/{MODEL_NAME}/versions/{plan.stable}"
+        annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})
+        annotations[MODEL_VERSIONS_ANNOTATION] = ",".join(str(v) for v in plan.versions())
+    elif name == "pizzactl-gateway":
+        container.setdefault("env", []).extend({"name": k, "value": v} for k, v in plan.gateway_env().items())
+
+
+def model_config_comment(plan: Plan | None) -> str:
+    """For --dry-run: the model config the model image holds (as YAML comments)."""
+    config = plan.in_image() if plan is not None else None
+    if config is None:
+        return ""
+    lines = [
+        f"# {plan.mode if plan.trial else 'pinned'}: {plan.describe()}",  # type: ignore[union-attr]
+        f"# the model image holds versions {', '.join(map(str, config.versions))} and {MODEL_CONFIG_IN_IMAGE}:",
+    ]
+    return "\n".join([*lines, *("#   " + line for line in config.model_config.splitlines()), ""])
 
 
 API_KEYS_SECRET = "pizzactl-api-keys"

@@ -23,6 +23,8 @@ from typing import Any
 from pizzactl.config import MODEL_NAME
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import ModelNotFoundError, UsageError
+from pizzactl.kube.images import Pinned
+from pizzactl.kube.shipped import MODEL_BASE_IN_IMAGE
 from pizzactl.model.store import list_versions, model_base
 from pizzactl.serving.modelserver.versions import model_config_text
 
@@ -84,6 +86,22 @@ class Plan:
             "PIZZACTL_CANARY_VERSION": CANDIDATE,
             "PIZZACTL_STABLE_VERSION": STABLE,
         }
+
+    def in_image(self) -> Pinned | None:
+        """What a model image holds for this plan (docker, kind, cluster): its versions and the
+        model config, base path as the container sees it; None: the newest version, no config."""
+        config = self.model_config(MODEL_BASE_IN_IMAGE)
+        return Pinned(self.versions(), config) if config is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan, for a release's record (`of_dict` reads it back)."""
+        return {"stable": self.stable, "candidate": self.candidate, "mode": self.mode, "percent": self.percent}
+
+    @classmethod
+    def of_dict(cls, data: dict[str, Any] | None) -> Plan:
+        if not data:
+            return cls()
+        return cls(data.get("stable"), data.get("candidate"), data.get("mode", "off"), float(data.get("percent") or 0))
 
     def describe(self) -> str:
         """One line for people: what the trial does."""

@@ -27,8 +27,8 @@ from pizzactl.config import MODEL_NAME, Settings, resolve
 from pizzactl.console import err, log
 from pizzactl.errors import DeployError, ModelNotFoundError, UsageError
 from pizzactl.kube.docker_daemon import daemon_platform, docker_api, short_error
-from pizzactl.kube.shipped import shipped_dir
-from pizzactl.model.store import latest_version_dir
+from pizzactl.kube.shipped import MODEL_CONFIG_IN_IMAGE, shipped_dir
+from pizzactl.model.store import latest_version_dir, model_base
 
 PACKAGE_DIR = Path(pizzactl.__file__).resolve().parent
 DOCKER_DIR = shipped_dir("docker")
@@ -158,10 +158,14 @@ def _pyproject_text(extras: tuple[str, ...] = ()) -> str:
 
 
 @contextmanager
-def build_context(kind: str, model_dir: Path | None = None) -> Iterator[Path]:
+def build_context(
+    kind: str, model_dir: Path | None = None, *, more_versions: tuple[Path, ...] = (), model_config: str | None = None
+) -> Iterator[Path]:
     """A temporary build context for one image: pyproject, package source, Dockerfiles, model.
 
-    kind: "gateway" | "builtin" | "tfserving" | "trainer". The layout is a clone's (src/pizzactl, docker/),
+    kind: "gateway" | "builtin" | "tfserving" | "trainer". `more_versions` and `model_config`: the
+    other versions a pinned or canary release serves and the model config naming them (all under
+    models/pizza/). The layout is a clone's (src/pizzactl, docker/),
     so one Dockerfile serves `pizzactl build` and `docker build -f docker/...` alike. The context
     holds nothing else (no dataset, no runs, no credentials). Everything in it is made
     world-readable: COPY keeps modes, and a model exported under umask 077 would be unreadable
@@ -176,7 +180,10 @@ def build_context(kind: str, model_dir: Path | None = None) -> Iterator[Path]:
         if kind in ("builtin", "tfserving"):
             if model_dir is None:
                 raise ModelNotFoundError("No model to put in the image.")
-            shutil.copytree(model_dir, ctx / "models" / MODEL_NAME / model_dir.name, ignore=_SKIP)
+            for version_dir in (model_dir, *more_versions):
+                shutil.copytree(version_dir, ctx / "models" / MODEL_NAME / version_dir.name, ignore=_SKIP)
+            if model_config is not None:
+                (ctx / "models" / MODEL_NAME / Path(MODEL_CONFIG_IN_IMAGE).name).write_text(model_config)
         (ctx / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
         _world_readable(ctx)
         yield ctx
@@ -210,41 +217,66 @@ def _model_version_dir(settings: Settings) -> Path:
     return latest_version_dir(settings.models_dir)
 
 
-def build(settings: Settings, push: bool = False, *, model_dir: Path | None = None) -> Images:
+@dataclass(frozen=True)
+class Pinned:
+    """Specific versions in one model image, and the TF Serving model config (base path
+    MODEL_BASE_IN_IMAGE) the model server starts with: a canary or shadow trial, or a pinned
+    version (deploy/rollout.py makes it from its Plan). `versions[0]` is what the image is named by."""
+
+    versions: tuple[int, ...]
+    model_config: str
+
+
+def build(
+    settings: Settings, push: bool = False, *, model_dir: Path | None = None, pinned: Pinned | None = None
+) -> Images:
     """Build (and with `push`, push to `settings.registry`) the gateway and model server images.
 
     The model is the latest version under `settings.models_dir` (or `model_dir`, a version
-    directory); the platform is `settings.platform`, else the daemon's own. Progress goes to
-    stderr; the result says which images and how big they are.
+    directory), or with `pinned` its versions and model config; the platform is
+    `settings.platform`, else the daemon's own. Progress goes to stderr; the result says which
+    images and how big they are.
     """
     if push and not settings.registry:
         raise UsageError("Pushing needs a registry.", hint="Pass --push REGISTRY, e.g. --push ghcr.io/you.")
     api = docker_api()
     platform = settings.platform or daemon_platform(api)
-    images = _images(settings, push, model_dir, api, platform)
+    images = _images(settings, push, model_dir, api, platform, pinned)
     if push:
         for ref in (images.gateway_image, images.model_image):
             _push(api, ref)
     return images
 
 
-def plan_images(settings: Settings, *, model_dir: Path | None = None, platform: str | None = None) -> Images:
+def plan_images(
+    settings: Settings, *, model_dir: Path | None = None, platform: str | None = None, pinned: Pinned | None = None
+) -> Images:
     """The image references `build` would produce, without Docker (for --dry-run)."""
-    return _images(settings, False, model_dir, None, settings.platform or platform or "linux/amd64")
+    return _images(settings, False, model_dir, None, settings.platform or platform or "linux/amd64", pinned)
 
 
-def _images(settings: Settings, push: bool, model_dir: Path | None, api, platform: str) -> Images:
+def _version_dirs(settings: Settings, model_dir: Path | None, pinned: Pinned | None) -> list[Path]:
+    if pinned is not None:
+        return [model_base(settings.models_dir) / str(v) for v in pinned.versions]
+    return [Path(model_dir) if model_dir is not None else _model_version_dir(settings)]
+
+
+def _images(
+    settings: Settings, push: bool, model_dir: Path | None, api, platform: str, pinned: Pinned | None = None
+) -> Images:
     if settings.model_server not in MODEL_SERVERS:
         raise UsageError(
             f"Unknown model server {settings.model_server!r}.", hint="Use --model-server tfserving or builtin."
         )
     kind = choose_model_server(settings, platform)
-    version_dir = Path(model_dir) if model_dir is not None else _model_version_dir(settings)
-    if not version_dir.name.isdigit() or not (version_dir / "saved_model.pb").is_file():
-        raise ModelNotFoundError(
-            f"{version_dir} is not an exported model version (no saved_model.pb).",
-            hint="Train and export first: `pizzactl train`, or `pizzactl export RUN`.",
-        )
+    version_dirs = _version_dirs(settings, model_dir, pinned)
+    for version_dir in version_dirs:
+        if not version_dir.name.isdigit() or not (version_dir / "saved_model.pb").is_file():
+            raise ModelNotFoundError(
+                f"{version_dir} is not an exported model version (no saved_model.pb).",
+                hint="Train and export first: `pizzactl train`, or `pizzactl export RUN`.",
+            )
+    version_dir = version_dirs[0]
     version = int(version_dir.name)
     registry = settings.registry
     # The platform joins the tag only when it is not amd64, so existing amd64 tags stay stable.
@@ -258,8 +290,11 @@ def _images(settings: Settings, push: bool, model_dir: Path | None, api, platfor
                 api, ctx, "docker/gateway.Dockerfile", gateway, {"BASE_IMAGE": settings.base_image}, settings.platform
             )
 
-    with build_context(kind, version_dir) as ctx:
+    config = pinned.model_config if pinned is not None else None
+    with build_context(kind, version_dir, more_versions=tuple(version_dirs[1:]), model_config=config) as ctx:
         model_args = {"MODEL_DIR": f"models/pizza/{version}", "MODEL_VERSION": str(version)}
+        if pinned is not None:  # the whole models/pizza folder: every version and the model config
+            model_args = {"MODEL_DIR": "models/pizza", "MODEL_VERSION": "."}
         if kind == "builtin":
             dockerfile = "docker/modelserver.Dockerfile"
             model_args["BASE_IMAGE"] = settings.base_image
@@ -269,7 +304,8 @@ def _images(settings: Settings, push: bool, model_dir: Path | None, api, platfor
         digest = context_hash(
             ctx, dockerfile, json.dumps(LABELS), *sorted(f"{k}={v}" for k, v in model_args.items()), *extra
         )
-        model = image_ref(MODEL_REPO, f"v{version}-{kind}-{digest[:12]}", registry)
+        named = "-".join(str(v) for v in pinned.versions) if pinned is not None else str(version)
+        model = image_ref(MODEL_REPO, f"v{named}-{kind}-{digest[:12]}", registry)
         if api is not None:
             _build(api, ctx, dockerfile, model, model_args, settings.platform)
 

@@ -22,7 +22,7 @@ from pizzactl.console import log
 from pizzactl.errors import DeployError
 from pizzactl.files import wait_until
 from pizzactl.kube import diagnosis
-from pizzactl.kube.shipped import MODEL_VERSION_LABEL
+from pizzactl.kube.shipped import MODEL_VERSION_LABEL, MODEL_VERSIONS_ANNOTATION
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 FIELD_MANAGER = "pizzactl"  # the manager of every field pizzactl applies (server-side apply)
@@ -342,6 +342,28 @@ def wait_rollout(
 
 def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> dict[int, int]:
     """{model version: ready pods} of the model server pods: what really answers now."""
+    served: dict[int, int] = {}
+    for pod in _ready_pods(api_client, namespace, app):
+        version = ((pod.metadata.labels if pod.metadata else None) or {}).get(MODEL_VERSION_LABEL, "")
+        if version.isdigit():
+            served[int(version)] = served.get(int(version), 0) + 1
+    return dict(sorted(served.items()))
+
+
+def held_versions(api_client, namespace: str, app: str = "pizzactl-model") -> set[int]:
+    """Every model version the Ready model server pods hold side by side (a canary's stable and
+    candidate: their MODEL_VERSIONS_ANNOTATION, else their one MODEL_VERSION_LABEL)."""
+    held: set[int] = set()
+    for pod in _ready_pods(api_client, namespace, app):
+        annotations = (pod.metadata.annotations if pod.metadata else None) or {}
+        labels = (pod.metadata.labels if pod.metadata else None) or {}
+        text = annotations.get(MODEL_VERSIONS_ANNOTATION) or labels.get(MODEL_VERSION_LABEL, "")
+        held |= {int(v) for v in text.split(",") if v.strip().isdigit()}
+    return held
+
+
+def _ready_pods(api_client, namespace: str, app: str) -> list:
+    """The app's pods that are Ready and not Terminating."""
     from kubernetes import client
 
     selector = f"app.kubernetes.io/name={app}"
@@ -349,17 +371,16 @@ def served_versions(api_client, namespace: str, app: str = "pizzactl-model") -> 
         pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=selector).items
     except Exception as exc:
         raise api_error(exc, f"Listing the pods of {app}") from None
-    served: dict[int, int] = {}
+    ready = []
     for pod in pods:
         labels = (pod.metadata.labels if pod.metadata else None) or {}
         if labels.get("app.kubernetes.io/name") != app:  # a selector the API server ignored
             continue
-        version = labels.get(MODEL_VERSION_LABEL, "")
         if pod.metadata and pod.metadata.deletion_timestamp:
             continue  # Terminating: still Ready for its grace period, but out of the Service's endpoints
-        if version.isdigit() and pod.status and diagnosis.pod_ready(pod.status):
-            served[int(version)] = served.get(int(version), 0) + 1
-    return dict(sorted(served.items()))
+        if pod.status and diagnosis.pod_ready(pod.status):
+            ready.append(pod)
+    return ready
 
 
 FORBIDDEN = "Forbidden"

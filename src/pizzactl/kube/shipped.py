@@ -24,3 +24,8 @@ def shipped_dir(name: str) -> Path:
 K8S_DIR = shipped_dir("k8s")
 GATEWAY_NODE_PORT = 30096  # the gateway Service's nodePort in k8s/gateway.yaml; kind maps a host port to it
 MODEL_VERSION_LABEL = "pizzactl.dev/model-version"  # on the model server's pods: which version serves
+MODEL_VERSIONS_ANNOTATION = "pizzactl.dev/model-versions"  # on a pinned release's model pods: every version held
+# Where the model image keeps its versions and, for a pinned or canary release, the TF Serving
+# model config that names them (inside the base path: both model servers skip non-numeric entries).
+MODEL_BASE_IN_IMAGE = "/models/pizza"
+MODEL_CONFIG_IN_IMAGE = f"{MODEL_BASE_IN_IMAGE}/models.config"

@@ -15,7 +15,7 @@ from typing import Any
 
 from pizzactl.config import Settings
 from pizzactl.console import log
-from pizzactl.deploy import manifests
+from pizzactl.deploy import manifests, rollout
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
@@ -34,14 +34,35 @@ METRICS_HINT = (
 )
 
 
-def render(settings: Settings, images: Images) -> list[dict[str, Any]]:
+def render(settings: Settings, images: Images, plan: Plan | None = None) -> list[dict[str, Any]]:
     return manifests.render(
         settings,
         images.gateway_image,
         images.model_image,
         model_version=images.model_version,
         model_server=images.model_server,
+        plan=plan,
     )
+
+
+def release_record(images: Images, plan: Plan | None) -> dict[str, Any]:
+    """What a release records of itself (`extra["images"]`, and each `history` entry): its images,
+    and the plan they were built for (a pinned image holds that plan's model config, so a
+    rollback renders the gateway's settings from it, never from the flags of the day)."""
+    plan = plan or Plan()
+    return {**images.as_dict(), **({"plan": plan.as_dict()} if plan.pinned else {})}
+
+
+def rollout_extra(plan: Plan | None) -> dict[str, Any]:
+    """The deploy record's trial keys, as the local target writes them: `rollout` while a candidate
+    is on trial, `pinned_version` for one pinned version; neither for the newest version."""
+    plan = plan or Plan()
+    if plan.trial:
+        return {"rollout": plan.record()}
+    return {"pinned_version": plan.stable} if plan.pinned else {}
+
+
+ROLLOUT_KEYS = ("rollout", "pinned_version")  # what a release replaces: a finished trial leaves no trace
 
 
 def _images_of(entry: dict[str, Any]) -> Images:
@@ -56,6 +77,7 @@ def release(
     *,
     record: DeployState | None = None,
     as_recorded: bool = False,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Apply `images` to the cluster of `record` (default: settings.context) and wait for them.
 
@@ -63,6 +85,8 @@ def release(
     that serves (the previous one) and, on failure, the one that did not make it. It also
     records the options the objects were rendered with (`manifests.RENDER_OPTIONS`);
     `as_recorded` (rollback) renders with those instead of the flags, so only the images change.
+    `plan` (deploy/rollout.py): the versions the model image holds and the gateway's settings;
+    the model Deployment rolls to the new image while the old pods serve.
     """
     record = record or state_mod.load(settings) or _new_record(settings)
     api = k8s.connect(record.extra["context"])
@@ -90,7 +114,9 @@ def release(
             f"{settings.pull_secret} -n {namespace} --docker-server=REGISTRY --docker-username=U --docker-password=P`.",
         )
     state_mod.save(settings, record)  # before applying: an interrupted deploy can be torn down
-    docs = render(settings, images)
+    docs = render(settings, images, plan)
+    if plan is not None and plan.pinned:
+        log(f"{plan.mode.capitalize() if plan.trial else 'Pinned'}: {plan.describe()}.")
     if not record.extra["created_namespace"]:  # not ours: no labels, no Pod Security level of ours on it
         docs = manifests.without_namespace(docs)
     stale = k8s.deadline_marks(api, namespace, manifests.deployments(docs))  # the last rollout's, if any
@@ -110,11 +136,13 @@ def release(
     history = list(record.extra.get("history", []))
     if previous and previous.get("model_image") != images.model_image:
         history = [*history, previous][-HISTORY:]
+    kept = {k: v for k, v in record.extra.items() if k not in ROLLOUT_KEYS}
+    extra = {**kept, "images": release_record(images, plan), "history": history, "failed": None}
     record = replace(
         record,
         model_version=images.model_version,
         model_dir=str(settings.models_dir),
-        extra={**record.extra, "images": images.as_dict(), "history": history, "failed": None, "render": options},
+        extra={**extra, "render": options, **rollout_extra(plan)},
     )
     state_mod.save(settings, record)
     autoscaling = _autoscaling(api, states, namespace)
@@ -122,6 +150,7 @@ def release(
         "target": record.target,
         "url": record.url,
         "model_version": images.model_version,
+        **({"rollout": record.extra["rollout"]} if record.extra.get("rollout") else {}),
         "serving": k8s.served_versions(api, namespace),
         "context": record.extra["context"],
         "namespace": namespace,
@@ -204,10 +233,10 @@ def deploy(settings: Settings, timeout: float = 300.0, plan: Plan | None = None)
     elif settings.platform is None and len(arches) == 1:
         settings = settings.replace(platform=f"linux/{arches.pop()}")
     capacity.check_deployment(api, manifests.render(settings, "pizzactl-gateway", "pizzactl-model"))
-    images = build(settings, push=True)
+    images = build(settings, push=True, pinned=plan.in_image() if plan is not None else None)
     previous = state_mod.load(settings)
     record = previous if previous is not None and previous.target == TARGET else _new_record(settings)
-    result = release(settings, images, timeout, record=record)
+    result = release(settings, images, timeout, record=record, plan=plan)
     result["url"] = _remote_url(api, settings, state_mod.load(settings) or record)
     return result
 
@@ -253,11 +282,23 @@ def status(settings: Settings, state: DeployState) -> dict[str, Any]:
         "namespace": namespace,
         "deployments": deployments,
     }
+    trial = rollout.in_flight(state)
+    if trial is not None:  # the versions the Ready model pods hold (Ready: their model server has stable AVAILABLE)
+        info["rollout"] = {**trial, "available": _held_versions(api, namespace)}
     if state.extra.get("failed"):
         info["failed_rollout"] = (
             f"version {state.extra['failed'].get('model_version')}: {state.extra['failed'].get('reason')}"
         )
     return info
+
+
+def _held_versions(api, namespace: str) -> list[int]:
+    """The model versions of the Ready model server pods, highest first (their annotation)."""
+    try:
+        held = k8s.held_versions(api, namespace)
+    except DeployError:
+        return []
+    return sorted(held, reverse=True)
 
 
 def teardown(settings: Settings, state: DeployState) -> dict[str, Any]:
@@ -322,7 +363,8 @@ def rollback(settings: Settings, state: DeployState, to: int | None, timeout: fl
         state = replace(state, extra={**state.extra, "images": None})  # re-apply what serves
     record = replace(state, extra={**state.extra, "history": keep})
     log(f"Rolling back from model version {from_version} to {target.get('model_version')} ...")
-    result = release(settings, _images_of(target), timeout, record=record, as_recorded=True)
+    plan = Plan.of_dict(target.get("plan"))  # the model config in that image goes with its gateway settings
+    result = release(settings, _images_of(target), timeout, record=record, as_recorded=True, plan=plan)
     final = state_mod.load(settings)
     if final is not None:  # what we rolled back from is not a version to roll back to
         state_mod.save(settings, replace(final, extra={**final.extra, "history": keep}))

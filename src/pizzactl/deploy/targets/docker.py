@@ -15,9 +15,9 @@ import re
 from typing import Any
 
 from pizzactl import httpclient
-from pizzactl.config import Settings
+from pizzactl.config import MODEL_NAME, MODEL_PORT, Settings
 from pizzactl.console import log
-from pizzactl.deploy import manifests
+from pizzactl.deploy import manifests, rollout
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
@@ -32,6 +32,7 @@ TARGET = "docker"
 LABEL = "pizzactl"
 LABELS = {LABEL: "1"}
 NETWORK = "pizzactl"
+MODEL_CONTAINER = "pizzactl-model"  # the model Deployment's name, its container's here
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -150,10 +151,14 @@ def preflight(settings: Settings, previous: DeployState | None) -> None:
 def deploy(
     settings: Settings, timeout: float = 300.0, plan: Plan | None = None, *, images: Images | None = None
 ) -> dict[str, Any]:
-    """Build the images (unless given), run the rendered pods, wait until the gateway is ready."""
+    """Build the images (unless given: a rollback, with the plan they were built for), run the
+    rendered pods, wait until the gateway is ready. A pinned `plan` (deploy/rollout.py): the
+    model image holds its versions and model config, the gateway container gets its settings."""
     preflight(settings, None)
     client = docker_client()
-    images = images or build(settings, push=False)
+    if images is None:
+        images = build(settings, push=False, pinned=plan.in_image() if plan is not None else None)
+    plan = plan or Plan()
     _remove_labelled(client)  # leftovers of a deploy that was killed half-way
     url = f"http://{_client_host(settings.host)}:{settings.port}"
     record = DeployState(
@@ -162,14 +167,22 @@ def deploy(
         model_version=images.model_version,
         model_dir=str(settings.models_dir),
         ports={"gateway": settings.port},
-        extra={"network": NETWORK, "containers": [], "images": images.as_dict(), "render": recorded_options(settings)},
+        extra={
+            "network": NETWORK,
+            "containers": [],
+            "images": cluster_target.release_record(images, plan),
+            "render": recorded_options(settings),
+            **cluster_target.rollout_extra(plan),
+        },
     )
+    if plan.pinned:
+        log(f"{plan.mode.capitalize() if plan.trial else 'Pinned'}: {plan.describe()}.")
     previous = state_mod.load(settings)
     if previous is not None and previous.target == TARGET:
         record.extra["history"] = list(previous.extra.get("history", []))
     client.networks.create(NETWORK, driver="bridge", labels=LABELS, check_duplicate=True)
     try:
-        for spec in container_specs(settings, cluster_target.render(settings, images)):
+        for spec in container_specs(settings, cluster_target.render(settings, images, plan)):
             _run(client, spec)
             record.extra["containers"].append(spec["name"])
             state_mod.save(settings, record)
@@ -192,6 +205,7 @@ def deploy(
         "containers": record.extra["containers"],
         "network": NETWORK,
         "images": images.as_dict(),
+        **({"rollout": plan.record()} if plan.trial else {}),
     }
 
 
@@ -270,7 +284,27 @@ def status(settings: Settings, state: DeployState) -> dict[str, Any]:
     response = httpclient.get(f"{state.url}/readyz", timeout=3)
     ready = response is not None and response.status_code == 200
     serving = {state.model_version: 1} if ready and state.model_version is not None else {}
-    return {"ready": ready, "serving": serving, "containers": containers}
+    info: dict[str, Any] = {"ready": ready, "serving": serving, "containers": containers}
+    trial = rollout.in_flight(state)
+    if trial is not None:
+        info["rollout"] = {**trial, "available": _available_versions(state) if ready else []}
+    return info
+
+
+def _available_versions(state: DeployState) -> list[int] | None:
+    """The versions the model server container reports AVAILABLE (TF Serving's status API), asked
+    at its address on the private network; None where the host cannot reach container addresses
+    (Docker Desktop runs them in a VM)."""
+    try:
+        attrs = docker_client().containers.get(MODEL_CONTAINER).attrs
+        address = attrs["NetworkSettings"]["Networks"][state.extra.get("network", NETWORK)]["IPAddress"]
+    except Exception:
+        return None
+    body = httpclient.json_or_none(f"http://{address}:{MODEL_PORT}/v1/models/{MODEL_NAME}", timeout=2.0)
+    if not isinstance(body, dict):
+        return None
+    entries = body.get("model_version_status") or []
+    return sorted((int(e["version"]) for e in entries if e.get("state") == "AVAILABLE"), reverse=True)
 
 
 def rollback(settings: Settings, state: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
@@ -287,7 +321,7 @@ def rollback(settings: Settings, state: DeployState, to: int | None, timeout: fl
     if isinstance(recorded, dict):  # what the deploy was made with, not this shell's flags
         settings = settings.replace(**recorded)
     teardown(settings, state)
-    result = deploy(settings, timeout, images=images)
+    result = deploy(settings, timeout, Plan.of_dict(target.get("plan")), images=images)
     final = state_mod.load(settings)
     if final is not None:
         state_mod.save(settings, replace(final, extra={**final.extra, "history": history[: matches[-1]]}))

@@ -86,9 +86,9 @@ def deploy(settings: Settings, timeout: float = 300.0, plan: Plan | None = None)
     capacity.check_deployment(
         k8s.connect(kube_context(settings.cluster)), manifests.render(settings, "pizzactl-gateway", "pizzactl-model")
     )  # before building
-    images = build(settings.replace(registry=None), push=False)
+    images = build(settings.replace(registry=None), push=False, pinned=plan.in_image() if plan is not None else None)
     load_images(settings.cluster, [images.gateway_image, images.model_image], settings, images.platform)
-    result = cluster_target.release(settings, images, timeout, record=record)
+    result = cluster_target.release(settings, images, timeout, record=record, plan=plan)
     _prune_after_release(settings, settings.cluster)
     wait_until_ready(
         record.url,
