@@ -112,3 +112,41 @@ def test_docker_rollback_runs_with_what_the_deploy_was_made_with_not_this_shells
         assert "rollback-key-1" not in state_mod.state_path(settings).read_text()
     finally:
         teardown(settings)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_canary_serves_both_versions_from_one_image_and_status_reports_them(
+    built_images, docker_ready, tiny_model, shared_photos, isolated
+):
+    """Issue 23 on Docker: the model image holds versions 1 and 2 and the model config, the model
+    server loads both, the gateway container splits 50/50, status reports both AVAILABLE."""
+    import shutil
+
+    models = isolated / "models"
+    for version in ("1", "2"):
+        shutil.copytree(tiny_model / "pizza" / "1", models / "pizza" / version)
+    settings = load_settings(
+        {"target": "docker", "models_dir": models, "model_server": "builtin", "port": free_port(), "canary_percent": 50}
+    )
+    trial = {"mode": "canary", "percent": 50.0, "stable": 1, "candidate": 2}
+    try:
+        result = deploy(settings, timeout=240)
+        assert result["rollout"] == trial and result["model_version"] == 1
+        assert result["images"]["model_image"].startswith("pizzactl-model:v1-2-builtin-")
+
+        photo = shared_photos["pizza"][0].read_bytes()
+        versions = []
+        for _ in range(10):
+            resp = httpx.post(
+                f"{result['url']}/predict", content=photo, headers={"Content-Type": "image/jpeg"}, timeout=60
+            )
+            assert resp.status_code == 200, resp.text
+            versions.append(resp.json()["model_version"])
+        assert versions.count(1) == versions.count(2) == 5  # the split counts, it does not draw
+
+        st = status(settings)
+        assert st["rollout"] == {**trial, "available": [2, 1]}
+    finally:
+        teardown(settings)
+    assert _leftovers(docker_ready) == ([], [])
