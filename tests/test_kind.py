@@ -670,3 +670,27 @@ async def test_a_canary_on_kind_serves_both_versions_rolls_on_promote_and_leaves
     assert not any(k.startswith("PIZZACTL_CANARY") or k == "PIZZACTL_SHADOW" for k in _env(kmock, "pizzactl-gateway"))
     assert "PIZZACTL_MODEL_CONFIG_FILE" not in _env(kmock, "pizzactl-model")
     assert "pinned_version" not in state_mod.load(settings).extra
+
+
+@pytest.mark.kmock(cls=ApplyingEmulator)
+async def test_rollback_from_a_canary_on_kind_ends_the_trial(kind_world, kmock, isolated):
+    """Issue 23: rollback during a trial goes back to the release before it, with that release's
+    plan: version 1 alone, no model config, no split in the gateway, no trial in the record."""
+    from pizzactl.deploy import deploy, rollback, status
+    from pizzactl.deploy import state as state_mod
+
+    models = isolated / "models"
+    settings = load_settings({"models_dir": models, "model_server": "builtin", "port": free_port()})
+    _version(models, 1)
+    first = await _playing(kind_world, deploy, settings, 30)
+    _version(models, 2)
+    await _playing(kind_world, deploy, settings.replace(canary_percent=25.0), 30)
+    assert state_mod.load(settings).extra["rollout"]["candidate"] == 2
+
+    back = await _playing(kind_world, rollback, settings, None, 30)
+    assert back["model_version"] == 1 and back["images"]["model_image"] == first["images"]["model_image"]
+    assert "rollout" not in state_mod.load(settings).extra
+    assert not any(k.startswith("PIZZACTL_CANARY") for k in _env(kmock, "pizzactl-gateway"))
+    assert "PIZZACTL_MODEL_CONFIG_FILE" not in _env(kmock, "pizzactl-model")
+    st = await _playing(kind_world, status, settings)
+    assert "rollout" not in st and st["serving"] == {1: 1}
