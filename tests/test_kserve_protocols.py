@@ -163,6 +163,15 @@ def test_v2_bad_requests_get_the_protocols_4xx_and_the_server_stays_up(triton, m
         (b'{"inputs": []}', "inputs"),
         (b'{"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}', "2"),
         (b'{"inputs": [{"name": "pixels", "shape": [1,64,64,3], "datatype": "UINT8", "data": [1]}]}', "12288"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
+        (
+            b'{"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": '
+            + b"[" * 900
+            + b"1"
+            + b"]" * 900
+            + b"}]}",
+            "nested",
+        ),
     ):
         response = httpx.post(model_server.url + "/v2/models/pizza/infer", content=body)
         assert response.status_code == 400 and set(response.json()) == {"error"}, response.text
