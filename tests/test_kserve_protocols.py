@@ -306,6 +306,13 @@ def test_grpc_health_is_serving_with_a_model_for_the_server_and_its_services(grp
     assert _health(address) == ("SERVING", "OK")
     assert _health(address, "inference.GRPCInferenceService") == ("SERVING", "OK")
     assert _health(address, "margherita.Service") == ("", "NOT_FOUND")
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:  # Watch: the current status first
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        stream.cancel()
 
 
 @pytest.mark.slow
