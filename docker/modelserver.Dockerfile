@@ -33,12 +33,14 @@ ARG MODEL_DIR=models/pizza/1
 ARG MODEL_VERSION=1
 COPY ${MODEL_DIR} /models/pizza/${MODEL_VERSION}
 
+# gRPC on TF Serving's port 8500 (Open Inference Protocol v2, grpc.health.v1.Health), REST on 8501.
 ENV PYTHONPATH=/app \
     PIZZACTL_HOST=0.0.0.0 \
-    PIZZACTL_MODELS_DIR=/models
+    PIZZACTL_MODELS_DIR=/models \
+    PIZZACTL_GRPC_PORT=8500
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8501
+EXPOSE 8500 8501
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/v1/models/pizza', timeout=2)"]
 CMD ["python", "-m", "pizzactl.serving.modelserver", "--models", "/models", "--host", "0.0.0.0", "--port", "8501"]

@@ -52,13 +52,17 @@ def test_gateway_image_runs_as_non_root_with_a_healthcheck(built_images, docker_
 @pytest.mark.slow
 def test_model_server_image_holds_the_model_and_tensorflow(built_images, docker_ready):
     assert built_images.model_version == 1
-    out = docker_ready.containers.run(
-        built_images.model_image,
-        ["python", "-c", "import os, tensorflow as tf; print(tf.__version__, sorted(os.listdir('/models/pizza')))"],
-        remove=True,
+    # the gRPC face's modules import: stubs built into the package, grpcio and grpcio-health-checking
+    script = (
+        "import os, tensorflow as tf, pizzactl.serving.modelserver.grpc_v2; "
+        "print(tf.__version__, sorted(os.listdir('/models/pizza')))"
     )
+    out = docker_ready.containers.run(built_images.model_image, ["python", "-c", script], remove=True)
     assert out.decode().split()[0].startswith("2.")
     assert "['1']" in out.decode()
+    config = docker_ready.images.get(built_images.model_image).attrs["Config"]
+    assert "PIZZACTL_GRPC_PORT=8500" in config["Env"]  # gRPC on, on TF Serving's port (issue 24)
+    assert {"8500/tcp", "8501/tcp"} <= set(config["ExposedPorts"])
 
 
 @pytest.mark.docker

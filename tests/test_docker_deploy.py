@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -55,9 +57,10 @@ def test_docker_deploy_predicts_a_photo_and_teardown_leaves_nothing(
             e.split("=", 1) for e in docker_ready.containers.get("pizzactl-gateway").attrs["Config"]["Env"]
         )
         assert gateway_env["PIZZACTL_MODEL_URL"] == "http://pizzactl-model.pizzactl.svc:8501"  # Service DNS
-        assert model.attrs["NetworkSettings"]["Ports"] in ({}, None) or not any(
-            model.attrs["NetworkSettings"]["Ports"].values()
-        )  # only the gateway is published
+        published = {k: v for k, v in (model.attrs["NetworkSettings"]["Ports"] or {}).items() if v}
+        assert list(published) == ["8500/tcp"]  # the gRPC port only, on a port Docker picked
+        assert st["grpc"] == f"127.0.0.1:{published['8500/tcp'][0]['HostPort']}" == result["grpc"]
+        assert env["PIZZACTL_GRPC_PORT"] == "8500"
     finally:
         down = teardown(settings)
     assert down["torn_down"] is True
@@ -150,3 +153,35 @@ def test_docker_canary_serves_both_versions_from_one_image_and_status_reports_th
     finally:
         teardown(settings)
     assert _leftovers(docker_ready) == ([], [])
+
+
+def test_docker_publishes_the_model_grpc_port_on_a_free_host_port_and_status_shows_it(isolated, monkeypatch):
+    """The rendered model pod's `grpc` port (8500) is published as `-p HOST::8500` (Docker picks the
+    host port, so a TF Serving already on 8500 is no obstacle); status reads the port back."""
+    from pizzactl.deploy import manifests
+    from pizzactl.deploy import state as state_mod
+    from pizzactl.deploy.targets.docker import container_specs
+
+    from support.cli import invoke
+    from support.docker_fakes import FakeDockerd
+
+    settings = load_settings({"target": "docker", "port": 9797})
+    specs = {s["name"]: s for s in container_specs(settings, manifests.render(settings, "g:1", "m:1"))}
+    assert specs["pizzactl-model"]["ports"] == {"8500/tcp": ("127.0.0.1", None)}
+    assert specs["pizzactl-gateway"]["ports"] == {"9696/tcp": ("127.0.0.1", 9797)}
+    assert specs["pizzactl-model"]["environment"]["PIZZACTL_GRPC_PORT"] == "8500"
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing answers: not ready, still listed
+    names = ["pizzactl-model", "pizzactl-gateway"]
+    state_mod.save(
+        settings, state_mod.DeployState(target="docker", url=url, model_version=1, extra={"containers": names})
+    )
+    with FakeDockerd(isolated / "docker.sock") as dockerd:
+        monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+        dockerd.add_container("pizzactl-model", ports={"8500/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]})
+        dockerd.add_container("pizzactl-gateway", ports={"9696/tcp": [{"HostIp": "127.0.0.1", "HostPort": "9797"}]})
+        shown = invoke("status")
+        data = json.loads(invoke("status", "--json").stdout)
+    assert shown.returncode == 0, shown.stderr
+    assert "grpc" in shown.stdout and "127.0.0.1:49153" in shown.stdout
+    assert data["grpc"] == "127.0.0.1:49153" and data["containers"] == dict.fromkeys(names, "running")

@@ -163,6 +163,15 @@ def test_v2_bad_requests_get_the_protocols_4xx_and_the_server_stays_up(triton, m
         (b'{"inputs": []}', "inputs"),
         (b'{"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}', "2"),
         (b'{"inputs": [{"name": "pixels", "shape": [1,64,64,3], "datatype": "UINT8", "data": [1]}]}', "12288"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
+        (
+            b'{"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": '
+            + b"[" * 900
+            + b"1"
+            + b"]" * 900
+            + b"}]}",
+            "nested",
+        ),
     ):
         response = httpx.post(model_server.url + "/v2/models/pizza/infer", content=body)
         assert response.status_code == 400 and set(response.json()) == {"error"}, response.text
@@ -218,28 +227,8 @@ def test_without_a_model_the_server_is_live_and_not_ready_in_every_protocol(tmp_
 # --- Open Inference Protocol v2 over gRPC, through tritonclient.grpc -----------------------------
 
 
-@pytest.fixture(scope="module")
-def grpc_server(serving_models, tmp_path_factory):
-    """A model server of its own with --grpc-port (the session one serves REST only)."""
-    from support.processes import free_port
-    from support.serving_fixtures import ModelServerProcess
-
-    port = free_port()
-    server = ModelServerProcess(
-        serving_models,
-        free_port(),
-        args=("--grpc-port", str(port)),
-        log_path=tmp_path_factory.mktemp("grpc") / "modelserver.log",
-    ).start()
-    try:
-        server.wait_available()
-        yield server, f"127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.mark.slow
-def test_v2_grpc_health_metadata_and_infer_read_by_tritonclient(grpc_server, shared_photos):
+def test_v2_grpc_health_metadata_and_infer_read_by_tritonclient(grpc_model_server, shared_photos):
     import base64
 
     import numpy as np
@@ -247,7 +236,7 @@ def test_v2_grpc_health_metadata_and_infer_read_by_tritonclient(grpc_server, sha
     grpcclient = pytest.importorskip("tritonclient.grpc")
     from tritonclient.utils import InferenceServerException
 
-    rest, address = grpc_server
+    rest, address = grpc_model_server
     client = grpcclient.InferenceServerClient(address)
     try:
         assert client.is_server_live() and client.is_server_ready()
@@ -292,3 +281,59 @@ def test_v2_grpc_health_metadata_and_infer_read_by_tritonclient(grpc_server, sha
         assert client.is_server_ready()
     finally:
         client.close()
+
+
+# --- grpc.health.v1.Health: what Kubernetes' gRPC probes and grpc_health_probe ask ----------------
+
+
+def _health(address: str, service: str = "") -> tuple[str, str]:
+    """(status name, gRPC code name) of Health/Check, as the kubelet's gRPC probe calls it."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        except grpc.RpcError as exc:
+            return "", exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status), "OK"
+
+
+@pytest.mark.slow
+def test_grpc_health_is_serving_with_a_model_for_the_server_and_its_services(grpc_model_server):
+    _, address = grpc_model_server
+    assert _health(address) == ("SERVING", "OK")
+    assert _health(address, "inference.GRPCInferenceService") == ("SERVING", "OK")
+    assert _health(address, "margherita.Service") == ("", "NOT_FOUND")
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:  # Watch: the current status first
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        stream.cancel()
+
+
+@pytest.mark.slow
+def test_grpc_health_turns_serving_when_the_first_version_is_loaded(serving_models, tmp_path):
+    import shutil
+
+    from support.processes import free_port, wait_until
+    from support.serving_fixtures import ModelServerProcess
+
+    port = free_port()
+    models = tmp_path / "models"
+    (models / "pizza").mkdir(parents=True)
+    server = ModelServerProcess(models, free_port(), args=("--grpc-port", str(port))).start()
+    address = f"127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _health(address)[1] == "OK", timeout=120), server.log_path
+        assert _health(address) == ("NOT_SERVING", "OK")  # live, nothing to serve: not ready
+        version = next(p for p in (serving_models / "pizza").iterdir() if p.name.isdigit())
+        shutil.copytree(version, models / "pizza" / ".incoming")
+        (models / "pizza" / ".incoming").rename(models / "pizza" / version.name)
+        server.wait_available()
+        assert _health(address) == ("SERVING", "OK")
+    finally:
+        server.stop()

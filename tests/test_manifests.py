@@ -118,6 +118,18 @@ def test_every_pod_is_locked_down_and_probed(dry_run):
     assert model["ports"][0]["containerPort"] == 8501
 
 
+def test_model_server_exposes_its_grpc_port_8500_in_the_pod_and_the_service(dry_run):
+    """8500 is tensorflow/serving's default --port; the builtin server serves gRPC there only when
+    PIZZACTL_GRPC_PORT says so, so the pod sets it (issue 24)."""
+    _, docs = dry_run
+    model = _by_kind(docs, "Deployment")["pizzactl-model"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "grpc", "containerPort": 8500} in model["ports"]
+    env = {e["name"]: e.get("value") for e in model["env"]}
+    assert env["PIZZACTL_GRPC_PORT"] == "8500"
+    svc = _by_kind(docs, "Service")["pizzactl-model"]
+    assert {"name": "grpc", "port": 8500, "targetPort": "grpc"} in svc["spec"]["ports"]
+
+
 def test_gateway_is_exposed_on_the_node_port_kind_maps(dry_run):
     _, docs = dry_run
     svc = _by_kind(docs, "Service")["pizzactl-gateway"]

@@ -242,6 +242,9 @@ def test_signature_name_selects_the_pixels_signature(ms):
         (":predict", json.dumps({"instances": []}).encode(), 400, "empty"),
         (":predict", json.dumps({"instances": [{"b64": "AA=="}], "signature_name": "nope"}).encode(), 400, "nope"),
         ("/versions/999:predict", json.dumps({"instances": [{"b64": "AA=="}]}).encode(), 404, "Specific(pizza, 999)"),
+        # nesting deeper than Python's recursion: the parser's, or later code's (issue 24)
+        (":predict", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested"),
+        (":predict", b'{"instances": ' + b"[" * 900 + b"]" * 900 + b"}", 400, "nested"),
         (
             ":predict",
             json.dumps({"signature_name": "serving_pixels", "instances": [[[1, 2, 3]]]}).encode(),

@@ -8,6 +8,7 @@ built: these tests are about what happens in the cluster.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -218,6 +219,18 @@ async def test_rollback_puts_the_previous_version_back_and_status_shows_it(kmock
     assert st["model_version"] == 1 and st["serving"] == {1: 1}
     again = await asyncio.to_thread(rollback, settings, None, 5.0)
     assert "no earlier version" in again["message"]
+
+
+async def test_status_names_the_model_servers_grpc_address_in_the_cluster(kmock, running):
+    """The model Service's `grpc` port (8500) is reachable in the cluster only: status says where."""
+    from support.cli import invoke
+
+    await _release(_settings(), _images(1))
+    shown = await asyncio.to_thread(invoke, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "pizzactl-model.pizzactl.svc:8500" in shown.stdout
+    data = json.loads((await asyncio.to_thread(invoke, "status", "--json")).stdout)
+    assert data["grpc"] == "pizzactl-model.pizzactl.svc:8500"
 
 
 async def test_rollback_after_a_failed_rollout_abandons_it(kmock, running):

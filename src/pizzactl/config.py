@@ -33,6 +33,7 @@ ENV_PREFIX = "PIZZACTL_"
 MODEL_NAME = "pizza"  # MODELS/<MODEL_NAME>/<version>/ and /v1/models/<MODEL_NAME>
 GATEWAY_PORT = 9696
 MODEL_PORT = 8501  # TF Serving's REST port
+MODEL_GRPC_PORT = 8500  # TF Serving's gRPC port (its default --port); the builtin server's in images and pods
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's bomb limit (~89 Mpx), above any phone photo
 # What can run a model in the builtin model server (serving.modelserver.runtimes), fastest first;

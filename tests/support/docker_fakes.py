@@ -5,8 +5,13 @@ The docker SDK talks to it unpatched (as it would to /var/run/docker.sock): `/_p
 "x86_64" or "aarch64"), `POST /build` (streams {"stream": ...} lines and the image then exists;
 the query string is kept, so a test sees `platform=` and the build args), `/images/NAME/json`
 (404 "No such image" for unknown images), `POST /images/NAME/push` and `/containers/NAME/json`
-(404). Endpoints and shapes follow the Docker Engine API reference (docs.docker.com/reference/api/engine).
+(404, unless the test put it in `containers`). Endpoints and shapes follow the Docker Engine API reference (docs.docker.com/reference/api/engine).
 Every request is recorded in `requests` as (method, path, query).
+
+`add_container(name, status, ports)` makes `/containers/NAME/json` answer as `docker inspect` of a
+created container does: `State.Status` and `NetworkSettings.Ports`, {"8500/tcp": [{"HostIp",
+"HostPort"}]}, where HostPort is the port Docker picked for a binding asked with an empty HostPort
+(Engine API ContainerInspect, PortMap; `docker run -p 127.0.0.1::8500`).
 
 With `kind_home` (tests/support/k8s_fakes.py's fake kind), the node containers the fake kind created are
 containers of this daemon: `/containers/<cluster>-control-plane/json` answers with their port
@@ -50,6 +55,7 @@ class FakeDockerd:
         self.images: dict[str, int] = {}
         self.requests: list[tuple[str, str, dict]] = []
         self.build_error: str | None = None
+        self.containers: dict[str, dict] = {}
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -125,6 +131,9 @@ class FakeDockerd:
                 node = re.match(r"^/containers/(.+)-control-plane/json$", path)
                 if node and fake.kind_home is not None and (fake.kind_home / f"{node.group(1)}.node.json").exists():
                     return self._send(200, json.loads((fake.kind_home / f"{node.group(1)}.node.json").read_text()))
+                inspect = re.match(r"^/containers/([^/]+)/json$", path)
+                if inspect and inspect.group(1) in fake.containers:
+                    return self._send(200, fake.containers[inspect.group(1)])
                 if path.startswith("/containers/"):
                     return self._send(404, {"message": f"No such container: {path.split('/')[2]}"})
                 return self._send(404, {"message": "page not found"})
@@ -161,6 +170,15 @@ class FakeDockerd:
             self.socket_path.parent.mkdir(parents=True, exist_ok=True)
             self.server = Server(str(self.socket_path), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add_container(self, name: str, status: str = "running", ports: dict[str, list[dict]] | None = None) -> None:
+        self.containers[name] = {
+            "Id": f"{abs(hash(name)):064x}"[:64],
+            "Name": f"/{name}",
+            "State": {"Status": status, "Running": status == "running", "ExitCode": 0},
+            "Config": {"Labels": {"pizzactl": "1"}},
+            "NetworkSettings": {"Ports": ports or {}},
+        }
 
     @property
     def url(self) -> str:

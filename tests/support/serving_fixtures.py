@@ -249,6 +249,24 @@ def model_server(serving_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def grpc_model_server(serving_models, tmp_path_factory):
+    """A model server of its own with --grpc-port (the session one serves REST only):
+    (the server, its gRPC host:port)."""
+    port = free_port()
+    server = ModelServerProcess(
+        serving_models,
+        free_port(),
+        args=("--grpc-port", str(port)),
+        log_path=tmp_path_factory.mktemp("grpc") / "modelserver.log",
+    ).start()
+    try:
+        server.wait_available()
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def gateway(model_server):
     """The real gateway (uvicorn in a thread) in front of the session model server."""
     from pizzactl.serving.gateway import create_app

@@ -1,4 +1,5 @@
-"""Test tiers (markers slow, docker, browser, torch; and `data`, the shared photos).
+"""Test tiers (markers slow, docker, browser, torch; `data`, the shared photos; `kserve`, KServe's
+clients in .venv-kserve, made by `bash .ci/kserve-venv`).
 
 A tier whose prerequisite is missing is skipped with the reason, unless PIZZACTL_REQUIRE_TIERS
 names it (CI sets it), in which case the missing prerequisite is a failure, so a green CI run

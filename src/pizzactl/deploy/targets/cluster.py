@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pizzactl.config import Settings
+from pizzactl.config import MODEL_GRPC_PORT, Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests, rollout
 from pizzactl.deploy import state as state_mod
@@ -280,6 +280,8 @@ def status(settings: Settings, state: DeployState) -> dict[str, Any]:
         "serving": serving,
         "context": context,
         "namespace": namespace,
+        # in the cluster only (a ClusterIP Service), e.g. for kubectl port-forward svc/pizzactl-model 8500
+        "grpc": f"pizzactl-model.{namespace}.svc:{MODEL_GRPC_PORT}",
         "deployments": deployments,
     }
     trial = rollout.in_flight(state)

@@ -5,7 +5,9 @@ translated field by field: image, args, env, user and group (runAsUser/runAsGrou
 read-only root filesystem, dropped capabilities, no-new-privileges, CPU and memory limits,
 emptyDir volumes as size-limited tmpfs. Services become network aliases on a private network
 (so the gateway reaches `pizzactl-model.NAMESPACE.svc` as in the cluster), and the NodePort
-Service is published on the host port. What passes here runs the same way in a pod.
+Service is published on the host port; a container port named `grpc` (the model server's 8500)
+is published on a host port Docker picks (no collision with a local TF Serving), which `status`
+reads back from the container. What passes here runs the same way in a pod.
 Everything carries the label `pizzactl=1`, so teardown (and a test) finds every leftover.
 """
 
@@ -15,7 +17,7 @@ import re
 from typing import Any
 
 from pizzactl import httpclient
-from pizzactl.config import MODEL_NAME, MODEL_PORT, Settings
+from pizzactl.config import MODEL_GRPC_PORT, MODEL_NAME, MODEL_PORT, Settings
 from pizzactl.console import log
 from pizzactl.deploy import manifests, rollout
 from pizzactl.deploy import state as state_mod
@@ -66,11 +68,14 @@ def container_specs(settings: Settings, docs: list[dict[str, Any]]) -> list[dict
         }
         mine = [s for s in services if _selects(s, dep)]
         aliases = [a for s in mine for a in (s["metadata"]["name"], f"{s['metadata']['name']}.{namespace}.svc")]
-        ports = {}
+        ports: dict[str, tuple[str, int | None]] = {}
         for svc in mine:
             if svc["spec"].get("type") == "NodePort":
                 target = _container_port(container, svc["spec"]["ports"][0]["targetPort"])
                 ports[f"{target}/tcp"] = (settings.host, settings.port)
+        for port in container.get("ports", []):
+            if port.get("name") == "grpc":  # host port '' : Docker picks a free one
+                ports[f"{port['containerPort']}/tcp"] = (settings.host, None)
         spec: dict[str, Any] = {
             "image": container["image"],
             "name": name,
@@ -198,10 +203,12 @@ def deploy(
         state_mod.clear(settings)
         raise
     log(f"[green]✓[/] gateway ready at {url}")
+    grpc = grpc_address(client, record.extra["containers"])
     return {
         "target": TARGET,
         "url": url,
         "model_version": images.model_version,
+        **({"grpc": grpc} if grpc else {}),
         "containers": record.extra["containers"],
         "network": NETWORK,
         "images": images.as_dict(),
@@ -217,6 +224,20 @@ def _run(client, spec: dict[str, Any]):
     client.api.connect_container_to_network(container.id, network, aliases=aliases)
     container.start()
     return container
+
+
+def grpc_address(client, names: list[str]) -> str | None:
+    """host:port where the model server's gRPC port is published now (Docker picked the port at
+    start, and picks again if the container is re-created), or None if no container publishes it."""
+    for name in names:
+        try:
+            bindings = (client.containers.get(name).attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        except Exception:  # gone: status says so in `containers`
+            continue
+        for binding in bindings.get(f"{MODEL_GRPC_PORT}/tcp") or []:
+            if binding.get("HostPort"):
+                return f"{_client_host(binding.get('HostIp', ''))}:{binding['HostPort']}"
+    return None
 
 
 def _client_host(host: str) -> str:
@@ -272,6 +293,7 @@ def _remove_labelled(client) -> list[str]:
 
 def status(settings: Settings, state: DeployState) -> dict[str, Any]:
     containers: dict[str, str] = {}
+    grpc = None
     try:
         client = docker_client()
         for name in state.extra.get("containers", []):
@@ -279,12 +301,18 @@ def status(settings: Settings, state: DeployState) -> dict[str, Any]:
                 containers[name] = client.containers.get(name).status
             except Exception:
                 containers[name] = "gone"
+        grpc = grpc_address(client, state.extra.get("containers", []))
     except DeployError:
         containers = {name: "unknown (docker unreachable)" for name in state.extra.get("containers", [])}
     response = httpclient.get(f"{state.url}/readyz", timeout=3)
     ready = response is not None and response.status_code == 200
     serving = {state.model_version: 1} if ready and state.model_version is not None else {}
-    info: dict[str, Any] = {"ready": ready, "serving": serving, "containers": containers}
+    info: dict[str, Any] = {
+        "ready": ready,
+        "serving": serving,
+        **({"grpc": grpc} if grpc else {}),
+        "containers": containers,
+    }
     trial = rollout.in_flight(state)
     if trial is not None:
         info["rollout"] = {**trial, "available": _available_versions(state) if ready else []}

@@ -10,7 +10,6 @@ Serving's, not ours, and stdlib JSON is what it costs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
@@ -34,7 +33,7 @@ from pizzactl.errors import (
 from pizzactl.model.runtimes import configure_tf_threads
 from pizzactl.serving import log_to_stderr, run_server, server_arguments
 from pizzactl.serving.middleware import BodyLimit, ObserveRequests
-from pizzactl.serving.modelserver import kserve, v2
+from pizzactl.serving.modelserver import kserve, rest, v2
 from pizzactl.serving.modelserver.server import ModelServer, ModelServerConfig
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
@@ -146,10 +145,7 @@ def create_app(
             raise BadInputError(f"{verb} is not supported by this server (use :predict)")
         if verb != "predict":
             raise RouteNotFoundError(f"Malformed request: {request.method} {request.url.path}")
-        try:
-            payload = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"JSON Parse error: {exc}") from None
+        payload = rest.parse_json(await request.body())
         if not isinstance(payload, dict):
             raise BadInputError("JSON Value: request must be a JSON object")
         body, used = await server.predict(request.path_params["name"], _version(request), payload, _label(request))

@@ -25,7 +25,7 @@ from pizzactl.errors import (
     PortInUseError,
     ServableNotFoundError,
 )
-from pizzactl.serving.modelserver import v2
+from pizzactl.serving.modelserver import grpc_health, v2
 from pizzactl.serving.modelserver.protos import grpc_predict_v2_pb2 as pb
 from pizzactl.serving.modelserver.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from pizzactl.serving.modelserver.server import ModelServer
@@ -152,6 +152,7 @@ async def start(server: ModelServer, address: str, max_message_bytes: int) -> ai
     ]
     grpc_server = aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Inference(server), grpc_server)
+    grpc_health.add_to(server, grpc_server, (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,))
     try:
         grpc_server.add_insecure_port(address)
     except RuntimeError as exc:

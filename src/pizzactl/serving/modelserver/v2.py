@@ -29,6 +29,7 @@ from starlette.routing import Route
 from pizzactl import __version__
 from pizzactl.errors import BadInputError, ServableNotFoundError
 from pizzactl.model.runtimes import SIGNATURE, Runtime
+from pizzactl.serving.modelserver.rest import parse_json
 from pizzactl.serving.modelserver.server import ModelServer
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -201,10 +202,7 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
         head, binary = view[: int(header_length)], view[int(header_length) :]
     else:
         head, binary = view, view[len(body) :]
-    try:
-        payload = json.loads(bytes(head))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"JSON Parse error: {exc}") from None
+    payload = parse_json(bytes(head))
     if not isinstance(payload, dict):
         raise BadInputError("the inference request must be a JSON object")
     if not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
