@@ -17,6 +17,7 @@ from PIL import Image
 
 from pizzactl.serving.gateway import create_app
 
+from support.photos import encode
 from support.processes import free_port
 from support.serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread
 
@@ -259,6 +260,19 @@ def test_the_gateway_agrees_with_the_model_server_on_the_reencoded_image(gw, mod
         through = gw.post("/predict", json={"image_b64": b64(photo)}).json()
         assert through["label"] == direct["label"]
         assert through["probability"] == pytest.approx(direct["probability"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_an_upright_jpeg_within_the_model_size_is_predicted_on_its_own_pixels(gw, model_server, shared_photos):
+    """Not re-encoded: the model server decodes the upload itself, as training decodes a file."""
+    size = gw.get("/readyz").json()["image_size"]
+    with Image.open(shared_photos["pizza"][1]) as im:
+        photo = encode(im.convert("RGB").resize((size, size - 3)), "JPEG", quality=95)
+    direct = httpx.post(
+        model_server.url + "/v1/models/pizza:predict", json={"instances": [{"b64": b64(photo)}]}
+    ).json()["predictions"][0]
+    through = gw.post("/predict", content=photo, headers={"content-type": "image/jpeg"}).json()
+    assert through["probability"] == pytest.approx(direct["probability"], abs=1e-6)
 
 
 @pytest.mark.slow

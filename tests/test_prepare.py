@@ -131,3 +131,51 @@ def test_too_many_pixels_is_413_before_decoding():
 def test_decompression_bomb_header_is_413():
     with pytest.raises(PayloadTooLargeError):
         load_image(png_header_only(100_000, 100_000))
+
+
+def small_photo(width: int = 200, height: int = 150, mode: str = "RGB", quality: int = 80, **save) -> bytes:
+    pixels = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels).convert(mode), "JPEG", quality=quality, **save)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_an_upright_jpeg_within_the_model_size_goes_to_the_model_server_as_uploaded(mode):
+    raw = small_photo(224, 150, mode)  # the model server decodes it as training decodes the file
+    assert prepare_image(raw, 224) == raw
+
+
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (small_photo(225, 150), "a side larger than the model's"),
+        (small_photo(mode="CMYK"), "CMYK"),
+        (encode(Image.new("RGB", (64, 64), (200, 50, 50)), "PNG"), "not a JPEG"),
+    ],
+    ids=["too-large", "cmyk", "png"],
+)
+def test_other_uploads_are_re_encoded_as_rgb_jpeg(raw, why):
+    jpeg = prepare_image(raw, 224)
+    assert jpeg != raw, why
+    with Image.open(io.BytesIO(jpeg)) as im:
+        assert (im.format, im.mode) == ("JPEG", "RGB")
+        assert max(im.size) <= 224
+
+
+def test_a_small_jpeg_with_exif_orientation_is_re_encoded_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    raw = small_photo(120, 80, exif=exif.tobytes())
+    with Image.open(io.BytesIO(prepare_image(raw, 224))) as im:
+        assert im.size == (80, 120)  # the model server does not read EXIF: the gateway turns it
+
+
+def test_a_small_jpeg_over_the_wire_budget_is_re_encoded_within_it():
+    raw = small_photo(224, 224, quality=100)
+    assert len(raw) > WIRE_BUDGET
+    assert len(prepare_image(raw, 224)) <= WIRE_BUDGET
+
+
+def test_a_small_corrupt_jpeg_is_refused_not_passed_on():
+    raw = small_photo(224, 150)
+    with pytest.raises(InvalidImageError):
+        prepare_image(raw[: len(raw) // 2], 224)

@@ -8,7 +8,6 @@ a fraction of a synchronous client's CPU per request.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from pizzactl import httpclient
 from pizzactl.config import MODEL_NAME
 from pizzactl.console import log
+from pizzactl.serving.modelserver.rest import binary_instances
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -33,7 +33,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def wire_body(jpeg: bytes) -> bytes:
     """The model server request for one image, as the gateway's client builds it."""
-    return json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode("ascii")}]}).encode()
+    return binary_instances([jpeg])
 
 
 # --- through the servers ---------------------------------------------------------------------

@@ -4,7 +4,7 @@
 contract: `serving_default` takes the image bytes and decodes them in the graph).
 `LiteRTRuntime` runs the classifier that `pizzactl export` converted for LiteRT (XNNPACK) into
 the version directory (`pizzactl.model.litert`), behind the same two signatures: the image bytes are
-decoded by the very `decode_resize` the SavedModel runs, so only the network differs, and export
+decoded to the very pixels the SavedModel's `decode_resize` makes, so only the network differs, and export
 published the artefact only if it agreed with the SavedModel (|dp| on real photos, and not worse
 on held-out photos: `litert.judge`). The model server asks a runtime for its TF Serving-shaped
 `signature_def` (for `/metadata`), the input names of a signature, and `run(signature, inputs)`.
@@ -27,7 +27,7 @@ from typing import Any
 from pizzactl.errors import BadInputError, ModelNotFoundError, UsageError
 from pizzactl.model.card import ModelCard
 from pizzactl.model.contract import SIGNATURE, expected_outputs
-from pizzactl.model.decode import decode_resize
+from pizzactl.model.decode import decode_resize_fast
 from pizzactl.model.store import METADATA_DIR
 
 log = logging.getLogger("pizzactl.modelserver")
@@ -241,13 +241,16 @@ class LiteRTRuntime:
 
 
 def decoder(size: int):
-    """pizzactl.model.decode.decode_resize over a batch, as serving_default's graph runs it."""
+    """pizzactl.model.decode.decode_resize's pixels over a batch, as serving_default's graph makes them
+    (`decode_resize_fast`: an image already size x size is not resized, which changes no pixel)."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(images):
         return tf.map_fn(
-            lambda b: decode_resize(b, size), images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)
+            lambda b: decode_resize_fast(b, size),
+            images,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
         )
 
     return decode

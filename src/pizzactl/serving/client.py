@@ -18,7 +18,6 @@ is passed on.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import time
@@ -30,6 +29,7 @@ import aiohttp
 
 from pizzactl.config import DEFAULTS, MODEL_NAME
 from pizzactl.errors import InvalidImageError, ModelUnavailableError, QueueFullError
+from pizzactl.serving.modelserver.rest import binary_instances
 
 CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect (a dead server refuses at once; a black hole takes this)
 DEFAULT_IMAGE_SIZE = 224
@@ -291,9 +291,7 @@ class ModelClient:
         `queue_wait`: the seconds the caller expects the queue ahead of these images to take;
         `batch_wait`: the seconds one batch of the model server takes (no answer comes meanwhile);
         `route`: `/labels/<label>` or `/versions/<n>` to ask one version (canary.py), else the latest."""
-        body = json.dumps(
-            {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
-        ).encode()
+        body = binary_instances(images)
         url = f"{self.model_url}{route or ''}:predict"
         response = await self._request("POST", url, "predict", body, queue_wait, batch_wait)
         if response.status_code != 200:

@@ -4,7 +4,8 @@
   with the SSRF and redirect policy);
 * decode: validate untrusted bytes with Pillow into an upright RGB image (4xx when unusable);
 * encode: shrink to the model's input size and re-encode as a small JPEG (`prepare.py`): the
-  model squashes every image to S x S anyway, so the wire carries ~20 KB, not a 5 MB photo;
+  model squashes every image to S x S anyway, so the wire carries ~20 KB, not a 5 MB photo (a
+  JPEG already within the model's size, upright and small, goes as it came);
 * call model: one TF Serving `:predict` request for all the images at hand (`client.py`);
 * answer: the model's outputs as the gateway's JSON.
 
@@ -186,7 +187,7 @@ class Prepared:
 def prepare(data: bytes, limits: images.ImageLimits, size: int | None) -> Prepared:
     """decode (4xx PizzaError on bad input) and, with a size, encode: always the same pixels per size."""
     image = images.load_image(data, limits, draft_size=size)
-    return Prepared(data, size, images.encode_for_model(image, size) if size else None)
+    return Prepared(data, size, images.for_model(data, image, size) if size else None)
 
 
 def class_probabilities(prediction: Prediction, classes: Sequence[str]) -> dict[str, float]:

@@ -4,7 +4,8 @@
 (too large -> 413, not an image we accept -> 415, truncated or corrupt -> 422), applying EXIF
 orientation and flattening transparency onto white. `encode_for_model` caps each side at
 the model's input size and re-encodes as JPEG: the model squashes every image to S x S
-anyway, so nothing it would see is lost, and a 5 MB phone photo becomes ~15-30 KB.
+anyway, so nothing it would see is lost, and a 5 MB phone photo becomes ~15-30 KB. A JPEG that
+is already small and upright goes as it came (`sendable_as_is`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from pizzactl.config import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from pizzactl.errors import InvalidImageError, PayloadTooLargeError, UnsupportedMediaError
@@ -68,7 +69,7 @@ def load_image(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int
                 image.draft(None, (int(draft_size), int(draft_size)))
             image.load()  # decode now: truncated or corrupt data fails here, not later
             with contextlib.suppress(Exception):
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # in place: an upright photo is not copied
             return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLargeError(
@@ -134,6 +135,32 @@ def encode_for_model(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE, b
     return data
 
 
+def sendable_as_is(data: bytes, image_size: int, budget: int = WIRE_BUDGET) -> bool:
+    """Whether an upload (already validated by `load_image`) can go to the model server unchanged.
+
+    A JPEG in RGB or grey, upright (no EXIF orientation to apply), each side <= `image_size` and
+    within the wire budget: the model server decodes it to the pixels training decodes from the
+    same file, where re-encoding it would cost the gateway CPU and the picture a JPEG generation.
+    Only the header is read here.
+    """
+    if len(data) > budget:
+        return False
+    with Image.open(io.BytesIO(data)) as image:
+        return (
+            image.format == "JPEG"
+            and image.mode in ("RGB", "L")
+            and image.width <= image_size
+            and image.height <= image_size
+            and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        )
+
+
+def for_model(data: bytes, image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE) -> bytes:
+    """What the model server gets for an upload validated into `image`: the upload itself if it is
+    `sendable_as_is`, else `encode_for_model(image)`."""
+    return data if sendable_as_is(data, image_size) else encode_for_model(image, image_size)
+
+
 def prepare_image(data: bytes, image_size: int = DEFAULT_IMAGE_SIZE, limits: ImageLimits = ImageLimits()) -> bytes:
     """Validate and shrink in one call (what the gateway does per image)."""
-    return encode_for_model(load_image(data, limits, draft_size=image_size), image_size)
+    return for_model(data, load_image(data, limits, draft_size=image_size), image_size)

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pizzactl.errors import BadInputError
@@ -68,6 +69,15 @@ def decode_value(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode()
     return value
+
+
+def binary_instances(blobs: Sequence[bytes]) -> bytes:
+    """`{"instances": [{"b64": ...}, ...]}` for binary inputs, as `json.dumps` writes it.
+
+    Built by hand: base64 never needs JSON escaping, and json.dumps scanning each ~40 KB string
+    for characters to escape was most of the gateway's JSON cost (~65 of 94 us per image).
+    """
+    return b'{"instances": [' + b", ".join(b'{"b64": "' + base64.b64encode(b) + b'"}' for b in blobs) + b"]}"
 
 
 def row_inputs(instances: Any, names: list[str]) -> dict[str, list]:
