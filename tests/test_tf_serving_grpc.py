@@ -19,6 +19,11 @@ import httpx
 import pytest
 
 from pizzactl.model.store import list_versions
+from pizzactl.serving.gateway import create_app
+
+from support.photos import photo_like_jpeg
+from support.processes import free_port
+from support.serving_fixtures import ModelServerProcess, UvicornThread
 
 CLIENT = Path(__file__).parent / "support" / "tf_serving_client.py"
 CONFIG = """
@@ -36,9 +41,6 @@ model_config_list {
 @pytest.fixture(scope="module")
 def two_version_grpc_server(serving_models, tmp_path_factory):
     """Versions 1 and 2 of the tiny model with labels stable/canary, REST and gRPC ports."""
-    from support.processes import free_port
-    from support.serving_fixtures import ModelServerProcess
-
     root = tmp_path_factory.mktemp("tfs_grpc")
     source = list_versions(serving_models)[-1][1]
     for version in (1, 2):
@@ -106,3 +108,59 @@ def test_tf_servings_own_client_predicts_reads_metadata_and_status_and_gets_its_
     assert codes["metadata_unknown_version"] == "NOT_FOUND"
     assert codes["after"] == "OK"
     assert server.proc is not None and server.proc.poll() is None
+
+
+# --- the gateway over gRPC (model_protocol grpc: serving/grpc_client.py) -----------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.slow
+def test_the_gateway_over_grpc_answers_as_over_rest_and_routes_the_canary(two_version_grpc_server, shared_photos):
+    server, address = two_version_grpc_server
+    photo = {"image_b64": _b64(shared_photos["pizza"][0].read_bytes())}
+    grpc_app = create_app(server.url, model_protocol="grpc", model_grpc_url=address)
+    with UvicornThread(create_app(server.url)) as rest_gw, UvicornThread(grpc_app) as grpc_gw:
+        over_rest = httpx.post(rest_gw.url + "/predict", json=photo, timeout=60).json()
+        reply = httpx.post(grpc_gw.url + "/predict", json=photo, timeout=60)
+        assert reply.status_code == 200, reply.text
+        over_grpc = reply.json()
+        assert over_grpc["label"] == over_rest["label"] and over_grpc["model_version"] == 2
+        assert over_grpc["probability"] == pytest.approx(over_rest["probability"], abs=1e-6)
+        # the class names come from pizzactl's card (GetModelMetadata's "pizzactl" field)
+        assert set(over_grpc["probabilities"]) == set(over_rest["probabilities"]) == {"not_pizza", "pizza"}
+        ready = httpx.get(grpc_gw.url + "/readyz").json()
+        assert ready == httpx.get(rest_gw.url + "/readyz").json()
+        bad = httpx.post(grpc_gw.url + "/predict", json={"image_b64": _b64(b"not an image")})
+        assert bad.status_code == 415
+
+    canary = create_app(server.url, model_protocol="grpc", model_grpc_url=address, canary_percent=100)
+    stable = create_app(
+        server.url, model_protocol="grpc", model_grpc_url=address, canary_percent=100, stable_version="1"
+    )
+    missing = create_app(
+        server.url, model_protocol="grpc", model_grpc_url=address, canary_percent=100, canary_version="7"
+    )
+    with UvicornThread(canary) as to_canary, UvicornThread(stable) as to_2, UvicornThread(missing) as to_7:
+        assert httpx.post(to_canary.url + "/predict", json=photo, timeout=60).json()["model_version"] == 2
+        assert httpx.post(to_2.url + "/predict", json=photo, timeout=60).json()["model_version"] == 2
+        # version 7 is not loaded (NOT_FOUND): the request falls back to stable (version 1)
+        fallback = httpx.post(to_7.url + "/predict", json=photo, timeout=60)
+        assert fallback.status_code == 200 and fallback.json()["model_version"] == 1
+
+
+def test_the_gateway_over_grpc_to_a_dead_port_is_a_quick_503_with_retry_after():
+    app = create_app(
+        f"http://127.0.0.1:{free_port()}",
+        model_protocol="grpc",
+        model_grpc_url=f"127.0.0.1:{free_port()}",
+        model_timeout=2.0,
+    )
+    with UvicornThread(app) as gw:
+        photo = {"image_b64": _b64(photo_like_jpeg())}
+        down = httpx.post(gw.url + "/predict", json=photo, timeout=30)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "model_unavailable"
+        assert down.headers["retry-after"].isdigit()
+        assert httpx.get(gw.url + "/readyz", timeout=30).status_code == 503

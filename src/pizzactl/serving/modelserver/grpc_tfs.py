@@ -9,13 +9,13 @@ through the same code as the Open Inference Protocol (v2.predict: admission, bat
 limits); `model_spec.version` and `version_label` pick a version as the REST `/versions/N` and
 `/labels/L` do. Errors are TF Serving's codes: INVALID_ARGUMENT (bad input, dtype or shape),
 NOT_FOUND (unknown model, version or label), FAILED_PRECONDITION (unknown signature, as TF
-Serving's predict_util.cc answers), UNAVAILABLE (no model yet, queue full: TF Serving's "batch
-scheduling queue is full"), RESOURCE_EXHAUSTED (a message over `max_request_bytes`, refused by
-gRPC itself).
+Serving's predict_util.cc answers), UNAVAILABLE (no model yet), RESOURCE_EXHAUSTED (the queue is
+full, with a `retry-after` trailer; a message over `max_request_bytes`, refused by gRPC itself).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
@@ -23,13 +23,18 @@ import numpy as np
 from google.protobuf import json_format
 from grpc import aio
 
-from pizzactl.errors import BadInputError, PizzaError
+from pizzactl.errors import BadInputError, PizzaError, QueueFullError
 from pizzactl.model.runtimes import SIGNATURE, Runtime
 from pizzactl.serving import tfs_messages as tfs
 from pizzactl.serving.modelserver import v2
 from pizzactl.serving.modelserver.grpc_v2 import status_code
 from pizzactl.serving.modelserver.server import ModelServer
 
+# "signature_def" is TF Serving's; "pizzactl" (not TF Serving's) is the model card as JSON in a
+# StringValue: the class names and input size the gateway reads over REST from /metadata
+METADATA_FIELDS = ("signature_def", "pizzactl")
+STRING_VALUE_URL = "type.googleapis.com/google.protobuf.StringValue"
+StringValue = tfs.message("google.protobuf.StringValue")
 V2_TO_TF = {v2_name: tf_name for tf_name, v2_name in v2.DATATYPES.items()}
 
 
@@ -39,10 +44,15 @@ class SignatureNotFoundError(BadInputError):
     code = "signature_not_found"
 
 
-def _code(exc: PizzaError) -> grpc.StatusCode:
+async def _abort(context: aio.ServicerContext, exc: PizzaError) -> None:
+    """The error as TF Serving's status code; a full queue is RESOURCE_EXHAUSTED with a
+    `retry-after` trailer (TF Serving says UNAVAILABLE: the gateway could not tell it from a
+    server that is down, serving/grpc_client.py)."""
+    if isinstance(exc, QueueFullError):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message, (("retry-after", str(exc.retry_after)),))
     if isinstance(exc, SignatureNotFoundError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return status_code(exc)
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, exc.message)
+    await context.abort(status_code(exc), exc.message)
 
 
 def _spec(spec: Any) -> tuple[int | None, str | None]:
@@ -121,7 +131,7 @@ class TFServing:
             outputs = list(request.output_filter) or None
             used, results = await v2.predict(self.server, request.model_spec.name, version, tensors, outputs)
         except PizzaError as exc:
-            await context.abort(_code(exc), exc.message)
+            await _abort(context, exc)
             raise
         response = tfs.PredictResponse()
         response.model_spec.name = request.model_spec.name
@@ -134,18 +144,27 @@ class TFServing:
     async def get_model_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
         try:
             fields = list(request.metadata_field)
-            if fields != ["signature_def"]:  # TF Serving's own check (get_model_metadata_impl.cc)
-                raise BadInputError("Metadata field signature_def is the only one supported")
+            if not fields:  # TF Serving's own checks (get_model_metadata_impl.cc)
+                raise BadInputError("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field not in METADATA_FIELDS:
+                    raise BadInputError(f"Metadata field {field} is not supported")
             model, _ = self._servable(request.model_spec)
         except PizzaError as exc:
-            await context.abort(_code(exc), exc.message)
+            await _abort(context, exc)
             raise
         response = tfs.GetModelMetadataResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = model.version
-        packed = response.metadata["signature_def"]
-        packed.type_url = tfs.SIGNATURE_DEF_MAP_URL
-        packed.value = signature_def_map(model).SerializeToString()
+        if "signature_def" in fields:
+            packed = response.metadata["signature_def"]
+            packed.type_url = tfs.SIGNATURE_DEF_MAP_URL
+            packed.value = signature_def_map(model).SerializeToString()
+        if "pizzactl" in fields:
+            card = json.dumps(model.card.to_dict() if model.card else {})
+            packed = response.metadata["pizzactl"]
+            packed.type_url = STRING_VALUE_URL
+            packed.value = StringValue(value=card).SerializeToString()
         return response
 
     async def get_model_status(self, request: Any, context: aio.ServicerContext) -> Any:
@@ -154,7 +173,7 @@ class TFServing:
             version, label = _spec(spec)
             status = self.server.status(spec.name, version, label)
         except PizzaError as exc:
-            await context.abort(_code(exc), exc.message)
+            await _abort(context, exc)
             raise
         response = tfs.GetModelStatusResponse()
         for entry in status["model_version_status"]:
