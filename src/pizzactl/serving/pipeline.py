@@ -221,7 +221,8 @@ class Gateway:
                 from pizzactl.serving.grpc_client import GrpcModelClient  # grpcio only when asked for
             except ImportError as exc:
                 raise MissingDependencyError(
-                    f"model_protocol grpc needs grpcio and protobuf: {exc}", hint="pip install 'pizzactl[grpc]' (the gateway image has no grpcio: use model_protocol rest there)"
+                    f"model_protocol grpc needs grpcio and protobuf: {exc}",
+                    hint="pip install 'pizzactl[grpc]' (the gateway image has no grpcio: use model_protocol rest there)",
                 ) from None
             client, address = GrpcModelClient, config.model_grpc_url
         self.model = client(
