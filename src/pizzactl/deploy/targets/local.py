@@ -33,6 +33,7 @@ TARGET = "local"
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
 MODEL_CONFIG = "models.config"  # the model server's TF Serving model config, for a canary
+GRPC = "grpc"  # the model server's gRPC port in the state's ports, with model_protocol grpc
 
 
 def log_dir(settings) -> Path:
@@ -134,6 +135,14 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         config_path.write_text(canary_config(models_dir, canary))
         model_args = ["--model-config-file", str(config_path)]
         log(f"Canary: {_split_text(settings, canary)}.")
+    ports = {proc.GATEWAY: settings.port, proc.MODELSERVER: model_port}
+    protocol_env: dict[str, str] = {}
+    if settings.model_protocol == "grpc":  # the gateway calls TF Serving's gRPC API (docs/serve.md)
+        ports[GRPC] = proc.pick_model_port(
+            "127.0.0.1", settings.grpc_port or proc.free_port(), avoid=list(ports.values())
+        )
+        model_args += ["--grpc-port", str(ports[GRPC])]
+        protocol_env = {"PIZZACTL_MODEL_PROTOCOL": "grpc", "PIZZACTL_MODEL_GRPC_URL": f"127.0.0.1:{ports[GRPC]}"}
     write_json(
         spec_path,
         {
@@ -154,7 +163,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
         # the servers inherit the supervisor's environment: the keys' digests, never a key
-        env = {**key_env(settings), **canary_env(settings, canary)}
+        env = {**key_env(settings), **canary_env(settings, canary), **protocol_env}
         supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=env)
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
@@ -163,7 +172,7 @@ def deploy(settings, timeout: float = 300.0) -> dict[str, Any]:
         model_version=canary[0] if canary else int(version_dir.name),
         model_dir=str(models_dir),
         pids={SUPERVISOR: supervisor.pid},
-        ports={proc.GATEWAY: settings.port, proc.MODELSERVER: model_port},
+        ports=ports,
         logs=logs,
         extra={
             "host": settings.host,
