@@ -8,9 +8,10 @@ registered as generic handlers rather than through generated `_pb2_grpc` code. P
 through the same code as the Open Inference Protocol (v2.predict: admission, batching, runtimes,
 limits); `model_spec.version` and `version_label` pick a version as the REST `/versions/N` and
 `/labels/L` do. Errors are TF Serving's codes: INVALID_ARGUMENT (bad input, dtype or shape),
-NOT_FOUND (unknown model, version or label), FAILED_PRECONDITION (unknown signature, as TF
-Serving's predict_util.cc answers), UNAVAILABLE (no model yet), RESOURCE_EXHAUSTED (the queue is
-full, with a `retry-after` trailer; a message over `max_request_bytes`, refused by gRPC itself).
+NOT_FOUND (unknown model, version or label; no version loaded yet, as TF Serving and the REST
+404), FAILED_PRECONDITION (unknown signature, as TF Serving's predict_util.cc answers),
+RESOURCE_EXHAUSTED (the queue is full, with a `retry-after` trailer; a message over
+`max_request_bytes`, refused by gRPC itself).
 """
 
 from __future__ import annotations
