@@ -8,8 +8,10 @@ must be TF Serving's for it to work.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pizzactl.errors import QueueFullError
 from pizzactl.model.store import list_versions
 from pizzactl.serving.gateway import create_app
+from pizzactl.serving.grpc_client import GrpcModelClient
 
 from support.photos import photo_like_jpeg
 from support.processes import free_port
@@ -164,3 +168,40 @@ def test_the_gateway_over_grpc_to_a_dead_port_is_a_quick_503_with_retry_after():
         assert down.status_code == 503 and down.json()["error"]["code"] == "model_unavailable"
         assert down.headers["retry-after"].isdigit()
         assert httpx.get(gw.url + "/readyz", timeout=30).status_code == 503
+
+
+@pytest.mark.slow
+def test_a_full_queue_is_resource_exhausted_with_retry_after_and_the_gateways_client_passes_it_on(
+    serving_models, tmp_path, monkeypatch
+):
+    """One request of many images holds the queue (bound 1); the next is refused at once, as over REST."""
+    monkeypatch.setenv("PIZZACTL_MAX_QUEUE", "1")
+    port = free_port()
+    args = ("--grpc-port", str(port), "--max-batch-size", "1")
+    server = ModelServerProcess(serving_models, free_port(), args=args, log_path=tmp_path / "modelserver.log").start()
+    try:
+        server.wait_available()
+        client = GrpcModelClient(f"127.0.0.1:{port}", timeout=300)
+        photo = photo_like_jpeg(64, 64)
+
+        def queued() -> float:
+            text = httpx.get(server.url + "/monitoring/prometheus/metrics", timeout=10).text
+            return float(re.search(r"^pizzactl_model_queued_images (\S+)$", text, re.M).group(1))
+
+        async def run() -> QueueFullError:
+            first = asyncio.ensure_future(client.predict([photo] * 3000))
+            while not first.done() and await asyncio.to_thread(queued) == 0:  # a state, not a sleep
+                await asyncio.sleep(0.05)
+            assert not first.done(), "the first request ended before it was seen in the queue"
+            with pytest.raises(QueueFullError) as caught:
+                await client.predict([photo])
+            predictions, _ = await first
+            assert len(predictions) == 3000
+            await client.aclose()
+            return caught.value
+
+        refused = asyncio.run(run())
+        assert refused.retry_after >= 1 and refused.reason == "model_server_full"
+        assert "Queue full" in refused.message
+    finally:
+        server.stop()
