@@ -275,6 +275,27 @@ def test_deploy_on_a_busy_port_exits_3_with_the_fix(tiny_model, tmp_path):
     assert not (tmp_path / "state" / "deploy.json").exists()
 
 
+@pytest.mark.slow
+def test_deploy_local_with_model_protocol_grpc_serves_through_the_grpc_port(tiny_model, tiny_classifier, tmp_path):
+    """PIZZACTL_MODEL_PROTOCOL=grpc: the model server gets a gRPC port and the gateway calls it there."""
+    env = make_env(tmp_path, tiny_model, PIZZACTL_MODEL_PROTOCOL="grpc")
+    proc = run_pizzactl("deploy", "--target", "local", "--json", "--timeout", "240", env=env, cwd=tmp_path)
+    state_file = tmp_path / "state" / "deploy.json"
+    try:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        state = json.loads(state_file.read_text())
+        grpc_port = state["ports"]["grpc"]
+        assert listening(grpc_port)
+        photo = tiny_classifier.photos[-1].read_bytes()
+        answer = httpx.post(state["url"] + "/predict", content=photo, headers={"content-type": "image/jpeg"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == 1
+        gateway_log = Path(state["logs"]["gateway"]).read_text()
+        assert f"127.0.0.1:{grpc_port} (gRPC)" in gateway_log
+    finally:
+        run_pizzactl("teardown", env=env, cwd=tmp_path, timeout=60)
+
+
 # --- pizzactl serve ---------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pizzactl.errors import EXIT_USER, ConfigError
 
@@ -165,7 +166,8 @@ class Settings:
     model_port: int = setting(MODEL_PORT, "Model server port.", used="serve, deploy local")
     grpc_port: int = setting(
         0,
-        "Model server's gRPC port (Open Inference Protocol v2, inference.GRPCInferenceService); 0: no gRPC.",
+        "Model server's gRPC port (TF Serving's PredictionService and ModelService, Open Inference Protocol v2's "
+        "GRPCInferenceService); 0: no gRPC.",
         used="model server",
         flag=False,
     )
@@ -214,6 +216,20 @@ class Settings:
         used="gateway",
         flag=False,
         derived="http://127.0.0.1:<model_port>",
+    )
+    model_protocol: str = setting(
+        "rest",
+        "How the gateway calls the model server: rest (TF Serving's REST API) or grpc (TF Serving's gRPC "
+        "PredictionService, on the builtin server's grpc_port or tensorflow/serving's 8500).",
+        used="gateway, bench serve",
+        choices=("rest", "grpc"),
+    )
+    model_grpc_url: str | None = setting(
+        None,
+        "Model server's gRPC address (host:port) when model_protocol is grpc.",
+        used="gateway",
+        flag=False,
+        unset="model_url's host, port grpc_port (8500 when it is 0)",
     )
     model_name: str = setting(MODEL_NAME, "Model name: MODELS/<name>/<version>/.", used="both servers", flag=False)
     model_timeout: float = setting(2.0, "Seconds until a model-server call becomes a 503.", used="gateway", flag=False)
@@ -401,6 +417,16 @@ class Settings:
     def model_server_url(self) -> str:
         """Where the gateway finds the model server (`model_url`, derived from `model_port` unless set)."""
         return self.model_url or _local_model_url(self.model_port)
+
+    @property
+    def model_server_grpc_address(self) -> str:
+        """Where the gateway finds the model server's gRPC port (`model_grpc_url`, else model_url's
+        host and grpc_port: 8500, TF Serving's, when grpc_port is 0)."""
+        if self.model_grpc_url:
+            return self.model_grpc_url.removeprefix("grpc://")
+        host = urlsplit(self.model_server_url).hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.grpc_port or 8500}"
 
     def as_dict(self) -> dict[str, Any]:
         out = {}

@@ -179,9 +179,12 @@ def measure(
 
 
 @contextlib.contextmanager
-def servers(version_dir: Path, logs_dir: Path, tag: str, modelserver_args: Sequence[str] = ()) -> Iterator[Started]:
+def servers(
+    version_dir: Path, logs_dir: Path, tag: str, modelserver_args: Sequence[str] = (), model_protocol: str = "rest"
+) -> Iterator[Started]:
     """A model server (with `modelserver_args`) and a gateway for the version, as `pizzactl serve`
-    starts them, ready; stopped on exit. Their logs go to `logs_dir`."""
+    starts them (the gateway calling it over `model_protocol`), ready; stopped on exit. Their
+    logs go to `logs_dir`."""
 
     port = proc.free_port()
     model_port = proc.pick_model_port("127.0.0.1", proc.free_port(), avoid=[port])
@@ -202,6 +205,7 @@ def servers(version_dir: Path, logs_dir: Path, tag: str, modelserver_args: Seque
             # the load client is one address standing for many users: the per-address connection
             # cap (meant for one greedy client) would refuse its open-loop load, not measure it
             env={"PIZZACTL_MAX_CONNECTIONS_PER_CLIENT": "0"},
+            model_protocol=model_protocol,
         )
     try:
         proc.wait_ready(

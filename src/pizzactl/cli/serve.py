@@ -16,6 +16,7 @@ def serve(
     host: str | None = option("host"),
     allow_private_urls: bool | None = option("allow_private_urls"),
     api_key: str | None = option("api_key"),
+    model_protocol: str | None = option("model_protocol"),
 ) -> None:
     """Run the model server and the gateway in the foreground (Ctrl-C stops both)."""
     serve_(
@@ -26,5 +27,6 @@ def serve(
             host=host,
             allow_private_urls=allow_private_urls,
             api_key=api_key,
+            model_protocol=model_protocol,
         )
     )

@@ -91,6 +91,7 @@ def serve(settings) -> None:
             attached=True,
             logs={proc.MODELSERVER: subprocess.PIPE, proc.GATEWAY: subprocess.PIPE},
             env=key_env(settings),
+            model_protocol=settings.model_protocol,
         )
         pumps = [
             threading.Thread(target=_pump, args=(started.modelserver.stdout, "[model]  "), daemon=True),

@@ -21,9 +21,9 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -33,6 +33,7 @@ from pizzactl.serving.modelserver.rest import binary_instances
 
 CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect (a dead server refuses at once; a black hole takes this)
 DEFAULT_IMAGE_SIZE = 224
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -154,26 +155,14 @@ class ModelClient:
         patient = max(begun + self.timeout + queue_wait, self.last_progress + self.timeout + batch_wait)
         return min(patient, begun + self.timeout + max(self.max_wait, queue_wait + batch_wait))
 
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        kind: str,
-        body: bytes | None = None,
-        queue_wait: float = 0.0,
-        batch_wait: float = 0.0,
-    ) -> Reply:
-        session, slots = self._client()
-        headers = {"Content-Type": "application/json"} if body is not None else None
+    async def patiently(
+        self, call: Callable[[], Awaitable[T]], kind: str, queue_wait: float = 0.0, batch_wait: float = 0.0
+    ) -> T:
+        """Await `call()` within the deadlines (`deadline`): a stuck or dead server fails it with
+        ModelUnavailableError, a busy one (it answers the status probe) is waited for. `call` sets
+        `last_progress` when the server answers; its own errors propagate."""
         started = time.perf_counter()
         begun = time.monotonic()
-
-        async def call() -> Reply:
-            async with slots, session.request(method, url, data=body, headers=headers) as response:
-                reply = Reply(response.status, response.headers, await response.read())
-            self.last_progress = time.monotonic()
-            return reply
-
         task = asyncio.ensure_future(call())
         try:
             while not task.done():
@@ -187,16 +176,37 @@ class ModelClient:
                     raise _unavailable(
                         f"The model server did not answer within {self.timeout:g}s (waited {waited:.1f}s).", 2
                     )
-            reply = task.result()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _unavailable(
-                f"The model server at {self.base_url} cannot be reached ({type(exc).__name__})."
-            ) from None
+            return task.result()
         finally:
             if not task.done():
                 task.cancel()
             if self.observe:
                 self.observe(kind, time.perf_counter() - started)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        kind: str,
+        body: bytes | None = None,
+        queue_wait: float = 0.0,
+        batch_wait: float = 0.0,
+    ) -> Reply:
+        session, slots = self._client()
+        headers = {"Content-Type": "application/json"} if body is not None else None
+
+        async def call() -> Reply:
+            async with slots, session.request(method, url, data=body, headers=headers) as response:
+                reply = Reply(response.status, response.headers, await response.read())
+            self.last_progress = time.monotonic()
+            return reply
+
+        try:
+            reply = await self.patiently(call, kind, queue_wait, batch_wait)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable(
+                f"The model server at {self.base_url} cannot be reached ({type(exc).__name__})."
+            ) from None
         if reply.status_code in (429, 503) and "retry-after" in reply.headers:  # its queue is full
             error = QueueFullError(
                 f"The model server is at capacity: {_error_text(reply)}",
@@ -234,6 +244,11 @@ class ModelClient:
             raise _unavailable(f"The model server answered {response.status_code}: {_error_text(response)}")
         return response.json()
 
+    async def metadata(self, version: str) -> dict[str, Any]:
+        """TF Serving's metadata of `version` as its REST API answers it ({} if it does not say)."""
+        response = await self._request("GET", f"{self.model_url}/versions/{version}/metadata", "metadata")
+        return response.json() if response.status_code == 200 else {}
+
     def known_image_size(self) -> int | None:
         """The input size from the last info() (however old), without a request; None before any."""
         return self._info[1].image_size if self._info else None
@@ -260,8 +275,7 @@ class ModelClient:
             if self._info and self._info[1].version == version:
                 info = self._info[1]
             else:
-                response = await self._request("GET", f"{self.model_url}/versions/{version}/metadata", "metadata")
-                metadata = response.json() if response.status_code == 200 else {}
+                metadata = await self.metadata(version)
                 info = ModelInfo(
                     version, image_size_from_metadata(metadata), (metadata.get("metadata") or {}).get("pizzactl") or {}
                 )

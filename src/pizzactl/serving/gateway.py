@@ -178,7 +178,7 @@ def create_app(
         log.info(
             "gateway for %s at %s (allow_private_urls=%s)",
             config.model_name,
-            config.model_url,
+            f"{config.model_grpc_url} (gRPC)" if config.model_protocol == "grpc" else config.model_url,
             config.allow_private_urls,
         )
         if app.state.api_keys:
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         description="pizzactl gateway: safe image intake in front of a TF Serving-compatible model server.",
     )
     add_argument(parser, "model_url")
+    add_argument(parser, "model_protocol")
     server_arguments(parser)
     for name in ("port", "allow_private_urls", "access_log"):
         add_argument(parser, name)

@@ -30,6 +30,7 @@ from pizzactl.config import Settings, load_settings, view
 from pizzactl.errors import (
     BadInputError,
     InvalidImageError,
+    MissingDependencyError,
     PizzaError,
     QueueFullError,
     UnsupportedMediaError,
@@ -63,6 +64,8 @@ class GatewayConfig:
     No defaults for settings here: each comes from the setting of the same name, declared once in config.py."""
 
     model_url: str
+    model_protocol: str  # rest | grpc: how the model server is called (client.py, grpc_client.py)
+    model_grpc_url: str  # host:port, for grpc
     model_name: str
     allow_private_urls: bool
     model_timeout: float
@@ -90,6 +93,7 @@ class GatewayConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayConfig:
         overrides["model_url"] = overrides.get("model_url") or settings.model_server_url
+        overrides["model_grpc_url"] = overrides.get("model_grpc_url") or settings.model_server_grpc_address
         return view(cls, settings, **overrides)
 
     @classmethod
@@ -211,8 +215,19 @@ class Gateway:
     def __init__(self, config: GatewayConfig, metrics: Metrics):
         self.config = config
         self.metrics = metrics
-        self.model = ModelClient(
-            config.model_url,
+        client: type[ModelClient] = ModelClient
+        address = config.model_url
+        if config.model_protocol == "grpc":
+            try:
+                from pizzactl.serving.grpc_client import GrpcModelClient  # grpcio only when asked for
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    f"model_protocol grpc needs grpcio and protobuf: {exc}",
+                    hint="pip install 'pizzactl[grpc]' (the gateway image has no grpcio: use model_protocol rest there)",
+                ) from None
+            client, address = GrpcModelClient, config.model_grpc_url
+        self.model = client(
+            address,
             config.model_name,
             timeout=config.model_timeout,
             max_concurrency=config.max_concurrency,

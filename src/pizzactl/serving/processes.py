@@ -328,12 +328,21 @@ def start_pair(
     logs: Mapping[str, IO | int | None] | None = None,
     modelserver_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    model_protocol: str = "rest",
 ) -> Started:
     """Start the model server, then the gateway pointing at it. The caller waits for readiness.
 
-    `env` is added to both environments (API key digests: `auth.key_env`)."""
+    `env` is added to both environments (API key digests: `auth.key_env`). With `model_protocol`
+    grpc the model server also serves gRPC on a free port and the gateway calls it there."""
     logs = logs or {}
     model_url = f"http://127.0.0.1:{model_port}"
+    gateway_env = dict(env or {})
+    if model_protocol == "grpc":
+        grpc_port = free_port("127.0.0.1")
+        while grpc_port in (model_port, port):
+            grpc_port = free_port("127.0.0.1")
+        modelserver_args = [*modelserver_args, "--grpc-port", str(grpc_port)]
+        gateway_env.update(PIZZACTL_MODEL_PROTOCOL="grpc", PIZZACTL_MODEL_GRPC_URL=f"127.0.0.1:{grpc_port}")
     modelserver = spawn(
         modelserver_command(models_dir, model_port, "127.0.0.1", modelserver_args),
         stdout=logs.get(MODELSERVER),
@@ -345,7 +354,7 @@ def start_pair(
             gateway_command(model_url, port, host, allow_private_urls),
             stdout=logs.get(GATEWAY),
             attached=attached,
-            env=env,
+            env=gateway_env,
         )
     except BaseException:
         stop_group(modelserver.pid, 5.0)

@@ -34,6 +34,7 @@ TARGET = "local"
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
 MODEL_CONFIG = "models.config"  # the model server's TF Serving model config, for a trial or a pinned version
+GRPC = "grpc"  # the model server's gRPC port in the state's ports, with model_protocol grpc
 
 
 def log_dir(settings) -> Path:
@@ -103,6 +104,14 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
         config_path.write_text(_model_config(settings, plan) or "")
         model_args = ["--model-config-file", str(config_path)]
         log(f"{plan.mode.capitalize() if plan.trial else 'Pinned'}: {plan.describe()}.")
+    ports = {proc.GATEWAY: settings.port, proc.MODELSERVER: model_port}
+    protocol_env: dict[str, str] = {}
+    if settings.model_protocol == "grpc":  # the gateway calls TF Serving's gRPC API (docs/serve.md)
+        ports[GRPC] = proc.pick_model_port(
+            "127.0.0.1", settings.grpc_port or proc.free_port(), avoid=list(ports.values())
+        )
+        model_args += ["--grpc-port", str(ports[GRPC])]
+        protocol_env = {"PIZZACTL_MODEL_PROTOCOL": "grpc", "PIZZACTL_MODEL_GRPC_URL": f"127.0.0.1:{ports[GRPC]}"}
     write_json(
         spec_path,
         {
@@ -123,7 +132,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
         # the servers inherit the supervisor's environment: the keys' digests, never a key
-        env = {**key_env(settings), **plan.gateway_env()}
+        env = {**key_env(settings), **plan.gateway_env(), **protocol_env}
         supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=env)
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
@@ -132,7 +141,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
         model_version=plan.stable if plan.pinned else int(version_dir.name),
         model_dir=str(models_dir),
         pids={SUPERVISOR: supervisor.pid},
-        ports={proc.GATEWAY: settings.port, proc.MODELSERVER: model_port},
+        ports=ports,
         logs=logs,
         extra={
             "host": settings.host,

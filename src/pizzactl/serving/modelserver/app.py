@@ -123,7 +123,7 @@ def create_app(
     """The model server as an ASGI app (the watcher and batcher start with the app's lifespan).
 
     Without `config`, the settings (PIZZACTL_* variables, pizzactl.toml) and `overrides` decide.
-    With `grpc_address` (host:port) the Open Inference Protocol's gRPC service starts beside it.
+    With `grpc_address` (host:port) TF Serving's and the Open Inference Protocol's gRPC services start beside it.
     """
     if config is None:
         config = ModelServerConfig.from_settings(load_settings(), models_dir=models_dir, **overrides)
@@ -163,14 +163,17 @@ def create_app(
         try:
             if grpc_address:
                 try:
-                    from pizzactl.serving.modelserver import grpc_v2  # grpc is only loaded when served
+                    # grpc is only loaded when served
+                    from pizzactl.serving.modelserver import grpc_tfs, grpc_v2
                 except ImportError as exc:
                     raise MissingDependencyError(
                         f"--grpc-port needs grpcio and the generated gRPC stubs: {exc}",
                         hint="pip install 'pizzactl[serve]' (building pizzactl generates the stubs with grpcio-tools)",
                     ) from None
-                grpc_server = await grpc_v2.start(server, grpc_address, config.max_request_bytes)
-                log.info("Open Inference Protocol over gRPC on %s", grpc_address)
+                grpc_server = await grpc_v2.start(
+                    server, grpc_address, config.max_request_bytes, grpc_tfs.handlers(server)
+                )
+                log.info("TF Serving's gRPC API and the Open Inference Protocol over gRPC on %s", grpc_address)
             yield
         finally:
             if grpc_server is not None:

@@ -10,6 +10,7 @@ model or version), UNAVAILABLE (queue full, no model), RESOURCE_EXHAUSTED (a mes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -144,15 +145,24 @@ class Inference(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def start(server: ModelServer, address: str, max_message_bytes: int) -> aio.Server:
-    """Serve `server` over gRPC at `address` (host:port); the caller stops it."""
+async def start(
+    server: ModelServer, address: str, max_message_bytes: int, handlers: Sequence[grpc.GenericRpcHandler] = ()
+) -> aio.Server:
+    """Serve `server` over gRPC at `address` (host:port), with other services' `handlers` on the
+    same port (TF Serving's, grpc_tfs.py, as TF Serving serves both on 8500). The caller stops it."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     grpc_server = aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Inference(server), grpc_server)
-    grpc_health.add_to(server, grpc_server, (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,))
+    grpc_server.add_generic_rpc_handlers(tuple(handlers))
+    services = (
+        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+    )
+    grpc_health.add_to(server, grpc_server, services if handlers else services[:1])
     try:
         grpc_server.add_insecure_port(address)
     except RuntimeError as exc:
