@@ -198,6 +198,26 @@ class Settings:
         used="build, deploy, train --on",
         unset="the target's: the Docker daemon's, or the cluster nodes'",
     )
+    # promote/abort --auto: what a candidate must show on live traffic (deploy/decide.py, docs/deploy.md)
+    rollout_min_pairs: int = setting(
+        100, "--auto: inputs both versions answered before it decides.", used="deploy --auto", flag=False, min=1
+    )
+    rollout_min_requests: int = setting(
+        100, "--auto: requests the candidate answered before it decides.", used="deploy --auto", flag=False, min=1
+    )
+    rollout_error_margin: float = setting(
+        0.01, "--auto: candidate error rate at most stable's plus this.", used="deploy --auto", flag=False
+    )
+    rollout_p99_factor: float = setting(
+        1.5, "--auto: candidate p99 latency at most stable's times this ...", used="deploy --auto", flag=False
+    )
+    rollout_p99_slack_ms: float = setting(5.0, "... plus this many milliseconds.", used="deploy --auto", flag=False)
+    rollout_min_agreement: float = setting(
+        0.9, "--auto: share of compared inputs both versions label alike.", used="deploy --auto", flag=False
+    )
+    rollout_poll_seconds: float = setting(
+        2.0, "--auto: how often it reads the gateway's /rollout.", used="deploy --auto", flag=False
+    )
     endpoint: str | None = setting(
         None,
         "Gateway URL to ask.",
