@@ -257,6 +257,20 @@ class Settings:
         "Also send every request to the candidate version in the background; users get stable's answers.",
         used="gateway, deploy",
     )
+    rollout_dir: Path | None = setting(
+        None,
+        "Where the gateway keeps the images two versions labelled differently (shadow or canary), with both answers.",
+        used="gateway",
+        flag=False,
+        unset="`<state_dir>/rollout`",
+    )
+    rollout_keep: int = setting(
+        200,
+        "Disagreements kept in rollout_dir (the newest; older ones are deleted); 0: none.",
+        used="gateway",
+        flag=False,
+        min=0,
+    )
     max_concurrency: int = setting(64, "Model-server requests in flight.", used="gateway", flag=False)
     max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Bytes per image, else 413.", used="gateway", flag=False)
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "Pixels per image, else 413.", used="gateway", flag=False)
@@ -319,7 +333,9 @@ class Settings:
     api_key_hashes: str | None = setting(
         None, "More accepted keys, as SHA-256 hex digests, comma-separated.", used="gateway, deploy", flag=False
     )
-    metrics_require_key: bool = setting(True, "With keys on, /metrics needs one too.", used="gateway", flag=False)
+    metrics_require_key: bool = setting(
+        True, "With keys on, /metrics and /rollout need one too.", used="gateway", flag=False
+    )
     api_key_rate: float = setting(
         0.0, "Requests per second per key, else 429 with Retry-After; 0: no limit.", used="gateway", flag=False
     )
