@@ -57,6 +57,10 @@ def test_abort_then_promote_then_rollback_change_what_serves_and_the_record(tiny
         assert pizzactl("deploy", "--target", "local", "--canary", "50", "--timeout", "240").returncode == 0
         url = _record(tmp_path)["url"]
         assert _served(url, photo) == {1, 2}
+        status = json.loads(pizzactl("status", "--json").stdout)  # the live comparison, too little to decide yet
+        assert status["live"]["mode"] == "canary" and status["live"]["candidate"]["version"] == 2
+        assert status["auto"]["action"] == "wait"
+        assert "live comparison (canary 50%)" in pizzactl("status").stdout
 
         aborted = pizzactl("abort", "--json", "--timeout", "240")
         assert aborted.returncode == 0, aborted.stderr
@@ -73,6 +77,7 @@ def test_abort_then_promote_then_rollback_change_what_serves_and_the_record(tiny
             "mode": "canary",
             "decided_by": "person",
         }
+        assert entry["evidence"]["reasons"] == ["abort by a person"] and entry["criteria"] is None
         again = pizzactl("abort")
         assert again.returncode == EXIT_USER and "No canary or shadow is in flight" in again.stderr
 
