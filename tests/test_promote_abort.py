@@ -78,6 +78,7 @@ def test_abort_then_promote_then_rollback_change_what_serves_and_the_record(tiny
             "decided_by": "person",
         }
         assert entry["evidence"]["reasons"] == ["abort by a person"] and entry["criteria"] is None
+        assert json.loads(pizzactl("status", "--json").stdout)["last_decision"].startswith("abort v2 (person, ")
         again = pizzactl("abort")
         assert again.returncode == EXIT_USER and "No canary or shadow is in flight" in again.stderr
 

@@ -132,6 +132,14 @@ def status(settings) -> Status:
     if st is None:
         return Status.nothing("Nothing deployed.", str(state_mod.state_path(settings)), training or None)
     info = targets.target(st.target).status(settings, st)
+    decisions = rollout.history(st)
+    if decisions:  # the last promote/abort, so a person sees why this version serves
+        last = decisions[-1]
+        reasons = "; ".join((last.get("evidence") or {}).get("reasons") or [])
+        info = {
+            **info,
+            "last_decision": f"{last['action']} v{last['candidate']} ({last['decided_by']}, {last['at']}): {reasons}",
+        }
     if rollout.in_flight(st) is not None:  # the live comparison, where the gateway reports one
         summary = rollout.read_summary(st.url, settings.api_key)
         verdict = decide.decide(summary, decide.Criteria.of(settings)) if summary else None
