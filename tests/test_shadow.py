@@ -178,7 +178,7 @@ def test_a_dead_or_slow_candidate_costs_users_nothing_under_load(tf_serving, tmp
     assert rollout["versions"]["1"]["errors"] == 0 and rollout["versions"]["1"]["requests"] == n
     failed = candidate(rollout)
     assert failed["requests"] > 0 and failed["errors"] == failed["requests"]
-    assert failed["requests"] + rollout["shadow_skipped"] == n
+    assert failed["requests"] + rollout["shadow_skipped"] == n, rollout
     assert rollout["comparison"]["pairs"] == 0
 
 
@@ -203,6 +203,18 @@ def test_users_never_wait_for_the_shadow_call_and_its_calls_in_flight_are_bounde
     assert held["comparison"]["pairs"] == 0  # every shadow call was still in flight: none was awaited
     assert held["shadow_skipped"] == held["shadow_skipped_by_reason"]["in_flight"] == n - 16
     assert rollout["comparison"]["pairs"] == 16 and tf_serving.predicts_by_version[2] == 16
+
+
+def test_no_shadow_call_while_the_gateways_queue_is_more_than_half_full(tf_serving, tmp_path):
+    """A queue of one image (max_queue=1) is more than half full with any request in it."""
+    with (
+        gateway(tf_serving, tmp_path, shadow=True, max_queue=1) as gw,
+        httpx.Client(base_url=gw.url, timeout=30) as client,
+    ):
+        assert [client.post("/predict", json=body(RED)).status_code for _ in range(5)] == [200] * 5
+        rollout = client.get("/rollout").json()
+    assert rollout["shadow_skipped_by_reason"] == {"queue": 5} and rollout["comparison"]["pairs"] == 0
+    assert tf_serving.predicts_by_version == {1: 5}
 
 
 def candidate(rollout: dict[str, Any]) -> dict[str, Any]:

@@ -185,6 +185,8 @@ class FakeTFServing(LocalHTTPServer):
             return version
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving's REST server (libevent's evhttp) does
+
             def log_message(self, *args):
                 pass
 

@@ -408,7 +408,7 @@ class Gateway:
                         for r, p in (("stable", stable), ("candidate", candidate))
                     },
                 }
-                await run_in_threadpool(self.disagreements.write, jpegs[i], record)
+                await asyncio.to_thread(self.disagreements.write, jpegs[i], record)  # not the request threadpool
 
     def complain(self, route: str, what: str) -> None:
         """A log line for a failing comparison call: at most one a minute (they are counted in /rollout)."""
