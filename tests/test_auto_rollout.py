@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pizzactl.errors import EXIT_USER
 from pizzactl.model.store import list_versions
 
 from support.cli import PIZZACTL, make_env, run_pizzactl
@@ -150,5 +151,26 @@ def test_deploy_shadow_auto_promotes_an_equally_good_candidate(equal_models, tra
         assert _served(url, traffic[0]) == {2}
         [entry] = record["extra"]["rollouts"]
         assert (entry["action"], entry["mode"], entry["stable"], entry["candidate"]) == ("promote", "shadow", 1, 2)
+    finally:
+        _cleanup(tmp_path, equal_models, record)
+
+
+@pytest.mark.slow
+def test_auto_without_enough_traffic_leaves_the_trial_running_and_exits_non_zero(equal_models, tmp_path):
+    env = make_env(tmp_path, equal_models, PIZZACTL_ROLLOUT_POLL_SECONDS="0.5")
+    record: dict = {}
+    try:
+        proc = run_pizzactl(
+            *("deploy", "--target", "local", "--canary", "50", "--auto", "--auto-timeout", "3", "--json"),
+            *("--timeout", "240"),
+            env=env,
+            cwd=tmp_path,
+        )
+        record = json.loads((tmp_path / "state" / "deploy.json").read_text())
+        assert proc.returncode == EXIT_USER, proc.stderr
+        assert "decided nothing in 3s" in proc.stderr and "still running" in proc.stderr
+        assert json.loads(proc.stdout)["decision"]["action"] == "wait"  # what it saw, for a script
+        assert record["extra"]["rollout"]["candidate"] == 2 and "rollouts" not in record["extra"]
+        assert httpx.get(record["url"] + "/readyz", timeout=10).status_code == 200  # still serving
     finally:
         _cleanup(tmp_path, equal_models, record)
