@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import pytest
@@ -50,10 +51,14 @@ def test_the_candidate_gets_the_asked_share_of_requests_and_says_so(tf_serving, 
         httpx.Client(base_url=gw.url, timeout=30) as client,
     ):
         versions = [_ask(client, body)[0] for _ in range(1000)]
+        deadline = time.monotonic() + 60  # the comparisons run in the background: wait until they are done
+        while client.get("/rollout").json()["comparison"]["pairs"] < versions.count(2) and time.monotonic() < deadline:
+            time.sleep(0.05)
     share = 100 * versions.count(2) / len(versions)
     assert abs(share - percent) <= 2, share
     assert versions.count(1) + versions.count(2) == 1000
-    assert tf_serving.predicts_by_version == {1: versions.count(1), 2: versions.count(2)}
+    # stable also answered each canary request in the background, for the comparison (/rollout)
+    assert tf_serving.predicts_by_version == {1: 1000, 2: versions.count(2)}
 
 
 def test_a_candidate_that_dies_mid_run_loses_no_request(tf_serving):

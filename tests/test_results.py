@@ -15,7 +15,7 @@ from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.results import Deployment, Status
 from pizzactl.deploy.state import DeployState
 from pizzactl.deploy.targets import REGISTRY, Target, target
-from pizzactl.errors import UsageError
+from pizzactl.errors import ModelNotFoundError, UsageError
 from pizzactl.evaluate import Evaluation
 from pizzactl.predict import Prediction
 from pizzactl.results import SCHEMA
@@ -141,10 +141,19 @@ def test_an_unknown_target_is_a_usage_error_with_a_hint():
     assert "ecs" in info.value.message and "--target kind, docker or local" in (info.value.hint or "")
 
 
-def test_the_local_target_has_no_rollback_and_says_what_to_do(isolated):
+def test_the_local_target_rolls_back_only_to_a_version_on_disk(isolated):
+    """Local rollback pins a version (deploy/targets/local.py); before it stops anything it
+    checks there is one to go to. (The redeploy itself: tests/test_promote_abort.py.)"""
     settings = load_settings()
-    state_mod.save(settings, DeployState(target="local", url="http://127.0.0.1:9696", model_dir="/m"))
-    with pytest.raises(UsageError) as info:
-        rollback(settings)
-    assert "no rollback" in info.value.message and "/m" in info.value.message
-    assert "Move the newer version directory" in (info.value.hint or "")
+    for version in (1, 2):
+        (isolated / "m" / "pizza" / str(version)).mkdir(parents=True)
+        (isolated / "m" / "pizza" / str(version) / "saved_model.pb").write_bytes(b"")
+    state_mod.save(
+        settings,
+        DeployState(target="local", url="http://127.0.0.1:9696", model_dir=str(isolated / "m"), model_version=1),
+    )
+    assert "none to roll back to" in rollback(settings)["message"]
+    with pytest.raises(ModelNotFoundError) as info:
+        rollback(settings, to=7)
+    assert "no version 7" in info.value.message and "--to" in (info.value.hint or "")
+    assert state_mod.load(settings) is not None  # nothing was stopped or forgotten

@@ -201,6 +201,26 @@ class Settings:
         used="build, deploy, train --on",
         unset="the target's: the Docker daemon's, or the cluster nodes'",
     )
+    # promote/abort --auto: what a candidate must show on live traffic (deploy/decide.py, docs/deploy.md)
+    rollout_min_pairs: int = setting(
+        100, "--auto: inputs both versions answered before it decides.", used="deploy --auto", flag=False, min=1
+    )
+    rollout_min_requests: int = setting(
+        100, "--auto: requests the candidate answered before it decides.", used="deploy --auto", flag=False, min=1
+    )
+    rollout_error_margin: float = setting(
+        0.01, "--auto: candidate error rate at most stable's plus this.", used="deploy --auto", flag=False
+    )
+    rollout_p99_factor: float = setting(
+        1.5, "--auto: candidate p99 latency at most stable's times this ...", used="deploy --auto", flag=False
+    )
+    rollout_p99_slack_ms: float = setting(5.0, "... plus this many milliseconds.", used="deploy --auto", flag=False)
+    rollout_min_agreement: float = setting(
+        0.9, "--auto: share of compared inputs both versions label alike.", used="deploy --auto", flag=False
+    )
+    rollout_poll_seconds: float = setting(
+        2.0, "--auto: how often it reads the gateway's /rollout.", used="deploy --auto", flag=False
+    )
     endpoint: str | None = setting(
         None,
         "Gateway URL to ask.",
@@ -253,6 +273,20 @@ class Settings:
         False,
         "Also send every request to the candidate version in the background; users get stable's answers.",
         used="gateway, deploy",
+    )
+    rollout_dir: Path | None = setting(
+        None,
+        "Where the gateway keeps the images two versions labelled differently (shadow or canary), with both answers.",
+        used="gateway",
+        flag=False,
+        unset="`<state_dir>/rollout`",
+    )
+    rollout_keep: int = setting(
+        200,
+        "Disagreements kept in rollout_dir (the newest; older ones are deleted); 0: none.",
+        used="gateway",
+        flag=False,
+        min=0,
     )
     max_concurrency: int = setting(64, "Model-server requests in flight.", used="gateway", flag=False)
     max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Bytes per image, else 413.", used="gateway", flag=False)
@@ -316,7 +350,9 @@ class Settings:
     api_key_hashes: str | None = setting(
         None, "More accepted keys, as SHA-256 hex digests, comma-separated.", used="gateway, deploy", flag=False
     )
-    metrics_require_key: bool = setting(True, "With keys on, /metrics needs one too.", used="gateway", flag=False)
+    metrics_require_key: bool = setting(
+        True, "With keys on, /metrics and /rollout need one too.", used="gateway", flag=False
+    )
     api_key_rate: float = setting(
         0.0, "Requests per second per key, else 429 with Retry-After; 0: no limit.", used="gateway", flag=False
     )

@@ -6,6 +6,7 @@ share ONE model server (TensorFlow starts once) and one gateway.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -91,12 +93,20 @@ class ModelServerProcess:
 
 
 class LocalHTTPServer:
-    """A `http.server` handler class served on a free loopback port in a daemon thread."""
+    """A `http.server` handler class served on a free loopback port in a daemon thread.
+
+    With a listen backlog like a real server's (TF Serving's REST server, nginx, uvicorn: 511 or
+    more, capped by the kernel's somaxconn), not socketserver's 5: a burst of connects beyond 5 would
+    otherwise be dropped and time out, which no real server does.
+    """
 
     def __init__(self, handler):
         import http.server
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 511
+
+        self.server = Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -133,9 +143,16 @@ class FakeTFServing(LocalHTTPServer):
     status of `/labels/L`); an unknown label is 404 "Unrecognized servable version label", and a
     version not loaded (put it in `unloaded` to take it away, as when its server dies) is 404
     "Servable not found for request: Specific(pizza, N)". `predicts_by_version` counts per version.
+
+    A version's answer may depend on the image: give a function of the decoded instance (PIL
+    image) instead of a row. A version in `broken` answers predict with TF Serving's error for
+    a failing session run (500 `{"error": "..."}`, tensorflow_serving/model_servers/http_server.cc
+    maps a non-OK status to its HTTP code: INTERNAL -> 500); one in `slow` takes that many
+    seconds before it answers (a starved or stuck server); one in `gates` answers only once its
+    `threading.Event` is set (a stuck server, released by the test).
     """
 
-    def __init__(self, row: dict | None = None, versions: dict[int, dict] | None = None, labels: dict | None = None):
+    def __init__(self, row: dict | None = None, versions: dict[int, Any] | None = None, labels: dict | None = None):
         import http.server
         import json
         import re
@@ -145,6 +162,9 @@ class FakeTFServing(LocalHTTPServer):
         self.predicts = 0
         self.predicts_by_version: dict[int, int] = {}
         self.unloaded: set[int] = set()
+        self.broken: set[int] = set()
+        self.slow: dict[int, float] = {}
+        self.gates: dict[int, threading.Event] = {}
         fake = self
         route = re.compile(r"^/v1/models/pizza(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata|:predict)?$")
 
@@ -165,6 +185,8 @@ class FakeTFServing(LocalHTTPServer):
             return version
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving's REST server (libevent's evhttp) does
+
             def log_message(self, *args):
                 pass
 
@@ -192,8 +214,24 @@ class FakeTFServing(LocalHTTPServer):
                     return
                 fake.predicts += 1
                 fake.predicts_by_version[version] = fake.predicts_by_version.get(version, 0) + 1
-                count = len(json.loads(body)["instances"])
-                send_json(self, 200, {"predictions": [rows[version]] * count})
+                if version in fake.slow:
+                    time.sleep(fake.slow[version])
+                if version in fake.gates:
+                    fake.gates[version].wait(60)
+                if version in fake.broken:
+                    send_json(self, 500, {"error": "Internal: the session run failed"})
+                    return
+                instances = json.loads(body)["instances"]
+                answer = rows[version]
+                if callable(answer):
+                    from PIL import Image
+
+                    images = [Image.open(io.BytesIO(base64.b64decode(i["b64"]))).convert("RGB") for i in instances]
+                    predictions = [answer(image) for image in images]
+                else:
+                    predictions = [answer] * len(instances)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client gave up on a slow answer
+                    send_json(self, 200, {"predictions": predictions})
 
         super().__init__(Handler)
 

@@ -28,6 +28,7 @@ from pizzactl.cli import evaluate  # noqa: F401
 from pizzactl.cli import serve  # noqa: F401
 from pizzactl.cli import build  # noqa: F401
 from pizzactl.cli import deploy  # noqa: F401
+from pizzactl.cli import rollout  # noqa: F401
 from pizzactl.cli import predict  # noqa: F401
 from pizzactl.cli import doctor  # noqa: F401
 from pizzactl.cli import runs  # noqa: F401

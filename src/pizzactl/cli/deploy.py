@@ -17,13 +17,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from pizzactl.cli.base import JsonOpt, app, option, settings
+from pizzactl.cli.rollout import print_decision, print_outcome
 from pizzactl.console import out, print_json
 from pizzactl.deploy import deploy as deploy_
 from pizzactl.deploy import dry_run as dry_run_
 from pizzactl.deploy import rollback as rollback_
 from pizzactl.deploy import status as status_
 from pizzactl.deploy import teardown as teardown_
+from pizzactl.deploy import trial
+from pizzactl.deploy.decide import Decision
 from pizzactl.deploy.results import Status
+from pizzactl.errors import UsageError, WaitTimeoutError
 
 
 @app.command()
@@ -43,6 +47,12 @@ def deploy(
     shadow: bool | None = option("shadow"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the rendered manifests and touch nothing."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
+    auto: bool = typer.Option(
+        False, "--auto", help="With --canary or --shadow: watch the live comparison, then promote or abort."
+    ),
+    auto_timeout: float = typer.Option(
+        1800.0, "--auto-timeout", help="Seconds --auto waits for enough evidence (then the trial keeps running)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Deploy the latest model: to kind (default), docker or local processes."""
@@ -64,11 +74,27 @@ def deploy(
     if dry_run:
         sys.stdout.write(dry_run_(s))
         return
+    if auto and not (s.canary_percent or s.shadow):
+        raise UsageError("--auto decides a trial; this deploy starts none.", hint="Add --canary 10 or --shadow.")
     result = deploy_(s, timeout=timeout)
-    if json_out:
-        print_json(result.to_json())
-    else:
-        out.print(f"Deployed to {result.target}: {result.url}")
+    if not auto:
+        if json_out:
+            print_json(result.to_json())
+        else:
+            out.print(f"Deployed to {result.target}: {result.url}")
+        return
+    if not json_out:
+        out.print(f"Deployed to {result.target}: {result.url}; watching the trial (--auto) ...")
+    last: list[Decision] = []
+    try:
+        outcome = trial.auto(s, result.url, auto_timeout, deploy_timeout=timeout, on_poll=last.append)
+    except WaitTimeoutError:
+        if last and json_out:
+            print_json({"schema": 1, "action": "wait", "decision": last[-1].as_dict()})
+        elif last:
+            print_decision(last[-1].as_dict())
+        raise
+    print_outcome(outcome, json_out)
 
 
 @app.command()
@@ -138,7 +164,7 @@ def print_status(st: Status) -> None:
         )
     table.add_row("ready", "[green]yes[/]" if st.ready else "[red]no[/]")
     table.add_row("created", str(st.created))
-    skip = {"message"}
+    skip = {"message", "live", "auto"}  # the live comparison: its own table below
     skip.add("supervision")  # local: the supervisor's whole record, for --json; restarts and crash_loop are rows
     for key, value in st.details.items():
         if key in skip:
@@ -149,6 +175,19 @@ def print_status(st: Status) -> None:
     if training:
         _training_rows(table, training)
     out.print(table)
+    if "live" in st.details:
+        _live(st.details)
+
+
+def _live(details: Mapping[str, Any]) -> None:
+    """A trial in flight: what the gateway measured (or that it reports nothing) and what --auto would do."""
+    if not details.get("live") or not details.get("auto"):
+        out.print("live comparison: the gateway reports none (GET /rollout did not answer with one).")
+        return
+    live = details["live"]
+    mode, percent = live.get("mode"), live.get("percent")
+    out.print(f"live comparison ({mode}{f' {percent:g}%' if mode == 'canary' and percent else ''}):")
+    print_decision(details["auto"], title="--auto would")
 
 
 def _training_rows(table, training: Mapping[str, Any]) -> None:

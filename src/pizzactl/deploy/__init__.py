@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from pizzactl.console import log
-from pizzactl.deploy import rollout, targets
+from pizzactl.deploy import decide, rollout, targets
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.results import Deployment, Status
 from pizzactl.deploy.rollout import Plan
@@ -55,9 +55,10 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> Deploy
             hint="Deploy with --target local, or without --canary/--shadow (and PIZZACTL_CANARY_PERCENT, "
             "PIZZACTL_SHADOW unset).",
         )
-    latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
+    newest = latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)
     plan = plan or rollout.plan_for(settings, previous)
+    rollout.warn_if_aborted(previous, plan.candidate if plan.trial else plan.stable or int(newest.name))
     if previous is not None and previous.target == "kind" and target != "kind":
         from pizzactl.deploy.targets import kind
 
@@ -69,6 +70,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> Deploy
     result = mod.deploy(settings, timeout=timeout, plan=plan)
     if previous is not None and previous.target == target == "docker":
         _carry_history(settings, previous)
+    rollout.keep_history(settings, rollout.history(previous))
     return Deployment.of(result)
 
 
@@ -133,7 +135,20 @@ def status(settings) -> Status:
     training = kube_training.training_status(settings)
     if st is None:
         return Status.nothing("Nothing deployed.", str(state_mod.state_path(settings)), training or None)
-    return Status.of(st, targets.target(st.target).status(settings, st), training or None)
+    info = targets.target(st.target).status(settings, st)
+    decisions = rollout.history(st)
+    if decisions:  # the last promote/abort, so a person sees why this version serves
+        last = decisions[-1]
+        reasons = "; ".join((last.get("evidence") or {}).get("reasons") or [])
+        info = {
+            **info,
+            "last_decision": f"{last['action']} v{last['candidate']} ({last['decided_by']}, {last['at']}): {reasons}",
+        }
+    if rollout.in_flight(st) is not None:  # the live comparison, where the gateway reports one
+        summary = rollout.read_summary(st.url, settings.api_key)
+        verdict = decide.decide(summary, decide.Criteria.of(settings)) if summary else None
+        info = {**info, "live": summary, "auto": verdict.as_dict() if verdict else None}
+    return Status.of(st, info, training or None)
 
 
 def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
@@ -144,6 +159,7 @@ def rollback(settings, to: int | None = None, timeout: float = 300.0) -> dict[st
             "Nothing is deployed, so there is nothing to roll back.", hint="Deploy with `pizzactl deploy`."
         )
     result = targets.target(st.target).rollback(settings, st, to, timeout)
+    rollout.keep_history(settings, rollout.history(st))
     return {"target": st.target, **result}
 
 

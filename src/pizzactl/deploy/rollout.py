@@ -16,11 +16,15 @@ abort and the next deploy know a trial is in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pizzactl.config import MODEL_NAME
+from pizzactl import httpclient
+from pizzactl.config import MODEL_NAME, Settings
+from pizzactl.console import log
+from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import ModelNotFoundError, UsageError
 from pizzactl.kube.images import Pinned
@@ -31,6 +35,7 @@ from pizzactl.serving.modelserver.versions import model_config_text
 STABLE = "stable"  # the model config's label for the version everyone gets
 CANDIDATE = "canary"  # ... and for the one on trial (TF Serving's docs use the same two names)
 MODES = ("off", "canary", "shadow")
+HISTORY = 20  # decisions the deploy record keeps (`extra["rollouts"]`), the newest last
 
 
 @dataclass(frozen=True)
@@ -172,3 +177,103 @@ def trial_versions(models_dir, previous: DeployState | None = None) -> tuple[int
         before = previous.model_version
     stable = before if before in versions and before != candidate else versions[-2]
     return stable, candidate
+
+
+# --- what a redeploy of the recorded deployment needs, and what the record remembers -------------
+
+
+def settings_of_record(settings: Settings, st: DeployState) -> Settings:
+    """Today's settings with the recorded deployment's where (target, models dir, ports, host,
+    cluster, namespace, context, accepted key digests): promote, abort and rollback redeploy
+    what runs, whatever flags or directory they are run with."""
+    extra = st.extra
+    changes: dict[str, Any] = {
+        "target": "kind" if st.target == "cluster" else st.target,
+        "canary_percent": 0.0,
+        "shadow": False,
+        "context": extra.get("context") if st.target == "cluster" else None,
+    }
+    if st.model_dir:
+        changes["models_dir"] = Path(st.model_dir)
+    for setting, value in (("port", st.ports.get("gateway")), ("model_port", st.ports.get("modelserver"))):
+        if value:
+            changes[setting] = int(value)
+    for key in ("host", "allow_private_urls", "cluster", "namespace"):
+        if extra.get(key) is not None:
+            changes[key] = extra[key]
+    if extra.get("api_key_hashes"):  # the keys the deployment accepted keep working, with or without today's
+        changes["api_key_hashes"] = ",".join(filter(None, (settings.api_key_hashes, extra["api_key_hashes"])))
+    return replace(settings, **changes)
+
+
+def history(st: DeployState | None) -> list[dict[str, Any]]:
+    """The recorded promote/abort decisions, oldest first."""
+    return list((st.extra.get("rollouts") or []) if st is not None else [])
+
+
+def decision_entry(
+    action: str,
+    plan: Plan,
+    decided_by: str,
+    evidence: dict[str, Any] | None = None,
+    criteria: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One entry of `extra["rollouts"]`: the action, the trial it ended, when, who, and on what evidence."""
+    return {
+        "action": action,
+        "stable": plan.stable,
+        "candidate": plan.candidate,
+        "mode": plan.mode,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "evidence": evidence,
+        "criteria": criteria,
+        "decided_by": decided_by,
+    }
+
+
+def keep_history(settings: Settings, earlier: list[dict[str, Any]], entry: dict[str, Any] | None = None) -> None:
+    """Put the decisions (and a new one) into the deployment recorded now: a redeploy writes a
+    fresh record, and the next deploy must still know what was aborted."""
+    entries = [*earlier, *([entry] if entry else [])][-HISTORY:]
+    current = state_mod.load(settings)
+    if current is None or not entries:
+        return
+    state_mod.save(settings, replace(current, extra={**current.extra, "rollouts": entries}))
+
+
+def aborted(st: DeployState | None, version: int | None) -> dict[str, Any] | None:
+    """The last decision about `version`, if it was to abort it."""
+    about = [e for e in history(st) if version is not None and e.get("candidate") == version]
+    return about[-1] if about and about[-1].get("action") == "abort" else None
+
+
+def warn_if_aborted(previous: DeployState | None, version: int | None) -> None:
+    """A deploy of a version that was aborted goes ahead (the user asked) but says so."""
+    entry = aborted(previous, version)
+    if entry is None:
+        return
+    reasons = "; ".join((entry.get("evidence") or {}).get("reasons") or []) or "no reason recorded"
+    log(
+        f"Version {version} was aborted at {entry.get('at')} ({entry.get('decided_by')}: {reasons}); "
+        "deploying it anyway, as asked."
+    )
+
+
+def read_summary(url: str, api_key: str | None, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The gateway's live comparison (`GET /rollout`, schema 1), or None when it does not answer
+    with one (an older gateway, a wrong key, not up yet)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpclient.session(headers=headers, pool=1) as client:
+            response = client.get(url.rstrip("/") + "/rollout", timeout=timeout)
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and body.get("schema") == 1 else None

@@ -6,7 +6,7 @@ deploy writes (a Kubernetes Secret, a container's environment, the local process
 never holds a key itself. A request presents its key as `Authorization: Bearer KEY` or
 `X-API-Key: KEY`; without a valid one it gets 401 JSON before anything reads its body, calls the
 model server or fetches a URL. `/healthz`, `/readyz` (probes), the web page with its static
-files and the API docs stay open; `/metrics` too when `metrics_require_key` is off. Keys in the
+files and the API docs stay open; `/metrics` and `/rollout` too when `metrics_require_key` is off. Keys in the
 query string are not accepted (they would end in access logs), and no key is ever logged.
 
 A key over its rate (`api_key_rate` requests/s, bursts of `api_key_burst`; a token bucket per
@@ -105,7 +105,7 @@ class RequireKey:
     def __init__(self, app, digests: frozenset[str], *, metrics_open: bool = False, rate: float = 0, burst: int = 20):
         self.app = app
         self.digests = tuple(digests)
-        self.open = OPEN_PATHS | ({"/metrics"} if metrics_open else set())
+        self.open = OPEN_PATHS | ({"/metrics", "/rollout"} if metrics_open else set())
         self.limiter = RateLimiter(rate, burst)
 
     def is_open(self, path: str) -> bool:

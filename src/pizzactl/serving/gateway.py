@@ -151,6 +151,15 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(_gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+@router.get(
+    "/rollout",
+    summary="Rollout evidence: the canary/shadow split, per-version stats, and how two versions compare",
+    description="Counters since the gateway started; null where nothing was measured yet (docs/serve.md).",
+)
+async def rollout(request: Request) -> dict[str, Any]:
+    return _gateway(request).rollout()
+
+
 @router.get("/", include_in_schema=False)
 async def index(request: Request) -> FileResponse:
     headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}

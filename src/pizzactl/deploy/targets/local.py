@@ -23,9 +23,9 @@ from pizzactl.deploy import rollout
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
-from pizzactl.errors import DeployError, UsageError
+from pizzactl.errors import DeployError, ModelNotFoundError
 from pizzactl.files import write_json
-from pizzactl.model.store import latest_version_dir, model_base
+from pizzactl.model.store import latest_version_dir, list_versions, model_base
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
 from pizzactl.serving.auth import key_env
@@ -148,6 +148,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
             "model_url": model_url,
             "allow_private_urls": settings.allow_private_urls,
             "supervisor_status": str(status_path),
+            **({"api_key_hashes": env["PIZZACTL_API_KEY_HASHES"]} if env["PIZZACTL_API_KEY_HASHES"] else {}),
             **({"rollout": plan.record()} if plan.trial else {}),
             **({"pinned_version": plan.stable} if plan.pinned and not plan.trial else {}),
         },
@@ -355,8 +356,26 @@ def teardown(settings, st: DeployState) -> dict[str, Any]:
 
 
 def rollback(settings, st: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
-    """None here: the builtin model server always serves the newest version on disk."""
-    raise UsageError(
-        f"The {st.target} target has no rollback: it serves the newest version in {st.model_dir}.",
-        hint="Move the newer version directory out of the models directory; the model server picks up the change.",
-    )
+    """Serve one version, pinned by a model config: `to`; else, during a trial, the stable one;
+    else the newest version on disk below the one serving. The servers restart on the recorded
+    ports (a few seconds without answers: local is not highly available)."""
+    versions = [v for v, _ in list_versions(st.model_dir or settings.models_dir, MODEL_NAME)]
+    trial = rollout.Plan.of_record(st)
+    serving = trial.candidate if trial.trial else st.model_version
+    if to is None:
+        lower = [v for v in versions if serving is not None and v < serving]
+        if trial.trial:
+            to = trial.stable
+        elif not lower:
+            return {"message": f"Version {serving} is the oldest in {st.model_dir}; there is none to roll back to."}
+        else:
+            to = lower[-1]
+    if to not in versions:
+        raise ModelNotFoundError(
+            f"There is no version {to} in {st.model_dir} to roll back to (it has {versions}).",
+            hint="Give one of those with --to.",
+        )
+    again = rollout.settings_of_record(settings, st)
+    teardown(again, st)
+    result = deploy(again, timeout=timeout, plan=Plan(to))
+    return {**result, "rolled_back_from": serving, "model_version": to}
