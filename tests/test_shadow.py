@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from pizzactl.model.store import list_versions
 from pizzactl.serving.gateway import create_app
+from pizzactl.serving.modelserver.versions import model_config_text
 
-from support.serving_fixtures import FakeTFServing, UvicornThread
+from support.processes import free_port
+from support.serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -258,3 +262,42 @@ def test_rollout_without_a_rollout_says_off_with_the_version_that_answered(tf_se
         rollout = client.get("/rollout").json()
     assert rollout["mode"] == "off" and rollout["stable"] == {"route": None, "version": 2}
     assert rollout["versions"]["2"]["role"] == "stable" and rollout["versions"]["2"]["requests"] == 1
+
+
+@pytest.mark.slow
+def test_with_the_real_model_shadow_answers_are_the_bytes_stable_only_serving_gives(
+    tmp_path, serving_models, shared_photos
+):
+    """The builtin model server with two copies of the tiny model (stable=2, the latest, and canary=1),
+    real photos: the shadow gateway's answers are byte for byte those of a gateway without a rollout."""
+    models = tmp_path / "models"
+    source = list_versions(serving_models)[-1][1]
+    for version in (1, 2):
+        shutil.copytree(source, models / "pizza" / str(version))
+    config = tmp_path / "models.config"
+    config.write_text(model_config_text("pizza", str(models / "pizza"), [1, 2], {"stable": 2, "canary": 1}))
+    server = ModelServerProcess(models, free_port(), args=("--model-config-file", str(config)))
+    photos = shared_photos["pizza"][:6] + shared_photos["not_pizza"][:6]
+    server.start()
+    try:
+        server.wait_available("1")
+        server.wait_available("2")
+        answers = {}
+        for name, settings in (("stable only", {}), ("shadow", {"shadow": True})):
+            app = create_app(server.url, rollout_dir=tmp_path / "rollout", **settings)
+            with UvicornThread(app) as gw, httpx.Client(base_url=gw.url, timeout=60) as client:
+                replies = [
+                    client.post("/predict", content=p.read_bytes(), headers={"content-type": "image/jpeg"})
+                    for p in photos
+                ]
+                answers[name] = [(r.status_code, r.headers.get("x-model-version"), r.content) for r in replies]
+                if name == "shadow":
+                    rollout = settle(client, compared(len(photos)))
+    finally:
+        server.stop()
+    assert answers["shadow"] == answers["stable only"]
+    assert {(status, version) for status, version, _ in answers["shadow"]} == {(200, "2")}
+    comparison = rollout["comparison"]
+    assert comparison["pairs"] == len(photos) and comparison["agreement"] == 1.0  # the same model twice
+    assert comparison["abs_dp"]["max"] < 1e-3
+    assert rollout["versions"]["1"]["role"] == "candidate" and rollout["versions"]["2"]["role"] == "stable"
