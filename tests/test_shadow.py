@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import threading
 import time
@@ -64,7 +65,10 @@ def tf_serving():
 
 
 def gateway(tf_serving: FakeTFServing, tmp_path, **settings: Any) -> UvicornThread:
+    """The gateway in front of `tf_serving`; room for 100 comparison calls in flight (max_concurrency
+    400) unless given: the exact counts below must not depend on how fast a busy machine answers."""
     settings.setdefault("rollout_dir", tmp_path / "rollout")
+    settings.setdefault("max_concurrency", 400)
     return UvicornThread(create_app(tf_serving.url, classes="not_pizza,pizza", **settings))
 
 
@@ -100,7 +104,7 @@ def test_shadow_answers_are_byte_identical_to_stable_only_serving(tf_serving, tm
         only_stable.close()
     assert answers["shadow"] == answers["stable only"]
     assert {a[0] for a in answers["shadow"]} == {200}
-    assert rollout["mode"] == "shadow" and rollout["comparison"]["pairs"] == len(colours)
+    assert rollout["mode"] == "shadow" and rollout["comparison"]["pairs"] == len(colours), json.dumps(rollout)
     assert tf_serving.predicts_by_version == {1: len(colours), 2: len(colours)}  # the candidate saw every image
 
 
@@ -152,7 +156,6 @@ def test_kept_disagreements_are_bounded_by_rollout_keep(tf_serving, tmp_path):
     assert rollout["comparison"]["kept_dir"] == str(kept_dir)
     records = sorted(kept_dir.glob("*.json"))
     assert len(records) == 5 and len(list(kept_dir.glob("*.jpg"))) == 5
-    import json
 
     record = json.loads(records[-1].read_text())
     assert record["stable"]["label"] == "pizza" and record["candidate"]["label"] == "not_pizza"

@@ -1,7 +1,7 @@
 """Live evidence for a rollout: what each version answered, and how two versions compare on the same images.
 
 The gateway records every model-server call it makes (the user's and the background one of
-shadow/canary comparison: pipeline.py) here. Counters are since the gateway started; latency
+shadow/canary comparison: rollout.py) here. Counters are since the gateway started; latency
 and |Δp| percentiles come from bounded reservoirs of the most recent values (exact over the
 last `RESERVOIR` calls, not bucket-interpolated), so `GET /rollout` reads numbers a person
 and `pizzactl promote --auto` can trust. The same numbers go to Prometheus, labelled by
@@ -190,6 +190,10 @@ class RolloutStats:
             self.skipped[reason] += 1
         if self.prom:
             self.prom.skipped.labels(reason).inc()
+
+    def skipped_json(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.skipped)
 
     def fallback(self) -> None:
         with self._lock:
