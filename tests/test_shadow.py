@@ -248,6 +248,7 @@ def test_rollout_shape_before_any_traffic_and_its_auth(tf_serving, tmp_path):
             "kept": 0,
             "kept_dir": str(tmp_path / "rollout"),
             "disagreements": 0,
+            "kept_failed": 0,
         },
         "shadow_skipped": 0,
         "shadow_skipped_by_reason": {},

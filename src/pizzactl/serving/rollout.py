@@ -175,6 +175,7 @@ class Rollout:
                 "kept": self.disagreements.on_disk,
                 "kept_dir": str(self.disagreements.directory),
                 "disagreements": self.disagreements.total,
+                "kept_failed": self.disagreements.failed,
             },
             "shadow_skipped": sum(skipped.values()),
             "shadow_skipped_by_reason": skipped,

@@ -223,7 +223,8 @@ class RolloutStats:
 class Disagreements:
     """The newest `keep` disagreements on disk: `<stamp>.jpg` (the wire JPEG) + `<stamp>.json` (both answers).
 
-    Called from the gateway's background task (never on a request's path); a failing disk is logged, not raised.
+    Called from the gateway's background task (never on a request's path); a failing disk (a
+    read-only root filesystem, a full emptyDir) is logged at most once a minute, never raised.
     """
 
     def __init__(self, directory: Path, keep: int) -> None:
@@ -231,6 +232,8 @@ class Disagreements:
         self.keep = keep
         self.total = 0  # since the gateway started
         self.on_disk = 0  # kept now (after the last prune; at most `keep`)
+        self.failed = 0  # writes the disk refused
+        self._last_complaint = -math.inf
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -250,7 +253,16 @@ class Disagreements:
             self.prune()
             return image
         except OSError as exc:
-            log.warning("cannot keep a disagreement in %s: %s", self.directory, exc)
+            self.failed += 1
+            now = time.monotonic()
+            if now - self._last_complaint >= 60:
+                self._last_complaint = now
+                log.warning(
+                    "cannot keep disagreements in %s (%s; %d so far): set PIZZACTL_ROLLOUT_DIR to a writable directory",
+                    self.directory,
+                    exc,
+                    self.failed,
+                )
             return None
 
     def prune(self) -> None:
