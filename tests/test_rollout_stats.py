@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -80,8 +81,11 @@ def test_disagreements_keep_the_newest_n(tmp_path):
     assert (kept.on_disk, kept.total) == (3, 7)
 
 
-def test_disagreements_on_an_unwritable_disk_are_logged_not_raised(tmp_path):
+def test_disagreements_on_an_unwritable_disk_are_logged_once_not_raised(tmp_path, caplog):
     blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
+    blocker.write_text("not a directory")  # as a read-only root filesystem: mkdir fails
     kept = Disagreements(blocker / "rollout", keep=3)
-    assert kept.write(b"jpeg", {}) is None and kept.total == 1 and kept.on_disk == 0
+    with caplog.at_level(logging.WARNING, logger="pizzactl.gateway"):
+        assert [kept.write(b"jpeg", {}) for _ in range(5)] == [None] * 5
+    assert (kept.total, kept.on_disk, kept.failed) == (5, 0, 5)
+    assert len(caplog.records) == 1 and "PIZZACTL_ROLLOUT_DIR" in caplog.records[0].getMessage()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +17,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from pizzactl.model.store import list_versions
 from pizzactl.serving.gateway import create_app
+from pizzactl.serving.modelserver.versions import model_config_text
 
-from support.serving_fixtures import FakeTFServing, UvicornThread
+from support.processes import free_port
+from support.serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -60,7 +65,10 @@ def tf_serving():
 
 
 def gateway(tf_serving: FakeTFServing, tmp_path, **settings: Any) -> UvicornThread:
+    """The gateway in front of `tf_serving`; room for 100 comparison calls in flight (max_concurrency
+    400) unless given: the exact counts below must not depend on how fast a busy machine answers."""
     settings.setdefault("rollout_dir", tmp_path / "rollout")
+    settings.setdefault("max_concurrency", 400)
     return UvicornThread(create_app(tf_serving.url, classes="not_pizza,pizza", **settings))
 
 
@@ -96,7 +104,7 @@ def test_shadow_answers_are_byte_identical_to_stable_only_serving(tf_serving, tm
         only_stable.close()
     assert answers["shadow"] == answers["stable only"]
     assert {a[0] for a in answers["shadow"]} == {200}
-    assert rollout["mode"] == "shadow" and rollout["comparison"]["pairs"] == len(colours)
+    assert rollout["mode"] == "shadow" and rollout["comparison"]["pairs"] == len(colours), json.dumps(rollout)
     assert tf_serving.predicts_by_version == {1: len(colours), 2: len(colours)}  # the candidate saw every image
 
 
@@ -148,7 +156,6 @@ def test_kept_disagreements_are_bounded_by_rollout_keep(tf_serving, tmp_path):
     assert rollout["comparison"]["kept_dir"] == str(kept_dir)
     records = sorted(kept_dir.glob("*.json"))
     assert len(records) == 5 and len(list(kept_dir.glob("*.jpg"))) == 5
-    import json
 
     record = json.loads(records[-1].read_text())
     assert record["stable"]["label"] == "pizza" and record["candidate"]["label"] == "not_pizza"
@@ -241,6 +248,7 @@ def test_rollout_shape_before_any_traffic_and_its_auth(tf_serving, tmp_path):
             "kept": 0,
             "kept_dir": str(tmp_path / "rollout"),
             "disagreements": 0,
+            "kept_failed": 0,
         },
         "shadow_skipped": 0,
         "shadow_skipped_by_reason": {},
@@ -258,3 +266,42 @@ def test_rollout_without_a_rollout_says_off_with_the_version_that_answered(tf_se
         rollout = client.get("/rollout").json()
     assert rollout["mode"] == "off" and rollout["stable"] == {"route": None, "version": 2}
     assert rollout["versions"]["2"]["role"] == "stable" and rollout["versions"]["2"]["requests"] == 1
+
+
+@pytest.mark.slow
+def test_with_the_real_model_shadow_answers_are_the_bytes_stable_only_serving_gives(
+    tmp_path, serving_models, shared_photos
+):
+    """The builtin model server with two copies of the tiny model (stable=2, the latest, and canary=1),
+    real photos: the shadow gateway's answers are byte for byte those of a gateway without a rollout."""
+    models = tmp_path / "models"
+    source = list_versions(serving_models)[-1][1]
+    for version in (1, 2):
+        shutil.copytree(source, models / "pizza" / str(version))
+    config = tmp_path / "models.config"
+    config.write_text(model_config_text("pizza", str(models / "pizza"), [1, 2], {"stable": 2, "canary": 1}))
+    server = ModelServerProcess(models, free_port(), args=("--model-config-file", str(config)))
+    photos = shared_photos["pizza"][:6] + shared_photos["not_pizza"][:6]
+    server.start()
+    try:
+        server.wait_available("1")
+        server.wait_available("2")
+        answers = {}
+        for name, settings in (("stable only", {}), ("shadow", {"shadow": True})):
+            app = create_app(server.url, rollout_dir=tmp_path / "rollout", **settings)
+            with UvicornThread(app) as gw, httpx.Client(base_url=gw.url, timeout=60) as client:
+                replies = [
+                    client.post("/predict", content=p.read_bytes(), headers={"content-type": "image/jpeg"})
+                    for p in photos
+                ]
+                answers[name] = [(r.status_code, r.headers.get("x-model-version"), r.content) for r in replies]
+                if name == "shadow":
+                    rollout = settle(client, compared(len(photos)))
+    finally:
+        server.stop()
+    assert answers["shadow"] == answers["stable only"]
+    assert {(status, version) for status, version, _ in answers["shadow"]} == {(200, "2")}
+    comparison = rollout["comparison"]
+    assert comparison["pairs"] == len(photos) and comparison["agreement"] == 1.0  # the same model twice
+    assert comparison["abs_dp"]["max"] < 1e-3
+    assert rollout["versions"]["1"]["role"] == "candidate" and rollout["versions"]["2"]["role"] == "stable"

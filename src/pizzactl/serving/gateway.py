@@ -157,7 +157,7 @@ async def metrics(request: Request) -> Response:
     description="Counters since the gateway started; null where nothing was measured yet (docs/serve.md).",
 )
 async def rollout(request: Request) -> dict[str, Any]:
-    return _gateway(request).rollout()
+    return _gateway(request).rollout.as_json()
 
 
 @router.get("/", include_in_schema=False)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -50,11 +48,11 @@ from pizzactl.serving.api import (
     read_upload,
     validate_item,
 )
-from pizzactl.serving.canary import CanarySplit, Routes
+from pizzactl.serving.canary import CanarySplit
 from pizzactl.serving.client import ModelClient, Prediction
 from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_session
 from pizzactl.serving.modelserver.batching import isolate_failures_async
-from pizzactl.serving.rollout_stats import Disagreements, RolloutStats
+from pizzactl.serving.rollout import Rollout
 
 STATIC_DIR = Path(__file__).with_name("static")
 log = logging.getLogger("pizzactl.gateway")
@@ -205,10 +203,6 @@ def prepare(data: bytes, limits: images.ImageLimits, size: int | None) -> Prepar
     return Prepared(data, size, images.for_model(data, image, size) if size else None)
 
 
-def _prediction_json(p: Prediction) -> dict[str, Any]:
-    return {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
-
-
 def class_probabilities(prediction: Prediction, classes: Sequence[str]) -> dict[str, float]:
     """{class: probability} in the model's class order.
 
@@ -252,12 +246,16 @@ class Gateway:
         self.admission = Admission(config.queue_seconds, config.max_queue)
         metrics.watch_queue(self.admission)
         self.split = CanarySplit(config.canary_percent, config.canary_version, config.stable_version)
-        self.stats = RolloutStats(metrics.registry)
-        self.disagreements = Disagreements(config.disagreements_dir, config.rollout_keep)
-        self.shadow_limit = max(4, config.max_concurrency // 4)  # comparison calls in flight, at most
-        self._background: set[asyncio.Task[None]] = set()
-        self._route_versions: dict[str | None, str] = {}  # the version each route last answered with
-        self._last_complaint = -math.inf
+        self.rollout = Rollout(
+            self.split,
+            self.model,
+            self.admission,
+            shadow=config.shadow,
+            directory=config.disagreements_dir,
+            keep=config.rollout_keep,
+            max_in_flight=max(4, config.max_concurrency // 4),
+            registry=metrics.registry,
+        )
         self.policy = config.fetch_policy
         self._fetch_clients: dict[int, Any] = {}
 
@@ -326,138 +324,25 @@ class Gateway:
                 # answer comes while a batch runs (a full one of a slow model can take longer than the timeout)
                 admission = self.admission
                 waits = (2 * admission.expected_wait(), admission.expected_wait(self.config.max_batch_size))
-                routes = Routes(self.split.stable) if self.mode == "shadow" else self.split.pick()
+                rollout = self.rollout
+                routes = rollout.routes()
                 try:
-                    predictions, version = await self.call(jpegs, waits, routes.first, routes.role, info.version)
+                    predictions, version = await rollout.call(jpegs, waits, routes.first, routes.role, info.version)
                 except PizzaError as exc:
                     if routes.fallback is None:
                         raise
                     # the candidate failed (down, unloaded, refused the image): stable answers instead
                     self.metrics.canary_fallbacks.inc()
-                    self.stats.fallback()
+                    rollout.stats.fallback()
                     log.warning("canary %s failed (%s): asking %s", routes.first, exc.code, routes.fallback)
-                    predictions, version = await self.call(jpegs, waits, routes.fallback, "stable", info.version)
+                    predictions, version = await rollout.call(jpegs, waits, routes.fallback, "stable", info.version)
                 else:
-                    if self.mode == "shadow":
-                        self.compare_later(jpegs, predictions, waits, self.split.candidate, "candidate")
-                    elif routes.role == "candidate":  # the canary's answer: stable's too, for the comparison
-                        self.compare_later(jpegs, predictions, waits, self.split.stable, "stable")
+                    rollout.compare_later(routes, jpegs, predictions, waits)
         except QueueFullError as exc:  # the model server's queue
             self.metrics.shed.labels(exc.reason).inc()
             raise
         classes = info.classes or self.configured_classes
         return [self.answer(p, int(version or info.version), classes) for p in predictions]
-
-    # --- rollouts: per-version stats, and the comparison of two versions on the same images
-
-    @property
-    def mode(self) -> str:
-        """off | canary | shadow (shadow wins over a canary share: users then get stable's answers only)."""
-        return "shadow" if self.config.shadow else "canary" if self.split.on else "off"
-
-    def version_key(self, route: str | None, version: str | None = None, latest: str = "?") -> str:
-        """The version a call went to: the one it answered with, else the one its route last answered with."""
-        if version is not None:
-            self._route_versions[route] = str(version)
-            return str(version)
-        return self._route_versions.get(route) or (route.rsplit("/", 1)[-1] if route else latest)
-
-    async def call(
-        self, jpegs: list[bytes], waits: tuple[float, float], route: str | None, role: str, latest: str
-    ) -> tuple[list[Prediction], str | None]:
-        """One model-server call, counted for its version and role."""
-        started = time.perf_counter()
-        try:
-            predictions, version = await self.model.predict(jpegs, *waits, route=route)
-        except PizzaError:
-            self.stats.call(self.version_key(route, latest=latest), role, time.perf_counter() - started)
-            raise
-        key = self.version_key(route, version or (None if route else latest))
-        self.stats.call(key, role, time.perf_counter() - started, predictions)
-        return predictions, version
-
-    def compare_later(
-        self, jpegs: list[bytes], answered: list[Prediction], waits: tuple[float, float], route: str, role: str
-    ) -> None:
-        """Ask `route` the same images in the background (never awaited by the request), within bounds."""
-        if len(self._background) >= self.shadow_limit:
-            self.stats.skip("in_flight")
-            return
-        if self.admission.held > self.admission.bound() / 2:
-            self.stats.skip("queue")
-            return
-        task = asyncio.get_running_loop().create_task(self._compare(jpegs, answered, waits, route, role))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _compare(
-        self, jpegs: list[bytes], answered: list[Prediction], waits: tuple[float, float], route: str, role: str
-    ) -> None:
-        """The other version's answers; compared; disagreements kept. Nothing here reaches a user."""
-        try:
-            # the user call's patience, no more: a slow candidate holds a slot of the bound, not the gateway
-            async with asyncio.timeout(self.model.timeout + sum(waits)):
-                predictions, _ = await self.call(jpegs, waits, route, role, "?")
-        except TimeoutError:
-            self.stats.call(self.version_key(route), role, self.model.timeout + sum(waits))
-            self.complain(route, "timed out")
-            return
-        except PizzaError as exc:
-            self.complain(route, exc.code)
-            return
-        except Exception as exc:  # a bug must not kill the loop's task quietly
-            log.exception("comparison call to %s failed", route)
-            self.complain(route, type(exc).__name__)
-            return
-        stable, candidate = (answered, predictions) if role == "candidate" else (predictions, answered)
-        differ = self.stats.compare(stable, candidate)
-        if differ and self.config.rollout_keep > 0:
-            versions = {
-                "stable": self.version_key(self.split.stable),
-                "candidate": self.version_key(self.split.candidate),
-            }
-            for i in differ:
-                record = {
-                    "mode": self.mode,
-                    **{
-                        r: {"version": versions[r], **_prediction_json(p[i])}
-                        for r, p in (("stable", stable), ("candidate", candidate))
-                    },
-                }
-                await asyncio.to_thread(self.disagreements.write, jpegs[i], record)  # not the request threadpool
-
-    def complain(self, route: str, what: str) -> None:
-        """A log line for a failing comparison call: at most one a minute (they are counted in /rollout)."""
-        now = time.monotonic()
-        if now - self._last_complaint >= 60:
-            self._last_complaint = now
-            log.warning("comparison call to %s failed (%s); users are not affected (counted in /rollout)", route, what)
-
-    def rollout(self) -> dict[str, Any]:
-        """GET /rollout: the split, per-version stats and the comparison, since the gateway started."""
-        mode = self.mode
-
-        def side(route: str | None) -> dict[str, Any]:
-            key = self._route_versions.get(route)
-            return {"route": route, "version": int(key) if key and key.isdigit() else None}
-
-        return {
-            "schema": 1,
-            "mode": mode,
-            "percent": self.split.percent if mode == "canary" else 0.0,
-            "stable": side(self.split.stable if mode != "off" else None),
-            "candidate": side(self.split.candidate),
-            "versions": self.stats.versions_json(),
-            "comparison": {
-                **self.stats.comparison(),
-                "kept": self.disagreements.on_disk,
-                "kept_dir": str(self.disagreements.directory),
-                "disagreements": self.disagreements.total,
-            },
-            "shadow_skipped": sum(self.stats.skipped.values()),
-            "shadow_skipped_by_reason": dict(self.stats.skipped),
-            "fallbacks": self.stats.fallbacks,
-        }
 
     @property
     def configured_classes(self) -> tuple[str, ...]:
@@ -504,9 +389,7 @@ class Gateway:
         return answers
 
     async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.rollout.aclose()
         await self.model.aclose()
         loop = asyncio.get_running_loop()
         entry = self._fetch_clients.pop(id(loop), None)

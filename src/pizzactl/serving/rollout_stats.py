@@ -1,7 +1,7 @@
 """Live evidence for a rollout: what each version answered, and how two versions compare on the same images.
 
 The gateway records every model-server call it makes (the user's and the background one of
-shadow/canary comparison: pipeline.py) here. Counters are since the gateway started; latency
+shadow/canary comparison: rollout.py) here. Counters are since the gateway started; latency
 and |Δp| percentiles come from bounded reservoirs of the most recent values (exact over the
 last `RESERVOIR` calls, not bucket-interpolated), so `GET /rollout` reads numbers a person
 and `pizzactl promote --auto` can trust. The same numbers go to Prometheus, labelled by
@@ -191,6 +191,10 @@ class RolloutStats:
         if self.prom:
             self.prom.skipped.labels(reason).inc()
 
+    def skipped_json(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.skipped)
+
     def fallback(self) -> None:
         with self._lock:
             self.fallbacks += 1
@@ -219,7 +223,8 @@ class RolloutStats:
 class Disagreements:
     """The newest `keep` disagreements on disk: `<stamp>.jpg` (the wire JPEG) + `<stamp>.json` (both answers).
 
-    Called from the gateway's background task (never on a request's path); a failing disk is logged, not raised.
+    Called from the gateway's background task (never on a request's path); a failing disk (a
+    read-only root filesystem, a full emptyDir) is logged at most once a minute, never raised.
     """
 
     def __init__(self, directory: Path, keep: int) -> None:
@@ -227,6 +232,8 @@ class Disagreements:
         self.keep = keep
         self.total = 0  # since the gateway started
         self.on_disk = 0  # kept now (after the last prune; at most `keep`)
+        self.failed = 0  # writes the disk refused
+        self._last_complaint = -math.inf
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -246,7 +253,16 @@ class Disagreements:
             self.prune()
             return image
         except OSError as exc:
-            log.warning("cannot keep a disagreement in %s: %s", self.directory, exc)
+            self.failed += 1
+            now = time.monotonic()
+            if now - self._last_complaint >= 60:
+                self._last_complaint = now
+                log.warning(
+                    "cannot keep disagreements in %s (%s; %d so far): set PIZZACTL_ROLLOUT_DIR to a writable directory",
+                    self.directory,
+                    exc,
+                    self.failed,
+                )
             return None
 
     def prune(self) -> None:
