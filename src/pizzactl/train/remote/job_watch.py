@@ -51,7 +51,6 @@ def follow(
     waiting_since: dict[str, float] = {}
     said: set[str] = set()
     seen: set[str] = set()
-    pause = min(k8s.FIRST_POLL, poll)  # doubled each round up to `poll`, as files.wait_until's `first`
     # Not `files.wait_until`: no timeout (the Job's activeDeadlineSeconds ends it) and each round
     # streams logs. A watch on the Job and its pods (kubernetes.watch) would replace the polling.
     while True:
@@ -83,8 +82,7 @@ def follow(
         for pod in pods:
             if pod.status and pod.status.phase == "Pending":
                 _check_start(core, namespace, pod, waiting_since, said, start_timeout)
-        time.sleep(pause)
-        pause = min(2 * pause, poll)
+        time.sleep(poll)
 
 
 def _to_stderr(text: str) -> None:
