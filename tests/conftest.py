@@ -8,6 +8,7 @@ means the tier really ran.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,15 @@ def pytest_addoption(parser):
         help="the contributor's quick loop: leave out the slow, docker, browser and torch tiers "
         "(as -m 'not slow and not docker and not browser and not torch'); CI runs everything",
     )
+
+
+def pytest_configure(config):
+    """A shell without job control starts `pytest &` with SIGINT ignored, and every process the
+    tests start inherits that (POSIX: an ignored signal stays ignored across exec): the Ctrl-C
+    tests (serve, train --on) then wait out their timeouts. Python's own handler instead: children
+    get the default again at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

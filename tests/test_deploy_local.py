@@ -2,9 +2,11 @@
 
 One deployment of the tiny real model (model server + gateway as background processes) is
 shared by the tests in file order: deploy, status, predict (file, URL, directory, --csv,
---json, --explain), deploy again, teardown. Afterwards no process and no listening port may be
-left. Liveness is checked with os.kill(pid, 0) (reaping nothing: the CLI, not the test, is the
-parent) and ports by connecting.
+--json, --explain), deploy again, teardown. Deploy and teardown run in processes of their own
+(the servers must outlive the deploy command); status and predict run in this one (`invoke`,
+with the deployment's settings): a process start saved each, TensorFlow's for --explain.
+Afterwards no process and no listening port may be left. Liveness is checked with
+os.kill(pid, 0) (reaping nothing: the CLI, not the test, is the parent) and ports by connecting.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pytest
 
 from pizzactl.errors import EXIT_FAILURE, EXIT_USER
 
-from support.cli import PIZZACTL, make_env, run_pizzactl
+from support.cli import PIZZACTL, invoke, make_env, overrides, run_pizzactl
 from support.processes import alive, children_of, free_port, listening, wait_until
 
 
@@ -101,7 +103,7 @@ def test_deployed_processes_outlive_the_deploy_command_in_their_own_session(depl
 
 @pytest.mark.slow
 def test_status_reports_target_url_version_ready_and_live_pids(deployed):
-    proc = run_pizzactl("status", "--json", env=deployed.env, cwd=deployed.root)
+    proc = invoke("status", "--json", env=overrides(deployed.env), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     assert st["deployed"] is True and st["target"] == "local" and st["ready"] is True
@@ -109,13 +111,13 @@ def test_status_reports_target_url_version_ready_and_live_pids(deployed):
     assert st["model_version"] == 1
     assert st["processes"] == {"supervisor": True, "modelserver": True, "gateway": True}
     assert st["restarts"] == {"modelserver": 0, "gateway": 0} and "crash_loop" not in st
-    table = run_pizzactl("status", env=deployed.env, cwd=deployed.root)
+    table = invoke("status", env=overrides(deployed.env), cwd=deployed.root)
     assert table.returncode == 0 and "local" in table.stdout and "yes" in table.stdout
 
 
 @pytest.mark.slow
 def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
-    proc = run_pizzactl("predict", str(tiny_classifier.photos[-1]), env=deployed.env, cwd=deployed.root)
+    proc = invoke("predict", str(tiny_classifier.photos[-1]), env=overrides(deployed.env), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     assert "pizza" in proc.stdout  # pizza or not_pizza in the table
     assert str(tiny_classifier.photos[-1]) in proc.stdout
@@ -124,7 +126,7 @@ def test_predict_a_file_uses_the_deployed_endpoint(deployed, tiny_classifier):
 @pytest.mark.slow
 def test_predict_json_gives_one_object_per_source_with_label_probability_and_version(deployed, tiny_classifier):
     files = [str(p) for p in tiny_classifier.photos[:2]]
-    proc = run_pizzactl("predict", "--json", *files, env=deployed.env, cwd=deployed.root)
+    proc = invoke("predict", "--json", *files, env=overrides(deployed.env), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == files
@@ -140,7 +142,7 @@ def test_predict_json_gives_one_object_per_source_with_label_probability_and_ver
 @pytest.mark.slow
 def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
     urls = [f"{photo_server.url}/{name}" for name in photo_server.names]
-    proc = run_pizzactl("predict", "--json", *urls, env=deployed.env, cwd=deployed.root)
+    proc = invoke("predict", "--json", *urls, env=overrides(deployed.env), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["source"] for r in results] == urls
@@ -151,8 +153,8 @@ def test_predict_url_is_fetched_by_the_gateway(deployed, photo_server):
 def test_predict_same_photo_as_file_and_as_url_agree(deployed, photo_server, tiny_classifier):
     name = photo_server.names[0]
     local = next(p for p in tiny_classifier.photos if p.name == name)
-    proc = run_pizzactl(
-        "predict", "--json", str(local), f"{photo_server.url}/{name}", env=deployed.env, cwd=deployed.root
+    proc = invoke(
+        "predict", "--json", str(local), f"{photo_server.url}/{name}", env=overrides(deployed.env), cwd=deployed.root
     )
     assert proc.returncode == 0, proc.stderr
     by_file, by_url = json.loads(proc.stdout)
@@ -168,7 +170,7 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
     (tmp_path / "album" / "notes.txt").write_text("not an image, skipped by its name")
     (tmp_path / "album" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     out_csv = tmp_path / "results.csv"
-    proc = run_pizzactl(
+    proc = invoke(
         "predict",
         str(tmp_path / "album"),
         "--csv",
@@ -176,7 +178,7 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
         "--json",
         "--concurrency",
         "3",
-        env=deployed.env,
+        env=overrides(deployed.env),
         cwd=deployed.root,
     )
     assert proc.returncode == EXIT_FAILURE, proc.stderr
@@ -194,7 +196,7 @@ def test_predict_directory_recurses_writes_csv_and_exits_1_when_one_image_fails(
 
 @pytest.mark.slow
 def test_predict_table_has_a_summary_for_several_images(deployed, tiny_classifier):
-    proc = run_pizzactl("predict", *map(str, tiny_classifier.photos[:3]), env=deployed.env, cwd=deployed.root)
+    proc = invoke("predict", *map(str, tiny_classifier.photos[:3]), env=overrides(deployed.env), cwd=deployed.root)
     assert proc.returncode == 0, proc.stderr
     assert "3 images:" in proc.stdout
 
@@ -204,8 +206,14 @@ def test_predict_explain_writes_a_gradcam_png_per_image(deployed, tiny_classifie
     from PIL import Image
 
     photos = [str(p) for p in (tiny_classifier.photos[0], tiny_classifier.photos[-1])]
-    proc = run_pizzactl(
-        "predict", "--json", "--explain", str(tmp_path / "cams"), *photos, env=deployed.env, cwd=deployed.root
+    proc = invoke(
+        "predict",
+        "--json",
+        "--explain",
+        str(tmp_path / "cams"),
+        *photos,
+        env=overrides(deployed.env),
+        cwd=deployed.root,
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)

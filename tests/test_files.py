@@ -102,6 +102,14 @@ def test_wait_until_checks_once_more_at_the_deadline():
     assert len(calls) == 2 and len(slept) == 1 and slept[0] <= 0.01  # not the 5 s interval
 
 
+def test_wait_until_first_polls_soon_then_backs_off_to_the_interval():
+    """A wait that is over in a moment returns in a moment; a long one settles at `interval`."""
+    slept = []
+    answers = iter([False] * 7 + [True])
+    assert wait_until(lambda: next(answers), 60, 2.0, first=0.1, what="x", sleep=slept.append)
+    assert slept == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+
+
 def test_wait_until_without_error_returns_the_last_false_value():
     assert wait_until(lambda: [], timeout=0, what="x", error=None) == []
 

@@ -12,7 +12,6 @@ import email
 import email.policy
 import http.server
 import json
-import os
 import socket
 import threading
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from pizzactl.deploy.state import DeployState
 from pizzactl.errors import EXIT_FAILURE, EXIT_USAGE, EXIT_USER, EndpointError, NotDeployedError, UsageError
 from pizzactl.predict import expand_sources, normalize_endpoint, predict, resolve_endpoint
 
-from support.cli import run_pizzactl
+from support.cli import invoke, overrides
 from support.serving_fixtures import LocalHTTPServer, send_json
 
 
@@ -314,9 +313,9 @@ def test_csv_has_one_row_per_source_with_errors_in_their_own_column(gateway, tmp
 
 
 def cli(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
-    env.update(PIZZACTL_STATE_DIR=str(tmp_path / "state"), PIZZACTL_PORT=str(free_port()))
-    return run_pizzactl("predict", *args, env=env, cwd=tmp_path)
+    """`pizzactl predict ARGS` in this process, with no PIZZACTL_* setting but its own state dir and port."""
+    env = {"PIZZACTL_STATE_DIR": str(tmp_path / "state"), "PIZZACTL_PORT": str(free_port())}
+    return invoke("predict", *args, env=overrides(env), cwd=tmp_path)
 
 
 def test_cli_json_prints_an_array_of_objects_and_exits_1_if_any_source_failed(gateway, tmp_path, images):

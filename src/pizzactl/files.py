@@ -113,6 +113,7 @@ def wait_until(
     hint: str = "",
     error: type[PizzaError] | None = WaitTimeoutError,
     sleep: Callable[[float], Any] = time.sleep,
+    first: float | None = None,
 ) -> T:
     """Call `predicate` until it returns something true (returned) or `timeout` seconds pass.
 
@@ -120,8 +121,11 @@ def wait_until(
     out after Ns waiting for <what>.", with `hint`), or with `error=None` return the last false
     value so the caller can word its own error. An exception from `predicate` is not caught: it
     ends the wait (that is how a caller stops early, e.g. when the process it waits for died).
+    `first`: the first pause, doubled each round up to `interval`, so a wait that is over in a
+    moment does not cost a whole interval while a long one still polls every `interval`.
     """
     deadline = time.monotonic() + timeout
+    pause = interval if first is None else min(first, interval)
     while True:
         value = predicate()
         if value:
@@ -131,4 +135,5 @@ def wait_until(
             if error is None:
                 return value
             raise error(f"Timed out after {timeout:.0f}s waiting for {what}.", hint=hint or None)
-        sleep(min(interval, remaining))
+        sleep(min(pause, remaining))
+        pause = min(2 * pause, interval)

@@ -78,6 +78,13 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def overrides(env: Mapping[str, str]) -> dict[str, str | None]:
+    """A whole environment's PIZZACTL_* settings as `invoke` overrides (the caller's others unset):
+    the in-process CLI then sees the settings a `run_pizzactl(env=env)` process would."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PIZZACTL_")}
+    return {**unset, **{k: v for k, v in env.items() if k.startswith("PIZZACTL_")}}
+
+
 def make_env(root: Path, models: Path, **extra: str) -> dict[str, str]:
     """A whole environment for a deploying `pizzactl` process: its own state, runs, cache and free ports."""
     env = clean_env(

@@ -26,6 +26,9 @@ from pizzactl.kube.shipped import MODEL_VERSION_LABEL, MODEL_VERSIONS_ANNOTATION
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 FIELD_MANAGER = "pizzactl"  # the manager of every field pizzactl applies (server-side apply)
+# Polls start this soon and double up to their interval: a rollout or deletion that is over in a
+# moment is seen in a moment, a long one is still read only every interval.
+FIRST_POLL = 0.1
 # ServiceAccount admission refuses pods until the namespace controller has created the namespace's
 # `default` ServiceAccount, moments after the namespace (kubernetes/kubernetes#66689).
 SERVICE_ACCOUNT_MISSING = re.compile(r'error looking up service account ([^:]+): serviceaccount "[^"]+" not found')
@@ -324,7 +327,7 @@ def wait_rollout(
         return "stuck" if any(states[n].deadline_exceeded for n in pending) else ""
 
     # Polling, not a watch: each round reads Deployments, ReplicaSets and the HPA's minimum together.
-    outcome = wait_until(step, timeout, poll, what="the rollout", error=None)
+    outcome = wait_until(step, timeout, poll, what="the rollout", error=None, first=FIRST_POLL)
     if outcome == "done":
         return states
     problems = diagnosis.diagnose(api_client, namespace)
@@ -420,6 +423,7 @@ def wait_namespace_gone(api_client, namespace: str, timeout: float, poll: float 
         hint=f"Look at what holds it: `kubectl get namespace {namespace} -o yaml` (finalizers); "
         "then deploy again, or use another namespace.",
         error=DeployError,
+        first=FIRST_POLL,
     )
 
 
