@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from pizzactl.serving.client import CONNECT_TIMEOUT
 from pizzactl.serving.gateway import create_app
 
 from support.photos import encode
@@ -170,6 +171,82 @@ def test_a_model_server_that_accepts_but_never_answers_is_a_503_not_a_hang():
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+class StalledListener:
+    """A model server whose listen queue is full for `stall` seconds: Linux drops a SYN to a full
+    accept queue (net.ipv4.tcp_abort_on_overflow=0, the default: tcp_conn_request() in
+    net/ipv4/tcp_input.c) and the client's kernel resends it a second later, so a connect sees
+    nothing until the server drains the queue. The same gap as a connect whose completion the
+    gateway's event loop saw too late (a GC pause, a starved thread). Then every connection is piped
+    to `upstream` (host, port)."""
+
+    def __init__(self, upstream: tuple[str, int], stall: float):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)  # room for one queued connection; the fillers take it
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+        self.upstream = upstream
+        self.stall = stall
+        self.stop = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        if self.stop.wait(self.stall):
+            return
+        for filler in self.fillers:
+            filler.close()
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn = self.listener.accept()[0]
+            except OSError:
+                continue
+            if conn.recv(1, socket.MSG_PEEK) == b"":  # a filler, closed unsent
+                conn.close()
+                continue
+            conn.settimeout(None)
+            upstream = socket.create_connection(self.upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                s.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_connect_that_outlasts_the_connect_timer_is_tried_again_within_the_model_timeout():
+    """A connect to a live model server that takes longer than the connect timer (a full listen
+    queue, a paused event loop) is not yet a dead server: nothing was sent, so the gateway connects
+    again until its model timeout, as it waits for a slow answer. Once 503'd one of 160 users (CI)."""
+    fake = FakeTFServing()
+    stalled = StalledListener(("127.0.0.1", int(fake.url.rsplit(":", 1)[1])), stall=1.5 * CONNECT_TIMEOUT)
+    try:
+        with UvicornThread(create_app(f"http://127.0.0.1:{stalled.port}", model_timeout=10.0)) as gw:
+            response = httpx.post(gw.url + "/predict", json={"image_b64": b64(png())}, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["label"] == "salad"
+        assert fake.predicts == 1
+    finally:
+        stalled.close()
+        fake.close()
 
 
 def test_openapi_docs_and_web_page_are_served(offline_gateway):

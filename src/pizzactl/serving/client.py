@@ -31,7 +31,9 @@ from pizzactl.config import DEFAULTS, MODEL_NAME
 from pizzactl.errors import InvalidImageError, ModelUnavailableError, QueueFullError
 from pizzactl.serving.modelserver.rest import binary_instances
 
-CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect (a dead server refuses at once; a black hole takes this)
+CONNECT_TIMEOUT = (
+    1.0  # seconds per TCP connect attempt; attempts repeat until the model timeout (a dead server refuses at once)
+)
 DEFAULT_IMAGE_SIZE = 224
 T = TypeVar("T")
 
@@ -196,8 +198,17 @@ class ModelClient:
         headers = {"Content-Type": "application/json"} if body is not None else None
 
         async def call() -> Reply:
-            async with slots, session.request(method, url, data=body, headers=headers) as response:
-                reply = Reply(response.status, response.headers, await response.read())
+            async with slots:
+                while True:
+                    try:
+                        async with session.request(method, url, data=body, headers=headers) as response:
+                            reply = Reply(response.status, response.headers, await response.read())
+                        break
+                    except aiohttp.ConnectionTimeoutError:
+                        # nothing was sent: a full listen queue, or this loop woke past the connect
+                        # timer (a GC pause, a starved thread). Connect again; `patiently` keeps the
+                        # deadline and asks whether the server lives, so a black hole still ends.
+                        continue
             self.last_progress = time.monotonic()
             return reply
 
