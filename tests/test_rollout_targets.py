@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from pizzactl.config import load_settings
@@ -121,3 +122,28 @@ def test_a_kind_dry_run_with_canary_shows_the_model_config_and_the_gateway_env(t
     assert containers["pizzactl-model"]["image"].startswith("pizzactl-model:v1-2-builtin-")
     assert _env(containers["pizzactl-gateway"])["PIZZACTL_CANARY_PERCENT"] == "10"
     assert not (tmp_path / "state" / "deploy.json").exists()
+
+
+def test_canary_and_shadow_together_are_refused_alike_by_deploy_and_by_the_gateway(tmp_path):
+    """One rule for both layers: a gateway started by hand with both settings must not quietly
+    run a shadow where deploy would have refused."""
+    from pizzactl.errors import ConfigError
+    from pizzactl.serving.gateway import create_app
+
+    models = _models(tmp_path, 1, 2)
+    proc = invoke(
+        "deploy",
+        "--dry-run",
+        "--canary",
+        "10",
+        "--shadow",
+        "--models",
+        str(models),
+        cwd=tmp_path,
+        env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock", "PATH": str(Path(sys.executable).parent)},
+    )
+    assert proc.returncode != 0
+    assert "choose one" in proc.stderr
+    with pytest.raises(ConfigError, match="choose one") as refused:
+        create_app("http://127.0.0.1:9", canary_percent=10, shadow=True)
+    assert "PIZZACTL_SHADOW" in refused.value.hint

@@ -559,6 +559,18 @@ def _local_model_url(model_port: int) -> str:
     return f"http://127.0.0.1:{model_port}"
 
 
+def trial_mode(canary_percent: float, shadow: bool) -> str:
+    """off | canary | shadow: one way at a time to try a candidate. `deploy` and the gateway apply
+    this one rule, so a gateway started by hand with both settings refuses as deploy does."""
+    if shadow and canary_percent:
+        raise ConfigError(
+            "--canary and --shadow are two ways to try a candidate; choose one.",
+            hint="--shadow (PIZZACTL_SHADOW): users get stable's answers; "
+            "--canary P (PIZZACTL_CANARY_PERCENT): P% of users get the candidate's.",
+        )
+    return "shadow" if shadow else "canary" if canary_percent else "off"
+
+
 def _target_type(name: str) -> str:
     return DECLARATIONS[name].type
 

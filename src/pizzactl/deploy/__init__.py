@@ -30,7 +30,6 @@ from pizzactl.kube.images import plan_images
 from pizzactl.model.store import latest_version_dir
 
 TARGETS = ("local", "docker", "kind")
-ROLLOUT_TARGETS = ("local", "docker", "kind", "cluster")  # the targets that render a rollout plan's pinned versions
 
 
 def target_of(settings) -> str:
@@ -47,14 +46,6 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> Deploy
     mod = targets.target(target)
 
     require_extra("serve" if target == "local" else "deploy")  # before anything is stopped
-    asked = settings.canary_percent or settings.shadow
-    if (asked or (plan is not None and plan.pinned)) and target not in ROLLOUT_TARGETS:
-        raise UsageError(
-            f"Canary, shadow, promote and abort are only built for the {', '.join(ROLLOUT_TARGETS)} target so far, "
-            f"not {target} (issue 23).",
-            hint="Deploy with --target local, or without --canary/--shadow (and PIZZACTL_CANARY_PERCENT, "
-            "PIZZACTL_SHADOW unset).",
-        )
     newest = latest_version_dir(settings.models_dir)  # no model: fail before stopping what runs now
     previous = state_mod.load(settings)
     plan = plan or rollout.plan_for(settings, previous)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl import httpclient
-from pizzactl.config import MODEL_NAME, Settings
+from pizzactl.config import MODEL_NAME, Settings, trial_mode
 from pizzactl.console import log
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.state import DeployState
@@ -149,13 +149,8 @@ def plan_for(settings, previous: DeployState | None = None) -> Plan:
     version beside stable), else the newest version for everyone."""
     percent = float(settings.canary_percent or 0)
     shadow = bool(getattr(settings, "shadow", False))
-    if not percent and not shadow:
+    if trial_mode(percent, shadow) == "off":
         return Plan()
-    if shadow and percent:
-        raise UsageError(
-            "--canary and --shadow are two ways to try a candidate; choose one.",
-            hint="--shadow: users get stable's answers; --canary P: P% of users get the candidate's.",
-        )
     if not 0 < percent <= 100 and not shadow:
         raise UsageError(f"--canary {percent:g}: give a percentage.", hint="Use 1 to 100.")
     stable, candidate = trial_versions(settings.models_dir, previous)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pizzactl.config import trial_mode
 from pizzactl.errors import PizzaError
 from pizzactl.serving.admission import Admission
 from pizzactl.serving.canary import CanarySplit, Routes
@@ -53,17 +54,13 @@ class Rollout:
         self.model = model
         self.admission = admission
         self.shadow = shadow
+        self.mode = trial_mode(split.percent, shadow)
         self.stats = RolloutStats(registry)
         self.disagreements = Disagreements(directory, keep)
         self.max_in_flight = max_in_flight
         self._background: set[asyncio.Task[None]] = set()
         self._route_versions: dict[str | None, str] = {}  # the version each route last answered with
         self._last_complaint = -math.inf
-
-    @property
-    def mode(self) -> str:
-        """off | canary | shadow (shadow wins over a canary share: users then get stable's answers only)."""
-        return "shadow" if self.shadow else "canary" if self.split.on else "off"
 
     def routes(self) -> Routes:
         """Where the next user call goes."""
