@@ -87,6 +87,7 @@ def dry_run(settings) -> str:
     if target == "docker":
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
     from pizzactl.deploy import manifests
+    from pizzactl.deploy.targets import cluster
 
     plan = rollout.plan_for(settings, state_mod.load(settings))
     images = plan_images(
@@ -94,15 +95,7 @@ def dry_run(settings) -> str:
         platform=planned_platform(settings, settings.context if target == "cluster" else None),
         pinned=plan.in_image(),
     )
-    docs = manifests.render(
-        settings,
-        images.gateway_image,
-        images.model_image,
-        model_version=images.model_version,
-        model_server=images.model_server,
-        plan=plan,
-    )
-    return manifests.model_config_comment(plan) + manifests.to_yaml(docs)
+    return manifests.model_config_comment(plan) + manifests.to_yaml(cluster.render(settings, images, plan))
 
 
 def _carry_history(settings, previous: state_mod.DeployState) -> None:
