@@ -147,3 +147,24 @@ def test_canary_and_shadow_together_are_refused_alike_by_deploy_and_by_the_gatew
     with pytest.raises(ConfigError, match="choose one") as refused:
         create_app("http://127.0.0.1:9", canary_percent=10, shadow=True)
     assert "PIZZACTL_SHADOW" in refused.value.hint
+
+
+def test_a_kind_deploy_says_its_gateway_calls_the_model_server_over_rest_when_grpc_is_asked(tmp_path):
+    models = _models(tmp_path, 1)
+    proc = invoke(
+        "deploy",
+        "--dry-run",
+        "--models",
+        str(models),
+        "--model-server",
+        "builtin",
+        cwd=tmp_path,
+        env={
+            "DOCKER_HOST": f"unix://{tmp_path}/nothing.sock",
+            "PATH": str(Path(sys.executable).parent),
+            "PIZZACTL_MODEL_PROTOCOL": "grpc",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "on kind the gateway calls the model server over REST" in " ".join(proc.stderr.split())
+    assert "PIZZACTL_MODEL_PROTOCOL" not in proc.stdout  # the manifests keep the gateway on REST

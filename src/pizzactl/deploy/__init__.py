@@ -56,6 +56,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> Deploy
         kind.refuse_while_training(settings, previous, target)  # the switch would delete its cluster
     mod.preflight(settings, previous)  # e.g. the port is taken by something else: fail before stopping what runs now
     _say_what_replaces_a_trial(previous, plan)
+    _say_the_model_protocol(settings, target)
     if previous is not None and (previous.target != target or target in ("local", "docker")):
         teardown_deployment(settings)
     result = mod.deploy(settings, timeout=timeout, plan=plan)
@@ -77,6 +78,16 @@ def _say_what_replaces_a_trial(previous: state_mod.DeployState | None, plan: Pla
         log(f"A {was.mode} is in flight ({was.describe()}); this deploy ends it: {plan.describe()}.")
 
 
+def _say_the_model_protocol(settings, target: str) -> None:
+    """model_protocol grpc is honoured by the local target and `serve`; the gateway image has no
+    grpcio (REST and gRPC measured alike: docs/serve.md), so say it rather than ignore it."""
+    if settings.model_protocol == "grpc" and target != "local":
+        log(
+            f"model_protocol grpc applies to --target local and `pizzactl serve`; on {target} the gateway "
+            "calls the model server over REST (its image has no grpcio). Port 8500 still serves gRPC clients."
+        )
+
+
 def dry_run(settings) -> str:
     """What `deploy` would do, touching nothing: the rendered manifests (kind, cluster), the commands (local)."""
     target = target_of(settings)
@@ -86,6 +97,7 @@ def dry_run(settings) -> str:
         return local.describe(settings)
     if target == "docker":
         raise UsageError("--dry-run renders Kubernetes manifests.", hint="Use it with --target kind.")
+    _say_the_model_protocol(settings, target)
     from pizzactl.deploy import manifests
     from pizzactl.deploy.targets import cluster
 
