@@ -20,6 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,6 @@ class LiteRTRuntime:
     def load(cls, path: Path, version: int, name: str = "litert", threads: int = 1, split: int = 1) -> LiteRTRuntime:
         """The artefact as it is: whether export's check passed is `checked(card)`'s business."""
         import threading
-        from concurrent.futures import ThreadPoolExecutor
 
         from ai_edge_litert.interpreter import Interpreter
 
@@ -254,7 +254,10 @@ class LiteRTRuntime:
                     self._pool.submit(_invoke_each, single, pixels[span], result[span])
                     for single, span in zip(self._singles[1:], spans[1:], strict=False)
                 ]
-                _invoke_each(self._singles[0], pixels[spans[0]], result[spans[0]])
+                try:
+                    _invoke_each(self._singles[0], pixels[spans[0]], result[spans[0]])
+                finally:  # every part done before the lock is let go, even when one failed
+                    wait(others)
                 for other in others:
                     other.result()
         if self.name == "litert-int8" and result.shape[1] > 1:
