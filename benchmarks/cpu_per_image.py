@@ -9,6 +9,8 @@ and each process's user + system CPU is read from /proc before and after each ro
     python benchmarks/cpu_per_image.py MODELS [--data PHOTOS] [--requests 300] [--rounds 3]
     python benchmarks/cpu_per_image.py MODELS --py-spy 20     # + a py-spy profile of each server
 
+It also prints the mean batch the model server formed and its CPU per image thread by thread.
+
 With `--py-spy SECONDS` (py-spy installed by hand, not a dependency) both servers are profiled
 under load for that long and the top functions by own and total time are printed.
 """
@@ -26,11 +28,27 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pizzactl.bench.load import cpu_snapshot, run_async, upload_load
+from pizzactl.bench.load import batch_stats, cpu_snapshot, run_async, upload_load
 from pizzactl.bench.serve import pick_photos, servers
 from pizzactl.model.store import latest_version_dir
 
 IDLE = ("Condition.wait", "Queue.get", "_worker (concurrent/futures/thread.py")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of `pid` so far ("main" is the event loop's; the others by id:
+    the batch thread, LiteRT's interpreter threads and TensorFlow's pools), from /proc."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() if tid != str(pid) else "main"
+        out[name if name == "main" else f"{name}-{tid}"] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+            "SC_CLK_TCK"
+        )
+    return out
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen:
@@ -93,20 +111,26 @@ def main() -> None:
         pids = started.pids
         run_async(upload_load(started.url, photos, 2 * args.concurrency, args.concurrency))  # warm up
         per_round: dict[str, list[float]] = {name: [] for name in pids}
-        rates = []
+        rates, batches, threads = [], [], []
         for _ in range(args.rounds):
-            before = cpu_snapshot(pids)
+            before, stats, tb = cpu_snapshot(pids), batch_stats(started.model_url), thread_cpu(pids["modelserver"])
             seconds, _, errors = run_async(upload_load(started.url, photos, args.requests, args.concurrency))
-            after = cpu_snapshot(pids)
+            after, stats2, ta = cpu_snapshot(pids), batch_stats(started.model_url), thread_cpu(pids["modelserver"])
             if errors:
                 sys.exit(f"{errors} requests failed")
             rates.append(args.requests / seconds)
+            if stats and stats2 and stats2[0] > stats[0]:
+                batches.append(round((stats2[1] - stats[1]) / (stats2[0] - stats[0]), 2))
+            ms = {t: 1000 * (v - tb.get(t, 0.0)) / args.requests for t, v in ta.items()}
+            threads.append({t: round(v, 2) for t, v in sorted(ms.items(), key=lambda x: -x[1]) if v >= 0.05})
             for name in pids:
                 per_round[name].append(1000 * (after[name] - before[name]) / args.requests)  # type: ignore[operator]
         result = {
             "cpu_ms_per_image": {name: round(statistics.median(v), 2) for name, v in per_round.items()},
             "rounds": {name: [round(x, 2) for x in v] for name, v in per_round.items()},
             "img_per_s": [round(r, 1) for r in rates],
+            "mean_batch": batches,  # images per batch the model server formed
+            "modelserver_threads_ms_per_image": threads,
             "load_average": os.getloadavg(),
         }
         print(json.dumps(result))

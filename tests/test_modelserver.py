@@ -318,7 +318,8 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     assert litert_meta["runtime"] == "litert"
     cpus = usable_cpus()
     log_text = model_server.log_path.read_text()
-    assert f"on litert, {cpus} thread{'s' * (cpus != 1)} (" in log_text
+    split = f", batches split over {cpus} one-thread interpreters" if cpus > 1 else ""
+    assert f"on litert, {cpus} thread{'s' * (cpus != 1)}{split} (" in log_text
     assert f"TensorFlow threads: {cpus} intra-op, 1 inter-op" in log_text  # decoding runs on TensorFlow
     fallback = ModelServerProcess(
         tf_only_model, free_port(), args=("--runtime", "litert"), log_path=tmp_path / "ms.log"
@@ -337,6 +338,28 @@ def test_the_default_runtime_is_the_checked_litert_artefact_and_tensorflow_answe
     got = httpx.post(ms + ":predict", json=body).json()["predictions"]
     assert [g["label"] for g in got] == [w["label"] for w in want]
     assert max(abs(g["probability"] - w["probability"]) for g, w in zip(got, want, strict=True)) <= 1e-4
+
+
+@pytest.mark.slow
+def test_a_batch_split_over_one_thread_interpreters_answers_as_one_interpreter_does(tiny_model, shared_photos):
+    """litert_split: a batch of several images is cut into parts (uneven ones too) that run at
+    once on one-thread interpreters; every image gets the answer, in its place, that the one
+    multi-thread interpreter gives it. A lone image and an empty batch still answer."""
+    import numpy as np
+
+    from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime
+
+    version = tiny_model / "pizza" / "1"
+    photos = [p.read_bytes() for p in shared_photos["pizza"][50:54] + shared_photos["not_pizza"][50:53]]
+    whole = LiteRTRuntime.load(version, 1, "litert", threads=2)
+    split = LiteRTRuntime.load(version, 1, "litert", threads=2, split=3)  # 7 images: parts of 3, 2 and 2
+    assert split.split == 3 and whole.split == 1
+    for batch in (photos, photos[:2], photos[:1]):
+        want, got = (rt.run(SIGNATURE, {"image_bytes": batch}) for rt in (whole, split))
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-6)
+        assert list(got["label"]) == list(want["label"])
+    assert split.run(SIGNATURE, {"image_bytes": []})["probabilities"].shape[0] == 0
+    assert len({round(float(p), 4) for p in split.run(SIGNATURE, {"image_bytes": photos})["probability"]}) > 1
 
 
 # --- how many CPUs: a container's --cpus or a pod's CPU limit --------------------------------

@@ -380,6 +380,13 @@ class Settings:
     tf_inter_op_threads: int = setting(
         -1, "TensorFlow ops run at once; -1: 1, 0: TensorFlow's default.", used="model server", flag=False
     )
+    litert_split: int = setting(
+        0,
+        "LiteRT: a batch of several images runs split over this many one-thread interpreters at once "
+        "(less CPU per image than one interpreter on several threads); 0: one per usable CPU, 1: no split.",
+        used="model server",
+        flag=False,
+    )
     model_runtime: str = setting(
         "auto",
         "What runs the model: auto = the fastest runtime `pizzactl export` converted and checked, else tensorflow.",

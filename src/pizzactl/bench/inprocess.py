@@ -40,7 +40,9 @@ class Setting:
     def label(self) -> str:
         if self.runtime == "tensorflow":
             return f"intra {self.intra or 'default'}, inter {self.inter or 'default'}"
-        return f"{self.intra} thread{'s' if self.intra > 1 else ''}"
+        if self.intra > 1:  # as the model server runs it (`litert_split`: one interpreter per CPU)
+            return f"{self.intra} threads, a batch split over {self.intra} interpreters"
+        return "1 thread"
 
 
 def settings_for(runtime: str) -> list[Setting]:
@@ -183,7 +185,7 @@ def _serve(version_dir: Path, jpegs: list[bytes], runtime_name: str, intra: int,
     if runtime_name == "tensorflow":
         runtime = TensorFlowRuntime.load(version_dir, version)
     else:
-        runtime = LiteRTRuntime.load(version_dir, version, runtime_name, threads=intra)
+        runtime = LiteRTRuntime.load(version_dir, version, runtime_name, threads=intra, split=intra)
     name = runtime.input_names(SIGNATURE)[0]
 
     def run(batch: list[bytes]) -> None:

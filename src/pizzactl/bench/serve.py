@@ -3,7 +3,8 @@
 For each runtime the version can run on (TensorFlow, and the LiteRT artefacts export checked):
 
 1. the limit: the model server's own runtime code in a fresh process per thread setting
-   (TensorFlow: intra-op x inter-op threads 0/1/2; LiteRT: 1 or 2 threads) and batch size
+   (TensorFlow: intra-op x inter-op threads 0/1/2; LiteRT: 1 thread, or 2 with a batch split
+   over 2 one-thread interpreters as the model server runs it) and batch size
    (16, 32), on the very JPEG bytes the gateway would send; the best of that table is the
    baseline (`bench.inprocess`);
 2. end to end: a model server on that runtime (with its own default settings) and a gateway

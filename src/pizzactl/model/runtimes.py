@@ -20,6 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,14 @@ class LiteRTRuntime:
 
     The interpreter runs one image per invoke: on CPU, XNNPACK's throughput does not grow with
     the batch (measured: 21.5, 22.5 and 21.3 images/s at batch 1, 4 and 16 on 2 cores), and a
-    fixed shape never re-plans. An interpreter is not thread-safe: one per runtime, used by one
+    fixed shape never re-plans. An interpreter is not thread-safe: the runtime's are used by one
     batch thread at a time (`lock`).
+
+    With `split` > 1, a batch of several images is cut into `split` parts, each run on its own
+    one-thread interpreter at the same time; a lone image still gets the `threads`-thread one.
+    XNNPACK's threads on one image wait on each other between operators: on 2 cores, one
+    2-thread interpreter spent 29 CPU ms per int8 Lite2 image, two 1-thread ones 24
+    (benchmarks/RESULTS.md, issue 25), and the CPU saved is the gateway's on a shared machine.
     """
 
     version: int
@@ -155,12 +162,15 @@ class LiteRTRuntime:
     signature_def: dict[str, Any]
     card: ModelCard
     threads: int
+    split: int = 1
     _interpreter: Any = field(default=None, repr=False)
+    _singles: list = field(default_factory=list, repr=False)  # the one-thread interpreters of `split`
+    _pool: Any = field(default=None, repr=False)
     _decode: Any = field(default=None, repr=False)
     _lock: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, path: Path, version: int, name: str = "litert", threads: int = 1) -> LiteRTRuntime:
+    def load(cls, path: Path, version: int, name: str = "litert", threads: int = 1, split: int = 1) -> LiteRTRuntime:
         """The artefact as it is: whether export's check passed is `checked(card)`'s business."""
         import threading
 
@@ -172,11 +182,18 @@ class LiteRTRuntime:
             raise ModelNotFoundError(f"{path} has no {name} artefact ({entry.get('reason', 'not converted')}).")
         if card.image_size is None or card.signatures is None:
             raise ModelNotFoundError(f"{path}'s pizzactl.json does not say its image size and signatures.")
-        interpreter = Interpreter(model_path=str(path / METADATA_DIR / LITERT[name]), num_threads=max(1, threads))
-        interpreter.allocate_tensors()
-        size = int(card.image_size)
-        runtime = cls(version, path, name, signature_def_from_metadata(card.signatures), card, threads)
-        runtime._interpreter = interpreter
+
+        def interpreter(threads: int):
+            made = Interpreter(model_path=str(path / METADATA_DIR / LITERT[name]), num_threads=max(1, threads))
+            made.allocate_tensors()
+            return made
+
+        size, split = int(card.image_size), max(1, split)
+        runtime = cls(version, path, name, signature_def_from_metadata(card.signatures), card, threads, split)
+        runtime._interpreter = interpreter(threads)
+        if split > 1:
+            runtime._singles = [interpreter(1) for _ in range(split)]
+            runtime._pool = ThreadPoolExecutor(split - 1, thread_name_prefix="pizzactl-litert")
         runtime._decode = decoder(size)
         runtime._lock = threading.Lock()
         return runtime
@@ -225,19 +242,38 @@ class LiteRTRuntime:
         """
         import numpy as np
 
-        interpreter = self._interpreter
-        inp = interpreter.get_input_details()[0]["index"]
-        out = interpreter.get_output_details()[0]
+        out = self._interpreter.get_output_details()[0]
         result = np.zeros((len(pixels), int(np.prod(out["shape"][1:]))), np.float32)
         with self._lock:
-            for i in range(len(pixels)):
-                interpreter.set_tensor(inp, pixels[i : i + 1])
-                interpreter.invoke()
-                result[i] = interpreter.get_tensor(out["index"]).reshape(-1)
+            if len(pixels) < 2 or not self._singles:
+                _invoke_each(self._interpreter, pixels, result)
+            else:  # one part per one-thread interpreter, the first on this thread
+                parts = np.array_split(np.arange(len(pixels)), min(len(pixels), len(self._singles)))
+                spans = [slice(int(part[0]), int(part[-1]) + 1) for part in parts]
+                others = [
+                    self._pool.submit(_invoke_each, single, pixels[span], result[span])
+                    for single, span in zip(self._singles[1:], spans[1:], strict=False)
+                ]
+                try:
+                    _invoke_each(self._singles[0], pixels[spans[0]], result[spans[0]])
+                finally:  # every part done before the lock is let go, even when one failed
+                    wait(others)
+                for other in others:
+                    other.result()
         if self.name == "litert-int8" and result.shape[1] > 1:
             total = result.sum(axis=1, keepdims=True)
             result = np.divide(result, total, out=np.full_like(result, 1 / result.shape[1]), where=total > 0)
         return result
+
+
+def _invoke_each(interpreter, pixels, result) -> None:
+    """Run `interpreter` on each image of `pixels` [n, S, S, 3], its output into `result` [n, K]."""
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+    for i in range(len(pixels)):
+        interpreter.set_tensor(inp, pixels[i : i + 1])
+        interpreter.invoke()  # releases the GIL: the split's interpreters run at the same time
+        result[i] = interpreter.get_tensor(out).reshape(-1)
 
 
 def decoder(size: int):
@@ -267,6 +303,8 @@ def warm_up(runtime: Runtime) -> Runtime:
     Image.new("RGB", (8, 8), (200, 120, 40)).save(buf, "JPEG")
     name = runtime.input_names(SIGNATURE)[0]
     runtime.run(SIGNATURE, {name: [buf.getvalue()]})
+    if isinstance(runtime, LiteRTRuntime) and runtime.split > 1:  # and each of the split's interpreters
+        runtime.run(SIGNATURE, {name: [buf.getvalue()] * runtime.split})
     return runtime
 
 
@@ -300,7 +338,7 @@ def require_runtimes(path: Path, wanted: Sequence[str]) -> list[str]:
     return list(wanted)
 
 
-def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 1) -> Runtime:
+def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 1, split: int = 1) -> Runtime:
     """Load and warm up one version on the runtime asked for; TensorFlow when that cannot be had.
 
     `auto` only takes artefacts that passed export's check; one asked for by name is served even
@@ -310,7 +348,7 @@ def load_runtime(path: Path, version: int, wanted: str = "auto", threads: int = 
     candidates = runtime_candidates(wanted, card)
     for name in candidates[:-1]:
         try:
-            runtime = warm_up(LiteRTRuntime.load(path, version, name, threads))
+            runtime = warm_up(LiteRTRuntime.load(path, version, name, threads, split))
         except ImportError:
             log.warning("%s: ai-edge-litert is not installed; falling back (pip install ai-edge-litert)", name)
             continue

@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         add_argument(parser, name)
     add_argument(parser, "tf_intra_op_threads", "--intra-op-threads")
     add_argument(parser, "tf_inter_op_threads", "--inter-op-threads")
+    add_argument(parser, "litert_split")
     add_argument(parser, "model_runtime")
     add_argument(parser, "grpc_port", "--grpc-port")
     settings = server_settings(vars(parser.parse_args(argv)))
