@@ -8,7 +8,9 @@ import base64
 import io
 import json
 import logging
+import os
 import shutil
+import signal
 import threading
 import time
 
@@ -21,7 +23,8 @@ from pizzactl.model.store import list_versions
 from pizzactl.serving.gateway import create_app
 from pizzactl.serving.modelserver.versions import model_config_text
 
-from support.processes import free_port
+from support.cli import make_env, run_pizzactl
+from support.processes import alive, free_port
 from support.serving_fixtures import FakeTFServing, ModelServerProcess, UvicornThread
 
 STABLE = {"label": "not_pizza", "probabilities": [0.8, 0.2], "probability": 0.2}
@@ -155,3 +158,64 @@ def test_the_gateway_takes_a_new_rollout_plan_without_a_restart(tmp_path, caplog
             assert {send() for _ in range(5)} == {(200, 2)}  # off: the latest version, as without a plan
     finally:
         fake.close()
+
+
+@pytest.mark.slow
+def test_a_local_canary_promote_rollback_and_abort_lose_no_request(tiny_model, tmp_path, shared_photos):
+    models = tmp_path / "models"
+    for version in ("1", "2"):
+        shutil.copytree(list_versions(tiny_model)[-1][1], models / "pizza" / version)
+    env = make_env(tmp_path, models, PIZZACTL_POLL_SECONDS="0.3")
+    body = {"image_b64": base64.b64encode(shared_photos["pizza"][0].read_bytes()).decode()}
+    marks: list[tuple[str, int, int]] = []  # (command, answers when it returned, when the next began)
+
+    def pizzactl(*args: str) -> None:
+        if marks:  # the previous step's window ends where this command starts
+            marks[-1] = (*marks[-1][:2], len(sender.seen))
+        proc = run_pizzactl(*args, "--timeout", "240", env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        marks.append((args[0], len(sender.seen), -1))
+
+    def record() -> dict:
+        return json.loads((tmp_path / "state" / "deploy.json").read_text())
+
+    sender, started = None, {"pids": {}}
+    try:
+        deployed = run_pizzactl("deploy", "--target", "local", "--timeout", "240", env=env, cwd=tmp_path)
+        assert deployed.returncode == 0, deployed.stderr
+        started = record()
+        with httpx.Client(base_url=started["url"], timeout=60) as client:
+
+            def send() -> tuple[int, int | None]:
+                try:
+                    reply = client.post("/predict", json=body)
+                except httpx.HTTPError:  # refused, reset: what a restart does to a client
+                    return 0, None
+                return reply.status_code, int(reply.headers.get("x-model-version", 0))
+
+            with Sender(send) as sender:
+                sender.wait_for(10)
+                for args in (
+                    ("deploy", "--target", "local", "--canary", "50"),
+                    ("promote",),
+                    ("rollback",),
+                    ("deploy", "--target", "local", "--canary", "50"),
+                    ("abort",),
+                ):
+                    pizzactl(*args)
+                    sender.wait_for(20)
+        final = record()
+    finally:
+        run_pizzactl("teardown", env=env, cwd=tmp_path, timeout=60)
+        for pid in started["pids"].values():
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    seen = sender.seen
+    assert {status for status, _ in seen} == {200}, [s for s in seen if s[0] != 200][:5]
+    expected = {"deploy": {1, 2}, "promote": {2}, "rollback": {1}, "abort": {1}}
+    for step, at, end in marks:
+        versions = {v for _, v in seen[at + 1 : end if end >= 0 else len(seen)]}  # sent after it returned
+        assert versions == expected[step], (step, versions)
+    assert final["pids"] == started["pids"]  # no server was restarted
+    assert final["extra"]["pinned_version"] == 1 and "rollout" not in final["extra"]
+    assert [e["action"] for e in final["extra"]["rollouts"]] == ["promote", "abort"]
