@@ -127,7 +127,7 @@ def test_every_deploy_target_has_every_member_of_the_target_protocol():
     """mypy checks the signatures (the registry's loaders return each module as a `Target`);
     this checks the registry covers the targets and each module has the members at run time."""
     members = [name for name in vars(Target) if not name.startswith("_")]
-    assert set(members) == {"preflight", "deploy", "status", "teardown", "rollback"}
+    assert set(members) == {"preflight", "deploy", "reconfigure", "status", "teardown", "rollback"}
     assert set(REGISTRY) == {"local", "docker", "kind", "cluster"}
     for name in REGISTRY:
         module = target(name)

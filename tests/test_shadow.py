@@ -235,6 +235,7 @@ def test_rollout_shape_before_any_traffic_and_its_auth(tf_serving, tmp_path):
         rollout = httpx.get(gw.url + "/rollout", timeout=30).json()
     assert rollout == {
         "schema": 1,
+        "plan": None,  # the settings' plan, no rollout_plan_file
         "mode": "shadow",
         "percent": 0.0,
         "stable": {"route": "/labels/stable", "version": None},

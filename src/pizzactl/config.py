@@ -274,6 +274,14 @@ class Settings:
         "Also send every request to the candidate version in the background; users get stable's answers.",
         used="gateway, deploy",
     )
+    rollout_plan_file: Path | None = setting(
+        None,
+        "A JSON file with the four settings above; the gateway re-reads it when it changes (every "
+        "poll_seconds) and takes a new canary share, shadow or routes without a restart.",
+        used="gateway",
+        flag=False,
+        unset="the settings above, fixed until a restart",
+    )
     rollout_dir: Path | None = setting(
         None,
         "Where the gateway keeps the images two versions labelled differently (shadow or canary), with both answers.",
@@ -363,7 +371,12 @@ class Settings:
         0.0, "How long a free worker waits for company; a busy one batches anyway.", used="model server", flag=False
     )
     batch_threads: int = setting(1, "Batches run at the same time.", used="model server", flag=False)
-    poll_seconds: float = setting(2.0, "How often to look for new versions.", used="model server", flag=False)
+    poll_seconds: float = setting(
+        2.0,
+        "How often to look for new versions and a changed model config (gateway: rollout_plan_file).",
+        used="both servers",
+        flag=False,
+    )
     model_config_file: Path | None = setting(
         None,
         "TF Serving's model config (text proto): which versions to serve at once, and their labels.",

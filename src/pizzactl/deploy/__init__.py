@@ -9,8 +9,10 @@ rollback), found through `targets.target(name)`; `deploy` and `status` return ty
 
 A target writes the state file as soon as there is something to clean up, before waiting for
 readiness, so an interrupted deploy can still be torn down. Deploying again replaces what runs:
-the dispatcher tears the old deployment down first when the target changes or the target is
-local/docker; kind and cluster roll the new images out in place (the old ones serve meanwhile).
+a target first gets the chance to take a new plan alone in place (`reconfigure`: local does,
+without a restart); else the dispatcher tears the old deployment down first when the target
+changes or the target is local/docker; kind and cluster roll the new images out in place (the
+old ones serve meanwhile).
 `status` and `teardown` also cover what remote training left (`train --on`, `kube.training`).
 """
 
@@ -57,9 +59,11 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> Deploy
     mod.preflight(settings, previous)  # e.g. the port is taken by something else: fail before stopping what runs now
     _say_what_replaces_a_trial(previous, plan)
     _say_the_model_protocol(settings, target)
-    if previous is not None and (previous.target != target or target in ("local", "docker")):
-        teardown_deployment(settings)
-    result = mod.deploy(settings, timeout=timeout, plan=plan)
+    result = mod.reconfigure(settings, previous, plan, timeout) if previous and previous.target == target else None
+    if result is None:  # not a change of plan alone, or the target cannot take one in place
+        if previous is not None and (previous.target != target or target in ("local", "docker")):
+            teardown_deployment(settings)
+        result = mod.deploy(settings, timeout=timeout, plan=plan)
     if previous is not None and previous.target == target == "docker":
         _carry_history(settings, previous)
     rollout.keep_history(settings, rollout.history(previous))

@@ -92,6 +92,17 @@ class Plan:
             "PIZZACTL_STABLE_VERSION": STABLE,
         }
 
+    def gateway_plan(self, plan_id: str) -> dict[str, Any]:
+        """The same settings as `gateway_env`, as the gateway's rollout plan file (serving/rollout.PlanFile)
+        that a running gateway re-reads; `plan_id` is how its /rollout says it took this one."""
+        return {
+            "plan": plan_id,
+            "canary_percent": self.percent if self.mode == "canary" else 0.0,
+            "shadow": self.mode == "shadow",
+            "canary_version": CANDIDATE,
+            "stable_version": STABLE,
+        }
+
     def in_image(self) -> Pinned | None:
         """What a model image holds for this plan (docker, kind, cluster): its versions and the
         model config, base path as the container sees it; None: the newest version, no config."""

@@ -13,6 +13,7 @@ or build the app in-process with `create_app(...)`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -192,9 +193,16 @@ def create_app(
         )
         if app.state.api_keys:
             log.info("API keys required: %d accepted", app.state.api_keys)
+        watcher = None
+        if gateway.plan_file is not None:  # a new rollout plan without a restart (rollout.PlanFile)
+            watcher = asyncio.get_running_loop().create_task(
+                gateway.plan_file.watch(gateway.rollout, config.poll_seconds)
+            )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await gateway.aclose()
 
     app = FastAPI(

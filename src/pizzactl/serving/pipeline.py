@@ -52,7 +52,7 @@ from pizzactl.serving.canary import CanarySplit
 from pizzactl.serving.client import ModelClient, Prediction
 from pizzactl.serving.fetch import FetchPolicy, fetch_image, new_session
 from pizzactl.serving.modelserver.batching import isolate_failures_async
-from pizzactl.serving.rollout import Rollout
+from pizzactl.serving.rollout import PlanFile, Rollout
 
 STATIC_DIR = Path(__file__).with_name("static")
 log = logging.getLogger("pizzactl.gateway")
@@ -90,6 +90,8 @@ class GatewayConfig:
     canary_version: str
     stable_version: str
     shadow: bool  # rollout: every call also to the candidate, in the background; users get stable's answers
+    rollout_plan_file: Path | None  # rollout.PlanFile: a plan that replaces the four above while running
+    poll_seconds: float  # how often rollout_plan_file is looked at
     rollout_dir: Path | None  # rollout: disagreements kept here (None: <state_dir>/rollout)
     rollout_keep: int
     state_dir: Path
@@ -256,6 +258,9 @@ class Gateway:
             max_in_flight=max(4, config.max_concurrency // 4),
             registry=metrics.registry,
         )
+        self.plan_file = PlanFile(config.rollout_plan_file) if config.rollout_plan_file else None
+        if self.plan_file is not None:
+            self.plan_file.check(self.rollout)  # the plan written for this start, if there is one
         self.policy = config.fetch_policy
         self._fetch_clients: dict[int, Any] = {}
 

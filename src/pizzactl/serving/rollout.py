@@ -9,11 +9,17 @@ none while the gateway's queue is more than half full: skipped and counted), get
 call's patience and no more, and its failures only count and log (once a minute at most).
 What it finds goes to `rollout_stats.py` (numbers, /metrics, /rollout) and, when the labels
 differ, to `Disagreements` on disk.
+
+The plan (share, shadow, routes) can change while the gateway runs: `PlanFile` re-reads
+`rollout_plan_file` when it changes (written by atomic rename, as a new model version appears)
+and `Rollout.apply` takes it; the counts start again, as they would after a restart. A plan that
+cannot be used is logged and the one in use stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pizzactl.config import trial_mode
-from pizzactl.errors import PizzaError
+from pizzactl.errors import ConfigError, PizzaError
 from pizzactl.serving.admission import Admission
 from pizzactl.serving.canary import CanarySplit, Routes
 from pizzactl.serving.client import ModelClient, Prediction
@@ -61,6 +67,14 @@ class Rollout:
         self._background: set[asyncio.Task[None]] = set()
         self._route_versions: dict[str | None, str] = {}  # the version each route last answered with
         self._last_complaint = -math.inf
+        self.plan: str | None = None  # the id of the plan file's plan in use (None: the settings')
+
+    def apply(self, split: CanarySplit, shadow: bool, plan: str | None) -> None:
+        """A new plan, between two requests (one event loop: no request sees half of it); counts start again."""
+        self.mode = trial_mode(split.percent, shadow)
+        self.split, self.shadow, self.plan = split, shadow, plan
+        self.stats = self.stats.fresh()
+        self._route_versions = {}
 
     def routes(self) -> Routes:
         """Where the next user call goes."""
@@ -162,6 +176,7 @@ class Rollout:
         skipped = self.stats.skipped_json()
         return {
             "schema": 1,
+            "plan": self.plan,
             "mode": mode,
             "percent": self.split.percent if mode == "canary" else 0.0,
             "stable": side(self.split.stable if mode != "off" else None),
@@ -183,3 +198,67 @@ class Rollout:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+class PlanFile:
+    """`rollout_plan_file`: JSON `{"plan": id, "canary_percent", "shadow", "canary_version",
+    "stable_version"}` (the settings of the same names), applied to a `Rollout` when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._seen: tuple[int, int] | None = None
+
+    def read(self) -> tuple[CanarySplit, bool, str | None]:
+        """The plan in the file; ConfigError (with what is wrong) when it cannot be used."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"Cannot read the rollout plan {self.path}: {exc}.", hint="Write it as JSON.") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"The rollout plan {self.path} is not a JSON object.", hint="Write it as JSON.")
+        try:
+            percent, shadow = float(data.get("canary_percent") or 0), data.get("shadow", False)
+            if not isinstance(shadow, bool):
+                raise ValueError(f"shadow is {shadow!r}, not true or false")
+            split = CanarySplit(
+                percent, str(data.get("canary_version", "canary")), str(data.get("stable_version", "stable"))
+            )
+            trial_mode(split.percent, shadow)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"The rollout plan {self.path} cannot be used: {exc}.", hint="Fix the file.") from None
+        plan = data.get("plan")
+        return split, shadow, None if plan is None else str(plan)
+
+    def check(self, rollout: Rollout) -> bool:
+        """Apply the file if it changed since the last look; True when a new plan was taken."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            split, shadow, plan = self.read()
+        except PizzaError as exc:
+            log.error("kept the rollout plan in use (%s): %s %s", rollout.mode, exc.message, exc.hint)
+            return False
+        rollout.apply(split, shadow, plan)
+        log.info(
+            "rollout plan %s from %s: %s, candidate %s, stable %s",
+            plan,
+            self.path,
+            rollout.mode,
+            split.candidate,
+            split.stable,
+        )
+        return True
+
+    async def watch(self, rollout: Rollout, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.check(rollout)
+            except Exception:  # a bug must not end the watch unseen
+                log.exception("rollout plan check failed")

@@ -140,6 +140,12 @@ class RolloutStats:
         self.fallbacks = 0
         self.prom = PromMetrics(registry) if registry is not None else None
 
+    def fresh(self) -> RolloutStats:
+        """Counts from zero for a new plan, on the same Prometheus series (counters never go back)."""
+        new = RolloutStats()
+        new.prom = self.prom
+        return new
+
     def _version(self, version: str, role: str) -> tuple[str, VersionStats]:
         key = version if version in self.versions or len(self.versions) < MAX_VERSIONS else "other"
         stats = self.versions.get(key)

@@ -37,6 +37,13 @@ class Target(Protocol):
         `plan`: which versions serve and how (deploy/rollout.py); None: the newest for everyone."""
         ...
 
+    def reconfigure(
+        self, settings: Settings, previous: DeployState, plan: Plan, timeout: float, /
+    ) -> dict[str, Any] | None:
+        """Take `plan` into the running deployment `previous` of this target without a restart, as
+        `deploy` would answer; None when that cannot be done (then deploy replaces it)."""
+        ...
+
     def status(self, settings: Settings, state: DeployState, /) -> dict[str, Any]:
         """At least {"ready": bool}; "serving": {version: pods} where the target counts them."""
         ...

@@ -371,3 +371,8 @@ def rollback(settings: Settings, state: DeployState, to: int | None, timeout: fl
     if final is not None:  # what we rolled back from is not a version to roll back to
         state_mod.save(settings, replace(final, extra={**final.extra, "history": keep}))
     return {**result, "rolled_back_from": from_version}
+
+
+def reconfigure(settings: Settings, previous: DeployState, plan: Plan, timeout: float = 300.0) -> None:
+    """A new plan here means new pods, which deploy rolls out: nothing to take in place."""
+    return None

@@ -367,3 +367,8 @@ def teardown(settings: Settings, state: DeployState | None = None) -> dict[str, 
     removed = _remove_labelled(docker_client())
     what = ", ".join(removed) if removed else "nothing (already gone)"
     return {"message": f"Removed {what}.", "removed": removed}
+
+
+def reconfigure(settings: Settings, previous: DeployState, plan: Plan, timeout: float = 300.0) -> None:
+    """A new plan here means new containers, which deploy recreates (seconds of 503s): nothing to take in place."""
+    return None

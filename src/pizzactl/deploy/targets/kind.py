@@ -179,3 +179,8 @@ def teardown(settings: Settings, state: DeployState, keep_cluster: bool = False)
     result = cluster_target.teardown(settings, state)
     kept = "kept the cluster pizzactl created" if cluster in created_clusters(settings) else "kept the cluster"
     return {**result, "message": result["message"].rstrip(".") + f"; {kept} {cluster!r}.", "cluster_deleted": False}
+
+
+def reconfigure(settings: Settings, previous: DeployState, plan: Plan, timeout: float = 300.0) -> None:
+    """A new plan here means new pods, which deploy rolls out: nothing to take in place."""
+    return None

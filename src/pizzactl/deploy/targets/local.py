@@ -6,34 +6,48 @@ backoff, as Docker's `on-failure` policy and the kubelet do) and writes what it 
 `state_dir/local/supervisor.json`. The shared state file records the supervisor's and the
 servers' pids, the ports, the logs (`state_dir/local/*.log`) and where that status file is:
 all `status` and `teardown` need. No Docker, no cluster: the quickest way to a real endpoint.
+
+A new plan (`deploy --canary/--shadow` over what runs, `promote`, `abort`, `rollback`) is taken
+without a restart when nothing else differs (`reconfigure`): the model server re-reads its model
+config (it loads what the plan adds before it unloads what it drops) and the gateway its rollout
+plan file, both written by atomic rename; every request is answered meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import shlex
 import subprocess
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pizzactl import httpclient
-from pizzactl.config import MODEL_NAME
+from pizzactl import __version__, httpclient
+from pizzactl.config import CONFIG_FILE, MODEL_NAME
 from pizzactl.console import log
 from pizzactl.deploy import rollout
 from pizzactl.deploy import state as state_mod
 from pizzactl.deploy.rollout import Plan
 from pizzactl.deploy.state import DeployState
 from pizzactl.errors import DeployError, ModelNotFoundError
-from pizzactl.files import write_json
+from pizzactl.files import atomic_write, wait_until, write_json
 from pizzactl.model.store import latest_version_dir, list_versions, model_base
 from pizzactl.serving import processes as proc
 from pizzactl.serving import supervise
 from pizzactl.serving.auth import key_env
+from pizzactl.serving.modelserver.versions import model_config_text
 
 TARGET = "local"
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
-MODEL_CONFIG = "models.config"  # the model server's TF Serving model config, for a trial or a pinned version
+MODEL_CONFIG = "models.config"  # the model server's TF Serving model config (re-read when it changes)
+PLAN_FILE = "rollout.json"  # the gateway's rollout plan (serving/rollout.PlanFile, re-read when it changes)
+PLAN_ENV = ("PIZZACTL_CANARY_PERCENT", "PIZZACTL_SHADOW", "PIZZACTL_CANARY_VERSION", "PIZZACTL_STABLE_VERSION")
 GRPC = "grpc"  # the model server's gRPC port in the state's ports, with model_protocol grpc
 
 
@@ -47,7 +61,7 @@ def describe(settings, plan: Plan | None = None) -> str:
     model_url = f"http://127.0.0.1:{settings.model_port}"
     plan = plan or rollout.plan_for(settings, state_mod.load(settings))
     config_path = log_dir(settings) / MODEL_CONFIG
-    model_args = ["--model-config-file", str(config_path)] if plan.pinned else []
+    model_args = ["--model-config-file", str(config_path)]
     gateway = shlex.join(proc.gateway_command(model_url, settings.port, settings.host, settings.allow_private_urls))
     lines = [
         f"# model {version_dir if not plan.pinned else model_base(settings.models_dir)}",
@@ -64,9 +78,33 @@ def describe(settings, plan: Plan | None = None) -> str:
     return "\n".join([*lines, ""])
 
 
-def _model_config(settings, plan: Plan) -> str | None:
-    """The model server's TF Serving model config for the plan: its versions, labelled."""
-    return plan.model_config(model_base(Path(settings.models_dir).expanduser().resolve()))
+def _model_config(settings, plan: Plan) -> str:
+    """The model server's TF Serving model config for the plan: its versions, labelled (none: the latest)."""
+    base = model_base(Path(settings.models_dir).expanduser().resolve())
+    return plan.model_config(base) or model_config_text(MODEL_NAME, str(base), (), {})
+
+
+def _fingerprint(settings) -> str:
+    """All a running deployment was started with but its plan: equal, a new plan is taken in place
+    (`reconfigure`). A digest of the settings, the directory and the PIZZACTL_* environment the
+    servers inherit, so the record holds no key."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PIZZACTL_") and k not in PLAN_ENV}
+    started_with = {
+        "host": settings.host,
+        "port": settings.port,
+        "model_port": settings.model_port,
+        "models_dir": str(Path(settings.models_dir).expanduser().resolve()),
+        "allow_private_urls": settings.allow_private_urls,
+        "model_protocol": settings.model_protocol,
+        "grpc_port": settings.grpc_port,
+        "keys": key_env(settings),
+        "cwd": os.getcwd(),
+        "config_file": _digest(Path(CONFIG_FILE)),
+        "python": sys.executable,
+        "pizzactl": __version__,
+        "env": env,
+    }
+    return hashlib.sha256(json.dumps(started_with, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def preflight(settings, previous: DeployState | None) -> None:
@@ -98,11 +136,11 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
     model_url = f"http://127.0.0.1:{model_port}"
     spec_path, status_path = logs_at / "supervise.json", logs_at / STATUS_FILE
     status_path.unlink(missing_ok=True)
-    model_args: list[str] = []
+    config_path, plan_path = logs_at / MODEL_CONFIG, logs_at / PLAN_FILE
+    atomic_write(config_path, _model_config(settings, plan))  # both re-read while they run: reconfigure
+    write_json(plan_path, plan.gateway_plan(_plan_id()))
+    model_args = ["--model-config-file", str(config_path)]
     if plan.pinned:
-        config_path = logs_at / MODEL_CONFIG
-        config_path.write_text(_model_config(settings, plan) or "")
-        model_args = ["--model-config-file", str(config_path)]
         log(f"{plan.mode.capitalize() if plan.trial else 'Pinned'}: {plan.describe()}.")
     ports = {proc.GATEWAY: settings.port, proc.MODELSERVER: model_port}
     protocol_env: dict[str, str] = {}
@@ -132,7 +170,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
     )
     with open(logs[SUPERVISOR], "ab") as sup_log:
         # the servers inherit the supervisor's environment: the keys' digests, never a key
-        env = {**key_env(settings), **plan.gateway_env(), **protocol_env}
+        env = {**key_env(settings), **plan.gateway_env(), **protocol_env, "PIZZACTL_ROLLOUT_PLAN_FILE": str(plan_path)}
         supervisor = proc.spawn(supervise.command(spec_path), stdout=sup_log, attached=False, env=env)
     url = proc.http_url(settings.host, settings.port)
     record = DeployState(
@@ -148,6 +186,7 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
             "model_url": model_url,
             "allow_private_urls": settings.allow_private_urls,
             "supervisor_status": str(status_path),
+            "fingerprint": _fingerprint(settings),
             **({"api_key_hashes": env["PIZZACTL_API_KEY_HASHES"]} if env["PIZZACTL_API_KEY_HASHES"] else {}),
             **({"rollout": plan.record()} if plan.trial else {}),
             **({"pinned_version": plan.stable} if plan.pinned and not plan.trial else {}),
@@ -183,6 +222,104 @@ def deploy(settings, timeout: float = 300.0, plan: Plan | None = None) -> dict[s
         "logs": record.logs,
         **({"rollout": record.extra["rollout"]} if plan.trial else {}),
     }
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _plan_id() -> str:
+    return str(time.time_ns())
+
+
+def reconfigure(settings, previous: DeployState, plan: Plan, timeout: float = 300.0) -> dict[str, Any] | None:
+    """Take `plan` into the running deployment without a restart; None when a restart is needed
+    (the same plan: a redeploy was asked for; it was started with anything else; it is not healthy).
+
+    The model config first (the model server loads what the plan adds, moves the labels, then
+    unloads what it drops; until the gateway takes the plan, a call to a label it dropped falls
+    back to stable: canary.py), then the gateway's plan; each is waited for, so the command
+    returns once the new plan answers. The record says what `deploy` would have written."""
+    model_url = previous.extra.get("model_url")
+    logs_at = log_dir(settings)
+    config_path, plan_path = logs_at / MODEL_CONFIG, logs_at / PLAN_FILE
+    if (
+        previous.target != TARGET
+        or Plan.of_record(previous) == plan
+        or previous.extra.get("fingerprint") != _fingerprint(settings)
+        or not (model_url and config_path.exists() and plan_path.exists())
+        or not _healthy(previous)
+        or not _ready(previous.url)
+        or rollout.read_summary(previous.url, settings.api_key) is None  # how we see the gateway take the plan
+    ):
+        return None
+    version_dir = latest_version_dir(settings.models_dir)
+    log(f"{plan.describe().capitalize()}: changing the running deployment in place (no restart).")
+    hint = "Read the logs: " + proc._log_hint(previous.logs) + " `pizzactl teardown` then deploy starts afresh."
+    atomic_write(config_path, _model_config(settings, plan))
+    want = sorted(plan.versions() if plan.pinned else (int(version_dir.name),), reverse=True)
+    wait_until(
+        lambda: _served_versions(model_url) == want and _labelled(model_url, plan.labels()),
+        timeout,
+        0.1,
+        what=f"the model server to serve version{'s' * (len(want) > 1)} {', '.join(map(str, want))}",
+        hint=hint,
+        error=DeployError,
+    )
+    plan_id = _plan_id()
+    write_json(plan_path, plan.gateway_plan(plan_id))
+    wait_until(
+        lambda: (rollout.read_summary(previous.url, settings.api_key) or {}).get("plan") == plan_id,
+        timeout,
+        0.1,
+        what=f"the gateway at {previous.url} to take the new rollout plan",
+        hint=hint,
+        error=DeployError,
+    )
+    kept = {k: v for k, v in previous.extra.items() if k not in ("rollout", "pinned_version", "rollouts")}
+    record = replace(
+        previous,
+        model_version=plan.stable if plan.pinned else int(version_dir.name),
+        extra={
+            **kept,
+            **({"rollout": plan.record()} if plan.trial else {}),
+            **({"pinned_version": plan.stable} if plan.pinned and not plan.trial else {}),
+        },
+    )
+    state_mod.save(settings, record)
+    return {
+        "target": TARGET,
+        "url": record.url,
+        "model_version": record.model_version,
+        "pids": record.pids,
+        "ports": record.ports,
+        "logs": record.logs,
+        **({"rollout": record.extra["rollout"]} if plan.trial else {}),
+    }
+
+
+def _healthy(st: DeployState) -> bool:
+    """The supervisor and both servers run (a crashed or stopped one: restart as a fresh deploy)."""
+    supervised = supervise.read_status(st.extra.get("supervisor_status")) or {}
+    children = supervised.get("children") or {}
+    return (
+        proc.pid_alive(st.pids.get(SUPERVISOR))
+        and (supervised.get("supervisor") or {}).get("state") == "running"
+        and set(children) >= {proc.MODELSERVER, proc.GATEWAY}
+        and all(child.get("state") == "running" for child in children.values())
+    )
+
+
+def _labelled(model_url: str, labels: dict[str, int]) -> bool:
+    """Every label of the plan points at its version (the model server moves one only to a loaded version)."""
+    for label, version in labels.items():
+        body = httpclient.json_or_none(f"{model_url}/v1/models/{MODEL_NAME}/labels/{label}", timeout=2.0) or {}
+        if [e.get("version") for e in body.get("model_version_status", [])] != [str(version)]:
+            return False
+    return True
 
 
 LABELS = {proc.MODELSERVER: "model server", proc.GATEWAY: "gateway", SUPERVISOR: "supervisor"}
@@ -357,8 +494,8 @@ def teardown(settings, st: DeployState) -> dict[str, Any]:
 
 def rollback(settings, st: DeployState, to: int | None, timeout: float) -> dict[str, Any]:
     """Serve one version, pinned by a model config: `to`; else, during a trial, the stable one;
-    else the newest version on disk below the one serving. The servers restart on the recorded
-    ports (a few seconds without answers: local is not highly available)."""
+    else the newest version on disk below the one serving. In place when only the plan changes
+    (`reconfigure`); else the servers restart on the recorded ports (seconds without answers)."""
     versions = [v for v, _ in list_versions(st.model_dir or settings.models_dir, MODEL_NAME)]
     trial = rollout.Plan.of_record(st)
     serving = trial.candidate if trial.trial else st.model_version
@@ -376,6 +513,8 @@ def rollback(settings, st: DeployState, to: int | None, timeout: float) -> dict[
             hint="Give one of those with --to.",
         )
     again = rollout.settings_of_record(settings, st)
-    teardown(again, st)
-    result = deploy(again, timeout=timeout, plan=Plan(to))
+    result = reconfigure(again, st, Plan(to), timeout)
+    if result is None:
+        teardown(again, st)
+        result = deploy(again, timeout=timeout, plan=Plan(to))
     return {**result, "rolled_back_from": serving, "model_version": to}

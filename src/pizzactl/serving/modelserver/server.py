@@ -6,7 +6,15 @@ Like TF Serving it serves the versions its policy picks under `MODELS/<name>/` (
 config file says: `versions.py`) and polls that folder, swapping to a new version (or back to an
 older one when the newest is deleted) without a restart. A request without a version gets the
 highest loaded one; `/versions/<n>` and `/labels/<label>` pick another. A version
-that fails to load is not retried until its directory changes. With no version yet it
+that fails to load is not retried until its directory changes.
+
+The model config file is re-read on the same poll when it changes (TF Serving's
+`--model_config_file_poll_wait_seconds`), with TF Serving's availability-preserving order: the
+versions it adds are loaded before those it drops are unloaded, and a label moves only to a
+loaded version (TF Serving refuses a label on a version that is not AVAILABLE: `server_core.cc`,
+"labels can only be assigned to model versions that are already loaded"); until then it keeps
+pointing where it did, and that version stays loaded. An unreadable new config is logged and
+the old one stays. With no version yet it
 answers 404 with a message naming the folder it watches.
 """
 
@@ -27,7 +35,7 @@ from pizzactl.model.store import list_versions, model_base
 from pizzactl.serving.admission import Admission, Throughput
 from pizzactl.serving.modelserver import rest
 from pizzactl.serving.modelserver.batching import Batcher
-from pizzactl.serving.modelserver.versions import load_policy
+from pizzactl.serving.modelserver.versions import ModelConfigError, load_policy
 
 log = logging.getLogger("pizzactl.modelserver")
 
@@ -80,6 +88,15 @@ def _mtime(path: Path) -> float:
         return -1.0
 
 
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a file, to see it changed (a new config arrives by atomic rename)."""
+    try:
+        st = Path(path).stat() if path else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size) if st else None
+
+
 def _status_entry(version: int, state: str, code: str = "OK", message: str = "") -> dict[str, Any]:
     return {"version": str(version), "state": state, "status": {"error_code": code, "error_message": message}}
 
@@ -90,6 +107,8 @@ class ModelServer:
     def __init__(self, config: ModelServerConfig):
         self.config = config
         self.policy = load_policy(config.model_config_file, config.model_name)
+        self._config_seen = _stamp(config.model_config_file)
+        self.labels: dict[str, int] = dict(self.policy.labels)  # where each label points now (see _move_labels)
         self.models: dict[int, Runtime] = {}  # loaded versions (replaced whole, never mutated: readers copy nothing)
         self.loading: int | None = None
         self.failed: dict[int, str] = {}  # version -> load error (not retried until it changes)
@@ -143,6 +162,7 @@ class ModelServer:
 
     def poll_once(self) -> None:
         """Load the versions the policy picks among those on disk, unload the others (blocking)."""
+        self._reload_config()
         versions = dict(list_versions(self.config.models_dir, self.config.model_name))
         if not versions:
             if self.models:
@@ -154,10 +174,38 @@ class ModelServer:
         for target in wanted:
             if target not in self.models:
                 self._load(target, versions[target])
-        gone = [v for v in self.models if v not in wanted]
+        self._move_labels()
+        gone = [v for v in self.models if v not in wanted and v not in self.labels.values()]
         if gone and any(v in self.models for v in wanted):
             self.models = {v: m for v, m in self.models.items() if v not in gone}
             log.info("unloaded %s version%s %s", self.config.model_name, "s" * (len(gone) > 1), sorted(gone))
+
+    def _reload_config(self) -> None:
+        """A changed model config file becomes the policy; one that cannot be read leaves the old one."""
+        path = self.config.model_config_file
+        stamp = _stamp(path)
+        if path is None or stamp is None or stamp == self._config_seen:
+            return
+        self._config_seen = stamp
+        try:
+            policy = load_policy(path, self.config.model_name)
+        except ModelConfigError as exc:
+            log.error("kept the model config in use: the new %s cannot be used: %s", path, exc.message)
+            return
+        if policy != self.policy:
+            log.info("model config %s changed: %s, labels %s", path, policy.describe(), dict(policy.labels))
+            self.policy = policy
+
+    def _move_labels(self) -> None:
+        """Each label of the policy to its version once that is loaded; until then where it pointed before."""
+        models, before = self.models, self.labels
+        labels = {}
+        for label, version in self.policy.labels.items():
+            kept = before.get(label)
+            labels[label] = kept if version not in models and kept in models and kept is not None else version
+        if labels != before:
+            log.info("version labels: %s", labels)
+            self.labels = labels
 
     def _load(self, target: int, path: Path) -> None:
         self.loading = target
@@ -227,9 +275,10 @@ class ModelServer:
         """The version a label points to (TF Serving: an unknown label is NOT_FOUND, 404)."""
         if name != self.config.model_name:
             raise ServableNotFoundError(f"Servable not found for request: Latest({name})")
-        if label not in self.policy.labels:
+        labels = self.labels
+        if label not in labels:
             raise ServableNotFoundError(f"Unrecognized servable version label: {label}")
-        return self.policy.labels[label]
+        return labels[label]
 
     def servable(self, name: str, version: int | None, label: str | None = None) -> Runtime:
         if label is not None:

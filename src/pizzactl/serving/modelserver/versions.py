@@ -172,14 +172,21 @@ def load_policy(path: Path | str | None, model_name: str) -> VersionPolicy:
 
 
 def model_config_text(model_name: str, base_path: str, versions: Iterable[int], labels: dict[str, int]) -> str:
-    """A TF Serving model config that serves `versions` with `labels` (the inverse of policy_from_text)."""
+    """A TF Serving model config that serves `versions` with `labels` (the inverse of policy_from_text);
+    no versions: TF Serving's default policy, the latest one."""
+    versions = sorted(versions)
+    policy = (
+        "specific { " + " ".join(f"versions: {v}" for v in versions) + " }"
+        if versions
+        else "latest { num_versions: 1 }"
+    )
     lines = [
         "model_config_list {",
         "  config {",
         f'    name: "{model_name}"',
         f'    base_path: "{base_path}"',
         '    model_platform: "tensorflow"',
-        "    model_version_policy { specific { " + " ".join(f"versions: {v}" for v in sorted(versions)) + " } }",
+        "    model_version_policy { " + policy + " }",
     ]
     lines += [f'    version_labels {{ key: "{k}" value: {v} }}' for k, v in labels.items()]
     lines += ["  }", "}", ""]
