@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pizzactl.errors import UsageError
 from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
 from pizzactl.serving.processes import child_env, die_with_parent
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
-TF_THREADS = (0, 1, 2)  # intra-op x inter-op; 0 is TensorFlow's own default
-LITERT_THREADS = (1, 2)
+THREADS = (0, 1, 2)  # TensorFlow: intra-op x inter-op, 0 its own default; LiteRT: interpreter threads
 BATCHES = (16, 32)
 
 
@@ -43,10 +43,27 @@ class Setting:
         return f"{self.intra} thread{'s' if self.intra > 1 else ''}"
 
 
-def settings_for(runtime: str) -> list[Setting]:
+def settings_for(runtime: str, threads: Sequence[int] = THREADS) -> list[Setting]:
+    """The settings a sweep tries: TensorFlow every intra-op x inter-op pair of `threads`; LiteRT
+    each count once, 0 as 1 (the interpreter has no default of its own to fall back on)."""
+    counts = list(dict.fromkeys(threads))
     if runtime == "tensorflow":
-        return [Setting(runtime, intra, inter) for intra in TF_THREADS for inter in TF_THREADS]
-    return [Setting(runtime, threads, 1) for threads in LITERT_THREADS]
+        return [Setting(runtime, intra, inter) for intra in counts for inter in counts]
+    return [Setting(runtime, n, 1) for n in sorted({max(1, n) for n in counts})]
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    """`--threads 0,1,2` as counts; anything else is a usage error, before any process starts."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0:
+        raise UsageError(
+            f"--threads {text!r} is not a list of thread counts.",
+            hint="Pass comma-separated counts >= 0, e.g. --threads 0,1,2 (0: TensorFlow's own default).",
+        )
+    return counts
 
 
 def write_jpegs(path: Path, jpegs: Sequence[bytes]) -> None:
@@ -112,16 +129,18 @@ class Worker:
         self.proc.wait()
 
 
-def sweep(version_dir: Path, jpegs_file: Path, runtime: str, images: int, rounds: int = 3) -> list[dict[str, Any]]:
+def sweep(
+    version_dir: Path, jpegs_file: Path, runtime: str, images: int, rounds: int = 3, threads: Sequence[int] = THREADS
+) -> list[dict[str, Any]]:
     """Images/s of every setting and batch size, each setting in a fresh process, in alternating rounds.
 
     Every setting's process is started first and the cells then take turns, so that on a shared
     machine a busy minute does not crown or sink one setting: each row holds the median and the
-    rounds. (9 TensorFlow processes hold the model at once: ~0.5 GB each.)
+    rounds. (With the default threads, 9 TensorFlow processes hold the model at once: ~0.5 GB each.)
     """
     workers = []
     try:
-        for setting in settings_for(runtime):
+        for setting in settings_for(runtime, threads):
             workers.append(Worker(version_dir, jpegs_file, setting))
         cells = [(worker, batch) for worker in workers for batch in BATCHES]
         measured = alternate(cells, images, rounds)
