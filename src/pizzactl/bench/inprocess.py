@@ -85,7 +85,7 @@ def read_jpegs(path: Path) -> list[bytes]:
 class Worker:
     """A worker process for one setting (stopped by `close`, or with the bench: it dies with us)."""
 
-    def __init__(self, version_dir: Path, jpegs_file: Path, setting: Setting):
+    def __init__(self, version_dir: Path, jpegs_file: Path, setting: Setting, wait: bool = True):
 
         self.setting = setting
         argv = [str(version_dir), str(jpegs_file), setting.runtime, str(setting.intra), str(setting.inter)]
@@ -98,7 +98,7 @@ class Worker:
             text=True,
             env=child_env(),
         )
-        self.ready = self._read()  # loaded and warmed up
+        self.ready = self._read() if wait else {}  # loaded and warmed up (else: `start_workers` waits)
 
     @property
     def pid(self) -> int:
@@ -129,6 +129,26 @@ class Worker:
         self.proc.wait()
 
 
+def start_workers(version_dir: Path, jpegs_file: Path, settings: Sequence[Setting]) -> list[Worker]:
+    """A worker per setting, all started at once, then each waited for until ready.
+
+    A worker's start is mostly TensorFlow's import and the model's load and tracing, mostly on one
+    core: started one after the other, they leave the other cores idle. Nothing is measured before
+    every worker is ready, so the figures do not change.
+    """
+    workers: list[Worker] = []
+    try:
+        for setting in settings:
+            workers.append(Worker(version_dir, jpegs_file, setting, wait=False))
+        for worker in workers:
+            worker.ready = worker._read()
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
+    return workers
+
+
 def sweep(
     version_dir: Path, jpegs_file: Path, runtime: str, images: int, rounds: int = 3, threads: Sequence[int] = THREADS
 ) -> list[dict[str, Any]]:
@@ -138,10 +158,8 @@ def sweep(
     machine a busy minute does not crown or sink one setting: each row holds the median and the
     rounds. (With the default threads, 9 TensorFlow processes hold the model at once: ~0.5 GB each.)
     """
-    workers = []
+    workers = start_workers(version_dir, jpegs_file, settings_for(runtime, threads))
     try:
-        for setting in settings_for(runtime, threads):
-            workers.append(Worker(version_dir, jpegs_file, setting))
         cells = [(worker, batch) for worker in workers for batch in BATCHES]
         measured = alternate(cells, images, rounds)
     finally:
@@ -177,10 +195,11 @@ def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, 
     The sweeps run one after the other, so on a shared machine their figures are not comparable;
     these are.
     """
-    workers = {}
+    started = start_workers(
+        version_dir, jpegs_file, [Setting(name, row["intra"], row["inter"]) for name, row in best.items()]
+    )
+    workers = dict(zip(best, started, strict=True))
     try:
-        for runtime, row in best.items():
-            workers[runtime] = Worker(version_dir, jpegs_file, Setting(runtime, row["intra"], row["inter"]))
         cells = [(workers[runtime], int(row["batch"])) for runtime, row in best.items()]
         return dict(zip(best, alternate(cells, images, rounds), strict=True))
     finally:
