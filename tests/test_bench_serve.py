@@ -10,10 +10,11 @@ import sys
 
 import pytest
 
+from pizzactl.bench.inprocess import Setting, settings_for
 from pizzactl.bench.load import percentile, wire_body
 from pizzactl.bench.serve import GOALS, pick_photos
 
-from support.cli import run_pizzactl
+from support.cli import clean_env, invoke, overrides, run_pizzactl
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +60,8 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
         "12",
         "--overload-seconds",
         "2",
+        "--threads",  # 4 TensorFlow processes, not the default 9: each setting's own process is what is checked
+        "0,2",
         "--json",
         env=env,
         cwd=tmp_path,
@@ -73,9 +76,9 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
         assert r["served_by"] == name
         settings = {(row["intra"], row["inter"]) for row in r["sweep"]}
         if name == "tensorflow":
-            assert settings == {(a, b) for a in (0, 1, 2) for b in (0, 1, 2)}  # a fresh process each
+            assert settings == {(a, b) for a in (0, 2) for b in (0, 2)}  # a fresh process each
         else:
-            assert settings == {(1, 1), (2, 1)}
+            assert settings == {(1, 1), (2, 1)}  # LiteRT has no default of its own: 0 runs as 1 thread
         assert {row["batch"] for row in r["sweep"]} == {16, 32}
         for row in r["sweep"]:  # every cell measured in each of the alternating rounds
             assert len(row["rounds"]) == 3 and row["img_per_s"] == pytest.approx(statistics.median(row["rounds"]))
@@ -90,7 +93,7 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
     assert res["speedup_vs_tensorflow"]["litert"] == pytest.approx(
         statistics.median(rounds["litert"]) / statistics.median(rounds["tensorflow"]), rel=0.01
     )
-    assert res["errors"] == 0 and res["requests"] == 12 and res["concurrency"] == 4
+    assert res["errors"] == 0 and res["requests"] == 12 and res["concurrency"] == 4 and res["threads"] == [0, 2]
     assert res["model_img_per_s"] > 0 and res["e2e_img_per_s"] > 0
     assert res["ratio"] == pytest.approx(res["e2e_img_per_s"] / res["model_img_per_s"], rel=0.01)
     assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"]
@@ -121,10 +124,23 @@ def test_bench_serve_reports_every_figure_consistently(tiny_model, shared_data, 
             assert (level["shed_p99_ms"] is None) == (level["shed"] == 0)
 
 
+def test_the_default_sweep_is_every_thread_pair_for_tensorflow_and_one_or_two_for_litert():
+    assert settings_for("tensorflow") == [Setting("tensorflow", a, b) for a in (0, 1, 2) for b in (0, 1, 2)]
+    assert settings_for("litert") == [Setting("litert", 1, 1), Setting("litert", 2, 1)]
+    assert settings_for("litert-int8", (4, 0, 4)) == [Setting("litert-int8", 1, 1), Setting("litert-int8", 4, 1)]
+    assert settings_for("tensorflow", (2, 2)) == [Setting("tensorflow", 2, 2)]
+
+
+@pytest.mark.parametrize("text", ["", "two", "1,-1", "1,,x"])
+def test_threads_that_are_not_counts_are_a_usage_error_before_anything_starts(text, tmp_path):
+    proc = invoke("bench", "serve", "--models", str(tmp_path / "none"), "--threads", text, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "--threads" in proc.stderr and "thread counts" in proc.stderr  # not a missing model
+
+
 def test_a_runtime_the_model_lacks_is_a_usage_error(tf_only_model, shared_data, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIZZACTL_")}
     argv = ["bench", "serve", "--models", str(tf_only_model), "--data", str(shared_data), "--runtimes", "litert-int8"]
-    proc = run_pizzactl(*argv, env=env, cwd=tmp_path, timeout=300)
+    proc = invoke(*argv, env=overrides(clean_env()), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "litert-int8" in proc.stderr and "export" in proc.stderr
 

@@ -19,7 +19,7 @@ import pytest
 
 from pizzactl.errors import DataError
 
-from support.cli import invoke, make_env, run_pizzactl
+from support.cli import invoke, make_env, overrides, run_pizzactl
 from support.photos import make_classes
 
 
@@ -232,14 +232,12 @@ def test_bad_data_fails_before_training_with_a_hint(tmp_path, layout, message, h
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
-@pytest.mark.slow  # the subprocess imports TensorFlow (train checks for it before it reads any data)
+@pytest.mark.slow  # `pizzactl train` imports TensorFlow (it checks for it before it reads any data)
 def test_the_cli_prints_the_hint_and_exits_with_the_user_error_code(tmp_path):
     from pizzactl.errors import EXIT_USER
 
     data = make_classes(tmp_path / "data", ["pizza"], per_class=2)
-    proc = run_pizzactl(
-        "train", "--data", str(data), env=make_env(tmp_path, tmp_path / "models"), cwd=tmp_path, timeout=120
-    )
+    proc = invoke("train", "--data", str(data), env=overrides(make_env(tmp_path, tmp_path / "models")), cwd=tmp_path)
     assert proc.returncode == EXIT_USER
     assert "a classifier needs at least two" in proc.stderr and "one sub-folder per class" in proc.stderr
 

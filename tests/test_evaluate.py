@@ -23,8 +23,7 @@ from support.cli import invoke, run_pizzactl
 
 
 def test_evaluate_without_a_model_exits_3_with_a_hint(isolated, shared_data):
-    env = {**os.environ, "PIZZACTL_MODELS_DIR": str(isolated / "no-models")}
-    proc = run_pizzactl("evaluate", "--data", str(shared_data), env=env, timeout=120)
+    proc = invoke("evaluate", "--data", str(shared_data), env={"PIZZACTL_MODELS_DIR": str(isolated / "no-models")})
     assert proc.returncode == 3, proc.stderr
     assert "No exported model" in proc.stderr and "pizzactl train" in proc.stderr
     assert "Traceback" not in proc.stderr

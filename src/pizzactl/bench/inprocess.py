@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pizzactl.errors import UsageError
 from pizzactl.model.runtimes import SIGNATURE, LiteRTRuntime, TensorFlowRuntime, configure_tf_threads
 from pizzactl.serving.processes import child_env, die_with_parent
 from pizzactl.tfimport import import_quietly, quiet_tf_logs
 
-TF_THREADS = (0, 1, 2)  # intra-op x inter-op; 0 is TensorFlow's own default
-LITERT_THREADS = (1, 2)
+THREADS = (0, 1, 2)  # TensorFlow: intra-op x inter-op, 0 its own default; LiteRT: interpreter threads
 BATCHES = (16, 32)
 
 
@@ -45,10 +45,27 @@ class Setting:
         return "1 thread"
 
 
-def settings_for(runtime: str) -> list[Setting]:
+def settings_for(runtime: str, threads: Sequence[int] = THREADS) -> list[Setting]:
+    """The settings a sweep tries: TensorFlow every intra-op x inter-op pair of `threads`; LiteRT
+    each count once, 0 as 1 (the interpreter has no default of its own to fall back on)."""
+    counts = list(dict.fromkeys(threads))
     if runtime == "tensorflow":
-        return [Setting(runtime, intra, inter) for intra in TF_THREADS for inter in TF_THREADS]
-    return [Setting(runtime, threads, 1) for threads in LITERT_THREADS]
+        return [Setting(runtime, intra, inter) for intra in counts for inter in counts]
+    return [Setting(runtime, n, 1) for n in sorted({max(1, n) for n in counts})]
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    """`--threads 0,1,2` as counts; anything else is a usage error, before any process starts."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0:
+        raise UsageError(
+            f"--threads {text!r} is not a list of thread counts.",
+            hint="Pass comma-separated counts >= 0, e.g. --threads 0,1,2 (0: TensorFlow's own default).",
+        )
+    return counts
 
 
 def write_jpegs(path: Path, jpegs: Sequence[bytes]) -> None:
@@ -70,7 +87,7 @@ def read_jpegs(path: Path) -> list[bytes]:
 class Worker:
     """A worker process for one setting (stopped by `close`, or with the bench: it dies with us)."""
 
-    def __init__(self, version_dir: Path, jpegs_file: Path, setting: Setting):
+    def __init__(self, version_dir: Path, jpegs_file: Path, setting: Setting, wait: bool = True):
 
         self.setting = setting
         argv = [str(version_dir), str(jpegs_file), setting.runtime, str(setting.intra), str(setting.inter)]
@@ -83,7 +100,7 @@ class Worker:
             text=True,
             env=child_env(),
         )
-        self.ready = self._read()  # loaded and warmed up
+        self.ready = self._read() if wait else {}  # loaded and warmed up (else: `start_workers` waits)
 
     @property
     def pid(self) -> int:
@@ -114,17 +131,37 @@ class Worker:
         self.proc.wait()
 
 
-def sweep(version_dir: Path, jpegs_file: Path, runtime: str, images: int, rounds: int = 3) -> list[dict[str, Any]]:
+def start_workers(version_dir: Path, jpegs_file: Path, settings: Sequence[Setting]) -> list[Worker]:
+    """A worker per setting, all started at once, then each waited for until ready.
+
+    A worker's start is mostly TensorFlow's import and the model's load and tracing, mostly on one
+    core: started one after the other, they leave the other cores idle. Nothing is measured before
+    every worker is ready, so the figures do not change.
+    """
+    workers: list[Worker] = []
+    try:
+        for setting in settings:
+            workers.append(Worker(version_dir, jpegs_file, setting, wait=False))
+        for worker in workers:
+            worker.ready = worker._read()
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
+    return workers
+
+
+def sweep(
+    version_dir: Path, jpegs_file: Path, runtime: str, images: int, rounds: int = 3, threads: Sequence[int] = THREADS
+) -> list[dict[str, Any]]:
     """Images/s of every setting and batch size, each setting in a fresh process, in alternating rounds.
 
     Every setting's process is started first and the cells then take turns, so that on a shared
     machine a busy minute does not crown or sink one setting: each row holds the median and the
-    rounds. (9 TensorFlow processes hold the model at once: ~0.5 GB each.)
+    rounds. (With the default threads, 9 TensorFlow processes hold the model at once: ~0.5 GB each.)
     """
-    workers = []
+    workers = start_workers(version_dir, jpegs_file, settings_for(runtime, threads))
     try:
-        for setting in settings_for(runtime):
-            workers.append(Worker(version_dir, jpegs_file, setting))
         cells = [(worker, batch) for worker in workers for batch in BATCHES]
         measured = alternate(cells, images, rounds)
     finally:
@@ -160,10 +197,11 @@ def side_by_side(version_dir: Path, jpegs_file: Path, best: dict[str, dict[str, 
     The sweeps run one after the other, so on a shared machine their figures are not comparable;
     these are.
     """
-    workers = {}
+    started = start_workers(
+        version_dir, jpegs_file, [Setting(name, row["intra"], row["inter"]) for name, row in best.items()]
+    )
+    workers = dict(zip(best, started, strict=True))
     try:
-        for runtime, row in best.items():
-            workers[runtime] = Worker(version_dir, jpegs_file, Setting(runtime, row["intra"], row["inter"]))
         cells = [(workers[runtime], int(row["batch"])) for runtime, row in best.items()]
         return dict(zip(best, alternate(cells, images, rounds), strict=True))
     finally:

@@ -3,8 +3,8 @@
 For each runtime the version can run on (TensorFlow, and the LiteRT artefacts export checked):
 
 1. the limit: the model server's own runtime code in a fresh process per thread setting
-   (TensorFlow: intra-op x inter-op threads 0/1/2; LiteRT: 1 thread, or 2 with a batch split
-   over 2 one-thread interpreters as the model server runs it) and batch size
+   (TensorFlow: intra-op x inter-op threads, by default 0/1/2; LiteRT: 1 thread, or 2 with a
+   batch split over 2 one-thread interpreters as the model server runs it) and batch size
    (16, 32), on the very JPEG bytes the gateway would send; the best of that table is the
    baseline (`bench.inprocess`);
 2. end to end: a model server on that runtime (with its own default settings) and a gateway
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pizzactl import httpclient
-from pizzactl.bench.inprocess import Setting, Worker, side_by_side, sweep, write_jpegs
+from pizzactl.bench.inprocess import THREADS, Setting, Worker, side_by_side, sweep, write_jpegs
 from pizzactl.bench.load import (
     batch_stats,
     cpu_snapshot,
@@ -256,10 +256,11 @@ def bench_runtime(
     requests: int,
     tmp: Path,
     overload_seconds: float = OVERLOAD_SECONDS,
+    threads: Sequence[int] = THREADS,
 ) -> dict[str, Any]:
     """The sweep, then the best setting side by side with the servers, for one runtime."""
     log(f"{runtime}: the model alone in a fresh process per setting ...")
-    table = sweep(version_dir, jpegs_file, runtime, max(2 * concurrency, requests // ROUNDS), ROUNDS)
+    table = sweep(version_dir, jpegs_file, runtime, max(2 * concurrency, requests // ROUNDS), ROUNDS, threads)
     best = max(table, key=lambda row: row["img_per_s"])
     worker = Worker(version_dir, jpegs_file, Setting(runtime, best["intra"], best["inter"]))
     try:
@@ -326,8 +327,9 @@ def bench_serve(
     requests: int = 200,
     runtimes: Sequence[str] | None = None,
     overload_seconds: float = OVERLOAD_SECONDS,
+    threads: Sequence[int] = THREADS,
 ) -> dict[str, Any]:
-    """Every runtime's sweep, best and end to end; the top level is the default runtime's."""
+    """Every runtime's sweep (over `threads`), best and end to end; the top level is the default runtime's."""
     from pizzactl.serving import prepare
 
     concurrency, requests = max(1, int(concurrency)), max(1, int(requests))
@@ -348,7 +350,16 @@ def bench_serve(
         for runtime in chosen:
             per_runtime[runtime] = _summary(
                 bench_runtime(
-                    runtime, version_dir, jpegs_file, raw, jpegs, concurrency, requests, Path(tmp), overload_seconds
+                    runtime,
+                    version_dir,
+                    jpegs_file,
+                    raw,
+                    jpegs,
+                    concurrency,
+                    requests,
+                    Path(tmp),
+                    overload_seconds,
+                    threads,
                 )
             )
         rounds_ = {}
@@ -369,6 +380,7 @@ def bench_serve(
         "upload_bytes_per_image": round(statistics.mean(len(d) for _, d in raw)),
         "concurrency": concurrency,
         "rounds": ROUNDS,
+        "threads": list(threads),
         "photos": len(photos),
         "data_dir": str(photos[0].parent.parent),
         "model_dir": str(version_dir),

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pizzactl.bench import serve as serve_bench
 from pizzactl.bench import train as train_bench
-from pizzactl.bench.inprocess import BATCHES, Setting
+from pizzactl.bench.inprocess import BATCHES, THREADS, Setting, parse_threads
 from pizzactl.cli.base import JsonOpt, bench_app, option, settings
 from pizzactl.console import err, out, print_json
 
@@ -61,9 +61,15 @@ def bench_serve(
         min=0,
         help="Seconds of open-loop load at 1x and at 2x the measured throughput, for p99 and the share shed (0: skip).",
     ),
+    threads: str = typer.Option(
+        ",".join(map(str, THREADS)),
+        "--threads",
+        help="Thread counts the sweep tries: TensorFlow every intra-op x inter-op pair (0: its default), LiteRT each count.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """The model's best in-process throughput (thread and batch sweep) vs end to end, per runtime."""
+    counts = parse_threads(threads)
     chosen = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
     res = serve_bench.bench_serve(
         settings(models_dir=models, data_dir=data),
@@ -71,6 +77,7 @@ def bench_serve(
         requests=requests_,
         runtimes=chosen,
         overload_seconds=overload_seconds,
+        threads=counts,
     )
     if json_out:
         print_json(res)
