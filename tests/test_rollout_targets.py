@@ -96,20 +96,22 @@ def test_docker_runs_the_pinned_pods_as_rendered():
     assert gateway["PIZZACTL_SHADOW"] == "1" and gateway["PIZZACTL_CANARY_PERCENT"] == "0"
 
 
-def test_a_kind_dry_run_with_canary_shows_the_model_config_and_the_gateway_env(tmp_path):
-    models = _models(tmp_path, 1, 2)
-    proc = invoke(
+def _dry_run(tmp_path: Path, models: Path, *args: str, **env: str):
+    """`pizzactl deploy --dry-run --models MODELS ARGS` as a user runs it, with no Docker daemon."""
+    return invoke(
         "deploy",
         "--dry-run",
-        "--canary",
-        "10",
         "--models",
         str(models),
-        "--model-server",
-        "builtin",
-        env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock", "PATH": str(Path(sys.executable).parent)},
+        *args,
+        env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock", "PATH": str(Path(sys.executable).parent), **env},
         cwd=tmp_path,
     )
+
+
+def test_a_kind_dry_run_with_canary_shows_the_model_config_and_the_gateway_env(tmp_path):
+    models = _models(tmp_path, 1, 2)
+    proc = _dry_run(tmp_path, models, "--canary", "10", "--model-server", "builtin")
     assert proc.returncode == 0, proc.stderr
     assert "# canary: version 2 gets 10% of requests, version 1 the rest" in proc.stdout
     assert (
@@ -131,17 +133,7 @@ def test_canary_and_shadow_together_are_refused_alike_by_deploy_and_by_the_gatew
     from pizzactl.serving.gateway import create_app
 
     models = _models(tmp_path, 1, 2)
-    proc = invoke(
-        "deploy",
-        "--dry-run",
-        "--canary",
-        "10",
-        "--shadow",
-        "--models",
-        str(models),
-        cwd=tmp_path,
-        env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock", "PATH": str(Path(sys.executable).parent)},
-    )
+    proc = _dry_run(tmp_path, models, "--canary", "10", "--shadow")
     assert proc.returncode != 0
     assert "choose one" in proc.stderr
     with pytest.raises(ConfigError, match="choose one") as refused:
@@ -151,20 +143,7 @@ def test_canary_and_shadow_together_are_refused_alike_by_deploy_and_by_the_gatew
 
 def test_a_kind_deploy_says_its_gateway_calls_the_model_server_over_rest_when_grpc_is_asked(tmp_path):
     models = _models(tmp_path, 1)
-    proc = invoke(
-        "deploy",
-        "--dry-run",
-        "--models",
-        str(models),
-        "--model-server",
-        "builtin",
-        cwd=tmp_path,
-        env={
-            "DOCKER_HOST": f"unix://{tmp_path}/nothing.sock",
-            "PATH": str(Path(sys.executable).parent),
-            "PIZZACTL_MODEL_PROTOCOL": "grpc",
-        },
-    )
+    proc = _dry_run(tmp_path, models, "--model-server", "builtin", PIZZACTL_MODEL_PROTOCOL="grpc")
     assert proc.returncode == 0, proc.stderr
     assert "on kind the gateway calls the model server over REST" in " ".join(proc.stderr.split())
     assert "PIZZACTL_MODEL_PROTOCOL" not in proc.stdout  # the manifests keep the gateway on REST
